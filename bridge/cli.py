@@ -1,0 +1,100 @@
+"""``coapbridge``: the operator's command line (devices, configuration check).
+
+It reads the same configuration file and environment as the service, so
+``DATA_DIR`` points both at the same registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import string
+import sys
+from typing import List, Optional
+
+from . import config as config_module
+from .registry import Registry, RegistryError, mask, read_csv
+
+TOKEN_ALPHABET = string.ascii_letters + string.digits
+TOKEN_LENGTH = 20
+
+
+def new_token() -> str:
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coapbridge", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", help="YAML configuration file (default: "
+                        "$COAPBRIDGE_CONFIG, else ./conf/coapbridge.yaml when present)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("check-config", help="check the configuration and print the result")
+    devices = commands.add_parser("devices", help="manage the device registry")
+    actions = devices.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="register a device")
+    add.add_argument("name")
+    add.add_argument("--token", help="access token (default: a random 20-character token)")
+    add.add_argument("--type", help="device profile (default: devices.default_type)")
+    listing = actions.add_parser("list", help="list devices (tokens masked)")
+    listing.add_argument("--show-tokens", action="store_true", help="print tokens in full")
+    remove = actions.add_parser("remove", help="remove a device")
+    remove.add_argument("name")
+    imp = actions.add_parser("import", help="add devices from a CSV file: name,token[,type]")
+    imp.add_argument("file")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    path = args.config or config_module.default_path()
+    try:
+        config = config_module.load(path)
+    except config_module.ConfigError as exc:
+        print("coapbridge: " + exc.render(), file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s)"
+              % (path or "built-in defaults", config.coap.bind_address, config.coap.bind_port,
+                 config.mqtt.host, config.mqtt.port, config.mqtt.protocol,
+                 "on" if config.mqtt.tls.enabled else "off", config.data_dir))
+        return 0
+    registry = Registry(config.registry_path)
+    try:
+        return _devices(args, config, registry)
+    except RegistryError as exc:
+        print("coapbridge: %s" % exc, file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+
+
+def _devices(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+    if args.action == "add":
+        token = args.token or new_token()
+        entry = registry.add(args.name, token, args.type or config.devices.default_type)
+        print("added %s (type %s)" % (entry.name, entry.type))
+        if not args.token:
+            print("token: %s" % token)
+        return 0
+    if args.action == "list":
+        entries = registry.entries()
+        for entry in entries:
+            print("%-32s %-24s %s%s" % (entry.name, entry.token if args.show_tokens
+                                        else mask(entry.token), entry.type,
+                                        "  (deleted on the platform)" if entry.deleted else ""))
+        print("%d device%s" % (len(entries), "" if len(entries) == 1 else "s"))
+        return 0
+    if args.action == "remove":
+        if not registry.remove(args.name):
+            print("coapbridge: no device named %r" % args.name, file=sys.stderr)
+            return 1
+        print("removed %s" % args.name)
+        return 0
+    rows = read_csv(args.file, config.devices.default_type)
+    count = registry.import_rows(rows)
+    print("imported %d device%s" % (count, "" if count == 1 else "s"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Configuration: one YAML file, every value overridable from the environment.
+
+Scalars may use ThingsBoard's ``${NAME:default}`` syntax (``${NAME}`` means
+no default: unset is an error). The file is checked against a schema and
+every problem is reported at once in one ``ConfigError``, before any socket
+opens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """Every problem found in a configuration, one per line."""
+
+    def __init__(self, problems: List[str], source: str = "configuration"):
+        self.problems = problems
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = ["%s has %d problem%s:" % (self.source, len(self.problems),
+                                          "" if len(self.problems) == 1 else "s")]
+        lines += ["  - " + problem for problem in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CoapConfig:
+    bind_address: str = "0.0.0.0"
+    bind_port: int = 5683
+    empty_ack_delay: float = 0.5
+    exchange_lifetime: float = 247.0
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    verify_hostname: bool = True
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "localhost"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    client_id: str = "coapbridge"
+    protocol: str = "5"
+    keepalive: int = 60
+    connect_timeout: float = 10.0
+    ack_timeout: float = 10.0
+    max_packet_size: int = 65536
+    max_inflight: int = 100
+    reconnect_min_delay: float = 1.0
+    reconnect_max_delay: float = 60.0
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.protocol == "5"
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    default_type: str = "default"
+    idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    coap: CoapConfig = field(default_factory=CoapConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    data_dir: str = "./data"
+    log_level: str = "info"
+
+    @property
+    def registry_path(self) -> str:
+        return os.path.join(self.data_dir, "registry.sqlite3")
+
+
+_CHOICES: Dict[str, Tuple[str, ...]] = {
+    "mqtt.protocol": ("5", "3.1.1"),
+    "log_level": ("debug", "info", "warn", "error", "critical"),
+}
+_PORTS = ("coap.bind_port", "mqtt.port")
+_POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
+             "mqtt.connect_timeout", "mqtt.ack_timeout", "mqtt.max_packet_size",
+             "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
+             "devices.idle_timeout")
+
+
+def substitute(text: str, env: Mapping[str, str], where: str, problems: List[str]) -> str:
+    """Expand ``${NAME:default}`` references in one scalar."""
+    def expand(match: "re.Match[str]") -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is None:
+            problems.append("%s: environment variable %s is not set and has no default"
+                            % (where, name))
+            return ""
+        return default
+    return _ENV.sub(expand, text)
+
+
+def _coerce(value: Any, target: Any, where: str, problems: List[str]) -> Any:
+    kind = type(target)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0", ""):
+            return False
+        problems.append("%s: expected true or false, got %r" % (where, value))
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            problems.append("%s: expected an integer, got %r" % (where, value))
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            problems.append("%s: expected a number, got %r" % (where, value))
+    elif kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append("%s: expected a string, got %r" % (where, value))
+    return target
+
+
+def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: List[str]) -> Any:
+    defaults = cls()
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append("%s: expected a mapping, got %r" % (prefix or "top level", raw))
+        return defaults
+    known = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            problems.append("%s: unknown key (known: %s)"
+                            % (prefix + str(key), ", ".join(sorted(known))))
+    values = {}
+    for f in fields(cls):
+        where = prefix + f.name
+        default = getattr(defaults, f.name)
+        if f.name not in raw:
+            values[f.name] = default
+            continue
+        value = raw[f.name]
+        if is_dataclass(default):
+            values[f.name] = _build(type(default), value, env, where + ".", problems)
+            continue
+        if isinstance(value, str):
+            value = substitute(value, env, where, problems)
+        values[f.name] = _coerce(value, default, where, problems)
+    return cls(**values)
+
+
+def _check(config: Config, problems: List[str]) -> None:
+    def get(dotted: str) -> Any:
+        value: Any = config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        return value
+
+    for key in _PORTS:
+        if not 1 <= get(key) <= 65535:
+            problems.append("%s: port %d is out of range 1-65535" % (key, get(key)))
+    for key in _POSITIVE:
+        if get(key) <= 0:
+            problems.append("%s: must be greater than 0, got %s" % (key, get(key)))
+    for key, choices in _CHOICES.items():
+        if get(key) not in choices:
+            problems.append("%s: must be one of %s, got %r" % (key, ", ".join(choices), get(key)))
+    if config.mqtt.reconnect_max_delay < config.mqtt.reconnect_min_delay:
+        problems.append("mqtt.reconnect_max_delay: must not be less than reconnect_min_delay")
+    if config.mqtt.max_packet_size > 268435455:
+        problems.append("mqtt.max_packet_size: MQTT packets cannot exceed 268435455 bytes")
+    tls = config.mqtt.tls
+    if tls.enabled:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path and not os.path.isfile(path):
+                problems.append("mqtt.tls.%s: file %s does not exist" % (key, path))
+        if bool(tls.cert_file) != bool(tls.key_file):
+            problems.append("mqtt.tls: cert_file and key_file must be given together")
+    if not config.devices.default_type:
+        problems.append("devices.default_type: must not be empty")
+
+
+def load_text(text: str, env: Mapping[str, str], source: str = "configuration") -> Config:
+    problems: List[str] = []
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(["YAML syntax error: %s" % str(exc).replace("\n", " ")], source)
+    config = _build(Config, raw, env, "", problems)
+    _check(config, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load(path: Optional[str], env: Optional[Mapping[str, str]] = None) -> Config:
+    """Load ``path`` (or only defaults and environment when None)."""
+    env = os.environ if env is None else env
+    if path is None:
+        return load_text(_DEFAULT_TEXT, env, "built-in defaults")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(["cannot read %s: %s" % (path, exc.strerror)], path)
+    return load_text(text, env, path)
+
+
+def default_path(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """``$COAPBRIDGE_CONFIG``, else ``conf/coapbridge.yaml`` when present, else None."""
+    env = os.environ if env is None else env
+    if env.get("COAPBRIDGE_CONFIG"):
+        return env["COAPBRIDGE_CONFIG"]
+    if os.path.isfile(os.path.join("conf", "coapbridge.yaml")):
+        return os.path.join("conf", "coapbridge.yaml")
+    return None
+
+
+# Used when no file is given: the same environment names as conf/coapbridge.yaml.
+_DEFAULT_TEXT = """
+coap: {bind_address: "${COAP_BIND_ADDRESS:0.0.0.0}", bind_port: "${COAP_BIND_PORT:5683}"}
+mqtt:
+  host: "${MQTT_HOST:localhost}"
+  port: "${MQTT_PORT:1883}"
+  username: "${MQTT_USERNAME:}"
+  password: "${MQTT_PASSWORD:}"
+  client_id: "${MQTT_CLIENT_ID:coapbridge}"
+  protocol: "${MQTT_PROTOCOL:5}"
+  tls: {enabled: "${MQTT_TLS:false}", ca_file: "${MQTT_TLS_CA_FILE:}",
+        cert_file: "${MQTT_TLS_CERT_FILE:}", key_file: "${MQTT_TLS_KEY_FILE:}"}
+data_dir: "${DATA_DIR:./data}"
+"""

@@ -1,0 +1,50 @@
+"""Events into the core and actions out of it: frozen values, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Request:
+    """A CoAP request as the core sees it. ``ref`` is the edge's handle for the answer."""
+
+    ref: int
+    method: int
+    path: Tuple[str, ...]
+    payload: bytes = b""
+    query: Tuple[str, ...] = ()
+    content_format: Optional[int] = None
+    peer: str = ""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A registered device: the platform knows it by ``name`` with profile ``type``."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer request ``ref`` with ``code``; ``reason`` is for logs and diagnostics."""
+
+    ref: int
+    code: int
+    payload: bytes = b""
+    content_format: Optional[int] = None
+    max_age: Optional[int] = None
+    size1: Optional[int] = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Publish ``payload`` on ``topic`` at QoS 1; the edge reports the PUBACK for ``ref``."""
+
+    ref: int
+    topic: str
+    payload: bytes
+    device: str = ""

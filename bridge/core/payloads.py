@@ -1,0 +1,132 @@
+"""Parse device payloads (JSON profile) into canonical values.
+
+Rules follow ThingsBoard's JSON converter (spec thingsboard-coap.md §3) with
+RFC-correct answers where ThingsBoard is silent or answers 5.00:
+
+* telemetry: an object, an array of objects, ``{"ts": ms, "values": {...}}``
+  or arrays mixing both; values are kept as sent (string, boolean, integer,
+  float, nested JSON); ``null`` values are dropped, as ThingsBoard drops them.
+  Entries without ``ts`` get the receipt time, so data that waits keeps its
+  true time.
+* attributes: a flat object.
+* claim: optional ``{"secretKey": str, "durationMs": int}``.
+
+Strict JSON (RFC 8259): ThingsBoard's lenient Gson also takes unquoted keys,
+single quotes, NaN and Infinity; we answer those with 4.00.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
+
+from .codes import BadRequest
+
+Values = Dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TelemetryEntry:
+    ts: int
+    values: Values
+
+
+@dataclass(frozen=True)
+class Claim:
+    secret_key: str = ""
+    duration_ms: int = 0
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError("%s is not valid JSON" % name)
+
+
+def parse_json(payload: bytes, what: str) -> Any:
+    """Decode a UTF-8 JSON document or raise 4.00 naming what was wrong."""
+    if not payload:
+        raise BadRequest("%s: empty payload" % what)
+    try:
+        text = payload.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadRequest("%s: payload is not UTF-8" % what)
+    except ValueError as exc:
+        raise BadRequest("%s: invalid JSON (%s)" % (what, str(exc)[:80]))
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _clean_values(obj: Dict[str, Any]) -> Values:
+    return {key: value for key, value in obj.items() if value is not None}
+
+
+def _telemetry_entry(obj: Any, now_ms: int) -> TelemetryEntry:
+    if not isinstance(obj, dict):
+        raise BadRequest("telemetry: each element must be a JSON object")
+    if "ts" in obj and "values" in obj:
+        ts, values = obj["ts"], obj["values"]
+        if not _is_integer(ts) or ts < 0:
+            raise BadRequest("telemetry: ts must be a non-negative integer (ms since epoch)")
+        if not isinstance(values, dict):
+            raise BadRequest("telemetry: values must be a JSON object")
+        return TelemetryEntry(ts, _clean_values(values))
+    return TelemetryEntry(now_ms, _clean_values(obj))
+
+
+def parse_telemetry(payload: bytes, now_ms: int) -> List[TelemetryEntry]:
+    doc = parse_json(payload, "telemetry")
+    items = doc if isinstance(doc, list) else [doc]
+    if not isinstance(doc, (list, dict)):
+        raise BadRequest("telemetry: expected a JSON object or an array of objects")
+    entries = [_telemetry_entry(item, now_ms) for item in items]
+    entries = [entry for entry in entries if entry.values]
+    if not entries:
+        raise BadRequest("telemetry: no values")
+    return entries
+
+
+def parse_attributes(payload: bytes) -> Values:
+    doc = parse_json(payload, "attributes")
+    if not isinstance(doc, dict):
+        raise BadRequest("attributes: expected a JSON object")
+    values = _clean_values(doc)
+    if not values:
+        raise BadRequest("attributes: no values")
+    return values
+
+
+def parse_claim(payload: bytes) -> Claim:
+    if not payload.strip():
+        return Claim()
+    doc = parse_json(payload, "claim")
+    if not isinstance(doc, dict):
+        raise BadRequest("claim: expected a JSON object")
+    secret = doc.get("secretKey", "")
+    duration = doc.get("durationMs", 0)
+    if secret is None:
+        secret = ""
+    if duration is None:
+        duration = 0
+    if not isinstance(secret, str):
+        raise BadRequest("claim: secretKey must be a string")
+    if not _is_integer(duration):
+        raise BadRequest("claim: durationMs must be an integer")
+    return Claim(secret, duration)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON, UTF-8, as the gateway topics carry it."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def split_query(items: Tuple[str, ...]) -> Dict[str, str]:
+    """Uri-Query items as a dict; the last occurrence of a name wins."""
+    result: Dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if sep:
+            result[name] = value
+    return result

@@ -1,0 +1,92 @@
+"""Map a CoAP request path to a ThingsBoard device-API route.
+
+Mirrors ThingsBoard's ``/api/v1`` parsing (spec thingsboard-coap.md §1):
+
+* ``/api/v1/{token}/{feature}[/...]``: token form; ``rpc/{id}`` carries an id.
+* ``/api/v1/{feature}`` and ``/api/v1/{feature}/{n}``: certificate form (no token).
+* ``/api/v1/provision``: provisioning, no device authentication.
+* ``/fw/{token}``, ``/sw/{token}``: OTA downloads.
+
+A request whose only Uri-Path option holds slashes is split first, as
+ThingsBoard's message deliverer does. Feature names are case-insensitive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from . import codes
+from .codes import BadRequest, MethodNotAllowed, NotFound
+
+TELEMETRY = "telemetry"
+ATTRIBUTES = "attributes"
+RPC = "rpc"
+CLAIM = "claim"
+PROVISION = "provision"
+FIRMWARE = "firmware"
+SOFTWARE = "software"
+
+FEATURES = frozenset({TELEMETRY, ATTRIBUTES, RPC, CLAIM, PROVISION})
+SUPPORTED_METHODS = frozenset({codes.GET, codes.POST})
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes. ``token`` is None for the certificate and provision forms."""
+
+    feature: str
+    token: Optional[str] = None
+    rpc_id: Optional[int] = None
+
+
+def split_path(segments: Sequence[str]) -> Tuple[str, ...]:
+    """Apply the single-Uri-Path quirk: one option holding ``/`` is split."""
+    if len(segments) == 1 and "/" in segments[0]:
+        return tuple(part for part in segments[0].lstrip("/").split("/"))
+    return tuple(segments)
+
+
+def _int_or_none(text: str) -> Optional[int]:
+    if text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _feature(name: str) -> str:
+    feature = name.lower()
+    if feature not in FEATURES:
+        raise BadRequest("unknown feature %r" % name[:32])
+    return feature
+
+
+def route(method: int, segments: Sequence[str]) -> Route:
+    """Return the route for a request, or raise the ``CoapError`` to answer.
+
+    Order of checks: unknown path (4.04), method (4.05), malformed API path (4.00).
+    """
+    path = split_path(segments)
+    if path[:1] in (("fw",), ("sw",)):
+        if method != codes.GET:
+            raise MethodNotAllowed("OTA resources support GET only")
+        feature = FIRMWARE if path[0] == "fw" else SOFTWARE
+        return Route(feature, token=path[1] if len(path) > 1 and path[1] else None)
+    if path[:2] != ("api", "v1"):
+        raise NotFound("no resource at /%s" % "/".join(path)[:64])
+    if method not in SUPPORTED_METHODS:
+        raise MethodNotAllowed("only GET and POST are supported")
+    size = len(path)
+    if size < 3:
+        raise BadRequest("missing feature: use /api/v1/{token}/{feature}")
+    if size == 3:
+        if path[2].lower() == PROVISION:
+            return Route(PROVISION)
+        return Route(_feature(path[2]))
+    if size == 4 and _int_or_none(path[3]) is not None:
+        # /api/v1/{feature}/{id}: certificate form of an RPC reply
+        return Route(_feature(path[2]), rpc_id=_int_or_none(path[3]))
+    feature = _feature(path[3])
+    if feature == PROVISION:
+        return Route(PROVISION)
+    rpc_id = _int_or_none(path[4]) if size >= 5 else None
+    return Route(feature, token=path[2] or None, rpc_id=rpc_id)

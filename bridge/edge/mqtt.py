@@ -1,0 +1,429 @@
+"""The gateway's MQTT connection: paho-mqtt driven by the Twisted reactor.
+
+paho runs through its external-loop API only: the reactor watches the socket
+(``loop_read`` on readable, ``loop_write`` while paho has output) and a
+LoopingCall runs ``loop_misc`` for keep-alive. No paho thread exists.
+
+paho's own ``connect()`` blocks on the TCP connect and the TLS handshake, so
+``MqttLink`` does both without blocking, on the reactor, and then hands the
+ready socket to a fresh paho client (``_ReadyClient``). A fresh client per
+connection also means nothing from a dead connection is re-sent behind the
+core's back.
+
+Reconnect: exponential backoff with full jitter between
+``reconnect_min_delay`` and ``reconnect_max_delay``; the clock and the
+random source are injected.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+import ssl
+import ipaddress
+from typing import Any, Callable, List, Optional, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.task import LoopingCall
+from ..logs import logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..config import MqttConfig
+from ..registry import mask
+
+log = logger("mqtt")
+
+
+class LinkListener(Protocol):
+    def link_up(self) -> None: ...
+    def link_down(self, reason: str) -> None: ...
+    def published(self, mid: int, reason_code: int) -> None: ...
+    def message(self, topic: str, payload: bytes) -> None: ...
+
+
+class _ReadyClient(paho.Client):
+    """A paho client that uses a socket already connected (and TLS-handshaken) by us."""
+
+    ready_socket: Any = None
+
+    def _create_socket(self) -> Any:
+        sock, self.ready_socket = self.ready_socket, None
+        if sock is None:
+            raise OSError(errno.ENOTCONN, "no connected socket prepared")
+        return sock
+
+
+@implementer(IReadWriteDescriptor)
+class _Watcher:
+    """Reactor readiness for one socket, forwarded to callbacks."""
+
+    def __init__(self, sock: Any, on_read: Callable[[], None], on_write: Callable[[], None],
+                 on_lost: Callable[[Failure], None]):
+        self.sock = sock
+        self.on_read = on_read
+        self.on_write = on_write
+        self.on_lost = on_lost
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def doRead(self) -> None:
+        self.on_read()
+
+    def doWrite(self) -> None:
+        self.on_write()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.on_lost(reason)
+
+    def logPrefix(self) -> str:
+        return "mqtt"
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: uniform in [cap/2, cap], cap = low * 2**attempt <= high."""
+    cap = min(high, low * (2 ** min(attempt, 30)))
+    return rng.uniform(cap / 2, cap)
+
+
+class MqttLink:
+    """One gateway connection to the broker, kept up for as long as the service runs."""
+
+    def __init__(self, reactor: Any, config: MqttConfig, listener: LinkListener,
+                 subscriptions: List[str], rng: Optional[random.Random] = None):
+        self.reactor = reactor
+        self.config = config
+        self.listener = listener
+        self.subscriptions = subscriptions
+        self.rng = rng or random.Random()
+        self.client: Optional[_ReadyClient] = None
+        self.connected = False
+        self.attempt = 0
+        self._running = False
+        self._watcher: Optional[_Watcher] = None
+        self._reading = self._writing = False
+        self._retry: Any = None
+        self._deadline: Any = None
+        self._pending_sock: Any = None
+        self._ticker = LoopingCall(self._misc)
+        self._ticker.clock = reactor
+        self._stopped: Optional[defer.Deferred] = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        self._running = True
+        self._ticker.start(1.0, now=False).addErrback(
+            lambda f: log.failure("MQTT keep-alive timer stopped", failure=f))
+        self._connect()
+
+    def stop(self) -> defer.Deferred:
+        """Disconnect cleanly; the Deferred fires when the socket is closed."""
+        self._running = False
+        if self._ticker.running:
+            self._ticker.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._abandon_attempt()
+        if self.client is None:
+            return defer.succeed(None)
+        self._stopped = defer.Deferred()
+        self.client.disconnect()
+        self._flush()
+        self.reactor.callLater(2.0, self._force_close)
+        return self._stopped
+
+    def publish(self, topic: str, payload: bytes) -> Optional[int]:
+        """Publish at QoS 1; returns paho's mid, or None when not connected."""
+        if self.client is None or not self.connected:
+            return None
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            log.warn("Publish on {topic} refused by the client: {error}", topic=topic,
+                     error=paho.error_string(info.rc))
+            return None
+        self._flush()
+        return info.mid
+
+    # -- connecting without blocking -------------------------------------------
+
+    def _connect(self) -> None:
+        if not self._running:
+            return
+        cfg = self.config
+        log.info("Connecting to MQTT broker {host}:{port} (MQTT {protocol}, TLS {tls})",
+                 host=cfg.host, port=cfg.port, protocol=cfg.protocol, tls=cfg.tls.enabled)
+        self._deadline = self.reactor.callLater(cfg.connect_timeout, self._connect_failed,
+                                                "timed out after %ss" % cfg.connect_timeout)
+        if _is_ip_literal(cfg.host):
+            d = defer.maybeDeferred(socket.getaddrinfo, cfg.host, cfg.port, 0, socket.SOCK_STREAM)
+        else:
+            d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                          socket.getaddrinfo, cfg.host, cfg.port, 0,
+                                          socket.SOCK_STREAM)
+        d.addCallback(self._resolved)
+        d.addErrback(lambda f: self._connect_failed("cannot resolve %s: %s"
+                                                    % (cfg.host, f.getErrorMessage())))
+
+    def _resolved(self, infos: List[Any]) -> None:
+        if self._deadline is None or not self._deadline.active():
+            return
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        self._pending_sock = sock
+        err = sock.connect_ex(address)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self._connect_failed(errno.errorcode.get(err, str(err)))
+            return
+        self._watch(sock, self._tcp_ready, write=True)
+
+    def _tcp_ready(self) -> None:
+        sock = self._pending_sock
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed("%s (%s)" % (errno.errorcode.get(err, str(err)),
+                                               "connection refused" if err == errno.ECONNREFUSED
+                                               else "TCP connect failed"))
+            return
+        if self.config.tls.enabled:
+            try:
+                self._pending_sock = self._tls_context().wrap_socket(
+                    sock, server_hostname=self.config.host, do_handshake_on_connect=False)
+            except (ssl.SSLError, OSError) as exc:
+                self._connect_failed("TLS setup failed: %s" % exc)
+                return
+            self._handshake()
+        else:
+            self._hand_over()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self.config.tls
+        context = ssl.create_default_context(cafile=tls.ca_file or None)
+        context.check_hostname = tls.verify_hostname
+        context.verify_mode = ssl.CERT_REQUIRED
+        if tls.cert_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file or None)
+        return context
+
+    def _handshake(self) -> None:
+        try:
+            self._pending_sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(self._pending_sock, self._handshake, write=False)
+            return
+        except ssl.SSLWantWriteError:
+            self._watch(self._pending_sock, self._handshake, write=True)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._connect_failed("TLS handshake failed: %s" % exc)
+            return
+        self._hand_over()
+
+    def _watch(self, sock: Any, callback: Callable[[], None], write: bool) -> None:
+        """Call ``callback`` once when ``sock`` is readable (or writable)."""
+        self._unwatch()
+
+        def fire() -> None:
+            self._unwatch()
+            callback()
+
+        self._watcher = _Watcher(sock, fire, fire, lambda reason: None)
+        if write:
+            self.reactor.addWriter(self._watcher)
+            self._writing = True
+        else:
+            self.reactor.addReader(self._watcher)
+            self._reading = True
+
+    def _unwatch(self) -> None:
+        if self._watcher is not None:
+            if self._reading:
+                self.reactor.removeReader(self._watcher)
+            if self._writing:
+                self.reactor.removeWriter(self._watcher)
+        self._reading = self._writing = False
+        self._watcher = None
+
+    def _hand_over(self) -> None:
+        """The socket is connected: let a fresh paho client speak MQTT on it."""
+        cfg = self.config
+        protocol = paho.MQTTv5 if cfg.mqtt5 else paho.MQTTv311
+        client = _ReadyClient(CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                              protocol=protocol,
+                              clean_session=None if cfg.mqtt5 else True)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.password or None)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        if cfg.mqtt5:
+            client.connect_async(cfg.host, cfg.port, cfg.keepalive, clean_start=True)
+        else:
+            client.connect_async(cfg.host, cfg.port, cfg.keepalive)
+        client.ready_socket, self._pending_sock = self._pending_sock, None
+        self.client = client
+        rc = client.reconnect()
+        if rc != paho.MQTT_ERR_SUCCESS:
+            self._connect_failed("sending CONNECT failed: %s" % paho.error_string(rc))
+
+    # -- paho callbacks (all on the reactor thread) ----------------------------
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._unwatch()
+        self._watcher = _Watcher(sock, self._read, self._write, self._lost)
+        self.reactor.addReader(self._watcher)
+        self._reading = True
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._unwatch()
+        if self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
+    def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        if self._watcher is not None and not self._writing:
+            self.reactor.addWriter(self._watcher)
+            self._writing = True
+
+    def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        if self._watcher is not None and self._writing:
+            self.reactor.removeWriter(self._watcher)
+            self._writing = False
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker refused the gateway connection: {reason} "
+                      "(username {username})", reason=str(reason_code),
+                      username=mask(self.config.username))
+            return  # paho closes the socket; _on_disconnect schedules the retry
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self.connected = True
+        self.attempt = 0
+        log.info("Connected to MQTT broker {host}:{port}", host=self.config.host,
+                 port=self.config.port)
+        for topic in self.subscriptions:
+            if self.config.mqtt5:
+                client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
+            else:
+                client.subscribe(topic, qos=1)
+        self.listener.link_up()
+        self._flush()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
+                       properties: Any) -> None:
+        if client is not self.client:
+            return
+        was_connected, self.connected = self.connected, False
+        self.client = None
+        self._unwatch()
+        if self._stopped is not None:
+            if not self._stopped.called:
+                self._stopped.callback(None)
+            if was_connected:
+                self.listener.link_down("stopped")
+            return
+        reason = str(reason_code)
+        if was_connected:
+            log.warn("Lost the MQTT connection: {reason}", reason=reason)
+            self.listener.link_down(reason)
+            self._schedule_retry()
+        else:
+            self._connect_failed("connection closed during CONNECT: %s" % reason)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        value = getattr(reason_code, "value", 0)
+        self.listener.published(mid, value)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self.listener.message(message.topic, message.payload)
+
+    # -- reactor readiness -----------------------------------------------------
+
+    def _read(self) -> None:
+        client = self.client
+        if client is not None:
+            client.loop_read(max_packets=100)
+        self._flush()
+
+    def _write(self) -> None:
+        client = self.client
+        if client is not None:
+            client.loop_write()
+
+    def _flush(self) -> None:
+        client = self.client
+        if client is not None and client.want_write():
+            client.loop_write()
+
+    def _lost(self, reason: Failure) -> None:
+        if self.client is not None:
+            self.client.loop_read()
+
+    def _misc(self) -> None:
+        if self.client is not None:
+            self.client.loop_misc()
+            self._flush()
+
+    # -- failures and retries --------------------------------------------------
+
+    def _abandon_attempt(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self._pending_sock is not None:
+            self._unwatch()
+            self._pending_sock.close()
+            self._pending_sock = None
+
+    def _connect_failed(self, reason: str) -> None:
+        self._abandon_attempt()
+        if self.client is not None:
+            client, self.client = self.client, None
+            self._unwatch()
+            client._sock_close()
+        if not self._running:
+            return
+        log.warn("Cannot connect to MQTT broker {host}:{port}: {reason}",
+                 host=self.config.host, port=self.config.port, reason=reason)
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if not self._running:
+            return
+        delay = backoff_delay(self.attempt, self.config.reconnect_min_delay,
+                              self.config.reconnect_max_delay, self.rng)
+        self.attempt += 1
+        log.info("Reconnecting to MQTT in {delay:.1f} s", delay=delay)
+        self._retry = self.reactor.callLater(delay, self._connect)
+
+    def _force_close(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            self._unwatch()
+            client._sock_close()
+        if self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)

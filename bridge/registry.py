@@ -1,0 +1,189 @@
+"""Device registry: access token -> device name and profile, in SQLite under DATA_DIR.
+
+The ``coapbridge devices`` commands write it; a running bridge reads it. The
+bridge keeps an in-memory copy and reloads it when SQLite's ``data_version``
+says another connection changed the file, so additions and removals take
+effect without a restart and a lookup costs one tiny query.
+
+Tokens are secrets: use ``mask()`` whenever one goes into a log line.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from .core.actions import Device
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    name    TEXT PRIMARY KEY,
+    token   TEXT NOT NULL UNIQUE,
+    type    TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done, with a message for the operator."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    token: str
+    type: str
+    deleted: bool = False
+
+
+def mask(token: Optional[str]) -> str:
+    """A token fit for logs: its first four characters only."""
+    if not token:
+        return "<none>"
+    return token[:4] + "…" if len(token) > 4 else "…"
+
+
+def _create_private(path: str) -> None:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+
+
+class Registry:
+    def __init__(self, path: str):
+        self.path = path
+        _create_private(path)
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._version: Optional[int] = None
+        self._by_token: Dict[str, Device] = {}
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- the bridge's view --------------------------------------------------
+
+    def lookup(self, token: str) -> Optional[Device]:
+        """The live device for ``token``, or None (unknown or deleted)."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            rows = self._db.execute("SELECT token, name, type FROM devices WHERE deleted = 0")
+            self._by_token = {token_: Device(name, type_) for token_, name, type_ in rows}
+            self._version = version
+        return self._by_token.get(token)
+
+    def rename(self, old: str, new: str) -> bool:
+        with self._transaction():
+            cursor = self._db.execute("UPDATE devices SET name = ? WHERE name = ?", (new, old))
+        self._version = None
+        return cursor.rowcount > 0
+
+    def mark_deleted(self, name: str) -> bool:
+        with self._transaction():
+            cursor = self._db.execute("UPDATE devices SET deleted = 1 WHERE name = ?", (name,))
+        self._version = None
+        return cursor.rowcount > 0
+
+    # -- the operator's commands --------------------------------------------
+
+    def add(self, name: str, token: str, device_type: str) -> Entry:
+        _validate(name, token, device_type)
+        try:
+            with self._transaction():
+                self._db.execute("INSERT INTO devices (name, token, type) VALUES (?, ?, ?)",
+                                 (name, token, device_type))
+        except sqlite3.IntegrityError:
+            raise RegistryError(self._conflict(name, token))
+        self._version = None
+        return Entry(name, token, device_type)
+
+    def remove(self, name: str) -> bool:
+        with self._transaction():
+            cursor = self._db.execute("DELETE FROM devices WHERE name = ?", (name,))
+        self._version = None
+        return cursor.rowcount > 0
+
+    def entries(self) -> List[Entry]:
+        rows = self._db.execute("SELECT name, token, type, deleted FROM devices ORDER BY name")
+        return [Entry(name, token, type_, bool(deleted)) for name, token, type_, deleted in rows]
+
+    def import_rows(self, rows: Iterable[Tuple[str, str, str]]) -> int:
+        """Add every row in one transaction; nothing is added if any row is bad."""
+        rows = list(rows)
+        problems = []
+        for number, (name, token, device_type) in enumerate(rows, 1):
+            try:
+                _validate(name, token, device_type)
+            except RegistryError as exc:
+                problems.append("row %d: %s" % (number, exc))
+        if problems:
+            raise RegistryError("; ".join(problems))
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT INTO devices (name, token, type) VALUES (?, ?, ?)", rows)
+        except sqlite3.IntegrityError as exc:
+            raise RegistryError("import refused, nothing added: %s" % _integrity(exc))
+        self._version = None
+        return len(rows)
+
+    def _conflict(self, name: str, token: str) -> str:
+        if self._db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone():
+            return "a device named %r already exists" % name
+        return "that token already belongs to another device"
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind, value, tb) -> None:  # type: ignore[no-untyped-def]
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _integrity(exc: sqlite3.IntegrityError) -> str:
+    text = str(exc)
+    if "devices.token" in text:
+        return "a token is already used by another device"
+    if "devices.name" in text:
+        return "a device name already exists"
+    return text
+
+
+def _validate(name: str, token: str, device_type: str) -> None:
+    if not name or not name.strip():
+        raise RegistryError("device name must not be empty")
+    if not token or any(c in token for c in "/?#") or any(c.isspace() for c in token):
+        raise RegistryError("token must be non-empty and contain no '/', '?', '#' or spaces")
+    if not device_type:
+        raise RegistryError("device type must not be empty")
+
+
+def read_csv(path: str, default_type: str) -> List[Tuple[str, str, str]]:
+    """Rows ``name,token[,type]``; a first row ``name,token[,type]`` is a header."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle), 1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            cells = [cell.strip() for cell in row]
+            if number == 1 and cells[:2] == ["name", "token"]:
+                continue
+            if len(cells) not in (2, 3):
+                raise RegistryError("%s line %d: expected name,token[,type]" % (path, number))
+            device_type = cells[2] if len(cells) == 3 and cells[2] else default_type
+            rows.append((cells[0], cells[1], device_type))
+    return rows

@@ -1,0 +1,216 @@
+"""The service tree: the runtime that joins the CoAP edge, the core and the MQTT edge.
+
+``BridgeService`` opens the registry, then starts the MQTT link, then listens
+for CoAP; it stops in reverse (CoAP first, so no new request arrives while
+MQTT closes). Only the composition root (``tap.py``) picks the reactor.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, List, Optional
+
+import txthings.coap as txcoap
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+
+from .config import Config
+from .core import codes
+from .core.actions import Device, Publish, Reply, Request
+from .core.session import CoreSettings, GatewayCore
+from .edge import coap as coap_edge
+from .edge.mqtt import MqttLink
+from .logs import logger
+from .registry import Registry
+
+log = logger("bridge")
+
+TICK_SECONDS = 0.25
+
+
+class Bridge:
+    """Runtime glue: edge events in, core actions out to the edges."""
+
+    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None):
+        self.config = config
+        self.reactor = reactor
+        self.registry: Optional[Registry] = None
+        self.core = GatewayCore(CoreSettings(ack_timeout=config.mqtt.ack_timeout,
+                                             idle_timeout=config.devices.idle_timeout,
+                                             max_packet_size=config.mqtt.max_packet_size,
+                                             mqtt5=config.mqtt.mqtt5),
+                                self.lookup)
+        self.link = MqttLink(reactor, config.mqtt, self, subscriptions=[], rng=rng)
+        self.requests: Dict[int, defer.Deferred] = {}
+        self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
+        self._next_request = 0
+        self.counters: Dict[str, int] = {"requests": 0, "published": 0, "acknowledged": 0}
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def lookup(self, token: str) -> Optional[Device]:
+        return self.registry.lookup(token) if self.registry is not None else None
+
+    # -- CoAP edge -------------------------------------------------------------
+
+    def handle_coap(self, message: txcoap.Message) -> defer.Deferred:
+        self._next_request += 1
+        self.counters["requests"] += 1
+        ref = self._next_request
+        try:
+            request = Request(
+                ref=ref, method=message.code,
+                path=tuple(segment.decode("utf-8") for segment in message.opt.uri_path),
+                payload=message.payload,
+                query=tuple(item.decode("utf-8") for item in message.opt.uri_query),
+                content_format=message.opt.content_format,
+                peer=_peer(message.remote))
+        except UnicodeDecodeError:
+            return defer.succeed(coap_edge.make_response(
+                codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
+        d = defer.Deferred()
+        self.requests[ref] = d
+        self.apply(self.core.on_request(request, self.now()), request.peer)
+        return d
+
+    # -- MQTT edge (LinkListener) ------------------------------------------------
+
+    def link_up(self) -> None:
+        self.apply(self.core.on_link_up(self.now()))
+
+    def link_down(self, reason: str) -> None:
+        self.mids.clear()
+        self.apply(self.core.on_link_down(self.now()))
+
+    def published(self, mid: int, reason_code: int) -> None:
+        ref = self.mids.pop(mid, None)
+        if ref is not None:
+            self.counters["acknowledged"] += 1
+            self.apply(self.core.on_published(ref, reason_code, self.now()))
+
+    def message(self, topic: str, payload: bytes) -> None:
+        log.debug("Downstream message on {topic} ({size} bytes) not handled by this version",
+                  topic=topic, size=len(payload))
+
+    def tick(self) -> None:
+        self.apply(self.core.on_tick(self.now()))
+
+    # -- actions -----------------------------------------------------------------
+
+    def apply(self, actions: List[Any], peer: str = "") -> None:
+        for action in actions:
+            if isinstance(action, Reply):
+                self._reply(action, peer)
+            elif isinstance(action, Publish):
+                mid = self.link.publish(action.topic, action.payload)
+                if mid is None:
+                    self.apply(self.core.on_not_sent(action.ref, self.now()))
+                else:
+                    self.counters["published"] += 1
+                    self.mids[mid] = action.ref
+                    log.debug("Published {topic} for {device} (mid {mid})", topic=action.topic,
+                              device=action.device, mid=mid)
+
+    def _reply(self, reply: Reply, peer: str) -> None:
+        d = self.requests.pop(reply.ref, None)
+        if d is None:
+            return
+        if reply.code >= codes.INTERNAL_SERVER_ERROR and reply.code != codes.SERVICE_UNAVAILABLE:
+            log.warn("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
+                     peer=peer, reason=reply.reason)
+        elif reply.code >= codes.BAD_REQUEST:
+            log.info("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
+                     peer=peer or "device", reason=reply.reason)
+        d.callback(coap_edge.make_response(reply.code, reply.payload, reply.content_format,
+                                           reply.max_age, reply.size1))
+
+
+def _peer(remote: Any) -> str:
+    address, port = remote
+    return "[%s]:%d" % (address, port) if ":" in str(address) else "%s:%d" % (address, port)
+
+
+class _MqttService(Service):
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.bridge.link.start()
+
+    def stopService(self) -> defer.Deferred:
+        Service.stopService(self)
+        return self.bridge.link.stop()
+
+
+class _TickService(Service):
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+        self.loop = LoopingCall(bridge.tick)
+        self.loop.clock = bridge.reactor
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.loop.start(TICK_SECONDS, now=False).addErrback(
+            lambda f: log.failure("Core timer stopped", failure=f))
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self.loop.running:
+            self.loop.stop()
+
+
+class _CoapService(Service):
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+        self.port: Any = None
+        self.protocol: Optional[coap_edge.BridgeCoap] = None
+
+    def startService(self) -> None:
+        cfg = self.bridge.config.coap
+        self.protocol = coap_edge.create_protocol(self.bridge.handle_coap, self.bridge.reactor,
+                                                  cfg.empty_ack_delay, cfg.exchange_lifetime)
+        self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
+                                     cfg.bind_address)
+        Service.startService(self)
+        host = self.port.getHost()
+        log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class BridgeService(MultiService):
+    """MQTT first, then the core's timer, then CoAP; stopped in reverse."""
+
+    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None):
+        MultiService.__init__(self)
+        self.config = config
+        self.bridge = Bridge(config, reactor, rng)
+        self.coap = _CoapService(self.bridge)
+        _MqttService(self.bridge).setServiceParent(self)
+        _TickService(self.bridge).setServiceParent(self)
+        self.coap.setServiceParent(self)
+
+    def startService(self) -> None:
+        self.bridge.registry = Registry(self.config.registry_path)
+        log.info("Device registry {path}: {count} devices", path=self.config.registry_path,
+                 count=len(self.bridge.registry.entries()))
+        MultiService.startService(self)
+
+    def stopService(self) -> defer.Deferred:
+        d = defer.maybeDeferred(MultiService.stopService, self)
+
+        def close(result: Any) -> Any:
+            if self.bridge.registry is not None:
+                self.bridge.registry.close()
+                self.bridge.registry = None
+            log.info("Stopped")
+            return result
+        return d.addBoth(close)
