@@ -1,0 +1,265 @@
+"""Regression tests for the txThings 0.3.0 defects fixed in bridge/edge/coap.py.
+
+Each test drives ``BridgeCoap`` with raw datagrams through a fake UDP
+transport and a ``Clock``: no sockets, no real time.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import txthings.coap as txcoap
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
+
+import coapraw as raw
+from bridge.core import codes
+from bridge.edge import coap as edge
+
+PEER = ("127.0.0.1", 40000)
+
+
+class FakeUDP:
+    def __init__(self):
+        self.sent = []
+
+    def write(self, data, addr):
+        self.sent.append((data, addr))
+
+    def pop(self):
+        out = [raw.decode(data) for data, _ in self.sent]
+        self.sent.clear()
+        return out
+
+
+class Harness:
+    def __init__(self, handler=None, empty_ack_delay=0.5):
+        self.clock = Clock()
+        self.calls = []
+        self.handler = handler or (lambda request: defer.succeed(
+            edge.make_response(codes.CREATED)))
+        self.protocol = edge.create_protocol(self._handle, self.clock, empty_ack_delay, 247.0)
+        self.transport = FakeUDP()
+        self.protocol.transport = self.transport
+        self.protocol.startProtocol()
+
+    def _handle(self, request):
+        self.calls.append(request)
+        return self.handler(request)
+
+    def feed(self, msg_or_bytes, peer=PEER):
+        data = msg_or_bytes if isinstance(msg_or_bytes, bytes) else raw.encode(msg_or_bytes)
+        self.protocol.datagramReceived(data, peer)
+        return self.transport.pop()
+
+
+@pytest.fixture
+def errors():
+    """Collect log events at warn level or above (tracebacks included)."""
+    events = []
+
+    def observer(event):
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn or event.get("isError"):
+            events.append(event)
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_w1_txthings_legacy_logging_is_silenced(errors):
+    legacy = []
+    from twisted.python import log as legacy_log
+    legacy_log.addObserver(legacy.append)
+    try:
+        h = Harness()
+        h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}"))
+    finally:
+        legacy_log.removeObserver(legacy.append)
+    assert isinstance(txcoap.log, edge.QuietLog)
+    assert [e for e in legacy if e.get("system") != "-" or e.get("message")] == []
+
+
+@pytest.mark.parametrize("datagram", [
+    b"", b"\x40", b"\x40\x01\x00",              # shorter than a header
+    b"\x80\x01\x00\x01", b"\x00\x01\x00\x01",   # version 2 and 0
+], ids=["empty", "1-byte", "3-byte", "version-2", "version-0"])
+def test_w2_short_or_wrong_version_datagrams_are_dropped_silently(datagram, errors):
+    h = Harness()
+    assert h.feed(datagram) == []
+    assert errors == []
+    assert h.calls == []
+
+
+@pytest.mark.parametrize("datagram", [
+    bytes([0x49, 0x01, 0x00, 0x07]) + b"123456789",       # TKL 9
+    bytes([0x4F, 0x01, 0x00, 0x07]) + b"x" * 15,          # TKL 15
+    bytes([0x40, 0x01, 0x00, 0x07, 0xF1, 0x00]),          # option delta nibble 15
+    bytes([0x40, 0x01, 0x00, 0x07, 0xD1]),                # delta 13 without its extension byte
+    bytes([0x40, 0x01, 0x00, 0x07, 0xB5, 0x61]),          # Uri-Path claims 5 bytes, has 1
+    bytes([0x40, 0x01, 0x00, 0x07, 0xFF]),                # payload marker, no payload
+    bytes([0x40, 0x20, 0x00, 0x07]),                      # reserved class 1
+    bytes([0x41, 0x00, 0x00, 0x07, 0x99]),                # empty message with a token
+], ids=["tkl9", "tkl15", "nibble15", "ext-missing", "option-truncated", "marker-only",
+        "class1", "empty-with-token"])
+def test_w2_malformed_con_gets_rst_without_traceback(datagram, errors):
+    h = Harness()
+    replies = h.feed(datagram)
+    assert [(r.mtype, r.code, r.mid, r.token) for r in replies] == [(raw.RST, 0, 7, b"")]
+    assert errors == []
+    assert h.calls == []
+
+
+def test_w2_malformed_non_is_dropped_and_valid_requests_still_answered(errors):
+    h = Harness()
+    assert h.feed(bytes([0x59, 0x01, 0x00, 0x08]) + b"123456789") == []
+    replies = h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=9))
+    assert [(r.mtype, r.code_str, r.mid) for r in replies] == [(raw.ACK, "2.01", 9)]
+    assert errors == []
+
+
+def test_w2_request_code_in_an_ack_is_ignored(errors):
+    h = Harness()
+    assert h.feed(raw.Msg(raw.ACK, raw.GET, 5, b"", raw.path_options("/a"))) == []
+    assert errors == [] and h.calls == []
+
+
+def test_w3_unknown_critical_option_gets_4_02():
+    h = Harness()
+    replies = h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", extra=[(2049, b"x")]))
+    assert [(r.mtype, r.code_str, r.token) for r in replies] == [(raw.ACK, "4.02", b"\x01\x02")]
+    assert b"2049" in replies[0].payload
+    assert h.calls == []
+
+
+def test_w3_unknown_elective_option_is_ignored():
+    h = Harness()
+    replies = h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", extra=[(2048, b"x")]))
+    assert [r.code_str for r in replies] == ["2.01"]
+
+
+def test_w3_proxy_uri_gets_5_05_and_non_request_gets_non_reply():
+    h = Harness()
+    replies = h.feed(raw.request(raw.GET, "/x", mtype=raw.NON, extra=[(35, b"coap://a/")]))
+    assert [(r.mtype, r.code_str) for r in replies] == [(raw.NON, "5.05")]
+
+
+def test_w5_slow_answer_gets_empty_ack_without_token_then_separate_con():
+    pending = defer.Deferred()
+    h = Harness(handler=lambda request: pending)
+    assert h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=77)) == []
+    h.clock.advance(0.5)
+    ack = h.transport.pop()
+    assert [(a.mtype, a.code, a.mid, a.token, a.options) for a in ack] == [(raw.ACK, 0, 77, b"", [])]
+    pending.callback(edge.make_response(codes.CREATED))
+    [separate] = h.transport.pop()
+    assert (separate.mtype, separate.code_str, separate.token) == (raw.CON, "2.01", b"\x01\x02")
+    assert separate.mid != 77
+    h.feed(raw.Msg(raw.ACK, 0, separate.mid))  # stop txThings' retransmission
+
+
+def test_w5_non_request_never_gets_an_ack():
+    pending = defer.Deferred()
+    h = Harness(handler=lambda request: pending)
+    h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mtype=raw.NON))
+    h.clock.advance(2)
+    assert h.transport.pop() == []
+    pending.callback(edge.make_response(codes.CREATED))
+    assert [(r.mtype, r.code_str) for r in h.transport.pop()] == [(raw.NON, "2.01")]
+
+
+def test_fast_answer_is_piggybacked_in_the_ack():
+    h = Harness()
+    replies = h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=78))
+    assert [(r.mtype, r.code_str, r.mid) for r in replies] == [(raw.ACK, "2.01", 78)]
+    h.clock.advance(1)
+    assert h.transport.pop() == []
+
+
+def _raise(request):
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("handler", [
+    _raise,
+    lambda request: defer.fail(RuntimeError("async boom")),
+    lambda request: defer.succeed("not a message"),
+], ids=["raises", "failed-deferred", "wrong-type"])
+def test_w6_application_errors_answer_5_00_and_are_logged_once(handler, errors):
+    h = Harness(handler=handler)
+    replies = h.feed(raw.request(raw.GET, "/api/v1/t/attributes", mid=5))
+    assert [(r.mtype, r.code_str, r.mid) for r in replies] == [(raw.ACK, "5.00", 5)]
+    assert len(errors) == 1
+    gc.collect()  # no "Unhandled error in Deferred" afterwards
+    assert len(errors) == 1
+
+
+def test_w6_late_failure_after_empty_ack_still_answers_5_00(errors):
+    pending = defer.Deferred()
+    h = Harness(handler=lambda request: pending)
+    h.feed(raw.request(raw.GET, "/api/v1/t/attributes", mid=6))
+    h.clock.advance(0.5)
+    assert [a.code for a in h.transport.pop()] == [0]
+    pending.errback(RuntimeError("late"))
+    [reply] = h.transport.pop()
+    assert (reply.mtype, reply.code_str) == (raw.CON, "5.00")
+    h.feed(raw.Msg(raw.ACK, 0, reply.mid))
+
+
+def test_w7_responses_up_to_1024_bytes_are_one_datagram_and_larger_use_1024_byte_blocks():
+    body = b"x" * 1500
+    h = Harness(handler=lambda request: defer.succeed(edge.make_response(codes.CONTENT, body)))
+    [small] = Harness(handler=lambda r: defer.succeed(
+        edge.make_response(codes.CONTENT, b"y" * 1000))).feed(raw.request(raw.GET, "/s"))
+    assert small.payload == b"y" * 1000 and small.option(raw.BLOCK2) is None
+    [first] = h.feed(raw.request(raw.GET, "/b", mid=1))
+    block2 = first.uint(raw.BLOCK2)
+    assert (block2 >> 4, bool(block2 & 8), block2 & 7) == (0, True, 6)
+    assert len(first.payload) == 1024
+
+
+def test_w9_listen_uses_a_65535_byte_receive_buffer():
+    calls = []
+
+    class RecordingReactor:
+        def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+            calls.append((port, interface, maxPacketSize))
+
+    edge.listen(RecordingReactor(), Harness().protocol, 5683, "::")
+    assert calls == [(5683, "::", 65535)]  # Twisted's default of 8192 truncates datagrams
+
+
+def test_w10_duplicate_con_gets_cached_response_and_is_processed_once():
+    h = Harness()
+    first = h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=42))
+    again = h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=42))
+    assert [r.code_str for r in first] == ["2.01"]
+    assert raw.encode(again[0]) == raw.encode(first[0])
+    assert len(h.calls) == 1
+    other_peer = h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=42),
+                        peer=("127.0.0.1", 40001))
+    assert [r.code_str for r in other_peer] == ["2.01"] and len(h.calls) == 2
+
+
+def test_w10_duplicate_non_is_dropped():
+    h = Harness()
+    h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mtype=raw.NON, mid=3))
+    assert h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mtype=raw.NON, mid=3)) == []
+    assert len(h.calls) == 1
+
+
+def test_w10_dedup_keeps_no_timer_per_datagram_and_forgets_after_the_lifetime():
+    h = Harness()
+    timers_before = len(h.clock.getDelayedCalls())
+    for mid in range(500):
+        h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=mid))
+    assert len(h.clock.getDelayedCalls()) == timers_before
+    assert len(h.protocol.dedup.entries) == 500
+    assert all(isinstance(v, bytes) for v in h.protocol.dedup.entries.values())
+    h.clock.pump([5.0] * 49)  # 245 s: still within EXCHANGE_LIFETIME
+    assert len(h.protocol.dedup.entries) == 500
+    h.clock.pump([5.0] * 3)  # 260 s: past the lifetime plus one bucket
+    assert h.protocol.dedup.entries == {}
+    assert len(h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=1))) == 1
+    assert len(h.calls) == 501
