@@ -1,0 +1,225 @@
+"""Real parts for integration tests: mosquitto, the bridge under twistd, a paho platform."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bridge.registry import Registry
+
+BIN = os.path.dirname(sys.executable)
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_ports() -> int:
+    """A port number free for both TCP and UDP."""
+    while True:
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Mosquitto:
+    def __init__(self, workdir: str, port: Optional[int] = None):
+        self.port = port or free_port()
+        self.conf = os.path.join(workdir, "mosquitto-%d.conf" % self.port)
+        self.log = os.path.join(workdir, "mosquitto-%d.log" % self.port)
+        with open(self.conf, "w") as handle:
+            handle.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                         % self.port)
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Mosquitto":
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT)
+        wait_until(lambda: port_open(self.port), 10, "mosquitto on %d" % self.port)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+class Platform:
+    """A paho client playing ThingsBoard: records everything under v1/gateway/#."""
+
+    def __init__(self, port: int):
+        self.messages: List[paho.MQTTMessage] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="platform-%d" % os.getpid(),
+                                  protocol=paho.MQTTv311)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("v1/gateway/#", qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "platform could not subscribe"
+
+    def _on_message(self, client: Any, userdata: Any, message: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append(message)
+
+    def received(self, topic: Optional[str] = None) -> List[Dict[str, Any]]:
+        with self.lock:
+            return [json.loads(m.payload) for m in self.messages if topic in (None, m.topic)]
+
+    def topics(self) -> List[str]:
+        with self.lock:
+            return [m.topic for m in self.messages]
+
+    def wait_for(self, topic: str, predicate: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+        def find() -> Any:
+            for payload in self.received(topic):
+                if predicate(payload):
+                    return payload
+            return None
+        return wait_until(find, timeout, "a %s message" % topic)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class BridgeProcess:
+    """``twistd -n coapbridge`` with its own config, data dir and ports."""
+
+    def __init__(self, workdir: str, mqtt_port: int, protocol: str = "5",
+                 bind_address: str = "127.0.0.1", **overrides: Any):
+        self.workdir = workdir
+        self.data_dir = os.path.join(workdir, "data")
+        self.coap_port = free_ports()
+        self.host = "::1" if bind_address in ("::", "::1") else "127.0.0.1"
+        self.config = os.path.join(workdir, "bridge.yaml")
+        self.log = os.path.join(workdir, "bridge.log")
+        mqtt = {"host": "127.0.0.1", "port": mqtt_port, "protocol": protocol,
+                "reconnect_min_delay": 0.2, "reconnect_max_delay": 1.0, "ack_timeout": 3,
+                "keepalive": 5}
+        mqtt.update(overrides.pop("mqtt", {}))
+        config = {"coap": {"bind_address": bind_address, "bind_port": self.coap_port},
+                  "mqtt": mqtt, "data_dir": self.data_dir, "log_level": "debug"}
+        config.update(overrides)
+        with open(self.config, "w") as handle:
+            json.dump(config, handle)  # JSON is YAML
+        self.registry = Registry(os.path.join(self.data_dir, "registry.sqlite3"))
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "coap://%s:%d" % (host, self.coap_port)
+
+    def add_device(self, name: str, token: str, device_type: str = "default") -> None:
+        self.registry.add(name, token, device_type)
+
+    def start(self, wait_mqtt: bool = True) -> "BridgeProcess":
+        env = dict(os.environ)
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge", "--config", self.config],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        wait_until(lambda: "CoAP listening" in self.read_log() or self.proc.poll() is not None,
+                   15, "the bridge to listen")
+        assert self.proc.poll() is None, self.read_log()
+        if wait_mqtt:
+            self.wait_connected(1)
+        return self
+
+    def connected_count(self) -> int:
+        return self.read_log().count("Connected to MQTT broker")
+
+    def wait_connected(self, count: int, timeout: float = 15.0) -> None:
+        wait_until(lambda: self.connected_count() >= count, timeout,
+                   "MQTT connection #%d" % count)
+
+    def read_log(self) -> str:
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        self.registry.close()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    mosquitto = Mosquitto(str(tmp_path_factory.mktemp("broker"))).start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@pytest.fixture(scope="module")
+def platform(broker: Mosquitto):
+    client = Platform(broker.port)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def bridge(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory):
+    process = BridgeProcess(str(tmp_path_factory.mktemp("bridge")), broker.port,
+                            mqtt={"max_packet_size": 20000})
+    process.add_device("Dev A", "tokenA", "thermostat")
+    process.add_device("Dev B", "tokenB")
+    process.start()
+    yield process
+    process.stop()
