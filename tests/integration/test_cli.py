@@ -1,0 +1,93 @@
+"""The operator's commands: `coapbridge` and twistd's handling of bad configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+SHIPPED = os.path.join(REPO, "conf", "coapbridge.yaml")
+
+
+def run(args, env=None, cwd=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    done = subprocess.run(args, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=60)
+    return done.returncode, done.stdout, done.stderr
+
+
+def cli(tmp_path, *args, env=None):
+    return run([os.path.join(BIN, "coapbridge"), "--config", SHIPPED, *args],
+               env={"DATA_DIR": str(tmp_path / "data"), **(env or {})})
+
+
+def test_devices_add_generates_a_20_character_token_and_list_masks_it(tmp_path):
+    rc, out, err = cli(tmp_path, "devices", "add", "Boiler 1", "--type", "boiler")
+    assert rc == 0, err
+    token = re.search(r"token: (\S+)", out).group(1)
+    assert len(token) == 20 and token.isalnum()
+    rc, out, _ = cli(tmp_path, "devices", "list")
+    assert "Boiler 1" in out and "boiler" in out and token not in out and token[:4] in out
+    rc, out, _ = cli(tmp_path, "devices", "list", "--show-tokens")
+    assert token in out
+    assert os.stat(tmp_path / "data" / "registry.sqlite3").st_mode & 0o777 == 0o600
+
+
+def test_devices_add_with_token_import_and_remove(tmp_path):
+    assert cli(tmp_path, "devices", "add", "A", "--token", "tokA")[0] == 0
+    rc, _, err = cli(tmp_path, "devices", "add", "A2", "--token", "tokA")
+    assert rc == 1 and "token already belongs" in err
+    csv_file = tmp_path / "devices.csv"
+    csv_file.write_text("name,token,type\nB,tokB,pump\nC,tokC\n")
+    rc, out, err = cli(tmp_path, "devices", "import", str(csv_file))
+    assert rc == 0 and "imported 2 devices" in out, err
+    rc, out, _ = cli(tmp_path, "devices", "list")
+    assert re.search(r"^B\s+\S+\s+pump$", out, re.M) and "tokB" not in out  # token masked
+    assert re.search(r"^C\s+\S+\s+default$", out, re.M)
+    assert "3 devices" in out
+    assert cli(tmp_path, "devices", "remove", "B")[0] == 0
+    rc, _, err = cli(tmp_path, "devices", "remove", "B")
+    assert rc == 1 and "no device named" in err
+
+
+def test_check_config_accepts_the_shipped_file_and_reports_env_errors(tmp_path):
+    rc, out, _ = cli(tmp_path, "check-config")
+    assert rc == 0 and "OK" in out
+    rc, out, err = cli(tmp_path, "check-config", env={"COAP_BIND_PORT": "70000",
+                                                      "MQTT_PORT": "abc", "MQTT_PROTOCOL": "4"})
+    assert rc == 2
+    assert "3 problems" in err
+    assert "coap.bind_port" in err and "mqtt.port" in err and "mqtt.protocol" in err
+
+
+def test_twistd_reports_every_config_problem_before_opening_sockets(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("coap:\n  bind_port: 0\n  colour: blue\nmqtt:\n  keepalive: soon\n"
+                   "  tls: {enabled: true, ca_file: /nonexistent/ca.pem}\n")
+    rc, out, err = run([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
+                        "--config", str(bad)], cwd=str(tmp_path))
+    assert rc != 0
+    text = out + err
+    assert "4 problems" in text
+    for fragment in ("coap.colour: unknown key", "coap.bind_port: port 0 is out of range",
+                     "mqtt.keepalive: expected an integer", "/nonexistent/ca.pem"):
+        assert fragment in text
+    assert "CoAP listening" not in text and "Connecting to MQTT" not in text
+
+
+def test_twistd_reports_yaml_syntax_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("coap: [unclosed\n")
+    rc, out, err = run([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
+                        "--config", str(bad)], cwd=str(tmp_path))
+    assert rc != 0 and "YAML syntax error" in out + err
+
+
+def test_twistd_help_lists_options():
+    rc, out, err = run([os.path.join(BIN, "twistd"), "coapbridge", "--help"])
+    assert rc == 0 and "--config" in out

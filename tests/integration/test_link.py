@@ -1,0 +1,150 @@
+"""The gateway connection: MQTT 5 and 3.1.1, broker restarts, a broker absent at start."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import coapraw as raw
+from conftest import BridgeProcess, Mosquitto, Platform, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def setup(tmp_path):
+    made = []
+
+    def make(protocol="5", start_broker=True, **overrides):
+        broker = Mosquitto(str(tmp_path))
+        if start_broker:
+            broker.start()
+        bridge = BridgeProcess(str(tmp_path), broker.port, protocol=protocol, **overrides)
+        bridge.add_device("Dev R", "tokenR", "meter")
+        made.append((broker, bridge))
+        return broker, bridge
+    yield make
+    for broker, bridge in made:
+        bridge.stop()
+        broker.kill()
+
+
+_mid = [5000]
+
+
+def post(bridge, payload, timeout=5.0):
+    _mid[0] += 1
+    client = raw.Client(bridge.host, bridge.coap_port)
+    try:
+        return client.exchange(raw.request(raw.POST, "/api/v1/tokenR/telemetry",
+                                            json.dumps(payload).encode(), mid=_mid[0],
+                                            token=_mid[0].to_bytes(2, "big")), timeout)
+    finally:
+        client.close()
+
+
+def has_value(platform, key):
+    return any(key in e["values"] for p in platform.received("v1/gateway/telemetry")
+               for e in p.get("Dev R", []))
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_uplinks_flow_on_both_protocol_versions(setup, protocol):
+    broker, bridge = setup(protocol)
+    bridge.start()
+    platform = Platform(broker.port)
+    try:
+        assert post(bridge, {"proto": protocol}).code_str == "2.01"
+        wait_until(lambda: has_value(platform, "proto"), what="telemetry")
+        assert platform.received("v1/gateway/connect") == [{"device": "Dev R", "type": "meter"}]
+    finally:
+        platform.close()
+
+
+def test_broker_restart_resends_connect_and_data_flows_again(setup):
+    broker, bridge = setup()
+    bridge.start()
+    platform = Platform(broker.port)
+    assert post(bridge, {"before": 1}).code_str == "2.01"
+    wait_until(lambda: has_value(platform, "before"), what="first telemetry")
+    platform.close()
+
+    broker.kill()
+    reply = post(bridge, {"during": 1})
+    assert reply.code_str == "5.03"
+    assert reply.uint(raw.MAX_AGE) and reply.uint(raw.MAX_AGE) > 0
+
+    broker.start()
+    platform = Platform(broker.port)
+    try:
+        bridge.wait_connected(2)
+        # the recently active device is connected again without waiting for its data
+        platform.wait_for("v1/gateway/connect", lambda p: p == {"device": "Dev R", "type": "meter"})
+        assert post(bridge, {"after": 1}).code_str == "2.01"
+        wait_until(lambda: has_value(platform, "after"), what="telemetry after restart")
+    finally:
+        platform.close()
+
+
+def test_broker_absent_at_start_then_appears(setup):
+    broker, bridge = setup(start_broker=False)
+    bridge.start(wait_mqtt=False)
+    reply = post(bridge, {"early": 1})
+    assert reply.code_str == "5.03"
+    broker.start()
+    bridge.wait_connected(1)
+    platform = Platform(broker.port)
+    try:
+        assert post(bridge, {"late": 1}).code_str == "2.01"
+        wait_until(lambda: has_value(platform, "late"), what="telemetry")
+    finally:
+        platform.close()
+
+
+def test_broker_that_never_answers_connect_is_retried_and_devices_get_5_03(setup, tmp_path):
+    """A TCP listener that accepts but never answers CONNECT: the bridge keeps retrying."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    port = listener.getsockname()[1]
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    bridge = BridgeProcess(str(tmp_path), port, mqtt={"connect_timeout": 0.5})
+    bridge.add_device("Dev R", "tokenR")
+    try:
+        bridge.start(wait_mqtt=False)
+        wait_until(lambda: bridge.read_log().count("Cannot connect to MQTT broker") >= 2, 10,
+                   "two failed connection attempts")
+        assert "timed out" in bridge.read_log()
+        assert post(bridge, {"x": 1}).code_str == "5.03"
+    finally:
+        bridge.stop()
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_clean_shutdown_on_sigterm(setup):
+    broker, bridge = setup()
+    bridge.start()
+    bridge.proc.terminate()
+    # twistd re-raises the signal after its orderly shutdown, so the status is SIGTERM's
+    assert bridge.proc.wait(10) in (0, -15)
+    assert "Stopped" in bridge.read_log() and "Server Shut Down" in bridge.read_log()
+    assert "Traceback" not in bridge.read_log()
