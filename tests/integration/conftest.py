@@ -62,10 +62,15 @@ class Mosquitto:
         self.port = port or free_port()
         self.conf = os.path.join(workdir, "mosquitto-%d.conf" % self.port)
         self.log = os.path.join(workdir, "mosquitto-%d.log" % self.port)
-        with open(self.conf, "w") as handle:
-            handle.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                         % self.port)
+        self.write_conf("")
         self.proc: Optional[subprocess.Popen] = None
+
+    def write_conf(self, extra: str) -> None:
+        # As root, mosquitto drops to user "mosquitto", who cannot read pytest's 0700 folders.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        with open(self.conf, "w") as handle:
+            handle.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n%s%s"
+                         % (self.port, user, extra))
 
     def start(self) -> "Mosquitto":
         self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=open(self.log, "ab"),
