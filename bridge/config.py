@@ -172,7 +172,11 @@ def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: Li
             values[f.name] = _build(type(default), value, env, where + ".", problems)
             continue
         if isinstance(value, str):
+            before = len(problems)
             value = substitute(value, env, where, problems)
+            if len(problems) > before:
+                values[f.name] = default  # already reported: the variable is unset
+                continue
         values[f.name] = _coerce(value, default, where, problems)
     return cls(**values)
 
@@ -188,7 +192,7 @@ def _check(config: Config, problems: List[str]) -> None:
         if not 1 <= get(key) <= 65535:
             problems.append("%s: port %d is out of range 1-65535" % (key, get(key)))
     for key in _POSITIVE:
-        if get(key) <= 0:
+        if not get(key) > 0:  # also refuses NaN
             problems.append("%s: must be greater than 0, got %s" % (key, get(key)))
     for key, choices in _CHOICES.items():
         if get(key) not in choices:

@@ -81,8 +81,13 @@ class Registry:
         return self._by_token.get(token)
 
     def rename(self, old: str, new: str) -> bool:
-        with self._transaction():
-            cursor = self._db.execute("UPDATE devices SET name = ? WHERE name = ?", (new, old))
+        if not new or not new.strip():
+            raise RegistryError("device name must not be empty")
+        try:
+            with self._transaction():
+                cursor = self._db.execute("UPDATE devices SET name = ? WHERE name = ?", (new, old))
+        except sqlite3.IntegrityError:
+            raise RegistryError("cannot rename %r: a device named %r already exists" % (old, new))
         self._version = None
         return cursor.rowcount > 0
 
@@ -175,12 +180,12 @@ def _validate(name: str, token: str, device_type: str) -> None:
 def read_csv(path: str, default_type: str) -> List[Tuple[str, str, str]]:
     """Rows ``name,token[,type]``; a first row ``name,token[,type]`` is a header."""
     rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         for number, row in enumerate(csv.reader(handle), 1):
             if not row or all(not cell.strip() for cell in row):
                 continue
             cells = [cell.strip() for cell in row]
-            if number == 1 and cells[:2] == ["name", "token"]:
+            if number == 1 and [cell.lower() for cell in cells[:2]] == ["name", "token"]:
                 continue
             if len(cells) not in (2, 3):
                 raise RegistryError("%s line %d: expected name,token[,type]" % (path, number))

@@ -18,6 +18,7 @@ single quotes, NaN and Infinity; we answer those with 4.00.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
@@ -42,13 +43,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError("%s is not valid JSON" % name)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("number %s is out of range" % text[:24])
+    return value
+
+
 def parse_json(payload: bytes, what: str) -> Any:
     """Decode a UTF-8 JSON document or raise 4.00 naming what was wrong."""
     if not payload:
         raise BadRequest("%s: empty payload" % what)
     try:
         text = payload.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise BadRequest("%s: payload is not UTF-8" % what)
     except ValueError as exc:

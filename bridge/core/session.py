@@ -134,8 +134,11 @@ class GatewayCore:
         if self.link_up:
             horizon = now - self.settings.idle_timeout
             for name, state in list(self.devices.items()):
-                if state.last_active < horizon and state.connected and not self._has_pending(name):
-                    del self.devices[name]
+                if state.last_active >= horizon or state.connect_ref is not None \
+                        or self._has_pending(name):
+                    continue
+                del self.devices[name]
+                if state.connected:
                     topic, payload = gateway.disconnect(name)
                     actions.append(Publish(self._ref(), topic, payload, name))
         return actions

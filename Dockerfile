@@ -1,0 +1,44 @@
+# coapbridge: CoAP devices -> MQTT gateway (ThingsBoard gateway API).
+#
+#   docker build -t coapbridge .
+#   docker run -p 5683:5683/udp -v coapbridge-data:/data \
+#       -e MQTT_HOST=broker.example -e MQTT_USERNAME=<gateway token> coapbridge
+#   docker run --rm -v coapbridge-data:/data coapbridge \
+#       coapbridge --config /etc/coapbridge/coapbridge.yaml devices add my-device
+#
+# Every setting comes from the environment too (see conf/coapbridge.yaml).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+# README.m[d]: setup.cfg reads README.md when there is one; the glob lets it be absent.
+COPY setup.cfg pyproject.toml README.m[d] ./
+COPY bridge ./bridge
+COPY twisted ./twisted
+
+# A regular install puts twisted/plugins/coapbridge_plugin.py into
+# site-packages/twisted/plugins; the plugin cache is then written as root, because
+# the service user cannot write to site-packages at run time.
+RUN pip install . \
+    && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
+    && twistd --help | grep -q coapbridge \
+    && rm -rf /src
+
+RUN useradd --system --no-create-home --home-dir /data --shell /usr/sbin/nologin coapbridge \
+    && mkdir -p /data /etc/coapbridge \
+    && chown coapbridge:coapbridge /data \
+    && chmod 700 /data
+COPY conf/coapbridge.yaml /etc/coapbridge/coapbridge.yaml
+
+ENV DATA_DIR=/data \
+    COAPBRIDGE_CONFIG=/etc/coapbridge/coapbridge.yaml
+VOLUME /data
+WORKDIR /data
+USER coapbridge
+EXPOSE 5683/udp
+
+CMD ["twistd", "-n", "--pidfile=", "coapbridge", "--config", "/etc/coapbridge/coapbridge.yaml"]

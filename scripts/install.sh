@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Installs what coapbridge needs to run and to be tested. Called by the Makefile;
+# every step is idempotent and skips work that is already done.
+#
+#   scripts/install.sh system [--test]  Debian packages (mosquitto, libcoap3-bin; with
+#                                       --test also npm when it is missing)
+#   scripts/install.sh venv             .venv with the project installed editable
+#                                       (compat mode) plus the [test] extras
+#   scripts/install.sh node-tools       node's coap-cli in .tools/ (test-only client)
+#
+# Environment: PYTHON (default python3), VENV (default .venv), TOOLS (default .tools),
+# COAP_CLI_VERSION (default 0.7.1).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+TOOLS=${TOOLS:-.tools}
+COAP_CLI_VERSION=${COAP_CLI_VERSION:-0.7.1}
+MQTT_PORT_LOCAL=1883
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+# mosquitto lives in /usr/sbin, which is not on a normal user's PATH on Debian.
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
+port_open() {  # port_open PORT -> 0 when something accepts TCP connections on 127.0.0.1:PORT
+    "$PYTHON" - "$1" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket()
+s.settimeout(0.5)
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+PY
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root for: $* (install sudo or run as root)"
+    fi
+}
+
+# Debian's mosquitto package starts a broker on port 1883 when an init system lets it.
+# This project starts its own brokers (make run on demand, the tests on free ports),
+# so a broker that apt-get just started is stopped again.
+stop_packaged_mosquitto() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl stop mosquitto.service >/dev/null 2>&1 || true
+        as_root systemctl disable mosquitto.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/mosquitto ]; then
+        as_root /etc/init.d/mosquitto stop >/dev/null 2>&1 || true
+    fi
+    local pidfile=/run/mosquitto/mosquitto.pid pid
+    if [ -s "$pidfile" ]; then
+        pid=$(cat "$pidfile")
+        if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mosquitto ]; then
+            as_root kill "$pid" || true
+        fi
+    fi
+}
+
+cmd_system() {
+    local with_test=0
+    [ "${1:-}" = "--test" ] && with_test=1
+    local packages=()
+    have mosquitto || packages+=(mosquitto)
+    have coap-client-notls || packages+=(libcoap3-bin)
+    if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        packages+=(python3-venv)
+    fi
+    if [ "$with_test" -eq 1 ] && ! command -v npm >/dev/null 2>&1; then
+        packages+=(npm)
+    fi
+    if [ "${#packages[@]}" -eq 0 ]; then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 \
+        || die "missing ${packages[*]} and apt-get is not available; install them by hand"
+    local broker_was_up=0
+    port_open "$MQTT_PORT_LOCAL" && broker_was_up=1
+    log "apt-get install ${packages[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${packages[@]}"
+    if [ "$broker_was_up" -eq 0 ]; then
+        stop_packaged_mosquitto
+    fi
+}
+
+cmd_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    log "installing coapbridge (editable, compat mode) into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # compat mode: the project root goes on sys.path through a .pth file, which is how
+    # twistd finds ./twisted/plugins/coapbridge_plugin.py.
+    "$VENV/bin/python" -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+}
+
+cmd_node_tools() {
+    local bin="$TOOLS/node_modules/.bin/coap"
+    if [ -x "$bin" ]; then
+        return 0
+    fi
+    command -v npm >/dev/null 2>&1 || die "npm is missing (run: scripts/install.sh system --test)"
+    log "npm install coap-cli@$COAP_CLI_VERSION into $TOOLS"
+    mkdir -p "$TOOLS"
+    npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error \
+        "coap-cli@$COAP_CLI_VERSION" </dev/null
+    [ -x "$bin" ] || die "npm finished but $bin is missing"
+}
+
+case "${1:-}" in
+    system) shift; cmd_system "$@" ;;
+    venv) cmd_venv ;;
+    node-tools) cmd_node_tools ;;
+    *) die "usage: $0 system [--test] | venv | node-tools" ;;
+esac

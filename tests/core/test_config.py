@@ -1,0 +1,201 @@
+"""Configuration loading and validation (bridge.config), always with an explicit env dict."""
+
+import os
+
+import pytest
+
+from bridge.config import Config, ConfigError, load, load_text
+
+
+def problems_of(text, env=None):
+    with pytest.raises(ConfigError) as info:
+        load_text(text, {} if env is None else env)
+    return info.value.problems
+
+
+def test_empty_text_gives_defaults():
+    config = load_text("", {})
+    assert config == Config()
+    assert config.coap.bind_address == "0.0.0.0"
+    assert config.coap.bind_port == 5683
+    assert config.mqtt.host == "localhost"
+    assert config.mqtt.port == 1883
+    assert config.mqtt.protocol == "5" and config.mqtt.mqtt5 is True
+    assert config.mqtt.tls.enabled is False
+    assert config.devices.idle_timeout == 600.0
+    assert config.registry_path == os.path.join("./data", "registry.sqlite3")
+
+
+def test_partial_section_keeps_other_defaults():
+    config = load_text("mqtt:\n  host: tb.example\n", {})
+    assert config.mqtt.host == "tb.example"
+    assert config.mqtt.port == 1883
+    assert config.coap == Config().coap
+
+
+def test_built_in_defaults_without_file_match_dataclass_defaults():
+    assert load(None, {}) == Config()
+
+
+def test_built_in_defaults_read_environment():
+    config = load(None, {"MQTT_HOST": "broker", "MQTT_PORT": "8883", "MQTT_PROTOCOL": "3.1.1",
+                         "MQTT_TLS": "true"})
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.protocol, config.mqtt.tls.enabled) == (
+        "broker", 8883, "3.1.1", True)
+
+
+def test_env_substitution_uses_env_value_and_coerces_type():
+    config = load_text('mqtt: {host: "${MQTT_HOST:localhost}", port: "${MQTT_PORT:1883}"}',
+                       {"MQTT_HOST": "tb.local", "MQTT_PORT": "8883"})
+    assert config.mqtt.host == "tb.local"
+    assert config.mqtt.port == 8883
+
+
+def test_env_substitution_falls_back_to_default():
+    config = load_text('mqtt: {host: "${MQTT_HOST:fallback}", port: "${MQTT_PORT:1884}"}', {})
+    assert config.mqtt.host == "fallback"
+    assert config.mqtt.port == 1884
+
+
+def test_env_substitution_empty_default_and_embedded_references():
+    config = load_text('mqtt: {username: "${U:}", client_id: "gw-${SITE:x}-${N:1}"}', {"SITE": "lab"})
+    assert config.mqtt.username == ""
+    assert config.mqtt.client_id == "gw-lab-1"
+
+
+def test_env_value_set_to_empty_string_wins_over_default():
+    config = load_text('mqtt: {username: "${U:admin}"}', {"U": ""})
+    assert config.mqtt.username == ""
+
+
+def test_env_substitution_for_booleans():
+    config = load_text('mqtt: {tls: {verify_hostname: "${V:true}"}}', {"V": "no"})
+    assert config.mqtt.tls.verify_hostname is False
+
+
+def test_unset_variable_without_default_is_an_error():
+    problems = problems_of('mqtt: {host: "${MQTT_HOST}"}')
+    assert len(problems) == 1
+    assert "MQTT_HOST" in problems[0] and "mqtt.host" in problems[0]
+
+
+def test_every_problem_is_reported_at_once():
+    text = "coap:\n  bogus: 1\n  bind_port: 70000\nmqtt:\n  keepalive: soon\n"
+    with pytest.raises(ConfigError) as info:
+        load_text(text, {}, source="bridge.yaml")
+    problems = info.value.problems
+    assert len(problems) == 3
+    assert any("coap.bogus" in p and "unknown key" in p for p in problems)
+    assert any("coap.bind_port" in p and "70000" in p for p in problems)
+    assert any("mqtt.keepalive" in p and "integer" in p for p in problems)
+    message = str(info.value)
+    assert message.startswith("bridge.yaml has 3 problems:")
+    assert all(p in message for p in problems)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("mqtt: {port: 0}", "mqtt.port"),
+    ("mqtt: {port: 65536}", "mqtt.port"),
+    ("coap: {bind_port: -1}", "coap.bind_port"),
+    ("mqtt: {ack_timeout: 0}", "mqtt.ack_timeout"),
+    ("devices: {idle_timeout: -5}", "devices.idle_timeout"),
+    ("mqtt: {port: 1883.5}", "mqtt.port"),
+    ("mqtt: {port: true}", "mqtt.port"),
+    ("mqtt: {host: [a, b]}", "mqtt.host"),
+    ("mqtt: {tls: {enabled: maybe}}", "mqtt.tls.enabled"),
+    ("mqtt: {reconnect_min_delay: 10, reconnect_max_delay: 5}", "mqtt.reconnect_max_delay"),
+    ("mqtt: {max_packet_size: 300000000}", "mqtt.max_packet_size"),
+    ("log_level: verbose", "log_level"),
+    ("devices: {default_type: ''}", "devices.default_type"),
+    ("mqtt: 5", "mqtt"),
+    ("mqtt: {tls: {enabled: true, cert_file: ''}, bogus: 1}", "mqtt.bogus"),
+])
+def test_invalid_value_is_reported_by_key(text, key):
+    problems = problems_of(text)
+    assert len(problems) == 1
+    assert problems[0].startswith(key)
+
+
+def test_top_level_must_be_a_mapping():
+    problems = problems_of("- a\n- b\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("top level: expected a mapping")
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_port_range_bounds_are_accepted(port):
+    assert load_text("mqtt: {port: %d}" % port, {}).mqtt.port == port
+
+
+def test_yaml_syntax_error_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        load_text("mqtt: {host: [unclosed\n", {})
+    assert len(info.value.problems) == 1
+    assert "YAML syntax error" in info.value.problems[0]
+    assert "\n" not in info.value.problems[0]
+
+
+@pytest.mark.parametrize("text,protocol,mqtt5", [
+    ('mqtt: {protocol: "5"}', "5", True),
+    ("mqtt: {protocol: 5}", "5", True),
+    ("mqtt: {protocol: 3.1.1}", "3.1.1", False),
+    ('mqtt: {protocol: "3.1.1"}', "3.1.1", False),
+])
+def test_mqtt_protocol_accepted_choices(text, protocol, mqtt5):
+    config = load_text(text, {})
+    assert config.mqtt.protocol == protocol
+    assert config.mqtt.mqtt5 is mqtt5
+
+
+@pytest.mark.parametrize("value", ["4", "3.1", "v5", "5.0", "mqtt5"])
+def test_mqtt_protocol_other_values_are_refused(value):
+    problems = problems_of('mqtt: {protocol: "%s"}' % value)
+    assert len(problems) == 1
+    assert problems[0].startswith("mqtt.protocol") and value in problems[0]
+
+
+def test_tls_enabled_with_missing_ca_file_names_the_path(tmp_path):
+    missing = str(tmp_path / "nope" / "ca.pem")
+    problems = problems_of('mqtt: {tls: {enabled: true, ca_file: "%s"}}' % missing)
+    assert len(problems) == 1
+    assert "mqtt.tls.ca_file" in problems[0] and missing in problems[0]
+
+
+def test_tls_enabled_with_existing_ca_file_is_accepted(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    config = load_text('mqtt: {tls: {enabled: true, ca_file: "%s"}}' % ca, {})
+    assert config.mqtt.tls.enabled and config.mqtt.tls.ca_file == str(ca)
+
+
+def test_tls_files_are_not_checked_when_tls_disabled(tmp_path):
+    missing = str(tmp_path / "ca.pem")
+    config = load_text('mqtt: {tls: {enabled: false, ca_file: "%s"}}' % missing, {})
+    assert config.mqtt.tls.ca_file == missing
+
+
+def test_tls_cert_without_key_is_refused(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    problems = problems_of('mqtt: {tls: {enabled: true, cert_file: "%s"}}' % cert)
+    assert problems == ["mqtt.tls: cert_file and key_file must be given together"]
+
+
+def test_load_reports_unreadable_file(tmp_path):
+    path = str(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError) as info:
+        load(path, {})
+    assert path in str(info.value)
+
+
+def test_load_reads_file_with_env(tmp_path):
+    path = tmp_path / "bridge.yaml"
+    path.write_text('data_dir: "${DATA_DIR:/var/lib/x}"\n')
+    config = load(str(path), {"DATA_DIR": str(tmp_path)})
+    assert config.registry_path == os.path.join(str(tmp_path), "registry.sqlite3")
+
+
+@pytest.mark.parametrize("key", ["ack_timeout", "connect_timeout"])
+def test_nan_durations_are_refused(key):
+    problems = problems_of("mqtt: {%s: .nan}" % key)
+    assert any(p.startswith("mqtt." + key) for p in problems)

@@ -1,0 +1,118 @@
+"""Table-driven tests of ``bridge.core.routes.route``."""
+
+import pytest
+
+from bridge.core import codes, routes
+from bridge.core.codes import BadRequest, MethodNotAllowed, NotFound
+from bridge.core.routes import Route, route
+
+FETCH = 5  # RFC 8132 FETCH; not supported by the bridge
+
+
+def p(text):
+    """'/api/v1/T/telemetry' -> ('api', 'v1', 'T', 'telemetry'), one segment per Uri-Path option."""
+    return tuple(text.strip("/").split("/")) if text.strip("/") else ()
+
+
+ACCEPTED = [
+    # (id, method, segments, expected route)
+    ("token_telemetry", codes.POST, p("/api/v1/T/telemetry"), Route("telemetry", token="T")),
+    ("token_attributes", codes.POST, p("/api/v1/T/attributes"), Route("attributes", token="T")),
+    ("token_attributes_get", codes.GET, p("/api/v1/T/attributes"), Route("attributes", token="T")),
+    ("token_claim", codes.POST, p("/api/v1/T/claim"), Route("claim", token="T")),
+    ("feature_upper_case", codes.POST, p("/api/v1/T/TELEMETRY"), Route("telemetry", token="T")),
+    ("feature_mixed_case", codes.POST, p("/api/v1/T/Attributes"), Route("attributes", token="T")),
+    ("token_case_kept", codes.POST, p("/api/v1/AbC/telemetry"), Route("telemetry", token="AbC")),
+    ("numeric_token", codes.POST, p("/api/v1/12345/telemetry"), Route("telemetry", token="12345")),
+    ("single_option_with_slashes", codes.POST, ("/api/v1/T/telemetry",),
+     Route("telemetry", token="T")),
+    ("single_option_without_leading_slash", codes.POST, ("api/v1/T/telemetry",),
+     Route("telemetry", token="T")),
+    ("token_rpc_subscribe", codes.GET, p("/api/v1/T/rpc"), Route("rpc", token="T")),
+    ("token_rpc_with_id", codes.POST, p("/api/v1/T/rpc/42"), Route("rpc", token="T", rpc_id=42)),
+    ("token_rpc_non_numeric_id", codes.POST, p("/api/v1/T/rpc/abc"), Route("rpc", token="T")),
+    ("token_rpc_non_ascii_digits_id", codes.POST, ("api", "v1", "T", "rpc", "\u0664\u0662"),
+     Route("rpc", token="T")),
+    ("single_option_rpc_id", codes.POST, ("/api/v1/T/rpc/7",), Route("rpc", token="T", rpc_id=7)),
+    ("x509_telemetry", codes.POST, p("/api/v1/telemetry"), Route("telemetry")),
+    ("x509_feature_upper_case", codes.POST, p("/api/v1/ATTRIBUTES"), Route("attributes")),
+    ("x509_rpc_with_id", codes.POST, p("/api/v1/rpc/42"), Route("rpc", rpc_id=42)),
+    ("provision", codes.POST, p("/api/v1/provision"), Route("provision")),
+    ("provision_upper_case", codes.POST, p("/api/v1/PROVISION"), Route("provision")),
+    ("provision_after_token_has_no_token", codes.POST, p("/api/v1/T/provision"),
+     Route("provision")),
+    ("empty_token_is_none", codes.POST, ("api", "v1", "", "telemetry"), Route("telemetry")),
+    ("firmware_get", codes.GET, p("/fw/T"), Route("firmware", token="T")),
+    ("software_get", codes.GET, p("/sw/T"), Route("software", token="T")),
+    ("firmware_without_token", codes.GET, p("/fw"), Route("firmware")),
+]
+
+
+@pytest.mark.parametrize("method,segments,expected", [case[1:] for case in ACCEPTED],
+                         ids=[case[0] for case in ACCEPTED])
+def test_route_accepts_api_paths(method, segments, expected):
+    assert route(method, segments) == expected
+
+
+REJECTED = [
+    # (id, method, segments, error class, dotted code)
+    ("unknown_feature", codes.POST, p("/api/v1/T/bogus"), BadRequest, "4.00"),
+    ("unknown_feature_x509_form", codes.POST, p("/api/v1/bogus"), BadRequest, "4.00"),
+    ("feature_is_numeric_in_token_form", codes.POST, p("/api/v1/T/42"), BadRequest, "4.00"),
+    ("too_short_no_feature", codes.POST, p("/api/v1"), BadRequest, "4.00"),
+    ("too_short_single_option", codes.POST, ("/api/v1",), BadRequest, "4.00"),
+    ("outside_api_root", codes.POST, p("/foo/bar"), NotFound, "4.04"),
+    ("wrong_api_version", codes.POST, p("/api/v2/T/telemetry"), NotFound, "4.04"),
+    ("api_only", codes.POST, p("/api"), NotFound, "4.04"),
+    ("empty_path", codes.POST, (), NotFound, "4.04"),
+    ("api_case_sensitive", codes.POST, p("/API/V1/T/telemetry"), NotFound, "4.04"),
+    ("put", codes.PUT, p("/api/v1/T/telemetry"), MethodNotAllowed, "4.05"),
+    ("delete", codes.DELETE, p("/api/v1/T/telemetry"), MethodNotAllowed, "4.05"),
+    ("fetch", FETCH, p("/api/v1/T/telemetry"), MethodNotAllowed, "4.05"),
+    ("put_x509_form", codes.PUT, p("/api/v1/rpc/42"), MethodNotAllowed, "4.05"),
+    ("firmware_post", codes.POST, p("/fw/T"), MethodNotAllowed, "4.05"),
+    ("software_put", codes.PUT, p("/sw/T"), MethodNotAllowed, "4.05"),
+]
+
+
+@pytest.mark.parametrize("method,segments,error,dotted_code", [case[1:] for case in REJECTED],
+                         ids=[case[0] for case in REJECTED])
+def test_route_rejects_with_coap_error(method, segments, error, dotted_code):
+    with pytest.raises(error) as info:
+        route(method, segments)
+    assert codes.dotted(info.value.code) == dotted_code
+    assert info.value.reason  # a diagnostic is always given
+
+
+def test_unknown_path_is_4_04_even_for_unsupported_method():
+    with pytest.raises(NotFound):
+        route(codes.PUT, p("/nowhere"))
+
+
+def test_unsupported_method_is_4_05_before_malformed_path_4_00():
+    with pytest.raises(MethodNotAllowed):
+        route(codes.DELETE, p("/api/v1/T/bogus"))
+
+
+def test_unknown_feature_reason_is_truncated():
+    with pytest.raises(BadRequest) as info:
+        route(codes.POST, ("api", "v1", "T", "x" * 500))
+    assert len(info.value.reason) < 100
+
+
+def test_not_found_reason_is_truncated():
+    with pytest.raises(NotFound) as info:
+        route(codes.GET, ("x" * 500,))
+    assert len(info.value.reason) < 100
+
+
+def test_multiple_options_are_not_split_on_slashes():
+    # Only a *single* Uri-Path option holding slashes is split (ThingsBoard quirk).
+    with pytest.raises(NotFound):
+        route(codes.POST, ("api/v1", "T", "telemetry"))
+
+
+def test_split_path_only_splits_a_single_segment():
+    assert routes.split_path(["/api/v1/T/telemetry"]) == ("api", "v1", "T", "telemetry")
+    assert routes.split_path(["api", "v1"]) == ("api", "v1")
+    assert routes.split_path(["telemetry"]) == ("telemetry",)
