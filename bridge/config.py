@@ -39,6 +39,12 @@ class CoapConfig:
     bind_port: int = 5683
     empty_ack_delay: float = 0.5
     exchange_lifetime: float = 247.0
+    max_observers: int = 100000
+    # RFC 7252 §4.8 transmission parameters for CON notifications.
+    ack_timeout: float = 2.0
+    max_retransmit: int = 4
+    # A NON observer gets a CON notification at least this often (RFC 7641 §4.5).
+    con_notification_interval: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,19 @@ class DevicesConfig:
 
 
 @dataclass(frozen=True)
+class PlatformConfig:
+    request_timeout: float = 10.0
+    rpc_queue_size: int = 100
+    rpc_queue_ttl: float = 60.0
+    client_rpc_method: str = "deviceRpc"
+
+
+@dataclass(frozen=True)
 class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
     data_dir: str = "./data"
     log_level: str = "info"
 
@@ -99,7 +114,8 @@ _PORTS = ("coap.bind_port", "mqtt.port")
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.ack_timeout", "mqtt.max_packet_size",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
-             "devices.idle_timeout")
+             "devices.idle_timeout", "coap.max_observers", "coap.ack_timeout", "coap.con_notification_interval",
+             "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl")
 
 
 def substitute(text: str, env: Mapping[str, str], where: str, problems: List[str]) -> str:
@@ -209,6 +225,8 @@ def _check(config: Config, problems: List[str]) -> None:
                 problems.append("mqtt.tls.%s: file %s does not exist" % (key, path))
         if bool(tls.cert_file) != bool(tls.key_file):
             problems.append("mqtt.tls: cert_file and key_file must be given together")
+    if not config.platform.client_rpc_method:
+        problems.append("platform.client_rpc_method: must not be empty")
     if not config.devices.default_type:
         problems.append("devices.default_type: must not be empty")
 

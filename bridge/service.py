@@ -17,16 +17,20 @@ from twisted.internet.task import LoopingCall
 
 from .config import Config
 from .core import codes
-from .core.actions import Device, Publish, Reply, Request
+from .core import gateway
+from .core.actions import DeleteDevice, Device, Log, Notify, Publish, RenameDevice, Reply, Request
+from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .core.session import CoreSettings, GatewayCore
 from .edge import coap as coap_edge
 from .edge.mqtt import MqttLink
 from .logs import logger
-from .registry import Registry
+from .registry import Registry, RegistryError
 
 log = logger("bridge")
 
 TICK_SECONDS = 0.25
+SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
+                 GATEWAY_RPC_REQUEST_PREFIX + "+", GATEWAY_RPC_RESPONSE_PREFIX + "+"]
 
 
 class Bridge:
@@ -36,12 +40,23 @@ class Bridge:
         self.config = config
         self.reactor = reactor
         self.registry: Optional[Registry] = None
+        self.rng = rng or random.Random()
+        platform = config.platform
         self.core = GatewayCore(CoreSettings(ack_timeout=config.mqtt.ack_timeout,
                                              idle_timeout=config.devices.idle_timeout,
                                              max_packet_size=config.mqtt.max_packet_size,
-                                             mqtt5=config.mqtt.mqtt5),
+                                             mqtt5=config.mqtt.mqtt5,
+                                             request_timeout=platform.request_timeout,
+                                             rpc_queue_size=platform.rpc_queue_size,
+                                             rpc_queue_ttl=platform.rpc_queue_ttl,
+                                             max_observers=config.coap.max_observers,
+                                             con_interval=config.coap.con_notification_interval,
+                                             client_rpc_method=platform.client_rpc_method),
                                 self.lookup)
-        self.link = MqttLink(reactor, config.mqtt, self, subscriptions=[], rng=rng)
+        self.link = MqttLink(reactor, config.mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
+        self.notifier: Optional[coap_edge.Notifier] = None
+        self._notifications: List[Notify] = []
+        self._flush_call: Any = None
         self.requests: Dict[int, defer.Deferred] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
@@ -66,7 +81,11 @@ class Bridge:
                 payload=message.payload,
                 query=tuple(item.decode("utf-8") for item in message.opt.uri_query),
                 content_format=message.opt.content_format,
-                peer=_peer(message.remote))
+                peer=_peer(message.remote),
+                observe=message.opt.observe,
+                token=message.token,
+                remote=message.remote,
+                confirmable=message.mtype == txcoap.CON)
         except UnicodeDecodeError:
             return defer.succeed(coap_edge.make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
@@ -91,8 +110,11 @@ class Bridge:
             self.apply(self.core.on_published(ref, reason_code, self.now()))
 
     def message(self, topic: str, payload: bytes) -> None:
-        log.debug("Downstream message on {topic} ({size} bytes) not handled by this version",
-                  topic=topic, size=len(payload))
+        log.debug("Downstream {topic} ({size} bytes)", topic=topic, size=len(payload))
+        self.apply(self.core.on_message(topic, payload, self.now()))
+
+    def notified(self, ref: int, outcome: str) -> None:
+        self.apply(self.core.on_notified(ref, outcome, self.now()))
 
     def tick(self) -> None:
         self.apply(self.core.on_tick(self.now()))
@@ -112,6 +134,53 @@ class Bridge:
                     self.mids[mid] = action.ref
                     log.debug("Published {topic} for {device} (mid {mid})", topic=action.topic,
                               device=action.device, mid=mid)
+            elif isinstance(action, Notify):
+                self._queue_notification(action)
+            elif isinstance(action, Log):
+                self._log(action)
+            elif isinstance(action, RenameDevice):
+                self._registry_change("rename", action.old, action.new)
+            elif isinstance(action, DeleteDevice):
+                self._registry_change("delete", action.name)
+
+    def _queue_notification(self, notify: Notify) -> None:
+        # Sent on the next turn of the reactor, in order, so that a registration's
+        # response (sent when txThings resumes) always goes before its first notification.
+        self._notifications.append(notify)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush_notifications)
+
+    def _flush_notifications(self) -> None:
+        self._flush_call = None
+        batch, self._notifications = self._notifications, []
+        for notify in batch:
+            if self.notifier is None:
+                continue
+            self.notifier.send(notify.ref, notify.remote, notify.token, notify.confirmable,
+                               notify.code, notify.payload, notify.observe)
+            log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
+                      observe=notify.observe, kind="CON" if notify.confirmable else "NON")
+
+    def _log(self, entry: Log) -> None:
+        emit = {"debug": log.debug, "info": log.info, "warn": log.warn,
+                "error": log.error}.get(entry.level, log.info)
+        emit("{text}", text=entry.text, device=entry.device)
+
+    def _registry_change(self, kind: str, *names: str) -> None:
+        if self.registry is None:
+            return
+        try:
+            if kind == "rename":
+                changed = self.registry.rename(names[0], names[1])
+            else:
+                changed = self.registry.mark_deleted(names[0])
+        except RegistryError as exc:
+            log.error("Platform asked to {kind} {device}, but: {error}", kind=kind,
+                      device=names[0], error=str(exc))
+            return
+        log.info("Platform {kind}d device {device}{detail}", kind=kind, device=names[0],
+                 detail=" to %s" % names[1] if kind == "rename" else "",
+                 known=changed)
 
     def _reply(self, reply: Reply, peer: str) -> None:
         d = self.requests.pop(reply.ref, None)
@@ -124,7 +193,7 @@ class Bridge:
             log.info("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
                      peer=peer or "device", reason=reply.reason)
         d.callback(coap_edge.make_response(reply.code, reply.payload, reply.content_format,
-                                           reply.max_age, reply.size1))
+                                           reply.max_age, reply.size1, reply.observe))
 
 
 def _peer(remote: Any) -> str:
@@ -172,6 +241,9 @@ class _CoapService(Service):
         cfg = self.bridge.config.coap
         self.protocol = coap_edge.create_protocol(self.bridge.handle_coap, self.bridge.reactor,
                                                   cfg.empty_ack_delay, cfg.exchange_lifetime)
+        self.bridge.notifier = coap_edge.Notifier(self.protocol, self.bridge.reactor,
+                                                  self.bridge.rng, self.bridge.notified,
+                                                  cfg.ack_timeout, cfg.max_retransmit)
         self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                      cfg.bind_address)
         Service.startService(self)

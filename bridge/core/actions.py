@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Hashable, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,10 @@ class Request:
     query: Tuple[str, ...] = ()
     content_format: Optional[int] = None
     peer: str = ""
+    observe: Optional[int] = None
+    token: bytes = b""
+    remote: Hashable = None
+    confirmable: bool = True
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Reply:
     max_age: Optional[int] = None
     size1: Optional[int] = None
     reason: str = ""
+    observe: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -47,4 +52,42 @@ class Publish:
     ref: int
     topic: str
     payload: bytes
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Send an observe notification; the edge reports ACK, RST or timeout for CON ones."""
+
+    ref: int
+    remote: Hashable
+    token: bytes
+    confirmable: bool
+    code: int
+    payload: bytes
+    observe: int
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class RenameDevice:
+    """The platform renamed a device: update the registry."""
+
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class DeleteDevice:
+    """The platform deleted a device: its token must get 4.01 from now on."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Log:
+    """Something the operator should know; the edge logs it at ``level``."""
+
+    level: str
+    text: str
     device: str = ""

@@ -56,3 +56,8 @@ def publish_packet_size(topic: str, payload: bytes, mqtt5: bool) -> int:
     """Bytes on the wire of a QoS 1 PUBLISH without properties."""
     remaining = 2 + len(topic.encode("utf-8")) + 2 + len(payload) + (1 if mqtt5 else 0)
     return 1 + _varint_size(remaining) + remaining
+
+
+def rpc_reply(device: str, rpc_id: int, data: object) -> Message:
+    """A device's answer to server-side RPC ``rpc_id``; ``data`` is kept as the device sent it."""
+    return RPC, dumps({"device": device, "id": rpc_id, "data": data})

@@ -1,29 +1,47 @@
-"""Gateway session state: which devices are connected upstream, and what waits for a PUBACK.
+"""The gateway session: the pure heart of the bridge.
 
-``GatewayCore`` is the pure heart of the bridge. Events go in (a CoAP request,
-a PUBACK, the link going up or down, a timer tick) with ``now`` in seconds;
-a list of ``Reply`` and ``Publish`` actions comes out.
+``GatewayCore`` takes events (a CoAP request, a PUBACK, a downstream MQTT
+message, an observe notification's fate, the link going up or down, a timer
+tick) with ``now`` in seconds, and returns actions (``Reply``, ``Publish``,
+``Notify``, ``RenameDevice``, ``DeleteDevice``, ``Log``).
 
-Delivery rule until the durable outbox exists: a device gets 2.01 only after
-the broker's PUBACK for its message; when the link is down, or the PUBACK
-does not come within ``ack_timeout``, it gets 5.03 with Max-Age.
+Uplinks: a device gets 2.01 only after the broker's PUBACK for its message;
+when the link is down, or the PUBACK does not come within ``ack_timeout``, it
+gets 5.03 with Max-Age. Every device-scoped publish is preceded by
+``v1/gateway/connect`` (and waits for its PUBACK), so the platform creates
+the device with its profile and pushes its attributes and RPCs to this
+connection.
+
+Downstream: attribute reads, shared-attribute and RPC observe, RPC replies
+and client-side RPC (see downstream.py for the message shapes and
+observe.py for relations).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import codes, gateway, payloads, routes
-from .actions import Device, Publish, Reply, Request
+from .actions import (DeleteDevice, Device, Log, Notify, Publish, RenameDevice, Reply, Request)
 from .codes import CoapError
+from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX, AttributeUpdate,
+                         ServerRpc, attribute_response, attribute_update, keys_param, loads,
+                         server_rpc, topic_suffix_int)
+from .observe import Observers, Pending
 
-Action = Union[Reply, Publish]
+Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log]
 Lookup = Callable[[str], Optional[Device]]
 
 # MQTT 5 PUBACK reason codes that mean the platform will not take the message.
 QUOTA_EXCEEDED = 0x97
 PAYLOAD_FORMAT_INVALID = 0x99
+
+ATTRIBUTES_FEATURE = routes.ATTRIBUTES
+RPC_FEATURE = routes.RPC
+CLIENT, SHARED, DISCOVER = "client", "shared", "discover"
+MAX_KNOWN_KEYS = 1000
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,12 @@ class CoreSettings:
     max_packet_size: int = 65536
     mqtt5: bool = True
     retry_after: int = 5  # Max-Age hint (s) on 5.03
+    request_timeout: float = 10.0  # attribute reads and client-side RPC -> 5.04
+    rpc_queue_size: int = 100  # server RPCs waiting per device for an observer
+    rpc_queue_ttl: float = 60.0
+    max_observers: int = 100000
+    con_interval: float = 86400.0
+    client_rpc_method: str = "deviceRpc"
 
 
 @dataclass
@@ -47,6 +71,38 @@ class _DeviceState:
 
 @dataclass
 class _Pending:
+    """A publish waiting for its PUBACK; ``request_ref`` is answered 2.01 then (if set)."""
+
+    request_ref: Optional[int]
+    device: str
+    deadline: float
+
+
+@dataclass
+class _Fetch:
+    """Reading attributes from the platform: for a GET, an observe start, or a refresh."""
+
+    purpose: str  # "read", "observe" or "refresh"
+    device: str
+    request: Optional[Request]
+    client_keys: Optional[List[str]]  # None: not wanted; []: all
+    shared_keys: Optional[List[str]]
+    deadline: float
+    client: Dict[str, Any] = field(default_factory=dict)
+    shared: Dict[str, Any] = field(default_factory=dict)
+    outstanding: Set[int] = field(default_factory=set)
+    pushes: List[AttributeUpdate] = field(default_factory=list)
+    failed: Optional[str] = None
+
+
+@dataclass
+class _RpcItem:
+    rpc: ServerRpc
+    expires: float
+
+
+@dataclass
+class _ClientRpc:
     request_ref: int
     device: str
     deadline: float
@@ -58,10 +114,19 @@ class GatewayCore:
         self.lookup = lookup
         self.link_up = False
         self.devices: Dict[str, _DeviceState] = {}
-        self.pending: Dict[int, _Pending] = {}  # publish ref -> request waiting for its PUBACK
+        self.pending: Dict[int, _Pending] = {}  # publish ref -> uplink waiting for its PUBACK
+        self.observers = Observers(settings.max_observers, settings.con_interval)
+        self.views: Dict[str, Dict[str, Any]] = {}  # device -> shared attributes
+        self.known_keys: Dict[str, Set[str]] = {}  # device -> attribute names seen
+        self.fetches: Dict[int, _Fetch] = {}
+        self.attribute_requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
+        self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}
+        self.client_rpcs: Dict[int, _ClientRpc] = {}
         self._next_ref = 0
+        self._next_attribute_id = 0
+        self._next_client_rpc = 0
 
-    # -- events -------------------------------------------------------------
+    # == events ==============================================================
 
     def on_request(self, request: Request, now: float) -> List[Action]:
         try:
@@ -73,10 +138,10 @@ class GatewayCore:
         """The broker acknowledged publish ``ref``; ``reason_code`` >= 0x80 is a refusal."""
         for state in self.devices.values():
             if state.connect_ref == ref:
-                return self._connect_done(state, reason_code < 0x80)
+                return self._connect_done(state, reason_code < 0x80, now)
         pending = self.pending.pop(ref, None)
-        if pending is None:
-            return []  # answered already (timeout or link loss)
+        if pending is None or pending.request_ref is None:
+            return []
         if reason_code < 0x80:
             return [Reply(pending.request_ref, codes.CREATED)]
         return [_refusal_reply(pending.request_ref, reason_code, self.settings.retry_after)]
@@ -88,31 +153,46 @@ class GatewayCore:
                 state.connect_ref = None
                 waiting, state.waiting = state.waiting, []
                 return [self._unavailable(p.request_ref, "upstream broker not connected")
-                        for p in (self.pending.pop(pub.ref, None) for pub in waiting) if p]
+                        for p in (self.pending.pop(pub.ref, None) for pub in waiting)
+                        if p is not None and p.request_ref is not None]
         pending = self.pending.pop(ref, None)
-        if pending is None:
+        if pending is None or pending.request_ref is None:
             return []
         return [self._unavailable(pending.request_ref, "upstream broker not connected")]
 
     def on_link_up(self, now: float) -> List[Action]:
-        """The gateway connection is (re)established: re-connect recently active devices."""
+        """The gateway connection is (re)established: re-connect active and observing devices,
+        and refresh the shared attributes of every device that observes them."""
         self.link_up = True
         actions: List[Action] = []
         horizon = now - self.settings.idle_timeout
+        observing = {relation.device for relation in self.observers.relations.values()}
         for name, state in list(self.devices.items()):
-            if state.last_active >= horizon:
+            if state.last_active >= horizon or name in observing:
                 actions.append(self._send_connect(state, now))
             else:
                 del self.devices[name]
+        for relation in list(self.observers.relations.values()):
+            if relation.feature == ATTRIBUTES_FEATURE:
+                actions += self._start_fetch("refresh", relation.device, None, None, [], now)
         return actions
 
     def on_link_down(self, now: float) -> List[Action]:
-        """The connection is gone: everything unacknowledged is answered 5.03."""
+        """The connection is gone: everything waiting on the platform is answered 5.03."""
         self.link_up = False
         actions: List[Action] = []
         for pending in self.pending.values():
-            actions.append(self._unavailable(pending.request_ref, "upstream connection lost"))
+            if pending.request_ref is not None:
+                actions.append(self._unavailable(pending.request_ref, "upstream connection lost"))
         self.pending.clear()
+        for fetch in self.fetches.values():
+            if fetch.request is not None:
+                actions.append(self._unavailable(fetch.request.ref, "upstream connection lost"))
+        self.fetches.clear()
+        self.attribute_requests.clear()
+        for call in self.client_rpcs.values():
+            actions.append(self._unavailable(call.request_ref, "upstream connection lost"))
+        self.client_rpcs.clear()
         for state in self.devices.values():
             state.connected = False
             state.connect_ref = None
@@ -121,32 +201,87 @@ class GatewayCore:
 
     def on_tick(self, now: float) -> List[Action]:
         actions: List[Action] = []
-        expired = [ref for ref, p in self.pending.items() if p.deadline <= now]
-        for ref in expired:
+        for ref in [ref for ref, p in self.pending.items() if p.deadline <= now]:
             pending = self.pending.pop(ref)
             state = self.devices.get(pending.device)
             if state is not None:
                 state.waiting = [pub for pub in state.waiting if pub.ref != ref]
-            actions.append(self._unavailable(pending.request_ref, "no PUBACK within ack_timeout"))
+            if pending.request_ref is not None:
+                actions.append(self._unavailable(pending.request_ref, "no PUBACK within ack_timeout"))
         for state in self.devices.values():
             if state.connect_ref is not None and state.connect_deadline <= now:
-                state.connect_ref = None  # the next uplink sends connect again
+                state.connect_ref = None  # the next publish sends connect again
+        for fetch_id in [i for i, f in self.fetches.items() if f.deadline <= now]:
+            actions += self._fetch_failed(fetch_id, "the platform did not answer the attribute "
+                                                    "request in time")
+        for n in [n for n, c in self.client_rpcs.items() if c.deadline <= now]:
+            call = self.client_rpcs.pop(n)
+            actions.append(Reply(call.request_ref, codes.GATEWAY_TIMEOUT,
+                                 reason="the platform did not answer the RPC in time"))
+        for name, queue in list(self.rpc_waiting.items()):
+            while queue and queue[0].expires <= now:
+                item = queue.popleft()
+                actions.append(Log("info", "RPC %d expired before %s observed /rpc"
+                                   % (item.rpc.id, name), name))
+            if not queue:
+                del self.rpc_waiting[name]
         if self.link_up:
-            horizon = now - self.settings.idle_timeout
-            for name, state in list(self.devices.items()):
-                if state.last_active >= horizon or state.connect_ref is not None \
-                        or self._has_pending(name):
-                    continue
-                del self.devices[name]
-                if state.connected:
-                    topic, payload = gateway.disconnect(name)
-                    actions.append(Publish(self._ref(), topic, payload, name))
+            actions += self._disconnect_idle(now)
         return actions
 
-    def forget_device(self, name: str) -> None:
-        self.devices.pop(name, None)
+    def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
+        """A CON notification was acknowledged ("ack"), reset ("reset") or timed out ("timeout")."""
+        notifies, ended, leftovers = self.observers.on_result(ref, outcome, now)
+        actions: List[Action] = list(notifies)
+        for relation in ended:
+            actions.append(Log("info", "observe of /%s by %s ended (%s)"
+                               % (relation.feature, relation.device, outcome), relation.device))
+        self._requeue_rpcs(leftovers, now)
+        return actions
 
-    # -- internals ----------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, now: float) -> List[Action]:
+        """A message from the broker, on any topic (ThingsBoard pushes unsubscribed ones too)."""
+        doc = loads(payload)
+        if doc is None:
+            return [Log("warn", "ignored a message on %s that is not JSON" % topic)]
+        if topic == gateway.ATTRIBUTES:
+            update = attribute_update(doc)
+            return self._attribute_update(update, now) if update else []
+        if topic == gateway.RPC:
+            rpc = server_rpc(doc)
+            return self._server_rpc(rpc, now) if rpc else []
+        if topic == gateway.ATTRIBUTES_RESPONSE:
+            response = attribute_response(doc)
+            return self._attribute_response(response, now) if response else []
+        if topic == gateway.DISCONNECT:
+            name = doc.get("device") if isinstance(doc, dict) else None
+            state = self.devices.get(name) if isinstance(name, str) else None
+            if state is not None:
+                state.connected = False
+                return [Log("info", "the platform closed the session of %s (reason %s)"
+                            % (name, doc.get("reason")), name)]
+            return []
+        n = topic_suffix_int(topic, GATEWAY_RPC_RESPONSE_PREFIX)
+        if n is not None:
+            return self._client_rpc_response(n, payload)
+        if topic_suffix_int(topic, GATEWAY_RPC_REQUEST_PREFIX) is not None:
+            return self._gateway_rpc(doc, now)
+        return [Log("debug", "ignored a message on %s" % topic)]
+
+    def rename(self, old: str, new: str) -> None:
+        state = self.devices.pop(old, None)
+        if state is not None:
+            state.device = Device(new, state.device.type)
+            self.devices[new] = state
+        if old in self.views:
+            self.views[new] = self.views.pop(old)
+        if old in self.rpc_waiting:
+            self.rpc_waiting[new] = self.rpc_waiting.pop(old)
+        if old in self.known_keys:
+            self.known_keys[new] = self.known_keys.pop(old)
+        self.observers.rename(old, new)
+
+    # == requests ============================================================
 
     def _handle(self, request: Request, now: float) -> List[Action]:
         route = routes.route(request.method, request.path)
@@ -159,38 +294,59 @@ class GatewayCore:
         device = self.lookup(route.token)
         if device is None:
             raise codes.Unauthorized("unknown access token")
-        topic, payload = self._uplink(route, request, device.name, now)
-        return self._submit(device, topic, payload, request.ref, now)
-
-    def _uplink(self, route: routes.Route, request: Request, name: str, now: float) -> gateway.Message:
-        feature, post = route.feature, request.method == codes.POST
+        post = request.method == codes.POST
+        feature = route.feature
+        if feature == routes.ATTRIBUTES and not post:
+            return self._get_attributes(device, request, now)
+        if feature == routes.RPC:
+            if not post:
+                return self._get_rpc(device, request, now)
+            if route.rpc_id is None:
+                return self._client_rpc(device, request, now)
+            data = payloads.parse_json(request.payload, "rpc reply")
+            topic, body = gateway.rpc_reply(device.name, route.rpc_id, data)
+            return self._uplink(device, topic, body, request.ref, now)
         if feature == routes.TELEMETRY:
             if not post:
                 raise codes.BadRequest("telemetry cannot be read or observed")
-            return gateway.telemetry(name, payloads.parse_telemetry(request.payload, int(now * 1000)))
-        if feature == routes.ATTRIBUTES and post:
-            return gateway.attributes(name, payloads.parse_attributes(request.payload))
-        if feature == routes.CLAIM:
-            if not post:
-                raise codes.BadRequest("claim accepts POST only")
-            return gateway.claim(name, payloads.parse_claim(request.payload))
-        raise codes.NotImplementedYet("%s %s is not available in this version"
-                                      % ("POST" if post else "GET", feature))
+            entries = payloads.parse_telemetry(request.payload, int(now * 1000))
+            return self._uplink(device, *gateway.telemetry(device.name, entries), request.ref, now)
+        if feature == routes.ATTRIBUTES:
+            values = payloads.parse_attributes(request.payload)
+            self._learn_keys(device.name, values)
+            return self._uplink(device, *gateway.attributes(device.name, values), request.ref, now)
+        if not post:
+            raise codes.BadRequest("claim accepts POST only")
+        info = payloads.parse_claim(request.payload)
+        return self._uplink(device, *gateway.claim(device.name, info), request.ref, now)
 
-    def _submit(self, device: Device, topic: str, payload: bytes, request_ref: int,
-                now: float) -> List[Action]:
+    def _check_size(self, topic: str, payload: bytes) -> None:
         limit = self.settings.max_packet_size
         if gateway.publish_packet_size(topic, payload, self.settings.mqtt5) > limit:
             raise codes.EntityTooLarge("gateway message would exceed the platform's %d-byte limit"
                                        % limit, size1=limit)
+
+    def _require_link(self) -> None:
         if not self.link_up:
-            return [self._unavailable(request_ref, "upstream broker not connected")]
+            raise codes.ServiceUnavailable("upstream broker not connected",
+                                           max_age=self.settings.retry_after)
+
+    def _uplink(self, device: Device, topic: str, payload: bytes, request_ref: int,
+                now: float) -> List[Action]:
+        self._check_size(topic, payload)
+        self._require_link()
+        return self._device_publish(device, topic, payload, now, request_ref,
+                                    now + self.settings.ack_timeout)
+
+    def _device_publish(self, device: Device, topic: str, payload: bytes, now: float,
+                        request_ref: Optional[int], deadline: float) -> List[Action]:
+        """Publish for ``device``, after its ``v1/gateway/connect`` has been acknowledged."""
         state = self.devices.get(device.name)
         if state is None or state.device != device:
             state = self.devices[device.name] = _DeviceState(device, now)
         state.last_active = now
         publish = Publish(self._ref(), topic, payload, device.name)
-        self.pending[publish.ref] = _Pending(request_ref, device.name, now + self.settings.ack_timeout)
+        self.pending[publish.ref] = _Pending(request_ref, device.name, deadline)
         if state.connected:
             return [publish]
         state.waiting.append(publish)
@@ -206,22 +362,299 @@ class GatewayCore:
         state.connect_deadline = now + self.settings.ack_timeout
         return publish
 
-    def _connect_done(self, state: _DeviceState, ok: bool) -> List[Action]:
+    def _connect_done(self, state: _DeviceState, ok: bool, now: float) -> List[Action]:
         state.connect_ref = None
         waiting, state.waiting = state.waiting, []
         if ok:
             state.connected = True
             return [pub for pub in waiting if pub.ref in self.pending]
-        actions: List[Action] = []
+        actions: List[Action] = [Log("warn", "the platform refused to connect device %s"
+                                     % state.device.name, state.device.name)]
         for pub in waiting:
             pending = self.pending.pop(pub.ref, None)
-            if pending is not None:
+            if pending is not None and pending.request_ref is not None:
                 actions.append(Reply(pending.request_ref, codes.BAD_GATEWAY,
                                      reason="platform refused the device connect"))
         return actions
 
-    def _has_pending(self, name: str) -> bool:
-        return any(p.device == name for p in self.pending.values())
+    def _disconnect_idle(self, now: float) -> List[Action]:
+        actions: List[Action] = []
+        horizon = now - self.settings.idle_timeout
+        observing = {relation.device for relation in self.observers.relations.values()}
+        busy = {p.device for p in self.pending.values()} | {f.device for f in self.fetches.values()}
+        for name, state in list(self.devices.items()):
+            if state.last_active >= horizon or state.connect_ref is not None \
+                    or name in busy or name in observing:
+                continue
+            del self.devices[name]
+            if state.connected:
+                topic, payload = gateway.disconnect(name)
+                actions.append(Publish(self._ref(), topic, payload, name))
+        return actions
+
+    # == attributes ==========================================================
+
+    def _get_attributes(self, device: Device, request: Request, now: float) -> List[Action]:
+        if request.observe == 0:
+            self._require_link()
+            return self._start_fetch("observe", device.name, request, None, [], now, device)
+        if request.observe == 1:
+            ended, leftovers = self.observers.deregister(device.name, ATTRIBUTES_FEATURE,
+                                                         request.remote, request.token)
+            self._requeue_rpcs(leftovers, now)
+        query = payloads.split_query(request.query)
+        client_keys = keys_param(query.get("clientKeys"))
+        shared_keys = keys_param(query.get("sharedKeys"))
+        if client_keys is None and shared_keys is None:
+            client_keys, shared_keys = [], []  # no keys: all client and all shared attributes
+        self._require_link()
+        return self._start_fetch("read", device.name, request, client_keys, shared_keys, now,
+                                 device)
+
+    def _start_fetch(self, purpose: str, name: str, request: Optional[Request],
+                     client_keys: Optional[List[str]], shared_keys: Optional[List[str]],
+                     now: float, device: Optional[Device] = None) -> List[Action]:
+        if device is None:
+            state = self.devices.get(name)
+            if state is None:
+                return []
+            device = state.device
+        fetch_id = self._ref()
+        fetch = _Fetch(purpose, name, request, client_keys, shared_keys,
+                       now + self.settings.request_timeout)
+        self.fetches[fetch_id] = fetch
+        actions: List[Action] = []
+        if client_keys == [] or shared_keys == []:
+            # The gateway API has no scoped "all": "keys": [] answers client and shared
+            # attributes merged, so learn the names first, then ask each scope for them.
+            actions += self._attribute_request(fetch_id, fetch, device, DISCOVER, [], now)
+        for scope, keys in ((CLIENT, client_keys), (SHARED, shared_keys)):
+            if keys:
+                actions += self._attribute_request(fetch_id, fetch, device, scope, keys, now)
+        return actions
+
+    def _attribute_request(self, fetch_id: int, fetch: _Fetch, device: Device, scope: str,
+                           keys: List[str], now: float) -> List[Action]:
+        self._next_attribute_id += 1
+        request_id = self._next_attribute_id
+        self.attribute_requests[request_id] = (fetch_id, scope, keys)
+        fetch.outstanding.add(request_id)
+        body: Dict[str, Any] = {"id": request_id, "device": device.name, "client": scope == CLIENT}
+        if len(keys) == 1:
+            body["key"] = keys[0]
+        else:
+            body["keys"] = keys
+        return self._device_publish(device, gateway.ATTRIBUTES_REQUEST, payloads.dumps(body), now,
+                                    None, fetch.deadline)
+
+    def _attribute_response(self, response: Any, now: float) -> List[Action]:
+        entry = self.attribute_requests.pop(response.id, None)
+        if entry is None:
+            return []
+        fetch_id, scope, keys = entry
+        fetch = self.fetches.get(fetch_id)
+        if fetch is None:
+            return []
+        fetch.outstanding.discard(response.id)
+        values = response.values(keys)
+        actions: List[Action] = []
+        if scope == DISCOVER:
+            if values is None:
+                # ThingsBoard answers "keys": [] with a bare "value" when it finds exactly one
+                # attribute; ask for every name this device is known to use instead.
+                values = dict.fromkeys(self.known_keys.get(fetch.device, ()))
+                if not values:
+                    return self._fetch_failed(fetch_id, "the platform answered a keys-less "
+                                              "attribute request with an unnamed value",
+                                              codes.BAD_GATEWAY)
+            names = sorted(values)
+            state = self.devices.get(fetch.device)
+            if names and state is not None:
+                for wanted, scoped in ((fetch.client_keys, CLIENT), (fetch.shared_keys, SHARED)):
+                    if wanted == []:
+                        actions += self._attribute_request(fetch_id, fetch, state.device, scoped,
+                                                           names, now)
+        elif values is None:
+            return self._fetch_failed(fetch_id, "the platform's attribute response is ambiguous",
+                                      codes.BAD_GATEWAY)
+        elif scope == CLIENT:
+            fetch.client.update(values)
+        else:
+            fetch.shared.update(values)
+        self._learn_keys(fetch.device, values)
+        if not fetch.outstanding:
+            del self.fetches[fetch_id]
+            actions += self._fetch_done(fetch, now)
+        return actions
+
+    def _fetch_done(self, fetch: _Fetch, now: float) -> List[Action]:
+        if fetch.purpose == "read":
+            assert fetch.request is not None
+            body = {}
+            if fetch.client:
+                body["client"] = fetch.client
+            if fetch.shared:
+                body["shared"] = fetch.shared
+            if not body:
+                return [Reply(fetch.request.ref, codes.NOT_FOUND, reason="no such attributes")]
+            return [Reply(fetch.request.ref, codes.CONTENT, payloads.dumps(body),
+                          codes.APPLICATION_JSON)]
+        view = fetch.shared
+        for update in fetch.pushes:
+            view = update.apply(view)
+        old = self.views.get(fetch.device)
+        self.views[fetch.device] = view
+        if fetch.purpose == "observe":
+            return self._register(fetch.request, fetch.device, ATTRIBUTES_FEATURE, codes.CONTENT,
+                                  payloads.dumps(view), now)
+        # refresh after a reconnect: tell the observer what changed meanwhile
+        if old is None:
+            return []
+        delta: Dict[str, Any] = {k: v for k, v in view.items() if old.get(k, _MISSING) != v}
+        deleted = [k for k in old if k not in view]
+        if deleted:
+            delta["deleted"] = deleted
+        if not delta:
+            return []
+        return self.observers.enqueue(fetch.device, ATTRIBUTES_FEATURE,
+                                      Pending(payloads.dumps(delta)), now)
+
+    def _learn_keys(self, device: str, values: Dict[str, Any]) -> None:
+        known = self.known_keys.setdefault(device, set())
+        if len(known) < MAX_KNOWN_KEYS:
+            known.update(k for k in values if k != "deleted")
+
+    def _fetch_failed(self, fetch_id: int, reason: str,
+                      code: int = codes.GATEWAY_TIMEOUT) -> List[Action]:
+        fetch = self.fetches.pop(fetch_id)
+        for request_id in fetch.outstanding:
+            self.attribute_requests.pop(request_id, None)
+        if fetch.request is None:
+            return [Log("warn", "could not refresh the shared attributes of %s: %s"
+                        % (fetch.device, reason), fetch.device)]
+        return [Reply(fetch.request.ref, code, reason=reason)]
+
+    def _attribute_update(self, update: AttributeUpdate, now: float) -> List[Action]:
+        self._learn_keys(update.device, update.data)
+        if update.device in self.views:
+            self.views[update.device] = update.apply(self.views[update.device])
+        for fetch in self.fetches.values():
+            if fetch.device == update.device and fetch.purpose != "read":
+                fetch.pushes.append(update)
+        return self.observers.enqueue(update.device, ATTRIBUTES_FEATURE,
+                                      Pending(payloads.dumps(update.data)), now)
+
+    # == observe =============================================================
+
+    def _register(self, request: Optional[Request], name: str, feature: str, code: int,
+                  body: bytes, now: float) -> List[Action]:
+        assert request is not None
+        relation, leftovers = self.observers.register(name, feature, request.remote, request.token,
+                                                      request.confirmable, now)
+        self._requeue_rpcs(leftovers, now)
+        content_format = codes.APPLICATION_JSON if body else None
+        if relation is None:  # full: answer without Observe (RFC 7641 §4.1)
+            return [Reply(request.ref, code, body, content_format,
+                          reason="observer limit reached"),
+                    Log("warn", "observer limit %d reached; %s not registered"
+                        % (self.settings.max_observers, name), name)]
+        actions: List[Action] = [Reply(request.ref, code, body, content_format,
+                                       observe=self.observers.sequence())]
+        if feature == RPC_FEATURE:
+            queue = self.rpc_waiting.pop(name, deque())
+            for item in queue:
+                if item.expires > now:
+                    actions += self.observers.enqueue(name, RPC_FEATURE, _rpc_pending(item), now)
+        return actions
+
+    # == RPC =================================================================
+
+    def _get_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
+        if request.observe == 0:
+            if self.link_up:
+                state = self.devices.get(device.name)
+                if state is None or not (state.connected or state.connect_ref):
+                    # connect the device so that the platform routes its RPCs here
+                    self.devices.setdefault(device.name, _DeviceState(device, now))
+                    actions: List[Action] = [self._send_connect(self.devices[device.name], now)]
+                    return actions + self._register(request, device.name, RPC_FEATURE,
+                                                    codes.VALID, b"", now)
+            else:
+                self.devices.setdefault(device.name, _DeviceState(device, now))
+            return self._register(request, device.name, RPC_FEATURE, codes.VALID, b"", now)
+        if request.observe == 1:
+            ended, leftovers = self.observers.deregister(device.name, RPC_FEATURE,
+                                                         request.remote, request.token)
+            self._requeue_rpcs(leftovers, now)
+            return [Reply(request.ref, codes.VALID)]
+        raise codes.BadRequest("GET /rpc needs Observe: 0 to subscribe, 1 to cancel")
+
+    def _server_rpc(self, rpc: ServerRpc, now: float) -> List[Action]:
+        item = _RpcItem(rpc, now + self.settings.rpc_queue_ttl)
+        if self.observers.get(rpc.device, RPC_FEATURE) is not None:
+            return self.observers.enqueue(rpc.device, RPC_FEATURE, _rpc_pending(item), now)
+        queue = self.rpc_waiting.setdefault(rpc.device, deque())
+        if len(queue) >= self.settings.rpc_queue_size:
+            return [Log("warn", "RPC %d for %s dropped: %d RPCs already wait for the device to "
+                        "observe /rpc" % (rpc.id, rpc.device, len(queue)), rpc.device)]
+        queue.append(item)
+        return [Log("debug", "RPC %d for %s waits for an observer" % (rpc.id, rpc.device),
+                    rpc.device)]
+
+    def _requeue_rpcs(self, leftovers: List[Pending], now: float) -> None:
+        """RPCs not yet acknowledged by the device wait for its next registration, in order."""
+        items = [p.item for p in leftovers if isinstance(p.item, _RpcItem) and p.item.expires > now]
+        for item in reversed(items):
+            self.rpc_waiting.setdefault(item.rpc.device, deque()).appendleft(item)
+
+    def _client_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
+        doc = payloads.parse_json(request.payload, "rpc")
+        if not isinstance(doc, dict) or not isinstance(doc.get("method"), str) or not doc["method"]:
+            raise codes.BadRequest('rpc: expected {"method": "...", "params": ...}')
+        self._next_client_rpc += 1
+        n = self._next_client_rpc
+        body = {"method": self.settings.client_rpc_method,
+                "params": {"device": device.name, "method": doc["method"],
+                           "params": doc.get("params", {})}}
+        topic = GATEWAY_RPC_REQUEST_PREFIX + str(n)
+        data = payloads.dumps(body)
+        self._check_size(topic, data)
+        self._require_link()
+        self.client_rpcs[n] = _ClientRpc(request.ref, device.name,
+                                         now + self.settings.request_timeout)
+        state = self.devices.get(device.name)
+        if state is not None:
+            state.last_active = now
+        publish = Publish(self._ref(), topic, data, device.name)
+        self.pending[publish.ref] = _Pending(None, device.name, now + self.settings.ack_timeout)
+        return [publish]
+
+    def _client_rpc_response(self, n: int, payload: bytes) -> List[Action]:
+        call = self.client_rpcs.pop(n, None)
+        if call is None:
+            return []
+        return [Reply(call.request_ref, codes.CONTENT, payload, codes.APPLICATION_JSON)]
+
+    def _gateway_rpc(self, doc: Any, now: float) -> List[Action]:
+        if not isinstance(doc, dict):
+            return []
+        method, params = doc.get("method"), doc.get("params")
+        if method == "gateway_device_renamed" and isinstance(params, dict):
+            actions: List[Action] = []
+            for old, new in params.items():
+                if isinstance(new, str) and new:
+                    self.rename(old, new)
+                    actions.append(RenameDevice(old, new))
+            return actions
+        if method == "gateway_device_deleted" and isinstance(params, str):
+            self.devices.pop(params, None)
+            self.views.pop(params, None)
+            self.rpc_waiting.pop(params, None)
+            self.observers.cancel_device(params)
+            return [DeleteDevice(params)]
+        return [Log("info", "ignored gateway RPC %r" % (method,))]
+
+    # == helpers =============================================================
 
     def _unavailable(self, request_ref: int, reason: str) -> Reply:
         return Reply(request_ref, codes.SERVICE_UNAVAILABLE, max_age=self.settings.retry_after,
@@ -230,6 +663,13 @@ class GatewayCore:
     def _ref(self) -> int:
         self._next_ref += 1
         return self._next_ref
+
+
+_MISSING = object()
+
+
+def _rpc_pending(item: _RpcItem) -> Pending:
+    return Pending(payloads.dumps(item.rpc.payload()), codes.CONTENT, item)
 
 
 def _error_reply(ref: int, err: CoapError) -> Reply:
@@ -244,4 +684,5 @@ def _refusal_reply(ref: int, reason_code: int, retry_after: int) -> Reply:
                      reason="platform quota exceeded (PUBACK 0x97)")
     if reason_code == PAYLOAD_FORMAT_INVALID:
         return Reply(ref, codes.BAD_REQUEST, reason="platform refused the payload (PUBACK 0x99)")
-    return Reply(ref, codes.BAD_GATEWAY, reason="platform refused the message (PUBACK 0x%02x)" % reason_code)
+    return Reply(ref, codes.BAD_GATEWAY, reason="platform refused the message (PUBACK 0x%02x)"
+                 % reason_code)

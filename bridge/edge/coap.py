@@ -26,8 +26,9 @@ retransmission of separate responses.
 
 from __future__ import annotations
 
+import random
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from ipaddress import ip_address
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -165,6 +166,7 @@ class BridgeCoap(txcoap.Coap):
         self.empty_ack_delay = empty_ack_delay
         self.dedup = Deduplicator(exchange_lifetime)
         self.malformed = 0
+        self.notifier: Optional["Notifier"] = None
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
 
@@ -175,6 +177,8 @@ class BridgeCoap(txcoap.Coap):
     def stopProtocol(self) -> None:
         if self._sweeper.running:
             self._sweeper.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
 
     def _sweep(self) -> None:
         self.dedup.sweep(self.clock.seconds())
@@ -253,6 +257,12 @@ class BridgeCoap(txcoap.Coap):
                   mid=message.mid, peer=_peer(message.remote))
         return True
 
+    def processEmpty(self, message: txcoap.Message) -> None:
+        if self.notifier is not None and message.mtype in (txcoap.ACK, txcoap.RST) \
+                and self.notifier.answered(message.mid, message.remote, message.mtype):
+            return
+        super().processEmpty(message)
+
     def sendMessage(self, message: txcoap.Message) -> None:
         if message.mid is None:
             message.mid = self.nextMessageID()
@@ -325,6 +335,87 @@ def _as_message(result: Any) -> txcoap.Message:
     return result
 
 
+class Notifier:
+    """Sends observe notifications and keeps CON ones reliable (RFC 7252 §4.2).
+
+    Exchanges are keyed by (message ID, peer), so an ACK from anyone else
+    cannot stop a retransmission (txThings keys by message ID only). The
+    outcome of each CON notification ("ack", "reset", "timeout") and an RST to
+    a recent NON notification ("reset") go to ``on_result(ref, outcome)``.
+    """
+
+    def __init__(self, protocol: BridgeCoap, clock: IReactorTime, rng: random.Random,
+                 on_result: Callable[[int, str], None], ack_timeout: float = txcoap.ACK_TIMEOUT,
+                 max_retransmit: int = txcoap.MAX_RETRANSMIT):
+        self.protocol = protocol
+        self.clock = clock
+        self.rng = rng
+        self.on_result = on_result
+        self.ack_timeout = ack_timeout
+        self.max_retransmit = max_retransmit
+        self.exchanges: Dict[Tuple[int, Any], List[Any]] = {}
+        self.recent_non: "OrderedDict[Tuple[int, Any], int]" = OrderedDict()
+        protocol.notifier = self
+
+    def send(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
+             payload: bytes, observe: int) -> None:
+        mtype = txcoap.CON if confirmable else txcoap.NON
+        message = txcoap.Message(mtype=mtype, mid=self.protocol.nextMessageID(), code=code,
+                                 payload=payload, token=token)
+        message.opt.observe = observe
+        if payload:
+            message.opt.content_format = codes.APPLICATION_JSON
+        data = message.encode()
+        address, port = remote
+        target = (str(address), port)
+        self.protocol.transport.write(data, target)
+        key = (message.mid, remote)
+        if confirmable:
+            timeout = self.rng.uniform(self.ack_timeout, self.ack_timeout * txcoap.ACK_RANDOM_FACTOR)
+            call = self.clock.callLater(timeout, self._retransmit, key)
+            self.exchanges[key] = [ref, data, target, 0, timeout, call]
+        else:
+            self.recent_non[key] = ref
+            if len(self.recent_non) > 4096:
+                self.recent_non.popitem(last=False)
+
+    def answered(self, mid: int, remote: Any, mtype: int) -> bool:
+        key = (mid, remote)
+        exchange = self.exchanges.pop(key, None)
+        if exchange is not None:
+            if exchange[5].active():
+                exchange[5].cancel()
+            self.on_result(exchange[0], "ack" if mtype == txcoap.ACK else "reset")
+            return True
+        ref = self.recent_non.pop(key, None)
+        if ref is not None and mtype == txcoap.RST:
+            self.on_result(ref, "reset")
+            return True
+        return False
+
+    def _retransmit(self, key: Tuple[int, Any]) -> None:
+        exchange = self.exchanges.get(key)
+        if exchange is None:
+            return
+        ref, data, target, count, timeout, _ = exchange
+        if count >= self.max_retransmit:
+            del self.exchanges[key]
+            log.info("Notification to {peer} unacknowledged after {count} retransmissions",
+                     peer="%s:%d" % target, count=count)
+            self.on_result(ref, "timeout")
+            return
+        self.protocol.transport.write(data, target)
+        exchange[3] = count + 1
+        exchange[4] = timeout * 2
+        exchange[5] = self.clock.callLater(timeout * 2, self._retransmit, key)
+
+    def stop(self) -> None:
+        for exchange in self.exchanges.values():
+            if exchange[5].active():
+                exchange[5].cancel()
+        self.exchanges.clear()
+
+
 _installed = False
 
 
@@ -359,8 +450,11 @@ class ApiResource(txresource.CoAPResource):
 
 
 def make_response(code: int, payload: bytes = b"", content_format: Optional[int] = None,
-                  max_age: Optional[int] = None, size1: Optional[int] = None) -> txcoap.Message:
+                  max_age: Optional[int] = None, size1: Optional[int] = None,
+                  observe: Optional[int] = None) -> txcoap.Message:
     message = txcoap.Message(code=code, payload=payload)
+    if observe is not None:
+        message.opt.observe = observe
     if content_format is not None:
         message.opt.content_format = content_format
     if max_age is not None:

@@ -1,0 +1,180 @@
+"""Observe relations (RFC 7641) per device and feature, with ordered notification queues.
+
+One relation per (device, feature) — ``attributes`` or ``rpc`` — as on
+ThingsBoard; a new registration of the same device (from a new address or
+port after NAT rebinding, or with a new token) replaces the old one.
+
+Notifications to one relation go out in order. For a CON relation one
+notification is in flight at a time: the next goes when the device ACKs.
+Nothing waiting is replaced or dropped. An RST cancels the relation; a CON
+notification that is never acknowledged cancels every relation of that peer
+(the device is gone, or its NAT binding is). Items still queued or in flight
+when a relation ends are handed back to the caller (RPCs are kept for the
+next registration).
+
+A NON relation gets NON notifications, except that at least one in every
+``con_interval`` seconds goes as CON, so dead NON observers are found too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple
+
+from . import codes
+from .actions import Notify
+
+ACK, RESET, TIMEOUT = "ack", "reset", "timeout"
+OBSERVE_MODULUS = 1 << 24
+RECENT_NON = 4096
+
+
+@dataclass
+class Pending:
+    """A notification waiting for its turn. ``item`` is returned if the relation ends first."""
+
+    payload: bytes
+    code: int = codes.CONTENT
+    item: Any = None
+
+
+@dataclass
+class Relation:
+    device: str
+    feature: str
+    remote: Hashable
+    token: bytes
+    confirmable: bool
+    last_con: float
+    queue: Deque[Pending] = field(default_factory=deque)
+    in_flight: Optional[Tuple[int, Pending]] = None
+
+
+class Observers:
+    def __init__(self, max_relations: int, con_interval: float = 86400.0):
+        self.max_relations = max_relations
+        self.con_interval = con_interval
+        self.relations: Dict[Tuple[str, str], Relation] = {}
+        self._in_flight: Dict[int, Tuple[str, str]] = {}
+        # recent NON notifications, so that an RST to one still cancels its relation
+        self._recent_non: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
+        self._next_ref = 0
+        self._sequence = 0
+
+    def __len__(self) -> int:
+        return len(self.relations)
+
+    def sequence(self) -> int:
+        """The next Observe number; one counter for all, so it increases per relation."""
+        self._sequence = (self._sequence + 1) % OBSERVE_MODULUS
+        return self._sequence
+
+    def get(self, device: str, feature: str) -> Optional[Relation]:
+        return self.relations.get((device, feature))
+
+    def register(self, device: str, feature: str, remote: Hashable, token: bytes,
+                 confirmable: bool, now: float) -> Tuple[Optional[Relation], List[Pending]]:
+        """Add or replace the relation. Returns (relation or None when full, items of the one replaced)."""
+        key = (device, feature)
+        old = self.relations.get(key)
+        if old is None and len(self.relations) >= self.max_relations:
+            return None, []
+        leftovers = self._drop(key) if old is not None else []
+        relation = Relation(device, feature, remote, token, confirmable, now)
+        self.relations[key] = relation
+        return relation, leftovers
+
+    def deregister(self, device: str, feature: str, remote: Hashable,
+                   token: bytes) -> Tuple[bool, List[Pending]]:
+        """GET with Observe=1: only the registering peer and token can end the relation."""
+        key = (device, feature)
+        relation = self.relations.get(key)
+        if relation is None or relation.remote != remote or relation.token != token:
+            return False, []
+        return True, self._drop(key)
+
+    def cancel_device(self, device: str) -> List[Pending]:
+        leftovers: List[Pending] = []
+        for key in [k for k in self.relations if k[0] == device]:
+            leftovers += self._drop(key)
+        return leftovers
+
+    def rename(self, old: str, new: str) -> None:
+        for key in [k for k in self.relations if k[0] == old]:
+            relation = self.relations.pop(key)
+            relation.device = new
+            self.relations[(new, key[1])] = relation
+        for ref, key in list(self._in_flight.items()):
+            if key[0] == old:
+                self._in_flight[ref] = (new, key[1])
+        for ref, entry in list(self._recent_non.items()):
+            if entry[0] == old:
+                self._recent_non[ref] = (new, entry[1], entry[2])
+
+    def enqueue(self, device: str, feature: str, pending: Pending, now: float) -> List[Notify]:
+        relation = self.relations.get((device, feature))
+        if relation is None:
+            return []
+        relation.queue.append(pending)
+        return self._pump(relation, now)
+
+    def on_result(self, ref: int, outcome: str,
+                  now: float) -> Tuple[List[Notify], List[Relation], List[Pending]]:
+        """A CON notification was ACKed, reset or timed out.
+
+        Returns (notifications now due, relations that ended, their leftover items).
+        """
+        non = self._recent_non.pop(ref, None)
+        if non is not None:
+            key = (non[0], non[1])
+            relation = self.relations.get(key)
+            if outcome == RESET and relation is not None and relation.token == non[2]:
+                return [], [relation], self._drop(key)
+            return [], [], []
+        key = self._in_flight.pop(ref, None)
+        relation = self.relations.get(key) if key else None
+        if relation is None or relation.in_flight is None or relation.in_flight[0] != ref:
+            return [], [], []
+        if outcome == ACK:
+            relation.in_flight = None
+            return self._pump(relation, now), [], []
+        if outcome == RESET:
+            return [], [relation], self._drop(key)
+        # timeout: every relation of that peer is dead
+        ended, leftovers = [], []
+        for other_key, other in list(self.relations.items()):
+            if other.remote == relation.remote:
+                ended.append(other)
+                leftovers += self._drop(other_key)
+        return [], ended, leftovers
+
+    def _pump(self, relation: Relation, now: float) -> List[Notify]:
+        out: List[Notify] = []
+        while relation.queue and relation.in_flight is None:
+            pending = relation.queue.popleft()
+            confirmable = relation.confirmable or now - relation.last_con >= self.con_interval
+            self._next_ref += 1
+            notify = Notify(self._next_ref, relation.remote, relation.token, confirmable,
+                            pending.code, pending.payload, self.sequence(), relation.device)
+            out.append(notify)
+            if confirmable:
+                relation.last_con = now
+                relation.in_flight = (notify.ref, pending)
+                self._in_flight[notify.ref] = (relation.device, relation.feature)
+            else:
+                self._recent_non[notify.ref] = (relation.device, relation.feature, relation.token)
+                if len(self._recent_non) > RECENT_NON:
+                    self._recent_non.popitem(last=False)
+        return out
+
+    def _drop(self, key: Tuple[str, str]) -> List[Pending]:
+        relation = self.relations.pop(key)
+        leftovers = []
+        if relation.in_flight is not None:
+            self._in_flight.pop(relation.in_flight[0], None)
+            leftovers.append(relation.in_flight[1])
+            relation.in_flight = None
+        leftovers += list(relation.queue)
+        relation.queue.clear()
+        return leftovers
