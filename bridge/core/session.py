@@ -463,6 +463,13 @@ class GatewayCore:
                 # ThingsBoard answers "keys": [] with a bare "value" when it finds exactly one
                 # attribute; ask for every name this device is known to use instead.
                 values = dict.fromkeys(self.known_keys.get(fetch.device, ()))
+                if not values and fetch.purpose != "read":
+                    # an observer still gets every change from now on
+                    del self.fetches[fetch_id]
+                    fetch.shared = dict(self.views.get(fetch.device, {}))
+                    return [Log("warn", "the platform hid the name of %s's only attribute; "
+                                "observing from the last known view" % fetch.device,
+                                fetch.device)] + self._fetch_done(fetch, now)
                 if not values:
                     return self._fetch_failed(fetch_id, "the platform answered a keys-less "
                                               "attribute request with an unnamed value",

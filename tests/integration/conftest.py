@@ -151,8 +151,9 @@ class BridgeProcess:
                 "reconnect_min_delay": 0.2, "reconnect_max_delay": 1.0, "ack_timeout": 3,
                 "keepalive": 5}
         mqtt.update(overrides.pop("mqtt", {}))
-        config = {"coap": {"bind_address": bind_address, "bind_port": self.coap_port},
-                  "mqtt": mqtt, "data_dir": self.data_dir, "log_level": "debug"}
+        coap = {"bind_address": bind_address, "bind_port": self.coap_port}
+        coap.update(overrides.pop("coap", {}))
+        config = {"coap": coap, "mqtt": mqtt, "data_dir": self.data_dir, "log_level": "debug"}
         config.update(overrides)
         with open(self.config, "w") as handle:
             json.dump(config, handle)  # JSON is YAML

@@ -1,0 +1,48 @@
+"""Observe a resource with the aiocoap library; print one JSON line per response.
+
+usage: python aiocoap_observe.py URI COUNT TIMEOUT [--cancel]
+Prints {"code": "2.05", "observe": n, "payload": "..."} for the first response
+and each notification, until COUNT lines or TIMEOUT seconds. With --cancel it
+cancels the observation (aiocoap answers the next notification with RST).
+"""
+
+import asyncio
+import json
+import sys
+
+import aiocoap
+
+
+async def main(uri: str, count: int, timeout: float, cancel: bool) -> None:
+    context = await aiocoap.Context.create_client_context()
+    request = aiocoap.Message(code=aiocoap.GET, uri=uri, observe=0)
+    pr = context.request(request)
+
+    def show(response: aiocoap.Message) -> None:
+        print(json.dumps({"code": str(response.code).split()[0], "observe": response.opt.observe,
+                          "payload": response.payload.decode()}), flush=True)
+
+    first = await pr.response
+    show(first)
+    seen = 1
+    try:
+        async def follow() -> None:
+            nonlocal seen
+            async for notification in pr.observation:
+                show(notification)
+                seen += 1
+                if seen >= count:
+                    break
+        if seen < count:
+            await asyncio.wait_for(follow(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    if cancel:
+        pr.observation.cancel()
+        print(json.dumps({"cancelled": True}), flush=True)
+        await asyncio.sleep(timeout)
+    await context.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), "--cancel" in sys.argv))
