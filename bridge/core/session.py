@@ -622,7 +622,7 @@ class GatewayCore:
         n = self._next_client_rpc
         body = {"method": self.settings.client_rpc_method,
                 "params": {"device": device.name, "method": doc["method"],
-                           "params": doc.get("params", {})}}
+                           "params": doc.get("params")}}
         topic = GATEWAY_RPC_REQUEST_PREFIX + str(n)
         data = payloads.dumps(body)
         self._check_size(topic, data)
