@@ -93,11 +93,20 @@ class PlatformConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    max_entries: int = 1_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    max_age: float = 7 * 86400.0
+    synchronous: str = "full"
+
+
+@dataclass(frozen=True)
 class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
     data_dir: str = "./data"
     log_level: str = "info"
 
@@ -105,17 +114,23 @@ class Config:
     def registry_path(self) -> str:
         return os.path.join(self.data_dir, "registry.sqlite3")
 
+    @property
+    def outbox_path(self) -> str:
+        return os.path.join(self.data_dir, "outbox.sqlite3")
+
 
 _CHOICES: Dict[str, Tuple[str, ...]] = {
     "mqtt.protocol": ("5", "3.1.1"),
     "log_level": ("debug", "info", "warn", "error", "critical"),
+    "outbox.synchronous": ("full", "normal"),
 }
 _PORTS = ("coap.bind_port", "mqtt.port")
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.ack_timeout", "mqtt.max_packet_size",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
              "devices.idle_timeout", "coap.max_observers", "coap.ack_timeout", "coap.con_notification_interval",
-             "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl")
+             "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
+             "outbox.max_entries", "outbox.max_bytes", "outbox.max_age")
 
 
 def substitute(text: str, env: Mapping[str, str], where: str, problems: List[str]) -> str:

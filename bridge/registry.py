@@ -11,12 +11,12 @@ Tokens are secrets: use ``mask()`` whenever one goes into a log line.
 from __future__ import annotations
 
 import csv
-import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .core.actions import Device
+from .sqlite import Transaction, connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -47,21 +47,10 @@ def mask(token: Optional[str]) -> str:
     return token[:4] + "…" if len(token) > 4 else "…"
 
 
-def _create_private(path: str) -> None:
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-    if not os.path.exists(path):
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-        os.close(fd)
-
-
 class Registry:
     def __init__(self, path: str):
         self.path = path
-        _create_private(path)
-        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(path)
         self._db.executescript(_SCHEMA)
         self._version: Optional[int] = None
         self._by_token: Dict[str, Device] = {}
@@ -144,19 +133,8 @@ class Registry:
             return "a device named %r already exists" % name
         return "that token already belongs to another device"
 
-    def _transaction(self) -> "_Tx":
-        return _Tx(self._db)
-
-
-class _Tx:
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind, value, tb) -> None:  # type: ignore[no-untyped-def]
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db)
 
 
 def _integrity(exc: sqlite3.IntegrityError) -> str:

@@ -8,6 +8,7 @@ MQTT closes). Only the composition root (``tap.py``) picks the reactor.
 from __future__ import annotations
 
 import random
+import sqlite3
 from typing import Any, Dict, List, Optional
 
 import txthings.coap as txcoap
@@ -18,11 +19,13 @@ from twisted.internet.task import LoopingCall
 from .config import Config
 from .core import codes
 from .core import gateway
-from .core.actions import DeleteDevice, Device, Log, Notify, Publish, RenameDevice, Reply, Request
+from .core.actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Publish,
+                           RenameDevice, Reply, Request, ResetLink, Store)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .core.session import CoreSettings, GatewayCore
 from .edge import coap as coap_edge
 from .edge.mqtt import MqttLink
+from .edge.outbox import Outbox
 from .logs import logger
 from .registry import Registry, RegistryError
 
@@ -51,8 +54,17 @@ class Bridge:
                                              rpc_queue_ttl=platform.rpc_queue_ttl,
                                              max_observers=config.coap.max_observers,
                                              con_interval=config.coap.con_notification_interval,
-                                             client_rpc_method=platform.client_rpc_method),
+                                             client_rpc_method=platform.client_rpc_method,
+                                             window=config.mqtt.max_inflight,
+                                             outbox_max_entries=config.outbox.max_entries,
+                                             outbox_max_bytes=config.outbox.max_bytes,
+                                             outbox_max_age=config.outbox.max_age),
                                 self.lookup)
+        self.outbox: Optional[Outbox] = None
+        self._stores: List[Store] = []
+        self._deletes: List[int] = []
+        self._dead: List[DeadLetter] = []
+        self._commit_call: Any = None
         self.link = MqttLink(reactor, config.mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.notifier: Optional[coap_edge.Notifier] = None
         self._notifications: List[Notify] = []
@@ -60,7 +72,8 @@ class Bridge:
         self.requests: Dict[int, defer.Deferred] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
-        self.counters: Dict[str, int] = {"requests": 0, "published": 0, "acknowledged": 0}
+        self.counters: Dict[str, int] = {"requests": 0, "published": 0, "acknowledged": 0,
+                                         "errors": 0}
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -134,6 +147,18 @@ class Bridge:
                     self.mids[mid] = action.ref
                     log.debug("Published {topic} for {device} (mid {mid})", topic=action.topic,
                               device=action.device, mid=mid)
+            elif isinstance(action, Store):
+                self._stores.append(action)
+                self._schedule_commit()
+            elif isinstance(action, Delete):
+                self._deletes.append(action.id)
+                self._schedule_commit()
+            elif isinstance(action, DeadLetter):
+                self._dead.append(action)
+                self._schedule_commit()
+            elif isinstance(action, ResetLink):
+                log.warn("Resetting the MQTT connection: {reason}", reason=action.reason)
+                self.link.reset()
             elif isinstance(action, Notify):
                 self._queue_notification(action)
             elif isinstance(action, Log):
@@ -142,6 +167,66 @@ class Bridge:
                 self._registry_change("rename", action.old, action.new)
             elif isinstance(action, DeleteDevice):
                 self._registry_change("delete", action.name)
+
+    # -- the outbox: group commit once per reactor turn ------------------------------
+
+    def _schedule_commit(self) -> None:
+        if self._commit_call is None:
+            self._commit_call = self.reactor.callLater(0, self.commit)
+
+    def commit(self) -> None:
+        """Write every stored uplink of this turn in one transaction, then answer the devices;
+        remove acknowledged entries in another."""
+        if self._commit_call is not None and self._commit_call.active():
+            self._commit_call.cancel()
+        self._commit_call = None
+        if self.outbox is None:
+            return
+        stores, self._stores = self._stores, []
+        if stores:
+            now = self.now()
+            try:
+                ids = self.outbox.append([(s.device, s.device_type, s.topic, s.payload, now)
+                                          for s in stores])
+            except sqlite3.Error as exc:
+                self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
+            else:
+                self.apply(self.core.on_stored(list(zip((s.ref for s in stores), ids)), now))
+        deletes, self._deletes = self._deletes, []
+        dead, self._dead = self._dead, []
+        try:
+            if deletes:
+                self.outbox.delete(deletes)
+            if dead:
+                self.outbox.dead_letter([(d.id, d.reason) for d in dead], self.now())
+        except sqlite3.Error as exc:
+            # harmless for correctness: they are delivered again after a restart
+            log.error("Could not update the outbox: {error}", error=str(exc))
+
+    def restore(self) -> None:
+        assert self.outbox is not None
+        entries = self.outbox.load()
+        if entries:
+            log.info("Outbox holds {count} undelivered uplinks from before; delivering them",
+                     count=len(entries))
+        self.apply(self.core.on_restored(entries, self.now()))
+
+    def drain(self, timeout: float) -> defer.Deferred:
+        """Stop publishing new entries; fire when none waits for a PUBACK (or at ``timeout``)."""
+        self.core.draining = True
+        done = defer.Deferred()
+        deadline = self.now() + timeout
+
+        def check() -> None:
+            if not self.core.delivery.in_flight or self.now() >= deadline \
+                    or not self.link.connected:
+                poll.stop()
+                self.commit()
+                done.callback(None)
+        poll = LoopingCall(check)
+        poll.clock = self.reactor
+        poll.start(0.05, now=True).addErrback(lambda f: log.failure("Drain failed", failure=f))
+        return done
 
     def _queue_notification(self, notify: Notify) -> None:
         # Sent on the next turn of the reactor, in order, so that a registration's
@@ -186,12 +271,13 @@ class Bridge:
         d = self.requests.pop(reply.ref, None)
         if d is None:
             return
-        if reply.code >= codes.INTERNAL_SERVER_ERROR and reply.code != codes.SERVICE_UNAVAILABLE:
-            log.warn("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
-                     peer=peer, reason=reply.reason)
-        elif reply.code >= codes.BAD_REQUEST:
-            log.info("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
-                     peer=peer or "device", reason=reply.reason)
+        # A device's bad request is its problem, and logging each one would let any
+        # device flood the log: per-request answers are debug; states worth an operator's
+        # attention (outbox full, platform refusals) arrive as Log actions from the core.
+        if reply.code >= codes.BAD_REQUEST:
+            self.counters["errors"] += 1
+            log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
+                      peer=peer or "device", reason=reply.reason)
         d.callback(coap_edge.make_response(reply.code, reply.payload, reply.content_format,
                                            reply.max_age, reply.size1, reply.observe))
 
@@ -211,7 +297,9 @@ class _MqttService(Service):
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)
-        return self.bridge.link.stop()
+        d = self.bridge.drain(timeout=2.0)
+        d.addCallback(lambda _: self.bridge.link.stop())
+        return d
 
 
 class _TickService(Service):
@@ -254,6 +342,8 @@ class _CoapService(Service):
         Service.stopService(self)
         if self.port is not None:
             port, self.port = self.port, None
+            port.stopReading()  # no new requests; those already stored are answered now
+            self.bridge.commit()
             return port.stopListening()
         return None
 
@@ -274,12 +364,21 @@ class BridgeService(MultiService):
         self.bridge.registry = Registry(self.config.registry_path)
         log.info("Device registry {path}: {count} devices", path=self.config.registry_path,
                  count=len(self.bridge.registry.entries()))
+        self.bridge.outbox = Outbox(self.config.outbox_path, self.config.outbox.synchronous)
+        self.bridge.restore()
         MultiService.startService(self)
 
     def stopService(self) -> defer.Deferred:
         d = defer.maybeDeferred(MultiService.stopService, self)
 
         def close(result: Any) -> Any:
+            if self.bridge.outbox is not None:
+                self.bridge.commit()
+                count, size = self.bridge.outbox.stats()
+                if count:
+                    log.info("{count} uplinks wait in the outbox for the next start", count=count)
+                self.bridge.outbox.close()
+                self.bridge.outbox = None
             if self.bridge.registry is not None:
                 self.bridge.registry.close()
                 self.bridge.registry = None

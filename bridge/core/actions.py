@@ -91,3 +91,36 @@ class Log:
     level: str
     text: str
     device: str = ""
+
+
+@dataclass(frozen=True)
+class Store:
+    """Write an uplink durably; the edge reports the outbox id with ``on_stored``."""
+
+    ref: int
+    device: str
+    device_type: str
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Delete:
+    """The broker acknowledged outbox entry ``id``: remove it."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """The platform refused outbox entry ``id`` for good: keep it aside with the reason."""
+
+    id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResetLink:
+    """Drop and re-establish the broker connection (a PUBACK is overdue)."""
+
+    reason: str

@@ -24,14 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import codes, gateway, payloads, routes
-from .actions import (DeleteDevice, Device, Log, Notify, Publish, RenameDevice, Reply, Request)
+from .actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Publish, RenameDevice,
+                      Reply, Request, ResetLink, Store)
+from .delivery import Delivery, Entry
 from .codes import CoapError
 from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX, AttributeUpdate,
                          ServerRpc, attribute_response, attribute_update, keys_param, loads,
                          server_rpc, topic_suffix_int)
 from .observe import Observers, Pending
 
-Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log]
+Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, Delete, DeadLetter,
+               ResetLink]
 Lookup = Callable[[str], Optional[Device]]
 
 # MQTT 5 PUBACK reason codes that mean the platform will not take the message.
@@ -57,6 +60,10 @@ class CoreSettings:
     max_observers: int = 100000
     con_interval: float = 86400.0
     client_rpc_method: str = "deviceRpc"
+    window: int = 100  # outbox publishes waiting for a PUBACK at once
+    outbox_max_entries: int = 1_000_000
+    outbox_max_bytes: int = 512 * 1024 * 1024
+    outbox_max_age: float = 7 * 86400.0
 
 
 @dataclass
@@ -67,6 +74,7 @@ class _DeviceState:
     connect_ref: Optional[int] = None
     connect_deadline: float = 0.0
     waiting: List[Publish] = field(default_factory=list)
+    retry_at: float = 0.0  # after a refused connect
 
 
 @dataclass
@@ -122,6 +130,13 @@ class GatewayCore:
         self.attribute_requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
         self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}
         self.client_rpcs: Dict[int, _ClientRpc] = {}
+        self.delivery = Delivery(settings.window)
+        self.storing: Dict[int, Tuple[int, Store]] = {}  # store ref -> request, what to store
+        self.storing_bytes = 0
+        self.full_since: Optional[float] = None
+        self.draining = False  # shutting down: publish no more stored entries
+        self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "dead_lettered": 0,
+                                      "refused_full": 0, "store_failed": 0}
         self._next_ref = 0
         self._next_attribute_id = 0
         self._next_client_rpc = 0
@@ -136,18 +151,45 @@ class GatewayCore:
 
     def on_published(self, ref: int, reason_code: int, now: float) -> List[Action]:
         """The broker acknowledged publish ``ref``; ``reason_code`` >= 0x80 is a refusal."""
+        if ref in self.delivery.in_flight:
+            return self._entry_acknowledged(ref, reason_code, now)
         for state in self.devices.values():
             if state.connect_ref == ref:
                 return self._connect_done(state, reason_code < 0x80, now)
-        pending = self.pending.pop(ref, None)
-        if pending is None or pending.request_ref is None:
-            return []
-        if reason_code < 0x80:
-            return [Reply(pending.request_ref, codes.CREATED)]
-        return [_refusal_reply(pending.request_ref, reason_code, self.settings.retry_after)]
+        self.pending.pop(ref, None)
+        return []
+
+    def on_stored(self, stored: List[Tuple[int, int]], now: float) -> List[Action]:
+        """The edge wrote ``(store ref, outbox id)`` pairs durably: acknowledge the devices."""
+        actions: List[Action] = []
+        for store_ref, entry_id in stored:
+            request_ref, store = self.storing.pop(store_ref)
+            self.storing_bytes -= len(store.payload)
+            self.delivery.add(Entry(entry_id, store.device, store.device_type, store.topic,
+                                    store.payload, now))
+            self.stats["acknowledged"] += 1
+            actions.append(Reply(request_ref, codes.CREATED))
+        return actions + self._pump(now)
+
+    def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
+        actions: List[Action] = [Log("error", "could not store uplinks: %s" % reason)]
+        for store_ref in store_refs:
+            request_ref, store = self.storing.pop(store_ref)
+            self.storing_bytes -= len(store.payload)
+            self.stats["store_failed"] += 1
+            actions.append(self._unavailable(request_ref, "outbox write failed"))
+        return actions
+
+    def on_restored(self, entries: List[Entry], now: float) -> List[Action]:
+        """Entries found in the outbox at start: deliver them, in their order."""
+        for entry in sorted(entries, key=lambda e: e.id):
+            self.delivery.add(entry)
+        return self._pump(now)
 
     def on_not_sent(self, ref: int, now: float) -> List[Action]:
         """The edge could not hand publish ``ref`` to the broker (the link just went away)."""
+        if self.delivery.retry(ref) is not None:
+            return []
         for state in self.devices.values():
             if state.connect_ref == ref:
                 state.connect_ref = None
@@ -170,16 +212,17 @@ class GatewayCore:
         for name, state in list(self.devices.items()):
             if state.last_active >= horizon or name in observing:
                 actions.append(self._send_connect(state, now))
-            else:
+            elif name not in self.delivery.queues:
                 del self.devices[name]
         for relation in list(self.observers.relations.values()):
             if relation.feature == ATTRIBUTES_FEATURE:
                 actions += self._start_fetch("refresh", relation.device, None, None, [], now)
-        return actions
+        return actions + self._pump(now)
 
     def on_link_down(self, now: float) -> List[Action]:
         """The connection is gone: everything waiting on the platform is answered 5.03."""
         self.link_up = False
+        self.delivery.requeue_all()
         actions: List[Action] = []
         for pending in self.pending.values():
             if pending.request_ref is not None:
@@ -208,9 +251,11 @@ class GatewayCore:
                 state.waiting = [pub for pub in state.waiting if pub.ref != ref]
             if pending.request_ref is not None:
                 actions.append(self._unavailable(pending.request_ref, "no PUBACK within ack_timeout"))
-        for state in self.devices.values():
+        for name, state in self.devices.items():
             if state.connect_ref is not None and state.connect_deadline <= now:
                 state.connect_ref = None  # the next publish sends connect again
+            if not state.connected and state.connect_ref is None and state.retry_at <= now:
+                self.delivery.resume(name)  # its stored entries wait for a new connect
         for fetch_id in [i for i, f in self.fetches.items() if f.deadline <= now]:
             actions += self._fetch_failed(fetch_id, "the platform did not answer the attribute "
                                                     "request in time")
@@ -227,6 +272,12 @@ class GatewayCore:
                 del self.rpc_waiting[name]
         if self.link_up:
             actions += self._disconnect_idle(now)
+            oldest = self.delivery.oldest_in_flight()
+            if oldest is not None and now - oldest > self.settings.ack_timeout:
+                self.link_up = False  # until the edge reports the new link
+                actions.append(ResetLink("no PUBACK for %.0f s" % (now - oldest)))
+            else:
+                actions += self._pump(now)
         return actions
 
     def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
@@ -279,6 +330,7 @@ class GatewayCore:
             self.rpc_waiting[new] = self.rpc_waiting.pop(old)
         if old in self.known_keys:
             self.known_keys[new] = self.known_keys.pop(old)
+        self.delivery.rename(old, new)
         self.observers.rename(old, new)
 
     # == requests ============================================================
@@ -333,10 +385,80 @@ class GatewayCore:
 
     def _uplink(self, device: Device, topic: str, payload: bytes, request_ref: int,
                 now: float) -> List[Action]:
+        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``)."""
         self._check_size(topic, payload)
-        self._require_link()
-        return self._device_publish(device, topic, payload, now, request_ref,
-                                    now + self.settings.ack_timeout)
+        actions: List[Action] = []
+        full = self._outbox_full(len(payload), now)
+        if full:
+            self.stats["refused_full"] += 1
+            if self.full_since is None:
+                self.full_since = now
+                actions.append(Log("warn", "outbox full (%s): devices get 5.03 until it drains"
+                                   % full))
+            actions.append(Reply(request_ref, codes.SERVICE_UNAVAILABLE,
+                                 max_age=self.settings.retry_after, reason="outbox full: " + full))
+            return actions
+        if self.full_since is not None:
+            self.full_since = None
+            actions.append(Log("info", "outbox accepts uplinks again"))
+        state = self.devices.get(device.name)
+        if state is not None:
+            state.last_active = now
+        store = Store(self._ref(), device.name, device.type, topic, payload)
+        self.storing[store.ref] = (request_ref, store)
+        self.storing_bytes += len(payload)
+        return actions + [store]
+
+    def _outbox_full(self, size: int, now: float) -> Optional[str]:
+        settings = self.settings
+        if self.delivery.count + len(self.storing) >= settings.outbox_max_entries:
+            return "%d entries" % settings.outbox_max_entries
+        if self.delivery.bytes + self.storing_bytes + size > settings.outbox_max_bytes:
+            return "%d bytes" % settings.outbox_max_bytes
+        oldest = self.delivery.oldest()
+        if oldest is not None and now - oldest > settings.outbox_max_age:
+            return "oldest entry older than %.0f s" % settings.outbox_max_age
+        return None
+
+    def _pump(self, now: float) -> List[Action]:
+        """Publish stored entries while the window has room: devices take turns."""
+        actions: List[Action] = []
+        if not self.link_up or self.draining:
+            return actions
+        while self.delivery.has_room():
+            name = self.delivery.next_device()
+            if name is None:
+                break
+            state = self.devices.get(name)
+            if state is None:
+                head = self.delivery.queues[name][0]
+                state = self.devices[name] = _DeviceState(Device(name, head.device_type), now)
+            if not state.connected:
+                self.delivery.park(name)
+                if state.connect_ref is None and state.retry_at <= now:
+                    actions.append(self._send_connect(state, now))
+                continue
+            ref = self._ref()
+            entry = self.delivery.take(name, ref, now)
+            actions.append(Publish(ref, entry.topic, entry.payload, name))
+        return actions
+
+    def _entry_acknowledged(self, ref: int, reason_code: int, now: float) -> List[Action]:
+        if reason_code < 0x80:
+            entry = self.delivery.done(ref)
+            assert entry is not None
+            self.stats["delivered"] += 1
+            return [Delete(entry.id)] + self._pump(now)
+        if reason_code == QUOTA_EXCEEDED:  # transient: ThingsBoard closes the link, we retry
+            self.delivery.retry(ref)
+            return [Log("warn", "platform quota exceeded (PUBACK 0x97); will retry")]
+        entry = self.delivery.done(ref)
+        assert entry is not None
+        self.stats["dead_lettered"] += 1
+        reason = "platform refused it with PUBACK reason 0x%02x" % reason_code
+        return [DeadLetter(entry.id, reason),
+                Log("warn", "outbox entry %d of %s set aside: %s" % (entry.id, entry.device, reason),
+                    entry.device)] + self._pump(now)
 
     def _device_publish(self, device: Device, topic: str, payload: bytes, now: float,
                         request_ref: Optional[int], deadline: float) -> List[Action]:
@@ -367,7 +489,9 @@ class GatewayCore:
         waiting, state.waiting = state.waiting, []
         if ok:
             state.connected = True
-            return [pub for pub in waiting if pub.ref in self.pending]
+            self.delivery.resume(state.device.name)
+            return [pub for pub in waiting if pub.ref in self.pending] + self._pump(now)
+        state.retry_at = now + self.settings.retry_after
         actions: List[Action] = [Log("warn", "the platform refused to connect device %s"
                                      % state.device.name, state.device.name)]
         for pub in waiting:
@@ -382,6 +506,7 @@ class GatewayCore:
         horizon = now - self.settings.idle_timeout
         observing = {relation.device for relation in self.observers.relations.values()}
         busy = {p.device for p in self.pending.values()} | {f.device for f in self.fetches.values()}
+        busy |= set(self.delivery.queues) | {e.device for e, _ in self.delivery.in_flight.values()}
         for name, state in list(self.devices.items()):
             if state.last_active >= horizon or state.connect_ref is not None \
                     or name in busy or name in observing:
@@ -683,13 +808,3 @@ def _error_reply(ref: int, err: CoapError) -> Reply:
     return Reply(ref, err.code, payload=err.reason.encode("utf-8"),
                  content_format=codes.TEXT_PLAIN if err.reason else None,
                  max_age=err.max_age, size1=err.size1, reason=err.reason)
-
-
-def _refusal_reply(ref: int, reason_code: int, retry_after: int) -> Reply:
-    if reason_code == QUOTA_EXCEEDED:
-        return Reply(ref, codes.SERVICE_UNAVAILABLE, max_age=retry_after,
-                     reason="platform quota exceeded (PUBACK 0x97)")
-    if reason_code == PAYLOAD_FORMAT_INVALID:
-        return Reply(ref, codes.BAD_REQUEST, reason="platform refused the payload (PUBACK 0x99)")
-    return Reply(ref, codes.BAD_GATEWAY, reason="platform refused the message (PUBACK 0x%02x)"
-                 % reason_code)

@@ -147,6 +147,12 @@ class MqttLink:
         self.reactor.callLater(2.0, self._force_close)
         return self._stopped
 
+    def reset(self) -> None:
+        """Drop the connection now; the usual reconnect follows."""
+        if self.client is not None and self.connected:
+            self.client._sock_close()
+            self._on_disconnect(self.client, None, None, "reset by the bridge", None)
+
     def publish(self, topic: str, payload: bytes) -> Optional[int]:
         """Publish at QoS 1; returns paho's mid, or None when not connected."""
         if self.client is None or not self.connected:

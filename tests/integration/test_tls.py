@@ -126,4 +126,5 @@ def test_unverifiable_broker_is_refused(run_tls, pki, mosquitto_kwargs, ca):
     wait_until(lambda: "TLS handshake failed" in bridge.read_log(), 10, "the handshake to fail")
     assert "certificate verify failed" in bridge.read_log()
     assert bridge.connected_count() == 0
-    assert _post(bridge) == "5.03"
+    assert _post(bridge) == "2.01"  # kept in the outbox, never sent to an unverified broker
+    assert "Published" not in bridge.read_log()

@@ -1,0 +1,351 @@
+"""Tests of observe relations and their notification queues (bridge.core.observe.Observers)."""
+
+from bridge.core import codes
+from bridge.core.actions import Notify
+from bridge.core.observe import OBSERVE_MODULUS, Observers, Pending
+
+T0 = 1_700_000_000.0
+PEER = ("10.0.0.1", 5683)
+OTHER_PEER = ("10.0.0.2", 5683)
+NEW_PEER = ("10.0.0.1", 40000)  # same device after NAT rebinding
+
+
+def make_observers(max_relations=100, con_interval=86400.0):
+    return Observers(max_relations, con_interval)
+
+
+def pending(n, item=None):
+    return Pending(b'{"n":%d}' % n, codes.CONTENT, item)
+
+
+def numbers(notifies):
+    return [n.payload for n in notifies]
+
+
+def newer(v1, v2):
+    """RFC 7641 §3.4: is Observe number v2 fresher than v1 (ignoring the 128 s rule)?"""
+    half = 1 << 23
+    return (v1 < v2 and v2 - v1 < half) or (v1 > v2 and v1 - v2 > half)
+
+
+def register(obs, device="Dev A", feature="attributes", remote=PEER, token=b"t1",
+             confirmable=True, now=T0):
+    relation, leftovers = obs.register(device, feature, remote, token, confirmable, now)
+    assert relation is not None
+    return relation, leftovers
+
+
+# -- Observe numbers --------------------------------------------------------------
+
+def test_observe_numbers_increase_across_notifications_of_one_relation():
+    obs = make_observers()
+    register(obs, confirmable=False)
+    out = []
+    for n in range(5):
+        out += obs.enqueue("Dev A", "attributes", pending(n), T0 + n)
+    values = [notify.observe for notify in out]
+    assert len(values) == 5
+    assert all(newer(a, b) for a, b in zip(values, values[1:]))
+
+
+def test_observe_numbers_keep_increasing_across_re_registrations():
+    obs = make_observers()
+    register(obs, confirmable=False, token=b"t1")
+    first = obs.sequence()  # the registration response's number, as the core takes it
+    [n1] = obs.enqueue("Dev A", "attributes", pending(1), T0)
+    register(obs, confirmable=False, token=b"t2", now=T0 + 1)
+    second = obs.sequence()
+    [n2] = obs.enqueue("Dev A", "attributes", pending(2), T0 + 1)
+    assert newer(first, n1.observe)
+    assert newer(n1.observe, second)
+    assert newer(second, n2.observe)
+    assert n2.token == b"t2"
+
+
+def test_observe_number_wraps_at_2_pow_24_and_stays_fresh_in_serial_arithmetic():
+    obs = make_observers()
+    register(obs, confirmable=False)
+    obs._sequence = OBSERVE_MODULUS - 3  # walking 2**24 calls would be too slow
+    out = []
+    for n in range(4):
+        out += obs.enqueue("Dev A", "attributes", pending(n), T0)
+    values = [notify.observe for notify in out]
+    assert values == [OBSERVE_MODULUS - 2, OBSERVE_MODULUS - 1, 0, 1]
+    assert all(0 <= v < OBSERVE_MODULUS for v in values)
+    assert all(newer(a, b) for a, b in zip(values, values[1:]))
+
+
+# -- CON relations: one notification in flight --------------------------------------
+
+def test_con_relation_sends_only_the_first_of_three_queued_notifications():
+    obs = make_observers()
+    register(obs, confirmable=True)
+    out = []
+    for n in range(3):
+        out += obs.enqueue("Dev A", "attributes", pending(n), T0)
+    [first] = out
+    assert isinstance(first, Notify)
+    assert first.confirmable is True
+    assert first.payload == b'{"n":0}'
+    assert (first.remote, first.token, first.code, first.device) == (
+        PEER, b"t1", codes.CONTENT, "Dev A")
+
+
+def test_con_relation_ack_releases_the_next_notification_in_order_without_loss():
+    obs = make_observers()
+    register(obs, confirmable=True)
+    sent = []
+    for n in range(3):
+        sent += obs.enqueue("Dev A", "attributes", pending(n), T0)
+    while True:
+        notifies, ended, leftovers = obs.on_result(sent[-1].ref, "ack", T0 + len(sent))
+        assert ended == [] and leftovers == []
+        if not notifies:
+            break
+        assert len(notifies) == 1
+        sent += notifies
+    assert numbers(sent) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert all(n.confirmable for n in sent)
+    assert len({n.ref for n in sent}) == 3
+
+
+def test_con_relation_repeated_ack_for_the_same_ref_releases_nothing_more():
+    obs = make_observers()
+    register(obs, confirmable=True)
+    [first] = obs.enqueue("Dev A", "attributes", pending(0), T0)
+    obs.enqueue("Dev A", "attributes", pending(1), T0)
+    obs.enqueue("Dev A", "attributes", pending(2), T0)
+    [second], _, _ = obs.on_result(first.ref, "ack", T0)
+    assert obs.on_result(first.ref, "ack", T0) == ([], [], [])
+    assert second.payload == b'{"n":1}'
+
+
+def test_enqueue_without_a_relation_sends_nothing():
+    obs = make_observers()
+    assert obs.enqueue("Dev A", "attributes", pending(0), T0) == []
+    register(obs, feature="rpc")
+    assert obs.enqueue("Dev A", "attributes", pending(0), T0) == []
+
+
+# -- NON relations ------------------------------------------------------------------------
+
+def test_non_relation_sends_every_queued_notification_at_once_as_non():
+    obs = make_observers(con_interval=100)
+    register(obs, confirmable=False)
+    out = []
+    for n in range(3):
+        out += obs.enqueue("Dev A", "attributes", pending(n), T0 + 1)
+    assert numbers(out) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert [n.confirmable for n in out] == [False, False, False]
+
+
+def test_non_relation_sends_a_con_once_con_interval_has_passed_and_holds_the_rest():
+    obs = make_observers(con_interval=100)
+    register(obs, confirmable=False, now=T0)
+    [early] = obs.enqueue("Dev A", "attributes", pending(0), T0 + 99)
+    assert early.confirmable is False
+
+    [probe] = obs.enqueue("Dev A", "attributes", pending(1), T0 + 100)
+    assert probe.confirmable is True
+    # the CON is in flight: the next waits for its ACK
+    assert obs.enqueue("Dev A", "attributes", pending(2), T0 + 101) == []
+    assert obs.enqueue("Dev A", "attributes", pending(3), T0 + 101) == []
+
+    released, ended, leftovers = obs.on_result(probe.ref, "ack", T0 + 102)
+    assert (ended, leftovers) == ([], [])
+    assert numbers(released) == [b'{"n":2}', b'{"n":3}']
+    assert [n.confirmable for n in released] == [False, False]  # last CON was at T0 + 100
+
+
+def test_non_relation_next_con_is_due_con_interval_after_the_previous_con():
+    obs = make_observers(con_interval=100)
+    register(obs, confirmable=False, now=T0)
+    [probe] = obs.enqueue("Dev A", "attributes", pending(0), T0 + 150)
+    assert probe.confirmable
+    obs.on_result(probe.ref, "ack", T0 + 150)
+    [later] = obs.enqueue("Dev A", "attributes", pending(1), T0 + 249)
+    assert later.confirmable is False
+    [again] = obs.enqueue("Dev A", "attributes", pending(2), T0 + 250)
+    assert again.confirmable is True
+
+
+# -- reset and timeout ---------------------------------------------------------------------------
+
+def test_reset_ends_only_that_relation_and_returns_its_queued_items():
+    obs = make_observers()
+    register(obs, feature="attributes", token=b"ta")
+    register(obs, feature="rpc", token=b"tr")
+    [sent] = obs.enqueue("Dev A", "rpc", pending(0, item="rpc-0"), T0)
+    obs.enqueue("Dev A", "rpc", pending(1, item="rpc-1"), T0)
+    obs.enqueue("Dev A", "rpc", pending(2, item="rpc-2"), T0)
+
+    notifies, ended, leftovers = obs.on_result(sent.ref, "reset", T0 + 1)
+    assert notifies == []
+    assert [(r.device, r.feature) for r in ended] == [("Dev A", "rpc")]
+    assert [p.item for p in leftovers] == ["rpc-0", "rpc-1", "rpc-2"]  # in flight first
+    assert obs.get("Dev A", "rpc") is None
+    assert obs.get("Dev A", "attributes") is not None
+    assert len(obs) == 1
+
+
+def test_timeout_ends_every_relation_of_that_remote_and_no_other():
+    obs = make_observers()
+    register(obs, device="Dev A", feature="attributes", remote=PEER)
+    register(obs, device="Dev A", feature="rpc", remote=PEER)
+    register(obs, device="Dev B", feature="rpc", remote=PEER)  # same peer, other device
+    register(obs, device="Dev C", feature="rpc", remote=OTHER_PEER)
+    obs.enqueue("Dev A", "attributes", pending(9, item="attr"), T0)
+    [sent] = obs.enqueue("Dev A", "rpc", pending(0, item="rpc-0"), T0)
+    obs.enqueue("Dev A", "rpc", pending(1, item="rpc-1"), T0)
+
+    notifies, ended, leftovers = obs.on_result(sent.ref, "timeout", T0 + 100)
+    assert notifies == []
+    assert sorted((r.device, r.feature) for r in ended) == [
+        ("Dev A", "attributes"), ("Dev A", "rpc"), ("Dev B", "rpc")]
+    assert sorted(p.item for p in leftovers) == ["attr", "rpc-0", "rpc-1"]
+    assert list(obs.relations) == [("Dev C", "rpc")]
+
+
+def test_result_for_an_unknown_ref_does_nothing():
+    obs = make_observers()
+    register(obs)
+    assert obs.on_result(12345, "timeout", T0) == ([], [], [])
+    assert len(obs) == 1
+
+
+def test_reset_of_a_recent_non_notification_ends_the_relation():
+    obs = make_observers()
+    register(obs, confirmable=False)
+    [non] = obs.enqueue("Dev A", "attributes", pending(0), T0)
+    assert non.confirmable is False
+    notifies, ended, leftovers = obs.on_result(non.ref, "reset", T0 + 1)
+    assert notifies == [] and leftovers == []
+    assert [(r.device, r.feature) for r in ended] == [("Dev A", "attributes")]
+    assert obs.get("Dev A", "attributes") is None
+
+
+def test_stale_reset_after_re_registration_with_a_new_token_does_nothing():
+    obs = make_observers()
+    register(obs, confirmable=False, token=b"old")
+    [non] = obs.enqueue("Dev A", "attributes", pending(0), T0)
+    register(obs, confirmable=False, token=b"new", now=T0 + 1)
+    assert obs.on_result(non.ref, "reset", T0 + 2) == ([], [], [])
+    relation = obs.get("Dev A", "attributes")
+    assert relation is not None and relation.token == b"new"
+
+
+def test_stale_con_result_after_re_registration_does_nothing():
+    obs = make_observers()
+    register(obs, confirmable=True, token=b"old")
+    [con] = obs.enqueue("Dev A", "attributes", pending(0), T0)
+    register(obs, confirmable=True, token=b"new", now=T0 + 1)
+    for outcome in ("reset", "timeout"):
+        assert obs.on_result(con.ref, outcome, T0 + 2) == ([], [], [])
+    assert obs.get("Dev A", "attributes").token == b"new"
+
+
+# -- register, deregister -------------------------------------------------------------------------
+
+def test_register_from_a_new_remote_replaces_the_relation_and_returns_its_leftovers():
+    obs = make_observers()
+    register(obs, feature="rpc", remote=PEER, token=b"t1")
+    obs.enqueue("Dev A", "rpc", pending(0, item="a"), T0)
+    obs.enqueue("Dev A", "rpc", pending(1, item="b"), T0)
+
+    relation, leftovers = obs.register("Dev A", "rpc", NEW_PEER, b"t2", True, T0 + 1)
+    assert relation is not None and relation.remote == NEW_PEER and relation.token == b"t2"
+    assert [p.item for p in leftovers] == ["a", "b"]
+    assert len(obs) == 1
+    [notify] = obs.enqueue("Dev A", "rpc", pending(2), T0 + 1)
+    assert (notify.remote, notify.token) == (NEW_PEER, b"t2")
+
+
+def test_register_beyond_max_relations_is_refused_for_a_new_key():
+    obs = make_observers(max_relations=2)
+    register(obs, device="Dev A", feature="attributes")
+    register(obs, device="Dev A", feature="rpc")
+    assert obs.register("Dev B", "rpc", OTHER_PEER, b"t", True, T0) == (None, [])
+    assert obs.get("Dev B", "rpc") is None
+    assert len(obs) == 2
+
+
+def test_register_at_max_relations_still_replaces_an_existing_key():
+    obs = make_observers(max_relations=1)
+    register(obs, remote=PEER, token=b"t1")
+    relation, leftovers = obs.register("Dev A", "attributes", NEW_PEER, b"t2", False, T0)
+    assert relation is not None and relation.remote == NEW_PEER
+    assert leftovers == []
+    assert len(obs) == 1
+
+
+def test_deregister_needs_the_registering_remote_and_token():
+    obs = make_observers()
+    register(obs, feature="rpc", remote=PEER, token=b"t1")
+    obs.enqueue("Dev A", "rpc", pending(0, item="x"), T0)
+    assert obs.deregister("Dev A", "rpc", OTHER_PEER, b"t1") == (False, [])
+    assert obs.deregister("Dev A", "rpc", PEER, b"other") == (False, [])
+    assert obs.deregister("Dev B", "rpc", PEER, b"t1") == (False, [])
+    assert obs.get("Dev A", "rpc") is not None
+
+    ended, leftovers = obs.deregister("Dev A", "rpc", PEER, b"t1")
+    assert ended is True
+    assert [p.item for p in leftovers] == ["x"]
+    assert obs.get("Dev A", "rpc") is None
+
+
+def test_cancel_device_ends_all_its_relations_only():
+    obs = make_observers()
+    register(obs, device="Dev A", feature="attributes")
+    register(obs, device="Dev A", feature="rpc")
+    register(obs, device="Dev B", feature="rpc")
+    obs.enqueue("Dev A", "rpc", pending(0, item="x"), T0)
+    assert [p.item for p in obs.cancel_device("Dev A")] == ["x"]
+    assert list(obs.relations) == [("Dev B", "rpc")]
+
+
+# -- rename ---------------------------------------------------------------------------------------
+
+def test_rename_moves_relations_to_the_new_name():
+    obs = make_observers()
+    register(obs, device="Old", feature="attributes")
+    register(obs, device="Old", feature="rpc")
+    register(obs, device="Other", feature="rpc")
+    obs.rename("Old", "New")
+    assert obs.get("Old", "attributes") is None and obs.get("Old", "rpc") is None
+    assert obs.get("New", "attributes").device == "New"
+    assert obs.get("New", "rpc").device == "New"
+    assert obs.get("Other", "rpc") is not None
+    [notify] = obs.enqueue("New", "attributes", pending(0), T0)
+    assert notify.device == "New"
+
+
+def test_rename_keeps_in_flight_bookkeeping_so_ack_releases_the_next_under_the_new_name():
+    obs = make_observers()
+    register(obs, device="Old", feature="rpc")
+    [first] = obs.enqueue("Old", "rpc", pending(0), T0)
+    obs.enqueue("Old", "rpc", pending(1), T0)
+    obs.rename("Old", "New")
+    [second], ended, _ = obs.on_result(first.ref, "ack", T0 + 1)
+    assert ended == []
+    assert (second.payload, second.device) == (b'{"n":1}', "New")
+
+
+def test_rename_keeps_in_flight_bookkeeping_so_reset_ends_the_renamed_relation():
+    obs = make_observers()
+    register(obs, device="Old", feature="rpc")
+    [first] = obs.enqueue("Old", "rpc", pending(0, item="x"), T0)
+    obs.rename("Old", "New")
+    _, ended, leftovers = obs.on_result(first.ref, "reset", T0 + 1)
+    assert [(r.device, r.feature) for r in ended] == [("New", "rpc")]
+    assert [p.item for p in leftovers] == ["x"]
+    assert len(obs) == 0
+
+
+def test_rename_keeps_recent_non_bookkeeping_so_reset_ends_the_renamed_relation():
+    obs = make_observers()
+    register(obs, device="Old", feature="attributes", confirmable=False)
+    [non] = obs.enqueue("Old", "attributes", pending(0), T0)
+    obs.rename("Old", "New")
+    _, ended, _ = obs.on_result(non.ref, "reset", T0 + 1)
+    assert [(r.device, r.feature) for r in ended] == [("New", "attributes")]
+    assert len(obs) == 0

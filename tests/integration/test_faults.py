@@ -1,0 +1,194 @@
+"""Never lose an acknowledged uplink: link cuts, a killed bridge, and the counts to prove it.
+
+Each test runs a steady CoAP load (several devices posting numbered telemetry),
+injects a fault, and then checks that every (device, seq) that got 2.01
+reached the platform. Duplicates are allowed (at-least-once; telemetry
+carries its receipt timestamp, so a replay is idempotent on ThingsBoard),
+losses are not. Each test prints a RESULT line with the counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import BridgeProcess, Mosquitto, wait_until
+from loadgen import Load
+from tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+DEVICES = [("Load %d" % n, "load%d" % n) for n in range(6)]
+
+
+class Counting:
+    """The platform: counts every telemetry seq per device (on a persistent connection)."""
+
+    def __init__(self, port: int):
+        self.seen: Counter = Counter()
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="counting")
+        self.client.on_message = self._on_message
+        ready = threading.Event()
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("v1/gateway/telemetry", qos=1)
+        self.client.loop_start()
+        assert ready.wait(10)
+
+    def _on_message(self, client, userdata, message) -> None:
+        doc = json.loads(message.payload)
+        with self.lock:
+            for device, entries in doc.items():
+                for entry in entries:
+                    self.seen[(device, entry["values"]["seq"])] += 1
+
+    def missing(self, acked) -> set:
+        with self.lock:
+            return {key for key in acked if key not in self.seen}
+
+    def report(self, name: str, acked, codes) -> dict:
+        with self.lock:
+            delivered = sum(1 for key in acked if key in self.seen)
+            duplicated = sum(count - 1 for key, count in self.seen.items() if count > 1)
+        result = {"test": name, "acknowledged": len(acked), "delivered": delivered,
+                  "duplicated": duplicated, "lost": len(acked) - delivered, "codes": dict(codes)}
+        print("RESULT " + json.dumps(result))
+        return result
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _bridge(workdir, mqtt_port, **overrides):
+    bridge = BridgeProcess(workdir, mqtt_port, mqtt={"keepalive": 2, **overrides.pop("mqtt", {})},
+                           log_level="info", **overrides)
+    for name, token in DEVICES:
+        bridge.add_device(name, token)
+    return bridge
+
+
+@pytest.fixture
+def broker(tmp_path):
+    mosquitto = Mosquitto(str(tmp_path)).start()
+    yield mosquitto
+    mosquitto.kill()
+
+
+def test_link_cuts_under_load_lose_nothing(tmp_path, broker):
+    platform = Counting(broker.port)
+    proxy = TcpProxy(broker.port)
+    bridge = _bridge(str(tmp_path), proxy.port).start()
+    load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
+    try:
+        for _ in range(2):
+            time.sleep(2.0)
+            proxy.cut()  # the upstream link dies; devices keep posting
+            time.sleep(2.0)
+            proxy.restore()
+        time.sleep(1.5)
+    finally:
+        results = load.stop()
+    try:
+        wait_until(lambda: not platform.missing(results.acked), 30, "every acknowledged uplink")
+    finally:
+        report = platform.report("link cut twice for 2 s", results.acked, results.codes)
+        bridge.stop()
+        proxy.close()
+        platform.close()
+    assert report["lost"] == 0
+    assert report["acknowledged"] > 500
+    assert results.codes.get("5.03", 0) == 0  # the outbox took everything during the cuts
+
+
+def test_bridge_killed_with_sigkill_loses_nothing_acknowledged(tmp_path, broker):
+    platform = Counting(broker.port)
+    bridge = _bridge(str(tmp_path), broker.port).start()
+    load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
+    try:
+        time.sleep(2.0)
+        bridge.proc.send_signal(signal.SIGKILL)
+        bridge.proc.wait(10)
+        time.sleep(0.5)
+        bridge.start()  # same DATA_DIR, same port
+        time.sleep(2.0)
+    finally:
+        results = load.stop()
+    try:
+        wait_until(lambda: not platform.missing(results.acked), 30, "every acknowledged uplink")
+    finally:
+        report = platform.report("bridge SIGKILLed and restarted", results.acked, results.codes)
+        bridge.stop()
+        platform.close()
+    assert report["lost"] == 0
+    assert report["acknowledged"] > 300
+
+
+def test_broker_absent_at_start_buffers_then_delivers_everything(tmp_path):
+    broker = Mosquitto(str(tmp_path))
+    bridge = _bridge(str(tmp_path), broker.port).start(wait_mqtt=False)
+    load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
+    platform = None
+    try:
+        time.sleep(2.0)
+        broker.start()
+        platform = Counting(broker.port)
+        time.sleep(2.0)
+    finally:
+        results = load.stop()
+    try:
+        wait_until(lambda: not platform.missing(results.acked), 30, "every acknowledged uplink")
+    finally:
+        report = platform.report("broker absent for the first 2 s", results.acked, results.codes)
+        bridge.stop()
+        platform.close()
+        broker.kill()
+    assert report["lost"] == 0 and report["acknowledged"] > 300
+
+
+def test_full_outbox_refuses_with_5_03_and_keeps_what_it_acknowledged(tmp_path):
+    broker = Mosquitto(str(tmp_path))
+    bridge = _bridge(str(tmp_path), broker.port, outbox={"max_entries": 50}).start(wait_mqtt=False)
+    load = Load(bridge.host, bridge.coap_port, DEVICES[:2], interval=0.005).start()
+    time.sleep(2.0)
+    results = load.stop()
+    assert len(results.acked) == 50
+    assert results.codes["5.03"] > 0
+    assert bridge.read_log().count("outbox full") == 1  # said once, not per request
+    broker.start()
+    platform = Counting(broker.port)
+    try:
+        wait_until(lambda: not platform.missing(results.acked), 30, "the 50 stored uplinks")
+    finally:
+        platform.close()
+        bridge.stop()
+        broker.kill()
+
+
+def test_sigterm_keeps_undelivered_uplinks_for_the_next_start(tmp_path):
+    broker = Mosquitto(str(tmp_path))
+    bridge = _bridge(str(tmp_path), broker.port).start(wait_mqtt=False)
+    load = Load(bridge.host, bridge.coap_port, DEVICES[:2], interval=0.01).start()
+    time.sleep(1.0)
+    bridge.proc.terminate()
+    bridge.proc.wait(10)
+    results = load.stop()
+    assert len(results.acked) > 20
+    assert "uplinks wait in the outbox for the next start" in bridge.read_log()
+    broker.start()
+    platform = Counting(broker.port)
+    try:
+        bridge.start()
+        wait_until(lambda: not platform.missing(results.acked), 30, "the stored uplinks")
+    finally:
+        platform.close()
+        bridge.stop()
+        broker.kill()
