@@ -101,7 +101,7 @@ def attribute_response(doc: Any) -> Optional[AttributeResponse]:
 
 def topic_suffix_int(topic: str, prefix: str) -> Optional[int]:
     rest = topic[len(prefix):]
-    return int(rest) if topic.startswith(prefix) and rest.isdigit() else None
+    return int(rest) if topic.startswith(prefix) and rest.isascii() and rest.isdigit() else None
 
 
 def keys_param(value: Optional[str]) -> Optional[List[str]]:

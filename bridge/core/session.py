@@ -19,6 +19,7 @@ observe.py for relations).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
@@ -332,6 +333,20 @@ class GatewayCore:
             self.known_keys[new] = self.known_keys.pop(old)
         self.delivery.rename(old, new)
         self.observers.rename(old, new)
+        for fetch in self.fetches.values():
+            if fetch.device == old:
+                fetch.device = new
+        # RPCs carry the device name; the renamed device must still get them
+        for item in self.rpc_waiting.get(new, ()):
+            item.rpc = dataclasses.replace(item.rpc, device=new)
+        for relation in self.observers.relations.values():
+            if relation.device == new:
+                pendings = list(relation.queue)
+                if relation.in_flight is not None:
+                    pendings.append(relation.in_flight[1])
+                for pending in pendings:
+                    if isinstance(pending.item, _RpcItem):
+                        pending.item.rpc = dataclasses.replace(pending.item.rpc, device=new)
 
     # == requests ============================================================
 
@@ -734,9 +749,13 @@ class GatewayCore:
                     rpc.device)]
 
     def _requeue_rpcs(self, leftovers: List[Pending], now: float) -> None:
-        """RPCs not yet acknowledged by the device wait for its next registration, in order."""
-        items = [p.item for p in leftovers if isinstance(p.item, _RpcItem) and p.item.expires > now]
+        """RPCs not yet acknowledged by the device wait for its next registration, in order.
+
+        Their wait starts again: a CON notification takes up to ~93 s to time out, longer
+        than ``rpc_queue_ttl`` by default, and the device has not seen them."""
+        items = [p.item for p in leftovers if isinstance(p.item, _RpcItem)]
         for item in reversed(items):
+            item.expires = max(item.expires, now + self.settings.rpc_queue_ttl)
             self.rpc_waiting.setdefault(item.rpc.device, deque()).appendleft(item)
 
     def _client_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
@@ -782,8 +801,13 @@ class GatewayCore:
             self.devices.pop(params, None)
             self.views.pop(params, None)
             self.rpc_waiting.pop(params, None)
+            self.known_keys.pop(params, None)
+            answers: List[Action] = []
+            for fetch_id in [i for i, f in self.fetches.items() if f.device == params]:
+                answers += self._fetch_failed(fetch_id, "the platform deleted the device",
+                                              codes.UNAUTHORIZED)
             self.observers.cancel_device(params)
-            return [DeleteDevice(params)]
+            return answers + [DeleteDevice(params)]
         return [Log("info", "ignored gateway RPC %r" % (method,))]
 
     # == helpers =============================================================
