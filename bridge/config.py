@@ -101,12 +101,22 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    device_rate: float = 10.0
+    device_burst: float = 20.0
+    peer_rate: float = 1000.0
+    peer_burst: float = 2000.0
+    max_pending_per_peer: int = 64
+
+
+@dataclass(frozen=True)
 class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     data_dir: str = "./data"
     log_level: str = "info"
 
@@ -130,7 +140,8 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
              "devices.idle_timeout", "coap.max_observers", "coap.ack_timeout", "coap.con_notification_interval",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
-             "outbox.max_entries", "outbox.max_bytes", "outbox.max_age")
+             "outbox.max_entries", "outbox.max_bytes", "outbox.max_age",
+             "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer")
 
 
 def substitute(text: str, env: Mapping[str, str], where: str, problems: List[str]) -> str:
@@ -240,6 +251,9 @@ def _check(config: Config, problems: List[str]) -> None:
                 problems.append("mqtt.tls.%s: file %s does not exist" % (key, path))
         if bool(tls.cert_file) != bool(tls.key_file):
             problems.append("mqtt.tls: cert_file and key_file must be given together")
+    for key in ("device_rate", "peer_rate"):
+        if not getattr(config.limits, key) >= 0:
+            problems.append("limits.%s: must be 0 (unlimited) or more" % key)
     if not config.platform.client_rpc_method:
         problems.append("platform.client_rpc_method: must not be empty")
     if not config.devices.default_type:

@@ -58,7 +58,11 @@ class Bridge:
                                              window=config.mqtt.max_inflight,
                                              outbox_max_entries=config.outbox.max_entries,
                                              outbox_max_bytes=config.outbox.max_bytes,
-                                             outbox_max_age=config.outbox.max_age),
+                                             outbox_max_age=config.outbox.max_age,
+                                             device_rate=config.limits.device_rate,
+                                             device_burst=config.limits.device_burst,
+                                             peer_rate=config.limits.peer_rate,
+                                             peer_burst=config.limits.peer_burst),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self._stores: List[Store] = []
@@ -70,6 +74,8 @@ class Bridge:
         self._notifications: List[Notify] = []
         self._flush_call: Any = None
         self.requests: Dict[int, defer.Deferred] = {}
+        self.request_peer: Dict[int, Any] = {}  # request ref -> source address
+        self.pending_by_peer: Dict[Any, int] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
         self.counters: Dict[str, int] = {"requests": 0, "published": 0, "acknowledged": 0,
@@ -87,6 +93,13 @@ class Bridge:
         self._next_request += 1
         self.counters["requests"] += 1
         ref = self._next_request
+        address = message.remote[0]
+        busy = self.pending_by_peer.get(address, 0)
+        if busy >= self.config.limits.max_pending_per_peer:
+            self.counters["errors"] += 1
+            return defer.succeed(coap_edge.make_response(
+                codes.SERVICE_UNAVAILABLE, b"too many requests in progress from this address",
+                codes.TEXT_PLAIN, max_age=1))
         try:
             request = Request(
                 ref=ref, method=message.code,
@@ -104,6 +117,8 @@ class Bridge:
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
         d = defer.Deferred()
         self.requests[ref] = d
+        self.request_peer[ref] = address
+        self.pending_by_peer[address] = busy + 1
         self.apply(self.core.on_request(request, self.now()), request.peer)
         return d
 
@@ -271,6 +286,12 @@ class Bridge:
         d = self.requests.pop(reply.ref, None)
         if d is None:
             return
+        address = self.request_peer.pop(reply.ref)
+        left = self.pending_by_peer[address] - 1
+        if left:
+            self.pending_by_peer[address] = left
+        else:
+            del self.pending_by_peer[address]
         # A device's bad request is its problem, and logging each one would let any
         # device flood the log: per-request answers are debug; states worth an operator's
         # attention (outbox full, platform refusals) arrive as Log actions from the core.

@@ -96,3 +96,7 @@ class NotImplementedYet(CoapError):
 
 class ServiceUnavailable(CoapError):
     code = SERVICE_UNAVAILABLE
+
+
+class TooManyRequests(CoapError):
+    code = TOO_MANY_REQUESTS

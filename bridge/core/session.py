@@ -32,6 +32,7 @@ from .codes import CoapError
 from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX, AttributeUpdate,
                          ServerRpc, attribute_response, attribute_update, keys_param, loads,
                          server_rpc, topic_suffix_int)
+from .limits import RateLimiter
 from .observe import Observers, Pending
 
 Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, Delete, DeadLetter,
@@ -65,6 +66,10 @@ class CoreSettings:
     outbox_max_entries: int = 1_000_000
     outbox_max_bytes: int = 512 * 1024 * 1024
     outbox_max_age: float = 7 * 86400.0
+    device_rate: float = 0.0  # requests per second per device (0: unlimited)
+    device_burst: float = 20.0
+    peer_rate: float = 0.0  # requests per second per source address (0: unlimited)
+    peer_burst: float = 50.0
 
 
 @dataclass
@@ -132,12 +137,14 @@ class GatewayCore:
         self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}
         self.client_rpcs: Dict[int, _ClientRpc] = {}
         self.delivery = Delivery(settings.window)
+        self.device_limits = RateLimiter(settings.device_rate, settings.device_burst)
+        self.peer_limits = RateLimiter(settings.peer_rate, settings.peer_burst)
         self.storing: Dict[int, Tuple[int, Store]] = {}  # store ref -> request, what to store
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
         self.draining = False  # shutting down: publish no more stored entries
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "dead_lettered": 0,
-                                      "refused_full": 0, "store_failed": 0}
+                                      "refused_full": 0, "store_failed": 0, "rate_limited": 0}
         self._next_ref = 0
         self._next_attribute_id = 0
         self._next_client_rpc = 0
@@ -271,6 +278,9 @@ class GatewayCore:
                                    % (item.rpc.id, name), name))
             if not queue:
                 del self.rpc_waiting[name]
+        if int(now) % 10 == 0:
+            self.device_limits.sweep(now)
+            self.peer_limits.sweep(now)
         if self.link_up:
             actions += self._disconnect_idle(now)
             oldest = self.delivery.oldest_in_flight()
@@ -351,6 +361,11 @@ class GatewayCore:
     # == requests ============================================================
 
     def _handle(self, request: Request, now: float) -> List[Action]:
+        if self.peer_limits.enabled:
+            wait = self.peer_limits.allow(_address(request.remote), now)
+            if wait is not None:
+                self.stats["rate_limited"] += 1
+                raise codes.TooManyRequests("too many requests from this address", max_age=wait)
         route = routes.route(request.method, request.path)
         if route.feature == routes.PROVISION:
             raise codes.NotImplementedYet("provisioning is not available in this version")
@@ -361,6 +376,11 @@ class GatewayCore:
         device = self.lookup(route.token)
         if device is None:
             raise codes.Unauthorized("unknown access token")
+        if self.device_limits.enabled:
+            wait = self.device_limits.allow(device.name, now)
+            if wait is not None:
+                self.stats["rate_limited"] += 1
+                raise codes.TooManyRequests("too many requests for this device", max_age=wait)
         post = request.method == codes.POST
         feature = route.feature
         if feature == routes.ATTRIBUTES and not post:
@@ -832,3 +852,8 @@ def _error_reply(ref: int, err: CoapError) -> Reply:
     return Reply(ref, err.code, payload=err.reason.encode("utf-8"),
                  content_format=codes.TEXT_PLAIN if err.reason else None,
                  max_age=err.max_age, size1=err.size1, reason=err.reason)
+
+
+def _address(remote: Any) -> Any:
+    """The source address of a remote (host, port): limits apply per address, not per port."""
+    return remote[0] if isinstance(remote, tuple) and remote else remote

@@ -153,7 +153,9 @@ class BridgeProcess:
         mqtt.update(overrides.pop("mqtt", {}))
         coap = {"bind_address": bind_address, "bind_port": self.coap_port}
         coap.update(overrides.pop("coap", {}))
-        config = {"coap": coap, "mqtt": mqtt, "data_dir": self.data_dir, "log_level": "debug"}
+        # Load tests send far more than a device would; rate-limit tests set their own limits.
+        config = {"coap": coap, "mqtt": mqtt, "data_dir": self.data_dir, "log_level": "debug",
+                  "limits": {"device_rate": 0, "peer_rate": 0, "max_pending_per_peer": 10000}}
         config.update(overrides)
         with open(self.config, "w") as handle:
             json.dump(config, handle)  # JSON is YAML

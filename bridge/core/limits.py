@@ -1,0 +1,48 @@
+"""Token buckets for rate limits (RFC 8516: 4.29 Too Many Requests with Max-Age).
+
+``RateLimiter`` keeps one bucket per key (a device name or a source address)
+and forgets buckets that have refilled, so hostile traffic from many
+addresses cannot grow it without bound beyond ``max_keys``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Hashable, Optional, Tuple
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000):
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self.buckets: "OrderedDict[Hashable, Tuple[float, float]]" = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def allow(self, key: Hashable, now: float) -> Optional[int]:
+        """None when allowed; otherwise the seconds until a token is available (for Max-Age)."""
+        if not self.enabled:
+            return None
+        tokens, stamp = self.buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        if tokens >= 1.0:
+            self.buckets[key] = (tokens - 1.0, now)
+            self._bound()
+            return None
+        self.buckets[key] = (tokens, now)
+        self._bound()
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
+
+    def sweep(self, now: float) -> None:
+        """Forget buckets that are full again (they behave exactly like new ones)."""
+        full_after = self.burst / self.rate if self.enabled else 0.0
+        for key in [k for k, (_, stamp) in self.buckets.items() if now - stamp >= full_after]:
+            del self.buckets[key]
+
+    def _bound(self) -> None:
+        while len(self.buckets) > self.max_keys:
+            self.buckets.popitem(last=False)
