@@ -40,6 +40,8 @@ class CoapConfig:
     empty_ack_delay: float = 0.5
     exchange_lifetime: float = 247.0
     max_observers: int = 100000
+    # Largest request body accepted (also reassembled from Block1); larger gets 4.13.
+    max_body: int = 65536
     # RFC 7252 §4.8 transmission parameters for CON notifications.
     ack_timeout: float = 2.0
     max_retransmit: int = 4
@@ -138,7 +140,7 @@ _PORTS = ("coap.bind_port", "mqtt.port")
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.ack_timeout", "mqtt.max_packet_size",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
-             "devices.idle_timeout", "coap.max_observers", "coap.ack_timeout", "coap.con_notification_interval",
+             "devices.idle_timeout", "coap.max_observers", "coap.max_body", "coap.ack_timeout", "coap.con_notification_interval",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer")

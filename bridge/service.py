@@ -70,7 +70,7 @@ class Bridge:
         self._dead: List[DeadLetter] = []
         self._commit_call: Any = None
         self.link = MqttLink(reactor, config.mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
-        self.notifier: Optional[coap_edge.Notifier] = None
+        self.sender: Optional[coap_edge.ConfirmableSender] = None
         self._notifications: List[Notify] = []
         self._flush_call: Any = None
         self.requests: Dict[int, defer.Deferred] = {}
@@ -254,9 +254,9 @@ class Bridge:
         self._flush_call = None
         batch, self._notifications = self._notifications, []
         for notify in batch:
-            if self.notifier is None:
+            if self.sender is None:
                 continue
-            self.notifier.send(notify.ref, notify.remote, notify.token, notify.confirmable,
+            self.sender.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
                                notify.code, notify.payload, notify.observe)
             log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
                       observe=notify.observe, kind="CON" if notify.confirmable else "NON")
@@ -348,11 +348,12 @@ class _CoapService(Service):
 
     def startService(self) -> None:
         cfg = self.bridge.config.coap
-        self.protocol = coap_edge.create_protocol(self.bridge.handle_coap, self.bridge.reactor,
-                                                  cfg.empty_ack_delay, cfg.exchange_lifetime)
-        self.bridge.notifier = coap_edge.Notifier(self.protocol, self.bridge.reactor,
-                                                  self.bridge.rng, self.bridge.notified,
-                                                  cfg.ack_timeout, cfg.max_retransmit)
+        self.protocol = coap_edge.create_protocol(
+            self.bridge.handle_coap, self.bridge.reactor, cfg.empty_ack_delay,
+            cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
+            cfg.max_retransmit)
+        self.protocol.sender.on_result = self.bridge.notified
+        self.bridge.sender = self.protocol.sender
         self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                      cfg.bind_address)
         Service.startService(self)

@@ -1,27 +1,33 @@
-"""The txThings CoAP engine, hardened. Every workaround for a txThings 0.3.0 defect lives here.
+"""The CoAP engine: txThings' message codec, with our own request pipeline around it.
 
-Defect numbers refer to ../shared/spec/txthings-notes.md; each has a regression
-test in tests/edge/test_coap_engine.py.
+txThings 0.3.0 (pinned) decodes and encodes messages and options. Its
+request machinery (``Responder``, blockwise state, retransmission on the
+global reactor) fails on real and hostile traffic, so ``BridgeCoap``
+overrides it. Defect numbers refer to ../shared/spec/txthings-notes.md; each
+has a regression test in tests/edge/test_coap_engine.py.
 
 * W1  ``QuietLog``: txThings formats ~9 legacy log lines per datagram; drop
   them, keep its error reports.
-* W2  ``BridgeCoap.datagramReceived``: malformed datagrams (short, bad
-  version, TKL 9-15, broken options, payload marker without payload,
-  reserved classes, non-empty "empty" messages) are answered with RST when
-  confirmable and otherwise dropped, without a traceback.
+* W2  ``datagramReceived``: malformed datagrams (short, bad version, TKL 9-15,
+  broken options, payload marker without payload, reserved classes,
+  non-empty "empty" messages) are answered with RST when confirmable and
+  otherwise dropped, without a traceback.
 * W3  unknown critical options get 4.02; Proxy-Uri/Proxy-Scheme get 5.05.
-* W5  ``BridgeResponder.sendEmptyAck``: the empty ACK carries no token and is
-  only sent for CON requests.
-* W6  ``BridgeResponder.dispatchRequest``: a failing application always
-  answers 5.00 (and the failure is logged once).
+* W5  a slow answer gets an empty ACK without token (CON requests only), then
+  a separate CON response that is retransmitted until acknowledged.
+* W6  a failing handler always answers 5.00 (and the failure is logged once).
 * W7  1024-byte blocks instead of 64.
-* W9  ``listen()`` uses a 65535-byte receive buffer, so big datagrams are
-  not truncated.
-* W10 ``deduplicateMessage``: (mid, peer) -> encoded response only, expired
-  in time buckets by one LoopingCall instead of one DelayedCall per datagram.
-
-The engine still uses txThings for message coding, Block1/Block2 and
-retransmission of separate responses.
+* W8, D11, D12, D13  ``processRequest``: blockwise transfers are handled here,
+  statelessly for Block2 (block N of the answer is block N, random access
+  works) and with bounded, expiring reassembly for Block1 (2.31 Continue,
+  4.08 out of order, 4.13 past ``max_body``).
+* W9  ``listen()`` uses a 65535-byte receive buffer, so big datagrams are not
+  truncated.
+* W10 ``Deduplicator``: (mid, peer) -> encoded response only, expired in time
+  buckets by one LoopingCall instead of one DelayedCall per datagram.
+* W11 ``FixedBlockOption``: Block options of value 0 are encoded correctly.
+* D28 ``ConfirmableSender``: CON exchanges are keyed by (mid, peer), so an ACK
+  from another peer cannot cancel a retransmission.
 """
 
 from __future__ import annotations
@@ -29,26 +35,35 @@ from __future__ import annotations
 import random
 import struct
 from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import txthings.coap as txcoap
-import txthings.error as txerror
 import txthings.resource as txresource
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.task import LoopingCall
-from ..logs import logger
 
 from ..core import codes
+from ..logs import logger
 
 log = logger("coap")
 
 # Options this server understands (RFC 7252 §5.4.1: odd numbers are critical).
 UNDERSTOOD_CRITICAL = frozenset({3, 7, 11, 15, 17, 23, 27})
 PROXY_OPTIONS = frozenset({35, 39})
+# Allowed value lengths of the critical options we understand (RFC 7252 §5.10, RFC 7959).
+OPTION_LENGTHS = {3: (1, 255), 7: (0, 2), 11: (0, 255), 15: (0, 255), 17: (0, 2), 23: (0, 3),
+                  27: (0, 3)}
 BLOCK_SIZE_EXP = 6  # W7: 1024-byte blocks
 RECEIVE_BUFFER = 65535  # W9
+CONTINUE = 95  # 2.31
+REQUEST_ENTITY_INCOMPLETE = 136  # 4.08
+BLOCK1_LIFETIME = 60.0  # s a partial Block1 upload is kept
+MAX_UPLOADS = 1000  # Block1 uploads in progress at once
+
+Handler = Callable[[txcoap.Message], defer.Deferred]
 
 
 class QuietLog:
@@ -116,6 +131,9 @@ def inspect(data: bytes) -> List[int]:
         if pos > end:
             raise Malformed("option %d value truncated" % number)
         numbers.append(number)
+        low, high = OPTION_LENGTHS.get(number, (0, 65535))
+        if not low <= values[1] <= high:
+            numbers.append(-number)  # out-of-range length: as unrecognized (RFC 7252 §5.4.3)
     return numbers
 
 
@@ -156,17 +174,129 @@ class Deduplicator:
                 self.entries.pop(key, None)
 
 
-class BridgeCoap(txcoap.Coap):
-    """txThings' protocol with W2, W3 and W10 applied and the clock injected."""
 
-    def __init__(self, endpoint: Any, clock: IReactorTime, empty_ack_delay: float = 0.5,
-                 exchange_lifetime: float = txcoap.EXCHANGE_LIFETIME):
-        super().__init__(endpoint)
+
+class FixedBlockOption(txcoap.BlockOption):
+    """W11: txThings computes the length of a Block option as a float; value 0 came out corrupt."""
+
+    @property
+    def length(self) -> int:  # type: ignore[override]
+        return len(self.encode())
+
+
+class ConfirmableSender:
+    """Sends CON messages and retransmits them until ACK or RST (RFC 7252 §4.2).
+
+    Exchanges are keyed by (message ID, peer), so an ACK from anyone else cannot
+    stop a retransmission (D28). ``on_result(ref, outcome)`` hears "ack",
+    "reset" or "timeout" for messages sent with a ``ref``, and "reset" for an
+    RST to a recent NON message sent with one.
+    """
+
+    def __init__(self, protocol: "BridgeCoap", clock: IReactorTime, rng: random.Random,
+                 ack_timeout: float = txcoap.ACK_TIMEOUT, max_retransmit: int = txcoap.MAX_RETRANSMIT):
+        self.protocol = protocol
+        self.clock = clock
+        self.rng = rng
+        self.ack_timeout = ack_timeout
+        self.max_retransmit = max_retransmit
+        self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
+        self.exchanges: Dict[Tuple[int, Any], List[Any]] = {}
+        self.recent_non: "OrderedDict[Tuple[int, Any], int]" = OrderedDict()
+
+    def send(self, message: txcoap.Message, ref: Optional[int] = None) -> None:
+        if message.mid is None:
+            message.mid = self.protocol.nextMessageID()
+        data = message.encode()
+        address, port = message.remote
+        target = (str(address), port)
+        self.protocol.transport.write(data, target)
+        key = (message.mid, message.remote)
+        if message.mtype == txcoap.CON:
+            timeout = self.rng.uniform(self.ack_timeout, self.ack_timeout * txcoap.ACK_RANDOM_FACTOR)
+            call = self.clock.callLater(timeout, self._retransmit, key)
+            self.exchanges[key] = [ref, data, target, 0, timeout, call]
+        elif ref is not None:
+            self.recent_non[key] = ref
+            if len(self.recent_non) > 4096:
+                self.recent_non.popitem(last=False)
+
+    def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
+               payload: bytes, observe: int) -> None:
+        message = txcoap.Message(mtype=txcoap.CON if confirmable else txcoap.NON, code=code,
+                                 payload=payload, token=token)
+        message.opt.observe = observe
+        if payload:
+            message.opt.content_format = codes.APPLICATION_JSON
+        message.remote = remote
+        self.send(message, ref)
+
+    def answered(self, mid: int, remote: Any, mtype: int) -> bool:
+        key = (mid, remote)
+        exchange = self.exchanges.pop(key, None)
+        if exchange is not None:
+            if exchange[5].active():
+                exchange[5].cancel()
+            if exchange[0] is not None:
+                self.on_result(exchange[0], "ack" if mtype == txcoap.ACK else "reset")
+            return True
+        ref = self.recent_non.pop(key, None)
+        if ref is not None and mtype == txcoap.RST:
+            self.on_result(ref, "reset")
+            return True
+        return False
+
+    def _retransmit(self, key: Tuple[int, Any]) -> None:
+        exchange = self.exchanges.get(key)
+        if exchange is None:
+            return
+        ref, data, target, count, timeout, _ = exchange
+        if count >= self.max_retransmit:
+            del self.exchanges[key]
+            log.info("CON message to {peer} unacknowledged after {count} retransmissions",
+                     peer="%s:%d" % target, count=count)
+            if ref is not None:
+                self.on_result(ref, "timeout")
+            return
+        self.protocol.transport.write(data, target)
+        exchange[3] = count + 1
+        exchange[4] = timeout * 2
+        exchange[5] = self.clock.callLater(timeout * 2, self._retransmit, key)
+
+    def stop(self) -> None:
+        for exchange in self.exchanges.values():
+            if exchange[5].active():
+                exchange[5].cancel()
+        self.exchanges.clear()
+
+
+@dataclass
+class _Upload:
+    """A Block1 upload in progress (RFC 7959 §2.5)."""
+
+    szx: int
+    next_num: int
+    deadline: float
+    body: bytearray = field(default_factory=bytearray)
+
+
+class BridgeCoap(txcoap.Coap):
+    """txThings' protocol class with our own request pipeline (see the module docstring)."""
+
+    def __init__(self, handler: Handler, clock: IReactorTime, empty_ack_delay: float = 0.5,
+                 exchange_lifetime: float = txcoap.EXCHANGE_LIFETIME, max_body: int = 65536,
+                 rng: Optional[random.Random] = None, ack_timeout: float = txcoap.ACK_TIMEOUT,
+                 max_retransmit: int = txcoap.MAX_RETRANSMIT):
+        super().__init__(txresource.Endpoint(txresource.CoAPResource()))
+        self.handler = handler
         self.clock = clock
         self.empty_ack_delay = empty_ack_delay
+        self.max_body = max_body
         self.dedup = Deduplicator(exchange_lifetime)
+        self.sender = ConfirmableSender(self, clock, rng or random.Random(), ack_timeout,
+                                        max_retransmit)
+        self.uploads: "OrderedDict[Tuple[Any, ...], _Upload]" = OrderedDict()
         self.malformed = 0
-        self.notifier: Optional["Notifier"] = None
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
 
@@ -177,11 +307,15 @@ class BridgeCoap(txcoap.Coap):
     def stopProtocol(self) -> None:
         if self._sweeper.running:
             self._sweeper.stop()
-        if self.notifier is not None:
-            self.notifier.stop()
+        self.sender.stop()
 
     def _sweep(self) -> None:
-        self.dedup.sweep(self.clock.seconds())
+        now = self.clock.seconds()
+        self.dedup.sweep(now)
+        for key in [k for k, u in self.uploads.items() if u.deadline <= now]:
+            del self.uploads[key]
+
+    # -- datagrams ------------------------------------------------------------------
 
     def datagramReceived(self, data: bytes, remote: Tuple[str, int]) -> None:
         if len(data) < 4 or data[0] >> 6 != 1:
@@ -190,6 +324,7 @@ class BridgeCoap(txcoap.Coap):
         try:
             numbers = inspect(data)
             message = txcoap.Message.decode(data, (ip_address(remote[0]), remote[1]), self)
+            block1, block2 = message.opt.block1, message.opt.block2
         except (Malformed, ValueError, struct.error, IndexError) as exc:
             self._format_error(data, remote, str(exc))
             return
@@ -202,33 +337,41 @@ class BridgeCoap(txcoap.Coap):
             if message.mtype not in (txcoap.CON, txcoap.NON):
                 self._drop(remote, "request code in an ACK or RST")
                 return
-            rejected = self._reject_options(numbers)
+            rejected = self._reject_options(numbers, block1, block2)
             if rejected is not None:
-                self._answer(message, *rejected)
+                self.answer(message, *rejected)
                 return
             self.processRequest(message)
         elif code >= 64:
             self.processResponse(message)
+        elif message.mtype in (txcoap.ACK, txcoap.RST):
+            if not self.sender.answered(message.mid, message.remote, message.mtype):
+                self.processEmpty(message)
         else:
-            self.processEmpty(message)
+            self.processEmpty(message)  # CON ping: RST
 
-    def _reject_options(self, numbers: List[int]) -> Optional[Tuple[int, bytes]]:
+    def _reject_options(self, numbers: List[int], block1: Any,
+                        block2: Any) -> Optional[Tuple[int, bytes]]:
         for number in numbers:
+            if number < 0:
+                return codes.BAD_OPTION, b"option %d has a length out of range" % -number
             if number in PROXY_OPTIONS:
                 return codes.PROXYING_NOT_SUPPORTED, b"proxying is not supported"
             if number & 1 and number not in UNDERSTOOD_CRITICAL:
                 return codes.BAD_OPTION, b"unrecognized critical option %d" % number
+        for block in (block1, block2):
+            if block is not None and block.size_exponent == 7:
+                return codes.BAD_OPTION, b"block size exponent 7 is reserved"
         return None
 
-    def _answer(self, request: txcoap.Message, code: int, diagnostic: bytes) -> None:
-        mtype = txcoap.ACK if request.mtype == txcoap.CON else txcoap.NON
-        mid = request.mid if mtype == txcoap.ACK else None
-        response = txcoap.Message(mtype=mtype, mid=mid, code=code, payload=diagnostic,
-                                  token=request.token)
-        response.remote = request.remote
-        log.info("Rejected request from {peer}: {code} {reason}", peer=_peer(request.remote),
-                 code=codes.dotted(code), reason=diagnostic.decode())
-        self.sendMessage(response)
+    def answer(self, request: txcoap.Message, code: int, diagnostic: bytes = b"",
+               **options: Any) -> None:
+        """Answer ``request`` at once (piggybacked for CON) with a code and diagnostic text."""
+        response = make_response(code, diagnostic, codes.TEXT_PLAIN if diagnostic else None,
+                                 **options)
+        self._send_response(response, request, echo_block1=False)
+        log.debug("Answered {code} to {peer}: {reason}", peer=_peer(request.remote),
+                  code=codes.dotted(code), reason=diagnostic.decode(errors="replace"))
 
     def _format_error(self, data: bytes, remote: Tuple[str, int], reason: str) -> None:
         self.malformed += 1
@@ -257,74 +400,141 @@ class BridgeCoap(txcoap.Coap):
                   mid=message.mid, peer=_peer(message.remote))
         return True
 
-    def processEmpty(self, message: txcoap.Message) -> None:
-        if self.notifier is not None and message.mtype in (txcoap.ACK, txcoap.RST) \
-                and self.notifier.answered(message.mid, message.remote, message.mtype):
-            return
-        super().processEmpty(message)
-
     def sendMessage(self, message: txcoap.Message) -> None:
+        """Send a message; an ACK or RST is remembered as the answer to duplicates."""
         if message.mid is None:
             message.mid = self.nextMessageID()
         if isinstance(message.payload, str):
             message.payload = message.payload.encode("utf-8")
+        if message.mtype == txcoap.CON:
+            self.sender.send(message)
+            return
         data = message.encode()
         address, port = message.remote
         self.transport.write(data, (str(address), port))
         if message.mtype in (txcoap.ACK, txcoap.RST):
             self.dedup.remember_response((message.mid, message.remote), data)
-        elif message.mtype == txcoap.CON:
-            self.addExchange(message)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def processRequest(self, request: txcoap.Message) -> None:
+        block1 = request.opt.block1
+        if block1 is not None and not self._collect_block1(request, block1):
+            return
+        try:
+            result = self.handler(request)
+        except Exception:
+            log.failure("Request handler raised for {peer}", peer=_peer(request.remote))
+            self.answer(request, codes.INTERNAL_SERVER_ERROR, b"internal error")
+            return
+        delayed_ack = None
+        if request.mtype == txcoap.CON:
+            delayed_ack = self.clock.callLater(self.empty_ack_delay, self._empty_ack, request)
+        d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
+        d.addCallback(_as_message)
+        d.addCallback(self._respond, request, delayed_ack)
+        d.addErrback(self._failed, request, delayed_ack)
+
+    def _collect_block1(self, request: txcoap.Message, block1: Any) -> bool:
+        """Gather a Block1 upload; True when ``request.payload`` holds the whole body."""
+        key = (request.remote, tuple(request.opt.uri_path), tuple(request.opt.uri_query))
+        size = 1 << (block1.size_exponent + 4)
+        now = self.clock.seconds()
+        size1 = _uint_option(request, txcoap.SIZE1)
+        if block1.block_number == 0:
+            if size1 is not None and size1 > self.max_body:
+                self.answer(request, codes.REQUEST_ENTITY_TOO_LARGE, b"body too large",
+                            size1=self.max_body)
+                return False
+            self.uploads.pop(key, None)
+            upload = _Upload(block1.size_exponent, 0, now + BLOCK1_LIFETIME)
+            self.uploads[key] = upload
+            while len(self.uploads) > MAX_UPLOADS:
+                self.uploads.popitem(last=False)
+        else:
+            upload = self.uploads.get(key)
+            if upload is None or block1.block_number != upload.next_num \
+                    or block1.size_exponent != upload.szx:
+                self.uploads.pop(key, None)
+                self.answer(request, REQUEST_ENTITY_INCOMPLETE, b"block out of order")
+                return False
+        if block1.more and len(request.payload) != size:
+            self.uploads.pop(key, None)
+            self.answer(request, codes.BAD_REQUEST, b"a block that is not the last must be full")
+            return False
+        upload.body += request.payload
+        if len(upload.body) > self.max_body:
+            self.uploads.pop(key, None)
+            self.answer(request, codes.REQUEST_ENTITY_TOO_LARGE, b"body too large",
+                        size1=self.max_body)
+            return False
+        if block1.more:
+            upload.next_num += 1
+            upload.deadline = now + BLOCK1_LIFETIME
+            self.answer(request, CONTINUE, block1=(block1.block_number, True, block1.size_exponent))
+            return False
+        del self.uploads[key]
+        request.payload = bytes(upload.body)
+        return True
+
+    def _empty_ack(self, request: txcoap.Message) -> None:
+        ack = txcoap.Message(mtype=txcoap.ACK, mid=request.mid, code=txcoap.EMPTY)
+        ack.remote = request.remote
+        request.response_type = txcoap.ACK  # the answer follows as a separate CON
+        self.sendMessage(ack)
+
+    def _failed(self, failure: Any, request: txcoap.Message, delayed_ack: Any) -> None:
+        log.failure("Request handling failed for {peer}", failure=failure,
+                    peer=_peer(request.remote))
+        self._respond(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
+                                    codes.TEXT_PLAIN), request, delayed_ack)
+
+    def _respond(self, response: txcoap.Message, request: txcoap.Message, delayed_ack: Any) -> None:
+        if delayed_ack is not None and delayed_ack.active():
+            delayed_ack.cancel()
+        asked = request.opt.block2
+        szx = min(asked.size_exponent, BLOCK_SIZE_EXP) if asked is not None else BLOCK_SIZE_EXP
+        block = 1 << (szx + 4)
+        body = response.payload
+        number = asked.block_number if asked is not None else 0
+        if len(body) > block or number > 0:
+            start = number * block
+            if start >= len(body) and number > 0:
+                response = make_response(codes.BAD_OPTION, b"block beyond the end",
+                                         codes.TEXT_PLAIN)
+            else:
+                more = start + block < len(body)
+                response.payload = body[start:start + block]
+                response.opt.block2 = (number, more, szx)
+                if number == 0:
+                    response.opt.addOption(txcoap.UintOption(txcoap.SIZE2, len(body)))
+        self._send_response(response, request, echo_block1=True)
+
+    def _send_response(self, response: txcoap.Message, request: txcoap.Message,
+                       echo_block1: bool) -> None:
+        response.token = request.token
+        response.remote = request.remote
+        if echo_block1 and request.opt.block1 is not None and response.opt.block1 is None:
+            block1 = request.opt.block1
+            response.opt.block1 = (block1.block_number, False, block1.size_exponent)
+        if request.mtype == txcoap.NON:
+            response.mtype = txcoap.NON
+        elif request.response_type == txcoap.ACK:
+            response.mtype = txcoap.CON  # separate response after the empty ACK
+        else:
+            response.mtype = txcoap.ACK
+            response.mid = request.mid
+        self.sendMessage(response)
+
+
+def _uint_option(message: txcoap.Message, number: int) -> Optional[int]:
+    options = message.opt.getOption(number)
+    return options[0].value if options else None
 
 
 def _peer(remote: Any) -> str:
     address, port = remote
     return "[%s]:%d" % (address, port) if ":" in str(address) else "%s:%d" % (address, port)
-
-
-class BridgeResponder(txcoap.Responder):
-    """W5 and W6 on txThings' per-request responder."""
-
-    def dispatchRequest(self, request: txcoap.Message) -> Optional[defer.Deferred]:
-        request.prepath = []
-        request.postpath = request.opt.uri_path
-        try:
-            resource = self.protocol.endpoint.getResourceFor(request)
-            result = resource.render(request)
-        except txerror.NoResource:
-            self.respondWithError(request, txcoap.NOT_FOUND, b"resource not found")
-            return None
-        except (txerror.UnallowedMethod, txerror.UnsupportedMethod):
-            self.respondWithError(request, txcoap.METHOD_NOT_ALLOWED, b"method not allowed")
-            return None
-        except Exception:
-            log.failure("Request handler raised for {peer}", peer=_peer(request.remote))
-            self.respondWithError(request, txcoap.INTERNAL_SERVER_ERROR, b"internal error")
-            return None
-        delayed_ack = None
-        if request.mtype == txcoap.CON:
-            delayed_ack = self.protocol.clock.callLater(self.protocol.empty_ack_delay,
-                                                        self.sendEmptyAck, request)
-        d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
-        d.addCallback(_as_message)
-        d.addCallback(self.respond, request, delayed_ack)
-        d.addErrback(self._failed, request, delayed_ack)
-        return d
-
-    def _failed(self, failure: Any, request: txcoap.Message, delayed_ack: Any) -> None:
-        log.failure("Request handling failed for {peer}", failure=failure,
-                    peer=_peer(request.remote))
-        if delayed_ack is not None and delayed_ack.active():
-            delayed_ack.cancel()
-        self.respondWithError(request, txcoap.INTERNAL_SERVER_ERROR, b"internal error")
-
-    def sendEmptyAck(self, request: txcoap.Message) -> None:
-        if request.mtype != txcoap.CON:
-            return
-        ack = txcoap.Message(mtype=txcoap.ACK, mid=request.mid, code=txcoap.EMPTY)
-        ack.remote = request.remote
-        request.response_type = txcoap.ACK  # the answer follows as a separate CON
-        self.protocol.sendMessage(ack)
 
 
 def _as_message(result: Any) -> txcoap.Message:
@@ -335,123 +545,29 @@ def _as_message(result: Any) -> txcoap.Message:
     return result
 
 
-class Notifier:
-    """Sends observe notifications and keeps CON ones reliable (RFC 7252 §4.2).
-
-    Exchanges are keyed by (message ID, peer), so an ACK from anyone else
-    cannot stop a retransmission (txThings keys by message ID only). The
-    outcome of each CON notification ("ack", "reset", "timeout") and an RST to
-    a recent NON notification ("reset") go to ``on_result(ref, outcome)``.
-    """
-
-    def __init__(self, protocol: BridgeCoap, clock: IReactorTime, rng: random.Random,
-                 on_result: Callable[[int, str], None], ack_timeout: float = txcoap.ACK_TIMEOUT,
-                 max_retransmit: int = txcoap.MAX_RETRANSMIT):
-        self.protocol = protocol
-        self.clock = clock
-        self.rng = rng
-        self.on_result = on_result
-        self.ack_timeout = ack_timeout
-        self.max_retransmit = max_retransmit
-        self.exchanges: Dict[Tuple[int, Any], List[Any]] = {}
-        self.recent_non: "OrderedDict[Tuple[int, Any], int]" = OrderedDict()
-        protocol.notifier = self
-
-    def send(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
-             payload: bytes, observe: int) -> None:
-        mtype = txcoap.CON if confirmable else txcoap.NON
-        message = txcoap.Message(mtype=mtype, mid=self.protocol.nextMessageID(), code=code,
-                                 payload=payload, token=token)
-        message.opt.observe = observe
-        if payload:
-            message.opt.content_format = codes.APPLICATION_JSON
-        data = message.encode()
-        address, port = remote
-        target = (str(address), port)
-        self.protocol.transport.write(data, target)
-        key = (message.mid, remote)
-        if confirmable:
-            timeout = self.rng.uniform(self.ack_timeout, self.ack_timeout * txcoap.ACK_RANDOM_FACTOR)
-            call = self.clock.callLater(timeout, self._retransmit, key)
-            self.exchanges[key] = [ref, data, target, 0, timeout, call]
-        else:
-            self.recent_non[key] = ref
-            if len(self.recent_non) > 4096:
-                self.recent_non.popitem(last=False)
-
-    def answered(self, mid: int, remote: Any, mtype: int) -> bool:
-        key = (mid, remote)
-        exchange = self.exchanges.pop(key, None)
-        if exchange is not None:
-            if exchange[5].active():
-                exchange[5].cancel()
-            self.on_result(exchange[0], "ack" if mtype == txcoap.ACK else "reset")
-            return True
-        ref = self.recent_non.pop(key, None)
-        if ref is not None and mtype == txcoap.RST:
-            self.on_result(ref, "reset")
-            return True
-        return False
-
-    def _retransmit(self, key: Tuple[int, Any]) -> None:
-        exchange = self.exchanges.get(key)
-        if exchange is None:
-            return
-        ref, data, target, count, timeout, _ = exchange
-        if count >= self.max_retransmit:
-            del self.exchanges[key]
-            log.info("Notification to {peer} unacknowledged after {count} retransmissions",
-                     peer="%s:%d" % target, count=count)
-            self.on_result(ref, "timeout")
-            return
-        self.protocol.transport.write(data, target)
-        exchange[3] = count + 1
-        exchange[4] = timeout * 2
-        exchange[5] = self.clock.callLater(timeout * 2, self._retransmit, key)
-
-    def stop(self) -> None:
-        for exchange in self.exchanges.values():
-            if exchange[5].active():
-                exchange[5].cancel()
-        self.exchanges.clear()
-
-
 _installed = False
 
 
 def install() -> None:
-    """Apply the module-level workarounds (W1, W5/W6 responder, W7). Idempotent."""
+    """Apply the module-level workarounds (W1 logging, W7 block size, W11 Block option). Idempotent."""
     global _installed
     if _installed:
         return
     quiet = QuietLog()
     txcoap.log = quiet
     txresource.log = quiet
-    txcoap.Responder = BridgeResponder
     txcoap.DEFAULT_BLOCK_SIZE_EXP = BLOCK_SIZE_EXP
+    txcoap.BlockOption = FixedBlockOption
+    txcoap.option_formats[txcoap.BLOCK1] = FixedBlockOption
+    txcoap.option_formats[txcoap.BLOCK2] = FixedBlockOption
     _installed = True
-
-
-class ApiResource(txresource.CoAPResource):
-    """The whole resource tree: one leaf that hands every request to ``handler``.
-
-    ``handler(request) -> Deferred[Message]``. Routing, including 4.04 and
-    4.05, is the core's job, so every method code reaches it.
-    """
-
-    isLeaf = True
-
-    def __init__(self, handler: Callable[[txcoap.Message], defer.Deferred]):
-        super().__init__()
-        self.handler = handler
-
-    def render(self, request: txcoap.Message) -> defer.Deferred:
-        return self.handler(request)
 
 
 def make_response(code: int, payload: bytes = b"", content_format: Optional[int] = None,
                   max_age: Optional[int] = None, size1: Optional[int] = None,
-                  observe: Optional[int] = None) -> txcoap.Message:
+                  observe: Optional[int] = None, block1: Optional[Tuple[int, bool, int]] = None
+                  ) -> txcoap.Message:
+    install()
     message = txcoap.Message(code=code, payload=payload)
     if observe is not None:
         message.opt.observe = observe
@@ -461,6 +577,8 @@ def make_response(code: int, payload: bytes = b"", content_format: Optional[int]
         message.opt.addOption(txcoap.UintOption(txcoap.MAX_AGE, max_age))
     if size1 is not None:
         message.opt.addOption(txcoap.UintOption(txcoap.SIZE1, size1))
+    if block1 is not None:
+        message.opt.block1 = block1
     return message
 
 
@@ -469,8 +587,10 @@ def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str
     return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=RECEIVE_BUFFER)
 
 
-def create_protocol(handler: Callable[[txcoap.Message], defer.Deferred], clock: IReactorTime,
-                    empty_ack_delay: float, exchange_lifetime: float) -> BridgeCoap:
+def create_protocol(handler: Handler, clock: IReactorTime, empty_ack_delay: float,
+                    exchange_lifetime: float, max_body: int = 65536,
+                    rng: Optional[random.Random] = None, ack_timeout: float = txcoap.ACK_TIMEOUT,
+                    max_retransmit: int = txcoap.MAX_RETRANSMIT) -> BridgeCoap:
     install()
-    endpoint = txresource.Endpoint(ApiResource(handler))
-    return BridgeCoap(endpoint, clock, empty_ack_delay, exchange_lifetime)
+    return BridgeCoap(handler, clock, empty_ack_delay, exchange_lifetime, max_body, rng,
+                      ack_timeout, max_retransmit)
