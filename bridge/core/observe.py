@@ -127,9 +127,10 @@ class Observers:
         """
         non = self._recent_non.pop(ref, None)
         if non is not None:
+            # a NON notification the edge sent as CON (unverified peer) can time out too
             key = (non[0], non[1])
             relation = self.relations.get(key)
-            if outcome == RESET and relation is not None and relation.token == non[2]:
+            if outcome in (RESET, TIMEOUT) and relation is not None and relation.token == non[2]:
                 return [], [relation], self._drop(key)
             return [], [], []
         key = self._in_flight.pop(ref, None)

@@ -62,6 +62,8 @@ CONTINUE = 95  # 2.31
 REQUEST_ENTITY_INCOMPLETE = 136  # 4.08
 BLOCK1_LIFETIME = 60.0  # s a partial Block1 upload is kept
 MAX_UPLOADS = 1000  # Block1 uploads in progress at once
+AMPLIFICATION = 3  # an unverified peer gets at most this many times its request's size
+MAX_VERIFIED = 100_000  # peers remembered as verified
 
 Handler = Callable[[txcoap.Message], defer.Deferred]
 
@@ -223,6 +225,9 @@ class ConfirmableSender:
 
     def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
                payload: bytes, observe: int) -> None:
+        # NON notifications only to a peer that proved it receives them (RFC 7252 §11.3);
+        # until then they go as CON, whose ACK is that proof.
+        confirmable = confirmable or not self.protocol.is_verified(remote)
         message = txcoap.Message(mtype=txcoap.CON if confirmable else txcoap.NON, code=code,
                                  payload=payload, token=token)
         message.opt.observe = observe
@@ -296,6 +301,9 @@ class BridgeCoap(txcoap.Coap):
         self.sender = ConfirmableSender(self, clock, rng or random.Random(), ack_timeout,
                                         max_retransmit)
         self.uploads: "OrderedDict[Tuple[Any, ...], _Upload]" = OrderedDict()
+        # Peers known to receive what we send (RFC 7252 §11.3): they acknowledged one of
+        # our CON messages or asked for a later block of an answer.
+        self.verified: "OrderedDict[Any, None]" = OrderedDict()
         self.malformed = 0
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
@@ -325,6 +333,7 @@ class BridgeCoap(txcoap.Coap):
             numbers = inspect(data)
             message = txcoap.Message.decode(data, (ip_address(remote[0]), remote[1]), self)
             block1, block2 = message.opt.block1, message.opt.block2
+            message.size = len(data)
         except (Malformed, ValueError, struct.error, IndexError) as exc:
             self._format_error(data, remote, str(exc))
             return
@@ -345,7 +354,9 @@ class BridgeCoap(txcoap.Coap):
         elif code >= 64:
             self.processResponse(message)
         elif message.mtype in (txcoap.ACK, txcoap.RST):
-            if not self.sender.answered(message.mid, message.remote, message.mtype):
+            if self.sender.answered(message.mid, message.remote, message.mtype):
+                self.verify(message.remote)
+            else:
                 self.processEmpty(message)
         else:
             self.processEmpty(message)  # CON ping: RST
@@ -363,6 +374,15 @@ class BridgeCoap(txcoap.Coap):
             if block is not None and block.size_exponent == 7:
                 return codes.BAD_OPTION, b"block size exponent 7 is reserved"
         return None
+
+    def verify(self, remote: Any) -> None:
+        self.verified[remote] = None
+        self.verified.move_to_end(remote)
+        while len(self.verified) > MAX_VERIFIED:
+            self.verified.popitem(last=False)
+
+    def is_verified(self, remote: Any) -> bool:
+        return remote in self.verified
 
     def answer(self, request: txcoap.Message, code: int, diagnostic: bytes = b"",
                **options: Any) -> None:
@@ -494,9 +514,17 @@ class BridgeCoap(txcoap.Coap):
             delayed_ack.cancel()
         asked = request.opt.block2
         szx = min(asked.size_exponent, BLOCK_SIZE_EXP) if asked is not None else BLOCK_SIZE_EXP
-        block = 1 << (szx + 4)
-        body = response.payload
         number = asked.block_number if asked is not None else 0
+        if number > 0:
+            self.verify(request.remote)  # it got block 0, so it receives what we send
+        body = response.payload
+        if not self.is_verified(request.remote):
+            # RFC 7252 §11.3: to a source that may be spoofed, answer at most AMPLIFICATION
+            # times the request; the client fetches the rest block by block.
+            room = AMPLIFICATION * getattr(request, "size", 0) - 32 - len(request.token)
+            while szx > 0 and len(body) > room and (1 << (szx + 4)) > room:
+                szx -= 1
+        block = 1 << (szx + 4)
         if len(body) > block or number > 0:
             start = number * block
             if start >= len(body) and number > 0:

@@ -7,6 +7,7 @@ transport and a ``Clock``: no sockets, no real time.
 from __future__ import annotations
 
 import gc
+from ipaddress import ip_address
 
 import pytest
 import txthings.coap as txcoap
@@ -207,16 +208,48 @@ def test_w6_late_failure_after_empty_ack_still_answers_5_00(errors):
     h.feed(raw.Msg(raw.ACK, 0, reply.mid))
 
 
+def verified(h, peer=PEER):
+    h.protocol.verify((ip_address(peer[0]), peer[1]))
+    return h
+
+
 def test_w7_responses_up_to_1024_bytes_are_one_datagram_and_larger_use_1024_byte_blocks():
     body = b"x" * 1500
-    h = Harness(handler=lambda request: defer.succeed(edge.make_response(codes.CONTENT, body)))
-    [small] = Harness(handler=lambda r: defer.succeed(
-        edge.make_response(codes.CONTENT, b"y" * 1000))).feed(raw.request(raw.GET, "/s"))
+    h = verified(Harness(handler=lambda request: defer.succeed(
+        edge.make_response(codes.CONTENT, body))))
+    [small] = verified(Harness(handler=lambda r: defer.succeed(
+        edge.make_response(codes.CONTENT, b"y" * 1000)))).feed(raw.request(raw.GET, "/s"))
     assert small.payload == b"y" * 1000 and small.option(raw.BLOCK2) is None
     [first] = h.feed(raw.request(raw.GET, "/b", mid=1))
     block2 = first.uint(raw.BLOCK2)
     assert (block2 >> 4, bool(block2 & 8), block2 & 7) == (0, True, 6)
-    assert len(first.payload) == 1024
+    assert len(first.payload) == 1024 and first.uint(28) == 1500  # Size2 on the first block
+
+
+def test_block2_random_access_returns_the_block_asked_for():
+    body = bytes(range(256)) * 8  # 2048 bytes
+    h = verified(Harness(handler=lambda request: defer.succeed(
+        edge.make_response(codes.CONTENT, body))))
+    [third] = h.feed(raw.request(raw.GET, "/b", mid=2, extra=[(raw.BLOCK2, bytes([0x22]))]))
+    block2 = third.uint(raw.BLOCK2)
+    assert (block2 >> 4, block2 & 7) == (2, 2) and third.payload == body[128:192]
+    [past] = h.feed(raw.request(raw.GET, "/b", mid=3, extra=[(raw.BLOCK2, bytes([0xF6]))]))
+    assert past.code_str == "4.02"
+
+
+def test_unverified_peer_gets_at_most_three_times_its_request_until_it_asks_for_more():
+    body = b"z" * 3000
+    h = Harness(handler=lambda request: defer.succeed(edge.make_response(codes.CONTENT, body)))
+    request = raw.request(raw.GET, "/api/v1/t/attributes", mid=4)
+    [first] = h.feed(request)
+    assert len(raw.encode(first)) <= 3 * len(raw.encode(request))
+    block2 = first.uint(raw.BLOCK2)
+    assert block2 & 8 and block2 >> 4 == 0  # more to come, in small blocks
+    szx = block2 & 7
+    h.feed(raw.request(raw.GET, "/api/v1/t/attributes", mid=5,
+                       extra=[(raw.BLOCK2, bytes([(1 << 4) | szx]))]))
+    [big] = h.feed(raw.request(raw.GET, "/api/v1/t/attributes", mid=6))
+    assert len(big.payload) == 1024  # verified now: full-size blocks
 
 
 def test_w9_listen_uses_a_65535_byte_receive_buffer():
