@@ -120,6 +120,8 @@ def test_fuzzing_100k_datagrams_crashes_nothing_and_valid_requests_still_work(ta
         wait_until(lambda: sum(1 for p in platform.received("v1/gateway/telemetry")
                                if "Calm" in p) == answered, 20, "the interleaved uplinks")
         growth = rss_kib(bridge.proc.pid) - before
+        print("RESULT " + json.dumps({"test": "fuzz", "datagrams": FUZZ_DATAGRAMS,
+                                      "rss_growth_kib": growth, "valid_answered": answered}))
         assert growth < 150 * 1024, "RSS grew by %d KiB" % growth
         log = bridge.read_log()
         assert "Traceback" not in log and "Unhandled" not in log
