@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--token", help="access token (default: a random 20-character token)")
     add.add_argument("--type", help="device profile (default: devices.default_type)")
+    add.add_argument("--pre-provision", action="store_true",
+                     help="register the name only; the device gets its token by provisioning "
+                          "(local mode, strategy pre_provisioned)")
     listing = actions.add_parser("list", help="list devices (tokens masked)")
     listing.add_argument("--show-tokens", action="store_true", help="print tokens in full")
     remove = actions.add_parser("remove", help="remove a device")
@@ -71,7 +74,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _devices(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
     if args.action == "add":
         token = args.token or new_token()
-        entry = registry.add(args.name, token, args.type or config.devices.default_type)
+        entry = registry.add(args.name, token, args.type or config.devices.default_type,
+                             pending=args.pre_provision)
+        if args.pre_provision:
+            print("added %s (type %s), waiting for provisioning" % (entry.name, entry.type))
+            return 0
         print("added %s (type %s)" % (entry.name, entry.type))
         if not args.token:
             print("token: %s" % token)
@@ -79,9 +86,10 @@ def _devices(args: argparse.Namespace, config: config_module.Config, registry: R
     if args.action == "list":
         entries = registry.entries()
         for entry in entries:
+            note = ("  (deleted on the platform)" if entry.deleted
+                    else "  (waiting for provisioning)" if entry.pending else "")
             print("%-32s %-24s %s%s" % (entry.name, entry.token if args.show_tokens
-                                        else mask(entry.token), entry.type,
-                                        "  (deleted on the platform)" if entry.deleted else ""))
+                                        else mask(entry.token), entry.type, note))
         print("%d device%s" % (len(entries), "" if len(entries) == 1 else "s"))
         return 0
     if args.action == "remove":

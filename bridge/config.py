@@ -112,6 +112,36 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ProvisionProfileConfig:
+    key: str = ""
+    secret: str = ""
+    device_type: str = ""
+    strategy: str = "create_new"
+
+
+@dataclass(frozen=True)
+class ProvisioningConfig:
+    # "upstream": the platform's provisioning API; "local": the profiles below.
+    mode: str = "upstream"
+    timeout: float = 10.0
+    profiles: Tuple[ProvisionProfileConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class OtaConfig:
+    # "upstream": ThingsBoard's device OTA topics; "directory": files in ``directory``.
+    source: str = "upstream"
+    directory: str = ""
+    chunk_size: int = 16384
+    timeout: float = 120.0
+    cache_max_bytes: int = 1024 * 1024 * 1024
+
+
+# Fields holding a list of mappings, and the dataclass of each item.
+_LISTS: Dict[str, Any] = {"profiles": ProvisionProfileConfig}
+
+
+@dataclass(frozen=True)
 class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -119,6 +149,8 @@ class Config:
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
+    ota: OtaConfig = field(default_factory=OtaConfig)
     data_dir: str = "./data"
     log_level: str = "info"
 
@@ -135,6 +167,8 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "mqtt.protocol": ("5", "3.1.1"),
     "log_level": ("debug", "info", "warn", "error", "critical"),
     "outbox.synchronous": ("full", "normal"),
+    "provisioning.mode": ("upstream", "local"),
+    "ota.source": ("upstream", "directory"),
 }
 _PORTS = ("coap.bind_port", "mqtt.port")
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
@@ -143,7 +177,8 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "devices.idle_timeout", "coap.max_observers", "coap.max_body", "coap.ack_timeout", "coap.con_notification_interval",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age",
-             "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer")
+             "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
+             "provisioning.timeout", "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
 
 
 def substitute(text: str, env: Mapping[str, str], where: str, problems: List[str]) -> str:
@@ -212,6 +247,15 @@ def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: Li
             values[f.name] = default
             continue
         value = raw[f.name]
+        if f.name in _LISTS:
+            if not isinstance(value, list):
+                problems.append("%s: expected a list" % where)
+                values[f.name] = default
+            else:
+                values[f.name] = tuple(_build(_LISTS[f.name], item, env,
+                                              "%s[%d]." % (where, n), problems)
+                                       for n, item in enumerate(value))
+            continue
         if is_dataclass(default):
             values[f.name] = _build(type(default), value, env, where + ".", problems)
             continue
@@ -256,6 +300,19 @@ def _check(config: Config, problems: List[str]) -> None:
     for key in ("device_rate", "peer_rate"):
         if not getattr(config.limits, key) >= 0:
             problems.append("limits.%s: must be 0 (unlimited) or more" % key)
+    for n, profile in enumerate(config.provisioning.profiles):
+        where = "provisioning.profiles[%d]" % n
+        for key in ("key", "secret", "device_type"):
+            if not getattr(profile, key):
+                problems.append("%s.%s: must not be empty" % (where, key))
+        if profile.strategy not in ("create_new", "pre_provisioned"):
+            problems.append("%s.strategy: must be create_new or pre_provisioned" % where)
+    if config.provisioning.mode == "local" and not config.provisioning.profiles:
+        problems.append("provisioning.profiles: local mode needs at least one profile")
+    if config.ota.source == "directory" and not os.path.isdir(config.ota.directory):
+        problems.append("ota.directory: %r is not a directory" % config.ota.directory)
+    if config.ota.chunk_size > config.mqtt.max_packet_size - 128:
+        problems.append("ota.chunk_size: must stay below mqtt.max_packet_size")
     if not config.platform.client_rpc_method:
         problems.append("platform.client_rpc_method: must not be empty")
     if not config.devices.default_type:

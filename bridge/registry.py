@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS devices (
     name    TEXT PRIMARY KEY,
     token   TEXT NOT NULL UNIQUE,
     type    TEXT NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    pending INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -38,6 +39,7 @@ class Entry:
     token: str
     type: str
     deleted: bool = False
+    pending: bool = False  # waits for local provisioning (pre_provisioned strategy)
 
 
 def mask(token: Optional[str]) -> str:
@@ -52,6 +54,9 @@ class Registry:
         self.path = path
         self._db = connect(path)
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+        if "pending" not in columns:  # registries made before provisioning existed
+            self._db.execute("ALTER TABLE devices ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
         self._version: Optional[int] = None
         self._by_token: Dict[str, Device] = {}
 
@@ -64,7 +69,8 @@ class Registry:
         """The live device for ``token``, or None (unknown or deleted)."""
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version:
-            rows = self._db.execute("SELECT token, name, type FROM devices WHERE deleted = 0")
+            rows = self._db.execute("SELECT token, name, type FROM devices "
+                                    "WHERE deleted = 0 AND pending = 0")
             self._by_token = {token_: Device(name, type_) for token_, name, type_ in rows}
             self._version = version
         return self._by_token.get(token)
@@ -86,14 +92,54 @@ class Registry:
         self._version = None
         return cursor.rowcount > 0
 
-    # -- the operator's commands --------------------------------------------
+    def provision(self, name: str, token: str, device_type: str, strategy: str) -> bool:
+        """Local provisioning: give ``name`` the access ``token``; False is ThingsBoard's FAILURE.
 
-    def add(self, name: str, token: str, device_type: str) -> Entry:
+        ``create_new`` adds a device that must not exist yet; ``pre_provisioned`` only
+        activates a device added with ``pending`` (once). A token in use elsewhere fails.
+        """
         _validate(name, token, device_type)
         try:
             with self._transaction():
-                self._db.execute("INSERT INTO devices (name, token, type) VALUES (?, ?, ?)",
-                                 (name, token, device_type))
+                row = self._db.execute("SELECT pending, type FROM devices WHERE name = ?",
+                                       (name,)).fetchone()
+                if strategy == "create_new":
+                    if row is not None:
+                        return False
+                    self._db.execute("INSERT INTO devices (name, token, type) VALUES (?, ?, ?)",
+                                     (name, token, device_type))
+                else:
+                    if row is None or not row[0]:
+                        return False
+                    self._db.execute("UPDATE devices SET token = ?, pending = 0 WHERE name = ?",
+                                     (token, name))
+        except sqlite3.IntegrityError:
+            return False
+        self._version = None
+        return True
+
+    def store_credentials(self, name: str, token: str, device_type: str) -> None:
+        """Upstream provisioning succeeded: ``name`` now authenticates with ``token``."""
+        _validate(name, token, device_type)
+        try:
+            with self._transaction():
+                self._db.execute("DELETE FROM devices WHERE token = ? AND name != ?", (token, name))
+                self._db.execute(
+                    "INSERT INTO devices (name, token, type) VALUES (?, ?, ?) ON CONFLICT(name) "
+                    "DO UPDATE SET token = excluded.token, pending = 0, deleted = 0",
+                    (name, token, device_type))
+        except sqlite3.IntegrityError as exc:
+            raise RegistryError(_integrity(exc))
+        self._version = None
+
+    # -- the operator's commands --------------------------------------------
+
+    def add(self, name: str, token: str, device_type: str, pending: bool = False) -> Entry:
+        _validate(name, token, device_type)
+        try:
+            with self._transaction():
+                self._db.execute("INSERT INTO devices (name, token, type, pending) "
+                                 "VALUES (?, ?, ?, ?)", (name, token, device_type, int(pending)))
         except sqlite3.IntegrityError:
             raise RegistryError(self._conflict(name, token))
         self._version = None
@@ -106,8 +152,10 @@ class Registry:
         return cursor.rowcount > 0
 
     def entries(self) -> List[Entry]:
-        rows = self._db.execute("SELECT name, token, type, deleted FROM devices ORDER BY name")
-        return [Entry(name, token, type_, bool(deleted)) for name, token, type_, deleted in rows]
+        rows = self._db.execute("SELECT name, token, type, deleted, pending FROM devices "
+                                "ORDER BY name")
+        return [Entry(name, token, type_, bool(deleted), bool(pending))
+                for name, token, type_, deleted, pending in rows]
 
     def import_rows(self, rows: Iterable[Tuple[str, str, str]]) -> int:
         """Add every row in one transaction; nothing is added if any row is bad."""

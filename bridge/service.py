@@ -19,13 +19,15 @@ from twisted.internet.task import LoopingCall
 from .config import Config
 from .core import codes
 from .core import gateway
-from .core.actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Publish,
-                           RenameDevice, Reply, Request, ResetLink, Store)
+from .core.actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision,
+                           Publish, RenameDevice, Reply, Request, ResetLink, ServePackage, Store)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .core.session import CoreSettings, GatewayCore
 from .edge import coap as coap_edge
 from .edge.mqtt import MqttLink
+from .edge.ota import PackageStore
 from .edge.outbox import Outbox
+from .edge.provision import Provisioner
 from .logs import logger
 from .registry import Registry, RegistryError
 
@@ -65,6 +67,8 @@ class Bridge:
                                              peer_burst=config.limits.peer_burst),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
+        self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
+        self.packages = PackageStore(config, reactor, self.reconnect_device)
         self._stores: List[Store] = []
         self._deletes: List[int] = []
         self._dead: List[DeadLetter] = []
@@ -171,6 +175,11 @@ class Bridge:
             elif isinstance(action, DeadLetter):
                 self._dead.append(action)
                 self._schedule_commit()
+            elif isinstance(action, Provision):
+                self.provisioner.handle(action.ref, action.request)
+            elif isinstance(action, ServePackage):
+                self.packages.serve(action).addCallback(
+                    lambda message, ref=action.ref: self.answer_request(ref, message))
             elif isinstance(action, ResetLink):
                 log.warn("Resetting the MQTT connection: {reason}", reason=action.reason)
                 self.link.reset()
@@ -282,16 +291,14 @@ class Bridge:
                  detail=" to %s" % names[1] if kind == "rename" else "",
                  known=changed)
 
+    def reconnect_device(self, name: str) -> None:
+        self.apply(self.core.reconnect_device(name, self.now()))
+
+    def answer_json(self, ref: int, code: int, body: bytes) -> None:
+        self.answer_request(ref, coap_edge.make_response(
+            code, body, codes.APPLICATION_JSON if body else None))
+
     def _reply(self, reply: Reply, peer: str) -> None:
-        d = self.requests.pop(reply.ref, None)
-        if d is None:
-            return
-        address = self.request_peer.pop(reply.ref)
-        left = self.pending_by_peer[address] - 1
-        if left:
-            self.pending_by_peer[address] = left
-        else:
-            del self.pending_by_peer[address]
         # A device's bad request is its problem, and logging each one would let any
         # device flood the log: per-request answers are debug; states worth an operator's
         # attention (outbox full, platform refusals) arrive as Log actions from the core.
@@ -299,8 +306,22 @@ class Bridge:
             self.counters["errors"] += 1
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
                       peer=peer or "device", reason=reply.reason)
-        d.callback(coap_edge.make_response(reply.code, reply.payload, reply.content_format,
-                                           reply.max_age, reply.size1, reply.observe))
+        self.answer_request(reply.ref, coap_edge.make_response(
+            reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
+            reply.observe))
+
+    def answer_request(self, ref: int, message: txcoap.Message) -> None:
+        """Send the answer to CoAP request ``ref`` (once)."""
+        d = self.requests.pop(ref, None)
+        if d is None:
+            return
+        address = self.request_peer.pop(ref)
+        left = self.pending_by_peer[address] - 1
+        if left:
+            self.pending_by_peer[address] = left
+        else:
+            del self.pending_by_peer[address]
+        d.callback(message)
 
 
 def _peer(remote: Any) -> str:
@@ -387,6 +408,7 @@ class BridgeService(MultiService):
         log.info("Device registry {path}: {count} devices", path=self.config.registry_path,
                  count=len(self.bridge.registry.entries()))
         self.bridge.outbox = Outbox(self.config.outbox_path, self.config.outbox.synchronous)
+        self.bridge.packages.start()
         self.bridge.restore()
         MultiService.startService(self)
 

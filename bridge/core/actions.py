@@ -124,3 +124,23 @@ class ResetLink:
     """Drop and re-establish the broker connection (a PUBACK is overdue)."""
 
     reason: str
+
+
+@dataclass(frozen=True)
+class Provision:
+    """Provision a device (locally or through the platform) and answer request ``ref``."""
+
+    ref: int
+    request: Any  # core.provision.ProvisionRequest
+
+
+@dataclass(frozen=True)
+class ServePackage:
+    """Answer request ``ref`` with package bytes: all of it, or ``length`` bytes at ``offset``."""
+
+    ref: int
+    device: str
+    token: str
+    package: Any  # core.ota.PackageInfo
+    offset: int = 0
+    length: Optional[int] = None

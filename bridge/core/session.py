@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import codes, gateway, payloads, routes
-from .actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Publish, RenameDevice,
-                      Reply, Request, ResetLink, Store)
+from . import ota, provision
+from .actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision, Publish,
+                      RenameDevice, Reply, Request, ResetLink, ServePackage, Store)
 from .delivery import Delivery, Entry
 from .codes import CoapError
 from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX, AttributeUpdate,
@@ -36,7 +37,7 @@ from .limits import RateLimiter
 from .observe import Observers, Pending
 
 Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, Delete, DeadLetter,
-               ResetLink]
+               ResetLink, Provision, ServePackage]
 Lookup = Callable[[str], Optional[Device]]
 
 # MQTT 5 PUBACK reason codes that mean the platform will not take the message.
@@ -96,7 +97,7 @@ class _Pending:
 class _Fetch:
     """Reading attributes from the platform: for a GET, an observe start, or a refresh."""
 
-    purpose: str  # "read", "observe" or "refresh"
+    purpose: str  # "read", "observe", "refresh" or "ota"
     device: str
     request: Optional[Request]
     client_keys: Optional[List[str]]  # None: not wanted; []: all
@@ -132,6 +133,8 @@ class GatewayCore:
         self.observers = Observers(settings.max_observers, settings.con_interval)
         self.views: Dict[str, Dict[str, Any]] = {}  # device -> shared attributes
         self.known_keys: Dict[str, Set[str]] = {}  # device -> attribute names seen
+        self.ota_attributes: Dict[Tuple[str, str], Dict[str, Any]] = {}  # (device, kind) -> fw_*
+        self.ota_waiting: Dict[int, Tuple[Request, str, str]] = {}  # fetch -> request, token, kind
         self.fetches: Dict[int, _Fetch] = {}
         self.attribute_requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
         self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}
@@ -240,6 +243,7 @@ class GatewayCore:
             if fetch.request is not None:
                 actions.append(self._unavailable(fetch.request.ref, "upstream connection lost"))
         self.fetches.clear()
+        self.ota_waiting.clear()
         self.attribute_requests.clear()
         for call in self.client_rpcs.values():
             actions.append(self._unavailable(call.request_ref, "upstream connection lost"))
@@ -368,9 +372,9 @@ class GatewayCore:
                 raise codes.TooManyRequests("too many requests from this address", max_age=wait)
         route = routes.route(request.method, request.path)
         if route.feature == routes.PROVISION:
-            raise codes.NotImplementedYet("provisioning is not available in this version")
-        if route.feature in (routes.FIRMWARE, routes.SOFTWARE):
-            raise codes.NotImplementedYet("OTA downloads are not available in this version")
+            if request.method != codes.POST:
+                raise codes.BadRequest("provision accepts POST only")
+            return [Provision(request.ref, provision.parse_request(request.payload))]
         if route.token is None:
             raise codes.Unauthorized("missing access token")
         device = self.lookup(route.token)
@@ -383,6 +387,11 @@ class GatewayCore:
                 raise codes.TooManyRequests("too many requests for this device", max_age=wait)
         post = request.method == codes.POST
         feature = route.feature
+        if feature in (routes.FIRMWARE, routes.SOFTWARE):
+            if post:
+                raise codes.MethodNotAllowed("packages are downloaded with GET")
+            kind = ota.FIRMWARE if feature == routes.FIRMWARE else ota.SOFTWARE
+            return self._download(device, route.token, kind, request, now)
         if feature == routes.ATTRIBUTES and not post:
             return self._get_attributes(device, request, now)
         if feature == routes.RPC:
@@ -573,7 +582,8 @@ class GatewayCore:
 
     def _start_fetch(self, purpose: str, name: str, request: Optional[Request],
                      client_keys: Optional[List[str]], shared_keys: Optional[List[str]],
-                     now: float, device: Optional[Device] = None) -> List[Action]:
+                     now: float, device: Optional[Device] = None,
+                     ota_wait: Optional[Tuple[str, str]] = None) -> List[Action]:
         if device is None:
             state = self.devices.get(name)
             if state is None:
@@ -583,6 +593,8 @@ class GatewayCore:
         fetch = _Fetch(purpose, name, request, client_keys, shared_keys,
                        now + self.settings.request_timeout)
         self.fetches[fetch_id] = fetch
+        if ota_wait is not None and request is not None:
+            self.ota_waiting[fetch_id] = (request, ota_wait[0], ota_wait[1])
         actions: List[Action] = []
         if client_keys == [] or shared_keys == []:
             # The gateway API has no scoped "all": "keys": [] answers client and shared
@@ -651,6 +663,8 @@ class GatewayCore:
         self._learn_keys(fetch.device, values)
         if not fetch.outstanding:
             del self.fetches[fetch_id]
+            if fetch.purpose == "ota":
+                return actions + self._ota_fetched(fetch_id, fetch)
             actions += self._fetch_done(fetch, now)
         return actions
 
@@ -694,6 +708,7 @@ class GatewayCore:
     def _fetch_failed(self, fetch_id: int, reason: str,
                       code: int = codes.GATEWAY_TIMEOUT) -> List[Action]:
         fetch = self.fetches.pop(fetch_id)
+        self.ota_waiting.pop(fetch_id, None)
         for request_id in fetch.outstanding:
             self.attribute_requests.pop(request_id, None)
         if fetch.request is None:
@@ -703,6 +718,13 @@ class GatewayCore:
 
     def _attribute_update(self, update: AttributeUpdate, now: float) -> List[Action]:
         self._learn_keys(update.device, update.data)
+        for kind in (ota.FIRMWARE, ota.SOFTWARE):
+            known = self.ota_attributes.get((update.device, kind))
+            if known is not None and any(k.startswith(kind + "_") for k in
+                                         list(update.data) + update.deleted):
+                relevant = {k: v for k, v in update.data.items() if k in ota.keys(kind)}
+                self.ota_attributes[(update.device, kind)] = AttributeUpdate(
+                    update.device, dict(relevant, deleted=update.deleted)).apply(known)
         if update.device in self.views:
             self.views[update.device] = update.apply(self.views[update.device])
         for fetch in self.fetches.values():
@@ -710,6 +732,46 @@ class GatewayCore:
                 fetch.pushes.append(update)
         return self.observers.enqueue(update.device, ATTRIBUTES_FEATURE,
                                       Pending(payloads.dumps(update.data)), now)
+
+    # == OTA ==================================================================
+
+    def _download(self, device: Device, token: str, kind: str, request: Request,
+                  now: float) -> List[Action]:
+        query = ota.parse_query(request.query)
+        attributes = self.ota_attributes.get((device.name, kind))
+        if attributes is not None:
+            return self._serve(device.name, token, kind, attributes, query, request)
+        self._require_link()
+        return self._start_fetch("ota", device.name, request, None, ota.keys(kind), now, device,
+                                 ota_wait=(token, kind))
+
+    def _serve(self, name: str, token: str, kind: str, attributes: Dict[str, Any],
+               query: ota.OtaQuery, request: Request) -> List[Action]:
+        info = ota.package_from(attributes, kind)
+        if info is None:
+            raise codes.NotFound("no %s package is assigned to this device"
+                                 % ("firmware" if kind == ota.FIRMWARE else "software"))
+        ota.check(info, query)
+        byte_range = query.byte_range()
+        if byte_range is None:
+            return [ServePackage(request.ref, name, token, info)]
+        return [ServePackage(request.ref, name, token, info, byte_range[0], byte_range[1])]
+
+    def _ota_fetched(self, fetch_id: int, fetch: _Fetch) -> List[Action]:
+        request, token, kind = self.ota_waiting.pop(fetch_id)
+        self.ota_attributes[(fetch.device, kind)] = dict(fetch.shared)
+        try:
+            return self._serve(fetch.device, token, kind, fetch.shared,
+                               ota.parse_query(request.query), request)
+        except CoapError as err:
+            return [_error_reply(request.ref, err)]
+
+    def reconnect_device(self, name: str, now: float) -> List[Action]:
+        """The device's own MQTT session (OTA download) evicted its gateway sub-session."""
+        state = self.devices.get(name)
+        if state is None or not self.link_up:
+            return []
+        return [self._send_connect(state, now)]
 
     # == observe =============================================================
 

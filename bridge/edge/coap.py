@@ -518,24 +518,29 @@ class BridgeCoap(txcoap.Coap):
         if number > 0:
             self.verify(request.remote)  # it got block 0, so it receives what we send
         body = response.payload
+        reader = getattr(response, "body_reader", None)  # a large body read block by block
+        size = response.body_size if reader is not None else len(body)
         if not self.is_verified(request.remote):
             # RFC 7252 §11.3: to a source that may be spoofed, answer at most AMPLIFICATION
             # times the request; the client fetches the rest block by block.
             room = AMPLIFICATION * getattr(request, "size", 0) - 32 - len(request.token)
-            while szx > 0 and len(body) > room and (1 << (szx + 4)) > room:
+            while szx > 0 and size > room and (1 << (szx + 4)) > room:
                 szx -= 1
         block = 1 << (szx + 4)
-        if len(body) > block or number > 0:
+        if size > block or number > 0:
             start = number * block
-            if start >= len(body) and number > 0:
+            if start >= size and number > 0:
                 response = make_response(codes.BAD_OPTION, b"block beyond the end",
                                          codes.TEXT_PLAIN)
             else:
-                more = start + block < len(body)
-                response.payload = body[start:start + block]
+                more = start + block < size
+                response.payload = (reader(start, block) if reader is not None
+                                    else body[start:start + block])
                 response.opt.block2 = (number, more, szx)
                 if number == 0:
-                    response.opt.addOption(txcoap.UintOption(txcoap.SIZE2, len(body)))
+                    response.opt.addOption(txcoap.UintOption(txcoap.SIZE2, size))
+        elif reader is not None:
+            response.payload = reader(0, size)
         self._send_response(response, request, echo_block1=True)
 
     def _send_response(self, response: txcoap.Message, request: txcoap.Message,

@@ -104,11 +104,13 @@ class MqttLink:
     """One gateway connection to the broker, kept up for as long as the service runs."""
 
     def __init__(self, reactor: Any, config: MqttConfig, listener: LinkListener,
-                 subscriptions: List[str], rng: Optional[random.Random] = None):
+                 subscriptions: List[str], rng: Optional[random.Random] = None,
+                 retry: bool = True):
         self.reactor = reactor
         self.config = config
         self.listener = listener
         self.subscriptions = subscriptions
+        self.retry = retry  # False: one attempt, for short-lived sessions
         self.rng = rng or random.Random()
         self.client: Optional[_ReadyClient] = None
         self.connected = False
@@ -353,8 +355,9 @@ class MqttLink:
             return
         reason = str(reason_code)
         if was_connected:
-            log.warn("Lost the MQTT connection: {reason}", reason=reason)
-            self.listener.link_down(reason)
+            if self.retry:
+                log.warn("Lost the MQTT connection: {reason}", reason=reason)
+                self.listener.link_down(reason)
             self._schedule_retry()
         else:
             self._connect_failed("connection closed during CONNECT: %s" % reason)
@@ -419,6 +422,12 @@ class MqttLink:
 
     def _schedule_retry(self) -> None:
         if not self._running:
+            return
+        if not self.retry:
+            self._running = False
+            if self._ticker.running:
+                self._ticker.stop()
+            self.listener.link_down("connection failed or closed")
             return
         delay = backoff_delay(self.attempt, self.config.reconnect_min_delay,
                               self.config.reconnect_max_delay, self.rng)

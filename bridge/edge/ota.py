@@ -1,0 +1,274 @@
+"""Firmware and software packages: fetched once, verified, cached on disk, served to every device.
+
+``PackageStore.serve`` answers a download request. The package for (kind,
+title, version) is taken from the cache under ``DATA_DIR/ota``; when it is
+not there it is fetched once — a fetch in progress is shared by every device
+that asks meanwhile — from the configured source:
+
+* ``upstream``: ThingsBoard's device OTA topics on a short-lived MQTT session
+  with the device's access token (``v2/fw/request/{id}/chunk/{n}``, answers
+  on ``v2/fw/response/{id}/chunk/{n}``, errors on ``v2/fw/error``); the
+  device's gateway sub-session is connected again afterwards, since the
+  platform allows one session per device.
+* ``directory``: the file ``DIRECTORY/<title>/<version>``.
+
+Every package is checked against its size and ``fw_checksum`` (SHA256,
+SHA384, SHA512, MD5, CRC32) before it is cached; one that fails is never
+served (4.04, and an error in the log) and is not fetched again for a
+minute. The cache is bounded: least recently served packages go first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional
+
+import txthings.coap as txcoap
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from ..config import Config
+from ..core import codes
+from ..core.actions import ServePackage
+from ..core.ota import Checksum, PackageInfo, supported
+from ..logs import logger
+from ..sqlite import create_private
+from .coap import make_response
+from .mqtt import MqttLink
+from .provision import random_name
+
+log = logger("ota")
+FAILURE_MEMORY = 60.0  # s a failed package is not fetched again
+
+
+class PackageError(Exception):
+    """The package cannot be served; ``code`` is the device's answer."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _UpstreamDownload:
+    """One package over ThingsBoard's device OTA topics (a LinkListener)."""
+
+    REQUEST_ID = 1
+
+    def __init__(self, store: "PackageStore", info: PackageInfo, token: str, path: str):
+        self.info, self.path = info, path
+        self.chunk_size = store.config.ota.chunk_size
+        self.done: defer.Deferred = defer.Deferred()
+        self.chunk = 0
+        self.received = 0
+        self.handle = open(path, "wb")
+        kind = info.kind
+        self.request_prefix = "v2/%s/request/%d/chunk/" % (kind, self.REQUEST_ID)
+        self.response_prefix = "v2/%s/response/%d/chunk/" % (kind, self.REQUEST_ID)
+        self.error_topic = "v2/%s/error" % kind
+        mqtt = dataclasses.replace(store.config.mqtt, username=token, password="",
+                                   client_id="coapbridge-ota-" + random_name(8))
+        self.link = MqttLink(store.reactor, mqtt, self,
+                             ["v2/%s/response/+/chunk/+" % kind, self.error_topic], retry=False)
+        self.timer = store.reactor.callLater(store.config.ota.timeout, self._finish,
+                                             "the download took longer than ota.timeout")
+
+    def start(self) -> defer.Deferred:
+        self.link.start()
+        return self.done
+
+    def link_up(self) -> None:
+        self._request()
+
+    def link_down(self, reason: str) -> None:
+        self._finish("connection failed: %s" % reason)
+
+    def published(self, mid: int, reason_code: int) -> None:
+        if reason_code >= 0x80:
+            self._finish("the platform refused the chunk request (0x%02x)" % reason_code)
+
+    def message(self, topic: str, payload: bytes) -> None:
+        if topic == self.error_topic:
+            self._finish("the platform answered %r" % payload[:64].decode(errors="replace"))
+            return
+        if topic != self.response_prefix + str(self.chunk):
+            return
+        self.handle.write(payload)
+        self.received += len(payload)
+        expected = self.info.size
+        if len(payload) < self.chunk_size or (expected is not None and self.received >= expected):
+            self._finish(None)
+        else:
+            self.chunk += 1
+            self._request()
+
+    def _request(self) -> None:
+        self.link.publish(self.request_prefix + str(self.chunk), str(self.chunk_size).encode())
+
+    def _finish(self, error: Optional[str]) -> None:
+        if self.done.called:
+            return
+        if self.timer.active():
+            self.timer.cancel()
+        self.handle.close()
+        stopped = self.link.stop()
+        stopped.addErrback(lambda f: log.failure("Closing an OTA session", failure=f))
+        if error is None:
+            self.done.callback(self.received)
+        else:
+            self.done.errback(PackageError(codes.BAD_GATEWAY, error))
+
+
+class PackageStore:
+    def __init__(self, config: Config, reactor: Any,
+                 reconnect: Callable[[str], None]):
+        self.config = config
+        self.reactor = reactor
+        self.reconnect = reconnect  # re-send v1/gateway/connect for a device
+        self.directory = os.path.join(config.data_dir, "ota")
+        self.cached: "OrderedDict[str, int]" = OrderedDict()  # package key -> size, LRU order
+        self.fetching: Dict[str, List[defer.Deferred]] = {}
+        self.failed: Dict[str, float] = {}
+        self.fetches = 0  # packages fetched from their source (for tests and metrics)
+
+    def start(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        for name in sorted(os.listdir(self.directory),
+                           key=lambda n: os.stat(os.path.join(self.directory, n)).st_mtime):
+            path = os.path.join(self.directory, name)
+            if name.endswith(".part"):
+                os.remove(path)
+            else:
+                self.cached[name] = os.path.getsize(path)
+
+    def serve(self, action: ServePackage) -> defer.Deferred:
+        """A Deferred firing with the device's answer (a txThings Message)."""
+        d = self._ensure(action.package, action.token, action.device)
+        d.addCallback(self._answer, action)
+        d.addErrback(self._refuse, action)
+        return d
+
+    def _answer(self, path: str, action: ServePackage) -> txcoap.Message:
+        key = action.package.key
+        self.cached.move_to_end(key)
+        size = self.cached[key]
+        if action.length is not None:
+            with open(path, "rb") as handle:
+                handle.seek(action.offset)
+                data = handle.read(action.length) if action.offset < size else b""
+            return make_response(codes.CONTENT, data)
+        message = make_response(codes.CONTENT)
+        message.body_size = size
+
+        def read(offset: int, length: int) -> bytes:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(length)
+        message.body_reader = read
+        return message
+
+    def _refuse(self, failure: Any, action: ServePackage) -> txcoap.Message:
+        failure.trap(PackageError)
+        error = failure.value
+        return make_response(error.code, error.reason.encode("utf-8"), codes.TEXT_PLAIN)
+
+    def _ensure(self, info: PackageInfo, token: str, device: str) -> defer.Deferred:
+        key = info.key
+        path = os.path.join(self.directory, key)
+        if key in self.cached:
+            return defer.succeed(path)
+        failed_at = self.failed.get(key)
+        if failed_at is not None and self.reactor.seconds() - failed_at < FAILURE_MEMORY:
+            return defer.fail(PackageError(codes.NOT_FOUND, "the package failed verification; "
+                                                            "see the bridge's log"))
+        waiter: defer.Deferred = defer.Deferred()
+        if key in self.fetching:
+            self.fetching[key].append(waiter)
+            return waiter
+        self.fetching[key] = [waiter]
+        self.fetches += 1
+        log.info("Fetching {kind} package {title} {version} ({source}, for {device})",
+                 kind=info.kind, title=info.title, version=info.version,
+                 source=self.config.ota.source, device=device)
+        d = defer.maybeDeferred(self._fetch, info, token, device, path + ".part")
+        d.addCallback(self._verify, info, path)
+        d.addBoth(self._fetched, key, path)
+        return waiter
+
+    def _fetch(self, info: PackageInfo, token: str, device: str, part: str) -> Any:
+        create_private(part)
+        if self.config.ota.source == "directory":
+            source = os.path.join(self.config.ota.directory, info.title, info.version)
+            if not os.path.isfile(source):
+                raise PackageError(codes.NOT_FOUND, "no file for this package")
+            with open(source, "rb") as src, open(part, "wb") as dst:
+                while True:
+                    block = src.read(1 << 20)
+                    if not block:
+                        break
+                    dst.write(block)
+            return None
+        download = _UpstreamDownload(self, info, token, part)
+        d = download.start()
+
+        def reconnect(result: Any) -> Any:
+            self.reconnect(device)  # the device's own session evicted its gateway sub-session
+            return result
+        return d.addBoth(reconnect)
+
+    def _verify(self, _: Any, info: PackageInfo, path: str) -> None:
+        part = path + ".part"
+        size = os.path.getsize(part)
+        if info.size is not None and size != info.size:
+            raise PackageError(codes.NOT_FOUND, "package size %d, expected %d" % (size, info.size))
+        if info.checksum is None:
+            log.warn("{title} {version} has no checksum on the platform; serving it unverified",
+                     title=info.title, version=info.version)
+        else:
+            if not supported(info.algorithm):
+                raise PackageError(codes.NOT_FOUND, "unsupported checksum algorithm %r"
+                                   % info.algorithm)
+            checksum = Checksum(info.algorithm or "SHA256")
+            with open(part, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    checksum.update(block)
+            if not checksum.matches(info.checksum):
+                raise PackageError(codes.NOT_FOUND, "checksum mismatch")
+
+    def _fetched(self, result: Any, key: str, path: str) -> None:
+        waiters = self.fetching.pop(key)
+        part = path + ".part"
+        if isinstance(result, Failure):
+            error = result.value
+            if os.path.exists(part):
+                os.remove(part)
+            self.failed[key] = self.reactor.seconds()
+            if not isinstance(error, PackageError):
+                log.failure("Fetching package {key} failed", failure=result, key=key)
+                error = PackageError(codes.INTERNAL_SERVER_ERROR, "internal error")
+            else:
+                log.error("Package {key} refused: {reason}; it will not be served", key=key,
+                          reason=error.reason)
+            for waiter in waiters:
+                waiter.errback(error)
+            return
+        os.replace(part, path)
+        self.cached[key] = os.path.getsize(path)
+        self.failed.pop(key, None)
+        log.info("Package {key} cached ({size} bytes)", key=key, size=self.cached[key])
+        self._evict(keep=key)
+        for waiter in waiters:
+            waiter.callback(path)
+
+    def _evict(self, keep: str) -> None:
+        total = sum(self.cached.values())
+        for key in list(self.cached):
+            if total <= self.config.ota.cache_max_bytes:
+                break
+            if key == keep:
+                continue
+            total -= self.cached.pop(key)
+            os.remove(os.path.join(self.directory, key))
+            log.info("Package {key} evicted from the cache", key=key)

@@ -1,0 +1,177 @@
+"""Provisioning devices through the bridge: locally, or with the platform's provisioning API.
+
+Upstream mode opens a short-lived MQTT session with the username
+``provision``, subscribes to ``/provision/response`` and publishes the
+device's request on ``/provision/request`` (spec thingsboard-gateway-mqtt.md
+§4.2). Requests are handled one at a time: on a generic broker every
+provisioning session would see every answer, and one at a time also means
+the same name provisioned twice at once yields exactly one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import string
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+
+from ..config import Config
+from ..core import codes, provision
+from ..core.provision import ProvisionProfile, ProvisionRequest
+from ..logs import logger
+from ..registry import Registry, RegistryError, mask
+from .mqtt import MqttLink
+
+log = logger("provision")
+
+REQUEST_TOPIC = "/provision/request"
+RESPONSE_TOPIC = "/provision/response"
+Answer = Callable[[int, int, bytes], None]  # request ref, code, JSON body
+
+
+def random_name(length: int = 20) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+class _Session:
+    """One short-lived provisioning session (a LinkListener)."""
+
+    def __init__(self, provisioner: "Provisioner", body: bytes):
+        self.body = body
+        self.done: defer.Deferred = defer.Deferred()
+        cfg = provisioner.config.mqtt
+        mqtt = dataclasses.replace(cfg, username="provision", password="",
+                                   client_id="coapbridge-provision-" + random_name(8))
+        self.link = MqttLink(provisioner.reactor, mqtt, self, [RESPONSE_TOPIC], retry=False)
+        self.timer = provisioner.reactor.callLater(provisioner.config.provisioning.timeout,
+                                                   self._finish, None, "timeout")
+
+    def start(self) -> defer.Deferred:
+        self.link.start()
+        return self.done
+
+    def link_up(self) -> None:
+        self.link.publish(REQUEST_TOPIC, self.body)
+
+    def link_down(self, reason: str) -> None:
+        self._finish(None, "connection failed: %s" % reason)
+
+    def published(self, mid: int, reason_code: int) -> None:
+        pass
+
+    def message(self, topic: str, payload: bytes) -> None:
+        if topic == RESPONSE_TOPIC:
+            self._finish(payload, None)
+
+    def _finish(self, payload: Optional[bytes], error: Optional[str]) -> None:
+        if self.done.called:
+            return
+        if self.timer.active():
+            self.timer.cancel()
+        self.done.callback((payload, error))
+        stopped = self.link.stop()
+        stopped.addErrback(lambda f: log.failure("Closing a provisioning session", failure=f))
+
+
+class Provisioner:
+    def __init__(self, config: Config, reactor: Any, registry: Callable[[], Registry],
+                 answer: Answer):
+        self.config = config
+        self.reactor = reactor
+        self.registry = registry
+        self.answer = answer
+        self.lock = defer.DeferredLock()
+        self.profiles = [ProvisionProfile(p.key, p.secret, p.device_type, p.strategy)
+                         for p in config.provisioning.profiles]
+
+    def handle(self, ref: int, request: ProvisionRequest) -> None:
+        d = self.lock.run(self._provision, ref, request)
+        d.addErrback(self._failed, ref)
+
+    def _failed(self, failure: Any, ref: int) -> None:
+        log.failure("Provisioning failed", failure=failure)
+        self.answer(ref, codes.INTERNAL_SERVER_ERROR, b"")
+
+    def _provision(self, ref: int, request: ProvisionRequest) -> Optional[defer.Deferred]:
+        if self.config.provisioning.mode == "local":
+            self._local(ref, request)
+            return None
+        return self._upstream(ref, request)
+
+    def _local(self, ref: int, request: ProvisionRequest) -> None:
+        profile = provision.find_profile(request, self.profiles)
+        name = request.device_name or random_name()
+        if profile is None:
+            log.info("Provisioning of {device} refused: unknown key or wrong secret", device=name)
+            self._reply(ref, provision.not_found())
+            return
+        if request.credentials_type != "ACCESS_TOKEN":
+            log.info("Provisioning of {device} refused: local mode issues access tokens only",
+                     device=name)
+            self._reply(ref, provision.failure())
+            return
+        token = request.token or random_name()
+        if not self.registry().provision(name, token, profile.device_type, profile.strategy):
+            log.info("Provisioning of {device} refused by strategy {strategy}", device=name,
+                     strategy=profile.strategy)
+            self._reply(ref, provision.failure())
+            return
+        log.info("Provisioned {device} (type {type}, token {token})", device=name,
+                 type=profile.device_type, token=mask(token))
+        self._reply(ref, provision.success(token))
+
+    def _upstream(self, ref: int, request: ProvisionRequest) -> defer.Deferred:
+        body = dict(request.body)
+        # ThingsBoard names a nameless device itself and does not say the name; name it
+        # here so that the bridge knows which device the credentials belong to.
+        name = request.device_name or random_name()
+        body["deviceName"] = name
+        session = _Session(self, json.dumps(body).encode("utf-8"))
+        d = session.start()
+        d.addCallback(self._upstream_done, ref, name)
+        return d
+
+    def _upstream_done(self, result: Any, ref: int, name: str) -> None:
+        payload, error = result
+        if payload is None:
+            log.warn("Provisioning of {device}: the platform did not answer ({reason})",
+                     device=name, reason=error)
+            self.answer(ref, codes.GATEWAY_TIMEOUT, b"")
+            return
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            log.warn("Provisioning of {device}: the platform's answer is not JSON", device=name)
+            self.answer(ref, codes.BAD_GATEWAY, b"")
+            return
+        if doc.get("status") != "SUCCESS":
+            log.info("Provisioning of {device} refused by the platform: {status}", device=name,
+                     status=doc.get("status"))
+            self.answer(ref, codes.BAD_REQUEST, payload)
+            return
+        token = doc.get("credentialsValue")
+        if doc.get("credentialsType", "ACCESS_TOKEN") == "ACCESS_TOKEN" and isinstance(token, str):
+            try:
+                self.registry().store_credentials(name, token, self.config.devices.default_type)
+            except RegistryError as exc:
+                log.error("Provisioned {device} on the platform, but the registry refused it: "
+                          "{error}", device=name, error=str(exc))
+                self.answer(ref, codes.INTERNAL_SERVER_ERROR, b"")
+                return
+            log.info("Provisioned {device} through the platform (token {token})", device=name,
+                     token=mask(token))
+        else:
+            log.info("Provisioned {device} with {kind} credentials, which it cannot use here",
+                     device=name, kind=doc.get("credentialsType"))
+        self.answer(ref, codes.CREATED, payload)
+
+    def _reply(self, ref: int, body: dict) -> None:
+        status = body.get("status")
+        self.answer(ref, codes.CREATED if status == "SUCCESS" else codes.BAD_REQUEST,
+                    json.dumps(body, separators=(",", ":")).encode("utf-8"))
