@@ -1,0 +1,220 @@
+"""The durable outbox on a tmp_path SQLite file (bridge.edge.outbox.Outbox)."""
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from bridge.core.delivery import Entry
+from bridge.edge.outbox import Outbox
+
+NOW = 1_700_000_000.5
+TOPIC = "v1/gateway/telemetry"
+
+
+def row(n, device="Dev A", created=NOW):
+    return (device, "thermo", TOPIC, b'{"%s":[{"values":{"n":%d}}]}' % (device.encode(), n),
+            created + n)
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "data" / "outbox.sqlite3")
+
+
+@pytest.fixture
+def outbox(db_path):
+    box = Outbox(db_path)
+    yield box
+    box.close()
+
+
+def reopen(box):
+    """Close ``box`` and open its file again, as after a restart of the bridge."""
+    box.close()
+    return Outbox(box.path)
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# -- append and load ------------------------------------------------------------------
+
+def test_append_returns_increasing_ids_in_row_order(outbox):
+    first = outbox.append([row(1), row(2), row(3)])
+    second = outbox.append([row(4)])
+    ids = first + second
+    assert len(ids) == 4 and ids == sorted(ids) and len(set(ids)) == 4
+
+
+def test_append_of_no_rows_returns_no_ids(outbox):
+    assert outbox.append([]) == []
+    assert outbox.stats() == (0, 0)
+
+
+def test_load_after_reopening_returns_every_entry_in_id_order(outbox):
+    ids = outbox.append([row(1), row(2, device="Dev B")]) + outbox.append([row(3)])
+    box = reopen(outbox)
+    try:
+        assert box.load() == [
+            Entry(ids[0], "Dev A", "thermo", TOPIC, row(1)[3], NOW + 1),
+            Entry(ids[1], "Dev B", "thermo", TOPIC, row(2, device="Dev B")[3], NOW + 2),
+            Entry(ids[2], "Dev A", "thermo", TOPIC, row(3)[3], NOW + 3)]
+    finally:
+        box.close()
+
+
+def test_loaded_payload_is_bytes_exactly_as_stored(outbox):
+    payload = bytes(range(256))
+    outbox.append([("Dev A", "thermo", TOPIC, payload, NOW)])
+    [entry] = outbox.load()
+    assert type(entry.payload) is bytes and entry.payload == payload
+
+
+def test_ids_are_not_reused_after_the_newest_entries_are_deleted_and_the_file_reopened(outbox):
+    ids = outbox.append([row(1), row(2)])
+    outbox.delete(ids)
+    box = reopen(outbox)
+    try:
+        [new] = box.append([row(3)])
+        assert new > max(ids)
+    finally:
+        box.close()
+
+
+def test_a_failing_row_rolls_back_its_whole_group(outbox):
+    outbox.append([row(1)])
+    with pytest.raises(sqlite3.IntegrityError):
+        outbox.append([row(2), (None, "thermo", TOPIC, b"{}", NOW)])
+    assert [e.payload for e in outbox.load()] == [row(1)[3]]
+    assert len(outbox.append([row(3)])) == 1  # the connection is usable again
+
+
+# -- delete and dead letters ------------------------------------------------------------
+
+def test_delete_removes_only_the_given_entries(outbox):
+    ids = outbox.append([row(1), row(2), row(3)])
+    outbox.delete([ids[0], ids[2]])
+    assert [e.id for e in outbox.load()] == [ids[1]]
+
+
+def test_delete_of_unknown_id_is_harmless(outbox):
+    [entry_id] = outbox.append([row(1)])
+    outbox.delete([entry_id + 100])
+    assert [e.id for e in outbox.load()] == [entry_id]
+
+
+def test_dead_letter_moves_the_entry_aside_with_its_reason(outbox):
+    ids = outbox.append([row(1), row(2)])
+    outbox.dead_letter([(ids[0], "PUBACK reason 0x99")], NOW + 50)
+    assert [e.id for e in outbox.load()] == [ids[1]]
+    assert outbox.dead_letters() == [
+        (ids[0], "Dev A", TOPIC, row(1)[3], NOW + 50, "PUBACK reason 0x99")]
+
+
+def test_dead_letters_survive_reopening(outbox):
+    [entry_id] = outbox.append([row(1)])
+    outbox.dead_letter([(entry_id, "PUBACK reason 0x87")], NOW)
+    box = reopen(outbox)
+    try:
+        assert box.load() == []
+        assert [(d[0], d[5]) for d in box.dead_letters()] == [(entry_id, "PUBACK reason 0x87")]
+    finally:
+        box.close()
+
+
+def test_dead_letter_of_unknown_id_records_nothing(outbox):
+    outbox.append([row(1)])
+    outbox.dead_letter([(999, "nope")], NOW)
+    assert outbox.dead_letters() == []
+    assert len(outbox.load()) == 1
+
+
+# -- stats ------------------------------------------------------------------------------
+
+def test_stats_count_entries_and_payload_bytes_still_to_deliver(outbox):
+    assert outbox.stats() == (0, 0)
+    ids = outbox.append([("Dev A", "thermo", TOPIC, b"abc", NOW),
+                         ("Dev A", "thermo", TOPIC, b"defgh", NOW),
+                         ("Dev B", "meter", TOPIC, b"ij", NOW)])
+    assert outbox.stats() == (3, 10)
+    outbox.delete([ids[0]])
+    outbox.dead_letter([(ids[1], "refused")], NOW)
+    assert outbox.stats() == (1, 2)
+
+
+# -- the file ---------------------------------------------------------------------------
+
+def test_database_file_is_private_and_in_wal_mode(db_path, outbox):
+    outbox.append([row(1)])
+    assert mode(db_path) == 0o600
+    assert mode(os.path.dirname(db_path)) == 0o700
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(db_path + suffix):
+            assert mode(db_path + suffix) == 0o600, suffix
+    other = sqlite3.connect(db_path)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        other.close()
+
+
+def test_files_are_private_even_with_a_permissive_umask(tmp_path):
+    path = str(tmp_path / "outbox.sqlite3")
+    old = os.umask(0)
+    try:
+        box = Outbox(path)
+        try:
+            box.append([row(1)])
+            paths = [path] + [path + s for s in ("-wal", "-shm") if os.path.exists(path + s)]
+            assert {p: mode(p) for p in paths} == {p: 0o600 for p in paths}
+        finally:
+            box.close()
+    finally:
+        os.umask(old)
+
+
+def test_synchronous_defaults_to_full_and_can_be_normal(tmp_path):
+    full = Outbox(str(tmp_path / "full.sqlite3"))
+    normal = Outbox(str(tmp_path / "normal.sqlite3"), "normal")
+    try:
+        assert full._db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert normal._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    finally:
+        full.close()
+        normal.close()
+
+
+# -- durability: committed before append returns ------------------------------------------
+
+def test_second_instance_sees_rows_as_soon_as_append_returns(db_path, outbox):
+    other = Outbox(db_path)
+    try:
+        [entry_id] = outbox.append([row(1)])
+        assert [e.id for e in other.load()] == [entry_id]
+        outbox.delete([entry_id])
+        assert other.load() == [] and other.stats() == (0, 0)
+    finally:
+        other.close()
+
+
+def test_rows_of_one_instance_are_visible_to_a_plain_sqlite_reader(db_path, outbox):
+    ids = outbox.append([row(1), row(2)])
+    reader = sqlite3.connect(db_path)
+    try:
+        assert reader.execute("SELECT id FROM outbox ORDER BY id").fetchall() == [
+            (i,) for i in ids]
+    finally:
+        reader.close()
+
+
+def test_two_instances_appending_alternately_get_distinct_increasing_ids(db_path, outbox):
+    other = Outbox(db_path)
+    try:
+        ids = outbox.append([row(1)]) + other.append([row(2)]) + outbox.append([row(3)])
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        assert [e.id for e in other.load()] == ids
+    finally:
+        other.close()
