@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 import txthings.coap as txcoap
 from twisted.application.service import MultiService, Service
@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 
 from .config import Config
 from .core import codes
-from .core import gateway
+from .core import gateway, routes
 from .core.actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision,
                            Publish, RenameDevice, Reply, Request, ResetLink, ServePackage, Store)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
@@ -79,11 +79,19 @@ class Bridge:
         self._flush_call: Any = None
         self.requests: Dict[int, defer.Deferred] = {}
         self.request_peer: Dict[int, Any] = {}  # request ref -> source address
+        self.authenticated: Set[int] = set()  # requests that carry a valid access token
         self.pending_by_peer: Dict[Any, int] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
         self.counters: Dict[str, int] = {"requests": 0, "published": 0, "acknowledged": 0,
                                          "errors": 0}
+
+    def _authenticated(self, request: Request) -> bool:
+        try:
+            route = routes.route(request.method, request.path)
+        except codes.CoapError:
+            return False
+        return route.token is not None and self.lookup(route.token) is not None
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -120,6 +128,8 @@ class Bridge:
             return defer.succeed(coap_edge.make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
         d = defer.Deferred()
+        if self._authenticated(request):
+            self.authenticated.add(ref)
         self.requests[ref] = d
         self.request_peer[ref] = address
         self.pending_by_peer[address] = busy + 1
@@ -315,6 +325,9 @@ class Bridge:
         d = self.requests.pop(ref, None)
         if d is None:
             return
+        if ref in self.authenticated:
+            self.authenticated.discard(ref)
+            message.authenticated = True  # large answers need no amplification limit
         address = self.request_peer.pop(ref)
         left = self.pending_by_peer[address] - 1
         if left:

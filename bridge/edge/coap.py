@@ -225,9 +225,6 @@ class ConfirmableSender:
 
     def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
                payload: bytes, observe: int) -> None:
-        # NON notifications only to a peer that proved it receives them (RFC 7252 §11.3);
-        # until then they go as CON, whose ACK is that proof.
-        confirmable = confirmable or not self.protocol.is_verified(remote)
         message = txcoap.Message(mtype=txcoap.CON if confirmable else txcoap.NON, code=code,
                                  payload=payload, token=token)
         message.opt.observe = observe
@@ -520,9 +517,9 @@ class BridgeCoap(txcoap.Coap):
         body = response.payload
         reader = getattr(response, "body_reader", None)  # a large body read block by block
         size = response.body_size if reader is not None else len(body)
-        if not self.is_verified(request.remote):
-            # RFC 7252 §11.3: to a source that may be spoofed, answer at most AMPLIFICATION
-            # times the request; the client fetches the rest block by block.
+        if not getattr(response, "authenticated", False) and not self.is_verified(request.remote):
+            # RFC 7252 §11.3: to a source that may be spoofed, an unauthenticated request is
+            # answered with at most AMPLIFICATION times its size; the rest goes block by block.
             room = AMPLIFICATION * getattr(request, "size", 0) - 32 - len(request.token)
             while szx > 0 and size > room and (1 << (szx + 4)) > room:
                 szx -= 1

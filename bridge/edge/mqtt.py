@@ -144,10 +144,16 @@ class MqttLink:
         if self.client is None:
             return defer.succeed(None)
         self._stopped = defer.Deferred()
-        self.client.disconnect()
-        self._flush()
+        # Not now: stop() may run inside a paho callback, and paho holds a non-reentrant
+        # lock there that its disconnect callback needs.
+        self.reactor.callLater(0, self._disconnect)
         self.reactor.callLater(2.0, self._force_close)
         return self._stopped
+
+    def _disconnect(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+            self._flush()
 
     def reset(self) -> None:
         """Drop the connection now; the usual reconnect follows."""
