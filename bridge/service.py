@@ -291,6 +291,10 @@ class Bridge:
         try:
             if kind == "rename":
                 changed = self.registry.rename(names[0], names[1])
+                if self.outbox is not None:
+                    self.commit()  # entries being stored now get the new name too
+                    self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
+                                       .rename_device(topic, payload, names[0], names[1]))
             else:
                 changed = self.registry.mark_deleted(names[0])
         except RegistryError as exc:

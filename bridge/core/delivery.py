@@ -10,9 +10,10 @@ when the link dropped go back to the head of their device's queue.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 
 @dataclass(frozen=True)
@@ -102,15 +103,42 @@ class Delivery:
     def oldest_in_flight(self) -> Optional[float]:
         return min((sent for _, sent in self.in_flight.values()), default=None)
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str,
+               payload: Optional[Callable[[Entry], bytes]] = None) -> None:
+        """The platform renamed a device: its waiting entries (queued and in flight) follow,
+        their payloads rewritten by ``payload(entry)``."""
+        def renamed(entry: Entry) -> Entry:
+            body = payload(entry) if payload is not None else entry.payload
+            self.bytes += len(body) - len(entry.payload)
+            return dataclasses.replace(entry, device=new, payload=body)
+        for ref, (entry, sent) in list(self.in_flight.items()):
+            if entry.device == old:
+                self.in_flight[ref] = (renamed(entry), sent)
         if old in self.queues:
-            self.queues.setdefault(new, deque()).extendleft(reversed(self.queues.pop(old)))
+            moved = [renamed(entry) for entry in self.queues.pop(old)]
             self._in_ring.discard(old)
-            self._enter_ring(new)
+            if old in self.ring:
+                self.ring.remove(old)
+            self._push_front(moved)
+
+    def drop_device(self, device: str) -> List[Entry]:
+        """Take every queued entry of ``device`` out (in flight ones finish normally)."""
+        entries = list(self.queues.pop(device, ()))
+        self._in_ring.discard(device)
+        if device in self.ring:
+            self.ring.remove(device)
+        self.count -= len(entries)
+        self.bytes -= sum(len(e.payload) for e in entries)
+        return entries
 
     def _push_front(self, entries: List[Entry]) -> None:
-        for entry in sorted(entries, key=lambda e: e.id, reverse=True):
-            self.queues.setdefault(entry.device, deque()).appendleft(entry)
+        """Put entries back where they belong by id: ahead of everything stored later."""
+        for entry in sorted(entries, key=lambda e: e.id):
+            queue = self.queues.setdefault(entry.device, deque())
+            position = 0
+            while position < len(queue) and queue[position].id < entry.id:
+                position += 1
+            queue.insert(position, entry)
             self._enter_ring(entry.device)
 
     def _enter_ring(self, device: str) -> None:

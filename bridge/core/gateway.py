@@ -8,6 +8,7 @@ sent.
 
 from __future__ import annotations
 
+import json
 from typing import List, Tuple
 
 from .payloads import Claim, TelemetryEntry, Values, dumps
@@ -61,3 +62,13 @@ def publish_packet_size(topic: str, payload: bytes, mqtt5: bool) -> int:
 def rpc_reply(device: str, rpc_id: int, data: object) -> Message:
     """A device's answer to server-side RPC ``rpc_id``; ``data`` is kept as the device sent it."""
     return RPC, dumps({"device": device, "id": rpc_id, "data": data})
+
+
+def rename_device(topic: str, payload: bytes, old: str, new: str) -> bytes:
+    """A stored gateway message of device ``old``, as it must be sent for ``new``."""
+    doc = json.loads(payload)
+    if topic == RPC:
+        doc["device"] = new
+    elif isinstance(doc, dict) and old in doc:
+        doc = {new: doc[old]}
+    return dumps(doc)

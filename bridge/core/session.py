@@ -345,7 +345,8 @@ class GatewayCore:
             self.rpc_waiting[new] = self.rpc_waiting.pop(old)
         if old in self.known_keys:
             self.known_keys[new] = self.known_keys.pop(old)
-        self.delivery.rename(old, new)
+        self.delivery.rename(old, new, lambda entry: gateway.rename_device(
+            entry.topic, entry.payload, old, new))
         self.observers.rename(old, new)
         for fetch in self.fetches.values():
             if fetch.device == old:
@@ -884,11 +885,17 @@ class GatewayCore:
             self.views.pop(params, None)
             self.rpc_waiting.pop(params, None)
             self.known_keys.pop(params, None)
+            dropped = self.delivery.drop_device(params)
             answers: List[Action] = []
             for fetch_id in [i for i, f in self.fetches.items() if f.device == params]:
                 answers += self._fetch_failed(fetch_id, "the platform deleted the device",
                                               codes.UNAUTHORIZED)
             self.observers.cancel_device(params)
+            reason = "the platform deleted device %s" % params
+            answers += [DeadLetter(entry.id, reason) for entry in dropped]
+            if dropped:
+                answers.append(Log("warn", "%d stored uplinks of %s set aside: %s"
+                                   % (len(dropped), params, reason), params))
             return answers + [DeleteDevice(params)]
         return [Log("info", "ignored gateway RPC %r" % (method,))]
 

@@ -9,7 +9,7 @@ only a killed process. Entries the platform refuses are moved to
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Tuple
+from typing import Callable, Iterable, List, Sequence, Tuple
 
 from ..core.delivery import Entry
 from ..sqlite import Transaction, connect
@@ -69,6 +69,16 @@ class Outbox:
                     "INSERT OR REPLACE INTO dead_letters SELECT id, device, device_type, topic, "
                     "payload, created, ?, ? FROM outbox WHERE id = ?", (now, reason, entry_id))
                 self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+
+    def rename(self, old: str, new: str, rewrite: Callable[[str, bytes], bytes]) -> int:
+        """Entries of device ``old`` now belong to ``new``; ``rewrite(topic, payload)``."""
+        rows = self._db.execute("SELECT id, topic, payload FROM outbox WHERE device = ?",
+                                (old,)).fetchall()
+        with Transaction(self._db):
+            for entry_id, topic, payload in rows:
+                self._db.execute("UPDATE outbox SET device = ?, payload = ? WHERE id = ?",
+                                 (new, rewrite(topic, bytes(payload)), entry_id))
+        return len(rows)
 
     def load(self) -> List[Entry]:
         rows = self._db.execute("SELECT id, device, device_type, topic, payload, created "

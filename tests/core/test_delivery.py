@@ -131,8 +131,6 @@ def test_retry_and_done_of_unknown_ref_are_none():
     assert (delivery.count, queued(delivery, "A")) == (1, [1])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: retry() appends each entry to the left of its device "
-                   "queue, so entries retried in the order they were sent end up reversed")
 def test_entries_retried_in_send_order_keep_their_original_order():
     delivery = make(entries=[entry(1), entry(2), entry(3)])
     ref1, _ = take_next(delivery)
@@ -162,9 +160,6 @@ def test_requeue_all_gives_every_requeued_device_a_turn():
     assert sorted(drain(delivery)) == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: requeue_all() pushes in-flight entries in front of "
-                   "the device queue, ahead of an older entry that retry() already put back "
-                   "there, so the link-down redelivery is out of order")
 def test_requeue_all_after_a_retry_keeps_the_original_order():
     delivery = make(entries=[entry(1), entry(2), entry(3)])
     ref1, _ = take_next(delivery)
@@ -273,9 +268,6 @@ def test_rename_of_a_device_without_queued_entries_changes_nothing():
     assert drain(delivery) == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rename() leaves in-flight entries under the old name; "
-                   "retried or requeued after the rename they form a queue of the old name "
-                   "instead of going back to the head of the new name's queue")
 def test_entry_in_flight_during_rename_is_retried_at_the_head_of_the_new_name():
     delivery = make(entries=[entry(1, "A"), entry(2, "A")])
     ref, _ = take_next(delivery)

@@ -401,9 +401,6 @@ def test_data_not_sent_is_published_again_and_its_old_ref_is_ignored():
     assert core.on_published(again.ref, 0, NOW + 1) == [Delete(8)]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Delivery.retry pushes each entry to the head of "
-                   "its device queue, so publishes reported not sent in publish order (as the "
-                   "edge does when the link drops during a burst) come back in reverse order")
 def test_publishes_not_sent_in_a_burst_are_published_again_in_their_order():
     core = connected_core()
     sent = []
@@ -517,9 +514,6 @@ def test_renamed_device_connects_under_its_new_name_and_delivers_its_stored_entr
     assert data.device == "Dev Z" and data.topic == TELEMETRY_TOPIC
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: stored payloads keep the old device name as their "
-                   "gateway key ({\"Dev A\": [...]}), so after gateway_device_renamed the "
-                   "platform files them under (and re-creates) the old name")
 def test_stored_uplink_of_a_renamed_device_is_published_under_the_new_name():
     core = connected_core()
     core.on_link_down(NOW)
@@ -530,10 +524,6 @@ def test_stored_uplink_of_a_renamed_device_is_published_under_the_new_name():
     assert list(json.loads(data.payload)) == ["Dev Z"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Delivery.rename moves only queued entries; an entry "
-                   "in flight keeps the old device name, so after a link drop it is requeued "
-                   "under the old name: a v1/gateway/connect for the old name is sent and the "
-                   "renamed device's later entry overtakes it")
 def test_entry_in_flight_during_a_rename_is_redelivered_first_under_the_new_name():
     core = connected_core(window=1)
     uplink(core, 2, payload=b'{"n": 1}')  # in flight
@@ -547,10 +537,6 @@ def test_entry_in_flight_during_a_rename_is_redelivered_first_under_the_new_name
     assert body[0]["values"] == {"n": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: gateway_device_deleted while the device's connect is "
-                   "pending drops its state but leaves its entries parked in Delivery: they are "
-                   "never published nor set aside, and once the oldest is outbox_max_age old "
-                   "every device's uplinks get 5.03")
 def test_entries_of_a_device_deleted_while_connecting_do_not_block_the_outbox():
     core = make_core({"tok": DEV_A, "tokb": DEV_B}, outbox_max_age=100)
     core.on_link_up(NOW)
