@@ -218,6 +218,7 @@ def test_peer_rate_limit_answers_4_29(tmp_path):
 def test_data_files_are_private(target):
     broker, bridge = target
     for name in os.listdir(bridge.data_dir):
-        mode = os.stat(os.path.join(bridge.data_dir, name)).st_mode & 0o777
-        assert mode == 0o600, (name, oct(mode))
+        path = os.path.join(bridge.data_dir, name)
+        mode = os.stat(path).st_mode & 0o777
+        assert mode == (0o700 if os.path.isdir(path) else 0o600), (name, oct(mode))
     assert os.stat(bridge.data_dir).st_mode & 0o077 == 0
