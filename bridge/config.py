@@ -142,6 +142,13 @@ _LISTS: Dict[str, Any] = {"profiles": ProvisionProfileConfig}
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # HTTP GET /metrics (Prometheus text format); port 0 turns it off.
+    bind_address: str = "127.0.0.1"
+    port: int = 9683
+
+
+@dataclass(frozen=True)
 class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -151,6 +158,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     data_dir: str = "./data"
     log_level: str = "info"
 
@@ -276,6 +284,8 @@ def _check(config: Config, problems: List[str]) -> None:
             value = getattr(value, part)
         return value
 
+    if not 0 <= config.metrics.port <= 65535:
+        problems.append("metrics.port: port %d is out of range 0-65535" % config.metrics.port)
     for key in _PORTS:
         if not 1 <= get(key) <= 65535:
             problems.append("%s: port %d is out of range 1-65535" % (key, get(key)))

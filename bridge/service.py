@@ -86,6 +86,39 @@ class Bridge:
         self.counters: Dict[str, int] = {"requests": 0, "published": 0, "acknowledged": 0,
                                          "errors": 0}
 
+    def metrics(self) -> Dict[str, Any]:
+        core, stats = self.core, self.core.stats
+        protocol = self.sender.protocol if self.sender is not None else None
+        return {
+            "coap_requests_total": ("counter", "CoAP requests handled", self.counters["requests"]),
+            "coap_errors_total": ("counter", "requests answered 4.xx or 5.xx",
+                                  self.counters["errors"]),
+            "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed",
+                                     protocol.malformed if protocol is not None else 0),
+            "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
+                                           stats["acknowledged"]),
+            "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",
+                                        stats["delivered"]),
+            "uplinks_dead_lettered_total": ("counter", "stored uplinks the platform refused",
+                                            stats["dead_lettered"]),
+            "outbox_refused_full_total": ("counter", "uplinks refused with 5.03, outbox full",
+                                          stats["refused_full"]),
+            "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
+                                          stats["store_failed"]),
+            "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
+            "outbox_entries": ("gauge", "uplinks waiting in the outbox", core.delivery.count),
+            "outbox_bytes": ("gauge", "payload bytes waiting in the outbox", core.delivery.bytes),
+            "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
+                                   len(core.delivery.in_flight)),
+            "observers": ("gauge", "observe relations", len(core.observers)),
+            "devices_connected": ("gauge", "devices connected on the gateway session",
+                                  sum(1 for s in core.devices.values() if s.connected)),
+            "mqtt_connected": ("gauge", "1 while the gateway connection is up",
+                               1 if self.link.connected else 0),
+            "ota_fetches_total": ("counter", "packages fetched from their source",
+                                  self.packages.fetches),
+        }
+
     def _authenticated(self, request: Request) -> bool:
         try:
             route = routes.route(request.method, request.path)
@@ -408,6 +441,32 @@ class _CoapService(Service):
         return None
 
 
+class _MetricsService(Service):
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+        self.port: Any = None
+
+    def startService(self) -> None:
+        from twisted.web.server import Site
+
+        from .edge.metrics import MetricsResource
+        cfg = self.bridge.config.metrics
+        Service.startService(self)
+        if cfg.port:
+            site = Site(MetricsResource(self.bridge.metrics))
+            site.noisy = False
+            self.port = self.bridge.reactor.listenTCP(cfg.port, site, interface=cfg.bind_address)
+            log.info("Metrics on http://{host}:{port}/metrics", host=cfg.bind_address,
+                     port=self.port.getHost().port)
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
 class BridgeService(MultiService):
     """MQTT first, then the core's timer, then CoAP; stopped in reverse."""
 
@@ -418,6 +477,7 @@ class BridgeService(MultiService):
         self.coap = _CoapService(self.bridge)
         _MqttService(self.bridge).setServiceParent(self)
         _TickService(self.bridge).setServiceParent(self)
+        _MetricsService(self.bridge).setServiceParent(self)
         self.coap.setServiceParent(self)
 
     def startService(self) -> None:

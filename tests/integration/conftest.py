@@ -155,7 +155,8 @@ class BridgeProcess:
         coap.update(overrides.pop("coap", {}))
         # Load tests send far more than a device would; rate-limit tests set their own limits.
         config = {"coap": coap, "mqtt": mqtt, "data_dir": self.data_dir, "log_level": "debug",
-                  "limits": {"device_rate": 0, "peer_rate": 0, "max_pending_per_peer": 10000}}
+                  "limits": {"device_rate": 0, "peer_rate": 0, "max_pending_per_peer": 10000},
+                  "metrics": {"port": 0}}
         config.update(overrides)
         with open(self.config, "w") as handle:
             json.dump(config, handle)  # JSON is YAML

@@ -172,3 +172,24 @@ def test_tokens_never_appear_in_full_in_the_log(bridge, client):
     post(client, "/api/v1/secretTOKEN123/telemetry", {"z": 1})
     log = bridge.read_log()
     assert "tokenA" not in log and "secretTOKEN123" not in log
+
+
+def test_metrics_endpoint_counts_uplinks(tmp_path, broker):
+    import urllib.request
+    from conftest import BridgeProcess, free_port
+    port = free_port()
+    process = BridgeProcess(str(tmp_path), broker.port, metrics={"port": port})
+    process.add_device("M", "tokM")
+    process.start()
+    try:
+        client = raw.Client(process.host, process.coap_port)
+        assert post(client, "/api/v1/tokM/telemetry", {"m": 1}).code_str == "2.01"
+        assert post(client, "/api/v1/nope/telemetry", {"m": 1}).code_str == "4.01"
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read()
+        text = text.decode()
+        assert "coapbridge_uplinks_acknowledged_total 1" in text
+        assert "coapbridge_coap_errors_total 1" in text
+        assert "coapbridge_mqtt_connected 1" in text
+        assert "# TYPE coapbridge_outbox_entries gauge" in text
+    finally:
+        process.stop()
