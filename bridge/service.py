@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 
 from .config import Config
 from .core import codes
-from .core import gateway, routes
+from .core import gateway
 from .core.actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision,
                            Publish, RenameDevice, Reply, Request, ResetLink, ServePackage, Store)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
@@ -80,6 +80,7 @@ class Bridge:
         self.requests: Dict[int, defer.Deferred] = {}
         self.request_peer: Dict[int, Any] = {}  # request ref -> source address
         self.authenticated: Set[int] = set()  # requests that carry a valid access token
+        self._looked_up = False
         self.pending_by_peer: Dict[Any, int] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
@@ -119,18 +120,13 @@ class Bridge:
                                   self.packages.fetches),
         }
 
-    def _authenticated(self, request: Request) -> bool:
-        try:
-            route = routes.route(request.method, request.path)
-        except codes.CoapError:
-            return False
-        return route.token is not None and self.lookup(route.token) is not None
-
     def now(self) -> float:
         return self.reactor.seconds()
 
     def lookup(self, token: str) -> Optional[Device]:
-        return self.registry.lookup(token) if self.registry is not None else None
+        device = self.registry.lookup(token) if self.registry is not None else None
+        self._looked_up = device is not None
+        return device
 
     # -- CoAP edge -------------------------------------------------------------
 
@@ -152,7 +148,6 @@ class Bridge:
                 payload=message.payload,
                 query=tuple(item.decode("utf-8") for item in message.opt.uri_query),
                 content_format=message.opt.content_format,
-                peer=_peer(message.remote),
                 observe=message.opt.observe,
                 token=message.token,
                 remote=message.remote,
@@ -161,12 +156,14 @@ class Bridge:
             return defer.succeed(coap_edge.make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
         d = defer.Deferred()
-        if self._authenticated(request):
-            self.authenticated.add(ref)
         self.requests[ref] = d
-        self.request_peer[ref] = address
+        self.request_peer[ref] = message.remote
         self.pending_by_peer[address] = busy + 1
-        self.apply(self.core.on_request(request, self.now()), request.peer)
+        self._looked_up = False
+        actions = self.core.on_request(request, self.now())
+        if self._looked_up:  # the request carried a valid access token
+            self.authenticated.add(ref)
+        self.apply(actions)
         return d
 
     # -- MQTT edge (LinkListener) ------------------------------------------------
@@ -196,10 +193,10 @@ class Bridge:
 
     # -- actions -----------------------------------------------------------------
 
-    def apply(self, actions: List[Any], peer: str = "") -> None:
+    def apply(self, actions: List[Any]) -> None:
         for action in actions:
             if isinstance(action, Reply):
-                self._reply(action, peer)
+                self._reply(action)
             elif isinstance(action, Publish):
                 mid = self.link.publish(action.topic, action.payload)
                 if mid is None:
@@ -345,14 +342,15 @@ class Bridge:
         self.answer_request(ref, coap_edge.make_response(
             code, body, codes.APPLICATION_JSON if body else None))
 
-    def _reply(self, reply: Reply, peer: str) -> None:
+    def _reply(self, reply: Reply) -> None:
         # A device's bad request is its problem, and logging each one would let any
         # device flood the log: per-request answers are debug; states worth an operator's
         # attention (outbox full, platform refusals) arrive as Log actions from the core.
         if reply.code >= codes.BAD_REQUEST:
             self.counters["errors"] += 1
+            remote = self.request_peer.get(reply.ref)
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
-                      peer=peer or "device", reason=reply.reason)
+                      peer=_peer(remote) if remote else "device", reason=reply.reason)
         self.answer_request(reply.ref, coap_edge.make_response(
             reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
             reply.observe))
@@ -365,7 +363,7 @@ class Bridge:
         if ref in self.authenticated:
             self.authenticated.discard(ref)
             message.authenticated = True  # large answers need no amplification limit
-        address = self.request_peer.pop(ref)
+        address = self.request_peer.pop(ref)[0]
         left = self.pending_by_peer[address] - 1
         if left:
             self.pending_by_peer[address] = left

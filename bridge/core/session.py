@@ -146,6 +146,7 @@ class GatewayCore:
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
         self.draining = False  # shutting down: publish no more stored entries
+        self.oldest_entry: Optional[float] = None  # creation time of the oldest stored entry
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "dead_lettered": 0,
                                       "refused_full": 0, "store_failed": 0, "rate_limited": 0}
         self._next_ref = 0
@@ -179,6 +180,8 @@ class GatewayCore:
             self.delivery.add(Entry(entry_id, store.device, store.device_type, store.topic,
                                     store.payload, now))
             self.stats["acknowledged"] += 1
+            if self.oldest_entry is None:
+                self.oldest_entry = now
             actions.append(Reply(request_ref, codes.CREATED))
         return actions + self._pump(now)
 
@@ -195,6 +198,7 @@ class GatewayCore:
         """Entries found in the outbox at start: deliver them, in their order."""
         for entry in sorted(entries, key=lambda e: e.id):
             self.delivery.add(entry)
+        self.oldest_entry = self.delivery.oldest()
         return self._pump(now)
 
     def on_not_sent(self, ref: int, now: float) -> List[Action]:
@@ -256,6 +260,7 @@ class GatewayCore:
 
     def on_tick(self, now: float) -> List[Action]:
         actions: List[Action] = []
+        self.oldest_entry = self.delivery.oldest()
         for ref in [ref for ref, p in self.pending.items() if p.deadline <= now]:
             pending = self.pending.pop(ref)
             state = self.devices.get(pending.device)
@@ -460,7 +465,9 @@ class GatewayCore:
             return "%d entries" % settings.outbox_max_entries
         if self.delivery.bytes + self.storing_bytes + size > settings.outbox_max_bytes:
             return "%d bytes" % settings.outbox_max_bytes
-        oldest = self.delivery.oldest()
+        oldest = self.oldest_entry  # kept by on_stored and on_tick; exact only when it matters
+        if oldest is not None and now - oldest > settings.outbox_max_age:
+            oldest = self.oldest_entry = self.delivery.oldest()
         if oldest is not None and now - oldest > settings.outbox_max_age:
             return "oldest entry older than %.0f s" % settings.outbox_max_age
         return None

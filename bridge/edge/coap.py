@@ -36,7 +36,6 @@ import random
 import struct
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import txthings.coap as txcoap
@@ -328,7 +327,9 @@ class BridgeCoap(txcoap.Coap):
             return
         try:
             numbers = inspect(data)
-            message = txcoap.Message.decode(data, (ip_address(remote[0]), remote[1]), self)
+            # the remote stays Twisted's (host, port) tuple: hashing and printing an
+            # ipaddress object per datagram costs more than the rest of the decoding
+            message = txcoap.Message.decode(data, (remote[0], remote[1]), self)
             block1, block2 = message.opt.block1, message.opt.block2
             message.size = len(data)
         except (Malformed, ValueError, struct.error, IndexError) as exc:

@@ -124,6 +124,7 @@ class MqttLink:
         self._ticker = LoopingCall(self._misc)
         self._ticker.clock = reactor
         self._stopped: Optional[defer.Deferred] = None
+        self._flush_call: Any = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -170,8 +171,13 @@ class MqttLink:
             log.warn("Publish on {topic} refused by the client: {error}", topic=topic,
                      error=paho.error_string(info.rc))
             return None
-        self._flush()
+        if self._flush_call is None:  # one write for all publishes of this reactor turn
+            self._flush_call = self.reactor.callLater(0, self._flush_later)
         return info.mid
+
+    def _flush_later(self) -> None:
+        self._flush_call = None
+        self._flush()
 
     # -- connecting without blocking -------------------------------------------
 
@@ -282,7 +288,9 @@ class MqttLink:
                               clean_session=None if cfg.mqtt5 else True)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.password or None)
-        client.max_inflight_messages_set(cfg.max_inflight)
+        # The core bounds what is in flight (mqtt.max_inflight); 0 here keeps paho from
+        # scanning its whole queue on every PUBACK.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -49,14 +49,20 @@ class Outbox:
 
     def append(self, rows: Sequence[Row]) -> List[int]:
         """Store ``rows`` in one transaction and return their ids, in order."""
-        ids = []
         with Transaction(self._db):
-            for row in rows:
-                cursor = self._db.execute(
-                    "INSERT INTO outbox (device, device_type, topic, payload, created) "
-                    "VALUES (?, ?, ?, ?, ?)", row)
-                ids.append(cursor.lastrowid)
+            # ids are ours to give: this connection is the only writer
+            first = self._next_id()
+            ids = list(range(first, first + len(rows)))
+            self._db.executemany(
+                "INSERT INTO outbox (id, device, device_type, topic, payload, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)", [(i,) + tuple(row) for i, row in zip(ids, rows)])
         return ids
+
+    def _next_id(self) -> int:
+        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        top = self._db.execute("SELECT max(id) FROM outbox").fetchone()[0]
+        dead = self._db.execute("SELECT max(id) FROM dead_letters").fetchone()[0]
+        return max(seq[0] if seq else 0, top or 0, dead or 0) + 1
 
     def delete(self, ids: Iterable[int]) -> None:
         with Transaction(self._db):
