@@ -4,39 +4,50 @@
 #                127.0.0.1:1883, register demo-device, run the bridge in the foreground
 #   make test    install what is missing (incl. test-only CoAP clients), run pytest;
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
-#   make clean   remove .venv and .tools (keeps data/, the device registry)
+#   make bench   benchmarks (QUICK=1: under 2 minutes); results in bench/results/
+#   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
 #
+# PYTHON=pypy3 runs the bridge (and the tests) on PyPy, in .venv-pypy3.
 # The longer logic is in scripts/install.sh and scripts/run.sh.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+# .venv is always CPython: the tools, the load generator, the plots.
 VENV := .venv
+# The interpreter that runs the bridge: .venv itself, or one per other interpreter.
+PYVENV := $(if $(filter python3,$(PYTHON)),$(VENV),.venv-$(notdir $(PYTHON)))
 TOOLS := .tools
-# Rebuilt (pip install -e) only when setup.cfg changes; lives in .venv so it goes with it.
+# Rebuilt (pip install -e) only when setup.cfg changes; lives in the venv so it goes with it.
 STAMP := $(VENV)/.coapbridge-installed
+PYSTAMP := $(PYVENV)/.coapbridge-installed
 COAP_CLI := $(CURDIR)/$(TOOLS)/node_modules/.bin/coap
 CONFIG ?= conf/coapbridge.yaml
 PYTEST_ARGS ?=
 # Run all of tests/ unless PYTEST_ARGS names test paths itself.
 TEST_PATHS := $(if $(filter tests% ./tests%,$(PYTEST_ARGS)),,tests)
 
-export PYTHON VENV TOOLS CONFIG
+export PYTHON TOOLS CONFIG
 
-.PHONY: help run test clean system-deps system-deps-test node-tools
+.PHONY: help run test bench clean system-deps system-deps-test node-tools
 # The steps depend on each other (apt-get installs npm for node-tools, ...).
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,8s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,10s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
-run: system-deps $(STAMP)
-	bash scripts/run.sh
+run: system-deps $(PYSTAMP)
+	VENV=$(PYVENV) bash scripts/run.sh
 
-test: system-deps-test $(STAMP) node-tools
+test: system-deps-test $(PYSTAMP) node-tools
 	COAP_CLI=$(COAP_CLI) PATH="$$PATH:/usr/sbin" \
-		$(VENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
+		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
+
+bench: system-deps $(STAMP) $(PYSTAMP)
+	$(VENV)/bin/python -m pip install -q matplotlib
+	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python bench/run.py $(if $(QUICK),--quick) \
+		--server-python $(PYVENV)/bin/python
 
 system-deps:
 	bash scripts/install.sh system
@@ -45,11 +56,17 @@ system-deps-test:
 	bash scripts/install.sh system --test
 
 $(STAMP): setup.cfg
-	bash scripts/install.sh venv
+	PYTHON=python3 VENV=$(VENV) bash scripts/install.sh venv
 	touch $@
+
+ifneq ($(PYVENV),$(VENV))
+$(PYSTAMP): setup.cfg
+	VENV=$(PYVENV) bash scripts/install.sh venv
+	touch $@
+endif
 
 node-tools:
 	bash scripts/install.sh node-tools
 
 clean:
-	rm -rf $(VENV) $(TOOLS)
+	rm -rf $(VENV) .venv-* $(TOOLS)

@@ -75,8 +75,10 @@ cmd_system() {
     local packages=()
     have mosquitto || packages+=(mosquitto)
     have coap-client-notls || packages+=(libcoap3-bin)
-    if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-        packages+=(python3-venv)
+    if ! command -v "$PYTHON" >/dev/null 2>&1 && [ "$PYTHON" = pypy3 ]; then
+        packages+=(pypy3 pypy3-venv)
+    elif ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        packages+=("$([ "$PYTHON" = pypy3 ] && echo pypy3-venv || echo python3-venv)")
     fi
     if [ "$with_test" -eq 1 ] && ! command -v npm >/dev/null 2>&1; then
         packages+=(npm)

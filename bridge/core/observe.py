@@ -19,7 +19,7 @@ A NON relation gets NON notifications, except that at least one in every
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple
 
 from . import codes
@@ -28,6 +28,7 @@ from .actions import Notify
 ACK, RESET, TIMEOUT = "ack", "reset", "timeout"
 OBSERVE_MODULUS = 1 << 24
 RECENT_NON = 4096
+_EMPTY: Deque[Any] = deque(maxlen=0)  # shared by relations with nothing queued
 
 
 @dataclass
@@ -39,16 +40,22 @@ class Pending:
     item: Any = None
 
 
-@dataclass
 class Relation:
-    device: str
-    feature: str
-    remote: Hashable
-    token: bytes
-    confirmable: bool
-    last_con: float
-    queue: Deque[Pending] = field(default_factory=deque)
-    in_flight: Optional[Tuple[int, Pending]] = None
+    """One observer. Slots and a shared empty queue keep it small: there may be 100,000."""
+
+    __slots__ = ("device", "feature", "remote", "token", "confirmable", "last_con", "queue",
+                 "in_flight")
+
+    def __init__(self, device: str, feature: str, remote: Hashable, token: bytes,
+                 confirmable: bool, last_con: float):
+        self.device = device
+        self.feature = feature
+        self.remote = remote
+        self.token = token
+        self.confirmable = confirmable
+        self.last_con = last_con
+        self.queue: Deque[Pending] = _EMPTY  # replaced by a real deque on first use
+        self.in_flight: Optional[Tuple[int, Pending]] = None
 
 
 class Observers:
@@ -116,6 +123,8 @@ class Observers:
         relation = self.relations.get((device, feature))
         if relation is None:
             return []
+        if relation.queue is _EMPTY:
+            relation.queue = deque()
         relation.queue.append(pending)
         return self._pump(relation, now)
 
@@ -177,5 +186,5 @@ class Observers:
             leftovers.append(relation.in_flight[1])
             relation.in_flight = None
         leftovers += list(relation.queue)
-        relation.queue.clear()
+        relation.queue = _EMPTY
         return leftovers

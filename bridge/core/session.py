@@ -709,6 +709,8 @@ class GatewayCore:
                                       Pending(payloads.dumps(delta)), now)
 
     def _learn_keys(self, device: str, values: Dict[str, Any]) -> None:
+        if not values:
+            return
         known = self.known_keys.setdefault(device, set())
         if len(known) < MAX_KNOWN_KEYS:
             known.update(k for k in values if k != "deleted")

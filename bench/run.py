@@ -1,0 +1,495 @@
+"""coapbridge benchmarks: the bridge end to end against reference servers, in one run.
+
+    python bench/run.py [--quick] [--server-python PYTHON]
+
+The bridge (or the baseline server) runs pinned to CPU 0; the load generator,
+mosquitto and the platform run on CPU 1. Results go to bench/results/
+(results.json, results.md, results.png). See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host_platform
+import selectors
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+import loadgen  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+
+_last_draw = [0.0]
+
+
+def progress(label: str, fraction: float) -> None:
+    now = time.time()
+    if fraction < 1.0 and now - _last_draw[0] < 0.25:
+        return
+    _last_draw[0] = now
+    width = 30
+    done = int(width * min(1.0, fraction))
+    sys.stderr.write("\r%-34s [%s%s] %3d%%" % (label[:34], "#" * done, "." * (width - done),
+                                               int(100 * min(1.0, fraction))))
+    sys.stderr.flush()
+    if fraction >= 1.0:
+        sys.stderr.write("\n")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_kib(pid: int) -> int:
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port: int, udp: bool = False, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if udp:
+            return
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("nothing listens on %d" % port)
+
+
+class Run:
+    def __init__(self, quick: bool, server_python: str):
+        self.quick = quick
+        self.python = server_python
+        self.work = tempfile.mkdtemp(prefix="coapbridge-bench-")
+        self.procs: List[subprocess.Popen] = []
+        os.sched_setaffinity(0, {int(LOAD_CPU)})
+        self.duration = 3.0 if quick else 12.0
+
+    def spawn(self, args: List[str], cpu: str, **kwargs: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(["taskset", "-c", cpu] + args, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for proc in self.procs:
+            self.stop(proc)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def mosquitto(self) -> int:
+        port = free_port()
+        conf = os.path.join(self.work, "mosquitto-%d.conf" % port)
+        user = "user root\n" if os.geteuid() == 0 else ""
+        with open(conf, "w") as handle:
+            handle.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                         "max_inflight_messages 0\nmax_queued_messages 0\n%s" % (port, user))
+        self.spawn([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf], LOAD_CPU,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        return port
+
+    def platform(self, port: int, mode: str, fw: Optional[dict] = None) -> subprocess.Popen:
+        proc = self.spawn([sys.executable, os.path.join(HERE, "fakeplatform.py"), str(port), mode,
+                           "0", json.dumps(fw or {})], LOAD_CPU,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None) -> Any:
+        data = tempfile.mkdtemp(dir=self.work)
+        from bridge.registry import Registry
+        registry = Registry(os.path.join(data, "registry.sqlite3"))
+        registry.import_rows([(name, "t" + name, "default") for name in devices])
+        registry.close()
+        coap_port = free_port(socket.SOCK_DGRAM)
+        config = {"coap": {"bind_address": "127.0.0.1", "bind_port": coap_port,
+                           "max_observers": 1_000_000},
+                  "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+                  "data_dir": data, "log_level": "warn", "metrics": {"port": 0},
+                  "limits": {"device_rate": 0, "peer_rate": 0, "max_pending_per_peer": 1_000_000}}
+        for key, value in (extra or {}).items():
+            config.setdefault(key, {}).update(value)
+        path = os.path.join(data, "bridge.yaml")
+        with open(path, "w") as handle:
+            json.dump(config, handle)
+        twistd = os.path.join(os.path.dirname(self.python), "twistd")
+        proc = self.spawn([twistd, "-n", "--pidfile=", "coapbridge", "--config", path],
+                          SERVER_CPU, stdout=open(os.path.join(data, "bridge.log"), "w"),
+                          stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            with open(os.path.join(data, "bridge.log")) as handle:
+                if "Connected to MQTT broker" in handle.read():
+                    break
+            time.sleep(0.05)
+        return proc, coap_port
+
+    def baseline(self, mode: str) -> Any:
+        port = free_port(socket.SOCK_DGRAM)
+        if mode == "libcoap":
+            proc = self.spawn(["coap-server-notls", "-A", "127.0.0.1", "-p", str(port)],
+                              SERVER_CPU, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+        else:
+            proc = self.spawn([self.python, os.path.join(HERE, "servers.py"), mode, str(port)],
+                              SERVER_CPU, stdout=subprocess.PIPE, cwd=ROOT)
+            proc.stdout.readline()
+        return proc, port
+
+
+def templates(devices: List[str]) -> List[bytes]:
+    return [loadgen.request_template(2, "/api/v1/t%s/telemetry" % d, b'{"temperature":21.5}')
+            for d in devices]
+
+
+def saturate(label: str, port: int, tpl: List[bytes], duration: float, **kw: Any) -> Any:
+    result = loadgen.run("127.0.0.1", port, tpl, duration, progress=lambda f: progress(label, f),
+                         **kw)
+    progress(label, 1.0)
+    return result
+
+
+def summary(result: Any) -> Dict[str, Any]:
+    return {"rate": round(result.rate), "answered": result.answered, "lost": result.lost,
+            "p50_ms": round(result.percentile(50) * 1000, 2),
+            "p99_ms": round(result.percentile(99) * 1000, 2),
+            "p999_ms": round(result.percentile(99.9) * 1000, 2),
+            "codes": dict(result.codes)}
+
+
+def scenario_telemetry(run: Run, out: Dict[str, Any]) -> None:
+    devices = ["dev%d" % n for n in range(200)]
+    tpl = templates(devices)
+    baselines = {}
+    for mode in ("stock", "engine", "libcoap"):
+        proc, port = run.baseline(mode)
+        baselines[mode] = summary(saturate("baseline " + mode, port, tpl, run.duration,
+                                           sockets=32, window=4))
+        run.stop(proc)
+    out["baselines"] = baselines
+    out["broker_publish_rate"] = broker_rate(run)
+
+    mqtt = run.mosquitto()
+    counter = run.platform(mqtt, "count")
+    proc, port = run.bridge(mqtt, devices)
+    saturation = summary(saturate("bridge saturation", port, tpl, run.duration,
+                                  sockets=32, window=4))
+    fixed = {}
+    for share in (25, 50, 75):
+        rate = saturation["rate"] * share / 100.0
+        fixed[share] = summary(saturate("bridge at %d%%" % share, port, tpl, run.duration,
+                                        sockets=32, window=16, rate=rate))
+    acked = saturation["codes"].get("2.01", 0) + sum(f["codes"].get("2.01", 0)
+                                                     for f in fixed.values())
+    delivered = 0
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        counter.stdin.write("count\n")
+        counter.stdin.flush()
+        delivered = int(counter.stdout.readline())
+        if delivered >= acked:
+            break
+        time.sleep(0.5)
+    out["bridge"] = {"saturation": saturation, "fixed": fixed, "acknowledged": acked,
+                     "delivered": delivered, "rss_kib": rss_kib(proc.pid)}
+    run.stop(proc)
+    run.stop(counter)
+
+
+def broker_rate(run: Run) -> Dict[str, Any]:
+    mqtt = run.mosquitto()
+    code = ("import time,paho.mqtt.client as m\n"
+            "from paho.mqtt.enums import CallbackAPIVersion as V\n"
+            "c=m.Client(V.VERSION2,client_id='bench-pub');c.max_inflight_messages_set(100)\n"
+            "n=[0];c.on_publish=lambda *a:n.__setitem__(0,n[0]+1)\n"
+            "c.connect('127.0.0.1',%d);c.loop_start();time.sleep(0.5)\n"
+            "p=b'{\"dev0\":[{\"ts\":1700000000000,\"values\":{\"temperature\":21.5}}]}'\n"
+            "end=time.time()+%f\n"
+            "while time.time()<end:\n"
+            "  if c._inflight_messages<100: c.publish('v1/gateway/telemetry',p,qos=1)\n"
+            "  else: time.sleep(0.0005)\n"
+            "print(n[0]/%f)\n" % (mqtt, run.duration, run.duration))
+    proc = run.spawn([sys.executable, "-c", code], SERVER_CPU, stdout=subprocess.PIPE, text=True)
+    progress("broker: one paho client", 0.0)
+    rate = float(proc.communicate(timeout=run.duration + 30)[0].strip())
+    progress("broker: one paho client", 1.0)
+    return {"rate": round(rate)}
+
+
+def scenario_observers(run: Run, out: Dict[str, Any]) -> None:
+    count = 3_000 if run.quick else 100_000
+    devices = ["obs%d" % n for n in range(count)]
+    mqtt = run.mosquitto()
+    answerer = run.platform(mqtt, "answer")
+    proc, port = run.bridge(mqtt, devices)
+    time.sleep(1.0)
+    before = rss_kib(proc.pid)
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
+    selector = selectors.DefaultSelector()
+    for n, sock in enumerate(socks):
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.connect(("127.0.0.1", port))
+        selector.register(sock, selectors.EVENT_READ)
+    registered, notified, sent = 0, 0, 0
+    start = time.time()
+    window = 256
+    while registered < count and time.time() - start < 600:
+        while sent < count and sent - registered < window:
+            n = sent
+            token = struct.pack("!I", n)
+            body = loadgen.request_template(1, "/api/v1/t%s/attributes" % devices[n], b"",
+                                            extra=[(6, b"")])
+            header = struct.pack("!BBH", 0x50 | 4, 1, n & 0xFFFF)  # NON GET, TKL 4
+            socks[n % 64].send(header + token + body)
+            sent += 1
+        for key, _ in selector.select(0.05):
+            while True:
+                try:
+                    data = key.fileobj.recv(2048)
+                except BlockingIOError:
+                    break
+                if data[1] == 0x45:
+                    registered += 1
+        progress("observers: register %d" % count, registered / count)
+    progress("observers: register %d" % count, 1.0)
+    time.sleep(1.0)
+    after = rss_kib(proc.pid)
+    answerer.stdin.write("push %d\n" % count)
+    answerer.stdin.flush()
+    t0 = time.time()
+    while notified < count and time.time() - t0 < 300:
+        for key, _ in selector.select(0.05):
+            while True:
+                try:
+                    data = key.fileobj.recv(2048)
+                except BlockingIOError:
+                    break
+                if data[1] == 0x45:
+                    notified += 1
+        progress("observers: fan-out", notified / count)
+    elapsed = time.time() - t0
+    progress("observers: fan-out", 1.0)
+    out["observers"] = {"devices": count, "registered": registered,
+                        "rss_growth_kib": after - before,
+                        "bytes_per_observer": round((after - before) * 1024 / max(1, registered)),
+                        "notified": notified, "fanout_seconds": round(elapsed, 2),
+                        "notifications_per_s": round(notified / elapsed) if elapsed else 0}
+    for sock in socks:
+        sock.close()
+    run.stop(proc)
+    run.stop(answerer)
+
+
+def scenario_firmware(run: Run, out: Dict[str, Any]) -> None:
+    downloaders = 10 if run.quick else 100
+    package = os.urandom(1024 * 1024)
+    folder = os.path.join(run.work, "packages", "bench")
+    os.makedirs(folder)
+    with open(os.path.join(folder, "1.0"), "wb") as handle:
+        handle.write(package)
+    import hashlib
+    fw = {"fw_title": "bench", "fw_version": "1.0", "fw_size": len(package),
+          "fw_checksum": hashlib.sha256(package).hexdigest(), "fw_checksum_algorithm": "SHA256"}
+    devices = ["fw%d" % n for n in range(downloaders)] + ["dev%d" % n for n in range(50)]
+    mqtt = run.mosquitto()
+    answerer = run.platform(mqtt, "answer", fw)
+    proc, port = run.bridge(mqtt, devices, {"ota": {"source": "directory",
+                                                    "directory": os.path.join(run.work,
+                                                                              "packages")}})
+    socks = []
+    selector = selectors.DefaultSelector()
+    blocks = len(package) // 1024
+    state = {}
+    for n in range(downloaders):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect(("127.0.0.1", port))
+        selector.register(sock, selectors.EVENT_READ, n)
+        socks.append(sock)
+        state[n] = {"block": 0, "data": [], "mid": n * 1000, "sent": 0.0}
+
+    def ask(n: int) -> None:
+        s = state[n]
+        s["mid"] = (s["mid"] + 1) & 0xFFFF
+        block2 = (s["block"] << 4) | 6
+        option = block2.to_bytes(max(1, (block2.bit_length() + 7) // 8), "big")
+        body = loadgen.request_template(1, "/fw/tfw%d" % n, b"", extra=[(23, option)])
+        socks[n].send(struct.pack("!BBHH", 0x42, 1, s["mid"], s["mid"]) + body)
+        s["sent"] = time.time()
+
+    telemetry_tpl = templates(["dev%d" % n for n in range(50)])
+    import threading
+    telemetry: Dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: telemetry.update(summary(loadgen.run(
+        "127.0.0.1", port, telemetry_tpl, 30.0 if not run.quick else 10.0, sockets=8, window=2,
+        rate=1000))), daemon=True)
+    thread.start()
+    start = time.time()
+    for n in range(downloaders):
+        ask(n)
+    done = 0
+    while done < downloaders and time.time() - start < 600:
+        for key, _ in selector.select(0.05):
+            n = key.data
+            try:
+                data = key.fileobj.recv(2048)
+            except BlockingIOError:
+                continue
+            if data[1] == 0 or struct.unpack("!H", data[4:6])[0] != state[n]["mid"]:
+                continue
+            payload = data[data.index(b"\xff", 6) + 1:] if b"\xff" in data[6:] else b""
+            state[n]["data"].append(payload)
+            state[n]["block"] += 1
+            if state[n]["block"] < blocks:
+                ask(n)
+            else:
+                done += 1
+        now = time.time()
+        for n, s in state.items():  # retransmit a lost request
+            if s["block"] < blocks and now - s["sent"] > 2.0:
+                ask(n)
+        progress("firmware: %d x 1 MiB" % downloaders, done / downloaders)
+    elapsed = time.time() - start
+    progress("firmware: %d x 1 MiB" % downloaders, 1.0)
+    thread.join()
+    intact = sum(1 for s in state.values() if b"".join(s["data"]) == package)
+    out["firmware"] = {"devices": downloaders, "seconds": round(elapsed, 2), "intact": intact,
+                       "throughput_kib_s": round(downloaders * 1024 / elapsed),
+                       "telemetry_during": telemetry}
+    for sock in socks:
+        sock.close()
+    run.stop(proc)
+    run.stop(answerer)
+
+
+def write_report(out: Dict[str, Any]) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "results.json"), "w") as handle:
+        json.dump(out, handle, indent=2)
+    bridge = out["bridge"]["saturation"]["rate"]
+    base = out["baselines"]
+    lines = ["# coapbridge benchmark results", "",
+             "%s, %s %s, %d CPUs, %s mode, %s" % (out["when"], out["python"], out["python_version"],
+                                                  os.cpu_count() or 0, out["mode"],
+                                                  host_platform.machine()), "",
+             "## Telemetry, one CoAP POST per uplink (bridge and baselines on one core)", "",
+             "| Server | req/s | bridge / server | p50 ms | p99 ms | p99.9 ms |",
+             "|---|---:|---:|---:|---:|---:|"]
+    rows = [("coapbridge end to end (outbox, MQTT, PUBACK)", out["bridge"]["saturation"])]
+    rows += [(name, base[key]) for name, key in (("txThings 0.3.0 stock, no work", "stock"),
+                                                 ("txThings + coapbridge engine, no work",
+                                                  "engine"),
+                                                 ("libcoap coap-server (C), 4.04", "libcoap"))]
+    for name, row in rows:
+        lines.append("| %s | %d | %.2f | %.2f | %.2f | %.2f |" % (
+            name, row["rate"], bridge / row["rate"] if row["rate"] else 0, row["p50_ms"],
+            row["p99_ms"], row["p999_ms"]))
+    lines += ["", "Broker: one paho client publishes %d QoS 1 messages/s."
+              % out["broker_publish_rate"]["rate"], "",
+              "Acknowledged %d uplinks, the platform received %d."
+              % (out["bridge"]["acknowledged"], out["bridge"]["delivered"]), "",
+              "| Bridge at a fixed rate | req/s | p50 ms | p99 ms | p99.9 ms |",
+              "|---|---:|---:|---:|---:|"]
+    for share, row in out["bridge"]["fixed"].items():
+        lines.append("| %s%% of saturation | %d | %.2f | %.2f | %.2f |" % (
+            share, row["rate"], row["p50_ms"], row["p99_ms"], row["p999_ms"]))
+    obs = out["observers"]
+    lines += ["", "## Observers", "",
+              "%d devices observing /attributes (NON): %d registered, RSS +%d KiB, "
+              "**%d bytes per observer**; one shared-attribute push per device reached %d "
+              "observers in %.2f s (**%d notifications/s**)." % (
+                  obs["devices"], obs["registered"], obs["rss_growth_kib"],
+                  obs["bytes_per_observer"], obs["notified"], obs["fanout_seconds"],
+                  obs["notifications_per_s"])]
+    fw = out["firmware"]
+    lines += ["", "## Firmware", "",
+              "%d devices each downloaded a 1 MiB package (Block2, 1024-byte blocks) at once in "
+              "%.2f s (%d KiB/s in total, %d intact) while 50 devices posted telemetry at up to "
+              "1000/s (%d/s answered, p99 %.2f ms)." % (
+                  fw["devices"], fw["seconds"], fw["throughput_kib_s"], fw["intact"],
+                  fw["telemetry_during"].get("rate", 0), fw["telemetry_during"].get("p99_ms", 0))]
+    with open(os.path.join(RESULTS, "results.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = ["coapbridge\nend to end", "txThings\nstock", "txThings +\nworkarounds",
+             "libcoap\n(C)"]
+    rates = [out["bridge"]["saturation"]["rate"], base["stock"]["rate"], base["engine"]["rate"],
+             base["libcoap"]["rate"]]
+    left.bar(names, rates, color=["#c0392b", "#7f8c8d", "#95a5a6", "#34495e"])
+    left.set_ylabel("requests / s (one core)")
+    left.set_title("Saturation throughput")
+    shares = list(out["bridge"]["fixed"])
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
+        right.plot([int(s) for s in shares], [out["bridge"]["fixed"][s][key] for s in shares],
+                   marker="o", label=label)
+    right.set_xlabel("load, % of saturation")
+    right.set_ylabel("latency, ms")
+    right.set_title("coapbridge latency at fixed rates")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, "results.png"), dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+    parser.add_argument("--server-python", default=sys.executable,
+                        help="interpreter (of a virtualenv) running the bridge and baselines")
+    args = parser.parse_args()
+    run = Run(args.quick, args.server_python)
+    version = subprocess.run([args.server_python, "-c",
+                              "import platform;print(platform.python_implementation(),"
+                              "platform.python_version())"],
+                             capture_output=True, text=True).stdout.split()
+    out: Dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                           "mode": "quick" if args.quick else "full",
+                           "python": version[0], "python_version": version[1]}
+    try:
+        scenario_telemetry(run, out)
+        scenario_observers(run, out)
+        scenario_firmware(run, out)
+    finally:
+        run.close()
+    write_report(out)
+    print(open(os.path.join(RESULTS, "results.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
