@@ -67,7 +67,7 @@ class Registry:
 
     def lookup(self, token: str) -> Optional[Device]:
         """The live device for ``token``, or None (unknown or deleted)."""
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        version = self._db.execute("PRAGMA data_version").fetchall()[0][0]
         if version != self._version:
             rows = self._db.execute("SELECT token, name, type FROM devices "
                                     "WHERE deleted = 0 AND pending = 0")
@@ -101,8 +101,9 @@ class Registry:
         _validate(name, token, device_type)
         try:
             with self._transaction():
-                row = self._db.execute("SELECT pending, type FROM devices WHERE name = ?",
-                                       (name,)).fetchone()
+                rows = self._db.execute("SELECT pending, type FROM devices WHERE name = ?",
+                                        (name,)).fetchall()
+                row = rows[0] if rows else None
                 if strategy == "create_new":
                     if row is not None:
                         return False
@@ -177,7 +178,7 @@ class Registry:
         return len(rows)
 
     def _conflict(self, name: str, token: str) -> str:
-        if self._db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchone():
+        if self._db.execute("SELECT 1 FROM devices WHERE name = ?", (name,)).fetchall():
             return "a device named %r already exists" % name
         return "that token already belongs to another device"
 

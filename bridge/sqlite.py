@@ -21,7 +21,7 @@ def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
     """Open ``path`` in autocommit mode with WAL; the WAL side files are kept private too."""
     create_private(path)
     db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA journal_mode=WAL").fetchall()
     db.execute("PRAGMA synchronous=%s" % ("NORMAL" if synchronous.upper() == "NORMAL" else "FULL"))
     for suffix in ("-wal", "-shm"):
         if os.path.exists(path + suffix):

@@ -108,7 +108,12 @@ cmd_venv() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # compat mode: the project root goes on sys.path through a .pth file, which is how
     # twistd finds ./twisted/plugins/coapbridge_plugin.py.
-    "$VENV/bin/python" -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+    local constraints=()
+    if [ "$("$VENV/bin/python" -c 'import platform; print(platform.python_implementation())')" = PyPy ]; then
+        constraints=(-c scripts/pypy-constraints.txt)
+    fi
+    "$VENV/bin/python" -m pip install -q "${constraints[@]}" -e '.[test]' \
+        --config-settings editable_mode=compat
 }
 
 cmd_node_tools() {

@@ -59,10 +59,12 @@ class Outbox:
         return ids
 
     def _next_id(self) -> int:
-        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        top = self._db.execute("SELECT max(id) FROM outbox").fetchone()[0]
-        dead = self._db.execute("SELECT max(id) FROM dead_letters").fetchone()[0]
-        return max(seq[0] if seq else 0, top or 0, dead or 0) + 1
+        # fetchall everywhere: PyPy's sqlite3 keeps a half-read statement open, and an
+        # open statement makes COMMIT fail
+        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchall()
+        top = self._db.execute("SELECT max(id) FROM outbox").fetchall()[0][0]
+        dead = self._db.execute("SELECT max(id) FROM dead_letters").fetchall()[0][0]
+        return max(seq[0][0] if seq else 0, top or 0, dead or 0) + 1
 
     def delete(self, ids: Iterable[int]) -> None:
         with Transaction(self._db):
@@ -93,7 +95,7 @@ class Outbox:
 
     def stats(self) -> Tuple[int, int]:
         count, size = self._db.execute(
-            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
+            "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchall()[0]
         return count, size
 
     def dead_letters(self) -> List[Tuple[int, str, str, bytes, float, str]]:
