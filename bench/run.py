@@ -85,6 +85,7 @@ class Run:
         self.procs: List[subprocess.Popen] = []
         os.sched_setaffinity(0, {int(LOAD_CPU)})
         self.duration = 3.0 if quick else 12.0
+        self.observers: Optional[int] = None
 
     def spawn(self, args: List[str], cpu: str, **kwargs: Any) -> subprocess.Popen:
         proc = subprocess.Popen(["taskset", "-c", cpu] + args, **kwargs)
@@ -246,7 +247,7 @@ def broker_rate(run: Run) -> Dict[str, Any]:
 
 
 def scenario_observers(run: Run, out: Dict[str, Any]) -> None:
-    count = 3_000 if run.quick else 100_000
+    count = run.observers or (3_000 if run.quick else 100_000)
     devices = ["obs%d" % n for n in range(count)]
     mqtt = run.mosquitto()
     answerer = run.platform(mqtt, "answer")
@@ -469,10 +470,13 @@ def write_report(out: Dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+    parser.add_argument("--observers", type=int, default=None,
+                        help="devices in the observer scenario (default 3,000 quick, 100,000 full)")
     parser.add_argument("--server-python", default=sys.executable,
                         help="interpreter (of a virtualenv) running the bridge and baselines")
     args = parser.parse_args()
     run = Run(args.quick, args.server_python)
+    run.observers = args.observers
     version = subprocess.run([args.server_python, "-c",
                               "import platform;print(platform.python_implementation(),"
                               "platform.python_version())"],

@@ -147,6 +147,7 @@ class GatewayCore:
         self.full_since: Optional[float] = None
         self.draining = False  # shutting down: publish no more stored entries
         self.oldest_entry: Optional[float] = None  # creation time of the oldest stored entry
+        self._next_slow_tick = 0.0
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "dead_lettered": 0,
                                       "refused_full": 0, "store_failed": 0, "rate_limited": 0}
         self._next_ref = 0
@@ -260,7 +261,12 @@ class GatewayCore:
 
     def on_tick(self, now: float) -> List[Action]:
         actions: List[Action] = []
-        self.oldest_entry = self.delivery.oldest()
+        # Work that scans every device runs at most once a second: with 100,000 devices
+        # it would otherwise eat the core's time at every tick.
+        slow = now >= self._next_slow_tick
+        if slow:
+            self._next_slow_tick = now + 1.0
+            self.oldest_entry = self.delivery.oldest()
         for ref in [ref for ref, p in self.pending.items() if p.deadline <= now]:
             pending = self.pending.pop(ref)
             state = self.devices.get(pending.device)
@@ -268,7 +274,7 @@ class GatewayCore:
                 state.waiting = [pub for pub in state.waiting if pub.ref != ref]
             if pending.request_ref is not None:
                 actions.append(self._unavailable(pending.request_ref, "no PUBACK within ack_timeout"))
-        for name, state in self.devices.items():
+        for name, state in self.devices.items() if slow else ():
             if state.connect_ref is not None and state.connect_deadline <= now:
                 state.connect_ref = None  # the next publish sends connect again
             if not state.connected and state.connect_ref is None and state.retry_at <= now:
@@ -287,11 +293,12 @@ class GatewayCore:
                                    % (item.rpc.id, name), name))
             if not queue:
                 del self.rpc_waiting[name]
-        if int(now) % 10 == 0:
+        if slow:
             self.device_limits.sweep(now)
             self.peer_limits.sweep(now)
         if self.link_up:
-            actions += self._disconnect_idle(now)
+            if slow:
+                actions += self._disconnect_idle(now)
             oldest = self.delivery.oldest_in_flight()
             if oldest is not None and now - oldest > self.settings.ack_timeout:
                 self.link_up = False  # until the edge reports the new link
