@@ -130,6 +130,7 @@ class GatewayCore:
         self.link_up = False
         self.devices: Dict[str, _DeviceState] = {}
         self.pending: Dict[int, _Pending] = {}  # publish ref -> uplink waiting for its PUBACK
+        self.connecting: Dict[int, str] = {}  # connect publish ref -> device
         self.observers = Observers(settings.max_observers, settings.con_interval)
         self.views: Dict[str, Dict[str, Any]] = {}  # device -> shared attributes
         self.known_keys: Dict[str, Set[str]] = {}  # device -> attribute names seen
@@ -166,9 +167,11 @@ class GatewayCore:
         """The broker acknowledged publish ``ref``; ``reason_code`` >= 0x80 is a refusal."""
         if ref in self.delivery.in_flight:
             return self._entry_acknowledged(ref, reason_code, now)
-        for state in self.devices.values():
-            if state.connect_ref == ref:
-                return self._connect_done(state, reason_code < 0x80, now)
+        name = self.connecting.get(ref)
+        state = self.devices.get(name) if name is not None else None
+        if state is not None and state.connect_ref == ref:
+            return self._connect_done(state, reason_code < 0x80, now)
+        self.connecting.pop(ref, None)
         self.pending.pop(ref, None)
         return []
 
@@ -206,13 +209,14 @@ class GatewayCore:
         """The edge could not hand publish ``ref`` to the broker (the link just went away)."""
         if self.delivery.retry(ref) is not None:
             return []
-        for state in self.devices.values():
-            if state.connect_ref == ref:
-                state.connect_ref = None
-                waiting, state.waiting = state.waiting, []
-                return [self._unavailable(p.request_ref, "upstream broker not connected")
-                        for p in (self.pending.pop(pub.ref, None) for pub in waiting)
-                        if p is not None and p.request_ref is not None]
+        name = self.connecting.pop(ref, None)
+        state = self.devices.get(name) if name is not None else None
+        if state is not None and state.connect_ref == ref:
+            state.connect_ref = None
+            waiting, state.waiting = state.waiting, []
+            return [self._unavailable(p.request_ref, "upstream broker not connected")
+                    for p in (self.pending.pop(pub.ref, None) for pub in waiting)
+                    if p is not None and p.request_ref is not None]
         pending = self.pending.pop(ref, None)
         if pending is None or pending.request_ref is None:
             return []
@@ -253,6 +257,7 @@ class GatewayCore:
         for call in self.client_rpcs.values():
             actions.append(self._unavailable(call.request_ref, "upstream connection lost"))
         self.client_rpcs.clear()
+        self.connecting.clear()
         for state in self.devices.values():
             state.connected = False
             state.connect_ref = None
@@ -276,6 +281,7 @@ class GatewayCore:
                 actions.append(self._unavailable(pending.request_ref, "no PUBACK within ack_timeout"))
         for name, state in self.devices.items() if slow else ():
             if state.connect_ref is not None and state.connect_deadline <= now:
+                self.connecting.pop(state.connect_ref, None)
                 state.connect_ref = None  # the next publish sends connect again
             if not state.connected and state.connect_ref is None and state.retry_at <= now:
                 self.delivery.resume(name)  # its stored entries wait for a new connect
@@ -351,6 +357,8 @@ class GatewayCore:
         if state is not None:
             state.device = Device(new, state.device.type)
             self.devices[new] = state
+            if state.connect_ref is not None:
+                self.connecting[state.connect_ref] = new
         if old in self.views:
             self.views[new] = self.views.pop(old)
         if old in self.rpc_waiting:
@@ -539,11 +547,15 @@ class GatewayCore:
         topic, payload = gateway.connect(state.device.name, state.device.type)
         publish = Publish(self._ref(), topic, payload, state.device.name)
         state.connected = False
+        if state.connect_ref is not None:
+            self.connecting.pop(state.connect_ref, None)
         state.connect_ref = publish.ref
+        self.connecting[publish.ref] = state.device.name
         state.connect_deadline = now + self.settings.ack_timeout
         return publish
 
     def _connect_done(self, state: _DeviceState, ok: bool, now: float) -> List[Action]:
+        self.connecting.pop(state.connect_ref, None)  # type: ignore[arg-type]
         state.connect_ref = None
         waiting, state.waiting = state.waiting, []
         if ok:
