@@ -47,7 +47,8 @@ test: system-deps-test $(PYSTAMP) node-tools
 bench: system-deps $(STAMP) $(PYSTAMP)
 	$(VENV)/bin/python -m pip install -q matplotlib
 	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python bench/run.py $(if $(QUICK),--quick) \
-		--server-python $(PYVENV)/bin/python
+		--server-python $(PYVENV)/bin/python \
+		--name results$(if $(filter python3,$(PYTHON)),,-$(notdir $(PYTHON)))$(if $(QUICK),-quick)
 
 system-deps:
 	bash scripts/install.sh system

@@ -262,16 +262,21 @@ def scenario_observers(run: Run, out: Dict[str, Any]) -> None:
         sock.connect(("127.0.0.1", port))
         selector.register(sock, selectors.EVENT_READ)
     registered, notified, sent = 0, 0, 0
+    waiting: Dict[int, float] = {}  # device index -> when its registration was sent
+    done = set()
     start = time.time()
     window = 256
-    while registered < count and time.time() - start < 600:
-        while sent < count and sent - registered < window:
-            n = sent
-            token = struct.pack("!I", n)
-            body = loadgen.request_template(1, "/api/v1/t%s/attributes" % devices[n], b"",
-                                            extra=[(6, b"")])
-            header = struct.pack("!BBH", 0x50 | 4, 1, n & 0xFFFF)  # NON GET, TKL 4
-            socks[n % 64].send(header + token + body)
+
+    def register(n: int) -> None:
+        body = loadgen.request_template(1, "/api/v1/t%s/attributes" % devices[n], b"",
+                                        extra=[(6, b"")])
+        header = struct.pack("!BBH", 0x50 | 4, 1, (n + int(time.time() * 1000)) & 0xFFFF)
+        socks[n % 64].send(header + struct.pack("!I", n) + body)  # NON GET, token = n
+        waiting[n] = time.time()
+
+    while len(done) < count and time.time() - start < 900:
+        while sent < count and len(waiting) < window:
+            register(sent)
             sent += 1
         for key, _ in selector.select(0.05):
             while True:
@@ -279,8 +284,14 @@ def scenario_observers(run: Run, out: Dict[str, Any]) -> None:
                     data = key.fileobj.recv(2048)
                 except BlockingIOError:
                     break
-                if data[1] == 0x45:
-                    registered += 1
+                if data[1] == 0x45 and data[0] & 0x0F == 4:
+                    n = struct.unpack("!I", data[4:8])[0]
+                    if waiting.pop(n, None) is not None:
+                        done.add(n)
+        now = time.time()
+        for n in [n for n, t in waiting.items() if now - t > 2.0]:
+            register(n)  # lost on the way: ask again (it replaces the relation, if any)
+        registered = len(done)
         progress("observers: register %d" % count, registered / count)
     progress("observers: register %d" % count, 1.0)
     time.sleep(1.0)
@@ -393,9 +404,9 @@ def scenario_firmware(run: Run, out: Dict[str, Any]) -> None:
     run.stop(answerer)
 
 
-def write_report(out: Dict[str, Any]) -> None:
+def write_report(out: Dict[str, Any], name: str = "results") -> None:
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "results.json"), "w") as handle:
+    with open(os.path.join(RESULTS, name + ".json"), "w") as handle:
         json.dump(out, handle, indent=2)
     bridge = out["bridge"]["saturation"]["rate"]
     base = out["baselines"]
@@ -407,13 +418,13 @@ def write_report(out: Dict[str, Any]) -> None:
              "| Server | req/s | bridge / server | p50 ms | p99 ms | p99.9 ms |",
              "|---|---:|---:|---:|---:|---:|"]
     rows = [("coapbridge end to end (outbox, MQTT, PUBACK)", out["bridge"]["saturation"])]
-    rows += [(name, base[key]) for name, key in (("txThings 0.3.0 stock, no work", "stock"),
+    rows += [(label, base[key]) for label, key in (("txThings 0.3.0 stock, no work", "stock"),
                                                  ("txThings + coapbridge engine, no work",
                                                   "engine"),
                                                  ("libcoap coap-server (C), 4.04", "libcoap"))]
-    for name, row in rows:
+    for label, row in rows:
         lines.append("| %s | %d | %.2f | %.2f | %.2f | %.2f |" % (
-            name, row["rate"], bridge / row["rate"] if row["rate"] else 0, row["p50_ms"],
+            label, row["rate"], bridge / row["rate"] if row["rate"] else 0, row["p50_ms"],
             row["p99_ms"], row["p999_ms"]))
     lines += ["", "Broker: one paho client publishes %d QoS 1 messages/s."
               % out["broker_publish_rate"]["rate"], "",
@@ -439,7 +450,7 @@ def write_report(out: Dict[str, Any]) -> None:
               "1000/s (%d/s answered, p99 %.2f ms)." % (
                   fw["devices"], fw["seconds"], fw["throughput_kib_s"], fw["intact"],
                   fw["telemetry_during"].get("rate", 0), fw["telemetry_during"].get("p99_ms", 0))]
-    with open(os.path.join(RESULTS, "results.md"), "w") as handle:
+    with open(os.path.join(RESULTS, name + ".md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -464,12 +475,14 @@ def write_report(out: Dict[str, Any]) -> None:
     right.set_title("coapbridge latency at fixed rates")
     right.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, "results.png"), dpi=110)
+    fig.savefig(os.path.join(RESULTS, name + ".png"), dpi=110)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+    parser.add_argument("--name", default="results",
+                        help="file name for bench/results/NAME.{json,md,png}")
     parser.add_argument("--observers", type=int, default=None,
                         help="devices in the observer scenario (default 3,000 quick, 100,000 full)")
     parser.add_argument("--server-python", default=sys.executable,
@@ -490,8 +503,8 @@ def main() -> int:
         scenario_firmware(run, out)
     finally:
         run.close()
-    write_report(out)
-    print(open(os.path.join(RESULTS, "results.md")).read())
+    write_report(out, args.name)
+    print(open(os.path.join(RESULTS, args.name + ".md")).read())
     return 0
 
 
