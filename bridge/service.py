@@ -160,7 +160,13 @@ class Bridge:
         self.request_peer[ref] = message.remote
         self.pending_by_peer[address] = busy + 1
         self._looked_up = False
-        actions = self.core.on_request(request, self.now())
+        try:
+            actions = self.core.on_request(request, self.now())
+        except Exception:
+            # a bug, answered 5.00 by the engine: release what this request holds
+            self.requests.pop(ref)
+            self._release(ref)
+            raise
         if self._looked_up:  # the request carried a valid access token
             self.authenticated.add(ref)
         self.apply(actions)
@@ -361,15 +367,18 @@ class Bridge:
         if d is None:
             return
         if ref in self.authenticated:
-            self.authenticated.discard(ref)
             message.authenticated = True  # large answers need no amplification limit
+        self._release(ref)
+        d.callback(message)
+
+    def _release(self, ref: int) -> None:
+        self.authenticated.discard(ref)
         address = self.request_peer.pop(ref)[0]
         left = self.pending_by_peer[address] - 1
         if left:
             self.pending_by_peer[address] = left
         else:
             del self.pending_by_peer[address]
-        d.callback(message)
 
 
 def _peer(remote: Any) -> str:

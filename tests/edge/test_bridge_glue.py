@@ -1,0 +1,38 @@
+"""The runtime glue between the CoAP edge and the core (no sockets: a Clock as reactor)."""
+
+import pytest
+import txthings.coap as txcoap
+from twisted.internet.task import Clock
+
+from bridge import config as config_module
+from bridge.service import Bridge
+
+
+def request(remote=("10.0.0.7", 5683)):
+    message = txcoap.Message(mtype=txcoap.CON, mid=1, code=txcoap.POST, payload=b"{}", token=b"t")
+    message.opt.uri_path = (b"api", b"v1", b"tok", b"telemetry")
+    message.remote = remote
+    return message
+
+
+def test_a_failing_core_releases_the_requests_slot_for_its_address():
+    bridge = Bridge(config_module.load(None, {}), Clock())
+
+    def broken(request, now):
+        raise RuntimeError("bug")
+    bridge.core.on_request = broken
+    with pytest.raises(RuntimeError):
+        bridge.handle_coap(request())
+    assert bridge.pending_by_peer == {} and bridge.requests == {} and bridge.request_peer == {}
+
+
+def test_requests_in_progress_per_address_are_bounded():
+    cfg = config_module.load_text("limits: {max_pending_per_peer: 2}", {})
+    bridge = Bridge(cfg, Clock())
+    bridge.core.on_request = lambda request, now: []  # never answered
+    bridge.handle_coap(request())
+    bridge.handle_coap(request())
+    refused = bridge.handle_coap(request())
+    assert refused.result.code == txcoap.SERVICE_UNAVAILABLE
+    other = bridge.handle_coap(request(("10.0.0.8", 5683)))
+    assert not other.called  # another address is not affected
