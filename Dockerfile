@@ -35,10 +35,11 @@ RUN useradd --system --no-create-home --home-dir /data --shell /usr/sbin/nologin
 COPY conf/coapbridge.yaml /etc/coapbridge/coapbridge.yaml
 
 ENV DATA_DIR=/data \
-    COAPBRIDGE_CONFIG=/etc/coapbridge/coapbridge.yaml
+    COAPBRIDGE_CONFIG=/etc/coapbridge/coapbridge.yaml \
+    METRICS_BIND_ADDRESS=0.0.0.0
 VOLUME /data
 WORKDIR /data
 USER coapbridge
-EXPOSE 5683/udp
+EXPOSE 5683/udp 9683/tcp
 
 CMD ["twistd", "-n", "--pidfile=", "coapbridge", "--config", "/etc/coapbridge/coapbridge.yaml"]
