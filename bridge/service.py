@@ -84,8 +84,7 @@ class Bridge:
         self.pending_by_peer: Dict[Any, int] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
-        self.counters: Dict[str, int] = {"requests": 0, "published": 0, "acknowledged": 0,
-                                         "errors": 0}
+        self.counters: Dict[str, int] = {"requests": 0, "errors": 0}
 
     def metrics(self) -> Dict[str, Any]:
         core, stats = self.core, self.core.stats
@@ -184,7 +183,6 @@ class Bridge:
     def published(self, mid: int, reason_code: int) -> None:
         ref = self.mids.pop(mid, None)
         if ref is not None:
-            self.counters["acknowledged"] += 1
             self.apply(self.core.on_published(ref, reason_code, self.now()))
 
     def message(self, topic: str, payload: bytes) -> None:
@@ -208,7 +206,6 @@ class Bridge:
                 if mid is None:
                     self.apply(self.core.on_not_sent(action.ref, self.now()))
                 else:
-                    self.counters["published"] += 1
                     self.mids[mid] = action.ref
                     log.debug("Published {topic} for {device} (mid {mid})", topic=action.topic,
                               device=action.device, mid=mid)

@@ -16,7 +16,6 @@ class Request:
     payload: bytes = b""
     query: Tuple[str, ...] = ()
     content_format: Optional[int] = None
-    peer: str = ""
     observe: Optional[int] = None
     token: bytes = b""
     remote: Hashable = None

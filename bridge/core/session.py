@@ -2,12 +2,13 @@
 
 ``GatewayCore`` takes events (a CoAP request, a PUBACK, a downstream MQTT
 message, an observe notification's fate, the link going up or down, a timer
-tick) with ``now`` in seconds, and returns actions (``Reply``, ``Publish``,
-``Notify``, ``RenameDevice``, ``DeleteDevice``, ``Log``).
+tick) with ``now`` in seconds, and returns actions (see actions.py).
 
-Uplinks: a device gets 2.01 only after the broker's PUBACK for its message;
-when the link is down, or the PUBACK does not come within ``ack_timeout``, it
-gets 5.03 with Max-Age. Every device-scoped publish is preceded by
+Uplinks: a device gets 2.01 once its uplink is stored durably (``Store``, then
+``on_stored``); stored entries are published by ``Delivery`` and removed on the
+broker's PUBACK (``Delete``), or set aside when the platform refuses them
+(``DeadLetter``); a full outbox answers 5.03 with Max-Age. Every device-scoped
+publish is preceded by
 ``v1/gateway/connect`` (and waits for its PUBACK), so the platform creates
 the device with its profile and pushes its attributes and RPCs to this
 connection.
@@ -86,9 +87,11 @@ class _DeviceState:
 
 @dataclass
 class _Pending:
-    """A publish waiting for its PUBACK; ``request_ref`` is answered 2.01 then (if set)."""
+    """A publish outside the outbox (attribute request, client RPC) waiting for its PUBACK.
 
-    request_ref: Optional[int]
+    Nobody waits for these PUBACKs: the answer to the device comes on a response
+    topic, or its own deadline (``request_timeout``) answers 5.04."""
+
     device: str
     deadline: float
 
@@ -213,14 +216,11 @@ class GatewayCore:
         state = self.devices.get(name) if name is not None else None
         if state is not None and state.connect_ref == ref:
             state.connect_ref = None
-            waiting, state.waiting = state.waiting, []
-            return [self._unavailable(p.request_ref, "upstream broker not connected")
-                    for p in (self.pending.pop(pub.ref, None) for pub in waiting)
-                    if p is not None and p.request_ref is not None]
-        pending = self.pending.pop(ref, None)
-        if pending is None or pending.request_ref is None:
-            return []
-        return [self._unavailable(pending.request_ref, "upstream broker not connected")]
+            for pub in state.waiting:
+                self.pending.pop(pub.ref, None)
+            state.waiting = []
+        self.pending.pop(ref, None)
+        return []
 
     def on_link_up(self, now: float) -> List[Action]:
         """The gateway connection is (re)established: re-connect active and observing devices,
@@ -240,13 +240,11 @@ class GatewayCore:
         return actions + self._pump(now)
 
     def on_link_down(self, now: float) -> List[Action]:
-        """The connection is gone: everything waiting on the platform is answered 5.03."""
+        """The connection is gone: reads and client RPCs waiting on the platform get 5.03;
+        stored uplinks in flight go back to their queues."""
         self.link_up = False
         self.delivery.requeue_all()
         actions: List[Action] = []
-        for pending in self.pending.values():
-            if pending.request_ref is not None:
-                actions.append(self._unavailable(pending.request_ref, "upstream connection lost"))
         self.pending.clear()
         for fetch in self.fetches.values():
             if fetch.request is not None:
@@ -277,8 +275,6 @@ class GatewayCore:
             state = self.devices.get(pending.device)
             if state is not None:
                 state.waiting = [pub for pub in state.waiting if pub.ref != ref]
-            if pending.request_ref is not None:
-                actions.append(self._unavailable(pending.request_ref, "no PUBACK within ack_timeout"))
         for name, state in self.devices.items() if slow else ():
             if state.connect_ref is not None and state.connect_deadline <= now:
                 self.connecting.pop(state.connect_ref, None)
@@ -528,14 +524,14 @@ class GatewayCore:
                     entry.device)] + self._pump(now)
 
     def _device_publish(self, device: Device, topic: str, payload: bytes, now: float,
-                        request_ref: Optional[int], deadline: float) -> List[Action]:
+                        deadline: float) -> List[Action]:
         """Publish for ``device``, after its ``v1/gateway/connect`` has been acknowledged."""
         state = self.devices.get(device.name)
         if state is None or state.device != device:
             state = self.devices[device.name] = _DeviceState(device, now)
         state.last_active = now
         publish = Publish(self._ref(), topic, payload, device.name)
-        self.pending[publish.ref] = _Pending(request_ref, device.name, deadline)
+        self.pending[publish.ref] = _Pending(device.name, deadline)
         if state.connected:
             return [publish]
         state.waiting.append(publish)
@@ -566,10 +562,7 @@ class GatewayCore:
         actions: List[Action] = [Log("warn", "the platform refused to connect device %s"
                                      % state.device.name, state.device.name)]
         for pub in waiting:
-            pending = self.pending.pop(pub.ref, None)
-            if pending is not None and pending.request_ref is not None:
-                actions.append(Reply(pending.request_ref, codes.BAD_GATEWAY,
-                                     reason="platform refused the device connect"))
+            self.pending.pop(pub.ref, None)  # their fetches answer at their deadline
         return actions
 
     def _disconnect_idle(self, now: float) -> List[Action]:
@@ -644,7 +637,7 @@ class GatewayCore:
         else:
             body["keys"] = keys
         return self._device_publish(device, gateway.ATTRIBUTES_REQUEST, payloads.dumps(body), now,
-                                    None, fetch.deadline)
+                                    fetch.deadline)
 
     def _attribute_response(self, response: Any, now: float) -> List[Action]:
         entry = self.attribute_requests.pop(response.id, None)
@@ -829,17 +822,13 @@ class GatewayCore:
 
     def _get_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
         if request.observe == 0:
-            if self.link_up:
-                state = self.devices.get(device.name)
-                if state is None or not (state.connected or state.connect_ref):
-                    # connect the device so that the platform routes its RPCs here
-                    self.devices.setdefault(device.name, _DeviceState(device, now))
-                    actions: List[Action] = [self._send_connect(self.devices[device.name], now)]
-                    return actions + self._register(request, device.name, RPC_FEATURE,
-                                                    codes.VALID, b"", now)
-            else:
-                self.devices.setdefault(device.name, _DeviceState(device, now))
-            return self._register(request, device.name, RPC_FEATURE, codes.VALID, b"", now)
+            state = self.devices.setdefault(device.name, _DeviceState(device, now))
+            actions: List[Action] = []
+            if self.link_up and not state.connected and state.connect_ref is None:
+                # connect the device so that the platform routes its RPCs here
+                actions.append(self._send_connect(state, now))
+            return actions + self._register(request, device.name, RPC_FEATURE, codes.VALID, b"",
+                                            now)
         if request.observe == 1:
             ended, leftovers = self.observers.deregister(device.name, RPC_FEATURE,
                                                          request.remote, request.token)
@@ -888,7 +877,7 @@ class GatewayCore:
         if state is not None:
             state.last_active = now
         publish = Publish(self._ref(), topic, data, device.name)
-        self.pending[publish.ref] = _Pending(None, device.name, now + self.settings.ack_timeout)
+        self.pending[publish.ref] = _Pending(device.name, now + self.settings.ack_timeout)
         return [publish]
 
     def _client_rpc_response(self, n: int, payload: bytes) -> List[Action]:

@@ -288,6 +288,7 @@ class BridgeCoap(txcoap.Coap):
                  exchange_lifetime: float = txcoap.EXCHANGE_LIFETIME, max_body: int = 65536,
                  rng: Optional[random.Random] = None, ack_timeout: float = txcoap.ACK_TIMEOUT,
                  max_retransmit: int = txcoap.MAX_RETRANSMIT):
+        # txThings' resource tree is not used: every request goes to ``handler``
         super().__init__(txresource.Endpoint(txresource.CoAPResource()))
         self.handler = handler
         self.clock = clock
@@ -580,14 +581,13 @@ _installed = False
 
 
 def install() -> None:
-    """Apply the module-level workarounds (W1 logging, W7 block size, W11 Block option). Idempotent."""
+    """Apply the module-level workarounds (W1 logging, W11 Block option). Idempotent."""
     global _installed
     if _installed:
         return
     quiet = QuietLog()
     txcoap.log = quiet
     txresource.log = quiet
-    txcoap.DEFAULT_BLOCK_SIZE_EXP = BLOCK_SIZE_EXP
     txcoap.BlockOption = FixedBlockOption
     txcoap.option_formats[txcoap.BLOCK1] = FixedBlockOption
     txcoap.option_formats[txcoap.BLOCK2] = FixedBlockOption
