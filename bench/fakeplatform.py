@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion

@@ -2,7 +2,6 @@
 
 import itertools
 
-import pytest
 
 from bridge.core.delivery import Delivery, Entry
 

@@ -1,7 +1,6 @@
 """Device registry on a tmp_path SQLite file (bridge.registry)."""
 
 import os
-import sqlite3
 import stat
 
 import pytest

@@ -10,7 +10,6 @@ losses are not. Each test prints a RESULT line with the counts.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time

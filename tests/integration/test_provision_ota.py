@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import subprocess
 import threading
-import time
 import zlib
 
 import paho.mqtt.client as paho
@@ -16,9 +13,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 import coapraw as raw
-from conftest import BridgeProcess, Mosquitto, wait_until
+from conftest import BridgeProcess, Mosquitto
 from platform_sim import PlatformSim
-from test_clients import LIBCOAP, libcoap
+from test_clients import libcoap
 
 pytestmark = pytest.mark.integration
 PACKAGE = random.Random(7).randbytes(1024 * 1024)  # 1 MiB firmware

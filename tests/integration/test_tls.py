@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import coapraw as raw
-from conftest import BridgeProcess, Mosquitto, free_port, wait_until
+from conftest import BridgeProcess, Mosquitto, wait_until
 
 pytestmark = pytest.mark.integration
 
