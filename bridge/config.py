@@ -100,6 +100,7 @@ class OutboxConfig:
     max_bytes: int = 512 * 1024 * 1024
     max_age: float = 7 * 86400.0
     synchronous: str = "full"
+    max_batch: int = 100
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
              "devices.idle_timeout", "coap.max_observers", "coap.max_body", "coap.ack_timeout", "coap.con_notification_interval",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
-             "outbox.max_entries", "outbox.max_bytes", "outbox.max_age",
+             "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
              "provisioning.timeout", "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
 

@@ -58,6 +58,7 @@ class Bridge:
                                              con_interval=config.coap.con_notification_interval,
                                              client_rpc_method=platform.client_rpc_method,
                                              window=config.mqtt.max_inflight,
+                                             max_batch=config.outbox.max_batch,
                                              outbox_max_entries=config.outbox.max_entries,
                                              outbox_max_bytes=config.outbox.max_bytes,
                                              outbox_max_age=config.outbox.max_age,
@@ -123,7 +124,7 @@ class Bridge:
         return self.reactor.seconds()
 
     def lookup(self, token: str) -> Optional[Device]:
-        device = self.registry.lookup(token) if self.registry is not None else None
+        device = self.registry.lookup(token, self.now()) if self.registry is not None else None
         self._looked_up = device is not None
         return device
 
@@ -143,9 +144,9 @@ class Bridge:
         try:
             request = Request(
                 ref=ref, method=message.code,
-                path=tuple(segment.decode("utf-8") for segment in message.opt.uri_path),
+                path=tuple(map(bytes.decode, message.opt.uri_path)),  # UTF-8, strict
                 payload=message.payload,
-                query=tuple(item.decode("utf-8") for item in message.opt.uri_query),
+                query=tuple(map(bytes.decode, message.opt.uri_query)),
                 content_format=message.opt.content_format,
                 observe=message.opt.observe,
                 token=message.token,
@@ -213,7 +214,7 @@ class Bridge:
                 self._stores.append(action)
                 self._schedule_commit()
             elif isinstance(action, Delete):
-                self._deletes.append(action.id)
+                self._deletes.extend(action.ids)
                 self._schedule_commit()
             elif isinstance(action, DeadLetter):
                 self._dead.append(action)
@@ -242,33 +243,35 @@ class Bridge:
             self._commit_call = self.reactor.callLater(0, self.commit)
 
     def commit(self) -> None:
-        """Write every stored uplink of this turn in one transaction, then answer the devices;
-        remove acknowledged entries in another."""
+        """Write this turn's outbox changes in one transaction: store every new uplink,
+        then answer its device; remove what the broker acknowledged and set aside what
+        the platform refused."""
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
         self._commit_call = None
         if self.outbox is None:
             return
         stores, self._stores = self._stores, []
-        if stores:
-            now = self.now()
-            try:
-                ids = self.outbox.append([(s.device, s.device_type, s.topic, s.payload, now)
-                                          for s in stores])
-            except sqlite3.Error as exc:
-                self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
-            else:
-                self.apply(self.core.on_stored(list(zip((s.ref for s in stores), ids)), now))
         deletes, self._deletes = self._deletes, []
         dead, self._dead = self._dead, []
+        now = self.now()
         try:
-            if deletes:
-                self.outbox.delete(deletes)
-            if dead:
-                self.outbox.dead_letter([(d.id, d.reason) for d in dead], self.now())
+            ids = self.outbox.write([(s.device, s.device_type, s.topic, s.payload, now)
+                                     for s in stores], deletes,
+                                    [(d.id, d.reason) for d in dead], now)
         except sqlite3.Error as exc:
-            # harmless for correctness: they are delivered again after a restart
-            log.error("Could not update the outbox: {error}", error=str(exc))
+            if not stores:
+                # harmless for correctness: they are delivered again after a restart
+                log.error("Could not update the outbox: {error}", error=str(exc))
+                return
+            self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
+            try:  # the removals on their own
+                self.outbox.write((), deletes, [(d.id, d.reason) for d in dead], now)
+            except sqlite3.Error as again:
+                log.error("Could not update the outbox: {error}", error=str(again))
+            return
+        if stores:
+            self.apply(self.core.on_stored(list(zip((s.ref for s in stores), ids)), now))
 
     def restore(self) -> None:
         assert self.outbox is not None

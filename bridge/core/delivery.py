@@ -1,11 +1,22 @@
-"""Delivery of stored uplinks to the broker: per-device order, a bounded window, fairness.
+"""Delivery of stored uplinks to the broker: batches, per-device order, a bounded window.
 
 Every uplink a device was told 2.01 for is an ``Entry`` in the durable outbox.
-``Delivery`` decides which entry goes next: devices take turns (round robin),
-so one device's long backlog neither floods the broker nor starves the
-others; each device's entries go in the order they were stored; at most
-``window`` publishes wait for a PUBACK at once. Entries that were in flight
-when the link dropped go back to the head of their device's queue.
+``Delivery`` decides which entries go next and how they share publishes:
+
+* devices take turns (round robin), so one device's long backlog neither
+  floods the broker nor starves the others;
+* each device's entries go in the order they were stored;
+* entries of many devices on a mergeable topic (telemetry, attributes) travel
+  together in one publish, a *batch*, bounded in entries and bytes; a batch
+  holds a run of consecutive entries of each device, so order is kept;
+* at most ``window`` publishes wait for a PUBACK at once. Batches are as large
+  as what waits: under light load each publish carries what one turn stored,
+  under heavy load the waiting grows and so do the batches (no timer delays
+  anything);
+* entries that were in flight when the link dropped go back to the head of
+  their device's queue; the entries of a batch the platform refused are sent
+  again one per publish (``split``), so one bad entry cannot take the others
+  down with it.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
 class Entry:
     id: int
     device: str
@@ -27,24 +38,34 @@ class Entry:
 
 
 class Delivery:
-    def __init__(self, window: int):
+    def __init__(self, window: int, max_batch: int = 1, max_bytes: int = 1 << 30,
+                 per_device: Optional[Dict[str, int]] = None):
         self.window = window
+        self.max_batch = max_batch  # entries in one publish
+        self.max_bytes = max_bytes  # sum of the payloads of one publish
+        self.per_device = per_device or {}  # mergeable topic -> most entries per device, 0: any
         self.queues: Dict[str, Deque[Entry]] = {}
         self.ring: Deque[str] = deque()  # devices with queued entries, in turn order
         self._in_ring: Set[str] = set()
-        self.in_flight: Dict[int, Tuple[Entry, float]] = {}  # publish ref -> entry, sent at
+        self.in_flight: Dict[int, Tuple[List[Entry], float]] = {}  # ref -> batch, sent at
+        self.solo: Set[int] = set()  # entry ids that must be published alone
         self.count = 0  # entries queued or in flight
         self.bytes = 0
 
     def add(self, entry: Entry) -> None:
-        self.queues.setdefault(entry.device, deque()).append(entry)
+        queue = self.queues.get(entry.device)
+        if queue is None:
+            queue = self.queues[entry.device] = deque()
+        queue.append(entry)
         self.count += 1
         self.bytes += len(entry.payload)
-        self._enter_ring(entry.device)
+        if entry.device not in self._in_ring:
+            self._in_ring.add(entry.device)
+            self.ring.append(entry.device)
 
     def oldest(self) -> Optional[float]:
         times = [q[0].created for q in self.queues.values() if q]
-        times += [entry.created for entry, _ in self.in_flight.values()]
+        times += [entry.created for batch, _ in self.in_flight.values() for entry in batch]
         return min(times) if times else None
 
     def has_room(self) -> bool:
@@ -59,49 +80,116 @@ class Delivery:
                 return device
         return None
 
-    def take(self, device: str, ref: int, now: float) -> Entry:
-        queue = self.queues[device]
+    def take_batch(self, ref: int, now: float,
+                   blocked: Callable[[str], bool] = lambda device: False) -> List[Entry]:
+        """The entries of the next publish ``ref``, in flight from now on (empty: none waits).
+
+        Devices come in turn; ``blocked(device)`` says a device cannot publish yet (its
+        connect is pending): it is parked, out of turn until ``resume``. The first entry
+        sets the batch's topic; other devices join with the run of entries at the head of
+        their queue on that topic, a device whose head is on another topic keeps its turn
+        for a later publish."""
+        batch: List[Entry] = []
+        skipped: List[str] = []
+        in_batch: Set[str] = set()
+        topic = ""
+        limit = size = 0
+        while len(batch) < self.max_batch and len(skipped) < self.max_batch:
+            device = self.next_device()
+            if device is None:
+                break
+            if blocked(device):
+                continue
+            queue = self.queues[device]
+            head = queue[0]
+            if not batch:
+                topic = head.topic
+                limit = self.per_device.get(topic, -1)
+                if limit < 0 or head.id in self.solo:  # published alone
+                    batch.append(self._pop(device, queue))
+                    break
+            elif device in in_batch or head.topic != topic or head.id in self.solo:
+                skipped.append(device)
+                continue
+            elif size + len(head.payload) > self.max_bytes:
+                skipped.append(device)
+                break
+            in_batch.add(device)
+            taken = 0
+            while queue and len(batch) < self.max_batch and (limit == 0 or taken < limit):
+                entry = queue[0]
+                if entry.topic != topic or entry.id in self.solo or \
+                        (batch and size + len(entry.payload) > self.max_bytes):
+                    break
+                batch.append(self._pop(device, queue))
+                size += len(entry.payload)
+                taken += 1
+        for device in reversed(skipped):  # they keep their turn
+            if device not in self._in_ring:
+                self._in_ring.add(device)
+                self.ring.appendleft(device)
+        if batch:
+            self.in_flight[ref] = (batch, now)
+        return batch
+
+    def _pop(self, device: str, queue: Deque[Entry]) -> Entry:
         entry = queue.popleft()
         if not queue:
             del self.queues[device]
-        else:
-            self._enter_ring(device)
-        self.in_flight[ref] = (entry, now)
+        elif device not in self._in_ring:
+            self._in_ring.add(device)
+            self.ring.append(device)
         return entry
 
     def park(self, device: str) -> None:
         """Take ``device`` out of turn (it waits for its connect); ``resume`` puts it back."""
-        self._in_ring.discard(device)
+        if device in self._in_ring:
+            self._in_ring.discard(device)
+            self.ring.remove(device)
 
     def resume(self, device: str) -> None:
         if self.queues.get(device):
             self._enter_ring(device)
 
-    def done(self, ref: int) -> Optional[Entry]:
-        """The broker acknowledged ``ref`` (or refused it for good): forget the entry."""
+    def done(self, ref: int) -> Optional[List[Entry]]:
+        """The broker acknowledged ``ref`` (or refused it for good): forget its entries."""
         item = self.in_flight.pop(ref, None)
         if item is None:
             return None
-        self.count -= 1
-        self.bytes -= len(item[0].payload)
+        batch = item[0]
+        self.count -= len(batch)
+        for entry in batch:
+            self.bytes -= len(entry.payload)
+            if self.solo:
+                self.solo.discard(entry.id)
+        return batch
+
+    def retry(self, ref: int) -> Optional[List[Entry]]:
+        """Put the entries of ``ref`` back at the head of their devices' queues."""
+        item = self.in_flight.pop(ref, None)
+        if item is None:
+            return None
+        self._push_front(item[0])
         return item[0]
 
-    def retry(self, ref: int) -> Optional[Entry]:
-        """Put the entry of ``ref`` back at the head of its device's queue."""
-        item = self.in_flight.pop(ref, None)
-        if item is None:
-            return None
-        self._push_front([item[0]])
-        return item[0]
+    def split(self, ref: int) -> Optional[List[Entry]]:
+        """Like ``retry``, and each entry of ``ref`` is published alone from now on."""
+        batch = self.retry(ref)
+        if batch is not None:
+            self.solo.update(entry.id for entry in batch)
+        return batch
 
     def requeue_all(self) -> None:
         """The link dropped: everything in flight is sent again, in the original order."""
-        entries = [entry for entry, _ in self.in_flight.values()]
+        entries = [entry for batch, _ in self.in_flight.values() for entry in batch]
         self.in_flight.clear()
         self._push_front(entries)
 
     def oldest_in_flight(self) -> Optional[float]:
         return min((sent for _, sent in self.in_flight.values()), default=None)
+
+    def devices_in_flight(self) -> Set[str]:
+        return {entry.device for batch, _ in self.in_flight.values() for entry in batch}
 
     def rename(self, old: str, new: str,
                payload: Optional[Callable[[Entry], bytes]] = None) -> None:
@@ -111,9 +199,9 @@ class Delivery:
             body = payload(entry) if payload is not None else entry.payload
             self.bytes += len(body) - len(entry.payload)
             return dataclasses.replace(entry, device=new, payload=body)
-        for ref, (entry, sent) in list(self.in_flight.items()):
-            if entry.device == old:
-                self.in_flight[ref] = (renamed(entry), sent)
+        for ref, (batch, sent) in list(self.in_flight.items()):
+            if any(entry.device == old for entry in batch):
+                self.in_flight[ref] = ([renamed(e) if e.device == old else e for e in batch], sent)
         if old in self.queues:
             moved = [renamed(entry) for entry in self.queues.pop(old)]
             self._in_ring.discard(old)
@@ -129,6 +217,8 @@ class Delivery:
             self.ring.remove(device)
         self.count -= len(entries)
         self.bytes -= sum(len(e.payload) for e in entries)
+        for entry in entries:
+            self.solo.discard(entry.id)
         return entries
 
     def _push_front(self, entries: List[Entry]) -> None:

@@ -9,9 +9,9 @@ sent.
 from __future__ import annotations
 
 import json
-from typing import List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
-from .payloads import Claim, TelemetryEntry, Values, dumps
+from .payloads import Claim, TelemetryEntry, Values, dumps, json_string
 
 CONNECT = "v1/gateway/connect"
 DISCONNECT = "v1/gateway/disconnect"
@@ -35,6 +35,19 @@ def disconnect(device: str) -> Message:
 
 def telemetry(device: str, entries: List[TelemetryEntry]) -> Message:
     return TELEMETRY, dumps({device: [{"ts": e.ts, "values": e.values} for e in entries]})
+
+
+def telemetry_as_sent(device: str, ts: int, values: bytes) -> Message:
+    """``telemetry`` of one entry whose values are the JSON object text ``values``, kept
+    as the device sent it (decoded and found ``payloads.plain_values`` by the caller):
+    the common upload costs no re-encoding."""
+    return TELEMETRY, b'{%s:[{"ts":%d,"values":%s}]}' % (
+        json_string(device).encode("utf-8"), ts, values.strip())
+
+
+def attributes_as_sent(device: str, values: bytes) -> Message:
+    """``attributes`` whose values are the JSON object text ``values`` (see above)."""
+    return ATTRIBUTES, b"{%s:%s}" % (json_string(device).encode("utf-8"), values.strip())
 
 
 def attributes(device: str, values: Values) -> Message:
@@ -62,6 +75,56 @@ def publish_packet_size(topic: str, payload: bytes, mqtt5: bool) -> int:
 def rpc_reply(device: str, rpc_id: int, data: object) -> Message:
     """A device's answer to server-side RPC ``rpc_id``; ``data`` is kept as the device sent it."""
     return RPC, dumps({"device": device, "id": rpc_id, "data": data})
+
+
+# Topics whose messages of many devices can travel in one publish: the payload maps
+# device names to their data. Telemetry arrays of one device are concatenated; an
+# attributes object can appear once per device (two would collide on one key).
+MERGEABLE = {TELEMETRY: 0, ATTRIBUTES: 1}  # topic -> most messages per device, 0: no limit
+
+
+def merge(topic: str, messages: Sequence[Tuple[str, bytes]]) -> bytes:
+    """One payload carrying ``(device, payload)`` messages of a MERGEABLE ``topic``, each
+    as one of the functions above made it, in their order.
+
+    Works on the bytes: each payload is ``{"<device>":<data>}``, so the data is cut out
+    and joined, with no JSON decoding. Payloads of any other shape take the slow path,
+    which decodes them."""
+    if len(messages) == 1:
+        return messages[0][1]
+    groups: Dict[str, List[bytes]] = {}
+    for device, payload in messages:
+        key = json_string(device).encode("utf-8")
+        if topic == TELEMETRY:
+            head, tail = b"{" + key + b":[", b"]}"
+        else:
+            head, tail = b"{" + key + b":{", b"}}"
+        if not (payload.startswith(head) and payload.endswith(tail)) or \
+                (topic == ATTRIBUTES and device in groups):
+            return _merge_decoded(topic, messages)
+        groups.setdefault(device, []).append(payload[len(head) - 1:len(payload) - 1])
+    parts = []
+    for device, datas in groups.items():
+        key = json_string(device).encode("utf-8")
+        if topic == TELEMETRY:
+            # each data is an array "[...]": join their elements into one array
+            parts.append(key + b":[" + b",".join(data[1:-1] for data in datas if len(data) > 2)
+                         + b"]")
+        else:
+            parts.append(key + b":" + datas[0])
+    return b"{" + b",".join(parts) + b"}"
+
+
+def _merge_decoded(topic: str, messages: Sequence[Tuple[str, bytes]]) -> bytes:
+    merged: Dict[str, object] = {}
+    for _, payload in messages:
+        for device, data in json.loads(payload).items():
+            if topic == TELEMETRY:
+                merged.setdefault(device, [])
+                merged[device] += data if isinstance(data, list) else [data]  # type: ignore
+            else:
+                merged.setdefault(device, {}).update(data)  # type: ignore
+    return dumps(merged)
 
 
 def rename_device(topic: str, payload: bytes, old: str, new: str) -> bytes:

@@ -50,13 +50,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def parse_json(payload: bytes, what: str) -> Any:
     """Decode a UTF-8 JSON document or raise 4.00 naming what was wrong."""
     if not payload:
         raise BadRequest("%s: empty payload" % what)
     try:
-        text = payload.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return _DECODER.decode(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("%s: payload is not UTF-8" % what)
     except ValueError as exc:
@@ -85,7 +87,11 @@ def _telemetry_entry(obj: Any, now_ms: int) -> TelemetryEntry:
 
 
 def parse_telemetry(payload: bytes, now_ms: int) -> List[TelemetryEntry]:
-    doc = parse_json(payload, "telemetry")
+    return telemetry_entries(parse_json(payload, "telemetry"), now_ms)
+
+
+def telemetry_entries(doc: Any, now_ms: int) -> List[TelemetryEntry]:
+    """The entries of a decoded telemetry upload."""
     items = doc if isinstance(doc, list) else [doc]
     if not isinstance(doc, (list, dict)):
         raise BadRequest("telemetry: expected a JSON object or an array of objects")
@@ -96,8 +102,19 @@ def parse_telemetry(payload: bytes, now_ms: int) -> List[TelemetryEntry]:
     return entries
 
 
+def plain_values(doc: Any) -> bool:
+    """``doc`` is one non-empty object of values with no null to drop and not in the
+    ``{"ts", "values"}`` form: the gateway message can carry it as the device wrote it."""
+    return type(doc) is dict and bool(doc) and not ("ts" in doc and "values" in doc) \
+        and None not in doc.values()
+
+
 def parse_attributes(payload: bytes) -> Values:
-    doc = parse_json(payload, "attributes")
+    return attribute_values(parse_json(payload, "attributes"))
+
+
+def attribute_values(doc: Any) -> Values:
+    """The values of a decoded attributes upload."""
     if not isinstance(doc, dict):
         raise BadRequest("attributes: expected a JSON object")
     values = _clean_values(doc)
@@ -125,9 +142,13 @@ def parse_claim(payload: bytes) -> Claim:
     return Claim(secret, duration)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+json_string = json.encoder.encode_basestring  # a str as a JSON string, non-ASCII kept
+
+
 def dumps(value: Any) -> bytes:
     """Compact JSON, UTF-8, as the gateway topics carry it."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def split_query(items: Tuple[str, ...]) -> Dict[str, str]:

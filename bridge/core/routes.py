@@ -29,9 +29,10 @@ SOFTWARE = "software"
 
 FEATURES = frozenset({TELEMETRY, ATTRIBUTES, RPC, CLAIM, PROVISION, FIRMWARE, SOFTWARE})
 SUPPORTED_METHODS = frozenset({codes.GET, codes.POST})
+_COMMON = FEATURES - {PROVISION}  # spelled in lower case, with a token before them
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
 class Route:
     """Where a request goes. ``token`` is None for the certificate and provision forms."""
 
@@ -65,6 +66,9 @@ def route(method: int, segments: Sequence[str]) -> Route:
 
     Order of checks: unknown path (4.04), method (4.05), malformed API path (4.00).
     """
+    if len(segments) == 4 and segments[0] == "api" and segments[1] == "v1" and segments[2] \
+            and segments[3] in _COMMON and method in SUPPORTED_METHODS:
+        return Route(segments[3], segments[2])  # the busy case, /api/v1/{token}/{feature}
     path = split_path(segments)
     if path[:1] in (("fw",), ("sw",)):
         if method != codes.GET:

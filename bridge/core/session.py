@@ -65,6 +65,7 @@ class CoreSettings:
     con_interval: float = 86400.0
     client_rpc_method: str = "deviceRpc"
     window: int = 100  # outbox publishes waiting for a PUBACK at once
+    max_batch: int = 1  # stored uplinks of many devices carried by one publish
     outbox_max_entries: int = 1_000_000
     outbox_max_bytes: int = 512 * 1024 * 1024
     outbox_max_age: float = 7 * 86400.0
@@ -143,7 +144,12 @@ class GatewayCore:
         self.attribute_requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
         self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}
         self.client_rpcs: Dict[int, _ClientRpc] = {}
-        self.delivery = Delivery(settings.window)
+        # a batch's payloads add up to at most what fits in a packet with the longest
+        # mergeable topic and a 4-byte length field (an empty payload needs only 1)
+        overhead = max(gateway.publish_packet_size(topic, b"", settings.mqtt5)
+                       for topic in gateway.MERGEABLE) + 3
+        self.delivery = Delivery(settings.window, settings.max_batch,
+                                 settings.max_packet_size - overhead, gateway.MERGEABLE)
         self.device_limits = RateLimiter(settings.device_rate, settings.device_burst)
         self.peer_limits = RateLimiter(settings.peer_rate, settings.peer_burst)
         self.storing: Dict[int, Tuple[int, Store]] = {}  # store ref -> request, what to store
@@ -422,12 +428,20 @@ class GatewayCore:
         if feature == routes.TELEMETRY:
             if not post:
                 raise codes.BadRequest("telemetry cannot be read or observed")
-            entries = payloads.parse_telemetry(request.payload, int(now * 1000))
-            return self._uplink(device, *gateway.telemetry(device.name, entries), request.ref, now)
+            doc = payloads.parse_json(request.payload, "telemetry")
+            if payloads.plain_values(doc):
+                message = gateway.telemetry_as_sent(device.name, int(now * 1000), request.payload)
+            else:
+                message = gateway.telemetry(device.name,
+                                            payloads.telemetry_entries(doc, int(now * 1000)))
+            return self._uplink(device, *message, request.ref, now)
         if feature == routes.ATTRIBUTES:
-            values = payloads.parse_attributes(request.payload)
+            doc = payloads.parse_json(request.payload, "attributes")
+            values = payloads.attribute_values(doc)
             self._learn_keys(device.name, values)
-            return self._uplink(device, *gateway.attributes(device.name, values), request.ref, now)
+            message = (gateway.attributes_as_sent(device.name, request.payload)
+                       if payloads.plain_values(doc) else gateway.attributes(device.name, values))
+            return self._uplink(device, *message, request.ref, now)
         if not post:
             raise codes.BadRequest("claim accepts POST only")
         info = payloads.parse_claim(request.payload)
@@ -484,41 +498,57 @@ class GatewayCore:
         return None
 
     def _pump(self, now: float) -> List[Action]:
-        """Publish stored entries while the window has room: devices take turns."""
+        """Publish stored entries while the window has room: devices take turns, and the
+        entries of many devices share a publish (see delivery.py)."""
         actions: List[Action] = []
         if not self.link_up or self.draining:
             return actions
-        while self.delivery.has_room():
-            name = self.delivery.next_device()
-            if name is None:
-                break
+
+        def blocked(name: str) -> bool:
+            # a device publishes once its v1/gateway/connect is acknowledged
             state = self.devices.get(name)
             if state is None:
                 head = self.delivery.queues[name][0]
                 state = self.devices[name] = _DeviceState(Device(name, head.device_type), now)
-            if not state.connected:
-                self.delivery.park(name)
-                if state.connect_ref is None and state.retry_at <= now:
-                    actions.append(self._send_connect(state, now))
-                continue
+            if state.connected:
+                return False
+            if state.connect_ref is None and state.retry_at <= now:
+                actions.append(self._send_connect(state, now))
+            return True  # parked until the connect is done
+
+        while self.delivery.has_room():
             ref = self._ref()
-            entry = self.delivery.take(name, ref, now)
-            actions.append(Publish(ref, entry.topic, entry.payload, name))
+            batch = self.delivery.take_batch(ref, now, blocked)
+            if not batch:
+                break
+            first = batch[0]
+            if len(batch) == 1:
+                actions.append(Publish(ref, first.topic, first.payload, first.device))
+            else:
+                payload = gateway.merge(first.topic, [(e.device, e.payload) for e in batch])
+                actions.append(Publish(ref, first.topic, payload, "%d uplinks" % len(batch)))
         return actions
 
     def _entry_acknowledged(self, ref: int, reason_code: int, now: float) -> List[Action]:
         if reason_code < 0x80:
-            entry = self.delivery.done(ref)
-            assert entry is not None
-            self.stats["delivered"] += 1
-            return [Delete(entry.id)] + self._pump(now)
+            batch = self.delivery.done(ref)
+            assert batch is not None
+            self.stats["delivered"] += len(batch)
+            return [Delete(tuple(entry.id for entry in batch))] + self._pump(now)
         if reason_code == QUOTA_EXCEEDED:  # transient: ThingsBoard closes the link, we retry
             self.delivery.retry(ref)
             return [Log("warn", "platform quota exceeded (PUBACK 0x97); will retry")]
-        entry = self.delivery.done(ref)
-        assert entry is not None
-        self.stats["dead_lettered"] += 1
         reason = "platform refused it with PUBACK reason 0x%02x" % reason_code
+        batch = self.delivery.in_flight[ref][0]
+        if len(batch) > 1:
+            # which of them did it refuse? each goes again alone, and only that one is set aside
+            self.delivery.split(ref)
+            return [Log("warn", "the platform refused a publish of %d uplinks (PUBACK 0x%02x); "
+                                "sending them one by one" % (len(batch), reason_code))] \
+                + self._pump(now)
+        entry = batch[0]
+        self.delivery.done(ref)
+        self.stats["dead_lettered"] += 1
         return [DeadLetter(entry.id, reason),
                 Log("warn", "outbox entry %d of %s set aside: %s" % (entry.id, entry.device, reason),
                     entry.device)] + self._pump(now)
@@ -570,7 +600,7 @@ class GatewayCore:
         horizon = now - self.settings.idle_timeout
         observing = {relation.device for relation in self.observers.relations.values()}
         busy = {p.device for p in self.pending.values()} | {f.device for f in self.fetches.values()}
-        busy |= set(self.delivery.queues) | {e.device for e, _ in self.delivery.in_flight.values()}
+        busy |= set(self.delivery.queues) | self.delivery.devices_in_flight()
         for name, state in list(self.devices.items()):
             if state.last_active >= horizon or state.connect_ref is not None \
                     or name in busy or name in observing:

@@ -49,13 +49,25 @@ class Outbox:
 
     def append(self, rows: Sequence[Row]) -> List[int]:
         """Store ``rows`` in one transaction and return their ids, in order."""
+        return self.write(rows, (), (), 0.0)
+
+    def write(self, rows: Sequence[Row], deletes: Sequence[int],
+              dead: Sequence[Tuple[int, str]], now: float) -> List[int]:
+        """One transaction (one sync to disk): store ``rows`` and return their ids, in
+        order; remove the entries ``deletes``; move ``dead`` (id, reason) to dead letters."""
         with Transaction(self._db):
-            # ids are ours to give: this connection is the only writer
+            # ids are ours to give: the transaction holds the write lock
             first = self._next_id()
             ids = list(range(first, first + len(rows)))
-            self._db.executemany(
-                "INSERT INTO outbox (id, device, device_type, topic, payload, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)", [(i,) + tuple(row) for i, row in zip(ids, rows)])
+            if rows:
+                self._db.executemany(
+                    "INSERT INTO outbox (id, device, device_type, topic, payload, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", [(i,) + tuple(row) for i, row in zip(ids, rows)])
+            if deletes:
+                self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?",
+                                     _ranges(deletes))
+            if dead:
+                self._dead_letter(dead, now)
         return ids
 
     def _next_id(self) -> int:
@@ -67,16 +79,17 @@ class Outbox:
         return max(seq[0][0] if seq else 0, top or 0, dead or 0) + 1
 
     def delete(self, ids: Iterable[int]) -> None:
-        with Transaction(self._db):
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+        self.write((), list(ids), (), 0.0)
 
     def dead_letter(self, items: Iterable[Tuple[int, str]], now: float) -> None:
-        with Transaction(self._db):
-            for entry_id, reason in items:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO dead_letters SELECT id, device, device_type, topic, "
-                    "payload, created, ?, ? FROM outbox WHERE id = ?", (now, reason, entry_id))
-                self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+        self.write((), (), list(items), now)
+
+    def _dead_letter(self, items: Iterable[Tuple[int, str]], now: float) -> None:
+        for entry_id, reason in items:
+            self._db.execute(
+                "INSERT OR REPLACE INTO dead_letters SELECT id, device, device_type, topic, "
+                "payload, created, ?, ? FROM outbox WHERE id = ?", (now, reason, entry_id))
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
 
     def rename(self, old: str, new: str, rewrite: Callable[[str, bytes], bytes]) -> int:
         """Entries of device ``old`` now belong to ``new``; ``rewrite(topic, payload)``."""
@@ -102,3 +115,17 @@ class Outbox:
         rows = self._db.execute("SELECT id, device, topic, payload, failed, reason "
                                 "FROM dead_letters ORDER BY id")
         return [(i, d, t, bytes(p), f, r) for i, d, t, p, f, r in rows]
+
+
+def _ranges(ids: Sequence[int]) -> List[Tuple[int, int]]:
+    """``ids`` as few (first, last) runs of consecutive ids: one statement deletes a run."""
+    runs: List[Tuple[int, int]] = []
+    ordered = sorted(ids)
+    start = end = ordered[0]
+    for entry_id in ordered[1:]:
+        if entry_id != end + 1:
+            runs.append((start, end))
+            start = entry_id
+        end = entry_id
+    runs.append((start, end))
+    return runs

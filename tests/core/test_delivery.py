@@ -25,12 +25,13 @@ _refs = itertools.count(1)
 
 
 def take_next(delivery, now=NOW):
-    """Take the next entry as the session does; returns (publish ref, entry) or None."""
-    device = delivery.next_device()
-    if device is None:
-        return None
+    """Take the next publish of one entry; returns (publish ref, entry) or None."""
     ref = next(_refs)
-    return ref, delivery.take(device, ref, now)
+    batch = delivery.take_batch(ref, now)
+    if not batch:
+        return None
+    assert len(batch) == 1
+    return ref, batch[0]
 
 
 def drain(delivery, limit=1000):
@@ -100,7 +101,7 @@ def test_has_room_until_window_entries_are_in_flight():
 def test_done_returns_the_entry_once():
     delivery = make(entries=[entry(1)])
     ref, first = take_next(delivery)
-    assert delivery.done(ref) == first
+    assert delivery.done(ref) == [first]
     assert delivery.done(ref) is None
     assert delivery.in_flight == {}
 
@@ -110,7 +111,7 @@ def test_done_returns_the_entry_once():
 def test_retry_puts_the_entry_back_at_the_head_of_its_device_queue():
     delivery = make(entries=[entry(1), entry(2), entry(3)])
     ref, _ = take_next(delivery)
-    assert delivery.retry(ref).id == 1
+    assert [e.id for e in delivery.retry(ref)] == [1]
     assert ref not in delivery.in_flight
     assert drain(delivery) == [1, 2, 3]
 
@@ -246,11 +247,10 @@ def test_rename_moves_queued_entries_under_the_new_name_in_order():
     assert queued(delivery, "Z") == [1, 2]
     devices = []
     while True:
-        device = delivery.next_device()
-        if device is None:
+        taken = take_next(delivery)
+        if taken is None:
             break
-        devices.append(device)
-        delivery.take(device, next(_refs), NOW)
+        devices.append(taken[1].device)
     assert devices == ["C", "Z", "Z"]
 
 

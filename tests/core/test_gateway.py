@@ -1,8 +1,10 @@
 """Gateway topics, payload bytes and the PUBLISH size guard (bridge.core.gateway)."""
 
+import json
+
 import pytest
 
-from bridge.core import gateway
+from bridge.core import gateway, payloads
 from bridge.core.payloads import Claim, TelemetryEntry
 
 paho_client = pytest.importorskip("paho.mqtt.client")
@@ -147,3 +149,35 @@ def test_publish_packet_size_of_real_gateway_messages_matches_paho():
         for mqtt5 in (False, True):
             assert gateway.publish_packet_size(topic, payload, mqtt5) == len(
                 paho_publish_bytes(topic, payload, mqtt5))
+
+
+# -- uploads carried as the device sent them ------------------------------------------------
+
+PLAIN = [b'{"temperature":21.5}', b' {"a": 1, "b": "x\\u00e9", "c": {"nested": null}} \n',
+         b'{"big": 123456789012345678901234567890, "f": 1e-7, "t": true}',
+         b'{"ts": 5}', b'{"values": {"a": 1}}', '{"Grüße": "ü"}'.encode()]
+
+
+@pytest.mark.parametrize("raw", PLAIN)
+@pytest.mark.parametrize("device", ["Dev A", 'Gerät "7" \\ x'])
+def test_telemetry_as_sent_means_the_same_as_the_re_encoded_message(raw, device):
+    doc = payloads.parse_json(raw, "telemetry")
+    assert payloads.plain_values(doc)
+    topic, fast = gateway.telemetry_as_sent(device, 1700000000000, raw)
+    expected = gateway.telemetry(device, payloads.telemetry_entries(doc, 1700000000000))
+    assert topic == expected[0]
+    assert json.loads(fast) == json.loads(expected[1])
+
+
+@pytest.mark.parametrize("raw", PLAIN)
+def test_attributes_as_sent_means_the_same_as_the_re_encoded_message(raw):
+    doc = payloads.parse_json(raw, "attributes")
+    topic, fast = gateway.attributes_as_sent("Dev \u00e9", raw)
+    expected = gateway.attributes("Dev \u00e9", payloads.attribute_values(doc))
+    assert (topic, json.loads(fast)) == (expected[0], json.loads(expected[1]))
+
+
+@pytest.mark.parametrize("raw", [b'{"a": null, "b": 1}', b'{"ts": 5, "values": {"a": 1}}',
+                                 b'[{"a": 1}]', b'{}', b'"text"', b'17'])
+def test_uploads_needing_a_change_are_not_plain(raw):
+    assert not payloads.plain_values(payloads.parse_json(raw, "telemetry"))

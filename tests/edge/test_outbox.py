@@ -100,6 +100,20 @@ def test_delete_removes_only_the_given_entries(outbox):
     assert [e.id for e in outbox.load()] == [ids[1]]
 
 
+def test_delete_of_runs_and_gaps_in_any_order_removes_exactly_those(outbox):
+    ids = outbox.append([row(n) for n in range(12)])
+    gone = [ids[9], ids[0], ids[2], ids[1], ids[7], ids[10], ids[11], ids[10]]
+    outbox.delete(gone)
+    assert [e.id for e in outbox.load()] == [i for i in ids if i not in gone]
+
+
+def test_one_write_stores_removes_and_sets_aside_together(outbox):
+    old = outbox.append([row(1), row(2), row(3)])
+    new = outbox.write([row(4)], [old[0]], [(old[1], "refused")], 5.0)
+    assert [e.id for e in outbox.load()] == [old[2]] + new
+    assert [(d[0], d[5]) for d in outbox.dead_letters()] == [(old[1], "refused")]
+
+
 def test_delete_of_unknown_id_is_harmless(outbox):
     [entry_id] = outbox.append([row(1)])
     outbox.delete([entry_id + 100])
