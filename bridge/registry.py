@@ -2,8 +2,8 @@
 
 The ``coapbridge devices`` commands write it; a running bridge reads it. The
 bridge keeps an in-memory copy and reloads it when SQLite's ``data_version``
-says another connection changed the file, so additions take effect at once
-and removals within 0.1 s, without a restart (see ``Registry.lookup``).
+says another connection changed the file, so additions and removals take
+effect at once, without a restart (see ``Registry.lookup``).
 
 Tokens are secrets: use ``mask()`` whenever one goes into a log line.
 """
@@ -50,7 +50,6 @@ def mask(token: Optional[str]) -> str:
 
 
 class Registry:
-    RECHECK = 0.1  # seconds a looked-up token is trusted without a query
     def __init__(self, path: str):
         self.path = path
         self._db = connect(path)
@@ -59,7 +58,6 @@ class Registry:
         if "pending" not in columns:  # registries made before provisioning existed
             self._db.execute("ALTER TABLE devices ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
         self._version: Optional[int] = None
-        self._checked = float("-inf")  # when lookup last read data_version
         self._by_token: Dict[str, Device] = {}
 
     def close(self) -> None:
@@ -67,15 +65,14 @@ class Registry:
 
     # -- the bridge's view --------------------------------------------------
 
-    def lookup(self, token: str, now: Optional[float] = None) -> Optional[Device]:
+    def lookup(self, token: str, recheck: bool = True) -> Optional[Device]:
         """The live device for ``token``, or None (unknown or deleted).
 
-        With ``now`` (seconds), a token found in the copy is trusted for up to
-        ``RECHECK`` seconds since the last look at the file: a device removed by
-        another process stops working within that time, and the busy path costs no
-        query. An unknown token always looks at the file, so a device just added
-        works at once."""
-        if now is not None and 0.0 <= now - self._checked < self.RECHECK:
+        ``recheck=False`` trusts the copy for a token it knows, with no query: the
+        bridge rechecks once per turn of its reactor, so a burst of requests costs
+        one query and a change made before the burst still counts. An unknown token
+        always looks at the file."""
+        if not recheck:
             device = self._by_token.get(token)
             if device is not None:
                 return device
@@ -85,8 +82,6 @@ class Registry:
                                     "WHERE deleted = 0 AND pending = 0")
             self._by_token = {token_: Device(name, type_) for token_, name, type_ in rows}
             self._version = version
-        if now is not None:
-            self._checked = now
         return self._by_token.get(token)
 
     def rename(self, old: str, new: str) -> bool:
@@ -98,14 +93,12 @@ class Registry:
         except sqlite3.IntegrityError:
             raise RegistryError("cannot rename %r: a device named %r already exists" % (old, new))
         self._version = None
-        self._checked = float("-inf")
         return cursor.rowcount > 0
 
     def mark_deleted(self, name: str) -> bool:
         with self._transaction():
             cursor = self._db.execute("UPDATE devices SET deleted = 1 WHERE name = ?", (name,))
         self._version = None
-        self._checked = float("-inf")
         return cursor.rowcount > 0
 
     def provision(self, name: str, token: str, device_type: str, strategy: str) -> bool:
@@ -133,7 +126,6 @@ class Registry:
         except sqlite3.IntegrityError:
             return False
         self._version = None
-        self._checked = float("-inf")
         return True
 
     def store_credentials(self, name: str, token: str, device_type: str) -> None:
@@ -149,7 +141,6 @@ class Registry:
         except sqlite3.IntegrityError as exc:
             raise RegistryError(_integrity(exc))
         self._version = None
-        self._checked = float("-inf")
 
     # -- the operator's commands --------------------------------------------
 
@@ -162,14 +153,12 @@ class Registry:
         except sqlite3.IntegrityError:
             raise RegistryError(self._conflict(name, token))
         self._version = None
-        self._checked = float("-inf")
         return Entry(name, token, device_type)
 
     def remove(self, name: str) -> bool:
         with self._transaction():
             cursor = self._db.execute("DELETE FROM devices WHERE name = ?", (name,))
         self._version = None
-        self._checked = float("-inf")
         return cursor.rowcount > 0
 
     def entries(self) -> List[Entry]:
@@ -195,7 +184,6 @@ class Registry:
         except sqlite3.IntegrityError as exc:
             raise RegistryError("import refused, nothing added: %s" % _integrity(exc))
         self._version = None
-        self._checked = float("-inf")
         return len(rows)
 
     def _conflict(self, name: str, token: str) -> str:

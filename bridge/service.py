@@ -82,6 +82,7 @@ class Bridge:
         self.request_peer: Dict[int, Any] = {}  # request ref -> source address
         self.authenticated: Set[int] = set()  # requests that carry a valid access token
         self._looked_up = False
+        self._registry_checked = False
         self.pending_by_peer: Dict[Any, int] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
@@ -100,6 +101,9 @@ class Bridge:
                                            stats["acknowledged"]),
             "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",
                                         stats["delivered"]),
+            "uplink_publishes_total": ("counter", "acknowledged publishes that carried stored "
+                                       "uplinks (delivered / publishes = mean batch size)",
+                                       stats["publishes"]),
             "uplinks_dead_lettered_total": ("counter", "stored uplinks the platform refused",
                                             stats["dead_lettered"]),
             "outbox_refused_full_total": ("counter", "uplinks refused with 5.03, outbox full",
@@ -124,9 +128,18 @@ class Bridge:
         return self.reactor.seconds()
 
     def lookup(self, token: str) -> Optional[Device]:
-        device = self.registry.lookup(token, self.now()) if self.registry is not None else None
+        device = None
+        if self.registry is not None:
+            recheck = not self._registry_checked
+            if recheck:  # the first lookup of this reactor turn looks at the file
+                self._registry_checked = True
+                self.reactor.callLater(0, self._registry_turn_over)
+            device = self.registry.lookup(token, recheck)
         self._looked_up = device is not None
         return device
+
+    def _registry_turn_over(self) -> None:
+        self._registry_checked = False
 
     # -- CoAP edge -------------------------------------------------------------
 

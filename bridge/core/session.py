@@ -158,8 +158,9 @@ class GatewayCore:
         self.draining = False  # shutting down: publish no more stored entries
         self.oldest_entry: Optional[float] = None  # creation time of the oldest stored entry
         self._next_slow_tick = 0.0
-        self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "dead_lettered": 0,
-                                      "refused_full": 0, "store_failed": 0, "rate_limited": 0}
+        self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "publishes": 0,
+                                      "dead_lettered": 0, "refused_full": 0, "store_failed": 0,
+                                      "rate_limited": 0}
         self._next_ref = 0
         self._next_attribute_id = 0
         self._next_client_rpc = 0
@@ -534,6 +535,7 @@ class GatewayCore:
             batch = self.delivery.done(ref)
             assert batch is not None
             self.stats["delivered"] += len(batch)
+            self.stats["publishes"] += 1
             return [Delete(tuple(entry.id for entry in batch))] + self._pump(now)
         if reason_code == QUOTA_EXCEEDED:  # transient: ThingsBoard closes the link, we retry
             self.delivery.retry(ref)

@@ -114,26 +114,18 @@ def test_lookup_sees_removal_through_second_instance(registry, second):
     assert second.lookup("tokA") is None
 
 
-def test_with_a_clock_a_known_token_is_trusted_for_recheck_seconds(registry, second):
+def test_without_recheck_a_known_token_is_answered_from_the_copy(registry, second):
     registry.add("Dev A", "tokA", "thermo")
-    assert second.lookup("tokA", 100.0) == Device("Dev A", "thermo")
+    assert second.lookup("tokA") == Device("Dev A", "thermo")
     registry.remove("Dev A")
-    # within RECHECK of the last look at the file the copy answers, without a query
-    assert second.lookup("tokA", 100.0 + Registry.RECHECK / 2) == Device("Dev A", "thermo")
-    assert second.lookup("tokA", 100.0 + Registry.RECHECK * 1.5) is None
+    assert second.lookup("tokA", recheck=False) == Device("Dev A", "thermo")  # no query
+    assert second.lookup("tokA", recheck=True) is None
 
 
-def test_with_a_clock_an_unknown_token_always_looks_at_the_file(registry, second):
-    assert second.lookup("tokA", 100.0) is None
+def test_without_recheck_an_unknown_token_still_looks_at_the_file(registry, second):
+    assert second.lookup("tokA") is None
     registry.add("Dev A", "tokA", "thermo")
-    assert second.lookup("tokA", 100.0) == Device("Dev A", "thermo")
-
-
-def test_with_a_clock_that_went_back_the_file_is_read_again(registry, second):
-    registry.add("Dev A", "tokA", "thermo")
-    assert second.lookup("tokA", 100.0) is not None
-    registry.remove("Dev A")
-    assert second.lookup("tokA", 50.0) is None
+    assert second.lookup("tokA", recheck=False) == Device("Dev A", "thermo")
 
 
 def test_lookup_sees_rename_and_delete_through_second_instance(registry, second):

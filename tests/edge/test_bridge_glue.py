@@ -36,3 +36,31 @@ def test_requests_in_progress_per_address_are_bounded():
     assert refused.result.code == txcoap.SERVICE_UNAVAILABLE
     other = bridge.handle_coap(request(("10.0.0.8", 5683)))
     assert not other.called  # another address is not affected
+
+
+def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
+    from bridge.registry import Registry
+    clock = Clock()
+    bridge = Bridge(config_module.load(None, {}), clock)
+    path = str(tmp_path / "registry.sqlite3")
+    writer = Registry(path)
+    writer.add("Dev A", "tokA", "thermo")
+    bridge.registry = Registry(path)
+    queries = []
+    bridge.registry._db.set_trace_callback(queries.append)
+    assert bridge.lookup("tokA") is not None
+    assert bridge.lookup("tokA") is not None  # same turn: the copy answers
+    assert sum("data_version" in q for q in queries) == 1
+    writer.remove("Dev A")
+    assert bridge.lookup("tokA") is not None  # a removal during the turn counts from the next
+    clock.advance(0)
+    assert bridge.lookup("tokA") is None  # the next turn reads the file again
+    assert sum("data_version" in q for q in queries) == 2
+
+
+def test_a_uri_path_that_is_not_utf8_gets_4_00():
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    message = request()
+    message.opt.uri_path = (b"api", b"v1", b"\xff\xfe", b"telemetry")
+    answer = bridge.handle_coap(message)
+    assert answer.result.code == txcoap.BAD_REQUEST and bridge.requests == {}

@@ -176,7 +176,7 @@ def test_tokens_never_appear_in_full_in_the_log(bridge, client):
 
 def test_metrics_endpoint_counts_uplinks(tmp_path, broker):
     import urllib.request
-    from conftest import BridgeProcess, free_port
+    from conftest import BridgeProcess, free_port, wait_until
     port = free_port()
     process = BridgeProcess(str(tmp_path), broker.port, metrics={"port": port})
     process.add_device("M", "tokM")
@@ -188,6 +188,8 @@ def test_metrics_endpoint_counts_uplinks(tmp_path, broker):
         text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read()
         text = text.decode()
         assert "coapbridge_uplinks_acknowledged_total 1" in text
+        wait_until(lambda: "coapbridge_uplink_publishes_total 1" in urllib.request.urlopen(
+            "http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode(), 5, "the publish")
         assert "coapbridge_coap_errors_total 1" in text
         assert "coapbridge_mqtt_connected 1" in text
         assert "# TYPE coapbridge_outbox_entries gauge" in text
