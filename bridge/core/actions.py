@@ -94,7 +94,10 @@ class Log:
 
 @dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
 class Store:
-    """Write an uplink durably; the edge reports the outbox id with ``on_stored``."""
+    """Write an uplink durably; the edge reports the outbox id with ``on_stored``.
+
+    Until then the core may rename it (the platform renamed the device): the edge
+    writes ``device`` and ``payload`` as they are when the write begins."""
 
     ref: int
     device: str

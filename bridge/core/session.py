@@ -370,6 +370,11 @@ class GatewayCore:
             self.known_keys[new] = self.known_keys.pop(old)
         self.delivery.rename(old, new, lambda entry: gateway.rename_device(
             entry.topic, entry.payload, old, new))
+        for _, store in self.storing.values():  # uplinks still being written follow too
+            if store.device == old:
+                payload = gateway.rename_device(store.topic, store.payload, old, new)
+                self.storing_bytes += len(payload) - len(store.payload)
+                store.device, store.payload = new, payload
         self.observers.rename(old, new)
         for fetch in self.fetches.values():
             if fetch.device == old:

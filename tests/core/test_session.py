@@ -524,6 +524,18 @@ def test_stored_uplink_of_a_renamed_device_is_published_under_the_new_name():
     assert list(json.loads(data.payload)) == ["Dev Z"]
 
 
+def test_uplink_still_being_written_at_a_rename_is_stored_and_published_under_the_new_name():
+    core = connected_core()
+    [store] = core.on_request(req(2, payload=b'{"n": 1}'), NOW)  # handed to the outbox
+    rename(core, "Dev A", "Dev Z")
+    assert store.device == "Dev Z"  # the edge writes it as it is when the write begins
+    assert list(json.loads(store.payload)) == ["Dev Z"]
+    assert core.storing_bytes == len(store.payload)
+    [reply, data] = store_all(core, [store])
+    assert dotted(reply) == "2.01"
+    assert data.device == "Dev Z" and list(json.loads(data.payload)) == ["Dev Z"]
+
+
 def test_entry_in_flight_during_a_rename_is_redelivered_first_under_the_new_name():
     core = connected_core(window=1)
     uplink(core, 2, payload=b'{"n": 1}')  # in flight
