@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 import txthings.coap as txcoap
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.python.threadpool import ThreadPool
 
 from .config import Config
 from .core import codes
@@ -75,11 +74,6 @@ class Bridge:
         self._deletes: List[int] = []
         self._dead: List[DeadLetter] = []
         self._commit_call: Any = None
-        self._writing = False  # a write runs in the writer
-        self._flush_waiters: List[defer.Deferred] = []
-        # runs outbox writes: BridgeService gives a thread of its own; by default (tests
-        # with a fake clock) they run here and now
-        self.run_blocking: Callable[..., defer.Deferred] = defer.maybeDeferred
         self.link = MqttLink(reactor, config.mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.sender: Optional[coap_edge.ConfirmableSender] = None
         self._notifications: List[Notify] = []
@@ -255,70 +249,45 @@ class Bridge:
             elif isinstance(action, DeleteDevice):
                 self._registry_change("delete", action.name)
 
-    # -- the outbox: group commit, off the reactor thread ------------------------------
+    # -- the outbox: group commit once per reactor turn ------------------------------
+    # (on the reactor thread: a writer thread was tried, and with CPython's GIL passing
+    # back and forth for every row it made the p99 latency four times worse)
 
     def _schedule_commit(self) -> None:
-        if self._commit_call is None and not self._writing:
+        if self._commit_call is None:
             self._commit_call = self.reactor.callLater(0, self.commit)
 
     def commit(self) -> None:
-        """Hand the outbox changes gathered so far to the writer, as one transaction: store
-        every new uplink (its device is answered once it is written), remove what the
-        broker acknowledged, set aside what the platform refused. While a write runs,
-        changes gather and go together in the next one (group commit): a slow disk
-        makes the groups larger, and never stops the reactor."""
+        """Write this turn's outbox changes in one transaction: store every new uplink,
+        then answer its device; remove what the broker acknowledged and set aside what
+        the platform refused."""
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
         self._commit_call = None
-        if self.outbox is None or self._writing:
+        if self.outbox is None:
             return
         stores, self._stores = self._stores, []
         deletes, self._deletes = self._deletes, []
-        dead = [(d.id, d.reason) for d in self._dead]
-        self._dead = []
+        dead, self._dead = self._dead, []
         if not (stores or deletes or dead):
-            waiters, self._flush_waiters = self._flush_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
             return
         now = self.now()
-        self._writing = True
-        d = self.run_blocking(self.outbox.write,
-                              [(s.device, s.device_type, s.topic, s.payload, now) for s in stores],
-                              deletes, dead, now)
-        d.addCallbacks(self._written, self._write_failed, callbackArgs=(stores,),
-                       errbackArgs=(stores, deletes, dead))
-        d.addErrback(lambda f: log.failure("Outbox write handling failed", failure=f))
-
-    def _written(self, ids: List[int], stores: List[Store]) -> None:
-        self._writing = False
+        try:
+            ids = self.outbox.write([(s.device, s.device_type, s.topic, s.payload, now)
+                                     for s in stores], deletes,
+                                    [(d.id, d.reason) for d in dead], now)
+        except sqlite3.Error as exc:
+            # the removals are harmless to keep (at worst delivered again after a restart):
+            # they go with the next write
+            self._deletes[:0] = deletes
+            self._dead[:0] = dead
+            if stores:
+                self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
+            else:
+                log.error("Could not update the outbox: {error}", error=str(exc))
+            return
         if stores:
-            self.apply(self.core.on_stored(list(zip((s.ref for s in stores), ids)), self.now()))
-        self.commit()
-
-    def _write_failed(self, failure: Any, stores: List[Store], deletes: List[int],
-                      dead: List[Any]) -> None:
-        self._writing = False
-        failure.trap(sqlite3.Error)
-        reason = str(failure.value)
-        # the removals are harmless to keep (at worst delivered again after a restart):
-        # they go with the next write
-        self._deletes[:0] = deletes
-        self._dead[:0] = [DeadLetter(entry_id, why) for entry_id, why in dead]
-        if stores:
-            self.apply(self.core.on_store_failed([s.ref for s in stores], reason, self.now()))
-        else:
-            log.error("Could not update the outbox: {error}", error=reason)
-            if not self._flush_waiters:
-                return  # retried when the next change comes
-        self.commit()
-
-    def flush(self) -> defer.Deferred:
-        """Fires once every outbox change made so far is written (or failed)."""
-        waiter = defer.Deferred()
-        self._flush_waiters.append(waiter)
-        self.commit()
-        return waiter
+            self.apply(self.core.on_stored(list(zip((s.ref for s in stores), ids)), now))
 
     def restore(self) -> None:
         assert self.outbox is not None
@@ -338,7 +307,8 @@ class Bridge:
             if not self.core.delivery.in_flight or self.now() >= deadline \
                     or not self.link.connected:
                 poll.stop()
-                self.flush().addCallback(done.callback)
+                self.commit()
+                done.callback(None)
         poll = LoopingCall(check)
         poll.clock = self.reactor
         poll.start(0.05, now=True).addErrback(lambda f: log.failure("Drain failed", failure=f))
@@ -374,13 +344,9 @@ class Bridge:
             if kind == "rename":
                 changed = self.registry.rename(names[0], names[1])
                 if self.outbox is not None:
-                    # after the writes already handed over (the writer keeps their order);
-                    # uplinks not handed over yet were renamed by the core
-                    self.run_blocking(
-                        self.outbox.rename, names[0], names[1], lambda topic, payload: gateway
-                        .rename_device(topic, payload, names[0], names[1])).addErrback(
-                        lambda f: log.failure("Could not rename {device} in the outbox",
-                                              failure=f, device=names[0]))
+                    self.commit()  # uplinks being stored were renamed by the core: write them
+                    self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
+                                       .rename_device(topic, payload, names[0], names[1]))
             else:
                 changed = self.registry.mark_deleted(names[0])
         except RegistryError as exc:
@@ -492,8 +458,9 @@ class _CoapService(Service):
         Service.stopService(self)
         if self.port is not None:
             port, self.port = self.port, None
-            port.stopReading()  # no new requests; those being stored are answered first
-            return self.bridge.flush().addCallback(lambda _: port.stopListening())
+            port.stopReading()  # no new requests; those already stored are answered now
+            self.bridge.commit()
+            return port.stopListening()
         return None
 
 
@@ -535,37 +502,27 @@ class BridgeService(MultiService):
         _TickService(self.bridge).setServiceParent(self)
         _MetricsService(self.bridge).setServiceParent(self)
         self.coap.setServiceParent(self)
-        self.writer: Optional[ThreadPool] = None
 
     def startService(self) -> None:
         self.bridge.registry = Registry(self.config.registry_path)
         log.info("Device registry {path}: {count} devices", path=self.config.registry_path,
                  count=len(self.bridge.registry.entries()))
         self.bridge.outbox = Outbox(self.config.outbox_path, self.config.outbox.synchronous)
-        # One thread writes the outbox, in order: the reactor goes on while SQLite syncs.
-        self.writer = ThreadPool(minthreads=1, maxthreads=1, name="coapbridge-outbox")
-        self.writer.start()
-        reactor = self.bridge.reactor
-        self.bridge.run_blocking = lambda f, *args: threads.deferToThreadPool(
-            reactor, self.writer, f, *args)
         self.bridge.packages.start()
         self.bridge.restore()
         MultiService.startService(self)
 
     def stopService(self) -> defer.Deferred:
         d = defer.maybeDeferred(MultiService.stopService, self)
-        d.addBoth(lambda result: self.bridge.flush().addCallback(lambda _: result))
 
         def close(result: Any) -> Any:
             if self.bridge.outbox is not None:
+                self.bridge.commit()
                 count, size = self.bridge.outbox.stats()
                 if count:
                     log.info("{count} uplinks wait in the outbox for the next start", count=count)
                 self.bridge.outbox.close()
                 self.bridge.outbox = None
-            if self.writer is not None:
-                self.writer.stop()
-                self.writer = None
             if self.bridge.registry is not None:
                 self.bridge.registry.close()
                 self.bridge.registry = None

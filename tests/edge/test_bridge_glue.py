@@ -2,7 +2,6 @@
 
 import pytest
 import txthings.coap as txcoap
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from bridge import config as config_module
@@ -67,25 +66,21 @@ def test_a_uri_path_that_is_not_utf8_gets_4_00():
     assert answer.result.code == txcoap.BAD_REQUEST and bridge.requests == {}
 
 
-# -- outbox writes off the reactor thread: group commit ------------------------------------
+# -- the outbox: one transaction per reactor turn ------------------------------------------
 
-class HeldWriter:
-    """A writer that runs each job only when the test releases it, in order."""
+class CountingWrites:
+    """Wraps ``Outbox.write``: counts the calls and fails the next one when told to."""
 
-    def __init__(self):
-        self.jobs = []
+    def __init__(self, outbox):
+        self.write, self.calls, self.fail = outbox.write, [], None
+        outbox.write = self
 
-    def __call__(self, f, *args):
-        waiter = Deferred()
-        self.jobs.append((f, args, waiter))
-        return waiter
-
-    def release(self, error=None):
-        f, args, waiter = self.jobs.pop(0)
-        if error is not None:
-            waiter.errback(error)
-        else:
-            waiter.callback(f(*args))
+    def __call__(self, rows, deletes, dead, now):
+        self.calls.append((list(rows), list(deletes), list(dead)))
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        return self.write(rows, deletes, dead, now)
 
 
 def writing_bridge(tmp_path):
@@ -96,8 +91,7 @@ def writing_bridge(tmp_path):
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.registry.add("Dev A", "tok", "thermo")
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
-    bridge.run_blocking = writer = HeldWriter()
-    return bridge, clock, writer
+    return bridge, clock, CountingWrites(bridge.outbox)
 
 
 def uplink(bridge, mid):
@@ -106,66 +100,37 @@ def uplink(bridge, mid):
     return bridge.handle_coap(message)
 
 
-def test_uplinks_arriving_during_a_write_go_together_in_the_next_one(tmp_path):
-    bridge, clock, writer = writing_bridge(tmp_path)
-    first = uplink(bridge, 1)
+def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_path):
+    bridge, clock, writes = writing_bridge(tmp_path)
+    answers = [uplink(bridge, mid) for mid in (1, 2, 3)]
+    assert not any(d.called for d in answers) and writes.calls == []
     clock.advance(0)
-    assert len(writer.jobs) == 1 and not first.called  # answered only once written
-    later = [uplink(bridge, 2), uplink(bridge, 3)]
-    clock.advance(0)
-    assert len(writer.jobs) == 1  # they wait for the running write
-    writer.release()
-    assert first.result.code == txcoap.CREATED
-    assert not any(d.called for d in later)
-    [(_, (rows, deletes, dead, _now), _)] = writer.jobs
-    assert len(rows) == 2 and deletes == [] and dead == []  # both in one transaction
-    writer.release()
-    assert [d.result.code for d in later] == [txcoap.CREATED] * 2
-    assert bridge.outbox.stats()[0] == 3 and writer.jobs == []
-
-
-def test_flush_fires_once_everything_handed_over_before_it_is_written(tmp_path):
-    bridge, clock, writer = writing_bridge(tmp_path)
-    uplink(bridge, 1)
-    clock.advance(0)
-    uplink(bridge, 2)  # not handed over yet: the write of uplink 1 runs
-    flushed = bridge.flush()
-    writer.release()
-    assert not flushed.called  # uplink 2 is being written now
-    writer.release()
-    assert flushed.called and bridge.outbox.stats()[0] == 2
-
-
-def test_flush_with_nothing_to_write_fires_at_once(tmp_path):
-    bridge, clock, writer = writing_bridge(tmp_path)
-    assert bridge.flush().called and writer.jobs == []
+    assert len(writes.calls) == 1 and len(writes.calls[0][0]) == 3
+    assert [d.result.code for d in answers] == [txcoap.CREATED] * 3
+    assert bridge.outbox.stats()[0] == 3
 
 
 def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
     import sqlite3
-    bridge, clock, writer = writing_bridge(tmp_path)
+    bridge, clock, writes = writing_bridge(tmp_path)
+    writes.fail = sqlite3.OperationalError("disk I/O error")
     failed = uplink(bridge, 1)
     clock.advance(0)
-    writer.release(sqlite3.OperationalError("disk I/O error"))
     assert failed.result.code == txcoap.SERVICE_UNAVAILABLE
     again = uplink(bridge, 2)
     clock.advance(0)
-    writer.release()
     assert again.result.code == txcoap.CREATED and bridge.outbox.stats()[0] == 1
 
 
 def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
     import sqlite3
-    bridge, clock, writer = writing_bridge(tmp_path)
+    bridge, clock, writes = writing_bridge(tmp_path)
     [stored] = bridge.outbox.append([("Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
     bridge._deletes.append(stored)
-    bridge._schedule_commit()
-    clock.advance(0)
-    writer.release(sqlite3.OperationalError("database is locked"))
-    assert writer.jobs == [] and bridge.outbox.stats()[0] == 1  # kept for the next write
+    writes.fail = sqlite3.OperationalError("database is locked")
+    bridge.commit()
+    assert bridge.outbox.stats()[0] == 1  # still there: kept for the next write
     uplink(bridge, 1)
     clock.advance(0)
-    [(_, (rows, deletes, _, _), _)] = writer.jobs
-    assert deletes == [stored] and len(rows) == 1
-    writer.release()
+    assert writes.calls[-1][1] == [stored] and len(writes.calls[-1][0]) == 1
     assert [e.device for e in bridge.outbox.load()] == ["Dev A"] and bridge.outbox.stats()[0] == 1
