@@ -440,10 +440,12 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
         lines.append("| %s | %d | %.2f | %.2f | %.2f | %.2f |" % (
             label, row["rate"], bridge / row["rate"] if row["rate"] else 0, row["p50_ms"],
             row["p99_ms"], row["p999_ms"]))
-    lines += ["", "Saturation is the median of %d interleaved runs per server; every run "
-              "(req/s): %s." % (len(out["bridge"]["saturation"]["rounds"]), "; ".join(
-                  "%s %s" % (label.split(",")[0], ", ".join(str(r) for r in row["rounds"]))
-                  for label, row in rows))]
+    if len(out["bridge"]["saturation"].get("rounds", [])) > 1:
+        lines += ["", "Saturation is the median of %d interleaved runs per server; every run "
+                  "(req/s): %s." % (len(out["bridge"]["saturation"]["rounds"]), "; ".join(
+                      "%s %s" % (label.split(",")[0].split(" (")[0],
+                                 ", ".join(str(r) for r in row["rounds"]))
+                      for label, row in rows))]
     lines += ["", "Broker: one paho client publishes %d QoS 1 messages/s."
               % out["broker_publish_rate"]["rate"], "",
               "Acknowledged %d uplinks, the platform received %d."

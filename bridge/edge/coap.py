@@ -143,38 +143,55 @@ class Deduplicator:
 
     Entries live between ``lifetime`` and ``lifetime + bucket`` seconds; one
     ``sweep()`` per bucket interval drops whole buckets.
+
+    A busy server holds millions of entries (EXCHANGE_LIFETIME is 247 s), so they
+    are kept out of the garbage collector's sight: keys are strings, values bytes,
+    and a closed bucket is a tuple of strings, none of which the collector tracks.
+    Tuple keys made every full collection walk all of them (pauses of 100 ms).
     """
 
     def __init__(self, lifetime: float, bucket: float = 5.0):
         self.lifetime = lifetime
         self.bucket = bucket
-        self.entries: Dict[Tuple[int, Any], Optional[bytes]] = {}
-        self._buckets: Deque[Tuple[float, List[Tuple[int, Any]]]] = deque()
+        self.entries: Dict[str, Optional[bytes]] = {}
+        self._open: List[str] = []  # keys of the newest bucket
+        self._opened = float("-inf")  # when the newest bucket started
+        self._buckets: Deque[Tuple[float, Tuple[str, ...]]] = deque()  # closed buckets
 
-    def seen(self, key: Tuple[int, Any], now: float) -> bool:
+    @staticmethod
+    def key(mid: int, remote: Any) -> str:
+        return "%s %d %d" % (remote[0], remote[1], mid)
+
+    def seen(self, key: str, now: float) -> bool:
         """True for a duplicate; otherwise remember ``key`` and return False."""
         if key in self.entries:
             return True
         self.entries[key] = None
-        if not self._buckets or self._buckets[-1][0] + self.bucket <= now:
-            self._buckets.append((now, []))
-        self._buckets[-1][1].append(key)
+        if self._opened + self.bucket <= now:
+            self._close()
+            self._opened = now
+        self._open.append(key)
         return False
 
-    def response(self, key: Tuple[int, Any]) -> Optional[bytes]:
+    def response(self, key: str) -> Optional[bytes]:
         return self.entries.get(key)
 
-    def remember_response(self, key: Tuple[int, Any], data: bytes) -> None:
+    def remember_response(self, key: str, data: bytes) -> None:
         if key in self.entries and self.entries[key] is None:
             self.entries[key] = data
 
     def sweep(self, now: float) -> None:
         horizon = now - self.lifetime
+        if self._opened + self.bucket <= horizon:
+            self._close()
         while self._buckets and self._buckets[0][0] + self.bucket <= horizon:
             for key in self._buckets.popleft()[1]:
                 self.entries.pop(key, None)
 
-
+    def _close(self) -> None:
+        if self._open:
+            self._buckets.append((self._opened, tuple(self._open)))
+            self._open = []
 
 
 class FixedBlockOption(txcoap.BlockOption):
@@ -408,7 +425,7 @@ class BridgeCoap(txcoap.Coap):
     def deduplicateMessage(self, message: txcoap.Message) -> bool:
         if message.mtype not in (txcoap.CON, txcoap.NON):
             return False  # duplicate ACK/RST find no exchange and are harmless
-        key = (message.mid, message.remote)
+        key = self.dedup.key(message.mid, message.remote)
         if not self.dedup.seen(key, self.clock.seconds()):
             return False
         cached = self.dedup.response(key)
@@ -432,7 +449,7 @@ class BridgeCoap(txcoap.Coap):
         address, port = message.remote
         self.transport.write(data, (str(address), port))
         if message.mtype in (txcoap.ACK, txcoap.RST):
-            self.dedup.remember_response((message.mid, message.remote), data)
+            self.dedup.remember_response(self.dedup.key(message.mid, message.remote), data)
 
     # -- requests ---------------------------------------------------------------------
 
