@@ -44,6 +44,13 @@ def test_built_in_defaults_read_environment():
         "broker", 8883, "3.1.1", True)
 
 
+def test_outbox_batch_size_comes_from_the_environment_with_the_shipped_file():
+    import os
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {}).outbox.max_batch == 100
+    assert load(shipped, {"OUTBOX_MAX_BATCH": "1"}).outbox.max_batch == 1
+
+
 def test_env_substitution_uses_env_value_and_coerces_type():
     config = load_text('mqtt: {host: "${MQTT_HOST:localhost}", port: "${MQTT_PORT:1883}"}',
                        {"MQTT_HOST": "tb.local", "MQTT_PORT": "8883"})
@@ -106,6 +113,7 @@ def test_every_problem_is_reported_at_once():
     ("mqtt: {reconnect_min_delay: 10, reconnect_max_delay: 5}", "mqtt.reconnect_max_delay"),
     ("mqtt: {max_packet_size: 300000000}", "mqtt.max_packet_size"),
     ("log_level: verbose", "log_level"),
+    ("outbox: {max_batch: 0}", "outbox.max_batch"),
     ("devices: {default_type: ''}", "devices.default_type"),
     ("mqtt: 5", "mqtt"),
     ("mqtt: {tls: {enabled: true, cert_file: ''}, bogus: 1}", "mqtt.bogus"),
