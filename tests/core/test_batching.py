@@ -709,31 +709,27 @@ def test_window_bounds_publishes_and_uplinks_stored_meanwhile_go_as_one_larger_b
 def test_window_is_never_exceeded_under_a_stream_of_uplinks():
     core = ready_core(window=3, max_batch=4)
     outstanding, delivered, sent = {}, [], []
-    rounds = 0
-    for n in range(40):
-        ids, answer = write(core, [post(core, TOKENS[n % len(TOKENS)], {"v": n})])
-        for publish in of(answer, Publish):
-            outstanding[publish.ref] = publish
-        assert len(outstanding) <= 3
-        if n % 5 == 4:  # the broker acknowledges the oldest publish now and then
-            ref = min(outstanding)
-            actions = core.on_published(ref, 0, NOW)
-            del outstanding[ref]
-            delivered += [i for d in of(actions, Delete) for i in d.ids]
-            for publish in of(actions, Publish):
-                outstanding[publish.ref] = publish
-            rounds += 1
-        assert len(outstanding) <= 3
-        sent += [p for p in outstanding.values() if p not in sent]
-    while outstanding:
-        ref = min(outstanding)
-        actions = core.on_published(ref, 0, NOW)
-        del outstanding[ref]
-        delivered += [i for d in of(actions, Delete) for i in d.ids]
+
+    def track(actions):
         for publish in of(actions, Publish):
             outstanding[publish.ref] = publish
         assert len(outstanding) <= 3
-        sent += [p for p in outstanding.values() if p not in sent]
+        sent.extend(p for p in outstanding.values() if p not in sent)
+
+    def acknowledge_oldest():
+        ref = min(outstanding)
+        actions = core.on_published(ref, 0, NOW)
+        del outstanding[ref]
+        delivered.extend(i for d in of(actions, Delete) for i in d.ids)
+        track(actions)
+
+    for n in range(40):
+        ids, answer = write(core, [post(core, TOKENS[n % len(TOKENS)], {"v": n})])
+        track(answer)
+        if n % 5 == 4:  # the broker acknowledges the oldest publish now and then
+            acknowledge_oldest()
+    while outstanding:
+        acknowledge_oldest()
     assert len(delivered) == len(set(delivered)) == 40
     sizes = [sum(len(v) for v in json.loads(p.payload).values()) for p in sent]
     assert max(sizes) == 4 and sum(sizes) == 40  # batches grew to max_batch, never past it
