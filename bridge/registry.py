@@ -72,7 +72,7 @@ class Registry:
         bridge rechecks once per turn of its reactor, so a burst of requests costs
         one query and a change made before the burst still counts. An unknown token
         always looks at the file."""
-        if not recheck:
+        if not recheck and self._version is not None:  # None: this process changed the file
             device = self._by_token.get(token)
             if device is not None:
                 return device

@@ -122,6 +122,15 @@ def test_without_recheck_a_known_token_is_answered_from_the_copy(registry, secon
     assert second.lookup("tokA", recheck=True) is None
 
 
+def test_without_recheck_a_change_made_through_this_instance_counts_at_once(registry):
+    registry.add("Dev A", "tokA", "thermo")
+    assert registry.lookup("tokA") == Device("Dev A", "thermo")
+    registry.rename("Dev A", "Dev Z")
+    assert registry.lookup("tokA", recheck=False) == Device("Dev Z", "thermo")
+    registry.mark_deleted("Dev Z")
+    assert registry.lookup("tokA", recheck=False) is None
+
+
 def test_without_recheck_an_unknown_token_still_looks_at_the_file(registry, second):
     assert second.lookup("tokA") is None
     registry.add("Dev A", "tokA", "thermo")
