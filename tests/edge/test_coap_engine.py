@@ -287,9 +287,24 @@ def test_w10_dedup_entries_are_out_of_the_garbage_collectors_sight():
     h.protocol._sweep()
     gc.collect()
     dedup = h.protocol.dedup
-    assert len(dedup.entries) == 300 and not gc.is_tracked(dedup.entries)
+    assert len(dedup) == 300
+    assert not any(gc.is_tracked(shard) for shard in dedup._shards)
     closed = [keys for _, keys in dedup._buckets]
     assert len(closed) >= 2 and not any(gc.is_tracked(keys) for keys in closed)
+
+
+def test_w10_dedup_never_rebuilds_one_huge_dict():
+    # one dict of three million keys coming and going rebuilt itself now and then: a
+    # 0.5 s stop of everything; spread over shards, no dict holds more than a few
+    from bridge.edge.coap import Deduplicator
+    dedup = Deduplicator(247.0)
+    keys = [dedup.key(n & 0xFFFF, ("10.0.%d.%d" % (n >> 16, n & 255), 5683)) for n in range(20000)]
+    for n, key in enumerate(keys):
+        assert not dedup.seen(key, n / 1000.0)
+        dedup.remember_response(key, b"answer %d" % n)
+    assert dedup.seen(keys[123], 20.0) and dedup.response(keys[123]) == b"answer 123"
+    sizes = [len(shard) for shard in dedup._shards]
+    assert sum(sizes) == 20000 and max(sizes) < 20000 / Deduplicator.SHARDS * 2
 
 
 def test_w10_duplicate_non_is_dropped():
@@ -305,11 +320,11 @@ def test_w10_dedup_keeps_no_timer_per_datagram_and_forgets_after_the_lifetime():
     for mid in range(500):
         h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=mid))
     assert len(h.clock.getDelayedCalls()) == timers_before
-    assert len(h.protocol.dedup.entries) == 500
-    assert all(isinstance(v, bytes) for v in h.protocol.dedup.entries.values())
+    assert len(h.protocol.dedup) == 500
+    assert all(isinstance(v, bytes) for v in h.protocol.dedup.responses())
     h.clock.pump([5.0] * 49)  # 245 s: still within EXCHANGE_LIFETIME
-    assert len(h.protocol.dedup.entries) == 500
+    assert len(h.protocol.dedup) == 500
     h.clock.pump([5.0] * 3)  # 260 s: past the lifetime plus one bucket
-    assert h.protocol.dedup.entries == {}
+    assert len(h.protocol.dedup) == 0
     assert len(h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=1))) == 1
     assert len(h.calls) == 501
