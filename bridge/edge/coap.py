@@ -138,6 +138,9 @@ def inspect(data: bytes) -> List[int]:
     return numbers
 
 
+Slot = Tuple[str, int]  # a deduplication key and its shard
+
+
 class Deduplicator:
     """W10: remembers (mid, peer) of recent CON/NON requests and the encoded first response.
 
@@ -148,27 +151,32 @@ class Deduplicator:
     million at 12,000 requests/s), so:
 
     * they are kept out of the garbage collector's sight: keys are strings,
-      values bytes, and a closed bucket is a tuple of strings, none of which the
-      collector tracks (tuple keys made every full collection walk all of them);
-    * they are spread over ``SHARDS`` dicts: one dict of millions of keys, with
-      keys coming and going, now and then rebuilds itself in one go, and that
-      stopped everything for half a second.
+      values bytes, and a closed bucket is a tuple of strings and the bytes of
+      their shards, none of which the collector tracks (tuple keys made every
+      full collection walk all of them);
+    * they are spread over ``SHARDS`` dicts, chosen by the key's hash (one byte
+      per entry in a closed bucket says which): one dict of
+      millions of keys, with keys coming and going, now and then rebuilds
+      itself in one go, and that stopped everything for half a second.
     """
 
-    SHARDS = 256  # a power of two
+    # 16: the rebuild of one shard of three million entries stops the reactor for
+    # 30 ms, not 500; shards cost PyPy (16: 15 % of the engine's rate, 256: 25 %)
+    SHARDS = 16
 
     def __init__(self, lifetime: float, bucket: float = 0.25):
         self.lifetime = lifetime
         self.bucket = bucket
         self._shards: List[Dict[str, Optional[bytes]]] = [{} for _ in range(self.SHARDS)]
-        self._mask = self.SHARDS - 1
-        self._open: List[str] = []  # keys of the newest bucket
+        self._open_keys: List[str] = []  # the newest bucket
+        self._open_shards = bytearray()
         self._opened = float("-inf")  # when the newest bucket started
-        self._buckets: Deque[Tuple[float, Tuple[str, ...]]] = deque()  # closed buckets
+        self._buckets: Deque[Tuple[float, Tuple[str, ...], bytes]] = deque()  # closed ones
 
     @staticmethod
-    def key(mid: int, remote: Any) -> str:
-        return "%s %d %d" % (remote[0], remote[1], mid)
+    def slot(mid: int, remote: Any) -> Slot:
+        key = "%s %d %d" % (remote[0], remote[1], mid)
+        return key, hash(key) & 0x0F  # str hashes are cached: the dict reuses it
 
     def __len__(self) -> int:
         return sum(len(shard) for shard in self._shards)
@@ -176,39 +184,44 @@ class Deduplicator:
     def responses(self) -> List[Optional[bytes]]:
         return [data for shard in self._shards for data in shard.values()]
 
-    def seen(self, key: str, now: float) -> bool:
-        """True for a duplicate; otherwise remember ``key`` and return False."""
-        shard = self._shards[hash(key) & self._mask]
+    def seen(self, slot: Slot, now: float) -> bool:
+        """True for a duplicate; otherwise remember ``slot`` and return False."""
+        key, index = slot
+        shard = self._shards[index]
         if key in shard:
             return True
         shard[key] = None
         if self._opened + self.bucket <= now:
             self._close()
             self._opened = now
-        self._open.append(key)
+        self._open_keys.append(key)
+        self._open_shards.append(index)
         return False
 
-    def response(self, key: str) -> Optional[bytes]:
-        return self._shards[hash(key) & self._mask].get(key)
+    def response(self, slot: Slot) -> Optional[bytes]:
+        return self._shards[slot[1]].get(slot[0])
 
-    def remember_response(self, key: str, data: bytes) -> None:
-        shard = self._shards[hash(key) & self._mask]
-        if key in shard and shard[key] is None:
-            shard[key] = data
+    def remember_response(self, slot: Slot, data: bytes) -> None:
+        shard = self._shards[slot[1]]
+        if shard.get(slot[0], data) is None:
+            shard[slot[0]] = data
 
     def sweep(self, now: float) -> None:
         horizon = now - self.lifetime
         if self._opened + self.bucket <= horizon:
             self._close()
-        shards, mask = self._shards, self._mask
+        shards = self._shards
         while self._buckets and self._buckets[0][0] + self.bucket <= horizon:
-            for key in self._buckets.popleft()[1]:
-                shards[hash(key) & mask].pop(key, None)
+            _, keys, indexes = self._buckets.popleft()
+            for key, index in zip(keys, indexes):
+                shards[index].pop(key, None)
 
     def _close(self) -> None:
-        if self._open:
-            self._buckets.append((self._opened, tuple(self._open)))
-            self._open = []
+        if self._open_keys:
+            self._buckets.append((self._opened, tuple(self._open_keys),
+                                  bytes(self._open_shards)))
+            self._open_keys = []
+            self._open_shards = bytearray()
 
 
 class FixedBlockOption(txcoap.BlockOption):
@@ -442,7 +455,7 @@ class BridgeCoap(txcoap.Coap):
     def deduplicateMessage(self, message: txcoap.Message) -> bool:
         if message.mtype not in (txcoap.CON, txcoap.NON):
             return False  # duplicate ACK/RST find no exchange and are harmless
-        key = self.dedup.key(message.mid, message.remote)
+        key = self.dedup.slot(message.mid, message.remote)
         if not self.dedup.seen(key, self.clock.seconds()):
             return False
         cached = self.dedup.response(key)
@@ -466,7 +479,7 @@ class BridgeCoap(txcoap.Coap):
         address, port = message.remote
         self.transport.write(data, (str(address), port))
         if message.mtype in (txcoap.ACK, txcoap.RST):
-            self.dedup.remember_response(self.dedup.key(message.mid, message.remote), data)
+            self.dedup.remember_response(self.dedup.slot(message.mid, message.remote), data)
 
     # -- requests ---------------------------------------------------------------------
 

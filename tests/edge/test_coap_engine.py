@@ -289,7 +289,7 @@ def test_w10_dedup_entries_are_out_of_the_garbage_collectors_sight():
     dedup = h.protocol.dedup
     assert len(dedup) == 300
     assert not any(gc.is_tracked(shard) for shard in dedup._shards)
-    closed = [keys for _, keys in dedup._buckets]
+    closed = [keys for _, keys, _ in dedup._buckets]
     assert len(closed) >= 2 and not any(gc.is_tracked(keys) for keys in closed)
 
 
@@ -298,7 +298,7 @@ def test_w10_dedup_never_rebuilds_one_huge_dict():
     # 0.5 s stop of everything; spread over shards, no dict holds more than a few
     from bridge.edge.coap import Deduplicator
     dedup = Deduplicator(247.0)
-    keys = [dedup.key(n & 0xFFFF, ("10.0.%d.%d" % (n >> 16, n & 255), 5683)) for n in range(20000)]
+    keys = [dedup.slot(n & 0xFFFF, ("10.0.%d.%d" % (n >> 8, n & 255), 5683)) for n in range(20000)]
     for n, key in enumerate(keys):
         assert not dedup.seen(key, n / 1000.0)
         dedup.remember_response(key, b"answer %d" % n)
