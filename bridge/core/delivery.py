@@ -141,13 +141,9 @@ class Delivery:
             self.ring.append(device)
         return entry
 
-    def park(self, device: str) -> None:
-        """Take ``device`` out of turn (it waits for its connect); ``resume`` puts it back."""
-        if device in self._in_ring:
-            self._in_ring.discard(device)
-            self.ring.remove(device)
-
     def resume(self, device: str) -> None:
+        """Give a parked device (one ``next_device`` or a ``blocked`` batch took out of
+        turn while it waits for its connect) its turn again."""
         if self.queues.get(device):
             self._enter_ring(device)
 

@@ -92,7 +92,7 @@ def merge(topic: str, messages: Sequence[Tuple[str, bytes]]) -> bytes:
     which decodes them."""
     if len(messages) == 1:
         return messages[0][1]
-    groups: Dict[str, List[bytes]] = {}
+    groups: Dict[bytes, List[bytes]] = {}  # device as a JSON string -> its data, in order
     for device, payload in messages:
         key = json_string(device).encode("utf-8")
         if topic == TELEMETRY:
@@ -100,12 +100,11 @@ def merge(topic: str, messages: Sequence[Tuple[str, bytes]]) -> bytes:
         else:
             head, tail = b"{" + key + b":{", b"}}"
         if not (payload.startswith(head) and payload.endswith(tail)) or \
-                (topic == ATTRIBUTES and device in groups):
+                (topic == ATTRIBUTES and key in groups):
             return _merge_decoded(topic, messages)
-        groups.setdefault(device, []).append(payload[len(head) - 1:len(payload) - 1])
+        groups.setdefault(key, []).append(payload[len(head) - 1:len(payload) - 1])
     parts = []
-    for device, datas in groups.items():
-        key = json_string(device).encode("utf-8")
+    for key, datas in groups.items():
         if topic == TELEMETRY:
             # each data is an array "[...]": join their elements into one array
             parts.append(key + b":[" + b",".join(data[1:-1] for data in datas if len(data) > 2)

@@ -211,11 +211,12 @@ def test_oldest_in_flight_is_the_earliest_send_time():
 
 
 # -- park and resume (a device waiting for its connect) -------------------------------------
+# A device whose turn is taken (next_device, or a batch that finds it blocked) and not used
+# is parked: it has no turn until resume.
 
 def test_parked_device_gets_no_turn_until_resumed():
     delivery = make(entries=[entry(1, "A"), entry(2, "B"), entry(3, "B")])
     assert delivery.next_device() == "A"
-    delivery.park("A")
     assert drain(delivery) == [2, 3]
     assert delivery.next_device() is None
     delivery.resume("A")
@@ -232,7 +233,6 @@ def test_resume_of_a_device_without_entries_gives_it_no_turn():
 def test_resume_twice_gives_one_turn_per_round():
     delivery = make(entries=[entry(1, "A"), entry(2, "A"), entry(3, "B"), entry(4, "B")])
     assert delivery.next_device() == "A"
-    delivery.park("A")
     delivery.resume("A")
     delivery.resume("A")
     assert drain(delivery) == [3, 1, 4, 2]
