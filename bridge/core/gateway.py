@@ -9,6 +9,7 @@ sent.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Dict, List, Sequence, Tuple
 
 from .payloads import Claim, TelemetryEntry, Values, dumps, json_string
@@ -66,6 +67,13 @@ def _varint_size(value: int) -> int:
     return size
 
 
+# What a QoS 1 PUBLISH adds to its topic and payload, at most, for topics of ASCII
+# characters: fixed header 1, length field up to 4, topic length 2, packet id 2, an
+# empty property list 1 (MQTT 5); other characters may add up to 3 bytes per
+# character in UTF-8, so the bound below holds for any topic of under 256 characters.
+MAX_PUBLISH_OVERHEAD = 10 + 3 * 255
+
+
 def publish_packet_size(topic: str, payload: bytes, mqtt5: bool) -> int:
     """Bytes on the wire of a QoS 1 PUBLISH without properties."""
     remaining = 2 + len(topic.encode("utf-8")) + 2 + len(payload) + (1 if mqtt5 else 0)
@@ -92,26 +100,33 @@ def merge(topic: str, messages: Sequence[Tuple[str, bytes]]) -> bytes:
     which decodes them."""
     if len(messages) == 1:
         return messages[0][1]
+    telemetry = topic == TELEMETRY
     groups: Dict[bytes, List[bytes]] = {}  # device as a JSON string -> its data, in order
     for device, payload in messages:
-        key = json_string(device).encode("utf-8")
-        if topic == TELEMETRY:
-            head, tail = b"{" + key + b":[", b"]}"
-        else:
-            head, tail = b"{" + key + b":{", b"}}"
-        if not (payload.startswith(head) and payload.endswith(tail)) or \
-                (topic == ATTRIBUTES and key in groups):
+        key, head = _heads(device, telemetry)
+        if not (payload.startswith(head) and payload.endswith(b"]}" if telemetry else b"}}")) \
+                or (not telemetry and key in groups):
             return _merge_decoded(topic, messages)
-        groups.setdefault(key, []).append(payload[len(head) - 1:len(payload) - 1])
-    parts = []
-    for key, datas in groups.items():
-        if topic == TELEMETRY:
-            # each data is an array "[...]": join their elements into one array
-            parts.append(key + b":[" + b",".join(data[1:-1] for data in datas if len(data) > 2)
-                         + b"]")
+        # telemetry: the elements of the array "[...]"; attributes: the object "{...}"
+        data = payload[len(head):-2] if telemetry else payload[len(head) - 1:-1]
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [data]
         else:
-            parts.append(key + b":" + datas[0])
+            group.append(data)
+    if telemetry:
+        parts = [key + b":[" + b",".join(data for data in datas if data) + b"]"
+                 for key, datas in groups.items()]
+    else:
+        parts = [key + b":" + datas[0] for key, datas in groups.items()]
     return b"{" + b",".join(parts) + b"}"
+
+
+@lru_cache(maxsize=1 << 16)
+def _heads(device: str, telemetry: bool) -> Tuple[bytes, bytes]:
+    """``device`` as a JSON string, and how its telemetry (or attributes) payload starts."""
+    key = json_string(device).encode("utf-8")
+    return key, b"{" + key + (b":[" if telemetry else b":{")
 
 
 def _merge_decoded(topic: str, messages: Sequence[Tuple[str, bytes]]) -> bytes:

@@ -455,6 +455,8 @@ class GatewayCore:
 
     def _check_size(self, topic: str, payload: bytes) -> None:
         limit = self.settings.max_packet_size
+        if len(topic) < 256 and len(payload) + len(topic) <= limit - gateway.MAX_PUBLISH_OVERHEAD:
+            return  # fits whatever the UTF-8 of the topic and the length field add
         if gateway.publish_packet_size(topic, payload, self.settings.mqtt5) > limit:
             raise codes.EntityTooLarge("gateway message would exceed the platform's %d-byte limit"
                                        % limit, size1=limit)
@@ -488,7 +490,8 @@ class GatewayCore:
         store = Store(self._ref(), device.name, device.type, topic, payload)
         self.storing[store.ref] = (request_ref, store)
         self.storing_bytes += len(payload)
-        return actions + [store]
+        actions.append(store)
+        return actions
 
     def _outbox_full(self, size: int, now: float) -> Optional[str]:
         settings = self.settings

@@ -5,6 +5,12 @@ committed in one transaction (group commit), then their devices get 2.01.
 ``synchronous`` is FULL by default, so a commit survives a power cut, not
 only a killed process. Entries the platform refuses are moved to
 ``dead_letters`` with the reason. The file is created with mode 0600.
+
+Ids are given by the outbox inside the write transaction and never reused, also
+after the newest entries were delivered: ``outbox_sequence`` keeps the next one,
+updated once per write. (Files made by earlier versions declared the id
+AUTOINCREMENT, which made every insert update ``sqlite_sequence``; their
+highest id there is respected.)
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from ..sqlite import Transaction, connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          INTEGER PRIMARY KEY,
     device      TEXT NOT NULL,
     device_type TEXT NOT NULL,
     topic       TEXT NOT NULL,
@@ -33,6 +39,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     failed      REAL NOT NULL,
     reason      TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox_sequence (
+    next_id     INTEGER NOT NULL
+);
 """
 
 Row = Tuple[str, str, str, bytes, float]  # device, device_type, topic, payload, created
@@ -43,6 +52,10 @@ class Outbox:
         self.path = path
         self._db = connect(path, synchronous)
         self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT INTO outbox_sequence SELECT 1 "
+                         "WHERE NOT EXISTS (SELECT 1 FROM outbox_sequence)")
+        self._sequence = bool(self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchall())
 
     def close(self) -> None:
         self._db.close()
@@ -62,7 +75,8 @@ class Outbox:
             if rows:
                 self._db.executemany(
                     "INSERT INTO outbox (id, device, device_type, topic, payload, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", [(i,) + tuple(row) for i, row in zip(ids, rows)])
+                    "VALUES (?, ?, ?, ?, ?, ?)", [(i, *row) for i, row in zip(ids, rows)])
+                self._db.execute("UPDATE outbox_sequence SET next_id = ?", (first + len(rows),))
             if deletes:
                 self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?",
                                      _ranges(deletes))
@@ -73,10 +87,15 @@ class Outbox:
     def _next_id(self) -> int:
         # fetchall everywhere: PyPy's sqlite3 keeps a half-read statement open, and an
         # open statement makes COMMIT fail
-        seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchall()
-        top = self._db.execute("SELECT max(id) FROM outbox").fetchall()[0][0]
-        dead = self._db.execute("SELECT max(id) FROM dead_letters").fetchall()[0][0]
-        return max(seq[0][0] if seq else 0, top or 0, dead or 0) + 1
+        top = self._db.execute(
+            "SELECT max((SELECT next_id FROM outbox_sequence), "
+            "(SELECT coalesce(max(id), 0) + 1 FROM outbox), "
+            "(SELECT coalesce(max(id), 0) + 1 FROM dead_letters))").fetchall()[0][0]
+        if self._sequence:  # a file from a version with AUTOINCREMENT
+            seq = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+                                   ).fetchall()
+            top = max(top, seq[0][0] + 1 if seq else 1)
+        return top
 
     def delete(self, ids: Iterable[int]) -> None:
         self.write((), list(ids), (), 0.0)

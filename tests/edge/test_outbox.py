@@ -84,6 +84,30 @@ def test_ids_are_not_reused_after_the_newest_entries_are_deleted_and_the_file_re
         box.close()
 
 
+def test_a_file_from_the_autoincrement_schema_keeps_its_entries_and_never_reuses_ids(db_path):
+    # versions before the outbox_sequence table declared the id AUTOINCREMENT
+    os.makedirs(os.path.dirname(db_path))
+    old = sqlite3.connect(db_path)
+    old.executescript("""
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL,
+            device_type TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+            created REAL NOT NULL);""")
+    old.executemany("INSERT INTO outbox (device, device_type, topic, payload, created) "
+                    "VALUES (?, ?, ?, ?, ?)", [row(n) for n in range(1, 8)])
+    old.execute("DELETE FROM outbox WHERE id > 2")  # delivered: only sqlite_sequence knows 7
+    old.commit()
+    old.close()
+    box = Outbox(db_path)
+    try:
+        assert [entry.id for entry in box.load()] == [1, 2]
+        assert box.append([row(8)]) == [8]
+        box.delete([1, 2, 8])
+        box = reopen(box)
+        assert box.append([row(9)]) == [9]
+    finally:
+        box.close()
+
+
 def test_a_failing_row_rolls_back_its_whole_group(outbox):
     outbox.append([row(1)])
     with pytest.raises(sqlite3.IntegrityError):
