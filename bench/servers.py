@@ -1,5 +1,8 @@
 """Baseline CoAP servers for the benchmark: each answers every POST with 2.01 and does no work.
 
+Both run with the bridge's garbage-collector settings (bridge/runtime.py), so the
+ratios compare code, not runtime settings.
+
     python bench/servers.py stock  PORT   # txThings 0.3.0 as shipped (the engine's ceiling)
     python bench/servers.py engine PORT   # the same engine with coapbridge's workarounds
 """
@@ -29,7 +32,7 @@ def stock(port: int) -> None:
     root.render_GET = Sink().render_GET
     reactor.listenUDP(port, coap.Coap(resource.Endpoint(root)), interface="127.0.0.1")
     print("ready", flush=True)
-    reactor.run()
+    _run(reactor)
 
 
 def engine(port: int) -> None:
@@ -42,6 +45,13 @@ def engine(port: int) -> None:
     protocol = edge.create_protocol(created, reactor, 0.5, 247.0)
     edge.listen(reactor, protocol, port, "127.0.0.1")
     print("ready", flush=True)
+    _run(reactor)
+
+
+def _run(reactor) -> None:
+    from bridge import runtime
+    if runtime.tune_gc():
+        reactor.callWhenRunning(runtime.freeze_startup_objects)
     reactor.run()
 
 

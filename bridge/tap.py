@@ -37,7 +37,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from . import runtime
     from .service import BridgeService
 
     logs.set_level(options.config.log_level)
+    if runtime.tune_gc():
+        # once the services have started (the registry is open): see bridge/runtime.py
+        reactor.callWhenRunning(runtime.freeze_startup_objects)
     return BridgeService(options.config, reactor)
