@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional
 
 import txthings.coap as txcoap
 from twisted.application.service import MultiService, Service
@@ -78,9 +78,8 @@ class Bridge:
         self.sender: Optional[coap_edge.ConfirmableSender] = None
         self._notifications: List[Notify] = []
         self._flush_call: Any = None
-        self.requests: Dict[int, defer.Deferred] = {}
-        self.request_peer: Dict[int, Any] = {}  # request ref -> source address
-        self.authenticated: Set[int] = set()  # requests that carry a valid access token
+        # request ref -> [Deferred of the answer, source address, carries a valid token]
+        self.requests: Dict[int, List[Any]] = {}
         self._looked_up = False
         self._registry_checked = False
         self.pending_by_peer: Dict[Any, int] = {}
@@ -154,34 +153,35 @@ class Bridge:
             return defer.succeed(coap_edge.make_response(
                 codes.SERVICE_UNAVAILABLE, b"too many requests in progress from this address",
                 codes.TEXT_PLAIN, max_age=1))
+        option = message.opt.getOption
         try:
+            path = option(txcoap.URI_PATH)
+            query = option(txcoap.URI_QUERY)
+            content_format = option(txcoap.CONTENT_FORMAT)
+            observe = option(txcoap.OBSERVE)
             request = Request(
-                ref=ref, method=message.code,
-                path=tuple(map(bytes.decode, message.opt.uri_path)),  # UTF-8, strict
-                payload=message.payload,
-                query=tuple(map(bytes.decode, message.opt.uri_query)),
-                content_format=message.opt.content_format,
-                observe=message.opt.observe,
-                token=message.token,
-                remote=message.remote,
-                confirmable=message.mtype == txcoap.CON)
+                ref, message.code,
+                tuple([o.value.decode() for o in path]) if path else (),  # UTF-8, strict
+                message.payload,
+                tuple([o.value.decode() for o in query]) if query else (),
+                content_format[0].value if content_format else None,
+                observe[0].value if observe else None,
+                message.token, message.remote, message.mtype == txcoap.CON)
         except UnicodeDecodeError:
             return defer.succeed(coap_edge.make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
         d = defer.Deferred()
-        self.requests[ref] = d
-        self.request_peer[ref] = message.remote
+        pending = [d, message.remote, False]
+        self.requests[ref] = pending
         self.pending_by_peer[address] = busy + 1
         self._looked_up = False
         try:
             actions = self.core.on_request(request, self.now())
         except Exception:
             # a bug, answered 5.00 by the engine: release what this request holds
-            self.requests.pop(ref)
-            self._release(ref)
+            self._release(self.requests.pop(ref))
             raise
-        if self._looked_up:  # the request carried a valid access token
-            self.authenticated.add(ref)
+        pending[2] = self._looked_up  # the request carried a valid access token
         self.apply(actions)
         return d
 
@@ -370,7 +370,8 @@ class Bridge:
         # attention (outbox full, platform refusals) arrive as Log actions from the core.
         if reply.code >= codes.BAD_REQUEST:
             self.counters["errors"] += 1
-            remote = self.request_peer.get(reply.ref)
+            pending = self.requests.get(reply.ref)
+            remote = pending[1] if pending is not None else None
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
                       peer=_peer(remote) if remote else "device", reason=reply.reason)
         self.answer_request(reply.ref, coap_edge.make_response(
@@ -379,17 +380,16 @@ class Bridge:
 
     def answer_request(self, ref: int, message: txcoap.Message) -> None:
         """Send the answer to CoAP request ``ref`` (once)."""
-        d = self.requests.pop(ref, None)
-        if d is None:
+        pending = self.requests.pop(ref, None)
+        if pending is None:
             return
-        if ref in self.authenticated:
+        if pending[2]:
             message.authenticated = True  # large answers need no amplification limit
-        self._release(ref)
-        d.callback(message)
+        self._release(pending)
+        pending[0].callback(message)
 
-    def _release(self, ref: int) -> None:
-        self.authenticated.discard(ref)
-        address = self.request_peer.pop(ref)[0]
+    def _release(self, pending: List[Any]) -> None:
+        address = pending[1][0]
         left = self.pending_by_peer[address] - 1
         if left:
             self.pending_by_peer[address] = left

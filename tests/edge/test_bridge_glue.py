@@ -23,7 +23,7 @@ def test_a_failing_core_releases_the_requests_slot_for_its_address():
     bridge.core.on_request = broken
     with pytest.raises(RuntimeError):
         bridge.handle_coap(request())
-    assert bridge.pending_by_peer == {} and bridge.requests == {} and bridge.request_peer == {}
+    assert bridge.pending_by_peer == {} and bridge.requests == {}
 
 
 def test_requests_in_progress_per_address_are_bounded():
