@@ -14,7 +14,8 @@ has a regression test in tests/edge/test_coap_engine.py.
   otherwise dropped, without a traceback.
 * W3  unknown critical options get 4.02; Proxy-Uri/Proxy-Scheme get 5.05.
 * W5  a slow answer gets an empty ACK without token (CON requests only), then
-  a separate CON response that is retransmitted until acknowledged.
+  a separate CON response that is retransmitted until acknowledged. One timer
+  serves all requests waiting for an answer (``_awaiting``), not one each.
 * W6  a failing handler always answers 5.00 (and the failure is logged once).
 * W7  1024-byte blocks instead of 64.
 * W8, D11, D12, D13  ``processRequest``: blockwise transfers are handled here,
@@ -349,6 +350,10 @@ class BridgeCoap(txcoap.Coap):
         # our CON messages or asked for a later block of an answer.
         self.verified: "OrderedDict[Any, None]" = OrderedDict()
         self.malformed = 0
+        # CON requests not yet answered, in arrival order, so in order of their empty-ACK
+        # deadline: [deadline, request]; the request is None once it is answered
+        self._awaiting: Deque[List[Any]] = deque()
+        self._ack_call: Any = None  # the one timer, due at the deadline of the oldest
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
 
@@ -359,6 +364,10 @@ class BridgeCoap(txcoap.Coap):
     def stopProtocol(self) -> None:
         if self._sweeper.running:
             self._sweeper.stop()
+        if self._ack_call is not None and self._ack_call.active():
+            self._ack_call.cancel()
+        self._ack_call = None
+        self._awaiting.clear()
         self.sender.stop()
 
     def _sweep(self) -> None:
@@ -493,13 +502,16 @@ class BridgeCoap(txcoap.Coap):
             log.failure("Request handler raised for {peer}", peer=_peer(request.remote))
             self.answer(request, codes.INTERNAL_SERVER_ERROR, b"internal error")
             return
-        delayed_ack = None
+        waiting = None
         if request.mtype == txcoap.CON:
-            delayed_ack = self.clock.callLater(self.empty_ack_delay, self._empty_ack, request)
+            waiting = [self.clock.seconds() + self.empty_ack_delay, request]
+            self._awaiting.append(waiting)
+            if self._ack_call is None:
+                self._ack_call = self.clock.callLater(self.empty_ack_delay, self._empty_acks)
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
         d.addCallback(_as_message)
-        d.addCallback(self._respond, request, delayed_ack)
-        d.addErrback(self._failed, request, delayed_ack)
+        d.addCallback(self._respond, request, waiting)
+        d.addErrback(self._failed, request, waiting)
 
     def _collect_block1(self, request: txcoap.Message, block1: Any) -> bool:
         """Gather a Block1 upload; True when ``request.payload`` holds the whole body."""
@@ -543,21 +555,38 @@ class BridgeCoap(txcoap.Coap):
         request.payload = bytes(upload.body)
         return True
 
+    def _empty_acks(self) -> None:
+        """Send the empty ACK of every request past its deadline and still unanswered."""
+        self._ack_call = None
+        now = self.clock.seconds()
+        awaiting = self._awaiting
+        while awaiting and awaiting[0][0] <= now:
+            request = awaiting.popleft()[1]
+            if request is not None:
+                self._empty_ack(request)
+        while awaiting and awaiting[0][1] is None:  # answered: no need to wake for them
+            awaiting.popleft()
+        if awaiting:
+            self._ack_call = self.clock.callLater(max(0.0, awaiting[0][0] - now),
+                                                  self._empty_acks)
+
     def _empty_ack(self, request: txcoap.Message) -> None:
         ack = txcoap.Message(mtype=txcoap.ACK, mid=request.mid, code=txcoap.EMPTY)
         ack.remote = request.remote
         request.response_type = txcoap.ACK  # the answer follows as a separate CON
         self.sendMessage(ack)
 
-    def _failed(self, failure: Any, request: txcoap.Message, delayed_ack: Any) -> None:
+    def _failed(self, failure: Any, request: txcoap.Message,
+                waiting: Optional[List[Any]]) -> None:
         log.failure("Request handling failed for {peer}", failure=failure,
                     peer=_peer(request.remote))
         self._respond(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
-                                    codes.TEXT_PLAIN), request, delayed_ack)
+                                    codes.TEXT_PLAIN), request, waiting)
 
-    def _respond(self, response: txcoap.Message, request: txcoap.Message, delayed_ack: Any) -> None:
-        if delayed_ack is not None and delayed_ack.active():
-            delayed_ack.cancel()
+    def _respond(self, response: txcoap.Message, request: txcoap.Message,
+                 waiting: Optional[List[Any]]) -> None:
+        if waiting is not None:
+            waiting[1] = None  # answered: no empty ACK
         asked = request.opt.block2
         szx = min(asked.size_exponent, BLOCK_SIZE_EXP) if asked is not None else BLOCK_SIZE_EXP
         number = asked.block_number if asked is not None else 0
