@@ -15,6 +15,7 @@ highest id there is respected.)
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, Iterable, List, Sequence, Tuple
 
 from ..core.delivery import Entry
@@ -73,9 +74,7 @@ class Outbox:
             first = self._next_id()
             ids = list(range(first, first + len(rows)))
             if rows:
-                self._db.executemany(
-                    "INSERT INTO outbox (id, device, device_type, topic, payload, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", [(i, *row) for i, row in zip(ids, rows)])
+                self._insert(first, rows)
                 self._db.execute("UPDATE outbox_sequence SET next_id = ?", (first + len(rows),))
             if deletes:
                 self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?",
@@ -83,6 +82,17 @@ class Outbox:
             if dead:
                 self._dead_letter(dead, now)
         return ids
+
+    def _insert(self, first: int, rows: Sequence[Row]) -> None:
+        # one INSERT of many rows per chunk: a third cheaper per row than executemany,
+        # which steps and resets one statement per row
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start:start + _CHUNK]
+            params: List[object] = []
+            for entry_id, row in enumerate(chunk, first + start):
+                params.append(entry_id)
+                params.extend(row)
+            self._db.execute(_insert_sql(len(chunk)), params).fetchall()
 
     def _next_id(self) -> int:
         # fetchall everywhere: PyPy's sqlite3 keeps a half-read statement open, and an
@@ -134,6 +144,15 @@ class Outbox:
         rows = self._db.execute("SELECT id, device, topic, payload, failed, reason "
                                 "FROM dead_letters ORDER BY id")
         return [(i, d, t, bytes(p), f, r) for i, d, t, p, f, r in rows]
+
+
+_CHUNK = 32  # rows per INSERT: 192 parameters, under SQLite's oldest limit of 999
+
+
+@lru_cache(maxsize=_CHUNK)
+def _insert_sql(count: int) -> str:
+    return ("INSERT INTO outbox (id, device, device_type, topic, payload, created) VALUES "
+            + ",".join(["(?, ?, ?, ?, ?, ?)"] * count))
 
 
 def _ranges(ids: Sequence[int]) -> List[Tuple[int, int]]:

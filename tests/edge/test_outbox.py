@@ -49,6 +49,15 @@ def test_append_returns_increasing_ids_in_row_order(outbox):
     assert len(ids) == 4 and ids == sorted(ids) and len(set(ids)) == 4
 
 
+def test_a_write_larger_than_one_insert_statement_stores_every_row_in_order(outbox):
+    rows = [row(n, device="Dev %d" % (n % 7)) for n in range(1, 72)]  # 32 + 32 + 7 rows
+    ids = outbox.append(rows)
+    assert ids == list(range(ids[0], ids[0] + 71))
+    loaded = outbox.load()
+    assert [entry.id for entry in loaded] == ids
+    assert [(e.device, e.device_type, e.topic, e.payload, e.created) for e in loaded] == rows
+
+
 def test_append_of_no_rows_returns_no_ids(outbox):
     assert outbox.append([]) == []
     assert outbox.stats() == (0, 0)
