@@ -16,12 +16,13 @@ import platform as host_platform
 import selectors
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -85,7 +86,7 @@ class Run:
         self.procs: List[subprocess.Popen] = []
         os.sched_setaffinity(0, {int(LOAD_CPU)})
         self.duration = 3.0 if quick else 12.0
-        self.rounds = 1 if quick else 3  # saturation runs per server, interleaved
+        self.rounds = 1 if quick else 5  # saturation runs per server, interleaved
         self.observers: Optional[int] = None
 
     def spawn(self, args: List[str], cpu: str, **kwargs: Any) -> subprocess.Popen:
@@ -422,6 +423,13 @@ def scenario_firmware(run: Run, out: Dict[str, Any]) -> None:
     run.stop(answerer)
 
 
+def round_ratios(bridge: Dict[str, Any], rows: List[Tuple[str, Dict[str, Any]]]
+                 ) -> List[Tuple[str, List[float]]]:
+    """Per baseline, the bridge's rate over the baseline's in the same round."""
+    return [(label, [b / r for b, r in zip(bridge["rounds"], row["rounds"]) if r])
+            for label, row in rows if row.get("rounds")]
+
+
 def write_report(out: Dict[str, Any], name: str = "results") -> None:
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, name + ".json"), "w") as handle:
@@ -450,6 +458,13 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
                       "%s %s" % (label.split(",")[0].split(" (")[0],
                                  ", ".join(str(r) for r in row["rounds"]))
                       for label, row in rows))]
+        lines += ["", "Bridge / server round by round (each bridge run against the baseline "
+                  "runs just before it, so that a slow spell of the machine spoils both "
+                  "sides of a ratio alike): %s." % "; ".join(
+                      "%s %s (median %.2f)" % (label.split(",")[0].split(" (")[0],
+                                               ", ".join("%.2f" % r for r in ratios),
+                                               statistics.median(ratios))
+                      for label, ratios in round_ratios(out["bridge"]["saturation"], rows[1:]))]
     lines += ["", "Broker: one paho client publishes %d QoS 1 messages/s."
               % out["broker_publish_rate"]["rate"], "",
               "Acknowledged %d uplinks, the platform received %d."
