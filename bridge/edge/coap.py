@@ -560,12 +560,11 @@ class BridgeCoap(txcoap.Coap):
         self._ack_call = None
         now = self.clock.seconds()
         awaiting = self._awaiting
-        while awaiting and awaiting[0][0] <= now:
+        # past its deadline, or answered already (no need to wake for it later)
+        while awaiting and (awaiting[0][0] <= now or awaiting[0][1] is None):
             request = awaiting.popleft()[1]
             if request is not None:
                 self._empty_ack(request)
-        while awaiting and awaiting[0][1] is None:  # answered: no need to wake for them
-            awaiting.popleft()
         if awaiting:
             self._ack_call = self.clock.callLater(max(0.0, awaiting[0][0] - now),
                                                   self._empty_acks)
