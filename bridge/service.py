@@ -19,8 +19,9 @@ from twisted.internet.task import LoopingCall
 from .config import Config
 from .core import codes
 from .core import gateway
-from .core.actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision,
-                           Publish, RenameDevice, Reply, Request, ResetLink, ServePackage, Store)
+from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Log, Notify,
+                           Provision, Publish, RenameDevice, Reply, Request, ResetLink,
+                           ServePackage, Store, StoreMany, Uplink)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .core.session import CoreSettings, GatewayCore
 from .edge import coap as coap_edge
@@ -36,6 +37,8 @@ log = logger("bridge")
 TICK_SECONDS = 0.25
 SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
                  GATEWAY_RPC_REQUEST_PREFIX + "+", GATEWAY_RPC_RESPONSE_PREFIX + "+"]
+# The last Uri-Path of a plain uplink (POST /api/v1/{token}/<this>) -> its feature.
+PLAIN_UPLINKS = {b"telemetry": "telemetry", b"attributes": "attributes"}
 
 
 class Bridge:
@@ -70,7 +73,8 @@ class Bridge:
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
         self.packages = PackageStore(config, reactor, self.reconnect_device)
-        self._stores: List[Store] = []
+        self._uplinks: List[Uplink] = []  # plain uplinks of this turn, for the core in one go
+        self._stores: List[Any] = []  # Store and StoreMany actions of this turn, in order
         self._deletes: List[int] = []
         self._dead: List[DeadLetter] = []
         self._commit_call: Any = None
@@ -154,8 +158,24 @@ class Bridge:
                 codes.SERVICE_UNAVAILABLE, b"too many requests in progress from this address",
                 codes.TEXT_PLAIN, max_age=1))
         option = message.opt.getOption
+        path = option(txcoap.URI_PATH)
+        if message.code == txcoap.POST and path is not None and len(path) == 4:
+            # the common upload goes to the core with the others of this turn (at commit)
+            feature = PLAIN_UPLINKS.get(path[3].value)
+            if feature is not None and path[0].value == b"api" and path[1].value == b"v1" \
+                    and path[2].value:
+                try:
+                    token = path[2].value.decode()
+                except UnicodeDecodeError:
+                    pass  # answered 4.00 below
+                else:
+                    d = defer.Deferred()
+                    self.requests[ref] = [d, message.remote, False]
+                    self.pending_by_peer[address] = busy + 1
+                    self._uplinks.append((ref, token, feature, message.payload, message.remote))
+                    self._schedule_commit()
+                    return d
         try:
-            path = option(txcoap.URI_PATH)
             query = option(txcoap.URI_QUERY)
             content_format = option(txcoap.CONTENT_FORMAT)
             observe = option(txcoap.OBSERVE)
@@ -174,6 +194,8 @@ class Bridge:
         pending = [d, message.remote, False]
         self.requests[ref] = pending
         self.pending_by_peer[address] = busy + 1
+        if self._uplinks:
+            self._flush_uplinks()  # the core sees requests in the order they came
         self._looked_up = False
         try:
             actions = self.core.on_request(request, self.now())
@@ -184,6 +206,19 @@ class Bridge:
         pending[2] = self._looked_up  # the request carried a valid access token
         self.apply(actions)
         return d
+
+    def _flush_uplinks(self) -> None:
+        uplinks, self._uplinks = self._uplinks, []
+        try:
+            actions = self.core.on_uplinks(uplinks, self.now())
+        except Exception:
+            # a bug: answered 5.00 like a failing request handler, and logged once
+            log.failure("Handling {count} uplinks failed", count=len(uplinks))
+            for uplink in uplinks:
+                self.answer_request(uplink[0], coap_edge.make_response(
+                    codes.INTERNAL_SERVER_ERROR, b"internal error", codes.TEXT_PLAIN))
+            return
+        self.apply(actions)
 
     # -- MQTT edge (LinkListener) ------------------------------------------------
 
@@ -223,9 +258,12 @@ class Bridge:
                     self.mids[mid] = action.ref
                     log.debug("Published {topic} for {device} (mid {mid})", topic=action.topic,
                               device=action.device, mid=mid)
-            elif isinstance(action, Store):
+            elif isinstance(action, (StoreMany, Store)):
                 self._stores.append(action)
                 self._schedule_commit()
+            elif isinstance(action, Created):
+                for ref in action.refs:
+                    self.answer_request(ref, coap_edge.make_response(codes.CREATED), True)
             elif isinstance(action, Delete):
                 self._deletes.extend(action.ids)
                 self._schedule_commit()
@@ -264,6 +302,8 @@ class Bridge:
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
         self._commit_call = None
+        if self._uplinks:
+            self._flush_uplinks()
         if self.outbox is None:
             return
         stores, self._stores = self._stores, []
@@ -272,10 +312,15 @@ class Bridge:
         if not (stores or deletes or dead):
             return
         now = self.now()
+        rows = []
+        for store in stores:
+            if isinstance(store, StoreMany):
+                rows += [(device, device_type, topic, payload, now)
+                         for device, device_type, topic, payload in store.rows]
+            else:
+                rows.append((store.device, store.device_type, store.topic, store.payload, now))
         try:
-            ids = self.outbox.write([(s.device, s.device_type, s.topic, s.payload, now)
-                                     for s in stores], deletes,
-                                    [(d.id, d.reason) for d in dead], now)
+            ids = self.outbox.write(rows, deletes, [(d.id, d.reason) for d in dead], now)
         except sqlite3.Error as exc:
             # the removals are harmless to keep (at worst delivered again after a restart):
             # they go with the next write
@@ -287,7 +332,12 @@ class Bridge:
                 log.error("Could not update the outbox: {error}", error=str(exc))
             return
         if stores:
-            self.apply(self.core.on_stored(list(zip((s.ref for s in stores), ids)), now))
+            stored = []
+            position = 0
+            for store in stores:  # a StoreMany's rows have consecutive ids: the first is reported
+                stored.append((store.ref, ids[position]))
+                position += len(store.rows) if isinstance(store, StoreMany) else 1
+            self.apply(self.core.on_stored(stored, now))
 
     def restore(self) -> None:
         assert self.outbox is not None
@@ -376,14 +426,16 @@ class Bridge:
                       peer=_peer(remote) if remote else "device", reason=reply.reason)
         self.answer_request(reply.ref, coap_edge.make_response(
             reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
-            reply.observe))
+            reply.observe), reply.authenticated)
 
-    def answer_request(self, ref: int, message: txcoap.Message) -> None:
-        """Send the answer to CoAP request ``ref`` (once)."""
+    def answer_request(self, ref: int, message: txcoap.Message,
+                       authenticated: bool = False) -> None:
+        """Send the answer to CoAP request ``ref`` (once); ``authenticated``: the request
+        carried a valid access token (also known if the core looked it up in ``on_request``)."""
         pending = self.requests.pop(ref, None)
         if pending is None:
             return
-        if pending[2]:
+        if pending[2] or authenticated:
             message.authenticated = True  # large answers need no amplification limit
         self._release(pending)
         pending[0].callback(message)

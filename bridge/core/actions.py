@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Tuple
+from typing import Any, Hashable, List, Optional, Tuple
 
 
 @dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
@@ -42,6 +42,7 @@ class Reply:
     size1: Optional[int] = None
     reason: str = ""
     observe: Optional[int] = None
+    authenticated: bool = False  # the request carried a valid access token
 
 
 @dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
@@ -104,6 +105,30 @@ class Store:
     device_type: str
     topic: str
     payload: bytes
+
+
+# One plain uplink of a turn, as the edge hands it to ``on_uplinks``: request ref,
+# access token, feature ("telemetry" or "attributes"), payload, source (host, port).
+Uplink = Tuple[int, str, str, bytes, Hashable]
+
+# An uplink to write: device, device type, topic, payload.
+Row = Tuple[str, str, str, bytes]
+
+
+@dataclass
+class StoreMany:
+    """Write ``rows`` durably, in order, under consecutive outbox ids; the edge reports the
+    first id with ``on_stored``. Until then the core may rename rows (see ``Store``)."""
+
+    ref: int
+    rows: List[Row]
+
+
+@dataclass
+class Created:
+    """Answer requests ``refs`` 2.01 Created: their uplinks are stored."""
+
+    refs: List[int]
 
 
 @dataclass(frozen=True)

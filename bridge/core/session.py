@@ -5,7 +5,8 @@ message, an observe notification's fate, the link going up or down, a timer
 tick) with ``now`` in seconds, and returns actions (see actions.py).
 
 Uplinks: a device gets 2.01 once its uplink is stored durably (``Store``, then
-``on_stored``); stored entries are published by ``Delivery`` and removed on the
+``on_stored``; the plain telemetry and attribute uploads of a turn arrive together in
+``on_uplinks`` and leave as one ``StoreMany``, answered by one ``Created``); stored entries are published by ``Delivery`` and removed on the
 broker's PUBACK (``Delete``), or set aside when the platform refuses them
 (``DeadLetter``); a full outbox answers 5.03 with Max-Age. Every device-scoped
 publish is preceded by
@@ -27,8 +28,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import codes, gateway, payloads, routes
 from . import ota, provision
-from .actions import (DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision, Publish,
-                      RenameDevice, Reply, Request, ResetLink, ServePackage, Store)
+from .actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision,
+                      Publish, RenameDevice, Reply, Request, ResetLink, Row, ServePackage, Store,
+                      StoreMany, Uplink)
 from .delivery import Delivery, Entry
 from .codes import CoapError
 from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX, AttributeUpdate,
@@ -37,8 +39,8 @@ from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .limits import RateLimiter
 from .observe import Observers, Pending
 
-Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, Delete, DeadLetter,
-               ResetLink, Provision, ServePackage]
+Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, StoreMany, Created,
+               Delete, DeadLetter, ResetLink, Provision, ServePackage]
 Lookup = Callable[[str], Optional[Device]]
 
 # MQTT 5 PUBACK reason codes that mean the platform will not take the message.
@@ -152,7 +154,9 @@ class GatewayCore:
                                  settings.max_packet_size - overhead, gateway.MERGEABLE)
         self.device_limits = RateLimiter(settings.device_rate, settings.device_burst)
         self.peer_limits = RateLimiter(settings.peer_rate, settings.peer_burst)
-        self.storing: Dict[int, Tuple[int, Store]] = {}  # store ref -> request, what to store
+        # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
+        self.storing: Dict[int, Tuple[Any, Any]] = {}
+        self.storing_count = 0  # uplinks being written
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
         self.draining = False  # shutting down: publish no more stored entries
@@ -186,26 +190,44 @@ class GatewayCore:
         return []
 
     def on_stored(self, stored: List[Tuple[int, int]], now: float) -> List[Action]:
-        """The edge wrote ``(store ref, outbox id)`` pairs durably: acknowledge the devices."""
+        """The edge wrote ``(store ref, outbox id)`` pairs durably (for a ``StoreMany``, the
+        id of its first row; the others follow it): acknowledge the devices."""
         actions: List[Action] = []
+        add = self.delivery.add
         for store_ref, entry_id in stored:
-            request_ref, store = self.storing.pop(store_ref)
-            self.storing_bytes -= len(store.payload)
-            self.delivery.add(Entry(entry_id, store.device, store.device_type, store.topic,
-                                    store.payload, now))
-            self.stats["acknowledged"] += 1
-            if self.oldest_entry is None:
-                self.oldest_entry = now
-            actions.append(Reply(request_ref, codes.CREATED))
+            refs, store = self.storing.pop(store_ref)
+            if isinstance(store, Store):
+                add(Entry(entry_id, store.device, store.device_type, store.topic, store.payload,
+                          now))
+                self.storing_count -= 1
+                self.storing_bytes -= len(store.payload)
+                self.stats["acknowledged"] += 1
+                actions.append(Reply(refs, codes.CREATED))
+                continue
+            size = 0
+            for entry_id, (device, device_type, topic, payload) in enumerate(store.rows,
+                                                                              entry_id):
+                add(Entry(entry_id, device, device_type, topic, payload, now))
+                size += len(payload)
+            self.storing_count -= len(store.rows)
+            self.storing_bytes -= size
+            self.stats["acknowledged"] += len(store.rows)
+            actions.append(Created(refs))
+        if stored and self.oldest_entry is None:
+            self.oldest_entry = now
         return actions + self._pump(now)
 
     def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
         actions: List[Action] = [Log("error", "could not store uplinks: %s" % reason)]
         for store_ref in store_refs:
-            request_ref, store = self.storing.pop(store_ref)
-            self.storing_bytes -= len(store.payload)
-            self.stats["store_failed"] += 1
-            actions.append(self._unavailable(request_ref, "outbox write failed"))
+            refs, store = self.storing.pop(store_ref)
+            rows = [(store.device, store.device_type, store.topic, store.payload)] \
+                if isinstance(store, Store) else store.rows
+            self.storing_count -= len(rows)
+            self.storing_bytes -= sum(len(row[3]) for row in rows)
+            self.stats["store_failed"] += len(rows)
+            for request_ref in ([refs] if isinstance(store, Store) else refs):
+                actions.append(self._unavailable(request_ref, "outbox write failed"))
         return actions
 
     def on_restored(self, entries: List[Entry], now: float) -> List[Action]:
@@ -371,10 +393,17 @@ class GatewayCore:
         self.delivery.rename(old, new, lambda entry: gateway.rename_device(
             entry.topic, entry.payload, old, new))
         for _, store in self.storing.values():  # uplinks still being written follow too
-            if store.device == old:
-                payload = gateway.rename_device(store.topic, store.payload, old, new)
-                self.storing_bytes += len(payload) - len(store.payload)
-                store.device, store.payload = new, payload
+            if isinstance(store, Store):
+                if store.device == old:
+                    payload = gateway.rename_device(store.topic, store.payload, old, new)
+                    self.storing_bytes += len(payload) - len(store.payload)
+                    store.device, store.payload = new, payload
+                continue
+            for i, (device, device_type, topic, payload) in enumerate(store.rows):
+                if device == old:
+                    renamed = gateway.rename_device(topic, payload, old, new)
+                    self.storing_bytes += len(renamed) - len(payload)
+                    store.rows[i] = (new, device_type, topic, renamed)
         self.observers.rename(old, new)
         for fetch in self.fetches.values():
             if fetch.device == old:
@@ -393,20 +422,43 @@ class GatewayCore:
 
     # == requests ============================================================
 
-    def _handle(self, request: Request, now: float) -> List[Action]:
-        if self.peer_limits.enabled:
-            wait = self.peer_limits.allow(_address(request.remote), now)
-            if wait is not None:
-                self.stats["rate_limited"] += 1
-                raise codes.TooManyRequests("too many requests from this address", max_age=wait)
-        route = routes.route(request.method, request.path)
-        if route.feature == routes.PROVISION:
-            if request.method != codes.POST:
-                raise codes.BadRequest("provision accepts POST only")
-            return [Provision(request.ref, provision.parse_request(request.payload))]
-        if route.token is None:
-            raise codes.Unauthorized("missing access token")
-        device = self.lookup(route.token)
+    def on_uplinks(self, uplinks: List[Uplink], now: float) -> List[Action]:
+        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes), in the order
+        they arrived: each is checked and answered as ``on_request`` would, and all that
+        are admitted go to the outbox in one ``StoreMany``, answered 2.01 by one
+        ``Created`` once stored. The common upload in bulk, without an object per step."""
+        actions: List[Action] = []
+        refs: List[int] = []
+        rows: List[Row] = []
+        for ref, token, feature, payload, remote in uplinks:
+            device = None
+            try:
+                if self.peer_limits.enabled:
+                    self._limit_peer(remote, now)
+                device = self._authorize(token, now)
+                topic, body = self._plain_uplink(device, feature, payload, now)
+                if self._admit(device, topic, body, ref, now, actions):
+                    refs.append(ref)
+                    rows.append((device.name, device.type, topic, body))
+            except CoapError as err:
+                reply = _error_reply(ref, err)
+                reply.authenticated = device is not None
+                actions.append(reply)
+        if rows:
+            store = StoreMany(self._ref(), rows)
+            self.storing[store.ref] = (refs, store)
+            actions.append(store)
+        return actions
+
+    def _limit_peer(self, remote: Any, now: float) -> None:
+        wait = self.peer_limits.allow(_address(remote), now)
+        if wait is not None:
+            self.stats["rate_limited"] += 1
+            raise codes.TooManyRequests("too many requests from this address", max_age=wait)
+
+    def _authorize(self, token: str, now: float) -> Device:
+        """The device of access ``token`` (4.01 if none), within its rate limit (4.29)."""
+        device = self.lookup(token)
         if device is None:
             raise codes.Unauthorized("unknown access token")
         if self.device_limits.enabled:
@@ -414,6 +466,34 @@ class GatewayCore:
             if wait is not None:
                 self.stats["rate_limited"] += 1
                 raise codes.TooManyRequests("too many requests for this device", max_age=wait)
+        return device
+
+    def _plain_uplink(self, device: Device, feature: str, payload: bytes,
+                      now: float) -> Tuple[str, bytes]:
+        """The gateway message of a telemetry or client-attributes upload."""
+        if feature == routes.TELEMETRY:
+            doc = payloads.parse_json(payload, "telemetry")
+            if payloads.plain_values(doc):
+                return gateway.telemetry_as_sent(device.name, int(now * 1000), payload)
+            return gateway.telemetry(device.name, payloads.telemetry_entries(doc, int(now * 1000)))
+        doc = payloads.parse_json(payload, "attributes")
+        values = payloads.attribute_values(doc)
+        self._learn_keys(device.name, values)
+        if payloads.plain_values(doc):
+            return gateway.attributes_as_sent(device.name, payload)
+        return gateway.attributes(device.name, values)
+
+    def _handle(self, request: Request, now: float) -> List[Action]:
+        if self.peer_limits.enabled:
+            self._limit_peer(request.remote, now)
+        route = routes.route(request.method, request.path)
+        if route.feature == routes.PROVISION:
+            if request.method != codes.POST:
+                raise codes.BadRequest("provision accepts POST only")
+            return [Provision(request.ref, provision.parse_request(request.payload))]
+        if route.token is None:
+            raise codes.Unauthorized("missing access token")
+        device = self._authorize(route.token, now)
         post = request.method == codes.POST
         feature = route.feature
         if feature in (routes.FIRMWARE, routes.SOFTWARE):
@@ -431,22 +511,10 @@ class GatewayCore:
             data = payloads.parse_json(request.payload, "rpc reply")
             topic, body = gateway.rpc_reply(device.name, route.rpc_id, data)
             return self._uplink(device, topic, body, request.ref, now)
-        if feature == routes.TELEMETRY:
-            if not post:
-                raise codes.BadRequest("telemetry cannot be read or observed")
-            doc = payloads.parse_json(request.payload, "telemetry")
-            if payloads.plain_values(doc):
-                message = gateway.telemetry_as_sent(device.name, int(now * 1000), request.payload)
-            else:
-                message = gateway.telemetry(device.name,
-                                            payloads.telemetry_entries(doc, int(now * 1000)))
-            return self._uplink(device, *message, request.ref, now)
-        if feature == routes.ATTRIBUTES:
-            doc = payloads.parse_json(request.payload, "attributes")
-            values = payloads.attribute_values(doc)
-            self._learn_keys(device.name, values)
-            message = (gateway.attributes_as_sent(device.name, request.payload)
-                       if payloads.plain_values(doc) else gateway.attributes(device.name, values))
+        if feature == routes.TELEMETRY and not post:
+            raise codes.BadRequest("telemetry cannot be read or observed")
+        if feature in (routes.TELEMETRY, routes.ATTRIBUTES):
+            message = self._plain_uplink(device, feature, request.payload, now)
             return self._uplink(device, *message, request.ref, now)
         if not post:
             raise codes.BadRequest("claim accepts POST only")
@@ -469,8 +537,18 @@ class GatewayCore:
     def _uplink(self, device: Device, topic: str, payload: bytes, request_ref: int,
                 now: float) -> List[Action]:
         """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``)."""
-        self._check_size(topic, payload)
         actions: List[Action] = []
+        if self._admit(device, topic, payload, request_ref, now, actions):
+            store = Store(self._ref(), device.name, device.type, topic, payload)
+            self.storing[store.ref] = (request_ref, store)
+            actions.append(store)
+        return actions
+
+    def _admit(self, device: Device, topic: str, payload: bytes, request_ref: int, now: float,
+               actions: List[Action]) -> bool:
+        """Whether the outbox takes an uplink of ``device`` now (it is then counted as being
+        written); if not, the 5.03 answer goes to ``actions``. 4.13 if it can never be sent."""
+        self._check_size(topic, payload)
         full = self._outbox_full(len(payload), now)
         if full:
             self.stats["refused_full"] += 1
@@ -480,22 +558,20 @@ class GatewayCore:
                                    % full))
             actions.append(Reply(request_ref, codes.SERVICE_UNAVAILABLE,
                                  max_age=self.settings.retry_after, reason="outbox full: " + full))
-            return actions
+            return False
         if self.full_since is not None:
             self.full_since = None
             actions.append(Log("info", "outbox accepts uplinks again"))
         state = self.devices.get(device.name)
         if state is not None:
             state.last_active = now
-        store = Store(self._ref(), device.name, device.type, topic, payload)
-        self.storing[store.ref] = (request_ref, store)
+        self.storing_count += 1
         self.storing_bytes += len(payload)
-        actions.append(store)
-        return actions
+        return True
 
     def _outbox_full(self, size: int, now: float) -> Optional[str]:
         settings = self.settings
-        if self.delivery.count + len(self.storing) >= settings.outbox_max_entries:
+        if self.delivery.count + self.storing_count >= settings.outbox_max_entries:
             return "%d entries" % settings.outbox_max_entries
         if self.delivery.bytes + self.storing_bytes + size > settings.outbox_max_bytes:
             return "%d bytes" % settings.outbox_max_bytes

@@ -1,0 +1,138 @@
+"""``GatewayCore.on_uplinks``: the plain uplinks of a turn in bulk, answered as ``on_request``
+answers each of them."""
+
+import json
+
+from bridge.core import codes
+from bridge.core.actions import (Created, Device, Log, Publish, Reply, Request, Store,
+                                 StoreMany)
+from bridge.core.session import CoreSettings, GatewayCore
+
+NOW = 1_700_000_000.5
+DEVICES = {"tokA": Device("Dev A", "thermo"), "tokB": Device("Dev B", "meter")}
+REMOTE = ("10.0.0.7", 5683)
+
+# (token, feature, payload): every way an uplink can end, some more than once
+MIXED = [
+    ("tokA", "telemetry", b'{"t": 21.5}'),  # as sent
+    ("tokB", "attributes", b'{"fw": "1.2"}'),  # as sent
+    ("nope", "telemetry", b'{"t": 1}'),  # 4.01
+    ("tokA", "telemetry", b'{"t": '),  # 4.00, invalid JSON
+    ("tokA", "telemetry", b'[{"ts": 5, "values": {"t": 1}}, {"u": null, "v": 2}]'),  # re-encoded
+    ("tokB", "attributes", b'{"a": null, "b": 1}'),  # re-encoded without the null
+    ("tokA", "attributes", b'[1]'),  # 4.00, not an object
+    ("tokA", "telemetry", b'{"big": "%s"}' % (b"x" * 300)),  # 4.13 past max_packet_size
+    ("tokB", "telemetry", b'{"t": 3}'),
+    ("tokA", "telemetry", b'{"t": 4}'),  # 4.29: Dev A's sixth request in its burst of 5
+    ("tokB", "telemetry", b'{"t": 5}'),  # 5.03: the outbox holds 5 at most
+]
+SETTINGS = dict(max_packet_size=300, outbox_max_entries=5, device_rate=1.0, device_burst=5)
+
+
+def make_core(**settings):
+    core = GatewayCore(CoreSettings(**dict(SETTINGS, **settings)), DEVICES.get)
+    core.on_link_up(NOW)
+    return core
+
+
+def one_by_one(core, uplinks, now=NOW):
+    """What ``on_request`` answers to each uplink, with every Store reported at once."""
+    answers, rows, stores = {}, [], []
+    for ref, (token, feature, payload) in enumerate(uplinks, 1):
+        for action in core.on_request(Request(ref, codes.POST, ("api", "v1", token, feature),
+                                              payload, remote=REMOTE), now):
+            if isinstance(action, Reply):
+                answers[ref] = (action.code, action.payload, action.max_age, action.size1)
+            elif isinstance(action, Store):
+                stores.append((ref, action))
+                rows.append((action.device, action.device_type, action.topic, action.payload))
+    stored = core.on_stored([(store.ref, 100 + n) for n, (_, store) in enumerate(stores)], now)
+    for action in stored:
+        if isinstance(action, Reply):
+            answers[action.ref] = (action.code, action.payload, action.max_age, action.size1)
+    return answers, rows, published(stored)
+
+
+def published(actions):
+    # refs of the core's own publishes may differ: one per Store, one per StoreMany
+    return [(a.topic, a.payload, a.device) for a in actions if isinstance(a, Publish)]
+
+
+def in_bulk(core, uplinks, now=NOW):
+    batch = [(ref, token, feature, payload, REMOTE)
+             for ref, (token, feature, payload) in enumerate(uplinks, 1)]
+    actions = core.on_uplinks(batch, now)
+    answers = {a.ref: (a.code, a.payload, a.max_age, a.size1)
+               for a in actions if isinstance(a, Reply)}
+    stores = [a for a in actions if isinstance(a, StoreMany)]
+    assert len(stores) <= 1 and not [a for a in actions if isinstance(a, Store)]
+    rows = list(stores[0].rows) if stores else []
+    stored = core.on_stored([(stores[0].ref, 100)], now) if stores else []
+    for action in stored:
+        if isinstance(action, Created):
+            answers.update((ref, (codes.CREATED, b"", None, None)) for ref in action.refs)
+    return answers, rows, published(stored)
+
+
+def test_a_turn_in_bulk_is_answered_stored_and_published_as_one_request_at_a_time():
+    expected = one_by_one(make_core(), MIXED)
+    got = in_bulk(make_core(), MIXED)
+    assert got == expected
+    answers, rows, publishes = got
+    assert [codes.dotted(answers[ref][0]) for ref in sorted(answers)] == [
+        "2.01", "2.01", "4.01", "4.00", "2.01", "2.01", "4.00", "4.13", "2.01", "4.29", "5.03"]
+    assert [json.loads(row[3]) for row in rows][4] == {"Dev B": [{"ts": int(NOW * 1000),
+                                                                  "values": {"t": 3}}]}
+    assert {topic for topic, _, _ in publishes} == {"v1/gateway/connect"}  # then the data
+
+
+def test_rate_limits_apply_in_bulk_as_one_request_at_a_time():
+    uplinks = [("tokA", "telemetry", b'{"t": %d}' % n) for n in range(5)]
+    expected = one_by_one(make_core(outbox_max_entries=100, peer_rate=1.0, peer_burst=4),
+                          uplinks)
+    got = in_bulk(make_core(outbox_max_entries=100, peer_rate=1.0, peer_burst=4), uplinks)
+    assert got == expected
+    assert [codes.dotted(got[0][ref][0]) for ref in range(1, 6)] == ["2.01"] * 4 + ["4.29"]
+
+
+def test_errors_after_a_valid_token_say_so():
+    actions = make_core().on_uplinks([(1, "tokA", "telemetry", b"{", REMOTE),
+                                      (2, "nope", "telemetry", b"{}", REMOTE)], NOW)
+    bad_json, unknown = [a for a in actions if isinstance(a, Reply)]
+    assert (bad_json.code, bad_json.authenticated) == (codes.BAD_REQUEST, True)
+    assert (unknown.code, unknown.authenticated) == (codes.UNAUTHORIZED, False)
+
+
+def test_rows_take_consecutive_ids_and_count_as_being_written_until_stored():
+    core = make_core(outbox_max_entries=100)
+    [store] = core.on_uplinks([(n, "tokA", "telemetry", b'{"t": %d}' % n, REMOTE)
+                               for n in (1, 2, 3)], NOW)
+    assert core.storing_count == 3 and core.storing_bytes == sum(len(r[3]) for r in store.rows)
+    core.on_stored([(store.ref, 41)], NOW)
+    assert core.storing_count == 0 and core.storing_bytes == 0
+    assert [e.id for e in core.delivery.queues["Dev A"]] == [41, 42, 43]
+    assert core.stats["acknowledged"] == 3
+
+
+def test_a_failed_write_answers_every_uplink_of_the_batch_5_03():
+    core = make_core(outbox_max_entries=100)
+    [store] = core.on_uplinks([(n, "tokA", "telemetry", b'{"t": 1}', REMOTE) for n in (1, 2)],
+                              NOW)
+    log, *answers = core.on_store_failed([store.ref], "disk I/O error", NOW)
+    assert isinstance(log, Log) and log.level == "error"
+    assert [(a.ref, a.code, a.max_age) for a in answers] == [
+        (1, codes.SERVICE_UNAVAILABLE, 5), (2, codes.SERVICE_UNAVAILABLE, 5)]
+    assert core.storing_count == 0 and core.storing_bytes == 0
+    assert core.stats["store_failed"] == 2
+
+
+def test_a_rename_while_the_batch_is_written_renames_its_rows():
+    core = make_core(outbox_max_entries=100)
+    [store] = core.on_uplinks([(1, "tokA", "telemetry", b'{"t": 1}', REMOTE),
+                               (2, "tokB", "telemetry", b'{"t": 2}', REMOTE)], NOW)
+    core.rename("Dev A", "Kitchen")
+    assert [row[0] for row in store.rows] == ["Kitchen", "Dev B"]
+    assert list(json.loads(store.rows[0][3])) == ["Kitchen"]
+    assert core.storing_bytes == sum(len(row[3]) for row in store.rows)
+    core.on_stored([(store.ref, 7)], NOW)
+    assert [e.device for e in core.delivery.queues["Kitchen"]] == ["Kitchen"]
