@@ -89,7 +89,7 @@ class Bridge:
         self.pending_by_peer: Dict[Any, int] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
-        self.counters: Dict[str, int] = {"requests": 0, "errors": 0}
+        self.counters: Dict[str, int] = {"requests": 0, "errors": 0, "commits": 0}
 
     def metrics(self) -> Dict[str, Any]:
         core, stats = self.core, self.core.stats
@@ -109,6 +109,9 @@ class Bridge:
                                        stats["publishes"]),
             "uplinks_dead_lettered_total": ("counter", "stored uplinks the platform refused",
                                             stats["dead_lettered"]),
+            "outbox_commits_total": ("counter", "outbox transactions, each one sync to disk "
+                                     "(uplinks acknowledged / commits = group size)",
+                                     self.counters["commits"]),
             "outbox_refused_full_total": ("counter", "uplinks refused with 5.03, outbox full",
                                           stats["refused_full"]),
             "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
@@ -299,11 +302,11 @@ class Bridge:
         """Write this turn's outbox changes in one transaction: store every new uplink,
         then answer its device; remove what the broker acknowledged and set aside what
         the platform refused."""
+        if self._uplinks:
+            self._flush_uplinks()  # its stores go with this write
         if self._commit_call is not None and self._commit_call.active():
             self._commit_call.cancel()
         self._commit_call = None
-        if self._uplinks:
-            self._flush_uplinks()
         if self.outbox is None:
             return
         stores, self._stores = self._stores, []
@@ -321,6 +324,7 @@ class Bridge:
                 rows.append((store.device, store.device_type, store.topic, store.payload, now))
         try:
             ids = self.outbox.write(rows, deletes, [(d.id, d.reason) for d in dead], now)
+            self.counters["commits"] += 1
         except sqlite3.Error as exc:
             # the removals are harmless to keep (at worst delivered again after a restart):
             # they go with the next write

@@ -435,7 +435,9 @@ class GatewayCore:
             try:
                 if self.peer_limits.enabled:
                     self._limit_peer(remote, now)
-                device = self._authorize(token, now)
+                device = self._device(token)
+                if self.device_limits.enabled:
+                    self._limit_device(device, now)
                 topic, body = self._plain_uplink(device, feature, payload, now)
                 if self._admit(device, topic, body, ref, now, actions):
                     refs.append(ref)
@@ -456,17 +458,18 @@ class GatewayCore:
             self.stats["rate_limited"] += 1
             raise codes.TooManyRequests("too many requests from this address", max_age=wait)
 
-    def _authorize(self, token: str, now: float) -> Device:
-        """The device of access ``token`` (4.01 if none), within its rate limit (4.29)."""
+    def _device(self, token: str) -> Device:
+        """The device of access ``token``, or 4.01."""
         device = self.lookup(token)
         if device is None:
             raise codes.Unauthorized("unknown access token")
-        if self.device_limits.enabled:
-            wait = self.device_limits.allow(device.name, now)
-            if wait is not None:
-                self.stats["rate_limited"] += 1
-                raise codes.TooManyRequests("too many requests for this device", max_age=wait)
         return device
+
+    def _limit_device(self, device: Device, now: float) -> None:
+        wait = self.device_limits.allow(device.name, now)
+        if wait is not None:
+            self.stats["rate_limited"] += 1
+            raise codes.TooManyRequests("too many requests for this device", max_age=wait)
 
     def _plain_uplink(self, device: Device, feature: str, payload: bytes,
                       now: float) -> Tuple[str, bytes]:
@@ -493,7 +496,9 @@ class GatewayCore:
             return [Provision(request.ref, provision.parse_request(request.payload))]
         if route.token is None:
             raise codes.Unauthorized("missing access token")
-        device = self._authorize(route.token, now)
+        device = self._device(route.token)
+        if self.device_limits.enabled:
+            self._limit_device(device, now)
         post = request.method == codes.POST
         feature = route.feature
         if feature in (routes.FIRMWARE, routes.SOFTWARE):

@@ -96,11 +96,14 @@ def test_rate_limits_apply_in_bulk_as_one_request_at_a_time():
 
 
 def test_errors_after_a_valid_token_say_so():
-    actions = make_core().on_uplinks([(1, "tokA", "telemetry", b"{", REMOTE),
-                                      (2, "nope", "telemetry", b"{}", REMOTE)], NOW)
-    bad_json, unknown = [a for a in actions if isinstance(a, Reply)]
+    actions = make_core(device_burst=1).on_uplinks([
+        (1, "tokA", "telemetry", b"{", REMOTE),
+        (2, "nope", "telemetry", b"{}", REMOTE),
+        (3, "tokA", "telemetry", b"{}", REMOTE)], NOW)
+    bad_json, unknown, limited = [a for a in actions if isinstance(a, Reply)]
     assert (bad_json.code, bad_json.authenticated) == (codes.BAD_REQUEST, True)
     assert (unknown.code, unknown.authenticated) == (codes.UNAUTHORIZED, False)
+    assert (limited.code, limited.authenticated) == (codes.TOO_MANY_REQUESTS, True)
 
 
 def test_rows_take_consecutive_ids_and_count_as_being_written_until_stored():

@@ -137,6 +137,12 @@ def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_pa
     assert len(writes.calls) == 1 and len(writes.calls[0][0]) == 3
     assert [d.result.code for d in answers] == [txcoap.CREATED] * 3
     assert bridge.outbox.stats()[0] == 3
+    assert bridge.metrics()["outbox_commits_total"][2] == 1
+    later = uplink(bridge, 4)
+    bridge.commit()  # called directly (as at shutdown): nothing is left for a later call
+    assert later.result.code == txcoap.CREATED
+    assert [c for c in clock.getDelayedCalls() if c.func == bridge.commit] == []
+    assert bridge.metrics()["outbox_commits_total"][2] == 2
 
 
 def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
@@ -146,6 +152,7 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
     failed = uplink(bridge, 1)
     clock.advance(0)
     assert failed.result.code == txcoap.SERVICE_UNAVAILABLE
+    assert bridge.metrics()["outbox_commits_total"][2] == 0  # only what was written counts
     again = uplink(bridge, 2)
     clock.advance(0)
     assert again.result.code == txcoap.CREATED and bridge.outbox.stats()[0] == 1
