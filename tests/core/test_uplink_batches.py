@@ -3,6 +3,8 @@ answers each of them."""
 
 import json
 
+import pytest
+
 from bridge.core import codes
 from bridge.core.actions import (Created, Device, Log, Publish, Reply, Request, Store,
                                  StoreMany)
@@ -139,3 +141,21 @@ def test_a_rename_while_the_batch_is_written_renames_its_rows():
     assert core.storing_bytes == sum(len(row[3]) for row in store.rows)
     core.on_stored([(store.ref, 7)], NOW)
     assert [e.device for e in core.delivery.queues["Kitchen"]] == ["Kitchen"]
+
+
+def test_a_bug_in_the_middle_of_a_batch_leaves_nothing_counted_as_being_written():
+    core = make_core(outbox_max_entries=100)
+    calls = []
+
+    def lookup(token):
+        calls.append(token)
+        if len(calls) == 3:
+            raise RuntimeError("bug")
+        return DEVICES.get(token)
+    core.lookup = lookup
+    with pytest.raises(RuntimeError):
+        core.on_uplinks([(n, "tokA", "telemetry", b'{"t": 1}', REMOTE) for n in (1, 2, 3)], NOW)
+    assert (core.storing_count, core.storing_bytes, core.storing) == (0, 0, {})
+    core.lookup = DEVICES.get
+    [store] = core.on_uplinks([(4, "tokA", "telemetry", b'{"t": 1}', REMOTE)], NOW)
+    assert core.storing_count == 1
