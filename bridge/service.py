@@ -316,7 +316,11 @@ class Bridge:
             return
         now = self.now()
         rows = []
+        # (store ref, position of its first row): the rows of a StoreMany get consecutive
+        # ids, and the core is told the first
+        starts = []
         for store in stores:
+            starts.append((store.ref, len(rows)))
             if isinstance(store, StoreMany):
                 rows += [(device, device_type, topic, payload, now)
                          for device, device_type, topic, payload in store.rows]
@@ -336,12 +340,7 @@ class Bridge:
                 log.error("Could not update the outbox: {error}", error=str(exc))
             return
         if stores:
-            stored = []
-            position = 0
-            for store in stores:  # a StoreMany's rows have consecutive ids: the first is reported
-                stored.append((store.ref, ids[position]))
-                position += len(store.rows) if isinstance(store, StoreMany) else 1
-            self.apply(self.core.on_stored(stored, now))
+            self.apply(self.core.on_stored([(ref, ids[start]) for ref, start in starts], now))
 
     def restore(self) -> None:
         assert self.outbox is not None

@@ -194,25 +194,18 @@ class GatewayCore:
         id of its first row; the others follow it): acknowledge the devices."""
         actions: List[Action] = []
         add = self.delivery.add
-        for store_ref, entry_id in stored:
+        for store_ref, first_id in stored:
             refs, store = self.storing.pop(store_ref)
-            if isinstance(store, Store):
-                add(Entry(entry_id, store.device, store.device_type, store.topic, store.payload,
-                          now))
-                self.storing_count -= 1
-                self.storing_bytes -= len(store.payload)
-                self.stats["acknowledged"] += 1
-                actions.append(Reply(refs, codes.CREATED))
-                continue
+            rows = _rows(store)
             size = 0
-            for entry_id, (device, device_type, topic, payload) in enumerate(store.rows,
-                                                                              entry_id):
+            for entry_id, (device, device_type, topic, payload) in enumerate(rows, first_id):
                 add(Entry(entry_id, device, device_type, topic, payload, now))
                 size += len(payload)
-            self.storing_count -= len(store.rows)
+            self.storing_count -= len(rows)
             self.storing_bytes -= size
-            self.stats["acknowledged"] += len(store.rows)
-            actions.append(Created(refs))
+            self.stats["acknowledged"] += len(rows)
+            actions.append(Reply(refs, codes.CREATED) if isinstance(store, Store)
+                           else Created(refs))
         if stored and self.oldest_entry is None:
             self.oldest_entry = now
         return actions + self._pump(now)
@@ -221,8 +214,7 @@ class GatewayCore:
         actions: List[Action] = [Log("error", "could not store uplinks: %s" % reason)]
         for store_ref in store_refs:
             refs, store = self.storing.pop(store_ref)
-            rows = [(store.device, store.device_type, store.topic, store.payload)] \
-                if isinstance(store, Store) else store.rows
+            rows = _rows(store)
             self.storing_count -= len(rows)
             self.storing_bytes -= sum(len(row[3]) for row in rows)
             self.stats["store_failed"] += len(rows)
@@ -1055,6 +1047,12 @@ class GatewayCore:
 
 
 _MISSING = object()
+
+
+def _rows(store: Union[Store, StoreMany]) -> List[Row]:
+    if isinstance(store, Store):
+        return [(store.device, store.device_type, store.topic, store.payload)]
+    return store.rows
 
 
 def _rpc_pending(item: _RpcItem) -> Pending:
