@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from .config import Config
 from .core import codes
 from .core import gateway
+from .core import routes
 from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Log, Notify,
                            Provision, Publish, RenameDevice, Reply, Request, ResetLink,
                            ServePackage, Store, StoreMany, Uplink)
@@ -38,7 +39,8 @@ TICK_SECONDS = 0.25
 SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
                  GATEWAY_RPC_REQUEST_PREFIX + "+", GATEWAY_RPC_RESPONSE_PREFIX + "+"]
 # The last Uri-Path of a plain uplink (POST /api/v1/{token}/<this>) -> its feature.
-PLAIN_UPLINKS = {b"telemetry": "telemetry", b"attributes": "attributes"}
+PLAIN_UPLINKS = {routes.TELEMETRY.encode(): routes.TELEMETRY,
+                 routes.ATTRIBUTES.encode(): routes.ATTRIBUTES}
 
 
 class Bridge:

@@ -5,11 +5,11 @@ message, an observe notification's fate, the link going up or down, a timer
 tick) with ``now`` in seconds, and returns actions (see actions.py).
 
 Uplinks: a device gets 2.01 once its uplink is stored durably (``Store``, then
-``on_stored``; the plain telemetry and attribute uploads of a turn arrive together in
-``on_uplinks`` and leave as one ``StoreMany``, answered by one ``Created``); stored entries are published by ``Delivery`` and removed on the
-broker's PUBACK (``Delete``), or set aside when the platform refuses them
-(``DeadLetter``); a full outbox answers 5.03 with Max-Age. Every device-scoped
-publish is preceded by
+``on_stored``; the plain telemetry and attribute uploads of a turn arrive together
+in ``on_uplinks`` and leave as one ``StoreMany``, answered by one ``Created``);
+stored entries are published by ``Delivery`` and removed on the broker's PUBACK
+(``Delete``), or set aside when the platform refuses them (``DeadLetter``); a full
+outbox answers 5.03 with Max-Age. Every device-scoped publish is preceded by
 ``v1/gateway/connect`` (and waits for its PUBACK), so the platform creates
 the device with its profile and pushes its attributes and RPCs to this
 connection.
