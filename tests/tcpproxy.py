@@ -51,7 +51,7 @@ class TcpProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: cut() closed a socket (its fd is -1)
             return
         finally:
             for sock in (a, b):
