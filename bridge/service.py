@@ -184,6 +184,7 @@ class Bridge:
             query = option(txcoap.URI_QUERY)
             content_format = option(txcoap.CONTENT_FORMAT)
             observe = option(txcoap.OBSERVE)
+            block2 = message.opt.block2
             request = Request(
                 ref, message.code,
                 tuple([o.value.decode() for o in path]) if path else (),  # UTF-8, strict
@@ -191,7 +192,8 @@ class Bridge:
                 tuple([o.value.decode() for o in query]) if query else (),
                 content_format[0].value if content_format else None,
                 observe[0].value if observe else None,
-                message.token, message.remote, message.mtype == txcoap.CON)
+                message.token, message.remote, message.mtype == txcoap.CON,
+                (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None)
         except UnicodeDecodeError:
             return defer.succeed(coap_edge.make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
@@ -383,7 +385,7 @@ class Bridge:
             if self.sender is None:
                 continue
             self.sender.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
-                               notify.code, notify.payload, notify.observe)
+                               notify.code, notify.payload, notify.observe, notify.block_size)
             log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
                       observe=notify.observe, kind="CON" if notify.confirmable else "NON")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Hashable, List, Optional, Tuple
 
+from . import codes
+
 
 @dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
 class Request:
@@ -20,6 +22,7 @@ class Request:
     token: bytes = b""
     remote: Hashable = None
     confirmable: bool = True
+    block2: Optional[Tuple[int, int]] = None  # Block2 asked: (block number, block size)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Notify:
     payload: bytes
     observe: int
     device: str = ""
+    block_size: int = codes.BLOCK_SIZE  # a longer payload goes block by block (RFC 7959 §2.6)
 
 
 @dataclass(frozen=True)

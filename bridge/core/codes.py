@@ -53,6 +53,10 @@ TEXT_PLAIN = 0
 OCTET_STREAM = 42
 APPLICATION_JSON = 50
 
+# RFC 7959: the largest block the bridge sends (SZX 6); a longer answer or notification
+# goes block by block
+BLOCK_SIZE = 1024
+
 
 class CoapError(Exception):
     """An error that is the client's answer: it carries its CoAP code.

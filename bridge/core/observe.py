@@ -14,6 +14,11 @@ next registration).
 
 A NON relation gets NON notifications, except that at least one in every
 ``con_interval`` seconds goes as CON, so dead NON observers are found too.
+
+A representation longer than one block (``codes.BLOCK_SIZE``, or the smaller
+block the device asked for when it registered) goes out as its first block
+(RFC 7959 §2.6); the relation keeps the latest such one (``last``), so that
+the device's GETs of the later blocks get the same representation.
 """
 
 from __future__ import annotations
@@ -44,10 +49,10 @@ class Relation:
     """One observer. Slots and a shared empty queue keep it small: there may be 100,000."""
 
     __slots__ = ("device", "feature", "remote", "token", "confirmable", "last_con", "queue",
-                 "in_flight")
+                 "in_flight", "block_size", "last")
 
     def __init__(self, device: str, feature: str, remote: Hashable, token: bytes,
-                 confirmable: bool, last_con: float):
+                 confirmable: bool, last_con: float, block_size: int = codes.BLOCK_SIZE):
         self.device = device
         self.feature = feature
         self.remote = remote
@@ -56,6 +61,12 @@ class Relation:
         self.last_con = last_con
         self.queue: Deque[Pending] = _EMPTY  # replaced by a real deque on first use
         self.in_flight: Optional[Tuple[int, Pending]] = None
+        self.block_size = block_size
+        self.last: Optional[bytes] = None
+
+    def sent(self, body: bytes) -> None:
+        """``body`` went to the observer: kept while it is longer than one block."""
+        self.last = body if len(body) > self.block_size else None
 
 
 class Observers:
@@ -81,14 +92,16 @@ class Observers:
         return self.relations.get((device, feature))
 
     def register(self, device: str, feature: str, remote: Hashable, token: bytes,
-                 confirmable: bool, now: float) -> Tuple[Optional[Relation], List[Pending]]:
+                 confirmable: bool, now: float, block_size: int = codes.BLOCK_SIZE
+                 ) -> Tuple[Optional[Relation], List[Pending]]:
         """Add or replace the relation. Returns (relation or None when full, items of the one replaced)."""
         key = (device, feature)
         old = self.relations.get(key)
         if old is None and len(self.relations) >= self.max_relations:
             return None, []
         leftovers = self._drop(key) if old is not None else []
-        relation = Relation(device, feature, remote, token, confirmable, now)
+        relation = Relation(device, feature, remote, token, confirmable, now,
+                            min(block_size, codes.BLOCK_SIZE))
         self.relations[key] = relation
         return relation, leftovers
 
@@ -166,7 +179,9 @@ class Observers:
             confirmable = relation.confirmable or now - relation.last_con >= self.con_interval
             self._next_ref += 1
             notify = Notify(self._next_ref, relation.remote, relation.token, confirmable,
-                            pending.code, pending.payload, self.sequence(), relation.device)
+                            pending.code, pending.payload, self.sequence(), relation.device,
+                            relation.block_size)
+            relation.sent(pending.payload)
             out.append(notify)
             if confirmable:
                 relation.last_con = now

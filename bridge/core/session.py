@@ -703,6 +703,10 @@ class GatewayCore:
     # == attributes ==========================================================
 
     def _get_attributes(self, device: Device, request: Request, now: float) -> List[Action]:
+        if not request.query:
+            later = self._later_block(device, ATTRIBUTES_FEATURE, request)
+            if later is not None:
+                return [later]
         if request.observe == 0:
             self._require_link()
             return self._start_fetch("observe", device.name, request, None, [], now, device)
@@ -919,8 +923,9 @@ class GatewayCore:
     def _register(self, request: Optional[Request], name: str, feature: str, code: int,
                   body: bytes, now: float) -> List[Action]:
         assert request is not None
-        relation, leftovers = self.observers.register(name, feature, request.remote, request.token,
-                                                      request.confirmable, now)
+        relation, leftovers = self.observers.register(
+            name, feature, request.remote, request.token, request.confirmable, now,
+            request.block2[1] if request.block2 is not None else codes.BLOCK_SIZE)
         self._requeue_rpcs(leftovers, now)
         content_format = codes.APPLICATION_JSON if body else None
         if relation is None:  # full: answer without Observe (RFC 7641 §4.1)
@@ -928,6 +933,7 @@ class GatewayCore:
                           reason="observer limit reached"),
                     Log("warn", "observer limit %d reached; %s not registered"
                         % (self.settings.max_observers, name), name)]
+        relation.sent(body)
         actions: List[Action] = [Reply(request.ref, code, body, content_format,
                                        observe=self.observers.sequence())]
         if feature == RPC_FEATURE:
@@ -937,9 +943,23 @@ class GatewayCore:
                     actions += self.observers.enqueue(name, RPC_FEATURE, _rpc_pending(item), now)
         return actions
 
+    def _later_block(self, device: Device, feature: str, request: Request) -> Optional[Reply]:
+        """A GET without Observe of a later block of the representation the device's relation
+        was last sent in blocks (RFC 7959 §2.6): that representation, which the edge cuts
+        into the block asked for. None for any other request."""
+        if request.observe is not None or request.block2 is None or request.block2[0] == 0:
+            return None
+        relation = self.observers.get(device.name, feature)
+        if relation is None or relation.last is None:
+            return None
+        return Reply(request.ref, codes.CONTENT, relation.last, codes.APPLICATION_JSON)
+
     # == RPC =================================================================
 
     def _get_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
+        later = self._later_block(device, RPC_FEATURE, request)
+        if later is not None:
+            return [later]
         if request.observe == 0:
             state = self.devices.setdefault(device.name, _DeviceState(device, now))
             actions: List[Action] = []

@@ -27,6 +27,10 @@ has a regression test in tests/edge/test_coap_engine.py.
 * W10 ``Deduplicator``: (mid, peer) -> encoded response only, expired in time
   buckets by one LoopingCall instead of one DelayedCall per datagram.
 * W11 ``FixedBlockOption``: Block options of value 0 are encoded correctly.
+* A body cut into blocks carries an ETag (a checksum of the whole body), so a
+  client can tell blocks of two representations apart (RFC 7959 §2.4); an
+  observe notification longer than its block goes as its first block, and
+  the device GETs the rest (RFC 7959 §2.6, answered by the core).
 * D28 ``ConfirmableSender``: CON exchanges are keyed by (mid, peer), so an ACK
   from another peer cannot cancel a retransmission.
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import random
 import struct
+import zlib
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
@@ -56,7 +61,7 @@ PROXY_OPTIONS = frozenset({35, 39})
 # Allowed value lengths of the critical options we understand (RFC 7252 §5.10, RFC 7959).
 OPTION_LENGTHS = {3: (1, 255), 7: (0, 2), 11: (0, 255), 15: (0, 255), 17: (0, 2), 23: (0, 3),
                   27: (0, 3)}
-BLOCK_SIZE_EXP = 6  # W7: 1024-byte blocks
+BLOCK_SIZE_EXP = codes.BLOCK_SIZE.bit_length() - 5  # W7: 1024-byte blocks (SZX 6)
 RECEIVE_BUFFER = 65535  # W9
 CONTINUE = 95  # 2.31
 REQUEST_ENTITY_INCOMPLETE = 136  # 4.08
@@ -271,12 +276,15 @@ class ConfirmableSender:
                 self.recent_non.popitem(last=False)
 
     def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
-               payload: bytes, observe: int) -> None:
+               payload: bytes, observe: int, block_size: int = codes.BLOCK_SIZE) -> None:
         message = txcoap.Message(mtype=txcoap.CON if confirmable else txcoap.NON, code=code,
                                  payload=payload, token=token)
         message.opt.observe = observe
         if payload:
             message.opt.content_format = codes.APPLICATION_JSON
+        if len(payload) > block_size:  # the first block; the device GETs the others
+            message.payload = payload[:block_size]
+            mark_block(message, 0, block_size.bit_length() - 5, len(payload), etag(payload))
         message.remote = remote
         self.send(message, ref)
 
@@ -606,13 +614,12 @@ class BridgeCoap(txcoap.Coap):
             if start >= size and number > 0:
                 response = make_response(codes.BAD_OPTION, b"block beyond the end",
                                          codes.TEXT_PLAIN)
+            elif reader is not None:  # a package: fixed for its title and version
+                response.payload = reader(start, block)
+                mark_block(response, number, szx, size)
             else:
-                more = start + block < size
-                response.payload = (reader(start, block) if reader is not None
-                                    else body[start:start + block])
-                response.opt.block2 = (number, more, szx)
-                if number == 0:
-                    response.opt.addOption(txcoap.UintOption(txcoap.SIZE2, size))
+                response.payload = body[start:start + block]
+                mark_block(response, number, szx, size, etag(body))
         elif reader is not None:
             response.payload = reader(0, size)
         self._send_response(response, request, echo_block1=True)
@@ -632,6 +639,22 @@ class BridgeCoap(txcoap.Coap):
             response.mtype = txcoap.ACK
             response.mid = request.mid
         self.sendMessage(response)
+
+
+def mark_block(message: txcoap.Message, number: int, szx: int, size: int,
+               tag: Optional[bytes] = None) -> None:
+    """The options of block ``number`` (of 2**(szx+4) bytes) of a body of ``size`` bytes:
+    Block2, Size2 with the first block, and ETag ``tag`` (RFC 7959 §2.2, §2.4)."""
+    message.opt.block2 = (number, (number + 1) << (szx + 4) < size, szx)
+    if tag is not None:
+        message.opt.etag = tag
+    if number == 0:
+        message.opt.addOption(txcoap.UintOption(txcoap.SIZE2, size))
+
+
+def etag(body: bytes) -> bytes:
+    """An entity tag of ``body``: blocks of one representation carry the same one."""
+    return struct.pack("!I", zlib.crc32(body))
 
 
 def _uint_option(message: txcoap.Message, number: int) -> Optional[int]:

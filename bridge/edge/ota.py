@@ -35,7 +35,7 @@ from ..core.actions import ServePackage
 from ..core.ota import Checksum, PackageInfo, supported
 from ..logs import logger
 from ..sqlite import create_private
-from .coap import make_response
+from .coap import etag, make_response
 from .mqtt import MqttLink
 from .provision import random_name
 
@@ -161,6 +161,7 @@ class PackageStore:
             return make_response(codes.CONTENT, data)
         message = make_response(codes.CONTENT)
         message.body_size = size
+        message.opt.etag = etag(key.encode("utf-8"))  # its blocks are one representation
 
         def read(offset: int, length: int) -> bytes:
             with open(path, "rb") as handle:

@@ -39,9 +39,10 @@ def make_core(devices=None, **settings):
 
 
 def get(ref, feature, query=(), observe=None, token=b"\x01", remote=PEER, confirmable=True,
-        dev_token="tok"):
+        dev_token="tok", block2=None):
     return Request(ref, codes.GET, ("api", "v1", dev_token, feature), b"", tuple(query),
-                   observe=observe, token=token, remote=remote, confirmable=confirmable)
+                   observe=observe, token=token, remote=remote, confirmable=confirmable,
+                   block2=block2)
 
 
 def post(ref, path, payload, dev_token="tok"):
@@ -493,6 +494,67 @@ def test_non_ascii_digit_rpc_topic_suffix_does_not_crash(topic):
 
 
 # -- observe /rpc and server-side RPC ----------------------------------------------------------
+
+# -- observe and Block2 (RFC 7959 §2.6) -----------------------------------------------
+
+LONG = "x" * 1500  # a value that makes a representation longer than one 1024-byte block
+
+
+def test_a_long_notification_is_kept_and_a_get_of_a_later_block_gets_it_not_a_read():
+    core = linked_core()
+    observe_attributes(core, shared={"s": 2})
+    [notify] = push(core, {"note": LONG})
+    assert notify.block_size == codes.BLOCK_SIZE and len(notify.payload) > codes.BLOCK_SIZE
+    seen = run(core, core.on_request(get(70, "attributes", token=b"\x07", block2=(1, 1024)),
+                                     NOW))
+    assert attribute_requests(seen) == []  # nothing asked of the platform
+    [reply] = seen
+    assert (reply.ref, dotted(reply), reply.content_format, reply.observe) == (
+        70, "2.05", codes.APPLICATION_JSON, None)
+    assert reply.payload == notify.payload  # the edge cuts block 1 out of it
+
+
+def test_a_long_first_view_is_kept_for_the_gets_of_its_later_blocks():
+    core = linked_core()
+    first = observe_attributes(core, shared={"note": LONG})
+    [reply] = core.on_request(get(71, "attributes", block2=(2, 512)), NOW)
+    assert (dotted(reply), reply.payload) == ("2.05", first.payload)
+
+
+def test_a_short_notification_forgets_the_long_one_and_later_blocks_are_read_again():
+    core = linked_core(request_timeout=10)
+    observe_attributes(core, shared={"s": 2}, confirmable=False)
+    push(core, {"note": LONG})
+    [short] = push(core, {"s": 3})
+    assert len(short.payload) <= codes.BLOCK_SIZE
+    seen = run(core, core.on_request(get(72, "attributes", block2=(1, 1024)), NOW))
+    assert visible(seen) == [] and len(attribute_requests(seen)) == 1  # an ordinary read
+
+
+def test_block_size_asked_at_registration_cuts_notifications_at_that_size():
+    core = linked_core()
+    actions = run(core, core.on_request(get(73, "rpc", observe=0, block2=(0, 64)), NOW))
+    assert dotted(of(actions, Reply)[0]) == "2.03"
+    [notify] = of(run(core, server_rpc(core, 9, params={"v": "y" * 80})), Notify)
+    assert notify.block_size == 64
+    [reply] = core.on_request(get(74, "rpc", block2=(1, 64)), NOW)
+    assert (dotted(reply), reply.payload) == ("2.05", notify.payload)
+
+
+def test_later_blocks_of_a_read_with_keys_are_read_again_not_taken_from_the_relation():
+    core = linked_core()
+    observe_attributes(core, shared={"note": LONG})
+    seen = run(core, core.on_request(get(75, "attributes", query=["sharedKeys=note"],
+                                         block2=(1, 1024)), NOW))
+    assert visible(seen) == [] and len(attribute_requests(seen)) == 1
+
+
+def test_get_of_a_later_rpc_block_without_a_long_notification_gets_4_00():
+    core = connected_core()
+    observe_rpc(core)
+    [reply] = core.on_request(get(76, "rpc", block2=(1, 1024)), NOW)
+    assert dotted(reply) == "4.00"
+
 
 def test_observe_rpc_replies_2_03_empty_with_observe_number():
     core = connected_core()

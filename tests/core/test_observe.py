@@ -349,3 +349,25 @@ def test_rename_keeps_recent_non_bookkeeping_so_reset_ends_the_renamed_relation(
     _, ended, _ = obs.on_result(non.ref, "reset", T0 + 1)
     assert [(r.device, r.feature) for r in ended] == [("New", "attributes")]
     assert len(obs) == 0
+
+
+# -- representations longer than one block (RFC 7959 §2.6) ---------------------------
+
+def test_relation_keeps_the_latest_notification_longer_than_its_block_and_only_that():
+    obs = make_observers()
+    relation, _ = obs.register("Dev A", "attributes", PEER, b"t1", False, T0, block_size=64)
+    long_one = Pending(b'{"v":"' + b"x" * 100 + b'"}')
+    [notify] = obs.enqueue("Dev A", "attributes", long_one, T0)
+    assert notify.block_size == 64
+    assert relation.last == long_one.payload
+    obs.enqueue("Dev A", "attributes", pending(1), T0)
+    assert relation.last is None  # the device is told the short one; no blocks to fetch
+
+
+def test_relation_block_size_is_the_smaller_of_the_asked_one_and_the_bridges():
+    obs = make_observers()
+    small, _ = obs.register("Dev A", "attributes", PEER, b"t1", True, T0, block_size=256)
+    default, _ = obs.register("Dev B", "attributes", PEER, b"t2", True, T0)
+    assert (small.block_size, default.block_size) == (256, codes.BLOCK_SIZE)
+    huge, _ = obs.register("Dev C", "attributes", PEER, b"t3", True, T0, block_size=1 << 16)
+    assert huge.block_size == codes.BLOCK_SIZE

@@ -17,14 +17,14 @@ from test_clients import LIBCOAP, NODE_COAP, libcoap
 
 pytestmark = pytest.mark.integration
 HERE = os.path.dirname(os.path.abspath(__file__))
-OBSERVE = 6
+OBSERVE, ETAG = 6, 4
 
 
 def make_bridge(workdir, broker, protocol="5"):
     process = BridgeProcess(workdir, broker.port, protocol=protocol,
                             coap={"ack_timeout": 0.3, "max_retransmit": 2},
                             platform={"request_timeout": 1.5, "rpc_queue_ttl": 30})
-    for n in range(1, 9):
+    for n in range(1, 12):
         process.add_device("Dev %d" % n, "tok%d" % n, "sensor")
     return process.start()
 
@@ -167,6 +167,73 @@ def test_attribute_observe_with_node_coap_cli(env):
         proc.terminate()
         out = proc.communicate(timeout=10)[0].decode(errors="replace")
     assert "{}" in out and '{"led":"on"}' in out
+
+
+def test_a_long_notification_goes_as_block_0_and_the_device_gets_the_rest_by_get(env):
+    broker, platform, bridge = env
+    platform.set_attributes("Dev 11", {}, {"mode": "eco", "unit": "C"})
+    client = raw.Client(bridge.host, bridge.coap_port)
+    reply = get(client, "/api/v1/tok11/attributes", observe=0, token=b"\xd1")
+    assert reply.code_str == "2.05" and reply.option(raw.BLOCK2) is None
+    asked = len(platform.received("v1/gateway/attributes/request"))
+    note = "".join(chr(ord("a") + n % 26) for n in range(2500))
+    platform.push_attributes("Dev 11", {"note": note})
+    first = notification(client)
+    assert first.token == b"\xd1" and first.option(OBSERVE) is not None
+    block2 = first.uint(raw.BLOCK2)
+    assert (block2 >> 4, bool(block2 & 8), block2 & 7) == (0, True, 6)
+    assert len(first.payload) == 1024 and first.option(ETAG)
+    body, number, more = first.payload, 1, True
+    while more:
+        part = client.exchange(raw.request(raw.GET, "/api/v1/tok11/attributes", mid=next_mid(),
+                                           token=b"\xd2", extra=[(raw.BLOCK2,
+                                                                   bytes([(number << 4) | 6]))]))
+        assert part.code_str == "2.05" and part.option(OBSERVE) is None
+        assert part.option(ETAG) == first.option(ETAG)  # the same representation
+        assert part.uint(raw.BLOCK2) >> 4 == number
+        more = bool(part.uint(raw.BLOCK2) & 8)
+        body += part.payload
+        number += 1
+    assert number == 3 and json.loads(body) == {"note": note}
+    assert len(platform.received("v1/gateway/attributes/request")) == asked  # not read again
+    client.close()
+
+
+def test_a_long_notification_reaches_aiocoap_whole_through_block2(env):
+    broker, platform, bridge = env
+    platform.set_attributes("Dev 9", {}, {"mode": "eco", "unit": "C"})
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "aiocoap_observe.py"),
+                             bridge.url + "/api/v1/tok9/attributes", "2", "10"],
+                            stdout=subprocess.PIPE, text=True)
+    first = json.loads(proc.stdout.readline())
+    assert json.loads(first["payload"]) == {"mode": "eco", "unit": "C"}
+    note = "".join(chr(ord("a") + n % 26) for n in range(3000))
+    platform.push_attributes("Dev 9", {"note": note})
+    second = json.loads(proc.stdout.readline())
+    proc.wait(10)
+    assert json.loads(second["payload"]) == {"note": note}  # three blocks, put together
+    assert second["observe"] > first["observe"]
+
+
+def test_a_long_notification_reaches_libcoap_whole_through_block2(env):
+    broker, platform, bridge = env
+    assert LIBCOAP
+    note = "".join(chr(ord("A") + n % 26) for n in range(2500))
+    platform.set_attributes("Dev 10", {}, {"mode": "eco", "unit": "C"})
+    proc = subprocess.Popen([LIBCOAP, "-m", "get", "-s", "4", bridge.url + "/api/v1/tok10/attributes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: any(r["device"] == "Dev 10" for r in
+                               platform.received("v1/gateway/attributes/request")), 10,
+                   "the observe refresh")
+        time.sleep(0.5)
+        platform.push_attributes("Dev 10", {"note": note})
+        out = proc.communicate(timeout=15)[0].decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert '{"mode":"eco","unit":"C"}' in out
+    assert '{"note":"%s"}' % note in out
 
 
 def test_con_and_non_observers_get_notifications_of_their_own_type(env):

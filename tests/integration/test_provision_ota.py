@@ -18,6 +18,7 @@ from platform_sim import PlatformSim
 from test_clients import libcoap
 
 pytestmark = pytest.mark.integration
+ETAG = 4
 PACKAGE = random.Random(7).randbytes(1024 * 1024)  # 1 MiB firmware
 
 
@@ -247,6 +248,12 @@ def test_one_mib_package_by_libcoap_block2_and_by_size_chunk_is_byte_identical(o
         pieces.append(reply.payload)
         chunk += 1
     assert b"".join(pieces) == PACKAGE and chunk == 1024
+    blocks = [client.exchange(raw.request(
+        raw.GET, "/fw/fw0", mid=5900 + n,
+        extra=[(raw.URI_QUERY, b"title=blinker"), (raw.URI_QUERY, b"version=2.0"),
+               (raw.BLOCK2, bytes([(n << 4) | 6]))])) for n in (0, 5)]
+    assert blocks[1].payload == PACKAGE[5 * 1024:6 * 1024]
+    assert blocks[0].option(ETAG) and blocks[0].option(ETAG) == blocks[1].option(ETAG)
     assert ota.first_chunks == 1  # fetched from the platform once
 
 
