@@ -15,7 +15,11 @@ that asks meanwhile — from the configured source:
 Every package is checked against its size and ``fw_checksum`` (SHA256,
 SHA384, SHA512, MD5, CRC32) before it is cached; one that fails is never
 served (4.04, and an error in the log) and is not fetched again for a
-minute. The cache is bounded: least recently served packages go first.
+minute. The cache is bounded (``ota.cache_max_bytes``): least recently served
+packages go first, but never one served in the last ``IN_USE`` seconds, since
+devices may be in the middle of downloading it block by block; while such
+packages fill it, the cache stays over its bound (with a warning) until they
+are no longer in use.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from .provision import random_name
 
 log = logger("ota")
 FAILURE_MEMORY = 60.0  # s a failed package is not fetched again
+IN_USE = 300.0  # s after it was last served, a package is not evicted from the cache
 
 
 class PackageError(Exception):
@@ -129,6 +134,7 @@ class PackageStore:
         self.reconnect = reconnect  # re-send v1/gateway/connect for a device
         self.directory = os.path.join(config.data_dir, "ota")
         self.cached: "OrderedDict[str, int]" = OrderedDict()  # package key -> size, LRU order
+        self.served_at: Dict[str, float] = {}  # package key -> when it was last served
         self.fetching: Dict[str, List[defer.Deferred]] = {}
         self.failed: Dict[str, float] = {}
         self.fetches = 0  # packages fetched from their source (for tests and metrics)
@@ -153,6 +159,7 @@ class PackageStore:
     def _answer(self, path: str, action: ServePackage) -> txcoap.Message:
         key = action.package.key
         self.cached.move_to_end(key)
+        self.served_at[key] = self.reactor.seconds()
         size = self.cached[key]
         if action.length is not None:
             with open(path, "rb") as handle:
@@ -265,11 +272,17 @@ class PackageStore:
 
     def _evict(self, keep: str) -> None:
         total = sum(self.cached.values())
+        bound = self.config.ota.cache_max_bytes
+        in_use_since = self.reactor.seconds() - IN_USE
         for key in list(self.cached):
-            if total <= self.config.ota.cache_max_bytes:
+            if total <= bound:
                 break
-            if key == keep:
-                continue
+            if key == keep or self.served_at.get(key, float("-inf")) > in_use_since:
+                continue  # being downloaded, perhaps: evicting it would fetch it again
             total -= self.cached.pop(key)
+            self.served_at.pop(key, None)
             os.remove(os.path.join(self.directory, key))
             log.info("Package {key} evicted from the cache", key=key)
+        if total > bound:
+            log.warn("Package cache holds {size} bytes, over ota.cache_max_bytes ({bound}): "
+                     "its packages are in use", size=total, bound=bound)
