@@ -29,12 +29,6 @@ from typing import Dict, List
 import run as bench  # bench/run.py: this directory is on sys.path when run as a script
 
 
-def cpu_seconds(pid: int) -> float:
-    with open("/proc/%d/stat" % pid) as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def imported_from(python: str, checkout: str) -> str:
     """The directory of the ``bridge`` package ``python`` imports with ``checkout`` first."""
     env = dict(os.environ, PYTHONPATH=checkout)
@@ -57,9 +51,9 @@ def measure(run: bench.Run, checkout: str, mqtt: int, devices: List[str], tpl: L
             os.environ["PYTHONPATH"] = saved
     try:
         time.sleep(1.0)
-        before, start = cpu_seconds(proc.pid), time.time()
+        before, start = bench.cpu_seconds(proc.pid), time.time()
         result = bench.summary(bench.saturate(label, port, tpl, seconds, sockets=32, window=4))
-        used, elapsed = cpu_seconds(proc.pid) - before, time.time() - start
+        used, elapsed = bench.cpu_seconds(proc.pid) - before, time.time() - start
     finally:
         run.stop(proc)
     if not result["answered"]:

@@ -66,6 +66,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far."""
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_port(port: int, udp: bool = False, timeout: float = 15.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -189,10 +196,24 @@ def summary(result: Any) -> Dict[str, Any]:
             "codes": dict(result.codes)}
 
 
+def saturate_server(label: str, pid: int, port: int, tpl: List[bytes], duration: float
+                    ) -> Dict[str, Any]:
+    """``summary`` of a saturation run, with the CPU time the server process ``pid`` used
+    per answered request (``cpu_us``): steadier than a rate on a shared machine, where a
+    neighbour's load slows the server and the load generator alike."""
+    before = cpu_seconds(pid)
+    result = summary(saturate(label, port, tpl, duration, sockets=32, window=4))
+    result["cpu_us"] = round((cpu_seconds(pid) - before) / max(1, result["answered"]) * 1e6, 1)
+    return result
+
+
 def median_run(runs: List[Dict[str, Any]], key: str = "rate") -> Dict[str, Any]:
-    """The run with the median ``key``, with every run's ``key`` in ``rounds``."""
+    """The run with the median ``key``, with every run's ``key`` in ``rounds`` (and every
+    run's CPU time per request in ``cpu_rounds``, where measured)."""
     chosen = dict(sorted(runs, key=lambda r: r[key])[len(runs) // 2])
     chosen["rounds"] = [r[key] for r in runs]
+    if all("cpu_us" in r for r in runs):
+        chosen["cpu_rounds"] = [r["cpu_us"] for r in runs]
     return chosen
 
 
@@ -212,11 +233,11 @@ def scenario_telemetry(run: Run, out: Dict[str, Any]) -> None:
         # our engine last: its ratio to the bridge (a target) pairs runs next to each other
         for mode in ("stock", "libcoap", "engine"):
             base, base_port = run.baseline(mode)
-            runs[mode].append(summary(saturate("baseline " + mode + label, base_port, tpl,
-                                               run.duration, sockets=32, window=4)))
+            runs[mode].append(saturate_server("baseline " + mode + label, base.pid, base_port,
+                                              tpl, run.duration))
             run.stop(base)
-        runs["bridge"].append(summary(saturate("bridge saturation" + label, port, tpl,
-                                               run.duration, sockets=32, window=4)))
+        runs["bridge"].append(saturate_server("bridge saturation" + label, proc.pid, port, tpl,
+                                              run.duration))
     out["baselines"] = {mode: median_run(runs[mode]) for mode in ("stock", "engine", "libcoap")}
     out["broker_publish_rate"] = broker_rate(run)
     saturation = median_run(runs["bridge"])
@@ -431,6 +452,14 @@ def round_ratios(bridge: Dict[str, Any], rows: List[Tuple[str, Dict[str, Any]]]
             for label, row in rows if row.get("rounds")]
 
 
+def cpu_ratios(bridge: Dict[str, Any], rows: List[Tuple[str, Dict[str, Any]]]
+               ) -> List[Tuple[str, List[float]]]:
+    """Per baseline, its CPU time per request over the bridge's in the same round: the
+    share of the baseline's rate the bridge reaches when both have a core to themselves."""
+    return [(label, [r / b for b, r in zip(bridge["cpu_rounds"], row["cpu_rounds"]) if b])
+            for label, row in rows if row.get("cpu_rounds") and bridge.get("cpu_rounds")]
+
+
 def write_report(out: Dict[str, Any], name: str = "results") -> None:
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, name + ".json"), "w") as handle:
@@ -442,17 +471,20 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
                                                   os.cpu_count() or 0, out["mode"],
                                                   host_platform.machine()), "",
              "## Telemetry, one CoAP POST per uplink (bridge and baselines on one core)", "",
-             "| Server | req/s | bridge / server | p50 ms | p99 ms | p99.9 ms |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| Server | req/s | bridge / server | CPU µs/req | p50 ms | p99 ms | p99.9 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     rows = [("coapbridge end to end (outbox, MQTT, PUBACK)", out["bridge"]["saturation"])]
     rows += [(label, base[key]) for label, key in (("txThings 0.3.0 stock, no work", "stock"),
                                                  ("txThings + coapbridge engine, no work",
                                                   "engine"),
                                                  ("libcoap coap-server (C), 4.04", "libcoap"))]
     for label, row in rows:
-        lines.append("| %s | %d | %.2f | %.2f | %.2f | %.2f |" % (
-            label, row["rate"], bridge / row["rate"] if row["rate"] else 0, row["p50_ms"],
+        cpu = statistics.median(row["cpu_rounds"]) if row.get("cpu_rounds") else 0.0
+        lines.append("| %s | %d | %.2f | %.1f | %.2f | %.2f | %.2f |" % (
+            label, row["rate"], bridge / row["rate"] if row["rate"] else 0, cpu, row["p50_ms"],
             row["p99_ms"], row["p999_ms"]))
+    lines += ["", "CPU µs/req: CPU time (user + system) of the server process per answered "
+              "request, median of the rounds."]
     if len(out["bridge"]["saturation"].get("rounds", [])) > 1:
         lines += ["", "Saturation is the median of %d interleaved runs per server; every run "
                   "(req/s): %s." % (len(out["bridge"]["saturation"]["rounds"]), "; ".join(
@@ -466,6 +498,14 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
                                                ", ".join("%.2f" % r for r in ratios),
                                                statistics.median(ratios))
                       for label, ratios in round_ratios(out["bridge"]["saturation"], rows[1:]))]
+        by_cpu = cpu_ratios(out["bridge"]["saturation"], rows[1:])
+        if by_cpu:
+            lines += ["", "The same by CPU time per request (server's µs / bridge's µs, round "
+                      "by round): %s." % "; ".join(
+                          "%s %s (median %.2f)" % (label.split(",")[0].split(" (")[0],
+                                                   ", ".join("%.2f" % r for r in ratios),
+                                                   statistics.median(ratios))
+                          for label, ratios in by_cpu)]
     lines += ["", "Broker: one paho client publishes %d QoS 1 messages/s."
               % out["broker_publish_rate"]["rate"], "",
               "Acknowledged %d uplinks, the platform received %d."

@@ -220,7 +220,8 @@ def test_a_long_notification_reaches_libcoap_whole_through_block2(env):
     assert LIBCOAP
     note = "".join(chr(ord("A") + n % 26) for n in range(2500))
     platform.set_attributes("Dev 10", {}, {"mode": "eco", "unit": "C"})
-    proc = subprocess.Popen([LIBCOAP, "-m", "get", "-s", "4", bridge.url + "/api/v1/tok10/attributes"],
+    proc = subprocess.Popen([LIBCOAP, "-m", "get", "-s", "4",
+                             bridge.url + "/api/v1/tok10/attributes"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: any(r["device"] == "Dev 10" for r in
