@@ -131,12 +131,17 @@ def test_platform_silence_gets_5_04(env):
 
 # -- shared-attribute observe ---------------------------------------------------------
 
+def aiocoap_observer(bridge, token, count):
+    """aiocoap observing the device's /attributes; it prints a JSON line per response."""
+    return subprocess.Popen([sys.executable, os.path.join(HERE, "aiocoap_observe.py"),
+                             "%s/api/v1/%s/attributes" % (bridge.url, token), str(count), "10"],
+                            stdout=subprocess.PIPE, text=True)
+
+
 def test_attribute_observe_with_aiocoap_gets_current_state_then_deltas(env):
     broker, platform, bridge = env
     platform.set_attributes("Dev 5", {}, {"mode": "eco", "unit": "C"})
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "aiocoap_observe.py"),
-                             bridge.url + "/api/v1/tok5/attributes", "3", "10"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = aiocoap_observer(bridge, "tok5", 3)
     first = json.loads(proc.stdout.readline())
     assert first["code"] == "2.05"
     assert json.loads(first["payload"]) == {"mode": "eco", "unit": "C"}
@@ -202,9 +207,7 @@ def test_a_long_notification_goes_as_block_0_and_the_device_gets_the_rest_by_get
 def test_a_long_notification_reaches_aiocoap_whole_through_block2(env):
     broker, platform, bridge = env
     platform.set_attributes("Dev 9", {}, {"mode": "eco", "unit": "C"})
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "aiocoap_observe.py"),
-                             bridge.url + "/api/v1/tok9/attributes", "2", "10"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = aiocoap_observer(bridge, "tok9", 2)
     first = json.loads(proc.stdout.readline())
     assert json.loads(first["payload"]) == {"mode": "eco", "unit": "C"}
     note = "".join(chr(ord("a") + n % 26) for n in range(3000))
