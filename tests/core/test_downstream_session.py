@@ -493,8 +493,6 @@ def test_non_ascii_digit_rpc_topic_suffix_does_not_crash(topic):
     assert visible(actions) == []
 
 
-# -- observe /rpc and server-side RPC ----------------------------------------------------------
-
 # -- observe and Block2 (RFC 7959 §2.6) -----------------------------------------------
 
 LONG = "x" * 1500  # a value that makes a representation longer than one 1024-byte block
@@ -555,6 +553,8 @@ def test_get_of_a_later_rpc_block_without_a_long_notification_gets_4_00():
     [reply] = core.on_request(get(76, "rpc", block2=(1, 1024)), NOW)
     assert dotted(reply) == "4.00"
 
+
+# -- observe /rpc and server-side RPC ----------------------------------------------------------
 
 def test_observe_rpc_replies_2_03_empty_with_observe_number():
     core = connected_core()
