@@ -37,6 +37,13 @@ def test_built_in_defaults_without_file_match_dataclass_defaults():
     assert load(None, {}) == Config()
 
 
+def test_shipped_file_without_environment_gives_the_built_in_defaults():
+    # Integration tests leave unset what they are not about and so run the built-in
+    # defaults: those must be the ones a user gets from conf/coapbridge.yaml.
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {}) == Config()
+
+
 def test_built_in_defaults_read_environment():
     config = load(None, {"MQTT_HOST": "broker", "MQTT_PORT": "8883", "MQTT_PROTOCOL": "3.1.1",
                          "MQTT_TLS": "true"})
