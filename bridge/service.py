@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import txthings.coap as txcoap
 from twisted.application.service import MultiService, Service
@@ -25,6 +25,7 @@ from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Lo
                            ServePackage, Store, StoreMany, Uplink)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .core.session import CoreSettings, GatewayCore
+from .coap.endpoint import Answer
 from .edge import coap as coap_edge
 from .edge.mqtt import MqttLink
 from .edge.ota import PackageStore
@@ -81,7 +82,7 @@ class Bridge:
         self._dead: List[DeadLetter] = []
         self._commit_call: Any = None
         self.link = MqttLink(reactor, config.mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
-        self.sender: Optional[coap_edge.ConfirmableSender] = None
+        self.coap: Optional[coap_edge.BridgeCoap] = None  # the UDP transport, once listening
         self._notifications: List[Notify] = []
         self._flush_call: Any = None
         # request ref -> [Deferred of the answer, source address, carries a valid token]
@@ -95,7 +96,7 @@ class Bridge:
 
     def metrics(self) -> Dict[str, Any]:
         core, stats = self.core, self.core.stats
-        protocol = self.sender.protocol if self.sender is not None else None
+        protocol = self.coap
         return {
             "coap_requests_total": ("counter", "CoAP requests handled", self.counters["requests"]),
             "coap_errors_total": ("counter", "requests answered 4.xx or 5.xx",
@@ -159,9 +160,9 @@ class Bridge:
         busy = self.pending_by_peer.get(address, 0)
         if busy >= self.config.limits.max_pending_per_peer:
             self.counters["errors"] += 1
-            return defer.succeed(coap_edge.make_response(
+            return defer.succeed(Answer(coap_edge.make_response(
                 codes.SERVICE_UNAVAILABLE, b"too many requests in progress from this address",
-                codes.TEXT_PLAIN, max_age=1))
+                codes.TEXT_PLAIN, max_age=1)))
         option = message.opt.getOption
         path = option(txcoap.URI_PATH)
         if message.code == txcoap.POST and path is not None and len(path) == 4:
@@ -195,8 +196,8 @@ class Bridge:
                 message.token, message.remote, message.mtype == txcoap.CON,
                 (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None)
         except UnicodeDecodeError:
-            return defer.succeed(coap_edge.make_response(
-                codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN))
+            return defer.succeed(Answer(coap_edge.make_response(
+                codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
         d = defer.Deferred()
         pending = [d, message.remote, False]
         self.requests[ref] = pending
@@ -382,9 +383,9 @@ class Bridge:
         self._flush_call = None
         batch, self._notifications = self._notifications, []
         for notify in batch:
-            if self.sender is None:
+            if self.coap is None:
                 continue
-            self.sender.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
+            self.coap.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
                                notify.code, notify.payload, notify.observe, notify.block_size)
             log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
                       observe=notify.observe, kind="CON" if notify.confirmable else "NON")
@@ -435,15 +436,17 @@ class Bridge:
             reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
             reply.observe), reply.authenticated)
 
-    def answer_request(self, ref: int, message: txcoap.Message,
+    def answer_request(self, ref: int, message: Union[txcoap.Message, Answer],
                        authenticated: bool = False) -> None:
         """Send the answer to CoAP request ``ref`` (once); ``authenticated``: the request
         carried a valid access token (also known if the core looked it up in ``on_request``)."""
         pending = self.requests.pop(ref, None)
         if pending is None:
             return
-        if pending[2] or authenticated:
-            message.authenticated = True  # large answers need no amplification limit
+        if isinstance(message, Answer):
+            message.authenticated = message.authenticated or pending[2] or authenticated
+        else:  # large answers to a valid token need no amplification limit
+            message = Answer(message, pending[2] or authenticated)
         self._release(pending)
         pending[0].callback(message)
 
@@ -505,8 +508,8 @@ class _CoapService(Service):
             self.bridge.handle_coap, self.bridge.reactor, cfg.empty_ack_delay,
             cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
             cfg.max_retransmit)
-        self.protocol.sender.on_result = self.bridge.notified
-        self.bridge.sender = self.protocol.sender
+        self.protocol.on_result = self.bridge.notified
+        self.bridge.coap = self.protocol
         self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                      cfg.bind_address)
         Service.startService(self)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import txthings.coap as txcoap
 from twisted.internet import defer
@@ -39,7 +39,9 @@ from ..core.actions import ServePackage
 from ..core.ota import Checksum, PackageInfo, supported
 from ..logs import logger
 from ..sqlite import create_private
-from .coap import etag, make_response
+from ..coap.blocks import LargeBody
+from ..coap.codec import etag, make_response
+from ..coap.endpoint import Answer
 from .mqtt import MqttLink
 from .provision import random_name
 
@@ -156,7 +158,7 @@ class PackageStore:
         d.addErrback(self._refuse, action)
         return d
 
-    def _answer(self, path: str, action: ServePackage) -> txcoap.Message:
+    def _answer(self, path: str, action: ServePackage) -> Union[txcoap.Message, Answer]:
         key = action.package.key
         self.cached.move_to_end(key)
         self.served_at[key] = self.reactor.seconds()
@@ -166,16 +168,13 @@ class PackageStore:
                 handle.seek(action.offset)
                 data = handle.read(action.length) if action.offset < size else b""
             return make_response(codes.CONTENT, data)
-        message = make_response(codes.CONTENT)
-        message.body_size = size
-        message.opt.etag = etag(key.encode("utf-8"))  # its blocks are one representation
-
         def read(offset: int, length: int) -> bytes:
             with open(path, "rb") as handle:
                 handle.seek(offset)
                 return handle.read(length)
-        message.body_reader = read
-        return message
+        # every block carries the same tag: they are one representation
+        return Answer(make_response(codes.CONTENT),
+                      large=LargeBody(size, read, etag(key.encode("utf-8"))))
 
     def _refuse(self, failure: Any, action: ServePackage) -> txcoap.Message:
         failure.trap(PackageError)

@@ -47,7 +47,7 @@ def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_t
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert seen == [[(1, "tok", "telemetry"), (2, "tok", "telemetry")]]
-    assert [d.result.code for d in answers] == [txcoap.INTERNAL_SERVER_ERROR] * 2
+    assert [d.result.message.code for d in answers] == [txcoap.INTERNAL_SERVER_ERROR] * 2
     assert bridge.pending_by_peer == {} and bridge.requests == {}
     failures = [e for e in events if e.get("log_failure") is not None]
     assert len(failures) == 1 and failures[0]["count"] == 2
@@ -62,7 +62,7 @@ def test_requests_in_progress_per_address_are_bounded():
     bridge.handle_coap(request())
     bridge.handle_coap(request())
     refused = bridge.handle_coap(request())
-    assert refused.result.code == txcoap.SERVICE_UNAVAILABLE
+    assert refused.result.message.code == txcoap.SERVICE_UNAVAILABLE
     other = bridge.handle_coap(request(("10.0.0.8", 5683)))
     assert not other.called  # another address is not affected
 
@@ -92,7 +92,7 @@ def test_a_uri_path_that_is_not_utf8_gets_4_00():
     message = request()
     message.opt.uri_path = (b"api", b"v1", b"\xff\xfe", b"telemetry")
     answer = bridge.handle_coap(message)
-    assert answer.result.code == txcoap.BAD_REQUEST and bridge.requests == {}
+    assert answer.result.message.code == txcoap.BAD_REQUEST and bridge.requests == {}
 
 
 # -- the outbox: one transaction per reactor turn ------------------------------------------
@@ -135,12 +135,12 @@ def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_pa
     assert not any(d.called for d in answers) and writes.calls == []
     clock.advance(0)
     assert len(writes.calls) == 1 and len(writes.calls[0][0]) == 3
-    assert [d.result.code for d in answers] == [txcoap.CREATED] * 3
+    assert [d.result.message.code for d in answers] == [txcoap.CREATED] * 3
     assert bridge.outbox.stats()[0] == 3
     assert bridge.metrics()["outbox_commits_total"][2] == 1
     later = uplink(bridge, 4)
     bridge.commit()  # called directly (as at shutdown): nothing is left for a later call
-    assert later.result.code == txcoap.CREATED
+    assert later.result.message.code == txcoap.CREATED
     assert [c for c in clock.getDelayedCalls() if c.func == bridge.commit] == []
     assert bridge.metrics()["outbox_commits_total"][2] == 2
 
@@ -151,11 +151,11 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
     writes.fail = sqlite3.OperationalError("disk I/O error")
     failed = uplink(bridge, 1)
     clock.advance(0)
-    assert failed.result.code == txcoap.SERVICE_UNAVAILABLE
+    assert failed.result.message.code == txcoap.SERVICE_UNAVAILABLE
     assert bridge.metrics()["outbox_commits_total"][2] == 0  # only what was written counts
     again = uplink(bridge, 2)
     clock.advance(0)
-    assert again.result.code == txcoap.CREATED and bridge.outbox.stats()[0] == 1
+    assert again.result.message.code == txcoap.CREATED and bridge.outbox.stats()[0] == 1
 
 
 def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
@@ -179,7 +179,7 @@ def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp
     claim.payload = b'{"secretKey": "s", "durationMs": 1000}'
     answers = [uplink(bridge, 1), bridge.handle_coap(claim), uplink(bridge, 2)]
     clock.advance(0)
-    assert [d.result.code for d in answers] == [txcoap.CREATED] * 3
+    assert [d.result.message.code for d in answers] == [txcoap.CREATED] * 3
     [(rows, _, _)] = writes.calls
     assert [row[2] for row in rows] == ["v1/gateway/telemetry", "v1/gateway/claim",
                                         "v1/gateway/telemetry"]
@@ -192,5 +192,5 @@ def test_an_answer_in_bulk_to_a_valid_token_is_not_limited_by_the_amplification_
     bad.payload = b"{"  # 4.00 with a diagnostic text many times the request's size
     answer = bridge.handle_coap(bad)
     clock.advance(0)
-    assert answer.result.code == txcoap.BAD_REQUEST
+    assert answer.result.message.code == txcoap.BAD_REQUEST
     assert getattr(answer.result, "authenticated", False) is True

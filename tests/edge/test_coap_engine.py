@@ -168,7 +168,6 @@ def test_w5_one_timer_serves_every_waiting_request_each_acked_at_its_own_deadlin
         answers[request.mid] = defer.Deferred()
         return answers[request.mid]
     h = Harness(handler=slow)
-    timers_before = len(h.clock.getDelayedCalls())
     sent = []  # (time in eighths of a second, mtype, code, mid)
 
     def step(eighths):
@@ -179,14 +178,14 @@ def test_w5_one_timer_serves_every_waiting_request_each_acked_at_its_own_deadlin
     for mid in range(10, 15):  # every 1/8 s: each due for an empty ACK 0.5 s later
         sent.extend((round(h.clock.seconds() * 8), r.mtype, r.code, r.mid)
                     for r in h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=mid)))
-        assert len(h.clock.getDelayedCalls()) == timers_before + 1
+        assert len(h.clock.getDelayedCalls()) == 1  # the transport's one timer
         step(1)
     answers[12].callback(edge.make_response(codes.CREATED))  # at 5/8 s, due at 6/8: in time
     assert [(r.mtype, r.code_str, r.mid) for r in h.transport.pop()] == [(raw.ACK, "2.01", 12)]
     step(6)
     assert sent == [(4, raw.ACK, 0, 10), (5, raw.ACK, 0, 11), (7, raw.ACK, 0, 13),
                     (8, raw.ACK, 0, 14)]
-    assert len(h.clock.getDelayedCalls()) == timers_before  # nobody waits: no timer
+    assert h.protocol.endpoint.next_timer() > h.clock.seconds()  # nobody waits: no wake-up due
     for mid in (10, 14):  # late answers go as separate CON responses
         answers[mid].callback(edge.make_response(codes.CREATED))
         [separate] = h.transport.pop()
@@ -196,9 +195,8 @@ def test_w5_one_timer_serves_every_waiting_request_each_acked_at_its_own_deadlin
 
 def test_w5_no_timer_is_left_once_the_protocol_stops():
     h = Harness(handler=lambda request: defer.Deferred())
-    timers_before = len(h.clock.getDelayedCalls())
     h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=3))
-    assert len(h.clock.getDelayedCalls()) == timers_before + 1
+    assert len(h.clock.getDelayedCalls()) == 1
     h.protocol.stopProtocol()
     assert h.clock.getDelayedCalls() == []
 
@@ -297,7 +295,7 @@ def test_a_notification_longer_than_its_block_goes_as_the_first_block_with_etag_
     body = b'{"note":"' + b"n" * 1500 + b'"}'
     h = verified(Harness(handler=lambda request: defer.succeed(
         edge.make_response(codes.CONTENT, body))))
-    h.protocol.sender.notify(1, PEER, b"\x0a", False, codes.CONTENT, body, 12)
+    h.protocol.notify(1, PEER, b"\x0a", False, codes.CONTENT, body, 12)
     [first] = h.transport.pop()
     assert (first.mtype, first.token, first.uint(OBSERVE)) == (raw.NON, b"\x0a", 12)
     block2 = first.uint(raw.BLOCK2)
@@ -307,10 +305,10 @@ def test_a_notification_longer_than_its_block_goes_as_the_first_block_with_etag_
     [rest] = h.feed(raw.request(raw.GET, "/api/v1/t/attributes", mid=10,
                                 extra=[(raw.BLOCK2, bytes([0x16]))]))
     assert rest.option(ETAG) == first.option(ETAG) and first.payload + rest.payload == body
-    h.protocol.sender.notify(2, PEER, b"\x0a", False, codes.CONTENT, body[:64], 13, 32)
+    h.protocol.notify(2, PEER, b"\x0a", False, codes.CONTENT, body[:64], 13, 32)
     [small] = h.transport.pop()
     assert small.uint(raw.BLOCK2) == (0 << 4) | 8 | 1 and small.payload == body[:32]
-    h.protocol.sender.notify(3, PEER, b"\x0a", False, codes.CONTENT, b'{"s":1}', 14)
+    h.protocol.notify(3, PEER, b"\x0a", False, codes.CONTENT, b'{"s":1}', 14)
     [short] = h.transport.pop()
     assert short.option(raw.BLOCK2) is None and short.option(ETAG) is None
 
@@ -365,9 +363,9 @@ def test_w10_dedup_entries_are_out_of_the_garbage_collectors_sight():
                peer=("127.0.0.1", 40000 + mid % 7))
         if mid % 100 == 99:
             h.clock.advance(6.0)  # a new bucket
-    h.protocol._sweep()
+    h.protocol.endpoint.handle_timer(h.clock.seconds())
     gc.collect()
-    dedup = h.protocol.dedup
+    dedup = h.protocol.endpoint.dedup
     assert len(dedup) == 300
     assert not any(gc.is_tracked(shard) for shard in dedup._shards)
     closed = [keys for _, keys, _ in dedup._buckets]
@@ -377,7 +375,7 @@ def test_w10_dedup_entries_are_out_of_the_garbage_collectors_sight():
 def test_w10_dedup_never_rebuilds_one_huge_dict():
     # one dict of three million keys coming and going rebuilt itself now and then: a
     # 0.5 s stop of everything; spread over shards, no dict holds more than a few
-    from bridge.edge.coap import Deduplicator
+    from bridge.coap.dedup import Deduplicator
     dedup = Deduplicator(247.0)
     keys = [dedup.slot(n & 0xFFFF, ("10.0.%d.%d" % (n >> 8, n & 255), 5683)) for n in range(20000)]
     for n, key in enumerate(keys):
@@ -397,15 +395,14 @@ def test_w10_duplicate_non_is_dropped():
 
 def test_w10_dedup_keeps_no_timer_per_datagram_and_forgets_after_the_lifetime():
     h = Harness()
-    timers_before = len(h.clock.getDelayedCalls())
     for mid in range(500):
         h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=mid))
-    assert len(h.clock.getDelayedCalls()) <= timers_before + 1  # the one empty-ACK timer
-    assert len(h.protocol.dedup) == 500
-    assert all(isinstance(v, bytes) for v in h.protocol.dedup.responses())
+    assert len(h.clock.getDelayedCalls()) == 1  # the transport's one timer
+    assert len(h.protocol.endpoint.dedup) == 500
+    assert all(isinstance(v, bytes) for v in h.protocol.endpoint.dedup.responses())
     h.clock.pump([5.0] * 49)  # 245 s: still within EXCHANGE_LIFETIME
-    assert len(h.protocol.dedup) == 500
+    assert len(h.protocol.endpoint.dedup) == 500
     h.clock.pump([5.0] * 3)  # 260 s: past the lifetime plus one bucket
-    assert len(h.protocol.dedup) == 0
+    assert len(h.protocol.endpoint.dedup) == 0
     assert len(h.feed(raw.request(raw.POST, "/api/v1/t/telemetry", b"{}", mid=1))) == 1
     assert len(h.calls) == 501

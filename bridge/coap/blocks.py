@@ -1,0 +1,152 @@
+"""Block-wise transfers (RFC 7959): bounded Block1 reassembly and stateless Block2 slicing.
+
+txThings keeps per-transfer state for both directions without bounds or
+expiry (defects W8, D11-D13 in ../shared/spec/txthings-notes.md). Here:
+
+* Block1 uploads are reassembled per (peer, path, query), in order only
+  (4.08 otherwise), at most ``max_body`` bytes (4.13 with Size1), at most
+  ``MAX_UPLOADS`` at once, each forgotten ``BLOCK1_LIFETIME`` seconds after
+  its last block.
+* Block2 keeps nothing: block N of an answer is block N of the body the
+  handler gives for the request, so random access works; a body cut into
+  blocks carries an ETag (RFC 7959 §2.4).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Optional, Tuple, Union
+
+from ..core import codes
+from .codec import (BLOCK_SIZE_EXP, CONTINUE, REQUEST_ENTITY_INCOMPLETE, Message, etag,
+                    make_response, mark_block, uint_option)
+
+BLOCK1_LIFETIME = 60.0  # s a partial Block1 upload is kept
+MAX_UPLOADS = 1000  # Block1 uploads in progress at once
+
+# An answer that is not the body: a code, a diagnostic and the options to send with it.
+Refusal = Tuple[int, bytes, dict]
+
+
+class _Upload:
+    """A Block1 upload in progress."""
+
+    __slots__ = ("szx", "next_num", "deadline", "body")
+
+    def __init__(self, szx: int, deadline: float):
+        self.szx = szx
+        self.next_num = 0
+        self.deadline = deadline
+        self.body = bytearray()
+
+
+class Uploads:
+    """Block1 uploads in progress, bounded in number, size and time."""
+
+    def __init__(self, max_body: int):
+        self.max_body = max_body
+        self._uploads: "OrderedDict[Tuple[Any, ...], _Upload]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._uploads)
+
+    def collect(self, request: Message, block1: Any, now: float) -> Union[bytes, Refusal]:
+        """The whole body once the last block is in; otherwise what to answer this block."""
+        key = (request.remote, tuple(request.opt.uri_path), tuple(request.opt.uri_query))
+        size = 1 << (block1.size_exponent + 4)
+        if block1.block_number == 0:
+            size1 = uint_option(request, 60)  # Size1
+            if size1 is not None and size1 > self.max_body:
+                return self._too_large(None)
+            self._uploads.pop(key, None)
+            upload = _Upload(block1.size_exponent, now + BLOCK1_LIFETIME)
+            self._uploads[key] = upload
+            while len(self._uploads) > MAX_UPLOADS:
+                self._uploads.popitem(last=False)
+        else:
+            found = self._uploads.get(key)
+            if found is None or block1.block_number != found.next_num \
+                    or block1.size_exponent != found.szx:
+                self._uploads.pop(key, None)
+                return REQUEST_ENTITY_INCOMPLETE, b"block out of order", {}
+            upload = found
+        if block1.more and len(request.payload) != size:
+            self._uploads.pop(key, None)
+            return codes.BAD_REQUEST, b"a block that is not the last must be full", {}
+        upload.body += request.payload
+        if len(upload.body) > self.max_body:
+            return self._too_large(key)
+        if block1.more:
+            upload.next_num += 1
+            upload.deadline = now + BLOCK1_LIFETIME
+            return CONTINUE, b"", {"block1": (block1.block_number, True, block1.size_exponent)}
+        del self._uploads[key]
+        return bytes(upload.body)
+
+    def _too_large(self, key: Optional[Tuple[Any, ...]]) -> Refusal:
+        if key is not None:
+            self._uploads.pop(key, None)
+        return codes.REQUEST_ENTITY_TOO_LARGE, b"body too large", {"size1": self.max_body}
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, u in self._uploads.items() if u.deadline <= now]:
+            del self._uploads[key]
+
+    def clear(self) -> None:
+        self._uploads.clear()
+
+
+class LargeBody:
+    """A body read block by block instead of held whole (a firmware package).
+
+    ``read(start, length)`` returns those bytes; ``tag`` is the ETag of every
+    block (fixed for the package's title and version).
+    """
+
+    __slots__ = ("size", "read", "tag")
+
+    def __init__(self, size: int, read: Callable[[int, int], bytes], tag: Optional[bytes]):
+        self.size = size
+        self.read = read
+        self.tag = tag
+
+
+def block_size_exponent(asked: Any, room: Optional[int], size: int) -> int:
+    """The SZX to answer with: the client's (at most ours), made smaller while the answer
+    would not fit ``room`` bytes (the amplification limit; None: no limit)."""
+    szx = min(asked.size_exponent, BLOCK_SIZE_EXP) if asked is not None else BLOCK_SIZE_EXP
+    if room is not None:
+        while szx > 0 and size > room and (1 << (szx + 4)) > room:
+            szx -= 1
+    return szx
+
+
+def slice_response(response: Message, number: int, szx: int,
+                   large: Optional[LargeBody]) -> Message:
+    """Block ``number`` of ``response`` (its payload or ``large``) in blocks of 2**(szx+4).
+
+    An answer that fits one block and was asked as block 0 goes whole. A block
+    past the end of a body gets 4.02 (RFC 7959 §2.2); an error answer asked as
+    a later block goes as it is, so the client sees the real code.
+    """
+    size = large.size if large is not None else len(response.payload)
+    block = 1 << (szx + 4)
+    if size <= block and number == 0:
+        if large is not None:
+            response.payload = large.read(0, size)
+            if large.tag is not None:
+                response.opt.etag = large.tag
+        return response
+    if response.code >= codes.BAD_REQUEST:
+        return response
+    start = number * block
+    if start >= size and number > 0:
+        return make_response(codes.BAD_OPTION, b"block beyond the end", codes.TEXT_PLAIN)
+    if large is not None:
+        response.payload = large.read(start, block)
+        mark_block(response, number, szx, size, large.tag)
+    else:
+        body = response.payload
+        response.payload = body[start:start + block]
+        mark_block(response, number, szx, size, etag(body))
+    return response
