@@ -119,6 +119,10 @@ class Bridge:
             "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
                                           stats["store_failed"]),
             "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
+            "rpc_expired_total": ("counter", "server RPCs dropped undelivered after "
+                                  "platform.rpc_queue_ttl", stats["rpc_expired"]),
+            "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
+                                  "already held for the device", stats["rpc_dropped"]),
             "outbox_entries": ("gauge", "uplinks waiting in the outbox", core.delivery.count),
             "outbox_bytes": ("gauge", "payload bytes waiting in the outbox", core.delivery.bytes),
             "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",

@@ -144,7 +144,10 @@ class GatewayCore:
         self.ota_waiting: Dict[int, Tuple[Request, str, str]] = {}  # fetch -> request, token, kind
         self.fetches: Dict[int, _Fetch] = {}
         self.attribute_requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
-        self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}
+        self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}  # device -> RPCs without an observer
+        self.rpc_queued: Set[str] = set()  # devices with RPCs queued to an observer
+        self.rpc_expired: List[_RpcItem] = []  # expired undelivered, for the tick to count
+        self.rpc_full: Set[str] = set()  # devices whose RPCs are being dropped (logged once)
         self.client_rpcs: Dict[int, _ClientRpc] = {}
         # a batch's payloads add up to at most what fits in a packet with the longest
         # mergeable topic and a 4-byte length field (an empty payload needs only 1)
@@ -164,7 +167,7 @@ class GatewayCore:
         self._next_slow_tick = 0.0
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "publishes": 0,
                                       "dead_lettered": 0, "refused_full": 0, "store_failed": 0,
-                                      "rate_limited": 0}
+                                      "rate_limited": 0, "rpc_expired": 0, "rpc_dropped": 0}
         self._next_ref = 0
         self._next_attribute_id = 0
         self._next_client_rpc = 0
@@ -309,13 +312,7 @@ class GatewayCore:
             call = self.client_rpcs.pop(n)
             actions.append(Reply(call.request_ref, codes.GATEWAY_TIMEOUT,
                                  reason="the platform did not answer the RPC in time"))
-        for name, queue in list(self.rpc_waiting.items()):
-            while queue and queue[0].expires <= now:
-                item = queue.popleft()
-                actions.append(Log("info", "RPC %d expired before %s observed /rpc"
-                                   % (item.rpc.id, name), name))
-            if not queue:
-                del self.rpc_waiting[name]
+        actions += self._rpcs_expired_logs(now, slow)
         if slow:
             self.device_limits.sweep(now)
             self.peer_limits.sweep(now)
@@ -380,6 +377,10 @@ class GatewayCore:
             self.views[new] = self.views.pop(old)
         if old in self.rpc_waiting:
             self.rpc_waiting[new] = self.rpc_waiting.pop(old)
+        for names in (self.rpc_queued, self.rpc_full):
+            if old in names:
+                names.discard(old)
+                names.add(new)
         if old in self.known_keys:
             self.known_keys[new] = self.known_keys.pop(old)
         self.delivery.rename(old, new, lambda entry: gateway.rename_device(
@@ -940,7 +941,10 @@ class GatewayCore:
             queue = self.rpc_waiting.pop(name, deque())
             for item in queue:
                 if item.expires > now:
+                    self.rpc_queued.add(name)
                     actions += self.observers.enqueue(name, RPC_FEATURE, _rpc_pending(item), now)
+                else:
+                    self.rpc_expired.append(item)
         return actions
 
     def _later_block(self, device: Device, feature: str, request: Request) -> Optional[Reply]:
@@ -976,26 +980,81 @@ class GatewayCore:
         raise codes.BadRequest("GET /rpc needs Observe: 0 to subscribe, 1 to cancel")
 
     def _server_rpc(self, rpc: ServerRpc, now: float) -> List[Action]:
+        """Held for the device (waiting for an observer, or queued behind a CON notification)
+        until ``rpc_queue_ttl`` after it arrived, at most ``rpc_queue_size`` per device."""
         item = _RpcItem(rpc, now + self.settings.rpc_queue_ttl)
-        if self.observers.get(rpc.device, RPC_FEATURE) is not None:
-            return self.observers.enqueue(rpc.device, RPC_FEATURE, _rpc_pending(item), now)
-        queue = self.rpc_waiting.setdefault(rpc.device, deque())
-        if len(queue) >= self.settings.rpc_queue_size:
-            return [Log("warn", "RPC %d for %s dropped: %d RPCs already wait for the device to "
-                        "observe /rpc" % (rpc.id, rpc.device, len(queue)), rpc.device)]
-        queue.append(item)
-        return [Log("debug", "RPC %d for %s waits for an observer" % (rpc.id, rpc.device),
-                    rpc.device)]
+        name = rpc.device
+        if self._rpcs_held(name) >= self.settings.rpc_queue_size:
+            self._expire_rpcs(name, now)
+            if self._rpcs_held(name) >= self.settings.rpc_queue_size:
+                self.stats["rpc_dropped"] += 1
+                if name in self.rpc_full:
+                    return []
+                self.rpc_full.add(name)
+                return [Log("warn", "RPC %d for %s dropped: %d RPCs already wait for the device "
+                            "(platform.rpc_queue_size); more are dropped, counted in "
+                            "rpc_dropped_total" % (rpc.id, name, self._rpcs_held(name)), name)]
+        self.rpc_full.discard(name)
+        if self.observers.get(name, RPC_FEATURE) is not None:
+            self.rpc_queued.add(name)
+            return self.observers.enqueue(name, RPC_FEATURE, _rpc_pending(item), now)
+        self.rpc_waiting.setdefault(name, deque()).append(item)
+        return [Log("debug", "RPC %d for %s waits for an observer" % (rpc.id, name), name)]
+
+    def _rpcs_held(self, name: str) -> int:
+        """The RPCs held for ``name``: waiting for an observer, queued or in flight to it."""
+        waiting = self.rpc_waiting.get(name)
+        return (len(waiting) if waiting else 0) + self.observers.held(name, RPC_FEATURE)
+
+    def _expire_rpcs(self, name: str, now: float) -> None:
+        """Forget the held RPCs of ``name`` that are past their time (counted by the tick)."""
+        queue = self.rpc_waiting.get(name)
+        while queue and queue[0].expires <= now:
+            self.rpc_expired.append(queue.popleft())
+        if queue is not None and not queue:
+            del self.rpc_waiting[name]
+        self.observers.expired += self.observers.purge(name, RPC_FEATURE, now)
 
     def _requeue_rpcs(self, leftovers: List[Pending], now: float) -> None:
-        """RPCs not yet acknowledged by the device wait for its next registration, in order.
-
-        Their wait starts again: a CON notification takes up to ~93 s to time out, longer
-        than ``rpc_queue_ttl`` by default, and the device has not seen them."""
+        """RPCs not yet acknowledged by the device wait for its next registration, in order,
+        until their time is up: it runs from their arrival and does not start again, so no
+        RPC is executed later than ``rpc_queue_ttl`` after the platform sent it."""
         items = [p.item for p in leftovers if isinstance(p.item, _RpcItem)]
         for item in reversed(items):
-            item.expires = max(item.expires, now + self.settings.rpc_queue_ttl)
-            self.rpc_waiting.setdefault(item.rpc.device, deque()).appendleft(item)
+            if item.expires <= now:
+                self.rpc_expired.append(item)
+                continue
+            queue = self.rpc_waiting.setdefault(item.rpc.device, deque())
+            queue.appendleft(item)
+            while len(queue) > self.settings.rpc_queue_size:  # cannot happen: kept as a bound
+                queue.pop()
+                self.stats["rpc_dropped"] += 1
+
+    def _rpcs_expired_logs(self, now: float, slow: bool) -> List[Action]:
+        """Count and log (one line per device) the RPCs that expired undelivered; once a
+        second, take them out of the queues of observers too."""
+        for name in list(self.rpc_queued) if slow else ():
+            if self.observers.held(name, RPC_FEATURE):
+                self.observers.expired += self.observers.purge(name, RPC_FEATURE, now)
+            else:
+                self.rpc_queued.discard(name)
+        for name, queue in list(self.rpc_waiting.items()):
+            while queue and queue[0].expires <= now:
+                self.rpc_expired.append(queue.popleft())
+            if not queue:
+                del self.rpc_waiting[name]
+        expired = self.rpc_expired + [p.item for p in self.observers.expired
+                                      if isinstance(p.item, _RpcItem)]
+        if not expired:
+            return []
+        self.rpc_expired, self.observers.expired = [], []
+        self.stats["rpc_expired"] += len(expired)
+        by_device: Dict[str, List[int]] = {}
+        for item in expired:
+            by_device.setdefault(item.rpc.device, []).append(item.rpc.id)
+        return [Log("info", "%s for %s expired undelivered (platform.rpc_queue_ttl %.0f s)"
+                    % (_rpc_ids(ids), name, self.settings.rpc_queue_ttl), name)
+                for name, ids in by_device.items()]
 
     def _client_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
         doc = payloads.parse_json(request.payload, "rpc")
@@ -1076,7 +1135,14 @@ def _rows(store: Union[Store, StoreMany]) -> List[Row]:
 
 
 def _rpc_pending(item: _RpcItem) -> Pending:
-    return Pending(payloads.dumps(item.rpc.payload()), codes.CONTENT, item)
+    return Pending(payloads.dumps(item.rpc.payload()), codes.CONTENT, item, item.expires)
+
+
+def _rpc_ids(ids: List[int]) -> str:
+    if len(ids) == 1:
+        return "RPC %d" % ids[0]
+    shown = ", ".join(str(i) for i in ids[:10])
+    return "%d RPCs (%s%s)" % (len(ids), shown, ", ..." if len(ids) > 10 else "")
 
 
 def _error_reply(ref: int, err: CoapError) -> Reply:
