@@ -119,6 +119,8 @@ class Bridge:
             "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
                                           stats["store_failed"]),
             "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
+            "unknown_token_total": ("counter", "requests with an unknown access token (4.01)",
+                                    stats["unknown_token"]),
             "rpc_expired_total": ("counter", "server RPCs dropped undelivered after "
                                   "platform.rpc_queue_ttl", stats["rpc_expired"]),
             "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "

@@ -37,6 +37,7 @@ from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
                          ServerRpc, attribute_response, attribute_update, keys_param, loads,
                          server_rpc, topic_suffix_int)
 from .limits import RateLimiter
+from .tokenscan import UnknownTokens
 from .observe import Observers, Pending
 
 Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, StoreMany, Created,
@@ -157,6 +158,7 @@ class GatewayCore:
                                  settings.max_packet_size - overhead, gateway.MERGEABLE)
         self.device_limits = RateLimiter(settings.device_rate, settings.device_burst)
         self.peer_limits = RateLimiter(settings.peer_rate, settings.peer_burst)
+        self.unknown_tokens = UnknownTokens()  # a warning at most once a minute
         # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
         self.storing: Dict[int, Tuple[Any, Any]] = {}
         self.storing_count = 0  # uplinks being written
@@ -167,7 +169,8 @@ class GatewayCore:
         self._next_slow_tick = 0.0
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "publishes": 0,
                                       "dead_lettered": 0, "refused_full": 0, "store_failed": 0,
-                                      "rate_limited": 0, "rpc_expired": 0, "rpc_dropped": 0}
+                                      "rate_limited": 0, "rpc_expired": 0, "rpc_dropped": 0,
+                                      "unknown_token": 0}
         self._next_ref = 0
         self._next_attribute_id = 0
         self._next_client_rpc = 0
@@ -313,6 +316,9 @@ class GatewayCore:
             actions.append(Reply(call.request_ref, codes.GATEWAY_TIMEOUT,
                                  reason="the platform did not answer the RPC in time"))
         actions += self._rpcs_expired_logs(now, slow)
+        scan = self.unknown_tokens.warning(now) if self.unknown_tokens.count else None
+        if scan is not None:
+            actions.append(Log("warn", scan))
         if slow:
             self.device_limits.sweep(now)
             self.peer_limits.sweep(now)
@@ -429,7 +435,7 @@ class GatewayCore:
                 try:
                     if self.peer_limits.enabled:
                         self._limit_peer(remote, now)
-                    device = self._device(token)
+                    device = self._device(token, remote, now)
                     if self.device_limits.enabled:
                         self._limit_device(device, now)
                     topic, body = self._plain_uplink(device, feature, payload, now)
@@ -457,10 +463,12 @@ class GatewayCore:
             self.stats["rate_limited"] += 1
             raise codes.TooManyRequests("too many requests from this address", max_age=wait)
 
-    def _device(self, token: str) -> Device:
-        """The device of access ``token``, or 4.01."""
+    def _device(self, token: str, remote: Any, now: float) -> Device:
+        """The device of access ``token``, or 4.01 (counted for the token scan warning)."""
         device = self.lookup(token)
         if device is None:
+            self.stats["unknown_token"] += 1
+            self.unknown_tokens.record(_address(remote), now)
             raise codes.Unauthorized("unknown access token")
         return device
 
@@ -495,7 +503,7 @@ class GatewayCore:
             return [Provision(request.ref, provision.parse_request(request.payload))]
         if route.token is None:
             raise codes.Unauthorized("missing access token")
-        device = self._device(route.token)
+        device = self._device(route.token, request.remote, now)
         if self.device_limits.enabled:
             self._limit_device(device, now)
         post = request.method == codes.POST
