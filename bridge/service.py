@@ -70,7 +70,9 @@ class Bridge:
                                              device_rate=config.limits.device_rate,
                                              device_burst=config.limits.device_burst,
                                              peer_rate=config.limits.peer_rate,
-                                             peer_burst=config.limits.peer_burst),
+                                             peer_burst=config.limits.peer_burst,
+                                             provision_rate=config.provisioning.peer_rate,
+                                             provision_burst=config.provisioning.peer_burst),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
@@ -134,6 +136,9 @@ class Bridge:
                                   sum(1 for s in core.devices.values() if s.connected)),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
+            "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "
+                                        "provisioning.max_concurrent in progress",
+                                        self.provisioner.refused),
             "ota_fetches_total": ("counter", "packages fetched from their source",
                                   self.packages.fetches),
         }
@@ -423,9 +428,10 @@ class Bridge:
     def reconnect_device(self, name: str) -> None:
         self.apply(self.core.reconnect_device(name, self.now()))
 
-    def answer_json(self, ref: int, code: int, body: bytes) -> None:
+    def answer_json(self, ref: int, code: int, body: bytes,
+                    max_age: Optional[int] = None) -> None:
         self.answer_request(ref, coap_edge.make_response(
-            code, body, codes.APPLICATION_JSON if body else None))
+            code, body, codes.APPLICATION_JSON if body else None, max_age))
 
     def _reply(self, reply: Reply) -> None:
         # A device's bad request is its problem, and logging each one would let any

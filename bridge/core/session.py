@@ -76,6 +76,8 @@ class CoreSettings:
     device_burst: float = 20.0
     peer_rate: float = 0.0  # requests per second per source address (0: unlimited)
     peer_burst: float = 50.0
+    provision_rate: float = 0.0  # provisioning requests per second per source address
+    provision_burst: float = 10.0
 
 
 @dataclass
@@ -158,6 +160,7 @@ class GatewayCore:
                                  settings.max_packet_size - overhead, gateway.MERGEABLE)
         self.device_limits = RateLimiter(settings.device_rate, settings.device_burst)
         self.peer_limits = RateLimiter(settings.peer_rate, settings.peer_burst)
+        self.provision_limits = RateLimiter(settings.provision_rate, settings.provision_burst)
         self.unknown_tokens = UnknownTokens()  # a warning at most once a minute
         # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
         self.storing: Dict[int, Tuple[Any, Any]] = {}
@@ -322,6 +325,7 @@ class GatewayCore:
         if slow:
             self.device_limits.sweep(now)
             self.peer_limits.sweep(now)
+            self.provision_limits.sweep(now)
         if self.link_up:
             if slow:
                 actions += self._disconnect_idle(now)
@@ -498,6 +502,12 @@ class GatewayCore:
             self._limit_peer(request.remote, now)
         route = routes.route(request.method, request.path)
         if route.feature == routes.PROVISION:
+            if self.provision_limits.enabled:  # it needs no token: bounded per address
+                wait = self.provision_limits.allow(_address(request.remote), now)
+                if wait is not None:
+                    self.stats["rate_limited"] += 1
+                    raise codes.TooManyRequests("too many provisioning requests from this "
+                                                "address", max_age=wait)
             if request.method != codes.POST:
                 raise codes.BadRequest("provision accepts POST only")
             return [Provision(request.ref, provision.parse_request(request.payload))]
