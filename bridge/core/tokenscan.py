@@ -41,8 +41,8 @@ class UnknownTokens:
             return None
         busiest = heapq.nlargest(self.top, self.sources.items(), key=lambda kv: kv[1])
         counted = len(self.sources)
-        spread = ("%d addresses" % counted if counted < self.max_sources
-                  else "at least %d addresses" % counted)
+        spread = "%s%d address%s" % ("at least " if counted >= self.max_sources else "",
+                                     counted, "" if counted == 1 else "es")
         assert self.since is not None
         text = ("%d request%s with an unknown access token in the last %.0f s, from %s "
                 "(answered 4.01; a token scan?); most from %s"
