@@ -1056,6 +1056,9 @@ class GatewayCore:
                 self.observers.expired += self.observers.purge(name, RPC_FEATURE, now)
             else:
                 self.rpc_queued.discard(name)
+        if slow and self.rpc_full:  # dropping ended: the next drop is logged again
+            self.rpc_full = {n for n in self.rpc_full
+                             if self._rpcs_held(n) >= self.settings.rpc_queue_size}
         for name, queue in list(self.rpc_waiting.items()):
             while queue and queue[0].expires <= now:
                 self.rpc_expired.append(queue.popleft())
@@ -1117,6 +1120,7 @@ class GatewayCore:
             self.devices.pop(params, None)
             self.views.pop(params, None)
             self.rpc_waiting.pop(params, None)
+            self.rpc_full.discard(params)
             self.known_keys.pop(params, None)
             dropped = self.delivery.drop_device(params)
             answers: List[Action] = []
