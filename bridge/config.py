@@ -125,6 +125,11 @@ class ProvisioningConfig:
     # "upstream": the platform's provisioning API; "local": the profiles below.
     mode: str = "upstream"
     timeout: float = 10.0
+    # Requests in progress at once (same-name ones wait for each other, and count); more: 5.03.
+    max_concurrent: int = 8
+    # Provisioning needs no token: per source address, requests/s and burst (0: no limit).
+    peer_rate: float = 1.0
+    peer_burst: float = 10.0
     profiles: Tuple[ProvisionProfileConfig, ...] = ()
 
 
@@ -187,7 +192,8 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
-             "provisioning.timeout", "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
+             "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
+             "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
 
 
 def substitute(text: str, env: Mapping[str, str], where: str, problems: List[str]) -> str:
@@ -311,6 +317,8 @@ def _check(config: Config, problems: List[str]) -> None:
     for key in ("device_rate", "peer_rate"):
         if not getattr(config.limits, key) >= 0:
             problems.append("limits.%s: must be 0 (unlimited) or more" % key)
+    if not config.provisioning.peer_rate >= 0:
+        problems.append("provisioning.peer_rate: must be 0 (unlimited) or more")
     for n, profile in enumerate(config.provisioning.profiles):
         where = "provisioning.profiles[%d]" % n
         for key in ("key", "secret", "device_type"):

@@ -71,7 +71,9 @@ class Bridge:
                                              device_rate=config.limits.device_rate,
                                              device_burst=config.limits.device_burst,
                                              peer_rate=config.limits.peer_rate,
-                                             peer_burst=config.limits.peer_burst),
+                                             peer_burst=config.limits.peer_burst,
+                                             provision_rate=config.provisioning.peer_rate,
+                                             provision_burst=config.provisioning.peer_burst),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
@@ -120,6 +122,12 @@ class Bridge:
             "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
                                           stats["store_failed"]),
             "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
+            "unknown_token_total": ("counter", "requests with an unknown access token (4.01)",
+                                    stats["unknown_token"]),
+            "rpc_expired_total": ("counter", "server RPCs dropped undelivered after "
+                                  "platform.rpc_queue_ttl", stats["rpc_expired"]),
+            "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
+                                  "already held for the device", stats["rpc_dropped"]),
             "outbox_entries": ("gauge", "uplinks waiting in the outbox", core.delivery.count),
             "outbox_bytes": ("gauge", "payload bytes waiting in the outbox", core.delivery.bytes),
             "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
@@ -129,6 +137,9 @@ class Bridge:
                                   sum(1 for s in core.devices.values() if s.connected)),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
+            "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "
+                                        "provisioning.max_concurrent in progress",
+                                        self.provisioner.refused),
             "ota_fetches_total": ("counter", "packages fetched from their source",
                                   self.packages.fetches),
         }
@@ -418,9 +429,10 @@ class Bridge:
     def reconnect_device(self, name: str) -> None:
         self.apply(self.core.reconnect_device(name, self.now()))
 
-    def answer_json(self, ref: int, code: int, body: bytes) -> None:
+    def answer_json(self, ref: int, code: int, body: bytes,
+                    max_age: Optional[int] = None) -> None:
         self.answer_request(ref, coap_edge.make_response(
-            code, body, codes.APPLICATION_JSON if body else None))
+            code, body, codes.APPLICATION_JSON if body else None, max_age))
 
     def _reply(self, reply: Reply) -> None:
         # A device's bad request is its problem, and logging each one would let any

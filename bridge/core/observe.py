@@ -6,7 +6,9 @@ port after NAT rebinding, or with a new token) replaces the old one.
 
 Notifications to one relation go out in order. For a CON relation one
 notification is in flight at a time: the next goes when the device ACKs.
-Nothing waiting is replaced or dropped. An RST cancels the relation; a CON
+Nothing waiting is replaced or dropped, except an item whose ``expires`` has
+passed (a server RPC past ``platform.rpc_queue_ttl``): it is never sent, and
+goes to ``expired`` for the caller to count. An RST cancels the relation; a CON
 notification that is never acknowledged cancels every relation of that peer
 (the device is gone, or its NAT binding is). Items still queued or in flight
 when a relation ends are handed back to the caller (RPCs are kept for the
@@ -43,6 +45,7 @@ class Pending:
     payload: bytes
     code: int = codes.CONTENT
     item: Any = None
+    expires: Optional[float] = None  # not sent from then on (see ``Observers.expired``)
 
 
 class Relation:
@@ -79,6 +82,7 @@ class Observers:
         self._recent_non: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
         self._next_ref = 0
         self._sequence = 0
+        self.expired: List[Pending] = []  # skipped as expired; the caller takes them
 
     def __len__(self) -> int:
         return len(self.relations)
@@ -141,6 +145,24 @@ class Observers:
         relation.queue.append(pending)
         return self._pump(relation, now)
 
+    def held(self, device: str, feature: str) -> int:
+        """Items of the relation queued or in flight (0 without a relation)."""
+        relation = self.relations.get((device, feature))
+        if relation is None:
+            return 0
+        return len(relation.queue) + (relation.in_flight is not None)
+
+    def purge(self, device: str, feature: str, now: float) -> List[Pending]:
+        """Take the expired items out of the relation's queue (not the one in flight)."""
+        relation = self.relations.get((device, feature))
+        if relation is None or not relation.queue:
+            return []
+        expired = [p for p in relation.queue if p.expires is not None and p.expires <= now]
+        if expired:
+            relation.queue = deque(p for p in relation.queue
+                                   if p.expires is None or p.expires > now)
+        return expired
+
     def on_result(self, ref: int, outcome: str,
                   now: float) -> Tuple[List[Notify], List[Relation], List[Pending]]:
         """A CON notification was ACKed, reset or timed out.
@@ -176,6 +198,9 @@ class Observers:
         out: List[Notify] = []
         while relation.queue and relation.in_flight is None:
             pending = relation.queue.popleft()
+            if pending.expires is not None and pending.expires <= now:
+                self.expired.append(pending)
+                continue
             confirmable = relation.confirmable or now - relation.last_con >= self.con_interval
             self._next_ref += 1
             notify = Notify(self._next_ref, relation.remote, relation.token, confirmable,

@@ -37,6 +37,7 @@ from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
                          ServerRpc, attribute_response, attribute_update, keys_param, loads,
                          server_rpc, topic_suffix_int)
 from .limits import RateLimiter
+from .tokenscan import UnknownTokens
 from .observe import Observers, Pending
 
 Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, StoreMany, Created,
@@ -75,6 +76,8 @@ class CoreSettings:
     device_burst: float = 20.0
     peer_rate: float = 0.0  # requests per second per source address (0: unlimited)
     peer_burst: float = 50.0
+    provision_rate: float = 0.0  # provisioning requests per second per source address
+    provision_burst: float = 10.0
 
 
 @dataclass
@@ -144,7 +147,10 @@ class GatewayCore:
         self.ota_waiting: Dict[int, Tuple[Request, str, str]] = {}  # fetch -> request, token, kind
         self.fetches: Dict[int, _Fetch] = {}
         self.attribute_requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
-        self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}
+        self.rpc_waiting: Dict[str, Deque[_RpcItem]] = {}  # device -> RPCs without an observer
+        self.rpc_queued: Set[str] = set()  # devices with RPCs queued to an observer
+        self.rpc_expired: List[_RpcItem] = []  # expired undelivered, for the tick to count
+        self.rpc_full: Set[str] = set()  # devices whose RPCs are being dropped (logged once)
         self.client_rpcs: Dict[int, _ClientRpc] = {}
         # a batch's payloads add up to at most what fits in a packet with the longest
         # mergeable topic and a 4-byte length field (an empty payload needs only 1)
@@ -154,6 +160,8 @@ class GatewayCore:
                                  settings.max_packet_size - overhead, gateway.MERGEABLE)
         self.device_limits = RateLimiter(settings.device_rate, settings.device_burst)
         self.peer_limits = RateLimiter(settings.peer_rate, settings.peer_burst)
+        self.provision_limits = RateLimiter(settings.provision_rate, settings.provision_burst)
+        self.unknown_tokens = UnknownTokens()  # a warning at most once a minute
         # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
         self.storing: Dict[int, Tuple[Any, Any]] = {}
         self.storing_count = 0  # uplinks being written
@@ -164,7 +172,8 @@ class GatewayCore:
         self._next_slow_tick = 0.0
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "publishes": 0,
                                       "dead_lettered": 0, "refused_full": 0, "store_failed": 0,
-                                      "rate_limited": 0}
+                                      "rate_limited": 0, "rpc_expired": 0, "rpc_dropped": 0,
+                                      "unknown_token": 0}
         self._next_ref = 0
         self._next_attribute_id = 0
         self._next_client_rpc = 0
@@ -309,16 +318,14 @@ class GatewayCore:
             call = self.client_rpcs.pop(n)
             actions.append(Reply(call.request_ref, codes.GATEWAY_TIMEOUT,
                                  reason="the platform did not answer the RPC in time"))
-        for name, queue in list(self.rpc_waiting.items()):
-            while queue and queue[0].expires <= now:
-                item = queue.popleft()
-                actions.append(Log("info", "RPC %d expired before %s observed /rpc"
-                                   % (item.rpc.id, name), name))
-            if not queue:
-                del self.rpc_waiting[name]
+        actions += self._rpcs_expired_logs(now, slow)
+        scan = self.unknown_tokens.warning(now) if self.unknown_tokens.count else None
+        if scan is not None:
+            actions.append(Log("warn", scan))
         if slow:
             self.device_limits.sweep(now)
             self.peer_limits.sweep(now)
+            self.provision_limits.sweep(now)
         if self.link_up:
             if slow:
                 actions += self._disconnect_idle(now)
@@ -380,6 +387,10 @@ class GatewayCore:
             self.views[new] = self.views.pop(old)
         if old in self.rpc_waiting:
             self.rpc_waiting[new] = self.rpc_waiting.pop(old)
+        for names in (self.rpc_queued, self.rpc_full):
+            if old in names:
+                names.discard(old)
+                names.add(new)
         if old in self.known_keys:
             self.known_keys[new] = self.known_keys.pop(old)
         self.delivery.rename(old, new, lambda entry: gateway.rename_device(
@@ -428,7 +439,7 @@ class GatewayCore:
                 try:
                     if self.peer_limits.enabled:
                         self._limit_peer(remote, now)
-                    device = self._device(token)
+                    device = self._device(token, remote, now)
                     if self.device_limits.enabled:
                         self._limit_device(device, now)
                     topic, body = self._plain_uplink(device, feature, payload, now)
@@ -456,10 +467,12 @@ class GatewayCore:
             self.stats["rate_limited"] += 1
             raise codes.TooManyRequests("too many requests from this address", max_age=wait)
 
-    def _device(self, token: str) -> Device:
-        """The device of access ``token``, or 4.01."""
+    def _device(self, token: str, remote: Any, now: float) -> Device:
+        """The device of access ``token``, or 4.01 (counted for the token scan warning)."""
         device = self.lookup(token)
         if device is None:
+            self.stats["unknown_token"] += 1
+            self.unknown_tokens.record(_address(remote), now)
             raise codes.Unauthorized("unknown access token")
         return device
 
@@ -489,12 +502,18 @@ class GatewayCore:
             self._limit_peer(request.remote, now)
         route = routes.route(request.method, request.path)
         if route.feature == routes.PROVISION:
+            if self.provision_limits.enabled:  # it needs no token: bounded per address
+                wait = self.provision_limits.allow(_address(request.remote), now)
+                if wait is not None:
+                    self.stats["rate_limited"] += 1
+                    raise codes.TooManyRequests("too many provisioning requests from this "
+                                                "address", max_age=wait)
             if request.method != codes.POST:
                 raise codes.BadRequest("provision accepts POST only")
             return [Provision(request.ref, provision.parse_request(request.payload))]
         if route.token is None:
             raise codes.Unauthorized("missing access token")
-        device = self._device(route.token)
+        device = self._device(route.token, request.remote, now)
         if self.device_limits.enabled:
             self._limit_device(device, now)
         post = request.method == codes.POST
@@ -940,7 +959,10 @@ class GatewayCore:
             queue = self.rpc_waiting.pop(name, deque())
             for item in queue:
                 if item.expires > now:
+                    self.rpc_queued.add(name)
                     actions += self.observers.enqueue(name, RPC_FEATURE, _rpc_pending(item), now)
+                else:
+                    self.rpc_expired.append(item)
         return actions
 
     def _later_block(self, device: Device, feature: str, request: Request) -> Optional[Reply]:
@@ -976,26 +998,84 @@ class GatewayCore:
         raise codes.BadRequest("GET /rpc needs Observe: 0 to subscribe, 1 to cancel")
 
     def _server_rpc(self, rpc: ServerRpc, now: float) -> List[Action]:
+        """Held for the device (waiting for an observer, or queued behind a CON notification)
+        until ``rpc_queue_ttl`` after it arrived, at most ``rpc_queue_size`` per device."""
         item = _RpcItem(rpc, now + self.settings.rpc_queue_ttl)
-        if self.observers.get(rpc.device, RPC_FEATURE) is not None:
-            return self.observers.enqueue(rpc.device, RPC_FEATURE, _rpc_pending(item), now)
-        queue = self.rpc_waiting.setdefault(rpc.device, deque())
-        if len(queue) >= self.settings.rpc_queue_size:
-            return [Log("warn", "RPC %d for %s dropped: %d RPCs already wait for the device to "
-                        "observe /rpc" % (rpc.id, rpc.device, len(queue)), rpc.device)]
-        queue.append(item)
-        return [Log("debug", "RPC %d for %s waits for an observer" % (rpc.id, rpc.device),
-                    rpc.device)]
+        name = rpc.device
+        if self._rpcs_held(name) >= self.settings.rpc_queue_size:
+            self._expire_rpcs(name, now)
+            if self._rpcs_held(name) >= self.settings.rpc_queue_size:
+                self.stats["rpc_dropped"] += 1
+                if name in self.rpc_full:
+                    return []
+                self.rpc_full.add(name)
+                return [Log("warn", "RPC %d for %s dropped: %d RPCs already wait for the device "
+                            "(platform.rpc_queue_size); more are dropped, counted in "
+                            "rpc_dropped_total" % (rpc.id, name, self._rpcs_held(name)), name)]
+        self.rpc_full.discard(name)
+        if self.observers.get(name, RPC_FEATURE) is not None:
+            self.rpc_queued.add(name)
+            return self.observers.enqueue(name, RPC_FEATURE, _rpc_pending(item), now)
+        self.rpc_waiting.setdefault(name, deque()).append(item)
+        return [Log("debug", "RPC %d for %s waits for an observer" % (rpc.id, name), name)]
+
+    def _rpcs_held(self, name: str) -> int:
+        """The RPCs held for ``name``: waiting for an observer, queued or in flight to it."""
+        waiting = self.rpc_waiting.get(name)
+        return (len(waiting) if waiting else 0) + self.observers.held(name, RPC_FEATURE)
+
+    def _expire_rpcs(self, name: str, now: float) -> None:
+        """Forget the held RPCs of ``name`` that are past their time (counted by the tick)."""
+        queue = self.rpc_waiting.get(name)
+        while queue and queue[0].expires <= now:
+            self.rpc_expired.append(queue.popleft())
+        if queue is not None and not queue:
+            del self.rpc_waiting[name]
+        self.observers.expired += self.observers.purge(name, RPC_FEATURE, now)
 
     def _requeue_rpcs(self, leftovers: List[Pending], now: float) -> None:
-        """RPCs not yet acknowledged by the device wait for its next registration, in order.
-
-        Their wait starts again: a CON notification takes up to ~93 s to time out, longer
-        than ``rpc_queue_ttl`` by default, and the device has not seen them."""
+        """RPCs not yet acknowledged by the device wait for its next registration, in order,
+        until their time is up: it runs from their arrival and does not start again, so no
+        RPC is executed later than ``rpc_queue_ttl`` after the platform sent it."""
         items = [p.item for p in leftovers if isinstance(p.item, _RpcItem)]
         for item in reversed(items):
-            item.expires = max(item.expires, now + self.settings.rpc_queue_ttl)
-            self.rpc_waiting.setdefault(item.rpc.device, deque()).appendleft(item)
+            if item.expires <= now:
+                self.rpc_expired.append(item)
+                continue
+            queue = self.rpc_waiting.setdefault(item.rpc.device, deque())
+            queue.appendleft(item)
+            while len(queue) > self.settings.rpc_queue_size:  # cannot happen: kept as a bound
+                queue.pop()
+                self.stats["rpc_dropped"] += 1
+
+    def _rpcs_expired_logs(self, now: float, slow: bool) -> List[Action]:
+        """Count and log (one line per device) the RPCs that expired undelivered; once a
+        second, take them out of the queues of observers too."""
+        for name in list(self.rpc_queued) if slow else ():
+            if self.observers.held(name, RPC_FEATURE):
+                self.observers.expired += self.observers.purge(name, RPC_FEATURE, now)
+            else:
+                self.rpc_queued.discard(name)
+        if slow and self.rpc_full:  # dropping ended: the next drop is logged again
+            self.rpc_full = {n for n in self.rpc_full
+                             if self._rpcs_held(n) >= self.settings.rpc_queue_size}
+        for name, queue in list(self.rpc_waiting.items()):
+            while queue and queue[0].expires <= now:
+                self.rpc_expired.append(queue.popleft())
+            if not queue:
+                del self.rpc_waiting[name]
+        expired = self.rpc_expired + [p.item for p in self.observers.expired
+                                      if isinstance(p.item, _RpcItem)]
+        if not expired:
+            return []
+        self.rpc_expired, self.observers.expired = [], []
+        self.stats["rpc_expired"] += len(expired)
+        by_device: Dict[str, List[int]] = {}
+        for item in expired:
+            by_device.setdefault(item.rpc.device, []).append(item.rpc.id)
+        return [Log("info", "%s for %s expired undelivered (platform.rpc_queue_ttl %.0f s)"
+                    % (_rpc_ids(ids), name, self.settings.rpc_queue_ttl), name)
+                for name, ids in by_device.items()]
 
     def _client_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
         doc = payloads.parse_json(request.payload, "rpc")
@@ -1040,6 +1120,7 @@ class GatewayCore:
             self.devices.pop(params, None)
             self.views.pop(params, None)
             self.rpc_waiting.pop(params, None)
+            self.rpc_full.discard(params)
             self.known_keys.pop(params, None)
             dropped = self.delivery.drop_device(params)
             answers: List[Action] = []
@@ -1076,7 +1157,14 @@ def _rows(store: Union[Store, StoreMany]) -> List[Row]:
 
 
 def _rpc_pending(item: _RpcItem) -> Pending:
-    return Pending(payloads.dumps(item.rpc.payload()), codes.CONTENT, item)
+    return Pending(payloads.dumps(item.rpc.payload()), codes.CONTENT, item, item.expires)
+
+
+def _rpc_ids(ids: List[int]) -> str:
+    if len(ids) == 1:
+        return "RPC %d" % ids[0]
+    shown = ", ".join(str(i) for i in ids[:10])
+    return "%d RPCs (%s%s)" % (len(ids), shown, ", ..." if len(ids) > 10 else "")
 
 
 def _error_reply(ref: int, err: CoapError) -> Reply:

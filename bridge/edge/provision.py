@@ -3,18 +3,22 @@
 Upstream mode opens a short-lived MQTT session with the username
 ``provision``, subscribes to ``/provision/response`` and publishes the
 device's request on ``/provision/request`` (spec thingsboard-gateway-mqtt.md
-§4.2). Requests are handled one at a time: on a generic broker every
-provisioning session would see every answer, and one at a time also means
-the same name provisioned twice at once yields exactly one device.
+§4.2). ThingsBoard answers each session on that session alone, so requests
+for different names run at once, each on its own session, up to
+``provisioning.max_concurrent``; more get 5.03 with Max-Age. Requests for
+the same name wait for each other (and count towards the bound), so the same
+name provisioned twice at once yields exactly one device. (A generic broker
+passes every answer to every provisioning session: there, set the bound to 1.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import secrets
 import string
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from twisted.internet import defer
 
@@ -29,7 +33,7 @@ log = logger("provision")
 
 REQUEST_TOPIC = "/provision/request"
 RESPONSE_TOPIC = "/provision/response"
-Answer = Callable[[int, int, bytes], None]  # request ref, code, JSON body
+Answer = Callable[..., None]  # (request ref, code, JSON body, max_age=None)
 
 
 def random_name(length: int = 20) -> str:
@@ -84,13 +88,38 @@ class Provisioner:
         self.reactor = reactor
         self.registry = registry
         self.answer = answer
-        self.lock = defer.DeferredLock()
+        self.in_progress = 0  # requests running or waiting for their name
+        self.names: Dict[str, defer.DeferredLock] = {}  # device name -> its requests, in turn
+        self.refused = 0  # answered 5.03: max_concurrent were in progress
         self.profiles = [ProvisionProfile(p.key, p.secret, p.device_type, p.strategy)
                          for p in config.provisioning.profiles]
 
     def handle(self, ref: int, request: ProvisionRequest) -> None:
-        d = self.lock.run(self._provision, ref, request)
+        settings = self.config.provisioning
+        if self.in_progress >= settings.max_concurrent:
+            self.refused += 1
+            log.debug("Provisioning of {device} refused: {count} requests in progress",
+                      device=request.device_name, count=self.in_progress)
+            self.answer(ref, codes.SERVICE_UNAVAILABLE, b"",
+                        max_age=max(1, math.ceil(settings.timeout)))
+            return
+        self.in_progress += 1
+        name = request.device_name
+        lock = None
+        if name:  # a nameless request gets a fresh random name: nothing to wait for
+            lock = self.names.get(name)
+            if lock is None:
+                lock = self.names[name] = defer.DeferredLock()
+            d = lock.run(self._provision, ref, request)
+        else:
+            d = defer.maybeDeferred(self._provision, ref, request)
         d.addErrback(self._failed, ref)
+        d.addBoth(self._finished, name, lock)
+
+    def _finished(self, result: Any, name: str, lock: Optional[defer.DeferredLock]) -> None:
+        self.in_progress -= 1
+        if lock is not None and not lock.locked and not lock.waiting:
+            self.names.pop(name, None)
 
     def _failed(self, failure: Any, ref: int) -> None:
         log.failure("Provisioning failed", failure=failure)

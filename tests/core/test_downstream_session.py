@@ -667,15 +667,115 @@ def test_rpc_timeout_ends_every_relation_of_that_peer():
     assert visible(push(core, {"s": 5}, now=NOW + 31)) == []
 
 
-def test_rpc_in_flight_at_a_real_con_timeout_is_delivered_after_re_observe_with_defaults():
+def test_rpc_in_flight_at_a_real_con_timeout_has_expired_with_defaults_and_is_not_offered_again():
     core = GatewayCore(CoreSettings(), lambda token: {"tok": DEV_A}.get(token))
     core.on_link_up(NOW)
     observe_rpc(core, token=b"\xb1", confirmable=True)
     [first] = server_rpc(core, 1)
-    # RFC 7252 defaults (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4): the earliest possible timeout
+    # RFC 7252 defaults (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4): the earliest possible timeout,
+    # past the default rpc_queue_ttl (60 s) counted from the RPC's arrival
     core.on_notified(first.ref, "timeout", NOW + 62)
-    notifies = of(observe_rpc(core, token=b"\xb2", now=NOW + 63), Notify)
-    assert [payload_of(n)["id"] for n in notifies] == [1]
+    assert of(observe_rpc(core, token=b"\xb2", now=NOW + 63), Notify) == []
+    [log] = of(core.on_tick(NOW + 63), Log)
+    assert "RPC 1 for Dev A expired" in log.text
+    assert core.stats["rpc_expired"] == 1
+
+
+def rpcs_held(core, device="Dev A"):
+    """Server RPCs the core holds for ``device``: waiting for an observer, queued or in
+    flight to it (what costs memory)."""
+    waiting = len(core.rpc_waiting.get(device, ()))
+    relation = core.observers.get(device, "rpc")
+    if relation is None:
+        return waiting
+    return waiting + len(relation.queue) + (relation.in_flight is not None)
+
+
+def test_300_rpcs_to_a_device_that_never_acks_stay_bounded_and_expire_across_a_cancelled_relation():
+    core = connected_core(rpc_queue_size=100, rpc_queue_ttl=60)
+    observe_rpc(core, token=b"\xb1", confirmable=True)
+    sent, most = [], 0
+    for n in range(300):
+        sent += of(server_rpc(core, n + 1, now=NOW + n * 0.01), Notify)
+        most = max(most, rpcs_held(core))
+        sent += of(core.on_tick(NOW + n * 0.01), Notify)
+    assert most == 100
+    assert [payload_of(n)["id"] for n in sent] == [1]  # the device never ACKs it
+    assert core.stats["rpc_dropped"] == 200
+    # the CON notification times out at 45 s: the relation ends, its RPCs wait
+    assert visible(core.on_notified(sent[0].ref, "timeout", NOW + 45)) == []
+    assert core.observers.get("Dev A", "rpc") is None
+    assert rpcs_held(core) == 100
+    # the device registers again at 71 s, past the 60 s the RPCs had: none is delivered
+    assert of(observe_rpc(core, token=b"\xb2", now=NOW + 71), Notify) == []
+    core.on_tick(NOW + 71)
+    assert rpcs_held(core) == 0
+    assert core.stats["rpc_expired"] == 100
+    # a new RPC goes out at once
+    [notify] = of(server_rpc(core, 301, now=NOW + 72), Notify)
+    assert payload_of(notify)["id"] == 301
+
+
+def test_rpcs_queued_behind_an_unacknowledged_con_notification_expire_and_are_not_sent():
+    core = connected_core(rpc_queue_size=10, rpc_queue_ttl=60)
+    observe_rpc(core, confirmable=True)
+    [first] = server_rpc(core, 1, now=NOW)
+    assert server_rpc(core, 2, now=NOW + 1) == []
+    assert server_rpc(core, 3, now=NOW + 30) == []
+    # the device ACKs the first at 61 s: RPC 2 (arrived at 1 s) is past its time, RPC 3 is not
+    [third] = core.on_notified(first.ref, "ack", NOW + 61)
+    assert payload_of(third)["id"] == 3
+    [log] = of(core.on_tick(NOW + 61), Log)
+    assert "RPC 2 for Dev A expired" in log.text
+    assert core.stats["rpc_expired"] == 1
+
+
+def test_expired_rpcs_behind_a_con_notification_are_freed_by_the_tick():
+    core = connected_core(rpc_queue_size=100, rpc_queue_ttl=60)
+    observe_rpc(core, confirmable=True)
+    for n in range(50):
+        server_rpc(core, n + 1, now=NOW)
+    assert rpcs_held(core) == 50
+    core.on_tick(NOW + 59)
+    assert rpcs_held(core) == 50
+    logs = of(core.on_tick(NOW + 60), Log)
+    assert rpcs_held(core) == 1  # the one in flight: it was sent, and is awaited
+    assert len(logs) == 1 and logs[0].text.startswith("49 RPCs (2, 3, 4,")
+    assert core.stats["rpc_expired"] == 49
+
+
+def test_a_full_rpc_queue_drops_new_rpcs_with_one_warning_and_takes_rpcs_again_once_expired():
+    core = connected_core(rpc_queue_size=2, rpc_queue_ttl=60)
+    server_rpc(core, 1, now=NOW)
+    server_rpc(core, 2, now=NOW)
+    logs = of(server_rpc(core, 3, now=NOW + 1) + server_rpc(core, 4, now=NOW + 2), Log)
+    assert [log.level for log in logs] == ["warn"]
+    assert core.stats["rpc_dropped"] == 2
+    # past the TTL of 1 and 2 the queue takes RPCs again, without a tick in between
+    server_rpc(core, 5, now=NOW + 61)
+    notifies = of(observe_rpc(core, confirmable=False, now=NOW + 62), Notify)
+    assert [payload_of(n)["id"] for n in notifies] == [5]
+
+
+@pytest.mark.parametrize("observing", [False, True])
+def test_20000_rpcs_of_2_kb_hold_at_most_rpc_queue_size_and_nothing_after_the_ttl(observing):
+    core = connected_core(rpc_queue_size=100, rpc_queue_ttl=60)
+    if observing:
+        observe_rpc(core, confirmable=True)  # a device that never ACKs
+    blob = "x" * 2048
+    most = 0
+    for n in range(20000):
+        now = NOW + n * 0.005  # 100 s in all
+        server_rpc(core, n + 1, params={"blob": blob}, now=now)
+        most = max(most, rpcs_held(core))
+        if n % 200 == 0:
+            core.on_tick(now)
+    assert most == 100
+    core.on_tick(NOW + 100 + 60)
+    assert rpcs_held(core) == (1 if observing else 0)  # the one in flight, if any
+    assert core.observers.expired == [] and core.rpc_expired == []
+    held = core.stats["rpc_expired"] + rpcs_held(core)
+    assert held + core.stats["rpc_dropped"] == 20000
 
 
 def test_rpc_reset_by_device_ends_the_relation():

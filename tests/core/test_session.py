@@ -809,3 +809,20 @@ def test_unsupported_operations_are_refused_without_store_or_publish(method, fea
     [reply] = actions
     assert dotted(reply) == expected
 
+
+
+def test_provisioning_is_rate_limited_per_source_address_with_4_29_and_max_age():
+    core = GatewayCore(CoreSettings(provision_rate=0.5, provision_burst=2), lambda token: None)
+    body = b'{"provisionDeviceKey": "k", "provisionDeviceSecret": "s"}'
+
+    def provision(ref, remote, now):
+        [action] = core.on_request(Request(ref, codes.POST, ("api", "v1", "provision"), body,
+                                           remote=remote), now)
+        return action
+    assert [type(provision(n, ("10.0.0.1", 1000 + n), NOW)).__name__ for n in (1, 2)] \
+        == ["Provision", "Provision"]
+    limited = provision(3, ("10.0.0.1", 2000), NOW)  # another port of the same address
+    assert (codes.dotted(limited.code), limited.max_age) == ("4.29", 2)
+    assert type(provision(4, ("10.0.0.2", 1000), NOW)).__name__ == "Provision"
+    assert type(provision(5, ("10.0.0.1", 1000), NOW + 2)).__name__ == "Provision"
+    assert core.stats["rate_limited"] == 1

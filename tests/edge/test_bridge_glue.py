@@ -194,3 +194,14 @@ def test_an_answer_in_bulk_to_a_valid_token_is_not_limited_by_the_amplification_
     clock.advance(0)
     assert answer.result.message.code == txcoap.BAD_REQUEST
     assert getattr(answer.result, "authenticated", False) is True
+
+
+def test_metrics_count_server_rpcs_dropped_and_expired():
+    bridge = Bridge(config_module.load_text("platform: {rpc_queue_size: 1}", {}), Clock())
+    rpc = b'{"device": "Dev A", "data": {"id": %d, "method": "m"}}'
+    bridge.message("v1/gateway/rpc", rpc % 1)
+    bridge.message("v1/gateway/rpc", rpc % 2)
+    bridge.reactor.advance(bridge.config.platform.rpc_queue_ttl)
+    bridge.tick()
+    metrics = bridge.metrics()
+    assert (metrics["rpc_dropped_total"][2], metrics["rpc_expired_total"][2]) == (1, 1)

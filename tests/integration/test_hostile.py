@@ -210,6 +210,10 @@ def test_peer_rate_limit_answers_4_29(tmp_path):
         codes = [client.exchange(raw.request(raw.POST, "/api/v1/unknown/telemetry", b"{}",
                                              mid=0x7000 + n)).code_str for n in range(6)]
         assert codes[:3] == ["4.01"] * 3 and set(codes[3:]) == {"4.29"}
+        # the unknown tokens show in the log, summed up (the first warning comes at once)
+        wait_until(lambda: re.search(r"#warn\] \d requests? with an unknown access token .*"
+                                     r"most from 127\.0\.0\.1 \(\d\)", bridge.read_log()), 5,
+                   "the token scan warning")
     finally:
         bridge.stop()
         broker.kill()

@@ -25,8 +25,10 @@ PACKAGE = random.Random(7).randbytes(1024 * 1024)  # 1 MiB firmware
 class ProvisioningPlatform:
     """Answers /provision/request like ThingsBoard (create-new strategy)."""
 
-    def __init__(self, port: int, key: str = "pkey", secret: str = "psecret"):
+    def __init__(self, port: int, key: str = "pkey", secret: str = "psecret",
+                 silent: bool = False):
         self.key, self.secret = key, secret
+        self.silent = silent  # a platform too slow to answer within the bridge's timeout
         self.devices = {}
         self.requests = []
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="prov-platform")
@@ -41,6 +43,8 @@ class ProvisioningPlatform:
     def _on_message(self, client, userdata, message):
         request = json.loads(message.payload)
         self.requests.append(request)
+        if self.silent:
+            return
         if request.get("provisionDeviceKey") != self.key \
                 or request.get("provisionDeviceSecret") != self.secret:
             answer = {"errorMsg": "Provision data was not found!", "status": "NOT_FOUND"}
@@ -87,10 +91,11 @@ class OtaPlatform:
         self.client.disconnect()
 
 
-def post(bridge, path, body, mid):
+def post(bridge, path, body, mid, timeout=5.0):
     client = raw.Client(bridge.host, bridge.coap_port)
     try:
-        return client.exchange(raw.request(raw.POST, path, json.dumps(body).encode(), mid=mid))
+        return client.exchange(raw.request(raw.POST, path, json.dumps(body).encode(), mid=mid),
+                               timeout)
     finally:
         client.close()
 
@@ -145,6 +150,72 @@ def test_concurrent_provisioning_of_one_name_yields_one_device(upstream):
     assert codes == ["2.01", "4.00", "4.00", "4.00"]
     assert list(platform.devices).count("Twin") == 1
     assert [e.name for e in bridge.registry.entries()].count("Twin") == 1
+
+
+def test_simultaneous_provisioning_of_different_names_waits_one_timeout_not_one_each(tmp_path):
+    broker = Mosquitto(str(tmp_path)).start()
+    platform = ProvisioningPlatform(broker.port, silent=True)
+    timeout = 2  # provisioning.timeout: the test is about it (the default is 10 s)
+    bridge = BridgeProcess(str(tmp_path), broker.port, provisioning={"timeout": timeout})
+    bridge.start()
+    answers = []  # (code, how many requests had reached the platform when it came)
+    lock = threading.Lock()
+
+    def go(n):
+        body = {"deviceName": "Slow %d" % n, "provisionDeviceKey": "pkey",
+                "provisionDeviceSecret": "psecret"}
+        # long enough for one timeout per request, as when they were handled one at a time
+        reply = post(bridge, "/api/v1/provision", body, 200 + n, timeout=6 * timeout + 5)
+        with lock:
+            answers.append((reply.code_str, len(platform.requests)))
+    try:
+        threads = [threading.Thread(target=go, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(6 * timeout + 10)
+        assert sorted(code for code, _ in answers) == ["5.04"] * 6
+        # every request was with the platform before the first timeout ended any of them
+        # (one at a time, the platform saw 1, 2, ..., 6 as the answers came)
+        assert [seen for _, seen in answers] == [6] * 6
+        assert sorted(r["deviceName"] for r in platform.requests) == ["Slow %d" % n
+                                                                      for n in range(6)]
+    finally:
+        bridge.stop()
+        platform.close()
+        broker.kill()
+
+
+def test_provisioning_from_one_address_past_its_burst_gets_4_29_with_max_age(tmp_path):
+    from bridge.config import Config
+    burst = int(Config().provisioning.peer_burst)  # the shipped default (conf test checks it)
+    broker = Mosquitto(str(tmp_path)).start()
+    bridge = BridgeProcess(str(tmp_path), broker.port, provisioning={
+        "mode": "local", "profiles": [{"key": "k", "secret": "s", "device_type": "meter"}]})
+    bridge.start()
+    try:
+        answered = []
+        for n in range(burst + 5):  # the bucket refills meanwhile: a few more than the burst
+            reply = post(bridge, "/api/v1/provision", {"provisionDeviceKey": "k",
+                                                       "provisionDeviceSecret": "wrong"}, 300 + n)
+            answered.append(reply.code_str)
+            if reply.code_str == "4.29":
+                break
+        assert answered[-1] == "4.29", answered
+        assert reply.uint(raw.MAX_AGE) >= 1
+        assert len(answered) > burst and set(answered[:-1]) == {"4.00"}  # NOT_FOUND until then
+        # another address is not limited by this one's bucket
+        other = raw.Client(bridge.host, bridge.coap_port)
+        other.sock.bind(("127.0.0.2", 0))
+        try:
+            reply = other.exchange(raw.request(raw.POST, "/api/v1/provision", json.dumps(
+                {"provisionDeviceKey": "k", "provisionDeviceSecret": "wrong"}).encode(), mid=400))
+        finally:
+            other.close()
+        assert reply.code_str == "4.00"
+    finally:
+        bridge.stop()
+        broker.kill()
 
 
 def test_platform_silence_gets_5_04(tmp_path):
