@@ -15,7 +15,9 @@ has a regression test in tests/edge/test_coap_engine.py.
 * W3  unknown critical options get 4.02; Proxy-Uri/Proxy-Scheme get 5.05.
 * W5  a slow answer gets an empty ACK without token (CON requests only), then
   a separate CON response that is retransmitted until acknowledged. One timer
-  serves all requests waiting for an answer (``_awaiting``), not one each.
+  serves all requests waiting for an answer (``_awaiting``), not one each. A
+  GET waits ``GET_ACK_DELAY`` for its answer before the empty ACK, since its
+  answer may be a first block (libcoap cannot take one in a separate response).
 * W6  a failing handler always answers 5.00 (and the failure is logged once).
 * W7  1024-byte blocks instead of 64.
 * W8, D11, D12, D13  ``processRequest``: blockwise transfers are handled here,
@@ -67,6 +69,13 @@ CONTINUE = 95  # 2.31
 REQUEST_ENTITY_INCOMPLETE = 136  # 4.08
 BLOCK1_LIFETIME = 60.0  # s a partial Block1 upload is kept
 MAX_UPLOADS = 1000  # Block1 uploads in progress at once
+# A GET's answer may be the first block of a long body (a package, large attributes),
+# and libcoap before 4.3.5 drops such a block when it comes as a separate response
+# ("large body receive internal issue", obgm/libcoap#1595): the download then hangs.
+# So a GET is answered in its ACK however long the answer takes (the client retransmits
+# meanwhile; duplicates are ignored); only one still unanswered after this many seconds,
+# well before a client gives up (MAX_TRANSMIT_WAIT, 93 s), gets the empty ACK.
+GET_ACK_DELAY = 30.0
 AMPLIFICATION = 3  # an unverified peer gets at most this many times its request's size
 MAX_VERIFIED = 100_000  # peers remembered as verified
 
@@ -361,7 +370,8 @@ class BridgeCoap(txcoap.Coap):
         # CON requests not yet answered, in arrival order, so in order of their empty-ACK
         # deadline: [deadline, request]; the request is None once it is answered
         self._awaiting: Deque[List[Any]] = deque()
-        self._ack_call: Any = None  # the one timer, due at the deadline of the oldest
+        self._awaiting_get: Deque[List[Any]] = deque()  # GETs: deadline GET_ACK_DELAY
+        self._ack_call: Any = None  # the one timer, due at the earliest deadline
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
 
@@ -376,6 +386,7 @@ class BridgeCoap(txcoap.Coap):
             self._ack_call.cancel()
         self._ack_call = None
         self._awaiting.clear()
+        self._awaiting_get.clear()
         self.sender.stop()
 
     def _sweep(self) -> None:
@@ -512,10 +523,7 @@ class BridgeCoap(txcoap.Coap):
             return
         waiting = None
         if request.mtype == txcoap.CON:
-            waiting = [self.clock.seconds() + self.empty_ack_delay, request]
-            self._awaiting.append(waiting)
-            if self._ack_call is None:
-                self._ack_call = self.clock.callLater(self.empty_ack_delay, self._empty_acks)
+            waiting = self._await(request)
         d = result if isinstance(result, defer.Deferred) else defer.succeed(result)
         d.addCallback(_as_message)
         d.addCallback(self._respond, request, waiting)
@@ -563,19 +571,36 @@ class BridgeCoap(txcoap.Coap):
         request.payload = bytes(upload.body)
         return True
 
+    def _await(self, request: txcoap.Message) -> List[Any]:
+        """Wait for the answer to CON ``request``: its empty ACK is due ``empty_ack_delay``
+        from now, or ``GET_ACK_DELAY`` for a GET (see there)."""
+        get = request.code == txcoap.GET
+        delay = GET_ACK_DELAY if get else self.empty_ack_delay
+        deadline = self.clock.seconds() + delay
+        waiting = [deadline, request]
+        (self._awaiting_get if get else self._awaiting).append(waiting)
+        call = self._ack_call
+        if call is None:
+            self._ack_call = self.clock.callLater(delay, self._empty_acks)
+        elif not get and call.getTime() > deadline:  # the timer waits for a GET's deadline
+            call.reset(delay)
+        return waiting
+
     def _empty_acks(self) -> None:
         """Send the empty ACK of every request past its deadline and still unanswered."""
         self._ack_call = None
         now = self.clock.seconds()
-        awaiting = self._awaiting
-        # past its deadline, or answered already (no need to wake for it later)
-        while awaiting and (awaiting[0][0] <= now or awaiting[0][1] is None):
-            request = awaiting.popleft()[1]
-            if request is not None:
-                self._empty_ack(request)
-        if awaiting:
-            self._ack_call = self.clock.callLater(max(0.0, awaiting[0][0] - now),
-                                                  self._empty_acks)
+        wake = None
+        for awaiting in (self._awaiting, self._awaiting_get):
+            # past its deadline, or answered already (no need to wake for it later)
+            while awaiting and (awaiting[0][0] <= now or awaiting[0][1] is None):
+                request = awaiting.popleft()[1]
+                if request is not None:
+                    self._empty_ack(request)
+            if awaiting and (wake is None or awaiting[0][0] < wake):
+                wake = awaiting[0][0]
+        if wake is not None:
+            self._ack_call = self.clock.callLater(max(0.0, wake - now), self._empty_acks)
 
     def _empty_ack(self, request: txcoap.Message) -> None:
         ack = txcoap.Message(mtype=txcoap.ACK, mid=request.mid, code=txcoap.EMPTY)
@@ -609,7 +634,9 @@ class BridgeCoap(txcoap.Coap):
             while szx > 0 and size > room and (1 << (szx + 4)) > room:
                 szx -= 1
         block = 1 << (szx + 4)
-        if size > block or number > 0:
+        if response.code >> 5 != 2:
+            pass  # an error answers any block as it is (4.29 with Max-Age, 4.01, ...)
+        elif size > block or number > 0:
             start = number * block
             if start >= size and number > 0:
                 response = make_response(codes.BAD_OPTION, b"block beyond the end",
