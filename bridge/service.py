@@ -70,7 +70,9 @@ class Bridge:
                                              device_rate=config.limits.device_rate,
                                              device_burst=config.limits.device_burst,
                                              peer_rate=config.limits.peer_rate,
-                                             peer_burst=config.limits.peer_burst),
+                                             peer_burst=config.limits.peer_burst,
+                                             download_rate=config.limits.download_rate,
+                                             download_burst=config.limits.download_burst),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
