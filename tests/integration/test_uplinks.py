@@ -197,11 +197,15 @@ def test_metrics_endpoint_counts_uplinks(tmp_path, broker):
         process.stop()
 
 
-def test_devices_behind_one_address_each_have_their_own_pending_bound(tmp_path, broker, platform):
+def test_devices_behind_one_address_each_have_their_own_pending_bound(tmp_path):
     # A carrier NAT: 70 devices on 70 ports of one address, each waiting for an attribute
     # read the platform does not answer (more than limits.max_pending_per_peer, 64); a
     # telemetry POST from another port of that address is still served (shipped limits).
-    from conftest import BridgeProcess, wait_until
+    # Its own broker: a second bridge with the default client id would take over the
+    # module bridge's session.
+    from conftest import BridgeProcess, Mosquitto, Platform, wait_until
+    broker = Mosquitto(str(tmp_path)).start()
+    platform = Platform(broker.port)
     process = BridgeProcess(str(tmp_path), broker.port, platform={"request_timeout": 3})
     for n in range(71):
         process.add_device("Nat %d" % n, "nat%d" % n)
@@ -224,3 +228,5 @@ def test_devices_behind_one_address_each_have_their_own_pending_bound(tmp_path, 
         for sock in sockets:
             sock.close()
         process.stop()
+        platform.close()
+        broker.kill()
