@@ -109,7 +109,11 @@ class LimitsConfig:
     device_burst: float = 20.0
     peer_rate: float = 1000.0
     peer_burst: float = 2000.0
-    max_pending_per_peer: int = 64
+    # package blocks (from the local cache): bytes per second and burst per device
+    download_rate: float = 128 * 1024.0
+    download_burst: float = 16 * 1024 * 1024.0
+    max_pending_per_peer: int = 64  # per source endpoint (address and port)
+    max_pending_per_address: int = 4096
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
+             "limits.max_pending_per_address", "limits.download_burst",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
              "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
 
@@ -314,7 +319,7 @@ def _check(config: Config, problems: List[str]) -> None:
                 problems.append("mqtt.tls.%s: file %s does not exist" % (key, path))
         if bool(tls.cert_file) != bool(tls.key_file):
             problems.append("mqtt.tls: cert_file and key_file must be given together")
-    for key in ("device_rate", "peer_rate"):
+    for key in ("device_rate", "peer_rate", "download_rate"):
         if not getattr(config.limits, key) >= 0:
             problems.append("limits.%s: must be 0 (unlimited) or more" % key)
     if not config.provisioning.peer_rate >= 0:

@@ -73,7 +73,9 @@ class Bridge:
                                              peer_rate=config.limits.peer_rate,
                                              peer_burst=config.limits.peer_burst,
                                              provision_rate=config.provisioning.peer_rate,
-                                             provision_burst=config.provisioning.peer_burst),
+                                             provision_burst=config.provisioning.peer_burst,
+                                             download_rate=config.limits.download_rate,
+                                             download_burst=config.limits.download_burst),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
@@ -91,7 +93,9 @@ class Bridge:
         self.requests: Dict[int, List[Any]] = {}
         self._looked_up = False
         self._registry_checked = False
+        # requests being processed, per source endpoint (address, port) and per address
         self.pending_by_peer: Dict[Any, int] = {}
+        self.pending_by_address: Dict[Any, int] = {}
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self._next_request = 0
         self.counters: Dict[str, int] = {"requests": 0, "errors": 0, "commits": 0}
@@ -167,13 +171,11 @@ class Bridge:
         self._next_request += 1
         self.counters["requests"] += 1
         ref = self._next_request
-        address = message.remote[0]
-        busy = self.pending_by_peer.get(address, 0)
-        if busy >= self.config.limits.max_pending_per_peer:
+        refused = self._too_busy(message.remote)
+        if refused is not None:
             self.counters["errors"] += 1
             return defer.succeed(Answer(coap_edge.make_response(
-                codes.SERVICE_UNAVAILABLE, b"too many requests in progress from this address",
-                codes.TEXT_PLAIN, max_age=1)))
+                codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
         option = message.opt.getOption
         path = option(txcoap.URI_PATH)
         if message.code == txcoap.POST and path is not None and len(path) == 4:
@@ -188,7 +190,7 @@ class Bridge:
                 else:
                     d = defer.Deferred()
                     self.requests[ref] = [d, message.remote, False]
-                    self.pending_by_peer[address] = busy + 1
+                    self._hold(message.remote)
                     self._uplinks.append((ref, token, feature, message.payload, message.remote))
                     self._schedule_commit()
                     return d
@@ -212,7 +214,7 @@ class Bridge:
         d = defer.Deferred()
         pending = [d, message.remote, False]
         self.requests[ref] = pending
-        self.pending_by_peer[address] = busy + 1
+        self._hold(message.remote)
         if self._uplinks:
             self._flush_uplinks()  # the core sees requests in the order they came
         self._looked_up = False
@@ -225,6 +227,23 @@ class Bridge:
         pending[2] = self._looked_up  # the request carried a valid access token
         self.apply(actions)
         return d
+
+    def _too_busy(self, remote: Any) -> Optional[bytes]:
+        """Why a request from ``remote`` is refused 5.03, or None: at most
+        ``limits.max_pending_per_peer`` requests of one source endpoint (address and
+        port: one device) and ``max_pending_per_address`` of one address (the devices
+        behind a carrier NAT) are processed at once."""
+        limits = self.config.limits
+        if self.pending_by_peer.get(remote, 0) >= limits.max_pending_per_peer:
+            return b"too many requests in progress from this address and port"
+        if self.pending_by_address.get(remote[0], 0) >= limits.max_pending_per_address:
+            return b"too many requests in progress from this address"
+        return None
+
+    def _hold(self, remote: Any) -> None:
+        by_peer, by_address = self.pending_by_peer, self.pending_by_address
+        by_peer[remote] = by_peer.get(remote, 0) + 1
+        by_address[remote[0]] = by_address.get(remote[0], 0) + 1
 
     def _flush_uplinks(self) -> None:
         uplinks, self._uplinks = self._uplinks, []
@@ -463,12 +482,13 @@ class Bridge:
         pending[0].callback(message)
 
     def _release(self, pending: List[Any]) -> None:
-        address = pending[1][0]
-        left = self.pending_by_peer[address] - 1
-        if left:
-            self.pending_by_peer[address] = left
-        else:
-            del self.pending_by_peer[address]
+        remote = pending[1]
+        for counts, key in ((self.pending_by_peer, remote), (self.pending_by_address, remote[0])):
+            left = counts[key] - 1
+            if left:
+                counts[key] = left
+            else:
+                del counts[key]
 
 
 def _peer(remote: Any) -> str:

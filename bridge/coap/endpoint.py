@@ -10,8 +10,9 @@ session as the peer. Defect numbers refer to ../shared/spec/txthings-notes.md.
 * W2  malformed datagrams are answered with RST when confirmable and
   otherwise dropped (``codec.inspect``); W3 options are refused (4.02, 5.05).
 * W5  a request not answered within ``empty_ack_delay`` gets an empty ACK
-  (CON only), then a separate CON response retransmitted until acknowledged.
-  One deadline queue serves every waiting request.
+  (CON only), then a separate CON response retransmitted until acknowledged
+  (a GET asking for a block waits ``BLOCK_GET_ACK_DELAY``, see there). Two
+  deadline queues serve every waiting request.
 * W8  Block1 reassembly and Block2 slicing (``blocks``).
 * W10 deduplication of (mid, peer) with the cached first answer (``dedup``).
 * D28 CON exchanges are keyed by (mid, peer): an ACK from anyone else cannot
@@ -42,6 +43,14 @@ from .blocks import LargeBody, Uploads, block_size_exponent, slice_response
 from .codec import ACK, CON, NON, RST, Malformed, Message, NotCoap, describe
 from .dedup import Deduplicator
 
+# A GET that asks for a block is downloading a long body (a package), and libcoap before
+# 4.3.5 drops a first block that comes as a separate response ("large body receive
+# internal issue", obgm/libcoap#1595): the download then hangs. So such a GET is answered
+# in its ACK however long the answer takes, up to this many seconds (the client
+# retransmits meanwhile, and duplicates are ignored), well before a client gives up
+# (MAX_TRANSMIT_WAIT, 93 s); only then does it get the empty ACK. Other requests get
+# theirs after ``empty_ack_delay``, as RFC 7252 §5.2.2 asks.
+BLOCK_GET_ACK_DELAY = 30.0
 AMPLIFICATION = 3  # an unverified peer gets at most this many times its request's size
 MAX_VERIFIED = 100_000  # peers remembered as verified
 MAX_RECENT_NON = 4096  # NON messages sent with a ref, remembered to match an RST
@@ -116,6 +125,7 @@ class Endpoint:
         self.verified: "OrderedDict[Any, None]" = OrderedDict()
         self._mid = rng.randrange(65536)
         self._awaiting: Deque[Exchange] = deque()  # CON requests, in deadline order
+        self._awaiting_blocks: Deque[Exchange] = deque()  # CON GETs of a block, likewise
         self._confirmables: Dict[Tuple[int, Any], _Confirmable] = {}
         self._retransmits: List[Tuple[float, int, Tuple[int, Any]]] = []  # a heap
         self._sequence = 0  # ties in the heap
@@ -127,8 +137,9 @@ class Endpoint:
     def next_timer(self) -> float:
         """When ``handle_timer`` must run next (never later than the next sweep)."""
         due = self._next_sweep
-        if self._awaiting and self._awaiting[0].deadline < due:
-            due = self._awaiting[0].deadline
+        for awaiting in (self._awaiting, self._awaiting_blocks):
+            if awaiting and awaiting[0].deadline < due:
+                due = awaiting[0].deadline
         if self._retransmits and self._retransmits[0][0] < due:
             due = self._retransmits[0][0]
         return due
@@ -145,6 +156,7 @@ class Endpoint:
     def close(self) -> None:
         """Forget every exchange in progress (the transport is going away)."""
         self._awaiting.clear()
+        self._awaiting_blocks.clear()
         self._confirmables.clear()
         self._retransmits.clear()
         self.uploads.clear()
@@ -203,7 +215,11 @@ class Endpoint:
                 return None
             message.payload = collected
         if message.mtype == CON:
-            self._awaiting.append(exchange)
+            if block2 is not None and message.code == txcoap.GET:
+                exchange.deadline = now + BLOCK_GET_ACK_DELAY
+                self._awaiting_blocks.append(exchange)
+            else:
+                self._awaiting.append(exchange)
         return exchange
 
     def _duplicate(self, message: Message, slot: Tuple[str, int], peer: Any) -> None:
@@ -268,14 +284,14 @@ class Endpoint:
         self._send(response, exchange.peer)
 
     def _empty_acks(self, now: float) -> None:
-        awaiting = self._awaiting
-        # past its deadline, or answered already (no need to wake for it later)
-        while awaiting and (awaiting[0].deadline <= now or awaiting[0].answered):
-            exchange = awaiting.popleft()
-            if not exchange.answered:
-                exchange.separate = True  # the answer follows as a separate CON
-                self._send(Message(mtype=ACK, mid=exchange.message.mid, code=txcoap.EMPTY),
-                           exchange.peer)
+        for awaiting in (self._awaiting, self._awaiting_blocks):
+            # past its deadline, or answered already (no need to wake for it later)
+            while awaiting and (awaiting[0].deadline <= now or awaiting[0].answered):
+                exchange = awaiting.popleft()
+                if not exchange.answered:
+                    exchange.separate = True  # the answer follows as a separate CON
+                    self._send(Message(mtype=ACK, mid=exchange.message.mid,
+                                       code=txcoap.EMPTY), exchange.peer)
 
     # -- messages out ----------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Token buckets for rate limits (RFC 8516: 4.29 Too Many Requests with Max-Age).
 
-``RateLimiter`` keeps one bucket per key (a device name or a source address)
+``RateLimiter`` keeps one bucket per key (a device name or a source address) of
+requests, or of bytes when each ``allow`` says what it costs,
 and forgets buckets that have refilled, so hostile traffic from many
 addresses cannot grow it without bound beyond ``max_keys``.
 """
@@ -23,19 +24,21 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.rate > 0
 
-    def allow(self, key: Hashable, now: float) -> Optional[int]:
-        """None when allowed; otherwise the seconds until a token is available (for Max-Age)."""
+    def allow(self, key: Hashable, now: float, cost: float = 1.0) -> Optional[int]:
+        """None when ``cost`` tokens (at most the burst) were taken; otherwise the seconds
+        until they are available (for Max-Age)."""
         if not self.enabled:
             return None
+        cost = min(cost, self.burst)
         tokens, stamp = self.buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        if tokens >= 1.0:
-            self.buckets[key] = (tokens - 1.0, now)
+        if tokens >= cost:
+            self.buckets[key] = (tokens - cost, now)
             self._bound()
             return None
         self.buckets[key] = (tokens, now)
         self._bound()
-        return max(1, math.ceil((1.0 - tokens) / self.rate))
+        return max(1, math.ceil((cost - tokens) / self.rate))
 
     def sweep(self, now: float) -> None:
         """Forget buckets that are full again (they behave exactly like new ones)."""

@@ -78,6 +78,8 @@ class CoreSettings:
     peer_burst: float = 50.0
     provision_rate: float = 0.0  # provisioning requests per second per source address
     provision_burst: float = 10.0
+    download_rate: float = 0.0  # package bytes per second per device (0: unlimited)
+    download_burst: float = 16 * 1024 * 1024
 
 
 @dataclass
@@ -162,6 +164,8 @@ class GatewayCore:
         self.peer_limits = RateLimiter(settings.peer_rate, settings.peer_burst)
         self.provision_limits = RateLimiter(settings.provision_rate, settings.provision_burst)
         self.unknown_tokens = UnknownTokens()  # a warning at most once a minute
+        # package blocks come from the local cache: they have a budget of bytes of their own
+        self.download_limits = RateLimiter(settings.download_rate, settings.download_burst)
         # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
         self.storing: Dict[int, Tuple[Any, Any]] = {}
         self.storing_count = 0  # uplinks being written
@@ -326,6 +330,7 @@ class GatewayCore:
             self.device_limits.sweep(now)
             self.peer_limits.sweep(now)
             self.provision_limits.sweep(now)
+            self.download_limits.sweep(now)
         if self.link_up:
             if slow:
                 actions += self._disconnect_idle(now)
@@ -514,8 +519,6 @@ class GatewayCore:
         if route.token is None:
             raise codes.Unauthorized("missing access token")
         device = self._device(route.token, request.remote, now)
-        if self.device_limits.enabled:
-            self._limit_device(device, now)
         post = request.method == codes.POST
         feature = route.feature
         if feature in (routes.FIRMWARE, routes.SOFTWARE):
@@ -523,6 +526,8 @@ class GatewayCore:
                 raise codes.MethodNotAllowed("packages are downloaded with GET")
             kind = ota.FIRMWARE if feature == routes.FIRMWARE else ota.SOFTWARE
             return self._download(device, route.token, kind, request, now)
+        if self.device_limits.enabled:
+            self._limit_device(device, now)
         if feature == routes.ATTRIBUTES and not post:
             return self._get_attributes(device, request, now)
         if feature == routes.RPC:
@@ -902,12 +907,27 @@ class GatewayCore:
     def _download(self, device: Device, token: str, kind: str, request: Request,
                   now: float) -> List[Action]:
         query = ota.parse_query(request.query)
+        if self.download_limits.enabled:
+            self._limit_download(device, request, query, now)
         attributes = self.ota_attributes.get((device.name, kind))
         if attributes is not None:
             return self._serve(device.name, token, kind, attributes, query, request)
+        if self.device_limits.enabled:  # this one asks the platform
+            self._limit_device(device, now)
         self._require_link()
         return self._start_fetch("ota", device.name, request, None, ota.keys(kind), now, device,
                                  ota_wait=(token, kind))
+
+    def _limit_download(self, device: Device, request: Request, query: ota.OtaQuery,
+                        now: float) -> None:
+        """A package request costs the bytes it can get: one block (at most 1024 bytes),
+        of the size asked for by Block2 or ``size``."""
+        asked = request.block2[1] if request.block2 is not None else query.size
+        cost = min(asked, codes.BLOCK_SIZE) if asked else codes.BLOCK_SIZE
+        wait = self.download_limits.allow(device.name, now, cost)
+        if wait is not None:
+            self.stats["rate_limited"] += 1
+            raise codes.TooManyRequests("download rate limit of this device", max_age=wait)
 
     def _serve(self, name: str, token: str, kind: str, attributes: Dict[str, Any],
                query: ota.OtaQuery, request: Request) -> List[Action]:

@@ -55,16 +55,42 @@ def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_t
         event["log_failure"].trap(RuntimeError)  # logged once; keep trial/pytest quiet
 
 
-def test_requests_in_progress_per_address_are_bounded():
+def get(remote):
+    message = request(remote)
+    message.code = txcoap.GET  # not a plain uplink: handled at once
+    return message
+
+
+def test_requests_in_progress_per_source_endpoint_are_bounded():
     cfg = config_module.load_text("limits: {max_pending_per_peer: 2}", {})
     bridge = Bridge(cfg, Clock())
     bridge.core.on_request = lambda request, now: []  # never answered
-    bridge.handle_coap(request())
-    bridge.handle_coap(request())
-    refused = bridge.handle_coap(request())
+    bridge.handle_coap(get(("10.0.0.7", 5683)))
+    bridge.handle_coap(get(("10.0.0.7", 5683)))
+    refused = bridge.handle_coap(get(("10.0.0.7", 5683)))
     assert refused.result.message.code == txcoap.SERVICE_UNAVAILABLE
-    other = bridge.handle_coap(request(("10.0.0.8", 5683)))
-    assert not other.called  # another address is not affected
+    assert refused.result.message.payload == b"too many requests in progress from this address and port"
+    assert not bridge.handle_coap(get(("10.0.0.8", 5683))).called  # another address
+    # another port of the same address: another device behind the same carrier NAT
+    assert not bridge.handle_coap(get(("10.0.0.7", 5684))).called
+
+
+def test_many_devices_behind_one_address_are_served_up_to_the_per_address_bound():
+    # 70 requests pending from 70 ports of one address (the platform is slow): the default
+    # per-endpoint bound (64) must not refuse the 71st device's uplink
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge.core.on_request = lambda request, now: []  # never answered
+    assert not any(bridge.handle_coap(get(("10.0.0.7", 40000 + n))).called for n in range(70))
+    assert not bridge.handle_coap(request(("10.0.0.7", 39999))).called  # waits for its turn
+    cfg = config_module.load_text("limits: {max_pending_per_address: 3}", {})
+    bounded = Bridge(cfg, Clock())
+    bounded.core.on_request = lambda request, now: []
+    assert not any(bounded.handle_coap(get(("10.0.0.7", 40000 + n))).called for n in range(3))
+    refused = bounded.handle_coap(get(("10.0.0.7", 40003)))
+    assert refused.result.message.code == txcoap.SERVICE_UNAVAILABLE
+    assert refused.result.message.payload == b"too many requests in progress from this address"
+    assert not bounded.handle_coap(get(("10.0.0.8", 40000))).called
+    assert bounded.pending_by_address == {"10.0.0.7": 3, "10.0.0.8": 1}
 
 
 def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):

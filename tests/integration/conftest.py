@@ -138,7 +138,8 @@ class Platform:
 
 # The request limits off, for tests that send far more than devices would (load, fault and
 # fuzz runs that count every acknowledged uplink). Every user of it says why.
-UNLIMITED = {"device_rate": 0, "peer_rate": 0, "max_pending_per_peer": 10000}
+UNLIMITED = {"device_rate": 0, "peer_rate": 0, "download_rate": 0, "max_pending_per_peer": 10000,
+             "max_pending_per_address": 10000}
 
 
 class BridgeProcess:

@@ -69,7 +69,8 @@ def target(tmp_path_factory):
     broker = Mosquitto(workdir).start()
     bridge = BridgeProcess(workdir, broker.port, log_level="info",
                            limits={"device_rate": 5, "device_burst": 5, "peer_rate": 0,
-                                   "max_pending_per_peer": 10000})
+                                   "max_pending_per_peer": 10000,
+                                   "max_pending_per_address": 10000})
     bridge.add_device("Fuzz", "fuzzTok")
     bridge.add_device("Calm", "calmTok")
     bridge.start()

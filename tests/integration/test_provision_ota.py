@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
 import threading
+import time
 import zlib
 
 import paho.mqtt.client as paho
@@ -15,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 import coapraw as raw
 from conftest import BridgeProcess, Mosquitto
 from platform_sim import PlatformSim
-from test_clients import libcoap
+from test_clients import AIOCOAP, libcoap
 
 pytestmark = pytest.mark.integration
 ETAG = 4
@@ -65,8 +67,9 @@ class ProvisioningPlatform:
 class OtaPlatform:
     """Serves v2/fw/request/{id}/chunk/{n} like ThingsBoard, from one package."""
 
-    def __init__(self, port: int, package: bytes):
+    def __init__(self, port: int, package: bytes, delay: float = 0.0):
         self.package = package
+        self.delay = delay  # seconds before each chunk's answer (a slow platform)
         self.first_chunks = 0
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="ota-platform")
         self.client.on_message = self._on_message
@@ -84,6 +87,7 @@ class OtaPlatform:
         if chunk == 0:
             self.first_chunks += 1
         data = self.package[chunk * size:(chunk + 1) * size]
+        time.sleep(self.delay)
         self.client.publish("v2/fw/response/%s/chunk/%d" % (request_id, chunk), data, qos=1)
 
     def close(self):
@@ -281,10 +285,10 @@ def fw_attributes(package: bytes, algorithm: str = "SHA256", checksum: str = Non
 def ota_env(tmp_path):
     made = []
 
-    def make(package_served, attributes, **overrides):
+    def make(package_served, attributes, ota_delay=0.0, **overrides):
         broker = Mosquitto(str(tmp_path)).start()
         platform = PlatformSim(broker.port)
-        ota = OtaPlatform(broker.port, package_served)
+        ota = OtaPlatform(broker.port, package_served, ota_delay)
         bridge = BridgeProcess(str(tmp_path), broker.port, **overrides)
         for n in range(20):
             bridge.add_device("Fw %d" % n, "fw%d" % n)
@@ -326,6 +330,23 @@ def test_one_mib_package_by_libcoap_block2_and_by_size_chunk_is_byte_identical(o
     assert blocks[1].payload == PACKAGE[5 * 1024:6 * 1024]
     assert blocks[0].option(ETAG) and blocks[0].option(ETAG) == blocks[1].option(ETAG)
     assert ota.first_chunks == 1  # fetched from the platform once
+
+
+def test_libcoap_block2_download_whose_first_block_waits_for_a_slow_fetch(ota_env, tmp_path):
+    # the first block waits for the package (64 chunks, 0.03 s each: past coap.empty_ack_delay);
+    # libcoap 4.3.1 loses a first block sent as a separate response and hangs: it must come
+    # in the ACK
+    platform, ota, bridge = ota_env(PACKAGE, fw_attributes(PACKAGE), ota_delay=0.03)
+    out = tmp_path / "slow.bin"
+    code, log = libcoap("-b", "1024", "-o", str(out), bridge.url + "/fw/fw6")
+    assert out.read_bytes() == PACKAGE, log[-300:]
+    assert "t:ACK c:0.00" not in log  # no empty ACK: the answer came piggybacked
+
+
+def test_aiocoap_client_downloads_the_package_by_block2_with_the_shipped_limits(ota_env):
+    platform, ota, bridge = ota_env(PACKAGE, fw_attributes(PACKAGE))
+    done = subprocess.run([AIOCOAP, bridge.url + "/fw/fw7"], capture_output=True, timeout=60)
+    assert done.stdout == PACKAGE, done.stderr[-300:]
 
 
 def test_twenty_devices_at_once_cause_one_upstream_fetch(ota_env):

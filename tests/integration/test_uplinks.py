@@ -195,3 +195,38 @@ def test_metrics_endpoint_counts_uplinks(tmp_path, broker):
         assert "# TYPE coapbridge_outbox_entries gauge" in text
     finally:
         process.stop()
+
+
+def test_devices_behind_one_address_each_have_their_own_pending_bound(tmp_path):
+    # A carrier NAT: 70 devices on 70 ports of one address, each waiting for an attribute
+    # read the platform does not answer (more than limits.max_pending_per_peer, 64); a
+    # telemetry POST from another port of that address is still served (shipped limits).
+    # Its own broker: a second bridge with the default client id would take over the
+    # module bridge's session.
+    from conftest import BridgeProcess, Mosquitto, Platform, wait_until
+    broker = Mosquitto(str(tmp_path)).start()
+    platform = Platform(broker.port)
+    process = BridgeProcess(str(tmp_path), broker.port, platform={"request_timeout": 3})
+    for n in range(71):
+        process.add_device("Nat %d" % n, "nat%d" % n)
+    process.start()
+    sockets = [raw.Client(process.host, process.coap_port, timeout=10) for _ in range(70)]
+    try:
+        for n, sock in enumerate(sockets):
+            sock.send(raw.request(raw.GET, "/api/v1/nat%d/attributes" % n, mid=n + 1))
+
+        def asked():
+            return {body.get("device") for body in platform.received(
+                "v1/gateway/attributes/request")} >= {"Nat %d" % n for n in range(70)}
+        wait_until(asked, 10, "70 attribute reads pending at the platform")
+        client = raw.Client(process.host, process.coap_port)
+        assert post(client, "/api/v1/nat70/telemetry", {"nat": 1}).code_str == "2.01"
+        client.close()
+        answers = [sock.recv() for sock in sockets]
+        assert [a.code_str if a else None for a in answers] == ["5.04"] * 70
+    finally:
+        for sock in sockets:
+            sock.close()
+        process.stop()
+        platform.close()
+        broker.kill()
