@@ -110,6 +110,9 @@ class LimitsConfig:
     peer_rate: float = 1000.0
     peer_burst: float = 2000.0
     max_pending_per_peer: int = 64
+    # JSON nested deeper than this is refused: 4.00 from devices, skipped from the platform
+    # (whose envelope may add PLATFORM_ENVELOPE_DEPTH levels on top).
+    json_max_depth: int = 32
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
+             "limits.json_max_depth",
              "provisioning.timeout", "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
 
 

@@ -70,7 +70,8 @@ class Bridge:
                                              device_rate=config.limits.device_rate,
                                              device_burst=config.limits.device_burst,
                                              peer_rate=config.limits.peer_rate,
-                                             peer_burst=config.limits.peer_burst),
+                                             peer_burst=config.limits.peer_burst,
+                                             json_max_depth=config.limits.json_max_depth),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
@@ -128,6 +129,9 @@ class Bridge:
                                   sum(1 for s in core.devices.values() if s.connected)),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
+            "mqtt_messages_skipped_total": ("counter", "messages from the broker skipped as "
+                                            "unreadable (not JSON, nested too deep) or failing",
+                                            stats["downstream_skipped"] + self.link.failed_messages),
             "ota_fetches_total": ("counter", "packages fetched from their source",
                                   self.packages.fetches),
         }

@@ -13,6 +13,10 @@ core's back.
 Reconnect: exponential backoff with full jitter between
 ``reconnect_min_delay`` and ``reconnect_max_delay``; the clock and the
 random source are injected.
+
+A message that cannot be handled is skipped and logged, and the link keeps
+reading: an exception must never reach paho, which would keep the half-read
+packet and hand it to the callback again on every later read.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import MqttConfig
+from ..core.limits import RateLimiter
 from ..registry import mask
 
 log = logger("mqtt")
+
+FAILURE_LOG_INTERVAL = 60.0  # one traceback per topic this often
 
 
 class LinkListener(Protocol):
@@ -125,6 +132,8 @@ class MqttLink:
         self._ticker.clock = reactor
         self._stopped: Optional[defer.Deferred] = None
         self._flush_call: Any = None
+        self.failed_messages = 0  # messages whose handler raised
+        self._failure_logs = RateLimiter(1 / FAILURE_LOG_INTERVAL, 1, max_keys=1000)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -351,7 +360,7 @@ class MqttLink:
                 client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
             else:
                 client.subscribe(topic, qos=1)
-        self.listener.link_up()
+        self._tell("link_up", self.listener.link_up)
         self._flush()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
@@ -365,13 +374,13 @@ class MqttLink:
             if not self._stopped.called:
                 self._stopped.callback(None)
             if was_connected:
-                self.listener.link_down("stopped")
+                self._tell("link_down", self.listener.link_down, "stopped")
             return
         reason = str(reason_code)
         if was_connected:
             if self.retry:
                 log.warn("Lost the MQTT connection: {reason}", reason=reason)
-                self.listener.link_down(reason)
+                self._tell("link_down", self.listener.link_down, reason)
             self._schedule_retry()
         else:
             self._connect_failed("connection closed during CONNECT: %s" % reason)
@@ -379,17 +388,53 @@ class MqttLink:
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
         value = getattr(reason_code, "value", 0)
-        self.listener.published(mid, value)
+        self._tell("published", self.listener.published, mid, value)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        self.listener.message(message.topic, message.payload)
+        """One message from the broker: handled, or logged and skipped; never raises."""
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # paho delivers it; MQTT says it cannot happen
+            self._message_failed("(not UTF-8)", None)
+            return
+        try:
+            self.listener.message(topic, message.payload)
+        except Exception:
+            self._message_failed(topic, Failure())
+
+    def _message_failed(self, topic: str, failure: Optional[Failure]) -> None:
+        self.failed_messages += 1
+        # v1/devices/me/rpc/request/7 and /8 share one limit
+        if self._failure_logs.allow(topic.rstrip("0123456789"), self.reactor.seconds()) is None:
+            if failure is None:
+                log.warn("Skipped an MQTT message on a topic name that is not UTF-8")
+            else:
+                log.failure("Handling an MQTT message on {topic} failed; it is skipped (more on "
+                            "this topic within {interval:.0f} s are logged without traceback)",
+                            failure=failure, topic=topic, interval=FAILURE_LOG_INTERVAL)
+        elif failure is not None:
+            log.warn("Handling an MQTT message on {topic} failed; it is skipped: {error}",
+                     topic=topic, error=failure.getErrorMessage())
+
+    def _tell(self, what: str, call: Callable[..., None], *args: Any) -> None:
+        """A listener call from a paho callback: a bug there must not reach paho."""
+        try:
+            call(*args)
+        except Exception:
+            log.failure("The bridge failed to handle MQTT event {event}", event=what)
 
     # -- reactor readiness -----------------------------------------------------
 
     def _read(self) -> None:
         client = self.client
         if client is not None:
-            client.loop_read(max_packets=100)
+            try:
+                client.loop_read(max_packets=100)
+            except Exception:
+                # paho's state is unknown now (a half-read packet): start a fresh connection
+                log.failure("Reading from the MQTT broker failed; resetting the connection")
+                self.reset()
+                return
         self._flush()
 
     def _write(self) -> None:
@@ -403,8 +448,12 @@ class MqttLink:
             client.loop_write()
 
     def _lost(self, reason: Failure) -> None:
-        if self.client is not None:
-            self.client.loop_read()
+        """The reactor stopped watching the socket (hang-up): paho reads the end of it."""
+        self._reading = self._writing = False  # the reactor has removed the watcher
+        self._read()
+        if self.client is not None and self.connected and self._running:
+            # still open to paho, but nothing reads it any more: do not pretend it is up
+            self.reset()
 
     def _misc(self) -> None:
         if self.client is not None:
