@@ -271,7 +271,9 @@ class MqttLink:
             self._unwatch()
             callback()
 
-        self._watcher = _Watcher(sock, fire, fire, lambda reason: None)
+        # The reactor may report a failed connect (epoll: hang-up, no read or write
+        # event) only by connectionLost: the callback then finds the error on the socket.
+        self._watcher = _Watcher(sock, fire, fire, lambda reason: fire())
         if write:
             self.reactor.addWriter(self._watcher)
             self._writing = True

@@ -148,3 +148,21 @@ def test_clean_shutdown_on_sigterm(setup):
     assert bridge.proc.wait(10) in (0, -15)
     assert "Stopped" in bridge.read_log() and "Server Shut Down" in bridge.read_log()
     assert "Traceback" not in bridge.read_log()
+
+
+def test_a_refused_connection_is_reported_at_once_and_retried_after_the_backoff(tmp_path):
+    """Issue #16 item 4: nothing listens on the port. Each attempt used to wait for the whole
+    connect timeout (10 s, the shipped default here) and log "timed out"."""
+    from conftest import free_port
+    bridge = BridgeProcess(str(tmp_path), free_port())  # backoff 0.2 s to 1 s
+    bridge.add_device("Dev R", "tokenR")
+    try:
+        bridge.start(wait_mqtt=False)
+        # five attempts: well inside one connect timeout if each is refused at once
+        wait_until(lambda: bridge.read_log().count("connection refused") >= 5, 8,
+                   "five refused connection attempts")
+        log = bridge.read_log()
+        assert "timed out" not in log
+        assert log.count("Reconnecting to MQTT in") >= 4  # each refusal is followed by a backoff
+    finally:
+        bridge.stop()
