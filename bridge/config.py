@@ -8,6 +8,7 @@ opens.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -64,7 +65,9 @@ class MqttConfig:
     port: int = 1883
     username: str = ""
     password: str = ""
-    client_id: str = "coapbridge"
+    # Empty: one derived per installation (``gateway_client_id``); two bridges must not
+    # share one, or the broker drops each when the other connects.
+    client_id: str = ""
     protocol: str = "5"
     keepalive: int = 60
     connect_timeout: float = 10.0
@@ -173,6 +176,21 @@ class Config:
     @property
     def outbox_path(self) -> str:
         return os.path.join(self.data_dir, "outbox.sqlite3")
+
+
+def gateway_client_id(config: Config, host_name: str) -> str:
+    """``mqtt.client_id``, or when empty ``coapbridge-<host>-<hash>``: one per installation.
+
+    The hash is of the host name and the absolute ``data_dir``, so two bridges on
+    one machine (different data directories) or on two machines get different ids,
+    and a bridge keeps its id across restarts.
+    """
+    if config.mqtt.client_id:
+        return config.mqtt.client_id
+    data_dir = os.path.abspath(config.data_dir)
+    digest = hashlib.sha256(("%s\0%s" % (host_name, data_dir)).encode("utf-8")).hexdigest()
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", host_name.split(".")[0]).strip("-")[:32] or "host"
+    return "coapbridge-%s-%s" % (host, digest[:8])
 
 
 _CHOICES: Dict[str, Tuple[str, ...]] = {
@@ -378,7 +396,7 @@ mqtt:
   port: "${MQTT_PORT:1883}"
   username: "${MQTT_USERNAME:}"
   password: "${MQTT_PASSWORD:}"
-  client_id: "${MQTT_CLIENT_ID:coapbridge}"
+  client_id: "${MQTT_CLIENT_ID:}"
   protocol: "${MQTT_PROTOCOL:5}"
   tls: {enabled: "${MQTT_TLS:false}", ca_file: "${MQTT_TLS_CA_FILE:}",
         cert_file: "${MQTT_TLS_CERT_FILE:}", key_file: "${MQTT_TLS_KEY_FILE:}"}

@@ -7,7 +7,9 @@ MQTT closes). Only the composition root (``tap.py``) picks the reactor.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import socket
 import sqlite3
 from typing import Any, Dict, List, Optional
 
@@ -16,7 +18,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
-from .config import Config
+from .config import Config, gateway_client_id
 from .core import codes
 from .core import gateway
 from .core import routes
@@ -81,7 +83,9 @@ class Bridge:
         self._deletes: List[int] = []
         self._dead: List[DeadLetter] = []
         self._commit_call: Any = None
-        self.link = MqttLink(reactor, config.mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
+        mqtt = dataclasses.replace(config.mqtt,
+                                   client_id=gateway_client_id(config, socket.gethostname()))
+        self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.sender: Optional[coap_edge.ConfirmableSender] = None
         self._notifications: List[Notify] = []
         self._flush_call: Any = None
