@@ -8,6 +8,7 @@ opens.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -64,7 +65,9 @@ class MqttConfig:
     port: int = 1883
     username: str = ""
     password: str = ""
-    client_id: str = "coapbridge"
+    # Empty: one derived per installation (``gateway_client_id``); two bridges must not
+    # share one, or the broker drops each when the other connects.
+    client_id: str = ""
     protocol: str = "5"
     keepalive: int = 60
     connect_timeout: float = 10.0
@@ -114,6 +117,9 @@ class LimitsConfig:
     download_burst: float = 16 * 1024 * 1024.0
     max_pending_per_peer: int = 64  # per source endpoint (address and port)
     max_pending_per_address: int = 4096
+    # JSON nested deeper than this is refused: 4.00 from devices, skipped from the platform
+    # (whose envelope may add PLATFORM_ENVELOPE_DEPTH levels on top).
+    json_max_depth: int = 32
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,21 @@ class Config:
         return os.path.join(self.data_dir, "outbox.sqlite3")
 
 
+def gateway_client_id(config: Config, host_name: str) -> str:
+    """``mqtt.client_id``, or when empty ``coapbridge-<host>-<hash>``: one per installation.
+
+    The hash is of the host name and the absolute ``data_dir``, so two bridges on
+    one machine (different data directories) or on two machines get different ids,
+    and a bridge keeps its id across restarts.
+    """
+    if config.mqtt.client_id:
+        return config.mqtt.client_id
+    data_dir = os.path.abspath(config.data_dir)
+    digest = hashlib.sha256(("%s\0%s" % (host_name, data_dir)).encode("utf-8")).hexdigest()
+    host = re.sub(r"[^A-Za-z0-9-]+", "-", host_name.split(".")[0]).strip("-")[:32] or "host"
+    return "coapbridge-%s-%s" % (host, digest[:8])
+
+
 _CHOICES: Dict[str, Tuple[str, ...]] = {
     "mqtt.protocol": ("5", "3.1.1"),
     "log_level": ("debug", "info", "warn", "error", "critical"),
@@ -196,7 +217,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
-             "limits.max_pending_per_address", "limits.download_burst",
+             "limits.max_pending_per_address", "limits.download_burst", "limits.json_max_depth",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
              "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
 
@@ -387,7 +408,7 @@ mqtt:
   port: "${MQTT_PORT:1883}"
   username: "${MQTT_USERNAME:}"
   password: "${MQTT_PASSWORD:}"
-  client_id: "${MQTT_CLIENT_ID:coapbridge}"
+  client_id: "${MQTT_CLIENT_ID:}"
   protocol: "${MQTT_PROTOCOL:5}"
   tls: {enabled: "${MQTT_TLS:false}", ca_file: "${MQTT_TLS_CA_FILE:}",
         cert_file: "${MQTT_TLS_CERT_FILE:}", key_file: "${MQTT_TLS_KEY_FILE:}"}

@@ -7,7 +7,9 @@ MQTT closes). Only the composition root (``tap.py``) picks the reactor.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import socket
 import sqlite3
 from typing import Any, Dict, List, Optional, Union
 
@@ -16,7 +18,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 
-from .config import Config
+from .config import Config, gateway_client_id
 from .core import codes
 from .core import gateway
 from .core import routes
@@ -75,7 +77,9 @@ class Bridge:
                                              provision_rate=config.provisioning.peer_rate,
                                              provision_burst=config.provisioning.peer_burst,
                                              download_rate=config.limits.download_rate,
-                                             download_burst=config.limits.download_burst),
+                                             download_burst=config.limits.download_burst,
+
+                                             json_max_depth=config.limits.json_max_depth),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
@@ -85,7 +89,9 @@ class Bridge:
         self._deletes: List[int] = []
         self._dead: List[DeadLetter] = []
         self._commit_call: Any = None
-        self.link = MqttLink(reactor, config.mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
+        mqtt = dataclasses.replace(config.mqtt,
+                                   client_id=gateway_client_id(config, socket.gethostname()))
+        self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.coap: Optional[coap_edge.BridgeCoap] = None  # the UDP transport, once listening
         self._notifications: List[Notify] = []
         self._flush_call: Any = None
@@ -144,6 +150,9 @@ class Bridge:
             "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "
                                         "provisioning.max_concurrent in progress",
                                         self.provisioner.refused),
+            "mqtt_messages_skipped_total": ("counter", "messages from the broker skipped as "
+                                            "unreadable (not JSON, nested too deep) or failing",
+                                            stats["downstream_skipped"] + self.link.failed_messages),
             "ota_fetches_total": ("counter", "packages fetched from their source",
                                   self.packages.fetches),
         }

@@ -7,16 +7,25 @@ No Local). The shapes differ, so each parser accepts only the downstream one:
 * attributes push ``{"device": "Dev A", "data": {...}}``; our uplink is ``{"Dev A": {...}}``.
 * server RPC ``{"device": "Dev A", "data": {"id": 1, "method": ..., "params": ...}}``;
   our reply is ``{"device": "Dev A", "id": 1, "data": ...}`` (top-level ``id``).
+
+Documents are decoded with the JSON nesting bound devices get
+(``limits.json_max_depth``) plus the levels of the platform's envelope, so a
+shared attribute the bridge accepts from the platform is one a device could
+have sent.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from . import jsondepth
+
 GATEWAY_RPC_REQUEST_PREFIX = "v1/devices/me/rpc/request/"
 GATEWAY_RPC_RESPONSE_PREFIX = "v1/devices/me/rpc/response/"
+# Levels the platform's envelope adds around a value a device could send:
+# {"device": .., "data": {"id": .., "method": .., "params": <value>}}.
+PLATFORM_ENVELOPE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -69,11 +78,17 @@ class AttributeResponse:
         return {}
 
 
-def loads(payload: bytes) -> Any:
-    try:
-        return json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
+def loads(payload: bytes, max_depth: int) -> Any:
+    """The platform's JSON document; ``ValueError`` when it is not UTF-8 JSON, and
+    ``jsondepth.TooDeep`` (a ``ValueError``) when nested deeper than ``max_depth``
+    plus the envelope's levels."""
+    return jsondepth.decode(payload.decode("utf-8"), max_depth + PLATFORM_ENVELOPE_DEPTH)
+
+
+def undecodable_reason(error: ValueError) -> str:
+    if isinstance(error, jsondepth.TooDeep):
+        return "it is %s" % error
+    return "it is not JSON"
 
 
 def attribute_update(doc: Any) -> Optional[AttributeUpdate]:

@@ -35,7 +35,7 @@ from .delivery import Delivery, Entry
 from .codes import CoapError
 from .downstream import (GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX, AttributeUpdate,
                          ServerRpc, attribute_response, attribute_update, keys_param, loads,
-                         server_rpc, topic_suffix_int)
+                         server_rpc, topic_suffix_int, undecodable_reason)
 from .limits import RateLimiter
 from .tokenscan import UnknownTokens
 from .observe import Observers, Pending
@@ -52,6 +52,7 @@ ATTRIBUTES_FEATURE = routes.ATTRIBUTES
 RPC_FEATURE = routes.RPC
 CLIENT, SHARED, DISCOVER = "client", "shared", "discover"
 MAX_KNOWN_KEYS = 1000
+SKIP_WARNING_INTERVAL = 60  # seconds between warnings about unreadable platform messages
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class CoreSettings:
     provision_burst: float = 10.0
     download_rate: float = 0.0  # package bytes per second per device (0: unlimited)
     download_burst: float = 16 * 1024 * 1024
+    json_max_depth: int = 32  # JSON nesting bound (limits.json_max_depth)
 
 
 @dataclass
@@ -166,6 +168,8 @@ class GatewayCore:
         self.unknown_tokens = UnknownTokens()  # a warning at most once a minute
         # package blocks come from the local cache: they have a budget of bytes of their own
         self.download_limits = RateLimiter(settings.download_rate, settings.download_burst)
+        # one warning per topic a minute for platform messages that cannot be read
+        self.skip_warnings = RateLimiter(1 / SKIP_WARNING_INTERVAL, 1, max_keys=1000)
         # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
         self.storing: Dict[int, Tuple[Any, Any]] = {}
         self.storing_count = 0  # uplinks being written
@@ -177,7 +181,7 @@ class GatewayCore:
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "publishes": 0,
                                       "dead_lettered": 0, "refused_full": 0, "store_failed": 0,
                                       "rate_limited": 0, "rpc_expired": 0, "rpc_dropped": 0,
-                                      "unknown_token": 0}
+                                      "unknown_token": 0, "downstream_skipped": 0}
         self._next_ref = 0
         self._next_attribute_id = 0
         self._next_client_rpc = 0
@@ -354,9 +358,10 @@ class GatewayCore:
 
     def on_message(self, topic: str, payload: bytes, now: float) -> List[Action]:
         """A message from the broker, on any topic (ThingsBoard pushes unsubscribed ones too)."""
-        doc = loads(payload)
-        if doc is None:
-            return [Log("warn", "ignored a message on %s that is not JSON" % topic)]
+        try:
+            doc = loads(payload, self.settings.json_max_depth)
+        except ValueError as error:
+            return self._skipped(topic, undecodable_reason(error), now)
         if topic == gateway.ATTRIBUTES:
             update = attribute_update(doc)
             return self._attribute_update(update, now) if update else []
@@ -380,6 +385,16 @@ class GatewayCore:
         if topic_suffix_int(topic, GATEWAY_RPC_REQUEST_PREFIX) is not None:
             return self._gateway_rpc(doc, now)
         return [Log("debug", "ignored a message on %s" % topic)]
+
+    def _skipped(self, topic: str, reason: str, now: float) -> List[Action]:
+        """A platform message that cannot be read: logged (a warning per topic a minute)."""
+        self.stats["downstream_skipped"] += 1
+        # v1/devices/me/rpc/request/7 and /8 share one warning
+        if self.skip_warnings.allow(topic.rstrip("0123456789"), now) is None:
+            return [Log("warn", "skipped a message from the platform on %s: %s (more on this "
+                        "topic within %d s are logged at debug level)"
+                        % (topic, reason, SKIP_WARNING_INTERVAL))]
+        return [Log("debug", "skipped a message from the platform on %s: %s" % (topic, reason))]
 
     def rename(self, old: str, new: str) -> None:
         state = self.devices.pop(old, None)

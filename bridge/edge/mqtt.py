@@ -12,7 +12,14 @@ core's back.
 
 Reconnect: exponential backoff with full jitter between
 ``reconnect_min_delay`` and ``reconnect_max_delay``; the clock and the
-random source are injected.
+random source are injected. A connection counts as a success (the backoff
+starts again from the minimum) only once it has stayed up ``STABLE_SECONDS``;
+connections lost sooner, several times in a row, are reported as what they
+usually are: another client with the same client id.
+
+A message that cannot be handled is skipped and logged, and the link keeps
+reading: an exception must never reach paho, which would keep the half-read
+packet and hand it to the callback again on every later read.
 """
 
 from __future__ import annotations
@@ -35,9 +42,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import MqttConfig
+from ..core.limits import RateLimiter
 from ..registry import mask
 
 log = logger("mqtt")
+
+STABLE_SECONDS = 10.0  # a connection up this long resets the backoff
+SHORT_SESSIONS_HINT = 3  # lost this many times in a row sooner: name the likely cause
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: a client with our id connected
+FAILURE_LOG_INTERVAL = 60.0  # one traceback per topic this often
 
 
 class LinkListener(Protocol):
@@ -125,6 +138,10 @@ class MqttLink:
         self._ticker.clock = reactor
         self._stopped: Optional[defer.Deferred] = None
         self._flush_call: Any = None
+        self._connected_at = 0.0
+        self.short_sessions = 0  # connections in a row lost within STABLE_SECONDS
+        self.failed_messages = 0  # messages whose handler raised
+        self._failure_logs = RateLimiter(1 / FAILURE_LOG_INTERVAL, 1, max_keys=1000)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -171,9 +188,12 @@ class MqttLink:
             log.warn("Publish on {topic} refused by the client: {error}", topic=topic,
                      error=paho.error_string(info.rc))
             return None
+        self._schedule_flush()
+        return info.mid
+
+    def _schedule_flush(self) -> None:
         if self._flush_call is None:  # one write for all publishes of this reactor turn
             self._flush_call = self.reactor.callLater(0, self._flush_later)
-        return info.mid
 
     def _flush_later(self) -> None:
         self._flush_call = None
@@ -185,8 +205,9 @@ class MqttLink:
         if not self._running:
             return
         cfg = self.config
-        log.info("Connecting to MQTT broker {host}:{port} (MQTT {protocol}, TLS {tls})",
-                 host=cfg.host, port=cfg.port, protocol=cfg.protocol, tls=cfg.tls.enabled)
+        log.info("Connecting to MQTT broker {host}:{port} (MQTT {protocol}, TLS {tls}, "
+                 "client id {client_id})", host=cfg.host, port=cfg.port,
+                 protocol=cfg.protocol, tls=cfg.tls.enabled, client_id=cfg.client_id)
         self._deadline = self.reactor.callLater(cfg.connect_timeout, self._connect_failed,
                                                 "timed out after %ss" % cfg.connect_timeout)
         if _is_ip_literal(cfg.host):
@@ -262,7 +283,9 @@ class MqttLink:
             self._unwatch()
             callback()
 
-        self._watcher = _Watcher(sock, fire, fire, lambda reason: None)
+        # The reactor may report a failed connect (epoll: hang-up, no read or write
+        # event) only by connectionLost: the callback then finds the error on the socket.
+        self._watcher = _Watcher(sock, fire, fire, lambda reason: fire())
         if write:
             self.reactor.addWriter(self._watcher)
             self._writing = True
@@ -343,7 +366,7 @@ class MqttLink:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self.connected = True
-        self.attempt = 0
+        self._connected_at = self.reactor.seconds()
         log.info("Connected to MQTT broker {host}:{port}", host=self.config.host,
                  port=self.config.port)
         for topic in self.subscriptions:
@@ -351,8 +374,11 @@ class MqttLink:
                 client.subscribe(topic, options=SubscribeOptions(qos=1, noLocal=True))
             else:
                 client.subscribe(topic, qos=1)
-        self.listener.link_up()
-        self._flush()
+        self._tell("link_up", self.listener.link_up)
+        # Not now: a write that finds the connection closed makes paho take its callback
+        # lock again, which it holds while it calls us (a deadlock if the broker drops us
+        # right after CONNACK, as it does when another client takes our client id).
+        self._schedule_flush()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
@@ -365,31 +391,89 @@ class MqttLink:
             if not self._stopped.called:
                 self._stopped.callback(None)
             if was_connected:
-                self.listener.link_down("stopped")
+                self._tell("link_down", self.listener.link_down, "stopped")
             return
         reason = str(reason_code)
         if was_connected:
             if self.retry:
-                log.warn("Lost the MQTT connection: {reason}", reason=reason)
-                self.listener.link_down(reason)
+                self._log_lost(reason_code, flags)
+                self._tell("link_down", self.listener.link_down, reason)
             self._schedule_retry()
         else:
             self._connect_failed("connection closed during CONNECT: %s" % reason)
 
+    def _log_lost(self, reason_code: Any, flags: Any) -> None:
+        """Say why the connection was lost, naming a client id clash when it looks like one."""
+        up = self.reactor.seconds() - self._connected_at
+        if up >= STABLE_SECONDS:
+            self.short_sessions = 0
+            self.attempt = 0  # it worked: reconnect from the shortest delay
+        else:
+            self.short_sessions += 1
+        client_id = self.config.client_id
+        from_broker = getattr(flags, "is_disconnect_packet_from_server", False)
+        if from_broker and getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
+            log.warn("Lost the MQTT connection: the broker says another client connected with "
+                     "the same client id {client_id} (session taken over); give each bridge "
+                     "its own MQTT_CLIENT_ID or DATA_DIR", client_id=client_id)
+        elif self.short_sessions >= SHORT_SESSIONS_HINT:
+            log.warn("Lost the MQTT connection: {reason}; {count} connections in a row lost "
+                     "within {seconds:.0f} s of being accepted: another client with the same "
+                     "client id {client_id}?", reason=str(reason_code), count=self.short_sessions,
+                     seconds=STABLE_SECONDS, client_id=client_id)
+        else:
+            log.warn("Lost the MQTT connection: {reason}", reason=str(reason_code))
+
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
         value = getattr(reason_code, "value", 0)
-        self.listener.published(mid, value)
+        self._tell("published", self.listener.published, mid, value)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        self.listener.message(message.topic, message.payload)
+        """One message from the broker: handled, or logged and skipped; never raises."""
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # paho delivers it; MQTT says it cannot happen
+            self._message_failed("(not UTF-8)", None)
+            return
+        try:
+            self.listener.message(topic, message.payload)
+        except Exception:
+            self._message_failed(topic, Failure())
+
+    def _message_failed(self, topic: str, failure: Optional[Failure]) -> None:
+        self.failed_messages += 1
+        # v1/devices/me/rpc/request/7 and /8 share one limit
+        if self._failure_logs.allow(topic.rstrip("0123456789"), self.reactor.seconds()) is None:
+            if failure is None:
+                log.warn("Skipped an MQTT message on a topic name that is not UTF-8")
+            else:
+                log.failure("Handling an MQTT message on {topic} failed; it is skipped (more on "
+                            "this topic within {interval:.0f} s are logged without traceback)",
+                            failure=failure, topic=topic, interval=FAILURE_LOG_INTERVAL)
+        elif failure is not None:
+            log.warn("Handling an MQTT message on {topic} failed; it is skipped: {error}",
+                     topic=topic, error=failure.getErrorMessage())
+
+    def _tell(self, what: str, call: Callable[..., None], *args: Any) -> None:
+        """A listener call from a paho callback: a bug there must not reach paho."""
+        try:
+            call(*args)
+        except Exception:
+            log.failure("The bridge failed to handle MQTT event {event}", event=what)
 
     # -- reactor readiness -----------------------------------------------------
 
     def _read(self) -> None:
         client = self.client
         if client is not None:
-            client.loop_read(max_packets=100)
+            try:
+                client.loop_read(max_packets=100)
+            except Exception:
+                # paho's state is unknown now (a half-read packet): start a fresh connection
+                log.failure("Reading from the MQTT broker failed; resetting the connection")
+                self.reset()
+                return
         self._flush()
 
     def _write(self) -> None:
@@ -403,8 +487,12 @@ class MqttLink:
             client.loop_write()
 
     def _lost(self, reason: Failure) -> None:
-        if self.client is not None:
-            self.client.loop_read()
+        """The reactor stopped watching the socket (hang-up): paho reads the end of it."""
+        self._reading = self._writing = False  # the reactor has removed the watcher
+        self._read()
+        if self.client is not None and self.connected and self._running:
+            # still open to paho, but nothing reads it any more: do not pretend it is up
+            self.reset()
 
     def _misc(self) -> None:
         if self.client is not None:

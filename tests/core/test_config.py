@@ -214,3 +214,42 @@ def test_load_reads_file_with_env(tmp_path):
 def test_nan_durations_are_refused(key):
     problems = problems_of("mqtt: {%s: .nan}" % key)
     assert any(p.startswith("mqtt." + key) for p in problems)
+
+
+def test_default_client_id_is_derived_per_host_and_data_directory(tmp_path):
+    from bridge.config import gateway_client_id
+    one = load_text('data_dir: "%s"' % (tmp_path / "a"), {})
+    two = load_text('data_dir: "%s"' % (tmp_path / "b"), {})
+    assert one.mqtt.client_id == "" == Config().mqtt.client_id  # empty: derive one
+    first = gateway_client_id(one, "gw1.example.com")
+    assert first == gateway_client_id(one, "gw1.example.com")  # the same on every start
+    assert first.startswith("coapbridge-gw1-") and len(first) == len("coapbridge-gw1-") + 8
+    assert gateway_client_id(two, "gw1.example.com") != first  # another data directory
+    assert gateway_client_id(one, "gw2.example.com") != first  # another host
+    assert gateway_client_id(one, "gw1.example.org") != first  # only the hash tells these apart
+    assert gateway_client_id(one, "my_host!") == gateway_client_id(one, "my_host!")
+    assert gateway_client_id(one, "my_host!").startswith("coapbridge-my-host-")
+
+
+def test_default_client_id_follows_the_absolute_data_directory(tmp_path, monkeypatch):
+    from bridge.config import gateway_client_id
+    relative = load_text('data_dir: "./data"', {})
+    monkeypatch.chdir(tmp_path)
+    here = gateway_client_id(relative, "gw")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert gateway_client_id(relative, "gw") != here
+    assert gateway_client_id(load_text('data_dir: "%s"' % (tmp_path / "data"), {}), "gw") == here
+
+
+def test_an_explicit_client_id_wins():
+    from bridge.config import gateway_client_id
+    config = load(None, {"MQTT_CLIENT_ID": "site-7-gateway"})
+    assert gateway_client_id(config, "gw1") == "site-7-gateway"
+
+
+def test_json_max_depth_comes_from_the_environment_and_must_be_positive():
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {}).limits.json_max_depth == 32
+    assert load(shipped, {"LIMIT_JSON_MAX_DEPTH": "8"}).limits.json_max_depth == 8
+    assert any("limits.json_max_depth" in p for p in problems_of("limits: {json_max_depth: 0}"))

@@ -413,9 +413,9 @@ def test_idle_observer_is_not_disconnected_and_is_reconnected_after_link_loss():
 
 # -- echo immunity and stray messages -----------------------------------------------------------
 
-def fully_observed_core():
+def fully_observed_core(**settings):
     """Dev A observes /attributes and /rpc, has a pending read and a pending client RPC."""
-    core = linked_core()
+    core = linked_core(**settings)
     observe_attributes(core, token=b"\xa1")
     observe_rpc(core, token=b"\xb1")
     start_read(core, 70, ("sharedKeys=s",))
@@ -491,6 +491,52 @@ def test_non_ascii_digit_rpc_topic_suffix_does_not_crash(topic):
     actions = core.on_message(topic, b'{"method": "gateway_device_deleted", "params": "Dev A"}',
                               NOW)
     assert visible(actions) == []
+
+
+def nested(levels, leaf=1):
+    """``levels`` nested JSON arrays around ``leaf``, as bytes (never built by recursion)."""
+    return b"[" * levels + json.dumps(leaf).encode() + b"]" * levels
+
+
+@pytest.mark.parametrize("topic,wrap", [
+    (ATTRIBUTES, lambda value: b'{"device": "Dev A", "data": {"deep": %s}}' % value),
+    (GATEWAY_RPC, lambda value: b'{"device": "Dev A", "data": {"id": 5, "method": "m", '
+                                b'"params": %s}}' % value),
+    (ATTR_RESPONSE, lambda value: b'{"id": 1, "device": "Dev A", "value": %s}' % value),
+    (RPC_REQUEST + "7", lambda value: b'{"method": "m", "params": %s}' % value),
+])
+def test_platform_message_nested_5000_deep_is_skipped_with_one_warning(topic, wrap):
+    core = fully_observed_core(json_max_depth=32)
+    actions = core.on_message(topic, wrap(nested(5000)), NOW)
+    assert visible(actions) == []
+    [warning] = of(actions, Log)
+    assert warning.level == "warn" and topic in warning.text
+    assert "nested deeper than 34 levels" in warning.text  # the bound plus the envelope's 2
+    assert core.stats["downstream_skipped"] == 1
+    [notify] = push(core, {"s": 9})  # the next message is handled as usual
+    assert payload_of(notify) == {"s": 9}
+
+
+def test_platform_values_as_deep_as_devices_may_send_are_accepted():
+    core = fully_observed_core(json_max_depth=32)
+    # {"device", "data": {"deep": <31 levels>}}: "data" is what a device would send, 32 deep
+    [notify] = push(core, {"deep": json.loads(nested(31))})
+    assert payload_of(notify) == {"deep": json.loads(nested(31))}
+    [rpc] = server_rpc(core, 8, params=json.loads(nested(32)))  # params one level under data
+    assert payload_of(rpc)["params"] == json.loads(nested(32))
+
+
+def test_unreadable_platform_messages_warn_once_a_minute_per_topic():
+    core = fully_observed_core()
+    levels = []
+    for n in range(5):
+        levels += [a.level for a in core.on_message(ATTRIBUTES, b"not json", NOW + n)]
+    levels += [a.level for a in core.on_message(GATEWAY_RPC, b"not json", NOW + 5)]
+    levels += [a.level for a in core.on_message(RPC_REQUEST + "1", b"{", NOW + 5)]
+    levels += [a.level for a in core.on_message(RPC_REQUEST + "2", b"{", NOW + 6)]  # same topic
+    levels += [a.level for a in core.on_message(ATTRIBUTES, b"not json", NOW + 61)]
+    assert levels == ["warn", "debug", "debug", "debug", "debug", "warn", "warn", "debug", "warn"]
+    assert core.stats["downstream_skipped"] == 9
 
 
 # -- observe and Block2 (RFC 7959 §2.6) -----------------------------------------------

@@ -420,3 +420,51 @@ def test_own_uplinks_are_never_taken_for_downstream_messages(tmp_path, protocol)
         bridge.stop()
         platform.close()
         broker.kill()
+
+
+# -- platform messages the bridge cannot handle ---------------------------------------
+
+def deep(levels):
+    return "[" * levels + "1" + "]" * levels
+
+
+def test_platform_json_nested_5000_deep_is_skipped_and_the_link_keeps_reading(tmp_path):
+    """Issue #16 item 3: a 5,000-deep document once stopped the bridge reading MQTT."""
+    broker = Mosquitto(str(tmp_path)).start()
+    platform = PlatformSim(broker.port)
+    bridge = make_bridge(str(tmp_path), broker)
+    proc = None
+    try:
+        platform.set_attributes("Dev 1", {}, {"mode": "eco", "unit": "C"})
+        proc = aiocoap_observer(bridge, "tok1", 2)
+        first = json.loads(proc.stdout.readline())
+        assert json.loads(first["payload"]) == {"mode": "eco", "unit": "C"}
+        hostile = {"v1/gateway/attributes": '{"device": "Dev 1", "data": {"x": %s}}',
+                   "v1/gateway/rpc": '{"device": "Dev 1", "data": {"id": 1, "method": "m", '
+                                     '"params": %s}}',
+                   "v1/gateway/attributes/response": '{"id": 1, "device": "Dev 1", "value": %s}'}
+        for topic, body in hostile.items():
+            platform.client.publish(topic, body % deep(5000), qos=1).wait_for_publish(5)
+        platform.push_attributes("Dev 1", {"mode": "comfort"})  # queued behind them
+        second = json.loads(proc.stdout.readline())
+        assert json.loads(second["payload"]) == {"mode": "comfort"}
+        # an uplink still gets through on the same connection: its PUBACK came, or the
+        # bridge would have reset the link after mqtt.ack_timeout and connected again
+        client = raw.Client(bridge.host, bridge.coap_port)
+        assert client.exchange(raw.request(raw.POST, "/api/v1/tok1/telemetry", b'{"after": 1}',
+                                           mid=next_mid())).code_str == "2.01"
+        platform.wait_for("v1/gateway/telemetry",
+                          lambda p: any("after" in e["values"] for e in p.get("Dev 1", [])))
+        wait_until(lambda: "Published v1/gateway/telemetry" in bridge.read_log(), 5, "publish")
+        log = bridge.read_log()
+        assert bridge.connected_count() == 1 and "Resetting the MQTT connection" not in log
+        for topic in hostile:
+            assert log.count("skipped a message from the platform on %s: it is nested deeper "
+                             "than 34 levels" % topic) == 1
+        assert "Traceback" not in log and "RecursionError" not in log
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        bridge.stop()
+        platform.close()
+        broker.kill()

@@ -1,0 +1,122 @@
+"""The MQTT link's paho glue, over a socket pair: the test plays the broker with raw packets.
+
+The reactor is Twisted's ``MemoryReactorClock``; the test calls the link's read
+handler where the reactor would, after writing the broker's bytes.
+"""
+
+import socket
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, globalLogPublisher
+
+from bridge.config import MqttConfig
+from bridge.edge.mqtt import MqttLink
+
+CONNACK = b"\x20\x02\x00\x00"  # MQTT 3.1.1, accepted
+
+
+def publish_qos1(topic, payload, mid):
+    body = len(topic).to_bytes(2, "big") + topic.encode() + mid.to_bytes(2, "big") + payload
+    assert len(body) < 128
+    return bytes([0x32, len(body)]) + body
+
+
+def puback(mid):
+    return b"\x40\x02" + mid.to_bytes(2, "big")
+
+
+class Listener:
+    def __init__(self, failing=()):
+        self.failing = set(failing)
+        self.messages = []
+        self.downs = []
+
+    def link_up(self):
+        pass
+
+    def link_down(self, reason):
+        self.downs.append(reason)
+
+    def published(self, mid, reason_code):
+        pass
+
+    def message(self, topic, payload):
+        self.messages.append((topic, payload))
+        if payload in self.failing:
+            raise RecursionError("maximum recursion depth exceeded")  # what deep JSON did
+
+
+@pytest.fixture
+def events():
+    seen = []
+
+    def observer(event):
+        if event.get("log_namespace", "").startswith("coapbridge."):
+            seen.append(event)
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)
+
+
+def connected(listener):
+    """A link whose paho client speaks MQTT 3.1.1 on one end of a socket pair."""
+    reactor = MemoryReactorClock()
+    link = MqttLink(reactor, MqttConfig(client_id="t", protocol="3.1.1"), listener,
+                    subscriptions=[])
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    broker.settimeout(2)
+    link._running = True
+    link._pending_sock = ours
+    link._hand_over()  # CONNECT goes out
+    link._flush()
+    assert broker.recv(1024)[:1] == b"\x10"
+    broker.sendall(CONNACK)
+    link._read()
+    assert link.connected
+    return reactor, link, broker
+
+
+def received(broker, size):
+    data = b""
+    while len(data) < size:
+        data += broker.recv(1024)
+    return data
+
+
+def test_a_message_whose_handler_raises_is_skipped_and_the_link_keeps_reading(events):
+    listener = Listener(failing={b"boom"})
+    reactor, link, broker = connected(listener)
+    broker.sendall(publish_qos1("v1/gateway/attributes", b"boom", 1)
+                   + publish_qos1("v1/gateway/attributes", b"fine", 2))
+    link._read()
+    link._read()  # where a stuck paho client would hand over "boom" again
+    assert listener.messages == [("v1/gateway/attributes", b"boom"),
+                                 ("v1/gateway/attributes", b"fine")]
+    assert received(broker, 8) == puback(1) + puback(2)  # both acknowledged
+    assert link.connected and listener.downs == [] and link.failed_messages == 1
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert len(failures) == 1 and failures[0]["topic"] == "v1/gateway/attributes"
+    broker.close()
+
+
+def test_failures_on_one_topic_log_one_traceback_a_minute(events):
+    listener = Listener(failing={b"boom"})
+    reactor, link, broker = connected(listener)
+    for mid in range(1, 6):
+        broker.sendall(publish_qos1("v1/gateway/rpc", b"boom", mid))
+        link._read()
+        reactor.advance(1)
+    broker.sendall(publish_qos1("v1/gateway/attributes", b"boom", 6))  # another topic
+    link._read()
+    reactor.advance(60)
+    broker.sendall(publish_qos1("v1/gateway/rpc", b"boom", 7))
+    link._read()
+    tracebacks = [e["topic"] for e in events if e.get("log_failure") is not None]
+    assert tracebacks == ["v1/gateway/rpc", "v1/gateway/attributes", "v1/gateway/rpc"]
+    short = [e for e in events if e.get("log_failure") is None and e.get("topic")
+             and e["log_level"] == LogLevel.warn]
+    assert len(short) == 4  # the others: one line each, no traceback
+    assert link.failed_messages == 7 and link.connected
+    broker.close()
