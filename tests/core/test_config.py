@@ -214,3 +214,12 @@ def test_load_reads_file_with_env(tmp_path):
 def test_nan_durations_are_refused(key):
     problems = problems_of("mqtt: {%s: .nan}" % key)
     assert any(p.startswith("mqtt." + key) for p in problems)
+
+
+def test_empty_ack_delay_at_or_above_the_ack_timeout_is_refused():
+    # the empty ACK must reach the client before it retransmits its request
+    for delay in ("2", "3.5"):
+        problems = problems_of("coap: {ack_timeout: 2, empty_ack_delay: %s}\n" % delay)
+        assert any(p.startswith("coap.empty_ack_delay: must be less than coap.ack_timeout")
+                   for p in problems), problems
+    assert load_text("coap: {ack_timeout: 2, empty_ack_delay: 1.9}\n", {}).coap.empty_ack_delay == 1.9
