@@ -33,6 +33,11 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+class StartupError(Exception):
+    """A problem found while starting (a port in use, DATA_DIR not writable, a damaged
+    file): one line for the operator that names the port or file and what to do."""
+
+
 @dataclass(frozen=True)
 class CoapConfig:
     bind_address: str = "0.0.0.0"

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import txthings.coap as txcoap
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 
-from .config import Config
+from .config import Config, StartupError
 from .core import codes
 from .core import gateway
 from .core import routes
@@ -461,6 +462,15 @@ def _peer(remote: Any) -> str:
     return "[%s]:%d" % (address, port) if ":" in str(address) else "%s:%d" % (address, port)
 
 
+def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
+                   env: str) -> str:
+    error = exc.socketError
+    reason = getattr(error, "strerror", None) or str(error)
+    return ("cannot listen for %s on %s %s port %s: %s; stop the program that uses it "
+            "(another bridge?) or choose another port with %s (%s)"
+            % (what, protocol, exc.interface or "*", exc.port, reason, key, env))
+
+
 class _MqttService(Service):
     def __init__(self, bridge: Bridge):
         self.bridge = bridge
@@ -507,8 +517,12 @@ class _CoapService(Service):
             cfg.max_retransmit)
         self.protocol.sender.on_result = self.bridge.notified
         self.bridge.sender = self.protocol.sender
-        self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
-                                     cfg.bind_address)
+        try:
+            self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
+                                         cfg.bind_address)
+        except CannotListenError as exc:
+            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
+                                              "COAP_BIND_PORT"))
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
@@ -529,15 +543,17 @@ class _MetricsService(Service):
         self.port: Any = None
 
     def startService(self) -> None:
-        from twisted.web.server import Site
-
-        from .edge.metrics import MetricsResource
+        from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         Service.startService(self)
         if cfg.port:
-            site = Site(MetricsResource(self.bridge.metrics))
-            site.noisy = False
-            self.port = self.bridge.reactor.listenTCP(cfg.port, site, interface=cfg.bind_address)
+            site = MetricsSite(self.bridge.metrics)
+            try:
+                self.port = self.bridge.reactor.listenTCP(cfg.port, site,
+                                                          interface=cfg.bind_address)
+            except CannotListenError as exc:
+                raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
+                                                  "METRICS_PORT, 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics", host=cfg.bind_address,
                      port=self.port.getHost().port)
 
@@ -550,11 +566,17 @@ class _MetricsService(Service):
 
 
 class BridgeService(MultiService):
-    """MQTT first, then the core's timer, then CoAP; stopped in reverse."""
+    """MQTT first, then the core's timer, then CoAP; stopped in reverse.
 
-    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None):
+    A start-up problem (a port in use, DATA_DIR not writable, a damaged file) is a
+    ``StartupError``: the files opened so far are closed and ``refuse`` gets its one
+    line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised."""
+
+    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
+                 refuse: Optional[Callable[[str], None]] = None):
         MultiService.__init__(self)
         self.config = config
+        self.refuse = refuse
         self.bridge = Bridge(config, reactor, rng)
         self.coap = _CoapService(self.bridge)
         _MqttService(self.bridge).setServiceParent(self)
@@ -563,6 +585,15 @@ class BridgeService(MultiService):
         self.coap.setServiceParent(self)
 
     def startService(self) -> None:
+        try:
+            self._start()
+        except StartupError as exc:
+            self._close_files()
+            if self.refuse is None:
+                raise
+            self.refuse(str(exc))
+
+    def _start(self) -> None:
         self.bridge.registry = Registry(self.config.registry_path)
         log.info("Device registry {path}: {count} devices", path=self.config.registry_path,
                  count=len(self.bridge.registry.entries()))
@@ -580,11 +611,15 @@ class BridgeService(MultiService):
                 count, size = self.bridge.outbox.stats()
                 if count:
                     log.info("{count} uplinks wait in the outbox for the next start", count=count)
-                self.bridge.outbox.close()
-                self.bridge.outbox = None
-            if self.bridge.registry is not None:
-                self.bridge.registry.close()
-                self.bridge.registry = None
+            self._close_files()
             log.info("Stopped")
             return result
         return d.addBoth(close)
+
+    def _close_files(self) -> None:
+        if self.bridge.outbox is not None:
+            self.bridge.outbox.close()
+            self.bridge.outbox = None
+        if self.bridge.registry is not None:
+            self.bridge.registry.close()
+            self.bridge.registry = None
