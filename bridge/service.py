@@ -21,8 +21,8 @@ from .config import Config, StartupError
 from .core import codes
 from .core import gateway
 from .core import routes
-from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Log, Notify,
-                           Provision, Publish, RenameDevice, Reply, Request, ResetLink,
+from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, LoadBacklog, Log,
+                           Notify, Provision, Publish, RenameDevice, Reply, Request, ResetLink,
                            ServePackage, Store, StoreMany, Uplink)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .core.session import CoreSettings, GatewayCore
@@ -120,8 +120,10 @@ class Bridge:
             "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
                                           stats["store_failed"]),
             "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
-            "outbox_entries": ("gauge", "uplinks waiting in the outbox", core.delivery.count),
-            "outbox_bytes": ("gauge", "payload bytes waiting in the outbox", core.delivery.bytes),
+            "outbox_entries": ("gauge", "uplinks waiting in the outbox",
+                               core.delivery.count + core.backlog_count),
+            "outbox_bytes": ("gauge", "payload bytes waiting in the outbox",
+                             core.delivery.bytes + core.backlog_bytes),
             "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
                                    len(core.delivery.in_flight)),
             "observers": ("gauge", "observe relations", len(core.observers)),
@@ -278,6 +280,9 @@ class Bridge:
             elif isinstance(action, DeadLetter):
                 self._dead.append(action)
                 self._schedule_commit()
+            elif isinstance(action, LoadBacklog):
+                # on a later turn: reading a slice is no reason to make requests wait
+                self.reactor.callLater(0, self._load_backlog, action)
             elif isinstance(action, Provision):
                 self.provisioner.handle(action.ref, action.request)
             elif isinstance(action, ServePackage):
@@ -348,12 +353,27 @@ class Bridge:
             self.apply(self.core.on_stored([(ref, ids[start]) for ref, start in starts], now))
 
     def restore(self) -> None:
+        """Tell the core what the outbox holds from before; it asks for it in slices."""
         assert self.outbox is not None
-        entries = self.outbox.load()
-        if entries:
-            log.info("Outbox holds {count} undelivered uplinks from before; delivering them",
-                     count=len(entries))
-        self.apply(self.core.on_restored(entries, self.now()))
+        count, size = self.outbox.stats()
+        if count:
+            log.info("Outbox holds {count} undelivered uplinks ({size} bytes) from before; "
+                     "delivering them", count=count, size=size)
+        self.apply(self.core.on_backlog(count, size, self.now()))
+
+    def _load_backlog(self, action: LoadBacklog) -> None:
+        if self.outbox is None:
+            return
+        try:
+            entries = self.outbox.load_slice(action.after, action.rows, action.size)
+        except (sqlite3.Error, StartupError) as exc:
+            # the core asks for nothing more: the rest stays on disk for the next start
+            log.error("Could not read the outbox {path} after entry {id}: {error}; its later "
+                      "entries stay there (see docs/reliability.md)", path=self.outbox.path,
+                      id=action.after, error=str(exc))
+            return
+        log.debug("Read {count} outbox entries after {id}", count=len(entries), id=action.after)
+        self.apply(self.core.on_restored(entries, self.now(), more=bool(entries)))
 
     def drain(self, timeout: float) -> defer.Deferred:
         """Stop publishing new entries; fire when none waits for a PUBACK (or at ``timeout``)."""

@@ -147,6 +147,31 @@ class Outbox:
                                  (new, rewrite(topic, bytes(payload)), entry_id))
         return len(rows)
 
+    def load_slice(self, after: int, rows: int, size: int) -> List[Entry]:
+        """The entries after id ``after`` in id order: ``rows`` at most, and no more once
+        their payloads reach ``size`` bytes (at least one)."""
+        cursor = self._db.execute("SELECT id, device, device_type, topic, payload, created "
+                                  "FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, rows))
+        entries: List[Entry] = []
+        total = 0
+        try:
+            while total < size:
+                chunk = cursor.fetchmany(256)
+                if not chunk:
+                    break
+                for i, d, t, topic, p, c in chunk:
+                    if isinstance(p, str):
+                        p = p.encode()
+                    if not isinstance(p, bytes) or not isinstance(d, str):
+                        raise CorruptDatabase(self.path, "entry %d is damaged" % i)
+                    entries.append(Entry(i, d, t, topic, p, c))
+                    total += len(p)
+                    if total >= size:
+                        break
+        finally:
+            cursor.close()
+        return entries
+
     def load(self) -> List[Entry]:
         rows = self._db.execute("SELECT id, device, device_type, topic, payload, created "
                                 "FROM outbox ORDER BY id")
