@@ -618,7 +618,12 @@ class BridgeService(MultiService):
         log.info("Device registry {path}: {count} devices", path=self.config.registry_path,
                  count=len(self.bridge.registry.entries()))
         self.bridge.outbox = Outbox(self.config.outbox_path, self.config.outbox.synchronous)
-        self.bridge.packages.start()
+        try:
+            self.bridge.packages.start()
+        except OSError as exc:
+            raise StartupError("cannot use the package cache %s: %s; it must be a directory "
+                               "this user can write" % (exc.filename or self.bridge.packages
+                                                        .directory, exc.strerror or exc))
         self.bridge.restore()
         MultiService.startService(self)
 
