@@ -61,7 +61,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                  config.mqtt.host, config.mqtt.port, config.mqtt.protocol,
                  "on" if config.mqtt.tls.enabled else "off", config.data_dir))
         return 0
-    registry = Registry(config.registry_path)
+    try:
+        registry = Registry(config.registry_path)
+    except config_module.StartupError as exc:  # DATA_DIR not writable, a damaged file
+        print("coapbridge: %s" % exc, file=sys.stderr)
+        return 2
     try:
         return _devices(args, config, registry)
     except RegistryError as exc:

@@ -34,6 +34,11 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+class StartupError(Exception):
+    """A problem found while starting (a port in use, DATA_DIR not writable, a damaged
+    file): one line for the operator that names the port or file and what to do."""
+
+
 @dataclass(frozen=True)
 class CoapConfig:
     bind_address: str = "0.0.0.0"
@@ -330,6 +335,10 @@ def _check(config: Config, problems: List[str]) -> None:
             problems.append("%s: must be one of %s, got %r" % (key, ", ".join(choices), get(key)))
     if config.mqtt.reconnect_max_delay < config.mqtt.reconnect_min_delay:
         problems.append("mqtt.reconnect_max_delay: must not be less than reconnect_min_delay")
+    if config.coap.empty_ack_delay >= config.coap.ack_timeout:
+        # the empty ACK must reach the client before it retransmits (RFC 7252 §5.2.2)
+        problems.append("coap.empty_ack_delay: must be less than coap.ack_timeout (%s s), got %s"
+                        % (config.coap.ack_timeout, config.coap.empty_ack_delay))
     if config.mqtt.max_packet_size > 268435455:
         problems.append("mqtt.max_packet_size: MQTT packets cannot exceed 268435455 bytes")
     tls = config.mqtt.tls

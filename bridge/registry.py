@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .core.actions import Device
-from .sqlite import Transaction, connect
+from .sqlite import CorruptDatabase, Transaction, open_database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -51,9 +51,15 @@ def mask(token: Optional[str]) -> str:
 
 class Registry:
     def __init__(self, path: str):
+        """Raises ``StartupError`` (one line naming ``path``) if the file cannot be used."""
         self.path = path
-        self._db = connect(path)
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = open_database(path, _SCHEMA)
+        except CorruptDatabase as exc:
+            # the operator's own data, and small: left where it is, for them to repair
+            raise CorruptDatabase(path, exc.reason, "restore it from a backup, or recover it "
+                                  "with: sqlite3 %s .recover | sqlite3 %s.recovered and move "
+                                  "that in its place" % (path, path))
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
         if "pending" not in columns:  # registries made before provisioning existed
             self._db.execute("ALTER TABLE devices ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")

@@ -11,19 +11,20 @@ import dataclasses
 import random
 import socket
 import sqlite3
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import txthings.coap as txcoap
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 
-from .config import Config, gateway_client_id
+from .config import Config, StartupError, gateway_client_id
 from .core import codes
 from .core import gateway
 from .core import routes
-from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Log, Notify,
-                           Provision, Publish, RenameDevice, Reply, Request, ResetLink,
+from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, LoadBacklog, Log,
+                           Notify, Provision, Publish, RenameDevice, Reply, Request, ResetLink,
                            ServePackage, Store, StoreMany, Uplink)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from .core.session import CoreSettings, GatewayCore
@@ -78,7 +79,6 @@ class Bridge:
                                              provision_burst=config.provisioning.peer_burst,
                                              download_rate=config.limits.download_rate,
                                              download_burst=config.limits.download_burst,
-
                                              json_max_depth=config.limits.json_max_depth),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
@@ -138,8 +138,10 @@ class Bridge:
                                   "platform.rpc_queue_ttl", stats["rpc_expired"]),
             "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
                                   "already held for the device", stats["rpc_dropped"]),
-            "outbox_entries": ("gauge", "uplinks waiting in the outbox", core.delivery.count),
-            "outbox_bytes": ("gauge", "payload bytes waiting in the outbox", core.delivery.bytes),
+            "outbox_entries": ("gauge", "uplinks waiting in the outbox",
+                               core.delivery.count + core.backlog_count),
+            "outbox_bytes": ("gauge", "payload bytes waiting in the outbox",
+                             core.delivery.bytes + core.backlog_bytes),
             "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
                                    len(core.delivery.in_flight)),
             "observers": ("gauge", "observe relations", len(core.observers)),
@@ -317,6 +319,9 @@ class Bridge:
             elif isinstance(action, DeadLetter):
                 self._dead.append(action)
                 self._schedule_commit()
+            elif isinstance(action, LoadBacklog):
+                # on a later turn: reading a slice is no reason to make requests wait
+                self.reactor.callLater(0, self._load_backlog, action)
             elif isinstance(action, Provision):
                 self.provisioner.handle(action.ref, action.request)
             elif isinstance(action, ServePackage):
@@ -387,12 +392,27 @@ class Bridge:
             self.apply(self.core.on_stored([(ref, ids[start]) for ref, start in starts], now))
 
     def restore(self) -> None:
+        """Tell the core what the outbox holds from before; it asks for it in slices."""
         assert self.outbox is not None
-        entries = self.outbox.load()
-        if entries:
-            log.info("Outbox holds {count} undelivered uplinks from before; delivering them",
-                     count=len(entries))
-        self.apply(self.core.on_restored(entries, self.now()))
+        count, size = self.outbox.stats()
+        if count:
+            log.info("Outbox holds {count} undelivered uplinks ({size} bytes) from before; "
+                     "delivering them", count=count, size=size)
+        self.apply(self.core.on_backlog(count, size, self.now()))
+
+    def _load_backlog(self, action: LoadBacklog) -> None:
+        if self.outbox is None:
+            return
+        try:
+            entries = self.outbox.load_slice(action.after, action.rows, action.size)
+        except (sqlite3.Error, StartupError) as exc:
+            # the core asks for nothing more: the rest stays on disk for the next start
+            log.error("Could not read the outbox {path} after entry {id}: {error}; its later "
+                      "entries stay there (see docs/reliability.md)", path=self.outbox.path,
+                      id=action.after, error=str(exc))
+            return
+        log.debug("Read {count} outbox entries after {id}", count=len(entries), id=action.after)
+        self.apply(self.core.on_restored(entries, self.now(), more=bool(entries)))
 
     def drain(self, timeout: float) -> defer.Deferred:
         """Stop publishing new entries; fire when none waits for a PUBACK (or at ``timeout``)."""
@@ -505,6 +525,15 @@ def _peer(remote: Any) -> str:
     return "[%s]:%d" % (address, port) if ":" in str(address) else "%s:%d" % (address, port)
 
 
+def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
+                   env: str) -> str:
+    error = exc.socketError
+    reason = getattr(error, "strerror", None) or str(error)
+    return ("cannot listen for %s on %s %s port %s: %s; stop the program that uses it "
+            "(another bridge?) or choose another port with %s (%s)"
+            % (what, protocol, exc.interface or "*", exc.port, reason, key, env))
+
+
 class _MqttService(Service):
     def __init__(self, bridge: Bridge):
         self.bridge = bridge
@@ -551,8 +580,12 @@ class _CoapService(Service):
             cfg.max_retransmit)
         self.protocol.on_result = self.bridge.notified
         self.bridge.coap = self.protocol
-        self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
-                                     cfg.bind_address)
+        try:
+            self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
+                                         cfg.bind_address)
+        except CannotListenError as exc:
+            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
+                                              "COAP_BIND_PORT"))
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
@@ -573,15 +606,17 @@ class _MetricsService(Service):
         self.port: Any = None
 
     def startService(self) -> None:
-        from twisted.web.server import Site
-
-        from .edge.metrics import MetricsResource
+        from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         Service.startService(self)
         if cfg.port:
-            site = Site(MetricsResource(self.bridge.metrics))
-            site.noisy = False
-            self.port = self.bridge.reactor.listenTCP(cfg.port, site, interface=cfg.bind_address)
+            site = MetricsSite(self.bridge.metrics)
+            try:
+                self.port = self.bridge.reactor.listenTCP(cfg.port, site,
+                                                          interface=cfg.bind_address)
+            except CannotListenError as exc:
+                raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
+                                                  "METRICS_PORT, 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics", host=cfg.bind_address,
                      port=self.port.getHost().port)
 
@@ -594,11 +629,17 @@ class _MetricsService(Service):
 
 
 class BridgeService(MultiService):
-    """MQTT first, then the core's timer, then CoAP; stopped in reverse."""
+    """MQTT first, then the core's timer, then CoAP; stopped in reverse.
 
-    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None):
+    A start-up problem (a port in use, DATA_DIR not writable, a damaged file) is a
+    ``StartupError``: the files opened so far are closed and ``refuse`` gets its one
+    line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised."""
+
+    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
+                 refuse: Optional[Callable[[str], None]] = None):
         MultiService.__init__(self)
         self.config = config
+        self.refuse = refuse
         self.bridge = Bridge(config, reactor, rng)
         self.coap = _CoapService(self.bridge)
         _MqttService(self.bridge).setServiceParent(self)
@@ -607,11 +648,25 @@ class BridgeService(MultiService):
         self.coap.setServiceParent(self)
 
     def startService(self) -> None:
+        try:
+            self._start()
+        except StartupError as exc:
+            self._close_files()
+            if self.refuse is None:
+                raise
+            self.refuse(str(exc))
+
+    def _start(self) -> None:
         self.bridge.registry = Registry(self.config.registry_path)
         log.info("Device registry {path}: {count} devices", path=self.config.registry_path,
                  count=len(self.bridge.registry.entries()))
         self.bridge.outbox = Outbox(self.config.outbox_path, self.config.outbox.synchronous)
-        self.bridge.packages.start()
+        try:
+            self.bridge.packages.start()
+        except OSError as exc:
+            raise StartupError("cannot use the package cache %s: %s; it must be a directory "
+                               "this user can write" % (exc.filename or self.bridge.packages
+                                                        .directory, exc.strerror or exc))
         self.bridge.restore()
         MultiService.startService(self)
 
@@ -624,11 +679,15 @@ class BridgeService(MultiService):
                 count, size = self.bridge.outbox.stats()
                 if count:
                     log.info("{count} uplinks wait in the outbox for the next start", count=count)
-                self.bridge.outbox.close()
-                self.bridge.outbox = None
-            if self.bridge.registry is not None:
-                self.bridge.registry.close()
-                self.bridge.registry = None
+            self._close_files()
             log.info("Stopped")
             return result
         return d.addBoth(close)
+
+    def _close_files(self) -> None:
+        if self.bridge.outbox is not None:
+            self.bridge.outbox.close()
+            self.bridge.outbox = None
+        if self.bridge.registry is not None:
+            self.bridge.registry.close()
+            self.bridge.registry = None

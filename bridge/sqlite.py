@@ -1,10 +1,30 @@
-"""SQLite helpers shared by the registry and the outbox: private files, WAL, transactions."""
+"""SQLite helpers shared by the registry and the outbox: private files, WAL, transactions.
+
+``open_database`` turns what can go wrong when a file is opened into one
+``StartupError`` line that names the file: DATA_DIR missing or not writable
+(``UnwritableDatabase``), or a file SQLite cannot read (``CorruptDatabase``:
+not a database, or damaged pages found by ``PRAGMA quick_check``).
+"""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from typing import Any
+
+from .config import StartupError
+
+
+class UnwritableDatabase(StartupError):
+    pass
+
+
+class CorruptDatabase(StartupError):
+    def __init__(self, path: str, reason: str, advice: str = ""):
+        super().__init__("%s is damaged (%s)%s" % (path, reason, ": " + advice if advice else ""))
+        self.path = path
+        self.reason = reason
 
 
 def create_private(path: str) -> None:
@@ -27,6 +47,61 @@ def connect(path: str, synchronous: str = "FULL") -> sqlite3.Connection:
         if os.path.exists(path + suffix):
             os.chmod(path + suffix, 0o600)
     return db
+
+
+def open_database(path: str, schema: str, synchronous: str = "FULL") -> sqlite3.Connection:
+    """``connect`` and create ``schema``, after checking that every page of the file reads.
+
+    Raises ``UnwritableDatabase`` or ``CorruptDatabase`` (both one line naming ``path``)."""
+    db = None
+    try:
+        db = connect(path, synchronous)
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise CorruptDatabase(path, "; ".join(_one_line(p) for p in problems))
+        db.executescript(schema)
+        return db
+    except OSError as exc:
+        raise UnwritableDatabase(_unwritable(path, exc.strerror or str(exc)))
+    except sqlite3.DatabaseError as exc:
+        if db is not None:
+            db.close()
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and not _damaged(text):
+            raise UnwritableDatabase(_unwritable(path, text))
+        raise CorruptDatabase(path, _one_line(text))
+    except CorruptDatabase:
+        if db is not None:
+            db.close()
+        raise
+
+
+def _one_line(problem: Any) -> str:
+    return " ".join(str(problem).replace("*** in database main ***", "").split())
+
+
+def _damaged(text: str) -> bool:
+    return any(words in text for words in ("not a database", "malformed", "corrupt"))
+
+
+def _unwritable(path: str, reason: str) -> str:
+    return ("cannot open %s: %s; DATA_DIR (%s) must be a directory this user can write "
+            "(set data_dir or DATA_DIR)" % (path, reason, os.path.dirname(path) or "."))
+
+
+def set_aside(path: str) -> str:
+    """Rename ``path`` and its WAL side files to ``path.corrupt-<UTC time>`` (nothing is
+    deleted: SQLite finds the WAL next to the renamed file); return the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    new = "%s.corrupt-%s" % (path, stamp)
+    attempt = 1
+    while any(os.path.exists(new + suffix) for suffix in ("", "-wal", "-shm")):
+        attempt += 1  # never overwrite a file set aside before
+        new = "%s.corrupt-%s-%d" % (path, stamp, attempt)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.rename(path + suffix, new + suffix)
+    return new
 
 
 class Transaction:

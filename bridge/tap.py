@@ -2,13 +2,16 @@
 
 The composition root: the only module that picks the global reactor. The
 configuration is loaded and checked in ``postOptions``, so a bad file stops
-the program with every problem listed before any socket opens.
+the program with every problem listed before any socket opens. A problem
+found while starting (a port in use, DATA_DIR not writable, a damaged file)
+ends it the same way: one line on standard error, exit status 2.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
@@ -44,4 +47,25 @@ def makeService(options: Options) -> Any:
     if runtime.tune_gc():
         # once the services have started (the registry is open): see bridge/runtime.py
         reactor.callWhenRunning(runtime.freeze_startup_objects)
-    return BridgeService(options.config, reactor)
+    return BridgeService(options.config, reactor, refuse=lambda text: _refuse(options, text))
+
+
+def _refuse(options: Options, text: str) -> NoReturn:
+    """Stop twistd with one line and exit status 2, as for a configuration error.
+
+    twistd's own logging holds ``sys.stderr`` by now, so the line goes to the original
+    standard error (or, once daemonized, to the parent that waits for the start); the
+    PID file twistd wrote is removed, since twistd does not get to do it."""
+    line = "coapbridge: " + text
+    parent: Any = options.parent if options.parent is not None else {}  # twistd's options
+    pipe = parent.get("statusPipe")
+    if pipe is not None:
+        os.write(pipe, ("1 " + line).encode("utf-8", "replace")[:100])
+    else:
+        stream = sys.__stderr__ or sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+    pidfile = parent.get("pidfile")
+    if pidfile and os.path.exists(pidfile):
+        os.remove(pidfile)
+    raise SystemExit(2)

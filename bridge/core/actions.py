@@ -151,6 +151,16 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class LoadBacklog:
+    """Read the next outbox entries after id ``after`` (in id order, at most ``rows`` of
+    them or about ``size`` payload bytes) and hand them to ``on_restored``."""
+
+    after: int
+    rows: int
+    size: int
+
+
+@dataclass(frozen=True)
 class ResetLink:
     """Drop and re-establish the broker connection (a PUBACK is overdue)."""
 

@@ -28,8 +28,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from . import codes, gateway, payloads, routes
 from . import ota, provision
-from .actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Log, Notify, Provision,
-                      Publish, RenameDevice, Reply, Request, ResetLink, Row, ServePackage, Store,
+from .actions import (Created, DeadLetter, Delete, DeleteDevice, Device, LoadBacklog, Log,
+                      Notify, Provision, Publish, RenameDevice, Reply, Request, ResetLink, Row, ServePackage, Store,
                       StoreMany, Uplink)
 from .delivery import Delivery, Entry
 from .codes import CoapError
@@ -82,6 +82,10 @@ class CoreSettings:
     download_rate: float = 0.0  # package bytes per second per device (0: unlimited)
     download_burst: float = 16 * 1024 * 1024
     json_max_depth: int = 32  # JSON nesting bound (limits.json_max_depth)
+    # the backlog found in the outbox at start is read in slices of this many entries (or
+    # payload bytes), the next when delivery has taken half of the last: memory stays bounded
+    restore_rows: int = 5000
+    restore_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass
@@ -177,6 +181,14 @@ class GatewayCore:
         self.full_since: Optional[float] = None
         self.draining = False  # shutting down: publish no more stored entries
         self.oldest_entry: Optional[float] = None  # creation time of the oldest stored entry
+        # The backlog of the outbox not read yet (see on_backlog): every entry with an id
+        # above ``backlog_after`` waits on disk, also those stored since, so that each
+        # device's entries are delivered in id order. None: every entry is in ``delivery``.
+        self.backlog_after: Optional[int] = None
+        self.backlog_count = 0
+        self.backlog_bytes = 0
+        self._backlog_asked = False  # a LoadBacklog is out
+        self._deleted_in_backlog: Set[str] = set()  # devices deleted while entries wait on disk
         self._next_slow_tick = 0.0
         self.stats: Dict[str, int] = {"acknowledged": 0, "delivered": 0, "publishes": 0,
                                       "dead_lettered": 0, "refused_full": 0, "store_failed": 0,
@@ -211,13 +223,18 @@ class GatewayCore:
         id of its first row; the others follow it): acknowledge the devices."""
         actions: List[Action] = []
         add = self.delivery.add
+        on_disk = self.backlog_after is not None  # read with the backlog, in id order
         for store_ref, first_id in stored:
             refs, store = self.storing.pop(store_ref)
             rows = _rows(store)
             size = 0
             for entry_id, (device, device_type, topic, payload) in enumerate(rows, first_id):
-                add(Entry(entry_id, device, device_type, topic, payload, now))
+                if not on_disk:
+                    add(Entry(entry_id, device, device_type, topic, payload, now))
                 size += len(payload)
+            if on_disk:
+                self.backlog_count += len(rows)
+                self.backlog_bytes += size
             self.storing_count -= len(rows)
             self.storing_bytes -= size
             self.stats["acknowledged"] += len(rows)
@@ -239,12 +256,54 @@ class GatewayCore:
                 actions.append(self._unavailable(request_ref, "outbox write failed"))
         return actions
 
-    def on_restored(self, entries: List[Entry], now: float) -> List[Action]:
-        """Entries found in the outbox at start: deliver them, in their order."""
-        for entry in sorted(entries, key=lambda e: e.id):
-            self.delivery.add(entry)
+    def on_backlog(self, count: int, size: int, now: float) -> List[Action]:
+        """At start the outbox holds ``count`` entries (``size`` payload bytes) from before.
+
+        They are read in slices (``LoadBacklog``, answered by ``on_restored``), the next
+        once delivery has taken half of the last, so a full outbox never sits in memory
+        at once. Until the last slice, entries stored meanwhile wait on disk behind them."""
+        if count:
+            self.backlog_after = 0
+            self.backlog_count, self.backlog_bytes = count, size
+        return self._load_backlog()
+
+    def on_restored(self, entries: List[Entry], now: float, more: bool = False) -> List[Action]:
+        """Entries read from the outbox, in id order: the slice a ``LoadBacklog`` asked for
+        (``more``: others may follow the last of them), or, without ``on_backlog``, all."""
+        actions: List[Action] = []
+        self._backlog_asked = False
+        entries = sorted(entries, key=lambda e: e.id)
+        for entry in entries:
+            if entry.device in self._deleted_in_backlog:
+                actions.append(DeadLetter(entry.id, "the platform deleted device %s"
+                                          % entry.device))
+            else:
+                self.delivery.add(entry)
+        if actions:
+            actions.append(Log("warn", "%d stored uplinks of deleted devices set aside"
+                               % len(actions)))
+        if self.backlog_after is not None:
+            if more and entries:
+                self.backlog_after = entries[-1].id
+                self.backlog_count = max(0, self.backlog_count - len(entries))
+                self.backlog_bytes = max(0, self.backlog_bytes
+                                         - sum(len(e.payload) for e in entries))
+            else:  # all read: from now on new entries go straight to delivery
+                self.backlog_after = None
+                self.backlog_count = self.backlog_bytes = 0
+                self._deleted_in_backlog.clear()
         self.oldest_entry = self.delivery.oldest()
-        return self._pump(now)
+        return actions + self._pump(now) + self._load_backlog()
+
+    def _load_backlog(self) -> List[Action]:
+        """Ask for the next slice of the backlog once delivery has taken half of the last."""
+        settings = self.settings
+        if self.backlog_after is None or self._backlog_asked \
+                or self.delivery.count > settings.restore_rows // 2 \
+                or self.delivery.bytes > settings.restore_bytes // 2:
+            return []
+        self._backlog_asked = True
+        return [LoadBacklog(self.backlog_after, settings.restore_rows, settings.restore_bytes)]
 
     def on_not_sent(self, ref: int, now: float) -> List[Action]:
         """The edge could not hand publish ``ref`` to the broker (the link just went away)."""
@@ -613,9 +672,11 @@ class GatewayCore:
 
     def _outbox_full(self, size: int, now: float) -> Optional[str]:
         settings = self.settings
-        if self.delivery.count + self.storing_count >= settings.outbox_max_entries:
+        if self.delivery.count + self.backlog_count + self.storing_count \
+                >= settings.outbox_max_entries:
             return "%d entries" % settings.outbox_max_entries
-        if self.delivery.bytes + self.storing_bytes + size > settings.outbox_max_bytes:
+        if self.delivery.bytes + self.backlog_bytes + self.storing_bytes + size \
+                > settings.outbox_max_bytes:
             return "%d bytes" % settings.outbox_max_bytes
         oldest = self.oldest_entry  # kept by on_stored and on_tick; exact only when it matters
         if oldest is not None and now - oldest > settings.outbox_max_age:
@@ -662,7 +723,11 @@ class GatewayCore:
             assert batch is not None
             self.stats["delivered"] += len(batch)
             self.stats["publishes"] += 1
-            return [Delete(tuple(entry.id for entry in batch))] + self._pump(now)
+            actions: List[Action] = [Delete(tuple(entry.id for entry in batch))]
+            actions += self._pump(now)
+            if self.backlog_after is not None:
+                actions += self._load_backlog()
+            return actions
         if reason_code == QUOTA_EXCEEDED:  # transient: ThingsBoard closes the link, we retry
             self.delivery.retry(ref)
             return [Log("warn", "platform quota exceeded (PUBACK 0x97); will retry")]
@@ -1158,6 +1223,8 @@ class GatewayCore:
             self.rpc_full.discard(params)
             self.known_keys.pop(params, None)
             dropped = self.delivery.drop_device(params)
+            if self.backlog_after is not None:  # its entries still on disk go aside when read
+                self._deleted_in_backlog.add(params)
             answers: List[Action] = []
             for fetch_id in [i for i, f in self.fetches.items() if f.device == params]:
                 answers += self._fetch_failed(fetch_id, "the platform deleted the device",

@@ -11,6 +11,11 @@ after the newest entries were delivered: ``outbox_sequence`` keeps the next one,
 updated once per write. (Files made by earlier versions declared the id
 AUTOINCREMENT, which made every insert update ``sqlite_sequence``; their
 highest id there is respected.)
+
+A file SQLite cannot read (not a database, damaged pages) is never deleted nor
+overwritten: it is renamed to ``outbox.sqlite3.corrupt-<UTC time>`` with its
+WAL, and opening fails with one line that says so (docs/reliability.md says
+how to recover its entries); the next start begins with an empty outbox.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from functools import lru_cache
 from typing import Callable, Iterable, List, Sequence, Tuple
 
 from ..core.delivery import Entry
-from ..sqlite import Transaction, connect
+from ..sqlite import CorruptDatabase, Transaction, open_database, set_aside
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -50,9 +55,21 @@ Row = Tuple[str, str, str, bytes, float]  # device, device_type, topic, payload,
 
 class Outbox:
     def __init__(self, path: str, synchronous: str = "FULL"):
+        """Raises ``StartupError`` (one line naming the file) if the file cannot be used."""
         self.path = path
-        self._db = connect(path, synchronous)
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db = open_database(path, _SCHEMA, synchronous)
+        except CorruptDatabase as exc:
+            try:
+                moved = set_aside(path)
+            except OSError as error:
+                raise CorruptDatabase(path, exc.reason, "could not move it aside (%s): stop "
+                                      "the bridge, move it away yourself and recover its "
+                                      "entries as docs/reliability.md says"
+                                      % error.strerror)
+            raise CorruptDatabase(path, exc.reason, "moved it to %s with the uplinks it holds, "
+                                  "nothing was deleted; recover them as docs/reliability.md "
+                                  "says; the next start begins with an empty outbox" % moved)
         self._db.execute("INSERT INTO outbox_sequence SELECT 1 "
                          "WHERE NOT EXISTS (SELECT 1 FROM outbox_sequence)")
         self._sequence = bool(self._db.execute(
@@ -129,6 +146,31 @@ class Outbox:
                 self._db.execute("UPDATE outbox SET device = ?, payload = ? WHERE id = ?",
                                  (new, rewrite(topic, bytes(payload)), entry_id))
         return len(rows)
+
+    def load_slice(self, after: int, rows: int, size: int) -> List[Entry]:
+        """The entries after id ``after`` in id order: ``rows`` at most, and no more once
+        their payloads reach ``size`` bytes (at least one)."""
+        cursor = self._db.execute("SELECT id, device, device_type, topic, payload, created "
+                                  "FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after, rows))
+        entries: List[Entry] = []
+        total = 0
+        try:
+            while total < size:
+                chunk = cursor.fetchmany(256)
+                if not chunk:
+                    break
+                for i, d, t, topic, p, c in chunk:
+                    if isinstance(p, str):
+                        p = p.encode()
+                    if not isinstance(p, bytes) or not isinstance(d, str):
+                        raise CorruptDatabase(self.path, "entry %d is damaged" % i)
+                    entries.append(Entry(i, d, t, topic, p, c))
+                    total += len(p)
+                    if total >= size:
+                        break
+        finally:
+            cursor.close()
+        return entries
 
     def load(self) -> List[Entry]:
         rows = self._db.execute("SELECT id, device, device_type, topic, payload, created "

@@ -253,3 +253,12 @@ def test_json_max_depth_comes_from_the_environment_and_must_be_positive():
     assert load(shipped, {}).limits.json_max_depth == 32
     assert load(shipped, {"LIMIT_JSON_MAX_DEPTH": "8"}).limits.json_max_depth == 8
     assert any("limits.json_max_depth" in p for p in problems_of("limits: {json_max_depth: 0}"))
+
+
+def test_empty_ack_delay_at_or_above_the_ack_timeout_is_refused():
+    # the empty ACK must reach the client before it retransmits its request
+    for delay in ("2", "3.5"):
+        problems = problems_of("coap: {ack_timeout: 2, empty_ack_delay: %s}\n" % delay)
+        assert any(p.startswith("coap.empty_ack_delay: must be less than coap.ack_timeout")
+                   for p in problems), problems
+    assert load_text("coap: {ack_timeout: 2, empty_ack_delay: 1.9}\n", {}).coap.empty_ack_delay == 1.9
