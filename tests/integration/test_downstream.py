@@ -22,7 +22,9 @@ OBSERVE, ETAG = 6, 4
 
 def make_bridge(workdir, broker, protocol="5"):
     process = BridgeProcess(workdir, broker.port, protocol=protocol,
-                            coap={"ack_timeout": 0.3, "max_retransmit": 2},
+                            # quick CON timeouts; the empty ACK must come before them
+                            coap={"ack_timeout": 0.3, "max_retransmit": 2,
+                                  "empty_ack_delay": 0.25},
                             platform={"request_timeout": 1.5, "rpc_queue_ttl": 30})
     for n in range(1, 12):
         process.add_device("Dev %d" % n, "tok%d" % n, "sensor")
