@@ -110,6 +110,7 @@ class LimitsConfig:
     peer_rate: float = 1000.0
     peer_burst: float = 2000.0
     max_pending_per_peer: int = 64
+    json_max_depth: int = 32
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "ota.source": ("upstream", "directory"),
 }
 _PORTS = ("coap.bind_port", "mqtt.port")
+MAX_JSON_DEPTH = 256  # well below Python's recursion limit (1000) with the reactor's frames
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.ack_timeout", "mqtt.max_packet_size",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
@@ -187,6 +189,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
+             "limits.json_max_depth",
              "provisioning.timeout", "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
 
 
@@ -298,6 +301,9 @@ def _check(config: Config, problems: List[str]) -> None:
             problems.append("%s: must be one of %s, got %r" % (key, ", ".join(choices), get(key)))
     if config.mqtt.reconnect_max_delay < config.mqtt.reconnect_min_delay:
         problems.append("mqtt.reconnect_max_delay: must not be less than reconnect_min_delay")
+    if config.limits.json_max_depth > MAX_JSON_DEPTH:
+        problems.append("limits.json_max_depth: must be at most %d (Python decodes and encodes "
+                        "JSON recursively), got %d" % (MAX_JSON_DEPTH, config.limits.json_max_depth))
     if config.mqtt.max_packet_size > 268435455:
         problems.append("mqtt.max_packet_size: MQTT packets cannot exceed 268435455 bytes")
     tls = config.mqtt.tls

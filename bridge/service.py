@@ -15,6 +15,8 @@ import txthings.coap as txcoap
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
 from .config import Config
 from .core import codes
@@ -70,7 +72,8 @@ class Bridge:
                                              device_rate=config.limits.device_rate,
                                              device_burst=config.limits.device_burst,
                                              peer_rate=config.limits.peer_rate,
-                                             peer_burst=config.limits.peer_burst),
+                                             peer_burst=config.limits.peer_burst,
+                                             json_max_depth=config.limits.json_max_depth),
                                 self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
@@ -219,7 +222,8 @@ class Bridge:
         try:
             actions = self.core.on_uplinks(uplinks, self.now())
         except Exception:
-            # a bug: answered 5.00 like a failing request handler, and logged once
+            # a bug outside any one uplink (the core answers one that fails 5.00 itself):
+            # answered 5.00 like a failing request handler, and logged once
             log.failure("Handling {count} uplinks failed", count=len(uplinks))
             for uplink in uplinks:
                 self.answer_request(uplink[0], coap_edge.make_response(
@@ -390,6 +394,10 @@ class Bridge:
                       observe=notify.observe, kind="CON" if notify.confirmable else "NON")
 
     def _log(self, entry: Log) -> None:
+        if entry.error is not None:  # a bug the core contained: its traceback, once
+            log.failure("{text}", failure=Failure(entry.error), level=LogLevel.error,
+                        text=entry.text, device=entry.device)
+            return
         emit = {"debug": log.debug, "info": log.info, "warn": log.warn,
                 "error": log.error}.get(entry.level, log.info)
         emit("{text}", text=entry.text, device=entry.device)
