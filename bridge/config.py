@@ -301,9 +301,10 @@ def _check(config: Config, problems: List[str]) -> None:
             problems.append("%s: must be one of %s, got %r" % (key, ", ".join(choices), get(key)))
     if config.mqtt.reconnect_max_delay < config.mqtt.reconnect_min_delay:
         problems.append("mqtt.reconnect_max_delay: must not be less than reconnect_min_delay")
-    if config.limits.json_max_depth > MAX_JSON_DEPTH:
+    depth = config.limits.json_max_depth
+    if depth > MAX_JSON_DEPTH:
         problems.append("limits.json_max_depth: must be at most %d (Python decodes and encodes "
-                        "JSON recursively), got %d" % (MAX_JSON_DEPTH, config.limits.json_max_depth))
+                        "JSON recursively), got %d" % (MAX_JSON_DEPTH, depth))
     if config.mqtt.max_packet_size > 268435455:
         problems.append("mqtt.max_packet_size: MQTT packets cannot exceed 268435455 bytes")
     tls = config.mqtt.tls

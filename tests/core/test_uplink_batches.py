@@ -177,8 +177,10 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_the_rest_of_its_turn_is_stored(
             raise bug
         return DEVICES.get(token)
     core.lookup = lookup
-    batch = [(1, "tokA", "telemetry", b'{"t": 1}', REMOTE), (2, "tokB", "telemetry", b'{}', REMOTE),
-             (3, "tokA", "attributes", b'{"a": 1}', REMOTE), (4, "tokB", "telemetry", b'{}', REMOTE)]
+    batch = [(1, "tokA", "telemetry", b'{"t": 1}', REMOTE),
+             (2, "tokB", "telemetry", b'{}', REMOTE),
+             (3, "tokA", "attributes", b'{"a": 1}', REMOTE),
+             (4, "tokB", "telemetry", b'{}', REMOTE)]
     actions = core.on_uplinks(batch, NOW)
     assert [(a.ref, codes.dotted(a.code)) for a in actions if isinstance(a, Reply)] == [
         (2, "5.00"), (4, "5.00")]
