@@ -215,6 +215,7 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "ota.source": ("upstream", "directory"),
 }
 _PORTS = ("coap.bind_port", "mqtt.port")
+MAX_JSON_DEPTH = 256  # well below Python's recursion limit (1000) with the reactor's frames
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.ack_timeout", "mqtt.max_packet_size",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
@@ -339,6 +340,10 @@ def _check(config: Config, problems: List[str]) -> None:
         # the empty ACK must reach the client before it retransmits (RFC 7252 §5.2.2)
         problems.append("coap.empty_ack_delay: must be less than coap.ack_timeout (%s s), got %s"
                         % (config.coap.ack_timeout, config.coap.empty_ack_delay))
+    depth = config.limits.json_max_depth
+    if depth > MAX_JSON_DEPTH:
+        problems.append("limits.json_max_depth: must be at most %d (Python decodes and encodes "
+                        "JSON recursively), got %d" % (MAX_JSON_DEPTH, depth))
     if config.mqtt.max_packet_size > 268435455:
         problems.append("mqtt.max_packet_size: MQTT packets cannot exceed 268435455 bytes")
     tls = config.mqtt.tls

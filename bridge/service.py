@@ -18,6 +18,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
 from .config import Config, StartupError, gateway_client_id
 from .core import codes
@@ -261,7 +263,8 @@ class Bridge:
         try:
             actions = self.core.on_uplinks(uplinks, self.now())
         except Exception:
-            # a bug: answered 5.00 like a failing request handler, and logged once
+            # a bug outside any one uplink (the core answers one that fails 5.00 itself):
+            # answered 5.00 like a failing request handler, and logged once
             log.failure("Handling {count} uplinks failed", count=len(uplinks))
             for uplink in uplinks:
                 self.answer_request(uplink[0], coap_edge.make_response(
@@ -450,6 +453,10 @@ class Bridge:
                       observe=notify.observe, kind="CON" if notify.confirmable else "NON")
 
     def _log(self, entry: Log) -> None:
+        if entry.error is not None:  # a bug the core contained: its traceback, once
+            log.failure("{text}", failure=Failure(entry.error), level=LogLevel.error,
+                        text=entry.text, device=entry.device)
+            return
         emit = {"debug": log.debug, "info": log.info, "warn": log.warn,
                 "error": log.error}.get(entry.level, log.info)
         emit("{text}", text=entry.text, device=entry.device)

@@ -95,6 +95,7 @@ class Log:
     level: str
     text: str
     device: str = ""
+    error: Optional[BaseException] = None  # a bug: the edge logs its traceback
 
 
 @dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build

@@ -39,9 +39,9 @@ def telemetry(device: str, entries: List[TelemetryEntry]) -> Message:
 
 
 def telemetry_as_sent(device: str, ts: int, values: bytes) -> Message:
-    """``telemetry`` of one entry whose values are the JSON object text ``values``, kept
-    as the device sent it (decoded and found ``payloads.plain_values`` by the caller):
-    the common upload costs no re-encoding."""
+    """``telemetry`` of one entry whose values are the JSON object text ``values``,
+    usually as the device sent it (``payloads.plain_values`` and ``values_text``): the
+    common upload costs no re-encoding."""
     return TELEMETRY, b'{%s:[{"ts":%d,"values":%s}]}' % (
         json_string(device).encode("utf-8"), ts, values.strip())
 

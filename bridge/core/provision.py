@@ -41,8 +41,8 @@ class ProvisionProfile:
     strategy: str = CREATE_NEW
 
 
-def parse_request(payload: bytes) -> ProvisionRequest:
-    doc = parse_json(payload, "provision")
+def parse_request(payload: bytes, max_depth: int) -> ProvisionRequest:
+    doc = parse_json(payload, "provision", max_depth)
     if not isinstance(doc, dict):
         raise BadRequest("provision: expected a JSON object")
     for field in ("provisionDeviceKey", "provisionDeviceSecret"):

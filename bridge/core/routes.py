@@ -26,6 +26,9 @@ CLAIM = "claim"
 PROVISION = "provision"
 FIRMWARE = "firmware"
 SOFTWARE = "software"
+# Server-side RPC ids are the platform's Java ``int`` (spec thingsboard-coap.md §1.2,
+# thingsboard-gateway-mqtt.md §2): a reply to a larger id can match no request.
+MAX_RPC_ID = 2 ** 31 - 1
 
 FEATURES = frozenset({TELEMETRY, ATTRIBUTES, RPC, CLAIM, PROVISION, FIRMWARE, SOFTWARE})
 SUPPORTED_METHODS = frozenset({codes.GET, codes.POST})

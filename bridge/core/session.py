@@ -81,7 +81,7 @@ class CoreSettings:
     provision_burst: float = 10.0
     download_rate: float = 0.0  # package bytes per second per device (0: unlimited)
     download_burst: float = 16 * 1024 * 1024
-    json_max_depth: int = 32  # JSON nesting bound (limits.json_max_depth)
+    json_max_depth: int = payloads.MAX_DEPTH  # deeper device documents get 4.00
     # the backlog found in the outbox at start is read in slices of this many entries (or
     # payload bytes), the next when delivery has taken half of the last: memory stays bounded
     restore_rows: int = 5000
@@ -512,6 +512,7 @@ class GatewayCore:
         actions: List[Action] = []
         refs: List[int] = []
         rows: List[Row] = []
+        failed: List[Tuple[int, Exception]] = []
         try:
             for ref, token, feature, payload, remote in uplinks:
                 device = None
@@ -529,11 +530,18 @@ class GatewayCore:
                     reply = _error_reply(ref, err)
                     reply.authenticated = device is not None
                     actions.append(reply)
+                except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
+                    failed.append((ref, exc))
+                    actions.append(Reply(ref, codes.INTERNAL_SERVER_ERROR, b"internal error",
+                                         codes.TEXT_PLAIN, reason="internal error"))
         except Exception:
-            # a bug: the edge answers the whole turn 5.00; what was admitted is not written
+            # a bug outside one uplink: the edge answers the whole turn 5.00, and what
+            # was admitted is not written
             self.storing_count -= len(rows)
             self.storing_bytes -= sum(len(row[3]) for row in rows)
             raise
+        if failed:
+            actions.append(_failed_uplinks(failed))
         if rows:
             store = StoreMany(self._ref(), rows)
             self.storing[store.ref] = (refs, store)
@@ -564,16 +572,18 @@ class GatewayCore:
     def _plain_uplink(self, device: Device, feature: str, payload: bytes,
                       now: float) -> Tuple[str, bytes]:
         """The gateway message of a telemetry or client-attributes upload."""
+        max_depth = self.settings.json_max_depth
         if feature == routes.TELEMETRY:
-            doc = payloads.parse_json(payload, "telemetry")
+            doc = payloads.parse_json(payload, "telemetry", max_depth)
             if payloads.plain_values(doc):
-                return gateway.telemetry_as_sent(device.name, int(now * 1000), payload)
+                return gateway.telemetry_as_sent(device.name, int(now * 1000),
+                                                 payloads.values_text(doc, payload))
             return gateway.telemetry(device.name, payloads.telemetry_entries(doc, int(now * 1000)))
-        doc = payloads.parse_json(payload, "attributes")
+        doc = payloads.parse_json(payload, "attributes", max_depth)
         values = payloads.attribute_values(doc)
         self._learn_keys(device.name, values)
         if payloads.plain_values(doc):
-            return gateway.attributes_as_sent(device.name, payload)
+            return gateway.attributes_as_sent(device.name, payloads.values_text(doc, payload))
         return gateway.attributes(device.name, values)
 
     def _handle(self, request: Request, now: float) -> List[Action]:
@@ -589,7 +599,8 @@ class GatewayCore:
                                                 "address", max_age=wait)
             if request.method != codes.POST:
                 raise codes.BadRequest("provision accepts POST only")
-            return [Provision(request.ref, provision.parse_request(request.payload))]
+            return [Provision(request.ref, provision.parse_request(
+                request.payload, self.settings.json_max_depth))]
         if route.token is None:
             raise codes.Unauthorized("missing access token")
         device = self._device(route.token, request.remote, now)
@@ -609,7 +620,10 @@ class GatewayCore:
                 return self._get_rpc(device, request, now)
             if route.rpc_id is None:
                 return self._client_rpc(device, request, now)
-            data = payloads.parse_json(request.payload, "rpc reply")
+            if route.rpc_id > routes.MAX_RPC_ID:
+                raise codes.BadRequest("rpc reply: id %d is out of range (0 to %d)"
+                                       % (route.rpc_id, routes.MAX_RPC_ID))
+            data = payloads.parse_json(request.payload, "rpc reply", self.settings.json_max_depth)
             topic, body = gateway.rpc_reply(device.name, route.rpc_id, data)
             return self._uplink(device, topic, body, request.ref, now)
         if feature == routes.TELEMETRY and not post:
@@ -619,7 +633,7 @@ class GatewayCore:
             return self._uplink(device, *message, request.ref, now)
         if not post:
             raise codes.BadRequest("claim accepts POST only")
-        info = payloads.parse_claim(request.payload)
+        info = payloads.parse_claim(request.payload, self.settings.json_max_depth)
         return self._uplink(device, *gateway.claim(device.name, info), request.ref, now)
 
     def _check_size(self, topic: str, payload: bytes) -> None:
@@ -1178,7 +1192,7 @@ class GatewayCore:
                 for name, ids in by_device.items()]
 
     def _client_rpc(self, device: Device, request: Request, now: float) -> List[Action]:
-        doc = payloads.parse_json(request.payload, "rpc")
+        doc = payloads.parse_json(request.payload, "rpc", self.settings.json_max_depth)
         if not isinstance(doc, dict) or not isinstance(doc.get("method"), str) or not doc["method"]:
             raise codes.BadRequest('rpc: expected {"method": "...", "params": ...}')
         self._next_client_rpc += 1
@@ -1267,6 +1281,13 @@ def _rpc_ids(ids: List[int]) -> str:
         return "RPC %d" % ids[0]
     shown = ", ".join(str(i) for i in ids[:10])
     return "%d RPCs (%s%s)" % (len(ids), shown, ", ..." if len(ids) > 10 else "")
+
+
+def _failed_uplinks(failed: List[Tuple[int, Exception]]) -> Log:
+    """One error line, with the first traceback, for the uplinks of a turn that hit a bug."""
+    ref, first = failed[0]
+    more = " (and %d more uplinks of this turn)" % (len(failed) - 1) if len(failed) > 1 else ""
+    return Log("error", "Handling uplink %d failed%s: answered 5.00" % (ref, more), error=first)
 
 
 def _error_reply(ref: int, err: CoapError) -> Reply:

@@ -58,6 +58,12 @@ def test_outbox_batch_size_comes_from_the_environment_with_the_shipped_file():
     assert load(shipped, {"OUTBOX_MAX_BATCH": "1"}).outbox.max_batch == 1
 
 
+def test_json_nesting_limit_comes_from_the_environment_with_the_shipped_file():
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {}).limits.json_max_depth == 32
+    assert load(shipped, {"LIMIT_JSON_MAX_DEPTH": "256"}).limits.json_max_depth == 256
+
+
 def test_env_substitution_uses_env_value_and_coerces_type():
     config = load_text('mqtt: {host: "${MQTT_HOST:localhost}", port: "${MQTT_PORT:1883}"}',
                        {"MQTT_HOST": "tb.local", "MQTT_PORT": "8883"})
@@ -122,6 +128,8 @@ def test_every_problem_is_reported_at_once():
     ("log_level: verbose", "log_level"),
     ("outbox: {max_batch: 0}", "outbox.max_batch"),
     ("devices: {default_type: ''}", "devices.default_type"),
+    ("limits: {json_max_depth: 0}", "limits.json_max_depth"),
+    ("limits: {json_max_depth: 257}", "limits.json_max_depth"),
     ("mqtt: 5", "mqtt"),
     ("mqtt: {tls: {enabled: true, cert_file: ''}, bogus: 1}", "mqtt.bogus"),
 ])

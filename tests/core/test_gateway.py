@@ -161,7 +161,7 @@ PLAIN = [b'{"temperature":21.5}', b' {"a": 1, "b": "x\\u00e9", "c": {"nested": n
 @pytest.mark.parametrize("raw", PLAIN)
 @pytest.mark.parametrize("device", ["Dev A", 'Gerät "7" \\ x'])
 def test_telemetry_as_sent_means_the_same_as_the_re_encoded_message(raw, device):
-    doc = payloads.parse_json(raw, "telemetry")
+    doc = payloads.parse_json(raw, "telemetry", 32)
     assert payloads.plain_values(doc)
     topic, fast = gateway.telemetry_as_sent(device, 1700000000000, raw)
     expected = gateway.telemetry(device, payloads.telemetry_entries(doc, 1700000000000))
@@ -171,7 +171,7 @@ def test_telemetry_as_sent_means_the_same_as_the_re_encoded_message(raw, device)
 
 @pytest.mark.parametrize("raw", PLAIN)
 def test_attributes_as_sent_means_the_same_as_the_re_encoded_message(raw):
-    doc = payloads.parse_json(raw, "attributes")
+    doc = payloads.parse_json(raw, "attributes", 32)
     topic, fast = gateway.attributes_as_sent("Dev \u00e9", raw)
     expected = gateway.attributes("Dev \u00e9", payloads.attribute_values(doc))
     assert (topic, json.loads(fast)) == (expected[0], json.loads(expected[1]))
@@ -180,4 +180,4 @@ def test_attributes_as_sent_means_the_same_as_the_re_encoded_message(raw):
 @pytest.mark.parametrize("raw", [b'{"a": null, "b": 1}', b'{"ts": 5, "values": {"a": 1}}',
                                  b'[{"a": 1}]', b'{}', b'"text"', b'17'])
 def test_uploads_needing_a_change_are_not_plain(raw):
-    assert not payloads.plain_values(payloads.parse_json(raw, "telemetry"))
+    assert not payloads.plain_values(payloads.parse_json(raw, "telemetry", 32))

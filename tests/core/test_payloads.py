@@ -4,8 +4,9 @@ import pytest
 
 from bridge.core import codes
 from bridge.core.codes import BadRequest
-from bridge.core.payloads import (Claim, TelemetryEntry, dumps, parse_attributes, parse_claim,
-                                  parse_telemetry, split_query)
+from bridge.core.payloads import (MAX_DEPTH, Claim, TelemetryEntry, dumps, parse_attributes,
+                                  parse_claim, parse_json, parse_telemetry, plain_values,
+                                  split_query, values_text)
 
 NOW_MS = 1_700_000_000_500
 
@@ -179,6 +180,98 @@ def test_claim_wrong_types_get_4_00(payload):
 @pytest.mark.parametrize("payload", [b"[]", b'"key"', b"3", b"null", b"{bad"])
 def test_claim_non_object_gets_4_00(payload):
     assert_bad_request(parse_claim, payload)
+
+
+# -- bounds: nesting, the platform's long ------------------------------------------
+
+def nested_value(levels):
+    """An object whose value "v" makes the whole document ``levels`` deep."""
+    return b'{"v": ' + b"[" * (levels - 1) + b"]" * (levels - 1) + b"}"
+
+
+PARSERS = [pytest.param(lambda p: parse_telemetry(p, NOW_MS), id="telemetry"),
+           pytest.param(parse_attributes, id="attributes"),
+           pytest.param(parse_claim, id="claim"),
+           pytest.param(lambda p: parse_json(p, "rpc reply", MAX_DEPTH), id="rpc")]
+
+
+@pytest.mark.parametrize("parse", PARSERS)
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 1200, 100_000])
+def test_json_nested_deeper_than_the_bound_gets_4_00_naming_the_bound(parse, levels):
+    err = assert_bad_request(parse, nested_value(levels))
+    assert "nested deeper than %d levels" % MAX_DEPTH in err.reason
+
+
+def test_json_at_the_bound_is_accepted():
+    [entry] = parse_telemetry(nested_value(MAX_DEPTH), NOW_MS)
+    assert entry.values["v"] == parse_json(nested_value(MAX_DEPTH), "t", MAX_DEPTH)["v"]
+
+
+def test_the_bound_is_the_callers():
+    assert_bad_request(parse_telemetry, nested_value(5), NOW_MS, 4)
+    assert parse_telemetry(nested_value(5), NOW_MS, 5)
+
+
+def test_ts_up_to_the_largest_long_is_accepted():
+    payload = b'{"ts": %d, "values": {"a": 1}}' % (2 ** 63 - 1)
+    assert parse_telemetry(payload, NOW_MS) == [TelemetryEntry(2 ** 63 - 1, {"a": 1})]
+
+
+@pytest.mark.parametrize("ts", [2 ** 63, 2 ** 70, 10 ** 30, -1, -(2 ** 63)])
+def test_ts_outside_a_long_from_0_gets_4_00(ts):
+    for payload in (b'{"ts": %d, "values": {"a": 1}}' % ts,
+                    b'[{"a": 1}, {"ts": %d, "values": {"a": 1}}]' % ts):
+        err = assert_bad_request(parse_telemetry, payload, NOW_MS)
+        assert "2**63-1" in err.reason
+
+
+@pytest.mark.parametrize("duration", [2 ** 63 - 1, -1, -(2 ** 63)])
+def test_claim_duration_within_a_long_is_kept(duration):
+    # ThingsBoard takes durationMs <= 0 as its default duration: negative values are valid
+    assert parse_claim(b'{"durationMs": %d}' % duration) == Claim("", duration)
+
+
+@pytest.mark.parametrize("duration", [2 ** 63, 2 ** 70, -(2 ** 63) - 1])
+def test_claim_duration_outside_a_long_gets_4_00(duration):
+    err = assert_bad_request(parse_claim, b'{"durationMs": %d}' % duration)
+    assert "durationMs" in err.reason
+
+
+# -- duplicate keys: the last one wins ---------------------------------------------
+
+def test_duplicate_keys_last_wins_in_every_form():
+    assert parse_telemetry(b'{"a": 1, "a": 2}', NOW_MS) == [TelemetryEntry(NOW_MS, {"a": 2})]
+    assert parse_telemetry(b'{"ts": 1, "values": {"a": 1, "a": 2}}', NOW_MS) == [
+        TelemetryEntry(1, {"a": 2})]
+    assert parse_telemetry(b'{"ts": 1, "values": {"a": 1}, "ts": 2}', NOW_MS) == [
+        TelemetryEntry(2, {"a": 1})]
+    assert parse_attributes(b'{"fw": "1", "fw": "2"}') == {"fw": "2"}
+    assert parse_claim(b'{"secretKey": "a", "secretKey": "b"}') == Claim("b", 0)
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(b'{"a": 1, "a": 2}', id="top_level"),
+    pytest.param(b'{"a": 1, "b": 2, "a": 1}', id="same_value"),
+    pytest.param(b'{"cfg": {"x": 1, "x": 2}}', id="nested"),
+    pytest.param(b'{"l": [{"x": 1, "x": 2}]}', id="in_array"),
+    pytest.param(b'{"a": 1, "a": 2, "at": "12:30"}', id="with_a_colon_in_a_string"),
+])
+def test_values_that_repeat_a_key_are_encoded_again_with_the_last_value(payload):
+    doc = parse_json(payload, "telemetry", MAX_DEPTH)
+    assert plain_values(doc)
+    text = values_text(doc, payload)
+    assert text == dumps(doc) and text != payload
+
+
+@pytest.mark.parametrize("payload", [b'{"a": 1, "b": 2}', b' {"a":"x","e":{}} ', b'{"k": [1, 2]}'])
+def test_values_without_a_repeated_key_are_kept_as_sent(payload):
+    assert values_text(parse_json(payload, "telemetry", MAX_DEPTH), payload) is payload
+
+
+@pytest.mark.parametrize("payload", [b'{"at": "12:30", "a": 1}', b'{"cfg": {"x": 1}}'])
+def test_values_that_might_repeat_a_key_are_encoded_again_meaning_the_same(payload):
+    doc = parse_json(payload, "telemetry", MAX_DEPTH)
+    assert values_text(doc, payload) == dumps(doc)
 
 
 # -- helpers ---------------------------------------------------------------------

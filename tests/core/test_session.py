@@ -784,6 +784,60 @@ def test_rpc_reply_post_stores_gateway_rpc_with_the_devices_data():
         "v1/gateway/rpc", {"device": "Dev A", "id": 42, "data": {"ok": True}})
 
 
+def test_rpc_reply_to_the_largest_int_id_is_stored():
+    core = connected_core()
+    [store] = core.on_request(Request(2, codes.POST, ("api", "v1", "tok", "rpc", "2147483647"),
+                                      b'{"ok": true}'), NOW)
+    assert json.loads(store.payload)["id"] == 2 ** 31 - 1
+
+
+@pytest.mark.parametrize("path", [("api", "v1", "tok", "rpc", str(2 ** 31)),
+                                  ("api", "v1", "tok", "rpc", str(10 ** 23))])
+def test_rpc_reply_to_an_id_beyond_the_platforms_int_gets_4_00(path):
+    core = connected_core()
+    [reply] = core.on_request(Request(2, codes.POST, path, b'{"ok": true}'), NOW)
+    assert dotted(reply) == "4.00" and b"out of range" in reply.payload
+
+
+def deep(levels):
+    return b'{"v": ' + b"[" * levels + b"]" * levels + b"}"
+
+
+@pytest.mark.parametrize("path", [("api", "v1", "tok", "telemetry"),
+                                  ("api", "v1", "tok", "attributes"),
+                                  ("api", "v1", "tok", "claim"),
+                                  ("api", "v1", "tok", "rpc", "7"),
+                                  ("api", "v1", "tok", "rpc"),
+                                  ("api", "v1", "provision")])
+def test_deeply_nested_json_gets_4_00_on_every_api(path):
+    core = connected_core(json_max_depth=8)
+    [reply] = core.on_request(Request(2, codes.POST, path, deep(1200)), NOW)
+    assert dotted(reply) == "4.00" and b"nested deeper than 8 levels" in reply.payload
+
+
+def test_duplicate_keys_are_forwarded_once_with_the_last_value():
+    core = connected_core()
+
+    def pairs(text):
+        """Every key of every object in ``text``, repeats included (json.loads hides them)."""
+        found = []
+
+        def hook(items):
+            found.extend(key for key, _ in items)
+            return dict(items)
+        json.loads(text, object_pairs_hook=hook)
+        return found
+    for ref, (feature, payload) in enumerate([("telemetry", b'{"a": 1, "b": 3, "a": 2}'),
+                                              ("attributes", b'{"a": 1, "b": 3, "a": 2}')], 2):
+        [store] = core.on_request(req(ref, feature=feature, payload=payload), NOW)
+        doc = json.loads(store.payload)["Dev A"]
+        assert (doc[0]["values"] if feature == "telemetry" else doc) == {"a": 2, "b": 3}
+        assert pairs(store.payload).count("a") == 1
+    [store] = core.on_uplinks([(9, "tok", "telemetry", b'{"a":1,"a":2}', None)], NOW)
+    assert json.loads(store.rows[0][3])["Dev A"][0]["values"] == {"a": 2}
+    assert pairs(store.rows[0][3]).count("a") == 1
+
+
 def test_bad_json_gets_4_00_and_nothing_is_stored():
     core = connected_core()
     [reply] = core.on_request(req(2, payload=b"{nope"), NOW)

@@ -143,19 +143,61 @@ def test_a_rename_while_the_batch_is_written_renames_its_rows():
     assert [e.device for e in core.delivery.queues["Kitchen"]] == ["Kitchen"]
 
 
-def test_a_bug_in_the_middle_of_a_batch_leaves_nothing_counted_as_being_written():
-    core = make_core(outbox_max_entries=100)
-    calls = []
+def many_devices(n):
+    return {"tok%d" % i: Device("Dev %d" % i, "sensor") for i in range(n)}
+
+
+def deep(levels):
+    return b'{"v": ' + b"[" * levels + b"]" * levels + b"}"
+
+
+def test_one_deeply_nested_body_gets_4_00_and_the_others_of_its_turn_are_stored():
+    devices = many_devices(30)
+    core = GatewayCore(CoreSettings(), devices.get)
+    core.on_link_up(NOW)
+    batch = [(n + 1, "tok%d" % n, "telemetry", b'{"t": %d}' % n, REMOTE) for n in range(29)]
+    batch.insert(12, (99, "tok29", "telemetry", deep(1200), REMOTE))
+    actions = core.on_uplinks(batch, NOW)
+    [reply] = [a for a in actions if isinstance(a, Reply)]
+    assert (reply.ref, codes.dotted(reply.code)) == (99, "4.00")
+    assert b"nested deeper than 32 levels" in reply.payload and reply.authenticated
+    assert not [a for a in actions if isinstance(a, Log)]
+    [store] = [a for a in actions if isinstance(a, StoreMany)]
+    assert [row[0] for row in store.rows] == ["Dev %d" % n for n in range(29)]
+    [created] = [a for a in core.on_stored([(store.ref, 1)], NOW) if isinstance(a, Created)]
+    assert sorted(created.refs) == list(range(1, 30))
+
+
+def test_a_bug_in_one_uplink_answers_it_5_00_and_the_rest_of_its_turn_is_stored():
+    core = make_core(outbox_max_entries=100, device_rate=0)
+    bug = RuntimeError("bug")
 
     def lookup(token):
-        calls.append(token)
-        if len(calls) == 3:
-            raise RuntimeError("bug")
+        if token == "tokB":
+            raise bug
         return DEVICES.get(token)
     core.lookup = lookup
-    with pytest.raises(RuntimeError):
-        core.on_uplinks([(n, "tokA", "telemetry", b'{"t": 1}', REMOTE) for n in (1, 2, 3)], NOW)
+    batch = [(1, "tokA", "telemetry", b'{"t": 1}', REMOTE),
+             (2, "tokB", "telemetry", b'{}', REMOTE),
+             (3, "tokA", "attributes", b'{"a": 1}', REMOTE),
+             (4, "tokB", "telemetry", b'{}', REMOTE)]
+    actions = core.on_uplinks(batch, NOW)
+    assert [(a.ref, codes.dotted(a.code)) for a in actions if isinstance(a, Reply)] == [
+        (2, "5.00"), (4, "5.00")]
+    [log] = [a for a in actions if isinstance(a, Log)]  # one line per turn, with the traceback
+    assert log.level == "error" and log.error is bug and "and 1 more" in log.text
+    [store] = [a for a in actions if isinstance(a, StoreMany)]
+    assert [row[2] for row in store.rows] == ["v1/gateway/telemetry", "v1/gateway/attributes"]
+    assert core.storing_count == 2
+    [created] = [a for a in core.on_stored([(store.ref, 1)], NOW) if isinstance(a, Created)]
+    assert created.refs == [1, 3]
+
+
+def test_a_malformed_batch_leaves_nothing_counted_as_being_written():
+    core = make_core(outbox_max_entries=100)
+    batch = [(n, "tokA", "telemetry", b'{"t": 1}', REMOTE) for n in (1, 2)] + [(3, "tokA")]
+    with pytest.raises(ValueError):  # a bug in the edge: it answers the whole turn 5.00
+        core.on_uplinks(batch, NOW)
     assert (core.storing_count, core.storing_bytes, core.storing) == (0, 0, {})
-    core.lookup = DEVICES.get
     [store] = core.on_uplinks([(4, "tokA", "telemetry", b'{"t": 1}', REMOTE)], NOW)
     assert core.storing_count == 1

@@ -231,3 +231,50 @@ def test_metrics_count_server_rpcs_dropped_and_expired():
     bridge.tick()
     metrics = bridge.metrics()
     assert (metrics["rpc_dropped_total"][2], metrics["rpc_expired_total"][2]) == (1, 1)
+
+
+def logged(clock):
+    """Run the reactor turn; the events logged meanwhile."""
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock.advance(0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return events
+
+
+def test_a_deeply_nested_uplink_gets_4_00_and_the_others_of_its_turn_2_01(tmp_path):
+    bridge, clock, writes = writing_bridge(tmp_path)
+    deep = request()
+    deep.payload = b'{"v": ' + b"[" * 1200 + b"]" * 1200 + b"}"
+    answers = [uplink(bridge, 1), bridge.handle_coap(deep), uplink(bridge, 2)]
+    events = logged(clock)
+    assert [d.result.message.code for d in answers] == [txcoap.CREATED, txcoap.BAD_REQUEST,
+                                                txcoap.CREATED]
+    assert b"nested deeper than 32 levels" in answers[1].result.message.payload
+    assert [e for e in events if e.get("log_failure") is not None] == []
+    assert bridge.outbox.stats()[0] == 2
+
+
+def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_level(tmp_path):
+    from twisted.logger import LogLevel
+    bridge, clock, writes = writing_bridge(tmp_path)
+    lookup = bridge.core.lookup
+
+    def buggy(token):
+        if token == "bug":
+            raise RuntimeError("bug")
+        return lookup(token)
+    bridge.core.lookup = buggy
+    bad = request()
+    bad.opt.uri_path = (b"api", b"v1", b"bug", b"telemetry")
+    answers = [uplink(bridge, 1), bridge.handle_coap(bad), uplink(bridge, 2)]
+    events = logged(clock)
+    assert [d.result.message.code for d in answers] == [txcoap.CREATED, txcoap.INTERNAL_SERVER_ERROR,
+                                                txcoap.CREATED]
+    [failure] = [e for e in events if e.get("log_failure") is not None]
+    assert failure["log_level"] == LogLevel.error and "uplink 2 failed" in failure["text"]
+    failure["log_failure"].trap(RuntimeError)  # its traceback is logged; keep pytest quiet
+    assert bridge.pending_by_peer == {} and bridge.requests == {}

@@ -29,7 +29,7 @@ class SlowPlatform(Provisioner):
 
 def request(name):
     body = b'{"deviceName": "%s", "provisionDeviceKey": "k", "provisionDeviceSecret": "s"}'
-    return parse_request(body % name.encode())
+    return parse_request(body % name.encode(), 32)
 
 
 def test_different_names_go_to_the_platform_at_once_and_one_name_waits_for_its_turn():
