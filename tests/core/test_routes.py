@@ -116,3 +116,51 @@ def test_split_path_only_splits_a_single_segment():
     assert routes.split_path(["/api/v1/T/telemetry"]) == ("api", "v1", "T", "telemetry")
     assert routes.split_path(["api", "v1"]) == ("api", "v1")
     assert routes.split_path(["telemetry"]) == ("telemetry",)
+
+
+# -- plain_uplink: the edge's fast path asks it, and it agrees with route ---------------------
+
+PLAIN = [
+    ("telemetry", codes.POST, (b"api", b"v1", b"T", b"telemetry"), ("T", "telemetry")),
+    ("attributes", codes.POST, (b"api", b"v1", b"AbC", b"attributes"), ("AbC", "attributes")),
+    ("utf8_token", codes.POST, (b"api", b"v1", "\u00e9t\u00e9".encode(), b"telemetry"),
+     ("\u00e9t\u00e9", "telemetry")),
+]
+NOT_PLAIN = [
+    ("get_attributes", codes.GET, (b"api", b"v1", b"T", b"attributes")),
+    ("put", codes.PUT, (b"api", b"v1", b"T", b"telemetry")),
+    ("claim", codes.POST, (b"api", b"v1", b"T", b"claim")),
+    ("rpc_reply", codes.POST, (b"api", b"v1", b"T", b"rpc")),
+    ("upper_case_feature", codes.POST, (b"api", b"v1", b"T", b"TELEMETRY")),
+    ("empty_token", codes.POST, (b"api", b"v1", b"", b"telemetry")),
+    ("token_not_utf8", codes.POST, (b"api", b"v1", b"\xff\xfe", b"telemetry")),
+    ("wrong_version", codes.POST, (b"api", b"v2", b"T", b"telemetry")),
+    ("wrong_root", codes.POST, (b"API", b"v1", b"T", b"telemetry")),
+    ("certificate_form", codes.POST, (b"api", b"v1", b"telemetry")),
+    ("longer", codes.POST, (b"api", b"v1", b"T", b"telemetry", b"x")),
+    ("one_option_with_slashes", codes.POST, (b"/api/v1/T/telemetry",)),
+    ("empty", codes.POST, ()),
+]
+
+
+@pytest.mark.parametrize("method,segments,expected", [case[1:] for case in PLAIN],
+                         ids=[case[0] for case in PLAIN])
+def test_plain_uplink_recognises_token_telemetry_and_attributes_posts(method, segments,
+                                                                       expected):
+    assert routes.plain_uplink(method, segments) == expected
+    token, feature = expected
+    assert route(method, [s.decode() for s in segments]) == Route(feature, token=token)
+
+
+@pytest.mark.parametrize("method,segments", [case[1:] for case in NOT_PLAIN],
+                         ids=[case[0] for case in NOT_PLAIN])
+def test_plain_uplink_leaves_every_other_request_to_route(method, segments):
+    assert routes.plain_uplink(method, segments) is None
+
+
+@pytest.mark.parametrize("method,segments", [case[1:3] for case in ACCEPTED + REJECTED],
+                         ids=[case[0] for case in ACCEPTED + REJECTED])
+def test_plain_uplink_agrees_with_route_on_every_table_case(method, segments):
+    plain = routes.plain_uplink(method, [s.encode() for s in segments])
+    if plain is not None:
+        assert route(method, segments) == Route(plain[1], token=plain[0])
