@@ -33,6 +33,8 @@ class Options(usage.Options):
         try:
             self.config = config_module.load(path)
         except config_module.ConfigError as exc:
+            # Not usage.UsageError: twistd answers that with its whole --help text and exit
+            # status 1; a configuration problem is every problem listed and exit status 2.
             sys.stderr.write("coapbridge: " + exc.render() + "\n")
             raise SystemExit(2)
 

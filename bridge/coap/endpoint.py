@@ -392,6 +392,3 @@ class Endpoint:
         self.verified.move_to_end(peer)
         while len(self.verified) > MAX_VERIFIED:
             self.verified.popitem(last=False)
-
-    def is_verified(self, peer: Any) -> bool:
-        return peer in self.verified

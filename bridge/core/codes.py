@@ -94,10 +94,6 @@ class EntityTooLarge(CoapError):
     code = REQUEST_ENTITY_TOO_LARGE
 
 
-class NotImplementedYet(CoapError):
-    code = NOT_IMPLEMENTED
-
-
 class ServiceUnavailable(CoapError):
     code = SERVICE_UNAVAILABLE
 

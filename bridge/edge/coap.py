@@ -89,9 +89,6 @@ class BridgeCoap(DatagramProtocol):
                              self.clock.seconds(), block_size)
         self._flush()
 
-    def verify(self, remote: Any) -> None:
-        self.endpoint.verify(remote)
-
     # -- requests ------------------------------------------------------------------------
 
     def _dispatch(self, exchange: Exchange) -> None:

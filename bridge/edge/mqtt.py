@@ -51,6 +51,7 @@ STABLE_SECONDS = 10.0  # a connection up this long resets the backoff
 SHORT_SESSIONS_HINT = 3  # lost this many times in a row sooner: name the likely cause
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: a client with our id connected
 FAILURE_LOG_INTERVAL = 60.0  # one traceback per topic this often
+FORCE_CLOSE_AFTER = 2.0  # s a clean disconnect may take when stopping
 
 
 class LinkListener(Protocol):
@@ -165,8 +166,13 @@ class MqttLink:
         # Not now: stop() may run inside a paho callback, and paho holds a non-reentrant
         # lock there that its disconnect callback needs.
         self.reactor.callLater(0, self._disconnect)
-        self.reactor.callLater(2.0, self._force_close)
-        return self._stopped
+        force = self.reactor.callLater(FORCE_CLOSE_AFTER, self._force_close)
+
+        def closed(result: Any) -> Any:
+            if force.active():  # closed in time: no timer outlives the link
+                force.cancel()
+            return result
+        return self._stopped.addBoth(closed)
 
     def _disconnect(self) -> None:
         if self.client is not None:

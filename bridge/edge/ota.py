@@ -24,7 +24,6 @@ are no longer in use.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -42,8 +41,7 @@ from ..sqlite import create_private
 from ..coap.blocks import LargeBody
 from ..coap.codec import etag, make_response
 from ..coap.endpoint import Answer
-from .mqtt import MqttLink
-from .provision import random_name
+from .short_session import SessionFailed, ShortSession, ShortSessions
 
 log = logger("ota")
 FAILURE_MEMORY = 60.0  # s a failed package is not fetched again
@@ -59,46 +57,36 @@ class PackageError(Exception):
         self.reason = reason
 
 
-class _UpstreamDownload:
-    """One package over ThingsBoard's device OTA topics (a LinkListener)."""
+class _UpstreamDownload(ShortSession):
+    """One package over ThingsBoard's device OTA topics, chunk by chunk, into ``path``;
+    ``start()`` fires with the bytes received."""
 
     REQUEST_ID = 1
 
     def __init__(self, store: "PackageStore", info: PackageInfo, token: str, path: str):
+        kind = info.kind
+        self.error_topic = "v2/%s/error" % kind
+        super().__init__(store.reactor, store.config.mqtt, token, "ota",
+                         ["v2/%s/response/+/chunk/+" % kind, self.error_topic],
+                         store.config.ota.timeout, "the download took longer than ota.timeout")
         self.info, self.path = info, path
         self.chunk_size = store.config.ota.chunk_size
-        self.done: defer.Deferred = defer.Deferred()
         self.chunk = 0
         self.received = 0
         self.handle = open(path, "wb")
-        kind = info.kind
         self.request_prefix = "v2/%s/request/%d/chunk/" % (kind, self.REQUEST_ID)
         self.response_prefix = "v2/%s/response/%d/chunk/" % (kind, self.REQUEST_ID)
-        self.error_topic = "v2/%s/error" % kind
-        mqtt = dataclasses.replace(store.config.mqtt, username=token, password="",
-                                   client_id="coapbridge-ota-" + random_name(8))
-        self.link = MqttLink(store.reactor, mqtt, self,
-                             ["v2/%s/response/+/chunk/+" % kind, self.error_topic], retry=False)
-        self.timer = store.reactor.callLater(store.config.ota.timeout, self._finish,
-                                             "the download took longer than ota.timeout")
-
-    def start(self) -> defer.Deferred:
-        self.link.start()
-        return self.done
 
     def link_up(self) -> None:
         self._request()
 
-    def link_down(self, reason: str) -> None:
-        self._finish("connection failed: %s" % reason)
-
     def published(self, mid: int, reason_code: int) -> None:
         if reason_code >= 0x80:
-            self._finish("the platform refused the chunk request (0x%02x)" % reason_code)
+            self.fail("the platform refused the chunk request (0x%02x)" % reason_code)
 
     def message(self, topic: str, payload: bytes) -> None:
         if topic == self.error_topic:
-            self._finish("the platform answered %r" % payload[:64].decode(errors="replace"))
+            self.fail("the platform answered %r" % payload[:64].decode(errors="replace"))
             return
         if topic != self.response_prefix + str(self.chunk):
             return
@@ -106,34 +94,30 @@ class _UpstreamDownload:
         self.received += len(payload)
         expected = self.info.size
         if len(payload) < self.chunk_size or (expected is not None and self.received >= expected):
-            self._finish(None)
+            self.succeed(self.received)
         else:
             self.chunk += 1
             self._request()
 
     def _request(self) -> None:
-        self.link.publish(self.request_prefix + str(self.chunk), str(self.chunk_size).encode())
+        self.publish(self.request_prefix + str(self.chunk), str(self.chunk_size).encode())
 
-    def _finish(self, error: Optional[str]) -> None:
-        if self.done.called:
-            return
-        if self.timer.active():
-            self.timer.cancel()
+    def closed(self) -> None:
         self.handle.close()
-        stopped = self.link.stop()
-        stopped.addErrback(lambda f: log.failure("Closing an OTA session", failure=f))
-        if error is None:
-            self.done.callback(self.received)
-        else:
-            self.done.errback(PackageError(codes.BAD_GATEWAY, error))
+
+
+def _download_failed(failure: Failure) -> None:
+    failure.trap(SessionFailed)
+    raise PackageError(codes.BAD_GATEWAY, failure.value.reason)
 
 
 class PackageStore:
     def __init__(self, config: Config, reactor: Any,
-                 reconnect: Callable[[str], None]):
+                 reconnect: Callable[[str], None], sessions: Optional[ShortSessions] = None):
         self.config = config
         self.reactor = reactor
         self.reconnect = reconnect  # re-send v1/gateway/connect for a device
+        self.sessions = sessions if sessions is not None else ShortSessions()
         self.directory = os.path.join(config.data_dir, "ota")
         self.cached: "OrderedDict[str, int]" = OrderedDict()  # package key -> size, LRU order
         self.served_at: Dict[str, float] = {}  # package key -> when it was last served
@@ -202,6 +186,7 @@ class PackageStore:
         d = defer.maybeDeferred(self._fetch, info, token, device, path + ".part")
         d.addCallback(self._verify, info, path)
         d.addBoth(self._fetched, key, path)
+        d.addErrback(self._cache_failed, key)
         return waiter
 
     def _fetch(self, info: PackageInfo, token: str, device: str, part: str) -> Any:
@@ -217,8 +202,8 @@ class PackageStore:
                         break
                     dst.write(block)
             return None
-        download = _UpstreamDownload(self, info, token, part)
-        d = download.start()
+        d = _UpstreamDownload(self, info, token, part).start(self.sessions)
+        d.addErrback(_download_failed)
 
         def reconnect(result: Any) -> Any:
             self.reconnect(device)  # the device's own session evicted its gateway sub-session
@@ -245,7 +230,6 @@ class PackageStore:
                 raise PackageError(codes.NOT_FOUND, "checksum mismatch")
 
     def _fetched(self, result: Any, key: str, path: str) -> None:
-        waiters = self.fetching.pop(key)
         part = path + ".part"
         if isinstance(result, Failure):
             error = result.value
@@ -258,7 +242,7 @@ class PackageStore:
             else:
                 log.error("Package {key} refused: {reason}; it will not be served", key=key,
                           reason=error.reason)
-            for waiter in waiters:
+            for waiter in self.fetching.pop(key):
                 waiter.errback(error)
             return
         os.replace(part, path)
@@ -266,8 +250,14 @@ class PackageStore:
         self.failed.pop(key, None)
         log.info("Package {key} cached ({size} bytes)", key=key, size=self.cached[key])
         self._evict(keep=key)
-        for waiter in waiters:
+        for waiter in self.fetching.pop(key):
             waiter.callback(path)
+
+    def _cache_failed(self, failure: Failure, key: str) -> None:
+        # a bug, or the disk, while caching or discarding a package: its waiters get 5.00
+        log.failure("Caching package {key} failed", failure=failure, key=key)
+        for waiter in self.fetching.pop(key, []):
+            waiter.errback(PackageError(codes.INTERNAL_SERVER_ERROR, "internal error"))
 
     def _evict(self, keep: str) -> None:
         total = sum(self.cached.values())

@@ -13,11 +13,8 @@ passes every answer to every provisioning session: there, set the bound to 1.)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import secrets
-import string
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet import defer
@@ -27,7 +24,7 @@ from ..core import codes, provision
 from ..core.provision import ProvisionProfile, ProvisionRequest
 from ..logs import logger
 from ..registry import Registry, RegistryError, mask
-from .mqtt import MqttLink
+from .short_session import SessionFailed, ShortSession, ShortSessions, random_name
 
 log = logger("provision")
 
@@ -36,58 +33,30 @@ RESPONSE_TOPIC = "/provision/response"
 Answer = Callable[..., None]  # (request ref, code, JSON body, max_age=None)
 
 
-def random_name(length: int = 20) -> str:
-    alphabet = string.ascii_letters + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(length))
-
-
-class _Session:
-    """One short-lived provisioning session (a LinkListener)."""
+class _Session(ShortSession):
+    """One upstream provisioning request: ``start()`` fires with the platform's answer."""
 
     def __init__(self, provisioner: "Provisioner", body: bytes):
+        super().__init__(provisioner.reactor, provisioner.config.mqtt, "provision", "provision",
+                         [RESPONSE_TOPIC], provisioner.config.provisioning.timeout, "timeout")
         self.body = body
-        self.done: defer.Deferred = defer.Deferred()
-        cfg = provisioner.config.mqtt
-        mqtt = dataclasses.replace(cfg, username="provision", password="",
-                                   client_id="coapbridge-provision-" + random_name(8))
-        self.link = MqttLink(provisioner.reactor, mqtt, self, [RESPONSE_TOPIC], retry=False)
-        self.timer = provisioner.reactor.callLater(provisioner.config.provisioning.timeout,
-                                                   self._finish, None, "timeout")
-
-    def start(self) -> defer.Deferred:
-        self.link.start()
-        return self.done
 
     def link_up(self) -> None:
-        self.link.publish(REQUEST_TOPIC, self.body)
-
-    def link_down(self, reason: str) -> None:
-        self._finish(None, "connection failed: %s" % reason)
-
-    def published(self, mid: int, reason_code: int) -> None:
-        pass
+        self.publish(REQUEST_TOPIC, self.body)
 
     def message(self, topic: str, payload: bytes) -> None:
         if topic == RESPONSE_TOPIC:
-            self._finish(payload, None)
-
-    def _finish(self, payload: Optional[bytes], error: Optional[str]) -> None:
-        if self.done.called:
-            return
-        if self.timer.active():
-            self.timer.cancel()
-        self.done.callback((payload, error))
-        stopped = self.link.stop()
-        stopped.addErrback(lambda f: log.failure("Closing a provisioning session", failure=f))
+            self.succeed(payload)
 
 
 class Provisioner:
     def __init__(self, config: Config, reactor: Any, registry: Callable[[], Registry],
-                 answer: Answer):
+                 answer: Answer, sessions: Optional[ShortSessions] = None):
         self.config = config
         self.reactor = reactor
         self.registry = registry
         self.answer = answer
+        self.sessions = sessions if sessions is not None else ShortSessions()
         self.in_progress = 0  # requests running or waiting for their name
         self.names: Dict[str, defer.DeferredLock] = {}  # device name -> its requests, in turn
         self.refused = 0  # answered 5.03: max_concurrent were in progress
@@ -113,13 +82,14 @@ class Provisioner:
             d = lock.run(self._provision, ref, request)
         else:
             d = defer.maybeDeferred(self._provision, ref, request)
-        d.addErrback(self._failed, ref)
         d.addBoth(self._finished, name, lock)
+        d.addErrback(self._failed, ref)
 
-    def _finished(self, result: Any, name: str, lock: Optional[defer.DeferredLock]) -> None:
+    def _finished(self, result: Any, name: str, lock: Optional[defer.DeferredLock]) -> Any:
         self.in_progress -= 1
         if lock is not None and not lock.locked and not lock.waiting:
             self.names.pop(name, None)
+        return result
 
     def _failed(self, failure: Any, ref: int) -> None:
         log.failure("Provisioning failed", failure=failure)
@@ -159,18 +129,18 @@ class Provisioner:
         # here so that the bridge knows which device the credentials belong to.
         name = request.device_name or random_name()
         body["deviceName"] = name
-        session = _Session(self, json.dumps(body).encode("utf-8"))
-        d = session.start()
-        d.addCallback(self._upstream_done, ref, name)
+        d = _Session(self, json.dumps(body).encode("utf-8")).start(self.sessions)
+        d.addCallbacks(self._upstream_done, self._no_answer, callbackArgs=(ref, name),
+                       errbackArgs=(ref, name))
         return d
 
-    def _upstream_done(self, result: Any, ref: int, name: str) -> None:
-        payload, error = result
-        if payload is None:
-            log.warn("Provisioning of {device}: the platform did not answer ({reason})",
-                     device=name, reason=error)
-            self.answer(ref, codes.GATEWAY_TIMEOUT, b"")
-            return
+    def _no_answer(self, failure: Any, ref: int, name: str) -> None:
+        failure.trap(SessionFailed)
+        log.warn("Provisioning of {device}: the platform did not answer ({reason})",
+                 device=name, reason=failure.value.reason)
+        self.answer(ref, codes.GATEWAY_TIMEOUT, b"")
+
+    def _upstream_done(self, payload: bytes, ref: int, name: str) -> None:
         try:
             doc = json.loads(payload)
         except ValueError:

@@ -5,7 +5,8 @@ import txthings.coap as txcoap
 from twisted.internet.task import Clock
 
 from bridge import config as config_module
-from bridge.service import Bridge
+from bridge.core.actions import Delete
+from bridge.glue.bridge import Bridge
 
 
 def request(remote=("10.0.0.7", 5683)):
@@ -25,7 +26,7 @@ def test_a_failing_core_releases_the_requests_slot_for_its_address():
     message.code = txcoap.GET  # not a plain uplink: handled at once
     with pytest.raises(RuntimeError):  # the engine answers 5.00 (tested there)
         bridge.handle_coap(message)
-    assert bridge.pending_by_peer == {} and bridge.requests == {}
+    assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
 
 
 def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_them_5_00():
@@ -48,7 +49,7 @@ def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_t
         globalLogPublisher.removeObserver(events.append)
     assert seen == [[(1, "tok", "telemetry"), (2, "tok", "telemetry")]]
     assert [d.result.message.code for d in answers] == [txcoap.INTERNAL_SERVER_ERROR] * 2
-    assert bridge.pending_by_peer == {} and bridge.requests == {}
+    assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
     failures = [e for e in events if e.get("log_failure") is not None]
     assert len(failures) == 1 and failures[0]["count"] == 2
     for event in failures:
@@ -90,7 +91,7 @@ def test_many_devices_behind_one_address_are_served_up_to_the_per_address_bound(
     assert refused.result.message.code == txcoap.SERVICE_UNAVAILABLE
     assert refused.result.message.payload == b"too many requests in progress from this address"
     assert not bounded.handle_coap(get(("10.0.0.8", 40000))).called
-    assert bounded.pending_by_address == {"10.0.0.7": 3, "10.0.0.8": 1}
+    assert bounded.requests.admission.by_address == {"10.0.0.7": 3, "10.0.0.8": 1}
 
 
 def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
@@ -118,7 +119,7 @@ def test_a_uri_path_that_is_not_utf8_gets_4_00():
     message = request()
     message.opt.uri_path = (b"api", b"v1", b"\xff\xfe", b"telemetry")
     answer = bridge.handle_coap(message)
-    assert answer.result.message.code == txcoap.BAD_REQUEST and bridge.requests == {}
+    assert answer.result.message.code == txcoap.BAD_REQUEST and bridge.requests.in_progress == {}
 
 
 # -- the outbox: one transaction per reactor turn ------------------------------------------
@@ -167,7 +168,7 @@ def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_pa
     later = uplink(bridge, 4)
     bridge.commit()  # called directly (as at shutdown): nothing is left for a later call
     assert later.result.message.code == txcoap.CREATED
-    assert [c for c in clock.getDelayedCalls() if c.func == bridge.commit] == []
+    assert [c for c in clock.getDelayedCalls() if c.func == bridge.outbox_commit.commit] == []
     assert bridge.metrics()["outbox_commits_total"][2] == 2
 
 
@@ -188,7 +189,7 @@ def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
     import sqlite3
     bridge, clock, writes = writing_bridge(tmp_path)
     [stored] = bridge.outbox.append([("Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
-    bridge._deletes.append(stored)
+    bridge.outbox_commit.delete(Delete((stored,)))
     writes.fail = sqlite3.OperationalError("database is locked")
     bridge.commit()
     assert bridge.outbox.stats()[0] == 1  # still there: kept for the next write
@@ -277,4 +278,40 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_lev
     [failure] = [e for e in events if e.get("log_failure") is not None]
     assert failure["log_level"] == LogLevel.error and "uplink 2 failed" in failure["text"]
     failure["log_failure"].trap(RuntimeError)  # its traceback is logged; keep pytest quiet
-    assert bridge.pending_by_peer == {} and bridge.requests == {}
+    assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
+
+
+def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():
+    from twisted.internet import defer
+    from bridge.core.actions import ServePackage
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge.core.on_request = lambda request, now: [ServePackage(request.ref, "Dev A", "tok", None)]
+    bridge.packages.serve = lambda action: defer.fail(OSError("disk gone"))
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        answer = bridge.handle_coap(get(("10.0.0.7", 5683)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert answer.result.message.code == txcoap.INTERNAL_SERVER_ERROR
+    [failure] = [e for e in events if e.get("log_failure") is not None]
+    failure["log_failure"].trap(OSError)
+    assert bridge.requests.in_progress == {}
+
+
+def test_draining_ends_even_when_looking_at_the_publishes_fails():
+    clock = Clock()
+    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge.commit = lambda: (_ for _ in ()).throw(RuntimeError("bug"))
+    bridge.core.delivery.in_flight.clear()
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        done = bridge.drain(timeout=1.0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert done.called  # stopping goes on
+    [failure] = [e for e in events if e.get("log_failure") is not None]
+    failure["log_failure"].trap(RuntimeError)

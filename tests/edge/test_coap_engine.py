@@ -255,7 +255,7 @@ def test_w5_slow_get_is_answered_in_its_ack_so_libcoap_takes_a_first_block():
     body = b"f" * 3000
     pending = defer.Deferred()
     h = Harness(handler=lambda request: pending)
-    h.protocol.verify(PEER)
+    h.protocol.endpoint.verify(PEER)
     assert h.feed(raw.request(raw.GET, "/fw/t", mid=40, extra=[(raw.BLOCK2, bytes([0x06]))])) == []
     h.clock.advance(5)  # the client retransmits meanwhile: a duplicate, ignored
     assert h.transport.pop() == []
@@ -306,7 +306,7 @@ def test_an_error_answer_to_a_later_block_passes_through_unchanged(code, max_age
 
 
 def verified(h, peer=PEER):
-    h.protocol.verify((peer[0], peer[1]))
+    h.protocol.endpoint.verify((peer[0], peer[1]))
     return h
 
 

@@ -120,3 +120,13 @@ def test_failures_on_one_topic_log_one_traceback_a_minute(events):
     assert len(short) == 4  # the others: one line each, no traceback
     assert link.failed_messages == 7 and link.connected
     broker.close()
+
+
+def test_a_clean_stop_leaves_no_timer_behind():
+    reactor, link, broker = connected(Listener())
+    stopped = []
+    link.stop().addCallback(stopped.append)
+    reactor.advance(0)  # DISCONNECT goes out and paho closes the socket
+    assert stopped == [None]
+    assert reactor.getDelayedCalls() == []  # not the forced close two seconds later
+    broker.close()

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from bridge import config as config_module
 from bridge.edge.outbox import Outbox
-from bridge.service import Bridge
+from bridge.glue.bridge import Bridge
 
 TOPIC = "v1/gateway/telemetry"
 ROWS = 12_000  # more than two slices of the default 5,000
@@ -51,7 +51,7 @@ def backlog_bridge(tmp_path):
 
 def test_a_restart_reads_a_large_backlog_in_slices_and_delivers_every_entry_in_order(tmp_path):
     bridge, clock = backlog_bridge(tmp_path)
-    bridge.restore()
+    bridge.outbox_commit.restore()
     clock.advance(0)  # the first slice is read on the next turn
     assert 0 < bridge.core.delivery.count < ROWS  # not the whole backlog at once
     slice_rows = bridge.core.settings.restore_rows

@@ -1,0 +1,324 @@
+"""``Bridge``: builds the core and joins it to the CoAP requests, the outbox and the MQTT link.
+
+It owns the MQTT side of the glue (the gateway link's events in, publishes
+out, paho mid -> the core's publish ref), the core's timer, the registry
+changes the platform asks for and the metrics; each other concern is one
+part from this package, and ``dispatch`` maps every core action to its part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import socket
+from typing import Any, Dict, Optional
+
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+
+from ..coap.codec import make_response
+from ..config import Config, gateway_client_id
+from ..core import codes, gateway
+from ..core.actions import (Created, DeadLetter, Delete, DeleteDevice, LoadBacklog, Log,
+                            Notify, Provision, Publish, RenameDevice, Reply, ResetLink,
+                            ServePackage, Store, StoreMany)
+from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
+from ..core.session import CoreSettings, GatewayCore
+from ..edge.mqtt import MqttLink
+from ..edge.outbox import Outbox
+from ..edge.ota import PackageStore
+from ..edge.provision import Provisioner
+from ..edge.short_session import ShortSessions
+from ..logs import logger
+from ..registry import Registry, RegistryError
+from .admission import PendingAdmission
+from .coap_requests import CoapRequests
+from .commit import OutboxCommit
+from .dispatch import ActionDispatcher
+from .lookup import TurnLookup
+from .notifications import Notifications
+
+log = logger("bridge")
+
+SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
+                 GATEWAY_RPC_REQUEST_PREFIX + "+", GATEWAY_RPC_RESPONSE_PREFIX + "+"]
+DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
+
+
+def make_core(config: Config, lookup: Any) -> GatewayCore:
+    """The one place the core is built."""
+    platform = config.platform
+    return GatewayCore(CoreSettings(ack_timeout=config.mqtt.ack_timeout,
+                                    idle_timeout=config.devices.idle_timeout,
+                                    max_packet_size=config.mqtt.max_packet_size,
+                                    mqtt5=config.mqtt.mqtt5,
+                                    request_timeout=platform.request_timeout,
+                                    rpc_queue_size=platform.rpc_queue_size,
+                                    rpc_queue_ttl=platform.rpc_queue_ttl,
+                                    max_observers=config.coap.max_observers,
+                                    con_interval=config.coap.con_notification_interval,
+                                    client_rpc_method=platform.client_rpc_method,
+                                    window=config.mqtt.max_inflight,
+                                    max_batch=config.outbox.max_batch,
+                                    outbox_max_entries=config.outbox.max_entries,
+                                    outbox_max_bytes=config.outbox.max_bytes,
+                                    outbox_max_age=config.outbox.max_age,
+                                    device_rate=config.limits.device_rate,
+                                    device_burst=config.limits.device_burst,
+                                    peer_rate=config.limits.peer_rate,
+                                    peer_burst=config.limits.peer_burst,
+                                    provision_rate=config.provisioning.peer_rate,
+                                    provision_burst=config.provisioning.peer_burst,
+                                    download_rate=config.limits.download_rate,
+                                    download_burst=config.limits.download_burst,
+                                    json_max_depth=config.limits.json_max_depth),
+                       lookup)
+
+
+class Bridge:
+    """Runtime glue: edge events in, core actions out to the edges."""
+
+    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None):
+        self.config = config
+        self.reactor = reactor
+        self.rng = rng or random.Random()
+        self.lookup = TurnLookup(reactor)
+        self.core = make_core(config, self.lookup)
+        self.dispatcher = ActionDispatcher()
+        self.apply = self.dispatcher.apply
+        self.outbox_commit = OutboxCommit(self.core, reactor, self.apply, self._before_write)
+        limits = config.limits
+        self.requests = CoapRequests(
+            self.core, reactor,
+            PendingAdmission(limits.max_pending_per_peer, limits.max_pending_per_address),
+            self.lookup, self.apply, self.outbox_commit.schedule)
+        self.notifications = Notifications(reactor)
+        self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
+        self.provisioner = Provisioner(config, reactor, lambda: self.lookup.registry,
+                                       self.requests.answer_json, self.sessions)
+        self.packages = PackageStore(config, reactor, self.reconnect_device, self.sessions)
+        mqtt = dataclasses.replace(config.mqtt,
+                                   client_id=gateway_client_id(config, socket.gethostname()))
+        self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
+        self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
+        self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
+        requests, outbox = self.requests, self.outbox_commit
+        self.dispatcher.register({
+            Reply: requests.reply,
+            Created: requests.created,
+            Publish: self._publish,
+            Store: outbox.store,
+            StoreMany: outbox.store,
+            Delete: outbox.delete,
+            DeadLetter: outbox.dead_letter,
+            LoadBacklog: outbox.load_backlog,
+            Provision: lambda action: self.provisioner.handle(action.ref, action.request),
+            ServePackage: self._serve_package,
+            ResetLink: self._reset_link,
+            Notify: self.notifications.queue,
+            Log: _log,
+            RenameDevice: lambda action: self._registry_change("rename", action.old,
+                                                               action.new),
+            DeleteDevice: lambda action: self._registry_change("delete", action.name),
+        })
+
+    @property
+    def registry(self) -> Optional[Registry]:
+        return self.lookup.registry
+
+    @registry.setter
+    def registry(self, registry: Optional[Registry]) -> None:
+        self.lookup.registry = registry
+
+    @property
+    def outbox(self) -> Optional[Outbox]:
+        return self.outbox_commit.outbox
+
+    @outbox.setter
+    def outbox(self, outbox: Optional[Outbox]) -> None:
+        self.outbox_commit.outbox = outbox
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def handle_coap(self, message: Any) -> defer.Deferred:
+        """The CoAP transport's request handler."""
+        return self.requests.handle(message)
+
+    def _before_write(self) -> None:
+        if self.requests.uplinks:
+            self.requests.flush_uplinks()
+
+    def commit(self) -> None:
+        self.outbox_commit.commit()
+
+    # -- MQTT edge (LinkListener) ------------------------------------------------------
+
+    def link_up(self) -> None:
+        self.apply(self.core.on_link_up(self.now()))
+
+    def link_down(self, reason: str) -> None:
+        self.mids.clear()
+        self.apply(self.core.on_link_down(self.now()))
+
+    def published(self, mid: int, reason_code: int) -> None:
+        ref = self.mids.pop(mid, None)
+        if ref is not None:
+            self.apply(self.core.on_published(ref, reason_code, self.now()))
+
+    def message(self, topic: str, payload: bytes) -> None:
+        log.debug("Downstream {topic} ({size} bytes)", topic=topic, size=len(payload))
+        self.apply(self.core.on_message(topic, payload, self.now()))
+
+    def notified(self, ref: int, outcome: str) -> None:
+        self.apply(self.core.on_notified(ref, outcome, self.now()))
+
+    def tick(self) -> None:
+        self.apply(self.core.on_tick(self.now()))
+
+    def reconnect_device(self, name: str) -> None:
+        self.apply(self.core.reconnect_device(name, self.now()))
+
+    # -- action handlers ---------------------------------------------------------------
+
+    def _publish(self, action: Publish) -> None:
+        mid = self.link.publish(action.topic, action.payload)
+        if mid is None:
+            self.apply(self.core.on_not_sent(action.ref, self.now()))
+        else:
+            self.mids[mid] = action.ref
+            log.debug("Published {topic} for {device} (mid {mid})", topic=action.topic,
+                      device=action.device, mid=mid)
+
+    def _serve_package(self, action: ServePackage) -> None:
+        d = self.packages.serve(action)
+        d.addCallback(lambda message: self.requests.answer(action.ref, message))
+        d.addErrback(self._serve_failed, action)
+
+    def _serve_failed(self, failure: Failure, action: ServePackage) -> None:
+        log.failure("Serving a package to {device} failed", failure=failure,
+                    device=action.device)
+        self.requests.answer(action.ref, make_response(
+            codes.INTERNAL_SERVER_ERROR, b"internal error", codes.TEXT_PLAIN))
+
+    def _reset_link(self, action: ResetLink) -> None:
+        log.warn("Resetting the MQTT connection: {reason}", reason=action.reason)
+        self.link.reset()
+
+    def _registry_change(self, kind: str, *names: str) -> None:
+        registry = self.lookup.registry
+        if registry is None:
+            return
+        try:
+            if kind == "rename":
+                changed = registry.rename(names[0], names[1])
+                if self.outbox is not None:
+                    self.commit()  # uplinks being stored were renamed by the core: write them
+                    self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
+                                       .rename_device(topic, payload, names[0], names[1]))
+            else:
+                changed = registry.mark_deleted(names[0])
+        except RegistryError as exc:
+            log.error("Platform asked to {kind} {device}, but: {error}", kind=kind,
+                      device=names[0], error=str(exc))
+            return
+        if kind == "rename":
+            log.info("Platform renamed device {device} to {new_name}", device=names[0],
+                     new_name=names[1], known=changed)
+        else:
+            log.info("Platform deleted device {device}", device=names[0], known=changed)
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def drain(self, timeout: float) -> defer.Deferred:
+        """Stop publishing new entries; fire when none waits for a PUBACK (or at ``timeout``)."""
+        self.core.draining = True
+        done = defer.Deferred()
+        deadline = self.now() + timeout
+
+        def check() -> None:
+            if not self.core.delivery.in_flight or self.now() >= deadline \
+                    or not self.link.connected:
+                poll.stop()
+                self.commit()
+                done.callback(None)
+
+        def failed(failure: Failure) -> None:
+            log.failure("Waiting for the last PUBACKs failed", failure=failure)
+            if not done.called:
+                done.callback(None)
+        poll = LoopingCall(check)
+        poll.clock = self.reactor
+        poll.start(DRAIN_POLL, now=True).addErrback(failed)
+        return done
+
+    # -- metrics -----------------------------------------------------------------------
+
+    def metrics(self) -> Dict[str, Any]:
+        core, stats = self.core, self.core.stats
+        protocol = self.coap
+        return {
+            "coap_requests_total": ("counter", "CoAP requests handled", self.requests.handled),
+            "coap_errors_total": ("counter", "requests answered 4.xx or 5.xx",
+                                  self.requests.errors),
+            "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed",
+                                     protocol.malformed if protocol is not None else 0),
+            "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
+                                           stats["acknowledged"]),
+            "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",
+                                        stats["delivered"]),
+            "uplink_publishes_total": ("counter", "acknowledged publishes that carried stored "
+                                       "uplinks (delivered / publishes = mean batch size)",
+                                       stats["publishes"]),
+            "uplinks_dead_lettered_total": ("counter", "stored uplinks the platform refused",
+                                            stats["dead_lettered"]),
+            "outbox_commits_total": ("counter", "outbox transactions, each one sync to disk "
+                                     "(uplinks acknowledged / commits = group size)",
+                                     self.outbox_commit.commits),
+            "outbox_refused_full_total": ("counter", "uplinks refused with 5.03, outbox full",
+                                          stats["refused_full"]),
+            "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
+                                          stats["store_failed"]),
+            "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
+            "unknown_token_total": ("counter", "requests with an unknown access token (4.01)",
+                                    stats["unknown_token"]),
+            "rpc_expired_total": ("counter", "server RPCs dropped undelivered after "
+                                  "platform.rpc_queue_ttl", stats["rpc_expired"]),
+            "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
+                                  "already held for the device", stats["rpc_dropped"]),
+            "outbox_entries": ("gauge", "uplinks waiting in the outbox",
+                               core.delivery.count + core.backlog_count),
+            "outbox_bytes": ("gauge", "payload bytes waiting in the outbox",
+                             core.delivery.bytes + core.backlog_bytes),
+            "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
+                                   len(core.delivery.in_flight)),
+            "observers": ("gauge", "observe relations", len(core.observers)),
+            "devices_connected": ("gauge", "devices connected on the gateway session",
+                                  sum(1 for s in core.devices.values() if s.connected)),
+            "mqtt_connected": ("gauge", "1 while the gateway connection is up",
+                               1 if self.link.connected else 0),
+            "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "
+                                        "provisioning.max_concurrent in progress",
+                                        self.provisioner.refused),
+            "mqtt_messages_skipped_total": ("counter", "messages from the broker skipped as "
+                                            "unreadable (not JSON, nested too deep) or failing",
+                                            stats["downstream_skipped"] + self.link.failed_messages),
+            "ota_fetches_total": ("counter", "packages fetched from their source",
+                                  self.packages.fetches),
+        }
+
+
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+           "error": LogLevel.error}
+
+
+def _log(entry: Log) -> None:
+    """A ``Log`` action from the core."""
+    if entry.error is not None:  # a bug the core contained: its traceback, once
+        log.failure("{text}", failure=Failure(entry.error), level=LogLevel.error,
+                    text=entry.text, device=entry.device)
+        return
+    log.emit(_LEVELS.get(entry.level, LogLevel.info), "{text}", text=entry.text,
+             device=entry.device)

@@ -1,0 +1,172 @@
+"""The CoAP request adapter: a txThings request message -> the core, the core's answer -> it.
+
+``CoapRequests.handle`` is the CoAP transport's request handler. It refuses a
+request 5.03 beyond the pending bounds (``admission``), keeps a plain uplink
+(``routes.plain_uplink``: the bulk of the traffic) for the end of the reactor
+turn, when ``flush_uplinks`` hands the turn's uplinks to the core at once, and
+turns any other request into the core's ``Request`` at once (the kept uplinks
+go first, so the core sees requests in the order they came). Each request in
+progress is an ``_InProgress`` record under its ref until ``answer`` fires its
+Deferred with an ``Answer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Hashable, List, Optional, Union
+
+import txthings.coap as txcoap
+from twisted.internet import defer
+
+from ..coap.codec import describe, make_response
+from ..coap.endpoint import Answer
+from ..core import codes
+from ..core.actions import Created, Reply, Request, Uplink
+from ..core.routes import plain_uplink
+from ..logs import logger
+from .admission import PendingAdmission
+from .lookup import TurnLookup
+
+log = logger("bridge")
+
+Apply = Callable[[List[Any]], None]
+URI_PATH, URI_QUERY = txcoap.URI_PATH, txcoap.URI_QUERY
+CONTENT_FORMAT, OBSERVE = txcoap.CONTENT_FORMAT, txcoap.OBSERVE
+
+
+class _InProgress:
+    """A request the core has not answered yet."""
+
+    __slots__ = ("answer", "peer", "authenticated")
+
+    def __init__(self, answer: defer.Deferred, peer: Hashable):
+        self.answer = answer  # fires with the Answer
+        self.peer = peer
+        self.authenticated = False  # it carried a valid access token
+
+
+class CoapRequests:
+    def __init__(self, core: Any, clock: Any, admission: PendingAdmission, lookup: TurnLookup,
+                 apply: Apply, schedule_commit: Callable[[], None]):
+        self.core = core
+        self.clock = clock
+        self.admission = admission
+        self.lookup = lookup
+        self.apply = apply
+        self.schedule_commit = schedule_commit  # the end of the turn flushes the uplinks
+        self.in_progress: Dict[int, _InProgress] = {}
+        self.uplinks: List[Uplink] = []  # plain uplinks of this turn, for the core in one go
+        self.handled = 0  # requests, for the metrics; also the last request's ref
+        self.errors = 0  # answered 4.xx or 5.xx
+
+    def handle(self, message: txcoap.Message) -> defer.Deferred:
+        """The answer to a request: a Deferred firing with an ``Answer``."""
+        self.handled += 1
+        ref = self.handled  # the request's ref: the number of requests so far
+        peer = message.remote
+        refused = self.admission.refusal(peer)
+        if refused is not None:
+            self.errors += 1
+            return defer.succeed(Answer(make_response(
+                codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
+        path = message.opt.getOption(URI_PATH)
+        if path is not None and len(path) == 4:  # the only length a plain uplink has
+            plain = plain_uplink(message.code, (path[0].value, path[1].value, path[2].value,
+                                                path[3].value))
+            if plain is not None:  # the common upload goes to the core with the others
+                d = defer.Deferred()
+                self.in_progress[ref] = _InProgress(d, peer)
+                self.admission.hold(peer)
+                self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
+                self.schedule_commit()
+                return d
+        return self._request(ref, path, message)
+
+    def _request(self, ref: int, path: Any, message: txcoap.Message) -> defer.Deferred:
+        option = message.opt.getOption
+        try:
+            query = option(URI_QUERY)
+            content_format = option(CONTENT_FORMAT)
+            observe = option(OBSERVE)
+            block2 = message.opt.block2
+            request = Request(
+                ref, message.code,
+                tuple([o.value.decode() for o in path]) if path else (),  # UTF-8, strict
+                message.payload,
+                tuple([o.value.decode() for o in query]) if query else (),
+                content_format[0].value if content_format else None,
+                observe[0].value if observe else None,
+                message.token, message.remote, message.mtype == txcoap.CON,
+                (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None)
+        except UnicodeDecodeError:
+            return defer.succeed(Answer(make_response(
+                codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
+        d = defer.Deferred()
+        pending = self.in_progress[ref] = _InProgress(d, message.remote)
+        self.admission.hold(message.remote)
+        if self.uplinks:
+            self.flush_uplinks()  # the core sees requests in the order they came
+        self.lookup.found = False
+        try:
+            actions = self.core.on_request(request, self.clock.seconds())
+        except Exception:
+            # a bug, answered 5.00 by the transport: release what this request holds
+            self.admission.release(self.in_progress.pop(ref).peer)
+            raise
+        pending.authenticated = self.lookup.found  # the request carried a valid access token
+        self.apply(actions)
+        return d
+
+    def flush_uplinks(self) -> None:
+        """Hand this turn's plain uplinks to the core (before the outbox is written)."""
+        uplinks, self.uplinks = self.uplinks, []
+        try:
+            actions = self.core.on_uplinks(uplinks, self.clock.seconds())
+        except Exception:
+            # a bug outside any one uplink (the core answers one that fails 5.00 itself):
+            # answered 5.00 like a failing request handler, and logged once
+            log.failure("Handling {count} uplinks failed", count=len(uplinks))
+            for uplink in uplinks:
+                self.answer(uplink[0], make_response(
+                    codes.INTERNAL_SERVER_ERROR, b"internal error", codes.TEXT_PLAIN))
+            return
+        self.apply(actions)
+
+    # -- answers -----------------------------------------------------------------------
+
+    def reply(self, reply: Reply) -> None:
+        # A device's bad request is its problem, and logging each one would let any
+        # device flood the log: per-request answers are debug; states worth an operator's
+        # attention (outbox full, platform refusals) arrive as Log actions from the core.
+        if reply.code >= codes.BAD_REQUEST:
+            self.errors += 1
+            pending = self.in_progress.get(reply.ref)
+            log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
+                      peer=describe(pending.peer) if pending is not None else "device",
+                      reason=reply.reason)
+        self.answer(reply.ref, make_response(
+            reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
+            reply.observe), reply.authenticated)
+
+    def created(self, action: Created) -> None:
+        for ref in action.refs:
+            self.answer(ref, make_response(codes.CREATED), True)
+
+    def answer_json(self, ref: int, code: int, body: bytes,
+                    max_age: Optional[int] = None) -> None:
+        self.answer(ref, make_response(code, body, codes.APPLICATION_JSON if body else None,
+                                       max_age))
+
+    def answer(self, ref: int, message: Union[txcoap.Message, Answer],
+               authenticated: bool = False) -> None:
+        """Send the answer to request ``ref`` (once); ``authenticated``: the request carried
+        a valid access token (also known if the core looked it up in ``on_request``)."""
+        pending = self.in_progress.pop(ref, None)
+        if pending is None:
+            return
+        if isinstance(message, Answer):
+            message.authenticated = message.authenticated or pending.authenticated \
+                or authenticated
+        else:  # large answers to a valid token need no amplification limit
+            message = Answer(message, pending.authenticated or authenticated)
+        self.admission.release(pending.peer)
+        pending.answer.callback(message)

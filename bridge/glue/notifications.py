@@ -1,0 +1,47 @@
+"""Observe notifications, sent on the next reactor turn in the order the core made them.
+
+On the next turn, so that a registration's response (sent when the request's
+Deferred fires) always goes before its first notification.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from ..core.actions import Notify
+from ..logs import logger
+
+log = logger("bridge")
+
+
+class Notifications:
+    def __init__(self, reactor: Any):
+        self.reactor = reactor
+        self.transport: Optional[Any] = None  # the CoAP transport (BridgeCoap) while listening
+        self._queue: List[Notify] = []
+        self._call: Any = None
+
+    def queue(self, notify: Notify) -> None:
+        self._queue.append(notify)
+        if self._call is None:
+            self._call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._call = None
+        batch, self._queue = self._queue, []
+        transport = self.transport
+        if transport is None:
+            return
+        for notify in batch:
+            transport.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
+                             notify.code, notify.payload, notify.observe, notify.block_size)
+            log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
+                      observe=notify.observe, kind="CON" if notify.confirmable else "NON")
+
+    def stop(self) -> None:
+        """No transport any more: what is queued is not sent."""
+        self.transport = None
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._queue = []

@@ -1,0 +1,100 @@
+"""The service tree's order, the action table, and the short MQTT sessions (no sockets)."""
+
+import dataclasses
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from bridge import config as config_module
+from bridge.core import actions
+from bridge.edge.short_session import SessionFailed, ShortSession, ShortSessions
+from bridge.service import BridgeService
+
+
+def test_children_start_files_first_and_coap_last():
+    service = BridgeService(config_module.load(None, {}), Clock())
+    assert [type(child).__name__ for child in service] == [
+        "_RegistryService", "_OutboxService", "_PackageService", "_MqttService",
+        "_TickService", "_MetricsService", "_CoapService"]
+
+
+class Recording(Service):
+    def __init__(self, name, stops, waits):
+        self.name, self.stops, self.waits = name, stops, waits
+
+    def stopService(self):
+        Service.stopService(self)
+        self.stops.append(self.name)
+        return self.waits.get(self.name)
+
+
+def test_each_child_stops_after_the_one_after_it_has_stopped():
+    service = BridgeService(config_module.load(None, {}), Clock())
+    for child in list(service):
+        service.removeService(child)
+    stops, later = [], defer.Deferred()
+    for name in ("files", "mqtt", "coap"):
+        Recording(name, stops, {"coap": later}).setServiceParent(service)
+    service.running = 1
+    finished = []
+    service.stopService().addCallback(finished.append)
+    assert stops == ["coap"] and finished == []  # the outbox stays open meanwhile
+    later.callback(None)
+    assert stops == ["coap", "mqtt", "files"] and finished == [None]
+
+
+def test_every_core_action_has_a_handler():
+    from bridge.glue.bridge import Bridge
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    kinds = [value for value in vars(actions).values()
+             if dataclasses.is_dataclass(value) and value not in (actions.Request,
+                                                                    actions.Device)]
+    assert kinds and set(kinds) <= set(bridge.dispatcher._handlers)
+
+
+class FakeLink:
+    def __init__(self):
+        self.started = self.stopped = 0
+
+    def start(self):
+        self.started += 1
+
+    def stop(self):
+        self.stopped += 1
+        return defer.succeed(None)
+
+
+def session(clock, timeout=5.0):
+    cfg = config_module.load(None, {}).mqtt
+    one = ShortSession(clock, cfg, "user", "test", ["t"], timeout, "too slow")
+    one.link = FakeLink()
+    return one
+
+
+def test_a_short_session_ends_once_at_its_deadline_and_cancels_nothing_left():
+    clock = Clock()
+    one = session(clock)
+    failures = []
+    one.start().addErrback(failures.append)
+    clock.advance(5.0)
+    [failure] = failures
+    assert failure.check(SessionFailed) and failure.value.reason == "too slow"
+    one.succeed("late")  # ended already: nothing more
+    assert one.link.stopped == 1 and clock.getDelayedCalls() == []
+
+
+def test_stopping_the_sessions_ends_each_open_one_and_its_timer():
+    clock = Clock()
+    sessions = ShortSessions()
+    results = []
+    opened = [session(clock) for _ in range(2)]
+    for one in opened:
+        one.start(sessions).addErrback(lambda f: results.append(f.value.reason))
+    done = session(clock)
+    done.start(sessions).addCallback(results.append)
+    done.succeed("answer")
+    assert len(sessions) == 2
+    sessions.stop()
+    assert results == ["answer", "the bridge is stopping", "the bridge is stopping"]
+    assert len(sessions) == 0 and clock.getDelayedCalls() == []
