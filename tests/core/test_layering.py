@@ -16,8 +16,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "bridge")
 FORBIDDEN = ("twisted", "paho", "sqlite3", "socket", "psycopg", "OpenSSL", "cryptography",
              "select", "selectors", "asyncio", "threading", "subprocess")
 # bridge's own modules that are I/O or runtime (the edges, the service, the process)
-FORBIDDEN_OWN = ("bridge.edge", "bridge.service", "bridge.tap", "bridge.cli", "bridge.registry",
-                 "bridge.sqlite", "bridge.logs", "bridge.runtime")
+FORBIDDEN_OWN = ("bridge.edge", "bridge.glue", "bridge.service", "bridge.tap", "bridge.cli",
+                 "bridge.registry", "bridge.sqlite", "bridge.logs", "bridge.runtime")
 ALLOWED_TXTHINGS = {"core": (), "coap": ("txthings.coap",)}
 
 
