@@ -29,7 +29,7 @@ from .core.actions import (Created, DeadLetter, Delete, DeleteDevice, Device, Lo
                            Notify, Provision, Publish, RenameDevice, Reply, Request, ResetLink,
                            ServePackage, Store, StoreMany, Uplink)
 from .core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
-from .core.session import CoreSettings, GatewayCore
+from .core.session import GatewayCore
 from .coap.endpoint import Answer
 from .edge import coap as coap_edge
 from .edge.mqtt import MqttLink
@@ -57,32 +57,7 @@ class Bridge:
         self.reactor = reactor
         self.registry: Optional[Registry] = None
         self.rng = rng or random.Random()
-        platform = config.platform
-        self.core = GatewayCore(CoreSettings(ack_timeout=config.mqtt.ack_timeout,
-                                             idle_timeout=config.devices.idle_timeout,
-                                             max_packet_size=config.mqtt.max_packet_size,
-                                             mqtt5=config.mqtt.mqtt5,
-                                             request_timeout=platform.request_timeout,
-                                             rpc_queue_size=platform.rpc_queue_size,
-                                             rpc_queue_ttl=platform.rpc_queue_ttl,
-                                             max_observers=config.coap.max_observers,
-                                             con_interval=config.coap.con_notification_interval,
-                                             client_rpc_method=platform.client_rpc_method,
-                                             window=config.mqtt.max_inflight,
-                                             max_batch=config.outbox.max_batch,
-                                             outbox_max_entries=config.outbox.max_entries,
-                                             outbox_max_bytes=config.outbox.max_bytes,
-                                             outbox_max_age=config.outbox.max_age,
-                                             device_rate=config.limits.device_rate,
-                                             device_burst=config.limits.device_burst,
-                                             peer_rate=config.limits.peer_rate,
-                                             peer_burst=config.limits.peer_burst,
-                                             provision_rate=config.provisioning.peer_rate,
-                                             provision_burst=config.provisioning.peer_burst,
-                                             download_rate=config.limits.download_rate,
-                                             download_burst=config.limits.download_burst,
-                                             json_max_depth=config.limits.json_max_depth),
-                                self.lookup)
+        self.core = GatewayCore(config, self.lookup)
         self.outbox: Optional[Outbox] = None
         self.provisioner = Provisioner(config, reactor, lambda: self.registry, self.answer_json)
         self.packages = PackageStore(config, reactor, self.reconnect_device)
@@ -109,7 +84,7 @@ class Bridge:
         self.counters: Dict[str, int] = {"requests": 0, "errors": 0, "commits": 0}
 
     def metrics(self) -> Dict[str, Any]:
-        core, stats = self.core, self.core.stats
+        stats, gauges = self.core.stats, self.core.gauges()
         protocol = self.coap
         return {
             "coap_requests_total": ("counter", "CoAP requests handled", self.counters["requests"]),
@@ -141,14 +116,14 @@ class Bridge:
             "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
                                   "already held for the device", stats["rpc_dropped"]),
             "outbox_entries": ("gauge", "uplinks waiting in the outbox",
-                               core.delivery.count + core.backlog_count),
+                               gauges["outbox_entries"]),
             "outbox_bytes": ("gauge", "payload bytes waiting in the outbox",
-                             core.delivery.bytes + core.backlog_bytes),
+                             gauges["outbox_bytes"]),
             "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
-                                   len(core.delivery.in_flight)),
-            "observers": ("gauge", "observe relations", len(core.observers)),
+                                   gauges["inflight_publishes"]),
+            "observers": ("gauge", "observe relations", gauges["observers"]),
             "devices_connected": ("gauge", "devices connected on the gateway session",
-                                  sum(1 for s in core.devices.values() if s.connected)),
+                                  gauges["devices_connected"]),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
             "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "
@@ -424,7 +399,7 @@ class Bridge:
         deadline = self.now() + timeout
 
         def check() -> None:
-            if not self.core.delivery.in_flight or self.now() >= deadline \
+            if not self.core.gauges()["inflight_publishes"] or self.now() >= deadline \
                     or not self.link.connected:
                 poll.stop()
                 self.commit()
