@@ -242,26 +242,24 @@ class ConfigDeprecationWarning(FutureWarning):
     """A setting spelled the old way: it still works, under its new name."""
 
 
-def _renamed(raw: Dict[str, Any], prefix: str) -> Dict[str, Any]:
-    """``raw`` with the old keys of this section under their new names."""
+def _renamed(raw: Dict[str, Any], prefix: str, notes: List[str]) -> Dict[str, Any]:
+    """``raw`` with the old keys of this section under their new names (noted)."""
     for old, new in RENAMED_KEYS.items():
         section, _, old_key = old.rpartition(".")
         new_key = new.rpartition(".")[2]
         if prefix != section + "." or old_key not in raw:
             continue
-        warnings.warn("%s is deprecated: call it %s" % (old, new), ConfigDeprecationWarning,
-                      stacklevel=2)
+        notes.append("%s is deprecated: call it %s" % (old, new))
         raw = dict(raw)
         value = raw.pop(old_key)
         raw.setdefault(new_key, value)
     return raw
 
 
-def _renamed_env(env: Mapping[str, str]) -> Mapping[str, str]:
+def _renamed_env(env: Mapping[str, str], notes: List[str]) -> Mapping[str, str]:
     for old, new in RENAMED_ENV.items():
         if old in env:
-            warnings.warn("environment variable %s is deprecated: call it %s" % (old, new),
-                          ConfigDeprecationWarning, stacklevel=2)
+            notes.append("environment variable %s is deprecated: call it %s" % (old, new))
             if new not in env:
                 env = dict(env, **{new: env[old]})
     return env
@@ -313,14 +311,16 @@ def _coerce(value: Any, target: Any, where: str, problems: List[str]) -> Any:
     return target
 
 
-def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: List[str]) -> Any:
+def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: List[str],
+           notes: Optional[List[str]] = None) -> Any:
+    notes = [] if notes is None else notes
     defaults = cls()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         problems.append("%s: expected a mapping, got %r" % (prefix or "top level", raw))
         return defaults
-    raw = _renamed(raw, prefix)
+    raw = _renamed(raw, prefix, notes)
     known = {f.name for f in fields(cls)}
     for key in raw:
         if key not in known:
@@ -344,7 +344,7 @@ def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: Li
                                        for n, item in enumerate(value))
             continue
         if is_dataclass(default):
-            values[f.name] = _build(type(default), value, env, where + ".", problems)
+            values[f.name] = _build(type(default), value, env, where + ".", problems, notes)
             continue
         if isinstance(value, str):
             before = len(problems)
@@ -420,12 +420,15 @@ def _check(config: Config, problems: List[str]) -> None:
 
 def load_text(text: str, env: Mapping[str, str], source: str = "configuration") -> Config:
     problems: List[str] = []
-    env = _renamed_env(env)
+    notes: List[str] = []
+    env = _renamed_env(env, notes)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(["YAML syntax error: %s" % str(exc).replace("\n", " ")], source)
-    config = _build(Config, raw, env, "", problems)
+    config = _build(Config, raw, env, "", problems, notes)
+    for note in notes:  # one line each, naming the file (Twisted logs warnings as warnings)
+        warnings.warn_explicit(note, ConfigDeprecationWarning, source, 0)
     _check(config, problems)
     if problems:
         raise ConfigError(problems, source)
