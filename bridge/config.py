@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -76,7 +77,9 @@ class MqttConfig:
     protocol: str = "5"
     keepalive: int = 60
     connect_timeout: float = 10.0
-    ack_timeout: float = 10.0
+    # Seconds a publish may wait for the broker's PUBACK (was ``ack_timeout``, a name the
+    # CoAP ACK timeout has too; the old key and MQTT_ACK_TIMEOUT are still read).
+    puback_timeout: float = 10.0
     max_packet_size: int = 65536
     max_inflight: int = 100
     reconnect_min_delay: float = 1.0
@@ -217,15 +220,49 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
 _PORTS = ("coap.bind_port", "mqtt.port")
 MAX_JSON_DEPTH = 256  # well below Python's recursion limit (1000) with the reactor's frames
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
-             "mqtt.connect_timeout", "mqtt.ack_timeout", "mqtt.max_packet_size",
+             "mqtt.connect_timeout", "mqtt.puback_timeout", "mqtt.max_packet_size",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
-             "devices.idle_timeout", "coap.max_observers", "coap.max_body", "coap.ack_timeout", "coap.con_notification_interval",
+             "devices.idle_timeout", "coap.max_observers", "coap.max_body", "coap.ack_timeout",
+             "coap.con_notification_interval",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
              "limits.max_pending_per_address", "limits.download_burst", "limits.json_max_depth",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
              "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
+
+
+# Settings renamed: old key -> new key, old environment name -> new one. The old ones are
+# still read, with a deprecation warning (the new one wins when both are given).
+RENAMED_KEYS = {"mqtt.ack_timeout": "mqtt.puback_timeout"}
+RENAMED_ENV = {"MQTT_ACK_TIMEOUT": "MQTT_PUBACK_TIMEOUT"}
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A setting spelled the old way: it still works, under its new name."""
+
+
+def _renamed(raw: Dict[str, Any], prefix: str, notes: List[str]) -> Dict[str, Any]:
+    """``raw`` with the old keys of this section under their new names (noted)."""
+    for old, new in RENAMED_KEYS.items():
+        section, _, old_key = old.rpartition(".")
+        new_key = new.rpartition(".")[2]
+        if prefix != section + "." or old_key not in raw:
+            continue
+        notes.append("%s is deprecated: call it %s" % (old, new))
+        raw = dict(raw)
+        value = raw.pop(old_key)
+        raw.setdefault(new_key, value)
+    return raw
+
+
+def _renamed_env(env: Mapping[str, str], notes: List[str]) -> Mapping[str, str]:
+    for old, new in RENAMED_ENV.items():
+        if old in env:
+            notes.append("environment variable %s is deprecated: call it %s" % (old, new))
+            if new not in env:
+                env = dict(env, **{new: env[old]})
+    return env
 
 
 def substitute(text: str, env: Mapping[str, str], where: str, problems: List[str]) -> str:
@@ -274,13 +311,16 @@ def _coerce(value: Any, target: Any, where: str, problems: List[str]) -> Any:
     return target
 
 
-def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: List[str]) -> Any:
+def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: List[str],
+           notes: Optional[List[str]] = None) -> Any:
+    notes = [] if notes is None else notes
     defaults = cls()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         problems.append("%s: expected a mapping, got %r" % (prefix or "top level", raw))
         return defaults
+    raw = _renamed(raw, prefix, notes)
     known = {f.name for f in fields(cls)}
     for key in raw:
         if key not in known:
@@ -304,7 +344,7 @@ def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: Li
                                        for n, item in enumerate(value))
             continue
         if is_dataclass(default):
-            values[f.name] = _build(type(default), value, env, where + ".", problems)
+            values[f.name] = _build(type(default), value, env, where + ".", problems, notes)
             continue
         if isinstance(value, str):
             before = len(problems)
@@ -380,11 +420,15 @@ def _check(config: Config, problems: List[str]) -> None:
 
 def load_text(text: str, env: Mapping[str, str], source: str = "configuration") -> Config:
     problems: List[str] = []
+    notes: List[str] = []
+    env = _renamed_env(env, notes)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(["YAML syntax error: %s" % str(exc).replace("\n", " ")], source)
-    config = _build(Config, raw, env, "", problems)
+    config = _build(Config, raw, env, "", problems, notes)
+    for note in notes:  # one line each, naming the file (Twisted logs warnings as warnings)
+        warnings.warn_explicit(note, ConfigDeprecationWarning, source, 0)
     _check(config, problems)
     if problems:
         raise ConfigError(problems, source)

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Hashable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Hashable, List, Optional, Tuple
+
+from . import codes
+from .actions import Device
+from .parts import Action, Part, address
+
+if TYPE_CHECKING:
+    from ..config import LimitsConfig
 
 
 class RateLimiter:
@@ -49,3 +56,32 @@ class RateLimiter:
     def _bound(self) -> None:
         while len(self.buckets) > self.max_keys:
             self.buckets.popitem(last=False)
+
+
+class RequestLimits(Part):
+    """The request budgets of ``limits``: per source address (checked first, before the
+    credential is looked at) and per device; over budget is 4.29 with Max-Age."""
+
+    def __init__(self, limits: "LimitsConfig"):
+        super().__init__()
+        self.peers = RateLimiter(limits.peer_rate, limits.peer_burst)
+        self.devices = RateLimiter(limits.device_rate, limits.device_burst)
+        self.stats = {"rate_limited": 0}
+
+    def peer(self, remote: Any, now: float) -> None:
+        wait = self.peers.allow(address(remote), now)
+        if wait is not None:
+            self.stats["rate_limited"] += 1
+            raise codes.TooManyRequests("too many requests from this address", max_age=wait)
+
+    def device(self, device: Device, now: float) -> None:
+        wait = self.devices.allow(device.name, now)
+        if wait is not None:
+            self.stats["rate_limited"] += 1
+            raise codes.TooManyRequests("too many requests for this device", max_age=wait)
+
+    def on_tick(self, now: float, slow: bool) -> List[Action]:
+        if slow:
+            self.peers.sweep(now)
+            self.devices.sweep(now)
+        return []

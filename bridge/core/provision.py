@@ -1,4 +1,6 @@
-"""Device provisioning (ThingsBoard's ``POST /api/v1/provision``), the pure parts.
+"""Device provisioning (ThingsBoard's ``POST /api/v1/provision``), the pure parts: the
+request's admission (``Provisioning``: it carries no credential, so it has a budget per
+source address, ``provisioning.peer_rate``) and its fields; the edge provisions.
 
 Request fields (spec thingsboard-coap.md §10): ``deviceName`` (optional),
 ``provisionDeviceKey`` and ``provisionDeviceSecret`` (required),
@@ -11,9 +13,13 @@ token). Answers use ThingsBoard's JSON: ``{"credentialsValue",
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
+from . import codes
+from .actions import Provision, Request
 from .codes import BadRequest
+from .limits import RateLimiter
+from .parts import Action, Part, Shared, address
 from .payloads import parse_json
 
 CREDENTIAL_TYPES = ("ACCESS_TOKEN", "X509_CERTIFICATE", "MQTT_BASIC", "LWM2M_CREDENTIALS")
@@ -81,3 +87,28 @@ def find_profile(request: ProvisionRequest,
         if profile.key == request.key:
             return profile if profile.secret == request.secret else None
     return None
+
+
+class Provisioning(Part):
+    def __init__(self, shared: Shared):
+        super().__init__()
+        config = shared.config
+        self.limits = RateLimiter(config.provisioning.peer_rate, config.provisioning.peer_burst)
+        self.max_depth = config.limits.json_max_depth
+        self.stats = {"rate_limited": 0}
+
+    def on_request(self, request: Request, now: float) -> List[Action]:
+        if self.limits.enabled:  # it needs no token: bounded per address
+            wait = self.limits.allow(address(request.remote), now)
+            if wait is not None:
+                self.stats["rate_limited"] += 1
+                raise codes.TooManyRequests("too many provisioning requests from this address",
+                                            max_age=wait)
+        if request.method != codes.POST:
+            raise BadRequest("provision accepts POST only")
+        return [Provision(request.ref, parse_request(request.payload, self.max_depth))]
+
+    def on_tick(self, now: float, slow: bool) -> List[Action]:
+        if slow:
+            self.limits.sweep(now)
+        return []

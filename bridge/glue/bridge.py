@@ -25,7 +25,7 @@ from ..core.actions import (Created, DeadLetter, Delete, DeleteDevice, LoadBackl
                             Notify, Provision, Publish, RenameDevice, Reply, ResetLink,
                             ServePackage, Store, StoreMany)
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
-from ..core.session import CoreSettings, GatewayCore
+from ..core.session import GatewayCore
 from ..edge.mqtt import MqttLink
 from ..edge.outbox import Outbox
 from ..edge.ota import PackageStore
@@ -49,32 +49,7 @@ DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 
 def make_core(config: Config, lookup: Any) -> GatewayCore:
     """The one place the core is built."""
-    platform = config.platform
-    return GatewayCore(CoreSettings(ack_timeout=config.mqtt.ack_timeout,
-                                    idle_timeout=config.devices.idle_timeout,
-                                    max_packet_size=config.mqtt.max_packet_size,
-                                    mqtt5=config.mqtt.mqtt5,
-                                    request_timeout=platform.request_timeout,
-                                    rpc_queue_size=platform.rpc_queue_size,
-                                    rpc_queue_ttl=platform.rpc_queue_ttl,
-                                    max_observers=config.coap.max_observers,
-                                    con_interval=config.coap.con_notification_interval,
-                                    client_rpc_method=platform.client_rpc_method,
-                                    window=config.mqtt.max_inflight,
-                                    max_batch=config.outbox.max_batch,
-                                    outbox_max_entries=config.outbox.max_entries,
-                                    outbox_max_bytes=config.outbox.max_bytes,
-                                    outbox_max_age=config.outbox.max_age,
-                                    device_rate=config.limits.device_rate,
-                                    device_burst=config.limits.device_burst,
-                                    peer_rate=config.limits.peer_rate,
-                                    peer_burst=config.limits.peer_burst,
-                                    provision_rate=config.provisioning.peer_rate,
-                                    provision_burst=config.provisioning.peer_burst,
-                                    download_rate=config.limits.download_rate,
-                                    download_burst=config.limits.download_burst,
-                                    json_max_depth=config.limits.json_max_depth),
-                       lookup)
+    return GatewayCore(config, lookup)
 
 
 class Bridge:
@@ -239,7 +214,7 @@ class Bridge:
         deadline = self.now() + timeout
 
         def check() -> None:
-            if not self.core.delivery.in_flight or self.now() >= deadline \
+            if not self.core.gauges()["inflight_publishes"] or self.now() >= deadline \
                     or not self.link.connected:
                 poll.stop()
                 self.commit()
@@ -257,7 +232,7 @@ class Bridge:
     # -- metrics -----------------------------------------------------------------------
 
     def metrics(self) -> Dict[str, Any]:
-        core, stats = self.core, self.core.stats
+        stats, gauges = self.core.stats, self.core.gauges()
         protocol = self.coap
         return {
             "coap_requests_total": ("counter", "CoAP requests handled", self.requests.handled),
@@ -289,14 +264,14 @@ class Bridge:
             "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
                                   "already held for the device", stats["rpc_dropped"]),
             "outbox_entries": ("gauge", "uplinks waiting in the outbox",
-                               core.delivery.count + core.backlog_count),
+                               gauges["outbox_entries"]),
             "outbox_bytes": ("gauge", "payload bytes waiting in the outbox",
-                             core.delivery.bytes + core.backlog_bytes),
+                             gauges["outbox_bytes"]),
             "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
-                                   len(core.delivery.in_flight)),
-            "observers": ("gauge", "observe relations", len(core.observers)),
+                                   gauges["inflight_publishes"]),
+            "observers": ("gauge", "observe relations", gauges["observers"]),
             "devices_connected": ("gauge", "devices connected on the gateway session",
-                                  sum(1 for s in core.devices.values() if s.connected)),
+                                  gauges["devices_connected"]),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
             "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "

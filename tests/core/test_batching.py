@@ -15,7 +15,8 @@ from bridge.core import codes, gateway, payloads
 from bridge.core.actions import DeadLetter, Delete, Device, Log, Publish, Reply, Request, Store
 from bridge.core.delivery import Delivery, Entry
 from bridge.core.payloads import TelemetryEntry
-from bridge.core.session import CoreSettings, GatewayCore
+from bridge.core.session import GatewayCore
+from coreconfig import core_config
 
 NOW = 1_700_000_000.5
 TELEMETRY = gateway.TELEMETRY
@@ -463,9 +464,9 @@ def data_publishes(actions):
 
 
 def make_core(**settings):
-    options = dict(ack_timeout=10, idle_timeout=600, window=10, max_batch=100)
+    options = dict(puback_timeout=10, idle_timeout=600, window=10, max_batch=100)
     options.update(settings)
-    return GatewayCore(CoreSettings(**options), DEVICES.get)
+    return GatewayCore(core_config(**options), DEVICES.get)
 
 
 def request(ref, token, body, feature="telemetry"):
@@ -502,9 +503,9 @@ def ready_core(tokens=TOKENS, **settings):
     while todo:
         publish = todo.pop(0)
         todo += of(core.on_published(publish.ref, 0, NOW), Publish)
-    assert core.delivery.count == 0 and core.delivery.in_flight == {}
-    assert all(core.devices[DEVICES[t].name].connected for t in tokens)
-    core.stats["delivered"] = 0
+    assert core.outbox.delivery.count == 0 and core.outbox.delivery.in_flight == {}
+    assert all(core.devices.get(DEVICES[t].name).connected for t in tokens)
+    core.outbox.stats["delivered"] = 0  # count the test's own deliveries
     return core
 
 
@@ -558,7 +559,7 @@ def test_one_puback_of_a_batch_deletes_every_entry_once():
     [publish] = of(answer, Publish)
     assert core.on_published(publish.ref, 0, NOW) == [Delete(tuple(ids))]
     assert core.stats["delivered"] == len(TOKENS)
-    assert (core.delivery.count, core.delivery.bytes) == (0, 0)
+    assert (core.outbox.delivery.count, core.outbox.delivery.bytes) == (0, 0)
     assert core.on_published(publish.ref, 0, NOW) == []  # a duplicate PUBACK
     assert core.stats["delivered"] == len(TOKENS)
 
@@ -609,7 +610,7 @@ def test_refused_batch_is_sent_again_one_entry_per_publish_and_only_the_bad_one_
     assert core.on_published(alone[0].ref, 0, NOW) == [Delete((ids[0],))]
     assert core.on_published(alone[2].ref, 0, NOW) == [Delete((ids[2],))]
     assert (core.stats["delivered"], core.stats["dead_lettered"]) == (2, 1)
-    assert core.delivery.count == 0 and core.delivery.solo == set()
+    assert core.outbox.delivery.count == 0 and core.outbox.delivery.solo == set()
 
 
 def test_entries_of_a_refused_batch_go_alone_even_when_new_uplinks_arrive():
@@ -637,7 +638,7 @@ def test_quota_refusal_of_a_batch_publishes_the_same_batch_again():
     [batch] = of(answer, Publish)
     [log] = core.on_published(batch.ref, 0x97, NOW)
     assert log.level == "warn" and "quota" in log.text
-    assert core.stats["dead_lettered"] == 0 and core.delivery.solo == set()
+    assert core.stats["dead_lettered"] == 0 and core.outbox.delivery.solo == set()
     [again] = of(core.on_tick(NOW + 1), Publish)
     assert again.ref != batch.ref and again.topic == TELEMETRY
     assert again.payload == batch.payload
@@ -675,7 +676,7 @@ def test_link_loss_redelivers_every_batched_entry_once():
     assert len(deleted) == len(set(deleted))
     assert values == {"Dev 0": [0, 10], "Dev 1": [1], "Dev 2": [2], "Dev 3": [3],
                       "Dev 4": [4, 14], 'Gerät "7"': [5]}
-    assert core.stats["delivered"] == 8 and core.delivery.count == 0
+    assert core.stats["delivered"] == 8 and core.outbox.delivery.count == 0
 
 
 def test_window_bounds_publishes_and_uplinks_stored_meanwhile_go_as_one_larger_batch():
@@ -768,7 +769,7 @@ def test_entries_of_devices_not_yet_connected_wait_for_their_own_connect():
 @pytest.mark.parametrize("mqtt5", [True, False])
 def test_a_batch_filling_max_bytes_never_exceeds_max_packet_size(feature, limit, mqtt5):
     core = ready_core(tokens=TOKENS[:2], max_packet_size=limit, mqtt5=mqtt5)
-    budget = core.delivery.max_bytes
+    budget = core.outbox.delivery.max_bytes
 
     def value_size(device, size):
         if feature == "attributes":

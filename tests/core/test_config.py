@@ -117,7 +117,7 @@ def test_every_problem_is_reported_at_once():
     ("mqtt: {port: 0}", "mqtt.port"),
     ("mqtt: {port: 65536}", "mqtt.port"),
     ("coap: {bind_port: -1}", "coap.bind_port"),
-    ("mqtt: {ack_timeout: 0}", "mqtt.ack_timeout"),
+    ("mqtt: {puback_timeout: 0}", "mqtt.puback_timeout"),
     ("devices: {idle_timeout: -5}", "devices.idle_timeout"),
     ("mqtt: {port: 1883.5}", "mqtt.port"),
     ("mqtt: {port: true}", "mqtt.port"),
@@ -218,7 +218,7 @@ def test_load_reads_file_with_env(tmp_path):
     assert config.registry_path == os.path.join(str(tmp_path), "registry.sqlite3")
 
 
-@pytest.mark.parametrize("key", ["ack_timeout", "connect_timeout"])
+@pytest.mark.parametrize("key", ["puback_timeout", "connect_timeout"])
 def test_nan_durations_are_refused(key):
     problems = problems_of("mqtt: {%s: .nan}" % key)
     assert any(p.startswith("mqtt." + key) for p in problems)
@@ -270,3 +270,16 @@ def test_empty_ack_delay_at_or_above_the_ack_timeout_is_refused():
         assert any(p.startswith("coap.empty_ack_delay: must be less than coap.ack_timeout")
                    for p in problems), problems
     assert load_text("coap: {ack_timeout: 2, empty_ack_delay: 1.9}\n", {}).coap.empty_ack_delay == 1.9
+
+
+def test_the_mqtt_puback_timeout_is_still_read_under_its_old_key_and_env_name_with_a_warning():
+    from bridge.config import ConfigDeprecationWarning
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {"MQTT_PUBACK_TIMEOUT": "4"}).mqtt.puback_timeout == 4
+    with pytest.warns(ConfigDeprecationWarning, match="mqtt.ack_timeout"):
+        assert load_text("mqtt: {ack_timeout: 7}", {}).mqtt.puback_timeout == 7
+    with pytest.warns(ConfigDeprecationWarning, match="MQTT_ACK_TIMEOUT"):
+        assert load(shipped, {"MQTT_ACK_TIMEOUT": "6"}).mqtt.puback_timeout == 6
+    with pytest.warns(ConfigDeprecationWarning):  # the new name wins over the old one
+        both = load(shipped, {"MQTT_ACK_TIMEOUT": "6", "MQTT_PUBACK_TIMEOUT": "3"})
+    assert both.mqtt.puback_timeout == 3

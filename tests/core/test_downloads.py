@@ -9,7 +9,8 @@ import json
 
 from bridge.core import codes
 from bridge.core.actions import Device, Publish, Reply, Request, ServePackage
-from bridge.core.session import CoreSettings, GatewayCore
+from bridge.core.session import GatewayCore
+from coreconfig import core_config
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -23,9 +24,9 @@ SHIPPED = dict(device_rate=10.0, device_burst=20.0, peer_rate=1000.0, peer_burst
 
 
 def make_core(**settings):
-    options = dict(SHIPPED, ack_timeout=10, idle_timeout=600, request_timeout=10)
+    options = dict(SHIPPED, puback_timeout=10, idle_timeout=600, request_timeout=10)
     options.update(settings)
-    core = GatewayCore(CoreSettings(**options), {"tok": DEV_A}.get)
+    core = GatewayCore(core_config(**options), {"tok": DEV_A}.get)
     core.on_link_up(NOW)
     return core
 

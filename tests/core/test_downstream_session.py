@@ -12,7 +12,8 @@ import pytest
 from bridge.core import codes
 from bridge.core.actions import (DeleteDevice, Device, Log, Notify, Publish, RenameDevice, Reply,
                                  Request)
-from bridge.core.session import CoreSettings, GatewayCore
+from bridge.core.session import GatewayCore
+from coreconfig import core_config
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -33,9 +34,9 @@ RPC_RESPONSE = "v1/devices/me/rpc/response/"
 def make_core(devices=None, **settings):
     """A core whose registry is the dict ``devices`` (token -> Device)."""
     devices = {"tok": DEV_A} if devices is None else devices
-    options = dict(ack_timeout=10, idle_timeout=600, request_timeout=10)
+    options = dict(puback_timeout=10, idle_timeout=600, request_timeout=10)
     options.update(settings)
-    return GatewayCore(CoreSettings(**options), lambda token: devices.get(token))
+    return GatewayCore(core_config(**options), lambda token: devices.get(token))
 
 
 def get(ref, feature, query=(), observe=None, token=b"\x01", remote=PEER, confirmable=True,
@@ -315,7 +316,7 @@ def test_observe_attributes_first_reply_carries_shared_view_and_observe_number_a
     assert (reply.ref, dotted(reply), reply.content_format) == (5, "2.05", codes.APPLICATION_JSON)
     assert payload_of(reply) == {"s": 2}
     assert isinstance(reply.observe, int)
-    assert core.observers.get("Dev A", "attributes") is not None
+    assert core.subscriptions.observers.get("Dev A", "attributes") is not None
 
 
 def test_shared_attribute_push_is_notified_as_the_delta():
@@ -480,8 +481,8 @@ def test_unrelated_or_malformed_messages_produce_no_reply_or_notify(topic, paylo
     actions = core.on_message(topic, payload, NOW)
     assert visible(actions) == []
     assert of(actions, (RenameDevice, DeleteDevice)) == []
-    assert core.observers.get("Dev A", "attributes") is not None
-    assert core.observers.get("Dev A", "rpc") is not None
+    assert core.subscriptions.observers.get("Dev A", "attributes") is not None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is not None
 
 
 @pytest.mark.parametrize("topic", [RPC_RESPONSE + "\u00b2", RPC_REQUEST + "\u00b2",
@@ -687,7 +688,7 @@ def test_rpc_in_flight_when_its_notification_times_out_is_delivered_after_re_obs
     assert server_rpc(core, 2) == []  # waits behind the CON in flight
     actions = core.on_notified(first.ref, "timeout", NOW + 30)
     assert visible(actions) == []
-    assert core.observers.get("Dev A", "rpc") is None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is None
     assert visible(server_rpc(core, 3, now=NOW + 31)) == []  # no observer now: waits
 
     seen = observe_rpc(core, ref=61, token=b"\xb2", remote=OTHER_PEER, now=NOW + 35)
@@ -709,12 +710,12 @@ def test_rpc_timeout_ends_every_relation_of_that_peer():
     observe_rpc(core, token=b"\xb1", remote=PEER)
     [first] = server_rpc(core, 1)
     core.on_notified(first.ref, "timeout", NOW + 30)
-    assert core.observers.get("Dev A", "attributes") is None
+    assert core.subscriptions.observers.get("Dev A", "attributes") is None
     assert visible(push(core, {"s": 5}, now=NOW + 31)) == []
 
 
 def test_rpc_in_flight_at_a_real_con_timeout_has_expired_with_defaults_and_is_not_offered_again():
-    core = GatewayCore(CoreSettings(), lambda token: {"tok": DEV_A}.get(token))
+    core = GatewayCore(core_config(), lambda token: {"tok": DEV_A}.get(token))
     core.on_link_up(NOW)
     observe_rpc(core, token=b"\xb1", confirmable=True)
     [first] = server_rpc(core, 1)
@@ -730,8 +731,8 @@ def test_rpc_in_flight_at_a_real_con_timeout_has_expired_with_defaults_and_is_no
 def rpcs_held(core, device="Dev A"):
     """Server RPCs the core holds for ``device``: waiting for an observer, queued or in
     flight to it (what costs memory)."""
-    waiting = len(core.rpc_waiting.get(device, ()))
-    relation = core.observers.get(device, "rpc")
+    waiting = len(core.rpc.waiting.get(device, ()))
+    relation = core.subscriptions.observers.get(device, "rpc")
     if relation is None:
         return waiting
     return waiting + len(relation.queue) + (relation.in_flight is not None)
@@ -750,7 +751,7 @@ def test_300_rpcs_to_a_device_that_never_acks_stay_bounded_and_expire_across_a_c
     assert core.stats["rpc_dropped"] == 200
     # the CON notification times out at 45 s: the relation ends, its RPCs wait
     assert visible(core.on_notified(sent[0].ref, "timeout", NOW + 45)) == []
-    assert core.observers.get("Dev A", "rpc") is None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is None
     assert rpcs_held(core) == 100
     # the device registers again at 71 s, past the 60 s the RPCs had: none is delivered
     assert of(observe_rpc(core, token=b"\xb2", now=NOW + 71), Notify) == []
@@ -819,7 +820,7 @@ def test_20000_rpcs_of_2_kb_hold_at_most_rpc_queue_size_and_nothing_after_the_tt
     assert most == 100
     core.on_tick(NOW + 100 + 60)
     assert rpcs_held(core) == (1 if observing else 0)  # the one in flight, if any
-    assert core.observers.expired == [] and core.rpc_expired == []
+    assert core.subscriptions.observers.expired == [] and core.rpc.expired == []
     held = core.stats["rpc_expired"] + rpcs_held(core)
     assert held + core.stats["rpc_dropped"] == 20000
 
@@ -829,7 +830,7 @@ def test_rpc_reset_by_device_ends_the_relation():
     observe_rpc(core)
     [notify] = server_rpc(core, 1)
     core.on_notified(notify.ref, "reset", NOW + 1)
-    assert core.observers.get("Dev A", "rpc") is None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is None
     assert visible(server_rpc(core, 2, now=NOW + 2)) == []
 
 
@@ -837,7 +838,7 @@ def test_get_rpc_without_observe_gets_4_00():
     core = connected_core()
     [reply] = core.on_request(get(60, "rpc"), NOW)
     assert (reply.ref, dotted(reply)) == (60, "4.00")
-    assert core.observers.get("Dev A", "rpc") is None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is None
 
 
 def test_get_rpc_with_observe_1_answers_2_03_and_ends_the_relation():
@@ -845,7 +846,7 @@ def test_get_rpc_with_observe_1_answers_2_03_and_ends_the_relation():
     observe_rpc(core, token=b"\xb1")
     [reply] = core.on_request(get(61, "rpc", observe=1, token=b"\xb1"), NOW)
     assert (reply.ref, dotted(reply), reply.observe) == (61, "2.03", None)
-    assert core.observers.get("Dev A", "rpc") is None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is None
     assert visible(server_rpc(core, 1)) == []
 
 
@@ -1052,8 +1053,8 @@ def test_gateway_device_deleted_returns_delete_and_ends_its_relations():
     body = dumps({"id": 2, "method": "gateway_device_deleted", "params": "Dev A"})
     actions = core.on_message(RPC_REQUEST + "2", body, NOW)
     assert actions == [DeleteDevice("Dev A")]
-    assert core.observers.get("Dev A", "attributes") is None
-    assert core.observers.get("Dev A", "rpc") is None
+    assert core.subscriptions.observers.get("Dev A", "attributes") is None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is None
     assert visible(push(core, {"s": 3})) == []
     assert visible(server_rpc(core, 1)) == []
 
@@ -1091,7 +1092,7 @@ def test_link_down_answers_a_pending_observe_registration_with_5_03():
     [reply] = core.on_link_down(NOW + 1)
     assert (reply.ref, dotted(reply)) == (5, "5.03")
     assert answer(core, discover, NOW + 2, values={"s": 1}) == []
-    assert core.observers.get("Dev A", "attributes") is None
+    assert core.subscriptions.observers.get("Dev A", "attributes") is None
 
 
 def test_link_down_keeps_observe_relations():

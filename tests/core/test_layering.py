@@ -22,15 +22,20 @@ ALLOWED_TXTHINGS = {"core": (), "coap": ("txthings.coap",)}
 
 
 def modules(layer):
+    """Every module of the layer, its subpackages too (``formats/json.py``)."""
     folder = os.path.join(ROOT, layer)
-    return sorted(name for name in os.listdir(folder) if name.endswith(".py"))
+    found = []
+    for here, _, names in os.walk(folder):
+        found += [os.path.relpath(os.path.join(here, name), folder).replace(os.sep, "/")
+                  for name in names if name.endswith(".py")]
+    return sorted(found)
 
 
 def imports(layer, name):
     """Every module ``bridge/<layer>/<name>`` imports, as absolute dotted names."""
     with open(os.path.join(ROOT, layer, name), encoding="utf-8") as handle:
         tree = ast.parse(handle.read())
-    package = ["bridge", layer]
+    package = ["bridge", layer] + name.split("/")[:-1]
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

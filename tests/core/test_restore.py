@@ -12,18 +12,21 @@ from bridge.core.actions import (DeadLetter, Delete, Device, LoadBacklog, Publis
                                  Request, Store)
 from bridge.core.delivery import Entry
 from bridge.core.downstream import GATEWAY_RPC_REQUEST_PREFIX
-from bridge.core.session import CoreSettings, GatewayCore
+from bridge.core.session import GatewayCore
+from coreconfig import core_config
 
 NOW = 1_700_000_000.5
 TOPIC = "v1/gateway/telemetry"
 DEVICES = {"tok%d" % n: Device("Dev %d" % n, "thermo") for n in range(5)}
 
 
-def make_core(**settings):
-    options = dict(ack_timeout=10, idle_timeout=600, restore_rows=40, restore_bytes=1 << 20,
-                   window=4, max_batch=10)
+def make_core(restore_rows=40, restore_bytes=1 << 20, **settings):
+    options = dict(puback_timeout=10, idle_timeout=600, window=4, max_batch=10)
     options.update(settings)
-    return GatewayCore(CoreSettings(**options), DEVICES.get)
+    core = GatewayCore(core_config(**options), DEVICES.get)
+    # slices smaller than the outbox's (outbox.RESTORE_ROWS, RESTORE_BYTES), to see several
+    core.outbox.slice_rows, core.outbox.slice_bytes = restore_rows, restore_bytes
+    return core
 
 
 def payload(device, n):
@@ -51,7 +54,7 @@ class World:
         self.todo += actions
         while self.todo:
             action = self.todo.pop(0)
-            self.most_in_memory = max(self.most_in_memory, self.core.delivery.count)
+            self.most_in_memory = max(self.most_in_memory, self.core.outbox.delivery.count)
             if isinstance(action, LoadBacklog):
                 self.loads.append(action)
                 after = sorted(i for i in self.disk if i > action.after)[:action.rows]
@@ -94,7 +97,7 @@ def test_a_large_backlog_is_read_in_slices_and_every_entry_is_delivered_in_order
     core = make_core()
     world = World(core, 1000)
     world.play(core.on_backlog(1000, sum(len(e.payload) for e in world.disk.values()), NOW))
-    assert len(world.loads) == 1 and core.delivery.count == 40  # one slice before the link
+    assert len(world.loads) == 1 and core.outbox.delivery.count == 40  # one slice before the link
     world.play(core.on_link_up(NOW))
     assert len(world.loads) > 1000 // 40  # many slices, one after another
     assert all(load.rows == 40 for load in world.loads)
@@ -102,7 +105,7 @@ def test_a_large_backlog_is_read_in_slices_and_every_entry_is_delivered_in_order
     assert sorted(n for _, n in world.delivered) == list(range(1, 1001))  # each entry once
     for device, numbers in in_device_order(world.delivered).items():
         assert numbers == sorted(numbers), device
-    assert world.disk == {} and core.backlog_after is None and core.delivery.count == 0
+    assert world.disk == {} and core.outbox.backlog_after is None and core.outbox.delivery.count == 0
 
 
 def test_uplinks_stored_while_the_backlog_is_read_wait_behind_it_on_disk():
@@ -111,10 +114,10 @@ def test_uplinks_stored_while_the_backlog_is_read_wait_behind_it_on_disk():
     world.play(core.on_backlog(200, sum(len(e.payload) for e in world.disk.values()), NOW))
     # before the link is up: a new uplink of Dev 1 must go after all of Dev 1's backlog
     world.uplink(1, "tok1", 10_001)
-    assert core.delivery.count == 40 and core.backlog_count == 200 - 40 + 1
+    assert core.outbox.delivery.count == 40 and core.outbox.backlog_count == 200 - 40 + 1
     world.play(core.on_link_up(NOW))
     world.uplink(2, "tok1", 10_002)  # stored after the backlog was all read: straight in
-    assert core.backlog_after is None
+    assert core.outbox.backlog_after is None
     mine = in_device_order(world.delivered)["Dev 1"]
     assert mine[-2:] == [10_001, 10_002] and mine == sorted(mine)
     assert len(world.delivered) == 202 and world.disk == {}
@@ -124,7 +127,7 @@ def test_the_backlog_still_on_disk_counts_toward_the_outbox_bound():
     core = make_core(outbox_max_entries=100)
     world = World(core, 100)
     world.play(core.on_backlog(100, 5000, NOW))
-    assert core.delivery.count == 40  # the other 60 are on disk, and count
+    assert core.outbox.delivery.count == 40  # the other 60 are on disk, and count
     request = Request(1, codes.POST, ("api", "v1", "tok1", "telemetry"), b'{"n":1}')
     [reply] = [a for a in core.on_request(request, NOW) if isinstance(a, Reply)]
     assert codes.dotted(reply.code) == "5.03"

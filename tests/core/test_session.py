@@ -14,7 +14,9 @@ from bridge.core import codes
 from bridge.core.actions import (DeadLetter, Delete, Device, Log, Publish, Reply, Request,
                                  ResetLink, Store)
 from bridge.core.delivery import Entry
-from bridge.core.session import CoreSettings, GatewayCore
+from bridge.core.session import GatewayCore
+from bridge.core.parts import RETRY_AFTER
+from coreconfig import core_config
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -27,9 +29,9 @@ TELEMETRY_TOPIC = "v1/gateway/telemetry"
 
 def make_core(devices=None, **settings):
     devices = {"tok": DEV_A} if devices is None else devices
-    options = dict(ack_timeout=10, idle_timeout=600)
+    options = dict(puback_timeout=10, idle_timeout=600)
     options.update(settings)
-    return GatewayCore(CoreSettings(**options), lambda token: devices.get(token))
+    return GatewayCore(core_config(**options), lambda token: devices.get(token))
 
 
 def req(ref, feature="telemetry", payload=TELEMETRY, token="tok", method=codes.POST):
@@ -173,12 +175,12 @@ def test_uplinks_written_in_one_group_are_answered_in_order():
 
 
 def test_store_failure_answers_5_03_with_max_age_and_logs_the_reason():
-    core = make_core(retry_after=17)
+    core = make_core()
     core.on_link_up(NOW)
     [store] = core.on_request(req(1), NOW)
     log, reply = core.on_store_failed([store.ref], "disk I/O error", NOW)
     assert isinstance(log, Log) and log.level == "error" and "disk I/O error" in log.text
-    assert (reply.ref, dotted(reply), reply.max_age) == (1, "5.03", 17)
+    assert (reply.ref, dotted(reply), reply.max_age) == (1, "5.03", RETRY_AFTER)
 
 
 def test_failed_store_is_never_published_and_frees_its_place_in_the_outbox():
@@ -286,7 +288,7 @@ def test_quota_refusal_requeues_the_entry_ahead_of_the_devices_later_entries():
 
 
 def test_refused_connect_keeps_entries_and_connects_again_after_retry_after():
-    core = make_core(retry_after=5)
+    core = make_core()
     core.on_link_up(NOW)
     _, connect = uplink(core, 1)
     [log] = core.on_published(connect.ref, 0x87, NOW)  # no data publish, no reply
@@ -299,7 +301,7 @@ def test_refused_connect_keeps_entries_and_connects_again_after_retry_after():
 
 
 def test_uplink_after_refused_connect_is_acknowledged_but_connect_waits_for_retry_after():
-    core = make_core(retry_after=5)
+    core = make_core()
     core.on_link_up(NOW)
     _, connect = uplink(core, 1)
     core.on_published(connect.ref, 0x80, NOW)
@@ -530,7 +532,7 @@ def test_uplink_still_being_written_at_a_rename_is_stored_and_published_under_th
     rename(core, "Dev A", "Dev Z")
     assert store.device == "Dev Z"  # the edge writes it as it is when the write begins
     assert list(json.loads(store.payload)) == ["Dev Z"]
-    assert core.storing_bytes == len(store.payload)
+    assert core.uplinks.storing_bytes == len(store.payload)
     [reply, data] = store_all(core, [store])
     assert dotted(reply) == "2.01"
     assert data.device == "Dev Z" and list(json.loads(data.payload)) == ["Dev Z"]
@@ -598,13 +600,13 @@ def test_restored_entries_count_toward_the_outbox_bound():
 # -- full outbox: 5.03 with Max-Age ---------------------------------------------------------
 
 def test_full_outbox_answers_5_03_with_max_age_and_stores_nothing():
-    core = make_core(outbox_max_entries=2, retry_after=17)
+    core = make_core(outbox_max_entries=2)
     uplink(core, 1)
     uplink(core, 2)
     actions = core.on_request(req(3), NOW)
     assert of(actions, Store) == []
     [reply] = replies(actions)
-    assert (reply.ref, dotted(reply), reply.max_age) == (3, "5.03", 17)
+    assert (reply.ref, dotted(reply), reply.max_age) == (3, "5.03", RETRY_AFTER)
 
 
 def test_uplinks_being_written_count_toward_the_outbox_bound():
@@ -692,7 +694,7 @@ def test_activity_postpones_idle_disconnect():
 
 
 def test_device_with_an_undelivered_entry_is_not_disconnected_as_idle():
-    core = connected_core(ack_timeout=10_000)
+    core = connected_core(puback_timeout=10_000)
     _, data = uplink(core, 2)
     assert core.on_tick(NOW + 601) == []
     assert of(core.on_published(data.ref, 0, NOW + 602), Delete)
@@ -866,7 +868,7 @@ def test_unsupported_operations_are_refused_without_store_or_publish(method, fea
 
 
 def test_provisioning_is_rate_limited_per_source_address_with_4_29_and_max_age():
-    core = GatewayCore(CoreSettings(provision_rate=0.5, provision_burst=2), lambda token: None)
+    core = GatewayCore(core_config(provision_rate=0.5, provision_burst=2), lambda token: None)
     body = b'{"provisionDeviceKey": "k", "provisionDeviceSecret": "s"}'
 
     def provision(ref, remote, now):

@@ -2,7 +2,8 @@
 
 from bridge.core import codes
 from bridge.core.actions import Device, Log, Request
-from bridge.core.session import CoreSettings, GatewayCore
+from bridge.core.session import GatewayCore
+from coreconfig import core_config
 from bridge.core.tokenscan import UnknownTokens
 
 NOW = 1_700_000_000.0
@@ -17,7 +18,7 @@ def warnings(actions):
 
 
 def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_addresses():
-    core = GatewayCore(CoreSettings(), {"good": Device("Dev A", "t")}.get)
+    core = GatewayCore(core_config(), {"good": Device("Dev A", "t")}.get)
     assert warnings(core.on_tick(NOW)) == []
     [reply] = core.on_request(scan_request(1, "guess0", ("10.0.0.1", 5683)), NOW)
     assert codes.dotted(reply.code) == "4.01"
@@ -46,7 +47,7 @@ def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_a
 
 
 def test_valid_tokens_and_missing_tokens_are_not_counted_as_a_scan():
-    core = GatewayCore(CoreSettings(), {"good": Device("Dev A", "t")}.get)
+    core = GatewayCore(core_config(), {"good": Device("Dev A", "t")}.get)
     core.on_request(scan_request(1, "good", ("10.0.0.1", 5683)), NOW)
     core.on_request(Request(2, codes.POST, ("api", "v1"), b"", remote=("10.0.0.1", 5683)), NOW)
     assert warnings(core.on_tick(NOW + 1)) == [] and core.stats["unknown_token"] == 0

@@ -8,7 +8,8 @@ import pytest
 from bridge.core import codes
 from bridge.core.actions import (Created, Device, Log, Publish, Reply, Request, Store,
                                  StoreMany)
-from bridge.core.session import CoreSettings, GatewayCore
+from bridge.core.session import GatewayCore
+from coreconfig import core_config
 
 NOW = 1_700_000_000.5
 DEVICES = {"tokA": Device("Dev A", "thermo"), "tokB": Device("Dev B", "meter")}
@@ -32,7 +33,7 @@ SETTINGS = dict(max_packet_size=300, outbox_max_entries=5, device_rate=1.0, devi
 
 
 def make_core(**settings):
-    core = GatewayCore(CoreSettings(**dict(SETTINGS, **settings)), DEVICES.get)
+    core = GatewayCore(core_config(**dict(SETTINGS, **settings)), DEVICES.get)
     core.on_link_up(NOW)
     return core
 
@@ -112,10 +113,10 @@ def test_rows_take_consecutive_ids_and_count_as_being_written_until_stored():
     core = make_core(outbox_max_entries=100)
     [store] = core.on_uplinks([(n, "tokA", "telemetry", b'{"t": %d}' % n, REMOTE)
                                for n in (1, 2, 3)], NOW)
-    assert core.storing_count == 3 and core.storing_bytes == sum(len(r[3]) for r in store.rows)
+    assert core.uplinks.storing_count == 3 and core.uplinks.storing_bytes == sum(len(r[3]) for r in store.rows)
     core.on_stored([(store.ref, 41)], NOW)
-    assert core.storing_count == 0 and core.storing_bytes == 0
-    assert [e.id for e in core.delivery.queues["Dev A"]] == [41, 42, 43]
+    assert core.uplinks.storing_count == 0 and core.uplinks.storing_bytes == 0
+    assert [e.id for e in core.outbox.delivery.queues["Dev A"]] == [41, 42, 43]
     assert core.stats["acknowledged"] == 3
 
 
@@ -127,7 +128,7 @@ def test_a_failed_write_answers_every_uplink_of_the_batch_5_03():
     assert isinstance(log, Log) and log.level == "error"
     assert [(a.ref, a.code, a.max_age) for a in answers] == [
         (1, codes.SERVICE_UNAVAILABLE, 5), (2, codes.SERVICE_UNAVAILABLE, 5)]
-    assert core.storing_count == 0 and core.storing_bytes == 0
+    assert core.uplinks.storing_count == 0 and core.uplinks.storing_bytes == 0
     assert core.stats["store_failed"] == 2
 
 
@@ -138,9 +139,9 @@ def test_a_rename_while_the_batch_is_written_renames_its_rows():
     core.rename("Dev A", "Kitchen")
     assert [row[0] for row in store.rows] == ["Kitchen", "Dev B"]
     assert list(json.loads(store.rows[0][3])) == ["Kitchen"]
-    assert core.storing_bytes == sum(len(row[3]) for row in store.rows)
+    assert core.uplinks.storing_bytes == sum(len(row[3]) for row in store.rows)
     core.on_stored([(store.ref, 7)], NOW)
-    assert [e.device for e in core.delivery.queues["Kitchen"]] == ["Kitchen"]
+    assert [e.device for e in core.outbox.delivery.queues["Kitchen"]] == ["Kitchen"]
 
 
 def many_devices(n):
@@ -153,7 +154,7 @@ def deep(levels):
 
 def test_one_deeply_nested_body_gets_4_00_and_the_others_of_its_turn_are_stored():
     devices = many_devices(30)
-    core = GatewayCore(CoreSettings(), devices.get)
+    core = GatewayCore(core_config(), devices.get)
     core.on_link_up(NOW)
     batch = [(n + 1, "tok%d" % n, "telemetry", b'{"t": %d}' % n, REMOTE) for n in range(29)]
     batch.insert(12, (99, "tok29", "telemetry", deep(1200), REMOTE))
@@ -176,7 +177,7 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_the_rest_of_its_turn_is_stored(
         if token == "tokB":
             raise bug
         return DEVICES.get(token)
-    core.lookup = lookup
+    core.auth.lookup = lookup
     batch = [(1, "tokA", "telemetry", b'{"t": 1}', REMOTE),
              (2, "tokB", "telemetry", b'{}', REMOTE),
              (3, "tokA", "attributes", b'{"a": 1}', REMOTE),
@@ -188,7 +189,7 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_the_rest_of_its_turn_is_stored(
     assert log.level == "error" and log.error is bug and "and 1 more" in log.text
     [store] = [a for a in actions if isinstance(a, StoreMany)]
     assert [row[2] for row in store.rows] == ["v1/gateway/telemetry", "v1/gateway/attributes"]
-    assert core.storing_count == 2
+    assert core.uplinks.storing_count == 2
     [created] = [a for a in core.on_stored([(store.ref, 1)], NOW) if isinstance(a, Created)]
     assert created.refs == [1, 3]
 
@@ -198,6 +199,6 @@ def test_a_malformed_batch_leaves_nothing_counted_as_being_written():
     batch = [(n, "tokA", "telemetry", b'{"t": 1}', REMOTE) for n in (1, 2)] + [(3, "tokA")]
     with pytest.raises(ValueError):  # a bug in the edge: it answers the whole turn 5.00
         core.on_uplinks(batch, NOW)
-    assert (core.storing_count, core.storing_bytes, core.storing) == (0, 0, {})
+    assert (core.uplinks.storing_count, core.uplinks.storing_bytes, core.uplinks.storing) == (0, 0, {})
     [store] = core.on_uplinks([(4, "tokA", "telemetry", b'{"t": 1}', REMOTE)], NOW)
-    assert core.storing_count == 1
+    assert core.uplinks.storing_count == 1

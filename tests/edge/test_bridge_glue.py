@@ -262,13 +262,13 @@ def test_a_deeply_nested_uplink_gets_4_00_and_the_others_of_its_turn_2_01(tmp_pa
 def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_level(tmp_path):
     from twisted.logger import LogLevel
     bridge, clock, writes = writing_bridge(tmp_path)
-    lookup = bridge.core.lookup
+    lookup = bridge.core.auth.lookup
 
     def buggy(token):
         if token == "bug":
             raise RuntimeError("bug")
         return lookup(token)
-    bridge.core.lookup = buggy
+    bridge.core.auth.lookup = buggy
     bad = request()
     bad.opt.uri_path = (b"api", b"v1", b"bug", b"telemetry")
     answers = [uplink(bridge, 1), bridge.handle_coap(bad), uplink(bridge, 2)]
@@ -304,7 +304,7 @@ def test_draining_ends_even_when_looking_at_the_publishes_fails():
     clock = Clock()
     bridge = Bridge(config_module.load(None, {}), clock)
     bridge.commit = lambda: (_ for _ in ()).throw(RuntimeError("bug"))
-    bridge.core.delivery.in_flight.clear()
+    bridge.core.outbox.delivery.in_flight.clear()
     from twisted.logger import globalLogPublisher
     events = []
     globalLogPublisher.addObserver(events.append)

@@ -53,14 +53,14 @@ def test_a_restart_reads_a_large_backlog_in_slices_and_delivers_every_entry_in_o
     bridge, clock = backlog_bridge(tmp_path)
     bridge.outbox_commit.restore()
     clock.advance(0)  # the first slice is read on the next turn
-    assert 0 < bridge.core.delivery.count < ROWS  # not the whole backlog at once
-    slice_rows = bridge.core.settings.restore_rows
-    assert bridge.core.delivery.count <= slice_rows < ROWS
+    assert 0 < bridge.core.outbox.delivery.count < ROWS  # not the whole backlog at once
+    slice_rows = bridge.core.outbox.slice_rows
+    assert bridge.core.outbox.delivery.count <= slice_rows < ROWS
     assert bridge.metrics()["outbox_entries"][2] == ROWS  # the rest is on disk, and counts
     bridge.link_up()
     delivered, most_in_memory = [], 0
     for _ in range(10_000):
-        most_in_memory = max(most_in_memory, bridge.core.delivery.count)
+        most_in_memory = max(most_in_memory, bridge.core.outbox.delivery.count)
         sent, bridge.link.sent = bridge.link.sent, []
         if not sent:
             clock.advance(0)  # commits and the next slice
@@ -79,7 +79,7 @@ def test_a_restart_reads_a_large_backlog_in_slices_and_delivers_every_entry_in_o
         by_device.setdefault(device, []).append(n)
     assert all(numbers == sorted(numbers) for numbers in by_device.values())
     clock.advance(0)
-    assert bridge.outbox.stats() == (0, 0) and bridge.core.backlog_after is None
+    assert bridge.outbox.stats() == (0, 0) and bridge.core.outbox.backlog_after is None
     bridge.outbox.close()
 
 

@@ -154,7 +154,7 @@ class BridgeProcess:
         self.config = os.path.join(workdir, "bridge.yaml")
         self.log = os.path.join(workdir, "bridge.log")
         mqtt = {"host": "127.0.0.1", "port": mqtt_port, "protocol": protocol,
-                "reconnect_min_delay": 0.2, "reconnect_max_delay": 1.0, "ack_timeout": 3,
+                "reconnect_min_delay": 0.2, "reconnect_max_delay": 1.0, "puback_timeout": 3,
                 "keepalive": 5}
         mqtt.update(overrides.pop("mqtt", {}))
         coap = {"bind_address": bind_address, "bind_port": self.coap_port}

@@ -451,7 +451,7 @@ def test_platform_json_nested_5000_deep_is_skipped_and_the_link_keeps_reading(tm
         second = json.loads(proc.stdout.readline())
         assert json.loads(second["payload"]) == {"mode": "comfort"}
         # an uplink still gets through on the same connection: its PUBACK came, or the
-        # bridge would have reset the link after mqtt.ack_timeout and connected again
+        # bridge would have reset the link after mqtt.puback_timeout and connected again
         client = raw.Client(bridge.host, bridge.coap_port)
         assert client.exchange(raw.request(raw.POST, "/api/v1/tok1/telemetry", b'{"after": 1}',
                                            mid=next_mid())).code_str == "2.01"

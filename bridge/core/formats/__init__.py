@@ -1,0 +1,70 @@
+"""Payload formats: how a device's CoAP payloads read and how the bridge writes to it.
+
+The core never parses or encodes a device payload itself: it asks the device's
+``PayloadFormat``, chosen by device type through the function ``GatewayCore`` is given
+(today every type speaks JSON: ``formats.json``). A second format (Protocol Buffers, with
+the schemas of a device profile) is one more module here implementing the same methods.
+
+What goes to the platform is always the gateway API's JSON (``gateway.py``): a format turns
+a device's upload into that message, and the platform's documents into the device's bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+
+from ..payloads import Values
+
+Message = Tuple[str, bytes]  # a gateway topic and its payload
+
+
+class PayloadFormat(Protocol):
+    name: str
+    content_format: int  # the CoAP Content-Format of what ``encode`` writes
+
+    def telemetry(self, device: str, payload: bytes, now: float) -> Message:
+        """A telemetry upload of ``device`` as its gateway message (4.00 if unreadable)."""
+
+    def attributes(self, device: str, payload: bytes) -> Tuple[str, bytes, Values]:
+        """A client-attributes upload: its gateway message, and the values (their names
+        are learnt for reads of every attribute)."""
+
+    def claim(self, device: str, payload: bytes) -> Message:
+        """A claiming request (secretKey, durationMs) as its gateway message."""
+
+    def rpc_reply(self, device: str, rpc_id: int, payload: bytes) -> Message:
+        """The device's reply to server-side RPC ``rpc_id`` as its gateway message."""
+
+    def rpc_call(self, payload: bytes) -> Tuple[str, Any]:
+        """A client-side RPC from the device: its method (not empty) and params."""
+
+    def encode(self, document: Any) -> bytes:
+        """A document for the device: attributes read, changed or pushed, a server RPC."""
+
+    def rpc_result(self, payload: bytes) -> bytes:
+        """The platform's answer (gateway API JSON) to a client-side RPC, for the device."""
+
+
+FormatOf = Callable[[str], PayloadFormat]  # device type -> the format its devices speak
+
+
+class Formats:
+    """The format of each device type (asked once per type), and of a device known only by
+    name (``type_of`` says its type when the core knows the device; else ``default``)."""
+
+    def __init__(self, format_of: FormatOf, default: PayloadFormat,
+                 type_of: Callable[[str], Optional[str]] = lambda name: None):
+        self.format_of = format_of
+        self.default = default
+        self.type_of = type_of
+        self.by_type: Dict[str, PayloadFormat] = {}
+
+    def of(self, device_type: str) -> PayloadFormat:
+        fmt = self.by_type.get(device_type)
+        if fmt is None:
+            fmt = self.by_type[device_type] = self.format_of(device_type)
+        return fmt
+
+    def of_name(self, name: str) -> PayloadFormat:
+        device_type = self.type_of(name)
+        return self.default if device_type is None else self.of(device_type)

@@ -1,0 +1,57 @@
+"""JSON payloads, as ThingsBoard's CoAP device API defines them (today every device's).
+
+Plain uploads (a flat object of values) go to the platform as the device wrote them,
+inside the gateway envelope, without decoding and encoding them again: that is the
+uplink hot path's main saving (see ``payloads.values_text``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+from .. import codes, gateway, payloads
+from . import Message
+
+
+class JsonFormat:
+    name = "json"
+    content_format = codes.APPLICATION_JSON
+
+    def __init__(self, max_depth: int = payloads.MAX_DEPTH):
+        self.max_depth = max_depth  # deeper documents get 4.00 (limits.json_max_depth)
+
+    def telemetry(self, device: str, payload: bytes, now: float) -> Message:
+        doc = payloads.parse_json(payload, "telemetry", self.max_depth)
+        if payloads.plain_values(doc):
+            return gateway.telemetry_as_sent(device, int(now * 1000),
+                                             payloads.values_text(doc, payload))
+        return gateway.telemetry(device, payloads.telemetry_entries(doc, int(now * 1000)))
+
+    def attributes(self, device: str, payload: bytes) -> Tuple[str, bytes, payloads.Values]:
+        doc = payloads.parse_json(payload, "attributes", self.max_depth)
+        values = payloads.attribute_values(doc)
+        if payloads.plain_values(doc):
+            topic, body = gateway.attributes_as_sent(device, payloads.values_text(doc, payload))
+        else:
+            topic, body = gateway.attributes(device, values)
+        return topic, body, values
+
+    def claim(self, device: str, payload: bytes) -> Message:
+        return gateway.claim(device, payloads.parse_claim(payload, self.max_depth))
+
+    def rpc_reply(self, device: str, rpc_id: int, payload: bytes) -> Message:
+        data = payloads.parse_json(payload, "rpc reply", self.max_depth)
+        return gateway.rpc_reply(device, rpc_id, data)
+
+    def rpc_call(self, payload: bytes) -> Tuple[str, Any]:
+        doc = payloads.parse_json(payload, "rpc", self.max_depth)
+        method = doc.get("method") if isinstance(doc, dict) else None
+        if not isinstance(method, str) or not method:
+            raise codes.BadRequest('rpc: expected {"method": "...", "params": ...}')
+        return method, doc.get("params")
+
+    def encode(self, document: Any) -> bytes:
+        return payloads.dumps(document)
+
+    def rpc_result(self, payload: bytes) -> bytes:
+        return payload  # the platform's JSON, as it sent it

@@ -1,0 +1,90 @@
+"""Observe as the device APIs use it: registering, cancelling and later blocks.
+
+Attributes and RPC both hand their observers to ``Observers`` (observe.py, the relations
+and their notification queues); this part is the one place that answers a registration
+and hands back what a relation held when it ends (``requeue``: RPCs wait for the next
+registration). It follows renames and forgets deleted devices for both.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Set
+
+from . import codes
+from .actions import Log, Reply, Request
+from .observe import Observers, Pending
+from .parts import Action, Part, Shared
+
+
+class Subscriptions(Part):
+    def __init__(self, shared: Shared):
+        super().__init__()
+        coap = shared.config.coap
+        self.observers = Observers(coap.max_observers, coap.con_notification_interval)
+        # what a relation held when it ended or was replaced (set by the RPC part)
+        self.requeue: Callable[[List[Pending], float], None] = lambda leftovers, now: None
+        # feature -> called once a relation of a device is registered (RPC: its waiting RPCs)
+        self.registered: Dict[str, Callable[[str, float], List[Action]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.observers)
+
+    def register(self, request: Optional[Request], name: str, feature: str, code: int,
+                 body: bytes, content_format: int, now: float) -> List[Action]:
+        """Answer an observe registration with ``body`` (its first representation)."""
+        assert request is not None
+        observers = self.observers
+        relation, leftovers = observers.register(
+            name, feature, request.remote, request.token, request.confirmable, now,
+            request.block2[1] if request.block2 is not None else codes.BLOCK_SIZE)
+        self.requeue(leftovers, now)
+        fmt = content_format if body else None
+        if relation is None:  # full: answer without Observe (RFC 7641 §4.1)
+            return [Reply(request.ref, code, body, fmt, reason="observer limit reached"),
+                    Log("warn", "observer limit %d reached; %s not registered"
+                        % (observers.max_relations, name), name)]
+        relation.sent(body)
+        actions: List[Action] = [Reply(request.ref, code, body, fmt,
+                                       observe=observers.sequence())]
+        hook = self.registered.get(feature)
+        return actions + hook(name, now) if hook is not None else actions
+
+    def deregister(self, request: Request, name: str, feature: str, now: float) -> None:
+        """GET with Observe: 1 (only the registering endpoint and token end the relation)."""
+        ended, leftovers = self.observers.deregister(name, feature, request.remote,
+                                                     request.token)
+        self.requeue(leftovers, now)
+
+    def later_block(self, name: str, feature: str, request: Request,
+                    content_format: int) -> Optional[Reply]:
+        """A GET without Observe of a later block of the representation the device's relation
+        was last sent in blocks (RFC 7959 §2.6): that representation, which the edge cuts
+        into the block asked for. None for any other request."""
+        if request.observe is not None or request.block2 is None or request.block2[0] == 0:
+            return None
+        relation = self.observers.get(name, feature)
+        if relation is None or relation.last is None:
+            return None
+        return Reply(request.ref, codes.CONTENT, relation.last, content_format)
+
+    def enqueue(self, name: str, feature: str, pending: Pending, now: float) -> List[Action]:
+        return self.observers.enqueue(name, feature, pending, now)  # type: ignore[return-value]
+
+    def observing(self) -> Set[str]:
+        return {relation.device for relation in self.observers.relations.values()}
+
+    def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
+        notifies, ended, leftovers = self.observers.on_result(ref, outcome, now)
+        actions: List[Action] = list(notifies)
+        for relation in ended:
+            actions.append(Log("info", "observe of /%s by %s ended (%s)"
+                               % (relation.feature, relation.device, outcome), relation.device))
+        self.requeue(leftovers, now)
+        return actions
+
+    def rename(self, old: str, new: str) -> None:
+        self.observers.rename(old, new)
+
+    def forget(self, name: str) -> List[Action]:
+        self.observers.cancel_device(name)
+        return []

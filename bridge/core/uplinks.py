@@ -1,0 +1,237 @@
+"""Uplinks into the outbox: admission, the accounting of what is being written, the bulk path.
+
+A device gets 2.01 once its uplink is stored durably (``Store``, then ``on_stored``); the
+plain telemetry and attribute uploads of a turn arrive together in ``on_uplinks`` and
+leave as one ``StoreMany``, answered by one ``Created``. A full outbox (``outbox.max_*``)
+answers 5.03 with Max-Age; an uplink that could never be published (over the platform's
+packet size) 4.13. Payloads are read by the device's format (formats/).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from . import codes, gateway, routes
+from .actions import Created, Device, Log, Reply, Request, Row, Store, StoreMany, Uplink
+from .auth import Authenticator
+from .codes import CoapError
+from .devices import Devices
+from .formats import Formats
+from .limits import RequestLimits
+from .outbox import Outbox
+from .parts import RETRY_AFTER, Action, Part, Shared, error_reply, unavailable
+
+
+class Uplinks(Part):
+    def __init__(self, shared: Shared, outbox: Outbox, devices: Devices, auth: Authenticator,
+                 limits: RequestLimits, formats: Formats):
+        super().__init__()
+        config = shared.config
+        self.shared = shared
+        self.outbox = outbox
+        self.devices = devices.states  # read on the hot path: last_active of the device
+        self.auth = auth
+        self.limits = limits
+        self.formats = formats
+        self.settings = config.outbox
+        self.max_packet_size = config.mqtt.max_packet_size
+        self.mqtt5 = config.mqtt.mqtt5
+        # attribute names uploaded (set by the facade: attributes reads use them)
+        self.learn_keys: Callable[[str, Dict[str, Any]], None] = lambda name, values: None
+        # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
+        self.storing: Dict[int, Tuple[Any, Any]] = {}
+        self.storing_count = 0  # uplinks being written
+        self.storing_bytes = 0
+        self.full_since: Optional[float] = None
+        self.stats = {"acknowledged": 0, "refused_full": 0, "store_failed": 0}
+
+    # == the device API ======================================================
+
+    def on_telemetry(self, device: Device, request: Request, now: float) -> List[Action]:
+        if request.method != codes.POST:
+            raise codes.BadRequest("telemetry cannot be read or observed")
+        return self.store(device, *self.plain(device, routes.TELEMETRY, request.payload, now),
+                          request.ref, now)
+
+    def on_attributes(self, device: Device, request: Request, now: float) -> List[Action]:
+        return self.store(device, *self.plain(device, routes.ATTRIBUTES, request.payload, now),
+                          request.ref, now)
+
+    def on_claim(self, device: Device, request: Request, now: float) -> List[Action]:
+        if request.method != codes.POST:
+            raise codes.BadRequest("claim accepts POST only")
+        message = self.formats.of(device.type).claim(device.name, request.payload)
+        return self.store(device, *message, request.ref, now)
+
+    def plain(self, device: Device, feature: str, payload: bytes, now: float) -> Tuple[str, bytes]:
+        """The gateway message of a telemetry or client-attributes upload."""
+        fmt = self.formats.of(device.type)
+        if feature == routes.TELEMETRY:
+            return fmt.telemetry(device.name, payload, now)
+        topic, body, values = fmt.attributes(device.name, payload)
+        self.learn_keys(device.name, values)
+        return topic, body
+
+    def on_uplinks(self, uplinks: List[Uplink], now: float) -> List[Action]:
+        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes), in the order
+        they arrived: each is checked and answered as ``on_request`` would, and all that
+        are admitted go to the outbox in one ``StoreMany``, answered 2.01 by one
+        ``Created`` once stored. The common upload in bulk, without an object per step."""
+        actions: List[Action] = []
+        refs: List[int] = []
+        rows: List[Row] = []
+        failed: List[Tuple[int, Exception]] = []
+        limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
+        formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
+        try:
+            for ref, token, feature, payload, remote in uplinks:
+                device = None
+                try:
+                    if limits.peers.enabled:
+                        limits.peer(remote, now)
+                    device = by_token(token, remote, now)
+                    if limits.devices.enabled:
+                        limits.device(device, now)
+                    if feature == telemetry:
+                        fmt = known_formats.get(device.type) or formats.of(device.type)
+                        topic, body = fmt.telemetry(device.name, payload, now)
+                    else:
+                        topic, body = plain(device, feature, payload, now)
+                    if admit(device, topic, body, ref, now, actions):
+                        refs.append(ref)
+                        rows.append((device.name, device.type, topic, body))
+                except CoapError as err:
+                    reply = error_reply(ref, err)
+                    reply.authenticated = device is not None
+                    actions.append(reply)
+                except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
+                    failed.append((ref, exc))
+                    actions.append(Reply(ref, codes.INTERNAL_SERVER_ERROR, b"internal error",
+                                         codes.TEXT_PLAIN, reason="internal error"))
+        except Exception:
+            # a bug outside one uplink: the edge answers the whole turn 5.00, and what
+            # was admitted is not written
+            self.storing_count -= len(rows)
+            self.storing_bytes -= sum(len(row[3]) for row in rows)
+            raise
+        if failed:
+            actions.append(_failed_uplinks(failed))
+        if rows:
+            store = StoreMany(next(self.shared.refs), rows)
+            self.storing[store.ref] = (refs, store)
+            actions.append(store)
+        return actions
+
+    # == admission ===========================================================
+
+    def store(self, device: Device, topic: str, payload: bytes, request_ref: int,
+              now: float) -> List[Action]:
+        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``)."""
+        actions: List[Action] = []
+        if self.admit(device, topic, payload, request_ref, now, actions):
+            store = Store(next(self.shared.refs), device.name, device.type, topic, payload)
+            self.storing[store.ref] = (request_ref, store)
+            actions.append(store)
+        return actions
+
+    def admit(self, device: Device, topic: str, payload: bytes, request_ref: int, now: float,
+              actions: List[Action]) -> bool:
+        """Whether the outbox takes an uplink of ``device`` now (it is then counted as being
+        written); if not, the 5.03 answer goes to ``actions``. 4.13 if it can never be sent."""
+        self.check_size(topic, payload)
+        full = self._full(len(payload), now)
+        if full:
+            self.stats["refused_full"] += 1
+            if self.full_since is None:
+                self.full_since = now
+                actions.append(Log("warn", "outbox full (%s): devices get 5.03 until it drains"
+                                   % full))
+            actions.append(Reply(request_ref, codes.SERVICE_UNAVAILABLE, max_age=RETRY_AFTER,
+                                 reason="outbox full: " + full))
+            return False
+        if self.full_since is not None:
+            self.full_since = None
+            actions.append(Log("info", "outbox accepts uplinks again"))
+        state = self.devices.get(device.name)
+        if state is not None:
+            state.last_active = now
+        self.storing_count += 1
+        self.storing_bytes += len(payload)
+        return True
+
+    def check_size(self, topic: str, payload: bytes) -> None:
+        """4.13 for a gateway message larger than the platform takes (``mqtt.max_packet_size``)."""
+        limit = self.max_packet_size
+        if len(topic) < 256 and len(payload) + len(topic) <= limit - gateway.MAX_PUBLISH_OVERHEAD:
+            return  # fits whatever the UTF-8 of the topic and the length field add
+        if gateway.publish_packet_size(topic, payload, self.mqtt5) > limit:
+            raise codes.EntityTooLarge("gateway message would exceed the platform's %d-byte limit"
+                                       % limit, size1=limit)
+
+    def _full(self, size: int, now: float) -> Optional[str]:
+        settings, outbox = self.settings, self.outbox
+        if outbox.count + self.storing_count >= settings.max_entries:
+            return "%d entries" % settings.max_entries
+        if outbox.bytes + self.storing_bytes + size > settings.max_bytes:
+            return "%d bytes" % settings.max_bytes
+        oldest = outbox.oldest(now, settings.max_age)
+        if oldest is not None and now - oldest > settings.max_age:
+            return "oldest entry older than %.0f s" % settings.max_age
+        return None
+
+    # == written, or not =====================================================
+
+    def on_stored(self, stored: List[Tuple[int, int]], now: float) -> List[Action]:
+        """The edge wrote ``(store ref, outbox id)`` pairs durably (for a ``StoreMany``, the
+        id of its first row; the others follow it): acknowledge the devices."""
+        actions: List[Action] = []
+        for store_ref, first_id in stored:
+            refs, store = self.storing.pop(store_ref)
+            rows = _rows(store)
+            size = self.outbox.stored(rows, first_id, now)
+            self.storing_count -= len(rows)
+            self.storing_bytes -= size
+            self.stats["acknowledged"] += len(rows)
+            actions.append(Reply(refs, codes.CREATED) if isinstance(store, Store)
+                           else Created(refs))
+        return actions + self.outbox.pump(now)
+
+    def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
+        actions: List[Action] = [Log("error", "could not store uplinks: %s" % reason)]
+        for store_ref in store_refs:
+            refs, store = self.storing.pop(store_ref)
+            rows = _rows(store)
+            self.storing_count -= len(rows)
+            self.storing_bytes -= sum(len(row[3]) for row in rows)
+            self.stats["store_failed"] += len(rows)
+            for request_ref in ([refs] if isinstance(store, Store) else refs):
+                actions.append(unavailable(request_ref, "outbox write failed"))
+        return actions
+
+    def rename(self, old: str, new: str) -> None:
+        """Uplinks still being written follow the device (see ``Store``)."""
+        for _, store in self.storing.values():
+            if isinstance(store, Store):
+                if store.device == old:
+                    payload = gateway.rename_device(store.topic, store.payload, old, new)
+                    self.storing_bytes += len(payload) - len(store.payload)
+                    store.device, store.payload = new, payload
+                continue
+            for i, (device, device_type, topic, payload) in enumerate(store.rows):
+                if device == old:
+                    renamed = gateway.rename_device(topic, payload, old, new)
+                    self.storing_bytes += len(renamed) - len(payload)
+                    store.rows[i] = (new, device_type, topic, renamed)
+
+
+def _rows(store: Union[Store, StoreMany]) -> List[Row]:
+    if isinstance(store, Store):
+        return [(store.device, store.device_type, store.topic, store.payload)]
+    return store.rows
+
+
+def _failed_uplinks(failed: List[Tuple[int, Exception]]) -> Log:
+    """One error line, with the first traceback, for the uplinks of a turn that hit a bug."""
+    ref, first = failed[0]
+    more = " (and %d more uplinks of this turn)" % (len(failed) - 1) if len(failed) > 1 else ""
+    return Log("error", "Handling uplink %d failed%s: answered 5.00" % (ref, more), error=first)

@@ -1,0 +1,59 @@
+"""Payload formats are chosen per device type (bridge.core.formats): the core parses and
+encodes a device's payloads only through its format."""
+
+from bridge.core import codes, gateway
+from bridge.core.actions import Device, Request, Store, StoreMany
+from bridge.core.formats.json import JsonFormat
+from bridge.core.session import GatewayCore
+from coreconfig import core_config
+
+NOW = 1_700_000_000.0
+PEER = ("10.0.0.1", 5683)
+DEVICES = {"tokj": Device("Dev J", "thermo"), "tokc": Device("Dev C", "csv-meter")}
+
+
+class CsvFormat(JsonFormat):
+    """A made-up second format: ``key=value;key=value`` telemetry."""
+
+    name = "csv"
+
+    def telemetry(self, device, payload, now):
+        values = dict(item.split("=") for item in payload.decode().split(";"))
+        return super().telemetry(device, gateway_json(values), now)
+
+
+def gateway_json(values):
+    from bridge.core.payloads import dumps
+    return dumps({k: float(v) for k, v in values.items()})
+
+
+def make_core():
+    csv, json = CsvFormat(), JsonFormat()
+    asked = []
+
+    def format_of(device_type):
+        asked.append(device_type)
+        return csv if device_type == "csv-meter" else json
+    core = GatewayCore(core_config(), DEVICES.get, format_of=format_of)
+    core.on_link_up(NOW)
+    return core, asked
+
+
+def test_each_device_type_gets_its_own_format_asked_once_per_type():
+    core, asked = make_core()
+    batch = [(1, "tokc", "telemetry", b"t=21.5;h=40", PEER),
+             (2, "tokj", "telemetry", b'{"t": 1}', PEER),
+             (3, "tokc", "telemetry", b"t=22", PEER)]
+    [store] = [a for a in core.on_uplinks(batch, NOW) if isinstance(a, StoreMany)]
+    assert [row[0] for row in store.rows] == ["Dev C", "Dev J", "Dev C"]
+    assert all(row[2] == gateway.TELEMETRY for row in store.rows)
+    assert b'"t":21.5' in store.rows[0][3] and b'"h":40.0' in store.rows[0][3]
+    assert b'{"t": 1}' in store.rows[1][3]  # JSON: as sent and b'"t":22.0' in store.rows[2][3]
+    assert sorted(asked) == ["csv-meter", "thermo"]
+
+
+def test_a_request_outside_the_bulk_path_uses_the_device_format_too():
+    core, _ = make_core()
+    request = Request(7, codes.POST, ("api", "v1", "tokc", "telemetry"), b"t=3", remote=PEER)
+    [store] = [a for a in core.on_request(request, NOW) if isinstance(a, Store)]
+    assert store.device == "Dev C" and b'"t":3.0' in store.payload
