@@ -1,9 +1,10 @@
 """Device registry: access token -> device name and profile, in SQLite under DATA_DIR.
 
 The ``coapbridge devices`` commands write it; a running bridge reads it. The
-bridge keeps an in-memory copy and reloads it when SQLite's ``data_version``
-says another connection changed the file, so additions and removals take
-effect at once, without a restart (see ``Registry.lookup``).
+bridge keeps an in-memory copy (``Registry.devices``) and reloads it when
+SQLite's ``data_version`` says another connection changed the file
+(``Registry.refresh``, once per reactor turn), so additions and removals take
+effect at once, without a restart.
 
 Tokens are secrets: use ``mask()`` whenever one goes into a log line.
 """
@@ -63,32 +64,36 @@ class Registry:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
         if "pending" not in columns:  # registries made before provisioning existed
             self._db.execute("ALTER TABLE devices ADD COLUMN pending INTEGER NOT NULL DEFAULT 0")
-        self._version: Optional[int] = None
-        self._by_token: Dict[str, Device] = {}
+        self._version: Optional[int] = None  # None: the copy must be read again
+        self.devices: Dict[str, Device] = {}  # token -> live device, as of the last refresh
 
     def close(self) -> None:
         self._db.close()
 
     # -- the bridge's view --------------------------------------------------
 
-    def lookup(self, token: str, recheck: bool = True) -> Optional[Device]:
-        """The live device for ``token``, or None (unknown or deleted).
+    def refresh(self) -> bool:
+        """Bring ``devices`` up to date with the file (one ``PRAGMA data_version`` query, and
+        a reload when another connection or this one changed it); True when it changed.
 
-        ``recheck=False`` trusts the copy for a token it knows, with no query: the
-        bridge rechecks once per turn of its reactor, so a burst of requests costs
-        one query and a change made before the burst still counts. An unknown token
-        always looks at the file."""
-        if not recheck and self._version is not None:  # None: this process changed the file
-            device = self._by_token.get(token)
-            if device is not None:
-                return device
+        ``devices`` is one dict, updated in place, so a reference to it (or to its
+        ``get``) stays a live view: the bridge refreshes it once per reactor turn, before
+        the requests of that turn are handled, and the core reads it as plain data."""
         version = self._db.execute("PRAGMA data_version").fetchall()[0][0]
-        if version != self._version:
-            rows = self._db.execute("SELECT token, name, type FROM devices "
-                                    "WHERE deleted = 0 AND pending = 0")
-            self._by_token = {token_: Device(name, type_) for token_, name, type_ in rows}
-            self._version = version
-        return self._by_token.get(token)
+        if version == self._version:
+            return False
+        rows = self._db.execute("SELECT token, name, type FROM devices "
+                                "WHERE deleted = 0 AND pending = 0")
+        devices = {token_: Device(name, type_) for token_, name, type_ in rows}
+        self.devices.clear()
+        self.devices.update(devices)
+        self._version = version
+        return True
+
+    def lookup(self, token: str) -> Optional[Device]:
+        """The live device for ``token``, or None (unknown or deleted), read from the file."""
+        self.refresh()
+        return self.devices.get(token)
 
     def rename(self, old: str, new: str) -> bool:
         if not new or not new.strip():

@@ -186,3 +186,12 @@ class ServePackage:
     package: Any  # core.ota.PackageInfo
     offset: int = 0
     length: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    """Request ``ref`` carried a valid credential: its answers, now and later, need no
+    amplification limit (RFC 7252 §11.3). Comes before the request's other actions."""
+
+    __slots__ = ("ref",)
+    ref: int

@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Tuple
 
 from . import codes, routes
-from .actions import Device, Request
+from .actions import Authenticated, Device, Request
 from .attributes import Attributes
 from .auth import AccessToken, Authenticator, Credential
 from .downloads import Downloads
 from .limits import RequestLimits
-from .parts import Action
+from .parts import Action, error_reply
 from .provision import Provisioning
 from .rpc import Rpc
 from .uplinks import Uplinks
@@ -72,7 +72,13 @@ class Requests:
             raise codes.Unauthorized("missing access token")
         credential = AccessToken(route.token)
         device = self.auth.authenticate(credential, request.remote, now)
+        authenticated = Authenticated(request.ref)
         handler, limited = self.handlers[(route.feature, request.method)]
-        if limited and self.limits.devices.enabled:
-            self.limits.device(device, now)
-        return handler(device, credential, route, request, now)
+        try:
+            if limited and self.limits.devices.enabled:
+                self.limits.device(device, now)
+            actions = handler(device, credential, route, request, now)
+        except codes.CoapError as err:
+            return [authenticated, error_reply(request.ref, err)]
+        actions.insert(0, authenticated)
+        return actions

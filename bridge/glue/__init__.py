@@ -4,7 +4,8 @@
   ``Request``, or a plain uplink kept for the end of the turn; the core's
   ``Reply`` -> the answer of that request).
 * ``admission``: how many requests of one source are processed at once.
-* ``lookup``: access tokens -> devices from the registry, its file read once per turn.
+* ``lookup``: the registry's copy the core reads (token -> device), refreshed once per turn
+  before the core sees a request: no event of the core does I/O.
 * ``commit``: the outbox's group commit (one transaction per reactor turn) and the
   backlog read back in slices after a restart.
 * ``notifications``: observe notifications, sent on the next reactor turn in order.

@@ -21,9 +21,9 @@ from twisted.python.failure import Failure
 from ..coap.codec import make_response
 from ..config import Config, gateway_client_id
 from ..core import codes, gateway
-from ..core.actions import (Created, DeadLetter, Delete, DeleteDevice, LoadBacklog, Log,
-                            Notify, Provision, Publish, RenameDevice, Reply, ResetLink,
-                            ServePackage, Store, StoreMany)
+from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
+                            LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
+                            ResetLink, ServePackage, Store, StoreMany)
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
 from ..edge.mqtt import MqttLink
@@ -37,7 +37,7 @@ from .admission import PendingAdmission
 from .coap_requests import CoapRequests
 from .commit import OutboxCommit
 from .dispatch import ActionDispatcher
-from .lookup import TurnLookup
+from .lookup import RegistryView
 from .notifications import Notifications
 
 log = logger("bridge")
@@ -59,8 +59,8 @@ class Bridge:
         self.config = config
         self.reactor = reactor
         self.rng = rng or random.Random()
-        self.lookup = TurnLookup(reactor)
-        self.core = make_core(config, self.lookup)
+        self.registry_view = RegistryView(reactor)
+        self.core = make_core(config, self.registry_view.get)
         self.dispatcher = ActionDispatcher()
         self.apply = self.dispatcher.apply
         self.outbox_commit = OutboxCommit(self.core, reactor, self.apply, self._before_write)
@@ -68,10 +68,10 @@ class Bridge:
         self.requests = CoapRequests(
             self.core, reactor,
             PendingAdmission(limits.max_pending_per_peer, limits.max_pending_per_address),
-            self.lookup, self.apply, self.outbox_commit.schedule)
+            self.registry_view, self.apply, self.outbox_commit.schedule)
         self.notifications = Notifications(reactor)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
-        self.provisioner = Provisioner(config, reactor, lambda: self.lookup.registry,
+        self.provisioner = Provisioner(config, reactor, lambda: self.registry_view.registry,
                                        self.requests.answer_json, self.sessions)
         self.packages = PackageStore(config, reactor, self.reconnect_device, self.sessions)
         mqtt = dataclasses.replace(config.mqtt,
@@ -97,15 +97,16 @@ class Bridge:
             RenameDevice: lambda action: self._registry_change("rename", action.old,
                                                                action.new),
             DeleteDevice: lambda action: self._registry_change("delete", action.name),
+            Authenticated: requests.authenticated,
         })
 
     @property
     def registry(self) -> Optional[Registry]:
-        return self.lookup.registry
+        return self.registry_view.registry
 
     @registry.setter
     def registry(self, registry: Optional[Registry]) -> None:
-        self.lookup.registry = registry
+        self.registry_view.attach(registry)
 
     @property
     def outbox(self) -> Optional[Outbox]:
@@ -183,7 +184,7 @@ class Bridge:
         self.link.reset()
 
     def _registry_change(self, kind: str, *names: str) -> None:
-        registry = self.lookup.registry
+        registry = self.registry_view.registry
         if registry is None:
             return
         try:
@@ -199,6 +200,7 @@ class Bridge:
             log.error("Platform asked to {kind} {device}, but: {error}", kind=kind,
                       device=names[0], error=str(exc))
             return
+        self.registry_view.changed()  # the next request already sees it
         if kind == "rename":
             log.info("Platform renamed device {device} to {new_name}", device=names[0],
                      new_name=names[1], known=changed)

@@ -20,11 +20,11 @@ from twisted.internet import defer
 from ..coap.codec import describe, make_response
 from ..coap.endpoint import Answer
 from ..core import codes
-from ..core.actions import Created, Reply, Request, Uplink
+from ..core.actions import Authenticated, Created, Reply, Request, Uplink
 from ..core.routes import plain_uplink
 from ..logs import logger
 from .admission import PendingAdmission
-from .lookup import TurnLookup
+from .lookup import RegistryView
 
 log = logger("bridge")
 
@@ -45,12 +45,12 @@ class _InProgress:
 
 
 class CoapRequests:
-    def __init__(self, core: Any, clock: Any, admission: PendingAdmission, lookup: TurnLookup,
+    def __init__(self, core: Any, clock: Any, admission: PendingAdmission, registry: RegistryView,
                  apply: Apply, schedule_commit: Callable[[], None]):
         self.core = core
         self.clock = clock
         self.admission = admission
-        self.lookup = lookup
+        self.registry = registry
         self.apply = apply
         self.schedule_commit = schedule_commit  # the end of the turn flushes the uplinks
         self.in_progress: Dict[int, _InProgress] = {}
@@ -63,6 +63,7 @@ class CoapRequests:
         self.handled += 1
         ref = self.handled  # the request's ref: the number of requests so far
         peer = message.remote
+        self.registry.refresh()  # the copy the core reads, up to date for this turn
         refused = self.admission.refusal(peer)
         if refused is not None:
             self.errors += 1
@@ -105,14 +106,12 @@ class CoapRequests:
         self.admission.hold(message.remote)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
-        self.lookup.found = False
         try:
             actions = self.core.on_request(request, self.clock.seconds())
         except Exception:
             # a bug, answered 5.00 by the transport: release what this request holds
             self.admission.release(self.in_progress.pop(ref).peer)
             raise
-        pending.authenticated = self.lookup.found  # the request carried a valid access token
         self.apply(actions)
         return d
 
@@ -132,6 +131,12 @@ class CoapRequests:
         self.apply(actions)
 
     # -- answers -----------------------------------------------------------------------
+
+    def authenticated(self, action: Authenticated) -> None:
+        """The core found the request's credential valid: no amplification limit."""
+        pending = self.in_progress.get(action.ref)
+        if pending is not None:
+            pending.authenticated = True
 
     def reply(self, reply: Reply) -> None:
         # A device's bad request is its problem, and logging each one would let any

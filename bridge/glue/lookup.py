@@ -1,34 +1,47 @@
-"""Access tokens -> devices, from the registry; its file is looked at once per reactor turn."""
+"""The registry as the core sees it: plain data, refreshed by the edge once per turn.
+
+No event of the core does I/O: before the first request of a reactor turn reaches
+the core, the request adapter calls ``refresh()``, which asks SQLite once whether
+the file changed (``PRAGMA data_version``) and reloads the registry's copy if so.
+The core's token lookup is then ``RegistryView.get``, a dictionary read.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from ..core.actions import Device
 from ..registry import Registry
 
 
-class TurnLookup:
-    """The core's ``lookup``. ``found`` says whether the last lookup knew the token
-    (the request adapter reads it after ``on_request``: the request carried a valid
-    access token, so its answer needs no amplification limit)."""
-
+class RegistryView:
     def __init__(self, reactor: Any):
         self.reactor = reactor
         self.registry: Optional[Registry] = None  # set while the registry service runs
-        self.found = False
-        self._checked = False
+        self.devices: Dict[str, Device] = {}  # the registry's copy, updated in place
+        self._fresh = False  # refreshed in this reactor turn
 
-    def __call__(self, token: str) -> Optional[Device]:
-        device = None
+    def attach(self, registry: Optional[Registry]) -> None:
+        self.registry = registry
+        self.devices = registry.devices if registry is not None else {}
+        self._fresh = False
+
+    def get(self, token: str) -> Optional[Device]:
+        """The core's lookup: the device of access ``token`` in this turn's copy, or None."""
+        return self.devices.get(token)
+
+    def refresh(self) -> None:
+        """Look at the registry file, at most once per reactor turn."""
+        if self._fresh or self.registry is None:
+            return
+        self._fresh = True
+        self.reactor.callLater(0, self._turn_over)
+        self.registry.refresh()
+
+    def changed(self) -> None:
+        """This process changed the registry (a rename or delete): read it again now."""
         if self.registry is not None:
-            recheck = not self._checked
-            if recheck:  # the first lookup of this reactor turn looks at the file
-                self._checked = True
-                self.reactor.callLater(0, self._turn_over)
-            device = self.registry.lookup(token, recheck)
-        self.found = device is not None
-        return device
+            self.registry.refresh()
 
     def _turn_over(self) -> None:
-        self._checked = False
+        self._fresh = False

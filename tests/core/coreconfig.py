@@ -59,3 +59,14 @@ def core_config(mqtt5=True, **flat):
     return dataclasses.replace(config, **{
         section: dataclasses.replace(getattr(config, section), **changes)
         for section, changes in sections.items()})
+
+
+def handled(core, request, now):
+    """``core.on_request`` without the ``Authenticated`` marker it puts first for a request
+    with a valid credential (tests/core/test_session.py tests the marker itself)."""
+    from bridge.core.actions import Authenticated
+    actions = core.on_request(request, now)
+    if actions and type(actions[0]) is Authenticated:
+        assert actions[0].ref == request.ref
+        return actions[1:]
+    return actions

@@ -16,7 +16,7 @@ from bridge.core.actions import DeadLetter, Delete, Device, Log, Publish, Reply,
 from bridge.core.delivery import Delivery, Entry
 from bridge.core.payloads import TelemetryEntry
 from bridge.core.session import GatewayCore
-from coreconfig import core_config
+from coreconfig import core_config, handled
 
 NOW = 1_700_000_000.5
 TELEMETRY = gateway.TELEMETRY
@@ -479,7 +479,7 @@ _req_refs = itertools.count(1)
 
 def post(core, token, body, feature="telemetry", now=NOW):
     """A device uplink; returns its Store (not yet written)."""
-    [store] = core.on_request(request(next(_req_refs), token, body, feature), now)
+    [store] = handled(core, request(next(_req_refs), token, body, feature), now)
     assert isinstance(store, Store), store
     return store
 

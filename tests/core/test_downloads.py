@@ -10,7 +10,7 @@ import json
 from bridge.core import codes
 from bridge.core.actions import Device, Publish, Reply, Request, ServePackage
 from bridge.core.session import GatewayCore
-from coreconfig import core_config
+from coreconfig import core_config, handled
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -62,7 +62,7 @@ def codes_of(actions):
 
 
 def first_block(core):
-    seen = run(core, core.on_request(fw_get(1, (0, 1024)), NOW))
+    seen = run(core, handled(core, fw_get(1, (0, 1024)), NOW))
     assert len(served(seen)) == 1, seen
     return seen
 
@@ -71,14 +71,14 @@ def test_1024_blocks_of_a_package_spend_no_device_request_budget_with_the_shippe
     core = make_core()
     first_block(core)
     for n in range(1, 1024):  # a 1 MiB package, all at one instant
-        actions = core.on_request(fw_get(1 + n, (n, 1024)), NOW)
+        actions = handled(core, fw_get(1 + n, (n, 1024)), NOW)
         assert len(served(actions)) == 1, (n, actions)
     later = NOW + 1.0  # (the address's budget, 2000 at once and 1000/s, counts them all)
-    chunks = [core.on_request(fw_get(2000 + n, None, ("size=1024", "chunk=%d" % n)), later)
+    chunks = [handled(core, fw_get(2000 + n, None, ("size=1024", "chunk=%d" % n)), later)
               for n in range(1024)]
     assert all(len(served(actions)) == 1 for actions in chunks)
     # the device's requests to the platform still have their budget
-    uplinks = [core.on_request(Request(5000 + n, codes.POST, ("api", "v1", "tok", "telemetry"),
+    uplinks = [handled(core, Request(5000 + n, codes.POST, ("api", "v1", "tok", "telemetry"),
                                        b'{"t": 1}', remote=PEER), later) for n in range(19)]
     assert all(codes_of(actions) == [] for actions in uplinks)  # stored, not refused
 
@@ -86,22 +86,22 @@ def test_1024_blocks_of_a_package_spend_no_device_request_budget_with_the_shippe
 def test_download_budget_counts_bytes_of_the_block_size_asked_for():
     core = make_core(download_rate=1024.0, download_burst=4096.0)
     first_block(core)  # 1024 of 4096 bytes
-    assert all(served(core.on_request(fw_get(2 + n, (1 + n, 1024)), NOW)) for n in range(3))
-    [refused] = core.on_request(fw_get(9, (4, 1024)), NOW)
+    assert all(served(handled(core, fw_get(2 + n, (1 + n, 1024)), NOW)) for n in range(3))
+    [refused] = handled(core, fw_get(9, (4, 1024)), NOW)
     assert codes_of([refused]) == ["4.29"] and refused.max_age == 1
     later = NOW + 1.0  # 1024 bytes again: four blocks of 256, or one size=256 piece and three
-    assert all(served(core.on_request(fw_get(10 + n, (16 + n, 256)), later)) for n in range(3))
-    assert served(core.on_request(fw_get(20, None, ("size=256", "chunk=7")), later))
-    assert codes_of(core.on_request(fw_get(21, (20, 256)), later)) == ["4.29"]
+    assert all(served(handled(core, fw_get(10 + n, (16 + n, 256)), later)) for n in range(3))
+    assert served(handled(core, fw_get(20, None, ("size=256", "chunk=7")), later))
+    assert codes_of(handled(core, fw_get(21, (20, 256)), later)) == ["4.29"]
 
 
 def test_a_download_that_must_ask_the_platform_spends_a_device_request():
     core = make_core(device_rate=1.0, device_burst=1.0)
     uplink = Request(1, codes.POST, ("api", "v1", "tok", "telemetry"), b'{"t": 1}', remote=PEER)
-    assert codes_of(core.on_request(uplink, NOW)) == []
-    [refused] = core.on_request(fw_get(2, (0, 1024)), NOW)  # the attributes are not known yet
+    assert codes_of(handled(core, uplink, NOW)) == []
+    [refused] = handled(core, fw_get(2, (0, 1024)), NOW)  # the attributes are not known yet
     assert codes_of([refused]) == ["4.29"] and refused.max_age == 1
-    first_block_later = run(core, core.on_request(fw_get(3, (0, 1024)), NOW + 1), NOW + 1)
+    first_block_later = run(core, handled(core, fw_get(3, (0, 1024)), NOW + 1), NOW + 1)
     assert len(served(first_block_later)) == 1
     # known now: the next blocks come from the cache, the device budget is not asked
-    assert all(served(core.on_request(fw_get(4 + n, (1 + n, 1024)), NOW + 1)) for n in range(50))
+    assert all(served(handled(core, fw_get(4 + n, (1 + n, 1024)), NOW + 1)) for n in range(50))

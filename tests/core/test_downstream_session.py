@@ -13,7 +13,7 @@ from bridge.core import codes
 from bridge.core.actions import (DeleteDevice, Device, Log, Notify, Publish, RenameDevice, Reply,
                                  Request)
 from bridge.core.session import GatewayCore
-from coreconfig import core_config
+from coreconfig import core_config, handled
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -126,14 +126,14 @@ def linked_core(**settings):
 def connected_core(**settings):
     """Link up and Dev A connected upstream (one telemetry uplink done)."""
     core = linked_core(**settings)
-    seen = run(core, core.on_request(post(900, "telemetry", b'{"t": 1}'), NOW))
+    seen = run(core, handled(core, post(900, "telemetry", b'{"t": 1}'), NOW))
     assert of(seen, Reply) == [Reply(900, codes.CREATED)]
     return core
 
 
 def start_read(core, ref, query=(), now=NOW):
     """GET /attributes; returns the attribute request bodies published (after connect)."""
-    seen = run(core, core.on_request(get(ref, "attributes", query), now), now)
+    seen = run(core, handled(core, get(ref, "attributes", query), now), now)
     assert visible(seen) == []
     return attribute_requests(seen)
 
@@ -142,7 +142,7 @@ def observe_attributes(core, ref=50, shared=None, token=b"\xa1", remote=PEER, co
                        now=NOW):
     """Register an observer of /attributes whose refresh finds ``shared``; returns the Reply."""
     shared = {"s": 2} if shared is None else shared
-    seen = run(core, core.on_request(get(ref, "attributes", observe=0, token=token, remote=remote,
+    seen = run(core, handled(core, get(ref, "attributes", observe=0, token=token, remote=remote,
                                          confirmable=confirmable), now), now)
     assert visible(seen) == []
     [discover] = attribute_requests(seen)
@@ -155,7 +155,7 @@ def observe_attributes(core, ref=50, shared=None, token=b"\xa1", remote=PEER, co
 
 
 def observe_rpc(core, ref=60, token=b"\xb1", remote=PEER, confirmable=True, now=NOW):
-    return run(core, core.on_request(get(ref, "rpc", observe=0, token=token, remote=remote,
+    return run(core, handled(core, get(ref, "rpc", observe=0, token=token, remote=remote,
                                          confirmable=confirmable), now), now)
 
 
@@ -174,7 +174,7 @@ def test_attribute_get_with_client_and_shared_keys_sends_one_legacy_request_per_
 
 def test_attribute_get_publishes_connect_before_the_attribute_requests():
     core = linked_core()
-    actions = core.on_request(get(1, "attributes", ("clientKeys=a",)), NOW)
+    actions = handled(core, get(1, "attributes", ("clientKeys=a",)), NOW)
     assert [p.topic for p in of(actions, Publish)] == [CONNECT]
     seen = run(core, actions)
     assert [p.topic for p in of(seen, Publish)] == [CONNECT, ATTR_REQUEST]
@@ -218,7 +218,7 @@ def test_attribute_get_finding_nothing_in_either_scope_gets_4_04():
 
 def test_attribute_get_while_link_down_gets_5_03_and_publishes_nothing():
     core = make_core()
-    actions = core.on_request(get(1, "attributes", ("clientKeys=a",)), NOW)
+    actions = handled(core, get(1, "attributes", ("clientKeys=a",)), NOW)
     assert of(actions, Publish) == []
     [reply] = actions
     assert (dotted(reply), reply.max_age) == ("5.03", 5)
@@ -251,7 +251,7 @@ def test_attribute_get_discovering_no_attributes_gets_4_04():
 
 def test_nameless_discovery_answer_uses_client_attribute_names_the_device_posted():
     core = connected_core()
-    seen = run(core, core.on_request(post(2, "attributes", b'{"fw": "1.0"}'), NOW))
+    seen = run(core, handled(core, post(2, "attributes", b'{"fw": "1.0"}'), NOW))
     assert of(seen, Reply) == [Reply(2, codes.CREATED)]
 
     [discover] = start_read(core, 3)
@@ -302,7 +302,7 @@ def test_attribute_read_is_answered_once():
 
 def test_observe_attributes_first_reply_carries_shared_view_and_observe_number_after_refresh():
     core = linked_core()
-    actions = core.on_request(get(5, "attributes", observe=0, token=b"\xa1"), NOW)
+    actions = handled(core, get(5, "attributes", observe=0, token=b"\xa1"), NOW)
     assert visible(actions) == []  # nothing until the platform has answered
     seen = run(core, actions)
     [discover] = attribute_requests(seen)
@@ -354,7 +354,7 @@ def test_push_for_another_device_is_not_notified():
 
 def test_pushes_during_the_observe_refresh_are_in_the_first_view_and_not_notified_separately():
     core = linked_core()
-    seen = run(core, core.on_request(get(5, "attributes", observe=0), NOW))
+    seen = run(core, handled(core, get(5, "attributes", observe=0), NOW))
     [discover] = attribute_requests(seen)
     assert visible(push(core, {"early": 1})) == []
     seen = answer(core, discover, values={"s": 2, "t": 1})
@@ -420,7 +420,7 @@ def fully_observed_core(**settings):
     observe_attributes(core, token=b"\xa1")
     observe_rpc(core, token=b"\xb1")
     start_read(core, 70, ("sharedKeys=s",))
-    run(core, core.on_request(post(71, "rpc", b'{"method": "getTime"}'), NOW))
+    run(core, handled(core, post(71, "rpc", b'{"method": "getTime"}'), NOW))
     return core
 
 
@@ -550,7 +550,7 @@ def test_a_long_notification_is_kept_and_a_get_of_a_later_block_gets_it_not_a_re
     observe_attributes(core, shared={"s": 2})
     [notify] = push(core, {"note": LONG})
     assert notify.block_size == codes.BLOCK_SIZE and len(notify.payload) > codes.BLOCK_SIZE
-    seen = run(core, core.on_request(get(70, "attributes", token=b"\x07", block2=(1, 1024)),
+    seen = run(core, handled(core, get(70, "attributes", token=b"\x07", block2=(1, 1024)),
                                      NOW))
     assert attribute_requests(seen) == []  # nothing asked of the platform
     [reply] = seen
@@ -562,7 +562,7 @@ def test_a_long_notification_is_kept_and_a_get_of_a_later_block_gets_it_not_a_re
 def test_a_long_first_view_is_kept_for_the_gets_of_its_later_blocks():
     core = linked_core()
     first = observe_attributes(core, shared={"note": LONG})
-    [reply] = core.on_request(get(71, "attributes", block2=(2, 512)), NOW)
+    [reply] = handled(core, get(71, "attributes", block2=(2, 512)), NOW)
     assert (dotted(reply), reply.payload) == ("2.05", first.payload)
 
 
@@ -572,24 +572,24 @@ def test_a_short_notification_forgets_the_long_one_and_later_blocks_are_read_aga
     push(core, {"note": LONG})
     [short] = push(core, {"s": 3})
     assert len(short.payload) <= codes.BLOCK_SIZE
-    seen = run(core, core.on_request(get(72, "attributes", block2=(1, 1024)), NOW))
+    seen = run(core, handled(core, get(72, "attributes", block2=(1, 1024)), NOW))
     assert visible(seen) == [] and len(attribute_requests(seen)) == 1  # an ordinary read
 
 
 def test_block_size_asked_at_registration_cuts_notifications_at_that_size():
     core = linked_core()
-    actions = run(core, core.on_request(get(73, "rpc", observe=0, block2=(0, 64)), NOW))
+    actions = run(core, handled(core, get(73, "rpc", observe=0, block2=(0, 64)), NOW))
     assert dotted(of(actions, Reply)[0]) == "2.03"
     [notify] = of(run(core, server_rpc(core, 9, params={"v": "y" * 80})), Notify)
     assert notify.block_size == 64
-    [reply] = core.on_request(get(74, "rpc", block2=(1, 64)), NOW)
+    [reply] = handled(core, get(74, "rpc", block2=(1, 64)), NOW)
     assert (dotted(reply), reply.payload) == ("2.05", notify.payload)
 
 
 def test_later_blocks_of_a_read_with_keys_are_read_again_not_taken_from_the_relation():
     core = linked_core()
     observe_attributes(core, shared={"note": LONG})
-    seen = run(core, core.on_request(get(75, "attributes", query=["sharedKeys=note"],
+    seen = run(core, handled(core, get(75, "attributes", query=["sharedKeys=note"],
                                          block2=(1, 1024)), NOW))
     assert visible(seen) == [] and len(attribute_requests(seen)) == 1
 
@@ -597,7 +597,7 @@ def test_later_blocks_of_a_read_with_keys_are_read_again_not_taken_from_the_rela
 def test_get_of_a_later_rpc_block_without_a_long_notification_gets_4_00():
     core = connected_core()
     observe_rpc(core)
-    [reply] = core.on_request(get(76, "rpc", block2=(1, 1024)), NOW)
+    [reply] = handled(core, get(76, "rpc", block2=(1, 1024)), NOW)
     assert dotted(reply) == "4.00"
 
 
@@ -613,7 +613,7 @@ def test_observe_rpc_replies_2_03_empty_with_observe_number():
 
 def test_observe_rpc_by_unconnected_device_connects_it_first():
     core = linked_core()
-    actions = core.on_request(get(60, "rpc", observe=0), NOW)
+    actions = handled(core, get(60, "rpc", observe=0), NOW)
     assert [p.topic for p in of(actions, Publish)] == [CONNECT]
     [reply] = of(actions, Reply)
     assert dotted(reply) == "2.03" and reply.observe is not None
@@ -836,7 +836,7 @@ def test_rpc_reset_by_device_ends_the_relation():
 
 def test_get_rpc_without_observe_gets_4_00():
     core = connected_core()
-    [reply] = core.on_request(get(60, "rpc"), NOW)
+    [reply] = handled(core, get(60, "rpc"), NOW)
     assert (reply.ref, dotted(reply)) == (60, "4.00")
     assert core.subscriptions.observers.get("Dev A", "rpc") is None
 
@@ -844,7 +844,7 @@ def test_get_rpc_without_observe_gets_4_00():
 def test_get_rpc_with_observe_1_answers_2_03_and_ends_the_relation():
     core = connected_core()
     observe_rpc(core, token=b"\xb1")
-    [reply] = core.on_request(get(61, "rpc", observe=1, token=b"\xb1"), NOW)
+    [reply] = handled(core, get(61, "rpc", observe=1, token=b"\xb1"), NOW)
     assert (reply.ref, dotted(reply), reply.observe) == (61, "2.03", None)
     assert core.subscriptions.observers.get("Dev A", "rpc") is None
     assert visible(server_rpc(core, 1)) == []
@@ -853,7 +853,7 @@ def test_get_rpc_with_observe_1_answers_2_03_and_ends_the_relation():
 def test_get_rpc_with_observe_1_and_another_token_keeps_the_relation():
     core = connected_core()
     observe_rpc(core, token=b"\xb1")
-    [reply] = core.on_request(get(61, "rpc", observe=1, token=b"\xff"), NOW)
+    [reply] = handled(core, get(61, "rpc", observe=1, token=b"\xff"), NOW)
     assert dotted(reply) == "2.03"
     [notify] = server_rpc(core, 1)
     assert notify.token == b"\xb1"
@@ -863,7 +863,7 @@ def test_get_rpc_with_observe_1_and_another_token_keeps_the_relation():
 
 def test_post_rpc_reply_publishes_on_gateway_rpc_and_replies_2_01_once_secured():
     core = connected_core()
-    actions = core.on_request(post(5, "rpc/42", b'{"result": "ok"}'), NOW)
+    actions = handled(core, post(5, "rpc/42", b'{"result": "ok"}'), NOW)
     # no 2.01 straight away: only once the broker (or the durable outbox) has the message
     assert of(actions, Reply) == []
     seen = run(core, actions)
@@ -875,7 +875,7 @@ def test_post_rpc_reply_publishes_on_gateway_rpc_and_replies_2_01_once_secured()
 
 def test_post_rpc_reply_by_unconnected_device_is_published_after_connect():
     core = linked_core()
-    seen = run(core, core.on_request(post(5, "rpc/42", b'"done"'), NOW))
+    seen = run(core, handled(core, post(5, "rpc/42", b'"done"'), NOW))
     assert [p.topic for p in of(seen, Publish)] == [CONNECT, GATEWAY_RPC]
     assert json.loads(of(seen, Publish)[1].payload) == {"device": "Dev A", "id": 42,
                                                         "data": "done"}
@@ -885,7 +885,7 @@ def test_post_rpc_reply_by_unconnected_device_is_published_after_connect():
 @pytest.mark.parametrize("payload", [b"not json", b"", b"{'a': 1}", b"\xff\xfe"])
 def test_post_rpc_reply_that_is_not_json_gets_4_00_and_publishes_nothing(payload):
     core = connected_core()
-    actions = core.on_request(post(5, "rpc/42", payload), NOW)
+    actions = handled(core, post(5, "rpc/42", payload), NOW)
     assert of(actions, Publish) == []
     [reply] = actions
     assert (reply.ref, dotted(reply)) == (5, "4.00")
@@ -895,7 +895,7 @@ def test_post_rpc_reply_that_is_not_json_gets_4_00_and_publishes_nothing(payload
 
 def test_client_rpc_publishes_a_gateway_rpc_request_with_the_configured_method():
     core = connected_core(client_rpc_method="bridgeRpc")
-    [publish] = core.on_request(post(5, "rpc", b'{"method": "getTime", "params": {"tz": 1}}'),
+    [publish] = handled(core, post(5, "rpc", b'{"method": "getTime", "params": {"tz": 1}}'),
                                 NOW)
     assert isinstance(publish, Publish)
     assert publish.topic.startswith(RPC_REQUEST)
@@ -908,21 +908,21 @@ def test_client_rpc_publishes_a_gateway_rpc_request_with_the_configured_method()
 
 def test_client_rpc_without_params_forwards_null_params():
     core = connected_core()
-    [publish] = core.on_request(post(5, "rpc", b'{"method": "getTime"}'), NOW)
+    [publish] = handled(core, post(5, "rpc", b'{"method": "getTime"}'), NOW)
     assert json.loads(publish.payload)["params"] == {
         "device": "Dev A", "method": "getTime", "params": None}
 
 
 def test_client_rpc_uses_distinct_request_numbers():
     core = connected_core()
-    [p1] = core.on_request(post(5, "rpc", b'{"method": "a"}'), NOW)
-    [p2] = core.on_request(post(6, "rpc", b'{"method": "b"}'), NOW)
+    [p1] = handled(core, post(5, "rpc", b'{"method": "a"}'), NOW)
+    [p2] = handled(core, post(6, "rpc", b'{"method": "b"}'), NOW)
     assert p1.topic != p2.topic
 
 
 def test_client_rpc_response_is_replied_2_05_with_its_body_once():
     core = connected_core()
-    [publish] = core.on_request(post(5, "rpc", b'{"method": "getTime"}'), NOW)
+    [publish] = handled(core, post(5, "rpc", b'{"method": "getTime"}'), NOW)
     n = publish.topic[len(RPC_REQUEST):]
     core.on_published(publish.ref, 0, NOW)
     body = b'{"time": "2024-01-01T00:00:00Z"}'
@@ -935,8 +935,8 @@ def test_client_rpc_response_is_replied_2_05_with_its_body_once():
 
 def test_client_rpc_responses_go_to_the_right_requests():
     core = connected_core()
-    [p1] = core.on_request(post(5, "rpc", b'{"method": "a"}'), NOW)
-    [p2] = core.on_request(post(6, "rpc", b'{"method": "b"}'), NOW)
+    [p1] = handled(core, post(5, "rpc", b'{"method": "a"}'), NOW)
+    [p2] = handled(core, post(6, "rpc", b'{"method": "b"}'), NOW)
     [r2] = core.on_message(RPC_RESPONSE + p2.topic[len(RPC_REQUEST):], b'"b"', NOW)
     [r1] = core.on_message(RPC_RESPONSE + p1.topic[len(RPC_REQUEST):], b'"a"', NOW)
     assert (r1.ref, r1.payload, r2.ref, r2.payload) == (5, b'"a"', 6, b'"b"')
@@ -944,7 +944,7 @@ def test_client_rpc_responses_go_to_the_right_requests():
 
 def test_client_rpc_without_an_answer_times_out_with_5_04():
     core = connected_core()
-    [publish] = core.on_request(post(5, "rpc", b'{"method": "getTime"}'), NOW)
+    [publish] = handled(core, post(5, "rpc", b'{"method": "getTime"}'), NOW)
     core.on_published(publish.ref, 0, NOW)
     assert visible(core.on_tick(NOW + 9.9)) == []
     [reply] = visible(core.on_tick(NOW + 10))
@@ -957,7 +957,7 @@ def test_client_rpc_without_an_answer_times_out_with_5_04():
     b'{"params": {}}', b'{"method": ""}', b'{"method": 5}', b'["getTime"]', b"getTime", b""])
 def test_client_rpc_without_a_method_gets_4_00_and_publishes_nothing(payload):
     core = connected_core()
-    actions = core.on_request(post(5, "rpc", payload), NOW)
+    actions = handled(core, post(5, "rpc", payload), NOW)
     assert of(actions, Publish) == []
     [reply] = actions
     assert (reply.ref, dotted(reply)) == (5, "4.00")
@@ -966,7 +966,7 @@ def test_client_rpc_without_a_method_gets_4_00_and_publishes_nothing(payload):
 def test_client_rpc_while_link_down_gets_5_03():
     core = connected_core()
     core.on_link_down(NOW)
-    [reply] = core.on_request(post(5, "rpc", b'{"method": "getTime"}'), NOW)
+    [reply] = handled(core, post(5, "rpc", b'{"method": "getTime"}'), NOW)
     assert dotted(reply) == "5.03"
 
 
@@ -981,13 +981,13 @@ def test_gateway_device_renamed_returns_rename_and_later_uplinks_use_the_new_nam
     registry = {"tok": DEV_A}
     core = make_core(registry)
     core.on_link_up(NOW)
-    run(core, core.on_request(post(1, "telemetry", b'{"t": 1}'), NOW))
+    run(core, handled(core, post(1, "telemetry", b'{"t": 1}'), NOW))
 
     actions = rename_rpc(core, {"Dev A": "Boiler"})
     assert actions == [RenameDevice("Dev A", "Boiler")]
     registry["tok"] = Device("Boiler", "thermo")  # what the edge does with RenameDevice
 
-    seen = run(core, core.on_request(post(2, "telemetry", b'{"t": 2}'), NOW + 1), NOW + 1)
+    seen = run(core, handled(core, post(2, "telemetry", b'{"t": 2}'), NOW + 1), NOW + 1)
     [data] = [p for p in of(seen, Publish) if p.topic == "v1/gateway/telemetry"]
     assert list(json.loads(data.payload)) == ["Boiler"]
     assert all(p.device == "Boiler" for p in of(seen, Publish))
@@ -1021,7 +1021,7 @@ def test_rename_during_observe_refresh_registers_the_observer_under_the_new_name
     registry = {"tok": DEV_A}
     core = make_core(registry)
     core.on_link_up(NOW)
-    seen = run(core, core.on_request(get(5, "attributes", observe=0), NOW))
+    seen = run(core, handled(core, get(5, "attributes", observe=0), NOW))
     [discover] = attribute_requests(seen)
     rename_rpc(core, {"Dev A": "Boiler"})
     registry["tok"] = Device("Boiler", "thermo")
@@ -1072,7 +1072,7 @@ def test_gateway_device_deleted_drops_rpcs_waiting_for_it():
 def test_link_down_answers_pending_attribute_read_and_client_rpc_with_5_03():
     core = connected_core()
     [body] = start_read(core, 1, ("sharedKeys=s",))
-    [publish] = core.on_request(post(2, "rpc", b'{"method": "getTime"}'), NOW)
+    [publish] = handled(core, post(2, "rpc", b'{"method": "getTime"}'), NOW)
     core.on_published(publish.ref, 0, NOW)
 
     actions = core.on_link_down(NOW + 1)
@@ -1087,7 +1087,7 @@ def test_link_down_answers_pending_attribute_read_and_client_rpc_with_5_03():
 
 def test_link_down_answers_a_pending_observe_registration_with_5_03():
     core = linked_core()
-    seen = run(core, core.on_request(get(5, "attributes", observe=0), NOW))
+    seen = run(core, handled(core, get(5, "attributes", observe=0), NOW))
     [discover] = attribute_requests(seen)
     [reply] = core.on_link_down(NOW + 1)
     assert (reply.ref, dotted(reply)) == (5, "5.03")

@@ -5,7 +5,7 @@ from bridge.core import codes, gateway
 from bridge.core.actions import Device, Request, Store, StoreMany
 from bridge.core.formats.json import JsonFormat
 from bridge.core.session import GatewayCore
-from coreconfig import core_config
+from coreconfig import core_config, handled
 
 NOW = 1_700_000_000.0
 PEER = ("10.0.0.1", 5683)
@@ -55,5 +55,5 @@ def test_each_device_type_gets_its_own_format_asked_once_per_type():
 def test_a_request_outside_the_bulk_path_uses_the_device_format_too():
     core, _ = make_core()
     request = Request(7, codes.POST, ("api", "v1", "tokc", "telemetry"), b"t=3", remote=PEER)
-    [store] = [a for a in core.on_request(request, NOW) if isinstance(a, Store)]
+    [store] = [a for a in handled(core, request, NOW) if isinstance(a, Store)]
     assert store.device == "Dev C" and b'"t":3.0' in store.payload

@@ -114,27 +114,35 @@ def test_lookup_sees_removal_through_second_instance(registry, second):
     assert second.lookup("tokA") is None
 
 
-def test_without_recheck_a_known_token_is_answered_from_the_copy(registry, second):
+def test_the_copy_answers_until_the_next_refresh(registry, second):
     registry.add("Dev A", "tokA", "thermo")
     assert second.lookup("tokA") == Device("Dev A", "thermo")
     registry.remove("Dev A")
-    assert second.lookup("tokA", recheck=False) == Device("Dev A", "thermo")  # no query
-    assert second.lookup("tokA", recheck=True) is None
+    assert second.devices.get("tokA") == Device("Dev A", "thermo")  # no query
+    assert second.refresh() is True
+    assert second.devices.get("tokA") is None
+    assert second.refresh() is False  # nothing changed since: the copy is kept
 
 
-def test_without_recheck_a_change_made_through_this_instance_counts_at_once(registry):
+def test_a_change_made_through_this_instance_counts_at_the_next_refresh(registry):
     registry.add("Dev A", "tokA", "thermo")
-    assert registry.lookup("tokA") == Device("Dev A", "thermo")
+    copy = registry.devices  # the same dict stays the live view
+    registry.refresh()
+    assert copy.get("tokA") == Device("Dev A", "thermo")
     registry.rename("Dev A", "Dev Z")
-    assert registry.lookup("tokA", recheck=False) == Device("Dev Z", "thermo")
+    registry.refresh()
+    assert copy.get("tokA") == Device("Dev Z", "thermo")
     registry.mark_deleted("Dev Z")
-    assert registry.lookup("tokA", recheck=False) is None
+    registry.refresh()
+    assert copy.get("tokA") is None and registry.devices is copy
 
 
-def test_without_recheck_an_unknown_token_still_looks_at_the_file(registry, second):
+def test_a_refresh_sees_a_token_added_by_another_connection(registry, second):
     assert second.lookup("tokA") is None
     registry.add("Dev A", "tokA", "thermo")
-    assert second.lookup("tokA", recheck=False) == Device("Dev A", "thermo")
+    assert second.devices.get("tokA") is None
+    second.refresh()
+    assert second.devices.get("tokA") == Device("Dev A", "thermo")
 
 
 def test_lookup_sees_rename_and_delete_through_second_instance(registry, second):

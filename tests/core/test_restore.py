@@ -13,7 +13,7 @@ from bridge.core.actions import (DeadLetter, Delete, Device, LoadBacklog, Publis
 from bridge.core.delivery import Entry
 from bridge.core.downstream import GATEWAY_RPC_REQUEST_PREFIX
 from bridge.core.session import GatewayCore
-from coreconfig import core_config
+from coreconfig import core_config, handled
 
 NOW = 1_700_000_000.5
 TOPIC = "v1/gateway/telemetry"
@@ -76,7 +76,7 @@ class World:
         """A device sends n: the edge writes it with the next id and reports it stored."""
         request = Request(ref, codes.POST, ("api", "v1", token, "telemetry"),
                           json.dumps({"n": n}).encode())
-        [store] = [a for a in self.core.on_request(request, NOW) if isinstance(a, Store)]
+        [store] = [a for a in handled(self.core, request, NOW) if isinstance(a, Store)]
         entry_id = self.next_id
         self.next_id += 1
         self.disk[entry_id] = Entry(entry_id, DEVICES[token].name, "thermo", TOPIC,
@@ -129,7 +129,7 @@ def test_the_backlog_still_on_disk_counts_toward_the_outbox_bound():
     world.play(core.on_backlog(100, 5000, NOW))
     assert core.outbox.delivery.count == 40  # the other 60 are on disk, and count
     request = Request(1, codes.POST, ("api", "v1", "tok1", "telemetry"), b'{"n":1}')
-    [reply] = [a for a in core.on_request(request, NOW) if isinstance(a, Reply)]
+    [reply] = [a for a in handled(core, request, NOW) if isinstance(a, Reply)]
     assert codes.dotted(reply.code) == "5.03"
 
 

@@ -16,7 +16,7 @@ from bridge.core.actions import (DeadLetter, Delete, Device, Log, Publish, Reply
 from bridge.core.delivery import Entry
 from bridge.core.session import GatewayCore
 from bridge.core.parts import RETRY_AFTER
-from coreconfig import core_config
+from coreconfig import core_config, handled
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -89,7 +89,7 @@ def deliver(core, actions, now=NOW):
 
 def uplink(core, ref, payload=TELEMETRY, token="tok", now=NOW, entry_id=None):
     """A telemetry uplink written to the outbox; returns what the core answers on_stored."""
-    [store] = core.on_request(req(ref, payload=payload, token=token), now)
+    [store] = handled(core, req(ref, payload=payload, token=token), now)
     return store_all(core, [store], now, None if entry_id is None else [entry_id])
 
 
@@ -109,7 +109,7 @@ def connected_core(now=NOW, **settings):
 def test_unknown_token_gets_4_01():
     core = make_core()
     core.on_link_up(NOW)
-    [reply] = core.on_request(req(1, token="nope"), NOW)
+    [reply] = handled(core, req(1, token="nope"), NOW)
     assert reply.ref == 1
     assert dotted(reply) == "4.01"
     assert "nope" not in reply.reason and b"nope" not in reply.payload
@@ -118,7 +118,7 @@ def test_unknown_token_gets_4_01():
 def test_certificate_form_without_token_gets_4_01():
     core = make_core()
     core.on_link_up(NOW)
-    [reply] = core.on_request(Request(1, codes.POST, ("api", "v1", "telemetry"), TELEMETRY), NOW)
+    [reply] = handled(core, Request(1, codes.POST, ("api", "v1", "telemetry"), TELEMETRY), NOW)
     assert dotted(reply) == "4.01"
 
 
@@ -130,13 +130,13 @@ def test_unknown_token_gets_4_01_even_when_link_is_down():
 def test_unknown_token_is_not_stored():
     core = make_core()
     core.on_link_up(NOW)
-    assert of(core.on_request(req(1, token="nope"), NOW), Store) == []
+    assert of(handled(core, req(1, token="nope"), NOW), Store) == []
 
 
 def test_routing_error_gets_its_code_and_text_diagnostic():
     core = make_core()
     core.on_link_up(NOW)
-    [reply] = core.on_request(req(1, feature="bogus"), NOW)
+    [reply] = handled(core, req(1, feature="bogus"), NOW)
     assert dotted(reply) == "4.00"
     assert reply.content_format == codes.TEXT_PLAIN
     assert reply.payload == reply.reason.encode("utf-8") and reply.payload
@@ -147,7 +147,7 @@ def test_routing_error_gets_its_code_and_text_diagnostic():
 def test_uplink_is_stored_with_device_topic_and_gateway_payload_before_any_reply():
     core = make_core()
     core.on_link_up(NOW)
-    [store] = core.on_request(req(1), NOW)
+    [store] = handled(core, req(1), NOW)
     assert isinstance(store, Store)
     assert (store.device, store.device_type, store.topic) == ("Dev A", "thermo", TELEMETRY_TOPIC)
     assert json.loads(store.payload) == {"Dev A": [{"ts": int(NOW * 1000), "values": {"t": 21.5}}]}
@@ -156,42 +156,42 @@ def test_uplink_is_stored_with_device_topic_and_gateway_payload_before_any_reply
 def test_device_gets_2_01_when_on_stored_reports_the_write():
     core = make_core()
     core.on_link_up(NOW)
-    [store] = core.on_request(req(1), NOW)
+    [store] = handled(core, req(1), NOW)
     answer = core.on_stored([(store.ref, 7)], NOW)
     assert replies(answer) == [Reply(1, codes.CREATED)]
 
 
 def test_uplink_while_link_down_is_stored_and_acknowledged_without_publish():
     core = make_core()  # link never came up
-    [store] = core.on_request(req(1), NOW)
+    [store] = handled(core, req(1), NOW)
     assert isinstance(store, Store)
     assert store_all(core, [store]) == [Reply(1, codes.CREATED)]
 
 
 def test_uplinks_written_in_one_group_are_answered_in_order():
     core = make_core()
-    stores = core.on_request(req(1), NOW) + core.on_request(req(2), NOW)
+    stores = handled(core, req(1), NOW) + handled(core, req(2), NOW)
     assert replies(store_all(core, stores)) == [Reply(1, codes.CREATED), Reply(2, codes.CREATED)]
 
 
 def test_store_failure_answers_5_03_with_max_age_and_logs_the_reason():
     core = make_core()
     core.on_link_up(NOW)
-    [store] = core.on_request(req(1), NOW)
+    [store] = handled(core, req(1), NOW)
     log, reply = core.on_store_failed([store.ref], "disk I/O error", NOW)
     assert isinstance(log, Log) and log.level == "error" and "disk I/O error" in log.text
     assert (reply.ref, dotted(reply), reply.max_age) == (1, "5.03", RETRY_AFTER)
 
 
 def test_failed_store_is_never_published_and_frees_its_place_in_the_outbox():
-    [probe] = make_core().on_request(req(1), NOW)
+    [probe] = handled(make_core(), req(1), NOW)
     for bound in (dict(outbox_max_entries=1), dict(outbox_max_bytes=len(probe.payload))):
         core = make_core(**bound)
         core.on_link_up(NOW)
-        [store] = core.on_request(req(1), NOW)
+        [store] = handled(core, req(1), NOW)
         core.on_store_failed([store.ref], "disk I/O error", NOW)
         assert core.on_tick(NOW + 1) == []  # nothing to deliver, no connect
-        [again] = core.on_request(req(2), NOW + 1)  # the bound has room again
+        [again] = handled(core, req(2), NOW + 1)  # the bound has room again
         assert isinstance(again, Store), bound
 
 
@@ -201,7 +201,7 @@ def test_first_uplink_publishes_connect_then_stored_data_after_connect_puback():
     core = make_core()
     assert core.on_link_up(NOW) == []
 
-    [store] = core.on_request(req(1), NOW)
+    [store] = handled(core, req(1), NOW)
     reply, connect = store_all(core, [store], ids=[7])
     assert reply == Reply(1, codes.CREATED)
     assert isinstance(connect, Publish)
@@ -328,8 +328,8 @@ def test_publishes_waiting_for_puback_never_exceed_the_window():
 def test_devices_take_turns_so_a_backlog_does_not_starve_another_device():
     core = make_core({"tok": DEV_A, "tokb": DEV_B}, window=1)
     core.on_link_up(NOW)
-    deliver(core, core.on_request(req(1), NOW))
-    deliver(core, core.on_request(req(2, token="tokb"), NOW))  # both devices connected
+    deliver(core, handled(core, req(1), NOW))
+    deliver(core, handled(core, req(2, token="tokb"), NOW))  # both devices connected
     held = uplink(core, 10, payload=b'{"n": 0}')
     [first] = publishes(held)
     for n in range(1, 4):
@@ -456,7 +456,7 @@ def test_link_up_reconnects_recently_active_devices_only():
     core = make_core({"tok": DEV_A, "tokb": DEV_B})
     core.on_link_up(NOW)
     for ref, token, when in ((1, "tok", NOW), (2, "tokb", NOW + 500)):
-        deliver(core, core.on_request(req(ref, token=token), when), when)
+        deliver(core, handled(core, req(ref, token=token), when), when)
     core.on_link_down(NOW + 550)
 
     actions = core.on_link_up(NOW + 700)  # Dev A idle 700 s (> 600), Dev B idle 200 s
@@ -528,7 +528,7 @@ def test_stored_uplink_of_a_renamed_device_is_published_under_the_new_name():
 
 def test_uplink_still_being_written_at_a_rename_is_stored_and_published_under_the_new_name():
     core = connected_core()
-    [store] = core.on_request(req(2, payload=b'{"n": 1}'), NOW)  # handed to the outbox
+    [store] = handled(core, req(2, payload=b'{"n": 1}'), NOW)  # handed to the outbox
     rename(core, "Dev A", "Dev Z")
     assert store.device == "Dev Z"  # the edge writes it as it is when the write begins
     assert list(json.loads(store.payload)) == ["Dev Z"]
@@ -560,7 +560,7 @@ def test_entries_of_a_device_deleted_while_connecting_do_not_block_the_outbox():
     deliver(core, core.on_published(connect.ref, 0, NOW))
     for t in range(1, 120):
         deliver(core, core.on_tick(NOW + t), NOW + t)  # the broker acknowledges everything
-    assert of(core.on_request(req(2, token="tokb"), NOW + 120), Store)
+    assert of(handled(core, req(2, token="tokb"), NOW + 120), Store)
 
 
 # -- restart: entries restored from the outbox ------------------------------------------
@@ -593,7 +593,7 @@ def test_restored_entries_of_an_unregistered_device_are_delivered_too():
 def test_restored_entries_count_toward_the_outbox_bound():
     core = make_core(outbox_max_entries=2)
     core.on_restored([restored(1), restored(2)], NOW)
-    _, reply = core.on_request(req(1), NOW)
+    _, reply = handled(core, req(1), NOW)
     assert dotted(reply) == "5.03"
 
 
@@ -603,7 +603,7 @@ def test_full_outbox_answers_5_03_with_max_age_and_stores_nothing():
     core = make_core(outbox_max_entries=2)
     uplink(core, 1)
     uplink(core, 2)
-    actions = core.on_request(req(3), NOW)
+    actions = handled(core, req(3), NOW)
     assert of(actions, Store) == []
     [reply] = replies(actions)
     assert (reply.ref, dotted(reply), reply.max_age) == (3, "5.03", RETRY_AFTER)
@@ -611,55 +611,55 @@ def test_full_outbox_answers_5_03_with_max_age_and_stores_nothing():
 
 def test_uplinks_being_written_count_toward_the_outbox_bound():
     core = make_core(outbox_max_entries=2)
-    first = core.on_request(req(1), NOW)
-    second = core.on_request(req(2), NOW)
+    first = handled(core, req(1), NOW)
+    second = handled(core, req(2), NOW)
     assert len(of(first + second, Store)) == 2  # neither reported by on_stored yet
-    assert dotted(replies(core.on_request(req(3), NOW))[0]) == "5.03"
+    assert dotted(replies(handled(core, req(3), NOW))[0]) == "5.03"
 
 
 def test_full_outbox_warns_once_then_logs_info_when_it_accepts_again():
     core = connected_core(outbox_max_entries=1, window=1)
     _, data = uplink(core, 2, entry_id=8)
-    warn, reply = core.on_request(req(3), NOW)
+    warn, reply = handled(core, req(3), NOW)
     assert isinstance(warn, Log) and warn.level == "warn" and "full" in warn.text
     assert dotted(reply) == "5.03"
-    [reply] = core.on_request(req(4), NOW)  # no second warning
+    [reply] = handled(core, req(4), NOW)  # no second warning
     assert dotted(reply) == "5.03"
     assert core.on_published(data.ref, 0, NOW) == [Delete((8,))]
-    info, store = core.on_request(req(5), NOW)
+    info, store = handled(core, req(5), NOW)
     assert isinstance(info, Log) and info.level == "info"
     assert isinstance(store, Store)
-    assert core.on_request(req(6), NOW)[0].level == "warn"  # full again: warned again
+    assert handled(core, req(6), NOW)[0].level == "warn"  # full again: warned again
 
 
 def test_outbox_byte_bound_admits_an_uplink_that_fills_it_exactly():
     core = make_core()
-    [store] = core.on_request(req(1), NOW)
+    [store] = handled(core, req(1), NOW)
     size = len(store.payload)
     core = make_core(outbox_max_bytes=2 * size)
     uplink(core, 1)
-    [store] = core.on_request(req(2), NOW)  # exactly at the bound
+    [store] = handled(core, req(2), NOW)  # exactly at the bound
     assert isinstance(store, Store)
     store_all(core, [store])
-    [reply] = replies(core.on_request(req(3, payload=b'{"a":1}'), NOW))  # any byte is too many
+    [reply] = replies(handled(core, req(3, payload=b'{"a":1}'), NOW))  # any byte is too many
     assert dotted(reply) == "5.03" and "bytes" in reply.reason
 
 
 def test_outbox_age_bound_refuses_uplinks_once_the_oldest_entry_is_too_old():
     core = make_core(outbox_max_age=100)  # link down: the first entry stays
     uplink(core, 1, now=NOW)
-    [store] = core.on_request(req(2), NOW + 100)  # oldest exactly 100 s old: accepted
+    [store] = handled(core, req(2), NOW + 100)  # oldest exactly 100 s old: accepted
     assert isinstance(store, Store)
-    [reply] = replies(core.on_request(req(3), NOW + 101))
+    [reply] = replies(handled(core, req(3), NOW + 101))
     assert dotted(reply) == "5.03" and "older" in reply.reason
 
 
 def test_delivering_the_old_entries_lifts_the_age_bound():
     core = make_core(outbox_max_age=100)
     uplink(core, 1, now=NOW)
-    assert dotted(replies(core.on_request(req(2), NOW + 101))[0]) == "5.03"
+    assert dotted(replies(handled(core, req(2), NOW + 101))[0]) == "5.03"
     deliver(core, core.on_link_up(NOW + 102), NOW + 102)
-    assert of(core.on_request(req(3), NOW + 103), Store)
+    assert of(handled(core, req(3), NOW + 103), Store)
 
 
 # -- draining at shutdown -----------------------------------------------------------------
@@ -688,7 +688,7 @@ def test_idle_device_gets_disconnect_publish_after_idle_timeout():
 
 def test_activity_postpones_idle_disconnect():
     core = connected_core()
-    deliver(core, core.on_request(req(2), NOW + 300), NOW + 300)
+    deliver(core, handled(core, req(2), NOW + 300), NOW + 300)
     assert core.on_tick(NOW + 601) == []
     assert [p.topic for p in core.on_tick(NOW + 901)] == ["v1/gateway/disconnect"]
 
@@ -719,7 +719,7 @@ def test_no_idle_disconnect_while_link_down():
 def test_oversized_payload_gets_4_13_with_size1_and_is_not_stored():
     core = make_core(max_packet_size=200)
     core.on_link_up(NOW)
-    actions = core.on_request(req(1, payload=b'{"v": "%s"}' % (b"x" * 300)), NOW)
+    actions = handled(core, req(1, payload=b'{"v": "%s"}' % (b"x" * 300)), NOW)
     assert of(actions, Store) == [] and publishes(actions) == []
     [reply] = actions
     assert (reply.ref, dotted(reply), reply.size1) == (1, "4.13", 200)
@@ -733,15 +733,15 @@ def test_payload_exactly_at_packet_limit_is_accepted_and_one_more_byte_is_not():
     n = 200 - 78
     core = make_core(max_packet_size=200)
     core.on_link_up(NOW)
-    [store] = core.on_request(req(1, payload=b'{"v":"%s"}' % (b"x" * n)), NOW)
+    [store] = handled(core, req(1, payload=b'{"v":"%s"}' % (b"x" * n)), NOW)
     assert isinstance(store, Store) and len(store.payload) == 50 + n
-    [reply] = core.on_request(req(2, payload=b'{"v":"%s"}' % (b"x" * (n + 1))), NOW)
+    [reply] = handled(core, req(2, payload=b'{"v":"%s"}' % (b"x" * (n + 1))), NOW)
     assert (dotted(reply), reply.size1) == ("4.13", 200)
 
 
 def test_telemetry_without_ts_is_stored_with_receipt_time_in_ms():
     core = connected_core()
-    [store] = core.on_request(req(2, payload=b'{"a": 1}'), NOW + 1.25)
+    [store] = handled(core, req(2, payload=b'{"a": 1}'), NOW + 1.25)
     assert json.loads(store.payload) == {"Dev A": [{"ts": int((NOW + 1.25) * 1000),
                                                     "values": {"a": 1}}]}
 
@@ -757,13 +757,13 @@ def test_receipt_time_is_kept_when_the_entry_is_delivered_later():
 
 def test_telemetry_with_ts_keeps_device_time():
     core = connected_core()
-    [store] = core.on_request(req(2, payload=b'{"ts": 1000, "values": {"a": 1}}'), NOW)
+    [store] = handled(core, req(2, payload=b'{"ts": 1000, "values": {"a": 1}}'), NOW)
     assert store.payload == b'{"Dev A":[{"ts":1000,"values":{"a":1}}]}'
 
 
 def test_attributes_post_stores_gateway_attributes():
     core = connected_core()
-    [store] = core.on_request(req(2, feature="attributes", payload=b'{"fw": "1.0"}'), NOW)
+    [store] = handled(core, req(2, feature="attributes", payload=b'{"fw": "1.0"}'), NOW)
     assert store.topic == "v1/gateway/attributes"
     assert json.loads(store.payload) == {"Dev A": {"fw": "1.0"}}
     reply, data = store_all(core, [store])
@@ -772,14 +772,14 @@ def test_attributes_post_stores_gateway_attributes():
 
 def test_claim_post_with_empty_payload_stores_defaults():
     core = connected_core()
-    [store] = core.on_request(req(2, feature="claim", payload=b""), NOW)
+    [store] = handled(core, req(2, feature="claim", payload=b""), NOW)
     assert (store.topic, store.payload) == (
         "v1/gateway/claim", b'{"Dev A":{"secretKey":"","durationMs":0}}')
 
 
 def test_rpc_reply_post_stores_gateway_rpc_with_the_devices_data():
     core = connected_core()
-    [store] = core.on_request(Request(2, codes.POST, ("api", "v1", "tok", "rpc", "42"),
+    [store] = handled(core, Request(2, codes.POST, ("api", "v1", "tok", "rpc", "42"),
                                       b'{"ok": true}'), NOW)
     assert isinstance(store, Store)
     assert (store.topic, json.loads(store.payload)) == (
@@ -788,7 +788,7 @@ def test_rpc_reply_post_stores_gateway_rpc_with_the_devices_data():
 
 def test_rpc_reply_to_the_largest_int_id_is_stored():
     core = connected_core()
-    [store] = core.on_request(Request(2, codes.POST, ("api", "v1", "tok", "rpc", "2147483647"),
+    [store] = handled(core, Request(2, codes.POST, ("api", "v1", "tok", "rpc", "2147483647"),
                                       b'{"ok": true}'), NOW)
     assert json.loads(store.payload)["id"] == 2 ** 31 - 1
 
@@ -797,7 +797,7 @@ def test_rpc_reply_to_the_largest_int_id_is_stored():
                                   ("api", "v1", "tok", "rpc", str(10 ** 23))])
 def test_rpc_reply_to_an_id_beyond_the_platforms_int_gets_4_00(path):
     core = connected_core()
-    [reply] = core.on_request(Request(2, codes.POST, path, b'{"ok": true}'), NOW)
+    [reply] = handled(core, Request(2, codes.POST, path, b'{"ok": true}'), NOW)
     assert dotted(reply) == "4.00" and b"out of range" in reply.payload
 
 
@@ -813,7 +813,7 @@ def deep(levels):
                                   ("api", "v1", "provision")])
 def test_deeply_nested_json_gets_4_00_on_every_api(path):
     core = connected_core(json_max_depth=8)
-    [reply] = core.on_request(Request(2, codes.POST, path, deep(1200)), NOW)
+    [reply] = handled(core, Request(2, codes.POST, path, deep(1200)), NOW)
     assert dotted(reply) == "4.00" and b"nested deeper than 8 levels" in reply.payload
 
 
@@ -831,7 +831,7 @@ def test_duplicate_keys_are_forwarded_once_with_the_last_value():
         return found
     for ref, (feature, payload) in enumerate([("telemetry", b'{"a": 1, "b": 3, "a": 2}'),
                                               ("attributes", b'{"a": 1, "b": 3, "a": 2}')], 2):
-        [store] = core.on_request(req(ref, feature=feature, payload=payload), NOW)
+        [store] = handled(core, req(ref, feature=feature, payload=payload), NOW)
         doc = json.loads(store.payload)["Dev A"]
         assert (doc[0]["values"] if feature == "telemetry" else doc) == {"a": 2, "b": 3}
         assert pairs(store.payload).count("a") == 1
@@ -842,7 +842,7 @@ def test_duplicate_keys_are_forwarded_once_with_the_last_value():
 
 def test_bad_json_gets_4_00_and_nothing_is_stored():
     core = connected_core()
-    [reply] = core.on_request(req(2, payload=b"{nope"), NOW)
+    [reply] = handled(core, req(2, payload=b"{nope"), NOW)
     assert dotted(reply) == "4.00"
     assert reply.content_format == codes.TEXT_PLAIN
 
@@ -850,7 +850,7 @@ def test_bad_json_gets_4_00_and_nothing_is_stored():
 def test_bad_json_from_new_device_does_not_send_connect():
     core = make_core()
     core.on_link_up(NOW)
-    actions = core.on_request(req(1, payload=b"[]"), NOW)
+    actions = handled(core, req(1, payload=b"[]"), NOW)
     assert publishes(actions) == [] and of(actions, Store) == []
 
 
@@ -861,7 +861,7 @@ def test_bad_json_from_new_device_does_not_send_connect():
 ])
 def test_unsupported_operations_are_refused_without_store_or_publish(method, feature, expected):
     core = connected_core()
-    actions = core.on_request(req(2, feature=feature, method=method, payload=b'{"a": 1}'), NOW)
+    actions = handled(core, req(2, feature=feature, method=method, payload=b'{"a": 1}'), NOW)
     [reply] = actions
     assert dotted(reply) == expected
 
@@ -872,7 +872,7 @@ def test_provisioning_is_rate_limited_per_source_address_with_4_29_and_max_age()
     body = b'{"provisionDeviceKey": "k", "provisionDeviceSecret": "s"}'
 
     def provision(ref, remote, now):
-        [action] = core.on_request(Request(ref, codes.POST, ("api", "v1", "provision"), body,
+        [action] = handled(core, Request(ref, codes.POST, ("api", "v1", "provision"), body,
                                            remote=remote), now)
         return action
     assert [type(provision(n, ("10.0.0.1", 1000 + n), NOW)).__name__ for n in (1, 2)] \
@@ -882,3 +882,22 @@ def test_provisioning_is_rate_limited_per_source_address_with_4_29_and_max_age()
     assert type(provision(4, ("10.0.0.2", 1000), NOW)).__name__ == "Provision"
     assert type(provision(5, ("10.0.0.1", 1000), NOW + 2)).__name__ == "Provision"
     assert core.stats["rate_limited"] == 1
+
+
+# -- the authenticated marker: the edge learns a credential was valid from the actions -----
+
+def test_a_request_with_a_valid_token_is_marked_authenticated_before_its_other_actions():
+    from bridge.core.actions import Authenticated, Store
+    actions = make_core().on_request(req(7), NOW)
+    assert [type(a) for a in actions] == [Authenticated, Store] and actions[0].ref == 7
+
+
+def test_an_error_after_a_valid_token_is_still_marked_authenticated():
+    from bridge.core.actions import Authenticated
+    first, reply = make_core().on_request(req(8, payload=b"{"), NOW)
+    assert first == Authenticated(8) and (reply.ref, dotted(reply)) == (8, "4.00")
+
+
+def test_an_unknown_token_is_not_marked_authenticated():
+    [reply] = make_core().on_request(req(9, token="nope"), NOW)
+    assert isinstance(reply, Reply) and dotted(reply) == "4.01"

@@ -3,7 +3,7 @@
 from bridge.core import codes
 from bridge.core.actions import Device, Log, Request
 from bridge.core.session import GatewayCore
-from coreconfig import core_config
+from coreconfig import core_config, handled
 from bridge.core.tokenscan import UnknownTokens
 
 NOW = 1_700_000_000.0
@@ -20,7 +20,7 @@ def warnings(actions):
 def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_addresses():
     core = GatewayCore(core_config(), {"good": Device("Dev A", "t")}.get)
     assert warnings(core.on_tick(NOW)) == []
-    [reply] = core.on_request(scan_request(1, "guess0", ("10.0.0.1", 5683)), NOW)
+    [reply] = handled(core, scan_request(1, "guess0", ("10.0.0.1", 5683)), NOW)
     assert codes.dotted(reply.code) == "4.01"
     [first] = warnings(core.on_tick(NOW + 0.25))  # the first one at once
     assert first.text.startswith("1 request with an unknown access token")
@@ -33,7 +33,7 @@ def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_a
         if n % 2:
             core.on_uplinks([(1000 + n, "guess%d" % n, "telemetry", b"{}", remote)], now)
         else:
-            core.on_request(scan_request(1000 + n, "guess%d" % n, remote), now)
+            handled(core, scan_request(1000 + n, "guess%d" % n, remote), now)
         seen += [(now, log) for log in warnings(core.on_tick(now))]
     seen += [(NOW + 200, log) for log in warnings(core.on_tick(NOW + 200))]
     times = [t for t, _ in seen]
@@ -48,8 +48,8 @@ def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_a
 
 def test_valid_tokens_and_missing_tokens_are_not_counted_as_a_scan():
     core = GatewayCore(core_config(), {"good": Device("Dev A", "t")}.get)
-    core.on_request(scan_request(1, "good", ("10.0.0.1", 5683)), NOW)
-    core.on_request(Request(2, codes.POST, ("api", "v1"), b"", remote=("10.0.0.1", 5683)), NOW)
+    handled(core, scan_request(1, "good", ("10.0.0.1", 5683)), NOW)
+    handled(core, Request(2, codes.POST, ("api", "v1"), b"", remote=("10.0.0.1", 5683)), NOW)
     assert warnings(core.on_tick(NOW + 1)) == [] and core.stats["unknown_token"] == 0
 
 

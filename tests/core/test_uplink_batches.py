@@ -9,7 +9,7 @@ from bridge.core import codes
 from bridge.core.actions import (Created, Device, Log, Publish, Reply, Request, Store,
                                  StoreMany)
 from bridge.core.session import GatewayCore
-from coreconfig import core_config
+from coreconfig import core_config, handled
 
 NOW = 1_700_000_000.5
 DEVICES = {"tokA": Device("Dev A", "thermo"), "tokB": Device("Dev B", "meter")}
@@ -42,7 +42,7 @@ def one_by_one(core, uplinks, now=NOW):
     """What ``on_request`` answers to each uplink, with every Store reported at once."""
     answers, rows, stores = {}, [], []
     for ref, (token, feature, payload) in enumerate(uplinks, 1):
-        for action in core.on_request(Request(ref, codes.POST, ("api", "v1", token, feature),
+        for action in handled(core, Request(ref, codes.POST, ("api", "v1", token, feature),
                                               payload, remote=REMOTE), now):
             if isinstance(action, Reply):
                 answers[ref] = (action.code, action.payload, action.max_age, action.size1)

@@ -104,14 +104,21 @@ def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
     bridge.registry = Registry(path)
     queries = []
     bridge.registry._db.set_trace_callback(queries.append)
-    assert bridge.lookup("tokA") is not None
-    assert bridge.lookup("tokA") is not None  # same turn: the copy answers
-    assert sum("data_version" in q for q in queries) == 1
+    lookup = bridge.core.auth.lookup  # what the core reads: plain data, no query
+    view = bridge.registry_view
+    view.refresh()
+    assert lookup("tokA") is not None
+    view.refresh()  # the same turn: no second look at the file
+    assert lookup("tokA") is not None and sum("data_version" in q for q in queries) == 1
     writer.remove("Dev A")
-    assert bridge.lookup("tokA") is not None  # a removal during the turn counts from the next
+    view.refresh()
+    assert lookup("tokA") is not None  # a removal during the turn counts from the next
     clock.advance(0)
-    assert bridge.lookup("tokA") is None  # the next turn reads the file again
+    view.refresh()
+    assert lookup("tokA") is None  # the next turn reads the file again
     assert sum("data_version" in q for q in queries) == 2
+    queries.clear()
+    assert lookup("tokA") is None and queries == []  # the core's lookups never query
 
 
 def test_a_uri_path_that_is_not_utf8_gets_4_00():
@@ -221,6 +228,20 @@ def test_an_answer_in_bulk_to_a_valid_token_is_not_limited_by_the_amplification_
     clock.advance(0)
     assert answer.result.message.code == txcoap.BAD_REQUEST
     assert getattr(answer.result, "authenticated", False) is True
+
+
+def test_an_answer_to_a_request_with_a_valid_token_is_not_limited_by_the_amplification_rule(
+        tmp_path):
+    bridge, clock, writes = writing_bridge(tmp_path)
+    bad, unknown = request(), request()
+    bad.payload = b"{"
+    unknown.opt.uri_path = (b"api", b"v1", b"nope", b"telemetry")
+    for message in (bad, unknown):
+        message.code = txcoap.GET  # not a plain uplink: through on_request (4.00, 4.01)
+    answers = [bridge.handle_coap(bad), bridge.handle_coap(unknown)]
+    clock.advance(0)
+    assert [(a.result.message.code, a.result.authenticated) for a in answers] == [
+        (txcoap.BAD_REQUEST, True), (txcoap.UNAUTHORIZED, False)]
 
 
 def test_metrics_count_server_rpcs_dropped_and_expired():
