@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, List, Optional, Tuple
+from typing import Any, Hashable, NamedTuple, Optional, Tuple, TypeVar
 
 from . import codes
+
+T = TypeVar("T")
+
+
+def _typed(cls: T) -> T:
+    """Make a NamedTuple equal only to values of its own type: a plain one equals any tuple
+    of the same items (``Delete((1,)) == Created((1,))``), which would let a test comparing
+    actions pass with the wrong action. Only equality changes; building costs the same."""
+    def __eq__(self: tuple, other: object) -> bool:
+        return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[operator]
+
+    def __ne__(self: tuple, other: object) -> bool:
+        return not __eq__(self, other)
+    cls.__eq__ = __eq__  # type: ignore[attr-defined]
+    cls.__ne__ = __ne__  # type: ignore[attr-defined]
+    cls.__hash__ = tuple.__hash__  # type: ignore[attr-defined]
+    return cls
 
 
 @dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
@@ -98,42 +115,49 @@ class Log:
     error: Optional[BaseException] = None  # a bug: the edge logs its traceback
 
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Store:
-    """Write an uplink durably; the edge reports the outbox id with ``on_stored``.
+@_typed
+class Entry(NamedTuple):
+    """One uplink, the one record of it from admission through the outbox to delivery.
 
-    Until then the core may rename it (the platform renamed the device): the edge
-    writes ``device`` and ``payload`` as they are when the write begins."""
+    The core builds it when it admits the uplink (``id`` 0: not stored yet), the edge
+    writes it as it is and gives it its outbox ``id``, and the core delivers its own
+    copy with that id (``on_stored``); read back from the outbox, it comes with its id."""
 
-    ref: int
+    id: int
     device: str
     device_type: str
     topic: str
     payload: bytes
+    created: float  # when it was admitted: the turn its device is answered 2.01 in
+
+
+@_typed
+class Store(NamedTuple):
+    """Write an uplink durably; the edge reports the outbox id with ``on_stored``."""
+
+    ref: int
+    entry: Entry
 
 
 # One plain uplink of a turn, as the edge hands it to ``on_uplinks``: request ref,
 # access token, feature ("telemetry" or "attributes"), payload, source (host, port).
 Uplink = Tuple[int, str, str, bytes, Hashable]
 
-# An uplink to write: device, device type, topic, payload.
-Row = Tuple[str, str, str, bytes]
 
-
-@dataclass
-class StoreMany:
-    """Write ``rows`` durably, in order, under consecutive outbox ids; the edge reports the
-    first id with ``on_stored``. Until then the core may rename rows (see ``Store``)."""
+@_typed
+class StoreMany(NamedTuple):
+    """Write ``entries`` durably, in order, under consecutive outbox ids; the edge reports
+    the first id with ``on_stored``."""
 
     ref: int
-    rows: List[Row]
+    entries: Tuple[Entry, ...]
 
 
-@dataclass
-class Created:
+@_typed
+class Created(NamedTuple):
     """Answer requests ``refs`` 2.01 Created: their uplinks are stored."""
 
-    refs: List[int]
+    refs: Tuple[int, ...]
 
 
 @dataclass(frozen=True)

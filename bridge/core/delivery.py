@@ -21,20 +21,10 @@ Every uplink a device was told 2.01 for is an ``Entry`` in the durable outbox.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
-
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Entry:
-    id: int
-    device: str
-    device_type: str
-    topic: str
-    payload: bytes
-    created: float  # when the device was answered 2.01
+from .actions import Entry
 
 
 class Delivery:
@@ -194,7 +184,7 @@ class Delivery:
         def renamed(entry: Entry) -> Entry:
             body = payload(entry) if payload is not None else entry.payload
             self.bytes += len(body) - len(entry.payload)
-            return dataclasses.replace(entry, device=new, payload=body)
+            return entry._replace(device=new, payload=body)
         for ref, (batch, sent) in list(self.in_flight.items()):
             if any(entry.device == old for entry in batch):
                 self.in_flight[ref] = ([renamed(e) if e.device == old else e for e in batch], sent)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import List, Optional, Set
 
 from . import gateway
-from .actions import DeadLetter, Delete, LoadBacklog, Log, Publish, ResetLink, Row
-from .delivery import Delivery, Entry
+from .actions import DeadLetter, Delete, Entry, LoadBacklog, Log, Publish, ResetLink
+from .delivery import Delivery
 from .devices import Devices
 from .parts import Action, Part, Shared
 
@@ -72,18 +72,19 @@ class Outbox(Part):
 
     # == entries in ==========================================================
 
-    def stored(self, rows: List[Row], first_id: int, now: float) -> int:
-        """Rows written under ids from ``first_id``: delivered from now (or read with the
+    def stored(self, entries: List[Entry], first_id: int, now: float) -> int:
+        """Entries written under ids from ``first_id``: delivered from now (or read with the
         backlog, in id order). Returns their payload bytes."""
         size = 0
         if self.backlog_after is None:
-            add = self.delivery.add
-            for entry_id, (device, device_type, topic, payload) in enumerate(rows, first_id):
-                add(Entry(entry_id, device, device_type, topic, payload, now))
+            add, new = self.delivery.add, tuple.__new__
+            for entry_id, (_, device, device_type, topic, payload, created) in enumerate(
+                    entries, first_id):
+                add(new(Entry, (entry_id, device, device_type, topic, payload, created)))
                 size += len(payload)
         else:
-            size = sum(len(row[3]) for row in rows)
-            self.backlog_count += len(rows)
+            size = sum(len(entry.payload) for entry in entries)
+            self.backlog_count += len(entries)
             self.backlog_bytes += size
         if self.oldest_entry is None:
             self.oldest_entry = now

@@ -190,7 +190,7 @@ class Bridge:
             if kind == "rename":
                 changed = registry.rename(names[0], names[1])
                 if self.outbox is not None:
-                    self.commit()  # uplinks being stored were renamed by the core: write them
+                    self.commit()  # uplinks being stored go first: the rename covers them
                     self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
                                        .rename_device(topic, payload, names[0], names[1]))
             else:
