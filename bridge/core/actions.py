@@ -1,4 +1,11 @@
-"""Events into the core and actions out of it: frozen values, no behaviour."""
+"""Events into the core and actions out of it: immutable values, no behaviour.
+
+Those built per request or per uplink (``Request``, ``Reply``, ``Publish``, the uplink
+record ``Entry`` and the ``Store``/``StoreMany``/``Created``/``Delete`` around it) are
+NamedTuples: immutable, and cheap to build (a frozen dataclass costs about three times
+as much); ``_typed`` makes each equal only to values of its own type. The others are
+frozen dataclasses with slots. The core never changes an action once it is emitted: what
+it must keep changing (uplinks being written, renamed) it keeps as its own copy."""
 
 from __future__ import annotations
 
@@ -25,8 +32,8 @@ def _typed(cls: T) -> T:
     return cls
 
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Request:
+@_typed
+class Request(NamedTuple):
     """A CoAP request as the core sees it. ``ref`` is the edge's handle for the answer."""
 
     ref: int
@@ -34,7 +41,6 @@ class Request:
     path: Tuple[str, ...]
     payload: bytes = b""
     query: Tuple[str, ...] = ()
-    content_format: Optional[int] = None
     observe: Optional[int] = None
     token: bytes = b""
     remote: Hashable = None
@@ -42,7 +48,7 @@ class Request:
     block2: Optional[Tuple[int, int]] = None  # Block2 asked: (block number, block size)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Device:
     """A registered device: the platform knows it by ``name`` with profile ``type``."""
 
@@ -50,8 +56,8 @@ class Device:
     type: str
 
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Reply:
+@_typed
+class Reply(NamedTuple):
     """Answer request ``ref`` with ``code``; ``reason`` is for logs and diagnostics."""
 
     ref: int
@@ -65,8 +71,8 @@ class Reply:
     authenticated: bool = False  # the request carried a valid access token
 
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Publish:
+@_typed
+class Publish(NamedTuple):
     """Publish ``payload`` on ``topic`` at QoS 1; the edge reports the PUBACK for ``ref``."""
 
     ref: int
@@ -75,7 +81,7 @@ class Publish:
     device: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Notify:
     """Send an observe notification; the edge reports ACK, RST or timeout for CON ones."""
 
@@ -90,7 +96,7 @@ class Notify:
     block_size: int = codes.BLOCK_SIZE  # a longer payload goes block by block (RFC 7959 §2.6)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RenameDevice:
     """The platform renamed a device: update the registry."""
 
@@ -98,14 +104,14 @@ class RenameDevice:
     new: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteDevice:
     """The platform deleted a device: its token must get 4.01 from now on."""
 
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Log:
     """Something the operator should know; the edge logs it at ``level``."""
 
@@ -160,14 +166,14 @@ class Created(NamedTuple):
     refs: Tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Delete:
+@_typed
+class Delete(NamedTuple):
     """The broker acknowledged the outbox entries ``ids`` (one publish): remove them."""
 
     ids: Tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """The platform refused outbox entry ``id`` for good: keep it aside with the reason."""
 
@@ -175,7 +181,7 @@ class DeadLetter:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadBacklog:
     """Read the next outbox entries after id ``after`` (in id order, at most ``rows`` of
     them or about ``size`` payload bytes) and hand them to ``on_restored``."""
@@ -185,14 +191,14 @@ class LoadBacklog:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResetLink:
     """Drop and re-establish the broker connection (a PUBACK is overdue)."""
 
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Provision:
     """Provision a device (locally or through the platform) and answer request ``ref``."""
 
@@ -200,7 +206,7 @@ class Provision:
     request: Any  # core.provision.ProvisionRequest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServePackage:
     """Answer request ``ref`` with package bytes: all of it, or ``length`` bytes at ``offset``."""
 

@@ -103,9 +103,7 @@ class Uplinks(Part):
                         refs.append(ref)
                         rows.append(new(Entry, (0, device.name, device.type, topic, body, now)))
                 except CoapError as err:
-                    reply = error_reply(ref, err)
-                    reply.authenticated = device is not None
-                    actions.append(reply)
+                    actions.append(error_reply(ref, err, device is not None))
                 except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
                     failed.append((ref, exc))
                     actions.append(Reply(ref, codes.INTERNAL_SERVER_ERROR, b"internal error",
