@@ -9,8 +9,8 @@ it must keep changing (uplinks being written, renamed) it keeps as its own copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Hashable, NamedTuple, Optional, Tuple, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Mapping, NamedTuple, Optional, Tuple, TypeVar
 
 from . import codes
 
@@ -113,11 +113,14 @@ class DeleteDevice:
 
 @dataclass(frozen=True, slots=True)
 class Log:
-    """Something the operator should know; the edge logs it at ``level``."""
+    """Something the operator should know: the edge logs ``format`` (twisted.logger's
+    PEP 3101 format, its fields by name) with ``fields`` at ``level``. Field names are
+    stable, the same for the same thing everywhere: ``device``, ``peer``, ``topic``,
+    ``count``, ``reason``, ``id`` (an outbox entry), ``rpc_id``, ``reason_code`` (a PUBACK's)."""
 
     level: str
-    text: str
-    device: str = ""
+    format: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
     error: Optional[BaseException] = None  # a bug: the edge logs its traceback
 
 

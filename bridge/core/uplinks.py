@@ -145,8 +145,8 @@ class Uplinks(Part):
             self.stats["refused_full"] += 1
             if self.full_since is None:
                 self.full_since = now
-                actions.append(Log("warn", "outbox full (%s): devices get 5.03 until it drains"
-                                   % full))
+                actions.append(Log("warn", "outbox full ({reason}): devices get 5.03 until it "
+                                   "drains", {"reason": full}))
             actions.append(Reply(request_ref, codes.SERVICE_UNAVAILABLE, max_age=RETRY_AFTER,
                                  reason="outbox full: " + full))
             return False
@@ -196,7 +196,8 @@ class Uplinks(Part):
         return actions + self.outbox.pump(now)
 
     def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
-        actions: List[Action] = [Log("error", "could not store uplinks: %s" % reason)]
+        actions: List[Action] = [Log("error", "could not store uplinks: {reason}",
+                                     {"reason": reason, "count": len(store_refs)})]
         for store_ref in store_refs:
             refs, entries = self.storing.pop(store_ref)
             self.storing_count -= len(entries)
@@ -221,5 +222,8 @@ class Uplinks(Part):
 def _failed_uplinks(failed: List[Tuple[int, Exception]]) -> Log:
     """One error line, with the first traceback, for the uplinks of a turn that hit a bug."""
     ref, first = failed[0]
-    more = " (and %d more uplinks of this turn)" % (len(failed) - 1) if len(failed) > 1 else ""
-    return Log("error", "Handling uplink %d failed%s: answered 5.00" % (ref, more), error=first)
+    if len(failed) == 1:
+        return Log("error", "Handling uplink {ref} failed: answered 5.00", {"ref": ref},
+                   error=first)
+    return Log("error", "Handling uplink {ref} failed (and {more} more uplinks of this turn): "
+               "answered 5.00", {"ref": ref, "more": len(failed) - 1}, error=first)

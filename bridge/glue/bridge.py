@@ -290,10 +290,9 @@ _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn
 
 
 def _log(entry: Log) -> None:
-    """A ``Log`` action from the core."""
+    """A ``Log`` action from the core: its format, with its fields as the event's."""
     if entry.error is not None:  # a bug the core contained: its traceback, once
-        log.failure("{text}", failure=Failure(entry.error), level=LogLevel.error,
-                    text=entry.text, device=entry.device)
+        log.failure(entry.format, failure=Failure(entry.error), level=LogLevel.error,
+                    **entry.fields)
         return
-    log.emit(_LEVELS.get(entry.level, LogLevel.info), "{text}", text=entry.text,
-             device=entry.device)
+    log.emit(_LEVELS.get(entry.level, LogLevel.info), entry.format, **entry.fields)

@@ -17,6 +17,7 @@ from bridge.core.delivery import Delivery, Entry
 from bridge.core.payloads import TelemetryEntry
 from bridge.core.session import GatewayCore
 from coreconfig import core_config
+from logtext import text
 
 NOW = 1_700_000_000.5
 TELEMETRY = gateway.TELEMETRY
@@ -597,7 +598,7 @@ def test_refused_batch_is_sent_again_one_entry_per_publish_and_only_the_bad_one_
     actions = core.on_published(batch.ref, 0x99, NOW)
     assert of(actions, DeadLetter) == [] and of(actions, Delete) == []
     [log] = of(actions, Log)
-    assert log.level == "warn" and "0x99" in log.text and "3" in log.text
+    assert log.level == "warn" and "0x99" in text(log) and "3" in text(log)
     alone = of(actions, Publish)
     assert [p.payload for p in alone] == [s.entry.payload for s in stores]  # each as stored
     assert all(p.topic == TELEMETRY and p.ref != batch.ref for p in alone)
@@ -637,7 +638,7 @@ def test_quota_refusal_of_a_batch_publishes_the_same_batch_again():
     ids, answer = write(core, stores)
     [batch] = of(answer, Publish)
     [log] = core.on_published(batch.ref, 0x97, NOW)
-    assert log.level == "warn" and "quota" in log.text
+    assert log.level == "warn" and "quota" in text(log)
     assert core.stats["dead_lettered"] == 0 and core.outbox.delivery.solo == set()
     [again] = of(core.on_tick(NOW + 1), Publish)
     assert again.ref != batch.ref and again.topic == TELEMETRY

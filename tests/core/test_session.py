@@ -17,6 +17,7 @@ from bridge.core.delivery import Entry
 from bridge.core.session import GatewayCore
 from bridge.core.parts import RETRY_AFTER
 from coreconfig import core_config
+from logtext import text
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -179,7 +180,7 @@ def test_store_failure_answers_5_03_with_max_age_and_logs_the_reason():
     core.on_link_up(NOW)
     [store] = core.on_request(req(1), NOW)
     log, reply = core.on_store_failed([store.ref], "disk I/O error", NOW)
-    assert isinstance(log, Log) and log.level == "error" and "disk I/O error" in log.text
+    assert isinstance(log, Log) and log.level == "error" and "disk I/O error" in text(log)
     assert (reply.ref, dotted(reply), reply.max_age) == (1, "5.03", RETRY_AFTER)
 
 
@@ -263,7 +264,9 @@ def test_mqtt5_puback_refusal_sets_the_entry_aside_as_dead_letter(reason_code):
     [dead] = of(actions, DeadLetter)
     assert dead.id == 8 and "0x%02x" % reason_code in dead.reason
     [log] = of(actions, Log)
-    assert log.level == "warn" and log.device == "Dev A"
+    assert log.level == "warn" and log.fields["device"] == "Dev A"
+    assert text(log) == "outbox entry 8 of Dev A set aside: platform refused it with PUBACK " \
+        "reason 0x%02x" % reason_code
     assert replies(actions) == [] and of(actions, Delete) == []
 
 
@@ -280,7 +283,7 @@ def test_quota_refusal_requeues_the_entry_ahead_of_the_devices_later_entries():
     _, first = uplink(core, 2, payload=b'{"n": 1}', entry_id=8)
     uplink(core, 3, payload=b'{"n": 2}', entry_id=9)
     [log] = core.on_published(first.ref, 0x97, NOW)  # nothing deleted, nothing set aside
-    assert log.level == "warn" and "quota" in log.text
+    assert log.level == "warn" and "quota" in text(log)
     [again] = core.on_tick(NOW + 1)
     assert again.ref != first.ref and again.payload == first.payload
     delete, second = core.on_published(again.ref, 0, NOW + 1)
@@ -292,7 +295,7 @@ def test_refused_connect_keeps_entries_and_connects_again_after_retry_after():
     core.on_link_up(NOW)
     _, connect = uplink(core, 1)
     [log] = core.on_published(connect.ref, 0x87, NOW)  # no data publish, no reply
-    assert log.level == "warn" and "Dev A" in log.text
+    assert log.level == "warn" and "Dev A" in text(log)
     assert core.on_tick(NOW + 4) == []
     [again] = core.on_tick(NOW + 5)
     assert again.topic == CONNECT and again.ref != connect.ref
@@ -623,7 +626,7 @@ def test_full_outbox_warns_once_then_logs_info_when_it_accepts_again():
     core = connected_core(outbox_max_entries=1, window=1)
     _, data = uplink(core, 2, entry_id=8)
     warn, reply = core.on_request(req(3), NOW)
-    assert isinstance(warn, Log) and warn.level == "warn" and "full" in warn.text
+    assert isinstance(warn, Log) and warn.level == "warn" and "full" in text(warn)
     assert dotted(reply) == "5.03"
     [reply] = core.on_request(req(4), NOW)  # no second warning
     assert dotted(reply) == "5.03"

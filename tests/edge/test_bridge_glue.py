@@ -280,7 +280,7 @@ def test_a_deeply_nested_uplink_gets_4_00_and_the_others_of_its_turn_2_01(tmp_pa
 
 
 def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_level(tmp_path):
-    from twisted.logger import LogLevel
+    from twisted.logger import LogLevel, formatEvent
     bridge, clock, writes = writing_bridge(tmp_path)
     lookup = bridge.core.auth.lookup
 
@@ -296,9 +296,26 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_lev
     assert [d.result.message.code for d in answers] == [txcoap.CREATED, txcoap.INTERNAL_SERVER_ERROR,
                                                 txcoap.CREATED]
     [failure] = [e for e in events if e.get("log_failure") is not None]
-    assert failure["log_level"] == LogLevel.error and "uplink 2 failed" in failure["text"]
+    assert failure["log_level"] == LogLevel.error and "uplink 2 failed" in formatEvent(failure)
     failure["log_failure"].trap(RuntimeError)  # its traceback is logged; keep pytest quiet
     assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
+
+
+def test_a_log_action_from_the_core_is_logged_with_its_format_and_fields():
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    from bridge.core.actions import Log
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        bridge.apply([Log("warn", "outbox entry {id} of {device} set aside: {reason}",
+                          {"id": 8, "device": "Dev A", "reason": "refused"})])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("device") == "Dev A"]
+    assert event["log_level"] == LogLevel.warn and (event["id"], event["reason"]) == (8, "refused")
+    assert event["log_format"] == "outbox entry {id} of {device} set aside: {reason}"
+    assert formatEvent(event) == "outbox entry 8 of Dev A set aside: refused"
 
 
 def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():
