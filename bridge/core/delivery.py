@@ -43,15 +43,16 @@ class Delivery:
         self.bytes = 0
 
     def add(self, entry: Entry) -> None:
-        queue = self.queues.get(entry.device)
+        device = entry.device  # read once: a NamedTuple's fields cost more to read
+        queue = self.queues.get(device)
         if queue is None:
-            queue = self.queues[entry.device] = deque()
+            queue = self.queues[device] = deque()
         queue.append(entry)
         self.count += 1
         self.bytes += len(entry.payload)
-        if entry.device not in self._in_ring:
-            self._in_ring.add(entry.device)
-            self.ring.append(entry.device)
+        if device not in self._in_ring:
+            self._in_ring.add(device)
+            self.ring.append(device)
 
     def oldest(self) -> Optional[float]:
         times = [q[0].created for q in self.queues.values() if q]
@@ -80,6 +81,7 @@ class Delivery:
         their queue on that topic, a device whose head is on another topic keeps its turn
         for a later publish."""
         batch: List[Entry] = []
+        solo = self.solo
         skipped: List[str] = []
         in_batch: Set[str] = set()
         topic = ""
@@ -108,11 +110,12 @@ class Delivery:
             taken = 0
             while queue and len(batch) < self.max_batch and (limit == 0 or taken < limit):
                 entry = queue[0]
-                if entry.topic != topic or entry.id in self.solo or \
-                        (batch and size + len(entry.payload) > self.max_bytes):
+                length = len(entry.payload)
+                if entry.topic != topic or (solo and entry.id in solo) or \
+                        (batch and size + length > self.max_bytes):
                     break
                 batch.append(self._pop(device, queue))
-                size += len(entry.payload)
+                size += length
                 taken += 1
         for device in reversed(skipped):  # they keep their turn
             if device not in self._in_ring:

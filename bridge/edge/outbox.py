@@ -21,6 +21,7 @@ how to recover its entries); the next start begins with an empty outbox.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import chain
 from typing import Callable, Iterable, List, Sequence, Tuple
 
 from ..core.actions import Entry
@@ -106,8 +107,7 @@ class Outbox:
         for start in range(0, len(entries), _CHUNK):
             chunk = entries[start:start + _CHUNK]
             params: List[object] = [first + start]
-            for entry in chunk:
-                params += entry
+            params.extend(chain.from_iterable(chunk))
             self._db.execute(_insert_sql(len(chunk)), params).fetchall()
 
     def _next_id(self) -> int:
