@@ -1,15 +1,42 @@
-"""Events into the core and actions out of it: frozen values, no behaviour."""
+"""Events into the core and actions out of it: immutable values, no behaviour.
+
+Those built per request or per uplink (``Request``, ``Reply``, ``Publish``, the uplink
+record ``Entry`` and the ``Store``/``StoreMany``/``Created``/``Delete`` around it) are
+NamedTuples: immutable, and cheap to build (a frozen dataclass costs about three times
+as much); ``_typed`` makes each equal only to values of its own type. The others are
+frozen dataclasses with slots. The core never changes an action once it is emitted: what
+it must keep changing (uplinks being written, renamed) it keeps as its own copy."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Hashable, List, Optional, Tuple
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, Hashable, Mapping, NamedTuple, Optional, Tuple, TypeVar
 
 from . import codes
 
+T = TypeVar("T")
+# dataclass(slots=True) needs Python 3.10; on 3.9 (PyPy 3.9 among them) they go without
+SLOTS: Dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Request:
+
+def _typed(cls: T) -> T:
+    """Make a NamedTuple equal only to values of its own type: a plain one equals any tuple
+    of the same items (``Delete((1,)) == Created((1,))``), which would let a test comparing
+    actions pass with the wrong action. Only equality changes; building costs the same."""
+    def __eq__(self: tuple, other: object) -> bool:
+        return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore[operator]
+
+    def __ne__(self: tuple, other: object) -> bool:
+        return not __eq__(self, other)
+    cls.__eq__ = __eq__  # type: ignore[attr-defined]
+    cls.__ne__ = __ne__  # type: ignore[attr-defined]
+    cls.__hash__ = tuple.__hash__  # type: ignore[attr-defined]
+    return cls
+
+
+@_typed
+class Request(NamedTuple):
     """A CoAP request as the core sees it. ``ref`` is the edge's handle for the answer."""
 
     ref: int
@@ -17,7 +44,6 @@ class Request:
     path: Tuple[str, ...]
     payload: bytes = b""
     query: Tuple[str, ...] = ()
-    content_format: Optional[int] = None
     observe: Optional[int] = None
     token: bytes = b""
     remote: Hashable = None
@@ -25,7 +51,7 @@ class Request:
     block2: Optional[Tuple[int, int]] = None  # Block2 asked: (block number, block size)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Device:
     """A registered device: the platform knows it by ``name`` with profile ``type``."""
 
@@ -33,8 +59,8 @@ class Device:
     type: str
 
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Reply:
+@_typed
+class Reply(NamedTuple):
     """Answer request ``ref`` with ``code``; ``reason`` is for logs and diagnostics."""
 
     ref: int
@@ -48,8 +74,8 @@ class Reply:
     authenticated: bool = False  # the request carried a valid access token
 
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Publish:
+@_typed
+class Publish(NamedTuple):
     """Publish ``payload`` on ``topic`` at QoS 1; the edge reports the PUBACK for ``ref``."""
 
     ref: int
@@ -58,7 +84,7 @@ class Publish:
     device: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Notify:
     """Send an observe notification; the edge reports ACK, RST or timeout for CON ones."""
 
@@ -73,7 +99,7 @@ class Notify:
     block_size: int = codes.BLOCK_SIZE  # a longer payload goes block by block (RFC 7959 §2.6)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class RenameDevice:
     """The platform renamed a device: update the registry."""
 
@@ -81,69 +107,79 @@ class RenameDevice:
     new: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class DeleteDevice:
     """The platform deleted a device: its token must get 4.01 from now on."""
 
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Log:
-    """Something the operator should know; the edge logs it at ``level``."""
+    """Something the operator should know: the edge logs ``format`` (twisted.logger's
+    PEP 3101 format, its fields by name) with ``fields`` at ``level``. Field names are
+    stable, the same for the same thing everywhere: ``device``, ``peer``, ``topic``,
+    ``count``, ``reason``, ``id`` (an outbox entry), ``rpc_id``, ``reason_code`` (a PUBACK's)."""
 
     level: str
-    text: str
-    device: str = ""
+    format: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
     error: Optional[BaseException] = None  # a bug: the edge logs its traceback
 
 
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Store:
-    """Write an uplink durably; the edge reports the outbox id with ``on_stored``.
+@_typed
+class Entry(NamedTuple):
+    """One uplink, the one record of it from admission through the outbox to delivery.
 
-    Until then the core may rename it (the platform renamed the device): the edge
-    writes ``device`` and ``payload`` as they are when the write begins."""
+    The core builds it when it admits the uplink (``id`` 0: not stored yet), the edge
+    writes it as it is and gives it its outbox ``id``, and the core delivers its own
+    copy with that id (``on_stored``); read back from the outbox, it comes with its id."""
 
-    ref: int
+    id: int
     device: str
     device_type: str
     topic: str
     payload: bytes
+    created: float  # when it was admitted: the turn its device is answered 2.01 in
+
+
+@_typed
+class Store(NamedTuple):
+    """Write an uplink durably; the edge reports the outbox id with ``on_stored``."""
+
+    ref: int
+    entry: Entry
 
 
 # One plain uplink of a turn, as the edge hands it to ``on_uplinks``: request ref,
 # access token, feature ("telemetry" or "attributes"), payload, source (host, port).
 Uplink = Tuple[int, str, str, bytes, Hashable]
 
-# An uplink to write: device, device type, topic, payload.
-Row = Tuple[str, str, str, bytes]
 
-
-@dataclass
-class StoreMany:
-    """Write ``rows`` durably, in order, under consecutive outbox ids; the edge reports the
-    first id with ``on_stored``. Until then the core may rename rows (see ``Store``)."""
+@_typed
+class StoreMany(NamedTuple):
+    """Write ``entries`` durably, in order, under consecutive outbox ids; the edge reports
+    the first id with ``on_stored``."""
 
     ref: int
-    rows: List[Row]
+    entries: Tuple[Entry, ...]
 
 
-@dataclass
-class Created:
+@_typed
+class Created(NamedTuple):
     """Answer requests ``refs`` 2.01 Created: their uplinks are stored."""
 
-    refs: List[int]
+    refs: Tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Delete:
+@_typed
+class Delete(NamedTuple):
     """The broker acknowledged the outbox entries ``ids`` (one publish): remove them."""
 
     ids: Tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class DeadLetter:
     """The platform refused outbox entry ``id`` for good: keep it aside with the reason."""
 
@@ -151,7 +187,7 @@ class DeadLetter:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class LoadBacklog:
     """Read the next outbox entries after id ``after`` (in id order, at most ``rows`` of
     them or about ``size`` payload bytes) and hand them to ``on_restored``."""
@@ -161,14 +197,14 @@ class LoadBacklog:
     size: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class ResetLink:
     """Drop and re-establish the broker connection (a PUBACK is overdue)."""
 
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class Provision:
     """Provision a device (locally or through the platform) and answer request ``ref``."""
 
@@ -176,7 +212,7 @@ class Provision:
     request: Any  # core.provision.ProvisionRequest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, **SLOTS)
 class ServePackage:
     """Answer request ``ref`` with package bytes: all of it, or ``length`` bytes at ``offset``."""
 
@@ -188,10 +224,9 @@ class ServePackage:
     length: Optional[int] = None
 
 
-@dataclass(frozen=True)
-class Authenticated:
+@_typed
+class Authenticated(NamedTuple):
     """Request ``ref`` carried a valid credential: its answers, now and later, need no
     amplification limit (RFC 7252 §11.3). Comes before the request's other actions."""
 
-    __slots__ = ("ref",)
     ref: int

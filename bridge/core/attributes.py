@@ -171,8 +171,8 @@ class Attributes(Part):
         # an observer still gets every change from now on
         del self.fetches[fetch_id]
         fetch.shared = dict(self.views.get(fetch.device, {}))
-        return [Log("warn", "the platform hid the name of %s's only attribute; observing "
-                    "from the last known view" % fetch.device, fetch.device)] \
+        return [Log("warn", "the platform hid the name of {device}'s only attribute; observing "
+                    "from the last known view", {"device": fetch.device})] \
             + self._done(fetch, now)
 
     def _done(self, fetch: Fetch, now: float) -> List[Action]:
@@ -213,8 +213,8 @@ class Attributes(Part):
         for request_id in fetch.outstanding:
             self.requests.pop(request_id, None)
         if fetch.request is None:
-            return [Log("warn", "could not refresh the shared attributes of %s: %s"
-                        % (fetch.device, reason), fetch.device)]
+            return [Log("warn", "could not refresh the shared attributes of {device}: {reason}",
+                        {"device": fetch.device, "reason": reason})]
         return [Reply(fetch.request.ref, code, reason=reason)]
 
     def learn_keys(self, device: str, values: Dict[str, Any]) -> None:

@@ -54,4 +54,4 @@ class Authenticator(Part):
 
     def on_tick(self, now: float, slow: bool) -> List[Action]:
         scan = self.unknown_tokens.warning(now) if self.unknown_tokens.count else None
-        return [Log("warn", scan)] if scan is not None else []
+        return [Log("warn", *scan)] if scan is not None else []

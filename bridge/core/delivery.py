@@ -21,20 +21,10 @@ Every uplink a device was told 2.01 for is an ``Entry`` in the durable outbox.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
 
-
-@dataclass  # not frozen: built per request, and a frozen dataclass costs 3x to build
-class Entry:
-    id: int
-    device: str
-    device_type: str
-    topic: str
-    payload: bytes
-    created: float  # when the device was answered 2.01
+from .actions import Entry
 
 
 class Delivery:
@@ -53,15 +43,16 @@ class Delivery:
         self.bytes = 0
 
     def add(self, entry: Entry) -> None:
-        queue = self.queues.get(entry.device)
+        device = entry.device  # read once: a NamedTuple's fields cost more to read
+        queue = self.queues.get(device)
         if queue is None:
-            queue = self.queues[entry.device] = deque()
+            queue = self.queues[device] = deque()
         queue.append(entry)
         self.count += 1
         self.bytes += len(entry.payload)
-        if entry.device not in self._in_ring:
-            self._in_ring.add(entry.device)
-            self.ring.append(entry.device)
+        if device not in self._in_ring:
+            self._in_ring.add(device)
+            self.ring.append(device)
 
     def oldest(self) -> Optional[float]:
         times = [q[0].created for q in self.queues.values() if q]
@@ -90,6 +81,7 @@ class Delivery:
         their queue on that topic, a device whose head is on another topic keeps its turn
         for a later publish."""
         batch: List[Entry] = []
+        solo = self.solo
         skipped: List[str] = []
         in_batch: Set[str] = set()
         topic = ""
@@ -118,11 +110,12 @@ class Delivery:
             taken = 0
             while queue and len(batch) < self.max_batch and (limit == 0 or taken < limit):
                 entry = queue[0]
-                if entry.topic != topic or entry.id in self.solo or \
-                        (batch and size + len(entry.payload) > self.max_bytes):
+                length = len(entry.payload)
+                if entry.topic != topic or (solo and entry.id in solo) or \
+                        (batch and size + length > self.max_bytes):
                     break
                 batch.append(self._pop(device, queue))
-                size += len(entry.payload)
+                size += length
                 taken += 1
         for device in reversed(skipped):  # they keep their turn
             if device not in self._in_ring:
@@ -194,7 +187,7 @@ class Delivery:
         def renamed(entry: Entry) -> Entry:
             body = payload(entry) if payload is not None else entry.payload
             self.bytes += len(body) - len(entry.payload)
-            return dataclasses.replace(entry, device=new, payload=body)
+            return entry._replace(device=new, payload=body)
         for ref, (batch, sent) in list(self.in_flight.items()):
             if any(entry.device == old for entry in batch):
                 self.in_flight[ref] = ([renamed(e) if e.device == old else e for e in batch], sent)

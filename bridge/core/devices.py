@@ -154,8 +154,8 @@ class Devices(Part):
         state.retry_at = now + RETRY_AFTER
         for pub in waiting:
             self.pending.pop(pub.ref, None)  # their fetches answer at their deadline
-        return [Log("warn", "the platform refused to connect device %s" % state.device.name,
-                    state.device.name)]
+        return [Log("warn", "the platform refused to connect device {device}",
+                    {"device": state.device.name})]
 
     def on_not_sent(self, ref: int) -> None:
         name = self.connecting.pop(ref, None)
@@ -174,8 +174,8 @@ class Devices(Part):
         if state is None:
             return []
         state.connected = False
-        return [Log("info", "the platform closed the session of %s (reason %s)"
-                    % (name, doc.get("reason")), name)]
+        return [Log("info", "the platform closed the session of {device} (reason {reason})",
+                    {"device": name, "reason": doc.get("reason")})]
 
     def on_link_up(self, now: float) -> List[Action]:
         """Re-connect active and observing devices; forget the others with nothing stored."""

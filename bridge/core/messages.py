@@ -65,14 +65,15 @@ class Messages(Part):
             return self.rpc.on_response(n, payload)
         if topic_suffix_int(topic, GATEWAY_RPC_REQUEST_PREFIX) is not None:
             return self.rpc.on_gateway_rpc(doc, now)
-        return [Log("debug", "ignored a message on %s" % topic)]
+        return [Log("debug", "ignored a message on {topic}", {"topic": topic})]
 
     def _skipped(self, topic: str, reason: str, now: float) -> List[Action]:
         """A platform message that cannot be read: logged (a warning per topic a minute)."""
         self.stats["downstream_skipped"] += 1
         # v1/devices/me/rpc/request/7 and /8 share one warning
         if self.skip_warnings.allow(topic.rstrip("0123456789"), now) is None:
-            return [Log("warn", "skipped a message from the platform on %s: %s (more on this "
-                        "topic within %d s are logged at debug level)"
-                        % (topic, reason, SKIP_WARNING_INTERVAL))]
-        return [Log("debug", "skipped a message from the platform on %s: %s" % (topic, reason))]
+            return [Log("warn", "skipped a message from the platform on {topic}: {reason} (more "
+                        "on this topic within {interval:.0f} s are logged at debug level)",
+                        {"topic": topic, "reason": reason, "interval": SKIP_WARNING_INTERVAL})]
+        return [Log("debug", "skipped a message from the platform on {topic}: {reason}",
+                    {"topic": topic, "reason": reason})]

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import List, Optional, Set
 
 from . import gateway
-from .actions import DeadLetter, Delete, LoadBacklog, Log, Publish, ResetLink, Row
-from .delivery import Delivery, Entry
+from .actions import DeadLetter, Delete, Entry, LoadBacklog, Log, Publish, ResetLink
+from .delivery import Delivery
 from .devices import Devices
 from .parts import Action, Part, Shared
 
@@ -72,18 +72,19 @@ class Outbox(Part):
 
     # == entries in ==========================================================
 
-    def stored(self, rows: List[Row], first_id: int, now: float) -> int:
-        """Rows written under ids from ``first_id``: delivered from now (or read with the
+    def stored(self, entries: List[Entry], first_id: int, now: float) -> int:
+        """Entries written under ids from ``first_id``: delivered from now (or read with the
         backlog, in id order). Returns their payload bytes."""
         size = 0
         if self.backlog_after is None:
-            add = self.delivery.add
-            for entry_id, (device, device_type, topic, payload) in enumerate(rows, first_id):
-                add(Entry(entry_id, device, device_type, topic, payload, now))
+            add, new = self.delivery.add, tuple.__new__
+            for entry_id, (_, device, device_type, topic, payload, created) in enumerate(
+                    entries, first_id):
+                add(new(Entry, (entry_id, device, device_type, topic, payload, created)))
                 size += len(payload)
         else:
-            size = sum(len(row[3]) for row in rows)
-            self.backlog_count += len(rows)
+            size = sum(len(entry.payload) for entry in entries)
+            self.backlog_count += len(entries)
             self.backlog_bytes += size
         if self.oldest_entry is None:
             self.oldest_entry = now
@@ -114,8 +115,8 @@ class Outbox(Part):
             else:
                 self.delivery.add(entry)
         if actions:
-            actions.append(Log("warn", "%d stored uplinks of deleted devices set aside"
-                               % len(actions)))
+            actions.append(Log("warn", "{count} stored uplinks of deleted devices set aside",
+                               {"count": len(actions)}))
         if self.backlog_after is not None:
             if more and entries:
                 self.backlog_after = entries[-1].id
@@ -181,7 +182,8 @@ class Outbox(Part):
             return actions
         if reason_code == QUOTA_EXCEEDED:  # transient: ThingsBoard closes the link, we retry
             self.delivery.retry(ref)
-            return [Log("warn", "platform quota exceeded (PUBACK 0x97); will retry")]
+            return [Log("warn", "platform quota exceeded (PUBACK 0x{reason_code:02x}); will retry",
+                        {"reason_code": reason_code})]
         return self._refused(ref, reason_code, now)
 
     def _refused(self, ref: int, reason_code: int, now: float) -> List[Action]:
@@ -190,15 +192,16 @@ class Outbox(Part):
         if len(batch) > 1:
             # which of them did it refuse? each goes again alone, and only that one is set aside
             self.delivery.split(ref)
-            return [Log("warn", "the platform refused a publish of %d uplinks (PUBACK 0x%02x); "
-                                "sending them one by one" % (len(batch), reason_code))] \
+            return [Log("warn", "the platform refused a publish of {count} uplinks (PUBACK "
+                                "0x{reason_code:02x}); sending them one by one",
+                        {"count": len(batch), "reason_code": reason_code})] \
                 + self.pump(now)
         entry = batch[0]
         self.delivery.done(ref)
         self.stats["dead_lettered"] += 1
         return [DeadLetter(entry.id, reason),
-                Log("warn", "outbox entry %d of %s set aside: %s"
-                    % (entry.id, entry.device, reason), entry.device)] + self.pump(now)
+                Log("warn", "outbox entry {id} of {device} set aside: {reason}",
+                    {"id": entry.id, "device": entry.device, "reason": reason})] + self.pump(now)
 
     def on_not_sent(self, ref: int) -> bool:
         """Whether ``ref`` carried stored entries (they go back to their queues)."""
@@ -236,6 +239,6 @@ class Outbox(Part):
         reason = "the platform deleted device %s" % name
         actions: List[Action] = [DeadLetter(entry.id, reason) for entry in dropped]
         if dropped:
-            actions.append(Log("warn", "%d stored uplinks of %s set aside: %s"
-                               % (len(dropped), name, reason), name))
+            actions.append(Log("warn", "{count} stored uplinks of {device} set aside: {reason}",
+                               {"count": len(dropped), "device": name, "reason": reason}))
         return actions

@@ -71,10 +71,11 @@ class Part:
         return []
 
 
-def error_reply(ref: int, err: CoapError) -> Reply:
-    return Reply(ref, err.code, payload=err.reason.encode("utf-8"),
-                 content_format=codes.TEXT_PLAIN if err.reason else None,
-                 max_age=err.max_age, size1=err.size1, reason=err.reason)
+def error_reply(ref: int, err: CoapError, authenticated: bool = False) -> Reply:
+    """The answer ``err`` stands for; ``authenticated``: the request's credential was valid."""
+    return Reply(ref, err.code, err.reason.encode("utf-8"),
+                 codes.TEXT_PLAIN if err.reason else None, err.max_age, err.size1, err.reason,
+                 None, authenticated)
 
 
 def unavailable(request_ref: int, reason: str) -> Reply:

@@ -143,15 +143,17 @@ class Rpc(Part):
                 if name in self.full:
                     return []
                 self.full.add(name)
-                return [Log("warn", "RPC %d for %s dropped: %d RPCs already wait for the device "
-                            "(platform.rpc_queue_size); more are dropped, counted in "
-                            "rpc_dropped_total" % (rpc.id, name, self._held(name)), name)]
+                return [Log("warn", "RPC {rpc_id} for {device} dropped: {count} RPCs already "
+                            "wait for the device (platform.rpc_queue_size); more are dropped, "
+                            "counted in rpc_dropped_total",
+                            {"rpc_id": rpc.id, "device": name, "count": self._held(name)})]
         self.full.discard(name)
         if self.observers.get(name, FEATURE) is not None:
             self.queued.add(name)
             return self.subscriptions.enqueue(name, FEATURE, self._pending(item), now)
         self.waiting.setdefault(name, deque()).append(item)
-        return [Log("debug", "RPC %d for %s waits for an observer" % (rpc.id, name), name)]
+        return [Log("debug", "RPC {rpc_id} for {device} waits for an observer",
+                    {"rpc_id": rpc.id, "device": name})]
 
     def on_gateway_rpc(self, doc: Any, now: float) -> List[Action]:
         """An RPC to the gateway itself: a device renamed or deleted on the platform."""
@@ -167,7 +169,7 @@ class Rpc(Part):
             return actions
         if method == "gateway_device_deleted" and isinstance(params, str):
             return self.deleted(params)
-        return [Log("info", "ignored gateway RPC %r" % (method,))]
+        return [Log("info", "ignored gateway RPC {method!r}", {"method": method})]
 
     # == held RPCs ===========================================================
 
@@ -250,8 +252,7 @@ class Rpc(Part):
         by_device: Dict[str, List[int]] = {}
         for item in expired:
             by_device.setdefault(item.rpc.device, []).append(item.rpc.id)
-        return [Log("info", "%s for %s expired undelivered (platform.rpc_queue_ttl %.0f s)"
-                    % (_rpc_ids(ids), name, self.settings.rpc_queue_ttl), name)
+        return [_expired(ids, name, self.settings.rpc_queue_ttl)
                 for name, ids in by_device.items()]
 
     def on_link_down(self, now: float) -> List[Action]:
@@ -286,8 +287,13 @@ class Rpc(Part):
         return []
 
 
-def _rpc_ids(ids: List[int]) -> str:
+def _expired(ids: List[int], name: str, ttl: float) -> Log:
+    """One line for the RPCs of device ``name`` that expired: their ids, the first ten."""
     if len(ids) == 1:
-        return "RPC %d" % ids[0]
-    shown = ", ".join(str(i) for i in ids[:10])
-    return "%d RPCs (%s%s)" % (len(ids), shown, ", ..." if len(ids) > 10 else "")
+        return Log("info", "RPC {rpc_id} for {device} expired undelivered "
+                   "(platform.rpc_queue_ttl {ttl:.0f} s)", {"rpc_id": ids[0], "device": name,
+                                                             "ttl": ttl})
+    shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+    return Log("info", "{count} RPCs ({rpc_ids}) for {device} expired undelivered "
+               "(platform.rpc_queue_ttl {ttl:.0f} s)",
+               {"count": len(ids), "rpc_ids": shown, "device": name, "ttl": ttl})

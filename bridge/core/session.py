@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-from .actions import DeleteDevice, Request, Uplink
+from .actions import DeleteDevice, Entry, Request, Uplink
 from .attributes import Attributes
 from .auth import Authenticator, TokenLookup
 from .codes import CoapError
-from .delivery import Entry
 from .devices import Devices
 from .downloads import Downloads
 from .formats import FormatOf, Formats

@@ -41,8 +41,8 @@ class Subscriptions(Part):
         fmt = content_format if body else None
         if relation is None:  # full: answer without Observe (RFC 7641 §4.1)
             return [Reply(request.ref, code, body, fmt, reason="observer limit reached"),
-                    Log("warn", "observer limit %d reached; %s not registered"
-                        % (observers.max_relations, name), name)]
+                    Log("warn", "observer limit {limit} reached; {device} not registered",
+                        {"limit": observers.max_relations, "device": name})]
         relation.sent(body)
         actions: List[Action] = [Reply(request.ref, code, body, fmt,
                                        observe=observers.sequence())]
@@ -77,8 +77,9 @@ class Subscriptions(Part):
         notifies, ended, leftovers = self.observers.on_result(ref, outcome, now)
         actions: List[Action] = list(notifies)
         for relation in ended:
-            actions.append(Log("info", "observe of /%s by %s ended (%s)"
-                               % (relation.feature, relation.device, outcome), relation.device))
+            actions.append(Log("info", "observe of /{feature} by {device} ended ({outcome})",
+                               {"feature": relation.feature, "device": relation.device,
+                                "outcome": outcome}))
         self.requeue(leftovers, now)
         return actions
 

@@ -11,7 +11,7 @@ caller's ``now``.
 from __future__ import annotations
 
 import heapq
-from typing import Dict, Hashable, Optional
+from typing import Any, Dict, Hashable, Optional, Tuple
 
 
 class UnknownTokens:
@@ -35,21 +35,24 @@ class UnknownTokens:
         elif len(sources) < self.max_sources:
             sources[source] = 1
 
-    def warning(self, now: float) -> Optional[str]:
-        """The warning due at ``now``, if any: then counting starts again."""
+    def warning(self, now: float) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """The warning due at ``now``, if any, as a log format and its fields: then counting
+        starts again."""
         if not self.count or now < self.next_warning:
             return None
         busiest = heapq.nlargest(self.top, self.sources.items(), key=lambda kv: kv[1])
         counted = len(self.sources)
-        spread = "%s%d address%s" % ("at least " if counted >= self.max_sources else "",
-                                     counted, "" if counted == 1 else "es")
         assert self.since is not None
-        text = ("%d request%s with an unknown access token in the last %.0f s, from %s "
-                "(answered 4.01; a token scan?); most from %s"
-                % (self.count, "" if self.count == 1 else "s", now - self.since, spread,
-                   ", ".join("%s (%d)" % (source, n) for source, n in busiest)))
+        fields = {
+            "count": self.count, "requests": "request" if self.count == 1 else "requests",
+            "seconds": now - self.since,
+            "addresses": "%s%d address%s" % ("at least " if counted >= self.max_sources else "",
+                                             counted, "" if counted == 1 else "es"),
+            "busiest": ", ".join("%s (%d)" % (source, n) for source, n in busiest),
+        }
         self.count = 0
         self.sources = {}
         self.since = None
         self.next_warning = now + self.interval
-        return text
+        return ("{count} {requests} with an unknown access token in the last {seconds:.0f} s, "
+                "from {addresses} (answered 4.01; a token scan?); most from {busiest}", fields)

@@ -9,10 +9,10 @@ packet size) 4.13. Payloads are read by the device's format (formats/).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import codes, gateway, routes
-from .actions import Created, Device, Log, Reply, Request, Row, Store, StoreMany, Uplink
+from .actions import Created, Device, Entry, Log, Reply, Request, Store, StoreMany, Uplink
 from .auth import Authenticator
 from .codes import CoapError
 from .devices import Devices
@@ -38,8 +38,9 @@ class Uplinks(Part):
         self.mqtt5 = config.mqtt.mqtt5
         # attribute names uploaded (set by the facade: attributes reads use them)
         self.learn_keys: Callable[[str, Dict[str, Any]], None] = lambda name, values: None
-        # store ref -> (request ref, Store) or (request refs, StoreMany): what is being written
-        self.storing: Dict[int, Tuple[Any, Any]] = {}
+        # store ref -> (its request ref, or the refs of a StoreMany; the core's own copies
+        # of the entries being written, renamed here if the device is): see ``rename``
+        self.storing: Dict[int, Tuple[Any, List[Entry]]] = {}
         self.storing_count = 0  # uplinks being written
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
@@ -79,10 +80,11 @@ class Uplinks(Part):
         ``Created`` once stored. The common upload in bulk, without an object per step."""
         actions: List[Action] = []
         refs: List[int] = []
-        rows: List[Row] = []
+        rows: List[Entry] = []
         failed: List[Tuple[int, Exception]] = []
         limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
         formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
+        new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
         try:
             for ref, token, feature, payload, remote in uplinks:
                 device = None
@@ -99,11 +101,9 @@ class Uplinks(Part):
                         topic, body = plain(device, feature, payload, now)
                     if admit(device, topic, body, ref, now, actions):
                         refs.append(ref)
-                        rows.append((device.name, device.type, topic, body))
+                        rows.append(new(Entry, (0, device.name, device.type, topic, body, now)))
                 except CoapError as err:
-                    reply = error_reply(ref, err)
-                    reply.authenticated = device is not None
-                    actions.append(reply)
+                    actions.append(error_reply(ref, err, device is not None))
                 except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
                     failed.append((ref, exc))
                     actions.append(Reply(ref, codes.INTERNAL_SERVER_ERROR, b"internal error",
@@ -112,13 +112,13 @@ class Uplinks(Part):
             # a bug outside one uplink: the edge answers the whole turn 5.00, and what
             # was admitted is not written
             self.storing_count -= len(rows)
-            self.storing_bytes -= sum(len(row[3]) for row in rows)
+            self.storing_bytes -= sum(len(entry.payload) for entry in rows)
             raise
         if failed:
             actions.append(_failed_uplinks(failed))
         if rows:
-            store = StoreMany(next(self.shared.refs), rows)
-            self.storing[store.ref] = (refs, store)
+            store = StoreMany(next(self.shared.refs), tuple(rows))
+            self.storing[store.ref] = (tuple(refs), rows)
             actions.append(store)
         return actions
 
@@ -129,8 +129,9 @@ class Uplinks(Part):
         """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``)."""
         actions: List[Action] = []
         if self.admit(device, topic, payload, request_ref, now, actions):
-            store = Store(next(self.shared.refs), device.name, device.type, topic, payload)
-            self.storing[store.ref] = (request_ref, store)
+            store = Store(next(self.shared.refs),
+                          Entry(0, device.name, device.type, topic, payload, now))
+            self.storing[store.ref] = (request_ref, [store.entry])
             actions.append(store)
         return actions
 
@@ -144,8 +145,8 @@ class Uplinks(Part):
             self.stats["refused_full"] += 1
             if self.full_since is None:
                 self.full_since = now
-                actions.append(Log("warn", "outbox full (%s): devices get 5.03 until it drains"
-                                   % full))
+                actions.append(Log("warn", "outbox full ({reason}): devices get 5.03 until it "
+                                   "drains", {"reason": full}))
             actions.append(Reply(request_ref, codes.SERVICE_UNAVAILABLE, max_age=RETRY_AFTER,
                                  reason="outbox full: " + full))
             return False
@@ -186,52 +187,43 @@ class Uplinks(Part):
         id of its first row; the others follow it): acknowledge the devices."""
         actions: List[Action] = []
         for store_ref, first_id in stored:
-            refs, store = self.storing.pop(store_ref)
-            rows = _rows(store)
-            size = self.outbox.stored(rows, first_id, now)
-            self.storing_count -= len(rows)
+            refs, entries = self.storing.pop(store_ref)
+            size = self.outbox.stored(entries, first_id, now)
+            self.storing_count -= len(entries)
             self.storing_bytes -= size
-            self.stats["acknowledged"] += len(rows)
-            actions.append(Reply(refs, codes.CREATED) if isinstance(store, Store)
-                           else Created(refs))
+            self.stats["acknowledged"] += len(entries)
+            actions.append(Created(refs) if type(refs) is tuple else Reply(refs, codes.CREATED))
         return actions + self.outbox.pump(now)
 
     def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
-        actions: List[Action] = [Log("error", "could not store uplinks: %s" % reason)]
+        actions: List[Action] = [Log("error", "could not store uplinks: {reason}",
+                                     {"reason": reason, "count": len(store_refs)})]
         for store_ref in store_refs:
-            refs, store = self.storing.pop(store_ref)
-            rows = _rows(store)
-            self.storing_count -= len(rows)
-            self.storing_bytes -= sum(len(row[3]) for row in rows)
-            self.stats["store_failed"] += len(rows)
-            for request_ref in ([refs] if isinstance(store, Store) else refs):
+            refs, entries = self.storing.pop(store_ref)
+            self.storing_count -= len(entries)
+            self.storing_bytes -= sum(len(entry.payload) for entry in entries)
+            self.stats["store_failed"] += len(entries)
+            for request_ref in (refs if type(refs) is tuple else [refs]):
                 actions.append(unavailable(request_ref, "outbox write failed"))
         return actions
 
     def rename(self, old: str, new: str) -> None:
-        """Uplinks still being written follow the device (see ``Store``)."""
-        for _, store in self.storing.values():
-            if isinstance(store, Store):
-                if store.device == old:
-                    payload = gateway.rename_device(store.topic, store.payload, old, new)
-                    self.storing_bytes += len(payload) - len(store.payload)
-                    store.device, store.payload = new, payload
-                continue
-            for i, (device, device_type, topic, payload) in enumerate(store.rows):
-                if device == old:
-                    renamed = gateway.rename_device(topic, payload, old, new)
-                    self.storing_bytes += len(renamed) - len(payload)
-                    store.rows[i] = (new, device_type, topic, renamed)
-
-
-def _rows(store: Union[Store, StoreMany]) -> List[Row]:
-    if isinstance(store, Store):
-        return [(store.device, store.device_type, store.topic, store.payload)]
-    return store.rows
+        """Uplinks still being written follow the device: the core renames its own copies
+        (delivered once written); the edge wrote the entries as they were emitted, and
+        renames what the outbox holds when it applies ``RenameDevice``."""
+        for _, entries in self.storing.values():
+            for i, entry in enumerate(entries):
+                if entry.device == old:
+                    payload = gateway.rename_device(entry.topic, entry.payload, old, new)
+                    self.storing_bytes += len(payload) - len(entry.payload)
+                    entries[i] = entry._replace(device=new, payload=payload)
 
 
 def _failed_uplinks(failed: List[Tuple[int, Exception]]) -> Log:
     """One error line, with the first traceback, for the uplinks of a turn that hit a bug."""
     ref, first = failed[0]
-    more = " (and %d more uplinks of this turn)" % (len(failed) - 1) if len(failed) > 1 else ""
-    return Log("error", "Handling uplink %d failed%s: answered 5.00" % (ref, more), error=first)
+    if len(failed) == 1:
+        return Log("error", "Handling uplink {ref} failed: answered 5.00", {"ref": ref},
+                   error=first)
+    return Log("error", "Handling uplink {ref} failed (and {more} more uplinks of this turn): "
+               "answered 5.00", {"ref": ref, "more": len(failed) - 1}, error=first)

@@ -21,9 +21,10 @@ how to recover its entries); the next start begins with an empty outbox.
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import chain
 from typing import Callable, Iterable, List, Sequence, Tuple
 
-from ..core.delivery import Entry
+from ..core.actions import Entry
 from ..sqlite import CorruptDatabase, Transaction, open_database, set_aside
 
 _SCHEMA = """
@@ -50,9 +51,6 @@ CREATE TABLE IF NOT EXISTS outbox_sequence (
 );
 """
 
-Row = Tuple[str, str, str, bytes, float]  # device, device_type, topic, payload, created
-
-
 class Outbox:
     def __init__(self, path: str, synchronous: str = "FULL"):
         """Raises ``StartupError`` (one line naming the file) if the file cannot be used."""
@@ -78,21 +76,23 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    def append(self, rows: Sequence[Row]) -> List[int]:
-        """Store ``rows`` in one transaction and return their ids, in order."""
-        return self.write(rows, (), (), 0.0)
+    def append(self, entries: Sequence[Entry]) -> List[int]:
+        """Store ``entries`` in one transaction and return their ids, in order."""
+        return self.write(entries, (), (), 0.0)
 
-    def write(self, rows: Sequence[Row], deletes: Sequence[int],
+    def write(self, entries: Sequence[Entry], deletes: Sequence[int],
               dead: Sequence[Tuple[int, str]], now: float) -> List[int]:
-        """One transaction (one sync to disk): store ``rows`` and return their ids, in
-        order; remove the entries ``deletes``; move ``dead`` (id, reason) to dead letters."""
+        """One transaction (one sync to disk): store ``entries`` (each under a new id: the
+        id they carry is not read) and return their ids, in order; remove the entries
+        ``deletes``; move ``dead`` (id, reason) to dead letters."""
         with Transaction(self._db):
             # ids are ours to give: the transaction holds the write lock
             first = self._next_id()
-            ids = list(range(first, first + len(rows)))
-            if rows:
-                self._insert(first, rows)
-                self._db.execute("UPDATE outbox_sequence SET next_id = ?", (first + len(rows),))
+            ids = list(range(first, first + len(entries)))
+            if entries:
+                self._insert(first, entries)
+                self._db.execute("UPDATE outbox_sequence SET next_id = ?",
+                                 (first + len(entries),))
             if deletes:
                 self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?",
                                      _ranges(deletes))
@@ -100,15 +100,14 @@ class Outbox:
                 self._dead_letter(dead, now)
         return ids
 
-    def _insert(self, first: int, rows: Sequence[Row]) -> None:
+    def _insert(self, first: int, entries: Sequence[Entry]) -> None:
         # one INSERT of many rows per chunk: a third cheaper per row than executemany,
-        # which steps and resets one statement per row
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start:start + _CHUNK]
-            params: List[object] = []
-            for entry_id, row in enumerate(chunk, first + start):
-                params.append(entry_id)
-                params.extend(row)
+        # which steps and resets one statement per row. The entries are the parameters
+        # as they are (see _insert_sql), after the chunk's first id.
+        for start in range(0, len(entries), _CHUNK):
+            chunk = entries[start:start + _CHUNK]
+            params: List[object] = [first + start]
+            params.extend(chain.from_iterable(chunk))
             self._db.execute(_insert_sql(len(chunk)), params).fetchall()
 
     def _next_id(self) -> int:
@@ -188,13 +187,20 @@ class Outbox:
         return [(i, d, t, bytes(p), f, r) for i, d, t, p, f, r in rows]
 
 
-_CHUNK = 32  # rows per INSERT: 192 parameters, under SQLite's oldest limit of 999
+_CHUNK = 32  # rows per INSERT: 193 parameters, under SQLite's oldest limit of 999
 
 
 @lru_cache(maxsize=_CHUNK)
 def _insert_sql(count: int) -> str:
+    """The INSERT of ``count`` entries: parameter 1 is the first id, then come the six
+    fields of each entry; the id an entry carries (not stored yet: 0) is not read, its
+    row gets the first id plus its place in the chunk."""
+    rows = []
+    for n in range(count):
+        base = 2 + 6 * n  # this entry's id field, unused
+        rows.append("(?1 + %d, %s)" % (n, ", ".join("?%d" % (base + k) for k in range(1, 6))))
     return ("INSERT INTO outbox (id, device, device_type, topic, payload, created) VALUES "
-            + ",".join(["(?, ?, ?, ?, ?, ?)"] * count))
+            + ", ".join(rows))
 
 
 def _ranges(ids: Sequence[int]) -> List[Tuple[int, int]]:

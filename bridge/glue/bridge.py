@@ -191,7 +191,7 @@ class Bridge:
             if kind == "rename":
                 changed = registry.rename(names[0], names[1])
                 if self.outbox is not None:
-                    self.commit()  # uplinks being stored were renamed by the core: write them
+                    self.commit()  # uplinks being stored go first: the rename covers them
                     self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
                                        .rename_device(topic, payload, names[0], names[1]))
             else:
@@ -292,10 +292,9 @@ _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn
 
 
 def _log(entry: Log) -> None:
-    """A ``Log`` action from the core."""
+    """A ``Log`` action from the core: its format, with its fields as the event's."""
     if entry.error is not None:  # a bug the core contained: its traceback, once
-        log.failure("{text}", failure=Failure(entry.error), level=LogLevel.error,
-                    text=entry.text, device=entry.device)
+        log.failure(entry.format, failure=Failure(entry.error), level=LogLevel.error,
+                    **entry.fields)
         return
-    log.emit(_LEVELS.get(entry.level, LogLevel.info), "{text}", text=entry.text,
-             device=entry.device)
+    log.emit(_LEVELS.get(entry.level, LogLevel.info), entry.format, **entry.fields)

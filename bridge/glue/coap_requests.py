@@ -30,7 +30,7 @@ log = logger("bridge")
 
 Apply = Callable[[List[Any]], None]
 URI_PATH, URI_QUERY = txcoap.URI_PATH, txcoap.URI_QUERY
-CONTENT_FORMAT, OBSERVE = txcoap.CONTENT_FORMAT, txcoap.OBSERVE
+OBSERVE = txcoap.OBSERVE
 
 
 class _InProgress:
@@ -86,7 +86,6 @@ class CoapRequests:
         option = message.opt.getOption
         try:
             query = option(URI_QUERY)
-            content_format = option(CONTENT_FORMAT)
             observe = option(OBSERVE)
             block2 = message.opt.block2
             request = Request(
@@ -94,7 +93,6 @@ class CoapRequests:
                 tuple([o.value.decode() for o in path]) if path else (),  # UTF-8, strict
                 message.payload,
                 tuple([o.value.decode() for o in query]) if query else (),
-                content_format[0].value if content_format else None,
                 observe[0].value if observe else None,
                 message.token, message.remote, message.mtype == txcoap.CON,
                 (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None)

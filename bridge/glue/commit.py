@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any, Callable, List, Optional, Union
 
 from ..config import StartupError
-from ..core.actions import DeadLetter, Delete, LoadBacklog, Store, StoreMany
+from ..core.actions import DeadLetter, Delete, Entry, LoadBacklog, Store, StoreMany
 from ..edge.outbox import Outbox
 from ..logs import logger
 
@@ -83,19 +83,18 @@ class OutboxCommit:
                dead: List[DeadLetter]) -> None:
         assert self.outbox is not None
         now = self.reactor.seconds()
-        rows = []
-        # (store ref, position of its first row): the rows of a StoreMany get consecutive
-        # ids, and the core is told the first
+        entries: List[Entry] = []  # written as the core made them
+        # (store ref, position of its first entry): the entries of a StoreMany get
+        # consecutive ids, and the core is told the first
         starts = []
         for store in stores:
-            starts.append((store.ref, len(rows)))
-            if isinstance(store, StoreMany):
-                rows += [(device, device_type, topic, payload, now)
-                         for device, device_type, topic, payload in store.rows]
+            starts.append((store.ref, len(entries)))
+            if type(store) is StoreMany:
+                entries += store.entries
             else:
-                rows.append((store.device, store.device_type, store.topic, store.payload, now))
+                entries.append(store.entry)
         try:
-            ids = self.outbox.write(rows, deletes, [(d.id, d.reason) for d in dead], now)
+            ids = self.outbox.write(entries, deletes, [(d.id, d.reason) for d in dead], now)
             self.commits += 1
         except sqlite3.Error as exc:
             # the removals are harmless to keep (at worst delivered again after a restart):

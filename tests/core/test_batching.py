@@ -17,6 +17,7 @@ from bridge.core.delivery import Delivery, Entry
 from bridge.core.payloads import TelemetryEntry
 from bridge.core.session import GatewayCore
 from coreconfig import core_config, handled
+from logtext import text
 
 NOW = 1_700_000_000.5
 TELEMETRY = gateway.TELEMETRY
@@ -513,7 +514,7 @@ def expected_doc(stores):
     """What one merged publish of ``stores`` must carry, built by decoding each payload."""
     doc = {}
     for store in stores:
-        for device, data in json.loads(store.payload).items():
+        for device, data in json.loads(store.entry.payload).items():
             if isinstance(data, list):
                 doc.setdefault(device, []).extend(data)
             else:
@@ -597,9 +598,9 @@ def test_refused_batch_is_sent_again_one_entry_per_publish_and_only_the_bad_one_
     actions = core.on_published(batch.ref, 0x99, NOW)
     assert of(actions, DeadLetter) == [] and of(actions, Delete) == []
     [log] = of(actions, Log)
-    assert log.level == "warn" and "0x99" in log.text and "3" in log.text
+    assert log.level == "warn" and "0x99" in text(log) and "3" in text(log)
     alone = of(actions, Publish)
-    assert [p.payload for p in alone] == [s.payload for s in stores]  # each as stored
+    assert [p.payload for p in alone] == [s.entry.payload for s in stores]  # each as stored
     assert all(p.topic == TELEMETRY and p.ref != batch.ref for p in alone)
     assert [p.device for p in alone] == NAMES[:3]
 
@@ -619,15 +620,15 @@ def test_entries_of_a_refused_batch_go_alone_even_when_new_uplinks_arrive():
     ids, answer = write(core, stores)
     [batch] = of(answer, Publish)
     [_, first] = core.on_published(batch.ref, 0x80, NOW)
-    assert first.payload == stores[0].payload
+    assert first.payload == stores[0].entry.payload
     newer = post(core, TOKENS[2], {"v": 9})
     new_ids, answer = write(core, [newer])  # the window is full
     assert of(answer, Publish) == []
     delete, second = core.on_published(first.ref, 0, NOW)
-    assert delete == Delete((ids[0],)) and second.payload == stores[1].payload
+    assert delete == Delete((ids[0],)) and second.payload == stores[1].entry.payload
     delete, third = core.on_published(second.ref, 0, NOW)
     assert delete == Delete((ids[1],))
-    assert third.payload == newer.payload
+    assert third.payload == newer.entry.payload
     assert core.on_published(third.ref, 0, NOW) == [Delete(tuple(new_ids))]
 
 
@@ -637,7 +638,7 @@ def test_quota_refusal_of_a_batch_publishes_the_same_batch_again():
     ids, answer = write(core, stores)
     [batch] = of(answer, Publish)
     [log] = core.on_published(batch.ref, 0x97, NOW)
-    assert log.level == "warn" and "quota" in log.text
+    assert log.level == "warn" and "quota" in text(log)
     assert core.stats["dead_lettered"] == 0 and core.outbox.delivery.solo == set()
     [again] = of(core.on_tick(NOW + 1), Publish)
     assert again.ref != batch.ref and again.topic == TELEMETRY
@@ -741,7 +742,7 @@ def test_max_batch_one_keeps_one_uplink_per_publish():
     stores = [post(core, t, {"v": n}) for n, t in enumerate(TOKENS[:3])]
     ids, answer = write(core, stores)
     sent = of(answer, Publish)
-    assert [p.payload for p in sent] == [s.payload for s in stores]
+    assert [p.payload for p in sent] == [s.entry.payload for s in stores]
     assert [p.device for p in sent] == NAMES[:3]
     assert [core.on_published(p.ref, 0, NOW) for p in sent] == [[Delete((i,))] for i in ids]
 
@@ -782,7 +783,7 @@ def test_a_batch_filling_max_bytes_never_exceeds_max_packet_size(feature, limit,
     if feature == "telemetry":
         bodies = [{"ts": 1, "values": b} for b in bodies]
     stores = [post(core, TOKENS[0], bodies[0], feature), post(core, TOKENS[1], bodies[1], feature)]
-    assert sum(len(s.payload) for s in stores) == budget  # the most a batch may carry
+    assert sum(len(s.entry.payload) for s in stores) == budget  # the most a batch may carry
     ids, answer = write(core, stores)
     [publish] = of(answer, Publish)  # both in one publish
     assert list(json.loads(publish.payload)) == ["Dev 0", "Dev 1"]

@@ -14,6 +14,7 @@ from bridge.core.actions import (DeleteDevice, Device, Log, Notify, Publish, Ren
                                  Request)
 from bridge.core.session import GatewayCore
 from coreconfig import core_config, handled
+from logtext import text
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -511,8 +512,8 @@ def test_platform_message_nested_5000_deep_is_skipped_with_one_warning(topic, wr
     actions = core.on_message(topic, wrap(nested(5000)), NOW)
     assert visible(actions) == []
     [warning] = of(actions, Log)
-    assert warning.level == "warn" and topic in warning.text
-    assert "nested deeper than 34 levels" in warning.text  # the bound plus the envelope's 2
+    assert warning.level == "warn" and topic in text(warning)
+    assert "nested deeper than 34 levels" in text(warning)  # the bound plus the envelope's 2
     assert core.stats["downstream_skipped"] == 1
     [notify] = push(core, {"s": 9})  # the next message is handled as usual
     assert payload_of(notify) == {"s": 9}
@@ -676,7 +677,7 @@ def test_waiting_rpcs_expire_on_tick():
     server_rpc(core, 2, now=NOW + 30)
     assert of(core.on_tick(NOW + 59), Log) == []
     logs = of(core.on_tick(NOW + 60), Log)
-    assert len(logs) == 1 and "RPC 1 " in logs[0].text
+    assert len(logs) == 1 and "RPC 1 " in text(logs[0])
     notifies = of(observe_rpc(core, confirmable=False, now=NOW + 61), Notify)
     assert [payload_of(n)["id"] for n in notifies] == [2]
 
@@ -724,7 +725,7 @@ def test_rpc_in_flight_at_a_real_con_timeout_has_expired_with_defaults_and_is_no
     core.on_notified(first.ref, "timeout", NOW + 62)
     assert of(observe_rpc(core, token=b"\xb2", now=NOW + 63), Notify) == []
     [log] = of(core.on_tick(NOW + 63), Log)
-    assert "RPC 1 for Dev A expired" in log.text
+    assert "RPC 1 for Dev A expired" in text(log)
     assert core.stats["rpc_expired"] == 1
 
 
@@ -773,7 +774,7 @@ def test_rpcs_queued_behind_an_unacknowledged_con_notification_expire_and_are_no
     [third] = core.on_notified(first.ref, "ack", NOW + 61)
     assert payload_of(third)["id"] == 3
     [log] = of(core.on_tick(NOW + 61), Log)
-    assert "RPC 2 for Dev A expired" in log.text
+    assert "RPC 2 for Dev A expired" in text(log)
     assert core.stats["rpc_expired"] == 1
 
 
@@ -787,7 +788,7 @@ def test_expired_rpcs_behind_a_con_notification_are_freed_by_the_tick():
     assert rpcs_held(core) == 50
     logs = of(core.on_tick(NOW + 60), Log)
     assert rpcs_held(core) == 1  # the one in flight: it was sent, and is awaited
-    assert len(logs) == 1 and logs[0].text.startswith("49 RPCs (2, 3, 4,")
+    assert len(logs) == 1 and text(logs[0]).startswith("49 RPCs (2, 3, 4,")
     assert core.stats["rpc_expired"] == 49
 
 

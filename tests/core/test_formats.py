@@ -45,10 +45,10 @@ def test_each_device_type_gets_its_own_format_asked_once_per_type():
              (2, "tokj", "telemetry", b'{"t": 1}', PEER),
              (3, "tokc", "telemetry", b"t=22", PEER)]
     [store] = [a for a in core.on_uplinks(batch, NOW) if isinstance(a, StoreMany)]
-    assert [row[0] for row in store.rows] == ["Dev C", "Dev J", "Dev C"]
-    assert all(row[2] == gateway.TELEMETRY for row in store.rows)
-    assert b'"t":21.5' in store.rows[0][3] and b'"h":40.0' in store.rows[0][3]
-    assert b'{"t": 1}' in store.rows[1][3]  # JSON: as sent and b'"t":22.0' in store.rows[2][3]
+    assert [e.device for e in store.entries] == ["Dev C", "Dev J", "Dev C"]
+    assert all(e.topic == gateway.TELEMETRY for e in store.entries)
+    assert b'"t":21.5' in store.entries[0].payload and b'"h":40.0' in store.entries[0].payload
+    assert b'{"t": 1}' in store.entries[1].payload  # JSON: as sent and b'"t":22.0' in store.entries[2].payload
     assert sorted(asked) == ["csv-meter", "thermo"]
 
 
@@ -56,4 +56,4 @@ def test_a_request_outside_the_bulk_path_uses_the_device_format_too():
     core, _ = make_core()
     request = Request(7, codes.POST, ("api", "v1", "tokc", "telemetry"), b"t=3", remote=PEER)
     [store] = [a for a in handled(core, request, NOW) if isinstance(a, Store)]
-    assert store.device == "Dev C" and b'"t":3.0' in store.payload
+    assert store.entry.device == "Dev C" and b'"t":3.0' in store.entry.payload

@@ -10,13 +10,14 @@ import json
 
 import pytest
 
-from bridge.core import codes
+from bridge.core import codes, gateway
 from bridge.core.actions import (DeadLetter, Delete, Device, Log, Publish, Reply, Request,
                                  ResetLink, Store)
 from bridge.core.delivery import Entry
 from bridge.core.session import GatewayCore
 from bridge.core.parts import RETRY_AFTER
 from coreconfig import core_config, handled
+from logtext import text
 
 NOW = 1_700_000_000.5
 DEV_A = Device("Dev A", "thermo")
@@ -149,8 +150,8 @@ def test_uplink_is_stored_with_device_topic_and_gateway_payload_before_any_reply
     core.on_link_up(NOW)
     [store] = handled(core, req(1), NOW)
     assert isinstance(store, Store)
-    assert (store.device, store.device_type, store.topic) == ("Dev A", "thermo", TELEMETRY_TOPIC)
-    assert json.loads(store.payload) == {"Dev A": [{"ts": int(NOW * 1000), "values": {"t": 21.5}}]}
+    assert (store.entry.device, store.entry.device_type, store.entry.topic) == ("Dev A", "thermo", TELEMETRY_TOPIC)
+    assert json.loads(store.entry.payload) == {"Dev A": [{"ts": int(NOW * 1000), "values": {"t": 21.5}}]}
 
 
 def test_device_gets_2_01_when_on_stored_reports_the_write():
@@ -179,13 +180,13 @@ def test_store_failure_answers_5_03_with_max_age_and_logs_the_reason():
     core.on_link_up(NOW)
     [store] = handled(core, req(1), NOW)
     log, reply = core.on_store_failed([store.ref], "disk I/O error", NOW)
-    assert isinstance(log, Log) and log.level == "error" and "disk I/O error" in log.text
+    assert isinstance(log, Log) and log.level == "error" and "disk I/O error" in text(log)
     assert (reply.ref, dotted(reply), reply.max_age) == (1, "5.03", RETRY_AFTER)
 
 
 def test_failed_store_is_never_published_and_frees_its_place_in_the_outbox():
     [probe] = handled(make_core(), req(1), NOW)
-    for bound in (dict(outbox_max_entries=1), dict(outbox_max_bytes=len(probe.payload))):
+    for bound in (dict(outbox_max_entries=1), dict(outbox_max_bytes=len(probe.entry.payload))):
         core = make_core(**bound)
         core.on_link_up(NOW)
         [store] = handled(core, req(1), NOW)
@@ -211,7 +212,7 @@ def test_first_uplink_publishes_connect_then_stored_data_after_connect_puback():
 
     [data] = core.on_published(connect.ref, 0, NOW)
     assert isinstance(data, Publish)
-    assert (data.topic, data.payload, data.device) == (TELEMETRY_TOPIC, store.payload, "Dev A")
+    assert (data.topic, data.payload, data.device) == (TELEMETRY_TOPIC, store.entry.payload, "Dev A")
     assert data.ref != connect.ref
 
     assert core.on_published(data.ref, 0, NOW) == [Delete((7,))]
@@ -263,7 +264,9 @@ def test_mqtt5_puback_refusal_sets_the_entry_aside_as_dead_letter(reason_code):
     [dead] = of(actions, DeadLetter)
     assert dead.id == 8 and "0x%02x" % reason_code in dead.reason
     [log] = of(actions, Log)
-    assert log.level == "warn" and log.device == "Dev A"
+    assert log.level == "warn" and log.fields["device"] == "Dev A"
+    assert text(log) == "outbox entry 8 of Dev A set aside: platform refused it with PUBACK " \
+        "reason 0x%02x" % reason_code
     assert replies(actions) == [] and of(actions, Delete) == []
 
 
@@ -280,7 +283,7 @@ def test_quota_refusal_requeues_the_entry_ahead_of_the_devices_later_entries():
     _, first = uplink(core, 2, payload=b'{"n": 1}', entry_id=8)
     uplink(core, 3, payload=b'{"n": 2}', entry_id=9)
     [log] = core.on_published(first.ref, 0x97, NOW)  # nothing deleted, nothing set aside
-    assert log.level == "warn" and "quota" in log.text
+    assert log.level == "warn" and "quota" in text(log)
     [again] = core.on_tick(NOW + 1)
     assert again.ref != first.ref and again.payload == first.payload
     delete, second = core.on_published(again.ref, 0, NOW + 1)
@@ -292,7 +295,7 @@ def test_refused_connect_keeps_entries_and_connects_again_after_retry_after():
     core.on_link_up(NOW)
     _, connect = uplink(core, 1)
     [log] = core.on_published(connect.ref, 0x87, NOW)  # no data publish, no reply
-    assert log.level == "warn" and "Dev A" in log.text
+    assert log.level == "warn" and "Dev A" in text(log)
     assert core.on_tick(NOW + 4) == []
     [again] = core.on_tick(NOW + 5)
     assert again.topic == CONNECT and again.ref != connect.ref
@@ -529,10 +532,12 @@ def test_stored_uplink_of_a_renamed_device_is_published_under_the_new_name():
 def test_uplink_still_being_written_at_a_rename_is_stored_and_published_under_the_new_name():
     core = connected_core()
     [store] = handled(core, req(2, payload=b'{"n": 1}'), NOW)  # handed to the outbox
+    emitted = store.entry
     rename(core, "Dev A", "Dev Z")
-    assert store.device == "Dev Z"  # the edge writes it as it is when the write begins
-    assert list(json.loads(store.payload)) == ["Dev Z"]
-    assert core.uplinks.storing_bytes == len(store.payload)
+    # a value: written as emitted; the edge renames the outbox's rows at RenameDevice
+    assert store.entry is emitted and emitted.device == "Dev A"
+    renamed = gateway.rename_device(emitted.topic, emitted.payload, "Dev A", "Dev Z")
+    assert core.uplinks.storing_bytes == len(renamed)
     [reply, data] = store_all(core, [store])
     assert dotted(reply) == "2.01"
     assert data.device == "Dev Z" and list(json.loads(data.payload)) == ["Dev Z"]
@@ -621,7 +626,7 @@ def test_full_outbox_warns_once_then_logs_info_when_it_accepts_again():
     core = connected_core(outbox_max_entries=1, window=1)
     _, data = uplink(core, 2, entry_id=8)
     warn, reply = handled(core, req(3), NOW)
-    assert isinstance(warn, Log) and warn.level == "warn" and "full" in warn.text
+    assert isinstance(warn, Log) and warn.level == "warn" and "full" in text(warn)
     assert dotted(reply) == "5.03"
     [reply] = handled(core, req(4), NOW)  # no second warning
     assert dotted(reply) == "5.03"
@@ -635,7 +640,7 @@ def test_full_outbox_warns_once_then_logs_info_when_it_accepts_again():
 def test_outbox_byte_bound_admits_an_uplink_that_fills_it_exactly():
     core = make_core()
     [store] = handled(core, req(1), NOW)
-    size = len(store.payload)
+    size = len(store.entry.payload)
     core = make_core(outbox_max_bytes=2 * size)
     uplink(core, 1)
     [store] = handled(core, req(2), NOW)  # exactly at the bound
@@ -734,7 +739,7 @@ def test_payload_exactly_at_packet_limit_is_accepted_and_one_more_byte_is_not():
     core = make_core(max_packet_size=200)
     core.on_link_up(NOW)
     [store] = handled(core, req(1, payload=b'{"v":"%s"}' % (b"x" * n)), NOW)
-    assert isinstance(store, Store) and len(store.payload) == 50 + n
+    assert isinstance(store, Store) and len(store.entry.payload) == 50 + n
     [reply] = handled(core, req(2, payload=b'{"v":"%s"}' % (b"x" * (n + 1))), NOW)
     assert (dotted(reply), reply.size1) == ("4.13", 200)
 
@@ -742,7 +747,7 @@ def test_payload_exactly_at_packet_limit_is_accepted_and_one_more_byte_is_not():
 def test_telemetry_without_ts_is_stored_with_receipt_time_in_ms():
     core = connected_core()
     [store] = handled(core, req(2, payload=b'{"a": 1}'), NOW + 1.25)
-    assert json.loads(store.payload) == {"Dev A": [{"ts": int((NOW + 1.25) * 1000),
+    assert json.loads(store.entry.payload) == {"Dev A": [{"ts": int((NOW + 1.25) * 1000),
                                                     "values": {"a": 1}}]}
 
 
@@ -758,14 +763,14 @@ def test_receipt_time_is_kept_when_the_entry_is_delivered_later():
 def test_telemetry_with_ts_keeps_device_time():
     core = connected_core()
     [store] = handled(core, req(2, payload=b'{"ts": 1000, "values": {"a": 1}}'), NOW)
-    assert store.payload == b'{"Dev A":[{"ts":1000,"values":{"a":1}}]}'
+    assert store.entry.payload == b'{"Dev A":[{"ts":1000,"values":{"a":1}}]}'
 
 
 def test_attributes_post_stores_gateway_attributes():
     core = connected_core()
     [store] = handled(core, req(2, feature="attributes", payload=b'{"fw": "1.0"}'), NOW)
-    assert store.topic == "v1/gateway/attributes"
-    assert json.loads(store.payload) == {"Dev A": {"fw": "1.0"}}
+    assert store.entry.topic == "v1/gateway/attributes"
+    assert json.loads(store.entry.payload) == {"Dev A": {"fw": "1.0"}}
     reply, data = store_all(core, [store])
     assert reply == Reply(2, codes.CREATED) and data.topic == "v1/gateway/attributes"
 
@@ -773,7 +778,7 @@ def test_attributes_post_stores_gateway_attributes():
 def test_claim_post_with_empty_payload_stores_defaults():
     core = connected_core()
     [store] = handled(core, req(2, feature="claim", payload=b""), NOW)
-    assert (store.topic, store.payload) == (
+    assert (store.entry.topic, store.entry.payload) == (
         "v1/gateway/claim", b'{"Dev A":{"secretKey":"","durationMs":0}}')
 
 
@@ -782,7 +787,7 @@ def test_rpc_reply_post_stores_gateway_rpc_with_the_devices_data():
     [store] = handled(core, Request(2, codes.POST, ("api", "v1", "tok", "rpc", "42"),
                                       b'{"ok": true}'), NOW)
     assert isinstance(store, Store)
-    assert (store.topic, json.loads(store.payload)) == (
+    assert (store.entry.topic, json.loads(store.entry.payload)) == (
         "v1/gateway/rpc", {"device": "Dev A", "id": 42, "data": {"ok": True}})
 
 
@@ -790,7 +795,7 @@ def test_rpc_reply_to_the_largest_int_id_is_stored():
     core = connected_core()
     [store] = handled(core, Request(2, codes.POST, ("api", "v1", "tok", "rpc", "2147483647"),
                                       b'{"ok": true}'), NOW)
-    assert json.loads(store.payload)["id"] == 2 ** 31 - 1
+    assert json.loads(store.entry.payload)["id"] == 2 ** 31 - 1
 
 
 @pytest.mark.parametrize("path", [("api", "v1", "tok", "rpc", str(2 ** 31)),
@@ -832,12 +837,12 @@ def test_duplicate_keys_are_forwarded_once_with_the_last_value():
     for ref, (feature, payload) in enumerate([("telemetry", b'{"a": 1, "b": 3, "a": 2}'),
                                               ("attributes", b'{"a": 1, "b": 3, "a": 2}')], 2):
         [store] = handled(core, req(ref, feature=feature, payload=payload), NOW)
-        doc = json.loads(store.payload)["Dev A"]
+        doc = json.loads(store.entry.payload)["Dev A"]
         assert (doc[0]["values"] if feature == "telemetry" else doc) == {"a": 2, "b": 3}
-        assert pairs(store.payload).count("a") == 1
+        assert pairs(store.entry.payload).count("a") == 1
     [store] = core.on_uplinks([(9, "tok", "telemetry", b'{"a":1,"a":2}', None)], NOW)
-    assert json.loads(store.rows[0][3])["Dev A"][0]["values"] == {"a": 2}
-    assert pairs(store.rows[0][3]).count("a") == 1
+    assert json.loads(store.entries[0].payload)["Dev A"][0]["values"] == {"a": 2}
+    assert pairs(store.entries[0].payload).count("a") == 1
 
 
 def test_bad_json_gets_4_00_and_nothing_is_stored():

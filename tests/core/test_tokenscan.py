@@ -4,6 +4,7 @@ from bridge.core import codes
 from bridge.core.actions import Device, Log, Request
 from bridge.core.session import GatewayCore
 from coreconfig import core_config, handled
+from logtext import text
 from bridge.core.tokenscan import UnknownTokens
 
 NOW = 1_700_000_000.0
@@ -23,8 +24,8 @@ def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_a
     [reply] = handled(core, scan_request(1, "guess0", ("10.0.0.1", 5683)), NOW)
     assert codes.dotted(reply.code) == "4.01"
     [first] = warnings(core.on_tick(NOW + 0.25))  # the first one at once
-    assert first.text.startswith("1 request with an unknown access token")
-    assert "10.0.0.1 (1)" in first.text
+    assert text(first).startswith("1 request with an unknown access token")
+    assert "10.0.0.1 (1)" in text(first)
     # a scan: 300 requests over the next 90 s from three addresses, one of them busiest
     seen = []
     for n in range(300):
@@ -38,10 +39,10 @@ def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_a
     seen += [(NOW + 200, log) for log in warnings(core.on_tick(NOW + 200))]
     times = [t for t, _ in seen]
     assert len(seen) == 2 and times[0] >= NOW + 0.25 + 60 and times[1] >= times[0] + 60
-    counted = [int(log.text.split()[0]) for _, log in seen]
+    counted = [int(text(log).split()[0]) for _, log in seen]
     assert sum(counted) == 300
     for _, log in seen:  # two thirds of the scan came from 10.0.0.2
-        assert "from 3 addresses" in log.text and "most from 10.0.0.2 (" in log.text
+        assert "from 3 addresses" in text(log) and "most from 10.0.0.2 (" in text(log)
     assert core.stats["unknown_token"] == 301
     assert warnings(core.on_tick(NOW + 400)) == []  # nothing new: nothing to say
 
@@ -58,7 +59,7 @@ def test_unknown_tokens_counts_at_most_max_sources_addresses_but_every_request()
     for n in range(10):
         scan.record("10.0.0.%d" % n, NOW)
     scan.record("10.0.0.1", NOW)
-    text = scan.warning(NOW + 5)
-    assert text.startswith("11 requests with an unknown access token in the last 5 s")
-    assert "from at least 3 addresses" in text and "most from 10.0.0.1 (2), " in text
+    line = text(Log("warn", *scan.warning(NOW + 5)))
+    assert line.startswith("11 requests with an unknown access token in the last 5 s")
+    assert "from at least 3 addresses" in line and "most from 10.0.0.1 (2), " in line
     assert len(scan.sources) == 0 and scan.warning(NOW + 6) is None

@@ -5,7 +5,7 @@ import txthings.coap as txcoap
 from twisted.internet.task import Clock
 
 from bridge import config as config_module
-from bridge.core.actions import Delete
+from bridge.core.actions import Delete, Entry
 from bridge.glue.bridge import Bridge
 
 
@@ -195,7 +195,7 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
 def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
     import sqlite3
     bridge, clock, writes = writing_bridge(tmp_path)
-    [stored] = bridge.outbox.append([("Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
+    [stored] = bridge.outbox.append([Entry(0, "Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
     bridge.outbox_commit.delete(Delete((stored,)))
     writes.fail = sqlite3.OperationalError("database is locked")
     bridge.commit()
@@ -215,9 +215,29 @@ def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp
     clock.advance(0)
     assert [d.result.message.code for d in answers] == [txcoap.CREATED] * 3
     [(rows, _, _)] = writes.calls
-    assert [row[2] for row in rows] == ["v1/gateway/telemetry", "v1/gateway/claim",
-                                        "v1/gateway/telemetry"]
-    assert [(e.topic, e.payload) for e in bridge.outbox.load()] == [(r[2], r[3]) for r in rows]
+    assert [e.topic for e in rows] == ["v1/gateway/telemetry", "v1/gateway/claim",
+                                       "v1/gateway/telemetry"]
+    assert [(e.topic, e.payload) for e in bridge.outbox.load()] == [(e.topic, e.payload)
+                                                                    for e in rows]
+
+
+def test_an_uplink_being_written_at_a_rename_is_stored_and_kept_under_the_new_name(tmp_path):
+    import json
+    bridge, clock, writes = writing_bridge(tmp_path)
+    claim = request()
+    claim.opt.uri_path = (b"api", b"v1", b"tok", b"claim")  # handled at once: a Store
+    claim.payload = b'{"secretKey": "s", "durationMs": 1000}'
+    answer = bridge.handle_coap(claim)
+    [store] = bridge.outbox_commit._stores  # emitted, not written yet
+    rpc = {"method": "gateway_device_renamed", "params": {"Dev A": "Kitchen"}}
+    bridge.message("v1/devices/me/rpc/request/1", json.dumps(rpc).encode())
+    clock.advance(0)
+    assert answer.result.message.code == txcoap.CREATED
+    assert store.entry.device == "Dev A"  # the core's actions are values: never changed
+    [entry] = bridge.outbox.load()  # written, then renamed in the outbox
+    assert entry.device == "Kitchen" and list(json.loads(entry.payload)) == ["Kitchen"]
+    [queued] = bridge.core.outbox.delivery.queues["Kitchen"]  # the core's own copy
+    assert (queued.id, queued.device, queued.payload) == (entry.id, "Kitchen", entry.payload)
 
 
 def test_an_answer_in_bulk_to_a_valid_token_is_not_limited_by_the_amplification_rule(tmp_path):
@@ -281,7 +301,7 @@ def test_a_deeply_nested_uplink_gets_4_00_and_the_others_of_its_turn_2_01(tmp_pa
 
 
 def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_level(tmp_path):
-    from twisted.logger import LogLevel
+    from twisted.logger import LogLevel, formatEvent
     bridge, clock, writes = writing_bridge(tmp_path)
     lookup = bridge.core.auth.lookup
 
@@ -297,9 +317,26 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_lev
     assert [d.result.message.code for d in answers] == [txcoap.CREATED, txcoap.INTERNAL_SERVER_ERROR,
                                                 txcoap.CREATED]
     [failure] = [e for e in events if e.get("log_failure") is not None]
-    assert failure["log_level"] == LogLevel.error and "uplink 2 failed" in failure["text"]
+    assert failure["log_level"] == LogLevel.error and "uplink 2 failed" in formatEvent(failure)
     failure["log_failure"].trap(RuntimeError)  # its traceback is logged; keep pytest quiet
     assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
+
+
+def test_a_log_action_from_the_core_is_logged_with_its_format_and_fields():
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+    from bridge.core.actions import Log
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        bridge.apply([Log("warn", "outbox entry {id} of {device} set aside: {reason}",
+                          {"id": 8, "device": "Dev A", "reason": "refused"})])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("device") == "Dev A"]
+    assert event["log_level"] == LogLevel.warn and (event["id"], event["reason"]) == (8, "refused")
+    assert event["log_format"] == "outbox entry {id} of {device} set aside: {reason}"
+    assert formatEvent(event) == "outbox entry 8 of Dev A set aside: refused"
 
 
 def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():

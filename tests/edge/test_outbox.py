@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from bridge.core.delivery import Entry
+from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
 
 NOW = 1_700_000_000.5
@@ -14,8 +14,9 @@ TOPIC = "v1/gateway/telemetry"
 
 
 def row(n, device="Dev A", created=NOW):
-    return (device, "thermo", TOPIC, b'{"%s":[{"values":{"n":%d}}]}' % (device.encode(), n),
-            created + n)
+    """An uplink as the core hands it over: no id yet (0)."""
+    return Entry(0, device, "thermo", TOPIC, b'{"%s":[{"values":{"n":%d}}]}'
+                 % (device.encode(), n), created + n)
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_a_write_larger_than_one_insert_statement_stores_every_row_in_order(outb
     assert ids == list(range(ids[0], ids[0] + 71))
     loaded = outbox.load()
     assert [entry.id for entry in loaded] == ids
-    assert [(e.device, e.device_type, e.topic, e.payload, e.created) for e in loaded] == rows
+    assert [e._replace(id=0) for e in loaded] == rows
 
 
 def test_append_of_no_rows_returns_no_ids(outbox):
@@ -68,16 +69,16 @@ def test_load_after_reopening_returns_every_entry_in_id_order(outbox):
     box = reopen(outbox)
     try:
         assert box.load() == [
-            Entry(ids[0], "Dev A", "thermo", TOPIC, row(1)[3], NOW + 1),
-            Entry(ids[1], "Dev B", "thermo", TOPIC, row(2, device="Dev B")[3], NOW + 2),
-            Entry(ids[2], "Dev A", "thermo", TOPIC, row(3)[3], NOW + 3)]
+            Entry(ids[0], "Dev A", "thermo", TOPIC, row(1).payload, NOW + 1),
+            Entry(ids[1], "Dev B", "thermo", TOPIC, row(2, device="Dev B").payload, NOW + 2),
+            Entry(ids[2], "Dev A", "thermo", TOPIC, row(3).payload, NOW + 3)]
     finally:
         box.close()
 
 
 def test_loaded_payload_is_bytes_exactly_as_stored(outbox):
     payload = bytes(range(256))
-    outbox.append([("Dev A", "thermo", TOPIC, payload, NOW)])
+    outbox.append([Entry(0, "Dev A", "thermo", TOPIC, payload, NOW)])
     [entry] = outbox.load()
     assert type(entry.payload) is bytes and entry.payload == payload
 
@@ -102,7 +103,7 @@ def test_a_file_from_the_autoincrement_schema_keeps_its_entries_and_never_reuses
             device_type TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
             created REAL NOT NULL);""")
     old.executemany("INSERT INTO outbox (device, device_type, topic, payload, created) "
-                    "VALUES (?, ?, ?, ?, ?)", [row(n) for n in range(1, 8)])
+                    "VALUES (?, ?, ?, ?, ?)", [row(n)[1:] for n in range(1, 8)])
     old.execute("DELETE FROM outbox WHERE id > 2")  # delivered: only sqlite_sequence knows 7
     old.commit()
     old.close()
@@ -120,8 +121,8 @@ def test_a_file_from_the_autoincrement_schema_keeps_its_entries_and_never_reuses
 def test_a_failing_row_rolls_back_its_whole_group(outbox):
     outbox.append([row(1)])
     with pytest.raises(sqlite3.IntegrityError):
-        outbox.append([row(2), (None, "thermo", TOPIC, b"{}", NOW)])
-    assert [e.payload for e in outbox.load()] == [row(1)[3]]
+        outbox.append([row(2), Entry(0, None, "thermo", TOPIC, b"{}", NOW)])
+    assert [e.payload for e in outbox.load()] == [row(1).payload]
     assert len(outbox.append([row(3)])) == 1  # the connection is usable again
 
 
@@ -158,7 +159,7 @@ def test_dead_letter_moves_the_entry_aside_with_its_reason(outbox):
     outbox.dead_letter([(ids[0], "PUBACK reason 0x99")], NOW + 50)
     assert [e.id for e in outbox.load()] == [ids[1]]
     assert outbox.dead_letters() == [
-        (ids[0], "Dev A", TOPIC, row(1)[3], NOW + 50, "PUBACK reason 0x99")]
+        (ids[0], "Dev A", TOPIC, row(1).payload, NOW + 50, "PUBACK reason 0x99")]
 
 
 def test_dead_letters_survive_reopening(outbox):
@@ -183,9 +184,9 @@ def test_dead_letter_of_unknown_id_records_nothing(outbox):
 
 def test_stats_count_entries_and_payload_bytes_still_to_deliver(outbox):
     assert outbox.stats() == (0, 0)
-    ids = outbox.append([("Dev A", "thermo", TOPIC, b"abc", NOW),
-                         ("Dev A", "thermo", TOPIC, b"defgh", NOW),
-                         ("Dev B", "meter", TOPIC, b"ij", NOW)])
+    ids = outbox.append([Entry(0, "Dev A", "thermo", TOPIC, b"abc", NOW),
+                         Entry(0, "Dev A", "thermo", TOPIC, b"defgh", NOW),
+                         Entry(0, "Dev B", "meter", TOPIC, b"ij", NOW)])
     assert outbox.stats() == (3, 10)
     outbox.delete([ids[0]])
     outbox.dead_letter([(ids[1], "refused")], NOW)

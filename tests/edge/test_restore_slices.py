@@ -9,6 +9,7 @@ import json
 from twisted.internet.task import Clock
 
 from bridge import config as config_module
+from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
 
@@ -36,8 +37,8 @@ class FakeLink:
 def backlog_bridge(tmp_path):
     path = str(tmp_path / "outbox.sqlite3")
     writer = Outbox(path)
-    rows = [("Dev %d" % (n % 7), "thermo", TOPIC,
-             json.dumps({"Dev %d" % (n % 7): [{"ts": 1, "values": {"n": n}}]}).encode(), 1.0)
+    rows = [Entry(0, "Dev %d" % (n % 7), "thermo", TOPIC,
+                  json.dumps({"Dev %d" % (n % 7): [{"ts": 1, "values": {"n": n}}]}).encode(), 1.0)
             for n in range(ROWS)]
     writer.append(rows)
     writer.close()
@@ -85,7 +86,7 @@ def test_a_restart_reads_a_large_backlog_in_slices_and_delivers_every_entry_in_o
 
 def test_load_slice_stops_at_the_row_or_byte_bound_and_goes_on_after_the_last_id(tmp_path):
     box = Outbox(str(tmp_path / "outbox.sqlite3"))
-    ids = box.append([("Dev A", "t", TOPIC, b"x" * 100, 1.0) for _ in range(30)])
+    ids = box.append([Entry(0, "Dev A", "t", TOPIC, b"x" * 100, 1.0) for _ in range(30)])
     assert [e.id for e in box.load_slice(0, 10, 1 << 20)] == ids[:10]
     assert [e.id for e in box.load_slice(ids[9], 10, 250)] == ids[10:13]  # 300 bytes >= 250
     assert [e.id for e in box.load_slice(ids[-1], 10, 1 << 20)] == []
