@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.request
 
+from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
 from conftest import BridgeProcess, free_ports
 
@@ -101,8 +102,8 @@ def test_an_outbox_that_is_not_a_database_is_moved_aside_and_the_next_start_runs
 def test_an_outbox_with_damaged_pages_is_one_line_naming_it(tmp_path):
     path = str(tmp_path / "data" / "outbox.sqlite3")
     box = Outbox(path)
-    box.append([("Dev %d" % (n % 10), "default", "v1/gateway/telemetry",
-                 b'{"n": %d, "pad": "%s"}' % (n, b"x" * 100), 1.0) for n in range(3000)])
+    box.append([Entry(0, "Dev %d" % (n % 10), "default", "v1/gateway/telemetry",
+                      b'{"n": %d, "pad": "%s"}' % (n, b"x" * 100), 1.0) for n in range(3000)])
     box.close()
     with open(path, "r+b") as handle:  # garbage over five pages of rows
         handle.seek(4096 * 20)
