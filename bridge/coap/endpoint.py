@@ -51,6 +51,7 @@ from .dedup import Deduplicator
 # (MAX_TRANSMIT_WAIT, 93 s); only then does it get the empty ACK. Other requests get
 # theirs after ``empty_ack_delay``, as RFC 7252 §5.2.2 asks.
 BLOCK_GET_ACK_DELAY = 30.0
+SMALL_ANSWER = 1024  # a payload this long goes in one datagram when no block is asked
 AMPLIFICATION = 3  # an unverified peer gets at most this many times its request's size
 MAX_VERIFIED = 100_000  # peers remembered as verified
 MAX_RECENT_NON = 4096  # NON messages sent with a ref, remembered to match an RST
@@ -82,11 +83,13 @@ class Answer:
 class Exchange:
     """A request being answered: the request, who sent it, and how it will be answered."""
 
-    __slots__ = ("message", "peer", "size", "deadline", "separate", "answered")
+    __slots__ = ("message", "peer", "slot", "size", "deadline", "separate", "answered")
 
-    def __init__(self, message: Message, peer: Any, size: int, deadline: float):
+    def __init__(self, message: Message, peer: Any, slot: Tuple[str, int], size: int,
+                 deadline: float):
         self.message = message
         self.peer = peer
+        self.slot = slot  # its deduplication key: its ACK is remembered under it
         self.size = size  # of the request datagram, for the amplification limit
         self.deadline = deadline  # of its empty ACK (CON)
         self.separate = False  # an empty ACK went: the answer goes as a separate CON
@@ -137,9 +140,12 @@ class Endpoint:
     def next_timer(self) -> float:
         """When ``handle_timer`` must run next (never later than the next sweep)."""
         due = self._next_sweep
-        for awaiting in (self._awaiting, self._awaiting_blocks):
-            if awaiting and awaiting[0].deadline < due:
-                due = awaiting[0].deadline
+        awaiting = self._awaiting
+        if awaiting and awaiting[0].deadline < due:
+            due = awaiting[0].deadline
+        awaiting = self._awaiting_blocks
+        if awaiting and awaiting[0].deadline < due:
+            due = awaiting[0].deadline
         if self._retransmits and self._retransmits[0][0] < due:
             due = self._retransmits[0][0]
         return due
@@ -180,6 +186,7 @@ class Endpoint:
                 self.outgoing.append((bytes([0x70, 0, data[2], data[3]]), peer))
             return None
         mtype = message.mtype
+        slot = None
         if mtype == CON or mtype == NON:
             slot = self.dedup.slot(message.mid, peer)
             if self.dedup.seen(slot, now):
@@ -190,18 +197,18 @@ class Endpoint:
             if mtype != CON and mtype != NON:
                 self._malformed(peer, "request code in an ACK or RST")
                 return None
-            return self._request(message, numbers, peer, len(data), now)
+            return self._request(message, numbers, peer, slot, len(data), now)
         if mtype == ACK or mtype == RST:
             if self._answered(message.mid, peer, mtype):
                 self.verify(peer)
             return None
         if code >= 64 or mtype == CON:  # a response we did not ask for, or a CON ping
-            self._send(Message(mtype=RST, mid=message.mid, code=txcoap.EMPTY), peer)
+            self._send(Message(mtype=RST, mid=message.mid, code=txcoap.EMPTY), peer, slot)
         return None
 
-    def _request(self, message: Message, numbers: List[int], peer: Any, size: int,
+    def _request(self, message: Message, numbers: List[int], peer: Any, slot: Any, size: int,
                  now: float) -> Optional[Exchange]:
-        exchange = Exchange(message, peer, size, now + self.settings.empty_ack_delay)
+        exchange = Exchange(message, peer, slot, size, now + self.settings.empty_ack_delay)
         block1, block2 = message.opt.block1, message.opt.block2
         rejected = codec.rejected_options(numbers, block1, block2)
         if rejected is not None:
@@ -245,6 +252,12 @@ class Endpoint:
             return
         request = exchange.message
         asked = request.opt.block2
+        if asked is None and large is None and len(response.payload) <= SMALL_ANSWER:
+            # the common answer goes as it is: no block asked, one block long, and either
+            # empty or to a peer no amplification limit applies to
+            if authenticated or not response.payload or exchange.peer in self.verified:
+                self._send_response(exchange, response, True, now)
+                return
         number = asked.block_number if asked is not None else 0
         if number > 0:
             self.verify(exchange.peer)  # it got block 0, so it receives what we send
@@ -281,7 +294,7 @@ class Endpoint:
         else:
             response.mtype = ACK
             response.mid = request.mid
-        self._send(response, exchange.peer)
+        self._send(response, exchange.peer, exchange.slot)
 
     def _empty_acks(self, now: float) -> None:
         for awaiting in (self._awaiting, self._awaiting_blocks):
@@ -291,7 +304,7 @@ class Endpoint:
                 if not exchange.answered:
                     exchange.separate = True  # the answer follows as a separate CON
                     self._send(Message(mtype=ACK, mid=exchange.message.mid,
-                                       code=txcoap.EMPTY), exchange.peer)
+                                       code=txcoap.EMPTY), exchange.peer, exchange.slot)
 
     # -- messages out ----------------------------------------------------------------
 
@@ -330,9 +343,10 @@ class Endpoint:
                              codec.etag(payload))
         self.send(message, peer, now, ref)
 
-    def _send(self, message: Message, peer: Any) -> None:
+    def _send(self, message: Message, peer: Any, slot: Optional[Tuple[str, int]] = None) -> None:
         """Send an ACK, RST or NON message (a CON one goes through ``send``); an ACK or RST
-        is remembered as the answer to duplicates of its request."""
+        is remembered as the answer to duplicates of its request (``slot``: its key, if
+        known already)."""
         if message.mtype == CON:
             raise ValueError("CON messages go through send()")  # they need a time
         if message.mid is None:
@@ -340,7 +354,8 @@ class Endpoint:
         data = message.encode()
         self.outgoing.append((data, peer))
         if message.mtype == ACK or message.mtype == RST:
-            self.dedup.remember_response(self.dedup.slot(message.mid, peer), data)
+            self.dedup.remember_response(slot if slot is not None
+                                         else self.dedup.slot(message.mid, peer), data)
 
     def _next_mid(self) -> int:
         mid = self._mid

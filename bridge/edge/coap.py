@@ -60,6 +60,7 @@ class BridgeCoap(DatagramProtocol):
         self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
         self._call: Any = None  # the one timer, due at the endpoint's next_timer()
         self._armed = 0.0
+        self._receiving = False  # in datagramReceived, which sends what is due at its end
 
     @property
     def malformed(self) -> int:
@@ -80,7 +81,11 @@ class BridgeCoap(DatagramProtocol):
         exchange = self.endpoint.receive_datagram(data, (remote[0], remote[1]),
                                                   self.clock.seconds())
         if exchange is not None:
-            self._dispatch(exchange)
+            self._receiving = True
+            try:
+                self._dispatch(exchange)
+            finally:
+                self._receiving = False
         self._flush()
 
     def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
@@ -115,7 +120,8 @@ class BridgeCoap(DatagramProtocol):
             message.payload = message.payload.encode("utf-8")
         self.endpoint.respond(exchange, message, self.clock.seconds(), result.authenticated,
                               result.large)
-        self._flush()
+        if not self._receiving:  # an answer later than its request
+            self._flush()
 
     def _failed(self, failure: Any, exchange: Exchange) -> None:
         log.failure("Request handling failed for {peer}", failure=failure,
