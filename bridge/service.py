@@ -156,15 +156,15 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.metrics)
+            site = MetricsSite(self.bridge.metrics, self.bridge.not_ready)
             try:
                 self.port = self.bridge.reactor.listenTCP(cfg.port, site,
                                                           interface=cfg.bind_address)
             except CannotListenError as exc:
                 raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
                                                   "METRICS_PORT, 0: off"))
-            log.info("Metrics on http://{host}:{port}/metrics", host=cfg.bind_address,
-                     port=self.port.getHost().port)
+            log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
+                     host=cfg.bind_address, port=self.port.getHost().port)
         Service.startService(self)
 
     def stopService(self) -> Any:
@@ -196,12 +196,14 @@ class _CoapService(Service):
                                               "COAP_BIND_PORT"))
         self.bridge.coap = self.protocol
         self.bridge.notifications.transport = self.protocol
+        self.bridge.coap_listening = True
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
 
     def stopService(self) -> Any:
         Service.stopService(self)
+        self.bridge.coap_listening = False
         self.bridge.notifications.stop()
         if self.port is not None:
             port, self.port = self.port, None

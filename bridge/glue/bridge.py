@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import socket
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
@@ -78,6 +78,7 @@ class Bridge:
                                    client_id=gateway_client_id(config, socket.gethostname()))
         self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
+        self.coap_listening = False  # set by the CoAP service while its port reads
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         requests, outbox = self.requests, self.outbox_commit
         self.dispatcher.register({
@@ -231,7 +232,19 @@ class Bridge:
         poll.start(DRAIN_POLL, now=True).addErrback(failed)
         return done
 
-    # -- metrics -----------------------------------------------------------------------
+    # -- metrics and readiness ---------------------------------------------------------
+
+    def not_ready(self) -> List[str]:
+        """What keeps the bridge from serving (``/readyz``): empty when it is ready."""
+        missing = []
+        if not self.coap_listening:
+            missing.append("coap not listening")
+        if not self.link.connected:
+            missing.append("mqtt not connected")
+        registry = self.registry_view.registry
+        if registry is None or not registry.reachable():
+            missing.append("registry not reachable")
+        return missing
 
     def metrics(self) -> Dict[str, Any]:
         stats, gauges = self.core.stats, self.core.gauges()
