@@ -156,7 +156,7 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.metrics, self.bridge.not_ready)
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
             try:
                 self.port = self.bridge.reactor.listenTCP(cfg.port, site,
                                                           interface=cfg.bind_address)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Hashable, List, Optional, Tuple
 
 from . import codes
@@ -141,6 +141,8 @@ class Delete:
     """The broker acknowledged the outbox entries ``ids`` (one publish): remove them."""
 
     ids: Tuple[int, ...]
+    # when each was answered 2.01, for the delivery histogram (not part of what is deleted)
+    created: Tuple[float, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
