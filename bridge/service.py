@@ -15,6 +15,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
 from .config import Config, StartupError
@@ -223,10 +224,12 @@ class BridgeService(MultiService):
     line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised."""
 
     def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
-                 refuse: Optional[Callable[[str], None]] = None):
+                 refuse: Optional[Callable[[str], None]] = None,
+                 log_observer: Optional[ILogObserver] = None):
         MultiService.__init__(self)
         self.config = config
         self.refuse = refuse
+        self.log_observer = log_observer
         self.bridge = Bridge(config, reactor, rng)
         self._files = [_RegistryService(self.bridge, config.registry_path),
                        _OutboxService(self.bridge, config.outbox_path,
@@ -236,6 +239,13 @@ class BridgeService(MultiService):
             _MetricsService(self.bridge), _CoapService(self.bridge)]
         for child in children:
             child.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Joined to twistd's application: ``log_observer`` (if any) becomes its log observer
+        (twistd starts logging to an application's ``ILogObserver`` component)."""
+        if self.log_observer is not None:
+            parent.setComponent(ILogObserver, self.log_observer)
+        return MultiService.setServiceParent(self, parent)
 
     def startService(self) -> None:
         try:
