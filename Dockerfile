@@ -28,7 +28,10 @@ RUN pip install . \
     && twistd --help | grep -q coapbridge \
     && rm -rf /src
 
-RUN useradd --system --no-create-home --home-dir /data --shell /usr/sbin/nologin coapbridge \
+# uid/gid 999 fixed: deploy/kubernetes/statefulset.yaml gives the pod's volume to that group
+RUN groupadd --system --gid 999 coapbridge \
+    && useradd --system --uid 999 --gid 999 --no-create-home --home-dir /data \
+       --shell /usr/sbin/nologin coapbridge \
     && mkdir -p /data /etc/coapbridge \
     && chown coapbridge:coapbridge /data \
     && chmod 700 /data

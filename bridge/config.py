@@ -185,6 +185,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     data_dir: str = "./data"
     log_level: str = "info"
+    log_format: str = "text"  # text: twistd's lines; json: one JSON object per line
 
     @property
     def registry_path(self) -> str:
@@ -213,6 +214,7 @@ def gateway_client_id(config: Config, host_name: str) -> str:
 _CHOICES: Dict[str, Tuple[str, ...]] = {
     "mqtt.protocol": ("5", "3.1.1"),
     "log_level": ("debug", "info", "warn", "error", "critical"),
+    "log_format": ("text", "json"),
     "outbox.synchronous": ("full", "normal"),
     "provisioning.mode": ("upstream", "local"),
     "ota.source": ("upstream", "directory"),

@@ -70,6 +70,14 @@ class Registry:
     def close(self) -> None:
         self._db.close()
 
+    def reachable(self) -> bool:
+        """True when the registry answers a query (the readiness probe asks)."""
+        try:
+            self._db.execute("PRAGMA data_version").fetchall()
+        except sqlite3.Error:
+            return False
+        return True
+
     # -- the bridge's view --------------------------------------------------
 
     def refresh(self) -> bool:

@@ -15,6 +15,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
+from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
 from .config import Config, StartupError
@@ -156,15 +157,15 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.metrics)
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
             try:
                 self.port = self.bridge.reactor.listenTCP(cfg.port, site,
                                                           interface=cfg.bind_address)
             except CannotListenError as exc:
                 raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
                                                   "METRICS_PORT, 0: off"))
-            log.info("Metrics on http://{host}:{port}/metrics", host=cfg.bind_address,
-                     port=self.port.getHost().port)
+            log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
+                     host=cfg.bind_address, port=self.port.getHost().port)
         Service.startService(self)
 
     def stopService(self) -> Any:
@@ -196,12 +197,14 @@ class _CoapService(Service):
                                               "COAP_BIND_PORT"))
         self.bridge.coap = self.protocol
         self.bridge.notifications.transport = self.protocol
+        self.bridge.coap_listening = True
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
 
     def stopService(self) -> Any:
         Service.stopService(self)
+        self.bridge.coap_listening = False
         self.bridge.notifications.stop()
         if self.port is not None:
             port, self.port = self.port, None
@@ -221,10 +224,12 @@ class BridgeService(MultiService):
     line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised."""
 
     def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
-                 refuse: Optional[Callable[[str], None]] = None):
+                 refuse: Optional[Callable[[str], None]] = None,
+                 log_observer: Optional[ILogObserver] = None):
         MultiService.__init__(self)
         self.config = config
         self.refuse = refuse
+        self.log_observer = log_observer
         self.bridge = Bridge(config, reactor, rng)
         self._files = [_RegistryService(self.bridge, config.registry_path),
                        _OutboxService(self.bridge, config.outbox_path,
@@ -234,6 +239,13 @@ class BridgeService(MultiService):
             _MetricsService(self.bridge), _CoapService(self.bridge)]
         for child in children:
             child.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> Any:
+        """Joined to twistd's application: ``log_observer`` (if any) becomes its log observer
+        (twistd starts logging to an application's ``ILogObserver`` component)."""
+        if self.log_observer is not None:
+            parent.setComponent(ILogObserver, self.log_observer)
+        return MultiService.setServiceParent(self, parent)
 
     def startService(self) -> None:
         try:

@@ -49,7 +49,10 @@ def makeService(options: Options) -> Any:
     if runtime.tune_gc():
         # once the services have started (the registry is open): see bridge/runtime.py
         reactor.callWhenRunning(runtime.freeze_startup_objects)
-    return BridgeService(options.config, reactor, refuse=lambda text: _refuse(options, text))
+    # LOG_FORMAT=json: one JSON object per line on standard output, in place of twistd's text
+    observer = logs.json_observer(sys.stdout) if options.config.log_format == "json" else None
+    return BridgeService(options.config, reactor, refuse=lambda text: _refuse(options, text),
+                         log_observer=observer)
 
 
 def _refuse(options: Options, text: str) -> NoReturn:

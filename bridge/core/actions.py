@@ -172,11 +172,23 @@ class Created(NamedTuple):
     refs: Tuple[int, ...]
 
 
-@_typed
 class Delete(NamedTuple):
-    """The broker acknowledged the outbox entries ``ids`` (one publish): remove them."""
+    """The broker acknowledged the outbox entries ``ids`` (one publish): remove them.
+
+    ``created``: when each was admitted (answered 2.01), for the delivery-time histogram;
+    not part of what is deleted, so two Deletes of the same ids are equal."""
 
     ids: Tuple[int, ...]
+    created: Tuple[float, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Delete and self.ids == other.ids  # type: ignore[attr-defined]
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.ids)
 
 
 @dataclass(frozen=True, **SLOTS)

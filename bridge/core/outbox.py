@@ -175,7 +175,8 @@ class Outbox(Part):
             assert batch is not None
             self.stats["delivered"] += len(batch)
             self.stats["publishes"] += 1
-            actions: List[Action] = [Delete(tuple(entry.id for entry in batch))]
+            actions: List[Action] = [Delete(tuple([entry.id for entry in batch]),
+                                           tuple([entry.created for entry in batch]))]
             actions += self.pump(now)
             if self.backlog_after is not None:
                 actions += self._load_backlog()

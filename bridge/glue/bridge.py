@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import socket
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
@@ -26,6 +26,7 @@ from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDe
                             ResetLink, ServePackage, Store, StoreMany)
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
+from ..edge.metrics import BridgeMetrics
 from ..edge.mqtt import MqttLink
 from ..edge.outbox import Outbox
 from ..edge.ota import PackageStore
@@ -78,7 +79,11 @@ class Bridge:
                                    client_id=gateway_client_id(config, socket.gethostname()))
         self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
+        self.coap_listening = False  # set by the CoAP service while its port reads
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
+        self.prometheus = BridgeMetrics(self.metrics)  # its own registry: see edge/metrics.py
+        self.requests.answered = self.prometheus.request_seconds.observe
+        self._delivered = self.prometheus.delivery_seconds.observe
         requests, outbox = self.requests, self.outbox_commit
         self.dispatcher.register({
             Reply: requests.reply,
@@ -142,7 +147,11 @@ class Bridge:
     def published(self, mid: int, reason_code: int) -> None:
         ref = self.mids.pop(mid, None)
         if ref is not None:
-            self.apply(self.core.on_published(ref, reason_code, self.now()))
+            now = self.now()
+            actions = self.core.on_published(ref, reason_code, now)
+            if actions:
+                self._observe_delivered(actions, now)
+            self.apply(actions)
 
     def message(self, topic: str, payload: bytes) -> None:
         log.debug("Downstream {topic} ({size} bytes)", topic=topic, size=len(payload))
@@ -231,7 +240,26 @@ class Bridge:
         poll.start(DRAIN_POLL, now=True).addErrback(failed)
         return done
 
-    # -- metrics -----------------------------------------------------------------------
+    # -- metrics and readiness ---------------------------------------------------------
+
+    def _observe_delivered(self, actions: List[Any], now: float) -> None:
+        """Store-to-PUBACK time of each uplink a PUBACK delivered (its ``Delete``)."""
+        for action in actions:
+            if type(action) is Delete:
+                for created in action.created:
+                    self._delivered(now - created)
+
+    def not_ready(self) -> List[str]:
+        """What keeps the bridge from serving (``/readyz``): empty when it is ready."""
+        missing = []
+        if not self.coap_listening:
+            missing.append("coap not listening")
+        if not self.link.connected:
+            missing.append("mqtt not connected")
+        registry = self.registry_view.registry
+        if registry is None or not registry.reachable():
+            missing.append("registry not reachable")
+        return missing
 
     def metrics(self) -> Dict[str, Any]:
         stats, gauges = self.core.stats, self.core.gauges()

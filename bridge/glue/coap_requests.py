@@ -36,12 +36,13 @@ OBSERVE = txcoap.OBSERVE
 class _InProgress:
     """A request the core has not answered yet."""
 
-    __slots__ = ("answer", "peer", "authenticated")
+    __slots__ = ("answer", "peer", "authenticated", "started")
 
-    def __init__(self, answer: defer.Deferred, peer: Hashable):
+    def __init__(self, answer: defer.Deferred, peer: Hashable, started: float):
         self.answer = answer  # fires with the Answer
         self.peer = peer
         self.authenticated = False  # it carried a valid access token
+        self.started = started  # when it came (the clock's seconds)
 
 
 class CoapRequests:
@@ -57,6 +58,8 @@ class CoapRequests:
         self.uplinks: List[Uplink] = []  # plain uplinks of this turn, for the core in one go
         self.handled = 0  # requests, for the metrics; also the last request's ref
         self.errors = 0  # answered 4.xx or 5.xx
+        # seconds from a request to its answer, for the metrics (a histogram's observe)
+        self.answered: Callable[[float], None] = lambda seconds: None
 
     def handle(self, message: txcoap.Message) -> defer.Deferred:
         """The answer to a request: a Deferred firing with an ``Answer``."""
@@ -75,7 +78,7 @@ class CoapRequests:
                                                 path[3].value))
             if plain is not None:  # the common upload goes to the core with the others
                 d = defer.Deferred()
-                self.in_progress[ref] = _InProgress(d, peer)
+                self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds())
                 self.admission.hold(peer)
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
@@ -100,7 +103,7 @@ class CoapRequests:
             return defer.succeed(Answer(make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
         d = defer.Deferred()
-        pending = self.in_progress[ref] = _InProgress(d, message.remote)
+        pending = self.in_progress[ref] = _InProgress(d, message.remote, self.clock.seconds())
         self.admission.hold(message.remote)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
@@ -172,4 +175,5 @@ class CoapRequests:
         else:  # large answers to a valid token need no amplification limit
             message = Answer(message, pending.authenticated or authenticated)
         self.admission.release(pending.peer)
+        self.answered(self.clock.seconds() - pending.started)
         pending.answer.callback(message)

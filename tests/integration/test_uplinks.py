@@ -193,6 +193,9 @@ def test_metrics_endpoint_counts_uplinks(tmp_path, broker):
         assert "coapbridge_coap_errors_total 1" in text
         assert "coapbridge_mqtt_connected 1" in text
         assert "# TYPE coapbridge_outbox_entries gauge" in text
+        # prometheus_client: both requests' answer times, and the process metrics
+        assert "coapbridge_coap_request_seconds_count 2.0" in text
+        assert "process_resident_memory_bytes" in text
     finally:
         process.stop()
 

@@ -1,0 +1,125 @@
+"""The metrics through prometheus_client: every name and type of before, the process
+metrics, the two histograms, and a registry per bridge."""
+
+from __future__ import annotations
+
+import txthings.coap as txcoap
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
+from twisted.web.test.requesthelper import DummyRequest
+
+from bridge import config as config_module
+from bridge.edge.metrics import MetricsSite
+from bridge.edge.outbox import Outbox
+from bridge.glue.bridge import Bridge
+from bridge.registry import Registry
+
+# The names and types of the hand-written exposition (tests and dashboards scrape them).
+NAMES = {
+    "coap_requests_total": "counter", "coap_errors_total": "counter",
+    "coap_malformed_total": "counter", "uplinks_acknowledged_total": "counter",
+    "uplinks_delivered_total": "counter", "uplink_publishes_total": "counter",
+    "uplinks_dead_lettered_total": "counter", "outbox_commits_total": "counter",
+    "outbox_refused_full_total": "counter", "outbox_store_failed_total": "counter",
+    "rate_limited_total": "counter", "unknown_token_total": "counter",
+    "rpc_expired_total": "counter", "rpc_dropped_total": "counter",
+    "outbox_entries": "gauge", "outbox_bytes": "gauge", "inflight_publishes": "gauge",
+    "observers": "gauge", "devices_connected": "gauge", "mqtt_connected": "gauge",
+    "provisioning_busy_total": "counter", "mqtt_messages_skipped_total": "counter",
+    "ota_fetches_total": "counter",
+}
+
+
+class FakeLink:
+    connected = True
+    failed_messages = 0  # read by the metrics
+
+    def __init__(self):
+        self.sent = []  # (mid, topic) not acknowledged yet
+
+    def publish(self, topic, payload):
+        self.sent.append((len(self.sent) + 1, topic))
+        return len(self.sent)
+
+
+def scrape(bridge):
+    site = MetricsSite(bridge.prometheus.registry)
+    request = DummyRequest([b"metrics"])
+    body = site.getResourceFor(request).render(request)
+    return body.decode()
+
+
+def samples(text):
+    """{(sample name, labels as a tuple): value} and {family name: type}."""
+    values, types = {}, {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values, types
+
+
+def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along():
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    values, types = samples(scrape(bridge))
+    assert set(bridge.metrics()) == set(NAMES)
+    for name, kind in NAMES.items():
+        assert ("coapbridge_" + name, ()) in values, name
+        family = "coapbridge_" + (name[:-len("_total")] if kind == "counter" else name)
+        assert types[family] == kind, name
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                 "process_open_fds"):
+        assert (name, ()) in values, name
+
+
+def test_two_bridges_in_one_process_have_their_own_metrics():
+    one, two = (Bridge(config_module.load(None, {}), Clock()) for _ in range(2))
+    one.requests.handled = 7
+    assert samples(scrape(one))[0][("coapbridge_coap_requests_total", ())] == 7
+    assert samples(scrape(two))[0][("coapbridge_coap_requests_total", ())] == 0
+
+
+def test_request_to_answer_and_store_to_puback_times_are_histograms(tmp_path):
+    clock = Clock()
+    clock.advance(1000)
+    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry.add("Dev A", "tok", "thermo")
+    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.link = link = FakeLink()
+    bridge.link_up()
+    message = txcoap.Message(mtype=txcoap.CON, mid=1, code=txcoap.POST, payload=b'{"t": 1}',
+                             token=b"t")
+    message.opt.uri_path = (b"api", b"v1", b"tok", b"telemetry")
+    message.remote = ("10.0.0.7", 5683)
+    answer = bridge.handle_coap(message)
+    clock.advance(0.003)  # the end of the turn writes it: answered 3 ms after it came
+    assert answer.result.message.code == txcoap.CREATED
+    clock.advance(1)
+    for mid, topic in link.sent:  # the device's connect, then its telemetry: 2 s after 2.01
+        if topic.endswith("telemetry"):
+            clock.advance(1)
+        bridge.published(mid, 0)
+        clock.advance(0)
+    assert [topic for _, topic in link.sent] == ["v1/gateway/connect", "v1/gateway/telemetry"]
+    values, types = samples(scrape(bridge))
+    assert types["coapbridge_coap_request_seconds"] == "histogram"
+    assert values[("coapbridge_coap_request_seconds_count", ())] == 1
+    assert abs(values[("coapbridge_coap_request_seconds_sum", ())] - 0.003) < 1e-6
+    assert values[("coapbridge_coap_request_seconds_bucket", (("le", "0.0025"),))] == 0
+    assert values[("coapbridge_coap_request_seconds_bucket", (("le", "0.005"),))] == 1
+    assert types["coapbridge_uplink_delivery_seconds"] == "histogram"
+    assert values[("coapbridge_uplink_delivery_seconds_count", ())] == 1
+    assert abs(values[("coapbridge_uplink_delivery_seconds_sum", ())] - 2.0) < 1e-6
+    assert values[("coapbridge_uplinks_delivered_total", ())] == 1
+
+
+def test_a_value_on_a_bucket_bound_counts_in_that_bucket_and_the_buckets_are_cumulative():
+    from bridge.edge.metrics import ReactorHistogram
+    histogram = ReactorHistogram("h_seconds", "h", (0.1, 1))
+    for seconds in (0.1, 0.5, 1.0, 7.0):
+        histogram.observe(seconds)
+    [count_01, count_1, count_inf, count, total] = [
+        s.value for s in histogram.family().samples
+        if s.name in ("h_seconds_bucket", "h_seconds_count", "h_seconds_sum")]
+    assert (count_01, count_1, count_inf, count, total) == (1, 3, 4, 4, 8.6)
