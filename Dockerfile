@@ -14,6 +14,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# protoc compiles the schemas of PROTOBUF device profiles at start (device_profiles).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends protobuf-compiler \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 # README.m[d]: setup.cfg reads README.md when there is one; the glob lets it be absent.
 COPY setup.cfg pyproject.toml README.m[d] ./

@@ -12,10 +12,12 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
+
+from .core.formats import protoschema
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -166,6 +168,34 @@ _LISTS: Dict[str, Any] = {"profiles": ProvisionProfileConfig}
 
 
 @dataclass(frozen=True)
+class DeviceProfileConfig:
+    """How the devices of one type encode their payloads: ThingsBoard's own keys from a
+    device profile's transportPayloadTypeConfiguration. Each schema is its text, or the
+    path of a file holding it (the key with ``File`` appended); a PROTOBUF profile that
+    leaves one out gets ThingsBoard's default. After loading, the schema keys hold the
+    text (read from the file, or the default)."""
+    transportPayloadType: str = "JSON"
+    deviceTelemetryProtoSchema: str = ""
+    deviceTelemetryProtoSchemaFile: str = ""
+    deviceAttributesProtoSchema: str = ""
+    deviceAttributesProtoSchemaFile: str = ""
+    deviceRpcRequestProtoSchema: str = ""
+    deviceRpcRequestProtoSchemaFile: str = ""
+    deviceRpcResponseProtoSchema: str = ""
+    deviceRpcResponseProtoSchemaFile: str = ""
+    enableCompatibilityWithJsonPayloadFormat: bool = False
+    useJsonPayloadFormatForDefaultDownlinkTopics: bool = False
+
+    @property
+    def protobuf(self) -> bool:
+        return self.transportPayloadType == "PROTOBUF"
+
+
+# Fields holding a mapping of names to mappings, and the dataclass of each value.
+_MAPS: Dict[str, Any] = {"device_profiles": DeviceProfileConfig}
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # HTTP GET /metrics (Prometheus text format); port 0 turns it off.
     bind_address: str = "127.0.0.1"
@@ -183,6 +213,8 @@ class Config:
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # device type -> its payload format (a type with no entry speaks JSON)
+    device_profiles: Dict[str, DeviceProfileConfig] = field(default_factory=dict)
     data_dir: str = "./data"
     log_level: str = "info"
     log_format: str = "text"  # text: twistd's lines; json: one JSON object per line
@@ -336,6 +368,9 @@ def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: Li
             values[f.name] = default
             continue
         value = raw[f.name]
+        if f.name in _MAPS:
+            values[f.name] = _build_map(_MAPS[f.name], value, env, where, problems)
+            continue
         if f.name in _LISTS:
             if not isinstance(value, list):
                 problems.append("%s: expected a list" % where)
@@ -356,6 +391,52 @@ def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: Li
                 continue
         values[f.name] = _coerce(value, default, where, problems)
     return cls(**values)
+
+
+def _build_map(cls: Any, raw: Any, env: Mapping[str, str], where: str,
+               problems: List[str]) -> Dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append("%s: expected a mapping of device types" % where)
+        return {}
+    return {str(key): _build(cls, item, env, "%s.%s." % (where, key), problems)
+            for key, item in raw.items()}
+
+
+def _schema_text(profile: DeviceProfileConfig, kind: str, where: str,
+                 problems: List[str]) -> str:
+    text, path = getattr(profile, kind), getattr(profile, kind + "File")
+    if text and path:
+        problems.append("%s: give %s or %sFile, not both" % (where, kind, kind))
+    elif path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            problems.append("%sFile: cannot read %s: %s" % (where + kind, path, exc.strerror))
+    if not text and profile.protobuf:
+        text = protoschema.DEFAULTS[kind]
+    return text
+
+
+def _resolve_profiles(config: Config, problems: List[str]) -> Config:
+    """Schemas read from their files (or ThingsBoard's defaults), then compiled and
+    checked: every problem names the profile, the schema, its line and column."""
+    profiles = {}
+    for name, profile in config.device_profiles.items():
+        where = "device_profiles.%s." % name
+        if profile.transportPayloadType not in ("JSON", "PROTOBUF"):
+            problems.append("%stransportPayloadType: must be JSON or PROTOBUF, got %r"
+                            % (where, profile.transportPayloadType))
+        texts = {kind: _schema_text(profile, kind, where, problems)
+                 for kind in protoschema.KINDS}
+        profiles[name] = replace(profile, **texts)
+    config = replace(config, device_profiles=profiles)
+    if any(profile.protobuf for profile in profiles.values()):
+        from .edge import protoc  # runs a subprocess: only when a profile needs it
+        problems.extend(protoc.check_profiles(profiles))
+    return config
 
 
 def _check(config: Config, problems: List[str]) -> None:
@@ -432,6 +513,7 @@ def load_text(text: str, env: Mapping[str, str], source: str = "configuration") 
     for note in notes:  # one line each, naming the file (Twisted logs warnings as warnings)
         warnings.warn_explicit(note, ConfigDeprecationWarning, source, 0)
     _check(config, problems)
+    config = _resolve_profiles(config, problems)
     if problems:
         raise ConfigError(problems, source)
     return config

@@ -2,7 +2,7 @@
 # Installs what coapbridge needs to run and to be tested. Called by the Makefile;
 # every step is idempotent and skips work that is already done.
 #
-#   scripts/install.sh system [--test]  Debian packages (mosquitto, libcoap3-bin; with
+#   scripts/install.sh system [--test]  Debian packages (mosquitto, libcoap3-bin, protobuf-compiler; with
 #                                       --test also npm when it is missing)
 #   scripts/install.sh venv             .venv with the project installed editable
 #                                       (compat mode) plus the [test] extras
@@ -75,6 +75,7 @@ cmd_system() {
     local packages=()
     have mosquitto || packages+=(mosquitto)
     have coap-client-notls || packages+=(libcoap3-bin)
+    have protoc || packages+=(protobuf-compiler)  # compiles PROTOBUF device profiles' schemas
     if ! command -v "$PYTHON" >/dev/null 2>&1 && [ "$PYTHON" = pypy3 ]; then
         packages+=(pypy3 pypy3-venv)
     elif ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then

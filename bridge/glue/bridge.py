@@ -24,10 +24,14 @@ from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
                             ResetLink, ServePackage, Store, StoreMany)
+from ..core.formats import FormatOf, PayloadFormat, protoschema
+from ..core.formats.json import JsonFormat
+from ..core.formats.protobuf import ProtobufFormat
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
 from ..edge.metrics import BridgeMetrics
 from ..edge.mqtt import MqttLink
+from ..edge import protoc
 from ..edge.outbox import Outbox
 from ..edge.ota import PackageStore
 from ..edge.provision import Provisioner
@@ -48,9 +52,24 @@ SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 
 
+def format_of(config: Config) -> FormatOf:
+    """Device type -> its payload format: the type's entry in ``device_profiles`` (its
+    schemas compiled and checked when the configuration was loaded), else JSON."""
+    json = JsonFormat(config.limits.json_max_depth)
+    formats: Dict[str, PayloadFormat] = {}
+    for device_type, profile in config.device_profiles.items():
+        if profile.protobuf:
+            formats[device_type] = ProtobufFormat(
+                protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY),
+                protoc.message_class(profile.deviceAttributesProtoSchema,
+                                     protoschema.ATTRIBUTES),
+                json, profile.enableCompatibilityWithJsonPayloadFormat)
+    return lambda device_type: formats.get(device_type, json)
+
+
 def make_core(config: Config, lookup: Any) -> GatewayCore:
     """The one place the core is built."""
-    return GatewayCore(config, lookup)
+    return GatewayCore(config, lookup, format_of(config))
 
 
 class Bridge:

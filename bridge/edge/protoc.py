@@ -1,0 +1,100 @@
+"""Schemas compiled by ``protoc`` (Debian's ``protobuf-compiler``), once at start.
+
+``compile_schema`` runs ``protoc --descriptor_set_out`` on one schema text and returns the
+compiled file; the rules ThingsBoard adds are checked on it by
+``bridge.core.formats.protoschema``. A text is compiled once however often it is asked for
+(the configuration check and the building of the core share the result).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import List, Optional
+
+from google.protobuf import descriptor_pb2
+
+from ..core.formats import protoschema
+
+INSTALL_HINT = ("protoc is not installed (Debian/Ubuntu: apt-get install protobuf-compiler; "
+                "or put protoc on PATH)")
+_ERROR = re.compile(r"^[^:\n]*\.proto:(\d+):(\d+):\s*(.*)$")
+
+
+class ProtocMissing(Exception):
+    pass
+
+
+class SchemaError(Exception):
+    """The schema does not compile, or breaks a rule: its problems, with positions."""
+
+    def __init__(self, problems: List[protoschema.Problem]):
+        self.problems = problems
+        super().__init__("; ".join(protoschema.describe(p) for p in problems))
+
+
+def protoc_path() -> Optional[str]:
+    return shutil.which("protoc")
+
+
+def _errors(stderr: str) -> List[protoschema.Problem]:
+    problems = []
+    for line in stderr.splitlines():
+        match = _ERROR.match(line.strip())
+        if match:
+            problems.append((int(match.group(1)), int(match.group(2)), match.group(3)))
+    return problems or [(0, 0, stderr.strip() or "protoc failed")]
+
+
+@functools.lru_cache(maxsize=128)
+def compile_schema(text: str, kind: str) -> descriptor_pb2.FileDescriptorProto:
+    """The compiled, checked file of schema ``text`` of ``kind`` (raises SchemaError)."""
+    protoc = protoc_path()
+    if protoc is None:
+        raise ProtocMissing(INSTALL_HINT)
+    with tempfile.TemporaryDirectory(prefix="coapbridge-proto-") as tmp:
+        source = os.path.join(tmp, "schema.proto")
+        with open(source, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        out = os.path.join(tmp, "schema.pb")
+        result = subprocess.run(
+            [protoc, "--include_source_info", "--descriptor_set_out=" + out,
+             "--proto_path=" + tmp, source],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SchemaError(_errors(result.stderr))
+        with open(out, "rb") as handle:
+            file = protoschema.file_of(handle.read())
+    problems = protoschema.check(file, kind)
+    if problems:
+        raise SchemaError(problems)
+    return file
+
+
+def message_class(text: str, kind: str):
+    """The message class of a schema (compiled once): raises SchemaError, ProtocMissing."""
+    return protoschema.message_class(compile_schema(text, kind))
+
+
+def check_profiles(profiles) -> List[str]:
+    """Every problem of the PROTOBUF profiles' schemas (config lines), each compiled once."""
+    problems: List[str] = []
+    for name, profile in profiles.items():
+        if not profile.protobuf:
+            continue
+        for kind in protoschema.KINDS:
+            where = "device_profiles.%s.%s" % (name, kind)
+            if getattr(profile, kind + "File"):
+                where += " (%s)" % getattr(profile, kind + "File")
+            try:
+                compile_schema(getattr(profile, kind), kind)
+            except ProtocMissing as exc:
+                return problems + ["device_profiles.%s: transportPayloadType PROTOBUF: %s"
+                                   % (name, exc)]
+            except SchemaError as exc:
+                problems += ["%s: %s" % (where, protoschema.describe(p)) for p in exc.problems]
+    return problems

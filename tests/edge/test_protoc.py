@@ -1,0 +1,104 @@
+"""Schemas compiled by the real protoc, and their problems as configuration errors."""
+
+import shutil
+
+import pytest
+
+from bridge import config as config_module
+from bridge.config import ConfigError, load_text
+from bridge.core.formats import protoschema
+from bridge.edge import protoc
+
+pytestmark = pytest.mark.skipif(shutil.which("protoc") is None,
+                                reason="protoc missing (Debian: protobuf-compiler)")
+
+
+def problems(text):
+    with pytest.raises(ConfigError) as info:
+        load_text(text, {})
+    return info.value.problems
+
+
+def test_a_schema_that_does_not_compile_is_reported_with_profile_schema_line_and_column():
+    text = """
+device_profiles:
+  sensor:
+    transportPayloadType: PROTOBUF
+    deviceTelemetryProtoSchema: |
+      syntax = "proto3";
+      message A {
+        int32 a = 1
+      }
+coap: {bind_port: 0}
+"""
+    found = problems(text)
+    assert 'device_profiles.sensor.deviceTelemetryProtoSchema: line 4, column 1: Expected ";".' \
+        in found
+    assert "coap.bind_port: port 0 is out of range 1-65535" in found  # with the others
+
+
+def test_a_rule_broken_in_a_schema_file_names_the_file_and_the_position(tmp_path):
+    path = tmp_path / "attrs.proto"
+    path.write_text('syntax = "proto3";\nmessage A {\n  int32 a = 1;\n  reserved 7;\n}\n')
+    found = problems("device_profiles: {meter: {transportPayloadType: PROTOBUF, "
+                     "deviceAttributesProtoSchemaFile: %s}}" % path)
+    assert found == ["device_profiles.meter.deviceAttributesProtoSchema (%s): line 4, "
+                     "column 3: message A: reserved is not supported" % path]
+
+
+def test_a_missing_schema_file_and_a_wrong_payload_type_are_reported():
+    found = problems("device_profiles: {a: {transportPayloadType: CBOR}, "
+                     "b: {transportPayloadType: PROTOBUF, "
+                     "deviceTelemetryProtoSchemaFile: /nonexistent.proto}}")
+    assert "device_profiles.a.transportPayloadType: must be JSON or PROTOBUF, got 'CBOR'" \
+        in found
+    assert any(p.startswith("device_profiles.b.deviceTelemetryProtoSchemaFile: cannot read "
+                            "/nonexistent.proto") for p in found)
+
+
+def test_a_protobuf_profile_gets_thingsboards_default_schemas():
+    config = load_text("device_profiles: {sensor: {transportPayloadType: PROTOBUF}}", {})
+    profile = config.device_profiles["sensor"]
+    for kind in protoschema.KINDS:
+        assert getattr(profile, kind) == protoschema.DEFAULTS[kind]
+        protoc.message_class(getattr(profile, kind), kind)  # compiles and passes the rules
+    assert protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY) \
+        .DESCRIPTOR.full_name == "telemetry.SensorDataReading"
+
+
+def test_two_profiles_with_the_same_message_name_each_keep_their_own():
+    text = """
+device_profiles:
+  a:
+    transportPayloadType: PROTOBUF
+    deviceTelemetryProtoSchema: |
+      syntax = "proto3";
+      package telemetry;
+      message SensorDataReading { optional double temperature = 1; }
+  b:
+    transportPayloadType: PROTOBUF
+    deviceTelemetryProtoSchema: |
+      syntax = "proto3";
+      package telemetry;
+      message SensorDataReading { optional string label = 1; }
+"""
+    profiles = load_text(text, {}).device_profiles
+    first = protoc.message_class(profiles["a"].deviceTelemetryProtoSchema, protoschema.TELEMETRY)
+    second = protoc.message_class(profiles["b"].deviceTelemetryProtoSchema, protoschema.TELEMETRY)
+    assert [f.name for f in first.DESCRIPTOR.fields] == ["temperature"]
+    assert [f.name for f in second.DESCRIPTOR.fields] == ["label"]
+
+
+def test_protoc_missing_is_a_config_error_saying_what_to_install(monkeypatch):
+    monkeypatch.setattr(protoc, "protoc_path", lambda: None)
+    protoc.compile_schema.cache_clear()
+    found = problems("device_profiles: {sensor: {transportPayloadType: PROTOBUF}}")
+    assert found == ["device_profiles.sensor: transportPayloadType PROTOBUF: " + protoc.INSTALL_HINT]
+    assert "protobuf-compiler" in protoc.INSTALL_HINT
+
+
+def test_json_profiles_need_no_protoc(monkeypatch):
+    monkeypatch.setattr(protoc, "protoc_path", lambda: None)
+    config = load_text("device_profiles: {plain: {}}", {})
+    assert not config.device_profiles["plain"].protobuf
+    assert config_module.Config().device_profiles == {}
