@@ -136,12 +136,6 @@ class Platform:
         self.client.disconnect()
 
 
-# The request limits off, for tests that send far more than devices would (load, fault and
-# fuzz runs that count every acknowledged uplink). Every user of it says why.
-UNLIMITED = {"device_rate": 0, "peer_rate": 0, "download_rate": 0, "max_pending_per_peer": 10000,
-             "max_pending_per_address": 10000}
-
-
 class BridgeProcess:
     """``twistd -n coapbridge`` with its own config, data dir and ports."""
 
@@ -159,8 +153,8 @@ class BridgeProcess:
         mqtt.update(overrides.pop("mqtt", {}))
         coap = {"bind_address": bind_address, "bind_port": self.coap_port}
         coap.update(overrides.pop("coap", {}))
-        # The request limits are the shipped defaults (conf/coapbridge.yaml): a test that
-        # sends more than devices would passes limits=UNLIMITED and says why.
+        # The request limits are the shipped defaults (conf/coapbridge.yaml); a test about
+        # a limit passes its own (limits={...}) and says why.
         config = {"coap": coap, "mqtt": mqtt, "data_dir": self.data_dir, "log_level": "debug",
                   "metrics": {"port": 0}}
         config.update(overrides)
