@@ -58,6 +58,33 @@ class CoapConfig:
     con_notification_interval: float = 86400.0
 
 
+# CoAP's mandatory suites (RFC 7252 §9.1.3: PSK and certificates with CCM_8), AES-GCM,
+# and the ECDHE-PSK suite GnuTLS clients pick; OpenSSL 3 only offers CCM_8 at level 0.
+DTLS_CIPHERS = ("ECDHE-ECDSA-AES128-CCM8:PSK-AES128-CCM8:ECDHE-ECDSA-AES128-GCM-SHA256:"
+                "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                "ECDHE-RSA-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:"
+                "ECDHE-PSK-AES128-CBC-SHA256:ECDHE-ECDSA-AES128-CCM:PSK-AES128-CCM:@SECLEVEL=0")
+
+
+@dataclass(frozen=True)
+class DtlsConfig:
+    enabled: bool = False
+    bind_address: str = ""  # empty: coap.bind_address
+    bind_port: int = 5684
+    cert_file: str = ""  # the bridge's certificate chain (PEM, leaf first); RSA or ECDSA
+    key_file: str = ""
+    ca_file: str = ""  # trust anchors for device certificates; empty: none requested
+    psk: bool = True  # devices may authenticate by a pre-shared key from the registry
+    psk_identity_hint: str = ""
+    mtu: int = 1232  # largest datagram sent (IPv6's 1280 less its headers)
+    handshake_timeout: float = 30.0
+    idle_timeout: float = 600.0
+    max_sessions: int = 10000
+    handshake_rate: float = 10.0  # handshakes per second per source address
+    handshake_burst: float = 20.0
+    ciphers: str = DTLS_CIPHERS
+
+
 @dataclass(frozen=True)
 class TlsConfig:
     enabled: bool = False
@@ -213,6 +240,7 @@ class Config:
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dtls: DtlsConfig = field(default_factory=DtlsConfig)
     # device type -> its payload format (a type with no entry speaks JSON)
     device_profiles: Dict[str, DeviceProfileConfig] = field(default_factory=dict)
     data_dir: str = "./data"
@@ -251,7 +279,7 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "provisioning.mode": ("upstream", "local"),
     "ota.source": ("upstream", "directory"),
 }
-_PORTS = ("coap.bind_port", "mqtt.port")
+_PORTS = ("coap.bind_port", "mqtt.port", "dtls.bind_port")
 MAX_JSON_DEPTH = 256  # well below Python's recursion limit (1000) with the reactor's frames
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.puback_timeout", "mqtt.max_packet_size",
@@ -263,7 +291,9 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
              "limits.max_pending_per_address", "limits.download_burst", "limits.json_max_depth",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
-             "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes")
+             "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes",
+             "dtls.handshake_timeout", "dtls.idle_timeout", "dtls.max_sessions",
+             "dtls.handshake_burst")
 
 
 # Settings renamed: old key -> new key, old environment name -> new one. The old ones are
@@ -499,6 +529,26 @@ def _check(config: Config, problems: List[str]) -> None:
         problems.append("platform.client_rpc_method: must not be empty")
     if not config.devices.default_type:
         problems.append("devices.default_type: must not be empty")
+    if config.dtls.enabled:
+        _check_dtls(config.dtls, problems)
+
+
+def _check_dtls(dtls: DtlsConfig, problems: List[str]) -> None:
+    """The DTLS files exist and fit together (OpenSSL reads them: ``edge.dtls``)."""
+    if not 256 <= dtls.mtu <= 65507:
+        problems.append("dtls.mtu: must be 256 to 65507, got %d" % dtls.mtu)
+    if not dtls.handshake_rate >= 0:
+        problems.append("dtls.handshake_rate: must be 0 (unlimited) or more")
+    if bool(dtls.cert_file) != bool(dtls.key_file):
+        problems.append("dtls: cert_file and key_file must be given together")
+    if dtls.ca_file and not dtls.cert_file:
+        problems.append("dtls.ca_file: device certificates need the bridge's own "
+                        "(dtls.cert_file and dtls.key_file)")
+    if not dtls.cert_file and not dtls.psk:
+        problems.append("dtls: enabled with no way to authenticate: give cert_file and "
+                        "key_file (COAP_DTLS_CERT_FILE, COAP_DTLS_KEY_FILE) or turn psk on")
+    from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
+    problems.extend(dtls_edge.check_config(dtls))
 
 
 def load_text(text: str, env: Mapping[str, str], source: str = "configuration") -> Config:
@@ -554,5 +604,12 @@ mqtt:
   protocol: "${MQTT_PROTOCOL:5}"
   tls: {enabled: "${MQTT_TLS:false}", ca_file: "${MQTT_TLS_CA_FILE:}",
         cert_file: "${MQTT_TLS_CERT_FILE:}", key_file: "${MQTT_TLS_KEY_FILE:}"}
+dtls:
+  enabled: "${COAP_DTLS_ENABLED:false}"
+  bind_address: "${COAP_DTLS_BIND_ADDRESS:}"
+  bind_port: "${COAP_DTLS_BIND_PORT:5684}"
+  cert_file: "${COAP_DTLS_CERT_FILE:}"
+  key_file: "${COAP_DTLS_KEY_FILE:}"
+  ca_file: "${COAP_DTLS_CA_FILE:}"
 data_dir: "${DATA_DIR:./data}"
 """

@@ -214,6 +214,46 @@ class _CoapService(Service):
         return None
 
 
+class _DtlsService(Service):
+    """CoAPs (``dtls.enabled``): DTLS sessions in front of the CoAP endpoint, on their own
+    UDP port; started after plain CoAP (whose endpoint it feeds), stopped before it."""
+
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+        self.port: Any = None
+        self.transport: Any = None
+
+    def startService(self) -> None:
+        from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
+        from .glue.dtls_credentials import DtlsCredentials
+        bridge = self.bridge
+        cfg = bridge.config.dtls
+        credentials = DtlsCredentials(bridge.registry_view)
+        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor,
+                                                 credentials.psk_key,
+                                                 refresh=bridge.registry_view.refresh)
+        interface = cfg.bind_address or bridge.config.coap.bind_address
+        try:
+            self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
+                                         interface)
+        except CannotListenError as exc:
+            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
+                                              "COAP_DTLS_BIND_PORT"))
+        credentials.transport = self.transport
+        bridge.dtls = self.transport
+        Service.startService(self)
+        host = self.port.getHost()
+        log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self.port is not None:
+            self.transport.close_all()
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
 class BridgeService(MultiService):
     """Registry and outbox, package store, MQTT, the core's timer, metrics, CoAP last.
 
@@ -237,6 +277,8 @@ class BridgeService(MultiService):
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),
             _MetricsService(self.bridge), _CoapService(self.bridge)]
+        if config.dtls.enabled:
+            children.append(_DtlsService(self.bridge))
         for child in children:
             child.setServiceParent(self)
 

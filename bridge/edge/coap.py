@@ -78,8 +78,12 @@ class BridgeCoap(DatagramProtocol):
     def datagramReceived(self, data: bytes, remote: Tuple[str, int]) -> None:
         # the peer stays Twisted's (host, port) tuple: hashing and printing an ipaddress
         # object per datagram costs more than the rest of the decoding
-        exchange = self.endpoint.receive_datagram(data, (remote[0], remote[1]),
-                                                  self.clock.seconds())
+        self.received(data, (remote[0], remote[1]))
+
+    def received(self, data: bytes, peer: Any) -> None:
+        """A CoAP datagram from ``peer``: a (host, port) of this port, or a DTLS session
+        (an object with ``key``, ``address`` and ``send(datagram)``) that decrypted it."""
+        exchange = self.endpoint.receive_datagram(data, peer, self.clock.seconds())
         if exchange is not None:
             self._receiving = True
             try:
@@ -87,6 +91,10 @@ class BridgeCoap(DatagramProtocol):
             finally:
                 self._receiving = False
         self._flush()
+
+    def forget(self, peer: Any) -> None:
+        """``peer`` (a DTLS session) ended: the endpoint stops holding on to it."""
+        self.endpoint.verified.pop(peer, None)
 
     def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
                payload: bytes, observe: int, block_size: int = codes.BLOCK_SIZE) -> None:
@@ -138,7 +146,10 @@ class BridgeCoap(DatagramProtocol):
         if endpoint.outgoing:
             write = self.transport.write
             for data, peer in endpoint.datagrams_to_send():
-                write(data, (str(peer[0]), peer[1]))
+                if type(peer) is tuple:
+                    write(data, (str(peer[0]), peer[1]))
+                else:
+                    peer.send(data)  # a DTLS session encrypts it
         if endpoint.outcomes:
             outcomes, endpoint.outcomes = endpoint.outcomes, []
             for ref, outcome in outcomes:

@@ -8,6 +8,11 @@ BUSY_PEER = b"too many requests in progress from this address and port"
 BUSY_ADDRESS = b"too many requests in progress from this address"
 
 
+def _host(peer: Any) -> Any:
+    """The source address of a peer: (host, port), or a DTLS session's ``address``."""
+    return peer[0] if type(peer) is tuple else peer.address[0]
+
+
 class PendingAdmission:
     """At most ``per_peer`` requests of one source endpoint (address and port: one
     device) and ``per_address`` of one address (the devices behind a carrier NAT) are
@@ -24,17 +29,18 @@ class PendingAdmission:
         """Why a request from ``peer`` is refused now, or None."""
         if self.by_peer.get(peer, 0) >= self.per_peer:
             return BUSY_PEER
-        if self.by_address.get(peer[0], 0) >= self.per_address:
+        if self.by_address.get(_host(peer), 0) >= self.per_address:
             return BUSY_ADDRESS
         return None
 
     def hold(self, peer: Any) -> None:
         by_peer, by_address = self.by_peer, self.by_address
         by_peer[peer] = by_peer.get(peer, 0) + 1
-        by_address[peer[0]] = by_address.get(peer[0], 0) + 1
+        host = _host(peer)
+        by_address[host] = by_address.get(host, 0) + 1
 
     def release(self, peer: Any) -> None:
-        for counts, key in ((self.by_peer, peer), (self.by_address, peer[0])):
+        for counts, key in ((self.by_peer, peer), (self.by_address, _host(peer))):
             left = counts[key] - 1
             if left:
                 counts[key] = left

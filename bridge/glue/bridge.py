@@ -49,6 +49,21 @@ log = logger("bridge")
 
 SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
                  GATEWAY_RPC_REQUEST_PREFIX + "+", GATEWAY_RPC_RESPONSE_PREFIX + "+"]
+DTLS_COUNTERS = {
+    "hello_verify_sent": "HelloVerifyRequests sent (ClientHellos without a valid cookie)",
+    "handshakes_full": "full DTLS handshakes completed",
+    "handshakes_resumed": "resumed DTLS handshakes completed",
+    "handshakes_failed": "DTLS handshakes failed (alert sent or received)",
+    "handshake_timeouts": "DTLS handshakes reaped at dtls.handshake_timeout",
+    "refused_full": "DTLS handshakes refused: dtls.max_sessions reached",
+    "refused_rate": "DTLS handshakes refused: dtls.handshake_rate of the address",
+    "dropped": "datagrams on the DTLS port dropped (no session and no ClientHello)",
+    "alerts": "DTLS sessions ended by an alert or a broken record",
+    "unknown_psk_identity": "PSK identities not in the registry",
+    "idle_ended": "DTLS sessions ended at dtls.idle_timeout",
+    "ended_by_registry": "DTLS sessions ended: their credential left the registry",
+    "replaced": "DTLS sessions replaced by a new handshake from their address",
+}
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 
 
@@ -99,6 +114,7 @@ class Bridge:
         self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
         self.coap_listening = False  # set by the CoAP service while its port reads
+        self.dtls: Optional[Any] = None  # the DTLS transport (DtlsTransport), once listening
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self.prometheus = BridgeMetrics(self.metrics)  # its own registry: see edge/metrics.py
         self.requests.answered = self.prometheus.request_seconds.observe
@@ -331,7 +347,21 @@ class Bridge:
                                             stats["downstream_skipped"] + self.link.failed_messages),
             "ota_fetches_total": ("counter", "packages fetched from their source",
                                   self.packages.fetches),
+            **self._dtls_metrics(),
         }
+
+    def _dtls_metrics(self) -> Dict[str, Any]:
+        transport = self.dtls
+        if transport is None:
+            return {}
+        stats = transport.stats
+        out = {"dtls_%s_total" % name: ("counter", text, stats[name])
+               for name, text in DTLS_COUNTERS.items()}
+        out["dtls_sessions"] = ("gauge", "established DTLS sessions",
+                                transport.sessions_established)
+        out["dtls_handshakes_in_progress"] = ("gauge", "DTLS handshakes in progress",
+                                              transport.sessions_handshaking)
+        return out
 
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,

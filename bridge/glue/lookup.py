@@ -8,7 +8,7 @@ The core's token lookup is then ``RegistryView.get``, a dictionary read.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..core.actions import Device
 from ..registry import Registry
@@ -20,6 +20,7 @@ class RegistryView:
         self.registry: Optional[Registry] = None  # set while the registry service runs
         self.devices: Dict[str, Device] = {}  # the registry's copy, updated in place
         self._fresh = False  # refreshed in this reactor turn
+        self.on_change: List[Callable[[], None]] = []  # told when a refresh found changes
 
     def attach(self, registry: Optional[Registry]) -> None:
         self.registry = registry
@@ -36,12 +37,17 @@ class RegistryView:
             return
         self._fresh = True
         self.reactor.callLater(0, self._turn_over)
-        self.registry.refresh()
+        if self.registry.refresh():
+            self._changed()
 
     def changed(self) -> None:
         """This process changed the registry (a rename or delete): read it again now."""
-        if self.registry is not None:
-            self.registry.refresh()
+        if self.registry is not None and self.registry.refresh():
+            self._changed()
+
+    def _changed(self) -> None:
+        for listener in self.on_change:
+            listener()
 
     def _turn_over(self) -> None:
         self._fresh = False

@@ -1,0 +1,49 @@
+"""Stateless HelloVerifyRequest cookies (RFC 6347 §4.2.1).
+
+The cookie is an HMAC-SHA256 of the peer's address and port under a secret that
+is replaced every ``rotate`` seconds, truncated to ``SIZE`` bytes; the previous
+secret is still accepted, so a cookie handed out just before a rotation verifies.
+No state per peer: a flood of ClientHellos from spoofed addresses costs one HMAC
+each and leaves nothing behind. 16 bytes stays far below the 255-byte limit that
+pyOpenSSL before 26 did not check (CVE-2026-27459).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Callable, Tuple
+
+SIZE = 16
+SECRET = 16
+
+
+class CookieJar:
+    def __init__(self, random_bytes: Callable[[int], bytes], now: float, rotate: float = 60.0):
+        self.random_bytes = random_bytes
+        self.rotate = rotate
+        self._current = random_bytes(SECRET)
+        self._previous = self._current
+        self._rotated = now
+
+    def _turn(self, now: float) -> None:
+        if now - self._rotated >= self.rotate:
+            # two periods or more since: the old secret is no use any more either
+            stale = now - self._rotated >= 2 * self.rotate
+            self._previous = self.random_bytes(SECRET) if stale else self._current
+            self._current = self.random_bytes(SECRET)
+            self._rotated = now
+
+    @staticmethod
+    def _mac(secret: bytes, address: Tuple[str, int]) -> bytes:
+        text = ("%s|%d" % (address[0], address[1])).encode("ascii", "replace")
+        return hmac.new(secret, text, hashlib.sha256).digest()[:SIZE]
+
+    def make(self, address: Tuple[str, int], now: float) -> bytes:
+        self._turn(now)
+        return self._mac(self._current, address)
+
+    def check(self, address: Tuple[str, int], cookie: bytes, now: float) -> bool:
+        self._turn(now)
+        return (hmac.compare_digest(cookie, self._mac(self._current, address))
+                or hmac.compare_digest(cookie, self._mac(self._previous, address)))
