@@ -92,6 +92,11 @@ class BridgeCoap(DatagramProtocol):
                 self._receiving = False
         self._flush()
 
+    def trust(self, peer: Any) -> None:
+        """``peer`` (a DTLS session) is known to receive what we send: its handshake
+        proved its address (RFC 7252 §11.3), so no amplification limit applies."""
+        self.endpoint.verify(peer)
+
     def forget(self, peer: Any) -> None:
         """``peer`` (a DTLS session) ended: the endpoint stops holding on to it."""
         self.endpoint.verified.pop(peer, None)

@@ -182,7 +182,7 @@ class DtlsTransport(DatagramProtocol):
                  psk_lookup: PskLookup, random_bytes: Callable[[int], bytes] = os.urandom,
                  refresh: Callable[[], None] = lambda: None):
         self.cfg = cfg
-        self.coap = coap  # BridgeCoap: .received(data, peer) and .forget(peer)
+        self.coap = coap  # BridgeCoap: .received(data, peer), .trust(peer), .forget(peer)
         self.clock = clock
         self.psk_lookup = psk_lookup
         self.refresh = refresh  # brings what psk_lookup reads up to date (before OpenSSL)
@@ -359,6 +359,7 @@ class DtlsTransport(DatagramProtocol):
             kind = "full"
         session.established = True
         self.table.establish(session, now)
+        self.coap.trust(session)
         log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
                   peer=str(session), kind=kind, cipher=connection.get_cipher_name(),
                   credential=_describe(session.credential))

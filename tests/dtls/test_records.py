@@ -1,0 +1,61 @@
+"""DTLS record framing: flights split into datagrams, ClientHellos read without OpenSSL."""
+
+import random
+
+from bridge.dtls import records
+
+
+def record(ctype: int, body: bytes, epoch: int = 0, seq: int = 0) -> bytes:
+    return (bytes([ctype]) + b"\xfe\xfd" + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
+            + len(body).to_bytes(2, "big") + body)
+
+
+def hello(random_bytes: bytes, cookie: bytes = b"", session_id: bytes = b"") -> bytes:
+    body = (b"\xfe\xfd" + random_bytes + bytes([len(session_id)]) + session_id
+            + bytes([len(cookie)]) + cookie + b"\x00\x02\xc0\xae\x01\x00")
+    handshake = (bytes([records.CLIENT_HELLO]) + len(body).to_bytes(3, "big") + b"\x00\x00"
+                 + b"\x00\x00\x00" + len(body).to_bytes(3, "big") + body)
+    return record(records.HANDSHAKE, handshake)
+
+
+def test_a_flight_is_split_on_record_boundaries_into_datagrams_within_the_mtu():
+    flight = [record(22, bytes([n]) * size, seq=n) for n, size in enumerate((300, 500, 200, 900, 10))]
+    blob = b"".join(flight)
+    for mtu in (400, 1232):
+        out = records.datagrams(blob, mtu)
+        assert b"".join(out) == blob
+        assert all(len(d) <= mtu for d in out if len(records.split_records(d)) > 1)
+        for datagram in out:  # only whole records, in order
+            assert all(r in flight for r in records.split_records(datagram))
+    assert len(records.datagrams(blob, 1232)) == 2  # 313+513+213 | 913+23
+    assert records.datagrams(blob, 100) == flight  # a record longer than the MTU goes alone
+
+
+def test_a_truncated_or_random_run_still_comes_out_whole():
+    rng = random.Random(5)
+    for _ in range(2000):
+        blob = rng.randbytes(rng.randrange(0, 3000))
+        assert b"".join(records.datagrams(blob, 1232)) == blob
+        assert b"".join(records.split_records(blob)) == blob
+
+
+def test_client_hello_gives_its_random_and_cookie():
+    rnd = bytes(range(32))
+    first = records.client_hello(hello(rnd))
+    assert first == records.ClientHello(rnd, b"")
+    second = records.client_hello(hello(rnd, b"C" * 16, session_id=b"S" * 32))
+    assert second.random == rnd and second.cookie == b"C" * 16
+
+
+def test_anything_else_is_not_a_client_hello():
+    rnd = bytes(32)
+    good = hello(rnd)
+    assert records.client_hello(record(23, b"x" * 80)) is None  # application data
+    assert records.client_hello(record(22, good[13:], epoch=1)) is None  # encrypted epoch
+    assert records.client_hello(good[:40]) is None  # truncated
+    second_fragment = bytearray(good)
+    second_fragment[13 + 8] = 1  # fragment_offset 1
+    assert records.client_hello(bytes(second_fragment)) is None
+    rng = random.Random(9)
+    for _ in range(5000):  # never raises
+        records.client_hello(rng.randbytes(rng.randrange(0, 120)))

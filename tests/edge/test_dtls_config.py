@@ -1,0 +1,92 @@
+"""The dtls: section: files read and checked by OpenSSL, every problem listed at once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import dtlscerts
+from bridge.config import ConfigError, load, load_text
+
+
+def problems(text, env=None):
+    with pytest.raises(ConfigError) as info:
+        load_text(text, env or {})
+    return info.value.problems
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("dtlsconf"))
+    ca = dtlscerts.ca()
+    ec_cert, ec_key = dtlscerts.issue("bridge-ec", ca).write(d, "ec")
+    rsa_cert, rsa_key = dtlscerts.issue("bridge-rsa", ca, kind="rsa").write(d, "rsa")
+    ca_path = os.path.join(d, "ca.pem")
+    with open(ca_path, "wb") as handle:
+        handle.write(ca.pem())
+    junk = os.path.join(d, "junk.pem")
+    with open(junk, "w") as handle:
+        handle.write("not a certificate\n")
+    return {"ec": (ec_cert, ec_key), "rsa": (rsa_cert, rsa_key), "ca": ca_path, "junk": junk,
+            "dir": d}
+
+
+def dtls(**keys):
+    return "dtls:\n" + "".join("  %s: %s\n" % (k, v) for k, v in keys.items())
+
+
+def test_dtls_is_off_by_default_on_5684():
+    config = load(None, {})
+    assert not config.dtls.enabled and config.dtls.bind_port == 5684
+    shipped = load(os.path.join(os.path.dirname(__file__), "..", "..", "conf",
+                                "coapbridge.yaml"), {})
+    assert shipped.dtls == config.dtls
+
+
+def test_environment_turns_it_on_with_files(files):
+    cert, key = files["ec"]
+    config = load(None, {"COAP_DTLS_ENABLED": "true", "COAP_DTLS_CERT_FILE": cert,
+                         "COAP_DTLS_KEY_FILE": key, "COAP_DTLS_CA_FILE": files["ca"],
+                         "COAP_DTLS_BIND_PORT": "15684"})
+    assert config.dtls.enabled and config.dtls.cert_file == cert
+    assert config.dtls.bind_port == 15684
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_rsa_and_ecdsa_bridge_keys_load(files, kind):
+    cert, key = files[kind]
+    assert load_text(dtls(enabled="true", cert_file=cert, key_file=key,
+                          ca_file=files["ca"]), {}).dtls.enabled
+
+
+def test_missing_unreadable_mismatched_and_malformed_files_are_each_one_line(files):
+    assert problems(dtls(enabled="true", cert_file="/nonexistent/c.pem",
+                         key_file=files["ec"][1])) == [
+        "dtls.cert_file: cannot read /nonexistent/c.pem"]
+    mismatch = problems(dtls(enabled="true", cert_file=files["ec"][0],
+                             key_file=files["rsa"][1]))
+    assert len(mismatch) == 1 and "does not match dtls.cert_file" in mismatch[0]
+    bad_cert = problems(dtls(enabled="true", cert_file=files["junk"], key_file=files["ec"][1]))
+    assert len(bad_cert) == 1 and "is not a PEM certificate chain" in bad_cert[0]
+    bad_ca = problems(dtls(enabled="true", cert_file=files["ec"][0], key_file=files["ec"][1],
+                           ca_file=files["junk"]))
+    assert len(bad_ca) == 1 and "holds no PEM certificate" in bad_ca[0]
+
+
+def test_no_way_to_authenticate_and_other_problems_come_together(files):
+    found = problems(dtls(enabled="true", psk="false", mtu=100, ca_file=files["ca"])
+                     + "coap:\n  bind_port: 0\n")
+    assert any("no way to authenticate" in p for p in found)
+    assert any(p.startswith("dtls.mtu:") for p in found)
+    assert any(p.startswith("dtls.ca_file: device certificates need") for p in found)
+    assert any(p.startswith("coap.bind_port") for p in found)
+
+
+def test_a_cipher_list_openssl_refuses(files):
+    found = problems(dtls(enabled="true", ciphers="NOTHING-REAL"))
+    assert len(found) == 1 and found[0].startswith("dtls.ciphers:")
+
+
+def test_off_means_not_checked():
+    assert not load_text(dtls(enabled="false", cert_file="/nonexistent"), {}).dtls.enabled

@@ -1,0 +1,353 @@
+"""The DTLS transport driven by hand: a real OpenSSL client (pyOpenSSL over memory BIOs)
+on one side, the transport with a fake UDP port and a fake clock on the other, and the
+real CoAP endpoint behind it. No sockets: every datagram is handed over here."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+from OpenSSL import SSL
+from twisted.internet.task import Clock
+
+import coapraw as raw
+import dtlscerts
+from bridge.coap.codec import make_response
+from bridge.config import DtlsConfig
+from bridge.core.auth import Certificate, PresharedKey, certificate_id
+from bridge.dtls import records
+from bridge.edge import coap as coap_edge
+from bridge.edge import dtls as dtls_edge
+from dtlsclient import client_context
+
+HELLO_VERIFY_REQUEST = 3
+
+
+class FakeUdp:
+    def __init__(self):
+        self.sent: List[Tuple[bytes, Tuple[str, int]]] = []
+
+    def write(self, data, addr):
+        self.sent.append((data, addr))
+
+    def take(self, addr) -> List[bytes]:
+        mine = [d for d, a in self.sent if a == addr]
+        self.sent = [(d, a) for d, a in self.sent if a != addr]
+        return mine
+
+
+class Bench:
+    """The transport, its CoAP endpoint (answering with the peer's credential) and keys."""
+
+    def __init__(self, tmp_path, **settings):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.keys: Dict[str, bytes] = {"dev-psk": b"sixteen byte key", "other": b"another key"}
+        self.lookups: List[str] = []
+        ca = dtlscerts.ca()
+        server = dtlscerts.issue("bridge", ca)
+        cert, key = server.write(str(tmp_path), "server")
+        ca_path = os.path.join(str(tmp_path), "ca.pem")
+        with open(ca_path, "wb") as handle:
+            handle.write(ca.pem())
+        self.ca = ca
+        self.cfg = DtlsConfig(enabled=True, cert_file=cert, key_file=key, ca_file=ca_path,
+                              **settings)
+        self.coap = coap_edge.create_protocol(self.answer, self.clock, 0.5, 247)
+        self.coap.transport = FakeUdp()
+        self.udp = FakeUdp()
+        self.dtls = dtls_edge.DtlsTransport(self.cfg, self.coap, self.clock, self.lookup,
+                                            random.Random(1).randbytes)
+        self.dtls.transport = self.udp
+        self.coap.startProtocol()
+        self.dtls.startProtocol()
+
+    def lookup(self, identity: str) -> Optional[bytes]:
+        self.lookups.append(identity)
+        return self.keys.get(identity)
+
+    @staticmethod
+    def answer(message):
+        return make_response(69, repr(message.remote.credential).encode(), 0)
+
+    def session(self, addr):
+        return self.dtls.table.get(addr)
+
+
+class Peer:
+    """One client: an OpenSSL DTLS client Connection at ``addr``."""
+
+    def __init__(self, bench: Bench, addr, psk=None, cert=None, session=None, ctx=None):
+        self.bench = bench
+        self.addr = addr
+        paths = cert.write(str(bench.cfg.ca_file) + ".d", "c%d" % addr[1]) if cert else (None, None)
+        self.ctx = ctx or client_context(psk=psk, cert=paths[0], key=paths[1])
+        self.conn = SSL.Connection(self.ctx[0], None)
+        self.conn.set_connect_state()
+        self.conn.set_ciphertext_mtu(1200)  # a memory BIO has no MTU to query
+        if session is not None:
+            self.conn.set_session(session)
+        self.flights: List[bytes] = []  # every datagram this client sent
+
+    def out(self) -> List[bytes]:
+        blob = b""
+        while True:
+            try:
+                blob += self.conn.bio_read(65536)
+            except SSL.WantReadError:
+                break
+        return records.datagrams(blob, 1400) if blob else []
+
+    def deliver(self, datagrams) -> None:
+        for datagram in datagrams:
+            self.flights.append(datagram)
+            self.bench.dtls.datagramReceived(datagram, self.addr)
+
+    def step(self) -> bool:
+        """One round trip of the handshake; True once it is done."""
+        try:
+            self.conn.do_handshake()
+            done = True
+        except SSL.WantReadError:
+            done = False
+        self.deliver(self.out())
+        for datagram in self.bench.udp.take(self.addr):
+            self.conn.bio_write(datagram)
+        return done
+
+    def handshake(self, rounds: int = 8) -> bool:
+        for _ in range(rounds):
+            try:
+                if self.step():
+                    return True
+            except SSL.Error:
+                return False
+        return False
+
+    def request(self, path: str = "/x", mid: int = 1) -> Optional[raw.Msg]:
+        self.conn.send(raw.encode(raw.request(raw.GET, path, mid=mid)))
+        self.deliver(self.out())
+        for datagram in self.bench.udp.take(self.addr):
+            self.conn.bio_write(datagram)
+        try:
+            return raw.decode(self.conn.recv(65536))
+        except SSL.WantReadError:
+            return None
+
+
+@pytest.fixture
+def bench(tmp_path):
+    os.makedirs(str(tmp_path / "ca.pem.d"))
+    return Bench(tmp_path)
+
+
+A = ("10.0.0.1", 40001)
+B = ("10.0.0.2", 40002)
+
+
+def test_a_client_hello_gets_only_a_small_hello_verify_request_and_no_state(bench):
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    with pytest.raises(SSL.WantReadError):
+        peer.conn.do_handshake()
+    first = peer.out()
+    bench.dtls.datagramReceived(first[0], A)
+    replies = bench.udp.take(A)
+    assert len(replies) == 1 and replies[0][13] == HELLO_VERIFY_REQUEST
+    assert len(replies[0]) <= len(first[0])  # no amplification
+    assert bench.session(A) is None and len(bench.dtls.table) == 0
+    assert bench.dtls.stats["hello_verify_sent"] == 1
+    # the client's second ClientHello (with the cookie) from another address: HVR again
+    peer.conn.bio_write(replies[0])
+    with pytest.raises(SSL.WantReadError):
+        peer.conn.do_handshake()
+    second = peer.out()
+    hello = records.client_hello(second[0])
+    assert hello is not None and len(hello.cookie) == 16
+    bench.dtls.datagramReceived(second[0], B)
+    replies = bench.udp.take(B)
+    assert len(replies) == 1 and replies[0][13] == HELLO_VERIFY_REQUEST
+    assert len(replies[0]) <= len(second[0])
+    assert bench.session(B) is None and len(bench.dtls.table) == 0
+    # from its own address it starts the session
+    bench.dtls.datagramReceived(second[0], A)
+    assert bench.session(A) is not None
+
+
+def test_psk_handshake_and_a_request_over_the_session_carry_the_identity(bench):
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    reply = peer.request()
+    assert reply.code_str == "2.05"
+    assert reply.payload == repr(PresharedKey("dev-psk")).encode()
+    session = bench.session(A)
+    assert session.credential == PresharedKey("dev-psk") and session.key
+    assert bench.dtls.stats["handshakes_full"] == 1
+    assert bench.dtls.sessions_established == 1
+
+
+def test_a_certificate_device_is_named_by_its_leaf(bench):
+    device = dtlscerts.issue("device-7", bench.ca)
+    peer = Peer(bench, A, cert=device)
+    assert peer.handshake()
+    assert bench.session(A).credential == Certificate(certificate_id(device.der))
+    assert bench.session(A).credential.cn == "device-7"
+    assert peer.request().payload == repr(Certificate(certificate_id(device.der), "device-7")).encode()
+
+
+def test_no_client_credential_is_none(bench):
+    peer = Peer(bench, A)
+    assert peer.handshake()
+    assert peer.request().payload == b"None"
+
+
+@pytest.mark.parametrize("which", ["expired", "not yet valid", "untrusted"])
+def test_a_bad_client_certificate_fails_the_handshake(bench, which):
+    now = dtlscerts.NOW
+    if which == "expired":
+        device = dtlscerts.issue("old", bench.ca, not_before=now - 10 * dtlscerts.DAY,
+                                 not_after=now - dtlscerts.DAY)
+    elif which == "not yet valid":
+        device = dtlscerts.issue("early", bench.ca, not_before=now + dtlscerts.DAY)
+    else:
+        device = dtlscerts.issue("stranger", dtlscerts.ca("another CA"))
+    peer = Peer(bench, A, cert=device)
+    assert not peer.handshake()
+    assert bench.session(A) is None
+    assert bench.dtls.stats["handshakes_failed"] == 1
+
+
+def test_an_unknown_identity_is_refused_and_cached_as_unknown(bench):
+    for n in range(2):
+        peer = Peer(bench, ("10.0.0.9", 41000 + n), psk=("nobody", b"whatever key"))
+        assert not peer.handshake()
+    assert bench.lookups == ["nobody"]  # the second time from the negative cache
+    assert bench.dtls.stats["unknown_psk_identity"] == 2
+    assert len(bench.dtls.table) == 0
+
+
+def test_a_wrong_key_fails_silently_and_the_deadline_reaps_it(bench):
+    peer = Peer(bench, A, psk=("dev-psk", b"not the right key"))
+    assert not peer.handshake(rounds=4)
+    assert bench.session(A) is not None and not bench.session(A).established
+    bench.clock.advance(bench.cfg.handshake_timeout + 1)
+    assert bench.session(A) is None
+    assert bench.dtls.stats["handshake_timeouts"] == 1
+
+
+def test_an_idle_session_is_ended_with_close_notify(bench):
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    bench.clock.advance(bench.cfg.idle_timeout / 2)
+    assert peer.request() is not None  # activity keeps it
+    bench.clock.advance(bench.cfg.idle_timeout - 1)
+    assert bench.session(A) is not None
+    bench.clock.advance(2)
+    assert bench.session(A) is None and bench.dtls.stats["idle_ended"] == 1
+    for datagram in bench.udp.take(A):
+        peer.conn.bio_write(datagram)
+    with pytest.raises(SSL.ZeroReturnError):
+        peer.conn.recv(100)
+
+
+def test_past_max_sessions_a_handshake_is_refused_after_its_cookie(tmp_path):
+    os.makedirs(str(tmp_path / "ca.pem.d"))
+    bench = Bench(tmp_path, max_sessions=1)
+    assert Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"])).handshake()
+    assert not Peer(bench, B, psk=("dev-psk", bench.keys["dev-psk"])).handshake()
+    assert bench.dtls.stats["refused_full"] >= 1 and bench.session(B) is None
+
+
+def test_handshakes_per_address_are_rate_limited(tmp_path):
+    os.makedirs(str(tmp_path / "ca.pem.d"))
+    bench = Bench(tmp_path, handshake_rate=0.001, handshake_burst=2)
+    done = [Peer(bench, ("10.0.0.5", 42000 + n), psk=("dev-psk", bench.keys["dev-psk"]))
+            .handshake() for n in range(3)]
+    assert done == [True, True, False]
+    assert bench.dtls.stats["refused_rate"] >= 1
+    assert Peer(bench, B, psk=("dev-psk", bench.keys["dev-psk"])).handshake()
+
+
+def test_a_resumed_session_from_a_new_port_keeps_the_identity(bench):
+    first = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert first.handshake()
+    saved = first.conn.get_session()
+    rebound = ("10.0.0.1", 50000)  # the NAT gave the device a new port
+    second = Peer(bench, rebound, psk=("dev-psk", bench.keys["dev-psk"]), session=saved,
+                  ctx=first.ctx)
+    bench.lookups.clear()
+    assert second.handshake()
+    assert second.conn.master_key() == first.conn.master_key()  # resumed
+    assert bench.lookups == []  # OpenSSL did not ask for the key again
+    assert bench.dtls.stats["handshakes_resumed"] == 1
+    assert second.request().payload == repr(PresharedKey("dev-psk")).encode()
+
+
+def test_a_late_duplicate_client_hello_leaves_the_session_alone(bench):
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    session = bench.session(A)
+    hellos = [d for d in peer.flights if records.client_hello(d) is not None]
+    for hello in hellos:  # both ClientHellos (with and without cookie), late
+        bench.dtls.datagramReceived(hello, A)
+    assert bench.session(A) is session and not session.closed
+    assert peer.request() is not None
+
+
+def test_a_new_client_hello_replaces_the_session_only_once_its_cookie_verifies(bench):
+    old = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert old.handshake()
+    session = bench.session(A)
+    rebooted = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    rebooted.step()  # first ClientHello: only the HelloVerifyRequest
+    assert bench.session(A) is session and not session.closed
+    assert rebooted.handshake()
+    assert bench.session(A) is not session and session.closed
+    assert bench.dtls.stats["replaced"] == 1
+    assert rebooted.request() is not None
+
+
+def test_end_sessions_ends_those_the_predicate_names_with_close_notify(bench):
+    psk_peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    token_peer = Peer(bench, B)
+    assert psk_peer.handshake() and token_peer.handshake()
+    saved = psk_peer.conn.get_session()
+    assert bench.dtls.end_sessions(lambda cred: cred == PresharedKey("dev-psk")) == 1
+    assert bench.session(A) is None and bench.session(B) is not None
+    for datagram in bench.udp.take(A):
+        psk_peer.conn.bio_write(datagram)
+    with pytest.raises(SSL.ZeroReturnError):
+        psk_peer.conn.recv(100)
+    # a resumption of the ended session no longer carries the identity
+    again = Peer(bench, ("10.0.0.1", 40100), session=saved, ctx=psk_peer.ctx)
+    assert again.handshake()
+    assert bench.session(again.addr).credential is None
+
+
+def test_a_changed_psk_key_ends_its_sessions(bench):
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    assert bench.dtls.end_changed_keys(bench.lookup) == 0
+    bench.keys["dev-psk"] = b"a brand new key!"
+    assert bench.dtls.end_changed_keys(bench.lookup) == 1
+    assert bench.session(A) is None
+
+
+def test_garbage_is_counted_and_harms_no_session(bench):
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    rng = random.Random(4)
+    base = peer.flights
+    for n in range(3000):
+        data = bytearray(rng.choice(base))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        addr = A if n % 3 == 0 else ("10.1.%d.%d" % (n % 200, n % 250), 1000 + n)
+        bench.dtls.datagramReceived(bytes(data), addr)
+        bench.dtls.datagramReceived(rng.randbytes(rng.randrange(0, 80)), addr)
+    session = bench.session(A)
+    if session is not None and session.established:
+        assert peer.request(mid=77) is not None
+    assert bench.dtls.stats["dropped"] > 0
+    assert Peer(bench, B, psk=("dev-psk", bench.keys["dev-psk"])).handshake()
