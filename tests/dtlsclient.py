@@ -59,7 +59,7 @@ class DtlsClient:
         if session is not None:
             self.conn.set_session(session)
         self.received: List[bytes] = []  # every datagram from the server, in order
-        self.plain: List[bytes] = []  # decrypted records not yet read
+        self.closed_by_peer = False  # its close_notify came
 
     def _flush(self) -> None:
         while True:
@@ -119,6 +119,9 @@ class DtlsClient:
                 return raw.decode(self.conn.recv(65536))
             except SSL.WantReadError:
                 pass
+            except SSL.ZeroReturnError:
+                self.closed_by_peer = True
+                return None
             self._flush()
             if not self._pump(deadline):
                 return None

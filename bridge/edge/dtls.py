@@ -75,6 +75,18 @@ STATS = ("hello_verify_sent", "handshakes_full", "handshakes_resumed", "handshak
          "records_in", "records_out")
 
 
+def _note_verify_error(connection: SSL.Connection, cert: Any, error: int, depth: int,
+                       ok: int) -> bool:
+    """OpenSSL's verdict on one certificate of a client chain, unchanged; a failure is
+    noted on the session for the log line (OpenSSL itself only says "verify failed")."""
+    if not ok:
+        session = connection.get_app_data()
+        if isinstance(session, DtlsSession) and session.verify_error is None:
+            text = psk_edge.ffi.string(psk_edge.lib.X509_verify_cert_error_string(error))
+            session.verify_error = "%s (depth %d)" % (text.decode("ascii", "replace"), depth)
+    return bool(ok)
+
+
 def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], bytes],
                   cookie_verify: Callable[[SSL.Connection, bytes], bool]) -> SSL.Context:
     """The server context (raises ``SSL.Error`` or ``OSError`` on a bad file)."""
@@ -92,7 +104,7 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
         ctx.load_verify_locations(cfg.ca_file)
         # WANTED, as ThingsBoard: asked for, not required (token devices use DTLS too);
         # a chain that is presented is verified by OpenSSL
-        ctx.set_verify(SSL.VERIFY_PEER)
+        ctx.set_verify(SSL.VERIFY_PEER, _note_verify_error)
         ctx.set_verify_depth(8)
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
@@ -148,7 +160,8 @@ class DtlsSession:
     """One DTLS session: the CoAP endpoint's peer (``key``, ``address``, ``credential``)."""
 
     __slots__ = ("key", "address", "credential", "connection", "transport", "established",
-                 "client_random", "psk_identity", "psk_key", "timer_due", "closed")
+                 "client_random", "psk_identity", "psk_key", "timer_due", "closed",
+                 "verify_error")
 
     def __init__(self, key: str, address: Address, connection: SSL.Connection,
                  transport: "DtlsTransport", client_random: bytes):
@@ -163,6 +176,7 @@ class DtlsSession:
         self.psk_key: Optional[bytes] = None
         self.timer_due: Optional[float] = None
         self.closed = False
+        self.verify_error: Optional[str] = None  # why its certificate failed, if it did
 
     def send(self, data: bytes) -> None:
         """A CoAP datagram for this peer: encrypted and sent (dropped once closed)."""
@@ -333,8 +347,11 @@ class DtlsTransport(DatagramProtocol):
         except SSL.Error as exc:
             self._flush(session)  # the alert, if OpenSSL sends one
             self.stats["handshakes_failed"] += 1
+            reason = _openssl_reason(exc)
+            if session.verify_error is not None:
+                reason = "%s: %s" % (reason, session.verify_error)
             log.info("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                     reason=_openssl_reason(exc))
+                     reason=reason)
             self._end(session, "handshake failed", notify=False)
             return
         self._flush(session)

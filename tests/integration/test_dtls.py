@@ -1,0 +1,322 @@
+"""CoAPs through the real bridge: libcoap's OpenSSL and GnuTLS clients (and an OpenSSL
+client of our own where a test needs resumption or to look at the datagrams) against
+``twistd -n coapbridge`` with DTLS on, a real mosquitto and the platform simulator.
+Certificates are made here with ``cryptography``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+import coapraw as raw
+import dtlscerts
+from conftest import BridgeProcess, Mosquitto, free_ports, wait_until
+from dtlsclient import DtlsClient, client_context
+from platform_sim import PlatformSim
+from bridge.dtls import records
+
+pytestmark = pytest.mark.integration
+OPENSSL = shutil.which("coap-client-openssl")
+GNUTLS = shutil.which("coap-client-gnutls")
+CLIENTS = {"openssl": OPENSSL, "gnutls": GNUTLS}
+PACKAGE = bytes(range(256)) * 64  # 16 KiB firmware
+HELLO_VERIFY_REQUEST = 3
+
+
+class Pki:
+    """The bridge's certificate, the CA devices chain to, and device certificates."""
+
+    def __init__(self, directory: str):
+        self.dir = directory
+        self.ca = dtlscerts.ca()
+        self.intermediate = dtlscerts.issue("coapbridge intermediate", self.ca, ca=True)
+        server = dtlscerts.issue("localhost", self.ca, dns="localhost")
+        self.cert, self.key = server.write(directory, "bridge")
+        self.ca_file = os.path.join(directory, "ca.pem")
+        with open(self.ca_file, "wb") as handle:  # the intermediate too: see dtls.ca_file
+            handle.write(self.ca.pem() + self.intermediate.pem())
+        self.root_only = os.path.join(directory, "root.pem")
+        with open(self.root_only, "wb") as handle:
+            handle.write(self.ca.pem())
+
+    def device(self, name: str, issuer=None, chain: bool = False, **kwargs):
+        issued = dtlscerts.issue(name, issuer or self.ca, **kwargs)
+        cert, key = issued.write(self.dir, name, chain=chain)
+        return issued, cert, key
+
+
+def start_dtls_bridge(workdir, broker, pki, devices=(), **dtls):
+    settings = {"enabled": True, "cert_file": pki.cert, "key_file": pki.key,
+                "ca_file": pki.ca_file, "bind_port": free_ports()}
+    settings.update(dtls)
+    bridge = BridgeProcess(workdir, broker.port, dtls=settings,
+                           ota={"source": "directory", "directory": os.path.join(workdir, "ota")},
+                           coap={"ack_timeout": 0.5, "max_retransmit": 2,
+                                 "empty_ack_delay": 0.25})
+    os.makedirs(os.path.join(workdir, "ota", "blinker"), exist_ok=True)
+    with open(os.path.join(workdir, "ota", "blinker", "2.0"), "wb") as handle:
+        handle.write(PACKAGE)
+    for name, token in devices:
+        bridge.add_device(name, token)
+    bridge.dtls_port = settings["bind_port"]
+    bridge.start()
+    wait_until(lambda: "CoAPs (DTLS) listening" in bridge.read_log(), 10, "DTLS to listen")
+    return bridge
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("dtls"))
+    broker = Mosquitto(workdir).start()
+    platform = PlatformSim(broker.port)
+    pki = Pki(workdir)
+    bridge = start_dtls_bridge(workdir, broker, pki,
+                               [("Dtls %d" % n, "dtok%d" % n) for n in range(1, 10)])
+    yield broker, platform, bridge, pki
+    bridge.stop()
+    platform.close()
+    broker.stop()
+
+
+def coaps(bridge, path):
+    return "coaps://127.0.0.1:%d%s" % (bridge.dtls_port, path)
+
+
+def client(which, *args, timeout=30):
+    binary = CLIENTS[which]
+    assert binary, "libcoap3-bin's coap-client-%s is missing (make test installs it)" % which
+    done = subprocess.run([binary, "-v", "6", *args], capture_output=True, timeout=timeout)
+    out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    codes = re.findall(r"t:(?:ACK|CON|NON) c:(\d\.\d\d)", out)
+    return (codes[-1] if codes else None), out
+
+
+def payloads(out):
+    """The payloads of the responses libcoap printed (-v 6), in order."""
+    return re.findall(r"t:(?:ACK|CON|NON) c:2\.\d\d [^\n]*:: '([^\n]*)'$", out, re.M)
+
+
+# -- token in the path over an encrypted channel ------------------------------------------
+
+@pytest.mark.parametrize("which", ["openssl", "gnutls"])
+def test_token_device_posts_telemetry_over_dtls_without_a_client_certificate(env, which):
+    broker, platform, bridge, pki = env
+    code, out = client(which, "-m", "post", "-e", '{"over_dtls": "%s"}' % which,
+                       coaps(bridge, "/api/v1/dtok1/telemetry"))
+    assert code == "2.01", out[-800:]
+    platform.wait_for("v1/gateway/telemetry",
+                      lambda p: any(e["values"].get("over_dtls") == which
+                                    for e in p.get("Dtls 1", [])))
+    assert "no client credential" in bridge.read_log()
+
+
+def test_unknown_token_over_dtls_is_4_01(env):
+    broker, platform, bridge, pki = env
+    code, out = client("openssl", "-m", "post", "-e", "{}",
+                       coaps(bridge, "/api/v1/nosuchtoken/telemetry"))
+    assert code == "4.01", out[-500:]
+
+
+def test_attribute_read_over_dtls(env):
+    broker, platform, bridge, pki = env
+    platform.set_attributes("Dtls 2", {"a": 1}, {"s": "x"})
+    code, out = client("openssl", "-m", "get",
+                       coaps(bridge, "/api/v1/dtok2/attributes?clientKeys=a&sharedKeys=s"))
+    assert code == "2.05", out[-500:]
+    assert json.loads(payloads(out)[-1]) == {"client": {"a": 1}, "shared": {"s": "x"}}
+
+
+def test_attribute_observe_gets_notifications_over_the_session(env):
+    broker, platform, bridge, pki = env
+    platform.set_attributes("Dtls 3", {}, {"mode": "eco", "unit": "C"})
+    proc = subprocess.Popen([OPENSSL, "-m", "get", "-s", "5", "-v", "6",
+                             coaps(bridge, "/api/v1/dtok3/attributes")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    platform.wait_for("v1/gateway/connect", lambda p: p["device"] == "Dtls 3")
+    time.sleep(1.0)
+    platform.push_attributes("Dtls 3", {"mode": "comfort"})
+    out = proc.communicate(timeout=20)[0].decode(errors="replace")
+    assert [json.loads(p) for p in payloads(out)] == [{"mode": "eco", "unit": "C"},
+                                                      {"mode": "comfort"}], out[-1500:]
+
+
+def test_rpc_observe_notification_and_reply_over_dtls(env, tmp_path):
+    broker, platform, bridge, pki = env
+    proc = subprocess.Popen([GNUTLS, "-m", "get", "-s", "5", "-v", "6",
+                             coaps(bridge, "/api/v1/dtok4/rpc")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    platform.wait_for("v1/gateway/connect", lambda p: p["device"] == "Dtls 4")
+    time.sleep(1.0)
+    platform.send_rpc("Dtls 4", 77, "blink", {"times": 3})
+    out = proc.communicate(timeout=20)[0].decode(errors="replace")
+    assert '{"id":77,"method":"blink","params":{"times":3}}' in out, out[-1500:]
+    code, out = client("openssl", "-m", "post", "-e", '{"blinked": 3}',
+                       coaps(bridge, "/api/v1/dtok4/rpc/77"))
+    assert code == "2.01", out[-500:]
+    platform.wait_for("v1/gateway/rpc", lambda p: p == {"device": "Dtls 4", "id": 77,
+                                                        "data": {"blinked": 3}})
+
+
+@pytest.mark.parametrize("which", ["openssl", "gnutls"])
+def test_firmware_download_by_block2_over_dtls(env, tmp_path, which):
+    broker, platform, bridge, pki = env
+    platform.set_attributes("Dtls 5", {}, {
+        "fw_title": "blinker", "fw_version": "2.0", "fw_size": len(PACKAGE),
+        "fw_checksum": hashlib.sha256(PACKAGE).hexdigest(), "fw_checksum_algorithm": "SHA256"})
+    out_file = tmp_path / ("fw-%s.bin" % which)
+    code, out = client(which, "-b", "512", "-o", str(out_file),
+                       coaps(bridge, "/api/v1/dtok5/firmware?title=blinker&version=2.0"),
+                       timeout=60)
+    assert out_file.read_bytes() == PACKAGE, out[-800:]
+
+
+# -- handshakes ----------------------------------------------------------------------------
+
+def test_the_first_answer_is_a_hello_verify_request_no_bigger_than_the_client_hello(env):
+    broker, platform, bridge, pki = env
+    peer = DtlsClient("127.0.0.1", bridge.dtls_port, client_context()).handshake()
+    first_out = peer.received[0]
+    assert first_out[0] == records.HANDSHAKE and first_out[13] == HELLO_VERIFY_REQUEST
+    assert len(first_out) < 100
+    reply = peer.exchange(raw.request(raw.POST, "/api/v1/dtok6/telemetry", b'{"hvr": 1}'))
+    assert reply.code_str == "2.01"
+    peer.close()
+    # a spoofed ClientHello (the same one, from another socket) gets only the cookie again
+    probe = DtlsClient("127.0.0.1", bridge.dtls_port, client_context())
+    try:
+        probe.conn.do_handshake()
+    except Exception:
+        pass
+    hello = probe.conn.bio_read(65536)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1.0)
+    sock.sendto(hello, ("127.0.0.1", bridge.dtls_port))
+    answer = sock.recv(70000)
+    assert answer[13] == HELLO_VERIFY_REQUEST and len(answer) <= len(hello)
+    with pytest.raises(socket.timeout):
+        sock.recv(70000)  # nothing else
+    sock.close()
+    probe.close(notify=False)
+
+
+def test_a_rebound_port_resumes_the_session_and_goes_on(env):
+    broker, platform, bridge, pki = env
+    ctx = client_context()
+    first = DtlsClient("127.0.0.1", bridge.dtls_port, ctx).handshake()
+    assert first.exchange(raw.request(raw.POST, "/api/v1/dtok7/telemetry", b'{"n": 1}',
+                                      mid=1)).code_str == "2.01"
+    saved = first.session()
+    first.close(notify=False)  # the NAT forgot the mapping: no close_notify
+    second = DtlsClient("127.0.0.1", bridge.dtls_port, ctx, session=saved).handshake()
+    assert second.resumed
+    assert second.exchange(raw.request(raw.POST, "/api/v1/dtok7/telemetry", b'{"n": 2}',
+                                       mid=2)).code_str == "2.01"
+    platform.wait_for("v1/gateway/telemetry",
+                      lambda p: any(e["values"].get("n") == 2 for e in p.get("Dtls 7", [])))
+    assert "(resumed," in bridge.read_log()
+    second.close()
+
+
+@pytest.mark.parametrize("which", ["openssl", "gnutls"])
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_ecdsa_and_rsa_device_certificates_complete_the_handshake(env, which, kind):
+    broker, platform, bridge, pki = env
+    issued, cert, key = pki.device("dev-%s-%s" % (kind, which), kind=kind)
+    code, out = client(which, "-m", "post", "-e", '{"cert": 1}', "-c", cert, "-j", key,
+                       "-C", pki.root_only, coaps(bridge, "/api/v1/dtok8/telemetry"))
+    assert code == "2.01", out[-800:]
+    wait_until(lambda: "CN=dev-%s-%s" % (kind, which) in bridge.read_log(), 5,
+               "the certificate in the log")
+
+
+@pytest.mark.parametrize("which", ["openssl", "gnutls"])
+def test_a_device_certificate_from_an_intermediate_ca(env, which):
+    broker, platform, bridge, pki = env
+    issued, cert, key = pki.device("dev-chain-%s" % which, issuer=pki.intermediate, chain=True)
+    code, out = client(which, "-m", "post", "-e", '{"chain": 1}', "-c", cert, "-j", key,
+                       "-C", pki.root_only, coaps(bridge, "/api/v1/dtok8/telemetry"))
+    assert code == "2.01", out[-800:]
+    wait_until(lambda: "CN=dev-chain-%s" % which in bridge.read_log(), 5,
+               "the certificate in the log")
+
+
+@pytest.mark.parametrize("which,alert", [("openssl", "certificate expired"),
+                                         ("gnutls", "Alert '45'")])
+def test_an_expired_device_certificate_fails_the_handshake(env, which, alert):
+    broker, platform, bridge, pki = env
+    now = dtlscerts.NOW
+    issued, cert, key = pki.device("dev-expired-%s" % which, not_before=now - 9 * dtlscerts.DAY,
+                                   not_after=now - dtlscerts.DAY)
+    code, out = client(which, "-m", "post", "-e", "{}", "-c", cert, "-j", key,
+                       "-C", pki.root_only, coaps(bridge, "/api/v1/dtok8/telemetry"))
+    assert code is None, out[-800:]
+    assert alert.lower() in out.lower()
+    wait_until(lambda: "certificate has expired (depth 0)" in bridge.read_log(), 5,
+               "the failure logged")
+
+
+@pytest.mark.parametrize("which,alert", [("openssl", "unknown ca"), ("gnutls", "Alert '48'")])
+def test_an_untrusted_device_certificate_fails_the_handshake(env, which, alert):
+    broker, platform, bridge, pki = env
+    stranger = dtlscerts.ca("some other CA")
+    issued, cert, key = pki.device("dev-stranger-%s" % which, issuer=stranger)
+    code, out = client(which, "-m", "post", "-e", "{}", "-c", cert, "-j", key,
+                       "-C", pki.root_only, coaps(bridge, "/api/v1/dtok8/telemetry"))
+    assert code is None, out[-800:]
+    assert alert.lower() in out.lower()
+
+
+@pytest.mark.parametrize("which,alert", [("openssl", "unknown psk identity"),
+                                         ("gnutls", "Alert '115'")])
+def test_an_unknown_psk_identity_is_refused_with_an_alert(env, which, alert):
+    broker, platform, bridge, pki = env
+    code, out = client(which, "-m", "get", "-u", "nobody-%s" % which, "-k", "some key",
+                       coaps(bridge, "/api/v1/attributes"))
+    assert code is None, out[-800:]
+    assert alert.lower() in out.lower()
+
+
+def test_the_bridge_logged_no_error_and_no_traceback(env):
+    broker, platform, bridge, pki = env
+    text = bridge.read_log()
+    assert "Traceback" not in text
+    assert "#error]" not in text and "#critical]" not in text
+
+
+# -- bounds --------------------------------------------------------------------------------
+
+def test_past_max_sessions_handshakes_are_refused_and_idle_sessions_are_reaped(tmp_path):
+    # a test about dtls.max_sessions and dtls.idle_timeout: both small here
+    workdir = str(tmp_path)
+    broker = Mosquitto(workdir).start()
+    pki = Pki(workdir)
+    bridge = start_dtls_bridge(workdir, broker, pki, [("Bound", "btok")], max_sessions=2,
+                               idle_timeout=3, handshake_timeout=2)
+    try:
+        ctx = client_context()
+        kept = [DtlsClient("127.0.0.1", bridge.dtls_port, ctx).handshake() for _ in range(2)]
+        refused = DtlsClient("127.0.0.1", bridge.dtls_port, ctx, timeout=2.5)
+        with pytest.raises(TimeoutError):
+            refused.handshake()
+        refused.close(notify=False)
+        assert "(dtls.max_sessions)" in bridge.read_log()
+        # the idle timeout ends both (close_notify), and then there is room again
+        wait_until(lambda: bridge.read_log().count("idle: ended") >= 2, 10, "idle reaping")
+        for peer in kept:
+            assert peer.recv(1.0) is None and peer.closed_by_peer
+            peer.close(notify=False)
+        again = DtlsClient("127.0.0.1", bridge.dtls_port, ctx).handshake()
+        assert again.exchange(raw.request(raw.POST, "/api/v1/btok/telemetry",
+                                          b'{"room": 1}')).code_str == "2.01"
+        again.close()
+    finally:
+        bridge.stop()
+        broker.stop()
