@@ -3,8 +3,8 @@
 A credential is a small value naming how the device proved who it is: the access token
 in the Uri-Path (``AccessToken``), or what a DTLS session verified, its client certificate
 (``Certificate``, named by ThingsBoard's certificate id, ``certificate_id``) or its PSK
-identity (``PresharedKey``). An unknown credential is 4.01, counted, and summed up in one warning a minute per
-scan (see tokenscan.py), never logged per request.
+identity (``PresharedKey``). An unknown credential is 4.01, counted, and summed up in
+one warning a minute per scan (see tokenscan.py), never logged per request.
 """
 
 from __future__ import annotations
