@@ -196,6 +196,7 @@ class Bridge:
         self.apply(self.core.on_notified(ref, outcome, self.now()))
 
     def tick(self) -> None:
+        self.registry_view.refresh()  # removed credentials end their sessions without a request
         self.apply(self.core.on_tick(self.now()))
 
     def reconnect_device(self, name: str) -> None:

@@ -53,7 +53,7 @@ class Pki:
         return issued, cert, key
 
 
-def start_dtls_bridge(workdir, broker, pki, devices=(), **dtls):
+def start_dtls_bridge(workdir, broker, pki, devices=(), psk_devices=(), **dtls):
     settings = {"enabled": True, "cert_file": pki.cert, "key_file": pki.key,
                 "ca_file": pki.ca_file, "bind_port": free_ports()}
     settings.update(dtls)
@@ -66,6 +66,8 @@ def start_dtls_bridge(workdir, broker, pki, devices=(), **dtls):
         handle.write(PACKAGE)
     for name, token in devices:
         bridge.add_device(name, token)
+    for name, token, identity, key in psk_devices:
+        bridge.registry.add(name, token, "default", psk_identity=identity, psk_key=key)
     bridge.dtls_port = settings["bind_port"]
     bridge.start()
     wait_until(lambda: "CoAPs (DTLS) listening" in bridge.read_log(), 10, "DTLS to listen")
@@ -79,7 +81,10 @@ def env(tmp_path_factory):
     platform = PlatformSim(broker.port)
     pki = Pki(workdir)
     bridge = start_dtls_bridge(workdir, broker, pki,
-                               [("Dtls %d" % n, "dtok%d" % n) for n in range(1, 10)])
+                               [("Dtls %d" % n, "dtok%d" % n) for n in range(1, 10)],
+                               psk_devices=[("Psk 1", "ptok1", None, b"psk-secret-1"),
+                                            ("Psk 2", "ptok2", "sensor-42", b"psk-secret-2"),
+                                            ("Psk 3", "ptok3", None, b"psk-secret-3")])
     yield broker, platform, bridge, pki
     bridge.stop()
     platform.close()
@@ -176,6 +181,44 @@ def test_firmware_download_by_block2_over_dtls(env, tmp_path, which):
                        coaps(bridge, "/api/v1/dtok5/firmware?title=blinker&version=2.0"),
                        timeout=60)
     assert out_file.read_bytes() == PACKAGE, out[-800:]
+
+
+# -- pre-shared keys -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("which", ["openssl", "gnutls"])
+def test_psk_whose_identity_is_the_token(env, which):
+    broker, platform, bridge, pki = env
+    code, out = client(which, "-m", "post", "-e", '{"psk": "%s"}' % which, "-u", "ptok1",
+                       "-k", "psk-secret-1", coaps(bridge, "/api/v1/ptok1/telemetry"))
+    assert code == "2.01", out[-800:]
+    platform.wait_for("v1/gateway/telemetry",
+                      lambda p: any(e["values"].get("psk") == which
+                                    for e in p.get("Psk 1", [])))
+
+
+@pytest.mark.parametrize("which", ["openssl", "gnutls"])
+def test_psk_with_an_identity_of_its_own(env, which):
+    broker, platform, bridge, pki = env
+    code, out = client(which, "-m", "post", "-e", '{"own_identity": 1}', "-u", "sensor-42",
+                       "-k", "psk-secret-2", coaps(bridge, "/api/v1/ptok2/telemetry"))
+    assert code == "2.01", out[-800:]
+    assert "PSK identity sens" in bridge.read_log()  # masked like a token
+
+
+def test_a_session_ends_when_its_psk_leaves_the_registry(env):
+    broker, platform, bridge, pki = env
+    peer = DtlsClient("127.0.0.1", bridge.dtls_port,
+                      client_context(psk=("ptok3", b"psk-secret-3"))).handshake()
+    assert peer.exchange(raw.request(raw.POST, "/api/v1/ptok3/telemetry",
+                                     b'{"before": 1}')).code_str == "2.01"
+    bridge.registry.remove("Psk 3")
+    assert peer.recv(10.0) is None and peer.closed_by_peer
+    wait_until(lambda: "left the registry" in bridge.read_log(), 5, "the session's end logged")
+    again = DtlsClient("127.0.0.1", bridge.dtls_port,
+                       client_context(psk=("ptok3", b"psk-secret-3")), timeout=3)
+    with pytest.raises(Exception):  # unknown_psk_identity now
+        again.handshake()
+    again.close(notify=False)
 
 
 # -- handshakes ----------------------------------------------------------------------------
@@ -298,7 +341,8 @@ def test_past_max_sessions_handshakes_are_refused_and_idle_sessions_are_reaped(t
     workdir = str(tmp_path)
     broker = Mosquitto(workdir).start()
     pki = Pki(workdir)
-    bridge = start_dtls_bridge(workdir, broker, pki, [("Bound", "btok")], max_sessions=2,
+    bridge = start_dtls_bridge(workdir, broker, pki, [("Bound", "btok")],
+                               [("Bound PSK", "bptok", None, b"right key")], max_sessions=2,
                                idle_timeout=3, handshake_timeout=2)
     try:
         ctx = client_context()
@@ -317,6 +361,12 @@ def test_past_max_sessions_handshakes_are_refused_and_idle_sessions_are_reaped(t
         assert again.exchange(raw.request(raw.POST, "/api/v1/btok/telemetry",
                                           b'{"room": 1}')).code_str == "2.01"
         again.close()
+        # a wrong PSK key: this client's bad Finished is dropped without an alert, so it
+        # waits in vain, and the bridge reaps the half-open session at its deadline
+        code, out = client("openssl", "-B", "4", "-m", "get", "-u", "bptok", "-k", "wrong key",
+                           coaps(bridge, "/api/v1/bptok/attributes"))
+        assert code is None, out[-500:]
+        wait_until(lambda: "not finished within 2" in bridge.read_log(), 10, "the reaping")
     finally:
         bridge.stop()
         broker.stop()
