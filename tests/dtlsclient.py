@@ -60,6 +60,7 @@ class DtlsClient:
             self.conn.set_session(session)
         self.received: List[bytes] = []  # every datagram from the server, in order
         self.closed_by_peer = False  # its close_notify came
+        self.sent: List[bytes] = []  # every datagram this client sent, in order
 
     def _flush(self) -> None:
         while True:
@@ -67,6 +68,7 @@ class DtlsClient:
                 data = self.conn.bio_read(65536)
             except SSL.WantReadError:
                 return
+            self.sent.append(data)
             self.sock.sendto(data, self.addr)
 
     def _pump(self, deadline: float) -> bool:

@@ -227,3 +227,86 @@ def test_data_files_are_private(target):
         mode = os.stat(path).st_mode & 0o777
         assert mode == (0o700 if os.path.isdir(path) else 0o600), (name, oct(mode))
     assert os.stat(bridge.data_dir).st_mode & 0o077 == 0
+
+
+# -- DTLS ------------------------------------------------------------------------------------
+
+DTLS_FUZZ_DATAGRAMS = 20_000
+
+
+@pytest.fixture(scope="module")
+def dtls_target(tmp_path_factory):
+    from test_dtls import Pki, start_dtls_bridge
+    workdir = str(tmp_path_factory.mktemp("hostile-dtls"))
+    broker = Mosquitto(workdir).start()
+    pki = Pki(workdir)
+    bridge = start_dtls_bridge(workdir, broker, pki, [("Calm", "calmTok")],
+                               [("Fuzzy", "fuzzTok", None, b"fuzzing key")])
+    yield broker, bridge
+    bridge.stop()
+    broker.kill()
+
+
+def test_fuzzing_20k_dtls_records_and_handshakes_harms_no_session(dtls_target):
+    """Mutations of real flights (ClientHellos with and without a valid cookie, the
+    client's key exchange and Finished, application records, the server's own flights)
+    from a fuzzing socket whose address the cookies belong to, and random bytes: the
+    bridge keeps running, logs no error, and an established session goes on working."""
+    from dtlsclient import DtlsClient, client_context
+    broker, bridge = dtls_target
+    port = bridge.dtls_port
+    fuzzer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fuzzer.bind(("127.0.0.1", 0))
+    # seeds: one PSK and one certificate-less handshake from the fuzzing socket itself
+    seeds = []
+    for context in (client_context(psk=("fuzzTok", b"fuzzing key")), client_context()):
+        seed = DtlsClient("127.0.0.1", port, context, sock=fuzzer).handshake()
+        seed.send(raw.request(raw.POST, "/api/v1/fuzzTok/telemetry", b'{"seed": 1}'))
+        seeds += seed.sent + seed.received
+    fuzzer.setblocking(False)
+    checker = DtlsClient("127.0.0.1", port,
+                         client_context(psk=("fuzzTok", b"fuzzing key"))).handshake()
+    rng = random.Random(20261201)
+    before = rss_kib(bridge.proc.pid)
+    pings = 0
+    try:
+        for n in range(DTLS_FUZZ_DATAGRAMS):
+            data = mutate(rng, rng.choice(seeds)) if n % 10 else rng.randbytes(rng.randint(0, 200))
+            try:
+                fuzzer.sendto(data, ("127.0.0.1", port))
+            except BlockingIOError:
+                time.sleep(0.001)
+            try:
+                while fuzzer.recv(70000):
+                    pass
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+            if n % 100 == 99:  # a CON ping over the checker's session: answered with RST
+                mid = n % 65536
+                checker.send(raw.Msg(raw.CON, 0, mid))
+                while True:
+                    pong = checker.recv(5)
+                    assert pong is not None, "the bridge stopped answering"
+                    if pong.mtype == raw.RST and pong.mid == mid:
+                        break
+                pings += 1
+        assert bridge.proc.poll() is None, "the bridge died"
+        assert pings == DTLS_FUZZ_DATAGRAMS // 100
+        reply = checker.exchange(raw.request(raw.POST, "/api/v1/calmTok/telemetry",
+                                             b'{"after": 1}', mid=4242, token=b"ok"))
+        assert reply.code_str == "2.01"
+        time.sleep(2.5)  # the fuzzer spent 127.0.0.1's handshake budget (dtls.handshake_rate)
+        fresh = DtlsClient("127.0.0.1", port, client_context()).handshake()
+        assert fresh.exchange(raw.request(raw.POST, "/api/v1/calmTok/telemetry",
+                                          b'{"fresh": 1}')).code_str == "2.01"
+        fresh.close()
+        growth = rss_kib(bridge.proc.pid) - before
+        print("RESULT " + json.dumps({"test": "dtls-fuzz", "datagrams": DTLS_FUZZ_DATAGRAMS,
+                                      "rss_growth_kib": growth}))
+        assert growth < 100 * 1024, "RSS grew by %d KiB" % growth
+        log = bridge.read_log()
+        assert "Traceback" not in log and "Unhandled" not in log
+        assert "#error]" not in log and "#critical]" not in log
+    finally:
+        fuzzer.close()
+        checker.close()
