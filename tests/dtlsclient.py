@@ -24,8 +24,6 @@ def client_context(psk: Optional[Tuple[str, bytes]] = None, cert: Optional[str] 
     ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
     ctx.set_min_proto_version(0xFEFD)
     ctx.set_options(SSL.OP_NO_QUERY_MTU | (0 if tickets else SSL.OP_NO_TICKET))
-    # as libcoap's clients: PSK suites only with a key, certificate suites otherwise
-    ctx.set_cipher_list(ciphers or (b"PSK:@SECLEVEL=0" if psk else b"DEFAULT:@SECLEVEL=0"))
     ctx.set_verify(SSL.VERIFY_NONE)
     if cert:
         ctx.use_certificate_chain_file(cert)
@@ -41,6 +39,9 @@ def client_context(psk: Optional[Tuple[str, bytes]] = None, cert: Optional[str] 
         keep = ffi.callback("unsigned int (*)(SSL *, const char *, char *, unsigned int, "
                             "unsigned char *, unsigned int)", on_hint)
         lib.SSL_CTX_set_psk_client_callback(ctx._context, keep)
+    # as libcoap's clients: PSK suites only with a key, certificate suites otherwise (last:
+    # pyOpenSSL before 26 checks the list on a Connection, freezing the context)
+    ctx.set_cipher_list(ciphers or (b"PSK:@SECLEVEL=0" if psk else b"DEFAULT:@SECLEVEL=0"))
     return ctx, keep
 
 

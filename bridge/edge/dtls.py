@@ -95,7 +95,6 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
     ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
                     | SSL.OP_NO_TICKET)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    ctx.set_cipher_list(cfg.ciphers.encode("ascii"))
     if cfg.cert_file:
         ctx.use_certificate_chain_file(cfg.cert_file)
         ctx.use_privatekey_file(cfg.key_file)
@@ -111,6 +110,9 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
     ctx.set_timeout(SESSION_LIFETIME)
     ctx.set_cookie_generate_callback(cookie_generate)
     ctx.set_cookie_verify_callback(cookie_verify)
+    # last: pyOpenSSL before 26 checks the list on a throw-away Connection, after which
+    # it warns about (and will refuse) any change to the context
+    ctx.set_cipher_list(cfg.ciphers.encode("ascii"))
     return ctx
 
 
@@ -130,13 +132,15 @@ def check_config(cfg: DtlsConfig) -> List[str]:
             problems.append("dtls.%s: cannot read %s" % (key, path))
     if problems:
         return problems
-    steps = [("ciphers", lambda ctx: ctx.set_cipher_list(cfg.ciphers.encode("ascii")))]
+    steps = []
     if cfg.cert_file:
         steps += [("cert_file", lambda ctx: ctx.use_certificate_chain_file(cfg.cert_file)),
                   ("key_file", lambda ctx: ctx.use_privatekey_file(cfg.key_file)),
                   ("key_file", lambda ctx: ctx.check_privatekey())]
     if cfg.ca_file:
         steps.append(("ca_file", lambda ctx: ctx.load_verify_locations(cfg.ca_file)))
+    # last, as in build_context
+    steps.append(("ciphers", lambda ctx: ctx.set_cipher_list(cfg.ciphers.encode("ascii"))))
     what = {"ciphers": "OpenSSL accepts no cipher of %r" % cfg.ciphers,
             "cert_file": "%s is not a PEM certificate chain" % cfg.cert_file,
             "ca_file": "%s holds no PEM certificate" % cfg.ca_file}
@@ -146,7 +150,7 @@ def check_config(cfg: DtlsConfig) -> List[str]:
             step(ctx)
         except (SSL.Error, UnicodeError) as exc:
             if key == "key_file":
-                text = ("%s is not a PEM private key" % cfg.key_file if n == 2 else
+                text = ("%s is not a PEM private key" % cfg.key_file if n == 1 else
                         "%s does not match dtls.cert_file %s" % (cfg.key_file, cfg.cert_file))
             else:
                 text = what[key]
