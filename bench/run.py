@@ -134,17 +134,11 @@ class Run:
         assert proc.stdout.readline().strip() == "ready"
         return proc
 
-    def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None,
-               psk_key: Optional[bytes] = None) -> Any:
-        """``psk_key``: every device gets it too, under its token as PSK identity."""
+    def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None) -> Any:
         data = tempfile.mkdtemp(dir=self.work)
         from bridge.registry import Registry
         registry = Registry(os.path.join(data, "registry.sqlite3"))
-        if psk_key is None:
-            registry.import_rows([(name, "t" + name, "default") for name in devices])
-        else:
-            for name in devices:
-                registry.add(name, "t" + name, "default", psk_key=psk_key)
+        registry.import_rows([(name, "t" + name, "default") for name in devices])
         registry.close()
         coap_port = free_port(socket.SOCK_DGRAM)
         config = {"coap": {"bind_address": "127.0.0.1", "bind_port": coap_port,
@@ -542,9 +536,6 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
               "1000/s (%d/s answered, p99 %.2f ms)." % (
                   fw["devices"], fw["seconds"], fw["throughput_kib_s"], fw["intact"],
                   fw["telemetry_during"].get("rate", 0), fw["telemetry_during"].get("p99_ms", 0))]
-    if "dtls" in out:
-        import dtlsbench
-        lines += dtlsbench.lines(out["dtls"])
     with open(os.path.join(RESULTS, name + ".md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     try:
@@ -580,7 +571,6 @@ def main() -> int:
                         help="file name for bench/results/NAME.{json,md,png}")
     parser.add_argument("--observers", type=int, default=None,
                         help="devices in the observer scenario (default 3,000 quick, 100,000 full)")
-    parser.add_argument("--no-dtls", action="store_true", help="skip the DTLS section")
     parser.add_argument("--server-python", default=sys.executable,
                         help="interpreter (of a virtualenv) running the bridge and baselines")
     args = parser.parse_args()
@@ -597,9 +587,6 @@ def main() -> int:
         scenario_telemetry(run, out)
         scenario_observers(run, out)
         scenario_firmware(run, out)
-        if not args.no_dtls:
-            import dtlsbench
-            dtlsbench.scenario_dtls(run, out)
     finally:
         run.close()
     write_report(out, args.name)
