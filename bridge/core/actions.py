@@ -49,6 +49,9 @@ class Request(NamedTuple):
     remote: Hashable = None
     confirmable: bool = True
     block2: Optional[Tuple[int, int]] = None  # Block2 asked: (block number, block size)
+    # what the DTLS session verified (core.auth.Certificate or PresharedKey), or None:
+    # plain UDP, or DTLS without a client credential (the token in the path decides)
+    credential: Any = None
 
 
 @dataclass(frozen=True, **SLOTS)
@@ -230,7 +233,7 @@ class ServePackage:
 
     ref: int
     device: str
-    token: str
+    token: Optional[str]  # the device's access token; None: none known (directory source)
     package: Any  # core.ota.PackageInfo
     offset: int = 0
     length: Optional[int] = None

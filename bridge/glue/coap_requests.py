@@ -5,7 +5,11 @@ request 5.03 beyond the pending bounds (``admission``), keeps a plain uplink
 (``routes.plain_uplink``: the bulk of the traffic) for the end of the reactor
 turn, when ``flush_uplinks`` hands the turn's uplinks to the core at once, and
 turns any other request into the core's ``Request`` at once (the kept uplinks
-go first, so the core sees requests in the order they came). Each request in
+go first, so the core sees requests in the order they came). A request over a DTLS
+session carries the session's credential (``peer.credential``: a certificate or PSK
+identity, or None) into the core's ``Request``, and always takes the second way (the
+core checks a token in its path against the credential); an unknown certificate may
+be registered first (``register``: X.509 auto-registration). Each request in
 progress is an ``_InProgress`` record under its ref until ``answer`` fires its
 Deferred with an ``Answer``.
 """
@@ -47,8 +51,10 @@ class _InProgress:
 
 class CoapRequests:
     def __init__(self, core: Any, clock: Any, admission: PendingAdmission, registry: RegistryView,
-                 apply: Apply, schedule_commit: Callable[[], None]):
+                 apply: Apply, schedule_commit: Callable[[], None],
+                 register: Optional[Callable[[Any], None]] = None):
         self.core = core
+        self.register = register  # credential -> registered if new (auto-registration)
         self.clock = clock
         self.admission = admission
         self.registry = registry
@@ -66,14 +72,17 @@ class CoapRequests:
         self.handled += 1
         ref = self.handled  # the request's ref: the number of requests so far
         peer = message.remote
+        credential = getattr(peer, "credential", None)  # a DTLS session's, or None
         self.registry.refresh()  # the copy the core reads, up to date for this turn
+        if credential is not None and self.register is not None:
+            self.register(credential)
         refused = self.admission.refusal(peer)
         if refused is not None:
             self.errors += 1
             return defer.succeed(Answer(make_response(
                 codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
         path = message.opt.getOption(URI_PATH)
-        if path is not None and len(path) == 4:  # the only length a plain uplink has
+        if path is not None and len(path) == 4 and credential is None:  # a plain uplink's
             plain = plain_uplink(message.code, (path[0].value, path[1].value, path[2].value,
                                                 path[3].value))
             if plain is not None:  # the common upload goes to the core with the others
@@ -83,9 +92,10 @@ class CoapRequests:
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
                 return d
-        return self._request(ref, path, message)
+        return self._request(ref, path, message, credential)
 
-    def _request(self, ref: int, path: Any, message: txcoap.Message) -> defer.Deferred:
+    def _request(self, ref: int, path: Any, message: txcoap.Message,
+                 credential: Any) -> defer.Deferred:
         option = message.opt.getOption
         try:
             query = option(URI_QUERY)
@@ -98,7 +108,8 @@ class CoapRequests:
                 tuple([o.value.decode() for o in query]) if query else (),
                 observe[0].value if observe else None,
                 message.token, message.remote, message.mtype == txcoap.CON,
-                (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None)
+                (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None,
+                credential)
         except UnicodeDecodeError:
             return defer.succeed(Answer(make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
