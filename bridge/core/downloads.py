@@ -112,8 +112,8 @@ class Downloads(Part):
         return []
 
 
-def _serve(name: str, token: Optional[str], kind: str, attributes: Dict[str, Any], query: ota.OtaQuery,
-           request: Request) -> List[Action]:
+def _serve(name: str, token: Optional[str], kind: str, attributes: Dict[str, Any],
+           query: ota.OtaQuery, request: Request) -> List[Action]:
     info = ota.package_from(attributes, kind)
     if info is None:
         raise codes.NotFound("no %s package is assigned to this device"

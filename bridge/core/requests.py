@@ -3,8 +3,8 @@
 Every request goes through the same steps: the budget of its source address, the route
 (routes.py), the credential turned into a device (auth.py, the one step that knows
 credentials: the DTLS session's certificate or PSK identity when it has one, with a token
-in the path naming the same device; else the token in the path), the device's request budget (not for package blocks, which have their own),
-then the handler of the route's feature and method in ``handlers``. A new device API is a
+in the path naming the same device; else the token in the path), the device's request
+budget (not for package blocks, which have their own), then the handler of the route's feature and method in ``handlers``. A new device API is a
 part with a handler, and one line in that table.
 """
 
