@@ -9,7 +9,9 @@ The core's lookups are then dictionary reads: ``RegistryView.get`` (access token
 
 The DTLS transport reads the keys through ``psk_key`` (synchronous, in its handshake),
 and the composition ends the sessions whose credential ``credential_gone`` says left the
-registry; ``on_change`` callbacks run after each refresh that found the file changed.
+registry; ``on_change`` callbacks run after a refresh that found the file changed, in a
+reactor turn of their own (a refresh can happen inside a DTLS handshake's PSK callback,
+which must not end sessions under the transport's feet).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class RegistryView:
         self.on_change: List[Callable[[], None]] = []  # after a refresh that found changes
         self._tokens: Optional[Dict[str, str]] = None  # device name -> token, built on use
         self._fresh = False  # refreshed in this reactor turn
+        self._announcing = False  # on_change callbacks scheduled
 
     def attach(self, registry: Optional[Registry]) -> None:
         self.registry = registry
@@ -104,8 +107,14 @@ class RegistryView:
         assert self.registry is not None
         if self.registry.refresh():
             self._tokens = None
-            for callback in list(self.on_change):
-                callback()
+            if self.on_change and not self._announcing:
+                self._announcing = True
+                self.reactor.callLater(0, self._announce)
+
+    def _announce(self) -> None:
+        self._announcing = False
+        for callback in list(self.on_change):
+            callback()
 
     def _turn_over(self) -> None:
         self._fresh = False

@@ -158,6 +158,8 @@ def test_credential_gone_after_removal_or_a_new_key(tmp_path):
     bridge.registry.add("Cert A", None, "thermo", cert_sha3=SHA3_A)
     bridge.registry.add("Psk A", None, "thermo", psk_identity="id-a", psk_key=b"old")
     view.refresh()
+    assert changes == []  # announced in a turn of its own
+    clock.advance(0)
     cert, psk = Certificate(SHA3_A), PresharedKey("id-a")
     assert changes == [2]
     assert view.psk_key("id-a") == b"old" and view.psk_key("nobody") is None
@@ -167,6 +169,7 @@ def test_credential_gone_after_removal_or_a_new_key(tmp_path):
         db.execute("UPDATE devices SET psk_key = ? WHERE name = 'Psk A'", (b"new",))
     clock.advance(0)
     bridge.tick()  # the timer looks at the file too: no request is needed
+    clock.advance(0)
     assert changes == [2, 2]
     assert view.credential_gone(psk, b"old") and not view.credential_gone(psk, b"new")
     assert not view.credential_gone(psk)  # no key given: only removal counts
@@ -174,5 +177,6 @@ def test_credential_gone_after_removal_or_a_new_key(tmp_path):
     bridge.registry.remove("Psk A")
     clock.advance(0)
     view.refresh()
+    clock.advance(0)
     assert changes == [2, 2, 0]
     assert view.credential_gone(cert) and view.credential_gone(psk)
