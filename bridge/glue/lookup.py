@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..core.actions import Device
-from ..core.auth import AccessToken, Certificate, CredentialLookups, PresharedKey
+from ..core.auth import Certificate, CredentialLookups, PresharedKey
 from ..registry import Registry
 
 
@@ -83,8 +83,6 @@ class RegistryView:
         if type(credential) is PresharedKey:
             entry = self.psk.get(credential.identity)
             return entry is None or (key_used is not None and entry[1] != key_used)
-        if type(credential) is AccessToken:
-            return credential.token not in self.devices
         return False
 
     # -- refreshing --------------------------------------------------------------------

@@ -73,14 +73,14 @@ class AutoRegistration:
                 self._refuse(credential, str(exc))
             return
         self.registered += 1
-        log.info("Registered device {device} (type {device_type}) by its certificate {id} "
-                 "(dtls.x509.auto_register)", device=name, device_type=self.device_type,
-                 id=credential.sha3)
+        log.info("Registered device {device} (type {device_type}) by its certificate "
+                 "{certificate} (dtls.x509.auto_register)", device=name,
+                 device_type=self.device_type, certificate=credential.sha3)
         self.view.changed()
 
     def _refuse(self, credential: Certificate, reason: str) -> None:
         if len(self.refused) >= MAX_REFUSED:
             self.refused.clear()
         self.refused.add(credential.sha3)
-        log.warn("Certificate {id} (CN {cn}) not registered: {reason}", id=credential.sha3,
-                 cn=credential.cn, reason=reason)
+        log.warn("Certificate {certificate} (CN {cn}) not registered: {reason}",
+                 certificate=credential.sha3, cn=credential.cn, reason=reason)
