@@ -155,8 +155,10 @@ class Store(NamedTuple):
 
 
 # One plain uplink of a turn, as the edge hands it to ``on_uplinks``: request ref,
-# access token, feature ("telemetry" or "attributes"), payload, source (host, port).
-Uplink = Tuple[int, str, str, bytes, Hashable]
+# access token (or, for the token-less form over DTLS, the session's credential: a
+# core.auth.Certificate or PresharedKey), feature ("telemetry" or "attributes"),
+# payload, source (host, port, or a DTLS session).
+Uplink = Tuple[int, Any, str, bytes, Hashable]
 
 
 @_typed

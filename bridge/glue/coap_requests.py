@@ -7,9 +7,11 @@ turn, when ``flush_uplinks`` hands the turn's uplinks to the core at once, and
 turns any other request into the core's ``Request`` at once (the kept uplinks
 go first, so the core sees requests in the order they came). A request over a DTLS
 session carries the session's credential (``peer.credential``: a certificate or PSK
-identity, or None) into the core's ``Request``, and always takes the second way (the
-core checks a token in its path against the credential); an unknown certificate may
-be registered first (``register``: X.509 auto-registration). Each request in
+identity, or None) into the core's ``Request``; its plain uplinks in the token-less form
+(``routes.session_uplink``) are kept for the turn's bulk with the credential in place of
+the token, and one with a token in its path takes the second way (the core checks the
+token against the credential). An unknown certificate may be registered first
+(``register``: X.509 auto-registration). Each request in
 progress is an ``_InProgress`` record under its ref until ``answer`` fires its
 Deferred with an ``Answer``.
 """
@@ -25,7 +27,7 @@ from ..coap.codec import describe, make_response
 from ..coap.endpoint import Answer
 from ..core import codes
 from ..core.actions import Authenticated, Created, Reply, Request, Uplink
-from ..core.routes import plain_uplink
+from ..core.routes import plain_uplink, session_uplink
 from ..logs import logger
 from .admission import PendingAdmission
 from .lookup import RegistryView
@@ -82,9 +84,16 @@ class CoapRequests:
             return defer.succeed(Answer(make_response(
                 codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
         path = message.opt.getOption(URI_PATH)
-        if path is not None and len(path) == 4 and credential is None:  # a plain uplink's
-            plain = plain_uplink(message.code, (path[0].value, path[1].value, path[2].value,
-                                                path[3].value))
+        if path is not None:
+            plain: Optional[tuple] = None
+            if credential is None:
+                if len(path) == 4:  # the only length a plain uplink has
+                    plain = plain_uplink(message.code, (path[0].value, path[1].value,
+                                                        path[2].value, path[3].value))
+            elif len(path) == 3:  # the token-less form, over a session that verified one
+                feature = session_uplink(message.code, (path[0].value, path[1].value,
+                                                        path[2].value))
+                plain = (credential, feature) if feature is not None else None
             if plain is not None:  # the common upload goes to the core with the others
                 d = defer.Deferred()
                 self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds())

@@ -195,3 +195,18 @@ def test_upstream_packages_use_the_registered_token_of_a_credential_device(crede
 def test_credential_values():
     assert AccessToken("t") != PresharedKey("t")
     assert Certificate(SHA3_A, cn="one") == Certificate(SHA3_A, cn="two")
+
+
+@pytest.mark.parametrize("credential", [CERT_A, PSK_A], ids=["x509", "psk"])
+def test_the_bulk_path_takes_a_credential_in_place_of_a_token(credential):
+    core = make_core()
+    session = Session(credential)
+    actions = core.on_uplinks([(1, credential, "telemetry", b'{"t": 1}', session),
+                               (2, "tok", "telemetry", b'{"t": 2}', PEER),
+                               (3, PresharedKey("nobody"), "attributes", b'{"a": 1}', session)],
+                              NOW)
+    [store] = [a for a in actions if type(a).__name__ == "StoreMany"]
+    assert [entry.device for entry in store.entries] == ["Dev A", "Dev A"]
+    [refused] = [a for a in actions if isinstance(a, Reply)]
+    assert refused.ref == 3 and codes.dotted(refused.code) == "4.01"
+    assert core.stats["unknown_credential"] == 1

@@ -63,9 +63,14 @@ def test_a_token_less_uplink_over_a_session_is_stored_and_answered(tmp_path, cre
     bridge.registry.add("Dev A", None, "thermo", cert_sha3=SHA3_A, psk_identity="id-a",
                         psk_key=b"k")
     d = bridge.handle_coap(message(Session(credential)))
+    assert not d.called  # kept for the turn's bulk, like a token uplink
     clock.advance(0)
     assert answer_code(d) == txcoap.CREATED
     assert [entry[1] for entry in bridge.outbox.load()] == ["Dev A"]
+    unknown = bridge.handle_coap(message(Session(PresharedKey("nobody")), mid=5))
+    clock.advance(0)
+    assert answer_code(unknown) == txcoap.UNAUTHORIZED
+    assert bridge.core.stats["unknown_credential"] == 1
     # a token form over the same session goes through the credential check (not the bulk
     # path, which knows tokens only): a token of another device is 4.01
     bridge.registry.add("Dev B", "tokB", "meter")
