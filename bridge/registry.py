@@ -179,7 +179,7 @@ class Registry:
         for view, fresh in ((self.devices, devices), (self.certificates, certificates),
                             (self.psk, psk)):
             view.clear()
-            view.update(fresh)
+            view.update(fresh)  # type: ignore[attr-defined]
         self._version = version
         return True
 
