@@ -221,6 +221,7 @@ class DtlsTransport(DatagramProtocol):
         self._timers: Deque[Tuple[float, DtlsSession]] = deque()  # OpenSSL retransmissions
         self._call: Any = None
         self._armed = 0.0
+        self._full_noted = float("-inf")  # when a refusal past max_sessions was last logged
 
     # -- the listener ----------------------------------------------------------------
 
@@ -296,8 +297,11 @@ class DtlsTransport(DatagramProtocol):
         old = self.table.get(address)
         if old is None and self.table.full():
             self.stats["refused_full"] += 1
-            log.info("DTLS handshake from {peer} refused: {count} sessions (dtls.max_sessions)",
-                     peer="%s:%d" % address, count=len(self.table))
+            if now >= self._full_noted + 60.0:  # once a minute: a flood must not flood the log
+                self._full_noted = now
+                log.info("DTLS handshake from {peer} refused: {count} sessions "
+                         "(dtls.max_sessions; {refused} refused so far)", peer="%s:%d" % address,
+                         count=len(self.table), refused=self.stats["refused_full"])
             return
         if not self.guard.allow(address[0], now):
             self.stats["refused_rate"] += 1
