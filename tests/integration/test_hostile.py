@@ -319,8 +319,13 @@ def test_a_client_hello_flood_gets_only_cookies_and_creates_no_session(dtls_targ
     from dtlsclient import DtlsClient, client_context
     broker, bridge = dtls_target
     port = bridge.dtls_port
+    def established():
+        return len(re.findall(r"DTLS session with \S+ \((?:full|resumed),", bridge.read_log()))
+    before = established()
     checker = DtlsClient("127.0.0.1", port,
                          client_context(psk=("fuzzTok", b"fuzzing key"))).handshake()
+    wait_until(lambda: established() >= before + 1, 10, "the checker's session in the log")
+    sessions_before = established()
     probe = DtlsClient("127.0.0.1", port, client_context())
     try:
         probe.conn.do_handshake()
@@ -328,9 +333,6 @@ def test_a_client_hello_flood_gets_only_cookies_and_creates_no_session(dtls_targ
         pass
     hello = probe.conn.bio_read(65536)
     probe.close(notify=False)
-    def established():
-        return len(re.findall(r"DTLS session with \S+ \((?:full|resumed),", bridge.read_log()))
-    sessions_before = established()
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(50)]
     answers = []
     try:
