@@ -178,9 +178,14 @@ class BridgeProcess:
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         wait_until(lambda: "CoAP listening" in self.read_log() or self.proc.poll() is not None,
                    15, "the bridge to listen")
-        assert self.proc.poll() is None, self.read_log()
-        if wait_mqtt:
-            self.wait_connected(1)
+        try:
+            assert self.proc.poll() is None, self.read_log()
+            if wait_mqtt:
+                self.wait_connected(1)
+        except BaseException:
+            # a fixture whose set-up fails gets no teardown: leave no bridge running behind it
+            self.stop()
+            raise
         return self
 
     def connected_count(self) -> int:
