@@ -11,7 +11,10 @@ descriptor:
   ``true`` -> ``"true"``);
 - the strings ``"true"`` and ``"false"`` read into a bool field.
 
-What both refuse still fails (an object into the default schema's ``string params``).
+What both refuse still fails (an object into the default schema's ``string params``), and
+what Java refuses and ``ParseDict`` would take is refused here: anything but an object for a
+message field (``ParseDict`` reads a string's characters as field names, and with unknown
+fields ignored, sets an empty message), anything but an array for a repeated one.
 Gson keeps a number's text; the platform's JSON has been parsed here, so a double reaches a
 string field as Python writes it (the platform's ``1e3`` arrives as ``"1000.0"``, where
 ThingsBoard would pass ``"1e3"``).
@@ -56,14 +59,18 @@ def _value(value: Any, field: Any) -> Any:
             return json.dumps(value)
     elif kind == _BOOL and (value == "true" or value == "false"):
         return value == "true"
-    elif kind == _MESSAGE and type(value) is dict:
+    elif kind == _MESSAGE:
+        if type(value) is not dict:  # ParseDict would read a string's characters as keys
+            raise MergeError("%s: expected an object, got %s"
+                             % (field.full_name, json.dumps(value)[:40]))
         return java_readable(value, field.message_type)
     return value
 
 
 def java_readable(doc: Dict[str, Any], descriptor: Any) -> Dict[str, Any]:
     """``doc`` with what Java's parser would read into ``descriptor``'s fields rewritten so
-    that ``ParseDict`` reads it the same way (other keys left as they are)."""
+    that ``ParseDict`` reads it the same way (other keys left as they are); ``MergeError``
+    for what Java refuses and ``ParseDict`` would not."""
     fields = _fields(descriptor)
     out: Dict[str, Any] = {}
     for key, value in doc.items():
@@ -71,8 +78,9 @@ def java_readable(doc: Dict[str, Any], descriptor: Any) -> Dict[str, Any]:
         if field is None or value is None:
             out[key] = value
         elif _repeated(field):
-            out[key] = [_value(item, field) for item in value] if type(value) is list \
-                else value
+            if type(value) is not list:
+                raise MergeError("%s: expected an array" % field.full_name)
+            out[key] = [_value(item, field) for item in value]
         else:
             out[key] = _value(value, field)
     return out
