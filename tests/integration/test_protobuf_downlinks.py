@@ -156,7 +156,8 @@ def test_attribute_notifications_are_thingsboards_fixed_proto_with_content_forma
     proc.wait(10)
     update = tb.Update.FromString(bytes.fromhex(second["hex"]))
     assert kvs(update.sharedUpdated) == [("level", "DOUBLE_V", 4.5),
-                                         ("cfg", "JSON_V", '{"a":[1,2]}'), ("on", "BOOLEAN_V", True)]
+                                         ("cfg", "JSON_V", '{"a":[1,2]}'),
+                                         ("on", "BOOLEAN_V", True)]
     assert all(item.ts >= before for item in update.sharedUpdated)  # the receipt time
     deleted = tb.Update.FromString(bytes.fromhex(third["hex"]))
     assert (list(deleted.sharedUpdated), list(deleted.sharedDeleted)) == ([], ["cfg"])
@@ -184,7 +185,8 @@ def test_attribute_read_is_a_get_attribute_response_msg(env, tb, tmp_path):
     platform.set_attributes("Valve 3", {"fw": "1.2"}, {"mode": "eco", "limit": 7})
     out = tmp_path / "read.bin"
     code, log = libcoap("-m", "get", "-o", str(out),
-                        bridge.url + "/api/v1/valve3/attributes?clientKeys=fw&sharedKeys=mode,limit")
+                        bridge.url
+                        + "/api/v1/valve3/attributes?clientKeys=fw&sharedKeys=mode,limit")
     assert code == "2.05", log
     assert "Content-Format:application/octet-stream" in log
     response = tb.Response.FromString(out.read_bytes())
@@ -216,7 +218,8 @@ def test_server_rpc_round_trip_over_observe_with_a_custom_schema(env, tb, tmp_pa
                         "%s/api/v1/valve4/rpc/%d" % (bridge.url, command.requestId))
     assert code == "2.01", log
     platform.wait_for("v1/gateway/rpc", lambda p: p == {
-        "device": "Valve 4", "id": 501, "data": {"outcome": "OUTCOME_OPEN", "tookUs": "8589934592"}})
+        "device": "Valve 4", "id": 501,
+        "data": {"outcome": "OUTCOME_OPEN", "tookUs": "8589934592"}})
 
 
 def test_an_undecodable_rpc_reply_is_4_00(env, tmp_path):
