@@ -63,7 +63,13 @@ def format_of(config: Config) -> FormatOf:
                 protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY),
                 protoc.message_class(profile.deviceAttributesProtoSchema,
                                      protoschema.ATTRIBUTES),
-                json, profile.enableCompatibilityWithJsonPayloadFormat)
+                json, profile.enableCompatibilityWithJsonPayloadFormat,
+                rpc_request_class=protoc.message_class(profile.deviceRpcRequestProtoSchema,
+                                                       protoschema.RPC_REQUEST),
+                rpc_response_class=protoc.message_class(profile.deviceRpcResponseProtoSchema,
+                                                        protoschema.RPC_RESPONSE),
+                fixed=protoc.fixed_messages(),
+                json_downlinks=profile.useJsonPayloadFormatForDefaultDownlinkTopics)
     return lambda device_type: formats.get(device_type, json)
 
 
