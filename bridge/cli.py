@@ -1,7 +1,9 @@
 """``coapbridge``: the operator's command line (devices, configuration check).
 
 It reads the same configuration file and environment as the service, so
-``DATA_DIR`` points both at the same registry.
+``DATA_DIR`` (or ``REGISTRY_URL``) points both at the same registry: a SQLite
+file, or the PostgreSQL registry every bridge of a fleet shares (a change
+reaches each of them within a second).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import secrets
 import string
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from . import config as config_module
 from .registry import Registry, RegistryError, mask, read_csv
@@ -62,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                  "on" if config.mqtt.tls.enabled else "off", config.data_dir))
         return 0
     try:
-        registry = Registry(config.registry_path)
+        registry = open_registry(config)
     except config_module.StartupError as exc:  # DATA_DIR not writable, a damaged file
         print("coapbridge: %s" % exc, file=sys.stderr)
         return 2
@@ -75,7 +77,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         registry.close()
 
 
-def _devices(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+def open_registry(config: config_module.Config) -> Any:
+    """The registry ``registry.url`` names (raises ``StartupError`` when it cannot be used)."""
+    target = config.registry_target
+    if target.shared:
+        from .registry_pg import PgRegistry  # psycopg: only for a PostgreSQL registry
+        return PgRegistry(target.conninfo, target.display)
+    return Registry(target.path)
+
+
+def _devices(args: argparse.Namespace, config: config_module.Config, registry: Any) -> int:
     if args.action == "add":
         token = args.token or new_token()
         entry = registry.add(args.name, token, args.type or config.devices.default_type,

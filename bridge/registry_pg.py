@@ -58,7 +58,7 @@ _SCHEMA = [
     """CREATE TRIGGER devices_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON devices
        FOR EACH STATEMENT EXECUTE FUNCTION coapbridge_registry_changed()""",
 ]
-_LIVE = ("SELECT token, name, type, cert_sha3, psk_identity, psk_key FROM devices "
+LIVE_ROWS = ("SELECT token, name, type, cert_sha3, psk_identity, psk_key FROM devices "
          "WHERE NOT deleted AND NOT pending")
 
 
@@ -156,7 +156,7 @@ class PgRegistry:
     # -- reads -----------------------------------------------------------------------
 
     def load(self) -> Snapshot:
-        return self._run(lambda conn: snapshot(conn.execute(_LIVE).fetchall()))
+        return self._run(lambda conn: snapshot(conn.execute(LIVE_ROWS).fetchall()))
 
     def lookup(self, token: str) -> Optional[Device]:
         """The live device for ``token``, or None (unknown, deleted or pending)."""
