@@ -122,7 +122,9 @@ class PgRegistry:
         except psycopg.Error as exc:
             raise StartupError("cannot use the device registry %s: %s; check REGISTRY_URL "
                                "and that the database is up" % (display, one_line(exc)))
-        self.pool = ConnectionPool(conninfo, min_size=1, max_size=max(1, pool_size),
+        # min_size 0: connections are made when a write needs one, so a registry that is
+        # down is not retried (and logged) by the pool in the background as well
+        self.pool = ConnectionPool(conninfo, min_size=0, max_size=max(1, pool_size),
                                    kwargs=_OPTIONS, open=False, timeout=timeout,
                                    check=ConnectionPool.check_connection,
                                    name="coapbridge-registry")
