@@ -15,7 +15,8 @@ import sys
 from typing import Any, List, Optional
 
 from . import config as config_module
-from .registry import Registry, RegistryError, mask, read_csv
+from .certfile import CertificateError, read_file
+from .registry import Entry, Registry, RegistryError, mask, parse_key, read_csv
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 20
@@ -35,16 +36,29 @@ def _parser() -> argparse.ArgumentParser:
     actions = devices.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="register a device")
     add.add_argument("name")
-    add.add_argument("--token", help="access token (default: a random 20-character token)")
+    add.add_argument("--token", help="access token (default: a random 20-character token, "
+                     "unless the device has a certificate or a PSK identity)")
     add.add_argument("--type", help="device profile (default: devices.default_type)")
+    add.add_argument("--cert", metavar="PEM", help="the device's X.509 certificate (its leaf, "
+                     "PEM): it authenticates over DTLS with it")
+    key = add.add_mutually_exclusive_group()
+    key.add_argument("--psk-key", metavar="TEXT", help="DTLS pre-shared key, as text (UTF-8)")
+    key.add_argument("--psk-key-hex", metavar="HEX", help="DTLS pre-shared key, in hex")
+    add.add_argument("--psk-identity", metavar="ID",
+                     help="PSK identity (default: the device's access token)")
     add.add_argument("--pre-provision", action="store_true",
                      help="register the name only; the device gets its token by provisioning "
                           "(local mode, strategy pre_provisioned)")
-    listing = actions.add_parser("list", help="list devices (tokens masked)")
+    listing = actions.add_parser("list", help="list devices and their credentials (tokens "
+                                 "masked, keys hidden)")
     listing.add_argument("--show-tokens", action="store_true", help="print tokens in full")
+    listing.add_argument("--show-secrets", action="store_true",
+                         help="print tokens and PSK keys (hex) in full")
     remove = actions.add_parser("remove", help="remove a device")
     remove.add_argument("name")
-    imp = actions.add_parser("import", help="add devices from a CSV file: name,token[,type]")
+    imp = actions.add_parser("import", help="add devices from a CSV file: name,token[,type], "
+                             "or a header row naming columns among name, token, type, cert, "
+                             "psk_identity, psk_key, psk_key_hex")
     imp.add_argument("file")
     return parser
 
@@ -88,23 +102,11 @@ def open_registry(config: config_module.Config) -> Any:
 
 def _devices(args: argparse.Namespace, config: config_module.Config, registry: Any) -> int:
     if args.action == "add":
-        token = args.token or new_token()
-        entry = registry.add(args.name, token, args.type or config.devices.default_type,
-                             pending=args.pre_provision)
-        if args.pre_provision:
-            print("added %s (type %s), waiting for provisioning" % (entry.name, entry.type))
-            return 0
-        print("added %s (type %s)" % (entry.name, entry.type))
-        if not args.token:
-            print("token: %s" % token)
-        return 0
+        return _add(args, config, registry)
     if args.action == "list":
         entries = registry.entries()
         for entry in entries:
-            note = ("  (deleted on the platform)" if entry.deleted
-                    else "  (waiting for provisioning)" if entry.pending else "")
-            print("%-32s %-24s %s%s" % (entry.name, entry.token if args.show_tokens
-                                        else mask(entry.token), entry.type, note))
+            print(_listing(entry, args.show_tokens or args.show_secrets, args.show_secrets))
         print("%d device%s" % (len(entries), "" if len(entries) == 1 else "s"))
         return 0
     if args.action == "remove":
@@ -117,6 +119,62 @@ def _devices(args: argparse.Namespace, config: config_module.Config, registry: A
     count = registry.import_rows(rows)
     print("imported %d device%s" % (count, "" if count == 1 else "s"))
     return 0
+
+
+def _add(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+    cert = None
+    if args.cert:
+        try:
+            cert = read_file(args.cert)
+        except CertificateError as exc:
+            raise RegistryError(str(exc))
+    key = None
+    if args.psk_key is not None or args.psk_key_hex is not None:
+        key = parse_key(args.psk_key, args.psk_key_hex)
+    elif args.psk_identity is not None:
+        raise RegistryError("--psk-identity needs --psk-key or --psk-key-hex")
+    # a token by default, unless the device has another credential of its own
+    token = args.token or (None if cert is not None or args.psk_identity else new_token())
+    entry = registry.add(args.name, token, args.type or config.devices.default_type,
+                         pending=args.pre_provision,
+                         cert_sha3=cert.sha3 if cert else None, cert_pem=cert.pem if cert else None,
+                         psk_identity=args.psk_identity, psk_key=key)
+    if args.pre_provision:
+        print("added %s (type %s), waiting for provisioning" % (entry.name, entry.type))
+        return 0
+    print("added %s (type %s)" % (entry.name, entry.type))
+    if token is not None and not args.token:
+        print("token: %s" % token)
+    if cert is not None:
+        print("certificate: %s%s" % (cert.sha3, " (CN %s)" % cert.cn if cert.cn else ""))
+    if entry.psk_identity is not None:
+        print("PSK identity: %s%s" % (entry.psk_identity, " (the token)"
+                                      if entry.psk_identity == token else ""))
+    return 0
+
+
+def _listing(entry: Entry, tokens: bool, secrets: bool) -> str:
+    """One device: name, token (masked), type, credential kinds, certificate id, PSK
+    identity (and key, with ``secrets``), and its state."""
+    token = entry.token if tokens or entry.token is None else mask(entry.token)
+    parts = ["%-32s %-24s %s" % (entry.name, token if token is not None else "-", entry.type)]
+    extra = []
+    if entry.cert_sha3 or entry.psk_identity:
+        extra.append("[%s]" % ",".join(entry.kinds))
+    if entry.cert_sha3:
+        extra.append("x509 %s" % entry.cert_sha3)
+    if entry.psk_identity:
+        identity = entry.psk_identity
+        if entry.psk_identity == entry.token and not tokens:
+            identity = "(the token)"
+        extra.append("psk %s" % identity)
+        if secrets and entry.psk_key is not None:
+            extra.append("key %s" % entry.psk_key.hex())
+    if entry.deleted:
+        extra.append("(deleted on the platform)")
+    elif entry.pending:
+        extra.append("(waiting for provisioning)")
+    return "  ".join(parts + extra)
 
 
 if __name__ == "__main__":
