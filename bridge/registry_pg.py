@@ -19,7 +19,7 @@ it (a bridge, the CLI, ``psql``): the bridges LISTEN and reload their copy
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import psycopg
 from psycopg import errors
@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .config import StartupError
 from .core.actions import Device
-from .registry import Entry, RegistryError, _validate
+from .registry import DeviceRow, Entry, RegistryError, _entry, _validate, import_entries
 
 CHANNEL = "coapbridge_registry"
 CONNECT_TIMEOUT = 5  # seconds, for each new connection
@@ -169,10 +169,12 @@ class PgRegistry:
 
     def entries(self) -> List[Entry]:
         rows = self._run(lambda conn: conn.execute(
-            "SELECT name, token, type, deleted, pending FROM devices ORDER BY name COLLATE \"C\""
-        ).fetchall())
-        return [Entry(name, token, type_, bool(deleted), bool(pending))
-                for name, token, type_, deleted, pending in rows]
+            "SELECT name, token, type, deleted, pending, cert_sha3, cert_pem, psk_identity, "
+            "psk_key FROM devices ORDER BY name COLLATE \"C\"").fetchall())
+        return [Entry(name, token, type_, bool(deleted), bool(pending), cert_sha3, cert_pem,
+                      identity, bytes(key) if key is not None else None)
+                for name, token, type_, deleted, pending, cert_sha3, cert_pem, identity, key
+                in rows]
 
     # -- the bridge's writes -----------------------------------------------------------
 
@@ -230,52 +232,63 @@ class PgRegistry:
 
     # -- the operator's commands --------------------------------------------------------
 
-    def add(self, name: str, token: str, device_type: str, pending: bool = False) -> Entry:
-        _validate(name, token, device_type)
+    def add(self, name: str, token: Optional[str], device_type: str, pending: bool = False,
+            *, cert_sha3: Optional[str] = None, cert_pem: Optional[str] = None,
+            psk_identity: Optional[str] = None, psk_key: Optional[bytes] = None) -> Entry:
+        """As ``Registry.add``: any of the credentials, checked the same way."""
+        entry = _entry(name, token, device_type, pending, cert_sha3, cert_pem, psk_identity,
+                       psk_key)
         try:
-            self._run(lambda conn: conn.execute(
-                "INSERT INTO devices (name, token, type, pending) VALUES (%s, %s, %s, %s)",
-                (name, token, device_type, pending)))
-        except errors.UniqueViolation as exc:
-            raise RegistryError(_conflict(exc, name))
-        return Entry(name, token, device_type)
+            self._run(lambda conn: _insert(conn, [entry]))
+        except errors.UniqueViolation:
+            raise RegistryError(self._conflict(entry))
+        return entry
+
+    def _conflict(self, entry: Entry) -> str:
+        """Which value of ``entry`` is taken, in the SQLite registry's words and order."""
+        def work(conn: psycopg.Connection) -> str:
+            if conn.execute("SELECT 1 FROM devices WHERE name = %s", (entry.name,)).fetchall():
+                return "a device named %r already exists" % entry.name
+            for column, value, what in (
+                    ("cert_sha3", entry.cert_sha3, "that certificate is already registered"),
+                    ("psk_identity", entry.psk_identity, "that PSK identity already belongs"),
+                    ("token", entry.token, "that token already belongs")):
+                if value is None:
+                    continue
+                owner = conn.execute("SELECT name FROM devices WHERE %s = %%s" % column,
+                                     (value,)).fetchall()
+                if owner:
+                    if column == "cert_sha3":  # a certificate is no secret: name its device
+                        return "%s, for device %r" % (what, owner[0][0])
+                    return what + " to another device"
+            return "a value is already used by another device"
+        return self._run(work)
 
     def remove(self, name: str) -> bool:
         return self._run(lambda conn: conn.execute(
             "DELETE FROM devices WHERE name = %s", (name,)).rowcount) > 0
 
-    def import_rows(self, rows: Iterable[Tuple[str, str, str]]) -> int:
+    def import_rows(self, rows: Iterable[Union[DeviceRow, Sequence[str]]]) -> int:
         """Add every row in one transaction; nothing is added if any row is bad."""
-        rows = list(rows)
-        problems = []
-        for number, (name, token, device_type) in enumerate(rows, 1):
-            try:
-                _validate(name, token, device_type)
-            except RegistryError as exc:
-                problems.append("row %d: %s" % (number, exc))
-        if problems:
-            raise RegistryError("; ".join(problems))
-
-        def work(conn: psycopg.Connection) -> None:
-            with conn.cursor() as cursor:
-                cursor.executemany("INSERT INTO devices (name, token, type) VALUES (%s, %s, %s)",
-                                   rows)
+        entries = import_entries(rows)
         try:
-            self._run(work)
+            self._run(lambda conn: _insert(conn, entries))
         except errors.UniqueViolation as exc:
             raise RegistryError("import refused, nothing added: %s" % _unique(exc))
-        return len(rows)
+        return len(entries)
+
+
+def _insert(conn: psycopg.Connection, entries: Sequence[Entry]) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO devices (name, token, type, pending, cert_sha3, cert_pem, "
+            "psk_identity, psk_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(e.name, e.token, e.type, e.pending, e.cert_sha3, e.cert_pem, e.psk_identity,
+              e.psk_key) for e in entries])
 
 
 def _constraint(exc: errors.UniqueViolation) -> str:
     return exc.diag.constraint_name or ""
-
-
-def _conflict(exc: errors.UniqueViolation, name: str) -> str:
-    """The SQLite registry's message for a refused ``add`` (never the token itself)."""
-    if _constraint(exc) == "devices_pkey":
-        return "a device named %r already exists" % name
-    return "that token already belongs to another device"
 
 
 def _unique(exc: errors.UniqueViolation) -> str:
@@ -284,5 +297,9 @@ def _unique(exc: errors.UniqueViolation) -> str:
         return "a token is already used by another device"
     if constraint == "devices_pkey":
         return "a device name already exists"
+    if constraint == "devices_cert_sha3_key":
+        return "a certificate is already registered to another device"
+    if constraint == "devices_psk_identity_key":
+        return "a PSK identity is already used by another device"
     return constraint or "a value is already used by another device"
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pytest
 
+import x509make
 from bridge.config import StartupError
 from bridge.core.actions import Device
-from bridge.registry import Entry, Registry, RegistryError
+from bridge.core.auth import certificate_id
+from bridge.registry import DeviceRow, Entry, Registry, RegistryError
 from bridge.registry_pg import PgRegistry, RegistryUnavailable
 
 
@@ -40,6 +42,21 @@ def backend(request, tmp_path):
 @pytest.fixture
 def registry(backend):
     return backend()
+
+
+@pytest.fixture(scope="module")
+def leaf():
+    cert, _ = x509make.certificate("sensor-17")
+    return cert
+
+
+def views(registry):
+    """(devices, certificates, psk) as a bridge would read them from this registry."""
+    if isinstance(registry, Registry):
+        registry.refresh()
+        return registry.devices, registry.certificates, registry.psk
+    loaded = registry.load()  # what the shared registry's listener loads
+    return loaded.devices, loaded.certificates, loaded.psk
 
 
 class TestRegistryContract:
@@ -140,6 +157,71 @@ class TestRegistryContract:
         assert registry.import_rows([("N1", "t1", "x"), ("N2", "t2", "y")]) == 2
         assert registry.lookup("t2") == Device("N2", "y")
 
+    # -- certificates and pre-shared keys (the DTLS contract) --------------------------
+
+    def test_a_certificate_device_needs_no_token(self, registry, leaf):
+        sha3 = certificate_id(x509make.der(leaf))
+        pem = x509make.pem(leaf).decode()
+        entry = registry.add("Cert A", None, "thermo", cert_pem=pem)
+        assert entry.cert_sha3 == sha3 and entry.token is None and entry.kinds == ["x509"]
+        assert views(registry) == ({}, {sha3: Device("Cert A", "thermo")}, {})
+        [stored] = registry.entries()
+        assert stored == entry and stored.cert_pem == pem
+
+    def test_psk_devices_and_their_keys(self, registry):
+        registry.add("Psk A", "tokA", "thermo", psk_key=b"secret-key")
+        registry.add("Psk B", None, "thermo", psk_identity="device-b", psk_key=bytes(16))
+        assert views(registry) == (
+            {"tokA": Device("Psk A", "thermo")}, {},
+            {"tokA": (Device("Psk A", "thermo"), b"secret-key"),
+             "device-b": (Device("Psk B", "thermo"), bytes(16))})
+        entries = registry.entries()
+        assert [(e.kinds, e.psk_identity, e.psk_key) for e in entries] == [
+            (["token", "psk"], "tokA", b"secret-key"), (["psk"], "device-b", bytes(16))]
+        assert "secret-key" not in repr(entries)
+
+    def test_each_credential_is_unique_and_a_conflict_says_which(self, registry, leaf):
+        text = x509make.pem(leaf).decode()
+        registry.add("Cert A", None, "thermo", cert_pem=text)
+        with pytest.raises(RegistryError) as info:
+            registry.add("Cert B", None, "thermo", cert_pem=text)
+        assert str(info.value) == "that certificate is already registered, for device 'Cert A'"
+        registry.add("Psk A", None, "thermo", psk_identity="shared-id", psk_key=b"k1")
+        with pytest.raises(RegistryError) as info:
+            registry.add("Psk B", None, "thermo", psk_identity="shared-id", psk_key=b"k2")
+        assert str(info.value) == "that PSK identity already belongs to another device"
+        registry.add("Tok", "tokA", "thermo")
+        with pytest.raises(RegistryError) as info:
+            registry.add("Psk C", "tokA", "thermo", psk_identity="other", psk_key=b"k3")
+        assert str(info.value) == "that token already belongs to another device"
+        assert [e.name for e in registry.entries()] == ["Cert A", "Psk A", "Tok"]
+
+    def test_deleted_and_pending_devices_are_in_no_view(self, registry, leaf):
+        registry.add("Cert A", None, "thermo", cert_pem=x509make.pem(leaf).decode())
+        registry.add("Psk A", "tokA", "thermo", psk_key=b"k", pending=True)
+        registry.mark_deleted("Cert A")
+        assert views(registry) == ({}, {}, {})
+
+    def test_an_import_with_credentials_adds_all_or_nothing(self, registry, leaf):
+        text = x509make.pem(leaf).decode()
+        with pytest.raises(RegistryError, match="row 2: the cert column holds no PEM"):
+            registry.import_rows([DeviceRow("A", None, "t", text),
+                                  DeviceRow("B", None, "t", "junk")])
+        with pytest.raises(RegistryError,
+                           match="nothing added: a certificate is already registered"):
+            registry.import_rows([DeviceRow("A", None, "t", text),
+                                  DeviceRow("B", None, "t", text)])
+        with pytest.raises(RegistryError, match="nothing added: a PSK identity is already used"):
+            registry.import_rows([DeviceRow("A", None, "t", None, "id", b"k"),
+                                  DeviceRow("B", None, "t", None, "id", b"k")])
+        assert registry.entries() == []
+        assert registry.import_rows([DeviceRow("A", None, "t", text),
+                                     DeviceRow("B", "tokB", "t", None, None, b"kb"),
+                                     ("C", "tokC", "t")]) == 3
+        devices, certificates, psk = views(registry)
+        assert set(devices) == {"tokB", "tokC"} and list(certificates.values()) == [
+            Device("A", "t")] and psk == {"tokB": (Device("B", "t"), b"kb")}
+
     def test_reachable(self, registry):
         assert registry.reachable() is True
 
@@ -165,6 +247,7 @@ def test_an_old_table_is_migrated_and_a_lost_server_is_unavailable(pg_url, postg
         conn.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, "
                      "type TEXT NOT NULL, deleted BOOLEAN NOT NULL DEFAULT false)")
         conn.execute("INSERT INTO devices VALUES ('Old', 'tokO', 'x', false)")
+    sha3 = "ab" * 32
     registry = PgRegistry(pg_url, "the registry")
     try:
         assert registry.entries() == [Entry("Old", "tokO", "x")]
@@ -174,11 +257,12 @@ def test_an_old_table_is_migrated_and_a_lost_server_is_unavailable(pg_url, postg
                 "SELECT column_name FROM information_schema.columns "
                 "WHERE table_name = 'devices'")}
             # a certificate device has no token
-            conn.execute("INSERT INTO devices (name, type, cert_sha3) VALUES ('C', 'x', 'ab')")
+            conn.execute("INSERT INTO devices (name, type, cert_sha3) VALUES ('C', 'x', %s)",
+                         (sha3,))
         assert {"cert_sha3", "cert_pem", "psk_identity", "psk_key", "pending"} <= columns
         snap = registry.load()
         assert snap.devices == {"tokO": Device("Old", "x")}
-        assert snap.certificates == {"ab": Device("C", "x")}
+        assert snap.certificates == {sha3: Device("C", "x")}
         PgRegistry(pg_url, "again").close()  # migrating twice changes nothing
     finally:
         registry.close()
