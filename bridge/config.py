@@ -536,10 +536,15 @@ def _resolve_registry(config: Config, problems: List[str]) -> Config:
             config = replace(config, registry=replace(
                 settings, password=lines[0] if lines else ""))
     try:
-        registry_url.parse(config.registry.url, config.registry_path,
-                           config.registry.password or None)
+        target = registry_url.parse(config.registry.url, config.registry_path,
+                                    config.registry.password or None)
     except registry_url.BadRegistryUrl as exc:
         problems.append("registry.url: %s" % exc)
+        return config
+    if target.shared and not registry_url.driver_available():
+        problems.append("registry.url: a PostgreSQL registry needs psycopg on CPython "
+                        "(pip install 'psycopg[binary]' psycopg-pool; psycopg does not run on "
+                        "PyPy 7.3.11): run the bridge on CPython, or use SQLite")
     return config
 
 

@@ -50,6 +50,10 @@ class RegistryError(Exception):
     """A registry operation that cannot be done, with a message for the operator."""
 
 
+class RegistryUnavailable(RegistryError):
+    """A shared registry's database cannot be reached (bridge.registry_pg)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str

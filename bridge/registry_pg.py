@@ -14,6 +14,11 @@ lock (two bridges starting at once do not race). A statement trigger sends
 it (a bridge, the CLI, ``psql``): the bridges LISTEN and reload their copy
 (``listen`` / ``wait_for_change`` / ``load``). A lost connection is
 ``RegistryUnavailable``.
+
+CPython only: psycopg's pure-Python libpq binding (the one PyPy would use) trips
+over a ctypes bug of Debian bookworm's PyPy 7.3.11 (PyPy issue 3882: a
+``py_object`` of a weak reference), so the PostgreSQL registry is refused there
+at configuration time (``bridge.config``), and SQLite remains.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .config import StartupError
 from .core.actions import Device
-from .registry import DeviceRow, Entry, RegistryError, _entry, _validate, import_entries
+from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _entry, _validate,
+                       import_entries)
 
 CHANNEL = "coapbridge_registry"
 CONNECT_TIMEOUT = 5  # seconds, for each new connection
@@ -60,10 +66,6 @@ _SCHEMA = [
 ]
 LIVE_ROWS = ("SELECT token, name, type, cert_sha3, psk_identity, psk_key FROM devices "
          "WHERE NOT deleted AND NOT pending")
-
-
-class RegistryUnavailable(RegistryError):
-    """The registry's database cannot be reached (or the connection broke)."""
 
 
 @dataclass

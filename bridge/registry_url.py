@@ -12,6 +12,8 @@ and error lines.
 
 from __future__ import annotations
 
+import importlib.util
+import platform
 from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import quote, unquote, urlsplit
@@ -91,3 +93,10 @@ def _postgresql(url: str, password: Optional[str]) -> RegistryTarget:
 
     return RegistryTarget(POSTGRESQL, conninfo=build(password),
                           display=build("***" if password else None).replace("%2A%2A%2A", "***"))
+
+
+def driver_available() -> bool:
+    """Whether this interpreter can use PostgreSQL: psycopg and its pool installed, and
+    CPython (see bridge/registry_pg.py on PyPy), without importing them."""
+    return platform.python_implementation() == "CPython" and all(
+        importlib.util.find_spec(name) is not None for name in ("psycopg", "psycopg_pool"))

@@ -24,7 +24,6 @@ from .edge import coap as coap_edge
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
 from .logs import logger
-from .edge.shared_registry import SharedRegistry, open_shared
 from .registry import Registry
 
 log = logger("bridge")
@@ -57,6 +56,7 @@ class _RegistryService(Service):
     def startService(self) -> None:
         if self.target.shared:
             # before the reactor runs: opening blocks, and a failure is a start-up error
+            from .edge.shared_registry import open_shared  # psycopg: only when asked for
             self.threadpool = ThreadPool(minthreads=1, maxthreads=self.pool_size + 1,
                                          name="coapbridge-registry")
             self.threadpool.start()
@@ -67,14 +67,14 @@ class _RegistryService(Service):
         self.bridge.registry = registry
         log.info("Device registry {registry}: {count} devices", registry=self.target.display,
                  count=len(registry.entries()))
-        if isinstance(registry, SharedRegistry):
-            registry.start()
+        if self.threadpool is not None:
+            registry.start()  # the shared registry begins listening
         Service.startService(self)
 
     def stopService(self) -> Any:
         Service.stopService(self)
         registry = self.bridge.registry
-        if isinstance(registry, SharedRegistry):
+        if registry is not None and self.threadpool is not None:  # the shared registry
             self.bridge.registry = None
             return registry.stop().addBoth(self._pool_stopped)
         self.close()

@@ -23,8 +23,7 @@ from ..config import Config
 from ..core import codes, provision
 from ..core.provision import ProvisionProfile, ProvisionRequest
 from ..logs import logger
-from ..registry import RegistryError, mask
-from ..registry_pg import RegistryUnavailable
+from ..registry import RegistryError, RegistryUnavailable, mask
 from .short_session import SessionFailed, ShortSession, ShortSessions, random_name
 
 log = logger("provision")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest.importorskip("psycopg", reason="psycopg is installed on CPython only (setup.cfg)")
+
 import x509make
 from bridge.config import StartupError
 from bridge.core.actions import Device

@@ -11,6 +11,8 @@ import queue
 import time
 
 import pytest
+
+pytest.importorskip("psycopg", reason="psycopg is installed on CPython only (setup.cfg)")
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.threadpool import ThreadPool

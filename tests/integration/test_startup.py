@@ -13,8 +13,11 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
+
 from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
+from bridge.registry_url import driver_available
 from conftest import BridgeProcess, free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,6 +137,7 @@ def test_a_metrics_scrape_logs_nothing_at_info(tmp_path, broker):
     assert after == before  # no access line per scrape
 
 
+@pytest.mark.skipif(not driver_available(), reason="psycopg is installed on CPython only")
 def test_a_registry_that_cannot_be_reached_is_one_line_naming_it_without_its_password(tmp_path):
     url = "postgresql://coap:hunter2@127.0.0.1:%d/registry" % free_ports()  # nothing listens
     rc, out, err = start(tmp_path, REGISTRY_URL=url)
