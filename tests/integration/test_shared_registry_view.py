@@ -13,6 +13,7 @@ import time
 import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is installed on CPython only (setup.cfg)")
+pytestmark = pytest.mark.integration
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.threadpool import ThreadPool

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is installed on CPython only (setup.cfg)")
+pytestmark = pytest.mark.integration
 
 import x509make
 from bridge.config import StartupError
