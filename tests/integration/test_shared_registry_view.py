@@ -20,7 +20,7 @@ from twisted.python.threadpool import ThreadPool
 
 from bridge.core.actions import Device
 from bridge.edge import shared_registry
-from bridge.edge.shared_registry import open_shared
+from bridge.edge.shared_registry import Delta, delta, open_shared
 from bridge.registry import RegistryError
 from bridge.registry_pg import PgRegistry, RegistryUnavailable
 from bridge.registry_url import parse
@@ -106,7 +106,7 @@ def test_a_change_made_elsewhere_reaches_the_copy_at_a_refresh_with_no_query(clo
                                                                             writer):
     assert view.devices == {} and view.refresh() is False
     writer.add("Dev A", "tokA", "thermo")
-    clock.pump(lambda: view._pending is not None, what="the notification")
+    clock.pump(lambda: view._pending, what="the notification")
     assert view.devices == {}  # nothing changes between refreshes: one copy per turn
     assert view.refresh() is True
     assert view.devices == {"tokA": Device("Dev A", "thermo")}
@@ -161,3 +161,12 @@ def test_the_registry_lost_and_back(clock, view, writer, postgres, events):
     clock.pump(lambda: refreshed(view, "tokC", Device("Dev C", "x")), what="a later change")
     assert fired(clock, view.run("mark_deleted", "Dev A")) is True
     clock.pump(lambda: refreshed(view, "tokA", None), what="a write after recovery")
+
+
+def test_a_delta_holds_only_what_changed_and_applies_in_order():
+    a, b = Device("A", "t"), Device("B", "t")
+    old = ({"t1": a, "t2": b}, {"c1": a}, {"p1": (a, b"k")})
+    new = ({"t1": a, "t3": b}, {}, {"p1": (a, b"k2")})
+    change = delta(old, new)
+    assert change == Delta((["t2"], ["c1"], []), ({"t3": b}, {}, {"p1": (a, b"k2")}))
+    assert not delta(new, new)
