@@ -51,6 +51,7 @@ log = logger("registry")
 WAIT = 0.5  # s one wait for a notification lasts (and so, at most, a stop)
 HEARTBEAT = 10  # waits without a notification between two liveness queries (5 s)
 MIN_DELAY, MAX_DELAY = 0.5, 30.0  # s between reconnection attempts, doubling
+MAX_PENDING = 16  # changes kept for the next refresh; past that they are applied at once
 
 
 Views = Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]  # devices, certificates, psk
@@ -145,6 +146,7 @@ class SharedRegistry:
         self.certificates: Dict[str, Device] = {}
         self.psk: Dict[str, Tuple[Device, bytes]] = {}
         self._pending: List[Delta] = [initial]  # loaded, not yet in place
+        self._unreported = False  # applied without a request (see _queue), not yet told
         self._reachable = True
         self._stopping = False
         self._delay = MIN_DELAY
@@ -156,17 +158,20 @@ class SharedRegistry:
 
     def refresh(self) -> bool:
         """Put the changes loaded since the last refresh in place (in order); True when a
-        device or credential changed."""
-        if not self._pending:
-            return False
+        device or credential changed since the last refresh."""
+        self._apply()
+        changed, self._unreported = self._unreported, False
+        return changed
+
+    def _apply(self) -> None:
         pending, self._pending = self._pending, []
         views = (self.devices, self.certificates, self.psk)
         for change in pending:
+            self._unreported = True
             for live, removed, changed in zip(views, change.removed, change.changed):
                 for key in removed:
                     live.pop(key, None)
                 live.update(changed)  # type: ignore[attr-defined]
-        return True
 
     def reachable(self) -> bool:
         """False from a lost connection until the registry answers again (no query here)."""
@@ -175,11 +180,12 @@ class SharedRegistry:
     def lookup(self, token: str) -> Any:
         return self.devices.get(token)
 
-    def run(self, method: str, *args: Any) -> defer.Deferred:
-        """``PgRegistry.<method>(*args)`` in the thread pool: a Deferred of its answer (or
-        of its ``RegistryError``; ``RegistryUnavailable`` when the database is gone)."""
+    def run(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred:
+        """``PgRegistry.<method>(*args, **kwargs)`` in the thread pool: a Deferred of its
+        answer (or of its ``RegistryError``; ``RegistryUnavailable`` when the database is
+        gone)."""
         return deferToThreadPool(self.reactor, self.threadpool, getattr(self.store, method),
-                                 *args)
+                                 *args, **kwargs)
 
     def entries(self) -> List[Entry]:
         """Every device, read now: blocks, so only for start-up (before the reactor runs)."""
@@ -206,9 +212,14 @@ class SharedRegistry:
         if not self._stopping:
             self._call(self._listener.wait, self._waited, self._lost)
 
-    def _waited(self, change: Optional[Delta]) -> None:
+    def _queue(self, change: Optional[Delta]) -> None:
         if change:
             self._pending.append(change)
+            if len(self._pending) > MAX_PENDING:  # no request came for a while: keep it small
+                self._apply()
+
+    def _waited(self, change: Optional[Delta]) -> None:
+        self._queue(change)
         self._wait()
 
     def _lost(self, failure: Failure) -> None:
@@ -234,8 +245,7 @@ class SharedRegistry:
             self._call(self._listener.open_and_load, self._back, self._still_lost)
 
     def _back(self, change: Delta) -> None:
-        if change:
-            self._pending.append(change)
+        self._queue(change)
         self._delay = MIN_DELAY
         self._reachable = True
         log.info("Device registry {registry} reachable again ({count} live devices)",

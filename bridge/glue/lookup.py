@@ -45,16 +45,17 @@ class RegistryView:
         self.reactor.callLater(0, self._turn_over)
         self.registry.refresh()
 
-    def write(self, method: str, *args: Any) -> defer.Deferred:
-        """``registry.<method>(*args)`` as a Deferred: run off the reactor for a shared
-        registry, at once for SQLite (a local file, as before)."""
+    def write(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred:
+        """``registry.<method>(*args, **kwargs)`` as a Deferred (``add`` with a certificate
+        for X.509 auto-registration, say): run off the reactor for a shared registry, at
+        once for SQLite (a local file, as before)."""
         registry = self.registry
         if registry is None:
             return defer.fail(RegistryError("the device registry is closed"))
         run = getattr(registry, "run", None)
         if run is not None:
-            return run(method, *args)
-        return defer.maybeDeferred(getattr(registry, method), *args)
+            return run(method, *args, **kwargs)
+        return defer.maybeDeferred(getattr(registry, method), *args, **kwargs)
 
     def changed(self) -> None:
         """This process changed the registry (a rename or delete): read it again now."""

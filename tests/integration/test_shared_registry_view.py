@@ -163,6 +163,19 @@ def test_the_registry_lost_and_back(clock, view, writer, postgres, events):
     clock.pump(lambda: refreshed(view, "tokA", None), what="a write after recovery")
 
 
+def test_changes_with_no_refresh_are_applied_past_a_bound_and_still_reported(clock, view,
+                                                                           writer):
+    for n in range(shared_registry.MAX_PENDING + 2):
+        writer.add("D%d" % n, "t%d" % n, "x")
+        token = "t%d" % n
+        clock.pump(lambda: token in view.devices or any(
+            token in change.changed[0] for change in view._pending), what="change %d" % n)
+    assert len(view._pending) <= shared_registry.MAX_PENDING
+    assert view.devices  # applied without a refresh
+    assert view.refresh() is True  # and told at the next one
+    assert len(view.devices) == shared_registry.MAX_PENDING + 2 and view.refresh() is False
+
+
 def test_a_delta_holds_only_what_changed_and_applies_in_order():
     a, b = Device("A", "t"), Device("B", "t")
     old = ({"t1": a, "t2": b}, {"c1": a}, {"p1": (a, b"k")})
