@@ -72,10 +72,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("coapbridge: " + exc.render(), file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s)"
+        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s, registry %s)"
               % (path or "built-in defaults", config.coap.bind_address, config.coap.bind_port,
                  config.mqtt.host, config.mqtt.port, config.mqtt.protocol,
-                 "on" if config.mqtt.tls.enabled else "off", config.data_dir))
+                 "on" if config.mqtt.tls.enabled else "off", config.data_dir,
+                 config.registry_target.display))
         return 0
     try:
         registry = open_registry(config)
