@@ -1,7 +1,9 @@
 """``coapbridge``: the operator's command line (devices, configuration check).
 
 It reads the same configuration file and environment as the service, so
-``DATA_DIR`` points both at the same registry.
+``DATA_DIR`` (or ``REGISTRY_URL``) points both at the same registry: a SQLite
+file, or the PostgreSQL registry every bridge of a fleet shares (a change
+reaches each of them within a second).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import argparse
 import secrets
 import string
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from . import config as config_module
-from .registry import Registry, RegistryError, mask, read_csv
+from .certfile import CertificateError, read_file
+from .registry import Entry, Registry, RegistryError, mask, parse_key, read_csv
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 TOKEN_LENGTH = 20
@@ -33,16 +36,29 @@ def _parser() -> argparse.ArgumentParser:
     actions = devices.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="register a device")
     add.add_argument("name")
-    add.add_argument("--token", help="access token (default: a random 20-character token)")
+    add.add_argument("--token", help="access token (default: a random 20-character token, "
+                     "unless the device has a certificate or a PSK identity)")
     add.add_argument("--type", help="device profile (default: devices.default_type)")
+    add.add_argument("--cert", metavar="PEM", help="the device's X.509 certificate (its leaf, "
+                     "PEM): it authenticates over DTLS with it")
+    key = add.add_mutually_exclusive_group()
+    key.add_argument("--psk-key", metavar="TEXT", help="DTLS pre-shared key, as text (UTF-8)")
+    key.add_argument("--psk-key-hex", metavar="HEX", help="DTLS pre-shared key, in hex")
+    add.add_argument("--psk-identity", metavar="ID",
+                     help="PSK identity (default: the device's access token)")
     add.add_argument("--pre-provision", action="store_true",
                      help="register the name only; the device gets its token by provisioning "
                           "(local mode, strategy pre_provisioned)")
-    listing = actions.add_parser("list", help="list devices (tokens masked)")
+    listing = actions.add_parser("list", help="list devices and their credentials (tokens "
+                                 "masked, keys hidden)")
     listing.add_argument("--show-tokens", action="store_true", help="print tokens in full")
+    listing.add_argument("--show-secrets", action="store_true",
+                         help="print tokens and PSK keys (hex) in full")
     remove = actions.add_parser("remove", help="remove a device")
     remove.add_argument("name")
-    imp = actions.add_parser("import", help="add devices from a CSV file: name,token[,type]")
+    imp = actions.add_parser("import", help="add devices from a CSV file: name,token[,type], "
+                             "or a header row naming columns among name, token, type, cert, "
+                             "psk_identity, psk_key, psk_key_hex")
     imp.add_argument("file")
     return parser
 
@@ -56,13 +72,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("coapbridge: " + exc.render(), file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s)"
+        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s, registry %s)"
               % (path or "built-in defaults", config.coap.bind_address, config.coap.bind_port,
                  config.mqtt.host, config.mqtt.port, config.mqtt.protocol,
-                 "on" if config.mqtt.tls.enabled else "off", config.data_dir))
+                 "on" if config.mqtt.tls.enabled else "off", config.data_dir,
+                 config.registry_target.display))
         return 0
     try:
-        registry = Registry(config.registry_path)
+        registry = open_registry(config)
     except config_module.StartupError as exc:  # DATA_DIR not writable, a damaged file
         print("coapbridge: %s" % exc, file=sys.stderr)
         return 2
@@ -75,25 +92,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         registry.close()
 
 
-def _devices(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+def open_registry(config: config_module.Config) -> Any:
+    """The registry ``registry.url`` names (raises ``StartupError`` when it cannot be used)."""
+    target = config.registry_target
+    if target.shared:
+        from .registry_pg import PgRegistry  # psycopg: only for a PostgreSQL registry
+        return PgRegistry(target.conninfo, target.display)
+    return Registry(target.path)
+
+
+def _devices(args: argparse.Namespace, config: config_module.Config, registry: Any) -> int:
     if args.action == "add":
-        token = args.token or new_token()
-        entry = registry.add(args.name, token, args.type or config.devices.default_type,
-                             pending=args.pre_provision)
-        if args.pre_provision:
-            print("added %s (type %s), waiting for provisioning" % (entry.name, entry.type))
-            return 0
-        print("added %s (type %s)" % (entry.name, entry.type))
-        if not args.token:
-            print("token: %s" % token)
-        return 0
+        return _add(args, config, registry)
     if args.action == "list":
         entries = registry.entries()
         for entry in entries:
-            note = ("  (deleted on the platform)" if entry.deleted
-                    else "  (waiting for provisioning)" if entry.pending else "")
-            print("%-32s %-24s %s%s" % (entry.name, entry.token if args.show_tokens
-                                        else mask(entry.token), entry.type, note))
+            print(_listing(entry, args.show_tokens or args.show_secrets, args.show_secrets))
         print("%d device%s" % (len(entries), "" if len(entries) == 1 else "s"))
         return 0
     if args.action == "remove":
@@ -106,6 +120,62 @@ def _devices(args: argparse.Namespace, config: config_module.Config, registry: R
     count = registry.import_rows(rows)
     print("imported %d device%s" % (count, "" if count == 1 else "s"))
     return 0
+
+
+def _add(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+    cert = None
+    if args.cert:
+        try:
+            cert = read_file(args.cert)
+        except CertificateError as exc:
+            raise RegistryError(str(exc))
+    key = None
+    if args.psk_key is not None or args.psk_key_hex is not None:
+        key = parse_key(args.psk_key, args.psk_key_hex)
+    elif args.psk_identity is not None:
+        raise RegistryError("--psk-identity needs --psk-key or --psk-key-hex")
+    # a token by default, unless the device has another credential of its own
+    token = args.token or (None if cert is not None or args.psk_identity else new_token())
+    entry = registry.add(args.name, token, args.type or config.devices.default_type,
+                         pending=args.pre_provision,
+                         cert_sha3=cert.sha3 if cert else None, cert_pem=cert.pem if cert else None,
+                         psk_identity=args.psk_identity, psk_key=key)
+    if args.pre_provision:
+        print("added %s (type %s), waiting for provisioning" % (entry.name, entry.type))
+        return 0
+    print("added %s (type %s)" % (entry.name, entry.type))
+    if token is not None and not args.token:
+        print("token: %s" % token)
+    if cert is not None:
+        print("certificate: %s%s" % (cert.sha3, " (CN %s)" % cert.cn if cert.cn else ""))
+    if entry.psk_identity is not None:
+        print("PSK identity: %s%s" % (entry.psk_identity, " (the token)"
+                                      if entry.psk_identity == token else ""))
+    return 0
+
+
+def _listing(entry: Entry, tokens: bool, secrets: bool) -> str:
+    """One device: name, token (masked), type, credential kinds, certificate id, PSK
+    identity (and key, with ``secrets``), and its state."""
+    token = entry.token if tokens or entry.token is None else mask(entry.token)
+    parts = ["%-32s %-24s %s" % (entry.name, token if token is not None else "-", entry.type)]
+    extra = []
+    if entry.cert_sha3 or entry.psk_identity:
+        extra.append("[%s]" % ",".join(entry.kinds))
+    if entry.cert_sha3:
+        extra.append("x509 %s" % entry.cert_sha3)
+    if entry.psk_identity:
+        identity = entry.psk_identity
+        if entry.psk_identity == entry.token and not tokens:
+            identity = "(the token)"
+        extra.append("psk %s" % identity)
+        if secrets and entry.psk_key is not None:
+            extra.append("key %s" % entry.psk_key.hex())
+    if entry.deleted:
+        extra.append("(deleted on the platform)")
+    elif entry.pending:
+        extra.append("(waiting for provisioning)")
+    return "  ".join(parts + extra)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Authentication: the one step that turns a request's credential into a device.
 
-A credential is a small value naming how the device proved who it is. Today that is the
-access token in the Uri-Path (``AccessToken``); a DTLS session will hand over the
-certificate or PSK identity it verified, as another credential type with its resolver
-here. An unknown credential is 4.01, counted, and summed up in one warning a minute per
-scan (see tokenscan.py), never logged per request.
+A credential is a small value naming how the device proved who it is: the access token
+in the Uri-Path (``AccessToken``), or what a DTLS session verified, its client certificate
+(``Certificate``, named by ThingsBoard's certificate id, ``certificate_id``) or its PSK
+identity (``PresharedKey``). An unknown credential is 4.01, counted, and summed up in
+one warning a minute per scan (see tokenscan.py), never logged per request.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional, Union
 
 from . import codes
 from .actions import Device, Log
@@ -28,7 +30,29 @@ class AccessToken:
     token: str
 
 
-Credential = AccessToken  # a Union once certificates and PSK identities arrive
+@dataclass(frozen=True)
+class Certificate:
+    """A client certificate a DTLS handshake verified: its leaf's ``certificate_id``, and
+    its subject CN (for auto-registration; not part of equality)."""
+
+    sha3: str
+    cn: Optional[str] = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class PresharedKey:
+    """The PSK identity a DTLS handshake used (the key stays with the transport)."""
+
+    identity: str
+
+
+Credential = Union[AccessToken, Certificate, PresharedKey]
+
+
+def certificate_id(der: bytes) -> str:
+    """ThingsBoard's id of an X.509 credential: hex SHA3-256 of the base64 of the DER,
+    without newlines (the PEM body joined on one line)."""
+    return hashlib.sha3_256(base64.b64encode(der)).hexdigest()
 
 
 class Authenticator(Part):

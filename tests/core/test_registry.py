@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from bridge.core.actions import Device
-from bridge.registry import Entry, Registry, RegistryError, mask, read_csv
+from bridge.registry import DeviceRow, Entry, Registry, RegistryError, mask, read_csv
 
 
 @pytest.fixture
@@ -242,17 +242,20 @@ def test_import_conflict_message_does_not_reveal_token(registry):
 def test_read_csv_with_header_and_type_column(tmp_path):
     path = write_csv(tmp_path, "name,token,type\nDev A,tokA,thermo\nDev B,tokB,\nDev C,tokC\n")
     assert read_csv(path, "default") == [
-        ("Dev A", "tokA", "thermo"), ("Dev B", "tokB", "default"), ("Dev C", "tokC", "default")]
+        DeviceRow("Dev A", "tokA", "thermo"), DeviceRow("Dev B", "tokB", "default"),
+        DeviceRow("Dev C", "tokC", "default")]
 
 
 def test_read_csv_without_header_and_without_type_column(tmp_path):
     path = write_csv(tmp_path, "Dev A,tokA\n\n , \nDev B , tokB \n")
-    assert read_csv(path, "meter") == [("Dev A", "tokA", "meter"), ("Dev B", "tokB", "meter")]
+    assert read_csv(path, "meter") == [DeviceRow("Dev A", "tokA", "meter"),
+                                       DeviceRow("Dev B", "tokB", "meter")]
 
 
 def test_read_csv_header_only_counts_on_first_line(tmp_path):
     path = write_csv(tmp_path, "Dev A,tokA\nname,token\n")
-    assert read_csv(path, "d") == [("Dev A", "tokA", "d"), ("name", "token", "d")]
+    assert read_csv(path, "d") == [DeviceRow("Dev A", "tokA", "d"),
+                                   DeviceRow("name", "token", "d")]
 
 
 @pytest.mark.parametrize("line", ["only-one-cell", "a,b,c,d"])
@@ -270,7 +273,7 @@ def test_read_csv_rows_import_into_registry(tmp_path, registry):
 
 def test_read_csv_with_bom_still_recognises_header(tmp_path):
     path = write_csv(tmp_path, "name,token,type\nDev A,tokA,thermo\n", encoding="utf-8-sig")
-    assert read_csv(path, "default") == [("Dev A", "tokA", "thermo")]
+    assert read_csv(path, "default") == [DeviceRow("Dev A", "tokA", "thermo")]
 
 
 # -- secrets -----------------------------------------------------------------------------------------

@@ -90,3 +90,69 @@ def test_twistd_reports_yaml_syntax_errors(tmp_path):
 def test_twistd_help_lists_options():
     rc, out, err = run([os.path.join(BIN, "twistd"), "coapbridge", "--help"])
     assert rc == 0 and "--config" in out
+
+
+# -- certificate and PSK devices ----------------------------------------------------------------
+
+def test_devices_add_cert_registers_its_id_and_list_shows_it(tmp_path):
+    import x509make
+    from bridge.core.auth import certificate_id
+    cert, _ = x509make.certificate("meter-9")
+    pem = x509make.write_pem(tmp_path / "device.pem", cert)
+    sha3 = certificate_id(x509make.der(cert))
+    rc, out, err = cli(tmp_path, "devices", "add", "Meter 9", "--cert", pem, "--type", "meter")
+    assert rc == 0, err
+    assert "certificate: %s (CN meter-9)" % sha3 in out and "token:" not in out  # no token
+    rc, out, _ = cli(tmp_path, "devices", "list")
+    assert re.search(r"^Meter 9\s+-\s+meter  \[x509\]  x509 %s$" % sha3, out, re.M), out
+    rc, _, err = cli(tmp_path, "devices", "add", "Meter 10", "--cert", pem)
+    assert rc == 1 and "certificate is already registered, for device 'Meter 9'" in err
+
+
+def test_devices_add_cert_refuses_a_file_that_is_not_a_certificate(tmp_path):
+    key = tmp_path / "device.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n")
+    for path in (str(key), str(tmp_path / "missing.pem")):
+        rc, out, err = cli(tmp_path, "devices", "add", "X", "--cert", path)
+        assert rc == 1 and err.count("\n") == 1 and path in err and "Traceback" not in err
+    assert "0 devices" in cli(tmp_path, "devices", "list")[1]
+
+
+def test_devices_add_psk_hides_the_key_unless_asked(tmp_path):
+    rc, out, err = cli(tmp_path, "devices", "add", "Psk A", "--psk-key", "s3cret-psk")
+    assert rc == 0, err
+    token = re.search(r"token: (\S+)", out).group(1)
+    assert "PSK identity: %s (the token)" % token in out and "s3cret" not in out
+    rc, out, err = cli(tmp_path, "devices", "add", "Psk B", "--psk-key-hex", "00a1ff",
+                       "--psk-identity", "dev-b")
+    assert rc == 0 and "token:" not in out, err
+    rc, out, _ = cli(tmp_path, "devices", "list")
+    assert "s3cret" not in out and "00a1ff" not in out and token not in out
+    assert re.search(r"^Psk A\s+\S+\s+default  \[token,psk\]  psk \(the token\)$", out, re.M)
+    assert re.search(r"^Psk B\s+-\s+default  \[psk\]  psk dev-b$", out, re.M)
+    rc, out, _ = cli(tmp_path, "devices", "list", "--show-tokens")
+    assert "psk %s" % token in out and "s3cret" not in out
+    rc, out, _ = cli(tmp_path, "devices", "list", "--show-secrets")
+    assert "key %s" % b"s3cret-psk".hex() in out and "key 00a1ff" in out and token in out
+    rc, _, err = cli(tmp_path, "devices", "add", "Psk C", "--psk-key", "k",
+                     "--psk-identity", "dev-b")
+    assert rc == 1 and "PSK identity already belongs to another device" in err
+    rc, _, err = cli(tmp_path, "devices", "add", "Psk D", "--psk-key-hex", "xyz")
+    assert rc == 1 and "not hex" in err
+    rc, _, err = cli(tmp_path, "devices", "add", "Psk E", "--psk-identity", "e")
+    assert rc == 1 and "--psk-identity needs --psk-key" in err
+
+
+def test_devices_import_with_a_header_takes_certificates_and_keys(tmp_path):
+    import x509make
+    cert, _ = x509make.certificate("cam-1")
+    x509make.write_pem(tmp_path / "cam.pem", cert)
+    csv_file = tmp_path / "devices.csv"
+    csv_file.write_text("name,type,token,cert,psk_identity,psk_key_hex\n"
+                        "Cam 1,camera,,cam.pem,,\nPsk 1,,tok1,,,0102\nOld,,tokO\n")
+    rc, out, err = cli(tmp_path, "devices", "import", str(csv_file))
+    assert rc == 0 and "imported 3 devices" in out, err
+    rc, out, _ = cli(tmp_path, "devices", "list")
+    assert re.search(r"^Cam 1\s+-\s+camera  \[x509\]", out, re.M)
+    assert re.search(r"^Psk 1\s+\S+\s+default  \[token,psk\]", out, re.M)
+    assert re.search(r"^Old\s+\S+\s+default$", out, re.M)
