@@ -165,6 +165,20 @@ class OtaConfig:
     cache_max_bytes: int = 1024 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class X509Config:
+    # Register an unknown client certificate (one that chains to dtls.ca_file) on first
+    # use, named by its subject CN, or by group 1 of cn_regex matched in the CN.
+    auto_register: bool = False
+    cn_regex: str = ""
+    device_type: str = ""  # empty: devices.default_type
+
+
+@dataclass(frozen=True)
+class DtlsConfig:
+    x509: X509Config = field(default_factory=X509Config)
+
+
 # Fields holding a list of mappings, and the dataclass of each item.
 _LISTS: Dict[str, Any] = {"profiles": ProvisionProfileConfig}
 
@@ -224,6 +238,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)
+    dtls: DtlsConfig = field(default_factory=DtlsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # device type -> its payload format (a type with no entry speaks JSON)
@@ -518,6 +533,11 @@ def _check(config: Config, problems: List[str]) -> None:
         problems.append("platform.client_rpc_method: must not be empty")
     if not config.devices.default_type:
         problems.append("devices.default_type: must not be empty")
+    if config.dtls.x509.cn_regex:
+        try:
+            re.compile(config.dtls.x509.cn_regex)
+        except re.error as exc:
+            problems.append("dtls.x509.cn_regex: not a regular expression (%s)" % exc)
 
 
 def _resolve_registry(config: Config, problems: List[str]) -> Config:

@@ -83,5 +83,8 @@ def unavailable(request_ref: int, reason: str) -> Reply:
 
 
 def address(remote: Any) -> Any:
-    """The source address of a remote (host, port): limits apply per address, not per port."""
+    """The source address of a remote (host, port), or of a DTLS session (its ``address``):
+    limits apply per address, not per port or session."""
+    if not isinstance(remote, tuple):
+        remote = getattr(remote, "address", remote)
     return remote[0] if isinstance(remote, tuple) and remote else remote
