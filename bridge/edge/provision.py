@@ -9,6 +9,9 @@ for different names run at once, each on its own session, up to
 the same name wait for each other (and count towards the bound), so the same
 name provisioned twice at once yields exactly one device. (A generic broker
 passes every answer to every provisioning session: there, set the bound to 1.)
+
+A request that came as protobuf is sent to the platform as the same JSON, and answered
+as a ``ProvisionDeviceResponseMsg`` (``core.provision.encode_answer``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ log = logger("provision")
 
 REQUEST_TOPIC = "/provision/request"
 RESPONSE_TOPIC = "/provision/response"
-Answer = Callable[..., None]  # (request ref, code, JSON body, max_age=None)
+Answer = Callable[..., None]  # (request ref, code, body, content_format=50, max_age=None)
 
 
 class _Session(ShortSession):
@@ -51,8 +54,10 @@ class _Session(ShortSession):
 
 class Provisioner:
     def __init__(self, config: Config, reactor: Any, registry: Callable[[], Registry],
-                 answer: Answer, sessions: Optional[ShortSessions] = None):
+                 answer: Answer, sessions: Optional[ShortSessions] = None, fixed: Any = None):
+        """``fixed``: ThingsBoard's fixed messages, to answer protobuf requests."""
         self.config = config
+        self.fixed = fixed
         self.reactor = reactor
         self.registry = registry
         self.answer = answer
@@ -106,22 +111,22 @@ class Provisioner:
         name = request.device_name or random_name()
         if profile is None:
             log.info("Provisioning of {device} refused: unknown key or wrong secret", device=name)
-            self._reply(ref, provision.not_found())
+            self._reply(ref, request, provision.not_found())
             return
         if request.credentials_type != "ACCESS_TOKEN":
             log.info("Provisioning of {device} refused: local mode issues access tokens only",
                      device=name)
-            self._reply(ref, provision.failure())
+            self._reply(ref, request, provision.failure())
             return
         token = request.token or random_name()
         if not self.registry().provision(name, token, profile.device_type, profile.strategy):
             log.info("Provisioning of {device} refused by strategy {strategy}", device=name,
                      strategy=profile.strategy)
-            self._reply(ref, provision.failure())
+            self._reply(ref, request, provision.failure())
             return
         log.info("Provisioned {device} (type {type}, token {token})", device=name,
                  type=profile.device_type, token=mask(token))
-        self._reply(ref, provision.success(token))
+        self._reply(ref, request, provision.success(token))
 
     def _upstream(self, ref: int, request: ProvisionRequest) -> defer.Deferred:
         body = dict(request.body)
@@ -130,7 +135,7 @@ class Provisioner:
         name = request.device_name or random_name()
         body["deviceName"] = name
         d = _Session(self, json.dumps(body).encode("utf-8")).start(self.sessions)
-        d.addCallbacks(self._upstream_done, self._no_answer, callbackArgs=(ref, name),
+        d.addCallbacks(self._upstream_done, self._no_answer, callbackArgs=(ref, name, request),
                        errbackArgs=(ref, name))
         return d
 
@@ -140,7 +145,8 @@ class Provisioner:
                  device=name, reason=failure.value.reason)
         self.answer(ref, codes.GATEWAY_TIMEOUT, b"")
 
-    def _upstream_done(self, payload: bytes, ref: int, name: str) -> None:
+    def _upstream_done(self, payload: bytes, ref: int, name: str,
+                       request: ProvisionRequest) -> None:
         try:
             doc = json.loads(payload)
         except ValueError:
@@ -152,7 +158,7 @@ class Provisioner:
         if doc.get("status") != "SUCCESS":
             log.info("Provisioning of {device} refused by the platform: {status}", device=name,
                      status=doc.get("status"))
-            self.answer(ref, codes.BAD_REQUEST, payload)
+            self._relay(ref, codes.BAD_REQUEST, request, payload, doc)
             return
         token = doc.get("credentialsValue")
         if doc.get("credentialsType", "ACCESS_TOKEN") == "ACCESS_TOKEN" and isinstance(token, str):
@@ -168,9 +174,19 @@ class Provisioner:
         else:
             log.info("Provisioned {device} with {kind} credentials, which it cannot use here",
                      device=name, kind=doc.get("credentialsType"))
-        self.answer(ref, codes.CREATED, payload)
+        self._relay(ref, codes.CREATED, request, payload, doc)
 
-    def _reply(self, ref: int, body: dict) -> None:
-        status = body.get("status")
+    def _relay(self, ref: int, code: int, request: ProvisionRequest, payload: bytes,
+               doc: Dict[str, Any]) -> None:
+        """The platform's answer: as it sent it to a JSON request, else re-encoded."""
+        if request.protobuf:
+            body, content_format = provision.encode_answer(request, doc, self.fixed)
+            self.answer(ref, code, body, content_format=content_format)
+        else:
+            self.answer(ref, code, payload)
+
+    def _reply(self, ref: int, request: ProvisionRequest, doc: Dict[str, Any]) -> None:
+        status = doc.get("status")
+        body, content_format = provision.encode_answer(request, doc, self.fixed)
         self.answer(ref, codes.CREATED if status == "SUCCESS" else codes.BAD_REQUEST,
-                    json.dumps(body, separators=(",", ":")).encode("utf-8"))
+                    body, content_format=content_format)

@@ -24,7 +24,7 @@ from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
                             ResetLink, ServePackage, Store, StoreMany)
-from ..core.formats import FormatOf, PayloadFormat, protoschema
+from ..core.formats import FormatOf, PayloadFormat, protoschema, tbproto
 from ..core.formats.json import JsonFormat
 from ..core.formats.protobuf import ProtobufFormat
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
@@ -52,7 +52,18 @@ SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 
 
-def format_of(config: Config) -> FormatOf:
+def fixed_messages(config: Config) -> Optional[tbproto.Messages]:
+    """ThingsBoard's fixed messages (compiled by protoc, needed by PROTOBUF profiles and by
+    protobuf provisioning requests); None without protoc and PROTOBUF profiles: then
+    provisioning reads JSON only (the configuration check needs protoc for the profiles)."""
+    try:
+        return protoc.fixed_messages()
+    except protoc.ProtocMissing:
+        log.info("protoc is not installed: provisioning requests are read as JSON only")
+        return None
+
+
+def format_of(config: Config, fixed: Optional[tbproto.Messages] = None) -> FormatOf:
     """Device type -> its payload format: the type's entry in ``device_profiles`` (its
     schemas compiled and checked when the configuration was loaded), else JSON."""
     json = JsonFormat(config.limits.json_max_depth)
@@ -63,13 +74,16 @@ def format_of(config: Config) -> FormatOf:
                 protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY),
                 protoc.message_class(profile.deviceAttributesProtoSchema,
                                      protoschema.ATTRIBUTES),
-                json, profile.enableCompatibilityWithJsonPayloadFormat)
+                json, profile.enableCompatibilityWithJsonPayloadFormat,
+                fixed or protoc.fixed_messages(),
+                profile.useJsonPayloadFormatForDefaultDownlinkTopics)
     return lambda device_type: formats.get(device_type, json)
 
 
-def make_core(config: Config, lookup: Any) -> GatewayCore:
+def make_core(config: Config, lookup: Any,
+              fixed: Optional[tbproto.Messages] = None) -> GatewayCore:
     """The one place the core is built."""
-    return GatewayCore(config, lookup, format_of(config))
+    return GatewayCore(config, lookup, format_of(config, fixed), fixed)
 
 
 class Bridge:
@@ -80,7 +94,8 @@ class Bridge:
         self.reactor = reactor
         self.rng = rng or random.Random()
         self.registry_view = RegistryView(reactor)
-        self.core = make_core(config, self.registry_view.get)
+        fixed = fixed_messages(config)
+        self.core = make_core(config, self.registry_view.get, fixed)
         self.dispatcher = ActionDispatcher()
         self.apply = self.dispatcher.apply
         self.outbox_commit = OutboxCommit(self.core, reactor, self.apply, self._before_write)
@@ -92,7 +107,7 @@ class Bridge:
         self.notifications = Notifications(reactor)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
         self.provisioner = Provisioner(config, reactor, lambda: self.registry_view.registry,
-                                       self.requests.answer_json, self.sessions)
+                                       self.requests.answer_json, self.sessions, fixed)
         self.packages = PackageStore(config, reactor, self.reconnect_device, self.sessions)
         mqtt = dataclasses.replace(config.mqtt,
                                    client_id=gateway_client_id(config, socket.gethostname()))

@@ -12,8 +12,14 @@ Numbers keep the platform's typing: Java prints a double outside [1e-3, 1e7) as 
 which the platform stores as LONG when it is integral, where Python would write
 ``10000000.0`` (a DOUBLE); such a value is sent as the integer, typed the same way.
 
-Not yet protobuf here (they stay JSON, as with useJsonPayloadFormatForDefaultDownlinkTopics):
-RPC replies, client-side RPC, claim, and every downlink.
+Claims and client-side RPC use ThingsBoard's fixed messages (``tbproto``), whatever the
+profile: ``ClaimDevice {secretKey, durationMs}`` and ``RpcRequest {method, params}`` (its
+``params`` JSON text, read as JSON; text that is not JSON stays a string, as ThingsBoard's
+lenient parser keeps it; empty is null). The platform's answer to a client-side RPC goes
+back as ``ToServerRpcResponseMsg {requestId: 0, payload: the answer's JSON text}``, or
+as the JSON itself with useJsonPayloadFormatForDefaultDownlinkTopics.
+
+Not yet protobuf here (they stay JSON): RPC replies and the other downlinks.
 """
 
 from __future__ import annotations
@@ -53,27 +59,38 @@ def to_json(message: Any) -> Any:
 
 class ProtobufFormat:
     name = "protobuf"
-    content_format = codes.APPLICATION_JSON  # what ``encode`` writes: downlinks stay JSON
+    content_format = codes.OCTET_STREAM  # downlinks (JSON with json_downlinks, below)
 
     def __init__(self, telemetry_class: Any, attributes_class: Any, json: JsonFormat,
-                 json_compatible: bool = False):
+                 json_compatible: bool = False, fixed: Any = None,
+                 json_downlinks: bool = False):
         """``json_compatible``: enableCompatibilityWithJsonPayloadFormat (a payload that
-        does not decode is read as JSON)."""
+        does not decode is read as JSON). ``fixed``: ThingsBoard's fixed messages
+        (``tbproto.Messages``). ``json_downlinks``:
+        useJsonPayloadFormatForDefaultDownlinkTopics."""
         self.telemetry_class = telemetry_class
         self.attributes_class = attributes_class
         self.json = json
         self.json_compatible = json_compatible
+        self.fixed = fixed
+        self.json_downlinks = json_downlinks
+        if json_downlinks:
+            self.content_format = codes.APPLICATION_JSON
 
-    def _decode(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
-        """The JSON document of ``payload``, or None to read it as JSON instead."""
+    def _message(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
+        """``payload`` decoded as ``cls``, or None to read it as JSON instead."""
         try:
-            message = cls.FromString(payload)
+            return cls.FromString(payload)
         except (DecodeError, ValueError) as exc:
             if self.json_compatible:
                 return None
             raise codes.BadRequest("%s: payload does not decode as %s: %s"
                                    % (what, cls.DESCRIPTOR.full_name, exc))
-        return to_json(message)
+
+    def _decode(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
+        """The JSON document of ``payload``, or None to read it as JSON instead."""
+        message = self._message(cls, payload, what)
+        return None if message is None else to_json(message)
 
     def telemetry(self, device: str, payload: bytes, now: float) -> Message:
         doc = self._decode(self.telemetry_class, payload, "telemetry")
@@ -92,19 +109,39 @@ class ProtobufFormat:
         topic, body = gateway.attributes(device, values)
         return topic, body, values
 
-    # Still JSON (issue 15's later steps): the same as a JSON device's.
-
     def claim(self, device: str, payload: bytes) -> Message:
-        return self.json.claim(device, payload)
+        msg = self._message(self.fixed.ClaimDevice, payload, "claim")
+        if msg is None:
+            return self.json.claim(device, payload)
+        return gateway.claim(device, payloads.Claim(msg.secretKey, msg.durationMs))
+
+    def rpc_call(self, payload: bytes) -> Tuple[str, Any]:
+        msg = self._message(self.fixed.RpcRequest, payload, "rpc")
+        if msg is None:
+            return self.json.rpc_call(payload)
+        if not msg.method:
+            raise codes.BadRequest("rpc: method is empty (transportapi.RpcRequest: "
+                                   "string method = 1; string params = 2)")
+        return msg.method, self._params(msg.params)
+
+    def _params(self, text: str) -> Any:
+        if not text:
+            return None
+        try:
+            return payloads.parse_json(text.encode("utf-8"), "rpc params", self.json.max_depth)
+        except codes.BadRequest:
+            return text  # not JSON: a string, as ThingsBoard's lenient parser reads it
+
+    def rpc_result(self, payload: bytes) -> bytes:
+        if self.json_downlinks:
+            return self.json.rpc_result(payload)
+        return self.fixed.ToServerRpcResponseMsg(
+            payload=payload.decode("utf-8", "replace")).SerializeToString()
+
+    # Still JSON (issue 15's later steps): the same as a JSON device's.
 
     def rpc_reply(self, device: str, rpc_id: int, payload: bytes) -> Message:
         return self.json.rpc_reply(device, rpc_id, payload)
 
-    def rpc_call(self, payload: bytes) -> Tuple[str, Any]:
-        return self.json.rpc_call(payload)
-
     def encode(self, document: Any) -> bytes:
         return self.json.encode(document)
-
-    def rpc_result(self, payload: bytes) -> bytes:
-        return self.json.rpc_result(payload)
