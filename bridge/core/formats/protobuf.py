@@ -10,7 +10,9 @@ their defaults, nested messages as objects. That JSON then follows the JSON rule
 
 Numbers keep the platform's typing: Java prints a double outside [1e-3, 1e7) as ``1.0E7``,
 which the platform stores as LONG when it is integral, where Python would write
-``10000000.0`` (a DOUBLE); such a value is sent as the integer, typed the same way.
+``10000000.0`` (a DOUBLE); such a value is sent as the integer, typed the same way. The
+printing is ``protojson``'s (the same document as protobuf's ``MessageToDict``, faster); a
+plain object of values goes into the gateway message as its text, as a JSON upload does.
 
 Claims and client-side RPC use ThingsBoard's fixed messages (``tbproto``), whatever the
 profile: ``ClaimDevice {secretKey, durationMs}`` and ``RpcRequest {method, params}`` (its
@@ -26,36 +28,12 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from .. import codes, gateway, payloads
 from . import Message
 from .json import JsonFormat
-
-_JAVA_PLAIN_MAX = 1e7  # Java's Double.toString uses E notation from here on
-_LONG_LIMIT = float(2 ** 63)
-
-
-def _java_typed(value: Any) -> Any:
-    """``value`` with each integral double that Java prints in E notation as an integer."""
-    if type(value) is float:
-        if value.is_integer() and _JAVA_PLAIN_MAX <= abs(value) < _LONG_LIMIT:
-            return int(value)
-        return value
-    if type(value) is dict:
-        return {key: _java_typed(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_java_typed(item) for item in value]
-    return value
-
-
-def to_json(message: Any) -> Any:
-    """A decoded message as ThingsBoard's JSON printer writes it (as Python values)."""
-    return _java_typed(json_format.MessageToDict(
-        message, always_print_fields_with_no_presence=True,
-        preserving_proto_field_name=False, use_integers_for_enums=False))
-
+from .protojson import to_json
 
 class ProtobufFormat:
     name = "protobuf"
@@ -96,6 +74,8 @@ class ProtobufFormat:
         doc = self._decode(self.telemetry_class, payload, "telemetry")
         if doc is None:
             return self.json.telemetry(device, payload, now)
+        if payloads.plain_values(doc):  # what telemetry_entries would make of it, cheaper
+            return gateway.telemetry_as_sent(device, int(now * 1000), payloads.dumps(doc))
         ts = doc.get("ts")
         if type(ts) is str and "values" in doc and ts.isdigit():
             doc["ts"] = int(ts)  # an int64 printed as text, read as a number (Gson)
