@@ -35,6 +35,7 @@ from . import Message
 from .json import JsonFormat
 from .protojson import to_json
 
+
 class ProtobufFormat:
     name = "protobuf"
     content_format = codes.OCTET_STREAM  # downlinks (JSON with json_downlinks, below)
