@@ -52,7 +52,7 @@ SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 
 
-def fixed_messages(config: Config) -> Optional[tbproto.Messages]:
+def fixed_messages() -> Optional[tbproto.Messages]:
     """ThingsBoard's fixed messages (compiled by protoc, needed by PROTOBUF profiles and by
     protobuf provisioning requests); None without protoc and PROTOBUF profiles: then
     provisioning reads JSON only (the configuration check needs protoc for the profiles)."""
@@ -94,7 +94,7 @@ class Bridge:
         self.reactor = reactor
         self.rng = rng or random.Random()
         self.registry_view = RegistryView(reactor)
-        fixed = fixed_messages(config)
+        fixed = fixed_messages()
         self.core = make_core(config, self.registry_view.get, fixed)
         self.dispatcher = ActionDispatcher()
         self.apply = self.dispatcher.apply
