@@ -10,7 +10,7 @@ token). Answers use ThingsBoard's JSON: ``{"credentialsValue",
 "NOT_FOUND" | "FAILURE"}``.
 
 As in ThingsBoard, a request is read as JSON first and, when it is not JSON text at all,
-as its fixed ``ProvisionDeviceRequestMsg`` (``formats/tbproto.py``); the answer then is a
+as its fixed ``ProvisionDeviceRequestMsg`` (``formats/fixed.py``); the answer then is a
 ``ProvisionDeviceResponseMsg`` (status, credentialsType, credentialsValue: no errorMsg in
 it). Provisioning is not per device profile: there is no device yet.
 """
@@ -57,7 +57,7 @@ class ProvisionProfile:
 
 
 def parse_request(payload: bytes, max_depth: int, fixed: Any = None) -> ProvisionRequest:
-    """The request, from JSON or (``fixed``: ThingsBoard's fixed messages, ``tbproto``) from
+    """The request, from JSON or (``fixed``: ThingsBoard's fixed messages, ``formats.fixed``) from
     a ``ProvisionDeviceRequestMsg`` when the payload is not JSON text; 4.00 if neither."""
     try:
         doc = parse_json(payload, "provision", max_depth)
@@ -92,6 +92,11 @@ def _checked_token(token: Any) -> Optional[str]:
     return token
 
 
+def _enum(cls: Any, field: str) -> Any:
+    """The enum type of ``cls``'s field ``field`` (CredentialsType, ResponseStatus)."""
+    return cls.DESCRIPTOR.fields_by_name[field].enum_type
+
+
 def _from_protobuf(payload: bytes, fixed: Any, not_json: NotJson) -> ProvisionRequest:
     """A ``ProvisionDeviceRequestMsg``, with the JSON body the platform's provisioning API
     reads. An empty key or secret is not refused here: ThingsBoard answers it NOT_FOUND."""
@@ -100,7 +105,8 @@ def _from_protobuf(payload: bytes, fixed: Any, not_json: NotJson) -> ProvisionRe
     except (DecodeError, ValueError) as exc:
         raise BadRequest("%s, nor does it decode as transport.ProvisionDeviceRequestMsg: %s"
                          % (not_json.reason, exc))
-    kind = fixed.CredentialsType.values_by_number.get(msg.credentialsType)
+    kind = _enum(fixed.ProvisionDeviceRequestMsg, "credentialsType").values_by_number.get(
+        msg.credentialsType)
     if kind is None or kind.name not in CREDENTIAL_TYPES:
         raise BadRequest("provision: unknown credentialsType %d" % msg.credentialsType)
     data = msg.credentialsDataProto
@@ -141,9 +147,11 @@ def encode_answer(request: ProvisionRequest, doc: Dict[str, Any], fixed: Any) ->
     if not request.protobuf:
         return dumps(doc), codes.APPLICATION_JSON
     msg = fixed.ProvisionDeviceResponseMsg()
-    status = fixed.ResponseStatus.values_by_name.get(str(doc.get("status")))
+    status = _enum(fixed.ProvisionDeviceResponseMsg, "status").values_by_name.get(
+        str(doc.get("status")))
     msg.status = status.number if status is not None else 0  # UNKNOWN
-    kind = fixed.CredentialsType.values_by_name.get(str(doc.get("credentialsType")))
+    kind = _enum(fixed.ProvisionDeviceResponseMsg, "credentialsType").values_by_name.get(
+        str(doc.get("credentialsType")))
     if kind is not None:
         msg.credentialsType = kind.number
     value = doc.get("credentialsValue")
@@ -163,7 +171,7 @@ def find_profile(request: ProvisionRequest,
 
 class Provisioning(Part):
     def __init__(self, shared: Shared, fixed: Any = None):
-        """``fixed``: ThingsBoard's fixed messages (``tbproto.Messages``), for requests that
+        """``fixed``: ThingsBoard's fixed messages (``formats.fixed.FixedMessages``), for requests that
         are not JSON; None: JSON only (protoc is not installed)."""
         super().__init__()
         self.fixed = fixed

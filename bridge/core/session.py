@@ -52,7 +52,7 @@ class GatewayCore:
                  format_of: Optional[FormatOf] = None, fixed: Any = None):
         """``lookup``: access token -> device. ``format_of``: device type -> its payload
         format (default: JSON for every type). ``fixed``: ThingsBoard's fixed protobuf
-        messages (``formats.tbproto.Messages``), for provisioning requests that are not
+        messages (``formats.fixed.FixedMessages``), for provisioning requests that are not
         JSON (None: JSON only)."""
         shared = self.shared = Shared(config)
         json = JsonFormat(config.limits.json_max_depth)

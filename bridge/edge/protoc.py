@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from google.protobuf import descriptor_pb2
 
-from ..core.formats import protoschema, tbproto
+from ..core.formats import fixed, protoschema
 
 INSTALL_HINT = ("protoc is not installed (Debian/Ubuntu: apt-get install protobuf-compiler; "
                 "or put protoc on PATH)")
@@ -51,8 +51,8 @@ def _errors(stderr: str) -> List[protoschema.Problem]:
 
 
 @functools.lru_cache(maxsize=128)
-def compile_text(text: str) -> descriptor_pb2.FileDescriptorProto:
-    """The compiled file of ``text``, with source positions (raises SchemaError)."""
+def compile_schema(text: str, kind: str) -> descriptor_pb2.FileDescriptorProto:
+    """The compiled, checked file of schema ``text`` of ``kind`` (raises SchemaError)."""
     protoc = protoc_path()
     if protoc is None:
         raise ProtocMissing(INSTALL_HINT)
@@ -68,13 +68,7 @@ def compile_text(text: str) -> descriptor_pb2.FileDescriptorProto:
         if result.returncode != 0:
             raise SchemaError(_errors(result.stderr))
         with open(out, "rb") as handle:
-            return protoschema.file_of(handle.read())
-
-
-@functools.lru_cache(maxsize=128)
-def compile_schema(text: str, kind: str) -> descriptor_pb2.FileDescriptorProto:
-    """The compiled, checked file of schema ``text`` of ``kind`` (raises SchemaError)."""
-    file = compile_text(text)
+            file = protoschema.file_of(handle.read())
     problems = protoschema.check(file, kind)
     if problems:
         raise SchemaError(problems)
@@ -84,13 +78,6 @@ def compile_schema(text: str, kind: str) -> descriptor_pb2.FileDescriptorProto:
 def message_class(text: str, kind: str):
     """The message class of a schema (compiled once): raises SchemaError, ProtocMissing."""
     return protoschema.message_class(compile_schema(text, kind))
-
-
-@functools.lru_cache(maxsize=1)
-def fixed_messages() -> tbproto.Messages:
-    """ThingsBoard's fixed messages (claim, client RPC, provisioning, attribute downlinks),
-    compiled once (raises ProtocMissing)."""
-    return tbproto.Messages([compile_text(text) for text in tbproto.TEXTS])
 
 
 def check_profiles(profiles) -> List[str]:
@@ -113,3 +100,9 @@ def check_profiles(profiles) -> List[str]:
             except SchemaError as exc:
                 problems += ["%s: %s" % (where, protoschema.describe(p)) for p in exc.problems]
     return problems
+
+
+@functools.lru_cache(maxsize=1)
+def fixed_messages() -> fixed.FixedMessages:
+    """ThingsBoard's fixed messages (``bridge.core.formats.fixed``), compiled once."""
+    return fixed.FixedMessages([compile_schema(text, fixed.KIND) for _, text in fixed.FILES])

@@ -24,7 +24,7 @@ from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
                             ResetLink, ServePackage, Store, StoreMany)
-from ..core.formats import FormatOf, PayloadFormat, protoschema, tbproto
+from ..core.formats import FormatOf, PayloadFormat, fixed, protoschema
 from ..core.formats.json import JsonFormat
 from ..core.formats.protobuf import ProtobufFormat
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
@@ -52,7 +52,7 @@ SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 
 
-def fixed_messages() -> Optional[tbproto.Messages]:
+def fixed_messages() -> Optional[fixed.FixedMessages]:
     """ThingsBoard's fixed messages (compiled by protoc, needed by PROTOBUF profiles and by
     protobuf provisioning requests); None without protoc and PROTOBUF profiles: then
     provisioning reads JSON only (the configuration check needs protoc for the profiles)."""
@@ -63,7 +63,7 @@ def fixed_messages() -> Optional[tbproto.Messages]:
         return None
 
 
-def format_of(config: Config, fixed: Optional[tbproto.Messages] = None) -> FormatOf:
+def format_of(config: Config) -> FormatOf:
     """Device type -> its payload format: the type's entry in ``device_profiles`` (its
     schemas compiled and checked when the configuration was loaded), else JSON."""
     json = JsonFormat(config.limits.json_max_depth)
@@ -75,15 +75,16 @@ def format_of(config: Config, fixed: Optional[tbproto.Messages] = None) -> Forma
                 protoc.message_class(profile.deviceAttributesProtoSchema,
                                      protoschema.ATTRIBUTES),
                 json, profile.enableCompatibilityWithJsonPayloadFormat,
-                fixed or protoc.fixed_messages(),
-                profile.useJsonPayloadFormatForDefaultDownlinkTopics)
+                fixed=protoc.fixed_messages(),
+                json_downlinks=profile.useJsonPayloadFormatForDefaultDownlinkTopics)
     return lambda device_type: formats.get(device_type, json)
 
 
 def make_core(config: Config, lookup: Any,
-              fixed: Optional[tbproto.Messages] = None) -> GatewayCore:
-    """The one place the core is built."""
-    return GatewayCore(config, lookup, format_of(config, fixed), fixed)
+              messages: Optional[fixed.FixedMessages] = None) -> GatewayCore:
+    """The one place the core is built (``messages``: ThingsBoard's fixed messages, for
+    provisioning requests that are not JSON)."""
+    return GatewayCore(config, lookup, format_of(config), messages)
 
 
 class Bridge:

@@ -68,7 +68,8 @@ def fmt(telemetry=None, attributes=None, compatible=False, json_downlinks=False)
     return ProtobufFormat(telemetry or default_telemetry(),
                           attributes or cls(protoschema.DEFAULTS[protoschema.ATTRIBUTES],
                                             protoschema.ATTRIBUTES),
-                          JsonFormat(), compatible, protoc.fixed_messages(), json_downlinks)
+                          JsonFormat(), compatible, fixed=protoc.fixed_messages(),
+                          json_downlinks=json_downlinks)
 
 
 def sent(message):

@@ -92,7 +92,6 @@ device_profiles:
 def test_protoc_missing_is_a_config_error_saying_what_to_install(monkeypatch):
     monkeypatch.setattr(protoc, "protoc_path", lambda: None)
     protoc.compile_schema.cache_clear()
-    protoc.compile_text.cache_clear()
     found = problems("device_profiles: {sensor: {transportPayloadType: PROTOBUF}}")
     assert found == ["device_profiles.sensor: transportPayloadType PROTOBUF: " + protoc.INSTALL_HINT]
     assert "protobuf-compiler" in protoc.INSTALL_HINT

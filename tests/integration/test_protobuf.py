@@ -1,7 +1,7 @@
 """Protobuf devices (a PROTOBUF device profile) through the real bridge: libcoap posts a
 payload file built by the test from the same schema text, the platform checks the JSON.
 ThingsBoard's fixed messages (claim, client-side RPC, provisioning) are built by the test
-from their own .proto text (bridge/core/formats/tbproto.py), compiled by the test."""
+from their own .proto text (bridge/core/formats/fixed.py), compiled by the test."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from bridge.core.formats import tbproto
+from bridge.core.formats import fixed as tbfixed
 from conftest import BridgeProcess
 from platform_sim import PlatformSim
 from tbprofiles import exported_profile, protobuf_payload
@@ -81,7 +81,8 @@ def message_class(tmp_path, text, name):
 
 def fixed(tmp_path, name):
     """One of ThingsBoard's fixed messages, built by the test from its .proto text."""
-    text = tbproto.TRANSPORT_API if name.startswith("transportapi.") else tbproto.TRANSPORT
+    text = (tbfixed.TRANSPORT_API_PROTO if name.startswith("transportapi.")
+            else tbfixed.QUEUE_PROTO)
     return message_class(tmp_path, text, name)
 
 

@@ -14,7 +14,7 @@ which the platform stores as LONG when it is integral, where Python would write
 printing is ``protojson``'s (the same document as protobuf's ``MessageToDict``, faster); a
 plain object of values goes into the gateway message as its text, as a JSON upload does.
 
-Claims and client-side RPC use ThingsBoard's fixed messages (``tbproto``), whatever the
+Claims and client-side RPC use ThingsBoard's fixed messages (``fixed``), whatever the
 profile: ``ClaimDevice {secretKey, durationMs}`` and ``RpcRequest {method, params}`` (its
 ``params`` JSON text, read as JSON; text that is not JSON stays a string, as ThingsBoard's
 lenient parser keeps it; empty is null). The platform's answer to a client-side RPC goes
@@ -32,29 +32,28 @@ from google.protobuf.message import DecodeError
 
 from .. import codes, gateway, payloads
 from . import Message
+from .fixed import FixedMessages
 from .json import JsonFormat
 from .protojson import to_json
 
 
 class ProtobufFormat:
     name = "protobuf"
-    content_format = codes.OCTET_STREAM  # downlinks (JSON with json_downlinks, below)
 
     def __init__(self, telemetry_class: Any, attributes_class: Any, json: JsonFormat,
-                 json_compatible: bool = False, fixed: Any = None,
+                 json_compatible: bool = False, *, fixed: FixedMessages,
                  json_downlinks: bool = False):
         """``json_compatible``: enableCompatibilityWithJsonPayloadFormat (a payload that
         does not decode is read as JSON). ``fixed``: ThingsBoard's fixed messages
-        (``tbproto.Messages``). ``json_downlinks``:
-        useJsonPayloadFormatForDefaultDownlinkTopics."""
+        (``fixed.FixedMessages``). ``json_downlinks``:
+        useJsonPayloadFormatForDefaultDownlinkTopics (downlinks are JSON)."""
         self.telemetry_class = telemetry_class
         self.attributes_class = attributes_class
         self.json = json
         self.json_compatible = json_compatible
         self.fixed = fixed
         self.json_downlinks = json_downlinks
-        if json_downlinks:
-            self.content_format = codes.APPLICATION_JSON
+        self.content_format = json.content_format if json_downlinks else codes.OCTET_STREAM
 
     def _message(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
         """``payload`` decoded as ``cls``, or None to read it as JSON instead."""
