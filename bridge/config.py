@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from .core.formats import protoschema, tbprofile
+from .core.formats import protoschema
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -443,6 +443,7 @@ def _exported_profile(profile: DeviceProfileConfig, where: str,
     except ValueError as exc:  # also not UTF-8
         problems.append("%s: %s is not JSON: %s" % (where, path, exc))
         return profile
+    from .core.formats import tbprofile  # only for an entry that names an exported profile
     try:
         settings = tbprofile.payload_settings(doc)
     except tbprofile.NotUsable as exc:
