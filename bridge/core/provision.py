@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from google.protobuf.message import DecodeError
 
@@ -28,7 +28,7 @@ from .actions import Provision, Request
 from .codes import BadRequest
 from .limits import RateLimiter
 from .parts import Action, Part, Shared, address
-from .payloads import NotJson, dumps, parse_json
+from .payloads import NotJson, parse_json
 
 CREDENTIAL_TYPES = ("ACCESS_TOKEN", "X509_CERTIFICATE", "MQTT_BASIC", "LWM2M_CREDENTIALS")
 CREATE_NEW = "create_new"
@@ -140,12 +140,10 @@ def failure() -> Dict[str, Any]:
     return {"errorMsg": FAILURE_MSG, "status": "FAILURE"}
 
 
-def encode_answer(request: ProvisionRequest, doc: Dict[str, Any], fixed: Any) -> Tuple[bytes, int]:
-    """ThingsBoard's answer ``doc`` (``{"status", ...}``) in the format of the request, and
-    its Content-Format: JSON, or a ``ProvisionDeviceResponseMsg`` (a credentialsValue that
-    is not text, MQTT_BASIC's object, as JSON text)."""
-    if not request.protobuf:
-        return dumps(doc), codes.APPLICATION_JSON
+def protobuf_answer(doc: Dict[str, Any], fixed: Any) -> bytes:
+    """ThingsBoard's JSON answer ``doc`` (``{"status", ...}``) as the
+    ``ProvisionDeviceResponseMsg`` of a protobuf request (a credentialsValue that is not
+    text, MQTT_BASIC's object, as its JSON text; the message has no errorMsg)."""
     msg = fixed.ProvisionDeviceResponseMsg()
     status = _enum(fixed.ProvisionDeviceResponseMsg, "status").values_by_name.get(
         str(doc.get("status")))
@@ -157,7 +155,7 @@ def encode_answer(request: ProvisionRequest, doc: Dict[str, Any], fixed: Any) ->
     value = doc.get("credentialsValue")
     if value is not None:
         msg.credentialsValue = value if isinstance(value, str) else json.dumps(value)
-    return msg.SerializeToString(), codes.OCTET_STREAM
+    return msg.SerializeToString()
 
 
 def find_profile(request: ProvisionRequest,

@@ -10,15 +10,17 @@ the same name wait for each other (and count towards the bound), so the same
 name provisioned twice at once yields exactly one device. (A generic broker
 passes every answer to every provisioning session: there, set the bound to 1.)
 
-A request that came as protobuf is sent to the platform as the same JSON, and answered
-as a ``ProvisionDeviceResponseMsg`` (``core.provision.encode_answer``).
+A request that came as protobuf goes to the platform as the same JSON request, and its
+answer (ThingsBoard's JSON, the platform's or the bridge's own) is re-encoded for the
+device as a ``ProvisionDeviceResponseMsg`` (``core.provision.protobuf_answer``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set
 
 from twisted.internet import defer
 
@@ -33,7 +35,7 @@ log = logger("provision")
 
 REQUEST_TOPIC = "/provision/request"
 RESPONSE_TOPIC = "/provision/response"
-Answer = Callable[..., None]  # (request ref, code, body, content_format=50, max_age=None)
+Answer = Callable[..., None]  # (request ref, code, body, max_age=None, content_format=50)
 
 
 class _Session(ShortSession):
@@ -55,9 +57,9 @@ class _Session(ShortSession):
 class Provisioner:
     def __init__(self, config: Config, reactor: Any, registry: Callable[[], Registry],
                  answer: Answer, sessions: Optional[ShortSessions] = None, fixed: Any = None):
-        """``fixed``: ThingsBoard's fixed messages, to answer protobuf requests."""
+        """``answer`` takes ThingsBoard's JSON answers; ``fixed``: ThingsBoard's fixed
+        messages (``formats.fixed.FixedMessages``), to answer protobuf requests in kind."""
         self.config = config
-        self.fixed = fixed
         self.reactor = reactor
         self.registry = registry
         self.answer = answer
@@ -67,8 +69,13 @@ class Provisioner:
         self.refused = 0  # answered 5.03: max_concurrent were in progress
         self.profiles = [ProvisionProfile(p.key, p.secret, p.device_type, p.strategy)
                          for p in config.provisioning.profiles]
+        self.fixed = fixed
+        self.protobuf_refs: Set[int] = set()  # requests that came as protobuf
+        self.answer = functools.partial(self._in_kind, answer)
 
     def handle(self, ref: int, request: ProvisionRequest) -> None:
+        if request.protobuf:
+            self.protobuf_refs.add(ref)
         settings = self.config.provisioning
         if self.in_progress >= settings.max_concurrent:
             self.refused += 1
@@ -111,22 +118,22 @@ class Provisioner:
         name = request.device_name or random_name()
         if profile is None:
             log.info("Provisioning of {device} refused: unknown key or wrong secret", device=name)
-            self._reply(ref, request, provision.not_found())
+            self._reply(ref, provision.not_found())
             return
         if request.credentials_type != "ACCESS_TOKEN":
             log.info("Provisioning of {device} refused: local mode issues access tokens only",
                      device=name)
-            self._reply(ref, request, provision.failure())
+            self._reply(ref, provision.failure())
             return
         token = request.token or random_name()
         if not self.registry().provision(name, token, profile.device_type, profile.strategy):
             log.info("Provisioning of {device} refused by strategy {strategy}", device=name,
                      strategy=profile.strategy)
-            self._reply(ref, request, provision.failure())
+            self._reply(ref, provision.failure())
             return
         log.info("Provisioned {device} (type {type}, token {token})", device=name,
                  type=profile.device_type, token=mask(token))
-        self._reply(ref, request, provision.success(token))
+        self._reply(ref, provision.success(token))
 
     def _upstream(self, ref: int, request: ProvisionRequest) -> defer.Deferred:
         body = dict(request.body)
@@ -135,7 +142,7 @@ class Provisioner:
         name = request.device_name or random_name()
         body["deviceName"] = name
         d = _Session(self, json.dumps(body).encode("utf-8")).start(self.sessions)
-        d.addCallbacks(self._upstream_done, self._no_answer, callbackArgs=(ref, name, request),
+        d.addCallbacks(self._upstream_done, self._no_answer, callbackArgs=(ref, name),
                        errbackArgs=(ref, name))
         return d
 
@@ -145,8 +152,7 @@ class Provisioner:
                  device=name, reason=failure.value.reason)
         self.answer(ref, codes.GATEWAY_TIMEOUT, b"")
 
-    def _upstream_done(self, payload: bytes, ref: int, name: str,
-                       request: ProvisionRequest) -> None:
+    def _upstream_done(self, payload: bytes, ref: int, name: str) -> None:
         try:
             doc = json.loads(payload)
         except ValueError:
@@ -158,7 +164,7 @@ class Provisioner:
         if doc.get("status") != "SUCCESS":
             log.info("Provisioning of {device} refused by the platform: {status}", device=name,
                      status=doc.get("status"))
-            self._relay(ref, codes.BAD_REQUEST, request, payload, doc)
+            self.answer(ref, codes.BAD_REQUEST, payload)
             return
         token = doc.get("credentialsValue")
         if doc.get("credentialsType", "ACCESS_TOKEN") == "ACCESS_TOKEN" and isinstance(token, str):
@@ -174,19 +180,23 @@ class Provisioner:
         else:
             log.info("Provisioned {device} with {kind} credentials, which it cannot use here",
                      device=name, kind=doc.get("credentialsType"))
-        self._relay(ref, codes.CREATED, request, payload, doc)
+        self.answer(ref, codes.CREATED, payload)
 
-    def _relay(self, ref: int, code: int, request: ProvisionRequest, payload: bytes,
-               doc: Dict[str, Any]) -> None:
-        """The platform's answer: as it sent it to a JSON request, else re-encoded."""
-        if request.protobuf:
-            body, content_format = provision.encode_answer(request, doc, self.fixed)
-            self.answer(ref, code, body, content_format=content_format)
-        else:
-            self.answer(ref, code, payload)
+    def _in_kind(self, answer: Answer, ref: int, code: int, body: bytes,
+                 max_age: Optional[int] = None) -> None:
+        """Answer request ``ref``: a JSON ``body`` as it is, or re-encoded as protobuf when
+        the request came so."""
+        if ref not in self.protobuf_refs:
+            answer(ref, code, body, max_age=max_age)
+            return
+        self.protobuf_refs.discard(ref)
+        if not body:
+            answer(ref, code, body, max_age=max_age)
+            return
+        answer(ref, code, provision.protobuf_answer(json.loads(body), self.fixed),
+               max_age=max_age, content_format=codes.OCTET_STREAM)
 
-    def _reply(self, ref: int, request: ProvisionRequest, doc: Dict[str, Any]) -> None:
-        status = doc.get("status")
-        body, content_format = provision.encode_answer(request, doc, self.fixed)
+    def _reply(self, ref: int, body: dict) -> None:
+        status = body.get("status")
         self.answer(ref, codes.CREATED if status == "SUCCESS" else codes.BAD_REQUEST,
-                    body, content_format=content_format)
+                    json.dumps(body, separators=(",", ":")).encode("utf-8"))
