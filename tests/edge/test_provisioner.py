@@ -12,7 +12,6 @@ from bridge.core import codes
 from bridge.core.provision import parse_request
 from bridge.edge import protoc
 from bridge.edge.provision import Provisioner
-from bridge.registry import Registry
 
 
 class SlowPlatform(Provisioner):
@@ -71,33 +70,38 @@ def test_past_max_concurrent_requests_get_5_03_with_max_age_until_one_finishes()
 
 @pytest.mark.skipif(shutil.which("protoc") is None,
                     reason="protoc missing (Debian: protobuf-compiler)")
-def test_local_provisioning_answers_a_protobuf_request_in_protobuf(tmp_path):
+def test_a_protobuf_request_is_answered_in_protobuf_on_every_path():
     tb = protoc.fixed_messages()
-    cfg = config_module.load_text(
-        "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {})
-    registry = Registry(str(tmp_path / "registry.sqlite3"))
     answers = []
-    provisioner = Provisioner(cfg, Clock(), lambda: registry,
-                              lambda ref, code, body, content_format=codes.APPLICATION_JSON,
-                              max_age=None: answers.append((ref, code, body, content_format)),
-                              fixed=tb)
+
+    def answer(ref, code, body, max_age=None, content_format=codes.APPLICATION_JSON):
+        answers.append((ref, code, body, content_format))
+
+    class Platform(Provisioner):
+        """The platform's side: ThingsBoard's JSON answer at once (no MQTT session)."""
+
+        def _upstream(self, ref, request):
+            self.answer(ref, codes.CREATED, b'{"credentialsValue":"tok5",'
+                                            b'"credentialsType":"ACCESS_TOKEN","status":"SUCCESS"}')
+    upstream = Platform(config_module.load_text("{}", {}), Clock(), lambda: None, answer,
+                        fixed=tb)
+    local = Provisioner(config_module.load_text(
+        "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {}),
+        Clock(), lambda: None, answer, fixed=tb)
     msg = tb.ProvisionDeviceRequestMsg(deviceName="Meter 5")
     msg.provisionDeviceCredentialsMsg.provisionDeviceKey = "k"
-    msg.provisionDeviceCredentialsMsg.provisionDeviceSecret = "s"
-    msg.credentialsDataProto.validateDeviceTokenRequestMsg.token = "meter5token"
-    provisioner.handle(1, parse_request(msg.SerializeToString(), 32, tb))
     msg.provisionDeviceCredentialsMsg.provisionDeviceSecret = "wrong"
-    provisioner.handle(2, parse_request(msg.SerializeToString(), 32, tb))
-    provisioner.handle(3, parse_request(  # JSON, with a wrong secret: a JSON answer
+    upstream.handle(1, parse_request(msg.SerializeToString(), 32, tb))
+    local.handle(2, parse_request(msg.SerializeToString(), 32, tb))  # the bridge's own NOT_FOUND
+    local.handle(3, parse_request(  # JSON, with a wrong secret: a JSON answer
         b'{"deviceName": "Meter 6", "provisionDeviceKey": "k", "provisionDeviceSecret": "x"}',
         32, tb))
-    (ref1, code1, body1, cf1), (ref2, code2, body2, cf2), (ref3, code3, body3, cf3) = answers
+    (_, code1, body1, cf1), (_, code2, body2, cf2), (_, code3, body3, cf3) = answers
     ok = tb.ProvisionDeviceResponseMsg.FromString(body1)
     assert (code1, cf1, ok.status, ok.credentialsValue) == (
-        codes.CREATED, codes.OCTET_STREAM, 1, "meter5token")  # SUCCESS
-    assert registry.lookup("meter5token").name == "Meter 5"
+        codes.CREATED, codes.OCTET_STREAM, 1, "tok5")  # SUCCESS
     refused = tb.ProvisionDeviceResponseMsg.FromString(body2)
     assert (code2, cf2, refused.status) == (codes.BAD_REQUEST, codes.OCTET_STREAM, 2)
     assert (code3, cf3) == (codes.BAD_REQUEST, codes.APPLICATION_JSON)
     assert b"Provision data was not found!" in body3
-    registry.close()
+    assert not upstream.protobuf_refs and not local.protobuf_refs
