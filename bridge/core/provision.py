@@ -57,8 +57,9 @@ class ProvisionProfile:
 
 
 def parse_request(payload: bytes, max_depth: int, fixed: Any = None) -> ProvisionRequest:
-    """The request, from JSON or (``fixed``: ThingsBoard's fixed messages, ``formats.fixed``) from
-    a ``ProvisionDeviceRequestMsg`` when the payload is not JSON text; 4.00 if neither."""
+    """The request, from JSON or, when the payload is not JSON text, from a
+    ``ProvisionDeviceRequestMsg`` (``fixed``: ThingsBoard's fixed messages,
+    ``formats.fixed.FixedMessages``; None: JSON only); 4.00 if neither."""
     try:
         doc = parse_json(payload, "provision", max_depth)
     except NotJson as exc:
@@ -169,8 +170,8 @@ def find_profile(request: ProvisionRequest,
 
 class Provisioning(Part):
     def __init__(self, shared: Shared, fixed: Any = None):
-        """``fixed``: ThingsBoard's fixed messages (``formats.fixed.FixedMessages``), for requests that
-        are not JSON; None: JSON only (protoc is not installed)."""
+        """``fixed``: ThingsBoard's fixed messages (``formats.fixed.FixedMessages``), for
+        requests that are not JSON; None: JSON only (protoc is not installed)."""
         super().__init__()
         self.fixed = fixed
         config = shared.config
