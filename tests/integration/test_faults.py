@@ -114,6 +114,8 @@ def test_bridge_killed_with_sigkill_loses_nothing_acknowledged(tmp_path, broker)
     load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
     try:
         time.sleep(2.0)
+        with load.results.lock:
+            acked_before_kill = len(load.results.acked)
         bridge.proc.send_signal(signal.SIGKILL)
         bridge.proc.wait(10)
         time.sleep(0.5)
@@ -128,7 +130,9 @@ def test_bridge_killed_with_sigkill_loses_nothing_acknowledged(tmp_path, broker)
         bridge.stop()
         platform.close()
     assert report["lost"] == 0
-    assert report["acknowledged"] > 300
+    # both processes acknowledged uplinks (how many depends on the machine and interpreter:
+    # PyPy's restart takes longer than CPython's)
+    assert report["acknowledged"] > acked_before_kill > 0
 
 
 def test_broker_absent_at_start_buffers_then_delivers_everything(tmp_path):
