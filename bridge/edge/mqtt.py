@@ -421,11 +421,14 @@ class MqttLink:
         if from_broker and getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
             log.warn("Lost the MQTT connection: the broker says another client connected with "
                      "the same client id {client_id} (session taken over); give each bridge "
-                     "its own MQTT_CLIENT_ID or DATA_DIR", client_id=client_id)
+                     "its own MQTT_CLIENT_ID or DATA_DIR (on ThingsBoard, which does the same "
+                     "for one gateway token whatever the client id, its own gateway device)",
+                     client_id=client_id)
         elif self.short_sessions >= SHORT_SESSIONS_HINT:
             log.warn("Lost the MQTT connection: {reason}; {count} connections in a row lost "
                      "within {seconds:.0f} s of being accepted: another client with the same "
-                     "client id {client_id}?", reason=str(reason_code), count=self.short_sessions,
+                     "client id {client_id} (or, on ThingsBoard, the same gateway token)?",
+                     reason=str(reason_code), count=self.short_sessions,
                      seconds=STABLE_SECONDS, client_id=client_id)
         else:
             log.warn("Lost the MQTT connection: {reason}", reason=str(reason_code))
