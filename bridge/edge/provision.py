@@ -114,11 +114,13 @@ class Provisioner:
             self._reply(ref, provision.failure())
             return
         token = request.token or random_name()
-        if not self.registry().provision(name, token, profile.device_type, profile.strategy):
+        registry = self.registry()
+        if not registry.provision(name, token, profile.device_type, profile.strategy):
             log.info("Provisioning of {device} refused by strategy {strategy}", device=name,
                      strategy=profile.strategy)
             self._reply(ref, provision.failure())
             return
+        registry.refresh()  # the device's next request sees it, even within this reactor turn
         log.info("Provisioned {device} (type {type}, token {token})", device=name,
                  type=profile.device_type, token=mask(token))
         self._reply(ref, provision.success(token))
@@ -157,7 +159,9 @@ class Provisioner:
         token = doc.get("credentialsValue")
         if doc.get("credentialsType", "ACCESS_TOKEN") == "ACCESS_TOKEN" and isinstance(token, str):
             try:
-                self.registry().store_credentials(name, token, self.config.devices.default_type)
+                registry = self.registry()
+                registry.store_credentials(name, token, self.config.devices.default_type)
+                registry.refresh()  # the device's next request sees it at once
             except RegistryError as exc:
                 log.error("Provisioned {device} on the platform, but the registry refused it: "
                           "{error}", device=name, error=str(exc))

@@ -7,6 +7,8 @@ from bridge import config as config_module
 from bridge.core import codes
 from bridge.core.provision import parse_request
 from bridge.edge.provision import Provisioner
+from bridge.glue.lookup import RegistryView
+from bridge.registry import Registry
 
 
 class SlowPlatform(Provisioner):
@@ -61,3 +63,22 @@ def test_past_max_concurrent_requests_get_5_03_with_max_age_until_one_finishes()
     assert [name for _, name, _ in platform.asked] == ["A", "A", "B"]
     assert platform.answers[-1] == (5, codes.SERVICE_UNAVAILABLE, int(timeout))
     assert platform.refused == 2
+
+
+def test_a_device_provisioned_locally_is_known_to_its_next_request_in_the_same_turn(tmp_path):
+    """The registry's copy the core reads is refreshed once per reactor turn; a device that
+    sends right after its provisioning reply may be read in the same turn (it got 4.01)."""
+    cfg = config_module.load_text(
+        "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {})
+    view = RegistryView(Clock())
+    view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    answers = []
+    provisioner = Provisioner(cfg, Clock(), lambda: view.registry,
+                              lambda ref, code, body, max_age=None: answers.append((ref, code)))
+    view.refresh()  # the turn's first request: the copy is read, not again in this turn
+    body = b'{"deviceName": "M", "provisionDeviceKey": "k", "provisionDeviceSecret": "s", ' \
+           b'"token": "mtoken"}'
+    provisioner.handle(1, parse_request(body, 32))
+    assert answers == [(1, codes.CREATED)]
+    view.refresh()  # the next request, in the same turn
+    assert view.get("mtoken") is not None and view.get("mtoken").name == "M"
