@@ -509,6 +509,14 @@ def _resolve_profiles(config: Config, problems: List[str]) -> Config:
 
 
 def _check(config: Config, problems: List[str]) -> None:
+    """Every problem of a parsed configuration, in the order of these checks."""
+    _check_ranges(config, problems)
+    _check_connections(config, problems)
+    _check_features(config, problems)
+
+
+def _check_ranges(config: Config, problems: List[str]) -> None:
+    """Ports, positive numbers and choices, each setting on its own."""
     def get(dotted: str) -> Any:
         value: Any = config
         for part in dotted.split("."):
@@ -526,6 +534,10 @@ def _check(config: Config, problems: List[str]) -> None:
     for key, choices in _CHOICES.items():
         if get(key) not in choices:
             problems.append("%s: must be one of %s, got %r" % (key, ", ".join(choices), get(key)))
+
+
+def _check_connections(config: Config, problems: List[str]) -> None:
+    """MQTT and CoAP settings that depend on each other, TLS files, rate limits."""
     if config.mqtt.reconnect_max_delay < config.mqtt.reconnect_min_delay:
         problems.append("mqtt.reconnect_max_delay: must not be less than reconnect_min_delay")
     if config.coap.empty_ack_delay >= config.coap.ack_timeout:
@@ -549,6 +561,10 @@ def _check(config: Config, problems: List[str]) -> None:
     for key in ("device_rate", "peer_rate", "download_rate"):
         if not getattr(config.limits, key) >= 0:
             problems.append("limits.%s: must be 0 (unlimited) or more" % key)
+
+
+def _check_features(config: Config, problems: List[str]) -> None:
+    """Provisioning, OTA, client-side RPC and device defaults."""
     if not config.provisioning.peer_rate >= 0:
         problems.append("provisioning.peer_rate: must be 0 (unlimited) or more")
     for n, profile in enumerate(config.provisioning.profiles):

@@ -12,6 +12,8 @@ from bridge.core import codes
 from bridge.core.provision import parse_request
 from bridge.edge import protoc
 from bridge.edge.provision import Provisioner
+from bridge.glue.lookup import RegistryView
+from bridge.registry import Registry
 
 
 class SlowPlatform(Provisioner):
@@ -122,3 +124,22 @@ def test_a_protobuf_request_is_answered_in_protobuf_on_every_path():
     assert (code3, cf3) == (codes.BAD_REQUEST, codes.APPLICATION_JSON)
     assert b"Provision data was not found!" in body3
     assert not upstream.protobuf_refs and not local.protobuf_refs
+
+
+def test_a_device_provisioned_locally_is_known_to_its_next_request_in_the_same_turn(tmp_path):
+    """The registry's copy the core reads is refreshed once per reactor turn; a device that
+    sends right after its provisioning reply may be read in the same turn (it got 4.01)."""
+    cfg = config_module.load_text(
+        "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {})
+    view = RegistryView(Clock())
+    view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    answers = []
+    provisioner = Provisioner(cfg, Clock(), view.write,
+                              lambda ref, code, body, max_age=None: answers.append((ref, code)))
+    view.refresh()  # the turn's first request: the copy is read, not again in this turn
+    body = b'{"deviceName": "M", "provisionDeviceKey": "k", "provisionDeviceSecret": "s", ' \
+           b'"token": "mtoken"}'
+    provisioner.handle(1, parse_request(body, 32))
+    assert answers == [(1, codes.CREATED)]
+    view.refresh()  # the next request, in the same turn
+    assert view.get("mtoken") is not None and view.get("mtoken").name == "M"
