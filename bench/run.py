@@ -134,11 +134,16 @@ class Run:
         assert proc.stdout.readline().strip() == "ready"
         return proc
 
-    def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None) -> Any:
+    def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None,
+               types: Optional[Dict[str, str]] = None) -> Any:
+        """The bridge, with ``devices`` (token ``t`` + name) of type ``default`` or as
+        ``types`` says."""
         data = tempfile.mkdtemp(dir=self.work)
         from bridge.registry import Registry
         registry = Registry(os.path.join(data, "registry.sqlite3"))
-        registry.import_rows([(name, "t" + name, "default") for name in devices])
+        types = types or {}
+        registry.import_rows([(name, "t" + name, types.get(name, "default"))
+                              for name in devices])
         registry.close()
         coap_port = free_port(socket.SOCK_DGRAM)
         config = {"coap": {"bind_address": "127.0.0.1", "bind_port": coap_port,
@@ -176,8 +181,8 @@ class Run:
         return proc, port
 
 
-def templates(devices: List[str]) -> List[bytes]:
-    return [loadgen.request_template(2, "/api/v1/t%s/telemetry" % d, b'{"temperature":21.5}')
+def templates(devices: List[str], payload: bytes = b'{"temperature":21.5}') -> List[bytes]:
+    return [loadgen.request_template(2, "/api/v1/t%s/telemetry" % d, payload)
             for d in devices]
 
 
@@ -252,6 +257,15 @@ def scenario_telemetry(run: Run, out: Dict[str, Any]) -> None:
     fixed = {share: median_run(rows, "p99_ms") for share, rows in fixed_runs.items()}
     acked = sum(r["codes"].get("2.01", 0) for r in runs["bridge"]) + \
         sum(f["codes"].get("2.01", 0) for rows in fixed_runs.values() for f in rows)
+    delivered = delivered_count(counter, acked)
+    out["bridge"] = {"saturation": saturation, "fixed": fixed, "acknowledged": acked,
+                     "delivered": delivered, "rss_kib": rss_kib(proc.pid)}
+    run.stop(proc)
+    run.stop(counter)
+
+
+def delivered_count(counter: subprocess.Popen, acked: int) -> int:
+    """What the counting platform received, once it has ``acked`` (or after a minute)."""
     delivered = 0
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -261,8 +275,52 @@ def scenario_telemetry(run: Run, out: Dict[str, Any]) -> None:
         if delivered >= acked:
             break
         time.sleep(0.5)
-    out["bridge"] = {"saturation": saturation, "fixed": fixed, "acknowledged": acked,
-                     "delivered": delivered, "rss_kib": rss_kib(proc.pid)}
+    return delivered
+
+
+PROTOBUF_VALUES = {"temperature": 21.5, "humidity": 40.5}
+
+
+def scenario_protobuf(run: Run, out: Dict[str, Any]) -> None:
+    """Telemetry from PROTOBUF devices (ThingsBoard's default telemetry schema) against the
+    same values from JSON devices, through one bridge, in interleaved rounds: the protobuf
+    rate as a share of JSON's (target: at least 0.90 on CPython)."""
+    from bridge.core.formats import protoschema
+    from bridge.edge import protoc
+    reading = protoc.message_class(protoschema.DEFAULTS[protoschema.TELEMETRY],
+                                   protoschema.TELEMETRY)
+    json_devices = ["dev%d" % n for n in range(200)]
+    pb_devices = ["pb%d" % n for n in range(200)]
+    tpl = {"json": templates(json_devices, json.dumps(PROTOBUF_VALUES,
+                                                      separators=(",", ":")).encode()),
+           "protobuf": templates(pb_devices, reading(**PROTOBUF_VALUES).SerializeToString())}
+    mqtt = run.mosquitto()
+    counter = run.platform(mqtt, "count")
+    proc, port = run.bridge(mqtt, json_devices + pb_devices,
+                            extra={"device_profiles": {"sensor": {
+                                "transportPayloadType": "PROTOBUF"}}},
+                            types={name: "sensor" for name in pb_devices})
+    rounds = max(3, run.rounds)  # a ratio of two rates: never from one round only
+    runs: Dict[str, List[Dict[str, Any]]] = {"json": [], "protobuf": []}
+    for round_ in range(rounds):
+        for kind in ("json", "protobuf"):
+            runs[kind].append(saturate_server("%s telemetry (%d/%d)" % (kind, round_ + 1, rounds),
+                                              proc.pid, port, tpl[kind], run.duration))
+    acked = sum(r["codes"].get("2.01", 0) for rows in runs.values() for r in rows)
+    rate_ratios = [p["rate"] / j["rate"] for j, p in zip(runs["json"], runs["protobuf"])
+                   if j["rate"]]
+    cpu_ratios_ = [j["cpu_us"] / p["cpu_us"] for j, p in zip(runs["json"], runs["protobuf"])
+                   if p["cpu_us"]]
+    out["protobuf"] = {"json": median_run(runs["json"]), "protobuf": median_run(runs["protobuf"]),
+                       "rate_ratios": [round(r, 3) for r in rate_ratios],
+                       "rate_ratio": round(statistics.median(rate_ratios), 3),
+                       "cpu_ratios": [round(r, 3) for r in cpu_ratios_],
+                       "cpu_ratio": round(statistics.median(cpu_ratios_), 3),
+                       "payload_bytes": {kind: len(reading(**PROTOBUF_VALUES).SerializeToString())
+                                         if kind == "protobuf" else
+                                         len(json.dumps(PROTOBUF_VALUES, separators=(",", ":")))
+                                         for kind in runs},
+                       "acknowledged": acked, "delivered": delivered_count(counter, acked)}
     run.stop(proc)
     run.stop(counter)
 
@@ -460,6 +518,30 @@ def cpu_ratios(bridge: Dict[str, Any], rows: List[Tuple[str, Dict[str, Any]]]
             for label, row in rows if row.get("cpu_rounds") and bridge.get("cpu_rounds")]
 
 
+def protobuf_report(pb: Optional[Dict[str, Any]]) -> List[str]:
+    if not pb:
+        return []
+    lines = ["", "## Protobuf telemetry (ThingsBoard's default schema) against JSON", "",
+             "The same values (%s) from 200 PROTOBUF devices (%d-byte payload) and 200 JSON "
+             "devices (%d bytes), through one bridge, %d interleaved rounds." % (
+                 ", ".join("%s %s" % kv for kv in PROTOBUF_VALUES.items()),
+                 pb["payload_bytes"]["protobuf"], pb["payload_bytes"]["json"],
+                 len(pb["rate_ratios"])), "",
+             "| Devices | req/s | CPU µs/req | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+    for kind in ("json", "protobuf"):
+        row = pb[kind]
+        lines.append("| %s | %d | %.1f | %.2f | %.2f |" % (
+            kind, row["rate"], statistics.median(row["cpu_rounds"]), row["p50_ms"],
+            row["p99_ms"]))
+    lines += ["", "**Protobuf / JSON rate: %.2f** (round by round %s; target at least 0.90); "
+              "by CPU time per request (JSON's µs / protobuf's): %.2f (%s). Acknowledged %d, "
+              "the platform received %d." % (
+                  pb["rate_ratio"], ", ".join("%.2f" % r for r in pb["rate_ratios"]),
+                  pb["cpu_ratio"], ", ".join("%.2f" % r for r in pb["cpu_ratios"]),
+                  pb["acknowledged"], pb["delivered"])]
+    return lines
+
+
 def write_report(out: Dict[str, Any], name: str = "results") -> None:
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, name + ".json"), "w") as handle:
@@ -521,6 +603,7 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
                       len(next(iter(out["bridge"]["fixed"].values()))["rounds"]), "; ".join(
                           "%s%%: %s" % (share, ", ".join("%.2f" % p for p in row["rounds"]))
                           for share, row in out["bridge"]["fixed"].items()))]
+    lines += protobuf_report(out.get("protobuf"))
     obs = out["observers"]
     lines += ["", "## Observers", "",
               "%d devices observing /attributes (NON): %d registered, RSS +%d KiB, "
@@ -585,6 +668,7 @@ def main() -> int:
                            "python": version[0], "python_version": version[1]}
     try:
         scenario_telemetry(run, out)
+        scenario_protobuf(run, out)
         scenario_observers(run, out)
         scenario_firmware(run, out)
     finally:

@@ -9,6 +9,7 @@ opens.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -212,7 +213,9 @@ class DeviceProfileConfig:
     device profile's transportPayloadTypeConfiguration. Each schema is its text, or the
     path of a file holding it (the key with ``File`` appended); a PROTOBUF profile that
     leaves one out gets ThingsBoard's default. After loading, the schema keys hold the
-    text (read from the file, or the default)."""
+    text (read from the file, or the default). ``thingsboardProfile``: instead of the keys,
+    a device profile exported from ThingsBoard (JSON), whose CoAP settings are read."""
+    thingsboardProfile: str = ""
     transportPayloadType: str = "JSON"
     deviceTelemetryProtoSchema: str = ""
     deviceTelemetryProtoSchemaFile: str = ""
@@ -479,12 +482,44 @@ def _schema_text(profile: DeviceProfileConfig, kind: str, where: str,
     return text
 
 
+def _exported_profile(profile: DeviceProfileConfig, where: str,
+                      problems: List[str]) -> DeviceProfileConfig:
+    """The settings of ``thingsboardProfile``, a device profile exported from ThingsBoard."""
+    where += "thingsboardProfile"
+    path = profile.thingsboardProfile
+    given = [f.name for f in fields(DeviceProfileConfig)
+             if f.name != "thingsboardProfile" and getattr(profile, f.name) != f.default]
+    if given:
+        problems.append("%s: give the exported profile or its keys (%s), not both"
+                        % (where, ", ".join(given)))
+        return profile
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except OSError as exc:
+        problems.append("%s: cannot read %s: %s" % (where, path, exc.strerror))
+        return profile
+    except ValueError as exc:  # also not UTF-8
+        problems.append("%s: %s is not JSON: %s" % (where, path, exc))
+        return profile
+    from .core.formats import tbprofile  # only for an entry that names an exported profile
+    try:
+        settings = tbprofile.payload_settings(doc)
+    except tbprofile.NotUsable as exc:
+        problems.append("%s: %s: %s" % (where, path, exc))
+        return profile
+    return replace(profile, **settings)
+
+
 def _resolve_profiles(config: Config, problems: List[str]) -> Config:
-    """Schemas read from their files (or ThingsBoard's defaults), then compiled and
-    checked: every problem names the profile, the schema, its line and column."""
+    """Schemas read from their files (or ThingsBoard's defaults, or an exported profile),
+    then compiled and checked: every problem names the profile, the schema, its line and
+    column."""
     profiles = {}
     for name, profile in config.device_profiles.items():
         where = "device_profiles.%s." % name
+        if profile.thingsboardProfile:
+            profile = _exported_profile(profile, where, problems)
         if profile.transportPayloadType not in ("JSON", "PROTOBUF"):
             problems.append("%stransportPayloadType: must be JSON or PROTOBUF, got %r"
                             % (where, profile.transportPayloadType))
@@ -499,6 +534,14 @@ def _resolve_profiles(config: Config, problems: List[str]) -> Config:
 
 
 def _check(config: Config, problems: List[str]) -> None:
+    """Every problem of a parsed configuration, in the order of these checks."""
+    _check_ranges(config, problems)
+    _check_connections(config, problems)
+    _check_features(config, problems)
+
+
+def _check_ranges(config: Config, problems: List[str]) -> None:
+    """Ports, positive numbers and choices, each setting on its own."""
     def get(dotted: str) -> Any:
         value: Any = config
         for part in dotted.split("."):
@@ -516,6 +559,10 @@ def _check(config: Config, problems: List[str]) -> None:
     for key, choices in _CHOICES.items():
         if get(key) not in choices:
             problems.append("%s: must be one of %s, got %r" % (key, ", ".join(choices), get(key)))
+
+
+def _check_connections(config: Config, problems: List[str]) -> None:
+    """MQTT and CoAP settings that depend on each other, TLS files, rate limits."""
     if config.mqtt.reconnect_max_delay < config.mqtt.reconnect_min_delay:
         problems.append("mqtt.reconnect_max_delay: must not be less than reconnect_min_delay")
     if config.coap.empty_ack_delay >= config.coap.ack_timeout:
@@ -539,6 +586,10 @@ def _check(config: Config, problems: List[str]) -> None:
     for key in ("device_rate", "peer_rate", "download_rate"):
         if not getattr(config.limits, key) >= 0:
             problems.append("limits.%s: must be 0 (unlimited) or more" % key)
+
+
+def _check_features(config: Config, problems: List[str]) -> None:
+    """Provisioning, OTA, client-side RPC and device defaults."""
     if not config.provisioning.peer_rate >= 0:
         problems.append("provisioning.peer_rate: must be 0 (unlimited) or more")
     for n, profile in enumerate(config.provisioning.profiles):

@@ -71,6 +71,11 @@ def inspect(data: bytes) -> List[int]:
         if end != 4 or tkl:
             raise Malformed("empty message with token or options")
         return []
+    return _option_numbers(data, pos, end)
+
+
+def _option_numbers(data: bytes, pos: int, end: int) -> List[int]:
+    """The option numbers of the options from ``pos`` up to the payload marker or ``end``."""
     numbers: List[int] = []
     number = 0
     while pos < end:

@@ -10,14 +10,28 @@ it must keep changing (uplinks being written, renamed) it keeps as its own copy.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Dict, Hashable, Mapping, NamedTuple, Optional, Tuple, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import Any, Hashable, Mapping, NamedTuple, Optional, Tuple, TypeVar
 
 from . import codes
 
 T = TypeVar("T")
-# dataclass(slots=True) needs Python 3.10; on 3.9 (PyPy 3.9 among them) they go without
-SLOTS: Dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+def _frozen(cls: Any) -> Any:
+    """A frozen dataclass with slots. ``dataclass(slots=True)`` needs Python 3.10; on 3.9
+    (PyPy 3.9 among them) the class is rebuilt with ``__slots__`` the same way: the fields
+    become slots, their defaults live on in the generated ``__init__``."""
+    if sys.version_info >= (3, 10):
+        return dataclass(frozen=True, slots=True)(cls)  # type: ignore[call-overload]
+    cls = dataclass(frozen=True)(cls)
+    names = tuple(f.name for f in fields(cls))
+    body = {key: value for key, value in cls.__dict__.items()
+            if key not in names and key not in ("__dict__", "__weakref__")}
+    body["__slots__"] = names
+    slotted = type(cls)(cls.__name__, cls.__bases__, body)
+    slotted.__qualname__ = cls.__qualname__
+    return slotted
 
 
 def _typed(cls: T) -> T:
@@ -54,7 +68,7 @@ class Request(NamedTuple):
     credential: Any = None
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class Device:
     """A registered device: the platform knows it by ``name`` with profile ``type``."""
 
@@ -87,7 +101,7 @@ class Publish(NamedTuple):
     device: str = ""
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class Notify:
     """Send an observe notification; the edge reports ACK, RST or timeout for CON ones."""
 
@@ -103,7 +117,7 @@ class Notify:
     content_format: int = codes.APPLICATION_JSON
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class RenameDevice:
     """The platform renamed a device: update the registry."""
 
@@ -111,14 +125,14 @@ class RenameDevice:
     new: str
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class DeleteDevice:
     """The platform deleted a device: its token must get 4.01 from now on."""
 
     name: str
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class Log:
     """Something the operator should know: the edge logs ``format`` (twisted.logger's
     PEP 3101 format, its fields by name) with ``fields`` at ``level``. Field names are
@@ -197,7 +211,7 @@ class Delete(NamedTuple):
         return hash(self.ids)
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class DeadLetter:
     """The platform refused outbox entry ``id`` for good: keep it aside with the reason."""
 
@@ -205,7 +219,7 @@ class DeadLetter:
     reason: str
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class LoadBacklog:
     """Read the next outbox entries after id ``after`` (in id order, at most ``rows`` of
     them or about ``size`` payload bytes) and hand them to ``on_restored``."""
@@ -215,14 +229,14 @@ class LoadBacklog:
     size: int
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class ResetLink:
     """Drop and re-establish the broker connection (a PUBACK is overdue)."""
 
     reason: str
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class Provision:
     """Provision a device (locally or through the platform) and answer request ``ref``."""
 
@@ -230,7 +244,7 @@ class Provision:
     request: Any  # core.provision.ProvisionRequest
 
 
-@dataclass(frozen=True, **SLOTS)
+@_frozen
 class ServePackage:
     """Answer request ``ref`` with package bytes: all of it, or ``length`` bytes at ``offset``."""
 

@@ -81,7 +81,6 @@ class Delivery:
         their queue on that topic, a device whose head is on another topic keeps its turn
         for a later publish."""
         batch: List[Entry] = []
-        solo = self.solo
         skipped: List[str] = []
         in_batch: Set[str] = set()
         topic = ""
@@ -107,23 +106,35 @@ class Delivery:
                 skipped.append(device)
                 break
             in_batch.add(device)
-            taken = 0
-            while queue and len(batch) < self.max_batch and (limit == 0 or taken < limit):
-                entry = queue[0]
-                length = len(entry.payload)
-                if entry.topic != topic or (solo and entry.id in solo) or \
-                        (batch and size + length > self.max_bytes):
-                    break
-                batch.append(self._pop(device, queue))
-                size += length
-                taken += 1
-        for device in reversed(skipped):  # they keep their turn
-            if device not in self._in_ring:
-                self._in_ring.add(device)
-                self.ring.appendleft(device)
+            size = self._take_run(device, queue, topic, limit, batch, size)
+        self._keep_turn(skipped)
         if batch:
             self.in_flight[ref] = (batch, now)
         return batch
+
+    def _take_run(self, device: str, queue: Deque[Entry], topic: str, limit: int,
+                  batch: List[Entry], size: int) -> int:
+        """Move the run of ``device``'s entries on ``topic`` at the head of its queue (at
+        most ``limit`` of them, 0: no limit) into ``batch``; returns the batch's new size."""
+        solo = self.solo
+        taken = 0
+        while queue and len(batch) < self.max_batch and (limit == 0 or taken < limit):
+            entry = queue[0]
+            length = len(entry.payload)
+            if entry.topic != topic or (solo and entry.id in solo) or \
+                    (batch and size + length > self.max_bytes):
+                break
+            batch.append(self._pop(device, queue))
+            size += length
+            taken += 1
+        return size
+
+    def _keep_turn(self, skipped: List[str]) -> None:
+        """Devices skipped for this batch go back to the front of the ring, in order."""
+        for device in reversed(skipped):
+            if device not in self._in_ring:
+                self._in_ring.add(device)
+                self.ring.appendleft(device)
 
     def _pop(self, device: str, queue: Deque[Entry]) -> Entry:
         entry = queue.popleft()

@@ -6,6 +6,14 @@ RPCs to this connection. A refused connect is retried after ``RETRY_AFTER`` seco
 device silent for ``devices.idle_timeout`` (and with nothing in flight, stored or observed)
 gets ``v1/gateway/disconnect``.
 
+An observing device's connect is re-sent every half ``devices.idle_timeout`` (a claim):
+ThingsBoard keeps one session per device and gives it to the gateway connection that
+connected the device last, without telling the one it was taken from, and it drops a
+sub-session silently after its inactivity timeout. A claim is a no-op on ThingsBoard
+while this connection holds the session; otherwise it takes the session (and with it the
+device's RPCs and attribute updates) back here. See docs/deployment.md, "Several
+instances and ThingsBoard gateway sessions".
+
 Publishes outside the outbox (attribute requests, client-side RPC) are tracked here until
 their PUBACK or deadline; nobody waits for those PUBACKs: the answer comes on a response
 topic, or the request's own deadline answers the device 5.04.
@@ -30,6 +38,7 @@ class DeviceState:
     connect_deadline: float = 0.0
     waiting: List[Publish] = field(default_factory=list)
     retry_at: float = 0.0  # after a refused connect
+    claimed_at: float = 0.0  # the last connect acknowledged or claim sent
 
 
 @dataclass
@@ -49,6 +58,8 @@ class Devices(Part):
         self.states: Dict[str, DeviceState] = {}
         self.pending: Dict[int, _Pending] = {}  # publish ref -> device, deadline
         self.connecting: Dict[int, str] = {}  # connect publish ref -> device
+        self.claims: Dict[int, str] = {}  # claim (connect re-sent) publish ref -> device
+        self.claim_interval = self.idle_timeout / 2
         # set by the facade (the outbox): stored entries of a device may go again (``resume``),
         # send what may go (``pump``), whether a device has stored entries (``holds_entries``)
         self.resume: Callable[[str], None] = lambda name: None
@@ -135,6 +146,10 @@ class Devices(Part):
         return [self.connect(state, now)]
 
     def on_published(self, ref: int, reason_code: int, now: float) -> List[Action]:
+        claimed = self.claims.pop(ref, None)
+        if claimed is not None and reason_code >= 0x80:
+            self.pending.pop(ref, None)
+            return self._claim_refused(claimed)
         name = self.connecting.get(ref)
         state = self.states.get(name) if name is not None else None
         if state is not None and state.connect_ref == ref:
@@ -149,6 +164,7 @@ class Devices(Part):
         waiting, state.waiting = state.waiting, []
         if ok:
             state.connected = True
+            state.claimed_at = now
             self.resume(state.device.name)
             return [pub for pub in waiting if pub.ref in self.pending] + self.pump(now)
         state.retry_at = now + RETRY_AFTER
@@ -158,6 +174,7 @@ class Devices(Part):
                     {"device": state.device.name})]
 
     def on_not_sent(self, ref: int) -> None:
+        self.claims.pop(ref, None)
         name = self.connecting.pop(ref, None)
         state = self.states.get(name) if name is not None else None
         if state is not None and state.connect_ref == ref:
@@ -192,6 +209,7 @@ class Devices(Part):
     def on_link_down(self, now: float) -> List[Action]:
         self.pending.clear()
         self.connecting.clear()
+        self.claims.clear()
         for state in self.states.values():
             state.connected = False
             state.connect_ref = None
@@ -201,6 +219,7 @@ class Devices(Part):
     def on_tick(self, now: float, slow: bool) -> List[Action]:
         for ref in [ref for ref, p in self.pending.items() if p.deadline <= now]:
             pending = self.pending.pop(ref)
+            self.claims.pop(ref, None)
             state = self.states.get(pending.device)
             if state is not None:
                 state.waiting = [pub for pub in state.waiting if pub.ref != ref]
@@ -213,7 +232,30 @@ class Devices(Part):
         return []
 
     def on_tick_end(self, now: float, slow: bool) -> List[Action]:
-        return self._disconnect_idle(now) if slow else []
+        return self._disconnect_idle(now) + self._claim_observed(now) if slow else []
+
+    def _claim_observed(self, now: float) -> List[Action]:
+        """Re-send connect for each connected observing device not claimed for a while."""
+        actions: List[Action] = []
+        horizon = now - self.claim_interval
+        for name in self.observing():
+            state = self.states.get(name)
+            if state is None or not state.connected or state.claimed_at > horizon:
+                continue
+            state.claimed_at = now
+            topic, payload = gateway.connect(name, state.device.type)
+            publish = Publish(next(self.shared.refs), topic, payload, name)
+            self.claims[publish.ref] = name
+            self.pending[publish.ref] = _Pending(name, now + self.puback_timeout)
+            actions.append(publish)
+        return actions
+
+    def _claim_refused(self, name: str) -> List[Action]:
+        state = self.states.get(name)
+        if state is not None:
+            state.connected = False  # what it sends next waits for a connect again
+        return [Log("warn", "the platform refused to connect device {device} again",
+                    {"device": name})]
 
     def _disconnect_idle(self, now: float) -> List[Action]:
         actions: List[Action] = []
@@ -238,6 +280,9 @@ class Devices(Part):
             self.states[new] = state
             if state.connect_ref is not None:
                 self.connecting[state.connect_ref] = new
+            for ref, claimed in list(self.claims.items()):
+                if claimed == old:
+                    self.claims[ref] = new
 
     def forget(self, name: str) -> List[Action]:
         self.states.pop(name, None)

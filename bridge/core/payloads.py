@@ -68,6 +68,11 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
+class NotJson(BadRequest):
+    """4.00: the payload is not UTF-8 JSON text at all (provisioning then reads it as
+    protobuf, as ThingsBoard does on a JSON syntax error)."""
+
+
 def parse_json(payload: bytes, what: str, max_depth: int) -> Any:
     """Decode a UTF-8 JSON document nested at most ``max_depth`` levels, or raise 4.00
     naming what was wrong."""
@@ -76,11 +81,11 @@ def parse_json(payload: bytes, what: str, max_depth: int) -> Any:
     try:
         return jsondepth.decode(payload.decode("utf-8"), max_depth, _DECODER.decode)
     except UnicodeDecodeError:
-        raise BadRequest("%s: payload is not UTF-8" % what)
+        raise NotJson("%s: payload is not UTF-8" % what)
     except jsondepth.TooDeep:
         raise BadRequest("%s: JSON nested deeper than %d levels" % (what, max_depth))
     except ValueError as exc:
-        raise BadRequest("%s: invalid JSON (%s)" % (what, str(exc)[:80]))
+        raise NotJson("%s: invalid JSON (%s)" % (what, str(exc)[:80]))
 
 
 def _is_integer(value: Any) -> bool:

@@ -8,19 +8,27 @@ Request fields (spec thingsboard-coap.md §10): ``deviceName`` (optional),
 token). Answers use ThingsBoard's JSON: ``{"credentialsValue",
 "credentialsType", "status": "SUCCESS"}``, or ``{"errorMsg", "status":
 "NOT_FOUND" | "FAILURE"}``.
+
+As in ThingsBoard, a request is read as JSON first and, when it is not JSON text at all,
+as its fixed ``ProvisionDeviceRequestMsg`` (``formats/fixed.py``); the answer then is a
+``ProvisionDeviceResponseMsg`` (status, credentialsType, credentialsValue: no errorMsg in
+it). Provisioning is not per device profile: there is no device yet.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
+
+from google.protobuf.message import DecodeError
 
 from . import codes
 from .actions import Provision, Request
 from .codes import BadRequest
 from .limits import RateLimiter
 from .parts import Action, Part, Shared, address
-from .payloads import parse_json
+from .payloads import NotJson, parse_json
 
 CREDENTIAL_TYPES = ("ACCESS_TOKEN", "X509_CERTIFICATE", "MQTT_BASIC", "LWM2M_CREDENTIALS")
 CREATE_NEW = "create_new"
@@ -36,7 +44,8 @@ class ProvisionRequest:
     secret: str
     credentials_type: str
     token: Optional[str]
-    body: Dict[str, Any]  # as the device sent it, for the platform
+    body: Dict[str, Any]  # as the device sent it (as JSON), for the platform
+    protobuf: bool = False  # it came as a ProvisionDeviceRequestMsg: answer in kind
 
 
 @dataclass(frozen=True)
@@ -47,8 +56,20 @@ class ProvisionProfile:
     strategy: str = CREATE_NEW
 
 
-def parse_request(payload: bytes, max_depth: int) -> ProvisionRequest:
-    doc = parse_json(payload, "provision", max_depth)
+def parse_request(payload: bytes, max_depth: int, fixed: Any = None) -> ProvisionRequest:
+    """The request, from JSON or, when the payload is not JSON text, from a
+    ``ProvisionDeviceRequestMsg`` (``fixed``: ThingsBoard's fixed messages,
+    ``formats.fixed.FixedMessages``; None: JSON only); 4.00 if neither."""
+    try:
+        doc = parse_json(payload, "provision", max_depth)
+    except NotJson as exc:
+        if fixed is None:
+            raise
+        return _from_protobuf(payload, fixed, exc)
+    return _from_json(doc)
+
+
+def _from_json(doc: Any) -> ProvisionRequest:
     if not isinstance(doc, dict):
         raise BadRequest("provision: expected a JSON object")
     for field in ("provisionDeviceKey", "provisionDeviceSecret"):
@@ -60,12 +81,52 @@ def parse_request(payload: bytes, max_depth: int) -> ProvisionRequest:
     kind = doc.get("credentialsType", "ACCESS_TOKEN")
     if kind not in CREDENTIAL_TYPES:
         raise BadRequest("provision: unknown credentialsType")
-    token = doc.get("token")
+    token = _checked_token(doc.get("token"))
+    return ProvisionRequest(name.strip(), doc["provisionDeviceKey"], doc["provisionDeviceSecret"],
+                            kind, token, doc)
+
+
+def _checked_token(token: Any) -> Optional[str]:
     if token is not None and (not isinstance(token, str) or not token
                               or any(c in token for c in "/?# ")):
         raise BadRequest("provision: token must be a non-empty string without '/', '?', '#', ' '")
-    return ProvisionRequest(name.strip(), doc["provisionDeviceKey"], doc["provisionDeviceSecret"],
-                            kind, token, doc)
+    return token
+
+
+def _enum(cls: Any, field: str) -> Any:
+    """The enum type of ``cls``'s field ``field`` (CredentialsType, ResponseStatus)."""
+    return cls.DESCRIPTOR.fields_by_name[field].enum_type
+
+
+def _from_protobuf(payload: bytes, fixed: Any, not_json: NotJson) -> ProvisionRequest:
+    """A ``ProvisionDeviceRequestMsg``, with the JSON body the platform's provisioning API
+    reads. An empty key or secret is not refused here: ThingsBoard answers it NOT_FOUND."""
+    try:
+        msg = fixed.ProvisionDeviceRequestMsg.FromString(payload)
+    except (DecodeError, ValueError) as exc:
+        raise BadRequest("%s, nor does it decode as transport.ProvisionDeviceRequestMsg: %s"
+                         % (not_json.reason, exc))
+    kind = _enum(fixed.ProvisionDeviceRequestMsg, "credentialsType").values_by_number.get(
+        msg.credentialsType)
+    if kind is None or kind.name not in CREDENTIAL_TYPES:
+        raise BadRequest("provision: unknown credentialsType %d" % msg.credentialsType)
+    data = msg.credentialsDataProto
+    credentials = msg.provisionDeviceCredentialsMsg
+    body: Dict[str, Any] = {"deviceName": msg.deviceName,
+                            "provisionDeviceKey": credentials.provisionDeviceKey,
+                            "provisionDeviceSecret": credentials.provisionDeviceSecret,
+                            "credentialsType": kind.name}
+    extra = (("token", data.validateDeviceTokenRequestMsg.token),
+             ("hash", data.validateDeviceX509CertRequestMsg.hash),
+             ("clientId", data.validateBasicMqttCredRequestMsg.clientId),
+             ("username", data.validateBasicMqttCredRequestMsg.userName),
+             ("password", data.validateBasicMqttCredRequestMsg.password))
+    body.update((key, value) for key, value in extra if value)
+    if msg.gateway:
+        body["gateway"] = True
+    return ProvisionRequest(msg.deviceName.strip(), credentials.provisionDeviceKey,
+                            credentials.provisionDeviceSecret, kind.name,
+                            _checked_token(body.get("token")), body, protobuf=True)
 
 
 def success(token: str) -> Dict[str, Any]:
@@ -80,6 +141,24 @@ def failure() -> Dict[str, Any]:
     return {"errorMsg": FAILURE_MSG, "status": "FAILURE"}
 
 
+def protobuf_answer(doc: Dict[str, Any], fixed: Any) -> bytes:
+    """ThingsBoard's JSON answer ``doc`` (``{"status", ...}``) as the
+    ``ProvisionDeviceResponseMsg`` of a protobuf request (a credentialsValue that is not
+    text, MQTT_BASIC's object, as its JSON text; the message has no errorMsg)."""
+    msg = fixed.ProvisionDeviceResponseMsg()
+    status = _enum(fixed.ProvisionDeviceResponseMsg, "status").values_by_name.get(
+        str(doc.get("status")))
+    msg.status = status.number if status is not None else 0  # UNKNOWN
+    kind = _enum(fixed.ProvisionDeviceResponseMsg, "credentialsType").values_by_name.get(
+        str(doc.get("credentialsType")))
+    if kind is not None:
+        msg.credentialsType = kind.number
+    value = doc.get("credentialsValue")
+    if value is not None:
+        msg.credentialsValue = value if isinstance(value, str) else json.dumps(value)
+    return msg.SerializeToString()
+
+
 def find_profile(request: ProvisionRequest,
                  profiles: Sequence[ProvisionProfile]) -> Optional[ProvisionProfile]:
     """The profile whose key and secret match; None is ThingsBoard's NOT_FOUND."""
@@ -90,8 +169,11 @@ def find_profile(request: ProvisionRequest,
 
 
 class Provisioning(Part):
-    def __init__(self, shared: Shared):
+    def __init__(self, shared: Shared, fixed: Any = None):
+        """``fixed``: ThingsBoard's fixed messages (``formats.fixed.FixedMessages``), for
+        requests that are not JSON; None: JSON only (protoc is not installed)."""
         super().__init__()
+        self.fixed = fixed
         config = shared.config
         self.limits = RateLimiter(config.provisioning.peer_rate, config.provisioning.peer_burst)
         self.max_depth = config.limits.json_max_depth
@@ -106,7 +188,8 @@ class Provisioning(Part):
                                             max_age=wait)
         if request.method != codes.POST:
             raise BadRequest("provision accepts POST only")
-        return [Provision(request.ref, parse_request(request.payload, self.max_depth))]
+        return [Provision(request.ref, parse_request(request.payload, self.max_depth,
+                                                     self.fixed))]
 
     def on_tick(self, now: float, slow: bool) -> List[Action]:
         if slow:

@@ -49,6 +49,7 @@ class _ClientRpc:
     request_ref: int
     device: str
     deadline: float
+    device_type: str  # its answer is in this type's format (the device may be unknown then)
 
 
 class Rpc(Part):
@@ -117,7 +118,7 @@ class Rpc(Part):
         self.uplinks.check_size(topic, data)
         self.shared.require_link()
         self.client_rpcs[n] = _ClientRpc(request.ref, device.name,
-                                         now + self.settings.request_timeout)
+                                         now + self.settings.request_timeout, device.type)
         self.devices.touch(device.name, now)
         publish = Publish(next(self.shared.refs), topic, data, device.name)
         self.devices.track(publish.ref, device.name, now + self.puback_timeout)
@@ -130,7 +131,7 @@ class Rpc(Part):
         call = self.client_rpcs.pop(n, None)
         if call is None:
             return []
-        fmt = self.formats.of_name(call.device)
+        fmt = self.formats.of(call.device_type)
         return [Reply(call.request_ref, codes.CONTENT, fmt.rpc_result(payload),
                       fmt.content_format)]
 

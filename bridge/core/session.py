@@ -21,7 +21,7 @@ payloads are read and written by its format (formats/), chosen by device type.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .actions import DeleteDevice, Entry, Request, Uplink
 from .attributes import Attributes
@@ -50,10 +50,12 @@ SLOW_TICK = 1.0  # seconds between the ticks that scan every device
 class GatewayCore:
     def __init__(self, config: "Config", lookup: TokenLookup,
                  format_of: Optional[FormatOf] = None,
-                 credentials: Optional[CredentialLookups] = None):
+                 credentials: Optional[CredentialLookups] = None, fixed: Any = None):
         """``lookup``: access token -> device. ``format_of``: device type -> its payload
         format (default: JSON for every type). ``credentials``: how DTLS credentials
-        resolve (default: none does)."""
+        resolve (default: none does). ``fixed``: ThingsBoard's fixed protobuf messages
+        (``formats.fixed.FixedMessages``), for provisioning requests that are not JSON
+        (None: JSON only)."""
         shared = self.shared = Shared(config)
         json = JsonFormat(config.limits.json_max_depth)
         self.formats = Formats(format_of or (lambda device_type: json), json)
@@ -62,7 +64,7 @@ class GatewayCore:
         self.subscriptions = Subscriptions(shared)
         self.auth = Authenticator(lookup, credentials)
         self.limits = RequestLimits(config.limits)
-        self.provisioning = Provisioning(shared)
+        self.provisioning = Provisioning(shared, fixed)
         self.outbox = Outbox(shared, self.devices)
         self.uplinks = Uplinks(shared, self.outbox, self.devices, self.auth, self.limits,
                                self.formats)

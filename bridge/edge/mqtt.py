@@ -5,17 +5,11 @@ paho runs through its external-loop API only: the reactor watches the socket
 LoopingCall runs ``loop_misc`` for keep-alive. No paho thread exists.
 
 paho's own ``connect()`` blocks on the TCP connect and the TLS handshake, so
-``MqttLink`` does both without blocking, on the reactor, and then hands the
-ready socket to a fresh paho client (``_ReadyClient``). A fresh client per
-connection also means nothing from a dead connection is re-sent behind the
-core's back.
-
-Reconnect: exponential backoff with full jitter between
-``reconnect_min_delay`` and ``reconnect_max_delay``; the clock and the
-random source are injected. A connection counts as a success (the backoff
-starts again from the minimum) only once it has stayed up ``STABLE_SECONDS``;
-connections lost sooner, several times in a row, are reported as what they
-usually are: another client with the same client id.
+``Connector`` (mqtt_connect.py) does both without blocking, on the reactor, and
+``MqttLink`` hands the ready socket to a fresh paho client (``_ReadyClient``). A
+fresh client per connection also means nothing from a dead connection is re-sent
+behind the core's back. ``Reconnects`` (mqtt_connect.py) picks the backoff and
+names a likely client id clash.
 
 A message that cannot be handled is skipped and logged, and the link keeps
 reading: an exception must never reach paho, which would keep the half-read
@@ -26,30 +20,23 @@ from __future__ import annotations
 
 import errno
 import random
-import socket
-import ssl
-import ipaddress
 from typing import Any, Callable, List, Optional, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from ..logs import logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from ..config import MqttConfig
 from ..core.limits import RateLimiter
+from ..logs import logger
 from ..registry import mask
+from .mqtt_connect import Connector, Reconnects, SocketWatch
 
 log = logger("mqtt")
 
-STABLE_SECONDS = 10.0  # a connection up this long resets the backoff
-SHORT_SESSIONS_HINT = 3  # lost this many times in a row sooner: name the likely cause
-SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: a client with our id connected
 FAILURE_LOG_INTERVAL = 60.0  # one traceback per topic this often
 FORCE_CLOSE_AFTER = 2.0  # s a clean disconnect may take when stopping
 
@@ -73,47 +60,6 @@ class _ReadyClient(paho.Client):
         return sock
 
 
-@implementer(IReadWriteDescriptor)
-class _Watcher:
-    """Reactor readiness for one socket, forwarded to callbacks."""
-
-    def __init__(self, sock: Any, on_read: Callable[[], None], on_write: Callable[[], None],
-                 on_lost: Callable[[Failure], None]):
-        self.sock = sock
-        self.on_read = on_read
-        self.on_write = on_write
-        self.on_lost = on_lost
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def doRead(self) -> None:
-        self.on_read()
-
-    def doWrite(self) -> None:
-        self.on_write()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.on_lost(reason)
-
-    def logPrefix(self) -> str:
-        return "mqtt"
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: uniform in [cap/2, cap], cap = low * 2**attempt <= high."""
-    cap = min(high, low * (2 ** min(attempt, 30)))
-    return rng.uniform(cap / 2, cap)
-
-
 class MqttLink:
     """One gateway connection to the broker, kept up for as long as the service runs."""
 
@@ -128,19 +74,15 @@ class MqttLink:
         self.rng = rng or random.Random()
         self.client: Optional[_ReadyClient] = None
         self.connected = False
-        self.attempt = 0
         self._running = False
-        self._watcher: Optional[_Watcher] = None
-        self._reading = self._writing = False
+        self.connector = Connector(reactor, config, self._hand_over, self._connect_failed)
+        self.reconnects = Reconnects(reactor, config, self.rng)
+        self._watch = SocketWatch(reactor)  # the paho client's socket
         self._retry: Any = None
-        self._deadline: Any = None
-        self._pending_sock: Any = None
         self._ticker = LoopingCall(self._misc)
         self._ticker.clock = reactor
         self._stopped: Optional[defer.Deferred] = None
         self._flush_call: Any = None
-        self._connected_at = 0.0
-        self.short_sessions = 0  # connections in a row lost within STABLE_SECONDS
         self.failed_messages = 0  # messages whose handler raised
         self._failure_logs = RateLimiter(1 / FAILURE_LOG_INTERVAL, 1, max_keys=1000)
 
@@ -159,7 +101,7 @@ class MqttLink:
             self._ticker.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        self._abandon_attempt()
+        self.connector.abandon()
         if self.client is None:
             return defer.succeed(None)
         self._stopped = defer.Deferred()
@@ -205,110 +147,13 @@ class MqttLink:
         self._flush_call = None
         self._flush()
 
-    # -- connecting without blocking -------------------------------------------
+    # -- connecting ------------------------------------------------------------------
 
     def _connect(self) -> None:
-        if not self._running:
-            return
-        cfg = self.config
-        log.info("Connecting to MQTT broker {host}:{port} (MQTT {protocol}, TLS {tls}, "
-                 "client id {client_id})", host=cfg.host, port=cfg.port,
-                 protocol=cfg.protocol, tls=cfg.tls.enabled, client_id=cfg.client_id)
-        self._deadline = self.reactor.callLater(cfg.connect_timeout, self._connect_failed,
-                                                "timed out after %ss" % cfg.connect_timeout)
-        if _is_ip_literal(cfg.host):
-            d = defer.maybeDeferred(socket.getaddrinfo, cfg.host, cfg.port, 0, socket.SOCK_STREAM)
-        else:
-            d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                          socket.getaddrinfo, cfg.host, cfg.port, 0,
-                                          socket.SOCK_STREAM)
-        d.addCallback(self._resolved)
-        d.addErrback(lambda f: self._connect_failed("cannot resolve %s: %s"
-                                                    % (cfg.host, f.getErrorMessage())))
+        if self._running:
+            self.connector.start()
 
-    def _resolved(self, infos: List[Any]) -> None:
-        if self._deadline is None or not self._deadline.active():
-            return
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setblocking(False)
-        self._pending_sock = sock
-        err = sock.connect_ex(address)
-        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            self._connect_failed(errno.errorcode.get(err, str(err)))
-            return
-        self._watch(sock, self._tcp_ready, write=True)
-
-    def _tcp_ready(self) -> None:
-        sock = self._pending_sock
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._connect_failed("%s (%s)" % (errno.errorcode.get(err, str(err)),
-                                               "connection refused" if err == errno.ECONNREFUSED
-                                               else "TCP connect failed"))
-            return
-        if self.config.tls.enabled:
-            try:
-                self._pending_sock = self._tls_context().wrap_socket(
-                    sock, server_hostname=self.config.host, do_handshake_on_connect=False)
-            except (ssl.SSLError, OSError) as exc:
-                self._connect_failed("TLS setup failed: %s" % exc)
-                return
-            self._handshake()
-        else:
-            self._hand_over()
-
-    def _tls_context(self) -> ssl.SSLContext:
-        tls = self.config.tls
-        context = ssl.create_default_context(cafile=tls.ca_file or None)
-        context.check_hostname = tls.verify_hostname
-        context.verify_mode = ssl.CERT_REQUIRED
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file or None)
-        return context
-
-    def _handshake(self) -> None:
-        try:
-            self._pending_sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._watch(self._pending_sock, self._handshake, write=False)
-            return
-        except ssl.SSLWantWriteError:
-            self._watch(self._pending_sock, self._handshake, write=True)
-            return
-        except (ssl.SSLError, OSError) as exc:
-            self._connect_failed("TLS handshake failed: %s" % exc)
-            return
-        self._hand_over()
-
-    def _watch(self, sock: Any, callback: Callable[[], None], write: bool) -> None:
-        """Call ``callback`` once when ``sock`` is readable (or writable)."""
-        self._unwatch()
-
-        def fire() -> None:
-            self._unwatch()
-            callback()
-
-        # The reactor may report a failed connect (epoll: hang-up, no read or write
-        # event) only by connectionLost: the callback then finds the error on the socket.
-        self._watcher = _Watcher(sock, fire, fire, lambda reason: fire())
-        if write:
-            self.reactor.addWriter(self._watcher)
-            self._writing = True
-        else:
-            self.reactor.addReader(self._watcher)
-            self._reading = True
-
-    def _unwatch(self) -> None:
-        if self._watcher is not None:
-            if self._reading:
-                self.reactor.removeReader(self._watcher)
-            if self._writing:
-                self.reactor.removeWriter(self._watcher)
-        self._reading = self._writing = False
-        self._watcher = None
-
-    def _hand_over(self) -> None:
+    def _hand_over(self, sock: Any) -> None:
         """The socket is connected: let a fresh paho client speak MQTT on it."""
         cfg = self.config
         protocol = paho.MQTTv5 if cfg.mqtt5 else paho.MQTTv311
@@ -333,7 +178,7 @@ class MqttLink:
             client.connect_async(cfg.host, cfg.port, cfg.keepalive, clean_start=True)
         else:
             client.connect_async(cfg.host, cfg.port, cfg.keepalive)
-        client.ready_socket, self._pending_sock = self._pending_sock, None
+        client.ready_socket = sock
         self.client = client
         rc = client.reconnect()
         if rc != paho.MQTT_ERR_SUCCESS:
@@ -342,25 +187,18 @@ class MqttLink:
     # -- paho callbacks (all on the reactor thread) ----------------------------
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._unwatch()
-        self._watcher = _Watcher(sock, self._read, self._write, self._lost)
-        self.reactor.addReader(self._watcher)
-        self._reading = True
+        self._watch.watch(sock, self._read, self._write, self._lost)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._unwatch()
+        self._watch.stop()
         if self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)
 
     def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        if self._watcher is not None and not self._writing:
-            self.reactor.addWriter(self._watcher)
-            self._writing = True
+        self._watch.want_write(True)
 
     def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        if self._watcher is not None and self._writing:
-            self.reactor.removeWriter(self._watcher)
-            self._writing = False
+        self._watch.want_write(False)
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
@@ -369,10 +207,9 @@ class MqttLink:
                       "(username {username})", reason=str(reason_code),
                       username=mask(self.config.username))
             return  # paho closes the socket; _on_disconnect schedules the retry
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
+        self.connector.connected()
         self.connected = True
-        self._connected_at = self.reactor.seconds()
+        self.reconnects.up()
         log.info("Connected to MQTT broker {host}:{port}", host=self.config.host,
                  port=self.config.port)
         for topic in self.subscriptions:
@@ -392,7 +229,7 @@ class MqttLink:
             return
         was_connected, self.connected = self.connected, False
         self.client = None
-        self._unwatch()
+        self._watch.stop()
         if self._stopped is not None:
             if not self._stopped.called:
                 self._stopped.callback(None)
@@ -402,33 +239,11 @@ class MqttLink:
         reason = str(reason_code)
         if was_connected:
             if self.retry:
-                self._log_lost(reason_code, flags)
+                self.reconnects.lost(reason_code, flags)
                 self._tell("link_down", self.listener.link_down, reason)
             self._schedule_retry()
         else:
             self._connect_failed("connection closed during CONNECT: %s" % reason)
-
-    def _log_lost(self, reason_code: Any, flags: Any) -> None:
-        """Say why the connection was lost, naming a client id clash when it looks like one."""
-        up = self.reactor.seconds() - self._connected_at
-        if up >= STABLE_SECONDS:
-            self.short_sessions = 0
-            self.attempt = 0  # it worked: reconnect from the shortest delay
-        else:
-            self.short_sessions += 1
-        client_id = self.config.client_id
-        from_broker = getattr(flags, "is_disconnect_packet_from_server", False)
-        if from_broker and getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
-            log.warn("Lost the MQTT connection: the broker says another client connected with "
-                     "the same client id {client_id} (session taken over); give each bridge "
-                     "its own MQTT_CLIENT_ID or DATA_DIR", client_id=client_id)
-        elif self.short_sessions >= SHORT_SESSIONS_HINT:
-            log.warn("Lost the MQTT connection: {reason}; {count} connections in a row lost "
-                     "within {seconds:.0f} s of being accepted: another client with the same "
-                     "client id {client_id}?", reason=str(reason_code), count=self.short_sessions,
-                     seconds=STABLE_SECONDS, client_id=client_id)
-        else:
-            log.warn("Lost the MQTT connection: {reason}", reason=str(reason_code))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
@@ -494,7 +309,7 @@ class MqttLink:
 
     def _lost(self, reason: Failure) -> None:
         """The reactor stopped watching the socket (hang-up): paho reads the end of it."""
-        self._reading = self._writing = False  # the reactor has removed the watcher
+        self._watch.removed()
         self._read()
         if self.client is not None and self.connected and self._running:
             # still open to paho, but nothing reads it any more: do not pretend it is up
@@ -507,20 +322,11 @@ class MqttLink:
 
     # -- failures and retries --------------------------------------------------
 
-    def _abandon_attempt(self) -> None:
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-        if self._pending_sock is not None:
-            self._unwatch()
-            self._pending_sock.close()
-            self._pending_sock = None
-
     def _connect_failed(self, reason: str) -> None:
-        self._abandon_attempt()
+        self.connector.abandon()
         if self.client is not None:
             client, self.client = self.client, None
-            self._unwatch()
+            self._watch.stop()
             client._sock_close()
         if not self._running:
             return
@@ -537,16 +343,14 @@ class MqttLink:
                 self._ticker.stop()
             self.listener.link_down("connection failed or closed")
             return
-        delay = backoff_delay(self.attempt, self.config.reconnect_min_delay,
-                              self.config.reconnect_max_delay, self.rng)
-        self.attempt += 1
+        delay = self.reconnects.next_delay()
         log.info("Reconnecting to MQTT in {delay:.1f} s", delay=delay)
         self._retry = self.reactor.callLater(delay, self._connect)
 
     def _force_close(self) -> None:
         if self.client is not None:
             client, self.client = self.client, None
-            self._unwatch()
+            self._watch.stop()
             client._sock_close()
         if self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)

@@ -90,6 +90,8 @@ def check_profiles(profiles) -> List[str]:
             where = "device_profiles.%s.%s" % (name, kind)
             if getattr(profile, kind + "File"):
                 where += " (%s)" % getattr(profile, kind + "File")
+            elif profile.thingsboardProfile:
+                where += " (in %s)" % profile.thingsboardProfile
             try:
                 compile_schema(getattr(profile, kind), kind)
             except ProtocMissing as exc:

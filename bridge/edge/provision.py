@@ -9,13 +9,18 @@ for different names run at once, each on its own session, up to
 the same name wait for each other (and count towards the bound), so the same
 name provisioned twice at once yields exactly one device. (A generic broker
 passes every answer to every provisioning session: there, set the bound to 1.)
+
+A request that came as protobuf goes to the platform as the same JSON request, and its
+answer (ThingsBoard's JSON, the platform's or the bridge's own) is re-encoded for the
+device as a ``ProvisionDeviceResponseMsg`` (``core.provision.protobuf_answer``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set
 
 from twisted.internet import defer
 
@@ -30,7 +35,7 @@ log = logger("provision")
 
 REQUEST_TOPIC = "/provision/request"
 RESPONSE_TOPIC = "/provision/response"
-Answer = Callable[..., None]  # (request ref, code, JSON body, max_age=None)
+Answer = Callable[..., None]  # (request ref, code, body, max_age=None, content_format=50)
 
 
 class _Session(ShortSession):
@@ -51,7 +56,10 @@ class _Session(ShortSession):
 
 class Provisioner:
     def __init__(self, config: Config, reactor: Any, write: Callable[..., defer.Deferred],
-                 answer: Answer, sessions: Optional[ShortSessions] = None):
+                 answer: Answer, sessions: Optional[ShortSessions] = None, fixed: Any = None):
+        """``write``: the registry write (a Deferred); ``answer`` takes ThingsBoard's JSON
+        answers; ``fixed``: ThingsBoard's fixed messages (``formats.fixed.FixedMessages``),
+        to answer protobuf requests in kind."""
         self.config = config
         self.reactor = reactor
         self.write = write  # (registry method, *args) -> Deferred (glue.lookup.RegistryView)
@@ -62,8 +70,13 @@ class Provisioner:
         self.refused = 0  # answered 5.03: max_concurrent were in progress
         self.profiles = [ProvisionProfile(p.key, p.secret, p.device_type, p.strategy)
                          for p in config.provisioning.profiles]
+        self.fixed = fixed
+        self.protobuf_refs: Set[int] = set()  # requests that came as protobuf
+        self.answer = functools.partial(self._in_kind, answer)
 
     def handle(self, ref: int, request: ProvisionRequest) -> None:
+        if request.protobuf:
+            self.protobuf_refs.add(ref)
         settings = self.config.provisioning
         if self.in_progress >= settings.max_concurrent:
             self.refused += 1
@@ -189,6 +202,20 @@ class Provisioner:
         log.error("Provisioned {device} on the platform, but the registry refused it: "
                   "{error}", device=name, error=str(failure.value))
         self.answer(ref, codes.INTERNAL_SERVER_ERROR, b"")
+
+    def _in_kind(self, answer: Answer, ref: int, code: int, body: bytes,
+                 max_age: Optional[int] = None) -> None:
+        """Answer request ``ref``: a JSON ``body`` as it is, or re-encoded as protobuf when
+        the request came so."""
+        if ref not in self.protobuf_refs:
+            answer(ref, code, body, max_age=max_age)
+            return
+        self.protobuf_refs.discard(ref)
+        if not body:
+            answer(ref, code, body, max_age=max_age)
+            return
+        answer(ref, code, provision.protobuf_answer(json.loads(body), self.fixed),
+               max_age=max_age, content_format=codes.OCTET_STREAM)
 
     def _reply(self, ref: int, body: dict) -> None:
         status = body.get("status")

@@ -24,7 +24,7 @@ from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
                             ResetLink, ServePackage, Store, StoreMany)
-from ..core.formats import FormatOf, PayloadFormat, protoschema
+from ..core.formats import FormatOf, PayloadFormat, fixed, protoschema
 from ..core.formats.json import JsonFormat
 from ..core.formats.protobuf import ProtobufFormat
 from ..core.auth import CredentialLookups
@@ -69,6 +69,17 @@ DTLS_COUNTERS = {
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 
 
+def fixed_messages() -> Optional[fixed.FixedMessages]:
+    """ThingsBoard's fixed messages (compiled by protoc, needed by PROTOBUF profiles and by
+    protobuf provisioning requests); None without protoc and PROTOBUF profiles: then
+    provisioning reads JSON only (the configuration check needs protoc for the profiles)."""
+    try:
+        return protoc.fixed_messages()
+    except protoc.ProtocMissing:
+        log.info("protoc is not installed: provisioning requests are read as JSON only")
+        return None
+
+
 def format_of(config: Config) -> FormatOf:
     """Device type -> its payload format: the type's entry in ``device_profiles`` (its
     schemas compiled and checked when the configuration was loaded), else JSON."""
@@ -91,9 +102,11 @@ def format_of(config: Config) -> FormatOf:
 
 
 def make_core(config: Config, lookup: Any,
-              credentials: Optional[CredentialLookups] = None) -> GatewayCore:
-    """The one place the core is built."""
-    return GatewayCore(config, lookup, format_of(config), credentials)
+              credentials: Optional[CredentialLookups] = None,
+              messages: Optional[fixed.FixedMessages] = None) -> GatewayCore:
+    """The one place the core is built (``messages``: ThingsBoard's fixed messages, for
+    provisioning requests that are not JSON)."""
+    return GatewayCore(config, lookup, format_of(config), credentials, messages)
 
 
 class Bridge:
@@ -104,8 +117,9 @@ class Bridge:
         self.reactor = reactor
         self.rng = rng or random.Random()
         self.registry_view = RegistryView(reactor)
+        fixed = fixed_messages()
         self.core = make_core(config, self.registry_view.get,
-                              self.registry_view.credential_lookups())
+                              self.registry_view.credential_lookups(), fixed)
         self.auto_registration = AutoRegistration(config, self.registry_view)
         self.dispatcher = ActionDispatcher()
         self.apply = self.dispatcher.apply
@@ -119,7 +133,7 @@ class Bridge:
         self.notifications = Notifications(reactor)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
         self.provisioner = Provisioner(config, reactor, self.registry_view.write,
-                                       self.requests.answer_json, self.sessions)
+                                       self.requests.answer_json, self.sessions, fixed)
         self.packages = PackageStore(config, reactor, self.reconnect_device, self.sessions)
         mqtt = dataclasses.replace(config.mqtt,
                                    client_id=gateway_client_id(config, socket.gethostname()))

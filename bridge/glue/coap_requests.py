@@ -186,8 +186,10 @@ class CoapRequests:
             self.answer(ref, make_response(codes.CREATED), True)
 
     def answer_json(self, ref: int, code: int, body: bytes,
-                    max_age: Optional[int] = None) -> None:
-        self.answer(ref, make_response(code, body, codes.APPLICATION_JSON if body else None,
+                    max_age: Optional[int] = None,
+                    content_format: int = codes.APPLICATION_JSON) -> None:
+        """Answer ``ref`` with ``body`` (JSON unless ``content_format`` says otherwise)."""
+        self.answer(ref, make_response(code, body, content_format if body else None,
                                        max_age))
 
     def answer(self, ref: int, message: Union[txcoap.Message, Answer],

@@ -407,10 +407,45 @@ def test_refresh_after_link_loss_finding_no_change_notifies_nothing():
 def test_idle_observer_is_not_disconnected_and_is_reconnected_after_link_loss():
     core = linked_core()
     observe_attributes(core)
-    assert of(core.on_tick(NOW + 700), Publish) == []  # observing: not idle
+    # observing: not idle (its connect is re-sent, see the claim tests below)
+    assert [p.topic for p in of(core.on_tick(NOW + 700), Publish)] == [CONNECT]
     core.on_link_down(NOW + 701)
     actions = core.on_link_up(NOW + 1400)
     assert [p.topic for p in of(actions, Publish)] == [CONNECT]
+
+
+def test_an_observer_is_claimed_again_every_half_idle_timeout():
+    """ThingsBoard gives a device's session to the gateway connection that connected it
+    last and tells nobody: an observing device's connect is re-sent (a claim) so that its
+    RPCs and attribute updates come back to this connection."""
+    core = linked_core()
+    observe_attributes(core)
+    assert of(core.on_tick(NOW + 299), Publish) == []
+    [claim] = of(core.on_tick(NOW + 301), Publish)
+    assert (claim.topic, json.loads(claim.payload)) == (CONNECT, {"device": "Dev A",
+                                                                  "type": "thermo"})
+    assert core.on_published(claim.ref, 0, NOW + 301) == []
+    assert of(core.on_tick(NOW + 500), Publish) == []  # claimed at 301
+    [again] = of(core.on_tick(NOW + 602), Publish)
+    assert again.topic == CONNECT
+    # a claim does not hold back the device's uplinks meanwhile
+    seen = run(core, handled(core, post(901, "telemetry", b'{"t": 1}'), NOW + 603), NOW + 603)
+    assert [p.topic for p in of(seen, Publish)] == ["v1/gateway/telemetry"]
+
+
+def test_a_device_that_observes_nothing_is_not_claimed():
+    core = connected_core()
+    assert of(core.on_tick(NOW + 301), Publish) == []
+
+
+def test_a_refused_claim_makes_the_next_uplink_connect_first():
+    core = linked_core()
+    observe_attributes(core)
+    [claim] = of(core.on_tick(NOW + 301), Publish)
+    [warning] = of(core.on_published(claim.ref, 0x80, NOW + 301), Log)
+    assert "refused to connect device Dev A again" in text(warning)
+    seen = run(core, handled(core, post(901, "telemetry", b'{"t": 1}'), NOW + 302), NOW + 302)
+    assert [p.topic for p in of(seen, Publish)] == [CONNECT, "v1/gateway/telemetry"]
 
 
 # -- echo immunity and stray messages -----------------------------------------------------------

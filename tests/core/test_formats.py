@@ -57,3 +57,27 @@ def test_a_request_outside_the_bulk_path_uses_the_device_format_too():
     request = Request(7, codes.POST, ("api", "v1", "tokc", "telemetry"), b"t=3", remote=PEER)
     [store] = [a for a in handled(core, request, NOW) if isinstance(a, Store)]
     assert store.entry.device == "Dev C" and b'"t":3.0' in store.entry.payload
+
+
+class TaggedFormat(CsvFormat):
+    """Answers client-side RPCs in a form of its own, with a Content-Format of its own."""
+
+    content_format = codes.OCTET_STREAM
+
+    def rpc_result(self, payload):
+        return b"csv:" + payload
+
+
+def test_a_client_rpc_answer_uses_the_format_of_the_callers_type_known_or_not():
+    tagged, json = TaggedFormat(), JsonFormat()
+    core = GatewayCore(core_config(), DEVICES.get,
+                       format_of=lambda t: tagged if t == "csv-meter" else json)
+    core.on_link_up(NOW)
+    call = Request(9, codes.POST, ("api", "v1", "tokc", "rpc"), b'{"method": "getTime"}',
+                   remote=PEER)
+    [publish] = [a for a in handled(core, call, NOW) if type(a).__name__ == "Publish"]
+    core.devices.states.clear()  # the platform's answer may come when the device is not held
+    n = publish.topic.rsplit("/", 1)[1]
+    [reply] = core.on_message("v1/devices/me/rpc/response/" + n, b'{"t":1}', NOW)
+    assert (reply.ref, reply.payload, reply.content_format) == (9, b'csv:{"t":1}',
+                                                                 codes.OCTET_STREAM)

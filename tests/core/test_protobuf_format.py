@@ -165,3 +165,50 @@ def test_json_compatibility_reads_an_undecodable_payload_as_json():
     assert values == {"serialNumber": "x"}
     with pytest.raises(codes.BadRequest):
         fmt(compatible=False).telemetry("dev", b'{"temperature": 21.5}', NOW)
+
+
+# -- ThingsBoard's fixed messages: claim, client-side RPC and its answer ------------------
+
+def test_claim_is_read_with_the_fixed_claim_device_message():
+    tb = protoc.fixed_messages()
+    payload = tb.ClaimDevice(secretKey="s3cret", durationMs=2 ** 40).SerializeToString()
+    assert sent(fmt().claim("dev", payload)) == (
+        "v1/gateway/claim", {"dev": {"secretKey": "s3cret", "durationMs": 2 ** 40}})
+    # an empty body is a claim with ThingsBoard's defaults, as with JSON
+    assert sent(fmt().claim("dev", b"")) == (
+        "v1/gateway/claim", {"dev": {"secretKey": "", "durationMs": 0}})
+    with pytest.raises(codes.BadRequest, match="claim: payload does not decode as "
+                                               "transportapi.ClaimDevice"):
+        fmt().claim("dev", b'{"secretKey": "x"}')
+    assert sent(fmt(compatible=True).claim("dev", b'{"secretKey": "x"}'))[1] == {
+        "dev": {"secretKey": "x", "durationMs": 0}}
+
+
+def test_client_rpc_is_read_with_the_fixed_rpc_request_params_as_json_text():
+    rpc = protoc.fixed_messages().RpcRequest
+    call = fmt().rpc_call
+    assert call(rpc(method="getTime", params='{"tz": "UTC", "n": [1, 2]}')
+                .SerializeToString()) == ("getTime", {"tz": "UTC", "n": [1, 2]})
+    assert call(rpc(method="ping").SerializeToString()) == ("ping", None)  # unset: null
+    assert call(rpc(method="m", params="42").SerializeToString()) == ("m", 42)
+    # text that is not JSON stays a string (ThingsBoard's lenient parser)
+    assert call(rpc(method="echo", params="hello there").SerializeToString()) == (
+        "echo", "hello there")
+    with pytest.raises(codes.BadRequest, match="rpc: method is empty"):
+        call(rpc(params="{}").SerializeToString())
+    with pytest.raises(codes.BadRequest, match="does not decode as transportapi.RpcRequest"):
+        call(b"\xff\xff")
+
+
+def test_the_platforms_answer_goes_back_as_to_server_rpc_response_msg():
+    tb = protoc.fixed_messages()
+    protobuf = fmt()
+    assert protobuf.content_format == codes.OCTET_STREAM
+    body = protobuf.rpc_result(b'{"time":"12:00","zone":"\xc3\xa9"}')
+    answer = tb.ToServerRpcResponseMsg.FromString(body)
+    assert (answer.requestId, answer.payload, answer.error) == (
+        0, '{"time":"12:00","zone":"\u00e9"}', "")
+    # useJsonPayloadFormatForDefaultDownlinkTopics: the answer stays the platform's JSON
+    plain = fmt(json_downlinks=True)
+    assert plain.content_format == codes.APPLICATION_JSON
+    assert plain.rpc_result(b'{"time":"12:00"}') == b'{"time":"12:00"}'

@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import re
+import subprocess
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -85,15 +86,13 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
     assert ports == {"coap": (COAP_PORT, "UDP"), "metrics": (METRICS_PORT, "TCP")}
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    [token] = [env for env in bridge["env"] if env["name"] == "MQTT_USERNAME"]
-    assert token["valueFrom"]["secretKeyRef"]["name"] == "coapbridge-gateway"
     data_dir = [env["value"] for env in bridge["env"] if env["name"] == "DATA_DIR"][0]
     statefulset = kubernetes()[("StatefulSet", "coapbridge")]
     claims = [claim["metadata"]["name"] for claim in statefulset["spec"]["volumeClaimTemplates"]]
     mounts = {mount["name"]: mount["mountPath"] for mount in bridge["volumeMounts"]}
     assert mounts["data"] == data_dir and "data" in claims
     config_path = [env["value"] for env in bridge["env"] if env["name"] == "COAPBRIDGE_CONFIG"]
-    assert config_path == [bridge["args"][-1]]
+    assert bridge["args"][-1].endswith(" --config " + config_path[0])
     assert os.path.dirname(config_path[0]) == mounts["config"]
     assert ("Secret", "coapbridge-gateway") in kubernetes()
 
@@ -109,6 +108,48 @@ def test_every_pod_shares_one_postgresql_registry_with_its_password_in_a_secret(
     assert "from-the-secret" not in target.display
     secret = env["REGISTRY_PASSWORD"]["valueFrom"]["secretKeyRef"]
     assert "password" in kubernetes()[("Secret", secret["name"])]["stringData"]
+
+
+def run_pod_command(tmp_path, hostname, tokens):
+    """The StatefulSet's command in /bin/sh, the Secret's volume a directory with ``tokens``
+    and ``twistd`` a script that prints its MQTT_USERNAME and arguments."""
+    spec, bridge = container()
+    [mount] = [m["mountPath"] for m in bridge["volumeMounts"] if m["name"] == "gateway"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "gateway"]
+    assert volume["secret"]["secretName"] == "coapbridge-gateway"
+    secret = tmp_path / "gateway"
+    secret.mkdir()
+    for key, token in tokens.items():
+        (secret / key).write_text(token)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "twistd").write_text('#!/bin/sh\necho "$MQTT_USERNAME|$*"\n')
+    (fake / "twistd").chmod(0o755)
+    script = bridge["args"][-1].replace(mount, str(secret))
+    env = {"PATH": "%s:/usr/bin:/bin" % fake, "HOSTNAME": hostname}
+    return subprocess.run(bridge["command"] + [script], env=env, capture_output=True,
+                          text=True, timeout=10)
+
+
+def test_each_pod_connects_with_the_token_of_its_own_gateway_device(tmp_path):
+    """One gateway device per instance (docs/deployment.md): the Secret has a key per pod
+    of the StatefulSet, and a pod takes the token under its own name."""
+    statefulset = kubernetes()[("StatefulSet", "coapbridge")]
+    secret = kubernetes()[("Secret", "coapbridge-gateway")]
+    pods = ["coapbridge-%d" % n for n in range(statefulset["spec"]["replicas"])]
+    assert sorted(secret["stringData"]) == pods
+    result = run_pod_command(tmp_path, "coapbridge-1", {"coapbridge-0": "tok-0",
+                                                          "coapbridge-1": "tok-1"})
+    assert result.returncode == 0, result.stderr
+    username, args = result.stdout.strip().split("|")
+    assert username == "tok-1" and args.startswith("-n --pidfile= coapbridge --config ")
+
+
+def test_a_pod_without_a_token_of_its_own_stops_with_one_line(tmp_path):
+    result = run_pod_command(tmp_path, "coapbridge-2", {"coapbridge-0": "tok-0"})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("coapbridge: the Secret coapbridge-gateway has no token "
+                                     "for pod coapbridge-2")
 
 
 def test_the_coap_service_is_udp_and_source_affine():

@@ -2,7 +2,7 @@
 
 import random
 
-from bridge.edge.mqtt import backoff_delay
+from bridge.edge.mqtt_connect import backoff_delay
 
 
 def test_backoff_doubles_from_min_to_max_with_jitter_in_the_upper_half():

@@ -68,8 +68,7 @@ def connected(listener):
     ours.setblocking(False)
     broker.settimeout(2)
     link._running = True
-    link._pending_sock = ours
-    link._hand_over()  # CONNECT goes out
+    link._hand_over(ours)  # CONNECT goes out
     link._flush()
     assert broker.recv(1024)[:1] == b"\x10"
     broker.sendall(CONNACK)

@@ -1,12 +1,19 @@
-"""Provisioning requests in parallel: different names at once up to a bound, one name in turn."""
+"""Provisioning requests in parallel: different names at once up to a bound, one name in turn;
+a protobuf request answered in protobuf."""
 
+import shutil
+
+import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from bridge import config as config_module
 from bridge.core import codes
 from bridge.core.provision import parse_request
+from bridge.edge import protoc
 from bridge.edge.provision import Provisioner
+from bridge.glue.lookup import RegistryView
+from bridge.registry import Registry
 
 
 class SlowPlatform(Provisioner):
@@ -78,3 +85,61 @@ def test_local_provisioning_with_the_shared_registry_lost_is_5_03_and_asked_agai
     assert writes and writes[0][:2] == ("provision", "A")
     assert answers == [(1, codes.SERVICE_UNAVAILABLE, int(cfg.provisioning.timeout))]
     assert provisioner.in_progress == 0
+
+
+@pytest.mark.skipif(shutil.which("protoc") is None,
+                    reason="protoc missing (Debian: protobuf-compiler)")
+def test_a_protobuf_request_is_answered_in_protobuf_on_every_path():
+    tb = protoc.fixed_messages()
+    answers = []
+
+    def answer(ref, code, body, max_age=None, content_format=codes.APPLICATION_JSON):
+        answers.append((ref, code, body, content_format))
+
+    class Platform(Provisioner):
+        """The platform's side: ThingsBoard's JSON answer at once (no MQTT session)."""
+
+        def _upstream(self, ref, request):
+            self.answer(ref, codes.CREATED, b'{"credentialsValue":"tok5",'
+                                            b'"credentialsType":"ACCESS_TOKEN","status":"SUCCESS"}')
+    upstream = Platform(config_module.load_text("{}", {}), Clock(), lambda: None, answer,
+                        fixed=tb)
+    local = Provisioner(config_module.load_text(
+        "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {}),
+        Clock(), lambda: None, answer, fixed=tb)
+    msg = tb.ProvisionDeviceRequestMsg(deviceName="Meter 5")
+    msg.provisionDeviceCredentialsMsg.provisionDeviceKey = "k"
+    msg.provisionDeviceCredentialsMsg.provisionDeviceSecret = "wrong"
+    upstream.handle(1, parse_request(msg.SerializeToString(), 32, tb))
+    local.handle(2, parse_request(msg.SerializeToString(), 32, tb))  # the bridge's own NOT_FOUND
+    local.handle(3, parse_request(  # JSON, with a wrong secret: a JSON answer
+        b'{"deviceName": "Meter 6", "provisionDeviceKey": "k", "provisionDeviceSecret": "x"}',
+        32, tb))
+    (_, code1, body1, cf1), (_, code2, body2, cf2), (_, code3, body3, cf3) = answers
+    ok = tb.ProvisionDeviceResponseMsg.FromString(body1)
+    assert (code1, cf1, ok.status, ok.credentialsValue) == (
+        codes.CREATED, codes.OCTET_STREAM, 1, "tok5")  # SUCCESS
+    refused = tb.ProvisionDeviceResponseMsg.FromString(body2)
+    assert (code2, cf2, refused.status) == (codes.BAD_REQUEST, codes.OCTET_STREAM, 2)
+    assert (code3, cf3) == (codes.BAD_REQUEST, codes.APPLICATION_JSON)
+    assert b"Provision data was not found!" in body3
+    assert not upstream.protobuf_refs and not local.protobuf_refs
+
+
+def test_a_device_provisioned_locally_is_known_to_its_next_request_in_the_same_turn(tmp_path):
+    """The registry's copy the core reads is refreshed once per reactor turn; a device that
+    sends right after its provisioning reply may be read in the same turn (it got 4.01)."""
+    cfg = config_module.load_text(
+        "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {})
+    view = RegistryView(Clock())
+    view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    answers = []
+    provisioner = Provisioner(cfg, Clock(), view.write,
+                              lambda ref, code, body, max_age=None: answers.append((ref, code)))
+    view.refresh()  # the turn's first request: the copy is read, not again in this turn
+    body = b'{"deviceName": "M", "provisionDeviceKey": "k", "provisionDeviceSecret": "s", ' \
+           b'"token": "mtoken"}'
+    provisioner.handle(1, parse_request(body, 32))
+    assert answers == [(1, codes.CREATED)]
+    view.refresh()  # the next request, in the same turn
+    assert view.get("mtoken") is not None and view.get("mtoken").name == "M"

@@ -178,8 +178,10 @@ class BridgeProcess:
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge", "--config", self.config],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+        # PyPy takes about three times CPython's start-up time (imports before its JIT
+        # warms up): 6 s with the machine shared, so the wait allows for much more
         wait_until(lambda: "CoAP listening" in self.read_log() or self.proc.poll() is not None,
-                   15, "the bridge to listen")
+                   60, "the bridge to listen")
         try:
             assert self.proc.poll() is None, self.read_log()
             if wait_mqtt:

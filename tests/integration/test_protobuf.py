@@ -1,8 +1,11 @@
 """Protobuf devices (a PROTOBUF device profile) through the real bridge: libcoap posts a
-payload file built by the test from the same schema text, the platform checks the JSON."""
+payload file built by the test from the same schema text, the platform checks the JSON.
+ThingsBoard's fixed messages (claim, client-side RPC, provisioning) are built by the test
+from their own .proto text (bridge/core/formats/fixed.py), compiled by the test."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,7 +14,11 @@ import subprocess
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from bridge.core.formats import fixed as tbfixed
 from conftest import BridgeProcess
+from platform_sim import PlatformSim
+from tbprofiles import exported_profile, protobuf_payload
+from test_provision_ota import ProvisioningPlatform
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +56,17 @@ message SensorConfiguration { optional string firmwareVersion = 1; optional stri
 """
 
 
+# The same message name as ThingsBoard's default telemetry schema, other fields: a profile
+# exported from ThingsBoard with it sits beside the "sensor" profile (the default schemas).
+SAME_NAME = """syntax = "proto3";
+package telemetry;
+message SensorDataReading {
+  optional string label = 1;
+  optional sint32 level = 2;
+}
+"""
+
+
 def message_class(tmp_path, text, name):
     """The test's own build of the schema: protoc, a pool, the message's class."""
     source = tmp_path / "t.proto"
@@ -61,6 +79,21 @@ def message_class(tmp_path, text, name):
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
 
 
+def fixed(tmp_path, name):
+    """One of ThingsBoard's fixed messages, built by the test from its .proto text."""
+    text = (tbfixed.TRANSPORT_API_PROTO if name.startswith("transportapi.")
+            else tbfixed.QUEUE_PROTO)
+    return message_class(tmp_path, text, name)
+
+
+@pytest.fixture(scope="module")
+def platform(broker):
+    """The platform, answering client-side RPCs (``client_rpc_answer``)."""
+    sim = PlatformSim(broker.port)
+    yield sim
+    sim.close()
+
+
 @pytest.fixture(scope="module")
 def pb_bridge(broker, tmp_path_factory):
     if shutil.which("protoc") is None:
@@ -68,26 +101,33 @@ def pb_bridge(broker, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("pbbridge"))
     with open(os.path.join(workdir, "meter.proto"), "w") as handle:
         handle.write(CUSTOM)
+    with open(os.path.join(workdir, "exported.json"), "w") as handle:
+        json.dump(exported_profile(protobuf_payload(telemetry=SAME_NAME)), handle, indent=2)
     process = BridgeProcess(workdir, broker.port, device_profiles={
         "meter": {"transportPayloadType": "PROTOBUF",
                   "deviceTelemetryProtoSchemaFile": "meter.proto"},  # relative to its cwd
         "sensor": {"transportPayloadType": "PROTOBUF",  # ThingsBoard's default schemas
                    "enableCompatibilityWithJsonPayloadFormat": True},
+        "exported": {"thingsboardProfile": "exported.json"},
     })
     process.add_device("PB Meter", "pbMeter", "meter")
     process.add_device("PB Sensor", "pbSensor", "sensor")
+    process.add_device("PB Exported", "pbExported", "exported")
     process.add_device("JSON Dev", "jsonDev", "thermostat")
     process.start()
     yield process
     process.stop()
 
 
-def post_file(bridge, tmp_path, token, what, payload):
+def post_file(bridge, tmp_path, token, what, payload, answer=None):
+    """POST ``payload`` with libcoap: the last response code, libcoap's output; the
+    response's payload goes to the file ``answer`` when given."""
     assert LIBCOAP, "libcoap's coap-client-notls is missing: install libcoap3-bin"
     path = tmp_path / "payload.bin"
     path.write_bytes(payload)
-    done = subprocess.run([LIBCOAP, "-v", "6", "-m", "post", "-t", "42", "-f", str(path),
-                           "%s/api/v1/%s/%s" % (bridge.url, token, what)],
+    url = "%s/api/v1/%s%s" % (bridge.url, token + "/" if token else "", what)
+    done = subprocess.run([LIBCOAP, "-v", "6", "-m", "post", "-t", "42", "-f", str(path)]
+                          + (["-o", str(answer)] if answer else []) + [url],
                           capture_output=True, timeout=30)
     out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
     codes = re.findall(r"t:(?:ACK|CON|NON) c:(\d\.\d\d)", out)
@@ -154,3 +194,97 @@ def test_a_bad_schema_stops_the_bridge_with_line_and_column(broker, tmp_path):
             in process.read_log()
     finally:
         process.stop()
+
+
+def test_an_exported_thingsboard_profile_and_the_same_message_name_in_two_profiles(
+        pb_bridge, platform, tmp_path):
+    mine = message_class(tmp_path, SAME_NAME, "telemetry.SensorDataReading")
+    code, out = post_file(pb_bridge, tmp_path, "pbExported", "telemetry",
+                          mine(label="tank", level=-3).SerializeToString())
+    assert code == "2.01", out
+    assert entry_of(platform, "PB Exported", "label")["values"] == {"label": "tank", "level": -3}
+    # the "sensor" profile's telemetry.SensorDataReading is still ThingsBoard's default
+    default = message_class(tmp_path, DEFAULT_TELEMETRY, "telemetry.SensorDataReading")
+    code, out = post_file(pb_bridge, tmp_path, "pbSensor", "telemetry",
+                          default(humidity=55.5).SerializeToString())
+    assert code == "2.01", out
+    assert entry_of(platform, "PB Sensor", "humidity")["values"] == {"humidity": 55.5}
+
+
+def test_claim_with_the_fixed_claim_device_message(pb_bridge, platform, tmp_path):
+    claim = fixed(tmp_path, "transportapi.ClaimDevice")
+    code, out = post_file(pb_bridge, tmp_path, "pbMeter", "claim",
+                          claim(secretKey="k3y", durationMs=60000).SerializeToString())
+    assert code == "2.01", out
+    platform.wait_for("v1/gateway/claim", lambda p: p == {
+        "PB Meter": {"secretKey": "k3y", "durationMs": 60000}})
+
+
+def test_client_side_rpc_round_trip_in_fixed_messages(pb_bridge, platform, tmp_path):
+    platform.client_rpc_answer = {"time": "12:00", "zone": "UTC"}
+    request = fixed(tmp_path, "transportapi.RpcRequest")
+    answer = tmp_path / "answer.bin"
+    try:
+        code, out = post_file(pb_bridge, tmp_path, "pbMeter", "rpc",
+                              request(method="getTime", params='{"tz": "UTC"}')
+                              .SerializeToString(), answer)
+    finally:
+        platform.client_rpc_answer = None
+    assert code == "2.05", out
+    assert "t:ACK c:2.05 i:" in out and "[ Content-Format:application/octet-stream ]" \
+        in out.split("t:ACK c:2.05", 1)[1].splitlines()[0]  # the answer's: 42
+    asked = [json.loads(m.payload) for m in platform.messages
+             if m.topic.startswith("v1/devices/me/rpc/request/")]
+    assert {"method": "deviceRpc", "params": {"device": "PB Meter", "method": "getTime",
+                                              "params": {"tz": "UTC"}}} in asked
+    response = fixed(tmp_path, "transport.ToServerRpcResponseMsg").FromString(
+        answer.read_bytes())
+    assert (response.requestId, response.error) == (0, "")
+    assert json.loads(response.payload) == {"time": "12:00", "zone": "UTC"}
+
+
+@pytest.fixture(scope="module")
+def provisioning_platform(broker):
+    sim = ProvisioningPlatform(broker.port)
+    yield sim
+    sim.close()
+
+
+def test_provisioning_in_both_formats_answered_in_kind(pb_bridge, provisioning_platform,
+                                                       tmp_path):
+    answer = tmp_path / "answer.bin"
+    body = {"deviceName": "Prov JSON", "provisionDeviceKey": "pkey",
+            "provisionDeviceSecret": "psecret"}
+    code, out = post_file(pb_bridge, tmp_path, "", "provision", json.dumps(body).encode(),
+                          answer)
+    assert code == "2.01", out
+    assert json.loads(answer.read_bytes()) == {
+        "credentialsValue": "tok-Prov_JSON", "credentialsType": "ACCESS_TOKEN",
+        "status": "SUCCESS"}
+
+    request = fixed(tmp_path, "transport.ProvisionDeviceRequestMsg")(deviceName="Prov PB")
+    request.provisionDeviceCredentialsMsg.provisionDeviceKey = "pkey"
+    request.provisionDeviceCredentialsMsg.provisionDeviceSecret = "psecret"
+    code, out = post_file(pb_bridge, tmp_path, "", "provision", request.SerializeToString(),
+                          answer)
+    assert code == "2.01", out
+    assert "[ Content-Format:application/octet-stream ]" \
+        in out.split("t:ACK c:2.01", 1)[1].splitlines()[0]
+    # the platform got the same request as JSON
+    assert provisioning_platform.requests[-1] == {
+        "deviceName": "Prov PB", "provisionDeviceKey": "pkey",
+        "provisionDeviceSecret": "psecret", "credentialsType": "ACCESS_TOKEN"}
+    response_class = fixed(tmp_path, "transport.ProvisionDeviceResponseMsg")
+    response = response_class.FromString(answer.read_bytes())
+    assert (response.status, response.credentialsType, response.credentialsValue) == (
+        1, 0, "tok-Prov_PB")  # SUCCESS, ACCESS_TOKEN
+    code, out = post_file(pb_bridge, tmp_path, "tok-Prov_PB", "telemetry", b'{"up": 1}')
+    assert code == "2.01", out  # the new device's token works at once
+
+    request.provisionDeviceCredentialsMsg.provisionDeviceSecret = "wrong"
+    code, out = post_file(pb_bridge, tmp_path, "", "provision", request.SerializeToString(),
+                          answer)
+    assert code == "4.00", out
+    # libcoap writes no file for an error; its log holds the answer's bytes in hex
+    sent_back = bytes.fromhex(re.findall(r"<<([0-9a-f]+)>>", out)[-1])
+    assert response_class.FromString(sent_back).status == 2  # NOT_FOUND

@@ -10,7 +10,9 @@ their defaults, nested messages as objects. That JSON then follows the JSON rule
 
 Numbers keep the platform's typing: Java prints a double outside [1e-3, 1e7) as ``1.0E7``,
 which the platform stores as LONG when it is integral, where Python would write
-``10000000.0`` (a DOUBLE); such a value is sent as the integer, typed the same way.
+``10000000.0`` (a DOUBLE); such a value is sent as the integer, typed the same way. The
+printing is ``protojson``'s (the same document as protobuf's ``MessageToDict``, faster); a
+plain object of values goes into the gateway message as its text, as a JSON upload does.
 
 RPC replies (``POST .../rpc/{id}``) are decoded with the profile's RPC response schema and
 printed the same way; that JSON is the RPC's result.
@@ -28,44 +30,29 @@ Content-Format 42 (application/octet-stream):
   would (``protomerge``); params that do not fit raise ``CannotEncode``.
 
 With useJsonPayloadFormatForDefaultDownlinkTopics every downlink stays JSON (50), as a JSON
-device's. Still JSON for now: claim, client-side RPC.
+device's.
+
+Claims and client-side RPC use ThingsBoard's fixed messages (``fixed``), whatever the
+profile: ``ClaimDevice {secretKey, durationMs}`` and ``RpcRequest {method, params}`` (its
+``params`` JSON text, read as JSON; text that is not JSON stays a string, as ThingsBoard's
+lenient parser keeps it; empty is null). The platform's answer to a client-side RPC goes
+back as ``ToServerRpcResponseMsg {requestId: 0, payload: the answer's JSON text}``, or
+as the JSON itself with useJsonPayloadFormatForDefaultDownlinkTopics.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from .. import codes, gateway, payloads
 from . import CannotEncode, Message, protomerge
 from .fixed import FixedMessages
 from .json import JsonFormat
+from .protojson import to_json
 
-_JAVA_PLAIN_MAX = 1e7  # Java's Double.toString uses E notation from here on
-_LONG_LIMIT = float(2 ** 63)
 _LONG_BOUND = 2 ** 63
-
-
-def _java_typed(value: Any) -> Any:
-    """``value`` with each integral double that Java prints in E notation as an integer."""
-    if type(value) is float:
-        if value.is_integer() and _JAVA_PLAIN_MAX <= abs(value) < _LONG_LIMIT:
-            return int(value)
-        return value
-    if type(value) is dict:
-        return {key: _java_typed(item) for key, item in value.items()}
-    if type(value) is list:
-        return [_java_typed(item) for item in value]
-    return value
-
-
-def to_json(message: Any) -> Any:
-    """A decoded message as ThingsBoard's JSON printer writes it (as Python values)."""
-    return _java_typed(json_format.MessageToDict(
-        message, always_print_fields_with_no_presence=True,
-        preserving_proto_field_name=False, use_integers_for_enums=False))
 
 
 class ProtobufFormat:
@@ -87,16 +74,20 @@ class ProtobufFormat:
         self.json_downlinks = json_downlinks
         self.content_format = json.content_format if json_downlinks else codes.OCTET_STREAM
 
-    def _decode(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
-        """The JSON document of ``payload``, or None to read it as JSON instead."""
+    def _message(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
+        """``payload`` decoded as ``cls``, or None to read it as JSON instead."""
         try:
-            message = cls.FromString(payload)
+            return cls.FromString(payload)
         except (DecodeError, ValueError) as exc:
             if self.json_compatible:
                 return None
             raise codes.BadRequest("%s: payload does not decode as %s: %s"
                                    % (what, cls.DESCRIPTOR.full_name, exc))
-        return to_json(message)
+
+    def _decode(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
+        """The JSON document of ``payload``, or None to read it as JSON instead."""
+        message = self._message(cls, payload, what)
+        return None if message is None else to_json(message)
 
     # == uplinks =============================================================
 
@@ -104,6 +95,8 @@ class ProtobufFormat:
         doc = self._decode(self.telemetry_class, payload, "telemetry")
         if doc is None:
             return self.json.telemetry(device, payload, now)
+        if payloads.plain_values(doc):  # what telemetry_entries would make of it, cheaper
+            return gateway.telemetry_as_sent(device, int(now * 1000), payloads.dumps(doc))
         ts = doc.get("ts")
         if type(ts) is str and "values" in doc and ts.isdigit():
             doc["ts"] = int(ts)  # an int64 printed as text, read as a number (Gson)
@@ -123,16 +116,34 @@ class ProtobufFormat:
             return self.json.rpc_reply(device, rpc_id, payload)
         return gateway.rpc_reply(device, rpc_id, doc)
 
-    # Still JSON (issue 15's other steps): the same as a JSON device's.
-
     def claim(self, device: str, payload: bytes) -> Message:
-        return self.json.claim(device, payload)
+        msg = self._message(self.fixed.ClaimDevice, payload, "claim")
+        if msg is None:
+            return self.json.claim(device, payload)
+        return gateway.claim(device, payloads.Claim(msg.secretKey, msg.durationMs))
 
     def rpc_call(self, payload: bytes) -> Tuple[str, Any]:
-        return self.json.rpc_call(payload)
+        msg = self._message(self.fixed.RpcRequest, payload, "rpc")
+        if msg is None:
+            return self.json.rpc_call(payload)
+        if not msg.method:
+            raise codes.BadRequest("rpc: method is empty (transportapi.RpcRequest: "
+                                   "string method = 1; string params = 2)")
+        return msg.method, self._params(msg.params)
+
+    def _params(self, text: str) -> Any:
+        if not text:
+            return None
+        try:
+            return payloads.parse_json(text.encode("utf-8"), "rpc params", self.json.max_depth)
+        except codes.BadRequest:
+            return text  # not JSON: a string, as ThingsBoard's lenient parser reads it
 
     def rpc_result(self, payload: bytes) -> bytes:
-        return self.json.rpc_result(payload)
+        if self.json_downlinks:
+            return self.json.rpc_result(payload)
+        return self.fixed.ToServerRpcResponseMsg(
+            payload=payload.decode("utf-8", "replace")).SerializeToString()
 
     # == downlinks ===========================================================
 

@@ -1,0 +1,90 @@
+"""A device profile exported from ThingsBoard (its JSON), read for its CoAP payload settings.
+
+``device_profiles.<type>.thingsboardProfile: profile.json`` names such a file instead of
+the keys. Where they are in it (ThingsBoard's ``DeviceProfile`` JSON)::
+
+    {"name": ..., "transportType": "COAP", ...,
+     "profileData": {"transportConfiguration": {
+         "type": "COAP",
+         "coapDeviceTypeConfiguration": {
+             "coapDeviceType": "DEFAULT",
+             "transportPayloadTypeConfiguration": {
+                 "transportPayloadType": "PROTOBUF",
+                 "deviceTelemetryProtoSchema": "...", ...}},
+         "clientSettings": {...}}}}
+
+As ThingsBoard's CoAP transport reads it: a ``DEFAULT`` transport configuration, a missing
+``coapDeviceTypeConfiguration`` or a missing ``transportPayloadTypeConfiguration`` is JSON.
+Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile) and ``EFENTO`` devices
+(their own binary protocol, which the bridge does not speak). The clientSettings (power
+saving) are not the bridge's concern.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from . import protoschema
+
+TEXT_KEYS = ("transportPayloadType",) + protoschema.KINDS
+FLAG_KEYS = ("enableCompatibilityWithJsonPayloadFormat",
+             "useJsonPayloadFormatForDefaultDownlinkTopics")
+
+
+class NotUsable(ValueError):
+    """The document is not a device profile the bridge can take its payload settings from."""
+
+
+def _object(doc: Any, key: str, path: str) -> Any:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if value is not None and not isinstance(value, dict):
+        raise NotUsable("%s.%s is not an object" % (path, key))
+    return value
+
+
+def payload_settings(doc: Any) -> Dict[str, Any]:
+    """The profile's transportPayloadTypeConfiguration keys the bridge reads (schemas as
+    text, flags as booleans); ``{}`` for a JSON profile. Raises NotUsable."""
+    if not isinstance(doc, dict):
+        raise NotUsable("not a ThingsBoard device profile (the file holds no JSON object)")
+    data = _object(doc, "profileData", "")
+    transport = _object(data, "transportConfiguration", "profileData")
+    if transport is None:
+        raise NotUsable("not a ThingsBoard device profile (no profileData."
+                        "transportConfiguration)")
+    kind = transport.get("type")
+    if kind == "DEFAULT":
+        return {}
+    if kind != "COAP":
+        raise NotUsable("not a CoAP device profile (its transport type is %s)" % (kind,))
+    path = "profileData.transportConfiguration"
+    device = _object(transport, "coapDeviceTypeConfiguration", path)
+    if device is None:
+        return {}
+    device_type = device.get("coapDeviceType", "DEFAULT")
+    if device_type == "EFENTO":
+        raise NotUsable("coapDeviceType EFENTO (Efento's own protocol) is not supported; "
+                        "only DEFAULT CoAP devices are")
+    if device_type != "DEFAULT":
+        raise NotUsable("unknown coapDeviceType %r" % (device_type,))
+    path += ".coapDeviceTypeConfiguration"
+    payload = _object(device, "transportPayloadTypeConfiguration", path)
+    if payload is None:
+        return {}
+    path += ".transportPayloadTypeConfiguration"
+    settings: Dict[str, Any] = {}
+    for key in TEXT_KEYS:
+        value = payload.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise NotUsable("%s.%s is not text" % (path, key))
+        settings[key] = value
+    for key in FLAG_KEYS:
+        value = payload.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise NotUsable("%s.%s is not true or false" % (path, key))
+        settings[key] = value
+    return settings
