@@ -158,14 +158,16 @@ class _MetricsService(Service):
         cfg = self.bridge.config.metrics
         if cfg.port:
             site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
+            # a worker's metrics are read by its supervisor, which serves metrics.port
+            port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
+                                                                     cfg.bind_address)
             try:
-                self.port = self.bridge.reactor.listenTCP(cfg.port, site,
-                                                          interface=cfg.bind_address)
+                self.port = self.bridge.reactor.listenTCP(port, site, interface=host)
             except CannotListenError as exc:
                 raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
                                                   "METRICS_PORT, 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
-                     host=cfg.bind_address, port=self.port.getHost().port)
+                     host=host, port=self.port.getHost().port)
         Service.startService(self)
 
     def stopService(self) -> Any:
@@ -191,7 +193,7 @@ class _CoapService(Service):
         self.protocol.on_result = self.bridge.notified
         try:
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
-                                         cfg.bind_address)
+                                         cfg.bind_address, shared=bool(self.bridge.worker))
         except CannotListenError as exc:
             raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
                                               "COAP_BIND_PORT"))
@@ -221,22 +223,29 @@ class BridgeService(MultiService):
     and answers what it stored; MQTT waits for the last PUBACKs; then the files close).
     A start-up problem (a port in use, DATA_DIR not writable, a damaged file) is a
     ``StartupError``: the files opened so far are closed and ``refuse`` gets its one
-    line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised."""
+    line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised.
+
+    ``worker`` (1..coap.workers) makes it one worker of a supervised bridge
+    (``bridge.supervisor``): its own outbox file and MQTT client id, the CoAP port shared
+    with the other workers, its metrics on a private local port; once started it logs a
+    ``worker_event="started"`` event naming that port, for the supervisor."""
 
     def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
                  refuse: Optional[Callable[[str], None]] = None,
-                 log_observer: Optional[ILogObserver] = None):
+                 log_observer: Optional[ILogObserver] = None, worker: int = 0):
         MultiService.__init__(self)
         self.config = config
         self.refuse = refuse
         self.log_observer = log_observer
-        self.bridge = Bridge(config, reactor, rng)
+        self.worker = worker
+        self.bridge = Bridge(config, reactor, rng, worker)
         self._files = [_RegistryService(self.bridge, config.registry_path),
-                       _OutboxService(self.bridge, config.outbox_path,
+                       _OutboxService(self.bridge, config.worker_outbox_path(worker),
                                       config.outbox.synchronous)]
+        self._metrics = _MetricsService(self.bridge)
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),
-            _MetricsService(self.bridge), _CoapService(self.bridge)]
+            self._metrics, _CoapService(self.bridge)]
         for child in children:
             child.setServiceParent(self)
 
@@ -256,6 +265,11 @@ class BridgeService(MultiService):
             if self.refuse is None:
                 raise
             self.refuse(str(exc))
+            return
+        if self.worker:
+            port = self._metrics.port
+            log.info("Worker {worker} started", worker=self.worker, worker_event="started",
+                     metrics_port=port.getHost().port if port is not None else 0)
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)
