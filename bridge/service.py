@@ -8,6 +8,7 @@ glue they serve is ``bridge.glue.bridge.Bridge``. Only the composition root
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Callable, List, Optional
 
@@ -268,7 +269,8 @@ class BridgeService(MultiService):
             return
         if self.worker:
             port = self._metrics.port
-            log.info("Worker {worker} started", worker=self.worker, worker_event="started",
+            log.info("Worker {worker} started (pid {pid})", worker=self.worker, pid=os.getpid(),
+                     worker_event="started",
                      metrics_port=port.getHost().port if port is not None else 0)
 
     def stopService(self) -> defer.Deferred:
