@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from .config import Config, StartupError
 from .edge import coap as coap_edge
+from .edge import outbox_files
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
 from .logs import logger
@@ -67,15 +68,29 @@ class _RegistryService(Service):
 
 
 class _OutboxService(Service):
-    """The outbox: opened and its backlog restored at start; written and closed at stop."""
+    """The outbox: opened (and locked for this process) and its backlog restored at start,
+    after taking over the entries of outbox files no process owns any more (the single
+    process or worker 1 does: see ``bridge.edge.outbox_files``); written and closed at stop."""
 
-    def __init__(self, bridge: Bridge, path: str, synchronous: str):
+    def __init__(self, bridge: Bridge, config: Config, worker: int):
         self.bridge = bridge
-        self.path = path
-        self.synchronous = synchronous
+        self.path = config.worker_outbox_path(worker)
+        self.synchronous = config.outbox.synchronous
+        self.data_dir = config.data_dir
+        self.workers = config.coap.workers if worker else 1
+        self.adopts = worker in (0, 1)
+        self.lock: Optional[outbox_files.OutboxLock] = None
 
     def startService(self) -> None:
-        self.bridge.outbox = Outbox(self.path, self.synchronous)
+        outbox = Outbox(self.path, self.synchronous)
+        try:
+            self.lock = outbox_files.hold(outbox)
+        except StartupError:
+            outbox.close()
+            raise
+        self.bridge.outbox = outbox
+        if self.adopts:
+            outbox_files.adopt_leftovers(outbox, self.data_dir, self.workers, self.synchronous)
         self.bridge.outbox_commit.restore()
         Service.startService(self)
 
@@ -94,6 +109,9 @@ class _OutboxService(Service):
         if commit.outbox is not None:
             outbox, commit.outbox = commit.outbox, None
             outbox.close()
+        if self.lock is not None:  # after SQLite's connection: see bridge/edge/outbox_files.py
+            lock, self.lock = self.lock, None
+            lock.release()
 
 
 class _PackageService(Service):
@@ -241,8 +259,7 @@ class BridgeService(MultiService):
         self.worker = worker
         self.bridge = Bridge(config, reactor, rng, worker)
         self._files = [_RegistryService(self.bridge, config.registry_path),
-                       _OutboxService(self.bridge, config.worker_outbox_path(worker),
-                                      config.outbox.synchronous)]
+                       _OutboxService(self.bridge, config, worker)]
         self._metrics = _MetricsService(self.bridge)
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),

@@ -230,3 +230,28 @@ def test_the_supervisor_refuses_a_coap_port_in_use_before_starting_workers(tmp_p
     assert done.stderr.strip().splitlines()[-1].startswith(
         "coapbridge: cannot listen for CoAP on UDP 127.0.0.1 port %d" % bridge.coap_port)
     assert "Worker 1" not in done.stdout
+
+
+def test_fewer_workers_deliver_what_the_old_workers_stored(tmp_path):
+    broker = Mosquitto(str(tmp_path))  # down: the uplinks stay in the workers' outboxes
+    bridge = workers(tmp_path, broker.port).start(wait_mqtt=False)
+    load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.05).start()
+    time.sleep(2.0)
+    results = load.stop()
+    bridge.stop()
+    assert len(results.acked) > 100
+    broker.start()
+    platform = Counting(broker.port)
+    single = BridgeProcess(str(tmp_path), broker.port, log_level="info")  # COAP_WORKERS=1
+    try:
+        single.start()
+        delivered_all(platform, results, "2 workers' outboxes taken over by 1 process")
+        log = single.read_log()
+        assert "outbox-w1.sqlite3 (the worker count changed)" in log
+        assert "outbox-w2.sqlite3 (the worker count changed)" in log
+        assert sorted(n for n in os.listdir(single.data_dir) if n.startswith("outbox")
+                      and n.endswith(".sqlite3")) == ["outbox.sqlite3"]
+    finally:
+        single.stop()
+        platform.close()
+        broker.stop()
