@@ -40,6 +40,12 @@ def logger(name: str) -> Logger:
     return Logger(namespace="%s.%s" % (NAMESPACE, name), observer=_observer)
 
 
+def unfiltered_logger(name: str) -> Logger:
+    """A logger whose events pass whatever ``log_level`` says: for the few events another
+    process acts on (a worker telling its supervisor that it started)."""
+    return Logger(namespace="%s.%s" % (NAMESPACE, name), observer=globalLogPublisher)
+
+
 def set_level(level: str) -> None:
     _predicate.setLogLevelForNamespace(NAMESPACE, LogLevel.levelWithName(level))
 

@@ -24,7 +24,7 @@ from .edge import coap as coap_edge
 from .edge import outbox_files
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
-from .logs import logger
+from .logs import logger, unfiltered_logger
 from .registry import Registry
 
 log = logger("bridge")
@@ -286,9 +286,11 @@ class BridgeService(MultiService):
             return
         if self.worker:
             port = self._metrics.port
-            log.info("Worker {worker} started (pid {pid})", worker=self.worker, pid=os.getpid(),
-                     worker_event="started",
-                     metrics_port=port.getHost().port if port is not None else 0)
+            # the supervisor acts on this event: it is logged at any log_level
+            unfiltered_logger("bridge").info(
+                "Worker {worker} started (pid {pid})", worker=self.worker, pid=os.getpid(),
+                worker_event="started",
+                metrics_port=port.getHost().port if port is not None else 0)
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)

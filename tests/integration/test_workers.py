@@ -50,18 +50,20 @@ class Workers(BridgeProcess):
 
     def __init__(self, workdir, mqtt_port, **overrides):
         self.metrics_port = free_ports()
-        super().__init__(workdir, mqtt_port, coap={"workers": 2}, log_level="info",
+        overrides.setdefault("log_level", "info")
+        super().__init__(workdir, mqtt_port, coap={"workers": 2},
                          metrics={"port": self.metrics_port}, **overrides)
 
     def start(self, wait_mqtt=True):
+        before = min(self.starts(1), self.starts(2))  # a restart appends to the same log
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge", "--config",
              self.config], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
             cwd=self.workdir)
         try:
-            self.wait_started(1)
+            self.wait_started(before + 1)
             if wait_mqtt:
-                self.wait_connected(2)
+                self.wait_ready()
         except AssertionError:
             self.stop()
             raise
@@ -71,12 +73,18 @@ class Workers(BridgeProcess):
         """[(worker, pid)] of every start logged so far."""
         return [(int(w), int(p)) for w, p in STARTED.findall(self.read_log())]
 
+    def starts(self, worker):
+        return sum(1 for w, _ in self.started() if w == worker)
+
     def wait_started(self, times):
         def both():
             assert self.proc.poll() is None, self.read_log()
-            counts = [sum(1 for w, _ in self.started() if w == n) for n in (1, 2)]
-            return min(counts) >= times
+            return min(self.starts(1), self.starts(2)) >= times
         wait_until(both, 30, "both workers started %d times" % times)
+
+    def wait_ready(self):
+        wait_until(lambda: probe(self.metrics_port, "/readyz") == (200, "ready\n"), 30,
+                   "every worker ready")
 
     def pid(self, worker):
         return [p for w, p in self.started() if w == worker][-1]
@@ -132,16 +140,16 @@ def test_many_source_ports_reach_both_workers_and_everything_acknowledged_arrive
 def test_a_worker_killed_with_sigkill_is_restarted_and_its_acknowledged_uplinks_arrive(
         tmp_path, broker):
     platform = Counting(broker.port)
-    bridge = workers(tmp_path, broker.port).start()
+    # at log_level warn: the supervisor still learns that a worker started (and its port)
+    bridge = workers(tmp_path, broker.port, log_level="warn").start()
     load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
     try:
         time.sleep(2.0)
         victim = bridge.pid(1)
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: len([w for w, _ in bridge.started() if w == 1]) >= 2, 30,
-                   "worker 1 restarted")
+        wait_until(lambda: bridge.starts(1) >= 2, 30, "worker 1 restarted")
         assert bridge.pid(1) != victim and bridge.proc.poll() is None
-        bridge.wait_connected(3)
+        bridge.wait_ready()
         time.sleep(2.0)
     finally:
         results = load.stop()
