@@ -293,8 +293,9 @@ def scenario_workers(run: Run, out: Dict[str, Any]) -> None:
     tpl = templates(devices)
     mqtt = run.mosquitto()
     counter = run.platform(mqtt, "count")
-    bridges = {n: run.bridge(mqtt, devices, {"coap": {"workers": n}}, cpu="0,1",
-                             connections=n) for n in (1, 2)}
+    metrics_port = free_port()
+    bridges = {n: run.bridge(mqtt, devices, {"coap": {"workers": n}, "metrics": {
+        "port": metrics_port if n == 2 else 0}}, cpu="0,1", connections=n) for n in (1, 2)}
     runs: Dict[int, List[Dict[str, Any]]] = {1: [], 2: []}
     for round_ in range(run.rounds):
         label = " (%d/%d)" % (round_ + 1, run.rounds) if run.rounds > 1 else ""
@@ -316,14 +317,27 @@ def scenario_workers(run: Run, out: Dict[str, Any]) -> None:
             break
         time.sleep(0.5)
     medians = {n: median_run(rows) for n, rows in runs.items()}
+    shares = worker_shares(metrics_port)
     ratios = [two["rate"] / one["rate"] for one, two in zip(runs[1], runs[2]) if one["rate"]]
     out["workers"] = {"1": medians[1], "2": medians[2], "acknowledged": acked,
                       "delivered": delivered,
                       "rate_ratios": [round(r, 2) for r in ratios],
-                      "rate_ratio": round(statistics.median(ratios), 2) if ratios else 0.0}
+                      "rate_ratio": round(statistics.median(ratios), 2) if ratios else 0.0,
+                      "acknowledged_by_worker": shares}
     for proc, _ in bridges.values():
         run.stop(proc)
     run.stop(counter)
+
+
+def worker_shares(port: int) -> Dict[str, float]:
+    """Uplinks acknowledged by each worker, from the supervisor's metrics port."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as answer:
+        text = answer.read().decode()
+    return {sample.labels["worker"]: sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == "coapbridge_uplinks_acknowledged_total"}
 
 
 def broker_rate(run: Run) -> Dict[str, Any]:
@@ -638,8 +652,10 @@ def workers_lines(workers: Dict[str, Any]) -> List[str]:
                   ", ".join("%.2f" % r for r in workers["rate_ratios"]), workers["rate_ratio"],
                   ", ".join(str(r) for r in one["rounds"]),
                   ", ".join(str(r) for r in two["rounds"])),
-              "", "Acknowledged %d uplinks, the platform received %d."
-              % (workers["acknowledged"], workers["delivered"])]
+              "", "Acknowledged %d uplinks, the platform received %d; with 2 workers, worker "
+              "by worker: %s." % (workers["acknowledged"], workers["delivered"], ", ".join(
+                  "%s: %d" % item for item in sorted(
+                      workers.get("acknowledged_by_worker", {}).items())))]
     return lines
 
 

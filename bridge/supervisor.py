@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet import abstract, defer, error
@@ -62,7 +63,7 @@ class WorkerProcess(ProcessProtocol):
         self.supervisor = supervisor
         self.worker = worker
         self.metrics_port: Optional[int] = None  # set when it says it started
-        self.last_error = ""  # its last line on standard error
+        self.errors: Deque[str] = deque(maxlen=50)  # its last lines on standard error
         self._out = b""
         self._err = b""
 
@@ -87,8 +88,16 @@ class WorkerProcess(ProcessProtocol):
             self.supervisor.started(self.worker)
 
     def _error_line(self, line: str) -> None:
-        self.last_error = line.strip()
+        self.errors.append(line.rstrip())
         log.warn("{line}", line=line, worker=self.worker)
+
+    def last_error(self) -> str:
+        """What it said last on standard error, as one line: from its last ``coapbridge:``
+        line on (a refusal, or a configuration's problems), else its last line."""
+        lines = list(self.errors)
+        starts = [n for n, line in enumerate(lines) if line.startswith("coapbridge: ")]
+        chosen = lines[starts[-1]:] if starts else lines[-1:]
+        return " ".join(line.strip() for line in chosen)
 
     def processEnded(self, reason: Failure) -> None:
         for buffer, each in ((self._out, self._event), (self._err, self._error_line)):
@@ -211,8 +220,8 @@ class SupervisorService(Service):
             if not self.processes and self._stopped is not None and not self._stopped.called:
                 self._stopped.callback(None)
             return
-        reason = (process.last_error if process is not None and process.last_error
-                  else "worker %d ended (%s)" % (worker, how))
+        reason = ((process.last_error() if process is not None else "")
+                  or "worker %d ended (%s)" % (worker, how))
         decision = self.policy.ended(worker, self.reactor.seconds(), status, reason)
         if isinstance(decision, GiveUp):
             self.give_up(decision)
