@@ -67,6 +67,8 @@ def merge(groups: Sequence[Sequence[Metric]]) -> List[Metric]:
 
 
 class _QuietFactory(_HTTP11ClientFactory):
+    """The pool's connection factory without its info line per connection (the pool takes
+    its factory class from ``_factory``, a private attribute of Twisted's)."""
     noisy = False
 
 
