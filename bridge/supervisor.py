@@ -114,9 +114,11 @@ class WorkerProcess(ProcessProtocol):
 class SupervisorService(Service):
     """Starts ``coap.workers`` workers, restarts them, stops them, serves their metrics.
 
-    ``spawn(protocol, args, env)`` starts one process (``reactor.spawnProcess`` by default);
-    ``refuse(line)`` ends the program with a start-up problem (``tap.py``); ``failure`` holds
-    the line when the supervisor gave up, for ``tap.py`` to exit with it."""
+    ``command`` is a worker's argument list (``worker_command``), started with
+    ``reactor.spawnProcess`` in the supervisor's environment (or ``env``) plus
+    ``COAPBRIDGE_WORKER``; ``refuse(line)`` ends the program with a start-up problem
+    (``tap.py``); ``failure`` holds the line when the supervisor gave up, for ``tap.py`` to
+    exit with it."""
 
     def __init__(self, config: Config, reactor: Any, command: List[str],
                  refuse: Optional[Callable[[str], None]] = None,
