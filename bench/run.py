@@ -286,16 +286,22 @@ def scenario_telemetry(run: Run, out: Dict[str, Any]) -> None:
 
 def scenario_workers(run: Run, out: Dict[str, Any]) -> None:
     """COAP_WORKERS 1 against 2 in the same run, rounds interleaved: aggregate saturation
-    rate and CPU time (supervisor and workers) per answered uplink. Both bridges may use
-    both cores (the load generator, mosquitto and the platform share CPU 1 with them), 64
-    source ports so that the kernel's hash spreads them over the workers."""
+    rate and CPU time (supervisor and workers) per answered uplink. The bridges may use
+    every CPU but the load generator's (on 2 CPUs: both, the second worker sharing CPU 1
+    with the load generator, mosquitto and the platform); 64 source ports, so that the
+    kernel's hash spreads them over the workers."""
     devices = ["dev%d" % n for n in range(200)]
     tpl = templates(devices)
     mqtt = run.mosquitto()
     counter = run.platform(mqtt, "count")
     metrics_port = free_port()
+    cpus = os.cpu_count() or 2
+    # every CPU but the load generator's where there are more than 2; here both
+    server_cpus = "0,1" if cpus <= 2 else ",".join(
+        str(n) for n in range(cpus) if str(n) != LOAD_CPU)
     bridges = {n: run.bridge(mqtt, devices, {"coap": {"workers": n}, "metrics": {
-        "port": metrics_port if n == 2 else 0}}, cpu="0,1", connections=n) for n in (1, 2)}
+        "port": metrics_port if n == 2 else 0}}, cpu=server_cpus, connections=n)
+        for n in (1, 2)}
     runs: Dict[int, List[Dict[str, Any]]] = {1: [], 2: []}
     for round_ in range(run.rounds):
         label = " (%d/%d)" % (round_ + 1, run.rounds) if run.rounds > 1 else ""
