@@ -695,7 +695,7 @@ def plot(out: Dict[str, Any], name: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short runs (a few minutes)")
     parser.add_argument("--name", default="results",
                         help="file name for bench/results/NAME.{json,md,png}")
     parser.add_argument("--observers", type=int, default=None,
