@@ -29,11 +29,14 @@ STARTED = re.compile(r"Worker (\d+) started \(pid (\d+)\)")
 
 
 def probe(port, path):
+    """(status, body) of GET http://127.0.0.1:port/path; (0, reason) if nothing answers."""
     try:
         with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
 
 
 def samples(port, name):
@@ -64,8 +67,8 @@ class Workers(BridgeProcess):
             self.wait_started(before + 1)
             if wait_mqtt:
                 self.wait_ready()
-        except AssertionError:
-            self.stop()
+        except BaseException:
+            self.stop()  # a failed start leaves no supervisor (and workers) running
             raise
         return self
 
