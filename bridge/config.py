@@ -59,6 +59,9 @@ class CoapConfig:
     max_retransmit: int = 4
     # A NON observer gets a CON notification at least this often (RFC 7641 §4.5).
     con_notification_interval: float = 86400.0
+    # Worker processes sharing the UDP port(s) with SO_REUSEPORT; 1: one process, no
+    # supervisor (see bridge/supervisor.py).
+    workers: int = 1
 
 
 # CoAP's mandatory suites (RFC 7252 §9.1.3: PSK and certificates with CCM_8), AES-GCM,
@@ -287,6 +290,13 @@ class Config:
     def outbox_path(self) -> str:
         return os.path.join(self.data_dir, "outbox.sqlite3")
 
+    def worker_outbox_path(self, worker: int) -> str:
+        """The outbox of worker ``worker`` (1..coap.workers) of a supervised bridge; 0: the
+        single process's ``outbox_path``."""
+        if not worker:
+            return self.outbox_path
+        return os.path.join(self.data_dir, "outbox-w%d.sqlite3" % worker)
+
 
 def gateway_client_id(config: Config, host_name: str) -> str:
     """``mqtt.client_id``, or when empty ``coapbridge-<host>-<hash>``: one per installation.
@@ -303,6 +313,13 @@ def gateway_client_id(config: Config, host_name: str) -> str:
     return "coapbridge-%s-%s" % (host, digest[:8])
 
 
+def worker_client_id(config: Config, host_name: str, worker: int) -> str:
+    """The MQTT client id of worker ``worker`` (``gateway_client_id`` plus ``-w<N>``); 0, the
+    single process: ``gateway_client_id`` itself."""
+    base = gateway_client_id(config, host_name)
+    return "%s-w%d" % (base, worker) if worker else base
+
+
 _CHOICES: Dict[str, Tuple[str, ...]] = {
     "mqtt.protocol": ("5", "3.1.1"),
     "log_level": ("debug", "info", "warn", "error", "critical"),
@@ -312,6 +329,7 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "ota.source": ("upstream", "directory"),
 }
 _PORTS = ("coap.bind_port", "mqtt.port", "dtls.bind_port")
+MAX_WORKERS = 256
 MAX_JSON_DEPTH = 256  # well below Python's recursion limit (1000) with the reactor's frames
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.puback_timeout", "mqtt.max_packet_size",
@@ -569,6 +587,9 @@ def _check_connections(config: Config, problems: List[str]) -> None:
         # the empty ACK must reach the client before it retransmits (RFC 7252 §5.2.2)
         problems.append("coap.empty_ack_delay: must be less than coap.ack_timeout (%s s), got %s"
                         % (config.coap.ack_timeout, config.coap.empty_ack_delay))
+    if not 1 <= config.coap.workers <= MAX_WORKERS:
+        problems.append("coap.workers: must be 1 to %d, got %d" % (MAX_WORKERS,
+                                                                   config.coap.workers))
     depth = config.limits.json_max_depth
     if depth > MAX_JSON_DEPTH:
         problems.append("limits.json_max_depth: must be at most %d (Python decodes and encodes "
@@ -708,7 +729,8 @@ def default_path(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
 
 # Used when no file is given: the same environment names as conf/coapbridge.yaml.
 _DEFAULT_TEXT = """
-coap: {bind_address: "${COAP_BIND_ADDRESS:0.0.0.0}", bind_port: "${COAP_BIND_PORT:5683}"}
+coap: {bind_address: "${COAP_BIND_ADDRESS:0.0.0.0}", bind_port: "${COAP_BIND_PORT:5683}",
+       workers: "${COAP_WORKERS:1}"}
 mqtt:
   host: "${MQTT_HOST:localhost}"
   port: "${MQTT_PORT:1883}"

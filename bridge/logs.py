@@ -8,17 +8,27 @@ field names used in events: ``peer``, ``device``, ``mid``, ``topic``,
 With ``log_format: json`` (``LOG_FORMAT=json``) ``json_observer`` writes each
 event as one JSON object per line (``event_as_json_line``), for log shippers;
 ``tap.py`` gives it to twistd in place of its text lines.
+
+A worker process of a supervised bridge (``coap.workers`` > 1) writes its
+events to the supervisor instead, as Twisted's own JSON serialisation
+(``eventAsJSON``, one event a line, ``worker_observer``); the supervisor
+publishes each again (``relay_line``) with the ``worker`` field set, so its log
+(text or JSON) holds every worker's lines, each naming its worker: in text as
+``[namespace#level worker=N]``, in JSON as ``"worker": N``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import time
 from datetime import datetime, timezone
 from typing import IO, Any, Dict
 
 from constantly import NamedConstant
-from twisted.logger import (FileLogObserver, FilteringLogObserver, LogLevel,
-                            LogLevelFilterPredicate, Logger, formatEvent, globalLogPublisher)
+from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver, LogLevel,
+                            LogLevelFilterPredicate, Logger, eventAsJSON, eventFromJSON,
+                            formatEvent, globalLogPublisher)
 
 NAMESPACE = "coapbridge"
 
@@ -28,6 +38,12 @@ _observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
 def logger(name: str) -> Logger:
     return Logger(namespace="%s.%s" % (NAMESPACE, name), observer=_observer)
+
+
+def unfiltered_logger(name: str) -> Logger:
+    """A logger whose events pass whatever ``log_level`` says: for the few events another
+    process acts on (a worker telling its supervisor that it started)."""
+    return Logger(namespace="%s.%s" % (NAMESPACE, name), observer=globalLogPublisher)
 
 
 def set_level(level: str) -> None:
@@ -65,3 +81,42 @@ def event_as_json_line(event: Dict[str, Any]) -> str:
 def json_observer(stream: IO[str]) -> FileLogObserver:
     """A log observer writing ``event_as_json_line`` of each event to ``stream``."""
     return FileLogObserver(stream, event_as_json_line)
+
+
+# -- worker processes ----------------------------------------------------------------------
+
+def worker_observer(stream: IO[str], worker: int) -> FileLogObserver:
+    """A worker's log observer: each event, with ``worker``, as one line of Twisted's JSON."""
+    return FileLogObserver(stream, lambda event: _worker_json(event, worker))
+
+
+def _worker_json(event: Dict[str, Any], worker: int) -> str:
+    event = dict(event, worker=worker)
+    failure = event.get("log_failure")
+    if failure is not None:
+        # Twisted's JSON keeps a failure's traceback but not its exception (unpersistable):
+        # the exception's text goes in its place
+        failure = copy.copy(failure)
+        failure.value = str(failure.value)
+        event["log_failure"] = failure
+    return eventAsJSON(event) + "\n"
+
+
+def relay_line(line: str, worker: int, publish: ILogObserver = globalLogPublisher) -> Dict[str, Any]:
+    """Publish one line a worker wrote (``worker_observer``'s, or any other text it printed)
+    as a log event of this process naming ``worker``; return the event."""
+    try:
+        event = eventFromJSON(line)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        event = {"log_format": "{line}", "line": line, "log_level": LogLevel.info,
+                 "log_time": time.time(),
+                 "log_namespace": NAMESPACE + ".worker"}
+    event["worker"] = worker
+    level = event.get("log_level")
+    event["log_system"] = "%s#%s worker=%d" % (
+        event.get("log_namespace", "-"), level.name if isinstance(level, NamedConstant)
+        else "-", worker)
+    publish(event)
+    return event

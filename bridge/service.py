@@ -8,6 +8,7 @@ glue they serve is ``bridge.glue.bridge.Bridge``. Only the composition root
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any, Callable, List, Optional
 
@@ -21,9 +22,10 @@ from twisted.python.threadpool import ThreadPool
 
 from .config import Config, StartupError
 from .edge import coap as coap_edge
+from .edge import outbox_files
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
-from .logs import logger
+from .logs import logger, unfiltered_logger
 from .registry import Registry
 
 log = logger("bridge")
@@ -94,15 +96,29 @@ class _RegistryService(Service):
 
 
 class _OutboxService(Service):
-    """The outbox: opened and its backlog restored at start; written and closed at stop."""
+    """The outbox: opened (and locked for this process) and its backlog restored at start,
+    after taking over the entries of outbox files no process owns any more (the single
+    process or worker 1 does: see ``bridge.edge.outbox_files``); written and closed at stop."""
 
-    def __init__(self, bridge: Bridge, path: str, synchronous: str):
+    def __init__(self, bridge: Bridge, config: Config, worker: int):
         self.bridge = bridge
-        self.path = path
-        self.synchronous = synchronous
+        self.path = config.worker_outbox_path(worker)
+        self.synchronous = config.outbox.synchronous
+        self.data_dir = config.data_dir
+        self.workers = config.coap.workers if worker else 1
+        self.adopts = worker in (0, 1)
+        self.lock: Optional[outbox_files.OutboxLock] = None
 
     def startService(self) -> None:
-        self.bridge.outbox = Outbox(self.path, self.synchronous)
+        outbox = Outbox(self.path, self.synchronous)
+        try:
+            self.lock = outbox_files.hold(outbox)
+        except StartupError:
+            outbox.close()
+            raise
+        self.bridge.outbox = outbox
+        if self.adopts:
+            outbox_files.adopt_leftovers(outbox, self.data_dir, self.workers, self.synchronous)
         self.bridge.outbox_commit.restore()
         Service.startService(self)
 
@@ -121,6 +137,9 @@ class _OutboxService(Service):
         if commit.outbox is not None:
             outbox, commit.outbox = commit.outbox, None
             outbox.close()
+        if self.lock is not None:  # after SQLite's connection: see bridge/edge/outbox_files.py
+            lock, self.lock = self.lock, None
+            lock.release()
 
 
 class _PackageService(Service):
@@ -186,14 +205,16 @@ class _MetricsService(Service):
         cfg = self.bridge.config.metrics
         if cfg.port:
             site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
+            # a worker's metrics are read by its supervisor, which serves metrics.port
+            port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
+                                                                     cfg.bind_address)
             try:
-                self.port = self.bridge.reactor.listenTCP(cfg.port, site,
-                                                          interface=cfg.bind_address)
+                self.port = self.bridge.reactor.listenTCP(port, site, interface=host)
             except CannotListenError as exc:
                 raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
                                                   "METRICS_PORT, 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
-                     host=cfg.bind_address, port=self.port.getHost().port)
+                     host=host, port=self.port.getHost().port)
         Service.startService(self)
 
     def stopService(self) -> Any:
@@ -219,7 +240,7 @@ class _CoapService(Service):
         self.protocol.on_result = self.bridge.notified
         try:
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
-                                         cfg.bind_address)
+                                         cfg.bind_address, shared=bool(self.bridge.worker))
         except CannotListenError as exc:
             raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
                                               "COAP_BIND_PORT"))
@@ -262,7 +283,7 @@ class _DtlsService(Service):
         interface = cfg.bind_address or bridge.config.coap.bind_address
         try:
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
-                                         interface)
+                                         interface, shared=bool(bridge.worker))
         except CannotListenError as exc:
             raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
                                               "COAP_DTLS_BIND_PORT"))
@@ -298,22 +319,28 @@ class BridgeService(MultiService):
     and answers what it stored; MQTT waits for the last PUBACKs; then the files close).
     A start-up problem (a port in use, DATA_DIR not writable, a damaged file) is a
     ``StartupError``: the files opened so far are closed and ``refuse`` gets its one
-    line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised."""
+    line (``tap.py`` prints it and exits 2); without ``refuse`` it is raised.
+
+    ``worker`` (1..coap.workers) makes it one worker of a supervised bridge
+    (``bridge.supervisor``): its own outbox file and MQTT client id, the CoAP port shared
+    with the other workers, its metrics on a private local port; once started it logs a
+    ``worker_event="started"`` event naming that port, for the supervisor."""
 
     def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
                  refuse: Optional[Callable[[str], None]] = None,
-                 log_observer: Optional[ILogObserver] = None):
+                 log_observer: Optional[ILogObserver] = None, worker: int = 0):
         MultiService.__init__(self)
         self.config = config
         self.refuse = refuse
         self.log_observer = log_observer
-        self.bridge = Bridge(config, reactor, rng)
+        self.worker = worker
+        self.bridge = Bridge(config, reactor, rng, worker)
         self._files = [_RegistryService(self.bridge, config),
-                       _OutboxService(self.bridge, config.outbox_path,
-                                      config.outbox.synchronous)]
+                       _OutboxService(self.bridge, config, worker)]
+        self._metrics = _MetricsService(self.bridge)
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),
-            _MetricsService(self.bridge), _CoapService(self.bridge)]
+            self._metrics, _CoapService(self.bridge)]
         if config.dtls.enabled:
             children.append(_DtlsService(self.bridge))
         for child in children:
@@ -335,6 +362,14 @@ class BridgeService(MultiService):
             if self.refuse is None:
                 raise
             self.refuse(str(exc))
+            return
+        if self.worker:
+            port = self._metrics.port
+            # the supervisor acts on this event: it is logged at any log_level
+            unfiltered_logger("bridge").info(
+                "Worker {worker} started (pid {pid})", worker=self.worker, pid=os.getpid(),
+                worker_event="started",
+                metrics_port=port.getHost().port if port is not None else 0)
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)

@@ -30,6 +30,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         path = self["config"] or config_module.default_path()
+        self.config_path = path
         try:
             self.config = config_module.load(path)
         except config_module.ConfigError as exc:
@@ -43,16 +44,68 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     from . import runtime
-    from .service import BridgeService
 
     logs.set_level(options.config.log_level)
     if runtime.tune_gc():
         # once the services have started (the registry is open): see bridge/runtime.py
         reactor.callWhenRunning(runtime.freeze_startup_objects)
+    worker = _worker_number(options)
+    if worker:
+        return _worker(options, reactor, worker)
     # LOG_FORMAT=json: one JSON object per line on standard output, in place of twistd's text
     observer = logs.json_observer(sys.stdout) if options.config.log_format == "json" else None
+    if options.config.coap.workers > 1:
+        return _supervisor(options, reactor, observer)
+    from .service import BridgeService
     return BridgeService(options.config, reactor, refuse=lambda text: _refuse(options, text),
                          log_observer=observer)
+
+
+def _worker_number(options: Options) -> int:
+    """``COAPBRIDGE_WORKER`` (set by the supervisor): 1..coap.workers, else 0."""
+    from .supervisor import WORKER_ENV
+    text = os.environ.get(WORKER_ENV, "")
+    if not text:
+        return 0
+    workers = options.config.coap.workers
+    if not text.isdigit() or not 1 <= int(text) <= workers or workers < 2:
+        _refuse(options, "%s=%s: only the supervisor sets it, to 1..coap.workers (%d); unset "
+                "it" % (WORKER_ENV, text, workers))
+    return int(text)
+
+
+def _worker(options: Options, reactor: Any, worker: int) -> Any:
+    """One worker of a supervised bridge: its log events go to the supervisor as JSON lines
+    on standard output; it stops when the supervisor is gone (its standard input closes)."""
+    from .service import BridgeService
+    from .supervisor import ParentWatch
+
+    def gone() -> None:
+        logs.logger("supervisor").error("The supervisor is gone: stopping worker {worker}",
+                                        worker=worker)
+        if reactor.running:
+            reactor.stop()
+    reactor.callWhenRunning(lambda: ParentWatch(reactor, gone).startReading())
+    return BridgeService(options.config, reactor, refuse=lambda text: _refuse(options, text),
+                         log_observer=logs.worker_observer(sys.stdout, worker), worker=worker)
+
+
+def _supervisor(options: Options, reactor: Any, observer: Any) -> Any:
+    from .supervisor import SupervisorService, worker_command
+    service = SupervisorService(options.config, reactor, worker_command(options.config_path),
+                                refuse=lambda text: _refuse(options, text),
+                                log_observer=observer)
+
+    def after_shutdown() -> None:
+        if service.failure is not None:  # it gave up on a worker: that line, exit status 2
+            sys.stdout.flush()
+            stream = sys.__stderr__ or sys.stderr
+            stream.write("coapbridge: " + service.failure + "\n")
+            stream.flush()
+            _remove_pidfile(options)
+            os._exit(2)  # twistd would exit 0 once the reactor has stopped
+    reactor.addSystemEventTrigger("after", "shutdown", after_shutdown)
+    return service
 
 
 def _refuse(options: Options, text: str) -> NoReturn:
@@ -70,7 +123,12 @@ def _refuse(options: Options, text: str) -> NoReturn:
         stream = sys.__stderr__ or sys.stderr
         stream.write(line + "\n")
         stream.flush()
+    _remove_pidfile(options)
+    raise SystemExit(2)
+
+
+def _remove_pidfile(options: Options) -> None:
+    parent: Any = options.parent if options.parent is not None else {}
     pidfile = parent.get("pidfile")
     if pidfile and os.path.exists(pidfile):
         os.remove(pidfile)
-    raise SystemExit(2)

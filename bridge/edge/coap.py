@@ -30,6 +30,7 @@ from ..coap.codec import etag, make_response  # noqa: F401 (the edge's answers a
 from ..coap.endpoint import Answer, Endpoint, EndpointSettings, Exchange
 from ..core import codes
 from ..logs import logger
+from . import udp
 
 log = logger("coap")
 
@@ -192,9 +193,11 @@ def install() -> None:
     _installed = True
 
 
-def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str) -> Any:
-    """W9: listen with a receive buffer that holds any UDP datagram."""
-    return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=RECEIVE_BUFFER)
+def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str,
+           shared: bool = False) -> Any:
+    """W9: listen with a receive buffer that holds any UDP datagram; ``shared``: beside the
+    other worker processes (``SO_REUSEPORT``, see ``bridge.edge.udp``)."""
+    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared)
 
 
 def create_protocol(handler: Handler, clock: IReactorTime, empty_ack_delay: float,

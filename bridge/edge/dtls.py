@@ -56,6 +56,7 @@ from ..dtls.sessions import HandshakeGuard, SessionTable
 from ..logs import logger
 from ..registry import mask
 from . import psk as psk_edge
+from . import udp
 
 log = logger("dtls")
 
@@ -645,5 +646,8 @@ def _describe(credential: Any) -> str:
     return "no client credential"
 
 
-def listen(reactor: IReactorUDP, protocol: DtlsTransport, port: int, interface: str) -> Any:
-    return reactor.listenUDP(port, protocol, interface=interface, maxPacketSize=RECEIVE_BUFFER)
+def listen(reactor: IReactorUDP, protocol: DtlsTransport, port: int, interface: str,
+           shared: bool = False) -> Any:
+    """``shared``: one worker of several (``coap.workers``), the port bound with
+    ``SO_REUSEPORT`` beside the others'; the kernel keeps each source on one worker."""
+    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared)

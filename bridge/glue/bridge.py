@@ -19,7 +19,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from ..coap.codec import make_response
-from ..config import Config, gateway_client_id
+from ..config import Config, worker_client_id
 from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
@@ -112,8 +112,10 @@ def make_core(config: Config, lookup: Any,
 class Bridge:
     """Runtime glue: edge events in, core actions out to the edges."""
 
-    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None):
+    def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
+                 worker: int = 0):
         self.config = config
+        self.worker = worker  # 1..coap.workers under the supervisor; 0: the single process
         self.reactor = reactor
         self.rng = rng or random.Random()
         self.registry_view = RegistryView(reactor)
@@ -136,7 +138,8 @@ class Bridge:
                                        self.requests.answer_json, self.sessions, fixed)
         self.packages = PackageStore(config, reactor, self.reconnect_device, self.sessions)
         mqtt = dataclasses.replace(config.mqtt,
-                                   client_id=gateway_client_id(config, socket.gethostname()))
+                                   client_id=worker_client_id(config, socket.gethostname(),
+                                                              worker))
         self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
         self.coap_listening = False  # set by the CoAP service while its port reads

@@ -58,6 +58,24 @@ def test_outbox_batch_size_comes_from_the_environment_with_the_shipped_file():
     assert load(shipped, {"OUTBOX_MAX_BATCH": "1"}).outbox.max_batch == 1
 
 
+def test_worker_count_comes_from_the_environment_and_names_files_and_client_ids():
+    from bridge.config import worker_client_id
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {}).coap.workers == 1
+    assert load(None, {"COAP_WORKERS": "4"}).coap.workers == 4
+    config = load(shipped, {"COAP_WORKERS": "2", "DATA_DIR": "/var/lib/cb",
+                            "MQTT_CLIENT_ID": "gw"})
+    assert config.coap.workers == 2
+    assert [config.worker_outbox_path(n) for n in (0, 1, 2)] == [
+        "/var/lib/cb/outbox.sqlite3", "/var/lib/cb/outbox-w1.sqlite3",
+        "/var/lib/cb/outbox-w2.sqlite3"]
+    assert [worker_client_id(config, "host", n) for n in (0, 1, 2)] == ["gw", "gw-w1", "gw-w2"]
+    for bad in ("0", "257"):
+        with pytest.raises(ConfigError) as caught:
+            load(shipped, {"COAP_WORKERS": bad})
+        assert caught.value.problems == ["coap.workers: must be 1 to 256, got %s" % bad]
+
+
 def test_json_nesting_limit_comes_from_the_environment_with_the_shipped_file():
     shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
     assert load(shipped, {}).limits.json_max_depth == 32

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable, Dict, List, Optional
 
 import paho.mqtt.client as paho
@@ -132,6 +133,46 @@ class Platform:
     def clear(self) -> None:
         with self.lock:
             self.messages.clear()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Counting:
+    """The platform: counts every telemetry seq per device (on a persistent connection)."""
+
+    def __init__(self, port: int):
+        self.seen: Counter = Counter()
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="counting")
+        self.client.on_message = self._on_message
+        ready = threading.Event()
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("v1/gateway/telemetry", qos=1)
+        self.client.loop_start()
+        assert ready.wait(10)
+
+    def _on_message(self, client, userdata, message) -> None:
+        doc = json.loads(message.payload)
+        with self.lock:
+            for device, entries in doc.items():
+                for entry in entries:
+                    self.seen[(device, entry["values"]["seq"])] += 1
+
+    def missing(self, acked) -> set:
+        with self.lock:
+            return {key for key in acked if key not in self.seen}
+
+    def report(self, name: str, acked, codes) -> dict:
+        with self.lock:
+            delivered = sum(1 for key in acked if key in self.seen)
+            duplicated = sum(count - 1 for key, count in self.seen.items() if count > 1)
+        result = {"test": name, "acknowledged": len(acked), "delivered": delivered,
+                  "duplicated": duplicated, "lost": len(acked) - delivered, "codes": dict(codes)}
+        print("RESULT " + json.dumps(result))
+        return result
 
     def close(self) -> None:
         self.client.loop_stop()

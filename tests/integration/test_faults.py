@@ -9,62 +9,17 @@ losses are not. Each test prints a RESULT line with the counts.
 
 from __future__ import annotations
 
-import json
 import signal
-import threading
 import time
-from collections import Counter
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import BridgeProcess, Mosquitto, wait_until
+from conftest import BridgeProcess, Counting, Mosquitto, wait_until
 from loadgen import Load
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 DEVICES = [("Load %d" % n, "load%d" % n) for n in range(6)]
-
-
-class Counting:
-    """The platform: counts every telemetry seq per device (on a persistent connection)."""
-
-    def __init__(self, port: int):
-        self.seen: Counter = Counter()
-        self.lock = threading.Lock()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="counting")
-        self.client.on_message = self._on_message
-        ready = threading.Event()
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("v1/gateway/telemetry", qos=1)
-        self.client.loop_start()
-        assert ready.wait(10)
-
-    def _on_message(self, client, userdata, message) -> None:
-        doc = json.loads(message.payload)
-        with self.lock:
-            for device, entries in doc.items():
-                for entry in entries:
-                    self.seen[(device, entry["values"]["seq"])] += 1
-
-    def missing(self, acked) -> set:
-        with self.lock:
-            return {key for key in acked if key not in self.seen}
-
-    def report(self, name: str, acked, codes) -> dict:
-        with self.lock:
-            delivered = sum(1 for key in acked if key in self.seen)
-            duplicated = sum(count - 1 for key, count in self.seen.items() if count > 1)
-        result = {"test": name, "acknowledged": len(acked), "delivered": delivered,
-                  "duplicated": duplicated, "lost": len(acked) - delivered, "codes": dict(codes)}
-        print("RESULT " + json.dumps(result))
-        return result
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def _bridge(workdir, mqtt_port, **overrides):
