@@ -29,6 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+import dtlsrun  # noqa: E402
 import loadgen  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -134,11 +135,15 @@ class Run:
         assert proc.stdout.readline().strip() == "ready"
         return proc
 
-    def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None) -> Any:
+    def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None,
+               rows: Optional[List[Any]] = None) -> Any:
+        """A bridge under twistd for ``devices`` (token ``t`` + name), or for the
+        registry ``rows`` (``DeviceRow``) when given."""
         data = tempfile.mkdtemp(dir=self.work)
         from bridge.registry import Registry
         registry = Registry(os.path.join(data, "registry.sqlite3"))
-        registry.import_rows([(name, "t" + name, "default") for name in devices])
+        registry.import_rows(rows if rows is not None else
+                             [(name, "t" + name, "default") for name in devices])
         registry.close()
         coap_port = free_port(socket.SOCK_DGRAM)
         config = {"coap": {"bind_address": "127.0.0.1", "bind_port": coap_port,
@@ -464,12 +469,23 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, name + ".json"), "w") as handle:
         json.dump(out, handle, indent=2)
-    bridge = out["bridge"]["saturation"]["rate"]
-    base = out["baselines"]
     lines = ["# coapbridge benchmark results", "",
              "%s, %s %s, %d CPUs, %s mode, %s" % (out["when"], out["python"], out["python_version"],
                                                   os.cpu_count() or 0, out["mode"],
-                                                  host_platform.machine()), "",
+                                                  host_platform.machine())]
+    if "bridge" in out:
+        lines += udp_report(out)
+    lines += dtlsrun.report(out)
+    with open(os.path.join(RESULTS, name + ".md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    if "bridge" in out:
+        plot(out, name)
+
+
+def udp_report(out: Dict[str, Any]) -> List[str]:
+    bridge = out["bridge"]["saturation"]["rate"]
+    base = out["baselines"]
+    lines = ["",
              "## Telemetry, one CoAP POST per uplink (bridge and baselines on one core)", "",
              "| Server | req/s | bridge / server | CPU µs/req | p50 ms | p99 ms | p99.9 ms |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -536,8 +552,11 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
               "1000/s (%d/s answered, p99 %.2f ms)." % (
                   fw["devices"], fw["seconds"], fw["throughput_kib_s"], fw["intact"],
                   fw["telemetry_during"].get("rate", 0), fw["telemetry_during"].get("p99_ms", 0))]
-    with open(os.path.join(RESULTS, name + ".md"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    return lines
+
+
+def plot(out: Dict[str, Any], name: str) -> None:
+    base = out["baselines"]
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -573,6 +592,9 @@ def main() -> int:
                         help="devices in the observer scenario (default 3,000 quick, 100,000 full)")
     parser.add_argument("--server-python", default=sys.executable,
                         help="interpreter (of a virtualenv) running the bridge and baselines")
+    parser.add_argument("--no-dtls", action="store_true", help="leave out the DTLS section")
+    parser.add_argument("--only-dtls", action="store_true",
+                        help="the DTLS section alone (it measures its own plain-UDP baseline)")
     args = parser.parse_args()
     run = Run(args.quick, args.server_python)
     run.observers = args.observers
@@ -584,9 +606,12 @@ def main() -> int:
                            "mode": "quick" if args.quick else "full",
                            "python": version[0], "python_version": version[1]}
     try:
-        scenario_telemetry(run, out)
-        scenario_observers(run, out)
-        scenario_firmware(run, out)
+        if not args.only_dtls:
+            scenario_telemetry(run, out)
+            scenario_observers(run, out)
+            scenario_firmware(run, out)
+        if not args.no_dtls:
+            dtlsrun.scenario_dtls(run, out)
     finally:
         run.close()
     write_report(out, args.name)
