@@ -48,6 +48,6 @@ ENV DATA_DIR=/data \
 VOLUME /data
 WORKDIR /data
 USER coapbridge
-EXPOSE 5683/udp 9683/tcp
+EXPOSE 5683/udp 5684/udp 9683/tcp
 
 CMD ["twistd", "-n", "--pidfile=", "coapbridge", "--config", "/etc/coapbridge/coapbridge.yaml"]

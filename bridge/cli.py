@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--show-tokens", action="store_true", help="print tokens in full")
     listing.add_argument("--show-secrets", action="store_true",
                          help="print tokens and PSK keys (hex) in full")
+    show = actions.add_parser("show", help="one device's credentials, with its certificate "
+                              "(PEM)")
+    show.add_argument("name")
+    show.add_argument("--show-secrets", action="store_true",
+                      help="print the token and the PSK key (hex) in full")
     remove = actions.add_parser("remove", help="remove a device")
     remove.add_argument("name")
     imp = actions.add_parser("import", help="add devices from a CSV file: name,token[,type], "
@@ -98,6 +103,8 @@ def _devices(args: argparse.Namespace, config: config_module.Config, registry: R
             print(_listing(entry, args.show_tokens or args.show_secrets, args.show_secrets))
         print("%d device%s" % (len(entries), "" if len(entries) == 1 else "s"))
         return 0
+    if args.action == "show":
+        return _show(args, registry)
     if args.action == "remove":
         if not registry.remove(args.name):
             print("coapbridge: no device named %r" % args.name, file=sys.stderr)
@@ -139,6 +146,30 @@ def _add(args: argparse.Namespace, config: config_module.Config, registry: Regis
     if entry.psk_identity is not None:
         print("PSK identity: %s%s" % (entry.psk_identity, " (the token)"
                                       if entry.psk_identity == token else ""))
+    return 0
+
+
+def _show(args: argparse.Namespace, registry: Registry) -> int:
+    found = [entry for entry in registry.entries() if entry.name == args.name]
+    if not found:
+        print("coapbridge: no device named %r" % args.name, file=sys.stderr)
+        return 1
+    entry = found[0]
+    token = entry.token if args.show_secrets or entry.token is None else mask(entry.token)
+    print("name: %s\ntype: %s\ntoken: %s" % (entry.name, entry.type, token or "-"))
+    if entry.deleted or entry.pending:
+        print("state: %s" % ("deleted on the platform" if entry.deleted
+                             else "waiting for provisioning"))
+    if entry.psk_identity is not None:
+        identity = entry.psk_identity
+        if identity == entry.token and not args.show_secrets:
+            identity = "(the token)"
+        print("psk identity: %s" % identity)
+        print("psk key: %s" % (entry.psk_key.hex() if args.show_secrets and entry.psk_key
+                               else "(hidden: --show-secrets)"))
+    if entry.cert_sha3 is not None:
+        print("x509: %s" % entry.cert_sha3)
+        print((entry.cert_pem or "(no PEM stored: registered by its id)\n").rstrip("\n"))
     return 0
 
 

@@ -67,6 +67,15 @@ DTLS_CIPHERS = ("ECDHE-ECDSA-AES128-CCM8:PSK-AES128-CCM8:ECDHE-ECDSA-AES128-GCM-
 
 
 @dataclass(frozen=True)
+class X509Config:
+    # Register an unknown client certificate (one that chains to dtls.ca_file) on first
+    # use, named by its subject CN, or by group 1 of cn_regex matched in the CN.
+    auto_register: bool = False
+    cn_regex: str = ""
+    device_type: str = ""  # empty: devices.default_type
+
+
+@dataclass(frozen=True)
 class DtlsConfig:
     enabled: bool = False
     bind_address: str = ""  # empty: coap.bind_address
@@ -83,6 +92,7 @@ class DtlsConfig:
     handshake_rate: float = 10.0  # handshakes per second per source address
     handshake_burst: float = 20.0
     ciphers: str = DTLS_CIPHERS
+    x509: X509Config = field(default_factory=X509Config)
 
 
 @dataclass(frozen=True)
@@ -529,6 +539,11 @@ def _check(config: Config, problems: List[str]) -> None:
         problems.append("platform.client_rpc_method: must not be empty")
     if not config.devices.default_type:
         problems.append("devices.default_type: must not be empty")
+    if config.dtls.x509.cn_regex:
+        try:
+            re.compile(config.dtls.x509.cn_regex)
+        except re.error as exc:
+            problems.append("dtls.x509.cn_regex: not a regular expression (%s)" % exc)
     if config.dtls.enabled:
         _check_dtls(config.dtls, problems)
 

@@ -225,13 +225,12 @@ class _DtlsService(Service):
 
     def startService(self) -> None:
         from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
-        from .glue.dtls_credentials import DtlsCredentials
         bridge = self.bridge
         cfg = bridge.config.dtls
-        credentials = DtlsCredentials(bridge.registry_view)
-        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor,
-                                                 credentials.psk_key,
-                                                 refresh=bridge.registry_view.refresh)
+        view = bridge.registry_view
+        # psk_key: the handshake's synchronous lookup in the registry's copy
+        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor, view.psk_key,
+                                                 refresh=view.refresh)
         interface = cfg.bind_address or bridge.config.coap.bind_address
         try:
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
@@ -239,15 +238,25 @@ class _DtlsService(Service):
         except CannotListenError as exc:
             raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
                                               "COAP_DTLS_BIND_PORT"))
-        credentials.transport = self.transport
+        view.on_change.append(self.registry_changed)
         bridge.dtls = self.transport
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
 
+    def registry_changed(self) -> None:
+        """End the sessions whose certificate or PSK identity left the registry, and those
+        whose PSK key changed."""
+        view = self.bridge.registry_view
+        self.transport.end_sessions(view.credential_gone)
+        self.transport.end_changed_keys(view.psk_key)
+
     def stopService(self) -> Any:
         Service.stopService(self)
         if self.port is not None:
+            view = self.bridge.registry_view
+            if self.registry_changed in view.on_change:
+                view.on_change.remove(self.registry_changed)
             self.transport.close_all()
             port, self.port = self.port, None
             return port.stopListening()

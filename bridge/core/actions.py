@@ -49,6 +49,9 @@ class Request(NamedTuple):
     remote: Hashable = None
     confirmable: bool = True
     block2: Optional[Tuple[int, int]] = None  # Block2 asked: (block number, block size)
+    # what the DTLS session verified (core.auth.Certificate or PresharedKey), or None:
+    # plain UDP, or DTLS without a client credential (the token in the path decides)
+    credential: Any = None
 
 
 @dataclass(frozen=True, **SLOTS)
@@ -152,8 +155,10 @@ class Store(NamedTuple):
 
 
 # One plain uplink of a turn, as the edge hands it to ``on_uplinks``: request ref,
-# access token, feature ("telemetry" or "attributes"), payload, source (host, port).
-Uplink = Tuple[int, str, str, bytes, Hashable]
+# access token (or, for the token-less form over DTLS, the session's credential: a
+# core.auth.Certificate or PresharedKey), feature ("telemetry" or "attributes"),
+# payload, source (host, port, or a DTLS session).
+Uplink = Tuple[int, Any, str, bytes, Hashable]
 
 
 @_typed
@@ -230,7 +235,7 @@ class ServePackage:
 
     ref: int
     device: str
-    token: str
+    token: Optional[str]  # the device's access token; None: none known (directory source)
     package: Any  # core.ota.PackageInfo
     offset: int = 0
     length: Optional[int] = None

@@ -84,8 +84,7 @@ def unavailable(request_ref: int, reason: str) -> Reply:
 
 def address(remote: Any) -> Any:
     """The source address of a remote (host, port), or of a DTLS session (its ``address``):
-    limits apply per address, not per port."""
-    if isinstance(remote, tuple):
-        return remote[0] if remote else remote
-    pair = getattr(remote, "address", None)
-    return pair[0] if isinstance(pair, tuple) and pair else remote
+    limits apply per address, not per port or session."""
+    if not isinstance(remote, tuple):
+        remote = getattr(remote, "address", remote)
+    return remote[0] if isinstance(remote, tuple) and remote else remote

@@ -2,8 +2,9 @@
 
 Every request goes through the same steps: the budget of its source address, the route
 (routes.py), the credential turned into a device (auth.py, the one step that knows
-credentials), the device's request budget (not for package blocks, which have their own),
-then the handler of the route's feature and method in ``handlers``. A new device API is a
+credentials: the DTLS session's certificate or PSK identity when it has one, with a token
+in the path naming the same device; else the token in the path), the device's request
+budget (not for package blocks, which have their own), then the handler of the route's feature and method in ``handlers``. A new device API is a
 part with a handler, and one line in that table.
 """
 
@@ -68,10 +69,14 @@ class Requests:
         route = routes.route(request.method, request.path)
         if route.feature == routes.PROVISION:  # no credential: the part bounds it itself
             return self.provisioning.on_request(request, now)
-        if route.token is None:
+        credential = request.credential
+        if credential is not None:  # over a DTLS session that verified the device
+            device = self.auth.session_device(credential, route.token, request.remote, now)
+        elif route.token is None:
             raise codes.Unauthorized("missing access token")
-        credential = AccessToken(route.token)
-        device = self.auth.authenticate(credential, request.remote, now)
+        else:
+            credential = AccessToken(route.token)
+            device = self.auth.authenticate(credential, request.remote, now)
         authenticated = Authenticated(request.ref)
         handler, limited = self.handlers[(route.feature, request.method)]
         try:

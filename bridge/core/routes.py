@@ -87,6 +87,15 @@ def plain_uplink(method: int, segments: Sequence[bytes]) -> Optional[Tuple[str, 
         return None
 
 
+def session_uplink(method: int, segments: Sequence[bytes]) -> Optional[str]:
+    """The feature of a plain uplink in the token-less form, POST ``/api/v1/telemetry`` or
+    ``/api/v1/attributes`` (over a DTLS session that verified the device), else None;
+    agrees with ``route`` as ``plain_uplink`` does."""
+    if method != _POST or len(segments) != 3 or segments[0] != b"api" or segments[1] != b"v1":
+        return None
+    return _PLAIN_UPLINKS.get(segments[2])
+
+
 def route(method: int, segments: Sequence[str]) -> Route:
     """Return the route for a request, or raise the ``CoapError`` to answer.
 

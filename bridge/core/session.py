@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from .actions import DeleteDevice, Entry, Request, Uplink
 from .attributes import Attributes
-from .auth import Authenticator, TokenLookup
+from .auth import Authenticator, CredentialLookups, TokenLookup
 from .codes import CoapError
 from .devices import Devices
 from .downloads import Downloads
@@ -49,23 +49,25 @@ SLOW_TICK = 1.0  # seconds between the ticks that scan every device
 
 class GatewayCore:
     def __init__(self, config: "Config", lookup: TokenLookup,
-                 format_of: Optional[FormatOf] = None):
+                 format_of: Optional[FormatOf] = None,
+                 credentials: Optional[CredentialLookups] = None):
         """``lookup``: access token -> device. ``format_of``: device type -> its payload
-        format (default: JSON for every type)."""
+        format (default: JSON for every type). ``credentials``: how DTLS credentials
+        resolve (default: none does)."""
         shared = self.shared = Shared(config)
         json = JsonFormat(config.limits.json_max_depth)
         self.formats = Formats(format_of or (lambda device_type: json), json)
         self.devices = Devices(shared)
         self.formats.type_of = self.devices.type_of
         self.subscriptions = Subscriptions(shared)
-        self.auth = Authenticator(lookup)
+        self.auth = Authenticator(lookup, credentials)
         self.limits = RequestLimits(config.limits)
         self.provisioning = Provisioning(shared)
         self.outbox = Outbox(shared, self.devices)
         self.uplinks = Uplinks(shared, self.outbox, self.devices, self.auth, self.limits,
                                self.formats)
         self.attributes = Attributes(shared, self.devices, self.subscriptions, self.formats)
-        self.downloads = Downloads(shared, self.attributes, self.limits)
+        self.downloads = Downloads(shared, self.attributes, self.limits, self.auth.token_of)
         self.rpc = Rpc(shared, self.devices, self.subscriptions, self.uplinks, self.formats)
         self.messages = Messages(config.limits.json_max_depth, self.devices, self.attributes,
                                  self.rpc)

@@ -15,8 +15,10 @@ from typing import Any, Dict, Hashable, Optional, Tuple
 
 
 class UnknownTokens:
-    def __init__(self, interval: float = 60.0, top: int = 5, max_sources: int = 1000):
+    def __init__(self, interval: float = 60.0, top: int = 5, max_sources: int = 1000,
+                 what: str = "an unknown access token", hint: str = "a token scan?"):
         self.interval = interval
+        self.what, self.hint = what, hint  # what the requests had, for the warning
         self.top = top
         self.max_sources = max_sources  # addresses counted one by one per warning
         self.count = 0
@@ -54,5 +56,6 @@ class UnknownTokens:
         self.sources = {}
         self.since = None
         self.next_warning = now + self.interval
-        return ("{count} {requests} with an unknown access token in the last {seconds:.0f} s, "
-                "from {addresses} (answered 4.01; a token scan?); most from {busiest}", fields)
+        fields["what"], fields["hint"] = self.what, self.hint
+        return ("{count} {requests} with {what} in the last {seconds:.0f} s, "
+                "from {addresses} (answered 4.01; {hint}); most from {busiest}", fields)

@@ -74,7 +74,8 @@ class Uplinks(Part):
         return topic, body
 
     def on_uplinks(self, uplinks: List[Uplink], now: float) -> List[Action]:
-        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes), in the order
+        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes, or the token-less
+        form over a DTLS session: its credential in place of the token), in the order
         they arrived: each is checked and answered as ``on_request`` would, and all that
         are admitted go to the outbox in one ``StoreMany``, answered 2.01 by one
         ``Created`` once stored. The common upload in bulk, without an object per step."""
@@ -83,6 +84,7 @@ class Uplinks(Part):
         rows: List[Entry] = []
         failed: List[Tuple[int, Exception]] = []
         limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
+        authenticate = self.auth.authenticate
         formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
         new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
         try:
@@ -91,7 +93,8 @@ class Uplinks(Part):
                 try:
                     if limits.peers.enabled:
                         limits.peer(remote, now)
-                    device = by_token(token, remote, now)
+                    device = by_token(token, remote, now) if type(token) is str \
+                        else authenticate(token, remote, now)
                     if limits.devices.enabled:
                         limits.device(device, now)
                     if feature == telemetry:

@@ -10,7 +10,8 @@ that asks meanwhile — from the configured source:
   on ``v2/fw/response/{id}/chunk/{n}``, errors on ``v2/fw/error``); the
   device's gateway sub-session is connected again afterwards, since the
   platform allows one session per device.
-* ``directory``: the file ``DIRECTORY/<title>/<version>``.
+* ``directory``: the file ``DIRECTORY/<title>/<version>``, for every device (also one
+  with no access token: a certificate or PSK device over DTLS).
 
 Every package is checked against its size and ``fw_checksum`` (SHA256,
 SHA384, SHA512, MD5, CRC32) before it is cached; one that fails is never
@@ -165,7 +166,7 @@ class PackageStore:
         error = failure.value
         return make_response(error.code, error.reason.encode("utf-8"), codes.TEXT_PLAIN)
 
-    def _ensure(self, info: PackageInfo, token: str, device: str) -> defer.Deferred:
+    def _ensure(self, info: PackageInfo, token: Optional[str], device: str) -> defer.Deferred:
         key = info.key
         path = os.path.join(self.directory, key)
         if key in self.cached:
@@ -189,7 +190,7 @@ class PackageStore:
         d.addErrback(self._cache_failed, key)
         return waiter
 
-    def _fetch(self, info: PackageInfo, token: str, device: str, part: str) -> Any:
+    def _fetch(self, info: PackageInfo, token: Optional[str], device: str, part: str) -> Any:
         create_private(part)
         if self.config.ota.source == "directory":
             source = os.path.join(self.config.ota.directory, info.title, info.version)
@@ -202,6 +203,9 @@ class PackageStore:
                         break
                     dst.write(block)
             return None
+        if token is None:  # the core answers such a device 4.04 itself (core/downloads.py)
+            raise PackageError(codes.NOT_FOUND, "the upstream source needs the device's "
+                                                "access token, and it has none")
         d = _UpstreamDownload(self, info, token, part).start(self.sessions)
         d.addErrback(_download_failed)
 

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ..core.parts import address
+
 BUSY_PEER = b"too many requests in progress from this address and port"
 BUSY_ADDRESS = b"too many requests in progress from this address"
-
-
-def _host(peer: Any) -> Any:
-    """The source address of a peer: (host, port), or a DTLS session's ``address``."""
-    return peer[0] if type(peer) is tuple else peer.address[0]
 
 
 class PendingAdmission:
     """At most ``per_peer`` requests of one source endpoint (address and port: one
     device) and ``per_address`` of one address (the devices behind a carrier NAT) are
     processed at once (``limits.max_pending_per_peer`` and ``max_pending_per_address``);
-    a request beyond them is refused 5.03 with ``refusal``'s text."""
+    a request beyond them is refused 5.03 with ``refusal``'s text. A DTLS session is a
+    peer of its own, counted under its ``address``'s host."""
 
     def __init__(self, per_peer: int, per_address: int):
         self.per_peer = per_peer
@@ -29,18 +27,20 @@ class PendingAdmission:
         """Why a request from ``peer`` is refused now, or None."""
         if self.by_peer.get(peer, 0) >= self.per_peer:
             return BUSY_PEER
-        if self.by_address.get(_host(peer), 0) >= self.per_address:
+        host = peer[0] if type(peer) is tuple else address(peer)  # the hot path: a tuple
+        if self.by_address.get(host, 0) >= self.per_address:
             return BUSY_ADDRESS
         return None
 
     def hold(self, peer: Any) -> None:
         by_peer, by_address = self.by_peer, self.by_address
         by_peer[peer] = by_peer.get(peer, 0) + 1
-        host = _host(peer)
+        host = peer[0] if type(peer) is tuple else address(peer)
         by_address[host] = by_address.get(host, 0) + 1
 
     def release(self, peer: Any) -> None:
-        for counts, key in ((self.by_peer, peer), (self.by_address, _host(peer))):
+        host = peer[0] if type(peer) is tuple else address(peer)
+        for counts, key in ((self.by_peer, peer), (self.by_address, host)):
             left = counts[key] - 1
             if left:
                 counts[key] = left

@@ -27,6 +27,7 @@ from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDe
 from ..core.formats import FormatOf, PayloadFormat, protoschema
 from ..core.formats.json import JsonFormat
 from ..core.formats.protobuf import ProtobufFormat
+from ..core.auth import CredentialLookups
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
 from ..edge.metrics import BridgeMetrics
@@ -44,6 +45,7 @@ from .commit import OutboxCommit
 from .dispatch import ActionDispatcher
 from .lookup import RegistryView
 from .notifications import Notifications
+from .x509register import AutoRegistration
 
 log = logger("bridge")
 
@@ -82,9 +84,10 @@ def format_of(config: Config) -> FormatOf:
     return lambda device_type: formats.get(device_type, json)
 
 
-def make_core(config: Config, lookup: Any) -> GatewayCore:
+def make_core(config: Config, lookup: Any,
+              credentials: Optional[CredentialLookups] = None) -> GatewayCore:
     """The one place the core is built."""
-    return GatewayCore(config, lookup, format_of(config))
+    return GatewayCore(config, lookup, format_of(config), credentials)
 
 
 class Bridge:
@@ -95,7 +98,9 @@ class Bridge:
         self.reactor = reactor
         self.rng = rng or random.Random()
         self.registry_view = RegistryView(reactor)
-        self.core = make_core(config, self.registry_view.get)
+        self.core = make_core(config, self.registry_view.get,
+                              self.registry_view.credential_lookups())
+        self.auto_registration = AutoRegistration(config, self.registry_view)
         self.dispatcher = ActionDispatcher()
         self.apply = self.dispatcher.apply
         self.outbox_commit = OutboxCommit(self.core, reactor, self.apply, self._before_write)
@@ -103,7 +108,8 @@ class Bridge:
         self.requests = CoapRequests(
             self.core, reactor,
             PendingAdmission(limits.max_pending_per_peer, limits.max_pending_per_address),
-            self.registry_view, self.apply, self.outbox_commit.schedule)
+            self.registry_view, self.apply, self.outbox_commit.schedule,
+            self.auto_registration.ensure if config.dtls.x509.auto_register else None)
         self.notifications = Notifications(reactor)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
         self.provisioner = Provisioner(config, reactor, lambda: self.registry_view.registry,
@@ -325,6 +331,15 @@ class Bridge:
             "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
             "unknown_token_total": ("counter", "requests with an unknown access token (4.01)",
                                     stats["unknown_token"]),
+            "unknown_credential_total": ("counter", "requests over DTLS with an unknown "
+                                         "certificate or PSK identity (4.01)",
+                                         stats["unknown_credential"]),
+            "credential_mismatch_total": ("counter", "requests over DTLS whose token names "
+                                          "another device than the session's credential (4.01)",
+                                          stats["credential_mismatch"]),
+            "devices_auto_registered_total": ("counter", "devices registered by their "
+                                              "certificate (dtls.x509.auto_register)",
+                                              self.auto_registration.registered),
             "rpc_expired_total": ("counter", "server RPCs dropped undelivered after "
                                   "platform.rpc_queue_ttl", stats["rpc_expired"]),
             "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "

@@ -5,7 +5,13 @@ request 5.03 beyond the pending bounds (``admission``), keeps a plain uplink
 (``routes.plain_uplink``: the bulk of the traffic) for the end of the reactor
 turn, when ``flush_uplinks`` hands the turn's uplinks to the core at once, and
 turns any other request into the core's ``Request`` at once (the kept uplinks
-go first, so the core sees requests in the order they came). Each request in
+go first, so the core sees requests in the order they came). A request over a DTLS
+session carries the session's credential (``peer.credential``: a certificate or PSK
+identity, or None) into the core's ``Request``; its plain uplinks in the token-less form
+(``routes.session_uplink``) are kept for the turn's bulk with the credential in place of
+the token, and one with a token in its path takes the second way (the core checks the
+token against the credential). An unknown certificate may be registered first
+(``register``: X.509 auto-registration). Each request in
 progress is an ``_InProgress`` record under its ref until ``answer`` fires its
 Deferred with an ``Answer``.
 """
@@ -21,7 +27,7 @@ from ..coap.codec import describe, make_response
 from ..coap.endpoint import Answer
 from ..core import codes
 from ..core.actions import Authenticated, Created, Reply, Request, Uplink
-from ..core.routes import plain_uplink
+from ..core.routes import plain_uplink, session_uplink
 from ..logs import logger
 from .admission import PendingAdmission
 from .lookup import RegistryView
@@ -47,8 +53,10 @@ class _InProgress:
 
 class CoapRequests:
     def __init__(self, core: Any, clock: Any, admission: PendingAdmission, registry: RegistryView,
-                 apply: Apply, schedule_commit: Callable[[], None]):
+                 apply: Apply, schedule_commit: Callable[[], None],
+                 register: Optional[Callable[[Any], None]] = None):
         self.core = core
+        self.register = register  # credential -> registered if new (auto-registration)
         self.clock = clock
         self.admission = admission
         self.registry = registry
@@ -66,16 +74,26 @@ class CoapRequests:
         self.handled += 1
         ref = self.handled  # the request's ref: the number of requests so far
         peer = message.remote
+        credential = getattr(peer, "credential", None)  # a DTLS session's, or None
         self.registry.refresh()  # the copy the core reads, up to date for this turn
+        if credential is not None and self.register is not None:
+            self.register(credential)
         refused = self.admission.refusal(peer)
         if refused is not None:
             self.errors += 1
             return defer.succeed(Answer(make_response(
                 codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
         path = message.opt.getOption(URI_PATH)
-        if path is not None and len(path) == 4:  # the only length a plain uplink has
-            plain = plain_uplink(message.code, (path[0].value, path[1].value, path[2].value,
-                                                path[3].value))
+        if path is not None:
+            plain: Optional[tuple] = None
+            if credential is None:
+                if len(path) == 4:  # the only length a plain uplink has
+                    plain = plain_uplink(message.code, (path[0].value, path[1].value,
+                                                        path[2].value, path[3].value))
+            elif len(path) == 3:  # the token-less form, over a session that verified one
+                feature = session_uplink(message.code, (path[0].value, path[1].value,
+                                                        path[2].value))
+                plain = (credential, feature) if feature is not None else None
             if plain is not None:  # the common upload goes to the core with the others
                 d = defer.Deferred()
                 self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds())
@@ -83,9 +101,10 @@ class CoapRequests:
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
                 return d
-        return self._request(ref, path, message)
+        return self._request(ref, path, message, credential)
 
-    def _request(self, ref: int, path: Any, message: txcoap.Message) -> defer.Deferred:
+    def _request(self, ref: int, path: Any, message: txcoap.Message,
+                 credential: Any) -> defer.Deferred:
         option = message.opt.getOption
         try:
             query = option(URI_QUERY)
@@ -98,7 +117,8 @@ class CoapRequests:
                 tuple([o.value.decode() for o in query]) if query else (),
                 observe[0].value if observe else None,
                 message.token, message.remote, message.mtype == txcoap.CON,
-                (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None)
+                (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None,
+                credential)
         except UnicodeDecodeError:
             return defer.succeed(Answer(make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))

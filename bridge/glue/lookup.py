@@ -3,14 +3,23 @@
 No event of the core does I/O: before the first request of a reactor turn reaches
 the core, the request adapter calls ``refresh()``, which asks SQLite once whether
 the file changed (``PRAGMA data_version``) and reloads the registry's copy if so.
-The core's token lookup is then ``RegistryView.get``, a dictionary read.
+The core's lookups are then dictionary reads: ``RegistryView.get`` (access token),
+``certificate`` and ``psk`` (what a DTLS session verified, ``credential_lookups``), and
+``token_of`` (a device's token, for OTA from upstream).
+
+The DTLS transport reads the keys through ``psk_key`` (synchronous, in its handshake),
+and the composition ends the sessions whose credential ``credential_gone`` says left the
+registry; ``on_change`` callbacks run after a refresh that found the file changed, in a
+reactor turn of their own (a refresh can happen inside a DTLS handshake's PSK callback,
+which must not end sessions under the transport's feet).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..core.actions import Device
+from ..core.auth import Certificate, CredentialLookups, PresharedKey
 from ..registry import Registry
 
 
@@ -18,18 +27,65 @@ class RegistryView:
     def __init__(self, reactor: Any):
         self.reactor = reactor
         self.registry: Optional[Registry] = None  # set while the registry service runs
-        self.devices: Dict[str, Device] = {}  # the registry's copy, updated in place
+        self.devices: Dict[str, Device] = {}  # the registry's copies, updated in place
+        self.certificates: Dict[str, Device] = {}
+        self.psk: Dict[str, Tuple[Device, bytes]] = {}
+        self.on_change: List[Callable[[], None]] = []  # after a refresh that found changes
+        self._tokens: Optional[Dict[str, str]] = None  # device name -> token, built on use
         self._fresh = False  # refreshed in this reactor turn
-        self.on_change: List[Callable[[], None]] = []  # told when a refresh found changes
+        self._announcing = False  # on_change callbacks scheduled
 
     def attach(self, registry: Optional[Registry]) -> None:
         self.registry = registry
         self.devices = registry.devices if registry is not None else {}
+        self.certificates = registry.certificates if registry is not None else {}
+        self.psk = registry.psk if registry is not None else {}
+        self._tokens = None
         self._fresh = False
+
+    def credential_lookups(self) -> CredentialLookups:
+        return CredentialLookups(self.certificate, self.psk_device, self.token_of)
+
+    # -- the core's lookups (this turn's copy) --------------------------------------------
 
     def get(self, token: str) -> Optional[Device]:
         """The core's lookup: the device of access ``token`` in this turn's copy, or None."""
         return self.devices.get(token)
+
+    def certificate(self, sha3: str) -> Optional[Device]:
+        return self.certificates.get(sha3)
+
+    def psk_device(self, identity: str) -> Optional[Device]:
+        entry = self.psk.get(identity)
+        return entry[0] if entry is not None else None
+
+    def token_of(self, name: str) -> Optional[str]:
+        if self._tokens is None:
+            self._tokens = {device.name: token for token, device in self.devices.items()}
+        return self._tokens.get(name)
+
+    # -- the DTLS transport's ------------------------------------------------------------
+
+    def psk_key(self, identity: str) -> Optional[bytes]:
+        """The key of PSK ``identity`` (None: unknown), as of the file now (a handshake
+        can come before any request of its turn)."""
+        self.refresh()
+        entry = self.psk.get(identity)
+        return entry[1] if entry is not None else None
+
+    def credential_gone(self, credential: Any, key_used: Optional[bytes] = None) -> bool:
+        """Whether a session that verified ``credential`` must end: its certificate or PSK
+        identity is no longer registered to a live device, or (given ``key_used``, the key
+        the session was established with) the identity's key changed. A session without a
+        credential (None: the token in each request decides) never has to."""
+        if type(credential) is Certificate:
+            return credential.sha3 not in self.certificates
+        if type(credential) is PresharedKey:
+            entry = self.psk.get(credential.identity)
+            return entry is None or (key_used is not None and entry[1] != key_used)
+        return False
+
+    # -- refreshing --------------------------------------------------------------------
 
     def refresh(self) -> None:
         """Look at the registry file, at most once per reactor turn."""
@@ -37,17 +93,26 @@ class RegistryView:
             return
         self._fresh = True
         self.reactor.callLater(0, self._turn_over)
-        if self.registry.refresh():
-            self._changed()
+        self._reload()
 
     def changed(self) -> None:
-        """This process changed the registry (a rename or delete): read it again now."""
-        if self.registry is not None and self.registry.refresh():
-            self._changed()
+        """This process changed the registry (a rename, a delete, a registration): read it
+        again now."""
+        if self.registry is not None:
+            self._reload()
 
-    def _changed(self) -> None:
-        for listener in self.on_change:
-            listener()
+    def _reload(self) -> None:
+        assert self.registry is not None
+        if self.registry.refresh():
+            self._tokens = None
+            if self.on_change and not self._announcing:
+                self._announcing = True
+                self.reactor.callLater(0, self._announce)
+
+    def _announce(self) -> None:
+        self._announcing = False
+        for callback in list(self.on_change):
+            callback()
 
     def _turn_over(self) -> None:
         self._fresh = False

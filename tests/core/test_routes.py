@@ -164,3 +164,30 @@ def test_plain_uplink_agrees_with_route_on_every_table_case(method, segments):
     plain = routes.plain_uplink(method, [s.encode() for s in segments])
     if plain is not None:
         assert route(method, segments) == Route(plain[1], token=plain[0])
+
+
+# -- session_uplink: the token-less plain uplink over a DTLS session, agreeing with route ------
+
+@pytest.mark.parametrize("segments, expected", [
+    ((b"api", b"v1", b"telemetry"), "telemetry"),
+    ((b"api", b"v1", b"attributes"), "attributes"),
+    ((b"api", b"v1", b"claim"), None),
+    ((b"api", b"v1", b"TELEMETRY"), None),  # route's case-insensitive match takes it
+    ((b"api", b"v2", b"telemetry"), None),
+    ((b"api", b"v1", b"T", b"telemetry"), None),  # a token: the credential check decides
+    ((b"/api/v1/telemetry",), None),
+])
+def test_session_uplink_recognises_the_token_less_telemetry_and_attributes_posts(segments,
+                                                                                 expected):
+    assert routes.session_uplink(codes.POST, segments) == expected
+    assert routes.session_uplink(codes.GET, segments) is None
+    if expected is not None:
+        assert route(codes.POST, [s.decode() for s in segments]) == Route(expected)
+
+
+@pytest.mark.parametrize("method,segments", [case[1:3] for case in ACCEPTED + REJECTED],
+                         ids=[case[0] for case in ACCEPTED + REJECTED])
+def test_session_uplink_agrees_with_route_on_every_table_case(method, segments):
+    feature = routes.session_uplink(method, [s.encode() for s in segments])
+    if feature is not None:
+        assert route(method, segments) == Route(feature)

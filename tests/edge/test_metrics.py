@@ -26,7 +26,8 @@ NAMES = {
     "outbox_entries": "gauge", "outbox_bytes": "gauge", "inflight_publishes": "gauge",
     "observers": "gauge", "devices_connected": "gauge", "mqtt_connected": "gauge",
     "provisioning_busy_total": "counter", "mqtt_messages_skipped_total": "counter",
-    "ota_fetches_total": "counter",
+    "ota_fetches_total": "counter", "unknown_credential_total": "counter",
+    "credential_mismatch_total": "counter", "devices_auto_registered_total": "counter",
 }
 
 

@@ -89,3 +89,11 @@ def test_packages_no_longer_in_use_are_evicted_least_recently_served_first(store
     store.reactor.advance(ota.IN_USE + 1)
     serve(store, "a")  # fetched again; "c" is no longer in use
     assert cached_titles(store) == ["a"] and store.fetches == 4
+
+
+def test_the_directory_source_serves_a_device_without_a_token(store):
+    body = b"a" * SIZE  # a certificate or PSK device over DTLS has no access token
+    info = PackageInfo(FIRMWARE, "a", "1", SIZE, hashlib.sha256(body).hexdigest(), "SHA256")
+    answers = []
+    store.serve(ServePackage(1, "Cert device", None, info, 0, 100)).addCallback(answers.append)
+    assert [answer.payload for answer in answers] == [body[:100]]

@@ -107,6 +107,9 @@ def test_devices_add_cert_registers_its_id_and_list_shows_it(tmp_path):
     assert re.search(r"^Meter 9\s+-\s+meter  \[x509\]  x509 %s$" % sha3, out, re.M), out
     rc, _, err = cli(tmp_path, "devices", "add", "Meter 10", "--cert", pem)
     assert rc == 1 and "certificate is already registered, for device 'Meter 9'" in err
+    rc, out, _ = cli(tmp_path, "devices", "show", "Meter 9")
+    assert rc == 0 and "x509: %s" % sha3 in out and "token: -" in out
+    assert x509make.pem(cert).decode().strip() in out  # the PEM, as stored
 
 
 def test_devices_add_cert_refuses_a_file_that_is_not_a_certificate(tmp_path):
@@ -134,6 +137,12 @@ def test_devices_add_psk_hides_the_key_unless_asked(tmp_path):
     assert "psk %s" % token in out and "s3cret" not in out
     rc, out, _ = cli(tmp_path, "devices", "list", "--show-secrets")
     assert "key %s" % b"s3cret-psk".hex() in out and "key 00a1ff" in out and token in out
+    rc, out, _ = cli(tmp_path, "devices", "show", "Psk A")
+    assert "psk identity: (the token)" in out and "s3cret" not in out and token not in out
+    assert "psk key: (hidden: --show-secrets)" in out
+    rc, out, _ = cli(tmp_path, "devices", "show", "Psk A", "--show-secrets")
+    assert "psk key: %s" % b"s3cret-psk".hex() in out and "token: %s" % token in out
+    assert cli(tmp_path, "devices", "show", "Nobody")[0] == 1
     rc, _, err = cli(tmp_path, "devices", "add", "Psk C", "--psk-key", "k",
                      "--psk-identity", "dev-b")
     assert rc == 1 and "PSK identity already belongs to another device" in err

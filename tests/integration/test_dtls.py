@@ -28,6 +28,8 @@ OPENSSL = shutil.which("coap-client-openssl")
 GNUTLS = shutil.which("coap-client-gnutls")
 CLIENTS = {"openssl": OPENSSL, "gnutls": GNUTLS}
 PACKAGE = bytes(range(256)) * 64  # 16 KiB firmware
+FIRMWARE = {"fw_title": "blinker", "fw_version": "2.0", "fw_size": len(PACKAGE),
+            "fw_checksum": hashlib.sha256(PACKAGE).hexdigest(), "fw_checksum_algorithm": "SHA256"}
 HELLO_VERIFY_REQUEST = 3
 
 
@@ -173,9 +175,7 @@ def test_rpc_observe_notification_and_reply_over_dtls(env, tmp_path):
 @pytest.mark.parametrize("which", ["openssl", "gnutls"])
 def test_firmware_download_by_block2_over_dtls(env, tmp_path, which):
     broker, platform, bridge, pki = env
-    platform.set_attributes("Dtls 5", {}, {
-        "fw_title": "blinker", "fw_version": "2.0", "fw_size": len(PACKAGE),
-        "fw_checksum": hashlib.sha256(PACKAGE).hexdigest(), "fw_checksum_algorithm": "SHA256"})
+    platform.set_attributes("Dtls 5", {}, FIRMWARE)
     out_file = tmp_path / ("fw-%s.bin" % which)
     code, out = client(which, "-b", "512", "-o", str(out_file),
                        coaps(bridge, "/api/v1/dtok5/firmware?title=blinker&version=2.0"),
@@ -203,6 +203,44 @@ def test_psk_with_an_identity_of_its_own(env, which):
                        "-k", "psk-secret-2", coaps(bridge, "/api/v1/ptok2/telemetry"))
     assert code == "2.01", out[-800:]
     assert "PSK identity sens" in bridge.read_log()  # masked like a token
+
+
+@pytest.mark.parametrize("which", ["openssl", "gnutls"])
+def test_psk_devices_use_the_token_less_urls(env, which):
+    broker, platform, bridge, pki = env
+    code, out = client(which, "-m", "post", "-e", '{"tokenless": "%s"}' % which, "-u",
+                       "sensor-42", "-k", "psk-secret-2", coaps(bridge, "/api/v1/telemetry"))
+    assert code == "2.01", out[-800:]
+    telemetry_of(platform, "Psk 2", "tokenless", which)
+    platform.set_attributes("Psk 2", {"c": 1}, {"s": 2})
+    code, out = client(which, "-m", "get", "-u", "sensor-42", "-k", "psk-secret-2",
+                       coaps(bridge, "/api/v1/attributes?clientKeys=c&sharedKeys=s"))
+    assert code == "2.05" and json.loads(payloads(out)[-1]) == {"client": {"c": 1},
+                                                                "shared": {"s": 2}}, out[-800:]
+
+
+def test_a_psk_session_with_another_devices_token_is_4_01(env):
+    broker, platform, bridge, pki = env
+    code, out = client("openssl", "-m", "post", "-e", "{}", "-u", "ptok1", "-k", "psk-secret-1",
+                       coaps(bridge, "/api/v1/dtok1/telemetry"))
+    assert code == "4.01", out[-500:]
+
+
+def test_psk_rpc_observe_and_reply_without_a_token(env):
+    broker, platform, bridge, pki = env
+    proc = subprocess.Popen([OPENSSL, "-m", "get", "-s", "5", "-v", "6", "-u", "ptok1",
+                             "-k", "psk-secret-1", coaps(bridge, "/api/v1/rpc")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    platform.wait_for("v1/gateway/connect", lambda p: p["device"] == "Psk 1")
+    time.sleep(1.0)
+    platform.send_rpc("Psk 1", 91, "reboot", {})
+    out = proc.communicate(timeout=20)[0].decode(errors="replace")
+    assert '{"id":91,"method":"reboot","params":{}}' in out, out[-1500:]
+    code, out = client("gnutls", "-m", "post", "-e", '{"rebooted": true}', "-u", "ptok1",
+                       "-k", "psk-secret-1", coaps(bridge, "/api/v1/rpc/91"))
+    assert code == "2.01", out[-500:]
+    platform.wait_for("v1/gateway/rpc", lambda p: p == {"device": "Psk 1", "id": 91,
+                                                        "data": {"rebooted": True}})
 
 
 def test_a_session_ends_when_its_psk_leaves_the_registry(env):
@@ -251,44 +289,88 @@ def test_the_first_answer_is_a_hello_verify_request_no_bigger_than_the_client_he
 
 
 def test_a_rebound_port_resumes_the_session_and_goes_on(env):
+    # a PSK device without a token in its path: the resumed session keeps its identity
     broker, platform, bridge, pki = env
-    ctx = client_context()
+    ctx = client_context(psk=("ptok1", b"psk-secret-1"))
     first = DtlsClient("127.0.0.1", bridge.dtls_port, ctx).handshake()
-    assert first.exchange(raw.request(raw.POST, "/api/v1/dtok7/telemetry", b'{"n": 1}',
+    assert first.exchange(raw.request(raw.POST, "/api/v1/telemetry", b'{"n": 1}',
                                       mid=1)).code_str == "2.01"
     saved = first.session()
     first.close(notify=False)  # the NAT forgot the mapping: no close_notify
     second = DtlsClient("127.0.0.1", bridge.dtls_port, ctx, session=saved).handshake()
     assert second.resumed
-    assert second.exchange(raw.request(raw.POST, "/api/v1/dtok7/telemetry", b'{"n": 2}',
+    assert second.exchange(raw.request(raw.POST, "/api/v1/telemetry", b'{"n": 2}',
                                        mid=2)).code_str == "2.01"
-    platform.wait_for("v1/gateway/telemetry",
-                      lambda p: any(e["values"].get("n") == 2 for e in p.get("Dtls 7", [])))
+    telemetry_of(platform, "Psk 1", "n", 2)
     assert "(resumed," in bridge.read_log()
     second.close()
 
 
+def register_certificate(bridge, name, issued):
+    bridge.registry.add(name, None, "default", cert_pem=issued.pem().decode())
+
+
+def telemetry_of(platform, name, key, value):
+    platform.wait_for("v1/gateway/telemetry",
+                      lambda p: any(e["values"].get(key) == value for e in p.get(name, [])))
+
+
 @pytest.mark.parametrize("which", ["openssl", "gnutls"])
 @pytest.mark.parametrize("kind", ["ec", "rsa"])
-def test_ecdsa_and_rsa_device_certificates_complete_the_handshake(env, which, kind):
+def test_ecdsa_and_rsa_certificate_devices_post_without_a_token(env, which, kind):
     broker, platform, bridge, pki = env
+    name = "Cert %s %s" % (kind, which)
     issued, cert, key = pki.device("dev-%s-%s" % (kind, which), kind=kind)
-    code, out = client(which, "-m", "post", "-e", '{"cert": 1}', "-c", cert, "-j", key,
-                       "-C", pki.root_only, coaps(bridge, "/api/v1/dtok8/telemetry"))
+    register_certificate(bridge, name, issued)
+    code, out = client(which, "-m", "post", "-e", '{"cert": "%s"}' % kind, "-c", cert,
+                       "-j", key, "-C", pki.root_only, coaps(bridge, "/api/v1/telemetry"))
     assert code == "2.01", out[-800:]
-    wait_until(lambda: "CN=dev-%s-%s" % (kind, which) in bridge.read_log(), 5,
-               "the certificate in the log")
+    telemetry_of(platform, name, "cert", kind)
 
 
 @pytest.mark.parametrize("which", ["openssl", "gnutls"])
 def test_a_device_certificate_from_an_intermediate_ca(env, which):
+    # the OpenSSL client sends only its leaf: the intermediate is in dtls.ca_file
     broker, platform, bridge, pki = env
+    name = "Chained %s" % which
     issued, cert, key = pki.device("dev-chain-%s" % which, issuer=pki.intermediate, chain=True)
+    register_certificate(bridge, name, issued)
     code, out = client(which, "-m", "post", "-e", '{"chain": 1}', "-c", cert, "-j", key,
-                       "-C", pki.root_only, coaps(bridge, "/api/v1/dtok8/telemetry"))
+                       "-C", pki.root_only, coaps(bridge, "/api/v1/telemetry"))
     assert code == "2.01", out[-800:]
-    wait_until(lambda: "CN=dev-chain-%s" % which in bridge.read_log(), 5,
-               "the certificate in the log")
+    telemetry_of(platform, name, "chain", 1)
+
+
+def test_an_unregistered_certificate_is_4_01_even_with_a_token(env):
+    broker, platform, bridge, pki = env
+    issued, cert, key = pki.device("dev-unregistered")
+    for path in ("/api/v1/telemetry", "/api/v1/dtok8/telemetry"):
+        code, out = client("openssl", "-m", "post", "-e", "{}", "-c", cert, "-j", key,
+                           coaps(bridge, path))
+        assert code == "4.01", out[-500:]
+
+
+def test_a_certificate_device_downloads_firmware_by_block2(env, tmp_path):
+    broker, platform, bridge, pki = env
+    issued, cert, key = pki.device("dev-fw")
+    register_certificate(bridge, "Cert fw", issued)
+    platform.set_attributes("Cert fw", {}, FIRMWARE)
+    out_file = tmp_path / "fw.bin"
+    code, out = client("openssl", "-b", "1024", "-o", str(out_file), "-c", cert, "-j", key,
+                       coaps(bridge, "/fw?title=blinker&version=2.0"), timeout=60)
+    assert out_file.read_bytes() == PACKAGE, out[-800:]
+
+
+def test_a_session_ends_when_its_certificate_leaves_the_registry(env):
+    broker, platform, bridge, pki = env
+    issued, cert, key = pki.device("dev-leaving")
+    register_certificate(bridge, "Cert leaving", issued)
+    peer = DtlsClient("127.0.0.1", bridge.dtls_port, client_context(cert=cert, key=key)).handshake()
+    assert peer.exchange(raw.request(raw.POST, "/api/v1/telemetry",
+                                     b'{"before": 1}')).code_str == "2.01"
+    bridge.registry.remove("Cert leaving")
+    assert peer.recv(10.0) is None and peer.closed_by_peer
+    peer.close(notify=False)
 
 
 @pytest.mark.parametrize("which,alert", [("openssl", "certificate expired"),

@@ -112,6 +112,33 @@ def test_error_codes(bridge, client, method, path, payload, code):
     assert reply.mtype == raw.ACK  # errors are piggybacked
 
 
+@pytest.fixture(scope="module")
+def credential_device(bridge):
+    """A device with a certificate and a PSK as well as a token (issue #14)."""
+    bridge.registry.add("Dev X509", "tokenX", "default", cert_sha3="e" * 64,
+                        psk_identity="id-x", psk_key=b"psk-key")
+    return "tokenX"
+
+
+@pytest.mark.parametrize("method, path", [
+    (raw.POST, "/api/v1/telemetry"), (raw.POST, "/api/v1/attributes"),
+    (raw.GET, "/api/v1/attributes?sharedKeys=a"), (raw.GET, "/api/v1/rpc"),
+    (raw.POST, "/api/v1/rpc/5"), (raw.POST, "/api/v1/rpc"), (raw.POST, "/api/v1/claim"),
+    (raw.GET, "/api/v1/firmware?title=t&version=1"), (raw.GET, "/fw"), (raw.GET, "/sw"),
+])
+def test_token_less_forms_over_plain_udp_are_4_01(bridge, client, credential_device, method,
+                                                  path):
+    # only a DTLS session that verified a certificate or PSK names the device: plain UDP
+    # has none, whatever credentials the registry holds
+    _mid[0] += 1
+    path, _, query = path.partition("?")
+    reply = client.exchange(raw.request(
+        method, path, b'{"a": 1}' if method == raw.POST else b"", mid=_mid[0],
+        extra=[(raw.URI_QUERY, item.encode()) for item in query.split("&") if item]))
+    assert reply.code_str == "4.01"
+    assert post(client, "/api/v1/%s/telemetry" % credential_device, {"x": 1}).code_str == "2.01"
+
+
 def test_unknown_critical_option_gets_4_02(bridge, client):
     reply = post(client, "/api/v1/tokenA/telemetry", {"a": 1}, extra=[(9, b"x")])
     assert reply.code_str == "4.02"

@@ -1,0 +1,86 @@
+"""X.509 auto-registration (``dtls.x509.auto_register``): a verified certificate names
+its device on first use, like ThingsBoard's X.509 chain provisioning strategy.
+
+The DTLS transport hands over only certificates OpenSSL verified against
+``dtls.ca_file``. Before a request whose session carries such a ``Certificate`` reaches
+the core, ``AutoRegistration.ensure`` registers it when it is unknown and its subject CN
+(or group 1 of ``cn_regex`` searched in it) names a device that does not exist yet: a
+registry write at the edge, synchronous in the reactor thread, after which the view is
+read again, so the request (and any other request of the same turn) finds the device and
+nothing registers twice. A second bridge on the same file loses on the UNIQUE
+``cert_sha3`` and finds the other's row. A certificate that cannot be registered (no CN,
+no match, the name taken) is logged once and then answered 4.01 by the core, counted as
+an unknown credential, until the registry changes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional, Set
+
+from ..config import Config
+from ..core.auth import Certificate
+from ..logs import logger
+from ..registry import RegistryError
+from .lookup import RegistryView
+
+log = logger("bridge")
+MAX_REFUSED = 10000  # certificates remembered as not registrable (then forgotten at once)
+
+
+class AutoRegistration:
+    def __init__(self, config: Config, view: RegistryView):
+        settings = config.dtls.x509
+        self.enabled = settings.auto_register
+        self.pattern = re.compile(settings.cn_regex) if settings.cn_regex else None
+        self.device_type = settings.device_type or config.devices.default_type
+        self.view = view
+        self.refused: Set[str] = set()  # certificate ids logged as not registrable
+        self.registered = 0  # devices registered, for the metrics
+        view.on_change.append(self.refused.clear)  # a name may be free now
+
+    def name_of(self, cn: Optional[str]) -> Optional[str]:
+        """The device name a certificate's CN gives, or None."""
+        if not cn:
+            return None
+        if self.pattern is None:
+            return cn
+        match = self.pattern.search(cn)
+        if match is None:
+            return None
+        name = match.group(1) if self.pattern.groups else match.group(0)
+        return name or None
+
+    def ensure(self, credential: Any) -> None:
+        """Register ``credential``'s certificate if it is new and names a device."""
+        if not self.enabled or type(credential) is not Certificate \
+                or credential.sha3 in self.view.certificates or credential.sha3 in self.refused:
+            return
+        registry = self.view.registry
+        if registry is None:
+            return
+        name = self.name_of(credential.cn)
+        if name is None:
+            self._refuse(credential, "its subject CN %r names no device%s" % (
+                credential.cn, " (dtls.x509.cn_regex does not match)" if self.pattern and
+                credential.cn else ""))
+            return
+        try:
+            registry.add(name, None, self.device_type, cert_sha3=credential.sha3)
+        except RegistryError as exc:
+            self.view.changed()
+            if credential.sha3 not in self.view.certificates:  # not another bridge's row
+                self._refuse(credential, str(exc))
+            return
+        self.registered += 1
+        log.info("Registered device {device} (type {device_type}) by its certificate "
+                 "{certificate} (dtls.x509.auto_register)", device=name,
+                 device_type=self.device_type, certificate=credential.sha3)
+        self.view.changed()
+
+    def _refuse(self, credential: Certificate, reason: str) -> None:
+        if len(self.refused) >= MAX_REFUSED:
+            self.refused.clear()
+        self.refused.add(credential.sha3)
+        log.warn("Certificate {certificate} (CN {cn}) not registered: {reason}",
+                 certificate=credential.sha3, cn=credential.cn, reason=reason)
