@@ -165,6 +165,7 @@ class Client:
         self.session: Optional[SSL.Session] = None  # to resume with
         self.mid = 0
         self.outstanding: Dict[int, float] = {}
+        self.template: Optional[bytes] = None  # its own request (``telemetry``), if set
 
     def start(self, now: float) -> None:
         if self.conn is not None:  # let it go resumably (OpenSSL forgets a session
@@ -325,8 +326,10 @@ def telemetry(clients: Sequence[Client], selector: selectors.BaseSelector,
               templates: Sequence[bytes], duration: float, window: int = 4,
               timeout: float = 2.0, progress: Optional[Callable[[float], None]] = None
               ) -> Result:
-    """CON POSTs (``templates`` as ``loadgen.request_template`` makes them) over the
-    established ``clients`` for ``duration`` seconds, ``window`` outstanding on each."""
+    """CON POSTs (``templates`` as ``loadgen.request_template`` makes them, in turn, or
+    each client's own ``template``: a session authenticated as one device may speak only
+    for it) over the established ``clients`` for ``duration`` seconds, ``window``
+    outstanding on each."""
     result = Result()
     cycle = itertools.cycle(templates)
     start = time.perf_counter()
@@ -336,7 +339,7 @@ def telemetry(clients: Sequence[Client], selector: selectors.BaseSelector,
     def send(client: Client, now: float) -> None:
         client.mid = (client.mid + 1) & 0xFFFF
         header = struct.pack("!BBHH", 0x42, 2, client.mid, client.mid)
-        client.conn.send(header + next(cycle))
+        client.conn.send(header + (client.template or next(cycle)))
         client.outstanding[client.mid] = now
 
     while True:
