@@ -4,7 +4,7 @@
 #                127.0.0.1:1883, register demo-device, run the bridge in the foreground
 #   make test    install what is missing (incl. test-only CoAP clients), run pytest;
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
-#   make bench   benchmarks (QUICK=1: under 2 minutes); results in bench/results/
+#   make bench   benchmarks (QUICK=1: about 3 minutes); results in bench/results/
 #   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
 #
 # PYTHON=pypy3 runs the bridge (and the tests) on PyPy, in .venv-pypy3.
