@@ -1,7 +1,9 @@
 """``coapbridge``: the operator's command line (devices, configuration check).
 
 It reads the same configuration file and environment as the service, so
-``DATA_DIR`` points both at the same registry.
+``DATA_DIR`` (or ``REGISTRY_URL``) points both at the same registry: a SQLite
+file, or the PostgreSQL registry every bridge of a fleet shares (a change
+reaches each of them within a second).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import secrets
 import string
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from . import config as config_module
 from .certfile import CertificateError, read_file
@@ -75,13 +77,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("coapbridge: " + exc.render(), file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s)"
+        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s, registry %s)"
               % (path or "built-in defaults", config.coap.bind_address, config.coap.bind_port,
                  config.mqtt.host, config.mqtt.port, config.mqtt.protocol,
-                 "on" if config.mqtt.tls.enabled else "off", config.data_dir))
+                 "on" if config.mqtt.tls.enabled else "off", config.data_dir,
+                 config.registry_target.display))
         return 0
     try:
-        registry = Registry(config.registry_path)
+        registry = open_registry(config)
     except config_module.StartupError as exc:  # DATA_DIR not writable, a damaged file
         print("coapbridge: %s" % exc, file=sys.stderr)
         return 2
@@ -94,7 +97,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         registry.close()
 
 
-def _devices(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+def open_registry(config: config_module.Config) -> Any:
+    """The registry ``registry.url`` names (raises ``StartupError`` when it cannot be used)."""
+    target = config.registry_target
+    if target.shared:
+        from .registry_pg import PgRegistry  # psycopg: only for a PostgreSQL registry
+        return PgRegistry(target.conninfo, target.display)
+    return Registry(target.path)
+
+
+def _devices(args: argparse.Namespace, config: config_module.Config, registry: Any) -> int:
     if args.action == "add":
         return _add(args, config, registry)
     if args.action == "list":

@@ -17,7 +17,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from . import registry_url
 from .core.formats import protoschema
+from .registry_url import RegistryTarget
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -240,6 +242,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    # sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB (bridge/registry_url.py);
+    # empty: SQLite at DATA_DIR/registry.sqlite3
+    url: str = ""
+    password: str = ""  # wins over the URL's; read from password_file when that is given
+    password_file: str = ""
+    pool_size: int = 4  # PostgreSQL connections for writes (one more listens for changes)
+
+
+@dataclass(frozen=True)
 class Config:
     coap: CoapConfig = field(default_factory=CoapConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -251,6 +263,7 @@ class Config:
     ota: OtaConfig = field(default_factory=OtaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dtls: DtlsConfig = field(default_factory=DtlsConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     # device type -> its payload format (a type with no entry speaks JSON)
     device_profiles: Dict[str, DeviceProfileConfig] = field(default_factory=dict)
     data_dir: str = "./data"
@@ -260,6 +273,12 @@ class Config:
     @property
     def registry_path(self) -> str:
         return os.path.join(self.data_dir, "registry.sqlite3")
+
+    @property
+    def registry_target(self) -> RegistryTarget:
+        """Where the device registry is (checked by ``load``: this does not raise then)."""
+        return registry_url.parse(self.registry.url, self.registry_path,
+                                  self.registry.password or None)
 
     @property
     def outbox_path(self) -> str:
@@ -301,7 +320,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
              "limits.max_pending_per_address", "limits.download_burst", "limits.json_max_depth",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
-             "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes",
+             "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes", "registry.pool_size",
              "dtls.handshake_timeout", "dtls.idle_timeout", "dtls.max_sessions",
              "dtls.handshake_burst")
 
@@ -566,6 +585,34 @@ def _check_dtls(dtls: DtlsConfig, problems: List[str]) -> None:
     problems.extend(dtls_edge.check_config(dtls))
 
 
+def _resolve_registry(config: Config, problems: List[str]) -> Config:
+    """The password read from ``registry.password_file``, then the URL checked."""
+    settings = config.registry
+    if settings.password_file:
+        if settings.password:
+            problems.append("registry: give password or password_file, not both")
+        try:
+            with open(settings.password_file, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            problems.append("registry.password_file: cannot read %s: %s"
+                            % (settings.password_file, exc.strerror))
+        else:
+            config = replace(config, registry=replace(
+                settings, password=lines[0] if lines else ""))
+    try:
+        target = registry_url.parse(config.registry.url, config.registry_path,
+                                    config.registry.password or None)
+    except registry_url.BadRegistryUrl as exc:
+        problems.append("registry.url: %s" % exc)
+        return config
+    if target.shared and not registry_url.driver_available():
+        problems.append("registry.url: a PostgreSQL registry needs psycopg on CPython "
+                        "(pip install 'psycopg[binary]' psycopg-pool; psycopg does not run on "
+                        "PyPy 7.3.11): run the bridge on CPython, or use SQLite")
+    return config
+
+
 def load_text(text: str, env: Mapping[str, str], source: str = "configuration") -> Config:
     problems: List[str] = []
     notes: List[str] = []
@@ -578,6 +625,7 @@ def load_text(text: str, env: Mapping[str, str], source: str = "configuration") 
     for note in notes:  # one line each, naming the file (Twisted logs warnings as warnings)
         warnings.warn_explicit(note, ConfigDeprecationWarning, source, 0)
     _check(config, problems)
+    config = _resolve_registry(config, problems)
     config = _resolve_profiles(config, problems)
     if problems:
         raise ConfigError(problems, source)
@@ -626,5 +674,7 @@ dtls:
   cert_file: "${COAP_DTLS_CERT_FILE:}"
   key_file: "${COAP_DTLS_KEY_FILE:}"
   ca_file: "${COAP_DTLS_CA_FILE:}"
+registry: {url: "${REGISTRY_URL:}", password: "${REGISTRY_PASSWORD:}",
+           password_file: "${REGISTRY_PASSWORD_FILE:}"}
 data_dir: "${DATA_DIR:./data}"
 """

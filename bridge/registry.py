@@ -50,6 +50,10 @@ class RegistryError(Exception):
     """A registry operation that cannot be done, with a message for the operator."""
 
 
+class RegistryUnavailable(RegistryError):
+    """A shared registry's database cannot be reached (bridge.registry_pg)."""
+
+
 @dataclass(frozen=True)
 class Entry:
     name: str
@@ -281,19 +285,7 @@ class Registry:
     def import_rows(self, rows: Iterable[Union[DeviceRow, Sequence[str]]]) -> int:
         """Add every row (``DeviceRow``, or ``(name, token, type)``) in one transaction;
         nothing is added if any row is bad."""
-        entries, problems = [], []
-        for number, row in enumerate(rows, 1):
-            device = row if isinstance(row, DeviceRow) else DeviceRow(*row)
-            try:
-                cert = read_pem(device.cert_pem.encode("utf-8"), "the cert column") \
-                    if device.cert_pem else None
-                entries.append(_entry(device.name, device.token, device.type, False,
-                                      cert.sha3 if cert else None, cert.pem if cert else None,
-                                      device.psk_identity, device.psk_key))
-            except (RegistryError, CertificateError) as exc:
-                problems.append("row %d: %s" % (number, exc))
-        if problems:
-            raise RegistryError("; ".join(problems))
+        entries = import_entries(rows)
         try:
             with self._transaction():
                 self._insert(entries)
@@ -328,6 +320,25 @@ class Registry:
 
     def _transaction(self) -> Transaction:
         return Transaction(self._db)
+
+
+def import_entries(rows: Iterable[Union[DeviceRow, Sequence[str]]]) -> List[Entry]:
+    """The checked entries of an import (every backend's): ``RegistryError`` naming each
+    bad row when any is."""
+    entries, problems = [], []
+    for number, row in enumerate(rows, 1):
+        device = row if isinstance(row, DeviceRow) else DeviceRow(*row)
+        try:
+            cert = read_pem(device.cert_pem.encode("utf-8"), "the cert column") \
+                if device.cert_pem else None
+            entries.append(_entry(device.name, device.token, device.type, False,
+                                  cert.sha3 if cert else None, cert.pem if cert else None,
+                                  device.psk_identity, device.psk_key))
+        except (RegistryError, CertificateError) as exc:
+            problems.append("row %d: %s" % (number, exc))
+    if problems:
+        raise RegistryError("; ".join(problems))
+    return entries
 
 
 def _integrity(exc: sqlite3.IntegrityError) -> str:

@@ -17,6 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from .config import Config, StartupError
 from .edge import coap as coap_edge
@@ -43,26 +44,53 @@ def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
 
 
 class _RegistryService(Service):
-    """The device registry, open while the service runs."""
+    """The device registry, open while the service runs: the SQLite file, or the shared
+    PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool."""
 
-    def __init__(self, bridge: Bridge, path: str):
+    def __init__(self, bridge: Bridge, config: Config):
         self.bridge = bridge
-        self.path = path
+        self.target = config.registry_target
+        self.pool_size = config.registry.pool_size
+        self.threadpool: Optional[ThreadPool] = None
 
     def startService(self) -> None:
-        self.bridge.registry = Registry(self.path)
-        log.info("Device registry {path}: {count} devices", path=self.path,
-                 count=len(self.bridge.registry.entries()))
+        if self.target.shared:
+            # before the reactor runs: opening blocks, and a failure is a start-up error
+            from .edge.shared_registry import open_shared  # psycopg: only when asked for
+            self.threadpool = ThreadPool(minthreads=1, maxthreads=self.pool_size + 1,
+                                         name="coapbridge-registry")
+            self.threadpool.start()
+            registry = open_shared(self.target, self.pool_size, self.bridge.reactor,
+                                   self.threadpool)
+        else:
+            registry = Registry(self.target.path)
+        self.bridge.registry = registry
+        log.info("Device registry {registry}: {count} devices", registry=self.target.display,
+                 count=len(registry.entries()))
+        if self.threadpool is not None:
+            registry.start()  # the shared registry begins listening
         Service.startService(self)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Any:
         Service.stopService(self)
+        registry = self.bridge.registry
+        if registry is not None and self.threadpool is not None:  # the shared registry
+            self.bridge.registry = None
+            return registry.stop().addBoth(self._pool_stopped)
         self.close()
+        return None
+
+    def _pool_stopped(self, result: Any) -> Any:
+        self.close()
+        return result
 
     def close(self) -> None:
         if self.bridge.registry is not None:
             registry, self.bridge.registry = self.bridge.registry, None
             registry.close()
+        if self.threadpool is not None:
+            pool, self.threadpool = self.threadpool, None
+            pool.stop()
 
 
 class _OutboxService(Service):
@@ -280,7 +308,7 @@ class BridgeService(MultiService):
         self.refuse = refuse
         self.log_observer = log_observer
         self.bridge = Bridge(config, reactor, rng)
-        self._files = [_RegistryService(self.bridge, config.registry_path),
+        self._files = [_RegistryService(self.bridge, config),
                        _OutboxService(self.bridge, config.outbox_path,
                                       config.outbox.synchronous)]
         children: List[IService] = self._files + [

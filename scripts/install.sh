@@ -3,7 +3,7 @@
 # every step is idempotent and skips work that is already done.
 #
 #   scripts/install.sh system [--test]  Debian packages (mosquitto, libcoap3-bin, protobuf-compiler; with
-#                                       --test also npm when it is missing)
+#                                       --test also npm and postgresql when they are missing)
 #   scripts/install.sh venv             .venv with the project installed editable
 #                                       (compat mode) plus the [test] extras
 #   scripts/install.sh node-tools       node's coap-cli in .tools/ (test-only client)
@@ -69,6 +69,22 @@ stop_packaged_mosquitto() {
     fi
 }
 
+# The PostgreSQL server programs (initdb, pg_ctl): the tests run private clusters with them.
+have_postgresql() {
+    compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1
+}
+
+# Debian's postgresql package creates and starts a cluster on port 5432; the tests start
+# their own on free ports, so a server that apt-get just started is stopped again.
+stop_packaged_postgresql() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl stop postgresql.service >/dev/null 2>&1 || true
+        as_root systemctl disable postgresql.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/postgresql ]; then
+        as_root /etc/init.d/postgresql stop >/dev/null 2>&1 || true
+    fi
+}
+
 cmd_system() {
     local with_test=0
     [ "${1:-}" = "--test" ] && with_test=1
@@ -84,6 +100,11 @@ cmd_system() {
     if [ "$with_test" -eq 1 ] && ! command -v npm >/dev/null 2>&1; then
         packages+=(npm)
     fi
+    local new_postgresql=0
+    if [ "$with_test" -eq 1 ] && ! have_postgresql; then
+        packages+=(postgresql)  # the shared registry's tests (tests/pgcluster.py)
+        new_postgresql=1
+    fi
     if [ "${#packages[@]}" -eq 0 ]; then
         return 0
     fi
@@ -97,6 +118,9 @@ cmd_system() {
         "${packages[@]}"
     if [ "$broker_was_up" -eq 0 ]; then
         stop_packaged_mosquitto
+    fi
+    if [ "$new_postgresql" -eq 1 ]; then
+        stop_packaged_postgresql
     fi
 }
 

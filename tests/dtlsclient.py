@@ -129,10 +129,16 @@ class DtlsClient:
             if not self._pump(deadline):
                 return None
 
-    def exchange(self, msg: raw.Msg, timeout: float = 5.0) -> raw.Msg:
+    def exchange(self, msg: raw.Msg, timeout: float = 5.0, retransmit: int = 0) -> raw.Msg:
+        """Send ``msg`` and return its response; ``retransmit``: resend it (same message ID)
+        that many times, a second apart, as a CoAP client does when nothing comes."""
         self.send(msg)
         while True:
-            reply = self.recv(timeout)
+            reply = self.recv(timeout if not retransmit else 1.0)
+            if reply is None and retransmit:
+                retransmit -= 1
+                self.send(msg)
+                continue
             if reply is None:
                 raise TimeoutError("no response to mid %d" % msg.mid)
             if reply.code == 0 and reply.mtype == raw.ACK:

@@ -91,6 +91,22 @@ class Load:
             thread.start()
         return self
 
+    def acknowledged(self) -> int:
+        """How many uplinks got 2.01 so far (while the load runs)."""
+        with self.results.lock:
+            return len(self.results.acked)
+
+    def wait_acknowledged(self, more: int, timeout: float = 60.0) -> None:
+        """Wait for ``more`` further 2.01s: a phase of a test lasts until it carried data,
+        not a fixed time, so a loaded machine makes it slower, not weaker."""
+        target = self.acknowledged() + more
+        deadline = time.monotonic() + timeout
+        while self.acknowledged() < target:
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for %d acknowledged uplinks (have %d)"
+                                     % (target, self.acknowledged()))
+            time.sleep(0.05)
+
     def stop(self) -> LoadResults:
         self.stop_event.set()
         for thread in self.threads:

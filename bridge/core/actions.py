@@ -100,6 +100,7 @@ class Notify:
     observe: int
     device: str = ""
     block_size: int = codes.BLOCK_SIZE  # a longer payload goes block by block (RFC 7959 §2.6)
+    content_format: int = codes.APPLICATION_JSON
 
 
 @dataclass(frozen=True, **SLOTS)

@@ -179,14 +179,11 @@ class Attributes(Part):
         fmt = fetch.format
         if fetch.purpose == "read":
             assert fetch.request is not None
-            body = {}
-            if fetch.client:
-                body["client"] = fetch.client
-            if fetch.shared:
-                body["shared"] = fetch.shared
-            if not body:
+            if not fetch.client and not fetch.shared:
                 return [Reply(fetch.request.ref, codes.NOT_FOUND, reason="no such attributes")]
-            return [Reply(fetch.request.ref, codes.CONTENT, fmt.encode(body), fmt.content_format)]
+            return [Reply(fetch.request.ref, codes.CONTENT,
+                          fmt.attributes_response(fetch.client, fetch.shared, now),
+                          fmt.content_format)]
         view = fetch.shared
         for update in fetch.pushes:
             view = update.apply(view)
@@ -194,7 +191,7 @@ class Attributes(Part):
         self.views[fetch.device] = view
         if fetch.purpose == "observe":
             return self.subscriptions.register(fetch.request, fetch.device, FEATURE,
-                                               codes.CONTENT, fmt.encode(view),
+                                               codes.CONTENT, fmt.attribute_update(view, now),
                                                fmt.content_format, now)
         # refresh after a reconnect: tell the observer what changed meanwhile
         if old is None:
@@ -205,7 +202,8 @@ class Attributes(Part):
             delta["deleted"] = deleted
         if not delta:
             return []
-        return self.subscriptions.enqueue(fetch.device, FEATURE, Pending(fmt.encode(delta)), now)
+        return self.subscriptions.enqueue(fetch.device, FEATURE, self._pending(fmt, delta, now),
+                                          now)
 
     def _failed(self, fetch_id: int, reason: str,
                 code: int = codes.GATEWAY_TIMEOUT) -> List[Action]:
@@ -238,7 +236,11 @@ class Attributes(Part):
                 fetch.pushes.append(update)
         fmt = self.formats.of_name(update.device)
         return self.subscriptions.enqueue(update.device, FEATURE,
-                                          Pending(fmt.encode(update.data)), now)
+                                          self._pending(fmt, update.data, now), now)
+
+    @staticmethod
+    def _pending(fmt: PayloadFormat, data: Dict[str, Any], now: float) -> Pending:
+        return Pending(fmt.attribute_update(data, now), content_format=fmt.content_format)
 
     # == hooks ===============================================================
 

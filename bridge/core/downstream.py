@@ -57,9 +57,6 @@ class ServerRpc:
     method: str
     params: Any
 
-    def payload(self) -> Dict[str, Any]:
-        return {"id": self.id, "method": self.method, "params": self.params}
-
 
 @dataclass(frozen=True)
 class AttributeResponse:

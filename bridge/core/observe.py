@@ -46,6 +46,7 @@ class Pending:
     code: int = codes.CONTENT
     item: Any = None
     expires: Optional[float] = None  # not sent from then on (see ``Observers.expired``)
+    content_format: int = codes.APPLICATION_JSON  # of the payload (its device's format)
 
 
 class Relation:
@@ -205,7 +206,7 @@ class Observers:
             self._next_ref += 1
             notify = Notify(self._next_ref, relation.remote, relation.token, confirmable,
                             pending.code, pending.payload, self.sequence(), relation.device,
-                            relation.block_size)
+                            relation.block_size, pending.content_format)
             relation.sent(pending.payload)
             out.append(notify)
             if confirmable:

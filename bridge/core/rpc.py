@@ -3,8 +3,10 @@
 Server-side: the platform's RPC (``v1/gateway/rpc``) goes to the device's observer of
 /rpc as a notification; it is held for the device (waiting for an observer, or queued
 behind a CON notification) until ``platform.rpc_queue_ttl`` after it arrived, at most
-``platform.rpc_queue_size`` per device, then dropped and counted, never sent late. The
-device's reply (POST /rpc/{id}) is an uplink like any other.
+``platform.rpc_queue_size`` per device, then dropped and counted, never sent late. An RPC
+the device's format cannot write (params that do not fit a PROTOBUF profile's RPC request
+schema) is answered to the platform with ThingsBoard's error instead; the relation stays.
+The device's reply (POST /rpc/{id}) is an uplink like any other.
 
 Client-side: POST /rpc goes out on the gateway's own session as
 ``v1/devices/me/rpc/request/{n}`` (method ``platform.client_rpc_method``), answered 2.05
@@ -21,17 +23,19 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Set
 
-from . import codes, payloads, routes
+from . import codes, gateway, payloads, routes
 from .actions import Device, Log, Publish, RenameDevice, Reply, Request
 from .devices import Devices
 from .downstream import GATEWAY_RPC_REQUEST_PREFIX, ServerRpc
-from .formats import Formats
+from .formats import CannotEncode, Formats
 from .observe import Pending
 from .parts import Action, Part, Shared, unavailable
 from .subscriptions import Subscriptions
 from .uplinks import Uplinks
 
 FEATURE = routes.RPC
+# what ThingsBoard answers the platform for an RPC it cannot write in the device's format
+CONVERSION_ERROR = "Failed to convert device RPC command to CoAP msg"
 
 
 @dataclass
@@ -149,8 +153,7 @@ class Rpc(Part):
                             {"rpc_id": rpc.id, "device": name, "count": self._held(name)})]
         self.full.discard(name)
         if self.observers.get(name, FEATURE) is not None:
-            self.queued.add(name)
-            return self.subscriptions.enqueue(name, FEATURE, self._pending(item), now)
+            return self._deliver(item, now)
         self.waiting.setdefault(name, deque()).append(item)
         return [Log("debug", "RPC {rpc_id} for {device} waits for an observer",
                     {"rpc_id": rpc.id, "device": name})]
@@ -173,17 +176,38 @@ class Rpc(Part):
 
     # == held RPCs ===========================================================
 
-    def _pending(self, item: _RpcItem) -> Pending:
-        fmt = self.formats.of_name(item.rpc.device)
-        return Pending(fmt.encode(item.rpc.payload()), codes.CONTENT, item, item.expires)
+    def _deliver(self, item: _RpcItem, now: float) -> List[Action]:
+        """The RPC to the device's observer, written in the device's format. One the format
+        cannot carry (params that do not fit a PROTOBUF profile's RPC request schema) is
+        answered to the platform with ThingsBoard's error, and the relation stays."""
+        rpc = item.rpc
+        fmt = self.formats.of_name(rpc.device)
+        try:
+            body = fmt.server_rpc(rpc.id, rpc.method, rpc.params)
+        except CannotEncode as exc:
+            return self._unencodable(rpc, str(exc), now)
+        self.queued.add(rpc.device)
+        return self.subscriptions.enqueue(
+            rpc.device, FEATURE,
+            Pending(body, codes.CONTENT, item, item.expires, fmt.content_format), now)
+
+    def _unencodable(self, rpc: ServerRpc, reason: str, now: float) -> List[Action]:
+        actions: List[Action] = [Log(
+            "warn", "RPC {rpc_id} for {device} not sent: {reason}; the platform gets an error",
+            {"rpc_id": rpc.id, "device": rpc.device, "reason": reason})]
+        state = self.devices.get(rpc.device)
+        if state is not None:
+            topic, body = gateway.rpc_reply(rpc.device, rpc.id, {"error": CONVERSION_ERROR})
+            actions += self.devices.publish(state.device, topic, body, now,
+                                            now + self.puback_timeout)
+        return actions
 
     def _registered(self, name: str, now: float) -> List[Action]:
         """A relation of /rpc began: the RPCs waiting for it go to it, in order."""
         actions: List[Action] = []
         for item in self.waiting.pop(name, deque()):
             if item.expires > now:
-                self.queued.add(name)
-                actions += self.subscriptions.enqueue(name, FEATURE, self._pending(item), now)
+                actions += self._deliver(item, now)
             else:
                 self.expired.append(item)
         return actions

@@ -49,6 +49,55 @@ def datagrams(blob: bytes, mtu: int) -> List[bytes]:
     return out
 
 
+def whole(datagram: bytes) -> bytes:
+    """``datagram`` up to its first truncated record (a header that does not fit, or a
+    length past the end), which RFC 6347 §4.1.2.7 says to discard. A memory BIO is a
+    byte stream, not a datagram socket: were a truncated record handed to OpenSSL, it
+    would wait for the rest and take the next datagram (maybe another peer's) as it."""
+    at, end = 0, len(datagram)
+    while end - at >= HEADER:
+        size = HEADER + int.from_bytes(datagram[at + 11:at + 13], "big")
+        if at + size > end:
+            break
+        at += size
+    return datagram[:at] if at < end else datagram
+
+
+DTLS_1_2 = b"\xfe\xfd"
+SESSION_EPOCH = b"\x00\x01"  # renegotiation is off: a session's keys stay those of epoch 1
+
+
+def min_body(cipher: str) -> int:
+    """The shortest protected record body OpenSSL cipher suite ``cipher`` can produce:
+    explicit nonce and tag for AEAD (CCM_8: 8 + 8, GCM and CCM: 8 + 16, ChaCha20: 16),
+    IV, MAC and padding for CBC. A shorter one is a forgery, and OpenSSL
+    3.3 ends the session over it (4.0 drops it) instead of discarding it."""
+    if "CCM8" in cipher:
+        return 16
+    if "CHACHA20" in cipher:
+        return 16
+    if "GCM" in cipher or "CCM" in cipher:
+        return 24
+    mac = 48 if cipher.endswith("SHA384") else 32 if cipher.endswith("SHA256") else 20
+    # IV, then MAC and at least one padding byte in whole blocks (or, with
+    # encrypt-then-MAC, one block and the MAC after it)
+    return 16 + min(-(-(mac + 1) // 16) * 16, 16 + mac)
+
+
+def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
+    """The records of ``datagram`` an established session's keys protect: DTLS 1.2,
+    epoch 1, alert, handshake or application data; whole and in order. Anything else
+    can only be a late copy of the handshake or a forgery from anyone able to send a
+    datagram with the session's source address: OpenSSL would answer a garbled epoch-0
+    record with a fatal alert (ending the session), and would hold a record of a later
+    epoch for keys that never come, so it sees none of them. (A lost last flight is
+    still retransmitted: the client's Finished, which prompts that, is in epoch 1.)"""
+    kept = [r for r in split_records(whole(datagram))
+            if r[1:3] == DTLS_1_2 and r[3:5] == SESSION_EPOCH
+            and r[0] in (ALERT, HANDSHAKE, APPLICATION_DATA) and len(r) - HEADER >= shortest]
+    return b"".join(kept)
+
+
 def content_type(datagram: bytes) -> Optional[int]:
     """The content type of the datagram's first record, or None if it has no header."""
     if len(datagram) < HEADER:

@@ -102,9 +102,10 @@ class BridgeCoap(DatagramProtocol):
         self.endpoint.verified.pop(peer, None)
 
     def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
-               payload: bytes, observe: int, block_size: int = codes.BLOCK_SIZE) -> None:
+               payload: bytes, observe: int, block_size: int = codes.BLOCK_SIZE,
+               content_format: int = codes.APPLICATION_JSON) -> None:
         self.endpoint.notify(ref, remote, token, confirmable, code, payload, observe,
-                             self.clock.seconds(), block_size)
+                             self.clock.seconds(), block_size, content_format)
         self._flush()
 
     # -- requests ------------------------------------------------------------------------

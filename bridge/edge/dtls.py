@@ -165,7 +165,7 @@ class DtlsSession:
 
     __slots__ = ("key", "address", "credential", "connection", "transport", "established",
                  "client_random", "psk_identity", "psk_key", "timer_due", "closed",
-                 "verify_error")
+                 "verify_error", "shortest")
 
     def __init__(self, key: str, address: Address, connection: SSL.Connection,
                  transport: "DtlsTransport", client_random: bytes):
@@ -181,6 +181,7 @@ class DtlsSession:
         self.timer_due: Optional[float] = None
         self.closed = False
         self.verify_error: Optional[str] = None  # why its certificate failed, if it did
+        self.shortest = 0  # bytes: no protected record of its cipher is shorter
 
     def send(self, data: bytes) -> None:
         """A CoAP datagram for this peer: encrypted and sent (dropped once closed)."""
@@ -221,6 +222,7 @@ class DtlsTransport(DatagramProtocol):
         self._timers: Deque[Tuple[float, DtlsSession]] = deque()  # OpenSSL retransmissions
         self._call: Any = None
         self._armed = 0.0
+        self._full_noted = float("-inf")  # when a refusal past max_sessions was last logged
 
     # -- the listener ----------------------------------------------------------------
 
@@ -264,6 +266,12 @@ class DtlsTransport(DatagramProtocol):
         now = self.clock.seconds()
         self.stats["records_in"] += 1
         self.refresh()
+        psk_edge.clear_errors()  # no other connection's error may pass for this one's
+        data = records.whole(data)  # OpenSSL gets whole records only (see records.whole)
+        if not data:
+            self.stats["dropped"] += 1
+            self._arm()
+            return
         session = self.table.get(address)
         hello = records.client_hello(data)
         if session is not None and (hello is None or hello.random == session.client_random):
@@ -282,10 +290,13 @@ class DtlsTransport(DatagramProtocol):
             listener.bio_write(data)
             listener.DTLSv1_listen()
         except SSL.WantReadError:
-            # no valid cookie: the HelloVerifyRequest (or nothing, for garbage)
+            # no valid cookie: the HelloVerifyRequest (or nothing, for garbage, whose
+            # error OpenSSL leaves queued)
+            psk_edge.clear_errors()
             self._flush_listener(address)
             return
         except SSL.Error as exc:
+            psk_edge.clear_errors()
             self.stats["dropped"] += 1
             log.debug("Unreadable ClientHello from {peer}: {reason}",
                       peer="%s:%d" % address, reason=_openssl_reason(exc))
@@ -296,8 +307,11 @@ class DtlsTransport(DatagramProtocol):
         old = self.table.get(address)
         if old is None and self.table.full():
             self.stats["refused_full"] += 1
-            log.info("DTLS handshake from {peer} refused: {count} sessions (dtls.max_sessions)",
-                     peer="%s:%d" % address, count=len(self.table))
+            if now >= self._full_noted + 60.0:  # once a minute: a flood must not flood the log
+                self._full_noted = now
+                log.info("DTLS handshake from {peer} refused: {count} sessions "
+                         "(dtls.max_sessions; {refused} refused so far)", peer="%s:%d" % address,
+                         count=len(self.table), refused=self.stats["refused_full"])
             return
         if not self.guard.allow(address[0], now):
             self.stats["refused_rate"] += 1
@@ -328,6 +342,12 @@ class DtlsTransport(DatagramProtocol):
     def _feed(self, session: DtlsSession, data: bytes, now: float) -> None:
         connection = session.connection
         assert connection is not None
+        if session.established:
+            # no unauthenticated record reaches it
+            data = records.encrypted_only(data, session.shortest)
+            if not data:
+                self.stats["dropped"] += 1
+                return
         try:
             connection.bio_write(data)
         except SSL.Error:
@@ -379,6 +399,7 @@ class DtlsTransport(DatagramProtocol):
             self.stats["handshakes_full"] += 1
             kind = "full"
         session.established = True
+        session.shortest = records.min_body(connection.get_cipher_name() or "")
         self.table.establish(session, now)
         self.coap.trust(session)
         log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
@@ -430,6 +451,7 @@ class DtlsTransport(DatagramProtocol):
         connection = session.connection
         if connection is None or not session.established:
             return
+        psk_edge.clear_errors()
         try:
             connection.send(data)
         except SSL.Error as exc:
@@ -476,6 +498,7 @@ class DtlsTransport(DatagramProtocol):
         session.closed = True
         connection = session.connection
         if notify and connection is not None and session.established:
+            psk_edge.clear_errors()
             try:
                 connection.shutdown()  # close_notify
             except SSL.Error:
@@ -582,6 +605,7 @@ class DtlsTransport(DatagramProtocol):
             connection = session.connection
             if connection is None:
                 continue
+            psk_edge.clear_errors()
             try:
                 connection.DTLSv1_handle_timeout()
             except SSL.Error as exc:

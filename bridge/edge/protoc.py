@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from google.protobuf import descriptor_pb2
 
-from ..core.formats import protoschema
+from ..core.formats import fixed, protoschema
 
 INSTALL_HINT = ("protoc is not installed (Debian/Ubuntu: apt-get install protobuf-compiler; "
                 "or put protoc on PATH)")
@@ -98,3 +98,9 @@ def check_profiles(profiles) -> List[str]:
             except SchemaError as exc:
                 problems += ["%s: %s" % (where, protoschema.describe(p)) for p in exc.problems]
     return problems
+
+
+@functools.lru_cache(maxsize=1)
+def fixed_messages() -> fixed.FixedMessages:
+    """ThingsBoard's fixed messages (``bridge.core.formats.fixed``), compiled once."""
+    return fixed.FixedMessages([compile_schema(text, fixed.KIND) for _, text in fixed.FILES])

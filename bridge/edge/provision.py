@@ -23,7 +23,7 @@ from ..config import Config
 from ..core import codes, provision
 from ..core.provision import ProvisionProfile, ProvisionRequest
 from ..logs import logger
-from ..registry import Registry, RegistryError, mask
+from ..registry import RegistryError, RegistryUnavailable, mask
 from .short_session import SessionFailed, ShortSession, ShortSessions, random_name
 
 log = logger("provision")
@@ -50,11 +50,11 @@ class _Session(ShortSession):
 
 
 class Provisioner:
-    def __init__(self, config: Config, reactor: Any, registry: Callable[[], Registry],
+    def __init__(self, config: Config, reactor: Any, write: Callable[..., defer.Deferred],
                  answer: Answer, sessions: Optional[ShortSessions] = None):
         self.config = config
         self.reactor = reactor
-        self.registry = registry
+        self.write = write  # (registry method, *args) -> Deferred (glue.lookup.RegistryView)
         self.answer = answer
         self.sessions = sessions if sessions is not None else ShortSessions()
         self.in_progress = 0  # requests running or waiting for their name
@@ -97,11 +97,10 @@ class Provisioner:
 
     def _provision(self, ref: int, request: ProvisionRequest) -> Optional[defer.Deferred]:
         if self.config.provisioning.mode == "local":
-            self._local(ref, request)
-            return None
+            return self._local(ref, request)
         return self._upstream(ref, request)
 
-    def _local(self, ref: int, request: ProvisionRequest) -> None:
+    def _local(self, ref: int, request: ProvisionRequest) -> Optional[defer.Deferred]:
         profile = provision.find_profile(request, self.profiles)
         name = request.device_name or random_name()
         if profile is None:
@@ -114,7 +113,14 @@ class Provisioner:
             self._reply(ref, provision.failure())
             return
         token = request.token or random_name()
-        if not self.registry().provision(name, token, profile.device_type, profile.strategy):
+        d = self.write("provision", name, token, profile.device_type, profile.strategy)
+        d.addCallbacks(self._local_done, self._registry_unavailable,
+                       callbackArgs=(ref, name, token, profile), errbackArgs=(ref, name))
+        return d
+
+    def _local_done(self, accepted: bool, ref: int, name: str, token: str,
+                    profile: ProvisionProfile) -> None:
+        if not accepted:
             log.info("Provisioning of {device} refused by strategy {strategy}", device=name,
                      strategy=profile.strategy)
             self._reply(ref, provision.failure())
@@ -122,6 +128,13 @@ class Provisioner:
         log.info("Provisioned {device} (type {type}, token {token})", device=name,
                  type=profile.device_type, token=mask(token))
         self._reply(ref, provision.success(token))
+
+    def _registry_unavailable(self, failure: Any, ref: int, name: str) -> None:
+        """The shared registry is unreachable: 5.03, the device asks again later."""
+        failure.trap(RegistryUnavailable)
+        log.warn("Provisioning of {device}: {error}", device=name, error=str(failure.value))
+        self.answer(ref, codes.SERVICE_UNAVAILABLE, b"",
+                    max_age=max(1, math.ceil(self.config.provisioning.timeout)))
 
     def _upstream(self, ref: int, request: ProvisionRequest) -> defer.Deferred:
         body = dict(request.body)
@@ -140,7 +153,7 @@ class Provisioner:
                  device=name, reason=failure.value.reason)
         self.answer(ref, codes.GATEWAY_TIMEOUT, b"")
 
-    def _upstream_done(self, payload: bytes, ref: int, name: str) -> None:
+    def _upstream_done(self, payload: bytes, ref: int, name: str) -> Optional[defer.Deferred]:
         try:
             doc = json.loads(payload)
         except ValueError:
@@ -148,27 +161,34 @@ class Provisioner:
         if not isinstance(doc, dict):
             log.warn("Provisioning of {device}: the platform's answer is not JSON", device=name)
             self.answer(ref, codes.BAD_GATEWAY, b"")
-            return
+            return None
         if doc.get("status") != "SUCCESS":
             log.info("Provisioning of {device} refused by the platform: {status}", device=name,
                      status=doc.get("status"))
             self.answer(ref, codes.BAD_REQUEST, payload)
-            return
+            return None
         token = doc.get("credentialsValue")
         if doc.get("credentialsType", "ACCESS_TOKEN") == "ACCESS_TOKEN" and isinstance(token, str):
-            try:
-                self.registry().store_credentials(name, token, self.config.devices.default_type)
-            except RegistryError as exc:
-                log.error("Provisioned {device} on the platform, but the registry refused it: "
-                          "{error}", device=name, error=str(exc))
-                self.answer(ref, codes.INTERNAL_SERVER_ERROR, b"")
-                return
-            log.info("Provisioned {device} through the platform (token {token})", device=name,
-                     token=mask(token))
-        else:
-            log.info("Provisioned {device} with {kind} credentials, which it cannot use here",
-                     device=name, kind=doc.get("credentialsType"))
+            d = self.write("store_credentials", name, token, self.config.devices.default_type)
+            d.addCallbacks(self._stored, self._not_stored, callbackArgs=(ref, name, token,
+                                                                         payload),
+                           errbackArgs=(ref, name))
+            return d
+        log.info("Provisioned {device} with {kind} credentials, which it cannot use here",
+                 device=name, kind=doc.get("credentialsType"))
         self.answer(ref, codes.CREATED, payload)
+        return None
+
+    def _stored(self, _: None, ref: int, name: str, token: str, payload: bytes) -> None:
+        log.info("Provisioned {device} through the platform (token {token})", device=name,
+                 token=mask(token))
+        self.answer(ref, codes.CREATED, payload)
+
+    def _not_stored(self, failure: Any, ref: int, name: str) -> None:
+        failure.trap(RegistryError)
+        log.error("Provisioned {device} on the platform, but the registry refused it: "
+                  "{error}", device=name, error=str(failure.value))
+        self.answer(ref, codes.INTERNAL_SERVER_ERROR, b"")
 
     def _reply(self, ref: int, body: dict) -> None:
         status = body.get("status")

@@ -35,6 +35,15 @@ PskLookup = Callable[[SSL.Connection, bytes], Optional[bytes]]
 MAX_IDENTITY = 128  # RFC 4279 §5.3 allows up to 2^16-1; OpenSSL caps it at 128
 
 
+def clear_errors() -> None:
+    """Empty OpenSSL's error queue (one per thread). ``SSL_get_error`` reports
+    SSL_ERROR_SSL whenever the queue holds anything, so an error another connection
+    left there (``DTLSv1_listen`` queues one for a garbled ClientHello and still
+    returns 0) would make the next read on any session look fatal; the transport
+    calls this before each call into OpenSSL whose failure it acts on."""
+    lib.ERR_clear_error()
+
+
 def supported() -> bool:
     return hasattr(lib, "SSL_CTX_set_psk_server_callback")
 

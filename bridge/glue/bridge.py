@@ -80,7 +80,13 @@ def format_of(config: Config) -> FormatOf:
                 protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY),
                 protoc.message_class(profile.deviceAttributesProtoSchema,
                                      protoschema.ATTRIBUTES),
-                json, profile.enableCompatibilityWithJsonPayloadFormat)
+                json, profile.enableCompatibilityWithJsonPayloadFormat,
+                rpc_request_class=protoc.message_class(profile.deviceRpcRequestProtoSchema,
+                                                       protoschema.RPC_REQUEST),
+                rpc_response_class=protoc.message_class(profile.deviceRpcResponseProtoSchema,
+                                                        protoschema.RPC_RESPONSE),
+                fixed=protoc.fixed_messages(),
+                json_downlinks=profile.useJsonPayloadFormatForDefaultDownlinkTopics)
     return lambda device_type: formats.get(device_type, json)
 
 
@@ -112,7 +118,7 @@ class Bridge:
             self.auto_registration.ensure if config.dtls.x509.auto_register else None)
         self.notifications = Notifications(reactor)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
-        self.provisioner = Provisioner(config, reactor, lambda: self.registry_view.registry,
+        self.provisioner = Provisioner(config, reactor, self.registry_view.write,
                                        self.requests.answer_json, self.sessions)
         self.packages = PackageStore(config, reactor, self.reconnect_device, self.sessions)
         mqtt = dataclasses.replace(config.mqtt,
@@ -235,28 +241,33 @@ class Bridge:
         self.link.reset()
 
     def _registry_change(self, kind: str, *names: str) -> None:
-        registry = self.registry_view.registry
-        if registry is None:
+        if self.registry_view.registry is None:
             return
-        try:
-            if kind == "rename":
-                changed = registry.rename(names[0], names[1])
-                if self.outbox is not None:
-                    self.commit()  # uplinks being stored go first: the rename covers them
-                    self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
-                                       .rename_device(topic, payload, names[0], names[1]))
-            else:
-                changed = registry.mark_deleted(names[0])
-        except RegistryError as exc:
-            log.error("Platform asked to {kind} {device}, but: {error}", kind=kind,
-                      device=names[0], error=str(exc))
-            return
+        if kind == "rename":
+            d = self.registry_view.write("rename", names[0], names[1])
+        else:
+            d = self.registry_view.write("mark_deleted", names[0])
+        d.addCallbacks(self._registry_changed, self._registry_refused, (kind,) + names,
+                       None, (kind,) + names)
+        d.addErrback(lambda f: log.failure("Applying the platform's {kind} of {device} failed",
+                                           failure=f, kind=kind, device=names[0]))
+
+    def _registry_changed(self, changed: bool, kind: str, *names: str) -> None:
+        if kind == "rename" and self.outbox is not None:
+            self.commit()  # uplinks being stored go first: the rename covers them
+            self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
+                               .rename_device(topic, payload, names[0], names[1]))
         self.registry_view.changed()  # the next request already sees it
         if kind == "rename":
             log.info("Platform renamed device {device} to {new_name}", device=names[0],
                      new_name=names[1], known=changed)
         else:
             log.info("Platform deleted device {device}", device=names[0], known=changed)
+
+    def _registry_refused(self, failure: Failure, kind: str, *names: str) -> None:
+        failure.trap(RegistryError)  # RegistryUnavailable too: the shared registry is lost
+        log.error("Platform asked to {kind} {device}, but: {error}", kind=kind,
+                  device=names[0], error=str(failure.value))
 
     # -- stopping ----------------------------------------------------------------------
 

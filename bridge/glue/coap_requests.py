@@ -54,9 +54,10 @@ class _InProgress:
 class CoapRequests:
     def __init__(self, core: Any, clock: Any, admission: PendingAdmission, registry: RegistryView,
                  apply: Apply, schedule_commit: Callable[[], None],
-                 register: Optional[Callable[[Any], None]] = None):
+                 register: Optional[Callable[[Any], Optional[defer.Deferred]]] = None):
         self.core = core
-        self.register = register  # credential -> registered if new (auto-registration)
+        # credential -> None, or a Deferred while it is being registered (auto-registration)
+        self.register = register
         self.clock = clock
         self.admission = admission
         self.registry = registry
@@ -77,7 +78,14 @@ class CoapRequests:
         credential = getattr(peer, "credential", None)  # a DTLS session's, or None
         self.registry.refresh()  # the copy the core reads, up to date for this turn
         if credential is not None and self.register is not None:
-            self.register(credential)
+            registering = self.register(credential)
+            if registering is not None:  # a registry write in progress: the request waits
+                return registering.addCallback(
+                    lambda _: self._admit(ref, message, peer, credential))
+        return self._admit(ref, message, peer, credential)
+
+    def _admit(self, ref: int, message: txcoap.Message, peer: Any,
+               credential: Any) -> defer.Deferred:
         refused = self.admission.refusal(peer)
         if refused is not None:
             self.errors += 1

@@ -34,7 +34,8 @@ class Notifications:
             return
         for notify in batch:
             transport.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
-                             notify.code, notify.payload, notify.observe, notify.block_size)
+                             notify.code, notify.payload, notify.observe, notify.block_size,
+                             notify.content_format)
             log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
                       observe=notify.observe, kind="CON" if notify.confirmable else "NON")
 

@@ -97,3 +97,16 @@ def test_an_unverified_peer_gets_at_most_three_times_its_request_until_it_asks_f
     [(first, _)] = sent(ep)
     assert len(first.payload) <= 3 * len(data)
     assert first.uint(raw.BLOCK2) & 0x08  # more blocks follow
+
+
+def test_a_notification_carries_the_content_format_it_is_given_in_every_block():
+    ep = endpoint()
+    ep.notify(1, PEER, b"\x01", False, codes.CONTENT, b"\x0a\x03abc", 3, 0.0,
+              content_format=codes.OCTET_STREAM)
+    ep.notify(2, PEER, b"\x01", False, codes.CONTENT, b"\x00" * 100, 4, 0.0, 32,
+              content_format=codes.OCTET_STREAM)
+    ep.notify(3, PEER, b"\x01", False, codes.CONTENT, b'{"a":1}', 5, 0.0)
+    short, block0, json_one = [msg for msg, _ in sent(ep)]
+    assert short.uint(raw.CONTENT_FORMAT) == block0.uint(raw.CONTENT_FORMAT) == 42
+    assert block0.option(raw.BLOCK2) is not None and len(block0.payload) == 32
+    assert json_one.uint(raw.CONTENT_FORMAT) == 50

@@ -64,11 +64,19 @@ def default_telemetry():
     return cls(protoschema.DEFAULTS[protoschema.TELEMETRY])
 
 
-def fmt(telemetry=None, attributes=None, compatible=False):
+def fmt(telemetry=None, attributes=None, compatible=False, rpc_request=None,
+        rpc_response=None, json_downlinks=False):
     return ProtobufFormat(telemetry or default_telemetry(),
                           attributes or cls(protoschema.DEFAULTS[protoschema.ATTRIBUTES],
                                             protoschema.ATTRIBUTES),
-                          JsonFormat(), compatible)
+                          JsonFormat(), compatible,
+                          rpc_request_class=rpc_request or cls(
+                              protoschema.DEFAULTS[protoschema.RPC_REQUEST],
+                              protoschema.RPC_REQUEST),
+                          rpc_response_class=rpc_response or cls(
+                              protoschema.DEFAULTS[protoschema.RPC_RESPONSE],
+                              protoschema.RPC_RESPONSE),
+                          fixed=protoc.fixed_messages(), json_downlinks=json_downlinks)
 
 
 def sent(message):

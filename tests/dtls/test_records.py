@@ -5,8 +5,9 @@ import random
 from bridge.dtls import records
 
 
-def record(ctype: int, body: bytes, epoch: int = 0, seq: int = 0) -> bytes:
-    return (bytes([ctype]) + b"\xfe\xfd" + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
+def record(ctype: int, body: bytes, epoch: int = 0, seq: int = 0,
+           version: bytes = b"\xfe\xfd") -> bytes:
+    return (bytes([ctype]) + version + epoch.to_bytes(2, "big") + seq.to_bytes(6, "big")
             + len(body).to_bytes(2, "big") + body)
 
 
@@ -59,3 +60,41 @@ def test_anything_else_is_not_a_client_hello():
     rng = random.Random(9)
     for _ in range(5000):  # never raises
         records.client_hello(rng.randbytes(rng.randrange(0, 120)))
+
+
+def test_an_established_session_gets_only_records_past_epoch_0():
+    late = record(22, b"\x10" * 40, epoch=0, seq=5)  # a late ClientKeyExchange, or a forgery
+    finished = record(22, b"\x99" * 40, epoch=1, seq=0)
+    data = record(23, b"\xaa" * 30, epoch=1, seq=7)
+    assert records.encrypted_only(late + record(20, b"\x01") + finished) == finished
+    assert records.encrypted_only(data) == data
+    assert records.encrypted_only(late) == b""
+    assert records.encrypted_only(b"\x17\xfe") == b""  # a truncated header
+    assert records.encrypted_only(record(23, b"x" * 30, epoch=2)) == b""  # keys never come
+    assert records.encrypted_only(record(23, b"x" * 30, epoch=1, version=b"\xfe\xff")) == b""
+    assert records.encrypted_only(record(24, b"x" * 30, epoch=1)) == b""  # heartbeat
+
+
+def test_a_truncated_record_and_what_follows_it_are_cut_off():
+    one = record(22, b"a" * 20)
+    two = record(23, b"b" * 30, epoch=1)
+    assert records.whole(one + two) == one + two
+    assert records.whole(one + two[:-1]) == one  # the second record's length runs past the end
+    assert records.whole(one + two[:5]) == one  # a header that does not fit
+    # a record one byte short takes the next one's first byte; then that one is truncated
+    assert records.whole(two[:-1] + one) == (two[:-1] + one)[:43]
+    longer = bytearray(one)
+    longer[12] += 1  # claims one byte more than it has
+    # framed by its (wrong) length: 34 bytes, then a record that no longer fits
+    assert records.whole(bytes(longer) + one) == (bytes(longer) + one)[:34]
+    assert records.whole(b"") == b""
+
+
+def test_a_record_shorter_than_its_cipher_can_make_is_dropped():
+    assert records.min_body("PSK-AES128-CCM8") == 16
+    assert records.min_body("ECDHE-ECDSA-AES128-GCM-SHA256") == 24
+    assert records.min_body("ECDHE-PSK-AES128-CBC-SHA256") == 64
+    assert records.min_body("PSK-AES128-CBC-SHA") == 48
+    short = record(22, b"x" * 21, epoch=1)
+    assert records.encrypted_only(short, 24) == b""
+    assert records.encrypted_only(short, 16) == short

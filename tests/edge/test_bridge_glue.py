@@ -5,7 +5,7 @@ import txthings.coap as txcoap
 from twisted.internet.task import Clock
 
 from bridge import config as config_module
-from bridge.core.actions import Delete, Entry
+from bridge.core.actions import Delete, Device, Entry
 from bridge.glue.bridge import Bridge
 
 
@@ -119,6 +119,22 @@ def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
     assert sum("data_version" in q for q in queries) == 2
     queries.clear()
     assert lookup("tokA") is None and queries == []  # the core's lookups never query
+
+
+def test_the_bridges_own_registry_write_counts_within_the_same_turn(tmp_path):
+    # A device that got its provisioning answer can post its new token before the port's
+    # read loop (one reactor turn) ends: the bridge's own write must not wait for the turn.
+    from bridge.registry import Registry
+    clock = Clock()
+    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    lookup, view = bridge.core.auth.lookup, bridge.registry_view
+    view.refresh()
+    assert lookup("tokP") is None
+    done = []
+    view.write("add", "Dev P", "tokP", "thermo").addCallback(done.append)
+    view.refresh()  # the same turn
+    assert done and lookup("tokP") == Device("Dev P", "thermo")
 
 
 def test_a_uri_path_that_is_not_utf8_gets_4_00():

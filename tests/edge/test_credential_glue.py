@@ -185,3 +185,29 @@ def test_credential_gone_after_removal_or_a_new_key(tmp_path):
     clock.advance(0)
     assert changes == [2, 2, 0]
     assert view.credential_gone(cert) and view.credential_gone(psk)
+
+
+def test_requests_wait_for_a_registration_written_off_the_reactor(tmp_path, logged):
+    """A registry whose writes take a while (the PostgreSQL one: the view's ``write`` is a
+    Deferred): every request with the new certificate waits for the one write."""
+    from twisted.internet import defer
+    bridge, clock = make_bridge(tmp_path, AUTO)
+    view, writes = bridge.registry_view, []
+
+    def write(method, *args, **kwargs):
+        d = defer.Deferred()
+        writes.append((d, lambda: getattr(view.registry, method)(*args, **kwargs)))
+        return d
+    view.write = write
+    session = Session(Certificate(SHA3_X, cn="Cam 7"))
+    answers = [bridge.handle_coap(message(session, mid=mid)) for mid in (1, 2)]
+    clock.advance(0)
+    assert len(writes) == 1 and not any(d.called for d in answers)
+    d, run = writes[0]
+    d.callback(run())  # the write is done
+    clock.advance(0)
+    assert [answer_code(a) for a in answers] == [txcoap.CREATED] * 2
+    assert [(e.name, e.cert_sha3) for e in bridge.registry.entries()] == [("Cam 7", SHA3_X)]
+    later = bridge.handle_coap(message(session, mid=3))  # registered: no write, no wait
+    clock.advance(0)
+    assert answer_code(later) == txcoap.CREATED and len(writes) == 1

@@ -98,6 +98,19 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
     assert ("Secret", "coapbridge-gateway") in kubernetes()
 
 
+def test_every_pod_shares_one_postgresql_registry_with_its_password_in_a_secret():
+    _, bridge = container()
+    env = {item["name"]: item for item in bridge["env"]}
+    config = config_module.load_text(
+        kubernetes()[("ConfigMap", "coapbridge-config")]["data"]["coapbridge.yaml"],
+        {"REGISTRY_URL": env["REGISTRY_URL"]["value"], "REGISTRY_PASSWORD": "from-the-secret"})
+    target = config.registry_target
+    assert target.shared and "from-the-secret" in target.conninfo
+    assert "from-the-secret" not in target.display
+    secret = env["REGISTRY_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert "password" in kubernetes()[("Secret", secret["name"])]["stringData"]
+
+
 def test_the_coap_service_is_udp_and_source_affine():
     service = kubernetes()[("Service", "coapbridge")]["spec"]
     assert service["sessionAffinity"] == "ClientIP"

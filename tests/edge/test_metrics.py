@@ -124,3 +124,30 @@ def test_a_value_on_a_bucket_bound_counts_in_that_bucket_and_the_buckets_are_cum
         s.value for s in histogram.family().samples
         if s.name in ("h_seconds_bucket", "h_seconds_count", "h_seconds_sum")]
     assert (count_01, count_1, count_inf, count, total) == (1, 3, 4, 4, 8.6)
+
+
+def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
+    """With CoAPs listening, its sessions and counters are scraped (names documented in
+    docs/device-api.md); without it, none of them."""
+    import os
+    import random
+
+    import dtlscerts
+    from bridge.config import DtlsConfig
+    from bridge.edge import coap as coap_edge
+    from bridge.edge import dtls as dtls_edge
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    assert not any(name.startswith("dtls_") for name in bridge.metrics())
+    cert, key = dtlscerts.issue("bridge", dtlscerts.ca()).write(str(tmp_path), "bridge")
+    clock = Clock()
+    coap = coap_edge.create_protocol(lambda m: None, clock, 0.5, 247)
+    bridge.dtls = dtls_edge.DtlsTransport(DtlsConfig(enabled=True, cert_file=cert,
+                                                     key_file=key),
+                                          coap, clock, lambda identity: None,
+                                          random.Random(2).randbytes)
+    bridge.dtls.datagramReceived(b"\x17\xfe\xfd" + os.urandom(30), ("10.0.0.1", 5))
+    values, types = samples(scrape(bridge))
+    assert values[("coapbridge_dtls_dropped_total", ())] == 1
+    assert values[("coapbridge_dtls_sessions", ())] == 0
+    assert types["coapbridge_dtls_handshakes_full"] == "counter"
+    assert types["coapbridge_dtls_handshakes_in_progress"] == "gauge"

@@ -61,3 +61,20 @@ def test_past_max_concurrent_requests_get_5_03_with_max_age_until_one_finishes()
     assert [name for _, name, _ in platform.asked] == ["A", "A", "B"]
     assert platform.answers[-1] == (5, codes.SERVICE_UNAVAILABLE, int(timeout))
     assert platform.refused == 2
+
+
+def test_local_provisioning_with_the_shared_registry_lost_is_5_03_and_asked_again_later():
+    from bridge.registry import RegistryUnavailable
+    cfg = config_module.load_text(
+        "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {})
+    answers, writes = [], []
+
+    def write(method, *args):
+        writes.append((method,) + args)
+        return defer.fail(RegistryUnavailable("the device registry db is unreachable: gone"))
+    provisioner = Provisioner(cfg, Clock(), write, lambda ref, code, body, max_age=None:
+                              answers.append((ref, code, max_age)))
+    provisioner.handle(1, request("A"))
+    assert writes and writes[0][:2] == ("provision", "A")
+    assert answers == [(1, codes.SERVICE_UNAVAILABLE, int(cfg.provisioning.timeout))]
+    assert provisioner.in_progress == 0

@@ -1,9 +1,10 @@
 """Observe a resource with the aiocoap library; print one JSON line per response.
 
 usage: python aiocoap_observe.py URI COUNT TIMEOUT [--cancel]
-Prints {"code": "2.05", "observe": n, "payload": "..."} for the first response
-and each notification, until COUNT lines or TIMEOUT seconds. With --cancel it
-cancels the observation (aiocoap answers the next notification with RST).
+Prints {"code": "2.05", "observe": n, "payload": "...", "hex": "...", "content_format": n}
+for the first response and each notification (``hex``: the payload's bytes, for binary
+ones), until COUNT lines or TIMEOUT seconds. With --cancel it cancels the observation
+(aiocoap answers the next notification with RST).
 """
 
 import asyncio
@@ -20,7 +21,10 @@ async def main(uri: str, count: int, timeout: float, cancel: bool) -> None:
 
     def show(response: aiocoap.Message) -> None:
         print(json.dumps({"code": str(response.code).split()[0], "observe": response.opt.observe,
-                          "payload": response.payload.decode()}), flush=True)
+                          "payload": response.payload.decode(errors="replace"),
+                          "hex": response.payload.hex(),
+                          "content_format": None if response.opt.content_format is None
+                          else int(response.opt.content_format)}), flush=True)
 
     first = await pr.response
     show(first)

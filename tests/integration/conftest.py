@@ -17,7 +17,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+import pgcluster
 from bridge.registry import Registry
+from bridge.registry_url import driver_available
 
 BIN = os.path.dirname(sys.executable)
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -178,9 +180,14 @@ class BridgeProcess:
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
         wait_until(lambda: "CoAP listening" in self.read_log() or self.proc.poll() is not None,
                    15, "the bridge to listen")
-        assert self.proc.poll() is None, self.read_log()
-        if wait_mqtt:
-            self.wait_connected(1)
+        try:
+            assert self.proc.poll() is None, self.read_log()
+            if wait_mqtt:
+                self.wait_connected(1)
+        except BaseException:
+            # a fixture whose set-up fails gets no teardown: leave no bridge running behind it
+            self.stop()
+            raise
         return self
 
     def connected_count(self) -> int:
@@ -232,3 +239,31 @@ def bridge(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory):
     process.start()
     yield process
     process.stop()
+
+
+# -- a private PostgreSQL server (tests/pgcluster.py), for the shared registry -------------
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One private PostgreSQL server for the whole run, torn down at its end; skipped
+    (saying why) only where PostgreSQL is not installed."""
+    if not driver_available():
+        pytest.skip("psycopg is not installed for this interpreter (setup.cfg installs it on "
+                    "CPython only: it does not run on PyPy 7.3.11)")
+    bin_dir = pgcluster.bindir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL not found (no initdb/pg_ctl in /usr/lib/postgresql/*/bin, "
+                    "PG_BINDIR or PATH): install Debian's postgresql package "
+                    "(scripts/install.sh system --test)")
+    cluster = pgcluster.Cluster(bin_dir)
+    try:
+        cluster.init().start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """The URL (with password) of a fresh, empty database on the session's server."""
+    return postgres.create_database()

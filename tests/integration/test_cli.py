@@ -165,3 +165,23 @@ def test_devices_import_with_a_header_takes_certificates_and_keys(tmp_path):
     assert re.search(r"^Cam 1\s+-\s+camera  \[x509\]", out, re.M)
     assert re.search(r"^Psk 1\s+\S+\s+default  \[token,psk\]", out, re.M)
     assert re.search(r"^Old\s+\S+\s+default$", out, re.M)
+
+
+def test_a_registry_made_by_an_earlier_version_is_migrated_by_the_first_command(tmp_path):
+    import sqlite3
+    import x509make
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(str(data / "registry.sqlite3")) as db:  # the schema before #14
+        db.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, "
+                   "type TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, "
+                   "pending INTEGER NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO devices (name, token, type) VALUES ('Old', 'tokOld', 'pump')")
+    rc, out, err = cli(tmp_path, "devices", "list")
+    assert rc == 0 and re.search(r"^Old\s+tokO\S*\s+pump$", out, re.M), err
+    cert, _ = x509make.certificate("new-1")
+    rc, out, err = cli(tmp_path, "devices", "add", "New", "--cert",
+                       x509make.write_pem(tmp_path / "new.pem", cert))
+    assert rc == 0, err
+    rc, out, _ = cli(tmp_path, "devices", "list", "--show-tokens")
+    assert re.search(r"^Old\s+tokOld\s+pump$", out, re.M) and "2 devices" in out

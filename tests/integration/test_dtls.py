@@ -433,7 +433,7 @@ def test_past_max_sessions_handshakes_are_refused_and_idle_sessions_are_reaped(t
         with pytest.raises(TimeoutError):
             refused.handshake()
         refused.close(notify=False)
-        assert "(dtls.max_sessions)" in bridge.read_log()
+        assert "(dtls.max_sessions; " in bridge.read_log()
         # the idle timeout ends both (close_notify), and then there is room again
         wait_until(lambda: bridge.read_log().count("idle: ended") >= 2, 10, "idle reaping")
         for peer in kept:

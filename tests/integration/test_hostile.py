@@ -292,7 +292,7 @@ def test_fuzzing_20k_dtls_records_and_handshakes_harms_no_session(dtls_target):
                 pings += 1
         assert bridge.proc.poll() is None, "the bridge died"
         assert pings == DTLS_FUZZ_DATAGRAMS // 100
-        reply = checker.exchange(raw.request(raw.POST, "/api/v1/calmTok/telemetry",
+        reply = checker.exchange(raw.request(raw.POST, "/api/v1/telemetry",
                                              b'{"after": 1}', mid=4242, token=b"ok"))
         assert reply.code_str == "2.01"
         time.sleep(2.5)  # the fuzzer spent 127.0.0.1's handshake budget (dtls.handshake_rate)
@@ -310,3 +310,53 @@ def test_fuzzing_20k_dtls_records_and_handshakes_harms_no_session(dtls_target):
     finally:
         fuzzer.close()
         checker.close()
+
+
+def test_a_client_hello_flood_gets_only_cookies_and_creates_no_session(dtls_target):
+    """5,000 ClientHellos without a cookie from 50 source ports, as fast as the socket
+    takes them: every answer is a HelloVerifyRequest no bigger than its ClientHello, no
+    session starts, and a device's session goes on meanwhile."""
+    from dtlsclient import DtlsClient, client_context
+    broker, bridge = dtls_target
+    port = bridge.dtls_port
+    def established():
+        return len(re.findall(r"DTLS session with \S+ \((?:full|resumed),", bridge.read_log()))
+    before = established()
+    checker = DtlsClient("127.0.0.1", port,
+                         client_context(psk=("fuzzTok", b"fuzzing key"))).handshake()
+    wait_until(lambda: established() >= before + 1, 10, "the checker's session in the log")
+    sessions_before = established()
+    probe = DtlsClient("127.0.0.1", port, client_context())
+    try:
+        probe.conn.do_handshake()
+    except Exception:
+        pass
+    hello = probe.conn.bio_read(65536)
+    probe.close(notify=False)
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(50)]
+    answers = []
+    try:
+        for n in range(5000):
+            sock = socks[n % 50]
+            sock.sendto(hello, ("127.0.0.1", port))
+            if n % 500 == 499:
+                reply = checker.exchange(raw.request(raw.POST, "/api/v1/telemetry",
+                                                     b'{"flood": 1}', mid=n), retransmit=5)
+                assert reply.code_str == "2.01"  # (the flood overruns the socket buffer)
+        time.sleep(0.5)
+        for sock in socks:
+            sock.setblocking(False)
+            try:
+                while True:
+                    answers.append(sock.recv(70000))
+            except BlockingIOError:
+                pass
+    finally:
+        for sock in socks:
+            sock.close()
+        checker.close()
+    assert answers, "no HelloVerifyRequest came back"
+    assert all(a[0] == 22 and a[13] == 3 and len(a) <= len(hello) for a in answers)
+    assert established() == sessions_before
+    log = bridge.read_log()
+    assert "Traceback" not in log and "#error]" not in log

@@ -13,8 +13,11 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
+
 from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
+from bridge.registry_url import driver_available
 from conftest import BridgeProcess, free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -132,3 +135,43 @@ def test_a_metrics_scrape_logs_nothing_at_info(tmp_path, broker):
     finally:
         process.stop()
     assert after == before  # no access line per scrape
+
+
+@pytest.mark.skipif(not driver_available(), reason="psycopg is installed on CPython only")
+def test_a_registry_that_cannot_be_reached_is_one_line_naming_it_without_its_password(tmp_path):
+    url = "postgresql://coap:hunter2@127.0.0.1:%d/registry" % free_ports()  # nothing listens
+    rc, out, err = start(tmp_path, REGISTRY_URL=url)
+    assert_one_line(rc, out, err, "cannot use the device registry "
+                    "postgresql://coap:***@127.0.0.1:", "refused", "check REGISTRY_URL")
+    assert "hunter2" not in out + err
+
+
+def test_a_malformed_registry_url_is_a_configuration_error(tmp_path):
+    rc, out, err = start(tmp_path, REGISTRY_URL="mysql://db/registry")
+    assert rc == 2 and "registry.url: unknown scheme 'mysql'" in err, err
+    assert "Traceback" not in out + err
+
+
+def test_a_wrong_registry_password_from_a_file_is_one_line(tmp_path, postgres):
+    secret = tmp_path / "registry-password"
+    secret.write_text("not-the-password\n")
+    url = postgres.url(password=False)
+    rc, out, err = start(tmp_path, REGISTRY_URL=url, REGISTRY_PASSWORD_FILE=str(secret))
+    assert_one_line(rc, out, err, "password authentication failed")
+    secret.write_text(postgres.url().split(":")[2].split("@")[0] + "\n")  # the right one
+    process = subprocess.Popen(
+        [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge", "--config", SHIPPED],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+        env=dict(os.environ, DATA_DIR=str(tmp_path / "data"), COAP_BIND_ADDRESS="127.0.0.1",
+                 COAP_BIND_PORT=str(free_ports()), METRICS_PORT="0", MQTT_HOST="127.0.0.1",
+                 MQTT_PORT="1", REGISTRY_URL=url, REGISTRY_PASSWORD_FILE=str(secret)))
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line.decode())
+            if b"CoAP listening" in line:
+                break
+        assert any("Device registry postgresql://postgres:***@" in line for line in lines), lines
+    finally:
+        process.terminate()
+        process.wait(20)

@@ -1,12 +1,13 @@
 """Payload formats: how a device's CoAP payloads read and how the bridge writes to it.
 
 The core never parses or encodes a device payload itself: it asks the device's
-``PayloadFormat``, chosen by device type through the function ``GatewayCore`` is given
-(today every type speaks JSON: ``formats.json``). A second format (Protocol Buffers, with
-the schemas of a device profile) is one more module here implementing the same methods.
+``PayloadFormat``, chosen by device type through the function ``GatewayCore`` is given: JSON
+(``formats.json``) unless the type's device profile says PROTOBUF (``formats.protobuf``,
+with the profile's schemas and ThingsBoard's fixed messages, ``formats.fixed``).
 
 What goes to the platform is always the gateway API's JSON (``gateway.py``): a format turns
-a device's upload into that message, and the platform's documents into the device's bytes.
+a device's upload into that message, and the platform's documents into the device's bytes,
+one method per kind of downlink (each format writes each kind its own way).
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ from ..payloads import Values
 Message = Tuple[str, bytes]  # a gateway topic and its payload
 
 
+class CannotEncode(ValueError):
+    """A platform document the device's format cannot carry (an RPC whose params do not fit
+    the profile's RPC request schema): the reason, for the platform and the log."""
+
+
 class PayloadFormat(Protocol):
     name: str
-    content_format: int  # the CoAP Content-Format of what ``encode`` writes
+    content_format: int  # the CoAP Content-Format of every downlink this format writes
+
+    # == uplinks: a device's payload -> the gateway API's JSON ==============
 
     def telemetry(self, device: str, payload: bytes, now: float) -> Message:
         """A telemetry upload of ``device`` as its gateway message (4.00 if unreadable)."""
@@ -38,8 +46,19 @@ class PayloadFormat(Protocol):
     def rpc_call(self, payload: bytes) -> Tuple[str, Any]:
         """A client-side RPC from the device: its method (not empty) and params."""
 
-    def encode(self, document: Any) -> bytes:
-        """A document for the device: attributes read, changed or pushed, a server RPC."""
+    # == downlinks: the platform's values -> the device's bytes ==============
+
+    def attribute_update(self, data: Dict[str, Any], now: float) -> bytes:
+        """A notification to an observer of /attributes: shared attributes changed (``data``
+        maps names to values; its ``deleted`` lists removed names), or, first, all of them."""
+
+    def attributes_response(self, client: Dict[str, Any], shared: Dict[str, Any],
+                            now: float) -> bytes:
+        """The answer to an attributes read (not both empty: that is 4.04)."""
+
+    def server_rpc(self, rpc_id: int, method: str, params: Any) -> bytes:
+        """A server-side RPC notification to an observer of /rpc; raises ``CannotEncode``
+        when the params do not fit."""
 
     def rpc_result(self, payload: bytes) -> bytes:
         """The platform's answer (gateway API JSON) to a client-side RPC, for the device."""

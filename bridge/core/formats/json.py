@@ -7,7 +7,7 @@ uplink hot path's main saving (see ``payloads.values_text``).
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 from .. import codes, gateway, payloads
 from . import Message
@@ -50,8 +50,20 @@ class JsonFormat:
             raise codes.BadRequest('rpc: expected {"method": "...", "params": ...}')
         return method, doc.get("params")
 
-    def encode(self, document: Any) -> bytes:
-        return payloads.dumps(document)
+    def attribute_update(self, data: Dict[str, Any], now: float) -> bytes:
+        return payloads.dumps(data)  # {"k": v, ..., "deleted": [...]}, as the platform sent it
+
+    def attributes_response(self, client: Dict[str, Any], shared: Dict[str, Any],
+                            now: float) -> bytes:
+        body: Dict[str, Any] = {}
+        if client:
+            body["client"] = client
+        if shared:
+            body["shared"] = shared
+        return payloads.dumps(body)
+
+    def server_rpc(self, rpc_id: int, method: str, params: Any) -> bytes:
+        return payloads.dumps({"id": rpc_id, "method": method, "params": params})
 
     def rpc_result(self, payload: bytes) -> bytes:
         return payload  # the platform's JSON, as it sent it

@@ -12,23 +12,40 @@ Numbers keep the platform's typing: Java prints a double outside [1e-3, 1e7) as 
 which the platform stores as LONG when it is integral, where Python would write
 ``10000000.0`` (a DOUBLE); such a value is sent as the integer, typed the same way.
 
-Not yet protobuf here (they stay JSON, as with useJsonPayloadFormatForDefaultDownlinkTopics):
-RPC replies, client-side RPC, claim, and every downlink.
+RPC replies (``POST .../rpc/{id}``) are decoded with the profile's RPC response schema and
+printed the same way; that JSON is the RPC's result.
+
+Downlinks, as ThingsBoard's CoAP transport writes them for such a profile, carry
+Content-Format 42 (application/octet-stream):
+
+- shared-attribute notifications (observe of /attributes): ThingsBoard's fixed
+  ``AttributeUpdateNotificationMsg``, one typed ``TsKvProto`` per value (bool, 64-bit
+  integer, double, string; objects, arrays and anything else as JSON text) and the deleted
+  names. The gateway API carries no attribute times: ``ts`` is the bridge's receipt time.
+- attribute reads: ``GetAttributeResponseMsg`` (client and shared lists).
+- server-side RPC (observe of /rpc): the profile's RPC request schema, ``method``,
+  ``requestId`` and ``params`` merged from the platform's JSON as ThingsBoard's JSON parser
+  would (``protomerge``); params that do not fit raise ``CannotEncode``.
+
+With useJsonPayloadFormatForDefaultDownlinkTopics every downlink stays JSON (50), as a JSON
+device's. Still JSON for now: claim, client-side RPC.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from .. import codes, gateway, payloads
-from . import Message
+from . import CannotEncode, Message, protomerge
+from .fixed import FixedMessages
 from .json import JsonFormat
 
 _JAVA_PLAIN_MAX = 1e7  # Java's Double.toString uses E notation from here on
 _LONG_LIMIT = float(2 ** 63)
+_LONG_BOUND = 2 ** 63
 
 
 def _java_typed(value: Any) -> Any:
@@ -53,16 +70,22 @@ def to_json(message: Any) -> Any:
 
 class ProtobufFormat:
     name = "protobuf"
-    content_format = codes.APPLICATION_JSON  # what ``encode`` writes: downlinks stay JSON
 
     def __init__(self, telemetry_class: Any, attributes_class: Any, json: JsonFormat,
-                 json_compatible: bool = False):
+                 json_compatible: bool = False, *, rpc_request_class: Any,
+                 rpc_response_class: Any, fixed: FixedMessages, json_downlinks: bool = False):
         """``json_compatible``: enableCompatibilityWithJsonPayloadFormat (a payload that
-        does not decode is read as JSON)."""
+        does not decode is read as JSON); ``json_downlinks``:
+        useJsonPayloadFormatForDefaultDownlinkTopics (every downlink is JSON)."""
         self.telemetry_class = telemetry_class
         self.attributes_class = attributes_class
+        self.rpc_request_class = rpc_request_class
+        self.rpc_response_class = rpc_response_class
+        self.fixed = fixed
         self.json = json
         self.json_compatible = json_compatible
+        self.json_downlinks = json_downlinks
+        self.content_format = json.content_format if json_downlinks else codes.OCTET_STREAM
 
     def _decode(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
         """The JSON document of ``payload``, or None to read it as JSON instead."""
@@ -74,6 +97,8 @@ class ProtobufFormat:
             raise codes.BadRequest("%s: payload does not decode as %s: %s"
                                    % (what, cls.DESCRIPTOR.full_name, exc))
         return to_json(message)
+
+    # == uplinks =============================================================
 
     def telemetry(self, device: str, payload: bytes, now: float) -> Message:
         doc = self._decode(self.telemetry_class, payload, "telemetry")
@@ -92,19 +117,72 @@ class ProtobufFormat:
         topic, body = gateway.attributes(device, values)
         return topic, body, values
 
-    # Still JSON (issue 15's later steps): the same as a JSON device's.
+    def rpc_reply(self, device: str, rpc_id: int, payload: bytes) -> Message:
+        doc = self._decode(self.rpc_response_class, payload, "rpc reply")
+        if doc is None:
+            return self.json.rpc_reply(device, rpc_id, payload)
+        return gateway.rpc_reply(device, rpc_id, doc)
+
+    # Still JSON (issue 15's other steps): the same as a JSON device's.
 
     def claim(self, device: str, payload: bytes) -> Message:
         return self.json.claim(device, payload)
 
-    def rpc_reply(self, device: str, rpc_id: int, payload: bytes) -> Message:
-        return self.json.rpc_reply(device, rpc_id, payload)
-
     def rpc_call(self, payload: bytes) -> Tuple[str, Any]:
         return self.json.rpc_call(payload)
 
-    def encode(self, document: Any) -> bytes:
-        return self.json.encode(document)
-
     def rpc_result(self, payload: bytes) -> bytes:
         return self.json.rpc_result(payload)
+
+    # == downlinks ===========================================================
+
+    def _ts_kv(self, key: str, value: Any, ts: int) -> Any:
+        """One attribute as ThingsBoard types it in a ``TsKvProto``."""
+        fixed = self.fixed
+        kind = type(value)
+        if kind is bool:
+            kv = fixed.KeyValueProto(key=key, type=fixed.BOOLEAN_V, bool_v=value)
+        elif kind is int and -_LONG_BOUND <= value < _LONG_BOUND:
+            kv = fixed.KeyValueProto(key=key, type=fixed.LONG_V, long_v=value)
+        elif kind is float:
+            kv = fixed.KeyValueProto(key=key, type=fixed.DOUBLE_V, double_v=value)
+        elif kind is str:
+            kv = fixed.KeyValueProto(key=key, type=fixed.STRING_V, string_v=value)
+        else:  # objects, arrays (and what no LONG holds) as their JSON text
+            kv = fixed.KeyValueProto(key=key, type=fixed.JSON_V,
+                                     json_v=payloads.dumps(value).decode("utf-8"))
+        return fixed.TsKvProto(ts=ts, kv=kv)
+
+    def attribute_update(self, data: Dict[str, Any], now: float) -> bytes:
+        if self.json_downlinks:
+            return self.json.attribute_update(data, now)
+        ts = int(now * 1000)
+        message = self.fixed.AttributeUpdateNotificationMsg()
+        message.sharedUpdated.extend(self._ts_kv(key, value, ts)
+                                     for key, value in data.items() if key != "deleted")
+        deleted = data.get("deleted")
+        if type(deleted) is list:
+            message.sharedDeleted.extend(key for key in deleted if type(key) is str)
+        return message.SerializeToString()
+
+    def attributes_response(self, client: Dict[str, Any], shared: Dict[str, Any],
+                            now: float) -> bytes:
+        if self.json_downlinks:
+            return self.json.attributes_response(client, shared, now)
+        ts = int(now * 1000)
+        message = self.fixed.GetAttributeResponseMsg()
+        message.clientAttributeList.extend(self._ts_kv(k, v, ts) for k, v in client.items())
+        message.sharedAttributeList.extend(self._ts_kv(k, v, ts) for k, v in shared.items())
+        return message.SerializeToString()
+
+    def server_rpc(self, rpc_id: int, method: str, params: Any) -> bytes:
+        if self.json_downlinks:
+            return self.json.server_rpc(rpc_id, method, params)
+        message = self.rpc_request_class()
+        try:
+            protomerge.merge({"method": method, "requestId": rpc_id, "params": params},
+                             message)
+        except protomerge.MergeError as exc:
+            raise CannotEncode("the RPC does not fit %s: %s"
+                               % (message.DESCRIPTOR.full_name, exc)) from exc
+        return message.SerializeToString()

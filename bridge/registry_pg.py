@@ -1,0 +1,307 @@
+"""The device registry in PostgreSQL (psycopg 3 and its pool), shared by several bridges.
+
+``PgRegistry`` has every operation of the SQLite ``Registry`` (the operator's
+commands, provisioning's writes, the platform's renames and deletes) with the
+same answers and the same ``RegistryError`` messages, and the same columns
+(tokens, certificate and PSK credentials, ``deleted``, ``pending``). Its calls
+block: the CLI uses it directly; a running bridge only through
+``bridge.edge.shared_registry``, which runs them in a thread pool and keeps
+the in-memory copy the core reads.
+
+The schema is created and migrated when a registry opens, under an advisory
+lock (two bridges starting at once do not race). A statement trigger sends
+``NOTIFY coapbridge_registry`` on every change to ``devices``, whoever makes
+it (a bridge, the CLI, ``psql``): the bridges LISTEN and reload their copy
+(``listen`` / ``wait_for_change`` / ``load``). A lost connection is
+``RegistryUnavailable``.
+
+CPython only: psycopg's pure-Python libpq binding (the one PyPy would use) trips
+over a ctypes bug of Debian bookworm's PyPy 7.3.11 (PyPy issue 3882: a
+``py_object`` of a weak reference), so the PostgreSQL registry is refused there
+at configuration time (``bridge.config``), and SQLite remains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import psycopg
+from psycopg import errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .config import StartupError
+from .core.actions import Device
+from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _entry, _validate,
+                       import_entries)
+
+CHANNEL = "coapbridge_registry"
+CONNECT_TIMEOUT = 5  # seconds, for each new connection
+LOCK_KEY = 0x636F6170  # pg_advisory_xact_lock key of the schema migration ("coap")
+# keepalives: a registry behind a dead network link is noticed in about 30 s
+_OPTIONS = dict(connect_timeout=CONNECT_TIMEOUT, keepalives=1, keepalives_idle=10,
+                keepalives_interval=5, keepalives_count=3, application_name="coapbridge")
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS devices (
+        name    TEXT PRIMARY KEY,
+        token   TEXT UNIQUE,
+        type    TEXT NOT NULL,
+        deleted BOOLEAN NOT NULL DEFAULT false,
+        pending BOOLEAN NOT NULL DEFAULT false
+    )""",
+    # migrations: every column added since the first release, each once
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS pending BOOLEAN NOT NULL DEFAULT false",
+    "ALTER TABLE devices ALTER COLUMN token DROP NOT NULL",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS cert_sha3 TEXT UNIQUE",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS cert_pem TEXT",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS psk_identity TEXT UNIQUE",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS psk_key BYTEA",
+    """CREATE OR REPLACE FUNCTION coapbridge_registry_changed() RETURNS trigger
+       LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('%s', ''); RETURN NULL; END $$"""
+    % CHANNEL,
+    "DROP TRIGGER IF EXISTS devices_changed ON devices",
+    """CREATE TRIGGER devices_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON devices
+       FOR EACH STATEMENT EXECUTE FUNCTION coapbridge_registry_changed()""",
+]
+LIVE_ROWS = ("SELECT token, name, type, cert_sha3, psk_identity, psk_key FROM devices "
+         "WHERE NOT deleted AND NOT pending")
+
+
+@dataclass
+class Snapshot:
+    """The live devices by each credential, as the bridge's lookups want them."""
+    devices: Dict[str, Device] = field(default_factory=dict)  # token -> device
+    certificates: Dict[str, Device] = field(default_factory=dict)  # cert sha3 -> device
+    psk: Dict[str, Tuple[Device, bytes]] = field(default_factory=dict)  # identity -> (dev, key)
+
+
+def snapshot(rows: Iterable[Tuple[Any, ...]]) -> Snapshot:
+    """From rows (token, name, type, cert_sha3, psk_identity, psk_key) of live devices."""
+    result = Snapshot()
+    for token, name, type_, cert_sha3, psk_identity, psk_key in rows:
+        device = Device(name, type_)
+        if token:
+            result.devices[token] = device
+        if cert_sha3:
+            result.certificates[cert_sha3] = device
+        if psk_identity and psk_key is not None:
+            result.psk[psk_identity] = (device, bytes(psk_key))
+    return result
+
+
+def one_line(exc: BaseException) -> str:
+    """libpq's message (often several lines, with hints) as one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def connect(conninfo: str, autocommit: bool = False) -> psycopg.Connection:
+    """One connection with the bridge's timeouts and keepalives (raises ``psycopg.Error``)."""
+    return psycopg.connect(conninfo, autocommit=autocommit, **_OPTIONS)
+
+
+def migrate(conn: psycopg.Connection) -> None:
+    """Create or bring the schema up to date, one migrating connection at a time."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        for statement in _SCHEMA:
+            conn.execute(statement)
+
+
+class PgRegistry:
+    """The registry at ``conninfo`` (a libpq URI); ``display`` names it in messages."""
+
+    def __init__(self, conninfo: str, display: str, pool_size: int = 1,
+                 timeout: float = CONNECT_TIMEOUT):
+        """Connects, migrates the schema and opens the pool; raises ``StartupError`` (one
+        line naming the registry) when the database cannot be reached or used. A pooled
+        connection not had within ``timeout`` seconds is ``RegistryUnavailable``."""
+        self.conninfo = conninfo
+        self.display = display
+        try:
+            with connect(conninfo) as conn:  # the first: libpq's own reason when it fails
+                migrate(conn)
+        except psycopg.Error as exc:
+            raise StartupError("cannot use the device registry %s: %s; check REGISTRY_URL "
+                               "and that the database is up" % (display, one_line(exc)))
+        # min_size 0: connections are made when a write needs one, so a registry that is
+        # down is not retried (and logged) by the pool in the background as well
+        self.pool = ConnectionPool(conninfo, min_size=0, max_size=max(1, pool_size),
+                                   kwargs=_OPTIONS, open=False, timeout=timeout,
+                                   check=ConnectionPool.check_connection,
+                                   name="coapbridge-registry")
+        try:
+            self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        except PoolTimeout:
+            self.pool.close()
+            raise StartupError("cannot use the device registry %s: no connection within %d s"
+                               % (display, CONNECT_TIMEOUT))
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def _run(self, work: Any) -> Any:
+        """``work(conn)`` in one transaction on a pooled connection."""
+        try:
+            with self.pool.connection() as conn:
+                with conn.transaction():
+                    return work(conn)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise RegistryUnavailable("the device registry %s is unreachable: %s"
+                                      % (self.display, one_line(exc)))
+
+    def reachable(self) -> bool:
+        try:
+            self._run(lambda conn: conn.execute("SELECT 1").fetchall())
+        except RegistryUnavailable:
+            return False
+        return True
+
+    # -- reads -----------------------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        return self._run(lambda conn: snapshot(conn.execute(LIVE_ROWS).fetchall()))
+
+    def lookup(self, token: str) -> Optional[Device]:
+        """The live device for ``token``, or None (unknown, deleted or pending)."""
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT name, type FROM devices WHERE token = %s AND NOT deleted AND NOT pending",
+            (token,)).fetchall())
+        return Device(rows[0][0], rows[0][1]) if rows else None
+
+    def entries(self) -> List[Entry]:
+        rows = self._run(lambda conn: conn.execute(
+            "SELECT name, token, type, deleted, pending, cert_sha3, cert_pem, psk_identity, "
+            "psk_key FROM devices ORDER BY name COLLATE \"C\"").fetchall())
+        return [Entry(name, token, type_, bool(deleted), bool(pending), cert_sha3, cert_pem,
+                      identity, bytes(key) if key is not None else None)
+                for name, token, type_, deleted, pending, cert_sha3, cert_pem, identity, key
+                in rows]
+
+    # -- the bridge's writes -----------------------------------------------------------
+
+    def rename(self, old: str, new: str) -> bool:
+        if not new or not new.strip():
+            raise RegistryError("device name must not be empty")
+        try:
+            count = self._run(lambda conn: conn.execute(
+                "UPDATE devices SET name = %s WHERE name = %s", (new, old)).rowcount)
+        except errors.UniqueViolation:
+            raise RegistryError("cannot rename %r: a device named %r already exists" % (old, new))
+        return count > 0
+
+    def mark_deleted(self, name: str) -> bool:
+        return self._run(lambda conn: conn.execute(
+            "UPDATE devices SET deleted = true WHERE name = %s", (name,)).rowcount) > 0
+
+    def provision(self, name: str, token: str, device_type: str, strategy: str) -> bool:
+        """Local provisioning, as ``Registry.provision``: False is ThingsBoard's FAILURE."""
+        _validate(name, token, device_type)
+
+        def work(conn: psycopg.Connection) -> bool:
+            row = conn.execute("SELECT pending FROM devices WHERE name = %s FOR UPDATE",
+                               (name,)).fetchone()
+            if strategy == "create_new":
+                if row is not None:
+                    return False
+                conn.execute("INSERT INTO devices (name, token, type) VALUES (%s, %s, %s)",
+                             (name, token, device_type))
+            else:
+                if row is None or not row[0]:
+                    return False
+                conn.execute("UPDATE devices SET token = %s, pending = false WHERE name = %s",
+                             (token, name))
+            return True
+        try:
+            return self._run(work)
+        except errors.UniqueViolation:
+            return False  # the token is in use, or the name was taken meanwhile
+
+    def store_credentials(self, name: str, token: str, device_type: str) -> None:
+        """Upstream provisioning succeeded: ``name`` now authenticates with ``token``."""
+        _validate(name, token, device_type)
+
+        def work(conn: psycopg.Connection) -> None:
+            conn.execute("DELETE FROM devices WHERE token = %s AND name != %s", (token, name))
+            conn.execute(
+                "INSERT INTO devices (name, token, type) VALUES (%s, %s, %s) ON CONFLICT (name) "
+                "DO UPDATE SET token = excluded.token, pending = false, deleted = false",
+                (name, token, device_type))
+        try:
+            self._run(work)
+        except errors.UniqueViolation as exc:
+            raise RegistryError(_unique(exc))
+
+    # -- the operator's commands --------------------------------------------------------
+
+    def add(self, name: str, token: Optional[str], device_type: str, pending: bool = False,
+            *, cert_sha3: Optional[str] = None, cert_pem: Optional[str] = None,
+            psk_identity: Optional[str] = None, psk_key: Optional[bytes] = None) -> Entry:
+        """As ``Registry.add``: any of the credentials, checked the same way."""
+        entry = _entry(name, token, device_type, pending, cert_sha3, cert_pem, psk_identity,
+                       psk_key)
+        try:
+            self._run(lambda conn: _insert(conn, [entry]))
+        except errors.UniqueViolation:
+            raise RegistryError(self._conflict(entry))
+        return entry
+
+    def _conflict(self, entry: Entry) -> str:
+        """Which value of ``entry`` is taken, in the SQLite registry's words and order."""
+        def work(conn: psycopg.Connection) -> str:
+            if conn.execute("SELECT 1 FROM devices WHERE name = %s", (entry.name,)).fetchall():
+                return "a device named %r already exists" % entry.name
+            for column, value, what in (
+                    ("cert_sha3", entry.cert_sha3, "that certificate is already registered"),
+                    ("psk_identity", entry.psk_identity, "that PSK identity already belongs"),
+                    ("token", entry.token, "that token already belongs")):
+                if value is None:
+                    continue
+                owner = conn.execute("SELECT name FROM devices WHERE %s = %%s" % column,
+                                     (value,)).fetchall()
+                if owner:
+                    if column == "cert_sha3":  # a certificate is no secret: name its device
+                        return "%s, for device %r" % (what, owner[0][0])
+                    return what + " to another device"
+            return "a value is already used by another device"
+        return self._run(work)
+
+    def remove(self, name: str) -> bool:
+        return self._run(lambda conn: conn.execute(
+            "DELETE FROM devices WHERE name = %s", (name,)).rowcount) > 0
+
+    def import_rows(self, rows: Iterable[Union[DeviceRow, Sequence[str]]]) -> int:
+        """Add every row in one transaction; nothing is added if any row is bad."""
+        entries = import_entries(rows)
+        try:
+            self._run(lambda conn: _insert(conn, entries))
+        except errors.UniqueViolation as exc:
+            raise RegistryError("import refused, nothing added: %s" % _unique(exc))
+        return len(entries)
+
+
+def _insert(conn: psycopg.Connection, entries: Sequence[Entry]) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO devices (name, token, type, pending, cert_sha3, cert_pem, "
+            "psk_identity, psk_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [(e.name, e.token, e.type, e.pending, e.cert_sha3, e.cert_pem, e.psk_identity,
+              e.psk_key) for e in entries])
+
+
+def _constraint(exc: errors.UniqueViolation) -> str:
+    return exc.diag.constraint_name or ""
+
+
+def _unique(exc: errors.UniqueViolation) -> str:
+    constraint = _constraint(exc)
+    if constraint == "devices_token_key":
+        return "a token is already used by another device"
+    if constraint == "devices_pkey":
+        return "a device name already exists"
+    if constraint == "devices_cert_sha3_key":
+        return "a certificate is already registered to another device"
+    if constraint == "devices_psk_identity_key":
+        return "a PSK identity is already used by another device"
+    return constraint or "a value is already used by another device"
+
