@@ -29,6 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+import dtlsrun  # noqa: E402
 import loadgen  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -152,15 +153,16 @@ class Run:
 
     def bridge(self, mqtt_port: int, devices: List[str], extra: Optional[dict] = None,
                types: Optional[Dict[str, str]] = None, cpu: str = SERVER_CPU,
-               connections: int = 1) -> Any:
+               connections: int = 1, rows: Optional[List[Any]] = None) -> Any:
         """The bridge, with ``devices`` (token ``t`` + name) of type ``default`` or as
-        ``types`` says, on CPU set ``cpu``; ready once ``connections`` MQTT connections are
-        up (one per worker)."""
+        ``types`` says, or the registry ``rows`` (``DeviceRow``) when given; on CPU set
+        ``cpu``; ready once ``connections`` MQTT connections are up (one per worker)."""
         data = tempfile.mkdtemp(dir=self.work)
         from bridge.registry import Registry
         registry = Registry(os.path.join(data, "registry.sqlite3"))
         types = types or {}
-        registry.import_rows([(name, "t" + name, types.get(name, "default"))
+        registry.import_rows(rows if rows is not None else
+                             [(name, "t" + name, types.get(name, "default"))
                               for name in devices])
         registry.close()
         coap_port = free_port(socket.SOCK_DGRAM)
@@ -640,6 +642,7 @@ def write_report(out: Dict[str, Any], name: str = "results") -> None:
         lines += firmware_lines(out)
     if "workers" in out:
         lines += workers_lines(out["workers"])
+    lines += dtlsrun.report(out)
     with open(os.path.join(RESULTS, name + ".md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
     if "bridge" in out:
@@ -786,8 +789,9 @@ def main() -> int:
     parser.add_argument("--observers", type=int, default=None,
                         help="devices in the observer scenario (default 3,000 quick, 100,000 full)")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenarios to run (telemetry, observers, "
-                        "firmware, workers; default: all)")
+                        help="comma-separated scenarios to run (telemetry, protobuf, observers, "
+                        "firmware, workers, dtls; default: all; dtls measures its own "
+                        "plain-UDP baseline)")
     parser.add_argument("--server-python", default=sys.executable,
                         help="interpreter (of a virtualenv) running the bridge and baselines")
     args = parser.parse_args()
@@ -803,7 +807,8 @@ def main() -> int:
     try:
         scenarios = {"telemetry": scenario_telemetry, "protobuf": scenario_protobuf,
                      "observers": scenario_observers,
-                     "firmware": scenario_firmware, "workers": scenario_workers}
+                     "firmware": scenario_firmware, "workers": scenario_workers,
+                     "dtls": dtlsrun.scenario_dtls}
         chosen = [n.strip() for n in args.only.split(",") if n.strip()] or list(scenarios)
         for scenario in chosen:
             scenarios[scenario](run, out)

@@ -505,6 +505,10 @@ class DtlsTransport(DatagramProtocol):
             except SSL.Error:
                 pass  # the session is broken already: nothing to tell the peer
             self._flush(session)
+        elif connection is not None and session.established and reason != "error":
+            # quietly, yet resumable: OpenSSL removes a session freed without a shutdown
+            # from its cache (a replaced one, one the peer closed, one ended at exit)
+            connection.set_shutdown(connection.get_shutdown() | SSL.SENT_SHUTDOWN)
         self.table.remove(session)
         self.coap.forget(session)
         session.connection = None

@@ -308,6 +308,30 @@ def test_a_new_client_hello_replaces_the_session_only_once_its_cookie_verifies(b
     assert rebooted.request() is not None
 
 
+def test_a_device_resumes_on_the_address_of_the_session_its_hello_replaces(bench):
+    # OpenSSL drops a session freed without a shutdown from its cache: the replaced one
+    # must be let go quietly yet resumably, or the device gets a full handshake
+    first = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert first.handshake()
+    rebooted = Peer(bench, A, session=first.conn.get_session(), ctx=first.ctx)
+    assert rebooted.handshake()
+    assert rebooted.conn.master_key() == first.conn.master_key()
+    assert bench.dtls.stats["replaced"] == 1 and bench.dtls.stats["handshakes_resumed"] == 1
+    assert rebooted.request().payload == repr(PresharedKey("dev-psk")).encode()
+
+
+def test_a_session_the_device_closed_can_be_resumed(bench):
+    first = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert first.handshake()
+    first.conn.shutdown()  # close_notify, as libcoap's client sends at exit
+    first.deliver(first.out())
+    assert bench.session(A) is None
+    again = Peer(bench, A, session=first.conn.get_session(), ctx=first.ctx)
+    assert again.handshake()
+    assert again.conn.master_key() == first.conn.master_key()
+    assert bench.dtls.stats["handshakes_resumed"] == 1
+
+
 def test_end_sessions_ends_those_the_predicate_names_with_close_notify(bench):
     psk_peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
     token_peer = Peer(bench, B)
