@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bridge.core import codes
-from bridge.core.actions import Device, Log, Publish, Reply, Request, ServePackage
+from bridge.core.actions import Device, Log, Publish, Reply, Request, ServePackage, Store, StoreMany
 from bridge.core.auth import AccessToken, Certificate, CredentialLookups, PresharedKey
 from bridge.core.session import GatewayCore
 from coreconfig import core_config, handled
@@ -122,6 +122,22 @@ def test_an_unknown_credential_is_4_01_counted_and_summed_up_once_a_minute(crede
     [warning] = [a for a in core.on_tick(NOW + 61) if isinstance(a, Log)]
     assert text(warning).startswith("5 requests with an unknown DTLS credential")
     assert "10.0.0.1 (5)" in text(warning)  # by the session's address
+
+
+def test_an_unregistered_certificate_leaves_the_token_in_the_path_to_authenticate():
+    # ThingsBoard falls back to the URL's token for a certificate it does not know (a token
+    # device with a factory certificate from the trusted CA); a PSK session's identity is
+    # always known (an unknown one fails the handshake), and a known certificate must
+    # still match the token (test above)
+    core = make_core()
+    factory = Certificate("f" * 64, cn="factory")
+    actions = core.on_request(request(1, ("api", "v1", "tokb", "telemetry"), codes.POST,
+                                      b'{"t": 1}', credential=factory), NOW)
+    assert any(isinstance(a, (Store, StoreMany)) and "Dev B" in repr(a) for a in actions)
+    assert core.stats["unknown_credential"] == 1 and core.stats["credential_mismatch"] == 0
+    actions = core.on_request(request(2, ("api", "v1", "nope", "telemetry"), codes.POST,
+                                      b'{"t": 1}', credential=factory), NOW)
+    assert code(actions) == "4.01" and core.stats["unknown_token"] == 1
 
 
 @pytest.mark.parametrize("path", [("api", "v1", "telemetry"), ("api", "v1", "rpc", "7"),
