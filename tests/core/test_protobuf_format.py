@@ -128,6 +128,17 @@ def test_custom_schema_camel_case_int64_strings_enums_repeated_nested():
     assert body == {"dev": [{"ts": int(NOW * 1000), "values": to_json(msg)}]}
 
 
+def test_field_options_are_ignored_as_thingsboard_ignores_them():
+    # ThingsBoard's parser drops json_name (and packed): the platform gets the default
+    # lowerCamelCase key whatever the option says, nested messages included
+    reading = cls('syntax = "proto3";\n'
+                  'message Inner { int32 deep_value = 1 [json_name = "D"]; }\n'
+                  'message Reading { double temp_c = 1 [json_name = "T"];\n'
+                  '  repeated int32 raw_samples = 2 [packed = false]; Inner inner_part = 3; }\n')
+    msg = reading(temp_c=1.5, raw_samples=[1, 2], inner_part={"deep_value": 3})
+    assert to_json(msg) == {"tempC": 1.5, "rawSamples": [1, 2], "innerPart": {"deepValue": 3}}
+
+
 def test_doubles_java_prints_in_e_notation_keep_their_long_typing():
     reading = cls(CUSTOM)
     doc = to_json(reading(big=1e7, voltage=12345678.5, ratio=3e7))

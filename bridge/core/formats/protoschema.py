@@ -10,7 +10,8 @@ message or enum options, extensions, ``reserved``, groups, ``required``, default
 last top-level message is the one used; a telemetry message of exactly ``ts`` and ``values``
 declares ``optional int64 ts`` and a message-typed ``values``; an RPC request message has
 exactly ``method`` (string), ``requestId`` (int32) and ``params``, none repeated.
-``oneof`` and field options (``json_name``, ``packed``) are accepted.
+``oneof`` and field options (``json_name``, ``packed``) are accepted, and ignored as
+ThingsBoard ignores them (``file_of``).
 """
 
 from __future__ import annotations
@@ -193,9 +194,30 @@ def check(file: descriptor_pb2.FileDescriptorProto, kind: str) -> List[Problem]:
 
 
 def file_of(descriptor_set: bytes) -> descriptor_pb2.FileDescriptorProto:
-    """The one file of a compiled descriptor set (``protoc --descriptor_set_out``)."""
+    """The one file of a compiled descriptor set (``protoc --descriptor_set_out``), with
+    field options dropped as ThingsBoard's schema parser drops them: a ``json_name``
+    does not rename a field in the JSON the platform gets (every field prints under
+    protobuf's default lowerCamelCase name), and ``packed`` does not change encoding."""
     files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set).file
-    return files[len(files) - 1]
+    file = files[len(files) - 1]
+    for message in file.message_type:
+        _ignore_field_options(message)
+    return file
+
+
+def _ignore_field_options(message: descriptor_pb2.DescriptorProto) -> None:
+    for field in message.field:
+        field.json_name = default_json_name(field.name)
+        field.ClearField("options")
+    for nested in message.nested_type:
+        _ignore_field_options(nested)
+
+
+def default_json_name(name: str) -> str:
+    """protobuf's JSON name of field ``name`` when no option says otherwise: each letter
+    after an underscore upper-cased, the underscores dropped (``temp_c`` -> ``tempC``)."""
+    parts = name.split("_")
+    return parts[0] + "".join(part[:1].upper() + part[1:] for part in parts[1:])
 
 
 def message_class(file: descriptor_pb2.FileDescriptorProto) -> Any:
