@@ -131,7 +131,7 @@ class CoapRequests:
             return defer.succeed(Answer(make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
         d = defer.Deferred()
-        pending = self.in_progress[ref] = _InProgress(d, message.remote, self.clock.seconds())
+        self.in_progress[ref] = _InProgress(d, message.remote, self.clock.seconds())
         self.admission.hold(message.remote)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
