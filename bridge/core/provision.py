@@ -60,6 +60,8 @@ def parse_request(payload: bytes, max_depth: int, fixed: Any = None) -> Provisio
     """The request, from JSON or, when the payload is not JSON text, from a
     ``ProvisionDeviceRequestMsg`` (``fixed``: ThingsBoard's fixed messages,
     ``formats.fixed.FixedMessages``; None: JSON only); 4.00 if neither."""
+    if not payload and fixed is not None:  # as ThingsBoard: an empty message, NOT_FOUND
+        return _from_protobuf(payload, fixed, NotJson("provision: empty payload"))
     try:
         doc = parse_json(payload, "provision", max_depth)
     except NotJson as exc:

@@ -193,15 +193,17 @@ class Rpc(Part):
             Pending(body, codes.CONTENT, item, item.expires, fmt.content_format), now)
 
     def _unencodable(self, rpc: ServerRpc, reason: str, now: float) -> List[Action]:
+        fields = {"rpc_id": rpc.id, "device": rpc.device, "reason": reason}
+        state = self.devices.get(rpc.device)
+        if state is None:  # no session of the device to answer on: the platform times out
+            return [Log("warn", "RPC {rpc_id} for {device} not sent: {reason}; the device "
+                        "is not connected, so the platform's RPC times out", fields)]
         actions: List[Action] = [Log(
             "warn", "RPC {rpc_id} for {device} not sent: {reason}; the platform gets an error",
-            {"rpc_id": rpc.id, "device": rpc.device, "reason": reason})]
-        state = self.devices.get(rpc.device)
-        if state is not None:
-            topic, body = gateway.rpc_reply(rpc.device, rpc.id, {"error": CONVERSION_ERROR})
-            actions += self.devices.publish(state.device, topic, body, now,
-                                            now + self.puback_timeout)
-        return actions
+            fields)]
+        topic, body = gateway.rpc_reply(rpc.device, rpc.id, {"error": CONVERSION_ERROR})
+        return actions + self.devices.publish(state.device, topic, body, now,
+                                              now + self.puback_timeout)
 
     def _registered(self, name: str, now: float) -> List[Action]:
         """A relation of /rpc began: the RPCs waiting for it go to it, in order."""

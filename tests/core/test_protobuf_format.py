@@ -205,6 +205,10 @@ def test_client_rpc_is_read_with_the_fixed_rpc_request_params_as_json_text():
     # text that is not JSON stays a string (ThingsBoard's lenient parser)
     assert call(rpc(method="echo", params="hello there").SerializeToString()) == (
         "echo", "hello there")
+    # params JSON nested past the depth limit is 4.00, as for a JSON device, not a string
+    deep = "[" * 40 + "]" * 40
+    with pytest.raises(codes.BadRequest, match="nested deeper"):
+        call(rpc(method="m", params=deep).SerializeToString())
     with pytest.raises(codes.BadRequest, match="rpc: method is empty"):
         call(rpc(params="{}").SerializeToString())
     with pytest.raises(codes.BadRequest, match="does not decode as transportapi.RpcRequest"):

@@ -60,6 +60,15 @@ def test_json_with_a_missing_key_is_4_00_and_not_tried_as_protobuf(tb):
         provision.parse_request(b'{"provisionDeviceKey": "k"}', DEPTH, tb)
 
 
+def test_an_empty_request_is_an_empty_protobuf_message_as_thingsboard_reads_it(tb):
+    # spec 2.6: not JSON, so an empty ProvisionDeviceRequestMsg (answered NOT_FOUND in
+    # protobuf); JSON only without the fixed messages: 4.00
+    request = provision.parse_request(b"", DEPTH, tb)
+    assert (request.key, request.secret, request.protobuf) == ("", "", True)
+    with pytest.raises(codes.BadRequest, match="empty payload"):
+        provision.parse_request(b"", DEPTH, None)
+
+
 def test_a_protobuf_request_is_read_with_its_json_equivalent_for_the_platform(tb):
     request = provision.parse_request(proto_request(tb, token="myToken", gateway=True),
                                       DEPTH, tb)

@@ -136,7 +136,7 @@ class ProtobufFormat:
             return None
         try:
             return payloads.parse_json(text.encode("utf-8"), "rpc params", self.json.max_depth)
-        except codes.BadRequest:
+        except payloads.NotJson:
             return text  # not JSON: a string, as ThingsBoard's lenient parser reads it
 
     def rpc_result(self, payload: bytes) -> bytes:
