@@ -155,9 +155,16 @@ class Connector:
             d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                           socket.getaddrinfo, cfg.host, cfg.port, 0,
                                           socket.SOCK_STREAM)
-        d.addCallback(self._resolved)
-        d.addErrback(lambda f: self.on_failed("cannot resolve %s: %s"
-                                              % (cfg.host, f.getErrorMessage())))
+        d.addCallbacks(self._resolved, lambda f: self.on_failed(
+            "cannot resolve %s: %s" % (cfg.host, f.getErrorMessage())))
+        d.addErrback(self._connect_failed)
+
+    def _connect_failed(self, failure: Any) -> None:
+        """Making the socket failed after the name resolved (EMFILE, say, or a bug): said
+        as what it is, with its traceback, and the attempt fails (the backoff goes on)."""
+        log.failure("Cannot open a connection to the MQTT broker {host}:{port}", failure,
+                    host=self.config.host, port=self.config.port)
+        self.on_failed("cannot open a socket: %s" % failure.getErrorMessage())
 
     def connected(self) -> None:
         """The broker accepted the connection: the attempt is over."""

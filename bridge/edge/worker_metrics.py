@@ -34,8 +34,10 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, 
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ..logs import logger
 from .metrics import PREFIX, TEXT, HealthResource, MetricsSite
 
+log = logger("supervisor")
 SCRAPE_TIMEOUT = 5.0  # s for one worker to answer
 
 # worker number -> its private metrics port (None: not started)
@@ -171,7 +173,14 @@ class _Deferred(Resource):
             if not finished[0]:
                 request.write(body)
                 request.finish()
-        self.answer(request).addCallback(write)
+
+        def failed(failure: Any) -> None:
+            log.failure("Cannot answer a scrape of the workers' metrics", failure)
+            if not finished[0]:
+                request.setResponseCode(500)
+                request.write(b"internal error\n")
+                request.finish()
+        self.answer(request).addCallback(write).addErrback(failed)
         return NOT_DONE_YET
 
     def answer(self, request: Any) -> defer.Deferred:

@@ -62,3 +62,26 @@ def test_not_ready_names_each_worker_and_what_it_lacks():
     assert WorkerMetrics._missing([(1, (503, "not ready: mqtt not connected\n")),
                                    (2, None)]) == ["worker 1: mqtt not connected",
                                                    "worker 2 not serving"]
+
+
+def test_a_scrape_that_fails_is_answered_500_and_logged_with_its_traceback():
+    from twisted.internet import defer
+    from twisted.logger import globalLogPublisher
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from bridge.edge.worker_metrics import _Deferred
+
+    class Broken(_Deferred):
+        def answer(self, request):
+            return defer.fail(ValueError("a worker's text does not parse"))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        request = DummyRequest([b"metrics"])
+        Broken().render_GET(request)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert request.responseCode == 500 and request.finished
+    [failure] = [e for e in events if "log_failure" in e]
+    assert failure["log_failure"].check(ValueError)
+    failure["log_failure"].cleanFailure()
