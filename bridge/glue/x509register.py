@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from ..config import Config
+from ..core.actions import Device
 from ..core.auth import Certificate
 from ..logs import logger
 from ..registry import RegistryError
@@ -97,6 +98,11 @@ class AutoRegistration:
                  "{certificate} (dtls.x509.auto_register)", device=name,
                  device_type=self.device_type, certificate=credential.sha3)
         self.view.changed()
+        if credential.sha3 not in self.view.certificates:
+            # a shared registry tells of the new row by its notification, later: the
+            # requests waiting for this registration must find it now (the notification's
+            # copy replaces this one, the same)
+            self.view.certificates[credential.sha3] = Device(name, self.device_type)
 
     def _not_registered(self, failure: Failure, credential: Certificate) -> None:
         failure.trap(RegistryError)

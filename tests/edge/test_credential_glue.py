@@ -211,3 +211,21 @@ def test_requests_wait_for_a_registration_written_off_the_reactor(tmp_path, logg
     later = bridge.handle_coap(message(session, mid=3))  # registered: no write, no wait
     clock.advance(0)
     assert answer_code(later) == txcoap.CREATED and len(writes) == 1
+
+
+def test_a_registration_counts_at_once_though_a_shared_registry_tells_of_it_later(
+        tmp_path, logged):
+    """PostgreSQL: the write is done but its NOTIFY is not in yet when the waiting requests
+    go on; they must not get 4.01, nor the next request write (and be refused) again."""
+    from twisted.internet import defer
+    bridge, clock = make_bridge(tmp_path, AUTO)
+    view, writes = bridge.registry_view, []
+    view.write = lambda method, *args, **kwargs: writes.append(method) or defer.succeed(None)
+    session = Session(Certificate(SHA3_X, cn="Cam 7"))
+    first = bridge.handle_coap(message(session, mid=1))
+    clock.advance(0)
+    assert answer_code(first) == txcoap.CREATED and view.certificates[SHA3_X].name == "Cam 7"
+    second = bridge.handle_coap(message(session, mid=2))
+    clock.advance(0)
+    assert answer_code(second) == txcoap.CREATED and writes == ["add"]
+    assert not [e for e in logged if "not registered" in e.get("log_format", "")]
