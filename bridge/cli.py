@@ -158,6 +158,12 @@ def _add(args: argparse.Namespace, config: config_module.Config, registry: Regis
     if entry.psk_identity is not None:
         print("PSK identity: %s%s" % (entry.psk_identity, " (the token)"
                                       if entry.psk_identity == token else ""))
+        if entry.psk_identity == token:
+            # DTLS sends the PSK identity in the clear: whoever sees the handshake learns
+            # the token, which works over plain CoAP too
+            print("note: DTLS sends the PSK identity unencrypted, so this token can be read "
+                  "off the handshake; give the device an identity of its own "
+                  "(--psk-identity) if it also has plain-CoAP access", file=sys.stderr)
     return 0
 
 

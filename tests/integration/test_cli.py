@@ -126,9 +126,10 @@ def test_devices_add_psk_hides_the_key_unless_asked(tmp_path):
     assert rc == 0, err
     token = re.search(r"token: (\S+)", out).group(1)
     assert "PSK identity: %s (the token)" % token in out and "s3cret" not in out
+    assert "sends the PSK identity unencrypted" in err  # the token shows in the handshake
     rc, out, err = cli(tmp_path, "devices", "add", "Psk B", "--psk-key-hex", "00a1ff",
                        "--psk-identity", "dev-b")
-    assert rc == 0 and "token:" not in out, err
+    assert rc == 0 and "token:" not in out and "unencrypted" not in err, err
     rc, out, _ = cli(tmp_path, "devices", "list")
     assert "s3cret" not in out and "00a1ff" not in out and token not in out
     assert re.search(r"^Psk A\s+\S+\s+default  \[token,psk\]  psk \(the token\)$", out, re.M)
