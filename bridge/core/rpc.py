@@ -193,14 +193,14 @@ class Rpc(Part):
             Pending(body, codes.CONTENT, item, item.expires, fmt.content_format), now)
 
     def _unencodable(self, rpc: ServerRpc, reason: str, now: float) -> List[Action]:
-        fields = {"rpc_id": rpc.id, "device": rpc.device, "reason": reason}
         state = self.devices.get(rpc.device)
         if state is None:  # no session of the device to answer on: the platform times out
             return [Log("warn", "RPC {rpc_id} for {device} not sent: {reason}; the device "
-                        "is not connected, so the platform's RPC times out", fields)]
+                        "is not connected, so the platform's RPC times out",
+                        {"rpc_id": rpc.id, "device": rpc.device, "reason": reason})]
         actions: List[Action] = [Log(
             "warn", "RPC {rpc_id} for {device} not sent: {reason}; the platform gets an error",
-            fields)]
+            {"rpc_id": rpc.id, "device": rpc.device, "reason": reason})]
         topic, body = gateway.rpc_reply(rpc.device, rpc.id, {"error": CONVERSION_ERROR})
         return actions + self.devices.publish(state.device, topic, body, now,
                                               now + self.puback_timeout)

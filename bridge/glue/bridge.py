@@ -148,6 +148,10 @@ class Bridge:
         self.prometheus = BridgeMetrics(self.metrics)  # its own registry: see edge/metrics.py
         self.requests.answered = self.prometheus.request_seconds.observe
         self._delivered = self.prometheus.delivery_seconds.observe
+        self._route_actions()
+
+    def _route_actions(self) -> None:
+        """Which edge carries out each kind of the core's actions."""
         requests, outbox = self.requests, self.outbox_commit
         self.dispatcher.register({
             Reply: requests.reply,
@@ -332,7 +336,13 @@ class Bridge:
         return missing
 
     def metrics(self) -> Dict[str, Any]:
+        """Every metric: name -> (type, help, value), read from the parts at scrape time."""
         stats, gauges = self.core.stats, self.core.gauges()
+        return {**self._traffic_metrics(stats), **self._refusal_metrics(stats),
+                **self._state_metrics(stats, gauges), **self._dtls_metrics()}
+
+    def _traffic_metrics(self, stats: Dict[str, int]) -> Dict[str, Any]:
+        """Requests, uplinks and the outbox's work."""
         protocol = self.coap
         return {
             "coap_requests_total": ("counter", "CoAP requests handled", self.requests.handled),
@@ -356,6 +366,11 @@ class Bridge:
                                           stats["refused_full"]),
             "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
                                           stats["store_failed"]),
+        }
+
+    def _refusal_metrics(self, stats: Dict[str, int]) -> Dict[str, Any]:
+        """Requests refused (rate, credentials) and server RPCs dropped."""
+        return {
             "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
             "unknown_token_total": ("counter", "requests with an unknown access token (4.01)",
                                     stats["unknown_token"]),
@@ -372,6 +387,11 @@ class Bridge:
                                   "platform.rpc_queue_ttl", stats["rpc_expired"]),
             "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
                                   "already held for the device", stats["rpc_dropped"]),
+        }
+
+    def _state_metrics(self, stats: Dict[str, int], gauges: Dict[str, int]) -> Dict[str, Any]:
+        """What is waiting and what is up, and the edges' own counters."""
+        return {
             "outbox_entries": ("gauge", "uplinks waiting in the outbox",
                                gauges["outbox_entries"]),
             "outbox_bytes": ("gauge", "payload bytes waiting in the outbox",
@@ -391,7 +411,6 @@ class Bridge:
                                             stats["downstream_skipped"] + self.link.failed_messages),
             "ota_fetches_total": ("counter", "packages fetched from their source",
                                   self.packages.fetches),
-            **self._dtls_metrics(),
         }
 
     def _dtls_metrics(self) -> Dict[str, Any]:
