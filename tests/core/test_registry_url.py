@@ -5,13 +5,18 @@ import os
 import pytest
 
 from bridge import config as config_module
-from bridge.registry_url import POSTGRESQL, SQLITE, BadRegistryUrl, parse
+from bridge.registry_url import POSTGRESQL, SQLITE, BadRegistryUrl, driver_available, parse
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
 
 
 def load(**env):
     return config_module.load(SHIPPED, env)
+
+
+# a PostgreSQL URL is a configuration error where psycopg cannot run (PyPy): tested below
+needs_driver = pytest.mark.skipif(not driver_available(),
+                                  reason="psycopg does not run on this interpreter (PyPy)")
 
 
 def test_the_default_is_sqlite_in_data_dir():
@@ -25,6 +30,7 @@ def test_a_sqlite_url_names_its_file_relative_or_absolute():
     assert parse("sqlite:///data/r.db", "unused").path == "data/r.db"
 
 
+@needs_driver
 def test_a_postgresql_url_keeps_its_parameters_and_hides_its_password_in_display():
     target = load(REGISTRY_URL="postgresql://coap:s%40cret@db.example:6432/fleet?"
                                "sslmode=require").registry_target
@@ -34,6 +40,7 @@ def test_a_postgresql_url_keeps_its_parameters_and_hides_its_password_in_display
     assert parse("postgres://coap@db/fleet", "").display == "postgresql://coap@db/fleet"
 
 
+@needs_driver
 def test_registry_password_wins_over_the_urls_and_is_quoted():
     target = load(REGISTRY_URL="postgresql://coap:old@db/fleet",
                   REGISTRY_PASSWORD="n:w/p@ss").registry_target
@@ -41,6 +48,7 @@ def test_registry_password_wins_over_the_urls_and_is_quoted():
     assert "n:w" not in target.display
 
 
+@needs_driver
 def test_the_password_file_gives_its_first_line(tmp_path):
     secret = tmp_path / "password"
     secret.write_text("from-a-file\nignored\n")
@@ -80,3 +88,9 @@ def test_a_bad_url_never_shows_its_password():
     with pytest.raises(BadRegistryUrl) as info:
         parse("postgresql://u:hunter2@db:badport/x", "")
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.skipif(driver_available(), reason="psycopg runs here")
+def test_without_the_driver_a_postgresql_url_is_a_configuration_error():
+    with pytest.raises(config_module.ConfigError, match="needs psycopg on CPython"):
+        load(REGISTRY_URL="postgresql://coap@db/fleet")

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
@@ -17,6 +18,7 @@ from twisted.internet.task import Clock
 from bridge import config as config_module
 from bridge.config import Config
 from bridge.glue.bridge import Bridge
+from bridge.registry_url import driver_available
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(REPO, "deploy")
@@ -97,6 +99,8 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
     assert ("Secret", "coapbridge-gateway") in kubernetes()
 
 
+@pytest.mark.skipif(not driver_available(),
+                    reason="psycopg does not run on this interpreter (PyPy)")
 def test_every_pod_shares_one_postgresql_registry_with_its_password_in_a_secret():
     _, bridge = container()
     env = {item["name"]: item for item in bridge["env"]}
