@@ -67,6 +67,11 @@ SESSION_ID_CONTEXT = b"coapbridge"
 SESSION_LIFETIME = 86400  # s a session may be resumed
 MAX_REMEMBERED = 20480  # credentials of resumable sessions (OpenSSL's cache size)
 
+FORGOTTEN = "credential forgotten"
+# sessions ended for these reasons must not be resumed (cryptography exposes no
+# SSL_CTX_remove_session; OpenSSL drops a session freed without a shutdown sent)
+UNRESUMABLE = ("credential removed", "key changed", FORGOTTEN)
+
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 Address = Tuple[str, int]
 
@@ -392,6 +397,15 @@ class DtlsTransport(DatagramProtocol):
             remembered.move_to_end(secret)
             self.stats["handshakes_resumed"] += 1
             kind = "resumed"
+        elif psk_edge.session_reused(connection):
+            # resumed, but its credential was forgotten (removed or changed, or evicted):
+            # end it and drop it from OpenSSL's cache, so the client's next try is a full
+            # handshake that asks the registry again (not an anonymous session)
+            log.info("DTLS session with {peer} resumed a session whose credential is "
+                     "gone: ended", peer=str(session))
+            session.established = True  # (for its close_notify)
+            self._end(session, FORGOTTEN)
+            return
         else:
             session.credential = self._credential(session, connection)
             remembered[secret] = (session.credential, session.psk_key)
@@ -505,6 +519,9 @@ class DtlsTransport(DatagramProtocol):
             except SSL.Error:
                 pass  # the session is broken already: nothing to tell the peer
             self._flush(session)
+            if reason in UNRESUMABLE:
+                # freed without SENT_SHUTDOWN, OpenSSL removes it from its session cache
+                connection.set_shutdown(connection.get_shutdown() & ~SSL.SENT_SHUTDOWN)
         elif connection is not None and session.established and reason != "error":
             # quietly, yet resumable: OpenSSL removes a session freed without a shutdown
             # from its cache (a replaced one, one the peer closed, one ended at exit)

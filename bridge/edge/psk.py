@@ -44,6 +44,12 @@ def clear_errors() -> None:
     lib.ERR_clear_error()
 
 
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether ``connection``'s handshake resumed a cached session (pyOpenSSL has no
+    ``SSL_session_reused``)."""
+    return bool(lib.SSL_session_reused(connection._ssl))
+
+
 def supported() -> bool:
     return hasattr(lib, "SSL_CTX_set_psk_server_callback")
 

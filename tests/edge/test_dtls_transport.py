@@ -343,10 +343,41 @@ def test_end_sessions_ends_those_the_predicate_names_with_close_notify(bench):
         psk_peer.conn.bio_write(datagram)
     with pytest.raises(SSL.ZeroReturnError):
         psk_peer.conn.recv(100)
-    # a resumption of the ended session no longer carries the identity
+    # the ended session left OpenSSL's cache: a resumption of it is a full handshake,
+    # which asks the registry (where the identity is gone) instead of resuming anonymously
+    del bench.keys["dev-psk"]
     again = Peer(bench, ("10.0.0.1", 40100), session=saved, ctx=psk_peer.ctx)
+    assert not again.handshake()
+    assert bench.session(again.addr) is None
+    assert bench.dtls.stats["handshakes_resumed"] == 0
+    assert bench.dtls.stats["unknown_psk_identity"] == 1
+
+
+def test_a_resumption_of_a_removed_credential_is_ended_not_made_anonymous(bench):
+    # the device closed its session (still resumable in OpenSSL's cache), then its
+    # credential left the registry
+    first = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert first.handshake()
+    first.conn.shutdown()
+    first.deliver(first.out())
+    saved = first.conn.get_session()
+    del bench.keys["dev-psk"]
+    assert bench.dtls.end_sessions(lambda cred: cred == PresharedKey("dev-psk")) == 0
+    # OpenSSL resumes it, but the bridge no longer knows whose it is: ended
+    again = Peer(bench, A, session=saved, ctx=first.ctx)
     assert again.handshake()
-    assert bench.session(again.addr).credential is None
+    assert again.conn.master_key() == first.conn.master_key()
+    assert bench.session(A) is None
+    assert bench.dtls.stats["handshakes_resumed"] == 0
+    for datagram in bench.udp.take(A):
+        again.conn.bio_write(datagram)
+    with pytest.raises(SSL.ZeroReturnError):
+        again.conn.recv(100)
+    # and it left OpenSSL's cache: the next try is a full handshake, which fails
+    third = Peer(bench, A, session=saved, ctx=first.ctx)
+    assert not third.handshake()
+    assert bench.session(A) is None
+    assert bench.dtls.stats["unknown_psk_identity"] == 1
 
 
 def test_a_changed_psk_key_ends_its_sessions(bench):
