@@ -40,9 +40,10 @@ record from a new one; docs/device-api.md says what that would change.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
-from collections import OrderedDict, deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
@@ -225,7 +226,9 @@ class DtlsTransport(DatagramProtocol):
         self._serial = 0
         # hash of a master secret -> (credential, PSK key) of its full handshake
         self._remembered: "OrderedDict[bytes, Tuple[Any, Optional[bytes]]]" = OrderedDict()
-        self._timers: Deque[Tuple[float, DtlsSession]] = deque()  # OpenSSL retransmissions
+        # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
+        # session, or one whose timer_due moved) left in place and skipped when on top
+        self._timers: List[Tuple[float, str, DtlsSession]] = []
         self._call: Any = None
         self._armed = 0.0
         self._full_noted = float("-inf")  # when a refusal past max_sessions was last logged
@@ -503,7 +506,7 @@ class DtlsTransport(DatagramProtocol):
         due = self.clock.seconds() + left
         if session.timer_due is None or due < session.timer_due:
             session.timer_due = due
-            self._timers.append((due, session))
+            heapq.heappush(self._timers, (due, session.key, session))
 
     # -- ending ----------------------------------------------------------------------
 
@@ -591,10 +594,10 @@ class DtlsTransport(DatagramProtocol):
     def _next_due(self) -> float:
         due = self.clock.seconds() + 10.0  # the guard's sweep
         timers = self._timers
-        while timers and (timers[0][1].closed or timers[0][1].timer_due != timers[0][0]):
-            timers.popleft()
+        while timers and (timers[0][2].closed or timers[0][2].timer_due != timers[0][0]):
+            heapq.heappop(timers)
         if timers:
-            due = min(due, min(when for when, _ in timers))
+            due = min(due, timers[0][0])
         table_due = self.table.next_due()
         if table_due is not None:
             due = min(due, table_due)
@@ -612,12 +615,11 @@ class DtlsTransport(DatagramProtocol):
     def _fire(self) -> None:
         self._call = None
         now = self.clock.seconds()
-        timers, self._timers = self._timers, deque()
-        for due, session in timers:
+        timers, fired = self._timers, []
+        while timers and timers[0][0] <= now:
+            fired.append(heapq.heappop(timers))
+        for due, _, session in fired:
             if session.closed or session.timer_due != due:
-                continue
-            if due > now:
-                self._timers.append((due, session))
                 continue
             session.timer_due = None
             connection = session.connection

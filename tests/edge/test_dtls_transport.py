@@ -432,3 +432,42 @@ def test_an_error_a_garbled_client_hello_leaves_queued_ends_no_session(bench):
     bench.dtls.datagramReceived(GARBLED_HELLO, B)
     assert peer.request(mid=5) is not None and peer.request(mid=6) is not None
     assert bench.session(A) is not None and not bench.session(A).closed
+
+
+def _counted(op):
+    def compare(self, other):
+        CountedDue.compared += 1
+        return getattr(float, op)(self, other)
+    return compare
+
+
+class CountedDue(float):
+    """A timer's due time that counts how often it is compared (as min() or a heap does)."""
+
+    compared = 0
+    __lt__, __le__ = _counted("__lt__"), _counted("__le__")
+    __gt__, __ge__ = _counted("__gt__"), _counted("__ge__")
+
+
+def test_a_datagram_costs_no_walk_over_every_half_open_handshake(bench):
+    # many half-open handshakes, each with an OpenSSL retransmission timer
+    for n in range(300):
+        peer = Peer(bench, ("10.3.%d.%d" % (n // 200, n % 200), 3000 + n),
+                    psk=("dev-psk", bench.keys["dev-psk"]))
+        peer.step()
+        peer.step()
+    assert bench.dtls.sessions_handshaking == 300
+    timers = bench.dtls._timers
+    entries = [(CountedDue(entry[0]),) + tuple(entry[1:]) for entry in timers]
+    timers.clear()
+    timers.extend(entries)
+    CountedDue.compared = 0
+    bench.dtls.datagramReceived(b"\x17junk", ("10.9.9.9", 9))
+    assert bench.dtls.stats["dropped"] == 1
+    assert CountedDue.compared < 30  # the earliest is read, not found among all 300
+    # and the timers still fire: every handshake is retransmitted, then reaped
+    bench.clock.advance(1.5)
+    assert bench.dtls.sessions_handshaking == 300
+    bench.clock.advance(bench.cfg.handshake_timeout)
+    assert bench.dtls.sessions_handshaking == 0
+    assert bench.dtls.stats["handshake_timeouts"] == 300
