@@ -53,6 +53,7 @@ from ..config import DtlsConfig
 from ..core.auth import Certificate, PresharedKey, certificate_id
 from ..dtls import records
 from ..dtls.cookies import CookieJar
+from ..dtls.failures import FAILED, TIMED_OUT, HandshakeFailures
 from ..dtls.sessions import HandshakeGuard, SessionTable
 from ..logs import logger
 from ..registry import mask
@@ -232,6 +233,7 @@ class DtlsTransport(DatagramProtocol):
         self._call: Any = None
         self._armed = 0.0
         self._full_noted = float("-inf")  # when a refusal past max_sessions was last logged
+        self.failures = HandshakeFailures()  # one info line a minute, not one each
 
     # -- the listener ----------------------------------------------------------------
 
@@ -383,8 +385,9 @@ class DtlsTransport(DatagramProtocol):
             reason = _openssl_reason(exc)
             if session.verify_error is not None:
                 reason = "%s: %s" % (reason, session.verify_error)
-            log.info("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                     reason=reason)
+            log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
+                      reason=reason)
+            self._failed(session, FAILED, reason, now)
             self._end(session, "handshake failed", notify=False)
             return
         self._flush(session)
@@ -629,8 +632,9 @@ class DtlsTransport(DatagramProtocol):
             try:
                 connection.DTLSv1_handle_timeout()
             except SSL.Error as exc:
-                log.info("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                         reason=_openssl_reason(exc))
+                log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
+                          reason=_openssl_reason(exc))
+                self._failed(session, FAILED, _openssl_reason(exc), now)
                 self._end(session, "retransmission failed", notify=False)
                 continue
             self._flush(session)
@@ -641,13 +645,24 @@ class DtlsTransport(DatagramProtocol):
                 session_notify = True
             else:
                 self.stats["handshake_timeouts"] += 1
-                log.info("DTLS handshake with {peer} not finished within {timeout} s "
-                         "(a wrong PSK fails this way)", peer=str(session),
-                         timeout=self.cfg.handshake_timeout)
+                log.debug("DTLS handshake with {peer} not finished within {timeout} s "
+                          "(a wrong PSK fails this way)", peer=str(session),
+                          timeout=self.cfg.handshake_timeout)
+                self._failed(session, TIMED_OUT, "not finished in time", now)
                 session_notify = False
             self._end(session, reason, notify=session_notify)
         self.guard.sweep(now)
+        self._summarise(now)
         self._arm()
+
+    def _failed(self, session: DtlsSession, kind: str, reason: str, now: float) -> None:
+        self.failures.record(kind, session.address[0], reason, now)
+        self._summarise(now)
+
+    def _summarise(self, now: float) -> None:
+        line = self.failures.summary(now)
+        if line is not None:
+            log.info(line[0], **line[1])
 
     # -- metrics ---------------------------------------------------------------------
 

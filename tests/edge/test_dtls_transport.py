@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 from OpenSSL import SSL
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 import coapraw as raw
 import dtlscerts
@@ -471,3 +472,40 @@ def test_a_datagram_costs_no_walk_over_every_half_open_handshake(bench):
     bench.clock.advance(bench.cfg.handshake_timeout)
     assert bench.dtls.sessions_handshaking == 0
     assert bench.dtls.stats["handshake_timeouts"] == 300
+
+
+@pytest.fixture
+def dtls_info_lines():
+    lines: List[str] = []
+
+    def observer(event):
+        if event.get("log_namespace") == "coapbridge.dtls" and \
+                event.get("log_level") >= LogLevel.info:
+            lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observer)
+    yield lines
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_failed_handshakes_are_summed_up_once_a_minute_not_logged_each(bench,
+                                                                     dtls_info_lines):
+    for n in range(20):  # a wrong key fails silently: each ends at the deadline
+        peer = Peer(bench, ("10.4.0.%d" % n, 4000 + n), psk=("dev-psk", b"not the key!"))
+        assert not peer.handshake(rounds=4)
+    untrusted = dtlscerts.issue("stranger", dtlscerts.ca())
+    assert not Peer(bench, ("10.4.1.1", 4100), cert=untrusted).handshake()
+    assert bench.dtls.stats["handshakes_failed"] == 1
+    assert len(dtls_info_lines) == 1  # the first at once
+    assert dtls_info_lines[0].startswith("1 DTLS handshake did not complete")
+    assert "(1 failed, 0 not finished" in dtls_info_lines[0]
+    assert "certificate verify failed" in dtls_info_lines[0]
+    bench.clock.advance(bench.cfg.handshake_timeout + 1)
+    assert bench.dtls.stats["handshake_timeouts"] == 20
+    assert len(dtls_info_lines) == 1
+    bench.clock.advance(60)
+    assert len(dtls_info_lines) == 2
+    assert dtls_info_lines[1].startswith("20 DTLS handshakes did not complete")
+    assert "(0 failed, 20 not finished" in dtls_info_lines[1]
+    assert "from 20 addresses" in dtls_info_lines[1]
+    bench.clock.advance(600)
+    assert len(dtls_info_lines) == 2  # nothing new: no line
