@@ -306,8 +306,12 @@ class _DtlsService(Service):
             view = self.bridge.registry_view
             if self.registry_changed in view.on_change:
                 view.on_change.remove(self.registry_changed)
-            self.transport.close_all()
             port, self.port = self.port, None
+            # as plain CoAP: no new records; the uplinks already stored are answered
+            # over their sessions now, and only then does each get its close_notify
+            port.stopReading()
+            self.bridge.commit()
+            self.transport.close_all()
             return port.stopListening()
         return None
 
