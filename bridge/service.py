@@ -238,6 +238,7 @@ class _CoapService(Service):
             cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
             cfg.max_retransmit)
         self.protocol.on_result = self.bridge.notified
+        self.protocol.on_peer_gone = self.bridge.peer_gone
         try:
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                          cfg.bind_address, shared=bool(self.bridge.worker))

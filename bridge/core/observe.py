@@ -188,12 +188,18 @@ class Observers:
         if outcome == RESET:
             return [], [relation], self._drop(key)
         # timeout: every relation of that peer is dead
-        ended, leftovers = [], []
-        for other_key, other in list(self.relations.items()):
-            if other.remote == relation.remote:
-                ended.append(other)
-                leftovers += self._drop(other_key)
+        ended, leftovers = self.cancel_remote(relation.remote)
         return [], ended, leftovers
+
+    def cancel_remote(self, remote: Hashable) -> Tuple[List[Relation], List[Pending]]:
+        """End every relation of ``remote``: (the relations, their leftover items)."""
+        ended: List[Relation] = []
+        leftovers: List[Pending] = []
+        for key, relation in list(self.relations.items()):
+            if relation.remote == remote:
+                ended.append(relation)
+                leftovers += self._drop(key)
+        return ended, leftovers
 
     def _pump(self, relation: Relation, now: float) -> List[Notify]:
         out: List[Notify] = []

@@ -509,3 +509,14 @@ def test_failed_handshakes_are_summed_up_once_a_minute_not_logged_each(bench,
     assert "from 20 addresses" in dtls_info_lines[1]
     bench.clock.advance(600)
     assert len(dtls_info_lines) == 2  # nothing new: no line
+
+
+def test_an_ended_session_is_reported_to_the_core_as_a_peer_gone(bench):
+    gone = []
+    bench.coap.on_peer_gone = gone.append  # the bridge ends the peer's observations
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    session = bench.session(A)
+    peer.conn.shutdown()
+    peer.deliver(peer.out())
+    assert bench.session(A) is None and gone == [session]
