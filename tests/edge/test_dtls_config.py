@@ -7,7 +7,7 @@ import os
 import pytest
 
 import dtlscerts
-from bridge.config import ConfigError, load, load_text
+from bridge.config import DTLS_CIPHERS, ConfigError, load, load_text
 
 
 def problems(text, env=None):
@@ -119,3 +119,10 @@ def test_a_dtls_port_clash_is_listed_with_the_other_problems(files):
                      + "coap:\n  bind_port: 5683\n")
     assert any("no way to authenticate" in p for p in found)
     assert any(p.startswith("dtls.bind_port: 5683 is coap.bind_port too") for p in found)
+
+
+def test_the_cipher_list_has_its_environment_name_in_the_shipped_file():
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {}).dtls.ciphers == DTLS_CIPHERS
+    config = load(shipped, {"COAP_DTLS_CIPHERS": "PSK-AES128-CCM8:@SECLEVEL=0"})
+    assert config.dtls.ciphers == "PSK-AES128-CCM8:@SECLEVEL=0"
