@@ -44,12 +44,6 @@ def clear_errors() -> None:
     lib.ERR_clear_error()
 
 
-def session_reused(connection: SSL.Connection) -> bool:
-    """Whether ``connection``'s handshake resumed a cached session (pyOpenSSL has no
-    ``SSL_session_reused``)."""
-    return bool(lib.SSL_session_reused(connection._ssl))
-
-
 def supported() -> bool:
     return hasattr(lib, "SSL_CTX_set_psk_server_callback")
 
@@ -83,3 +77,9 @@ class PskServer:
         except Exception:
             log.failure("PSK lookup failed")
             return 0
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether ``connection``'s handshake resumed a cached session (pyOpenSSL has no
+    ``SSL_session_reused``; its ``SSL *`` is ``Connection._ssl``, in 24.3 and 26.x)."""
+    return bool(lib.SSL_session_reused(connection._ssl))
