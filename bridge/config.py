@@ -9,6 +9,7 @@ opens.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -637,6 +638,7 @@ def _check_features(config: Config, problems: List[str]) -> None:
             problems.append("dtls.x509.cn_regex: not a regular expression (%s)" % exc)
     if config.dtls.enabled:
         _check_dtls(config.dtls, problems)
+        _check_dtls_port(config, problems)
 
 
 def _check_dtls(dtls: DtlsConfig, problems: List[str]) -> None:
@@ -655,6 +657,33 @@ def _check_dtls(dtls: DtlsConfig, problems: List[str]) -> None:
                         "key_file (COAP_DTLS_CERT_FILE, COAP_DTLS_KEY_FILE) or turn psk on")
     from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
     problems.extend(dtls_edge.check_config(dtls))
+
+
+def _check_dtls_port(config: Config, problems: List[str]) -> None:
+    """CoAPs and CoAP on one UDP port of overlapping addresses: with coap.workers > 1 both
+    bind it with SO_REUSEPORT and the kernel splits the datagrams between them."""
+    coap_address, dtls_address = config.coap.bind_address, config.dtls.bind_address
+    if config.dtls.bind_port == config.coap.bind_port and \
+            _overlap(coap_address, dtls_address or coap_address):
+        problems.append("dtls.bind_port: %d is coap.bind_port too, on overlapping addresses "
+                        "(COAP_DTLS_BIND_PORT, COAP_BIND_PORT): give CoAPs a port of its "
+                        "own" % config.dtls.bind_port)
+
+
+def _overlap(one: str, other: str) -> bool:
+    """Whether sockets bound to these two addresses can receive the same datagrams."""
+    if one == other:
+        return True
+    try:
+        a, b = ipaddress.ip_address(one or "0.0.0.0"), ipaddress.ip_address(other or "0.0.0.0")
+    except ValueError:  # a host name: only the same one is known to overlap
+        return False
+    if a.is_unspecified and b.is_unspecified:
+        return True
+    for wild, addr in ((a, b), (b, a)):
+        if wild.is_unspecified and (wild.version == addr.version or wild.version == 6):
+            return True  # "::" takes IPv4 too on a dual-stack socket
+    return a == b
 
 
 def _resolve_registry(config: Config, problems: List[str]) -> Config:

@@ -238,6 +238,7 @@ class _CoapService(Service):
             cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
             cfg.max_retransmit)
         self.protocol.on_result = self.bridge.notified
+        self.protocol.on_peer_gone = self.bridge.peer_gone
         try:
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                          cfg.bind_address, shared=bool(self.bridge.worker))
@@ -306,8 +307,12 @@ class _DtlsService(Service):
             view = self.bridge.registry_view
             if self.registry_changed in view.on_change:
                 view.on_change.remove(self.registry_changed)
-            self.transport.close_all()
             port, self.port = self.port, None
+            # as plain CoAP: no new records; the uplinks already stored are answered
+            # over their sessions now, and only then does each get its close_notify
+            port.stopReading()
+            self.bridge.commit()
+            self.transport.close_all()
             return port.stopListening()
         return None
 

@@ -171,6 +171,10 @@ class GatewayCore:
         """A CON notification was acknowledged ("ack"), reset ("reset") or timed out."""
         return self.subscriptions.on_notified(ref, outcome, now)
 
+    def on_peer_gone(self, remote: Any, now: float) -> List[Action]:
+        """A DTLS session ended: its observe relations end (their items wait again)."""
+        return self.subscriptions.on_peer_gone(remote, now)
+
     def reconnect_device(self, name: str, now: float) -> List[Action]:
         """The device's own MQTT session (OTA download) evicted its gateway sub-session."""
         return self.devices.reconnect(name, now)

@@ -8,7 +8,7 @@ registration). It follows renames and forgets deleted devices for both.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import codes
 from .actions import Log, Reply, Request
@@ -80,6 +80,16 @@ class Subscriptions(Part):
             actions.append(Log("info", "observe of /{feature} by {device} ended ({outcome})",
                                {"feature": relation.feature, "device": relation.device,
                                 "outcome": outcome}))
+        self.requeue(leftovers, now)
+        return actions
+
+    def on_peer_gone(self, remote: Any, now: float) -> List[Action]:
+        """``remote`` (a DTLS session) ended: its relations end as on a timeout."""
+        ended, leftovers = self.observers.cancel_remote(remote)
+        actions: List[Action] = [
+            Log("info", "observe of /{feature} by {device} ended ({outcome})",
+                {"feature": relation.feature, "device": relation.device,
+                 "outcome": "session ended"}) for relation in ended]
         self.requeue(leftovers, now)
         return actions
 

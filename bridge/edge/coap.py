@@ -59,6 +59,8 @@ class BridgeCoap(DatagramProtocol):
         self.endpoint = Endpoint(settings, rng or random.Random(), log, clock.seconds())
         # hears (ref, "ack" | "reset" | "timeout") for notifications sent with a ref
         self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
+        # hears the peers that ended (DTLS sessions), so their observations end too
+        self.on_peer_gone: Callable[[Any], None] = lambda peer: None
         self._call: Any = None  # the one timer, due at the endpoint's next_timer()
         self._armed = 0.0
         self._receiving = False  # in datagramReceived, which sends what is due at its end
@@ -99,8 +101,10 @@ class BridgeCoap(DatagramProtocol):
         self.endpoint.verify(peer)
 
     def forget(self, peer: Any) -> None:
-        """``peer`` (a DTLS session) ended: the endpoint stops holding on to it."""
+        """``peer`` (a DTLS session) ended: the endpoint stops holding on to it, and the
+        core ends its observe relations (a NON observer would otherwise stay for good)."""
         self.endpoint.verified.pop(peer, None)
+        self.on_peer_gone(peer)
 
     def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
                payload: bytes, observe: int, block_size: int = codes.BLOCK_SIZE,

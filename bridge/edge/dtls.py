@@ -40,9 +40,10 @@ record from a new one; docs/device-api.md says what that would change.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
-from collections import OrderedDict, deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
@@ -52,6 +53,7 @@ from ..config import DtlsConfig
 from ..core.auth import Certificate, PresharedKey, certificate_id
 from ..dtls import records
 from ..dtls.cookies import CookieJar
+from ..dtls.failures import FAILED, TIMED_OUT, HandshakeFailures
 from ..dtls.sessions import HandshakeGuard, SessionTable
 from ..logs import logger
 from ..registry import mask
@@ -66,6 +68,11 @@ DTLS1_2_VERSION = 0xFEFD  # OpenSSL's DTLS1_2_VERSION; pyOpenSSL names only the 
 SESSION_ID_CONTEXT = b"coapbridge"
 SESSION_LIFETIME = 86400  # s a session may be resumed
 MAX_REMEMBERED = 20480  # credentials of resumable sessions (OpenSSL's cache size)
+
+FORGOTTEN = "credential forgotten"
+# sessions ended for these reasons must not be resumed (cryptography exposes no
+# SSL_CTX_remove_session; OpenSSL drops a session freed without a shutdown sent)
+UNRESUMABLE = ("credential removed", "key changed", FORGOTTEN)
 
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 Address = Tuple[str, int]
@@ -220,10 +227,13 @@ class DtlsTransport(DatagramProtocol):
         self._serial = 0
         # hash of a master secret -> (credential, PSK key) of its full handshake
         self._remembered: "OrderedDict[bytes, Tuple[Any, Optional[bytes]]]" = OrderedDict()
-        self._timers: Deque[Tuple[float, DtlsSession]] = deque()  # OpenSSL retransmissions
+        # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
+        # session, or one whose timer_due moved) left in place and skipped when on top
+        self._timers: List[Tuple[float, str, DtlsSession]] = []
         self._call: Any = None
         self._armed = 0.0
         self._full_noted = float("-inf")  # when a refusal past max_sessions was last logged
+        self.failures = HandshakeFailures()  # one info line a minute, not one each
 
     # -- the listener ----------------------------------------------------------------
 
@@ -375,8 +385,9 @@ class DtlsTransport(DatagramProtocol):
             reason = _openssl_reason(exc)
             if session.verify_error is not None:
                 reason = "%s: %s" % (reason, session.verify_error)
-            log.info("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                     reason=reason)
+            log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
+                      reason=reason)
+            self._failed(session, FAILED, reason, now)
             self._end(session, "handshake failed", notify=False)
             return
         self._flush(session)
@@ -392,6 +403,15 @@ class DtlsTransport(DatagramProtocol):
             remembered.move_to_end(secret)
             self.stats["handshakes_resumed"] += 1
             kind = "resumed"
+        elif psk_edge.session_reused(connection):
+            # resumed, but its credential was forgotten (removed or changed, or evicted):
+            # end it and drop it from OpenSSL's cache, so the client's next try is a full
+            # handshake that asks the registry again (not an anonymous session)
+            log.info("DTLS session with {peer} resumed a session whose credential is "
+                     "gone: ended", peer=str(session))
+            session.established = True  # (for its close_notify)
+            self._end(session, FORGOTTEN)
+            return
         else:
             session.credential = self._credential(session, connection)
             remembered[secret] = (session.credential, session.psk_key)
@@ -489,7 +509,7 @@ class DtlsTransport(DatagramProtocol):
         due = self.clock.seconds() + left
         if session.timer_due is None or due < session.timer_due:
             session.timer_due = due
-            self._timers.append((due, session))
+            heapq.heappush(self._timers, (due, session.key, session))
 
     # -- ending ----------------------------------------------------------------------
 
@@ -505,6 +525,9 @@ class DtlsTransport(DatagramProtocol):
             except SSL.Error:
                 pass  # the session is broken already: nothing to tell the peer
             self._flush(session)
+            if reason in UNRESUMABLE:
+                # freed without SENT_SHUTDOWN, OpenSSL removes it from its session cache
+                connection.set_shutdown(connection.get_shutdown() & ~SSL.SENT_SHUTDOWN)
         elif connection is not None and session.established and reason != "error":
             # quietly, yet resumable: OpenSSL removes a session freed without a shutdown
             # from its cache (a replaced one, one the peer closed, one ended at exit)
@@ -574,10 +597,10 @@ class DtlsTransport(DatagramProtocol):
     def _next_due(self) -> float:
         due = self.clock.seconds() + 10.0  # the guard's sweep
         timers = self._timers
-        while timers and (timers[0][1].closed or timers[0][1].timer_due != timers[0][0]):
-            timers.popleft()
+        while timers and (timers[0][2].closed or timers[0][2].timer_due != timers[0][0]):
+            heapq.heappop(timers)
         if timers:
-            due = min(due, min(when for when, _ in timers))
+            due = min(due, timers[0][0])
         table_due = self.table.next_due()
         if table_due is not None:
             due = min(due, table_due)
@@ -595,12 +618,11 @@ class DtlsTransport(DatagramProtocol):
     def _fire(self) -> None:
         self._call = None
         now = self.clock.seconds()
-        timers, self._timers = self._timers, deque()
-        for due, session in timers:
+        timers, fired = self._timers, []
+        while timers and timers[0][0] <= now:
+            fired.append(heapq.heappop(timers))
+        for due, _, session in fired:
             if session.closed or session.timer_due != due:
-                continue
-            if due > now:
-                self._timers.append((due, session))
                 continue
             session.timer_due = None
             connection = session.connection
@@ -610,8 +632,9 @@ class DtlsTransport(DatagramProtocol):
             try:
                 connection.DTLSv1_handle_timeout()
             except SSL.Error as exc:
-                log.info("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                         reason=_openssl_reason(exc))
+                log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
+                          reason=_openssl_reason(exc))
+                self._failed(session, FAILED, _openssl_reason(exc), now)
                 self._end(session, "retransmission failed", notify=False)
                 continue
             self._flush(session)
@@ -622,13 +645,24 @@ class DtlsTransport(DatagramProtocol):
                 session_notify = True
             else:
                 self.stats["handshake_timeouts"] += 1
-                log.info("DTLS handshake with {peer} not finished within {timeout} s "
-                         "(a wrong PSK fails this way)", peer=str(session),
-                         timeout=self.cfg.handshake_timeout)
+                log.debug("DTLS handshake with {peer} not finished within {timeout} s "
+                          "(a wrong PSK fails this way)", peer=str(session),
+                          timeout=self.cfg.handshake_timeout)
+                self._failed(session, TIMED_OUT, "not finished in time", now)
                 session_notify = False
             self._end(session, reason, notify=session_notify)
         self.guard.sweep(now)
+        self._summarise(now)
         self._arm()
+
+    def _failed(self, session: DtlsSession, kind: str, reason: str, now: float) -> None:
+        self.failures.record(kind, session.address[0], reason, now)
+        self._summarise(now)
+
+    def _summarise(self, now: float) -> None:
+        line = self.failures.summary(now)
+        if line is not None:
+            log.info(line[0], **line[1])
 
     # -- metrics ---------------------------------------------------------------------
 

@@ -77,3 +77,9 @@ class PskServer:
         except Exception:
             log.failure("PSK lookup failed")
             return 0
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether ``connection``'s handshake resumed a cached session (pyOpenSSL has no
+    ``SSL_session_reused``; its ``SSL *`` is ``Connection._ssl``, in 24.3 and 26.x)."""
+    return bool(lib.SSL_session_reused(connection._ssl))

@@ -228,6 +228,9 @@ class Bridge:
     def notified(self, ref: int, outcome: str) -> None:
         self.apply(self.core.on_notified(ref, outcome, self.now()))
 
+    def peer_gone(self, remote: Any) -> None:
+        self.apply(self.core.on_peer_gone(remote, self.now()))
+
     def tick(self) -> None:
         self.registry_view.refresh()  # removed credentials end their sessions without a request
         self.apply(self.core.on_tick(self.now()))

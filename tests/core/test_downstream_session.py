@@ -688,6 +688,22 @@ def test_waiting_rpcs_go_one_at_a_time_to_a_con_observer():
     assert core.on_notified(second.ref, "ack", NOW + 2) == []
 
 
+def test_an_ended_dtls_session_is_no_longer_an_observer_and_its_rpcs_wait_again():
+    core = connected_core()
+    session = object()  # a DTLS session: the peer is the session object, not an address
+    observe_rpc(core, remote=session, confirmable=False)
+    assert core.subscriptions.observers.get("Dev A", "rpc") is not None
+    [notify] = server_rpc(core, 1)
+    assert notify.remote is session
+    [ended] = of(core.on_peer_gone(session, NOW + 1), Log)
+    assert "ended (session ended)" in text(ended)
+    assert core.subscriptions.observers.get("Dev A", "rpc") is None
+    assert visible(server_rpc(core, 2, now=NOW + 2)) == []  # nothing to the dead session
+    notifies = of(observe_rpc(core, remote=PEER, confirmable=False, now=NOW + 3), Notify)
+    assert [payload_of(n)["id"] for n in notifies] == [2]
+    assert core.on_peer_gone(object(), NOW + 4) == []  # another peer: nothing ends
+
+
 def test_waiting_rpcs_are_bounded_by_rpc_queue_size():
     core = connected_core(rpc_queue_size=2)
     server_rpc(core, 1)

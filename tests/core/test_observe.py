@@ -371,3 +371,24 @@ def test_relation_block_size_is_the_smaller_of_the_asked_one_and_the_bridges():
     assert (small.block_size, default.block_size) == (256, codes.BLOCK_SIZE)
     huge, _ = obs.register("Dev C", "attributes", PEER, b"t3", True, T0, block_size=1 << 16)
     assert huge.block_size == codes.BLOCK_SIZE
+
+
+def test_cancel_remote_ends_that_remotes_relations_also_after_a_rename_and_a_replace():
+    obs = make_observers()
+    session = object()  # a DTLS session as the remote
+    register(obs, device="Dev A", feature="attributes", remote=session)
+    register(obs, device="Dev A", feature="rpc", remote=session)
+    register(obs, device="Dev B", feature="rpc", remote=OTHER_PEER)
+    register(obs, device="Dev C", feature="rpc", remote=PEER)
+    register(obs, device="Dev C", feature="rpc", remote=session, token=b"t2")  # replaces
+    obs.enqueue("Dev A", "rpc", pending(0, item="rpc-0"), T0)
+    obs.rename("Dev A", "Dev A2")
+    ended, leftovers = obs.cancel_remote(session)
+    assert sorted((r.device, r.feature) for r in ended) == [
+        ("Dev A2", "attributes"), ("Dev A2", "rpc"), ("Dev C", "rpc")]
+    assert [p.item for p in leftovers] == ["rpc-0"]
+    assert list(obs.relations) == [("Dev B", "rpc")]
+    assert obs.cancel_remote(session) == ([], [])
+    assert obs.cancel_remote(PEER) == ([], [])  # its relation was replaced by the session's
+    ended, _ = obs.cancel_remote(OTHER_PEER)
+    assert [r.device for r in ended] == ["Dev B"] and len(obs) == 0

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import dtlscerts
-from bridge.config import ConfigError, load, load_text
+from bridge.config import DTLS_CIPHERS, ConfigError, load, load_text
 
 
 def problems(text, env=None):
@@ -90,3 +90,39 @@ def test_a_cipher_list_openssl_refuses(files):
 
 def test_off_means_not_checked():
     assert not load_text(dtls(enabled="false", cert_file="/nonexistent"), {}).dtls.enabled
+
+
+@pytest.mark.parametrize("coap_address,dtls_address,clash", [
+    ("0.0.0.0", "", True),            # the default: DTLS on the CoAP address
+    ("0.0.0.0", "127.0.0.1", True),   # the wildcard takes that address's datagrams too
+    ("::", "127.0.0.1", True),        # dual stack
+    ("127.0.0.1", "127.0.0.1", True),
+    ("127.0.0.1", "127.0.0.2", False),
+    ("0.0.0.0", "::1", False),        # another family
+])
+def test_dtls_on_the_coap_port_of_an_overlapping_address_is_a_problem(files, coap_address,
+                                                                     dtls_address, clash):
+    cert, key = files["ec"]
+    text = dtls(enabled="true", cert_file=cert, key_file=key, bind_port=5683,
+                bind_address='"%s"' % dtls_address) + \
+        'coap:\n  bind_address: "%s"\n  bind_port: 5683\n' % coap_address
+    if clash:
+        found = problems(text)
+        assert len(found) == 1 and found[0].startswith(
+            "dtls.bind_port: 5683 is coap.bind_port too"), found
+    else:
+        assert load_text(text, {}).dtls.bind_port == 5683
+
+
+def test_a_dtls_port_clash_is_listed_with_the_other_problems(files):
+    found = problems(dtls(enabled="true", psk="false", bind_port=5683)
+                     + "coap:\n  bind_port: 5683\n")
+    assert any("no way to authenticate" in p for p in found)
+    assert any(p.startswith("dtls.bind_port: 5683 is coap.bind_port too") for p in found)
+
+
+def test_the_cipher_list_has_its_environment_name_in_the_shipped_file():
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+    assert load(shipped, {}).dtls.ciphers == DTLS_CIPHERS
+    config = load(shipped, {"COAP_DTLS_CIPHERS": "PSK-AES128-CCM8:@SECLEVEL=0"})
+    assert config.dtls.ciphers == "PSK-AES128-CCM8:@SECLEVEL=0"

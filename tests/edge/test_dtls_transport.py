@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 from OpenSSL import SSL
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 import coapraw as raw
 import dtlscerts
@@ -343,10 +344,41 @@ def test_end_sessions_ends_those_the_predicate_names_with_close_notify(bench):
         psk_peer.conn.bio_write(datagram)
     with pytest.raises(SSL.ZeroReturnError):
         psk_peer.conn.recv(100)
-    # a resumption of the ended session no longer carries the identity
+    # the ended session left OpenSSL's cache: a resumption of it is a full handshake,
+    # which asks the registry (where the identity is gone) instead of resuming anonymously
+    del bench.keys["dev-psk"]
     again = Peer(bench, ("10.0.0.1", 40100), session=saved, ctx=psk_peer.ctx)
+    assert not again.handshake()
+    assert bench.session(again.addr) is None
+    assert bench.dtls.stats["handshakes_resumed"] == 0
+    assert bench.dtls.stats["unknown_psk_identity"] == 1
+
+
+def test_a_resumption_of_a_removed_credential_is_ended_not_made_anonymous(bench):
+    # the device closed its session (still resumable in OpenSSL's cache), then its
+    # credential left the registry
+    first = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert first.handshake()
+    first.conn.shutdown()
+    first.deliver(first.out())
+    saved = first.conn.get_session()
+    del bench.keys["dev-psk"]
+    assert bench.dtls.end_sessions(lambda cred: cred == PresharedKey("dev-psk")) == 0
+    # OpenSSL resumes it, but the bridge no longer knows whose it is: ended
+    again = Peer(bench, A, session=saved, ctx=first.ctx)
     assert again.handshake()
-    assert bench.session(again.addr).credential is None
+    assert again.conn.master_key() == first.conn.master_key()
+    assert bench.session(A) is None
+    assert bench.dtls.stats["handshakes_resumed"] == 0
+    for datagram in bench.udp.take(A):
+        again.conn.bio_write(datagram)
+    with pytest.raises(SSL.ZeroReturnError):
+        again.conn.recv(100)
+    # and it left OpenSSL's cache: the next try is a full handshake, which fails
+    third = Peer(bench, A, session=saved, ctx=first.ctx)
+    assert not third.handshake()
+    assert bench.session(A) is None
+    assert bench.dtls.stats["unknown_psk_identity"] == 1
 
 
 def test_a_changed_psk_key_ends_its_sessions(bench):
@@ -401,3 +433,90 @@ def test_an_error_a_garbled_client_hello_leaves_queued_ends_no_session(bench):
     bench.dtls.datagramReceived(GARBLED_HELLO, B)
     assert peer.request(mid=5) is not None and peer.request(mid=6) is not None
     assert bench.session(A) is not None and not bench.session(A).closed
+
+
+def _counted(op):
+    def compare(self, other):
+        CountedDue.compared += 1
+        return getattr(float, op)(self, other)
+    return compare
+
+
+class CountedDue(float):
+    """A timer's due time that counts how often it is compared (as min() or a heap does)."""
+
+    compared = 0
+    __lt__, __le__ = _counted("__lt__"), _counted("__le__")
+    __gt__, __ge__ = _counted("__gt__"), _counted("__ge__")
+
+
+def test_a_datagram_costs_no_walk_over_every_half_open_handshake(bench):
+    # many half-open handshakes, each with an OpenSSL retransmission timer
+    for n in range(300):
+        peer = Peer(bench, ("10.3.%d.%d" % (n // 200, n % 200), 3000 + n),
+                    psk=("dev-psk", bench.keys["dev-psk"]))
+        peer.step()
+        peer.step()
+    assert bench.dtls.sessions_handshaking == 300
+    timers = bench.dtls._timers
+    entries = [(CountedDue(entry[0]),) + tuple(entry[1:]) for entry in timers]
+    timers.clear()
+    timers.extend(entries)
+    CountedDue.compared = 0
+    bench.dtls.datagramReceived(b"\x17junk", ("10.9.9.9", 9))
+    assert bench.dtls.stats["dropped"] == 1
+    assert CountedDue.compared < 30  # the earliest is read, not found among all 300
+    # and the timers still fire: every handshake is retransmitted, then reaped
+    bench.clock.advance(1.5)
+    assert bench.dtls.sessions_handshaking == 300
+    bench.clock.advance(bench.cfg.handshake_timeout)
+    assert bench.dtls.sessions_handshaking == 0
+    assert bench.dtls.stats["handshake_timeouts"] == 300
+
+
+@pytest.fixture
+def dtls_info_lines():
+    lines: List[str] = []
+
+    def observer(event):
+        if event.get("log_namespace") == "coapbridge.dtls" and \
+                event.get("log_level") >= LogLevel.info:
+            lines.append(formatEvent(event))
+    globalLogPublisher.addObserver(observer)
+    yield lines
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_failed_handshakes_are_summed_up_once_a_minute_not_logged_each(bench,
+                                                                     dtls_info_lines):
+    for n in range(20):  # a wrong key fails silently: each ends at the deadline
+        peer = Peer(bench, ("10.4.0.%d" % n, 4000 + n), psk=("dev-psk", b"not the key!"))
+        assert not peer.handshake(rounds=4)
+    untrusted = dtlscerts.issue("stranger", dtlscerts.ca())
+    assert not Peer(bench, ("10.4.1.1", 4100), cert=untrusted).handshake()
+    assert bench.dtls.stats["handshakes_failed"] == 1
+    assert len(dtls_info_lines) == 1  # the first at once
+    assert dtls_info_lines[0].startswith("1 DTLS handshake did not complete")
+    assert "(1 failed, 0 not finished" in dtls_info_lines[0]
+    assert "certificate verify failed" in dtls_info_lines[0]
+    bench.clock.advance(bench.cfg.handshake_timeout + 1)
+    assert bench.dtls.stats["handshake_timeouts"] == 20
+    assert len(dtls_info_lines) == 1
+    bench.clock.advance(60)
+    assert len(dtls_info_lines) == 2
+    assert dtls_info_lines[1].startswith("20 DTLS handshakes did not complete")
+    assert "(0 failed, 20 not finished" in dtls_info_lines[1]
+    assert "from 20 addresses" in dtls_info_lines[1]
+    bench.clock.advance(600)
+    assert len(dtls_info_lines) == 2  # nothing new: no line
+
+
+def test_an_ended_session_is_reported_to_the_core_as_a_peer_gone(bench):
+    gone = []
+    bench.coap.on_peer_gone = gone.append  # the bridge ends the peer's observations
+    peer = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    session = bench.session(A)
+    peer.conn.shutdown()
+    peer.deliver(peer.out())
+    assert bench.session(A) is None and gone == [session]

@@ -101,3 +101,33 @@ def test_stopping_the_sessions_ends_each_open_one_and_its_timer():
     sessions.stop()
     assert results == ["answer", "the bridge is stopping", "the bridge is stopping"]
     assert len(sessions) == 0 and clock.getDelayedCalls() == []
+
+
+def test_stopping_dtls_answers_the_stored_uplinks_before_closing_the_sessions():
+    from bridge.service import _DtlsService
+    calls = []
+
+    class View:
+        on_change = []
+
+    class Bridge:
+        registry_view = View()
+
+        def commit(self):
+            calls.append("commit")  # answers every stored uplink, DTLS peers' too
+
+    class Port:
+        def stopReading(self):
+            calls.append("stopReading")
+
+        def stopListening(self):
+            calls.append("stopListening")
+
+    class Transport:
+        def close_all(self):
+            calls.append("close_all")
+
+    service = _DtlsService(Bridge())
+    service.port, service.transport, service.running = Port(), Transport(), 1
+    service.stopService()
+    assert calls == ["stopReading", "commit", "close_all", "stopListening"]
