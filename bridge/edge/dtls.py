@@ -331,14 +331,13 @@ class DtlsTransport(DatagramProtocol):
         self._handshake(session, now)
 
     def _flush_listener(self, address: Address) -> None:
-        while True:
-            try:
-                out = self._listener.bio_read(READ)
-            except SSL.WantReadError:
-                return
-            if records.content_type(out) == records.HANDSHAKE and len(out) <= 256:
-                self.stats["hello_verify_sent"] += 1
-                self.transport.write(out, address)
+        size = psk_edge.waiting(self._listener)
+        if not size:
+            return
+        out = self._listener.bio_read(size)
+        if records.content_type(out) == records.HANDSHAKE and len(out) <= 256:
+            self.stats["hello_verify_sent"] += 1
+            self.transport.write(out, address)
 
     def _feed(self, session: DtlsSession, data: bytes, now: float) -> None:
         connection = session.connection
@@ -465,12 +464,8 @@ class DtlsTransport(DatagramProtocol):
         connection = session.connection
         if connection is None:
             return
-        blob = b""
-        while True:
-            try:
-                blob += connection.bio_read(READ)
-            except SSL.WantReadError:
-                break
+        size = psk_edge.waiting(connection)
+        blob = connection.bio_read(size) if size else b""
         if blob and self.transport is not None:
             for datagram in records.datagrams(blob, self.cfg.mtu):
                 self.stats["records_out"] += 1
