@@ -44,7 +44,9 @@ import os
 from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from OpenSSL import SSL
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
@@ -410,19 +412,16 @@ class DtlsTransport(DatagramProtocol):
     def _credential(session: DtlsSession, connection: SSL.Connection) -> Any:
         if session.psk_identity is not None:
             return PresharedKey(session.psk_identity)
-        try:
-            cert = connection.get_peer_certificate(as_cryptography=True)
-        except TypeError:  # pyOpenSSL before 24.3
-            peer = connection.get_peer_certificate()
-            cert = peer.to_cryptography() if peer is not None else None
-        if cert is None:
+        peer = connection.get_peer_certificate()
+        if peer is None:
             return None
-        from cryptography.hazmat.primitives.serialization import Encoding
-        from cryptography.x509.oid import NameOID
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        # the DER as OpenSSL holds it, parsed once (``as_cryptography`` would parse it
+        # and we would encode it again)
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME)
         cn = names[0].value if names else None
-        return Certificate(certificate_id(cert.public_bytes(Encoding.DER)),
-                           cn if isinstance(cn, str) else None)
+        return Certificate(certificate_id(der), cn if isinstance(cn, str) else None)
 
     def _read(self, session: DtlsSession) -> None:
         while session.connection is not None:
