@@ -82,8 +82,7 @@ class Rig:
         self.view = RegistryView(self.clock)
         self.view.attach(self.registry)
         self.dtls = dtls_edge.DtlsTransport(cfg, self.coap, self.clock, self.view.psk_key,
-                                            random.Random(1).randbytes,
-                                            refresh=self.view.refresh)
+                                            random.Random(1).randbytes)
         self.dtls.transport = self.udp
         self.coap.startProtocol()
         self.dtls.startProtocol()

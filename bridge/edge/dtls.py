@@ -201,13 +201,13 @@ class DtlsTransport(DatagramProtocol):
     """The CoAPs port: DTLS sessions in front of ``coap``'s endpoint (see the module)."""
 
     def __init__(self, cfg: DtlsConfig, coap: Any, clock: IReactorTime,
-                 psk_lookup: PskLookup, random_bytes: Callable[[int], bytes] = os.urandom,
-                 refresh: Callable[[], None] = lambda: None):
+                 psk_lookup: PskLookup, random_bytes: Callable[[int], bytes] = os.urandom):
         self.cfg = cfg
         self.coap = coap  # BridgeCoap: .received(data, peer), .trust(peer), .forget(peer)
         self.clock = clock
+        # answers as of the registry now (RegistryView.psk_key refreshes its copy first:
+        # a datagram that asks for no key costs no look at the registry)
         self.psk_lookup = psk_lookup
-        self.refresh = refresh  # brings what psk_lookup reads up to date (before OpenSSL)
         now = clock.seconds()
         self.cookies = CookieJar(random_bytes, now)
         self.table = SessionTable(cfg.max_sessions, cfg.handshake_timeout, cfg.idle_timeout)
@@ -268,7 +268,6 @@ class DtlsTransport(DatagramProtocol):
         address = (addr[0], addr[1])
         now = self.clock.seconds()
         self.stats["records_in"] += 1
-        self.refresh()
         psk_edge.clear_errors()  # no other connection's error may pass for this one's
         data = records.whole(data)  # OpenSSL gets whole records only (see records.whole)
         if not data:
