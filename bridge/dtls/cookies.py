@@ -10,7 +10,6 @@ pyOpenSSL before 26 did not check (CVE-2026-27459).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Callable, Tuple
 
@@ -37,7 +36,7 @@ class CookieJar:
     @staticmethod
     def _mac(secret: bytes, address: Tuple[str, int]) -> bytes:
         text = ("%s|%d" % (address[0], address[1])).encode("ascii", "replace")
-        return hmac.new(secret, text, hashlib.sha256).digest()[:SIZE]
+        return hmac.digest(secret, text, "sha256")[:SIZE]  # one-shot: no HMAC object
 
     def make(self, address: Tuple[str, int], now: float) -> bytes:
         self._turn(now)

@@ -400,11 +400,12 @@ class DtlsTransport(DatagramProtocol):
             self.stats["handshakes_full"] += 1
             kind = "full"
         session.established = True
-        session.shortest = records.min_body(connection.get_cipher_name() or "")
+        cipher = connection.get_cipher_name() or ""
+        session.shortest = records.min_body(cipher)
         self.table.establish(session, now)
         self.coap.trust(session)
         log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
-                  peer=str(session), kind=kind, cipher=connection.get_cipher_name(),
+                  peer=str(session), kind=kind, cipher=cipher,
                   credential=_describe(session.credential))
 
     @staticmethod
