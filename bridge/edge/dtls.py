@@ -385,7 +385,7 @@ class DtlsTransport(DatagramProtocol):
     def _established(self, session: DtlsSession, now: float) -> None:
         connection = session.connection
         assert connection is not None
-        secret = hashlib.sha256(connection.master_key() or b"").digest()
+        secret = hashlib.blake2s(connection.master_key() or b"").digest()
         remembered = self._remembered
         if secret in remembered:  # only a resumed handshake shares a master secret
             session.credential, session.psk_key = remembered[secret]
