@@ -3,18 +3,21 @@
 ``bench/dtlsload.py``'s pyOpenSSL clients talk to the real ``DtlsTransport`` (and the
 real CoAP endpoint behind it, and the registry's view over SQLite for the PSK) over
 memory BIOs, a fake UDP port and a fake clock: every datagram is handed over by hand,
-and the clock's due calls run after each (a reactor turn per datagram). Each round is one full handshake from an
-address of its own, cookie round trip included, then one CON GET answered 2.05.
-The numbers do not depend on what else the machine runs when taken under valgrind:
+and the clock's due calls run after each (a reactor turn per datagram). Each round is
+one full handshake from an address of its own, cookie round trip included, then one
+CON GET answered 2.05. Under valgrind the count does not depend on what else the
+machine runs:
 
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
         python bench/dtlsprofile.py --kind psk -n 200
-    python bench/dtlsprofile.py --kind psk -n 200 --callgrind-report /tmp/cg.out
+    python bench/dtlsprofile.py -n 200 --callgrind-report /tmp/cg.out [/tmp/cg2.out]
 
-The transport's share is everything called through ``itertools.starmap`` (only the
-handing-over of a datagram to ``datagramReceived``, and the reactor turn after it, is
-called that way): the ``starmap_next`` inclusive count. ``--profile`` prints a cProfile breakdown instead,
-``--time`` the wall-clock µs per handshake on each side (load-sensitive).
+(``cg2.out`` from a run of ``2 n`` rounds: the difference is the whole round, both
+sides.) The transport's share is everything called through ``itertools.starmap`` (only
+the handing-over of a datagram to ``datagramReceived``, and the reactor turn after it,
+is called that way; the warm-up rounds are not): the ``starmap_next`` inclusive count.
+``--profile`` prints a cProfile breakdown instead, ``--time`` the CPU µs per handshake,
+the transport's and in all (load-sensitive).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
