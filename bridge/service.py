@@ -279,8 +279,7 @@ class _DtlsService(Service):
         cfg = bridge.config.dtls
         view = bridge.registry_view
         # psk_key: the handshake's synchronous lookup in the registry's copy
-        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor, view.psk_key,
-                                                 refresh=view.refresh)
+        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor, view.psk_key)
         interface = cfg.bind_address or bridge.config.coap.bind_address
         try:
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,

@@ -45,7 +45,9 @@ import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from OpenSSL import SSL
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
@@ -206,13 +208,13 @@ class DtlsTransport(DatagramProtocol):
     """The CoAPs port: DTLS sessions in front of ``coap``'s endpoint (see the module)."""
 
     def __init__(self, cfg: DtlsConfig, coap: Any, clock: IReactorTime,
-                 psk_lookup: PskLookup, random_bytes: Callable[[int], bytes] = os.urandom,
-                 refresh: Callable[[], None] = lambda: None):
+                 psk_lookup: PskLookup, random_bytes: Callable[[int], bytes] = os.urandom):
         self.cfg = cfg
         self.coap = coap  # BridgeCoap: .received(data, peer), .trust(peer), .forget(peer)
         self.clock = clock
+        # answers as of the registry now (RegistryView.psk_key refreshes its copy first:
+        # a datagram that asks for no key costs no look at the registry)
         self.psk_lookup = psk_lookup
-        self.refresh = refresh  # brings what psk_lookup reads up to date (before OpenSSL)
         now = clock.seconds()
         self.cookies = CookieJar(random_bytes, now)
         self.table = SessionTable(cfg.max_sessions, cfg.handshake_timeout, cfg.idle_timeout)
@@ -276,7 +278,6 @@ class DtlsTransport(DatagramProtocol):
         address = (addr[0], addr[1])
         now = self.clock.seconds()
         self.stats["records_in"] += 1
-        self.refresh()
         psk_edge.clear_errors()  # no other connection's error may pass for this one's
         data = records.whole(data)  # OpenSSL gets whole records only (see records.whole)
         if not data:
@@ -341,14 +342,13 @@ class DtlsTransport(DatagramProtocol):
         self._handshake(session, now)
 
     def _flush_listener(self, address: Address) -> None:
-        while True:
-            try:
-                out = self._listener.bio_read(READ)
-            except SSL.WantReadError:
-                return
-            if records.content_type(out) == records.HANDSHAKE and len(out) <= 256:
-                self.stats["hello_verify_sent"] += 1
-                self.transport.write(out, address)
+        size = psk_edge.waiting(self._listener)
+        if not size:
+            return
+        out = self._listener.bio_read(size)
+        if records.content_type(out) == records.HANDSHAKE and len(out) <= 256:
+            self.stats["hello_verify_sent"] += 1
+            self.transport.write(out, address)
 
     def _feed(self, session: DtlsSession, data: bytes, now: float) -> None:
         connection = session.connection
@@ -396,7 +396,7 @@ class DtlsTransport(DatagramProtocol):
     def _established(self, session: DtlsSession, now: float) -> None:
         connection = session.connection
         assert connection is not None
-        secret = hashlib.sha256(connection.master_key() or b"").digest()
+        secret = hashlib.blake2s(connection.master_key() or b"").digest()
         remembered = self._remembered
         if secret in remembered:  # only a resumed handshake shares a master secret
             session.credential, session.psk_key = remembered[secret]
@@ -420,30 +420,28 @@ class DtlsTransport(DatagramProtocol):
             self.stats["handshakes_full"] += 1
             kind = "full"
         session.established = True
-        session.shortest = records.min_body(connection.get_cipher_name() or "")
+        cipher = connection.get_cipher_name() or ""
+        session.shortest = records.min_body(cipher)
         self.table.establish(session, now)
         self.coap.trust(session)
         log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
-                  peer=str(session), kind=kind, cipher=connection.get_cipher_name(),
+                  peer=str(session), kind=kind, cipher=cipher,
                   credential=_describe(session.credential))
 
     @staticmethod
     def _credential(session: DtlsSession, connection: SSL.Connection) -> Any:
         if session.psk_identity is not None:
             return PresharedKey(session.psk_identity)
-        try:
-            cert = connection.get_peer_certificate(as_cryptography=True)
-        except TypeError:  # pyOpenSSL before 24.3
-            peer = connection.get_peer_certificate()
-            cert = peer.to_cryptography() if peer is not None else None
-        if cert is None:
+        peer = connection.get_peer_certificate()
+        if peer is None:
             return None
-        from cryptography.hazmat.primitives.serialization import Encoding
-        from cryptography.x509.oid import NameOID
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        # the DER as OpenSSL holds it, parsed once (``as_cryptography`` would parse it
+        # and we would encode it again)
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+            NameOID.COMMON_NAME)
         cn = names[0].value if names else None
-        return Certificate(certificate_id(cert.public_bytes(Encoding.DER)),
-                           cn if isinstance(cn, str) else None)
+        return Certificate(certificate_id(der), cn if isinstance(cn, str) else None)
 
     def _read(self, session: DtlsSession) -> None:
         while session.connection is not None:
@@ -485,12 +483,8 @@ class DtlsTransport(DatagramProtocol):
         connection = session.connection
         if connection is None:
             return
-        blob = b""
-        while True:
-            try:
-                blob += connection.bio_read(READ)
-            except SSL.WantReadError:
-                break
+        size = psk_edge.waiting(connection)
+        blob = connection.bio_read(size) if size else b""
         if blob and self.transport is not None:
             for datagram in records.datagrams(blob, self.cfg.mtu):
                 self.stats["records_out"] += 1

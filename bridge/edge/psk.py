@@ -6,7 +6,8 @@ cryptography's cffi bindings export ``SSL_CTX_set_psk_server_callback`` and
 This module is the one place that reaches under pyOpenSSL for them: the context's
 ``SSL_CTX`` pointer (``Context._context``) and the ``SSL *`` -> ``Connection`` map
 pyOpenSSL keeps for its own callbacks (``Connection._reverse_mapping``). Both exist
-in pyOpenSSL 24.3 (the PyPy 3.9 pin) and 26.x; ``tests/edge/test_psk.py`` runs a
+in pyOpenSSL 24.3 (the PyPy 3.9 pin) and 26.x, as does the outgoing memory BIO
+(``Connection._from_ssl``) that ``waiting`` measures; ``tests/edge/test_psk.py`` runs a
 real PSK handshake over memory BIOs so a change there shows at once.
 
 OpenSSL calls the server callback synchronously in the middle of the handshake
@@ -42,6 +43,13 @@ def clear_errors() -> None:
     returns 0) would make the next read on any session look fatal; the transport
     calls this before each call into OpenSSL whose failure it acts on."""
     lib.ERR_clear_error()
+
+
+def waiting(connection: SSL.Connection) -> int:
+    """Bytes OpenSSL has written to ``connection``'s outgoing memory BIO and nobody has
+    read yet: reading exactly that many empties it in one ``bio_read`` (pyOpenSSL raises
+    ``WantReadError`` on an empty BIO, which costs more than the read)."""
+    return int(lib.BIO_get_mem_data(connection._from_ssl, ffi.NULL))
 
 
 def supported() -> bool:
