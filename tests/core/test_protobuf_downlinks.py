@@ -8,10 +8,8 @@ tests drive a ``GatewayCore`` as tests/core/test_downstream_session.py does."""
 
 import json
 import shutil
-import subprocess
 
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from bridge.core import codes
 from bridge.core.actions import Device, Log, Notify, Publish, Reply
@@ -21,6 +19,7 @@ from bridge.core.formats.protobuf import ProtobufFormat
 from bridge.core.session import GatewayCore
 from bridge.edge import protoc
 from coreconfig import core_config, handled
+from protobuild import TB_QUEUE, message_class
 from test_downstream_session import (GATEWAY_RPC, answer, attribute_requests, get, observe_rpc,
                                      of, post, push, run, server_rpc, start_read)
 
@@ -29,20 +28,6 @@ pytestmark = pytest.mark.skipif(shutil.which("protoc") is None,
 
 NOW = 1_700_000_000.5
 TS = int(NOW * 1000)
-
-# ThingsBoard's queue.proto, the messages a CoAP device sees (spec §8.1): the test's copy.
-TB_QUEUE = """syntax = "proto3";
-package transport;
-enum KeyValueType { BOOLEAN_V = 0; LONG_V = 1; DOUBLE_V = 2; STRING_V = 3; JSON_V = 4; }
-message KeyValueProto { string key = 1; KeyValueType type = 2; bool bool_v = 3; int64 long_v = 4;
-  double double_v = 5; string string_v = 6; string json_v = 7; }
-message TsKvProto { int64 ts = 1; KeyValueProto kv = 2; optional int64 version = 3; }
-message AttributeUpdateNotificationMsg { repeated TsKvProto sharedUpdated = 1;
-  repeated string sharedDeleted = 2; }
-message GetAttributeResponseMsg { int32 requestId = 1; repeated TsKvProto clientAttributeList = 2;
-  repeated TsKvProto sharedAttributeList = 3; bool isMultipleAttributesRequest = 4;
-  string error = 5; bool sharedStateMsg = 6; }
-"""
 
 # ThingsBoard's AbstractCoapServerSideRpcIntegrationTest schema (a message-typed params).
 TB_RPC_REQUEST = """syntax ="proto3";
@@ -79,18 +64,6 @@ message Answer { State state = 1; int64 took_ms = 2; optional string detail = 3;
 """
 
 
-def own_class(tmp_path, text, name):
-    """The test's own build of ``text``: protoc, a pool, the class of message ``name``."""
-    source = tmp_path / ("%s.proto" % name.replace(".", "_"))
-    source.write_text(text)
-    out = tmp_path / "out.pb"
-    subprocess.run(["protoc", "--descriptor_set_out=%s" % out, "-I", str(tmp_path),
-                    str(source)], check=True)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0])
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
-
-
 def cls(text, kind):
     return protoc.message_class(text, kind)
 
@@ -111,8 +84,8 @@ def fmt(rpc_request=None, rpc_response=None, json_downlinks=False, compatible=Fa
 def tb(tmp_path):
     """The test's own classes of ThingsBoard's fixed messages."""
     class TB:
-        Update = own_class(tmp_path, TB_QUEUE, "transport.AttributeUpdateNotificationMsg")
-        Response = own_class(tmp_path, TB_QUEUE, "transport.GetAttributeResponseMsg")
+        Update = message_class(tmp_path, TB_QUEUE, "transport.AttributeUpdateNotificationMsg")
+        Response = message_class(tmp_path, TB_QUEUE, "transport.GetAttributeResponseMsg")
     return TB
 
 
@@ -202,13 +175,13 @@ def test_content_format_is_42_unless_downlinks_stay_json():
 
 def test_golden_server_rpc_with_thingsboards_message_params_schema(tmp_path):
     body = fmt(TB_RPC_REQUEST).server_rpc(5, "setGpio", {"pin": "23", "value": 1})
-    request = own_class(tmp_path, TB_RPC_REQUEST, "rpc.RpcRequestMsg").FromString(body)
+    request = message_class(tmp_path, TB_RPC_REQUEST, "rpc.RpcRequestMsg").FromString(body)
     assert (request.method, request.requestId) == ("setGpio", 5)
     assert (request.params.pin, request.params.value) == ("23", 1)
 
 
 def test_server_rpc_with_the_default_schema_takes_primitives_as_text_as_java_does(tmp_path):
-    request_class = own_class(tmp_path, protoschema.DEFAULTS[protoschema.RPC_REQUEST],
+    request_class = message_class(tmp_path, protoschema.DEFAULTS[protoschema.RPC_REQUEST],
                               "rpc.RpcRequestMsg")
 
     def params(value):
@@ -230,7 +203,7 @@ def test_an_object_into_the_default_string_params_cannot_be_encoded():
 
 
 def test_server_rpc_custom_schema_nested_coercion_unknown_fields_and_names(tmp_path):
-    command = own_class(tmp_path, CUSTOM_RPC_REQUEST, "ctl.Command")
+    command = message_class(tmp_path, CUSTOM_RPC_REQUEST, "ctl.Command")
     body = fmt(CUSTOM_RPC_REQUEST).server_rpc(11, "configure", {
         "label": 7, "enabled": "true", "bigCount": "12345678901", "tags": ["a", 2, False],
         "inner": {"note": 3.25}, "unknown": {"x": 1}})
@@ -253,7 +226,7 @@ def test_server_rpc_custom_schema_nested_coercion_unknown_fields_and_names(tmp_p
 # -- RPC replies (uplink) -----------------------------------------------------------------
 
 def test_golden_rpc_reply_with_the_default_response_schema(tmp_path):
-    response = own_class(tmp_path, protoschema.DEFAULTS[protoschema.RPC_RESPONSE],
+    response = message_class(tmp_path, protoschema.DEFAULTS[protoschema.RPC_RESPONSE],
                          "rpc.RpcResponseMsg")
     device_response = '{"value1":"A","value2":"B"}'  # ThingsBoard's DEVICE_RESPONSE
     topic, body = fmt().rpc_reply("Dev P", 4, response(payload=device_response)
@@ -264,7 +237,7 @@ def test_golden_rpc_reply_with_the_default_response_schema(tmp_path):
 
 
 def test_rpc_reply_custom_schema_printed_as_thingsboard_prints(tmp_path):
-    answer_class = own_class(tmp_path, CUSTOM_RPC_RESPONSE, "ctl.Answer")
+    answer_class = message_class(tmp_path, CUSTOM_RPC_RESPONSE, "ctl.Answer")
     payload = answer_class(state=1, took_ms=2 ** 40).SerializeToString()
     topic, body = fmt(rpc_response=CUSTOM_RPC_RESPONSE).rpc_reply("Dev P", 8, payload)
     assert json.loads(body)["data"] == {"state": "STATE_DONE", "tookMs": "1099511627776"}
@@ -328,7 +301,7 @@ def test_core_rpc_that_does_not_fit_gets_thingsboards_error_and_the_relation_sta
     [log] = [a for a in seen if isinstance(a, Log)]
     assert log.level == "warn" and "rpc.RpcRequestMsg" in log.fields["reason"]
     [notify] = of(run(core, server_rpc(core, 22, "setGpio", {"pin": "7", "value": 0})), Notify)
-    request = own_class(tmp_path, TB_RPC_REQUEST, "rpc.RpcRequestMsg").FromString(notify.payload)
+    request = message_class(tmp_path, TB_RPC_REQUEST, "rpc.RpcRequestMsg").FromString(notify.payload)
     assert (notify.content_format, request.requestId, request.params.pin) == (42, 22, "7")
 
 

@@ -12,11 +12,11 @@ import shutil
 import subprocess
 
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from bridge.core.formats import fixed as tbfixed
 from conftest import BridgeProcess
 from platform_sim import PlatformSim
+from protobuild import message_class
 from tbprofiles import exported_profile, protobuf_payload
 from test_provision_ota import ProvisioningPlatform
 
@@ -65,18 +65,6 @@ message SensorDataReading {
   optional sint32 level = 2;
 }
 """
-
-
-def message_class(tmp_path, text, name):
-    """The test's own build of the schema: protoc, a pool, the message's class."""
-    source = tmp_path / "t.proto"
-    source.write_text(text)
-    out = tmp_path / "t.pb"
-    subprocess.run(["protoc", "--descriptor_set_out=%s" % out, "-I", str(tmp_path),
-                    str(source)], check=True)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0])
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
 
 
 def fixed(tmp_path, name):

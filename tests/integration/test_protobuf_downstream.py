@@ -16,23 +16,11 @@ import pytest
 
 from conftest import BridgeProcess, Mosquitto
 from platform_sim import PlatformSim
-from test_protobuf import LIBCOAP, message_class
+from protobuild import TB_QUEUE, message_class
+from test_protobuf import LIBCOAP
 
 pytestmark = pytest.mark.integration
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-TB_QUEUE = """syntax = "proto3";
-package transport;
-enum KeyValueType { BOOLEAN_V = 0; LONG_V = 1; DOUBLE_V = 2; STRING_V = 3; JSON_V = 4; }
-message KeyValueProto { string key = 1; KeyValueType type = 2; bool bool_v = 3; int64 long_v = 4;
-  double double_v = 5; string string_v = 6; string json_v = 7; }
-message TsKvProto { int64 ts = 1; KeyValueProto kv = 2; optional int64 version = 3; }
-message AttributeUpdateNotificationMsg { repeated TsKvProto sharedUpdated = 1;
-  repeated string sharedDeleted = 2; }
-message GetAttributeResponseMsg { int32 requestId = 1; repeated TsKvProto clientAttributeList = 2;
-  repeated TsKvProto sharedAttributeList = 3; bool isMultipleAttributesRequest = 4;
-  string error = 5; bool sharedStateMsg = 6; }
-"""
 
 RPC_REQUEST = """syntax = "proto3";
 package valve;
