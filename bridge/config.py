@@ -708,9 +708,9 @@ def _resolve_registry(config: Config, problems: List[str]) -> Config:
         problems.append("registry.url: %s" % exc)
         return config
     if target.shared and not registry_url.driver_available():
-        problems.append("registry.url: a PostgreSQL registry needs psycopg on CPython "
-                        "(pip install 'psycopg[binary]' psycopg-pool; psycopg does not run on "
-                        "PyPy 7.3.11): run the bridge on CPython, or use SQLite")
+        problems.append("registry.url: a PostgreSQL registry needs the postgresql extra "
+                        "(pip install 'coapbridge[postgresql]', on CPython: psycopg does not "
+                        "run on PyPy 7.3.11), or use SQLite")
     return config
 
 
@@ -778,5 +778,8 @@ dtls:
   ca_file: "${COAP_DTLS_CA_FILE:}"
 registry: {url: "${REGISTRY_URL:}", password: "${REGISTRY_PASSWORD:}",
            password_file: "${REGISTRY_PASSWORD_FILE:}"}
+metrics: {bind_address: "${METRICS_BIND_ADDRESS:127.0.0.1}", port: "${METRICS_PORT:9683}"}
 data_dir: "${DATA_DIR:./data}"
+log_level: "${LOG_LEVEL:info}"
+log_format: "${LOG_FORMAT:text}"
 """
