@@ -6,6 +6,7 @@
 #                and sdist, install the wheel into a fresh virtualenv and run pytest (the
 #                whole suite smoke-tests that install too: tests/artifact);
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
+#   make artifact    only the wheel and sdist (.tools/artifact/dist) and their virtualenv
 #   make test-image  build the Docker image and run tests/artifact against it
 #   make bench   benchmarks (QUICK=1: a few minutes); results in bench/results/
 #   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
@@ -42,7 +43,7 @@ export PYTHON TOOLS CONFIG
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 run: system-deps $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/run.sh

@@ -95,7 +95,8 @@ cmd_system() {
     local packages=()
     have mosquitto || packages+=(mosquitto)
     have coap-client-notls || packages+=(libcoap3-bin)
-    have protoc || packages+=(protobuf-compiler)  # compiles PROTOBUF device profiles' schemas
+    # the system protoc: PyPy's (CPython gets grpcio-tools' from pip), and the fallback's tests
+    have protoc || packages+=(protobuf-compiler)
     if ! command -v "$PYTHON" >/dev/null 2>&1 && [ "$PYTHON" = pypy3 ]; then
         packages+=(pypy3 pypy3-venv)
     elif ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then

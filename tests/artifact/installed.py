@@ -19,6 +19,7 @@ VENV_ENV = "COAPBRIDGE_ARTIFACT_VENV"
 IMAGE_ENV = "COAPBRIDGE_ARTIFACT_IMAGE"
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCKER = shutil.which("docker") or "docker"
+TMP = "/run/coapbridge-tmp"  # in the container (the test's files are under /tmp)
 
 
 class Installed:
@@ -96,7 +97,9 @@ class Image(Installed):
         self.mounts: List[str] = []
 
     def share(self, path: str) -> None:
-        """Make ``path`` (a directory of the test's) visible in the containers."""
+        """Make ``path`` (a directory of the test's) visible in the containers, where the
+        image's user may read it (pytest makes its directories 0700)."""
+        os.chmod(path, 0o755)
         self.mounts.append(path)
 
     def prepare_dir(self, path: str) -> None:
@@ -110,8 +113,10 @@ class Image(Installed):
         return done.stdout.strip() or None
 
     def command(self, argv: List[str], env: Dict[str, str]) -> List[str]:
+        # a read-only root: the bridge may write only DATA_DIR (mounted) and its temporary
+        # directory, here an empty one that is also the working directory (no conf/)
         args = [DOCKER, "run", "--rm", "-i", "--network", "host", "--read-only",
-                "--tmpfs", "/tmp", "-w", "/tmp"]
+                "--tmpfs", TMP, "-e", "TMPDIR=" + TMP, "-w", TMP]
         for path in self.mounts:
             args += ["-v", "%s:%s" % (path, path)]
         for key in env:
