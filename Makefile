@@ -22,7 +22,7 @@ TOOLS := .tools
 # Rebuilt (pip install -e) only when setup.cfg changes; lives in the venv so it goes with it.
 STAMP := $(VENV)/.coapbridge-installed
 PYSTAMP := $(PYVENV)/.coapbridge-installed
-COAP_CLI := $(CURDIR)/$(TOOLS)/node_modules/.bin/coap
+NODE_COAP_CLI := $(CURDIR)/$(TOOLS)/node_modules/.bin/coap
 CONFIG ?= conf/coapbridge.yaml
 PYTEST_ARGS ?=
 # Run all of tests/ unless PYTEST_ARGS names test paths itself.
@@ -41,7 +41,7 @@ run: system-deps $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/run.sh
 
 test: system-deps-test $(PYSTAMP) node-tools
-	COAP_CLI=$(COAP_CLI) PATH="$$PATH:/usr/sbin" \
+	NODE_COAP_CLI=$(NODE_COAP_CLI) PATH="$$PATH:/usr/sbin" \
 		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
 
 bench: system-deps $(STAMP) $(PYSTAMP)

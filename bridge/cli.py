@@ -14,7 +14,8 @@ import string
 import sys
 from typing import Any, List, Optional
 
-from . import config as config_module
+from . import startup_checks
+from .settings import Config, ConfigError, StartupError, default_path
 from .certfile import CertificateError, read_file
 from .registry import Entry, Registry, RegistryError, mask, parse_key, read_csv
 
@@ -70,10 +71,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    path = args.config or config_module.default_path()
+    path = args.config or default_path()
     try:
-        config = config_module.load(path)
-    except config_module.ConfigError as exc:
+        config = startup_checks.load(path)
+    except ConfigError as exc:
         print("coapbridge: " + exc.render(), file=sys.stderr)
         return 2
     if args.command == "check-config":
@@ -85,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         registry = open_registry(config)
-    except config_module.StartupError as exc:  # DATA_DIR not writable, a damaged file
+    except StartupError as exc:  # DATA_DIR not writable, a damaged file
         print("coapbridge: %s" % exc, file=sys.stderr)
         return 2
     try:
@@ -97,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         registry.close()
 
 
-def open_registry(config: config_module.Config) -> Any:
+def open_registry(config: Config) -> Any:
     """The registry ``registry.url`` names (raises ``StartupError`` when it cannot be used)."""
     target = config.registry_target
     if target.shared:
@@ -106,7 +107,7 @@ def open_registry(config: config_module.Config) -> Any:
     return Registry(target.path)
 
 
-def _devices(args: argparse.Namespace, config: config_module.Config, registry: Any) -> int:
+def _devices(args: argparse.Namespace, config: Config, registry: Any) -> int:
     if args.action == "add":
         return _add(args, config, registry)
     if args.action == "list":
@@ -129,7 +130,7 @@ def _devices(args: argparse.Namespace, config: config_module.Config, registry: A
     return 0
 
 
-def _add(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+def _add(args: argparse.Namespace, config: Config, registry: Registry) -> int:
     cert = None
     if args.cert:
         try:

@@ -20,7 +20,7 @@ from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .config import Config, StartupError
+from .settings import Config, StartupError
 from .edge import coap as coap_edge
 from .edge import outbox_files
 from .edge.outbox import Outbox

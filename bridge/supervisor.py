@@ -38,7 +38,7 @@ from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
 from . import logs
-from .config import Config, StartupError
+from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
 from .edge import udp
 from .logs import logger

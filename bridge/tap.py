@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 from twisted.python import usage
 
-from . import config as config_module
-from . import logs
+from . import logs, startup_checks
+from .settings import ConfigError, default_path
 
 
 class Options(usage.Options):
@@ -29,11 +29,11 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        path = self["config"] or config_module.default_path()
+        path = self["config"] or default_path()
         self.config_path = path
         try:
-            self.config = config_module.load(path)
-        except config_module.ConfigError as exc:
+            self.config = startup_checks.load(path)
+        except ConfigError as exc:
             # Not usage.UsageError: twistd answers that with its whole --help text and exit
             # status 1; a configuration problem is every problem listed and exit status 2.
             sys.stderr.write("coapbridge: " + exc.render() + "\n")

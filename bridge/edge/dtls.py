@@ -51,7 +51,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
-from ..config import DtlsConfig
+from ..settings import DtlsConfig
 from ..core.auth import Certificate, PresharedKey, certificate_id
 from ..dtls import records
 from ..dtls.cookies import CookieJar
@@ -106,8 +106,9 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
                     | SSL.OP_NO_TICKET)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if cfg.cert_file:
+        _use_key_password(ctx, cfg)
         ctx.use_certificate_chain_file(cfg.cert_file)
-        ctx.use_privatekey_file(cfg.key_file)
+        ctx.use_privatekey_file(cfg.key_file or cfg.cert_file)
         ctx.check_privatekey()
     if cfg.ca_file:
         ctx.load_verify_locations(cfg.ca_file)
@@ -126,6 +127,21 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
     return ctx
 
 
+def _use_key_password(ctx: SSL.Context, cfg: DtlsConfig) -> None:
+    """``dtls.key_password`` for an encrypted key; always a callback, since OpenSSL's own
+    would ask on the terminal (an empty password fails at once instead)."""
+    password = cfg.key_password.encode("utf-8")
+    ctx.set_passwd_cb(lambda size, verify, data: password[:size])
+
+
+def _encrypted(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return b"ENCRYPTED" in handle.read(1 << 20)
+    except OSError:
+        return False
+
+
 def _openssl_reason(exc: Exception) -> str:
     args = getattr(exc, "args", ())
     if args and isinstance(args[0], list) and args[0]:
@@ -134,7 +150,7 @@ def _openssl_reason(exc: Exception) -> str:
 
 
 def check_config(cfg: DtlsConfig) -> List[str]:
-    """Problems with the DTLS files, one line each, for ``config.load``."""
+    """Problems with the DTLS files, one line each, for ``bridge.startup_checks``."""
     problems = []
     for key in ("cert_file", "key_file", "ca_file"):
         path = getattr(cfg, key)
@@ -143,9 +159,10 @@ def check_config(cfg: DtlsConfig) -> List[str]:
     if problems:
         return problems
     steps = []
+    key_file = cfg.key_file or cfg.cert_file  # empty: the key is in the certificate's file
     if cfg.cert_file:
         steps += [("cert_file", lambda ctx: ctx.use_certificate_chain_file(cfg.cert_file)),
-                  ("key_file", lambda ctx: ctx.use_privatekey_file(cfg.key_file)),
+                  ("key_file", lambda ctx: ctx.use_privatekey_file(key_file)),
                   ("key_file", lambda ctx: ctx.check_privatekey())]
     if cfg.ca_file:
         steps.append(("ca_file", lambda ctx: ctx.load_verify_locations(cfg.ca_file)))
@@ -155,13 +172,17 @@ def check_config(cfg: DtlsConfig) -> List[str]:
             "cert_file": "%s is not a PEM certificate chain" % cfg.cert_file,
             "ca_file": "%s holds no PEM certificate" % cfg.ca_file}
     ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
+    _use_key_password(ctx, cfg)
     for n, (key, step) in enumerate(steps):
         try:
             step(ctx)
         except (SSL.Error, UnicodeError) as exc:
-            if key == "key_file":
-                text = ("%s is not a PEM private key" % cfg.key_file if n == 1 else
-                        "%s does not match dtls.cert_file %s" % (cfg.key_file, cfg.cert_file))
+            if key == "key_file" and n == 1 and _encrypted(key_file):
+                text = ("%s is encrypted and dtls.key_password (COAP_DTLS_PEM_KEY_PASSWORD) %s"
+                        % (key_file, "does not open it" if cfg.key_password else "is empty"))
+            elif key == "key_file":
+                text = ("%s is not a PEM private key" % key_file if n == 1 else
+                        "%s does not match dtls.cert_file %s" % (key_file, cfg.cert_file))
             else:
                 text = what[key]
             problems.append("dtls.%s: %s (%s)" % (key, text, _openssl_reason(exc)))

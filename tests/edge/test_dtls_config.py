@@ -7,7 +7,8 @@ import os
 import pytest
 
 import dtlscerts
-from bridge.config import DTLS_CIPHERS, ConfigError, load, load_text
+from bridge.settings import DTLS_CIPHERS, ConfigError
+from bridge.startup_checks import load, load_text
 
 
 def problems(text, env=None):
