@@ -22,11 +22,17 @@ from .settings import ConfigError, default_path
 class Options(usage.Options):
     synopsis = "[--config FILE]"
     longdesc = ("Run the coapbridge CoAP-to-MQTT gateway. Every setting may also come from "
-                "the environment (see conf/coapbridge.yaml). Without --config, "
-                "$COAPBRIDGE_CONFIG or ./conf/coapbridge.yaml is used when present.")
+                "the environment (`coapbridge config env` lists the variables). Without "
+                "--config, $COAPBRIDGE_CONFIG or ./conf/coapbridge.yaml is used when present.")
     optParameters = [
         ["config", "c", None, "YAML configuration file"],
     ]
+
+    def opt_version(self) -> None:
+        """Print coapbridge's version and exit."""
+        from . import __version__
+        print("coapbridge %s" % __version__)
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
         path = self["config"] or default_path()

@@ -60,6 +60,7 @@ from ..dtls.sessions import HandshakeGuard, SessionTable
 from ..logs import logger
 from ..registry import mask
 from . import psk as psk_edge
+from .dtls_keys import KeyProblem, load_key, use_key
 from . import udp
 
 log = logger("dtls")
@@ -106,9 +107,8 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
                     | SSL.OP_NO_TICKET)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if cfg.cert_file:
-        _use_key_password(ctx, cfg)
         ctx.use_certificate_chain_file(cfg.cert_file)
-        ctx.use_privatekey_file(cfg.key_file or cfg.cert_file)
+        use_key(ctx, load_key(cfg))
         ctx.check_privatekey()
     if cfg.ca_file:
         ctx.load_verify_locations(cfg.ca_file)
@@ -125,21 +125,6 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
     # it warns about (and will refuse) any change to the context
     ctx.set_cipher_list(cfg.ciphers.encode("ascii"))
     return ctx
-
-
-def _use_key_password(ctx: SSL.Context, cfg: DtlsConfig) -> None:
-    """``dtls.key_password`` for an encrypted key; always a callback, since OpenSSL's own
-    would ask on the terminal (an empty password fails at once instead)."""
-    password = cfg.key_password.encode("utf-8")
-    ctx.set_passwd_cb(lambda size, verify, data: password[:size])
-
-
-def _encrypted(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return b"ENCRYPTED" in handle.read(1 << 20)
-    except OSError:
-        return False
 
 
 def _openssl_reason(exc: Exception) -> str:
@@ -161,8 +146,12 @@ def check_config(cfg: DtlsConfig) -> List[str]:
     steps = []
     key_file = cfg.key_file or cfg.cert_file  # empty: the key is in the certificate's file
     if cfg.cert_file:
+        try:
+            private_key = load_key(cfg)
+        except KeyProblem as exc:
+            return ["dtls.key_file: %s" % exc]
         steps += [("cert_file", lambda ctx: ctx.use_certificate_chain_file(cfg.cert_file)),
-                  ("key_file", lambda ctx: ctx.use_privatekey_file(key_file)),
+                  ("key_file", lambda ctx: use_key(ctx, private_key)),
                   ("key_file", lambda ctx: ctx.check_privatekey())]
     if cfg.ca_file:
         steps.append(("ca_file", lambda ctx: ctx.load_verify_locations(cfg.ca_file)))
@@ -172,15 +161,11 @@ def check_config(cfg: DtlsConfig) -> List[str]:
             "cert_file": "%s is not a PEM certificate chain" % cfg.cert_file,
             "ca_file": "%s holds no PEM certificate" % cfg.ca_file}
     ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
-    _use_key_password(ctx, cfg)
     for n, (key, step) in enumerate(steps):
         try:
             step(ctx)
         except (SSL.Error, UnicodeError) as exc:
-            if key == "key_file" and n == 1 and _encrypted(key_file):
-                text = ("%s is encrypted and dtls.key_password (COAP_DTLS_PEM_KEY_PASSWORD) %s"
-                        % (key_file, "does not open it" if cfg.key_password else "is empty"))
-            elif key == "key_file":
+            if key == "key_file":
                 text = ("%s is not a PEM private key" % key_file if n == 1 else
                         "%s does not match dtls.cert_file %s" % (key_file, cfg.cert_file))
             else:

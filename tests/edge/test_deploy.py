@@ -29,10 +29,8 @@ ENV_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*):")
 
 
 def read_names():
-    """The environment variables the configuration reads."""
-    with open(os.path.join(REPO, "conf", "coapbridge.yaml")) as handle:
-        names = set(ENV_REF.findall(handle.read()))
-    return names | {"COAPBRIDGE_CONFIG"}  # config.default_path()
+    """The environment variables the configuration reads (every setting's names)."""
+    return set(config_module.ENV_NAMES) | set(config_module.PROCESS_VARIABLES)
 
 
 def documents(name):
@@ -85,6 +83,8 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
     spec, bridge = container()
     names = {env["name"] for env in bridge["env"]}
     assert names <= read_names(), names - read_names()
+    # no NAME_PORT=tcp://... from the namespace's Services next to MQTT_PORT and the others
+    assert spec["enableServiceLinks"] is False
     ports = {port["name"]: (port["containerPort"], port["protocol"]) for port in bridge["ports"]}
     assert ports == {"coap": (COAP_PORT, "UDP"), "metrics": (METRICS_PORT, "TCP")}
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
