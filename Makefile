@@ -6,6 +6,7 @@
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
 #   make bench   benchmarks (QUICK=1: a few minutes); results in bench/results/
 #   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
+#   make docs    docs/configuration.md and conf/coapbridge.yaml from the settings' schema
 #
 # PYTHON=pypy3 runs the bridge (and the tests) on PyPy, in .venv-pypy3.
 # The longer logic is in scripts/install.sh and scripts/run.sh.
@@ -30,12 +31,12 @@ TEST_PATHS := $(if $(filter tests% ./tests%,$(PYTEST_ARGS)),,tests)
 
 export PYTHON TOOLS CONFIG
 
-.PHONY: help run test bench clean system-deps system-deps-test node-tools
+.PHONY: help run test bench clean docs system-deps system-deps-test node-tools
 # The steps depend on each other (apt-get installs npm for node-tools, ...).
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 run: system-deps $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/run.sh
@@ -65,6 +66,10 @@ $(PYSTAMP): setup.cfg
 	VENV=$(PYVENV) bash scripts/install.sh venv
 	touch $@
 endif
+
+docs: $(STAMP)
+	$(VENV)/bin/coapbridge config doc > docs/configuration.md
+	$(VENV)/bin/coapbridge config example > conf/coapbridge.yaml
 
 node-tools:
 	bash scripts/install.sh node-tools
