@@ -14,15 +14,16 @@ import sys
 from typing import List, Optional
 
 from . import startup_checks
-from .settings import Config, ConfigError, env_name, read
+from .settings import Config, ConfigError, read
 from .settings import describe
+from .settings.dtls import warnings_of as dtls_warnings
 
 
 def check_config(path: Optional[str], config: Config) -> int:
     print("%s: OK" % (path or "built-in defaults"))
     for name, text in summary(config):
         print("  %-13s %s" % (name + ":", text))
-    for line in warnings_of(config):
+    for line in dtls_warnings(config):
         print("warning: " + line, file=sys.stderr)
     return 0
 
@@ -78,15 +79,6 @@ def profiles_text(config: Config) -> str:
             text += " (ThingsBoard profile %s)" % profile.thingsboardProfile
         parts.append(text)
     return ", ".join(parts) + "; other types JSON"
-
-
-def warnings_of(config: Config) -> List[str]:
-    found = []
-    if config.dtls.enabled and not config.dtls.cert_file:
-        found.append("CoAPs has no certificate (PSK only): devices with certificates, and "
-                     "tokens over DTLS, cannot connect; give dtls.cert_file and dtls.key_file "
-                     "(%s, %s)" % (env_name("dtls.cert_file"), env_name("dtls.key_file")))
-    return found
 
 
 def config_command(action: str, path: Optional[str]) -> int:

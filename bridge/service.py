@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .settings import Config, StartupError, env_name
+from .settings.dtls import warnings_of as dtls_warnings
 from .edge import coap as coap_edge
 from .edge import outbox_files
 from .edge.outbox import Outbox
@@ -303,6 +304,8 @@ class _DtlsService(Service):
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
+        for line in dtls_warnings(bridge.config) if bridge.worker <= 1 else ():
+            log.warn("{reason}", reason=line)
 
     def registry_changed(self) -> None:
         """End the sessions whose certificate or PSK identity left the registry, and those

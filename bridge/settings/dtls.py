@@ -142,6 +142,15 @@ def check(config: Any, problems: Problems) -> None:
     _check_port(config, problems)
 
 
+def warnings_of(config: Any) -> list:
+    """What works but is likely not meant: CoAPs with no certificate (PSK only)."""
+    if config.dtls.enabled and not config.dtls.cert_file:
+        return ["CoAPs has no certificate (PSK only): devices with certificates, and tokens "
+                "over DTLS, cannot connect; give dtls.cert_file and dtls.key_file (%s, %s)"
+                % (env_name("dtls.cert_file"), env_name("dtls.key_file"))]
+    return []
+
+
 def _check_port(config: Any, problems: Problems) -> None:
     """CoAPs and CoAP on one UDP port of overlapping addresses: with coap.workers > 1 both
     bind it with SO_REUSEPORT and the kernel splits the datagrams between them."""

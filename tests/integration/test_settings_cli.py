@@ -78,6 +78,7 @@ def test_twistd_runs_from_the_environment_alone_with_a_protobuf_profile(tmp_path
                METRICS_PORT=str(metrics_port), MQTT_HOST="127.0.0.1",
                MQTT_PORT=str(broker.port), DATA_DIR=str(data), LOG_LEVEL="debug",
                LIMITS_DEVICE_RATE="50", DEVICE_IDLE_TIMEOUT="120",
+               COAP_DTLS_ENABLED="true", COAP_DTLS_BIND_PORT=str(free_ports()),
                DEVICE_PROFILES=json.dumps({"meter": {
                    "transportPayloadType": "PROTOBUF",
                    "deviceTelemetryProtoSchemaFile": str(schema)}}))
@@ -103,6 +104,9 @@ def test_twistd_runs_from_the_environment_alone_with_a_protobuf_profile(tmp_path
         assert done.returncode == 0, done
         found = platform.wait_for("v1/gateway/telemetry", lambda doc: "Env Meter" in doc)
         assert found["Env Meter"][0]["values"] == {"energyWh": "1234", "voltage": 229.5}
+        text = log.read_text()
+        assert "CoAPs (DTLS) listening on 127.0.0.1" in text
+        assert text.count("CoAPs has no certificate (PSK only)") == 1
     finally:
         proc.terminate()
         proc.wait(20)
