@@ -5,9 +5,10 @@
 #       -e MQTT_HOST=broker.example -e MQTT_USERNAME=<gateway token> coapbridge
 #   docker run --rm -v coapbridge-data:/data coapbridge coapbridge devices add my-device
 #
-# Configured by environment variables (README, "Running it"); no configuration file is
-# needed. The commented example is in the image at /usr/local/share/coapbridge/coapbridge.yaml:
-# mount an edited copy and set COAPBRIDGE_CONFIG to its path to use one.
+# Configured by environment variables, every setting (docs/configuration.md); no
+# configuration file is needed. The commented example is in the image at
+# /usr/local/share/coapbridge/coapbridge.yaml: mount an edited copy and set
+# COAPBRIDGE_CONFIG to its path to use one.
 # The image is what `make test` smoke-tests as a wheel; `make test-image` runs the same
 # suite (tests/artifact) against the image where a Docker engine runs.
 

@@ -10,6 +10,7 @@
 #   make test-image  build the Docker image and run tests/artifact against it
 #   make bench   benchmarks (QUICK=1: a few minutes); results in bench/results/
 #   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
+#   make docs    docs/configuration.md and conf/coapbridge.yaml from the settings' schema
 #
 # PYTHON=pypy3 runs the bridge (and the tests) on PyPy, in .venv-pypy3.
 # The longer logic is in scripts/install.sh and scripts/run.sh.
@@ -26,7 +27,7 @@ TOOLS := .tools
 # Rebuilt (pip install -e) only when setup.cfg changes; lives in the venv so it goes with it.
 STAMP := $(VENV)/.coapbridge-installed
 PYSTAMP := $(PYVENV)/.coapbridge-installed
-COAP_CLI := $(CURDIR)/$(TOOLS)/node_modules/.bin/coap
+NODE_COAP_CLI := $(CURDIR)/$(TOOLS)/node_modules/.bin/coap
 CONFIG ?= conf/coapbridge.yaml
 PYTEST_ARGS ?=
 # Run all of tests/ unless PYTEST_ARGS names test paths itself.
@@ -38,7 +39,7 @@ WITH_ARTIFACT := $(if $(TEST_PATHS),1,$(findstring tests/artifact,$(PYTEST_ARGS)
 
 export PYTHON TOOLS CONFIG
 
-.PHONY: help run test test-image artifact bench clean system-deps system-deps-test node-tools
+.PHONY: help run test test-image artifact bench clean docs system-deps system-deps-test node-tools
 # The steps depend on each other (apt-get installs npm for node-tools, ...).
 .NOTPARALLEL:
 
@@ -49,7 +50,7 @@ run: system-deps $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/run.sh
 
 test: system-deps-test $(PYSTAMP) node-tools $(if $(WITH_ARTIFACT),artifact)
-	COAP_CLI=$(COAP_CLI) PATH="$$PATH:/usr/sbin" \
+	NODE_COAP_CLI=$(NODE_COAP_CLI) PATH="$$PATH:/usr/sbin" \
 		$(if $(WITH_ARTIFACT),COAPBRIDGE_ARTIFACT_VENV=$(ARTIFACT)/venv COAPBRIDGE_ARTIFACT_DIST=$(ARTIFACT)/dist) \
 		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
 
@@ -88,6 +89,10 @@ $(PYSTAMP): setup.cfg
 	VENV=$(PYVENV) bash scripts/install.sh venv
 	touch $@
 endif
+
+docs: $(STAMP)
+	$(VENV)/bin/coapbridge config doc > docs/configuration.md
+	$(VENV)/bin/coapbridge config example > conf/coapbridge.yaml
 
 node-tools:
 	bash scripts/install.sh node-tools
