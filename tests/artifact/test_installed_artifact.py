@@ -206,8 +206,15 @@ def test_devices_add_and_list(setup, devices):
 def test_check_config_with_dtls_and_a_protobuf_profile(setup):
     done = setup.cli("check-config")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.startswith("built-in defaults: OK (CoAP 127.0.0.1:%d -> MQTT "
-                                  "127.0.0.1:" % setup.coap_port), done.stdout
+    lines = done.stdout.splitlines()
+    assert lines[0] == "built-in defaults: OK", done.stdout  # no file: the environment alone
+    said = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in lines[1:]}
+    assert said["CoAP"] == "UDP 127.0.0.1 port %d, 2 worker processes (SO_REUSEPORT)" \
+        % setup.coap_port
+    assert said["CoAPs"].startswith("UDP 127.0.0.1 port %d, devices by PSK" % setup.dtls_port)
+    assert "certificate (CA %s)" % setup.ca_file in said["CoAPs"]
+    assert said["profiles"] == "meter PROTOBUF; other types JSON"
+    assert said["metrics"].startswith("http://127.0.0.1:%d/metrics" % setup.metrics_port)
 
 
 def test_check_config_reports_a_bad_setting_in_one_line_and_exit_status_2(setup):
@@ -250,12 +257,10 @@ def test_coaps_with_a_certificate_device(bridge, setup, platform):
 
 
 def test_a_protobuf_profile_from_device_profiles(bridge, setup, platform, tmp_path):
-    probe = setup.cli("check-config",
-                      DEVICE_PROFILES='{"probe": {"transportPayloadType": "CBOR"}}')
-    if probe.returncode == 0:  # a bad profile passes: the variable is not read at all
-        pytest.xfail("this bridge does not read DEVICE_PROFILES yet (the settings branch, "
-                     "issue #21 item 3, adds it)")
-    assert "device_profiles.probe.transportPayloadType" in probe.stderr, probe.stderr
+    bad = setup.cli("check-config",
+                    DEVICE_PROFILES='{"probe": {"transportPayloadType": "CBOR"}}')
+    assert bad.returncode == 2 and "device_profiles.probe.transportPayloadType" in bad.stderr, \
+        bad.stdout + bad.stderr  # the variable is read, and checked like a file's
     payload = tmp_path / "reading.bin"
     payload.write_bytes(READING)
     code, out = coap(NOTLS, "-m", "post", "-t", "42", "-f", str(payload),
