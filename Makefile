@@ -51,7 +51,7 @@ run: system-deps $(PYSTAMP)
 
 test: system-deps-test $(PYSTAMP) node-tools $(if $(WITH_ARTIFACT),artifact)
 	NODE_COAP_CLI=$(NODE_COAP_CLI) PATH="$$PATH:/usr/sbin" \
-		$(if $(WITH_ARTIFACT),COAPBRIDGE_ARTIFACT_VENV=$(ARTIFACT)/venv COAPBRIDGE_ARTIFACT_DIST=$(ARTIFACT)/dist) \
+		$(if $(WITH_ARTIFACT),TEST_ARTIFACT_VENV=$(ARTIFACT)/venv TEST_ARTIFACT_DIST=$(ARTIFACT)/dist) \
 		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
 
 artifact: $(PYSTAMP)
@@ -64,7 +64,7 @@ test-image: system-deps-test $(PYSTAMP)
 		echo "make test-image: skipped: no Docker engine answers here (docker info failed)"; \
 	else \
 		docker build -t coapbridge:test . && \
-		PATH="$$PATH:/usr/sbin" COAPBRIDGE_ARTIFACT_IMAGE=coapbridge:test \
+		PATH="$$PATH:/usr/sbin" TEST_ARTIFACT_IMAGE=coapbridge:test \
 			$(PYVENV)/bin/python -m pytest -q tests/artifact $(PYTEST_ARGS); \
 	fi
 

@@ -15,8 +15,10 @@ import subprocess
 import tempfile
 from typing import Dict, List, Optional
 
-VENV_ENV = "COAPBRIDGE_ARTIFACT_VENV"
-IMAGE_ENV = "COAPBRIDGE_ARTIFACT_IMAGE"
+# not COAPBRIDGE_*: the integration tests' bridges inherit the environment, and refuse a
+# variable that looks like one of their settings and is none
+VENV_ENV = "TEST_ARTIFACT_VENV"
+IMAGE_ENV = "TEST_ARTIFACT_IMAGE"
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCKER = shutil.which("docker") or "docker"
 TMP = "/run/coapbridge-tmp"  # in the container (the test's files are under /tmp)

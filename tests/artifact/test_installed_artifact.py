@@ -4,8 +4,8 @@ What a user gets from ``pip install coapbridge-*.whl`` (or the image) must serve
 transport and payload format: plain CoAP, CoAPs with a PSK and with a certificate, a
 PROTOBUF profile, two workers, the metrics port and its probes, and the ``coapbridge``
 command. ``make test`` builds the wheel and sdist, installs the wheel into a fresh
-virtualenv outside the checkout and points ``COAPBRIDGE_ARTIFACT_VENV`` at it;
-``make test-image`` points ``COAPBRIDGE_ARTIFACT_IMAGE`` at the image. Without either the
+virtualenv outside the checkout and points ``TEST_ARTIFACT_VENV`` at it;
+``make test-image`` points ``TEST_ARTIFACT_IMAGE`` at the image. Without either the
 module is skipped (a run of part of the suite); a run of the whole suite always has one.
 One bridge (two workers, DTLS on, a PROTOBUF profile) serves all the device tests.
 """

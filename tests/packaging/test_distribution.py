@@ -1,6 +1,6 @@
 """What the wheel and sdist hold, and the dependencies setup.cfg declares, against the tree.
 
-The wheel is the one ``make test`` built (``COAPBRIDGE_ARTIFACT_DIST``), or one built here
+The wheel is the one ``make test`` built (``TEST_ARTIFACT_DIST``), or one built here
 from the checkout when the run has none.
 """
 
@@ -21,7 +21,7 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DIST_ENV = "COAPBRIDGE_ARTIFACT_DIST"
+DIST_ENV = "TEST_ARTIFACT_DIST"
 # Import names that are not their distribution's name (otherwise they are the same).
 DISTRIBUTION_OF = {
     "OpenSSL": "pyOpenSSL",
