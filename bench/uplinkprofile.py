@@ -93,10 +93,8 @@ class Rig:
 
     @staticmethod
     def _answer_created(code: int) -> Any:
-        make = getattr(coap_edge, "make_response", None)
-        if make is None:  # the codec of our own
-            from bridge.coap.message import response as make
-        answer = make(code)
+        from bridge.coap.message import make_response
+        answer = make_response(code)
         return lambda request: answer
 
     def _bridge(self, directory: str) -> Any:
