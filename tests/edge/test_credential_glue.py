@@ -141,7 +141,7 @@ def test_a_cn_that_is_no_valid_name_registers_nothing_and_is_logged_escaped(tmp_
     bridge, clock = make_bridge(tmp_path, AUTO)
     d = bridge.handle_coap(message(Session(Certificate(SHA3_X, cn=cn))))
     clock.advance(0)
-    assert answer_code(d) == txcoap.UNAUTHORIZED
+    assert answer_code(d) == codes.UNAUTHORIZED
     assert bridge.registry.entries() == []
     [refused] = [e for e in logged if "not registered" in e.get("log_format", "")]
     assert "device name must" in refused["reason"]
