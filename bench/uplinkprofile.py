@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from bridge import config as config_module  # noqa: E402
+from bridge import startup_checks  # noqa: E402
 from bridge import runtime  # noqa: E402
 from bridge.edge import coap as coap_edge  # noqa: E402
 
@@ -101,7 +101,7 @@ class Rig:
         from bridge.edge.outbox import Outbox
         from bridge.glue.bridge import Bridge
         from bridge.registry import Registry
-        bridge = Bridge(config_module.load(None, {}), self.clock)
+        bridge = Bridge(startup_checks.load(None, {}), self.clock)
         registry = Registry(os.path.join(directory, "registry.sqlite3"))
         for n, token in enumerate(self.tokens):
             registry.add("bench device %03d" % n, token, "default")
