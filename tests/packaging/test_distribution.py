@@ -30,7 +30,6 @@ DISTRIBUTION_OF = {
     "grpc_tools": "grpcio-tools",
     "paho": "paho-mqtt",
     "psycopg_pool": "psycopg-pool",
-    "txthings": "txThings",
 }
 NAMESPACES = ("google", "zope")  # namespace packages: the distribution is the subpackage's
 
