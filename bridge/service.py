@@ -47,12 +47,15 @@ def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
 
 class _RegistryService(Service):
     """The device registry, open while the service runs: the SQLite file, or the shared
-    PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool."""
+    PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool and the
+    journal of the platform's changes for it (``bridge.edge.registry_journal``)."""
 
     def __init__(self, bridge: Bridge, config: Config):
         self.bridge = bridge
         self.target = config.registry_target
         self.pool_size = config.registry.pool_size
+        self.journal_path = os.path.join(config.data_dir, "registry-journal.sqlite3")
+        self.synchronous = config.outbox.synchronous
         self.threadpool: Optional[ThreadPool] = None
 
     def startService(self) -> None:
@@ -64,6 +67,8 @@ class _RegistryService(Service):
             self.threadpool.start()
             registry = open_shared(self.target, self.pool_size, self.bridge.reactor,
                                    self.threadpool)
+            self.bridge.registry = registry  # closed with it if the journal cannot open
+            self._open_journal(registry)
         else:
             registry = Registry(self.target.path)
         self.bridge.registry = registry
@@ -72,6 +77,16 @@ class _RegistryService(Service):
         if self.threadpool is not None:
             registry.start()  # the shared registry begins listening
         Service.startService(self)
+
+    def _open_journal(self, registry: Any) -> None:
+        from .edge.registry_journal import RegistryJournal
+        journal = RegistryJournal(self.journal_path, self.synchronous)
+        changes = self.bridge.platform_changes
+        changes.attach(journal, shared_file=bool(self.bridge.worker))
+        registry.changes = changes
+        if len(journal):
+            log.info("{count} platform changes in {path} wait for the registry",
+                     count=len(journal), path=self.journal_path)
 
     def stopService(self) -> Any:
         Service.stopService(self)
@@ -90,6 +105,9 @@ class _RegistryService(Service):
         if self.bridge.registry is not None:
             registry, self.bridge.registry = self.bridge.registry, None
             registry.close()
+        journal = self.bridge.platform_changes.detach()
+        if journal is not None:
+            journal.close()
         if self.threadpool is not None:
             pool, self.threadpool = self.threadpool, None
             pool.stop()
@@ -204,7 +222,8 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready,
+                               self.bridge.readiness_notes)
             # a worker's metrics are read by its supervisor, which serves metrics.port
             port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
                                                                      cfg.bind_address)
