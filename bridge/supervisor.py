@@ -224,7 +224,9 @@ class SupervisorService(Service):
         how = ("killed by signal %d" % signal_number if signal_number is not None
                else "exit status %s" % status)
         if self.stopping:
-            if signal_number not in (None, signal.SIGTERM) or status not in (None, 0):
+            # a worker ends by the signal that stopped it: ours, or the group's Ctrl-C
+            if signal_number not in (None, signal.SIGTERM, signal.SIGINT) \
+                    or status not in (None, 0):
                 log.warn("Worker {worker} stopped: {how}", worker=worker, how=how)
             if not self.processes and self._stopped is not None and not self._stopped.called:
                 self._stopped.callback(None)

@@ -43,9 +43,10 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from . import runtime
+    from . import runtime, signals
 
     logs.set_level(options.config.log_level)
+    signals.stop_once(reactor)  # a second SIGTERM/SIGINT while stopping is ignored
     if runtime.tune_gc():
         # once the services have started (the registry is open): see bridge/runtime.py
         reactor.callWhenRunning(runtime.freeze_startup_objects)

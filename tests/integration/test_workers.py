@@ -57,12 +57,13 @@ class Workers(BridgeProcess):
         super().__init__(workdir, mqtt_port, coap={"workers": 2},
                          metrics={"port": self.metrics_port}, **overrides)
 
-    def start(self, wait_mqtt=True):
+    def start(self, wait_mqtt=True, new_session=False):
+        """``new_session``: in a process group of its own, as a shell's job or a service."""
         before = min(self.starts(1), self.starts(2))  # a restart appends to the same log
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge", "--config",
              self.config], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            cwd=self.workdir)
+            cwd=self.workdir, start_new_session=new_session)
         try:
             self.wait_started(before + 1)
             if wait_mqtt:
@@ -194,6 +195,37 @@ def test_sigterm_drains_both_workers_and_the_next_start_delivers_the_rest(tmp_pa
     try:
         report = delivered_all(platform, results, "SIGTERM drained 2 workers")
         assert report["acknowledged"] >= 300
+    finally:
+        bridge.stop()
+        platform.close()
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_each_worker_once_and_drains_it(
+        tmp_path, broker, number):
+    """Ctrl-C, ``timeout`` and systemd signal every process: each worker gets the signal
+    itself and then the supervisor's SIGTERM; the second must not disturb its stop."""
+    platform = Counting(broker.port)
+    bridge = workers(tmp_path, broker.port).start(new_session=True)
+    load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
+    try:
+        load.wait_acknowledged(300)
+        os.killpg(bridge.proc.pid, number)
+        assert bridge.proc.wait(60) == -number  # twistd ends by the signal it got
+    finally:
+        results = load.stop()
+    log = bridge.read_log()
+    assert "Traceback" not in log and "#critical" not in log, log
+    assert "ReactorNotRunning" not in log and "did not stop" not in log, log
+    for worker in (1, 2):
+        assert "[coapbridge.bridge#info worker=%d] Stopped" % worker in log, log
+        assert "[coapbridge.bridge#info worker=%d] Received SIGTERM while stopping" % worker \
+            in log, log
+    assert "Worker 1 stopped" not in log and "Worker 2 stopped" not in log, log
+    bridge.proc = None
+    bridge.start()  # what waited for a PUBACK at the stop is in the outboxes
+    try:
+        delivered_all(platform, results, "%s to the process group" % signal.Signals(number).name)
     finally:
         bridge.stop()
         platform.close()
