@@ -23,6 +23,7 @@ from twisted.python.threadpool import ThreadPool
 from .config import Config, StartupError
 from .edge import coap as coap_edge
 from .edge import outbox_files
+from .edge.data_dir import DataDirLock
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
 from .logs import logger, unfiltered_logger
@@ -43,6 +44,26 @@ def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
     return ("cannot listen for %s on %s %s port %s: %s; stop the program that uses it "
             "(another bridge?) or choose another port with %s (%s)"
             % (what, protocol, exc.interface or "*", exc.port, reason, key, env))
+
+
+class _DataDirService(Service):
+    """DATA_DIR held for this bridge while it runs (``bridge.edge.data_dir``): first, so a
+    second bridge on it is refused before it opens any of its files. A worker runs under
+    its supervisor's lock and has none."""
+
+    def __init__(self, data_dir: str):
+        self.lock = DataDirLock(data_dir)
+
+    def startService(self) -> None:
+        self.lock.acquire(1)
+        Service.startService(self)
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.close()  # stopped last: every file of DATA_DIR is closed by now
+
+    def close(self) -> None:
+        self.lock.release()
 
 
 class _RegistryService(Service):
@@ -358,8 +379,9 @@ class BridgeService(MultiService):
         self.log_observer = log_observer
         self.worker = worker
         self.bridge = Bridge(config, reactor, rng, worker)
-        self._files = [_RegistryService(self.bridge, config),
-                       _OutboxService(self.bridge, config, worker)]
+        self._files: List[Any] = [] if worker else [_DataDirService(config.data_dir)]
+        self._files += [_RegistryService(self.bridge, config),
+                        _OutboxService(self.bridge, config, worker)]
         self._metrics = _MetricsService(self.bridge)
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),

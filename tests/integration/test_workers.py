@@ -254,17 +254,68 @@ def test_readyz_waits_for_every_worker_and_json_lines_name_the_worker(tmp_path):
 
 
 def test_workers_that_cannot_start_stop_everything_with_one_line(tmp_path):
-    not_a_dir = tmp_path / "file"
-    not_a_dir.write_text("x")
-    bridge = Workers(str(tmp_path), free_ports(), data_dir=str(not_a_dir / "data"))
+    bridge = Workers(str(tmp_path), free_ports())
+    bridge.registry.close()
+    with open(os.path.join(bridge.data_dir, "registry.sqlite3"), "wb") as damaged:
+        damaged.write(b"not an SQLite file" * 100)  # every worker refuses it
     done = subprocess.run([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
                            "--config", bridge.config], capture_output=True, text=True,
                           timeout=60, cwd=str(tmp_path))
     assert done.returncode == 2, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert re.match(r"coapbridge: worker [12] cannot start: cannot open .*registry\.sqlite3", last), \
+    assert re.match(r"coapbridge: worker [12] cannot start: .*registry\.sqlite3 is damaged", last), \
         done.stderr
     assert "restarting" not in done.stdout
+
+
+def test_a_data_dir_that_cannot_be_written_stops_the_supervisor_with_one_line(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    bridge = Workers(str(tmp_path), free_ports(), data_dir=str(not_a_dir / "data"))
+    done = run_twistd(bridge.config, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("coapbridge: cannot open %s" % (not_a_dir / "data" / "bridge.lock")) \
+        and "DATA_DIR" in line, line
+    assert "Worker 1" not in done.stdout
+
+
+def run_twistd(config, cwd):
+    return subprocess.run([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
+                           "--config", config], capture_output=True, text=True, timeout=60,
+                          cwd=str(cwd))
+
+
+def test_a_data_dir_in_use_by_a_bridge_of_another_worker_count_is_refused_both_ways(
+        tmp_path, broker):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = BridgeProcess(str(tmp_path / "one"), broker.port, log_level="info")
+    two = Workers(str(tmp_path / "two"), broker.port, data_dir=single.data_dir)
+    single.start()
+    holder = single.proc.pid
+    try:
+        done = run_twistd(two.config, tmp_path / "two")
+    finally:
+        single.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == ("coapbridge: DATA_DIR %s is in use by another bridge (pid %d, a single "
+                    "process): stop it, or give this one its own data_dir (DATA_DIR)"
+                    % (single.data_dir, holder)), line
+    assert "Worker 1" not in done.stdout
+    two.start()
+    holder = two.proc.pid  # the supervisor holds DATA_DIR for its workers
+    try:
+        done = run_twistd(single.config, tmp_path / "one")
+    finally:
+        two.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == ("coapbridge: DATA_DIR %s is in use by another bridge (pid %d, 2 worker "
+                    "processes): stop it, or give this one its own data_dir (DATA_DIR)"
+                    % (single.data_dir, holder)), line
+    assert "CoAP listening" not in done.stdout
 
 
 def test_the_supervisor_refuses_a_coap_port_in_use_before_starting_workers(tmp_path):
