@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 from twisted.python.failure import Failure
 
-from ..core import gateway
+from ..core import gateway, names
 from ..core.actions import DeleteDevice, RenameDevice
 from ..core.platform_changes import DELETE, RENAME, Overlay
 from ..logs import logger
@@ -90,6 +90,12 @@ class PlatformChanges:
             return
         if self.journal is None:
             self._write(kind, name, new)
+            return
+        why = names.problem(new) if kind == RENAME and new is not None else None
+        if why is not None:  # as the registry itself would refuse it
+            log.error("Platform asked to rename {device} to {new_name}, but: {error}",
+                      device=names.printable(name), new_name=names.printable(new or ""),
+                      error=why)
             return
         try:
             change = self.journal.append(kind, name, new, self.wall())
