@@ -244,7 +244,7 @@ class _MetricsService(Service):
         cfg = self.bridge.config.metrics
         if cfg.port:
             site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready,
-                               self.bridge.readiness_notes)
+                               self.bridge.platform_changes.notes)
             # a worker's metrics are read by its supervisor, which serves metrics.port
             port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
                                                                      cfg.bind_address)

@@ -312,10 +312,6 @@ class Bridge:
             missing.append("registry not reachable")
         return missing
 
-    def readiness_notes(self) -> List[str]:
-        """What ``/readyz`` adds below its first line, ready or not."""
-        return self.platform_changes.notes()
-
     def metrics(self) -> Dict[str, Any]:
         """Every metric: name -> (type, help, value), read from the parts at scrape time."""
         stats, gauges = self.core.stats, self.core.gauges()

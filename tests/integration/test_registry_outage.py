@@ -167,6 +167,7 @@ def test_a_hung_registry_is_noticed_like_a_lost_one_and_the_bridge_recovers_by_i
                                "list"], capture_output=True, text=True, env=env, timeout=60)
         assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
         [line] = done.stderr.strip().splitlines()
+        print("RESULT the CLI with the registry hung: %s" % line)
         assert line.startswith("coapbridge: cannot use the device registry postgresql://"
                                "postgres:***@127.0.0.1") and "timeout" in line, line
     finally:

@@ -218,9 +218,8 @@ def test_a_signal_to_the_whole_process_group_stops_each_worker_once_and_drains_i
     assert "Traceback" not in log and "#critical" not in log, log
     assert "ReactorNotRunning" not in log and "did not stop" not in log, log
     for worker in (1, 2):
+        # (the two signals may also arrive as one: the kernel keeps one pending SIGTERM)
         assert "[coapbridge.bridge#info worker=%d] Stopped" % worker in log, log
-        assert "[coapbridge.bridge#info worker=%d] Received SIGTERM while stopping" % worker \
-            in log, log
     assert "Worker 1 stopped" not in log and "Worker 2 stopped" not in log, log
     bridge.proc = None
     bridge.start()  # what waited for a PUBACK at the stop is in the outboxes
