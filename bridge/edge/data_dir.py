@@ -18,7 +18,7 @@ import fcntl
 import os
 from typing import Optional
 
-from ..config import StartupError
+from ..settings import StartupError
 
 NAME = "bridge.lock"
 
