@@ -120,7 +120,7 @@ class _RegistryService(Service):
         changes.attach(journal, shared_file=bool(self.bridge.worker))
         registry.changes = changes
         if len(journal):
-            log.info("{count} platform changes in {path} wait for the registry",
+            log.info("Platform changes waiting for the registry in {path}: {count}",
                      count=len(journal), path=self.journal_path)
 
     def stopService(self) -> Any:

@@ -140,7 +140,7 @@ def test_changes_journaled_when_the_bridge_is_killed_are_applied_after_its_resta
     assert post(first, "tokKill", {"after": 1}) == "2.01"
     wait_until(lambda: delivered(platform, "Kill 2", "after"), 10, "the new name")
     log = first.read_log()
-    assert "1 platform changes in %s wait for the registry" % os.path.join(
+    assert "Platform changes waiting for the registry in %s: 1" % os.path.join(
         first.data_dir, "registry-journal.sqlite3") in log
     assert rows(url)[1] == {("rename", "Kill 1", "Kill 2"): ["applied"]}
 
