@@ -65,10 +65,10 @@ class RegistryView:
 
     def get(self, token: str) -> Optional[Device]:
         """The core's lookup: the device of access ``token`` in this turn's copy, or None."""
-        device = self.devices.get(token)
-        if self.renamed and device is not None:
-            return mapped(device, self.renamed)
-        return device
+        if self.renamed:  # the platform's changes in flight: rare, so tested first
+            device = self.devices.get(token)
+            return mapped(device, self.renamed) if device is not None else None
+        return self.devices.get(token)
 
     def certificate(self, sha3: str) -> Optional[Device]:
         device = self.certificates.get(sha3)
