@@ -189,3 +189,31 @@ def test_each_requirement_has_the_bounds_the_code_needs():
         assert requirements[name].marker is not None  # CPython only
         assert not requirements[name].marker.evaluate(
             {"platform_python_implementation": "PyPy"})
+
+
+# Modules that are the PostgreSQL registry: only they may need the [postgresql] extra.
+POSTGRESQL_MODULES = {"bridge.registry_pg", "bridge.edge.shared_registry"}
+
+
+def test_nothing_but_the_postgresql_registry_needs_the_extra():
+    """Every other module imports with psycopg unavailable, as in an install without
+    ``coapbridge[postgresql]`` (the smoke suite found the bridge dead there once)."""
+    code = """
+import importlib, pkgutil, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("psycopg", "psycopg_pool"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import bridge
+for found in pkgutil.walk_packages(bridge.__path__, "bridge."):
+    if found.name not in %r:
+        try:
+            importlib.import_module(found.name)
+        except ImportError as exc:
+            print(found.name, exc)
+""" % (POSTGRESQL_MODULES,)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "", "these need psycopg:\n" + done.stdout
