@@ -103,6 +103,41 @@ class DtlsConfig:
 
 
 @dataclass(frozen=True)
+class StreamListenerConfig:
+    """One RFC 8323 listener (``reliable.tcp``, ``.tls``, ``.ws``, ``.wss``)."""
+
+    enabled: bool = False
+    bind_address: str = ""  # empty: coap.bind_address
+    bind_port: int = 5683
+
+
+@dataclass(frozen=True)
+class ReliableConfig:
+    """CoAP over TCP, TLS and WebSockets (RFC 8323): listeners and their shared limits."""
+
+    tcp: StreamListenerConfig = field(default_factory=StreamListenerConfig)
+    tls: StreamListenerConfig = field(
+        default_factory=lambda: StreamListenerConfig(bind_port=5684))
+    ws: StreamListenerConfig = field(
+        default_factory=lambda: StreamListenerConfig(bind_port=8683))
+    wss: StreamListenerConfig = field(
+        default_factory=lambda: StreamListenerConfig(bind_port=8684))
+    # TLS (tls and wss): empty files are dtls.cert_file, dtls.key_file, dtls.ca_file
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    psk: bool = True  # PSK identities from the registry (TLS 1.2 PSK suites, TLS 1.3)
+    handshake_timeout: float = 10.0
+    max_connections: int = 50000
+    max_connections_per_address: int = 4096  # many devices behind one carrier NAT
+    max_message_size: int = 65536 + 1024  # advertised in our CSM; coap.max_body + headers
+    csm_timeout: float = 10.0
+    keepalive: float = 120.0  # a Ping after this much silence from the device; 0: none
+    idle_timeout: float = 600.0  # Release after this much silence; 0: never
+    max_write_buffer: int = 262144  # bytes queued to a slow reader before reading stops
+
+
+@dataclass(frozen=True)
 class TlsConfig:
     enabled: bool = False
     ca_file: str = ""
@@ -270,6 +305,7 @@ class Config:
     ota: OtaConfig = field(default_factory=OtaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dtls: DtlsConfig = field(default_factory=DtlsConfig)
+    reliable: ReliableConfig = field(default_factory=ReliableConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # device type -> its payload format (a type with no entry speaks JSON)
     device_profiles: Dict[str, DeviceProfileConfig] = field(default_factory=dict)
@@ -329,7 +365,8 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
     "provisioning.mode": ("upstream", "local"),
     "ota.source": ("upstream", "directory"),
 }
-_PORTS = ("coap.bind_port", "mqtt.port", "dtls.bind_port")
+_PORTS = ("coap.bind_port", "mqtt.port", "dtls.bind_port", "reliable.tcp.bind_port",
+          "reliable.tls.bind_port", "reliable.ws.bind_port", "reliable.wss.bind_port")
 MAX_WORKERS = 256
 MAX_JSON_DEPTH = 256  # well below Python's recursion limit (1000) with the reactor's frames
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
@@ -344,7 +381,9 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
              "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes", "registry.pool_size",
              "dtls.handshake_timeout", "dtls.idle_timeout", "dtls.max_sessions",
-             "dtls.handshake_burst")
+             "dtls.handshake_burst", "reliable.handshake_timeout", "reliable.max_connections",
+             "reliable.max_connections_per_address", "reliable.csm_timeout",
+             "reliable.max_write_buffer")
 
 
 # Settings renamed: old key -> new key, old environment name -> new one. The old ones are
@@ -639,6 +678,53 @@ def _check_features(config: Config, problems: List[str]) -> None:
     if config.dtls.enabled:
         _check_dtls(config.dtls, problems)
         _check_dtls_port(config, problems)
+    _check_reliable(config, problems)
+
+
+def _check_reliable(config: Config, problems: List[str]) -> None:
+    """RFC 8323 limits, and the TLS files of reliable.tls and reliable.wss."""
+    cfg = config.reliable
+    if not 1152 <= cfg.max_message_size <= 1 << 24:
+        problems.append("reliable.max_message_size: must be 1152 (RFC 8323's base value) to "
+                        "16777216, got %d" % cfg.max_message_size)
+    for key in ("keepalive", "idle_timeout"):
+        if not getattr(cfg, key) >= 0:
+            problems.append("reliable.%s: must be 0 (off) or more" % key)
+    if cfg.tls.enabled or cfg.wss.enabled:
+        tls = tls_files(config)
+        if not tls.cert_file and not (tls.psk and cfg.tls.enabled):
+            problems.append("reliable: TLS (tls or wss) enabled without a certificate: give "
+                            "reliable.cert_file and key_file (or dtls.cert_file and key_file: "
+                            "COAP_DTLS_CERT_FILE, COAP_DTLS_KEY_FILE)")
+        else:
+            from .edge import tls as tls_edge  # OpenSSL: only when TLS is on
+            problems.extend(tls_edge.check_config(tls))
+    names = [n for n in ("tcp", "tls", "ws", "wss") if getattr(cfg, n).enabled]
+    if names and config.coap.workers > 1:
+        problems.append("reliable: %s need coap.workers 1 (the TCP listeners are not shared "
+                        "between worker processes)" % ", ".join(names))
+    seen: Dict[Tuple[str, int], str] = {}
+    for name in ("tcp", "tls", "ws", "wss"):
+        listener = getattr(cfg, name)
+        if not listener.enabled:
+            continue
+        key = (listener.bind_address or config.coap.bind_address, listener.bind_port)
+        if key in seen:
+            problems.append("reliable.%s.bind_port: %d is reliable.%s's too" % (
+                name, listener.bind_port, seen[key]))
+        seen[key] = name
+
+
+def tls_files(config: Config) -> DtlsConfig:
+    """The TLS files of the RFC 8323 listeners: ``reliable.*_file``, else ``dtls.*_file``,
+    as a DtlsConfig (whose checks and context builder they share)."""
+    cfg = config.reliable
+    dtls = config.dtls
+    separate = bool(cfg.cert_file)
+    return replace(dtls, cert_file=cfg.cert_file or dtls.cert_file,
+                   key_file=cfg.key_file if separate else dtls.key_file,
+                   ca_file=cfg.ca_file or dtls.ca_file, psk=cfg.psk,
+                   handshake_timeout=cfg.handshake_timeout)
 
 
 def _check_dtls(dtls: DtlsConfig, problems: List[str]) -> None:
@@ -776,6 +862,15 @@ dtls:
   cert_file: "${COAP_DTLS_CERT_FILE:}"
   key_file: "${COAP_DTLS_KEY_FILE:}"
   ca_file: "${COAP_DTLS_CA_FILE:}"
+reliable:
+  tcp: {enabled: "${COAP_TCP_ENABLED:false}", bind_address: "${COAP_TCP_BIND_ADDRESS:}",
+        bind_port: "${COAP_TCP_BIND_PORT:5683}"}
+  tls: {enabled: "${COAP_TLS_ENABLED:false}", bind_address: "${COAP_TLS_BIND_ADDRESS:}",
+        bind_port: "${COAP_TLS_BIND_PORT:5684}"}
+  ws: {enabled: "${COAP_WS_ENABLED:false}", bind_address: "${COAP_WS_BIND_ADDRESS:}",
+       bind_port: "${COAP_WS_BIND_PORT:8683}"}
+  wss: {enabled: "${COAP_WSS_ENABLED:false}", bind_address: "${COAP_WSS_BIND_ADDRESS:}",
+        bind_port: "${COAP_WSS_BIND_PORT:8684}"}
 registry: {url: "${REGISTRY_URL:}", password: "${REGISTRY_PASSWORD:}",
            password_file: "${REGISTRY_PASSWORD_FILE:}"}
 data_dir: "${DATA_DIR:./data}"

@@ -22,7 +22,7 @@ from twisted.python.threadpool import ThreadPool
 
 from .config import Config, StartupError
 from .edge import coap as coap_edge
-from .edge import outbox_files
+from .edge import outbox_files, reliable_service
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
 from .logs import logger, unfiltered_logger
@@ -347,6 +347,8 @@ class BridgeService(MultiService):
             self._metrics, _CoapService(self.bridge)]
         if config.dtls.enabled:
             children.append(_DtlsService(self.bridge))
+        if reliable_service.enabled(config):
+            children.append(reliable_service.ReliableService(self.bridge, _cannot_listen))
         for child in children:
             child.setServiceParent(self)
 

@@ -106,17 +106,20 @@ class Connection:
             return self._taken([], now) + self.abort(str(exc))
         return self._taken(frames, now)
 
-    def receive_message(self, data: bytes, now: float) -> List[Event]:
-        """One WebSocket binary message."""
+    def receive_message(self, data: bytes, now: float, size: Optional[int] = None) -> List[Event]:
+        """One WebSocket binary message; ``size``: its length when ``data`` is only its
+        first bytes (the transport stopped buffering a message over our
+        Max-Message-Size)."""
         if self.ended is not None:
             return []
         self.last_heard = now
-        if len(data) > self.settings.max_message_size:
+        size = len(data) if size is None else size
+        if size > self.settings.max_message_size:
             try:
                 head = decode_ws(data[:10])
             except FramingError as exc:
                 return self.abort(str(exc))
-            return self._taken([Oversized(head.code, head.token, len(data))], now)
+            return self._taken([Oversized(head.code, head.token, size)], now)
         try:
             frame = decode_ws(data)
         except FramingError as exc:

@@ -170,6 +170,24 @@ def check_config(cfg: DtlsConfig) -> List[str]:
     return problems
 
 
+def peer_credential(connection: SSL.Connection, psk_identity: Optional[str]) -> Any:
+    """The client credential of a completed (D)TLS handshake: its PSK identity, else its
+    verified certificate as ``Certificate``, else None (token-in-path). TLS over TCP
+    (``edge.tls``) uses it too."""
+    if psk_identity is not None:
+        return PresharedKey(psk_identity)
+    peer = connection.get_peer_certificate()
+    if peer is None:
+        return None
+    # the DER as OpenSSL holds it, parsed once (``as_cryptography`` would parse it
+    # and we would encode it again)
+    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+        NameOID.COMMON_NAME)
+    cn = names[0].value if names else None
+    return Certificate(certificate_id(der), cn if isinstance(cn, str) else None)
+
+
 class DtlsSession:
     """One DTLS session: the CoAP endpoint's peer (``key``, ``address``, ``credential``)."""
 
@@ -430,18 +448,7 @@ class DtlsTransport(DatagramProtocol):
 
     @staticmethod
     def _credential(session: DtlsSession, connection: SSL.Connection) -> Any:
-        if session.psk_identity is not None:
-            return PresharedKey(session.psk_identity)
-        peer = connection.get_peer_certificate()
-        if peer is None:
-            return None
-        # the DER as OpenSSL holds it, parsed once (``as_cryptography`` would parse it
-        # and we would encode it again)
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
-        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
-            NameOID.COMMON_NAME)
-        cn = names[0].value if names else None
-        return Certificate(certificate_id(der), cn if isinstance(cn, str) else None)
+        return peer_credential(connection, session.psk_identity)
 
     def _read(self, session: DtlsSession) -> None:
         while session.connection is not None:

@@ -143,6 +143,7 @@ class Bridge:
         self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
         self.coap_listening = False  # set by the CoAP service while its port reads
+        self.reliable: Optional[Any] = None  # the RFC 8323 connections (stream.Hub), if any
         self.dtls: Optional[Any] = None  # the DTLS transport (DtlsTransport), once listening
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self.prometheus = BridgeMetrics(self.metrics)  # its own registry: see edge/metrics.py
