@@ -322,6 +322,7 @@ class StreamProtocol(Protocol):
         self._grace: Any = None
         self._host = ""
         self._admitted = False
+        self._producing = False
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
@@ -342,6 +343,7 @@ class StreamProtocol(Protocol):
         """Our writes pause us once ``max_write_buffer`` bytes wait (backpressure)."""
         buffered_transport(self.transport).bufferSize = self.hub.cfg.max_write_buffer
         self.transport.registerProducer(self, True)
+        self._producing = True
 
     def handshakeCompleted(self) -> None:
         from .dtls import peer_credential  # OpenSSL: only with TLS
@@ -371,6 +373,9 @@ class StreamProtocol(Protocol):
 
     def _close(self, error: bool) -> None:
         if self._grace is None:
+            if self._producing:
+                self._producing = False
+                self.transport.unregisterProducer()  # else TLS waits for it to close
             self.transport.loseConnection()
             self._grace = self.hub.clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
 
