@@ -166,10 +166,10 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def open_idle(connect: Callable[[], Any], count: int) -> List[Any]:
+def open_idle(connect: Callable[[int], Any], count: int) -> List[Any]:
     socks = []
-    for _ in range(count):
-        sock = connect()
+    for n in range(count):
+        sock = connect(n)
         sock.sendall(CSM)
         socks.append(sock)
     for sock in socks:  # each got the bridge's CSM: the bridge holds its connection
@@ -234,12 +234,16 @@ def main() -> None:
 
     client_tls = ssl.create_default_context(cafile=ca_file)
 
-    def tcp() -> socket.socket:
-        return socket.create_connection(("127.0.0.1", tcp_port))
+    def stream(port: int, n: int) -> socket.socket:
+        # from 127.0.0.2-5 in turn: reliable.max_connections_per_address is 4096
+        return socket.create_connection(("127.0.0.1", port),
+                                        source_address=("127.0.0.%d" % (2 + n % 4), 0))
 
-    def tls() -> ssl.SSLSocket:
-        return client_tls.wrap_socket(socket.create_connection(("127.0.0.1", tls_port)),
-                                      server_hostname="127.0.0.1")
+    def tcp(n: int = 0) -> socket.socket:
+        return stream(tcp_port, n)
+
+    def tls(n: int = 0) -> ssl.SSLSocket:
+        return client_tls.wrap_socket(stream(tls_port, n), server_hostname="127.0.0.1")
 
     results: Dict[str, Any] = {"devices": args.devices, "window": args.window,
                                "seconds": args.seconds, "idle": args.idle}
@@ -250,8 +254,7 @@ def main() -> None:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 sock.connect(("127.0.0.1", udp_port))
                 return sock
-            for name, connect in (("udp", udp), ("tcp", lambda n: tcp()),
-                                  ("tls", lambda n: tls())):
+            for name, connect in (("udp", udp), ("tcp", tcp), ("tls", tls)):
                 measured = rate(connect, name, args.devices, args.window, args.seconds,
                                 bridge.pid)
                 results["%s_per_s" % name] = measured["per_s"]

@@ -97,14 +97,9 @@ def _note_verify_error(connection: SSL.Connection, cert: Any, error: int, depth:
     return bool(ok)
 
 
-def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], bytes],
-                  cookie_verify: Callable[[SSL.Connection, bytes], bool]) -> SSL.Context:
-    """The server context (raises ``SSL.Error`` or ``OSError`` on a bad file)."""
-    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
-    ctx.set_min_proto_version(DTLS1_2_VERSION)
-    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
-                    | SSL.OP_NO_TICKET)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+def load_identity(ctx: SSL.Context, cfg: DtlsConfig) -> None:
+    """The bridge's certificate and key, the device CA, and the server-side session cache
+    on a DTLS or TLS context (``edge.tls`` shares it)."""
     if cfg.cert_file:
         ctx.use_certificate_chain_file(cfg.cert_file)
         ctx.use_privatekey_file(cfg.key_file)
@@ -118,6 +113,17 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     ctx.set_timeout(SESSION_LIFETIME)
+
+
+def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], bytes],
+                  cookie_verify: Callable[[SSL.Connection, bytes], bool]) -> SSL.Context:
+    """The server context (raises ``SSL.Error`` or ``OSError`` on a bad file)."""
+    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
+    ctx.set_min_proto_version(DTLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
+                    | SSL.OP_NO_TICKET)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    load_identity(ctx, cfg)
     ctx.set_cookie_generate_callback(cookie_generate)
     ctx.set_cookie_verify_callback(cookie_verify)
     # last: pyOpenSSL before 26 checks the list on a throw-away Connection, after which

@@ -324,16 +324,24 @@ class StreamProtocol(Protocol):
         self._admitted = False
         self._producing = False
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self._host = peer.host
-        if not self.hub.admit(peer.host):
+    def _admit(self) -> bool:
+        """Room for this connection (else it is closed at once); without TLS, the
+        producer is registered now."""
+        self._host = self.transport.getPeer().host
+        if not self.hub.admit(self._host):
             self.transport.abortConnection()
-            return
+            return False
         self._admitted = True
         if self.tls_connection is None:
             self._produce()
-        else:  # registered after the handshake: Twisted's TLS layer pauses it until then
+        return True
+
+    def connectionMade(self) -> None:
+        if not self._admit():
+            return
+        peer = self.transport.getPeer()
+        if self.tls_connection is not None:
+            # the producer goes on after the handshake (Twisted's TLS pauses it until then)
             self._deadline = self.hub.clock.callLater(self.hub.cfg.handshake_timeout,
                                                       self._handshake_late)
         self.driver = Driver(self.hub, (peer.host, peer.port), self.scheme, False,

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from ..config import DtlsConfig
 from . import psk as psk_edge
-from .dtls import SESSION_ID_CONTEXT, SESSION_LIFETIME, _note_verify_error, _openssl_reason
+from .dtls import _openssl_reason, load_identity
 
 PskLookup = Callable[[str], Optional[bytes]]
 
@@ -35,17 +35,7 @@ def build_context(cfg: DtlsConfig) -> SSL.Context:
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    if cfg.cert_file:
-        ctx.use_certificate_chain_file(cfg.cert_file)
-        ctx.use_privatekey_file(cfg.key_file)
-        ctx.check_privatekey()
-    if cfg.ca_file:
-        ctx.load_verify_locations(cfg.ca_file)
-        ctx.set_verify(SSL.VERIFY_PEER, _note_verify_error)
-        ctx.set_verify_depth(8)
-    ctx.set_session_id(SESSION_ID_CONTEXT)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-    ctx.set_timeout(SESSION_LIFETIME)
+    load_identity(ctx, cfg)
     ctx.set_cipher_list(cfg.ciphers.encode("ascii"))
     return ctx
 

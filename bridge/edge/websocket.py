@@ -45,14 +45,8 @@ class WebSocketProtocol(StreamProtocol):
         self._size = 0  # bytes of the current message (more than kept, if over the limit)
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self._host = peer.host
-        if not self.hub.admit(peer.host):
-            self.transport.abortConnection()
+        if not self._admit():
             return
-        self._admitted = True
-        if self.tls_connection is None:
-            self._produce()
         # the opening handshake (and TLS's, for coaps+ws) within the deadline
         self._deadline = self.hub.clock.callLater(self.hub.cfg.handshake_timeout,
                                                   self._handshake_late)

@@ -275,3 +275,15 @@ def test_websocket_without_an_opening_in_time_is_closed():
     protocol.makeConnection(transport)
     clock.advance(CFG.handshake_timeout)
     assert aborted == [True]
+
+
+def test_a_connection_whose_credential_left_the_registry_is_released():
+    hub = hub_with()
+    kept, kept_transport = connected(hub)
+    gone, gone_transport = connected(hub, port=40001)
+    kept.driver.peer.credential = "certificate a"
+    gone.driver.peer.credential = "certificate b"
+    frames(kept_transport), frames(gone_transport)
+    assert hub.end_credentials(lambda credential: credential == "certificate b") == 1
+    assert [f.code for f in frames(gone_transport)] == [sig.RELEASE]
+    assert gone_transport.disconnecting and not kept_transport.disconnecting

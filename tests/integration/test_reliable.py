@@ -161,7 +161,8 @@ def test_attribute_read_over_coap_tcp(env):
     broker, platform, bridge, pki = env
     platform.set_attributes("Rel 3", {"a": 1}, {"s": "x"})
     code, out = libcoap("notls", "-m", "get",
-                        url(bridge, "coap+tcp", "/api/v1/rtok3/attributes?clientKeys=a&sharedKeys=s"))
+                        url(bridge, "coap+tcp",
+                            "/api/v1/rtok3/attributes?clientKeys=a&sharedKeys=s"))
     assert code == "2.05", out[-800:]
     assert '{"client":{"a":1},"shared":{"s":"x"}}' in out.replace(" ", "")
 
@@ -230,8 +231,8 @@ def test_aiocoap_observes_shared_attributes(env, scheme, token, device):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=dict(os.environ, SSL_CERT_FILE=pki.ca_file))
     first = json.loads(proc.stdout.readline())
-    assert first["code"] == "2.05" and json.loads(first["payload"]) == {"mode": "eco", "unit": "C"}, \
-        first
+    assert first["code"] == "2.05", first
+    assert json.loads(first["payload"]) == {"mode": "eco", "unit": "C"}
     platform.push_attributes(device, {"mode": "comfort"})
     platform.push_attributes(device, {"mode": "boost"})
     lines = [json.loads(line) for line in proc.communicate(timeout=30)[0].splitlines()
