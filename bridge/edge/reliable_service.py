@@ -20,7 +20,8 @@ from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 
-from ..config import Config, StartupError, tls_files
+from ..settings import Config, StartupError
+from ..settings.reliable import enabled, tls_files
 from ..logs import logger
 from .stream import Hub, StreamFactory
 from .websocket import PATH, WebSocketFactory
@@ -35,10 +36,6 @@ LISTENERS = {
     "wss": ("coaps+ws", True, True, "COAP_WSS_BIND_PORT"),
 }
 SWEEP_SECONDS = 10.0  # Block1 uploads left unfinished are forgotten this often
-
-
-def enabled(config: Config) -> List[str]:
-    return [name for name in LISTENERS if getattr(config.reliable, name).enabled]
 
 
 def raise_descriptor_limit(wanted: int) -> int:

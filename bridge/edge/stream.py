@@ -32,7 +32,7 @@ from ..coap.codec import Malformed, Message, make_response
 from ..coap.endpoint import Answer
 from ..coap.reliable import Connection, Ended, ReliableSettings, Received, TooLarge
 from ..coap.reliable_requests import Requests
-from ..config import ReliableConfig
+from ..settings import ReliableConfig
 from ..core import codes
 from ..logs import logger
 

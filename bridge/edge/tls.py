@@ -22,7 +22,7 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from ..config import DtlsConfig
+from ..settings import DtlsConfig
 from . import psk as psk_edge
 from .dtls import _openssl_reason, load_identity
 

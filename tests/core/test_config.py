@@ -1,10 +1,11 @@
-"""Configuration loading and validation (bridge.config), always with an explicit env dict."""
+"""Configuration loading and validation (bridge.settings, bridge.startup_checks), always with an explicit env dict."""
 
 import os
 
 import pytest
 
-from bridge.config import Config, ConfigError, load, load_text
+from bridge.settings import Config, ConfigError
+from bridge.startup_checks import load, load_text
 
 
 def problems_of(text, env=None):
@@ -59,7 +60,7 @@ def test_outbox_batch_size_comes_from_the_environment_with_the_shipped_file():
 
 
 def test_worker_count_comes_from_the_environment_and_names_files_and_client_ids():
-    from bridge.config import worker_client_id
+    from bridge.settings import worker_client_id
     shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
     assert load(shipped, {}).coap.workers == 1
     assert load(None, {"COAP_WORKERS": "4"}).coap.workers == 4
@@ -243,7 +244,7 @@ def test_nan_durations_are_refused(key):
 
 
 def test_default_client_id_is_derived_per_host_and_data_directory(tmp_path):
-    from bridge.config import gateway_client_id
+    from bridge.settings import gateway_client_id
     one = load_text('data_dir: "%s"' % (tmp_path / "a"), {})
     two = load_text('data_dir: "%s"' % (tmp_path / "b"), {})
     assert one.mqtt.client_id == "" == Config().mqtt.client_id  # empty: derive one
@@ -258,7 +259,7 @@ def test_default_client_id_is_derived_per_host_and_data_directory(tmp_path):
 
 
 def test_default_client_id_follows_the_absolute_data_directory(tmp_path, monkeypatch):
-    from bridge.config import gateway_client_id
+    from bridge.settings import gateway_client_id
     relative = load_text('data_dir: "./data"', {})
     monkeypatch.chdir(tmp_path)
     here = gateway_client_id(relative, "gw")
@@ -269,7 +270,7 @@ def test_default_client_id_follows_the_absolute_data_directory(tmp_path, monkeyp
 
 
 def test_an_explicit_client_id_wins():
-    from bridge.config import gateway_client_id
+    from bridge.settings import gateway_client_id
     config = load(None, {"MQTT_CLIENT_ID": "site-7-gateway"})
     assert gateway_client_id(config, "gw1") == "site-7-gateway"
 
@@ -291,7 +292,7 @@ def test_empty_ack_delay_at_or_above_the_ack_timeout_is_refused():
 
 
 def test_the_mqtt_puback_timeout_is_still_read_under_its_old_key_and_env_name_with_a_warning():
-    from bridge.config import ConfigDeprecationWarning
+    from bridge.settings import ConfigDeprecationWarning
     shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
     assert load(shipped, {"MQTT_PUBACK_TIMEOUT": "4"}).mqtt.puback_timeout == 4
     with pytest.warns(ConfigDeprecationWarning, match="mqtt.ack_timeout"):
@@ -318,7 +319,7 @@ def test_reliable_listeners_are_off_by_default_on_their_ports():
 def test_reliable_listeners_come_from_the_environment():
     cfg = load(SHIPPED, {"COAP_TCP_ENABLED": "true", "COAP_TCP_BIND_ADDRESS": "::",
                          "COAP_TCP_BIND_PORT": "6683", "COAP_WS_ENABLED": "yes",
-                         "COAP_WS_BIND_PORT": "9000", "COAP_RELIABLE_KEEPALIVE": "30"}).reliable
+                         "COAP_WS_BIND_PORT": "9000", "RELIABLE_KEEPALIVE": "30"}).reliable
     assert cfg.tcp.enabled and cfg.tcp.bind_address == "::" and cfg.tcp.bind_port == 6683
     assert cfg.ws.enabled and cfg.ws.bind_port == 9000 and cfg.keepalive == 30.0
     assert not cfg.tls.enabled
@@ -330,7 +331,7 @@ def test_tls_listener_without_any_certificate_or_psk_is_refused():
 
 
 def test_tls_files_default_to_the_dtls_ones(tmp_path):
-    from bridge.config import tls_files
+    from bridge.settings.reliable import tls_files
     config = load_text('dtls: {cert_file: "a.pem", key_file: "a.key", ca_file: "ca.pem"}\n'
                        'reliable: {ca_file: "other.pem"}', {})
     files = tls_files(config)
@@ -341,8 +342,8 @@ def test_reliable_limits_are_checked():
     problems = problems_of("reliable: {max_message_size: 100, keepalive: -1, "
                            "max_connections: 0, tcp: {enabled: true}, ws: {enabled: true, "
                            "bind_port: 5683}}\ncoap: {workers: 2}")
-    assert any("max_message_size: must be 1152" in p for p in problems)
-    assert any("reliable.keepalive: must be 0 (off) or more" in p for p in problems)
-    assert any("reliable.max_connections: must be greater than 0" in p for p in problems)
+    assert any("max_message_size: must be 1152 to" in p for p in problems)
+    assert any("reliable.keepalive: must be 0 to" in p for p in problems)
+    assert any("reliable.max_connections: must be 1 to" in p for p in problems)
     assert any("reliable.ws.bind_port: 5683 is reliable.tcp's too" in p for p in problems)
     assert any("need coap.workers 1" in p for p in problems)

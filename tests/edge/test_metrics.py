@@ -8,7 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.edge.metrics import MetricsSite
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
@@ -61,7 +62,7 @@ def samples(text):
 
 
 def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along():
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     values, types = samples(scrape(bridge))
     assert set(bridge.metrics()) == set(NAMES)
     for name, kind in NAMES.items():
@@ -74,7 +75,7 @@ def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along
 
 
 def test_two_bridges_in_one_process_have_their_own_metrics():
-    one, two = (Bridge(config_module.load(None, {}), Clock()) for _ in range(2))
+    one, two = (Bridge(startup_checks.load(None, {}), Clock()) for _ in range(2))
     one.requests.handled = 7
     assert samples(scrape(one))[0][("coapbridge_coap_requests_total", ())] == 7
     assert samples(scrape(two))[0][("coapbridge_coap_requests_total", ())] == 0
@@ -83,7 +84,7 @@ def test_two_bridges_in_one_process_have_their_own_metrics():
 def test_request_to_answer_and_store_to_puback_times_are_histograms(tmp_path):
     clock = Clock()
     clock.advance(1000)
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.registry.add("Dev A", "tok", "thermo")
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
@@ -133,10 +134,10 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     import random
 
     import dtlscerts
-    from bridge.config import DtlsConfig
+    from bridge.settings import DtlsConfig
     from bridge.edge import coap as coap_edge
     from bridge.edge import dtls as dtls_edge
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     assert not any(name.startswith("dtls_") for name in bridge.metrics())
     cert, key = dtlscerts.issue("bridge", dtlscerts.ca()).write(str(tmp_path), "bridge")
     clock = Clock()
@@ -158,7 +159,7 @@ def test_reliable_metrics_appear_with_the_rfc8323_listeners():
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
-    from bridge.config import ReliableConfig
+    from bridge.settings import ReliableConfig
     from bridge.edge.stream import Hub, StreamProtocol
     bridge = Bridge(config_module.load(None, {}), Clock())
     assert not any(name.startswith("reliable_") for name in bridge.metrics())

@@ -13,7 +13,7 @@ from bridge.coap import signalling as sig
 from bridge.coap.codec import make_response
 from bridge.coap.framing import StreamDecoder, decode_ws, encode, encode_ws
 from bridge.coap.reliable_requests import body_of
-from bridge.config import ReliableConfig
+from bridge.settings import ReliableConfig
 from bridge.edge.stream import CLOSE_GRACE, Hub, StreamProtocol
 from bridge.edge.websocket import WebSocketProtocol
 
