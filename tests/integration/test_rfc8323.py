@@ -68,11 +68,15 @@ def env(tmp_path_factory):
     bridge = BridgeProcess(workdir, broker.port, reliable=reliable,
                            dtls={"cert_file": pki.cert, "key_file": pki.key,
                                  "ca_file": pki.ca_file},
-                           ota={"source": "directory", "directory": os.path.join(workdir, "ota")})
+                           ota={"source": "directory", "directory": os.path.join(workdir, "ota")},
+                           # local provisioning: the only way to provision without a platform
+                           provisioning={"mode": "local", "profiles": [
+                               {"key": "rel-key", "secret": "rel-secret",
+                                "device_type": "default"}]})
     os.makedirs(os.path.join(workdir, "ota", "blinker"), exist_ok=True)
     with open(os.path.join(workdir, "ota", "blinker", "3.0"), "wb") as handle:
         handle.write(PACKAGE)
-    for n in range(1, 20):
+    for n in range(1, 24):
         bridge.add_device("Rel %d" % n, "rtok%d" % n)
     bridge.registry.add("Rel Psk", "rpsk", "default", psk_identity="rel-psk",
                         psk_key=b"rel-secret-1")
@@ -239,6 +243,99 @@ def test_aiocoap_observes_shared_attributes(env, scheme, token, device):
              if line.startswith(b"{")]
     assert [json.loads(n["payload"]) for n in lines] == [{"mode": "comfort"}, {"mode": "boost"}]
     assert lines[0]["observe"] < lines[1]["observe"]
+
+
+# -- every API over a raw coap+tcp connection ---------------------------------------
+
+def tcp_request(code, path, payload=b"", token=b"\x11", observe=None):
+    import txthings.coap as txcoap
+    from bridge.coap.reliable_requests import body_of
+    message = txcoap.Message(code=code, payload=payload, token=token)
+    parts, _, query = path.partition("?")
+    message.opt.uri_path = tuple(p.encode() for p in parts.strip("/").split("/"))
+    if query:
+        message.opt.uri_query = tuple(q.encode() for q in query.split("&"))
+    if observe is not None:
+        message.opt.observe = observe
+    return encode(code, token, body_of(message))
+
+
+def decoded(frame):
+    import txthings.coap as txcoap
+    return txcoap.Message.decode(bytes((0x40 | len(frame.token), frame.code, 0, 0))
+                                 + frame.token + frame.body)
+
+
+def tcp_exchange(bridge, request, timeout=15.0):
+    sock = connect(bridge)
+    try:
+        sock.sendall(csm_frame() + request)
+        frames = read_frames(sock, 2, timeout)
+    finally:
+        sock.close()
+    assert [f.code >> 5 for f in frames[:1]] == [7] and len(frames) == 2, frames
+    return decoded(frames[1])
+
+
+def test_claim_over_coap_tcp(env):
+    broker, platform, bridge, pki = env
+    answer = tcp_exchange(bridge, tcp_request(POST, "/api/v1/rtok15/claim",
+                                              b'{"secretKey": "k", "durationMs": 60000}'))
+    assert answer.code == 0x41
+    platform.wait_for("v1/gateway/claim", lambda p: p == {
+        "Rel 15": {"secretKey": "k", "durationMs": 60000}})
+
+
+def test_client_side_rpc_over_coap_tcp(env):
+    broker, platform, bridge, pki = env
+    platform.client_rpc_answer = {"time": 1700000000}
+    try:
+        answer = tcp_exchange(bridge, tcp_request(POST, "/api/v1/rtok15/rpc",
+                                                  b'{"method": "getTime", "params": {}}'))
+    finally:
+        platform.client_rpc_answer = None
+    assert answer.code == 0x45 and json.loads(answer.payload) == {"time": 1700000000}
+
+
+def test_provisioning_then_telemetry_over_coap_tcp(env):
+    broker, platform, bridge, pki = env
+    answer = tcp_exchange(bridge, tcp_request(POST, "/api/v1/provision", json.dumps(
+        {"deviceName": "Rel Provisioned", "provisionDeviceKey": "rel-key",
+         "provisionDeviceSecret": "rel-secret"}).encode()))
+    assert answer.code == 0x41, answer.payload
+    token = json.loads(answer.payload)["credentialsValue"]
+    answer = tcp_exchange(bridge, tcp_request(POST, "/api/v1/%s/telemetry" % token,
+                                              b'{"provisioned": true}'))
+    assert answer.code == 0x41
+    telemetry_of(platform, "Rel Provisioned", "provisioned", True)
+
+
+def test_firmware_by_size_and_chunk_over_coap_tcp(env):
+    broker, platform, bridge, pki = env
+    platform.set_attributes("Rel 16", {}, FIRMWARE)
+    answer = tcp_exchange(bridge, tcp_request(
+        0x01, "/api/v1/rtok16/firmware?title=blinker&version=3.0&size=1000&chunk=2"))
+    assert answer.code == 0x45 and answer.payload == PACKAGE[2000:3000]
+
+
+def test_rpc_held_when_the_connection_closes_goes_to_the_next_registration(env):
+    broker, platform, bridge, pki = env
+    sock = connect(bridge)
+    sock.sendall(csm_frame() + tcp_request(0x01, "/api/v1/rtok17/rpc", observe=0))
+    assert [f.code for f in read_frames(sock, 2)] == [sig.CSM, 0x43]  # 2.03: registered
+    sock.close()  # the relation ends with the connection
+    wait_until(lambda: "observe of /rpc by Rel 17 ended" in bridge.read_log(), 10,
+               "the relation to end")
+    platform.send_rpc("Rel 17", 55, "reboot", {})
+    sock = connect(bridge)
+    try:
+        sock.sendall(csm_frame() + tcp_request(0x01, "/api/v1/rtok17/rpc", observe=0))
+        frames = read_frames(sock, 3)
+    finally:
+        sock.close()
+    notification = decoded(frames[2])
+    assert json.loads(notification.payload) == {"id": 55, "method": "reboot", "params": {}}
+    assert notification.opt.observe is not None
 
 
 # -- a browser -------------------------------------------------------------------------
