@@ -10,9 +10,9 @@ version, a type or a Message ID.
 
 This module only cuts the byte stream into ``Frame`` values (code, token, and
 the options and payload as one ``body``) and writes them; the options inside a
-body are read by the UDP codec's rules (``bridge.coap.reliable``) or, for
-signalling messages, by ``bridge.coap.signalling``. Our own code because the
-framing is a few dozen lines and the codec we build on (txThings) has none.
+body are read by the shared codec (``options``), through ``reliable_requests``
+for requests and ``signalling`` for signalling messages. Our own code because the
+framing is a few dozen lines and no library we use has it.
 
 ``StreamDecoder`` keeps at most one partial message (bounded by the
 Max-Message-Size we advertise); a message announced larger is not buffered: its

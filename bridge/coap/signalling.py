@@ -3,11 +3,8 @@
 Codes 7.01 CSM (Capabilities and Settings), 7.02 Ping, 7.03 Pong, 7.04 Release
 and 7.05 Abort. Their option numbers are per code (§5.2): an even number is
 elective, an odd one critical, and an unknown critical option makes the
-message a connection error (Abort). Options are coded as in RFC 7252 §3.1;
-``options`` reads them with the same format checks as the UDP codec
-(``codec.inspect``: nibble 15 reserved, truncation, a payload marker with no
-payload), but keeps the values, which the UDP codec's helpers do not give for
-numbers it does not know.
+message a connection error (Abort). Options are coded as in RFC 7252 §3.1, by
+the shared codec (``options.decode_options``, ``options.encode_options``).
 """
 
 from __future__ import annotations
@@ -15,6 +12,8 @@ from __future__ import annotations
 from typing import List, NamedTuple, Optional, Tuple
 
 from .framing import Frame
+from .options import Malformed, decode_options
+from .options import encode_options as _encode
 
 CSM, PING, PONG, RELEASE, ABORT = 0xE1, 0xE2, 0xE3, 0xE4, 0xE5  # 7.01 ... 7.05
 NAMES = {CSM: "CSM", PING: "Ping", PONG: "Pong", RELEASE: "Release", ABORT: "Abort"}
@@ -70,62 +69,17 @@ class Signal(NamedTuple):
 def options(body: bytes) -> Tuple[Options, bytes]:
     """The options (number, value) of a message body and its payload; ``SignalError``
     when the body is malformed."""
-    found: Options = []
-    number = 0
-    pos, end = 0, len(body)
-    while pos < end:
-        byte = body[pos]
-        pos += 1
-        if byte == 0xFF:
-            if pos == end:
-                raise SignalError("payload marker without payload")
-            return found, bytes(body[pos:])
-        values = []
-        for nibble in (byte >> 4, byte & 0x0F):
-            if nibble == 13:
-                if pos + 1 > end:
-                    raise SignalError("option extension truncated")
-                values.append(body[pos] + 13)
-                pos += 1
-            elif nibble == 14:
-                if pos + 2 > end:
-                    raise SignalError("option extension truncated")
-                values.append(((body[pos] << 8) | body[pos + 1]) + 269)
-                pos += 2
-            elif nibble == 15:
-                raise SignalError("reserved option nibble 15")
-            else:
-                values.append(nibble)
-        number += values[0]
-        if pos + values[1] > end:
-            raise SignalError("option %d past the end of the message" % number)
-        found.append((number, bytes(body[pos:pos + values[1]])))
-        pos += values[1]
-    return found, b""
-
-
-def _nibble(value: int) -> Tuple[int, bytes]:
-    if value < 13:
-        return value, b""
-    if value < 269:
-        return 13, bytes((value - 13,))
-    return 14, (value - 269).to_bytes(2, "big")
+    try:
+        found, payload = decode_options(body, 0, len(body))
+    except Malformed as exc:
+        raise SignalError(str(exc)) from None
+    return list(found), bytes(payload)
 
 
 def encode_options(items: Options, payload: bytes = b"") -> bytes:
-    """A body of ``items`` (sorted by number here) and ``payload`` (RFC 7252 §3.1)."""
-    out = bytearray()
-    last = 0
-    for number, value in sorted(items, key=lambda item: item[0]):
-        delta, delta_ext = _nibble(number - last)
-        length, length_ext = _nibble(len(value))
-        out.append((delta << 4) | length)
-        out += delta_ext + length_ext + value
-        last = number
-    if payload:
-        out.append(0xFF)
-        out += payload
-    return bytes(out)
+    """A body of ``items`` (sorted by number here) and ``payload``."""
+    body = _encode(tuple(sorted(items, key=lambda item: item[0])))
+    return body + b"\xff" + payload if payload else body
 
 
 def uint(value: int) -> bytes:

@@ -3,9 +3,9 @@ the TCP/TLS protocol around it.
 
 A ``Driver`` holds one sans-IO ``reliable.Connection`` and moves bytes, time and
 the request handler's answers between it and Twisted: its requests are read
-with the UDP codec's rules (``reliable_requests``) and go to the same handler
-as UDP's (``CoapRequests.handle``), with the connection's ``StreamPeer`` as the
-remote; answers and observe notifications go back on the connection, sized to
+by the shared codec into the shared exchange layer (``reliable_requests``) and go
+to the same handler as UDP's (``CoapRequests.handle``), with the connection's
+``StreamPeer`` as the peer; answers and observe notifications go back on the connection, sized to
 the peer's Max-Message-Size. One Twisted timer per connection, due at the
 connection's ``next_timer`` (CSM deadline, keepalive Ping, idle Release).
 
@@ -28,13 +28,16 @@ from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from ..coap.codec import Malformed, Message, make_response
-from ..coap.endpoint import Answer
+from ..coap.exchange import DELIVERED, Answer, Incoming
+from ..coap.message import Message, make_response
+from ..coap.options import Malformed
+from ..coap.peers import describe
 from ..coap.reliable import Connection, Ended, ReliableSettings, Received, TooLarge
 from ..coap.reliable_requests import Requests
 from ..settings import ReliableConfig
 from ..core import codes
 from ..logs import logger
+from .timer import OneTimer
 
 log = logger("reliable")
 
@@ -54,8 +57,11 @@ class StreamPeer:
         self.scheme = scheme
         self.driver = driver
 
-    def notify(self, ref: int, token: bytes, confirmable: bool, code: int, payload: bytes,
-               observe: int, block_size: int, content_format: int) -> None:
+    def notify(self, ref: int, token: bytes, code: int, payload: bytes, observe: int,
+               observation: Any, block_size: int, content_format: int) -> None:
+        """Notification ``ref`` on this connection (``observation``: none here, RFC 8323
+        has no message types; the connection's Max-Message-Size sizes it, not
+        ``block_size``)."""
         self.driver.notify(ref, token, code, payload, observe, content_format)
 
     def __str__(self) -> str:
@@ -68,21 +74,21 @@ class StreamPeer:
 class Hub:
     """What the connections of every RFC 8323 listener share (see the module)."""
 
-    def __init__(self, cfg: ReliableConfig, handler: Callable[[Message], Any], clock: Any,
+    def __init__(self, cfg: ReliableConfig, handler: Callable[[Incoming], Any], clock: Any,
                  max_body: int):
         self.cfg = cfg
         self.settings = ReliableSettings(cfg.max_message_size, False, cfg.csm_timeout,
                                          cfg.keepalive, cfg.idle_timeout)
         self.handler = handler
         self.clock = clock
-        self.requests = Requests(max_body)
+        self.requests = Requests(max_body, log)
         self.drivers: Dict["Driver", None] = {}
         self.by_address: Dict[str, int] = {}
         self.connections = 0  # admitted, with or without a driver yet (WebSocket upgrade)
         self.refused = 0
         self.aborted = 0
         self._refusal_noted = float("-inf")
-        # (ref, "ack") for notifications once written; the peer that went
+        # (ref, "delivered") for notifications once written; the peer that went
         self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
         self.on_peer_gone: Callable[[Any], None] = lambda peer: None
         self._serial = 0
@@ -147,8 +153,8 @@ class Hub:
 class Driver:
     """One reliable connection between its transport and the handler (see the module)."""
 
-    __slots__ = ("hub", "connection", "peer", "write", "close", "paused", "held", "_call",
-                 "_armed", "host")
+    __slots__ = ("hub", "connection", "peer", "write", "close", "paused", "held", "timer",
+                 "host")
 
     def __init__(self, hub: Hub, address: Tuple[str, int], scheme: str, websocket: bool,
                  write: Callable[[List[bytes]], None], close: Callable[[bool], None]):
@@ -161,8 +167,7 @@ class Driver:
         self.close = close  # close once written (True: after an Abort)
         self.paused = False  # the transport's write buffer is full
         self.held: List[int] = []  # notification refs whose outcome waits for the drain
-        self._call: Any = None
-        self._armed = 0.0
+        self.timer = OneTimer(hub.clock, self._fire)  # due at the connection's next_timer
         self._flush()
 
     # -- in --------------------------------------------------------------------------
@@ -192,13 +197,13 @@ class Driver:
         except Malformed as exc:
             self._events(self.connection.abort("malformed message: %s" % exc))
             return
-        if isinstance(request, tuple):
+        if type(request) is not Incoming:  # an answer at once (a frame's code, token, body)
             self._send(*request)
             return
         try:
             result = hub.handler(request)
         except Exception:
-            log.failure("Request handler raised for {peer}", peer=str(self.peer))
+            log.failure("Request handler raised for {peer}", peer=describe(self.peer))
             self._answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
                                        codes.TEXT_PLAIN), request)
             return
@@ -208,18 +213,18 @@ class Driver:
         else:
             self._answer(result, request)
 
-    def _answer(self, result: Any, request: Message) -> None:
-        answer = result if isinstance(result, Answer) else Answer(result)
-        message = answer.message
-        if isinstance(message.payload, str):
-            message.payload = message.payload.encode("utf-8")
-        self._send(*self.hub.requests.answer(request, message,
-                                             self.connection.peer_max_message_size,
-                                             answer.large))
+    def _answer(self, result: Any, request: Incoming) -> None:
+        if type(result) is not Answer:
+            if not isinstance(result, Message):
+                raise TypeError("request handler returned %r, not a Message" % (type(result),))
+            result = Answer(result)
+        self._send(*self.hub.requests.answer(request, result,
+                                             self.connection.peer_max_message_size))
         self._flush()
 
-    def _failed(self, failure: Any, request: Message) -> None:
-        log.failure("Request handling failed for {peer}", failure=failure, peer=str(self.peer))
+    def _failed(self, failure: Any, request: Incoming) -> None:
+        log.failure("Request handling failed for {peer}", failure=failure,
+                    peer=describe(self.peer))
         self._answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
                                    codes.TEXT_PLAIN), request)
 
@@ -240,7 +245,7 @@ class Driver:
         if self.paused:
             self.held.append(ref)  # the core sends the next once this one is out
         else:
-            self.hub.on_result(ref, "ack")
+            self.hub.on_result(ref, DELIVERED)
 
     def pause(self) -> None:
         self.paused = True
@@ -249,7 +254,7 @@ class Driver:
         self.paused = False
         held, self.held = self.held, []
         for ref in held:
-            self.hub.on_result(ref, "ack")
+            self.hub.on_result(ref, DELIVERED)
 
     def release(self, reason: str) -> None:
         self._events(self.connection.release(reason))
@@ -265,40 +270,20 @@ class Driver:
         if out:
             self.write(out)
         if connection.ended is not None:
-            self._cancel()
+            self.timer.cancel()
             self.close(connection.ended.error)
             return
-        self._arm()
+        self.timer.arm(connection.next_timer())
 
     def lost(self, reason: str) -> None:
         """The transport closed."""
-        self._cancel()
+        self.timer.cancel()
         for event in self.connection.lost(reason):
             self._ended(event)
         self.hub.left(self, self.host)
 
-    # -- time ------------------------------------------------------------------------
-
-    def _arm(self) -> None:
-        due = self.connection.next_timer()
-        if due is None:
-            return
-        if self._call is not None:
-            if due >= self._armed:
-                return  # fires early, finds nothing due, and re-arms
-            self._call.cancel()
-        clock = self.hub.clock
-        self._armed = due
-        self._call = clock.callLater(max(0.0, due - clock.seconds()), self._fire)
-
     def _fire(self) -> None:
-        self._call = None
         self._events(self.connection.handle_timer(self.hub.clock.seconds()))
-
-    def _cancel(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
 
 
 def buffered_transport(transport: Any) -> Any:

@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ..coap.codec import make_response
+from ..coap.message import make_response
 from ..settings import Config, worker_client_id
 from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,

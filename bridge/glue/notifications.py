@@ -36,17 +36,19 @@ class Notifications:
             return
         for notify in batch:
             remote = notify.remote
-            if type(remote) is not tuple and hasattr(remote, "notify"):
-                # a reliable connection's peer (RFC 8323): it sends on its connection
-                remote.notify(notify.ref, notify.token, notify.confirmable, notify.code,
-                              notify.payload, notify.observe, notify.block_size,
+            # a reliable connection's peer (RFC 8323) sends on its connection
+            target = remote if type(remote) is not tuple and hasattr(remote, "notify") \
+                else None
+            if target is not None:
+                target.notify(notify.ref, notify.token, notify.code, notify.payload,
+                              notify.observe, notify.observation, notify.block_size,
                               notify.content_format)
             else:
-                transport.notify(notify.ref, remote, notify.token, notify.confirmable,
-                                 notify.code, notify.payload, notify.observe,
+                transport.notify(notify.ref, remote, notify.token, notify.code,
+                                 notify.payload, notify.observe, notify.observation,
                                  notify.block_size, notify.content_format)
-            log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
-                      observe=notify.observe, kind="CON" if notify.confirmable else "NON")
+            log.debug("Notified {device} (observe {observe})", device=notify.device,
+                      observe=notify.observe)
 
     def stop(self) -> None:
         """No transport any more: what is queued is not sent."""

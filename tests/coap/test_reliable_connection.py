@@ -144,7 +144,7 @@ def test_csm_option_too_long_aborts():
 
 @pytest.mark.parametrize("body, reason", [
     (b"\x2f", "reserved option nibble 15"),
-    (b"\x24\x00", "past the end of the message"),  # an option past the message
+    (b"\x24\x00", "option 2 value truncated"),  # an option past the message
     (b"\xd1", "option extension truncated"),
     (b"\xff", "payload marker without payload"),
 ])

@@ -3,15 +3,15 @@ backpressure, timers, closing, and the WebSocket opening handshake."""
 
 from __future__ import annotations
 
-import txthings.coap as txcoap
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from bridge.coap import signalling as sig
-from bridge.coap.codec import make_response
 from bridge.coap.framing import StreamDecoder, decode_ws, encode, encode_ws
+from bridge.coap.message import Message, make_response
+from bridge.coap.options import URI_PATH
 from bridge.coap.reliable_requests import body_of
 from bridge.settings import ReliableConfig
 from bridge.edge.stream import CLOSE_GRACE, Hub, StreamProtocol
@@ -44,9 +44,8 @@ def frames(transport):
 
 
 def telemetry_body(payload=b'{"t": 1}'):
-    message = txcoap.Message(code=POST, payload=payload)
-    message.opt.uri_path = (b"api", b"v1", b"tok", b"telemetry")
-    return body_of(message)
+    path = tuple((URI_PATH, s) for s in (b"api", b"v1", b"tok", b"telemetry"))
+    return body_of(Message(POST, b"", path, payload))
 
 
 def telemetry(token=b"\x07", payload=b'{"t": 1}'):
@@ -66,8 +65,8 @@ def test_the_bridges_csm_goes_first_and_a_request_reaches_the_handler():
     protocol.dataReceived(CSM + telemetry())
     [answer] = frames(transport)
     assert (answer.code, answer.token) == (0x41, b"\x07")
-    assert seen[0].payload == b'{"t": 1}' and str(seen[0].remote) == "coap+tcp:10.0.0.1:40000"
-    assert seen[0].remote.address == ("10.0.0.1", 40000) and seen[0].remote.credential is None
+    assert seen[0].message.payload == b'{"t": 1}' and str(seen[0].peer) == "coap+tcp:10.0.0.1:40000"
+    assert seen[0].peer.address == ("10.0.0.1", 40000) and seen[0].peer.credential is None
 
 
 def test_a_later_answer_goes_when_its_deferred_fires():
@@ -121,14 +120,15 @@ def test_a_slow_reader_pauses_reading_and_holds_notification_outcomes():
     frames(transport)
     peer = protocol.driver.peer
     assert transport.producer is protocol  # registered: the transport pauses us when full
-    peer.notify(1, b"o", True, 0x45, b"{}", 2, 1024, 50)
-    assert hub.results == [(1, "ack")]
+    peer.notify(1, b"o", 0x45, b"{}", 2, None, 1024, 50)
+    assert hub.results == [(1, "delivered")]
     protocol.pauseProducing()  # its write buffer passed max_write_buffer
     assert transport.producerState == "paused"  # no more reading from it
-    peer.notify(2, b"o", True, 0x45, b"{}", 3, 1024, 50)
-    assert hub.results == [(1, "ack")]  # the core sends no more until it drains
+    peer.notify(2, b"o", 0x45, b"{}", 3, None, 1024, 50)
+    assert hub.results == [(1, "delivered")]  # the core sends no more until it drains
     protocol.resumeProducing()
-    assert transport.producerState == "producing" and hub.results == [(1, "ack"), (2, "ack")]
+    assert transport.producerState == "producing"
+    assert hub.results == [(1, "delivered"), (2, "delivered")]
     assert [f.code for f in frames(transport)] == [0x45, 0x45]
 
 
@@ -231,7 +231,7 @@ def test_websocket_opening_names_the_coap_subprotocol():
                           client_frame(encode_ws(POST, b"\x07", telemetry_body())))
     [(_, answer)] = server_messages(transport.value())
     assert decode_ws(answer).code == 0x41 and decode_ws(answer).token == b"\x07"
-    assert seen[0].payload == b'{"t": 1}'
+    assert seen[0].message.payload == b'{"t": 1}'
 
 
 def test_websocket_on_another_path_is_404_and_without_the_subprotocol_400():

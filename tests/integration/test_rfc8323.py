@@ -26,6 +26,9 @@ from conftest import BridgeProcess, Mosquitto, free_port, wait_until
 from platform_sim import PlatformSim
 from bridge.coap import signalling as sig
 from bridge.coap.framing import StreamDecoder, encode
+from bridge.coap.message import Message
+from bridge.coap.options import OBSERVE, URI_PATH, URI_QUERY, encode_uint
+from bridge.coap.reliable_requests import body_of, message_of
 
 pytestmark = pytest.mark.integration
 NOTLS = shutil.which("coap-client-notls")
@@ -248,22 +251,16 @@ def test_aiocoap_observes_shared_attributes(env, scheme, token, device):
 # -- every API over a raw coap+tcp connection ---------------------------------------
 
 def tcp_request(code, path, payload=b"", token=b"\x11", observe=None):
-    import txthings.coap as txcoap
-    from bridge.coap.reliable_requests import body_of
-    message = txcoap.Message(code=code, payload=payload, token=token)
     parts, _, query = path.partition("?")
-    message.opt.uri_path = tuple(p.encode() for p in parts.strip("/").split("/"))
-    if query:
-        message.opt.uri_query = tuple(q.encode() for q in query.split("&"))
-    if observe is not None:
-        message.opt.observe = observe
-    return encode(code, token, body_of(message))
+    options = [(URI_PATH, p.encode()) for p in parts.strip("/").split("/")]
+    options += [(URI_QUERY, q.encode()) for q in query.split("&")] if query else []
+    options += [(OBSERVE, encode_uint(observe))] if observe is not None else []
+    options.sort(key=lambda option: option[0])
+    return encode(code, token, body_of(Message(code, token, tuple(options), payload)))
 
 
 def decoded(frame):
-    import txthings.coap as txcoap
-    return txcoap.Message.decode(bytes((0x40 | len(frame.token), frame.code, 0, 0))
-                                 + frame.token + frame.body)
+    return message_of(frame)
 
 
 def tcp_exchange(bridge, request, timeout=15.0):
@@ -335,7 +332,7 @@ def test_rpc_held_when_the_connection_closes_goes_to_the_next_registration(env):
         sock.close()
     notification = decoded(frames[2])
     assert json.loads(notification.payload) == {"id": 55, "method": "reboot", "params": {}}
-    assert notification.opt.observe is not None
+    assert notification.observe is not None
 
 
 # -- a browser -------------------------------------------------------------------------
@@ -420,11 +417,7 @@ def csm_frame():
 
 
 def telemetry_frame(token, payload, tok=b"\x01"):
-    from bridge.coap.reliable_requests import body_of
-    import txthings.coap as txcoap
-    message = txcoap.Message(code=POST, payload=payload, token=tok)
-    message.opt.uri_path = (b"api", b"v1", token.encode(), b"telemetry")
-    return encode(POST, tok, body_of(message))
+    return tcp_request(POST, "/api/v1/%s/telemetry" % token, payload, tok)
 
 
 def read_frames(sock, want, timeout=10.0):
@@ -490,11 +483,7 @@ def test_a_slow_reader_makes_the_bridge_stop_reading_not_buffer(env):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", bridge.ports["tcp"]))
     # a request that the bridge answers with 4.04, sent over and over, never read
-    from bridge.coap.reliable_requests import body_of
-    import txthings.coap as txcoap
-    message = txcoap.Message(code=0x01, token=b"\x05")
-    message.opt.uri_path = (b"api", b"v1", b"rtok13", b"nowhere" * 100)
-    request = encode(0x01, b"\x05", body_of(message))
+    request = tcp_request(0x01, "/api/v1/rtok13/" + "nowhere" * 30, token=b"\x05")
     sock.sendall(csm_frame())
     sock.setblocking(False)
     sent = 0
