@@ -154,7 +154,7 @@ class Driver:
     """One reliable connection between its transport and the handler (see the module)."""
 
     __slots__ = ("hub", "connection", "peer", "write", "close", "paused", "held", "timer",
-                 "host")
+                 "host", "closing")
 
     def __init__(self, hub: Hub, address: Tuple[str, int], scheme: str, websocket: bool,
                  write: Callable[[List[bytes]], None], close: Callable[[bool], None]):
@@ -168,6 +168,7 @@ class Driver:
         self.paused = False  # the transport's write buffer is full
         self.held: List[int] = []  # notification refs whose outcome waits for the drain
         self.timer = OneTimer(hub.clock, self._fire)  # due at the connection's next_timer
+        self.closing = False  # the transport was told to close (or closed)
         self._flush()
 
     # -- in --------------------------------------------------------------------------
@@ -270,13 +271,16 @@ class Driver:
         if out:
             self.write(out)
         if connection.ended is not None:
-            self.timer.cancel()
-            self.close(connection.ended.error)
+            if not self.closing:
+                self.closing = True
+                self.timer.cancel()
+                self.close(connection.ended.error)
             return
         self.timer.arm(connection.next_timer())
 
     def lost(self, reason: str) -> None:
         """The transport closed."""
+        self.closing = True
         self.timer.cancel()
         for event in self.connection.lost(reason):
             self._ended(event)
