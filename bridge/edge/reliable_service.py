@@ -54,7 +54,7 @@ class ReliableService(Service):
 
     def __init__(self, bridge: Any, cannot_listen: Any):
         self.bridge = bridge
-        self.cannot_listen = cannot_listen  # (what, protocol, exc, key, env) -> the line
+        self.cannot_listen = cannot_listen  # (what, protocol, exc, key, hint) -> the line
         self.hub: Optional[Hub] = None
         self.ports: List[Any] = []
         self._sweep: Optional[LoopingCall] = None
@@ -109,7 +109,7 @@ class ReliableService(Service):
         exc = outcome.value if hasattr(outcome, "value") else outcome
         if isinstance(exc, CannotListenError):
             raise StartupError(self.cannot_listen(scheme, "TCP", exc,
-                                                  "reliable.%s.bind_port" % name, env))
+                                                  "reliable.%s.bind_port" % name, ", " + env))
         raise exc
 
     def registry_changed(self) -> None:

@@ -558,3 +558,24 @@ def test_the_bridge_logged_no_error_and_no_traceback(env):
     text = bridge.read_log()
     assert "Traceback" not in text
     assert "#error]" not in text and "#critical]" not in text
+
+
+def test_a_taken_tcp_port_stops_the_start_with_one_line(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), COAP_BIND_ADDRESS="127.0.0.1",
+               COAP_BIND_PORT=str(free_port()), METRICS_PORT="0", MQTT_HOST="127.0.0.1",
+               MQTT_PORT="1", COAP_TCP_ENABLED="true", COAP_TCP_BIND_PORT=str(port))
+    try:
+        done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "twistd"), "-n",
+                               "--pidfile=", "coapbridge"], capture_output=True, text=True,
+                              env=env, cwd=str(tmp_path), timeout=60)
+    finally:
+        taken.close()
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out[-1500:]
+    assert "cannot listen for coap+tcp on TCP 127.0.0.1 port %d" % port in out, out[-1500:]
+    assert "reliable.tcp.bind_port (RELIABLE_TCP_BIND_PORT, COAP_TCP_BIND_PORT)" in out
+    assert "Traceback" not in out
