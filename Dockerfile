@@ -60,7 +60,8 @@ ENV DATA_DIR=/data \
 VOLUME /data
 WORKDIR /data
 USER 999:999
-EXPOSE 5683/udp 5684/udp 9683/tcp
+# 5683/tcp 5684/tcp 8683/tcp 8684/tcp: CoAP over TCP, TLS, WebSockets (RFC 8323), when enabled
+EXPOSE 5683/udp 5684/udp 9683/tcp 5683/tcp 5684/tcp 8683/tcp 8684/tcp
 
 # Liveness: /healthz answers while the reactor runs (/readyz is for load balancers).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
