@@ -10,7 +10,8 @@ and the timer armed to the layer's ``next_timer()`` (``edge/timer.py``). Defect 
 refer to ../shared/spec/txthings-notes.md, each with a regression test in
 tests/coap/ (the layers) or tests/edge/test_coap_engine.py (this driver).
 
-* W6  a failing handler always answers 5.00 (and the failure is logged once).
+* W6  a failing handler always answers 5.00 (and the failure is logged once):
+      ``edge.handling``, shared with the reliable transports' driver.
 * W9  ``listen()`` uses a 65535-byte receive buffer, so big datagrams are not truncated.
 
 The DTLS seam: today's DTLS transport (``edge/dtls.py``) hands its sessions'
@@ -24,9 +25,8 @@ server that feeds a ``MessageLayer`` of its own.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Hashable, Optional, Tuple, Union
+from typing import Any, Callable, Hashable, Optional, Tuple
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
@@ -34,20 +34,18 @@ from ..coap.datagram import (ACK_TIMEOUT, MAX_RETRANSMIT, DatagramSettings, Mess
                              Observation)
 from ..coap.exchange import Answer, Incoming, Notified, Transmit
 from ..coap.message import Message
-from ..coap.peers import describe
 from ..core import codes
 from ..logs import logger
 from . import udp
+from .handling import Handler, Handling, not_an_answer
 from .timer import OneTimer
 
 log = logger("coap")
 
 RECEIVE_BUFFER = 65535  # W9
 
-Handler = Callable[[Incoming], Union[defer.Deferred, Message, Answer]]
 
-
-class BridgeCoap(DatagramProtocol):
+class BridgeCoap(Handling, DatagramProtocol):
     """Feeds a UDP port's datagrams to a ``MessageLayer`` and ``handler``'s answers back."""
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
@@ -140,33 +138,13 @@ class BridgeCoap(DatagramProtocol):
             self._draining = False
         self.timer.arm(self.layer.next_timer())
 
-    def _dispatch(self, incoming: Incoming) -> None:
-        try:
-            result = self.handler(incoming)
-        except Exception:
-            log.failure("Request handler raised for {peer}", peer=describe(incoming.peer))
-            self.layer.refuse(incoming, codes.INTERNAL_SERVER_ERROR, b"internal error",
-                              self.clock.seconds())
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallback(self._respond, incoming)
-            result.addErrback(self._failed, incoming)
-        else:
-            self._respond(result, incoming)
-
     def _respond(self, result: Any, incoming: Incoming) -> None:
+        """The handler's answer (``edge.handling``) to the message layer."""
         if type(result) is not Answer:
             if not isinstance(result, Message):
-                raise TypeError("request handler returned %r, not a Message" % (type(result),))
+                raise not_an_answer(result)
             result = Answer(result)
         self.layer.respond(incoming, result, self.clock.seconds())
-        self._drain()
-
-    def _failed(self, failure: Any, incoming: Incoming) -> None:
-        log.failure("Request handling failed for {peer}", failure=failure,
-                    peer=describe(incoming.peer))
-        self.layer.refuse(incoming, codes.INTERNAL_SERVER_ERROR, b"internal error",
-                          self.clock.seconds())
         self._drain()
 
     def _fire(self) -> None:

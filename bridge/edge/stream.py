@@ -23,20 +23,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from ..coap.exchange import DELIVERED, Answer, Incoming
-from ..coap.message import Message, make_response
+from ..coap.message import Message
 from ..coap.options import Malformed
-from ..coap.peers import describe
 from ..coap.reliable import Connection, Ended, ReliableSettings, Received, TooLarge
 from ..coap.reliable_requests import Requests
 from ..settings import ReliableConfig
-from ..core import codes
 from ..logs import logger
+from .handling import Handling, not_an_answer
 from .timer import OneTimer
 
 log = logger("reliable")
@@ -150,15 +148,16 @@ class Hub:
         self.requests.expire(self.clock.seconds())
 
 
-class Driver:
+class Driver(Handling):
     """One reliable connection between its transport and the handler (see the module)."""
 
-    __slots__ = ("hub", "connection", "peer", "write", "close", "paused", "held", "timer",
-                 "host", "closing")
+    __slots__ = ("hub", "handler", "connection", "peer", "write", "close", "paused", "held",
+                 "timer", "host", "closing")
 
     def __init__(self, hub: Hub, address: Tuple[str, int], scheme: str, websocket: bool,
                  write: Callable[[List[bytes]], None], close: Callable[[bool], None]):
         self.hub = hub
+        self.handler = hub.handler
         self.host = address[0]
         self.connection = Connection(hub.settings, hub.clock.seconds(), websocket)
         self.peer = StreamPeer("", address, scheme, self)
@@ -201,33 +200,16 @@ class Driver:
         if type(request) is not Incoming:  # an answer at once (a frame's code, token, body)
             self._send(*request)
             return
-        try:
-            result = hub.handler(request)
-        except Exception:
-            log.failure("Request handler raised for {peer}", peer=describe(self.peer))
-            self._answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
-                                       codes.TEXT_PLAIN), request)
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallback(self._answer, request)
-            result.addErrback(self._failed, request)
-        else:
-            self._answer(result, request)
+        self._dispatch(request)  # edge.handling: to the handler, its answer to _respond
 
-    def _answer(self, result: Any, request: Incoming) -> None:
+    def _respond(self, result: Any, request: Incoming) -> None:
         if type(result) is not Answer:
             if not isinstance(result, Message):
-                raise TypeError("request handler returned %r, not a Message" % (type(result),))
+                raise not_an_answer(result)
             result = Answer(result)
         self._send(*self.hub.requests.answer(request, result,
                                              self.connection.peer_max_message_size))
         self._flush()
-
-    def _failed(self, failure: Any, request: Incoming) -> None:
-        log.failure("Request handling failed for {peer}", failure=failure,
-                    peer=describe(self.peer))
-        self._answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
-                                   codes.TEXT_PLAIN), request)
 
     # -- out -------------------------------------------------------------------------
 
