@@ -6,7 +6,8 @@ the request handler's answers between it and Twisted: its requests are read
 by the shared codec into the shared exchange layer (``reliable_requests``) and go
 to the same handler as UDP's (``CoapRequests.handle``), with the connection's
 ``StreamPeer`` as the peer; answers and observe notifications go back on the connection, sized to
-the peer's Max-Message-Size. One Twisted timer per connection, due at the
+the smaller of the two Max-Message-Sizes, in BERT blocks where both CSMs offer BERT
+(RFC 8323 §6). One Twisted timer per connection, due at the
 connection's ``next_timer`` (CSM deadline, keepalive Ping, idle Release).
 
 ``StreamProtocol`` is the TCP (and, under Twisted's TLS layer, the TLS)
@@ -31,7 +32,7 @@ from ..coap.exchange import DELIVERED, Answer, Incoming
 from ..coap.message import Message
 from ..coap.options import Malformed
 from ..coap.reliable import Connection, Ended, ReliableSettings, Received, TooLarge
-from ..coap.reliable_requests import Requests
+from ..coap.reliable_requests import Requests, answer_room, bert_length
 from ..settings import ReliableConfig
 from ..logs import logger
 from .handling import Handling, not_an_answer
@@ -55,6 +56,12 @@ class StreamPeer:
         self.scheme = scheme
         self.driver = driver
 
+    @property
+    def room(self) -> int:
+        """The most payload one answer carries on this connection (the glue hands it to the
+        core, whose download budget charges it)."""
+        return answer_room(self.driver.message_size())
+
     def notify(self, ref: int, token: bytes, code: int, payload: bytes, observe: int,
                observation: Any, block_size: int, content_format: int) -> None:
         """Notification ``ref`` on this connection (``observation``: none here, RFC 8323
@@ -75,11 +82,11 @@ class Hub:
     def __init__(self, cfg: ReliableConfig, handler: Callable[[Incoming], Any], clock: Any,
                  max_body: int):
         self.cfg = cfg
-        self.settings = ReliableSettings(cfg.max_message_size, False, cfg.csm_timeout,
+        self.settings = ReliableSettings(cfg.max_message_size, True, cfg.csm_timeout,
                                          cfg.keepalive, cfg.idle_timeout)
         self.handler = handler
         self.clock = clock
-        self.requests = Requests(max_body, log)
+        self.requests = Requests(max_body, log, bert=_bert_on)
         self.drivers: Dict["Driver", None] = {}
         self.by_address: Dict[str, int] = {}
         self.connections = 0  # admitted, with or without a driver yet (WebSocket upgrade)
@@ -148,6 +155,11 @@ class Hub:
         self.requests.expire(self.clock.seconds())
 
 
+def _bert_on(peer: Any) -> bool:
+    """Whether both CSMs of ``peer``'s connection offer BERT (the exchange layer asks)."""
+    return bool(peer.driver.connection.bert)
+
+
 class Driver(Handling):
     """One reliable connection between its transport and the handler (see the module)."""
 
@@ -207,8 +219,8 @@ class Driver(Handling):
             if not isinstance(result, Message):
                 raise not_an_answer(result)
             result = Answer(result)
-        self._send(*self.hub.requests.answer(request, result,
-                                             self.connection.peer_max_message_size))
+        size = self.message_size()
+        self._send(*self.hub.requests.answer(request, result, size, self._bert(size)))
         self._flush()
 
     # -- out -------------------------------------------------------------------------
@@ -221,14 +233,22 @@ class Driver(Handling):
                content_format: int) -> None:
         if self.connection.ended is not None:
             return  # its relations end with the connection (Hub.left)
-        self._send(*self.hub.requests.notification(
-            token, code, payload, observe, content_format,
-            self.connection.peer_max_message_size))
+        size = self.message_size()
+        self._send(*self.hub.requests.notification(token, code, payload, observe,
+                                                   content_format, size, self._bert(size)))
         self._flush()
         if self.paused:
             self.held.append(ref)  # the core sends the next once this one is out
         else:
             self.hub.on_result(ref, DELIVERED)
+
+    def message_size(self) -> int:
+        """The largest message we send: the peer's Max-Message-Size, at most ours."""
+        return min(self.connection.peer_max_message_size, self.hub.settings.max_message_size)
+
+    def _bert(self, size: int) -> int:
+        """The bytes of a BERT block in messages of ``size`` bytes; 0 where BERT is off."""
+        return bert_length(size) if self.connection.bert else 0
 
     def pause(self) -> None:
         self.paused = True
