@@ -82,7 +82,8 @@ class ReliableConfig:
         "", "Trust anchors (PEM) for device certificates over TLS: asked for, not required, "
         "verified when presented. Empty: dtls.ca_file.", env=("COAP_TLS_CA_FILE",))
     psk: bool = setting(True, "Devices may authenticate over TLS by a pre-shared key from the "
-                        "registry (TLS 1.2 PSK suites, through DTLS's PSK callback).",
+                        "registry (TLS 1.2 PSK suites and TLS 1.3 external PSKs, through DTLS's "
+                        "PSK callback; TLS 1.3 then offers its SHA-256 suites only).",
                         env=("COAP_TLS_PSK",))
     handshake_timeout: float = setting(
         10.0, "Seconds a TLS handshake or a WebSocket opening may take.", low=0, high=600,
