@@ -44,7 +44,7 @@ class Subscriptions(Part):
                         {"limit": observers.max_relations, "device": name})]
         relation.sent(body)
         actions: List[Action] = [Reply(request.ref, code, body, fmt,
-                                       observe=observers.sequence())]
+                                       observe=relation.next_observe(now))]
         hook = self.registered.get(feature)
         return actions + hook(name, now) if hook is not None else actions
 
