@@ -266,9 +266,11 @@ class _CoapService(Service):
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
+        self.bridge.relations.start(self.protocol)  # the relations its predecessor held
 
     def stopService(self) -> Any:
         Service.stopService(self)
+        self.bridge.relations.stop()  # they stay in the file for the next start
         self.bridge.coap_listening = False
         self.bridge.notifications.stop()
         if self.port is not None:

@@ -18,6 +18,11 @@ acknowledged cancels every relation of that peer (the device is gone, or its NAT
 binding is). Items still queued or in flight when a relation ends are handed back
 to the caller (RPCs are kept for the next registration).
 
+Whoever keeps relations across a restart (``bridge/glue/relations.py``) hears each
+relation that began (``changed(key, relation)``) and each that ended
+(``changed(key, None)``): at registration, deregistration, replacement, rename and end,
+never per notification.
+
 Observe numbers (RFC 7641 §4.4) come from the time, per relation: the number of
 milliseconds (``OBSERVE_RATE`` per second) modulo 2**24, or the relation's last number
 plus one when that is newer (several notifications in one millisecond). A process that
@@ -37,7 +42,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Tuple
 
 from . import codes
 from .actions import Notify
@@ -107,6 +112,9 @@ class Observers:
         self._recent: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
         self._next_ref = 0
         self.expired: List[Pending] = []  # skipped as expired; the caller takes them
+        # hears (key, relation) when a relation begins, (key, None) when it ends
+        self.changed: Callable[[Tuple[str, str], Optional[Relation]], None] = \
+            lambda key, relation: None
 
     def __len__(self) -> int:
         return len(self.relations)
@@ -129,6 +137,7 @@ class Observers:
             relation.observe = old.observe
         self.relations[key] = relation
         self._index(remote, key)
+        self.changed(key, relation)
         return relation, leftovers
 
     def deregister(self, device: str, feature: str, remote: Hashable,
@@ -156,6 +165,8 @@ class Observers:
             self.relations[target] = relation
             self._unindex(relation.remote, key)
             self._index(relation.remote, target)
+            self.changed(key, None)
+            self.changed(target, relation)
         for ref, key in list(self._in_flight.items()):
             if key[0] == old:
                 self._in_flight[ref] = (new, key[1])
@@ -257,6 +268,7 @@ class Observers:
     def _drop(self, key: Tuple[str, str]) -> List[Pending]:
         relation = self.relations.pop(key)
         self._unindex(relation.remote, key)
+        self.changed(key, None)
         leftovers = []
         if relation.in_flight is not None:
             self._in_flight.pop(relation.in_flight[0], None)

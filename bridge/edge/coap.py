@@ -88,6 +88,14 @@ class BridgeCoap(DatagramProtocol):
                           self.clock.seconds(), block_size, content_format)
         self._drain()
 
+    def end_observation(self, peer: Hashable, token: bytes, code: int, diagnostic: bytes,
+                        max_age: Optional[int] = None) -> None:
+        """Tell ``peer`` that its relation of ``token`` ended (a notification with ``code``
+        and no Observe option, CON)."""
+        self.layer.end_observation(peer, token, code, diagnostic, self.clock.seconds(),
+                                   max_age)
+        self._drain()
+
     # -- the DTLS seam (see the module docstring) ----------------------------------------
 
     def received(self, data: bytes, peer: Any) -> None:

@@ -45,6 +45,7 @@ from .commit import OutboxCommit
 from .dispatch import ActionDispatcher
 from .lookup import RegistryView
 from .notifications import Notifications
+from .relations import relation_keeper
 from .x509register import AutoRegistration
 
 log = logger("bridge")
@@ -133,6 +134,9 @@ class Bridge:
             self.registry_view, self.apply, self.outbox_commit.schedule,
             self.auto_registration.ensure if config.dtls.x509.auto_register else None)
         self.notifications = Notifications(reactor)
+        # observe relations kept in DATA_DIR across a restart
+        self.relations = relation_keeper(self.core, reactor, self.registry_view, self.apply,
+                                         config, worker)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
         self.provisioner = Provisioner(config, reactor, self.registry_view.write,
                                        self.requests.answer_json, self.sessions, fixed)
