@@ -3,13 +3,14 @@
 ``twistd -n coapbridge`` with ``COAP_WORKERS=N`` becomes this service: it
 opens no CoAP port and no MQTT connection. Once the configuration has been
 checked (by ``tap.py``, before anything starts) it looks that the CoAP port is
-free, opens the metrics port, and starts N workers: the same twistd plugin with
-``COAPBRIDGE_WORKER=1..N`` in the environment (``bridge.tap``). The supervisor
-binds the N sockets of the CoAP port (and of the CoAPs port) itself, with
-``SO_REUSEPORT``, and hands socket k to worker k (``bridge.edge.udp.SocketGroup``):
-the kernel's reuse-port group then never changes when a worker dies and comes
-back, so no device moves to another worker. Each worker has its own MQTT client
-id and outbox file, and shares the registry (SQLite in WAL mode).
+free, holds DATA_DIR for its workers (``bridge.edge.data_dir``: no other bridge,
+of any worker count, may start on it), opens the metrics port, and starts N workers: the
+same twistd plugin with ``COAPBRIDGE_WORKER=1..N`` in the environment (``bridge.tap``).
+The supervisor binds the N sockets of the CoAP port (and of the CoAPs port) itself, with
+``SO_REUSEPORT``, and hands socket k to worker k (``bridge.edge.udp.SocketGroup``): the
+kernel's reuse-port group then never changes when a worker dies and comes back, so no
+device moves to another worker. Each worker has its own MQTT client id and outbox file,
+and shares the registry (SQLite in WAL mode).
 
 * A worker's log events come to the supervisor as JSON lines on its standard
   output and are logged here with ``worker`` (``bridge.logs.relay_line``); its
@@ -44,6 +45,7 @@ from . import logs
 from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
 from .edge import udp
+from .edge.data_dir import DataDirLock
 from .logs import logger
 
 log = logger("supervisor")
@@ -142,6 +144,7 @@ class SupervisorService(Service):
         self._stopped: Optional[defer.Deferred] = None
         self.metrics_port: Any = None
         self.groups: Dict[str, udp.SocketGroup] = {}  # "coap", "dtls": the workers' sockets
+        self.data_dir = DataDirLock(config.data_dir)  # held for the workers while they run
         from .edge.worker_metrics import WorkerMetrics
         self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts)
 
@@ -161,9 +164,11 @@ class SupervisorService(Service):
         try:
             self._check_ports()
             self._bind_groups()
+            self.data_dir.acquire(self.config.coap.workers)
             self._listen_metrics()
         except StartupError as exc:
             self._close_groups()
+            self.data_dir.release()
             if self.refuse is None:
                 raise
             self.refuse(str(exc))
@@ -253,7 +258,9 @@ class SupervisorService(Service):
         how = ("killed by signal %d" % signal_number if signal_number is not None
                else "exit status %s" % status)
         if self.stopping:
-            if signal_number not in (None, signal.SIGTERM) or status not in (None, 0):
+            # a worker ends by the signal that stopped it: ours, or the group's Ctrl-C
+            if signal_number not in (None, signal.SIGTERM, signal.SIGINT) \
+                    or status not in (None, 0):
                 log.warn("Worker {worker} stopped: {how}", worker=worker, how=how)
             if not self.processes and self._stopped is not None and not self._stopped.called:
                 self._stopped.callback(None)
@@ -287,6 +294,7 @@ class SupervisorService(Service):
         self.pending.clear()
         d = self._stop_workers()
         d.addCallback(lambda _: self._close_groups())
+        d.addCallback(lambda _: self.data_dir.release())
         d.addCallback(lambda _: self._stop_metrics())
         d.addCallback(lambda _: log.info("Stopped"))
         return d
