@@ -221,8 +221,12 @@ def relation_keeper(core: Any, reactor: Any, view: Any, apply: Callable[[List[An
     """The keeper of process ``worker`` (0: the single process): its file in DATA_DIR, the
     shape it runs under, the registry's copy (``view``: name -> device by its token)."""
     workers = config.coap.workers if worker else 1
+
+    def lookup(name: str) -> Any:
+        view.refresh()  # at start, before any request has had it read
+        return view.get(view.token_of(name) or "")
     return RelationKeeper(
-        core, reactor, lambda name: view.get(view.token_of(name) or ""), apply,
+        core, reactor, lookup, apply,
         files.path_of(config.data_dir, worker),
         files.shape_of(workers, config.coap.bind_address, config.coap.bind_port),
         (config.data_dir, workers) if worker <= 1 else None)

@@ -125,3 +125,138 @@ def test_a_restarted_worker_serves_the_same_source_ports_as_before(tmp_path, bro
     finally:
         ports.close()
         bridge.stop()
+
+
+class Observer:
+    """A real client observing one device's /attributes or /rpc from a known source port:
+    libcoap's ``coap-client-notls -s`` or aiocoap (aiocoap_observe.py); what it printed
+    is read as it comes (a thread per client)."""
+
+    def __init__(self, kind, bridge, token, feature, port, seconds=180):
+        import threading
+        self.kind, self.token, self.feature, self.port = kind, token, feature, port
+        uri = "%s/api/v1/%s/%s" % (bridge.url, token, feature)
+        if kind == "libcoap":
+            # -w: a newline after each payload; -B: end at the duration in any case
+            args = [LIBCOAP, "-m", "get", "-s", str(seconds), "-B", str(seconds), "-w",
+                    "-p", str(port), uri]
+        else:
+            args = [sys.executable, os.path.join(HERE, "aiocoap_observe.py"), uri, "1000",
+                    str(seconds), "--port", str(port)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def payloads(self):
+        """What it received, one entry per response or notification."""
+        if self.kind == "libcoap":
+            return list(self.lines)
+        return [json.loads(line).get("payload", line) for line in list(self.lines)
+                if line.startswith("{")]
+
+    def saw(self, text):
+        return any(text in payload for payload in self.payloads())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.reader.join(5)
+
+    def __repr__(self):
+        return "%s %s /%s from port %d: %r" % (self.kind, self.token, self.feature, self.port,
+                                               self.lines)
+
+
+KINDS = [("libcoap", "attributes"), ("libcoap", "rpc"), ("aiocoap", "attributes"),
+         ("aiocoap", "rpc")]
+
+
+def test_observers_of_a_killed_worker_get_the_next_change_and_rpc_from_its_successor(
+        tmp_path, broker):
+    """Worker 1 is killed with SIGKILL while devices observe /attributes and /rpc through
+    both workers with libcoap and aiocoap; once the supervisor has restarted it, a shared
+    attribute change and an RPC reach every observer (the restarted worker took its
+    predecessor's relations over), and the observers of worker 2 never miss one."""
+    platform = PlatformSim(broker.port)
+    bridge = Workers(str(tmp_path), broker.port)
+    devices = {}  # (worker, kind, feature) -> (name, token)
+    for worker in "12":
+        for kind, feature in KINDS:
+            name, token = "Obs %s %s %s" % (worker, kind, feature), "obs%s%s%s" % (
+                worker, kind[:3], feature[:3])
+            bridge.add_device(name, token)
+            platform.set_attributes(name, {}, {"step": 0, "unit": "C"})  # two: see platform_sim
+            devices[(worker, kind, feature)] = (name, token)
+    bridge.start()
+    ports = Ports(bridge, 40)
+    observers = []
+    try:
+        chosen = {"1": [], "2": []}  # source ports each worker answers
+        for n in range(40):
+            worker = ports.worker(n)
+            if len(chosen[worker]) < len(KINDS):
+                chosen[worker].append(n)
+            if all(len(c) == len(KINDS) for c in chosen.values()):
+                break
+        assert all(len(c) == len(KINDS) for c in chosen.values()), chosen
+        for worker in "12":
+            for (kind, feature), n in zip(KINDS, chosen[worker]):
+                name, token = devices[(worker, kind, feature)]
+                observers.append((worker, name, Observer(kind, bridge, token, feature,
+                                                         ports.release(n))))
+        attrs = [(w, name, o) for w, name, o in observers if o.feature == "attributes"]
+        rpcs = [(w, name, o) for w, name, o in observers if o.feature == "rpc"]
+
+        def everyone(group, text, what):
+            wait_until(lambda: all(o.saw(text) for _, _, o in group), 60,
+                       "%s: %r" % (what, [o for _, _, o in group if not o.saw(text)]))
+        everyone(attrs, '"step":0', "the first representation")
+        wait_until(lambda: sum(totals(bridge.metrics_port, "coapbridge_observers").values())
+                   == len(observers), 30, "every relation registered")
+        for _, name, _ in rpcs:
+            platform.send_rpc(name, 1, "before", {})
+        for _, name, _ in attrs:
+            platform.push_attributes(name, {"step": 1})
+        everyone(attrs, '"step":1', "the change before the kill")
+        everyone(rpcs, '"id":1', "the RPC before the kill")
+
+        os.kill(bridge.pid(1), signal.SIGKILL)
+        healthy_attrs = [entry for entry in attrs if entry[0] == "2"]
+        healthy_rpcs = [entry for entry in rpcs if entry[0] == "2"]
+        for _, name, _ in healthy_attrs:  # while worker 1 is down (it restarts after 1 s)
+            platform.push_attributes(name, {"step": "while worker 1 is down"})
+        for _, name, _ in healthy_rpcs:
+            platform.send_rpc(name, 10, "meanwhile", {})
+        everyone(healthy_attrs, "while worker 1 is down", "worker 2's observers meanwhile")
+        everyone(healthy_rpcs, '"id":10', "worker 2's RPC observers meanwhile")
+        wait_until(lambda: bridge.starts(1) >= 2, 60, "worker 1 restarted")
+        bridge.wait_ready()
+
+        for step, rpc_id in ((2, 2), (3, 3)):  # two in a row: nothing stuck behind the first
+            for _, name, _ in attrs:
+                platform.push_attributes(name, {"step": step})
+            for _, name, _ in rpcs:
+                platform.send_rpc(name, rpc_id, "after", {"step": step})
+            everyone(attrs, '"step":%d' % step, "change %d after the restart" % step)
+            everyone(rpcs, '"id":%d' % rpc_id, "RPC %d after the restart" % rpc_id)
+        log = bridge.read_log()
+        assert "Took over 4 observe relations" in log
+        assert not any(o.saw("ended") for _, _, o in observers)
+    finally:
+        for _, _, observer in observers:
+            observer.stop()
+        print("\n".join(repr(o) for _, _, o in observers))
+        ports.close()
+        bridge.stop()
+        platform.close()
