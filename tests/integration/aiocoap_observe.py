@@ -46,6 +46,8 @@ async def main(uri: str, count: int, timeout: float, cancel: bool,
                 seen += 1
                 if seen >= count:
                     break
+            else:  # the server ended the observation (an error notification)
+                print(json.dumps({"ended": "observation ended"}), flush=True)
         if seen < count:
             await asyncio.wait_for(follow(), timeout)
     except asyncio.TimeoutError:

@@ -260,3 +260,72 @@ def test_observers_of_a_killed_worker_get_the_next_change_and_rpc_from_its_succe
         ports.close()
         bridge.stop()
         platform.close()
+
+
+def test_a_single_bridge_killed_and_started_again_keeps_its_observers(tmp_path, broker):
+    """COAP_WORKERS=1: the same file, the same takeover, after a kill -9 of the bridge."""
+    from conftest import BridgeProcess
+    platform = PlatformSim(broker.port)
+    bridge = BridgeProcess(str(tmp_path), broker.port, log_level="info")
+    bridge.add_device("Single obs", "singleobs")
+    platform.set_attributes("Single obs", {}, {"step": 0, "unit": "C"})
+    bridge.start()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    observer = Observer("aiocoap", bridge, "singleobs", "attributes", port)
+    try:
+        wait_until(lambda: observer.saw('"step":0'), 30, "the first representation")
+        bridge.proc.kill()
+        bridge.proc.wait(10)
+        platform.push_attributes("Single obs", {"step": 1})  # while no bridge runs
+        bridge.start()
+        wait_until(lambda: observer.saw('"step":1'), 30, "the change made while it was down")
+        platform.push_attributes("Single obs", {"step": 2})
+        wait_until(lambda: observer.saw('"step":2'), 30, "the next change")
+        assert "Took over 1 observe relations" in bridge.read_log()
+    finally:
+        observer.stop()
+        bridge.stop()
+        platform.close()
+
+
+def test_observers_are_told_to_register_again_when_the_worker_count_changes(tmp_path, broker):
+    """2 workers stopped, then 1 process on the same DATA_DIR and port: each device's
+    datagrams reach another socket now, so its relation cannot go on; the device gets a
+    5.03 notification without Observe (RFC 7641 §4.2), which ends it on the client."""
+    from conftest import BridgeProcess
+    bridge = Workers(str(tmp_path), broker.port)
+    bridge.add_device("Moved obs 1", "movedobs1")
+    bridge.add_device("Moved obs 2", "movedobs2")
+    bridge.start()
+    ports = Ports(bridge, 2)
+    observers = [Observer("libcoap", bridge, "movedobs1", "rpc", ports.release(0)),
+                 Observer("aiocoap", bridge, "movedobs2", "rpc", ports.release(1))]
+    single = None
+    try:
+        wait_until(lambda: sum(totals(bridge.metrics_port, "coapbridge_observers").values())
+                   == 2, 30, "both relations registered")
+        bridge.stop()
+        single = BridgeProcess(str(tmp_path), broker.port, log_level="info",
+                               coap={"bind_port": bridge.coap_port})
+        single.start()
+        wait_until(lambda: all(o.saw("register again") for o in observers), 30,
+                   "both told: %r" % observers)
+        libcoap, aiocoap = observers
+        assert any(line.startswith("5.03") for line in libcoap.payloads()), libcoap
+        told = [json.loads(line) for line in aiocoap.lines if '"5.03"' in line]
+        assert told and told[0]["observe"] is None, aiocoap
+        wait_until(lambda: aiocoap.proc.poll() is not None, 30, "aiocoap's observation ended")
+        assert any("ended" in line for line in aiocoap.lines), aiocoap
+        log = single.read_log()
+        assert "its worker no longer exists" in log and log.count("told with 5.03") == 2
+        assert not [n for n in os.listdir(single.data_dir) if n.startswith("observers-w")]
+    finally:
+        for observer in observers:
+            observer.stop()
+        print("\n".join(repr(o) for o in observers))
+        if single is not None:
+            single.stop()
+        bridge.stop()
