@@ -177,9 +177,9 @@ class RelationKeeper:
                   max_age=ENDED_MAX_AGE)
         self.apply(actions)
 
-    def _end_all(self, previous: List[Kept], why: str) -> None:
+    def _end_all(self, previous: List[Kept], why: str, path: Optional[str] = None) -> None:
         log.info("Ending {count} observe relations from {path}: {why}", count=len(previous),
-                 path=self.path, why=why)
+                 path=path or self.path, why=why)
         self._end(previous, codes.SERVICE_UNAVAILABLE, "the bridge restarted: register again",
                   max_age=ENDED_MAX_AGE)
 
@@ -196,7 +196,7 @@ class RelationKeeper:
                 log.error("Cannot read {path}: {error}", path=path, error=str(exc))
                 continue
             if previous:
-                self._end_all(previous, "its worker no longer exists")
+                self._end_all(previous, "its worker no longer exists", path)
             files.remove(path)
 
     def _end(self, relations: List[Kept], code: int, diagnostic: str,
@@ -207,11 +207,13 @@ class RelationKeeper:
         for relation in relations:
             self.transport.end_observation((relation.host, relation.port), relation.token,
                                            code, diagnostic.encode(), max_age)
-            log.info("observe of /{feature} by {device} ended ({reason}): told with {code}",
-                     feature=relation.feature, device=relation.device, reason=diagnostic,
-                     code=codes.dotted(code))
+            log.debug("observe of /{feature} by {device} ended ({reason}): told with {code}",
+                      feature=relation.feature, device=relation.device, reason=diagnostic,
+                      code=codes.dotted(code))
             if self.file is not None:
                 self.changes[(relation.device, relation.feature)] = None
+        log.info("Ended {count} observe relations ({reason}): each device told with {code}",
+                 count=len(relations), reason=diagnostic, code=codes.dotted(code))
         self.ended += len(relations)
         self.flush()
 
