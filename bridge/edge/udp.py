@@ -8,10 +8,31 @@ the port is then refused, not silently given half of the traffic).
 
 With ``SO_REUSEPORT`` the kernel spreads datagrams over the sockets bound to
 the port by a hash of the source address and port (Linux), so one device's
-endpoint stays on one worker while the set of workers stays the same. Any UDP
+endpoint stays on one worker while the set of sockets stays the same. Any UDP
 server of the bridge (CoAP on 5683, DTLS on 5684) listens through this.
 
-``port_free`` is the supervisor's look before it starts workers: a port held
+The set must stay the same when a worker dies. Linux keeps a reuse-port group's
+sockets in an array and picks ``array[hash * n >> 32]``; a closed socket's slot
+takes the last socket, and a new one is appended, so a worker that died and
+bound again moved the devices of *other* workers too (measured with 40 source
+ports and 2 workers: all 40 answered by the other worker after a ``kill -9`` and
+restart when the killed one had bound first; with 3 or 4 workers, the devices of
+two). So the supervisor binds the N sockets itself, in order (``SocketGroup``),
+keeps them open for as long as it runs, and hands socket k to worker k as an
+inherited descriptor (``COAPBRIDGE_COAP_FD``, ``COAPBRIDGE_DTLS_FD``: ``inherited``),
+which the worker adopts (``listen_udp(..., inherited=fd)``). A worker's death
+then changes nothing in the group: its devices' datagrams wait in its socket's
+receive buffer until the restarted worker reads them, and no other device moves.
+
+Other ways were weighed: a classic BPF program on the group
+(``SO_ATTACH_REUSEPORT_CBPF``, choosing ``hash % N``) indexes the same array, so
+it moves devices the same way once a socket leaves it; one socket read by all
+workers would keep nothing on one worker (its deduplication, blocks and
+relations); workers passing sockets among themselves would lose them with the
+process that holds them. Only a process that outlives the workers can keep the
+group whole, and the supervisor is that process.
+
+``port_free`` is the supervisor's look before it binds the group: a port held
 by another program (a reuse-port group of another bridge included) cannot be
 bound without the option.
 """
