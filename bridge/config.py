@@ -323,7 +323,6 @@ def worker_client_id(config: Config, host_name: str, worker: int) -> str:
 
 _CHOICES: Dict[str, Tuple[str, ...]] = {
     "mqtt.protocol": ("5", "3.1.1"),
-    "log_level": ("debug", "info", "warn", "error", "critical"),
     "log_format": ("text", "json"),
     "outbox.synchronous": ("full", "normal"),
     "provisioning.mode": ("upstream", "local"),
@@ -686,6 +685,18 @@ def _overlap(one: str, other: str) -> bool:
     return a == b
 
 
+def _log_level(config: Config, problems: List[str]) -> Config:
+    """``log_level`` by any of its names, in any case (``warning``, ``WARN``...), kept as
+    Twisted's name of the level (``warn``)."""
+    from .logs import LEVELS, level_named  # Twisted's levels: not in the core's imports
+    level = level_named(config.log_level)
+    if level is None:
+        problems.append("log_level: must be one of %s (in any case), got %r"
+                        % (", ".join(LEVELS), config.log_level))
+        return config
+    return replace(config, log_level=level.name)
+
+
 def _resolve_registry(config: Config, problems: List[str]) -> Config:
     """The password read from ``registry.password_file``, then the URL checked."""
     settings = config.registry
@@ -726,6 +737,7 @@ def load_text(text: str, env: Mapping[str, str], source: str = "configuration") 
     for note in notes:  # one line each, naming the file (Twisted logs warnings as warnings)
         warnings.warn_explicit(note, ConfigDeprecationWarning, source, 0)
     _check(config, problems)
+    config = _log_level(config, problems)
     config = _resolve_registry(config, problems)
     config = _resolve_profiles(config, problems)
     if problems:
@@ -779,4 +791,6 @@ dtls:
 registry: {url: "${REGISTRY_URL:}", password: "${REGISTRY_PASSWORD:}",
            password_file: "${REGISTRY_PASSWORD_FILE:}"}
 data_dir: "${DATA_DIR:./data}"
+log_level: "${LOG_LEVEL:info}"
+log_format: "${LOG_FORMAT:text}"
 """

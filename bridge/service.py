@@ -67,7 +67,7 @@ class _RegistryService(Service):
         else:
             registry = Registry(self.target.path)
         self.bridge.registry = registry
-        log.info("Device registry {registry}: {count} devices", registry=self.target.display,
+        log.info("Device registry {registry}: {count:plural:device}", registry=self.target.display,
                  count=len(registry.entries()))
         if self.threadpool is not None:
             registry.start()  # the shared registry begins listening
@@ -129,7 +129,7 @@ class _OutboxService(Service):
             commit.stop()
             count, _ = commit.outbox.stats()
             if count:
-                log.info("{count} uplinks wait in the outbox for the next start", count=count)
+                log.info("{count:plural:uplink} kept in the outbox for the next start", count=count)
         self.close()
 
     def close(self) -> None:

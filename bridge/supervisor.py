@@ -9,7 +9,7 @@ binds the CoAP port with ``SO_REUSEPORT``, has its own MQTT client id and
 outbox file, and shares the registry (SQLite in WAL mode).
 
 * A worker's log events come to the supervisor as JSON lines on its standard
-  output and are logged here with ``worker`` (``bridge.logs.relay_line``); its
+  output and are logged here with ``worker`` (``bridge.logwriter.relay_line``); its
   standard error (a refusal's one line, a traceback) is logged as warnings.
 * A worker that ends is restarted with backoff, or the supervisor gives up:
   ``bridge.core.supervision.WorkerPolicy`` decides. Giving up stops the other
@@ -37,7 +37,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
-from . import logs
+from . import logwriter
 from .config import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
 from .edge import udp
@@ -82,7 +82,7 @@ class WorkerProcess(ProcessProtocol):
         return rest
 
     def _event(self, line: str) -> None:
-        event = logs.relay_line(line, self.worker)
+        event = logwriter.relay_line(line, self.worker)
         if event.get("worker_event") == "started":
             self.metrics_port = event.get("metrics_port") or None
             self.supervisor.started(self.worker)
@@ -163,7 +163,7 @@ class SupervisorService(Service):
             self.refuse(str(exc))
             return
         Service.startService(self)
-        log.info("Starting {count} worker processes on UDP port {port}",
+        log.info("Starting {count:plural:worker process:worker processes} on UDP port {port}",
                  count=self.config.coap.workers, port=self.config.coap.bind_port)
         for worker in self.policy.workers:
             self.spawn(worker)
@@ -214,7 +214,7 @@ class SupervisorService(Service):
     def started(self, worker: int) -> None:
         self.policy.started(worker, self.reactor.seconds())
         if all(self.policy.is_started(n) for n in self.policy.workers):
-            log.info("All {count} workers started", count=len(self.policy.workers))
+            log.info("All {count:plural:worker} started", count=len(self.policy.workers))
 
     # -- ending --------------------------------------------------------------------------
 
@@ -266,7 +266,7 @@ class SupervisorService(Service):
         if not self.processes:
             self._stopped.callback(None)
             return self._stopped
-        log.info("Stopping {count} workers", count=len(self.processes))
+        log.info("Stopping {count:plural:worker}", count=len(self.processes))
         for worker in list(self.transports):
             self._signal(worker, "TERM")
         timer = self.reactor.callLater(STOP_TIMEOUT, self._kill_remaining)

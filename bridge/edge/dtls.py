@@ -321,7 +321,7 @@ class DtlsTransport(DatagramProtocol):
             self.stats["refused_full"] += 1
             if now >= self._full_noted + 60.0:  # once a minute: a flood must not flood the log
                 self._full_noted = now
-                log.info("DTLS handshake from {peer} refused: {count} sessions "
+                log.info("DTLS handshake from {peer} refused: {count:plural:session} "
                          "(dtls.max_sessions; {refused} refused so far)", peer="%s:%d" % address,
                          count=len(self.table), refused=self.stats["refused_full"])
             return

@@ -152,7 +152,7 @@ class CoapRequests:
         except Exception:
             # a bug outside any one uplink (the core answers one that fails 5.00 itself):
             # answered 5.00 like a failing request handler, and logged once
-            log.failure("Handling {count} uplinks failed", count=len(uplinks))
+            log.failure("Handling {count:plural:uplink} failed", count=len(uplinks))
             for uplink in uplinks:
                 self.answer(uplink[0], make_response(
                     codes.INTERNAL_SERVER_ERROR, b"internal error", codes.TEXT_PLAIN))

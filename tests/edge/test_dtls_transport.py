@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 from OpenSSL import SSL
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 
 import coapraw as raw
 import dtlscerts
@@ -21,6 +21,7 @@ from bridge.coap.codec import make_response
 from bridge.config import DtlsConfig
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
 from bridge.dtls import records
+from bridge.logwriter import format_message
 from bridge.edge import coap as coap_edge
 from bridge.edge import dtls as dtls_edge
 from dtlsclient import client_context
@@ -492,7 +493,7 @@ def dtls_info_lines():
     def observer(event):
         if event.get("log_namespace") == "coapbridge.dtls" and \
                 event.get("log_level") >= LogLevel.info:
-            lines.append(formatEvent(event))
+            lines.append(format_message(event))
     globalLogPublisher.addObserver(observer)
     yield lines
     globalLogPublisher.removeObserver(observer)
@@ -507,7 +508,9 @@ def test_failed_handshakes_are_summed_up_once_a_minute_not_logged_each(bench,
     assert not Peer(bench, ("10.4.1.1", 4100), cert=untrusted).handshake()
     assert bench.dtls.stats["handshakes_failed"] == 1
     assert len(dtls_info_lines) == 1  # the first at once
-    assert dtls_info_lines[0].startswith("1 DTLS handshake did not complete")
+    # at once: no "in the last 0 s", and "1 address"
+    assert dtls_info_lines[0].startswith("1 DTLS handshake did not complete (1 failed")
+    assert "from 1 address; " in dtls_info_lines[0]
     assert "(1 failed, 0 not finished" in dtls_info_lines[0]
     assert "certificate verify failed" in dtls_info_lines[0]
     bench.clock.advance(bench.cfg.handshake_timeout + 1)
@@ -515,7 +518,7 @@ def test_failed_handshakes_are_summed_up_once_a_minute_not_logged_each(bench,
     assert len(dtls_info_lines) == 1
     bench.clock.advance(60)
     assert len(dtls_info_lines) == 2
-    assert dtls_info_lines[1].startswith("20 DTLS handshakes did not complete")
+    assert dtls_info_lines[1].startswith("20 DTLS handshakes did not complete in the last ")
     assert "(0 failed, 20 not finished" in dtls_info_lines[1]
     assert "from 20 addresses" in dtls_info_lines[1]
     bench.clock.advance(600)

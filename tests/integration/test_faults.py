@@ -138,7 +138,7 @@ def test_sigterm_keeps_undelivered_uplinks_for_the_next_start(tmp_path):
     bridge.proc.wait(10)
     results = load.stop()
     assert len(results.acked) > 20
-    assert "uplinks wait in the outbox for the next start" in bridge.read_log()
+    assert "uplinks kept in the outbox for the next start" in bridge.read_log()
     broker.start()
     platform = Counting(broker.port)
     try:

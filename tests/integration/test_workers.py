@@ -213,9 +213,9 @@ def test_readyz_waits_for_every_worker_and_json_lines_name_the_worker(tmp_path):
                    "readyz 200")
         lines = [json.loads(line) for line in bridge.read_log().splitlines()
                  if line.startswith("{")]
-        connected = [line for line in lines if line["text"].startswith("Connected to MQTT")]
+        connected = [line for line in lines if line["message"].startswith("Connected to MQTT")]
         assert sorted(line["worker"] for line in connected) == [1, 2]
-        assert all(line["namespace"] == "coapbridge.mqtt" for line in connected)
+        assert all(line["logger"] == "coapbridge.mqtt" for line in connected)
     finally:
         bridge.stop()
         broker.stop()
