@@ -145,8 +145,9 @@ def test_many_source_ports_reach_both_workers_and_everything_acknowledged_arrive
 def test_a_worker_killed_with_sigkill_is_restarted_and_its_acknowledged_uplinks_arrive(
         tmp_path, broker):
     platform = Counting(broker.port)
-    # at log_level warn: the supervisor still learns that a worker started (and its port)
-    bridge = workers(tmp_path, broker.port, log_level="warn").start()
+    # the test reads the workers' pids from their "started" lines (info); that the
+    # supervisor learns of each start at any log_level is tests/integration/test_log_output.py's
+    bridge = workers(tmp_path, broker.port).start()
     load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
     try:
         load.wait_acknowledged(200)
