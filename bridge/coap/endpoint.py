@@ -389,7 +389,8 @@ class Endpoint:
             if pending.count >= self.settings.max_retransmit:
                 del self._confirmables[key]
                 self.log.info("CON message to {peer} unacknowledged after "
-                              "{count:plural:retransmission}", peer=describe(pending.peer), count=pending.count)
+                              "{count:plural:retransmission}", peer=describe(pending.peer),
+                              count=pending.count)
                 if pending.ref is not None:
                     self.outcomes.append((pending.ref, "timeout"))
                 continue

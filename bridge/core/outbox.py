@@ -240,6 +240,6 @@ class Outbox(Part):
         reason = "the platform deleted device %s" % name
         actions: List[Action] = [DeadLetter(entry.id, reason) for entry in dropped]
         if dropped:
-            actions.append(Log("warn", "{count:plural:stored uplink} of {device} set aside: {reason}",
-                               {"count": len(dropped), "device": name, "reason": reason}))
+            actions.append(Log("warn", "{count:plural:stored uplink} of {device} set aside: "
+                               "{reason}", {"count": len(dropped), "device": name, "reason": reason}))
         return actions

@@ -128,8 +128,8 @@ class OutboxCommit:
         assert self.outbox is not None
         count, size = self.outbox.stats()
         if count:
-            log.info("Outbox holds {count:plural:undelivered uplink} ({size:plural:byte}) from before; "
-                     "delivering them", count=count, size=size)
+            log.info("Outbox holds {count:plural:undelivered uplink} ({size:plural:byte}) "
+                     "from before; delivering them", count=count, size=size)
         self.apply(self.core.on_backlog(count, size, self.reactor.seconds()))
 
     def _load_backlog(self, action: LoadBacklog) -> None:
@@ -143,7 +143,8 @@ class OutboxCommit:
                       "entries stay there (see docs/reliability.md)", path=self.outbox.path,
                       id=action.after, error=str(exc))
             return
-        log.debug("Read {count:plural:outbox entry:outbox entries} after {id}", count=len(entries), id=action.after)
+        log.debug("Read {count:plural:outbox entry:outbox entries} after {id}",
+                  count=len(entries), id=action.after)
         self.apply(self.core.on_restored(entries, self.reactor.seconds(), more=bool(entries)))
 
     def stop(self) -> None:
