@@ -246,6 +246,17 @@ class MetricsConfig:
     # HTTP GET /metrics (Prometheus text format); port 0 turns it off.
     bind_address: str = "127.0.0.1"
     port: int = 9683
+    # an HTTP connection without a request for this many seconds is closed; at most
+    # max_connections at once (a new one past that closes the longest-open idle one)
+    idle_timeout: float = 10.0
+    max_connections: int = 32
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    # /readyz: ready while the bridge can accept and store uplinks; an MQTT outage is
+    # reported but keeps it ready unless this is set
+    ready_requires_mqtt: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,6 +280,7 @@ class Config:
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     dtls: DtlsConfig = field(default_factory=DtlsConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     # device type -> its payload format (a type with no entry speaks JSON)
@@ -343,7 +355,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
              "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes", "registry.pool_size",
              "dtls.handshake_timeout", "dtls.idle_timeout", "dtls.max_sessions",
-             "dtls.handshake_burst")
+             "dtls.handshake_burst", "metrics.idle_timeout", "metrics.max_connections")
 
 
 # Settings renamed: old key -> new key, old environment name -> new one. The old ones are
@@ -788,6 +800,10 @@ dtls:
   cert_file: "${COAP_DTLS_CERT_FILE:}"
   key_file: "${COAP_DTLS_KEY_FILE:}"
   ca_file: "${COAP_DTLS_CA_FILE:}"
+metrics: {bind_address: "${METRICS_BIND_ADDRESS:127.0.0.1}", port: "${METRICS_PORT:9683}",
+          idle_timeout: "${METRICS_IDLE_TIMEOUT:10}",
+          max_connections: "${METRICS_MAX_CONNECTIONS:32}"}
+health: {ready_requires_mqtt: "${HEALTH_READY_REQUIRES_MQTT:false}"}
 registry: {url: "${REGISTRY_URL:}", password: "${REGISTRY_PASSWORD:}",
            password_file: "${REGISTRY_PASSWORD_FILE:}"}
 data_dir: "${DATA_DIR:./data}"

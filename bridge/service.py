@@ -204,7 +204,8 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.readiness.check,
+                               cfg.idle_timeout, cfg.max_connections)
             # a worker's metrics are read by its supervisor, which serves metrics.port
             port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
                                                                      cfg.bind_address)

@@ -139,7 +139,8 @@ class SupervisorService(Service):
         self._stopped: Optional[defer.Deferred] = None
         self.metrics_port: Any = None
         from .edge.worker_metrics import WorkerMetrics
-        self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts)
+        self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts,
+                                     config.metrics.idle_timeout)
 
     def setServiceParent(self, parent: Any) -> Any:
         if self.log_observer is not None:
@@ -191,7 +192,9 @@ class SupervisorService(Service):
         if not cfg.port:
             return
         try:
-            self.metrics_port = self.reactor.listenTCP(cfg.port, SupervisorSite(self.metrics),
+            site = SupervisorSite(self.metrics, idle_timeout=cfg.idle_timeout,
+                                  max_connections=cfg.max_connections)
+            self.metrics_port = self.reactor.listenTCP(cfg.port, site,
                                                        interface=cfg.bind_address)
         except error.CannotListenError as exc:
             raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",

@@ -23,25 +23,35 @@ the scrape in the reactor's thread pool, where it would read the core's state
 while the reactor changes it (and it imports the global reactor).
 
 ``/healthz`` answers 200 whenever the reactor runs (a liveness probe);
-``/readyz`` answers 200 only when the bridge can serve (CoAP listening, the
-MQTT gateway link up, the registry reachable), otherwise 503 with one short
-line naming what is not ready (a readiness probe, a load balancer's check).
+``/readyz`` answers 200 while the bridge can accept and store uplinks
+(``bridge.glue.readiness``), ``ready`` or ``ready; degraded: mqtt not connected``,
+otherwise 503 and ``not ready: ...`` naming what is missing (a readiness probe,
+a load balancer's check).
 
 A scrape or a probe is normal traffic: its access line is logged at debug, not
 at info (``twisted.web``'s default), so a Prometheus polling every few seconds
 or a Kubernetes probe does not fill the log.
+
+Idle connections are bounded, so they never take the descriptors CoAP needs: a
+connection without a request for ``metrics.idle_timeout`` seconds is closed (Twisted's
+own default is a minute), and at most ``metrics.max_connections`` are open; a new one
+past that closes the longest-open connection that has no request in progress (so a
+probe gets in through a flood of idle connections), or is refused when every one is
+busy. Twisted's ``policies.LimitTotalConnectionsFactory`` refuses the newcomer instead,
+which would let idle connections lock the probes out.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily, Metric)
 from prometheus_client.utils import floatToGoString
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -50,6 +60,7 @@ from ..logs import logger
 log = logger("bridge.metrics")
 
 Value = Tuple[str, str, float]  # kind ("counter" or "gauge"), help text, value
+Readiness = Callable[[], Tuple[List[str], List[str]]]  # (missing, degraded)
 TEXT = b"text/plain; charset=utf-8"
 PREFIX = "coapbridge_"
 # a request is answered in the turn (a read), after the group commit (an uplink, ~ms), or
@@ -147,37 +158,101 @@ class HealthResource(Resource):
         return b"ok\n"
 
 
+def render_ready(missing: List[str], notes: List[str]) -> Tuple[int, bytes]:
+    """``/readyz``'s status and body: ``ready``, ``ready; degraded: ...`` (200) or
+    ``not ready: ...[; degraded: ...]`` (503)."""
+    text = ("not ready: " + ", ".join(missing)) if missing else "ready"
+    if notes:
+        text += "; degraded: " + ", ".join(notes)
+    return (503 if missing else 200), (text + "\n").encode("utf-8")
+
+
+def parse_ready(body: str) -> Tuple[List[str], List[str]]:
+    """What ``render_ready`` wrote: (missing, degraded)."""
+    text, _, degraded = body.strip().partition("; degraded: ")
+    notes = degraded.split(", ") if degraded else []
+    missing = text[len("not ready: "):].split(", ") if text.startswith("not ready: ") else []
+    return missing, notes
+
+
 class ReadyResource(Resource):
-    """``/readyz``: 200 when ``not_ready()`` names nothing, else 503 and what is not ready."""
+    """``/readyz``: ``render_ready`` of what ``check()`` says."""
 
     isLeaf = True
 
-    def __init__(self, not_ready: Callable[[], List[str]]):
+    def __init__(self, check: Readiness):
         super().__init__()
-        self.not_ready = not_ready
+        self.check = check
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", TEXT)
-        missing = self.not_ready()
-        if not missing:
-            return b"ready\n"
-        request.setResponseCode(503)
-        return ("not ready: %s\n" % ", ".join(missing)).encode("utf-8")
+        status, body = render_ready(*self.check())
+        request.setResponseCode(status)
+        return body
+
+
+class _Channel(HTTPChannel):
+    """A connection of the metrics port: its site knows it while it is open."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.opened(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.site.closed(self)
+        super().connectionLost(reason)
+
+    def timeoutConnection(self) -> None:
+        # as HTTPChannel's, with its info line per connection at debug
+        log.debug("HTTP connection from {peer} idle: closed",
+                  peer=getattr(self.transport.getPeer(), "host", "?"))
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
 
 
 class MetricsSite(Site):
     """``/metrics``, ``/healthz`` and ``/readyz`` as a site whose access lines go to the log
-    at debug."""
+    at debug, and whose idle connections are bounded (see the module)."""
 
     noisy = False
+    protocol = _Channel
 
-    def __init__(self, registry: CollectorRegistry,
-                 not_ready: Callable[[], List[str]] = lambda: []):
+    def __init__(self, registry: CollectorRegistry, check: Readiness = lambda: ([], []),
+                 idle_timeout: float = 10.0, max_connections: int = 32):
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry))
         root.putChild(b"healthz", HealthResource())
-        root.putChild(b"readyz", ReadyResource(not_ready))
-        super().__init__(root)
+        root.putChild(b"readyz", ReadyResource(check))
+        super().__init__(root, timeout=idle_timeout)
+        self.max_connections = max_connections
+        self.channels: Dict[_Channel, None] = {}  # open, the longest-open first
+        self.evicted = 0  # idle connections closed for a new one
+        self.refused = 0  # connections refused: max_connections busy
+        self._refusal_noted = float("-inf")
+
+    def buildProtocol(self, addr: Any) -> Optional[HTTPChannel]:
+        if len(self.channels) >= self.max_connections:
+            idle = next((c for c in self.channels if not c.requests), None)
+            if idle is None:
+                self.refused += 1
+                now = self.reactor.seconds()
+                if now >= self._refusal_noted + 60.0:
+                    self._refusal_noted = now
+                    log.warn("Metrics port: {count:plural:connection} busy "
+                             "(metrics.max_connections): refusing new ones ({refused} so far)",
+                             count=len(self.channels), refused=self.refused)
+                return None
+            del self.channels[idle]
+            self.evicted += 1
+            idle.transport.abortConnection()
+        return super().buildProtocol(addr)
+
+    def opened(self, channel: _Channel) -> None:
+        self.channels[channel] = None
+
+    def closed(self, channel: _Channel) -> None:
+        self.channels.pop(channel, None)
 
     def log(self, request: Any) -> None:
         log.debug("HTTP {method} {uri} from {peer}: {code}", method=_text(request.method),

@@ -39,6 +39,8 @@ class OutboxCommit:
         self._call: Any = None
         self._backlog_calls: List[Any] = []
         self._update_error: Optional[Tuple[str, float]] = None  # (error, when it was logged)
+        # (error, when) of the last write that failed, until one succeeds: readiness
+        self.failed: Optional[Tuple[str, float]] = None
 
     # -- the core's actions --------------------------------------------------------------
 
@@ -103,12 +105,14 @@ class OutboxCommit:
             # they go with the next write
             self._deletes[:0] = deletes
             self._dead[:0] = dead
+            self.failed = (str(exc), now)
             if stores:
                 self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
             else:
                 self._update_failed(str(exc), now)
             return
         self._update_error = None
+        self.failed = None
         if stores:
             self.apply(self.core.on_stored([(ref, ids[start]) for ref, start in starts], now))
 
