@@ -289,6 +289,8 @@ class _DtlsService(Service):
             raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
                                               "COAP_DTLS_BIND_PORT"))
         view.on_change.append(self.registry_changed)
+        self.transport.on_handshake = bridge.handshakes.record
+        bridge.requests.counts.register(dtls_edge.DtlsSession, "dtls")
         bridge.dtls = self.transport
         Service.startService(self)
         host = self.port.getHost()

@@ -43,8 +43,10 @@ which would let idle connections lock the probes out.
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -55,11 +57,21 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from .. import __version__
 from ..logs import logger
 
 log = logger("bridge.metrics")
 
-Value = Tuple[str, str, float]  # kind ("counter" or "gauge"), help text, value
+
+
+class Labelled(NamedTuple):
+    """A metric's samples by label: the label names and ([values], number) pairs."""
+    labels: Tuple[str, ...]
+    samples: Iterable[Tuple[Sequence[str], float]]
+
+
+# kind ("counter" or "gauge"), help text, value (a number, or Labelled)
+Value = Tuple[str, str, Any]
 Readiness = Callable[[], Tuple[List[str], List[str]]]  # (missing, degraded)
 TEXT = b"text/plain; charset=utf-8"
 PREFIX = "coapbridge_"
@@ -69,6 +81,12 @@ REQUEST_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5
 # stored to PUBACK: the broker's round trip, or an outage's backlog
 DELIVERY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300,
                     900, 3600)
+# a DTLS handshake from its verified ClientHello to its Finished: the device's round trips
+HANDSHAKE_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+HANDSHAKE_OUTCOMES = ("full", "resumed", "failed", "timeout")
+# how the device authenticated: a PSK, a certificate, or none (a token in the path;
+# for a failure: no credential seen before it failed)
+HANDSHAKE_METHODS = ("psk", "x509", "none")
 
 
 class ReactorHistogram:
@@ -88,35 +106,90 @@ class ReactorHistogram:
         self.counts[bisect_left(self.bounds, seconds)] += 1  # the first bound >= seconds
         self.sum += seconds
 
-    def family(self) -> HistogramMetricFamily:
+    def buckets(self) -> List[Tuple[str, float]]:
         buckets, total = [], 0
         for bound, count in zip(self.bounds + [float("inf")], self.counts):
             total += count
             buckets.append((floatToGoString(bound), total))
-        return HistogramMetricFamily(self.name, self.text, buckets=buckets,
+        return buckets
+
+    def family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.text, buckets=self.buckets(),
                                      sum_value=self.sum)
 
 
+class HandshakeMetrics:
+    """DTLS handshakes by outcome and method, and the time of those that completed by
+    method: the transport reports each (``record``, its ``on_handshake``)."""
+
+    def __init__(self) -> None:
+        self.counts = {(outcome, method): 0 for outcome in HANDSHAKE_OUTCOMES
+                       for method in HANDSHAKE_METHODS}
+        self.seconds = {method: ReactorHistogram(
+            PREFIX + "dtls_handshake_seconds", "", HANDSHAKE_BUCKETS)
+            for method in HANDSHAKE_METHODS}
+
+    def record(self, outcome: str, method: str, seconds: float) -> None:
+        key = (outcome, method if method in HANDSHAKE_METHODS else "none")
+        if key in self.counts:
+            self.counts[key] += 1
+            if outcome in ("full", "resumed"):
+                self.seconds[key[1]].observe(seconds)
+
+    def families(self) -> List[Metric]:
+        counts = CounterMetricFamily(PREFIX + "dtls_handshakes", "DTLS handshakes by outcome "
+                                     "(full, resumed, failed, timeout) and method (psk, "
+                                     "x509, none)", labels=["outcome", "method"])
+        for (outcome, method), count in self.counts.items():
+            counts.add_metric([outcome, method], count)
+        seconds = HistogramMetricFamily(PREFIX + "dtls_handshake_seconds", "time from a "
+                                        "verified ClientHello to the handshake's end, by "
+                                        "method (completed handshakes)", labels=["method"])
+        for method, histogram in self.seconds.items():
+            seconds.add_metric([method], histogram.buckets(), histogram.sum)
+        return [counts, seconds]
+
+
+def build_info() -> GaugeMetricFamily:
+    family = GaugeMetricFamily(PREFIX + "build_info", "the running coapbridge: its version "
+                               "and Python", labels=["version", "python"])
+    family.add_metric([__version__, "%s %s" % (platform.python_implementation(),
+                                               platform.python_version())], 1)
+    return family
+
+
 class _BridgeCollector:
-    """The bridge's counters and gauges, read when scraped, and its histograms."""
+    """The bridge's counters and gauges, read when scraped, its histograms, and the
+    families ``more()`` gives (the DTLS handshakes)."""
 
     def __init__(self, collect: Callable[[], Dict[str, Value]],
-                 histograms: Sequence[ReactorHistogram]):
+                 histograms: Sequence[ReactorHistogram],
+                 more: Callable[[], Iterable[Metric]]):
         self.collect_values = collect
         self.histograms = histograms
+        self.more = more
 
     def collect(self) -> Iterator[Metric]:
+        yield build_info()
         for name, (kind, text, value) in sorted(self.collect_values().items()):
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            yield family(PREFIX + name, text, value=value)
+            if isinstance(value, Labelled):
+                labelled = family(PREFIX + name, text, labels=value.labels)
+                for labels, number in value.samples:
+                    labelled.add_metric(labels, number)
+                yield labelled
+            else:
+                yield family(PREFIX + name, text, value=value)
         for histogram in self.histograms:
             yield histogram.family()
+        yield from self.more()
 
 
 class BridgeMetrics:
     """The bridge's own ``CollectorRegistry`` and the histograms it observes."""
 
-    def __init__(self, collect: Callable[[], Dict[str, Value]]):
+    def __init__(self, collect: Callable[[], Dict[str, Value]],
+                 more: Callable[[], Iterable[Metric]] = lambda: ()):
         self.request_seconds = ReactorHistogram(
             PREFIX + "coap_request_seconds", "time from a CoAP request to its answer",
             REQUEST_BUCKETS)
@@ -125,7 +198,7 @@ class BridgeMetrics:
             "2.01) to the PUBACK that delivered it", DELIVERY_BUCKETS)
         self.registry = CollectorRegistry()
         self.registry.register(_BridgeCollector(
-            collect, (self.request_seconds, self.delivery_seconds)))
+            collect, (self.request_seconds, self.delivery_seconds), more))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)

@@ -30,7 +30,7 @@ from ..core.formats.protobuf import ProtobufFormat
 from ..core.auth import CredentialLookups
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
-from ..edge.metrics import BridgeMetrics
+from ..edge.metrics import BridgeMetrics, HandshakeMetrics, Labelled
 from ..edge.mqtt import MqttLink
 from ..edge import protoc
 from ..edge.outbox import Outbox
@@ -67,6 +67,7 @@ DTLS_COUNTERS = {
     "ended_by_registry": "DTLS sessions ended: their credential left the registry",
     "replaced": "DTLS sessions replaced by a new handshake from their address",
 }
+REQUEST_LABELS = ("route", "code", "transport")
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
 # s a failed outbox write keeps the bridge unready (a later write that succeeds ends it at
 # once): with no traffic, nothing else would try the disk again
@@ -149,7 +150,9 @@ class Bridge:
         self.coap_listening = False  # set by the CoAP service while its port reads
         self.dtls: Optional[Any] = None  # the DTLS transport (DtlsTransport), once listening
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
-        self.prometheus = BridgeMetrics(self.metrics)  # its own registry: see edge/metrics.py
+        self.handshakes = HandshakeMetrics()  # the DTLS transport's on_handshake, once on
+        self.prometheus = BridgeMetrics(  # its own registry: see edge/metrics.py
+            self.metrics, lambda: self.handshakes.families() if self.dtls is not None else ())
         self.readiness = Readiness(self, config.health.ready_requires_mqtt)
         self.requests.answered = self.prometheus.request_seconds.observe
         self._delivered = self.prometheus.delivery_seconds.observe
@@ -361,9 +364,12 @@ class Bridge:
         """Requests, uplinks and the outbox's work."""
         protocol = self.coap
         return {
-            "coap_requests_total": ("counter", "CoAP requests handled", self.requests.handled),
-            "coap_errors_total": ("counter", "requests answered 4.xx or 5.xx",
-                                  self.requests.errors),
+            "coap_requests_total": ("counter", "CoAP requests answered, by route, answer "
+                                    "code and transport", Labelled(
+                                        REQUEST_LABELS, self.requests.counts.samples())),
+            "coap_errors_total": ("counter", "CoAP requests answered 4.xx or 5.xx, by route, "
+                                  "code and transport", Labelled(
+                                      REQUEST_LABELS, self.requests.counts.samples(True))),
             "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed",
                                      protocol.malformed if protocol is not None else 0),
             "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",

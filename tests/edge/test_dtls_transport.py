@@ -534,3 +534,25 @@ def test_an_ended_session_is_reported_to_the_core_as_a_peer_gone(bench):
     peer.conn.shutdown()
     peer.deliver(peer.out())
     assert bench.session(A) is None and gone == [session]
+
+
+def test_each_handshake_is_reported_with_its_outcome_method_and_time(bench):
+    """The metrics' seam (``on_handshake``): full, resumed, failed and timed out, with the
+    method the device authenticated by (or tried to), and the seconds it took."""
+    heard = []
+    bench.dtls.on_handshake = lambda *event: heard.append(event)
+    first = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert first.handshake()
+    rebound = Peer(bench, ("10.0.0.1", 50000), psk=("dev-psk", bench.keys["dev-psk"]),
+                   session=first.conn.get_session(), ctx=first.ctx)
+    assert rebound.handshake()
+    assert Peer(bench, B, cert=dtlscerts.issue("dev", bench.ca)).handshake()
+    assert not Peer(bench, ("10.0.0.3", 5), cert=dtlscerts.issue("x", dtlscerts.ca())).handshake()
+    assert Peer(bench, ("10.0.0.4", 6)).handshake()  # no client credential: a token device
+    assert not Peer(bench, ("10.0.0.5", 7), psk=("dev-psk", b"not the key!")).handshake(rounds=4)
+    bench.clock.advance(bench.cfg.handshake_timeout + 1)
+    assert [(outcome, method) for outcome, method, _ in heard] == [
+        ("full", "psk"), ("resumed", "psk"), ("full", "x509"), ("failed", "x509"),
+        ("full", "none"), ("timeout", "psk")]
+    assert all(seconds >= 0 for _, _, seconds in heard[:5])
+    assert heard[5][2] >= bench.cfg.handshake_timeout  # from its start to the deadline
