@@ -1,6 +1,8 @@
 """The deploy files (no Docker engine or cluster runs here): each parses, sets only
 environment variables the configuration reads, and agrees with the config's ports; the
-dashboard asks only for metrics the bridge exports."""
+Kubernetes manifests validate against the Kubernetes schema and pass Pod Security
+"restricted"; the ConfigMap carries every setting. (The dashboard against a running
+bridge: tests/integration/test_pod.py.)"""
 
 from __future__ import annotations
 
@@ -9,15 +11,13 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.task import Clock
 
 from bridge import config as config_module
 from bridge.config import Config
-from bridge.glue.bridge import Bridge
 from bridge.registry_url import driver_available
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,13 +25,19 @@ DEPLOY = os.path.join(REPO, "deploy")
 DEFAULTS = Config()
 COAP_PORT, METRICS_PORT = DEFAULTS.coap.bind_port, DEFAULTS.metrics.port
 ENV_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*):")
+KUBERNETES_VERSION = "1.31.0"  # a schema kubernetes-validate ships (any >= 1.25 for policy/v1)
+
+
+# read by the process, not settings: the file (config.default_path()), and where Python's
+# tempfile and SQLite write their temporary files
+PROCESS_ENV = {"COAPBRIDGE_CONFIG", "TMPDIR"}
 
 
 def read_names():
     """The environment variables the configuration reads."""
     with open(os.path.join(REPO, "conf", "coapbridge.yaml")) as handle:
         names = set(ENV_REF.findall(handle.read()))
-    return names | {"COAPBRIDGE_CONFIG"}  # config.default_path()
+    return names | PROCESS_ENV
 
 
 def documents(name):
@@ -85,7 +91,8 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
     names = {env["name"] for env in bridge["env"]}
     assert names <= read_names(), names - read_names()
     ports = {port["name"]: (port["containerPort"], port["protocol"]) for port in bridge["ports"]}
-    assert ports == {"coap": (COAP_PORT, "UDP"), "metrics": (METRICS_PORT, "TCP")}
+    assert ports == {"coap": (COAP_PORT, "UDP"), "coaps": (DEFAULTS.dtls.bind_port, "UDP"),
+                     "metrics": (METRICS_PORT, "TCP")}
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     data_dir = [env["value"] for env in bridge["env"] if env["name"] == "DATA_DIR"][0]
@@ -101,12 +108,13 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
 
 @pytest.mark.skipif(not driver_available(),
                     reason="psycopg does not run on this interpreter (PyPy)")
-def test_every_pod_shares_one_postgresql_registry_with_its_password_in_a_secret():
+def test_every_pod_shares_one_postgresql_registry_with_its_password_in_a_secret(tmp_path):
     _, bridge = container()
     env = {item["name"]: item for item in bridge["env"]}
     config = config_module.load_text(
         kubernetes()[("ConfigMap", "coapbridge-config")]["data"]["coapbridge.yaml"],
-        {"REGISTRY_URL": env["REGISTRY_URL"]["value"], "REGISTRY_PASSWORD": "from-the-secret"})
+        pod_env(tmp_path, REGISTRY_URL=env["REGISTRY_URL"]["value"],
+                REGISTRY_PASSWORD="from-the-secret"))
     target = config.registry_target
     assert target.shared and "from-the-secret" in target.conninfo
     assert "from-the-secret" not in target.display
@@ -161,39 +169,132 @@ def test_the_coap_service_is_udp_and_source_affine():
     assert service["sessionAffinity"] == "ClientIP"
     assert service["externalTrafficPolicy"] == "Local"  # the device's own address
     assert [(p["port"], p["protocol"], p["targetPort"]) for p in service["ports"]] == [
-        (COAP_PORT, "UDP", "coap")]
+        (COAP_PORT, "UDP", "coap"), (DEFAULTS.dtls.bind_port, "UDP", "coaps")]
 
 
-def test_the_configmap_is_a_valid_configuration_with_the_default_ports():
+def pod_env(tmp_path, **more):
+    """The environment of the StatefulSet's container (its values, the secrets' files
+    written under ``tmp_path``), as the ConfigMap's file reads it."""
+    import dtlscerts
+    _, bridge = container()
+    env = {item["name"]: item.get("value", "from-a-secret") for item in bridge["env"]}
+    ca = dtlscerts.ca()
+    cert, key = dtlscerts.issue("bridge", ca).write(str(tmp_path), "bridge")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.pem())
+    env.update(COAP_DTLS_CERT_FILE=cert, COAP_DTLS_KEY_FILE=key, COAP_DTLS_CA_FILE=str(ca_file),
+               REGISTRY_URL="")  # SQLite here: PostgreSQL is test_every_pod_shares_...'s
+    env.update(more)
+    return env
+
+
+def test_the_configmap_is_the_shipped_file_with_every_setting_and_is_current():
+    """Every ${NAME} of conf/coapbridge.yaml is in the ConfigMap (workers included), and
+    the ConfigMap is what scripts/kubernetes_configmap.py writes from it."""
+    text = kubernetes()[("ConfigMap", "coapbridge-config")]["data"]["coapbridge.yaml"]
+    assert set(ENV_REF.findall(text)) == read_names() - PROCESS_ENV
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts",
+                                                         "kubernetes_configmap.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_configmap_is_a_valid_configuration_for_a_pod_with_coaps(tmp_path):
     config_map = kubernetes()[("ConfigMap", "coapbridge-config")]
     text = config_map["data"]["coapbridge.yaml"]
-    assert set(ENV_REF.findall(text)) <= read_names()
-    loaded = config_module.load_text(text, {})
+    loaded = config_module.load_text(text, pod_env(tmp_path))
     assert (loaded.coap.bind_port, loaded.metrics.port) == (COAP_PORT, METRICS_PORT)
     assert loaded.metrics.bind_address == "0.0.0.0"  # the kubelet's probes reach it
+    assert loaded.dtls.enabled and loaded.dtls.bind_port == DEFAULTS.dtls.bind_port
+    assert (loaded.data_dir, loaded.log_format, loaded.coap.workers) == ("/data", "json", 1)
     _, bridge = container()
     assert os.path.basename(bridge["args"][-1]) in config_map["data"]
+    # the StatefulSet's COAP_WORKERS reaches the bridge (it did nothing before)
+    assert config_module.load_text(text, pod_env(tmp_path, COAP_WORKERS="2")).coap.workers == 2
 
 
-def exported_names():
-    from twisted.web.test.requesthelper import DummyRequest
+def test_the_dtls_files_come_from_the_mounted_secret():
+    spec, bridge = container()
+    text = kubernetes()[("ConfigMap", "coapbridge-config")]["data"]["coapbridge.yaml"]
+    defaults = dict(re.findall(r"\$\{(COAP_DTLS_(?:CERT|KEY|CA)_FILE):([^}]*)\}", text))
+    [mount] = [m for m in bridge["volumeMounts"] if m["name"] == "dtls"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "dtls"]
+    secret = kubernetes()[("Secret", volume["secret"]["secretName"])]
+    assert mount["readOnly"] and secret["type"] == "kubernetes.io/tls"
+    for path in defaults.values():
+        assert os.path.dirname(path) == mount["mountPath"]
+        assert os.path.basename(path) in secret["stringData"]
 
-    from bridge.edge.metrics import MetricsResource
-    bridge = Bridge(Config(), Clock())
-    request = DummyRequest([b"metrics"])
-    text = MetricsResource(bridge.prometheus.registry).render(request).decode()
-    return {sample.name for family in text_string_to_metric_families(text)
-            for sample in family.samples}
+
+def pod_specs():
+    """(where, pod spec) of every workload in deploy/kubernetes."""
+    for (kind, name), doc in kubernetes().items():
+        if kind in ("StatefulSet", "Deployment", "DaemonSet", "Job"):
+            yield "%s/%s" % (kind, name), doc["spec"]["template"]["spec"]
 
 
-def test_the_dashboard_asks_only_for_metrics_the_bridge_exports():
-    with open(os.path.join(DEPLOY, "grafana-dashboard.json")) as handle:
-        dashboard = json.load(handle)
-    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    used = {name for expr in exprs
-            for name in re.findall(r"\b((?:coapbridge|process)_[a-z_]+)", expr)}
-    exported = exported_names()
-    assert used and used <= exported, used - exported
-    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
-    for topic in ("uplinks", "outbox", "link", "answer", "puback", "observers", "refusals"):
-        assert topic in titles, topic
+def test_every_manifest_is_valid_against_the_kubernetes_schema():
+    import kubernetes_validate
+    docs = kubernetes()
+    assert {kind for kind, _ in docs} >= {"StatefulSet", "Service", "ConfigMap", "Secret",
+                                          "PodDisruptionBudget"}
+    for (kind, name), doc in docs.items():
+        # strict: an unknown or misspelt field is an error too
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+# Pod Security Standards, "restricted" (kubernetes.io/docs/concepts/security/
+# pod-security-standards/): every control of the baseline and restricted levels
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret"}
+
+
+def test_every_pod_passes_the_restricted_pod_security_standard():
+    specs = list(pod_specs())
+    assert specs
+    for where, spec in specs:
+        pod = spec.get("securityContext", {})
+        assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC")), where
+        assert all(set(volume) - {"name"} <= RESTRICTED_VOLUMES for volume in spec["volumes"])
+        assert pod.get("seccompProfile", {}).get("type") in ("RuntimeDefault", "Localhost")
+        for container_spec in spec["containers"] + spec.get("initContainers", []):
+            own = container_spec.get("securityContext", {})
+
+            def setting(key):
+                return own.get(key, pod.get(key))
+            assert setting("runAsNonRoot") is True, where
+            # numeric, and the image's USER 999:999 (a user name fails runAsNonRoot)
+            assert setting("runAsUser") == 999 and setting("runAsGroup") == 999, where
+            assert own.get("allowPrivilegeEscalation") is False, where
+            assert not own.get("privileged"), where
+            assert own.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert set(own.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}
+            assert own.get("seccompProfile", pod.get("seccompProfile"))["type"] in (
+                "RuntimeDefault", "Localhost")
+            assert own.get("readOnlyRootFilesystem") is True, where
+            assert not any(port.get("hostPort") for port in container_spec.get("ports", []))
+            assert not own.get("procMount") and not own.get("seLinuxOptions", {}).get("type")
+        assert pod.get("fsGroup") == 999, where  # the volume belongs to the bridge's group
+
+
+def test_what_the_bridge_writes_is_on_volumes_and_the_rest_is_read_only():
+    spec, bridge = container()
+    env = {item["name"]: item.get("value") for item in bridge["env"]}
+    mounts = {m["mountPath"]: m for m in bridge["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    claims = {c["metadata"]["name"] for c in kubernetes()[("StatefulSet", "coapbridge")]
+              ["spec"]["volumeClaimTemplates"]}
+    for variable in ("DATA_DIR", "TMPDIR"):
+        mount = mounts[env[variable]]
+        assert not mount.get("readOnly"), variable
+        assert mount["name"] in claims or "emptyDir" in volumes[mount["name"]], variable
+    for path, mount in mounts.items():
+        if path not in (env["DATA_DIR"], env["TMPDIR"]):
+            assert mount.get("readOnly") is True, path
+
+
+def test_a_disruption_budget_keeps_all_but_one_pod():
+    budget = kubernetes()[("PodDisruptionBudget", "coapbridge")]["spec"]
+    statefulset = kubernetes()[("StatefulSet", "coapbridge")]["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"] == statefulset["selector"]
