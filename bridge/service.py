@@ -8,6 +8,7 @@ glue they serve is ``bridge.glue.bridge.Bridge``. Only the composition root
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from typing import Any, Callable, List, Optional
@@ -20,7 +21,8 @@ from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .config import Config, StartupError
+from .settings import Config, StartupError, env_name
+from .settings.dtls import warnings_of as dtls_warnings
 from .edge import coap as coap_edge
 from .edge import outbox_files
 from .edge.outbox import Outbox
@@ -37,12 +39,24 @@ __all__ = ["Bridge", "BridgeService"]
 
 
 def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
-                   env: str) -> str:
+                   hint: str = "") -> str:
+    """The start-up line for a port that cannot be bound: ``key`` is its port setting
+    (``coap.bind_port``), beside which is its address setting."""
     error = exc.socketError
     reason = getattr(error, "strerror", None) or str(error)
-    return ("cannot listen for %s on %s %s port %s: %s; stop the program that uses it "
-            "(another bridge?) or choose another port with %s (%s)"
-            % (what, protocol, exc.interface or "*", exc.port, reason, key, env))
+    number = getattr(error, "errno", None)
+    address_key = key.rpartition(".")[0] + ".bind_address"
+    where = "cannot listen for %s on %s %s port %s" % (what, protocol, exc.interface or "*",
+                                                      exc.port)
+    if number == errno.EADDRNOTAVAIL:
+        return ("%s: this host has no address %s; give %s (%s) one of its addresses, or "
+                "0.0.0.0 or :: for all of them" % (where, exc.interface, address_key,
+                                                   env_name(address_key)))
+    if number == errno.EACCES:
+        return ("%s: %s (ports below 1024 need root or CAP_NET_BIND_SERVICE); choose another "
+                "port with %s (%s)" % (where, reason, key, env_name(key)))
+    return ("%s: %s; stop the program that uses it (another bridge?) or choose another port "
+            "with %s (%s%s)" % (where, reason, key, env_name(key), hint))
 
 
 class _RegistryService(Service):
@@ -213,7 +227,7 @@ class _MetricsService(Service):
                 self.port = self.bridge.reactor.listenTCP(port, site, interface=host)
             except CannotListenError as exc:
                 raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
-                                                  "METRICS_PORT, 0: off"))
+                                                  ", 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
                      host=host, port=self.port.getHost().port)
         Service.startService(self)
@@ -244,8 +258,7 @@ class _CoapService(Service):
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                          cfg.bind_address, shared=bool(self.bridge.worker))
         except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
-                                              "COAP_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
         self.bridge.coap = self.protocol
         self.bridge.notifications.transport = self.protocol
         self.bridge.coap_listening = True
@@ -286,8 +299,7 @@ class _DtlsService(Service):
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
                                          interface, shared=bool(bridge.worker))
         except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
-                                              "COAP_DTLS_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
         view.on_change.append(self.registry_changed)
         self.transport.on_handshake = bridge.handshakes.record
         bridge.requests.counts.register(dtls_edge.DtlsSession, "dtls")
@@ -295,6 +307,8 @@ class _DtlsService(Service):
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
+        for line in dtls_warnings(bridge.config) if bridge.worker <= 1 else ():
+            log.warn("{reason}", reason=line)
 
     def registry_changed(self) -> None:
         """End the sessions whose certificate or PSK identity left the registry, and those

@@ -42,7 +42,7 @@ from .subscriptions import Subscriptions
 from .uplinks import Uplinks
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..settings.root import Config
 
 SLOW_TICK = 1.0  # seconds between the ticks that scan every device
 

@@ -33,7 +33,7 @@ import txthings.coap as txcoap
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ..config import Config
+from ..settings import Config
 from ..core import codes
 from ..core.actions import ServePackage
 from ..core.ota import Checksum, PackageInfo, supported

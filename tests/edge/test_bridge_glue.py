@@ -4,7 +4,8 @@ import pytest
 import txthings.coap as txcoap
 from twisted.internet.task import Clock
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.core.actions import Delete, Device, Entry
 from bridge.glue.bridge import Bridge
 
@@ -17,7 +18,7 @@ def request(remote=("10.0.0.7", 5683)):
 
 
 def test_a_failing_core_releases_the_requests_slot_for_its_address():
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
 
     def broken(request, now):
         raise RuntimeError("bug")
@@ -32,7 +33,7 @@ def test_a_failing_core_releases_the_requests_slot_for_its_address():
 def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_them_5_00():
     from twisted.logger import globalLogPublisher
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     seen = []
 
     def broken(uplinks, now):
@@ -63,7 +64,7 @@ def get(remote):
 
 
 def test_requests_in_progress_per_source_endpoint_are_bounded():
-    cfg = config_module.load_text("limits: {max_pending_per_peer: 2}", {})
+    cfg = startup_checks.load_text("limits: {max_pending_per_peer: 2}", {})
     bridge = Bridge(cfg, Clock())
     bridge.core.on_request = lambda request, now: []  # never answered
     bridge.handle_coap(get(("10.0.0.7", 5683)))
@@ -79,11 +80,11 @@ def test_requests_in_progress_per_source_endpoint_are_bounded():
 def test_many_devices_behind_one_address_are_served_up_to_the_per_address_bound():
     # 70 requests pending from 70 ports of one address (the platform is slow): the default
     # per-endpoint bound (64) must not refuse the 71st device's uplink
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     bridge.core.on_request = lambda request, now: []  # never answered
     assert not any(bridge.handle_coap(get(("10.0.0.7", 40000 + n))).called for n in range(70))
     assert not bridge.handle_coap(request(("10.0.0.7", 39999))).called  # waits for its turn
-    cfg = config_module.load_text("limits: {max_pending_per_address: 3}", {})
+    cfg = startup_checks.load_text("limits: {max_pending_per_address: 3}", {})
     bounded = Bridge(cfg, Clock())
     bounded.core.on_request = lambda request, now: []
     assert not any(bounded.handle_coap(get(("10.0.0.7", 40000 + n))).called for n in range(3))
@@ -97,7 +98,7 @@ def test_many_devices_behind_one_address_are_served_up_to_the_per_address_bound(
 def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
     from bridge.registry import Registry
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     path = str(tmp_path / "registry.sqlite3")
     writer = Registry(path)
     writer.add("Dev A", "tokA", "thermo")
@@ -126,7 +127,7 @@ def test_the_bridges_own_registry_write_counts_within_the_same_turn(tmp_path):
     # read loop (one reactor turn) ends: the bridge's own write must not wait for the turn.
     from bridge.registry import Registry
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     lookup, view = bridge.core.auth.lookup, bridge.registry_view
     view.refresh()
@@ -138,7 +139,7 @@ def test_the_bridges_own_registry_write_counts_within_the_same_turn(tmp_path):
 
 
 def test_a_uri_path_that_is_not_utf8_gets_4_00():
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     message = request()
     message.opt.uri_path = (b"api", b"v1", b"\xff\xfe", b"telemetry")
     answer = bridge.handle_coap(message)
@@ -166,7 +167,7 @@ def writing_bridge(tmp_path):
     from bridge.edge.outbox import Outbox
     from bridge.registry import Registry
     clock = Clock()
-    bridge = Bridge(config_module.load_text("limits: {device_rate: 0, peer_rate: 0}", {}), clock)
+    bridge = Bridge(startup_checks.load_text("limits: {device_rate: 0, peer_rate: 0}", {}), clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.registry.add("Dev A", "tok", "thermo")
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
@@ -281,7 +282,7 @@ def test_an_answer_to_a_request_with_a_valid_token_is_not_limited_by_the_amplifi
 
 
 def test_metrics_count_server_rpcs_dropped_and_expired():
-    bridge = Bridge(config_module.load_text("platform: {rpc_queue_size: 1}", {}), Clock())
+    bridge = Bridge(startup_checks.load_text("platform: {rpc_queue_size: 1}", {}), Clock())
     rpc = b'{"device": "Dev A", "data": {"id": %d, "method": "m"}}'
     bridge.message("v1/gateway/rpc", rpc % 1)
     bridge.message("v1/gateway/rpc", rpc % 2)
@@ -341,7 +342,7 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_lev
 def test_a_log_action_from_the_core_is_logged_with_its_format_and_fields():
     from twisted.logger import LogLevel, formatEvent, globalLogPublisher
     from bridge.core.actions import Log
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -358,7 +359,7 @@ def test_a_log_action_from_the_core_is_logged_with_its_format_and_fields():
 def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():
     from twisted.internet import defer
     from bridge.core.actions import ServePackage
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     bridge.core.on_request = lambda request, now: [ServePackage(request.ref, "Dev A", "tok", None)]
     bridge.packages.serve = lambda action: defer.fail(OSError("disk gone"))
     from twisted.logger import globalLogPublisher
@@ -376,7 +377,7 @@ def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():
 
 def test_draining_ends_even_when_looking_at_the_publishes_fails():
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     bridge.commit = lambda: (_ for _ in ()).throw(RuntimeError("bug"))
     bridge.core.outbox.delivery.in_flight.clear()
     from twisted.logger import globalLogPublisher

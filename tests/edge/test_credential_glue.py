@@ -9,7 +9,8 @@ import txthings.coap as txcoap
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.core.actions import Device
 from bridge.core.auth import Certificate, PresharedKey
 from bridge.edge.outbox import Outbox
@@ -37,7 +38,7 @@ def message(remote, path=(b"api", b"v1", b"telemetry"), code=txcoap.POST, mid=1)
 
 def make_bridge(tmp_path, yaml="", clock=None):
     clock = clock or Clock()
-    config = config_module.load_text(yaml or "{}", {})  # the shipped limits
+    config = startup_checks.load_text(yaml or "{}", {})  # the shipped limits
     bridge = Bridge(config, clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))

@@ -18,7 +18,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 import coapraw as raw
 import dtlscerts
 from bridge.coap.codec import make_response
-from bridge.config import DtlsConfig
+from bridge.settings import DtlsConfig
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
 from bridge.dtls import records
 from bridge.logwriter import format_message

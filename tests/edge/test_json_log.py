@@ -11,9 +11,9 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.python import log as legacy_log
 
-from bridge.config import Config
 from bridge.logwriter import (LevelObserver, event_as_json_line, event_as_text_line,
                               format_message, json_observer, normalised, process_observer)
+from bridge.settings import Config
 from bridge.service import BridgeService
 
 SCHEMA = ["time", "level", "logger", "message"]

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import pytest
 from twisted.logger import globalLogPublisher
 
-from bridge import config as config_module
+from bridge import settings as config_module
 from bridge import logs
 
 
@@ -50,5 +50,5 @@ def test_log_level_takes_the_usual_names_in_any_case(name, level):
 def test_an_unknown_level_is_a_configuration_problem_naming_the_known_ones():
     with pytest.raises(config_module.ConfigError) as error:
         config_module.load_text("log_level: verbose", {})
-    assert "log_level: must be one of debug, info, warn, warning, error, critical, fatal " \
-           "(in any case), got 'verbose'" in str(error.value)
+    assert "log_level: must be one of debug, info, warn, error, critical (any case; " \
+           "warning = warn; fatal = critical), got 'verbose'" in str(error.value)

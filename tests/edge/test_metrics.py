@@ -8,7 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.edge.metrics import MetricsSite
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
@@ -65,7 +66,7 @@ LABELLED = {"coap_requests_total", "coap_errors_total"}  # by route, code, trans
 
 
 def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along():
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     values, types = samples(scrape(bridge))
     assert set(bridge.metrics()) == set(NAMES)
     for name, kind in NAMES.items():
@@ -79,7 +80,7 @@ def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along
 
 
 def test_two_bridges_in_one_process_have_their_own_metrics():
-    one, two = (Bridge(config_module.load(None, {}), Clock()) for _ in range(2))
+    one, two = (Bridge(startup_checks.load(None, {}), Clock()) for _ in range(2))
     one.requests.counts.cell("telemetry", ("10.0.0.1", 5683)).codes[0x41] += 7
     key = ("coapbridge_coap_requests_total",
            (("code", "2.01"), ("route", "telemetry"), ("transport", "udp")))
@@ -91,7 +92,7 @@ def test_build_info_names_the_version_and_python():
     import platform
 
     from bridge import __version__
-    values, types = samples(scrape(Bridge(config_module.load(None, {}), Clock())))
+    values, types = samples(scrape(Bridge(startup_checks.load(None, {}), Clock())))
     [(labels, value)] = [(dict(k[1]), v) for k, v in values.items()
                          if k[0] == "coapbridge_build_info"]
     assert value == 1 and types["coapbridge_build_info"] == "gauge"
@@ -102,7 +103,7 @@ def test_build_info_names_the_version_and_python():
 def test_request_to_answer_and_store_to_puback_times_are_histograms(tmp_path):
     clock = Clock()
     clock.advance(1000)
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.registry.add("Dev A", "tok", "thermo")
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
@@ -152,10 +153,10 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     import random
 
     import dtlscerts
-    from bridge.config import DtlsConfig
+    from bridge.settings import DtlsConfig
     from bridge.edge import coap as coap_edge
     from bridge.edge import dtls as dtls_edge
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     assert not any(name.startswith("dtls_") for name in bridge.metrics())
     cert, key = dtlscerts.issue("bridge", dtlscerts.ca()).write(str(tmp_path), "bridge")
     clock = Clock()

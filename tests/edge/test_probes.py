@@ -6,13 +6,11 @@ is reported as degraded and keeps it ready, unless health.ready_requires_mqtt.""
 
 from __future__ import annotations
 
-import os
-
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.web.test.requesthelper import DummyRequest
 
-from bridge import config as config_module
+from bridge import settings
 from bridge.edge.metrics import MetricsSite, parse_ready, render_ready
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
@@ -46,15 +44,11 @@ def test_what_readyz_writes_parses_back():
         assert parse_ready(render_ready(*state)[1].decode()) == state
 
 
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "conf", "coapbridge.yaml")
-
-
 def ready_bridge(tmp_path, env=None):
-    """A bridge of the shipped configuration (``env`` on top), not started."""
+    """A bridge of the shipped defaults (``env`` on top), not started."""
     clock = Clock()
     clock.advance(1000)
-    config = config_module.load(SHIPPED, dict(env or {}, DATA_DIR=str(tmp_path)))
+    config = settings.load(None, dict(env or {}, DATA_DIR=str(tmp_path)))
     return Bridge(config, clock), clock
 
 

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from bridge import config as config_module
+from bridge import settings as config_module
 from bridge.core.routes import METRIC_ROUTES, metric_route
 from bridge.edge.metrics import HandshakeMetrics, MetricsSite
 from bridge.edge.outbox import Outbox
