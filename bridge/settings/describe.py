@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 from .loader import ENV_NAMES, PROCESS_VARIABLES, SETTINGS, Loaded
 from .root import Config
-from .schema import (ITEMS, RULE, Rule, Setting, choices_of, choices_text, is_section, number,
+from .schema import (ITEMS, RULE, Rule, Setting, choices_of, is_section, number,
                      range_text)
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
