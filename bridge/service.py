@@ -394,6 +394,7 @@ class BridgeService(MultiService):
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)
+        self.bridge.readiness.stopping()
         d: defer.Deferred = defer.succeed(None)
         for child in reversed(list(self)):
             d.addCallback(lambda _, child=child: child.stopService())

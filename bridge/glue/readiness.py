@@ -35,12 +35,19 @@ class Readiness:
         self.requires_mqtt = requires_mqtt
         self._last: Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]] = None
         self._next_watch = float("-inf")
+        self._stopping = False
+
+    def stopping(self) -> None:
+        """The bridge stops: said once, and nothing more (its parts stop one by one)."""
+        if not self._stopping:
+            self._stopping = True
+            log.info("Stopping: not ready for devices")
 
     def check(self) -> Tuple[List[str], List[str]]:
         """(what keeps the bridge from taking uplinks, what is degraded): ready when the
         first is empty."""
         bridge = self.bridge
-        missing: List[str] = []
+        missing: List[str] = ["stopping"] if self._stopping else []
         notes: List[str] = []
         if not bridge.coap_listening:
             missing.append("coap not listening")
@@ -60,7 +67,7 @@ class Readiness:
         """Log a change of readiness (or of what is degraded), once: looked at once a
         second (the outbox's bounds), and at once when ``changed`` (the MQTT link).
         Nothing is said before the bridge is first ready (it is starting)."""
-        if now < self._next_watch and not changed:
+        if self._stopping or (now < self._next_watch and not changed):
             return
         self._next_watch = now + WATCH_EVERY
         missing, notes = self.check()

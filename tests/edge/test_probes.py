@@ -140,3 +140,25 @@ def test_each_change_of_readiness_is_logged_once(tmp_path):
         ("info", "Ready for devices, degraded: mqtt not connected (uplinks are stored and "
                  "answered; health.ready_requires_mqtt is off)"),
         ("warn", "Not ready for devices: coap not listening")]
+
+
+def test_a_stopping_bridge_is_not_ready_and_says_so_once(tmp_path):
+    bridge, clock = ready_bridge(tmp_path)
+    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.coap_listening = True
+    bridge.link.connected = True
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        bridge.readiness.watch(clock.seconds())
+        bridge.readiness.stopping()
+        bridge.coap_listening = False  # its parts stop one by one: nothing more is said
+        clock.advance(1)
+        bridge.readiness.watch(clock.seconds(), changed=True)
+        bridge.readiness.stopping()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert bridge.readiness.check()[0] == ["stopping", "coap not listening"]
+    lines = [format_message(e) for e in events if e.get("log_namespace") == "coapbridge.health"]
+    assert lines == ["Ready for devices", "Stopping: not ready for devices"]
