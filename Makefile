@@ -47,6 +47,8 @@ test: system-deps-test $(PYSTAMP) node-tools
 
 bench: system-deps $(STAMP) $(PYSTAMP)
 	$(VENV)/bin/python -m pip install -q matplotlib
+	# the baseline servers' stock txThings (the bridge itself no longer uses it)
+	$(PYVENV)/bin/python -m pip install -q txThings==0.3.0
 	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python bench/run.py $(if $(QUICK),--quick) \
 		--server-python $(PYVENV)/bin/python \
 		--name results$(if $(filter python3,$(PYTHON)),,-$(notdir $(PYTHON)))$(if $(QUICK),-quick)

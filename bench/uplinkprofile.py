@@ -1,27 +1,34 @@
-"""One telemetry uplink's cost on the bridge's whole path, counted in instructions.
+"""The cost of one telemetry uplink in the bridge's process, without sockets or a reactor.
 
-The real glue (``Bridge``), core, CoAP transport (``BridgeCoap``), SQLite registry and
-outbox, with a fake clock and a fake MQTT link: each round is a reactor turn of
-``--batch`` CON POSTs ``/api/v1/{token}/telemetry`` from 200 devices (one source
-address and port each) handed to ``datagramReceived``, the turn's end (the outbox's
-group commit and the 2.01s), then the publishes the core made acknowledged (PUBACK)
-and the next turn's end (the outbox's deletes). Under valgrind the count does not
-depend on what else the machine runs; the difference of two runs is the cost of the
-uplinks the longer one adds, start-up excluded:
+The real UDP edge (``bridge.edge.coap``) over a fake UDP port and a ``Clock``, in front of
+either the real glue, core and outbox (SQLite in a temporary directory, the registry's
+view over SQLite; the MQTT link stays down, so nothing is published) or, with
+``--engine``, a handler that answers 2.01 at once (the CoAP engine alone: datagram in,
+2.01 out). 200 devices, each from a port of its own, post
+``{"temperature":21.5,"humidity":40.5}`` as CON requests in reactor turns of 50 datagrams
+(the clock's due calls, the outbox's group commit among them, run after each turn, and
+the clock moves on 0.1 s: each device posts 2.5 times a second, within the shipped
+``limits.device_rate``); every answer is checked to be 2.01. Under valgrind the count does not
+depend on what else the machine runs:
 
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/up1.out \\
-        python bench/uplinkprofile.py -n 200
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/up2.out \\
-        python bench/uplinkprofile.py -n 4200
-    python bench/uplinkprofile.py --callgrind-report /tmp/up1.out /tmp/up2.out --diff 4000
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/up.out \\
+        python bench/uplinkprofile.py -n 4000
+    python bench/uplinkprofile.py -n 4000 --callgrind-report /tmp/up.out
 
-``--time`` prints the CPU µs per uplink instead (load-sensitive).
+The measured turns (not the warm-up ones) are each called through ``itertools.starmap``,
+so ``starmap_next``'s inclusive count is their cost alone, start-up and imports left
+out. ``--profile`` prints a cProfile breakdown, ``--time`` the CPU µs per uplink
+(load-sensitive).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import cProfile
+import itertools
 import os
+import pstats
 import re
 import subprocess
 import sys
@@ -34,146 +41,155 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from bridge import config as config_module  # noqa: E402
+from bridge import startup_checks  # noqa: E402
+from bridge import runtime  # noqa: E402
 from bridge.edge import coap as coap_edge  # noqa: E402
-from bridge.edge.outbox import Outbox  # noqa: E402
-from bridge.glue.bridge import Bridge  # noqa: E402
-from bridge.registry import Registry  # noqa: E402
 
 DEVICES = 200
-PAYLOAD = b'{"temperature":21.5,"humidity":40.5}'
+TURN = 50  # datagrams per reactor turn
+STEP = 0.1  # s between turns: each device posts 2.5 times a second, within limits.device_rate
+BODY = b'{"temperature":21.5,"humidity":40.5}'
 
 
 class FakeUdp:
     def __init__(self) -> None:
-        self.sent = 0
+        self.sent: List[Tuple[bytes, Any]] = []
 
     def write(self, data: bytes, addr: Any) -> None:
-        self.sent += 1
+        self.sent.append((data, addr))
 
 
-class FakeLink:
-    """The MQTT link: every publish gets a mid; ``ack_all`` is the broker's PUBACKs."""
-
-    connected = True
-    failed_messages = 0
-
-    def __init__(self) -> None:
-        self.mids: List[int] = []
-        self.next = 0
-
-    def publish(self, topic: str, payload: bytes) -> int:
-        self.next += 1
-        self.mids.append(self.next)
-        return self.next
-
-
-def _option(delta: int, value: bytes) -> bytes:
-    """One CoAP option (delta and length below 269)."""
-    def nibble(n: int) -> Tuple[int, bytes]:
-        return (n, b"") if n < 13 else (13, bytes([n - 13]))
-    (d, dx), (l, lx) = nibble(delta), nibble(len(value))
-    return bytes([d << 4 | l]) + dx + lx + value
-
-
-def datagram(mid: int, token: bytes) -> bytes:
-    """CON POST /api/v1/<token>/telemetry, Content-Format JSON (50), a 2-byte token."""
-    header = bytes([0x42, 0x02, mid >> 8 & 255, mid & 255, mid >> 8 & 255, mid & 255])
-    options = _option(11, b"api") + _option(0, b"v1") + _option(0, token) \
-        + _option(0, b"telemetry") + _option(1, b"\x32")
-    return header + options + b"\xff" + PAYLOAD
+def telemetry(token: str, mid: int) -> bytes:
+    """CON POST /api/v1/{token}/telemetry (a 20-character token), a 2-byte CoAP token, the
+    JSON body."""
+    options = bytearray()
+    previous = 0
+    for segment in (b"api", b"v1", token.encode(), b"telemetry"):
+        delta, previous = 11 - previous, 11
+        if len(segment) < 13:
+            options += bytes([(delta << 4) | len(segment)]) + segment
+        else:  # a 20-character access token: one extension byte
+            options += bytes([(delta << 4) | 13, len(segment) - 13]) + segment
+    return (bytes([0x42, 0x02, mid >> 8, mid & 0xFF, mid >> 8, mid & 0xFF]) + bytes(options)
+            + b"\xff" + BODY)
 
 
 class Rig:
-    def __init__(self, directory: str, batch: int) -> None:
+    def __init__(self, engine: bool, directory: str) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        config = config_module.load(None, {"DATA_DIR": directory})
-        self.bridge = bridge = Bridge(config, self.clock)
-        bridge.registry = Registry(os.path.join(directory, "registry.sqlite3"))
-        self.tokens = []
-        for n in range(DEVICES):
-            token = "bench-token-%03d" % n
-            bridge.registry.add("bench device %d" % n, token, "default")
-            self.tokens.append(token.encode())
-        bridge.outbox = Outbox(os.path.join(directory, "outbox.sqlite3"), "normal")
-        bridge.outbox_commit.restore()
-        bridge.link = self.link = FakeLink()
-        cfg = config.coap
-        self.coap = coap_edge.create_protocol(bridge.requests.handle, self.clock,
-                                              cfg.empty_ack_delay, cfg.exchange_lifetime,
-                                              cfg.max_body)
-        self.coap.transport = self.udp = FakeUdp()
+        self.tokens = ["bench-token-%08d" % n for n in range(DEVICES)]
+        if engine:
+            from bridge.core import codes
+            handler = self._answer_created(codes.CREATED)
+        else:
+            handler = self._bridge(directory)
+        self.coap = coap_edge.create_protocol(handler, self.clock, 0.5, 247)
+        self.udp = FakeUdp()
+        self.coap.transport = self.udp
         self.coap.startProtocol()
-        bridge.coap = self.coap
-        bridge.coap_listening = True
-        bridge.link_up()
-        self.batch = batch
         self.mid = 0
         self.answered = 0
 
-    def turn(self) -> None:
-        """One reactor turn of ``batch`` uplinks, their PUBACKs and the next turn."""
+    @staticmethod
+    def _answer_created(code: int) -> Any:
+        from bridge.coap.message import make_response
+        answer = make_response(code)
+        return lambda request: answer
+
+    def _bridge(self, directory: str) -> Any:
+        from bridge.edge.outbox import Outbox
+        from bridge.glue.bridge import Bridge
+        from bridge.registry import Registry
+        bridge = Bridge(startup_checks.load(None, {}), self.clock)
+        registry = Registry(os.path.join(directory, "registry.sqlite3"))
+        for n, token in enumerate(self.tokens):
+            registry.add("bench device %03d" % n, token, "default")
+        bridge.registry = registry
+        bridge.outbox = Outbox(os.path.join(directory, "outbox.sqlite3"), synchronous="OFF")
+        self.bridge = bridge
+        return bridge.handle_coap
+
+    def turn(self, first: int) -> None:
+        """One reactor turn: ``TURN`` uplinks from devices ``first``, ``first + 1``, ..."""
         receive = self.coap.datagramReceived
-        for n in range(self.batch):
+        for n in range(first, first + TURN):
+            device = n % DEVICES
             self.mid = (self.mid + 1) & 0xFFFF
-            device = self.mid % DEVICES
-            receive(datagram(self.mid, self.tokens[device]), ("10.1.%d.%d" % (device >> 8,
-                                                                              device & 255),
-                                                             40000 + device))
-        self.clock.advance(0)  # the group commit, the 2.01s
-        mids, self.link.mids = self.link.mids, []
-        for mid in mids:
-            self.bridge.published(mid, 0)
-        self.clock.advance(0.05)  # the deletes; 5 uplinks/s per device, below its rate limit
-        self.bridge.tick()
+            receive(telemetry(self.tokens[device], self.mid), ("10.1.%d.%d" % (device >> 8,
+                                                                             device & 255),
+                                                                5683))
+        self.clock.advance(0)  # the end of the turn: the group commit, the answers
+        self.clock.advance(STEP)
+
+    def check(self) -> None:
+        for data, _ in self.udp.sent:
+            if data[1] != 65:  # 2.01
+                raise SystemExit("answer %d.%02d, not 2.01" % (data[1] >> 5, data[1] & 31))
+        self.answered += len(self.udp.sent)
+        self.udp.sent.clear()
+
+    def run(self, n: int, marked: bool) -> None:
+        firsts = [(first,) for first in range(0, n, TURN)]
+        if marked:  # through starmap: the one C function that marks the measured turns
+            collections.deque(itertools.starmap(self.turn, firsts), 0)
+        else:
+            for (first,) in firsts:
+                self.turn(first)
+        self.check()
 
 
-def run(n: int, batch: int) -> Rig:
-    rig = Rig(tempfile.mkdtemp(prefix="uplinkprofile-"), batch)
-    for _ in range(n // batch):
-        rig.turn()
-    sent = rig.udp.sent
-    stats = rig.bridge.core.stats
-    if stats["acknowledged"] != n // batch * batch or sent < stats["acknowledged"]:
-        raise SystemExit("only %d of %d uplinks acknowledged" % (stats["acknowledged"], n))
-    if stats["delivered"] < stats["acknowledged"] - batch:
-        raise SystemExit("only %d of %d delivered" % (stats["delivered"], n))
-    return rig
+def rig(engine: bool, warm: int = 1000) -> Rig:
+    runtime.tune_gc()
+    made = Rig(engine, tempfile.mkdtemp(prefix="uplinkprofile-"))
+    made.run(warm, marked=False)
+    made.answered = 0
+    runtime.freeze_startup_objects()
+    return made
 
 
-def _total(path: str) -> int:
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", path],
+def callgrind_report(path: str, n: int) -> None:
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
                           capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", text).group(1)
-               .replace(",", ""))
-
-
-def callgrind_report(paths: List[str], diff: int) -> None:
-    one, two = _total(paths[0]), _total(paths[1])
-    print("callgrind: %d and %d instructions; %.1f k per uplink over the %d more"
-          % (one, two, (two - one) / diff / 1000, diff))
+    match = re.search(r"^\s*([\d,]+) \([^)]*\)\s+\S*:starmap_next", text, re.M)
+    if match is None:
+        raise SystemExit("no starmap_next in %s" % path)
+    count = int(match.group(1).replace(",", ""))
+    print("callgrind, %d uplinks: %.0f instructions per uplink" % (n, count / n))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-n", type=int, default=200, help="uplinks (a multiple of --batch)")
-    parser.add_argument("--batch", type=int, default=50, help="uplinks per reactor turn")
+    parser.add_argument("-n", type=int, default=4000, help="uplinks measured (turns of 50)")
+    parser.add_argument("--engine", action="store_true",
+                        help="the CoAP engine alone: a handler that answers 2.01 at once")
+    parser.add_argument("--callgrind-report", metavar="FILE",
+                        help="print the instructions per uplink from callgrind's output")
+    parser.add_argument("--profile", action="store_true", help="cProfile breakdown")
     parser.add_argument("--time", action="store_true", help="CPU µs per uplink")
-    parser.add_argument("--callgrind-report", metavar="FILE", nargs=2)
-    parser.add_argument("--diff", type=int, default=4000,
-                        help="uplinks the second callgrind run has more than the first")
+    parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     if args.callgrind_report:
-        callgrind_report(args.callgrind_report, args.diff)
+        callgrind_report(args.callgrind_report, args.n)
         return
+    made = rig(args.engine)
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        made.run(args.n, marked=False)
+        profiler.disable()
+        stats = pstats.Stats(profiler).strip_dirs()
+        stats.sort_stats("tottime").print_stats(args.top)
+        return
+    start = time.process_time()
+    made.run(args.n, marked=True)
+    spent = time.process_time() - start
+    if made.answered != args.n:
+        raise SystemExit("%d answers to %d uplinks" % (made.answered, args.n))
     if args.time:
-        started = time.process_time()
-        run(args.n, args.batch)
-        print("%.1f µs per uplink (CPU, whole path)"
-              % ((time.process_time() - started) / args.n * 1e6))
-        return
-    run(args.n, args.batch)
+        print("%.1f µs per uplink (CPU time)" % (spent / args.n * 1e6))
+    else:
+        print("%d uplinks answered 2.01" % made.answered)
 
 
 if __name__ == "__main__":

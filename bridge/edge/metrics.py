@@ -26,7 +26,8 @@ while the reactor changes it (and it imports the global reactor).
 ``/readyz`` answers 200 while the bridge can accept and store uplinks
 (``bridge.glue.readiness``), ``ready`` or ``ready; degraded: mqtt not connected``,
 otherwise 503 and ``not ready: ...`` naming what is missing (a readiness probe,
-a load balancer's check).
+a load balancer's check). What an operator should know either way follows on lines
+of its own (``notes``: the platform changes journaled for a registry that is away).
 
 A scrape or a probe is normal traffic: its access line is logged at debug, not
 at info (``twisted.web``'s default), so a Prometheus polling every few seconds
@@ -231,35 +232,38 @@ class HealthResource(Resource):
         return b"ok\n"
 
 
-def render_ready(missing: List[str], notes: List[str]) -> Tuple[int, bytes]:
+def render_ready(missing: List[str], degraded: List[str],
+                 notes: Sequence[str] = ()) -> Tuple[int, bytes]:
     """``/readyz``'s status and body: ``ready``, ``ready; degraded: ...`` (200) or
-    ``not ready: ...[; degraded: ...]`` (503)."""
+    ``not ready: ...[; degraded: ...]`` (503), then one line a note."""
     text = ("not ready: " + ", ".join(missing)) if missing else "ready"
-    if notes:
-        text += "; degraded: " + ", ".join(notes)
-    return (503 if missing else 200), (text + "\n").encode("utf-8")
+    if degraded:
+        text += "; degraded: " + ", ".join(degraded)
+    return (503 if missing else 200), "".join(
+        line + "\n" for line in [text] + list(notes)).encode("utf-8")
 
 
-def parse_ready(body: str) -> Tuple[List[str], List[str]]:
-    """What ``render_ready`` wrote: (missing, degraded)."""
-    text, _, degraded = body.strip().partition("; degraded: ")
-    notes = degraded.split(", ") if degraded else []
+def parse_ready(body: str) -> Tuple[List[str], List[str], List[str]]:
+    """What ``render_ready`` wrote: (missing, degraded, notes)."""
+    first, *notes = body.strip().splitlines() or [""]
+    text, _, degraded = first.partition("; degraded: ")
     missing = text[len("not ready: "):].split(", ") if text.startswith("not ready: ") else []
-    return missing, notes
+    return missing, (degraded.split(", ") if degraded else []), [n for n in notes if n]
 
 
 class ReadyResource(Resource):
-    """``/readyz``: ``render_ready`` of what ``check()`` says."""
+    """``/readyz``: ``render_ready`` of what ``check()`` says, and ``notes()``."""
 
     isLeaf = True
 
-    def __init__(self, check: Readiness):
+    def __init__(self, check: Readiness, notes: Callable[[], List[str]] = lambda: []):
         super().__init__()
         self.check = check
+        self.notes = notes
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", TEXT)
-        status, body = render_ready(*self.check())
+        status, body = render_ready(*self.check(), self.notes())
         request.setResponseCode(status)
         return body
 
@@ -292,11 +296,12 @@ class MetricsSite(Site):
     protocol = _Channel
 
     def __init__(self, registry: CollectorRegistry, check: Readiness = lambda: ([], []),
-                 idle_timeout: float = 10.0, max_connections: int = 32):
+                 idle_timeout: float = 10.0, max_connections: int = 32,
+                 notes: Callable[[], List[str]] = lambda: []):
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry))
         root.putChild(b"healthz", HealthResource())
-        root.putChild(b"readyz", ReadyResource(check))
+        root.putChild(b"readyz", ReadyResource(check, notes))
         super().__init__(root, timeout=idle_timeout)
         self.max_connections = max_connections
         self.channels: Dict[_Channel, None] = {}  # open, the longest-open first

@@ -150,27 +150,30 @@ class WorkerMetrics:
         return merge(groups + [[up, restarts]])
 
     def readiness(self) -> defer.Deferred:
-        """(missing, degraded) of the pod, from every worker's ``/readyz``."""
+        """(missing, degraded, notes) of the pod, from every worker's ``/readyz`` (notes
+        each once: workers of one DATA_DIR share its journal, so they say the same)."""
         return self._each("/readyz").addCallback(self._aggregate)
 
     @staticmethod
-    def _aggregate(answers: List[Tuple[int, Any]]) -> Tuple[List[str], List[str]]:
+    def _aggregate(answers: List[Tuple[int, Any]]) -> Tuple[List[str], List[str], List[str]]:
         missing: List[str] = []
+        degraded: List[str] = []
         notes: List[str] = []
         serving = 0
         for worker, answer in answers:
             if answer is None:
-                notes.append("worker %d not serving" % worker)
+                degraded.append("worker %d not serving" % worker)
                 continue
-            lacks, degraded = parse_ready(answer[1])
+            lacks, worse, said = parse_ready(answer[1])
             if answer[0] == 200:
                 serving += 1
             else:
                 missing += ["worker %d: %s" % (worker, text) for text in lacks or ["not ready"]]
-            notes += ["worker %d: %s" % (worker, text) for text in degraded]
+            degraded += ["worker %d: %s" % (worker, text) for text in worse]
+            notes += [line for line in said if line not in notes]
         if not serving and not missing:
             missing.append("no worker serving")
-        return missing, notes
+        return missing, degraded, notes
 
 
 class _Deferred(Resource):
@@ -221,7 +224,7 @@ class _AllReady(_Deferred):
     def answer(self, request: Any) -> defer.Deferred:
         request.setHeader(b"content-type", TEXT)
 
-        def body(state: Tuple[List[str], List[str]]) -> bytes:
+        def body(state: Tuple[List[str], List[str], List[str]]) -> bytes:
             status, text = render_ready(*state)
             request.setResponseCode(status)
             return text

@@ -6,18 +6,23 @@ Read from the source (no import needed). Every import of a module under ``bridge
 own modules (those imported only for type checking and inside functions too); a module
 reached that imports Twisted, paho, a database driver, sockets, pyOpenSSL, a subprocess,
 or a bridge module outside the layer's allowed set (the edges, the glue, the service...)
-fails here. The CoAP layer may import txThings' codec (``txthings.coap``), nothing else of
-txThings; the others not even that. The settings may read their YAML file, nothing else:
-no module of theirs opens a file but the loader.
+fails here, as does one that imports txThings (whose codec imports Twisted's reactor).
+The settings may read their YAML file, nothing else: no module of theirs opens a file but
+the loader. Within ``bridge/coap/``, the exchange layer (shared by every transport)
+imports nothing of the datagram message layer, transitively, and the codec nothing of
+either layer. And in a fresh interpreter, importing every module of these packages loads
+no Twisted module at all.
 """
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "bridge")
-FORBIDDEN = ("twisted", "paho", "sqlite3", "socket", "psycopg", "psycopg_pool", "OpenSSL",
+FORBIDDEN = ("twisted", "txthings", "six", "paho", "sqlite3", "socket", "psycopg", "psycopg_pool", "OpenSSL",
              "cryptography", "select", "selectors", "asyncio", "threading", "subprocess",
              "multiprocessing", "http", "urllib.request", "ssl", "prometheus_client")
 # the bridge's own modules each layer may reach: itself and the pure layers below it
@@ -28,7 +33,10 @@ ALLOWED_OWN = {
     "coap": ("bridge.coap", "bridge.core", "bridge.settings", "bridge.registry_url"),
     "dtls": ("bridge.dtls", "bridge.core", "bridge.settings", "bridge.registry_url"),
 }
-ALLOWED_TXTHINGS = {"core": (), "coap": ("txthings.coap",), "dtls": (), "settings": ()}
+# bridge/coap/ by layer: the message layer of datagram transports, the exchange layer that
+# every transport shares, and the codec under both (its modules: every other one)
+MESSAGE_LAYER = ("datagram.py", "dedup.py")
+EXCHANGE_LAYER = ("exchange.py", "blocks.py")
 
 
 def modules(layer):
@@ -91,8 +99,6 @@ def violations(layer, name):
             top = imported.split(".")[0]
             if top in FORBIDDEN or under(imported, [f for f in FORBIDDEN if "." in f]):
                 bad.append((module, imported))
-            elif top == "txthings" and not under(imported, ALLOWED_TXTHINGS[layer]):
-                bad.append((module, imported))
             elif top == "bridge" and imported != "bridge":
                 if not under(imported, ALLOWED_OWN[layer]):
                     bad.append((module, imported))
@@ -151,3 +157,58 @@ def test_only_the_settings_loader_opens_a_file():
         if name == "loader.py":
             touching -= {"open", "isfile"}  # the configuration file, and whether there is one
         assert not touching, (name, touching)
+
+
+def coap_closure(name):
+    """The modules of bridge/coap/ that ``bridge/coap/<name>`` imports, transitively."""
+    seen, todo = set(), [dotted_name("coap", name)]
+    while todo:
+        module = todo.pop()
+        path = source_of(module)
+        if path is None:
+            continue
+        for imported in imports_of(path, module):
+            parts = imported.split(".")
+            if parts[:2] == ["bridge", "coap"] and len(parts) > 2 \
+                    and source_of(".".join(parts[:3])) is not None \
+                    and parts[2] + ".py" not in seen:
+                seen.add(parts[2] + ".py")
+                todo.append(".".join(parts[:3]))
+    return seen
+
+
+@pytest.mark.parametrize("name", EXCHANGE_LAYER)
+def test_the_exchange_layer_imports_nothing_of_the_message_layer(name):
+    assert coap_closure(name) & set(MESSAGE_LAYER) == set()
+
+
+@pytest.mark.parametrize("name", [n for n in modules("coap")
+                                  if n not in MESSAGE_LAYER + EXCHANGE_LAYER])
+def test_the_codec_imports_neither_layer(name):
+    assert coap_closure(name) & set(MESSAGE_LAYER + EXCHANGE_LAYER) == set()
+
+
+def test_the_layer_closure_sees_transitive_imports(tmp_path, monkeypatch):
+    (tmp_path / "coap").mkdir()
+    (tmp_path / "coap" / "exchange.py").write_text("from .blocks import Uploads\n")
+    (tmp_path / "coap" / "blocks.py").write_text("from . import dedup\n")
+    (tmp_path / "coap" / "dedup.py").write_text("import collections\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
+    assert coap_closure("exchange.py") == {"blocks.py", "dedup.py"}
+
+
+def test_the_layer_table_names_modules_that_exist():
+    assert set(MESSAGE_LAYER + EXCHANGE_LAYER) <= set(modules("coap"))
+
+
+def test_importing_the_pure_packages_loads_no_twisted_and_no_txthings():
+    # a fresh interpreter: what importing the sans-IO packages (every module) pulls in
+    names = [dotted_name(layer, name) for layer in ALLOWED_OWN for name in modules(layer)]
+    code = ("import importlib, sys\n"
+            "for name in %r:\n"
+            "    importlib.import_module(name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('twisted', 'txthings', 'six', 'OpenSSL', 'paho')))" % (names,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=os.path.join(ROOT, "..")).stdout
+    assert out.strip() == "[]"

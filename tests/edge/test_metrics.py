@@ -3,17 +3,18 @@ metrics, the two histograms, and a registry per bridge."""
 
 from __future__ import annotations
 
-import txthings.coap as txcoap
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from bridge import settings as config_module
 from bridge import startup_checks
+from bridge.core import codes
 from bridge.edge.metrics import MetricsSite
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
 from bridge.registry import Registry
+from coaplayer import incoming
 
 # The names and types of the hand-written exposition (tests and dashboards scrape them).
 NAMES = {
@@ -30,6 +31,7 @@ NAMES = {
     "ota_fetches_total": "counter", "unknown_credential_total": "counter",
     "credential_mismatch_total": "counter", "devices_auto_registered_total": "counter",
     "ready": "gauge", "registry_reachable": "gauge",
+    "registry_changes_waiting": "gauge",
 }
 
 
@@ -109,13 +111,9 @@ def test_request_to_answer_and_store_to_puback_times_are_histograms(tmp_path):
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
     bridge.link = link = FakeLink()
     bridge.link_up()
-    message = txcoap.Message(mtype=txcoap.CON, mid=1, code=txcoap.POST, payload=b'{"t": 1}',
-                             token=b"t")
-    message.opt.uri_path = (b"api", b"v1", b"tok", b"telemetry")
-    message.remote = ("10.0.0.7", 5683)
-    answer = bridge.handle_coap(message)
+    answer = bridge.handle_coap(incoming(("10.0.0.7", 5683), payload=b'{"t": 1}'))
     clock.advance(0.003)  # the end of the turn writes it: answered 3 ms after it came
-    assert answer.result.message.code == txcoap.CREATED
+    assert answer.result.message.code == codes.CREATED
     clock.advance(1)
     for mid, topic in link.sent:  # the device's connect, then its telemetry: 2 s after 2.01
         if topic.endswith("telemetry"):

@@ -40,7 +40,8 @@ def test_readyz_is_200_when_nothing_is_missing_even_if_degraded():
 
 
 def test_what_readyz_writes_parses_back():
-    for state in (([], []), (["a", "b"], []), ([], ["c"]), (["a"], ["c", "d"])):
+    for state in (([], [], []), (["a", "b"], [], []), ([], ["c"], ["a note"]),
+                  (["a"], ["c", "d"], ["one note", "another"])):
         assert parse_ready(render_ready(*state)[1].decode()) == state
 
 

@@ -4,17 +4,20 @@ label (many devices from many addresses make no new series)."""
 
 from __future__ import annotations
 
-import txthings.coap as txcoap
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from bridge import settings as config_module
+from bridge.core import codes
 from bridge.core.routes import METRIC_ROUTES, metric_route
 from bridge.edge.metrics import HandshakeMetrics, MetricsSite
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
 from bridge.registry import Registry
+from coaplayer import incoming
+
+GET, POST = codes.GET, codes.POST
 
 
 class FakeLink:
@@ -55,11 +58,9 @@ def rig(tmp_path, devices=2):
 
 def send(bridge, clock, method, path, remote, payload=b"", mid=[0]):
     mid[0] += 1
-    message = txcoap.Message(mtype=txcoap.CON, mid=mid[0] & 0xFFFF, code=method,
-                             payload=payload, token=b"t%d" % mid[0])
-    message.opt.uri_path = tuple(part.encode() for part in path.strip("/").split("/"))
-    message.remote = remote
-    answer = bridge.handle_coap(message)
+    answer = bridge.handle_coap(incoming(
+        remote, method, tuple(part.encode() for part in path.strip("/").split("/")),
+        payload, b"t%d" % mid[0], mid[0] & 0xFFFF))
     clock.advance(0.003)  # the turn's end: the outbox written, the answers given
     return answer
 
@@ -81,14 +82,14 @@ def test_each_answer_is_counted_by_route_code_and_transport(tmp_path):
     bridge, clock = rig(tmp_path)
     bridge.requests.counts.register(FakeSession, "dtls")
     udp = ("10.0.0.7", 5683)
-    send(bridge, clock, txcoap.POST, "/api/v1/tok0/telemetry", udp, b'{"t": 1}')
-    send(bridge, clock, txcoap.POST, "/api/v1/tok0/telemetry", udp, b'{"t": 2}')
-    send(bridge, clock, txcoap.POST, "/api/v1/nope/telemetry", udp, b'{"t": 1}')
-    send(bridge, clock, txcoap.POST, "/api/v1/tok0/attributes", udp, b'{"a": 1}')
-    send(bridge, clock, txcoap.POST, "/api/v1/tok0/rpc/5", udp, b'{"ok": 1}')
-    send(bridge, clock, txcoap.POST, "/api/v1/tok0/claim", udp, b'{}')
-    send(bridge, clock, txcoap.GET, "/nothing/here", udp)
-    send(bridge, clock, txcoap.POST, "/api/v1/tok1/telemetry", FakeSession(udp), b'{"t": 3}')
+    send(bridge, clock, POST, "/api/v1/tok0/telemetry", udp, b'{"t": 1}')
+    send(bridge, clock, POST, "/api/v1/tok0/telemetry", udp, b'{"t": 2}')
+    send(bridge, clock, POST, "/api/v1/nope/telemetry", udp, b'{"t": 1}')
+    send(bridge, clock, POST, "/api/v1/tok0/attributes", udp, b'{"a": 1}')
+    send(bridge, clock, POST, "/api/v1/tok0/rpc/5", udp, b'{"ok": 1}')
+    send(bridge, clock, POST, "/api/v1/tok0/claim", udp, b'{}')
+    send(bridge, clock, GET, "/nothing/here", udp)
+    send(bridge, clock, POST, "/api/v1/tok1/telemetry", FakeSession(udp), b'{"t": 3}')
     counted = series(bridge)
     assert counted == {
         labels("telemetry", "2.01"): 2, labels("telemetry", "4.01"): 1,
@@ -105,9 +106,9 @@ def test_many_devices_from_many_addresses_make_no_new_series(tmp_path):
     def traffic(devices):
         for n in devices:
             remote = ("10.%d.%d.%d" % (n >> 16 & 255, n >> 8 & 255, n & 255), 1024 + n)
-            send(bridge, clock, txcoap.POST, "/api/v1/tok%d/telemetry" % n, remote, b'{"t": 1}')
-            send(bridge, clock, txcoap.POST, "/api/v1/bad%d/telemetry" % n, remote, b'{}')
-            send(bridge, clock, txcoap.GET, "/api/v1/tok%d/nonsense%d" % (n, n), remote)
+            send(bridge, clock, POST, "/api/v1/tok%d/telemetry" % n, remote, b'{"t": 1}')
+            send(bridge, clock, POST, "/api/v1/bad%d/telemetry" % n, remote, b'{}')
+            send(bridge, clock, GET, "/api/v1/tok%d/nonsense%d" % (n, n), remote)
             clock.advance(1)  # within the devices' rate
     traffic(range(3))
     few = series(bridge)
@@ -121,7 +122,7 @@ def test_many_devices_from_many_addresses_make_no_new_series(tmp_path):
 
 
 def test_a_route_is_one_of_a_fixed_set_whatever_the_path():
-    post, get = txcoap.POST, txcoap.GET
+    post, get = POST, GET
     assert [metric_route(method, tuple(path.split("/"))) for method, path in (
         (post, "api/v1/t/telemetry"), (post, "api/v1/t/attributes"),
         (get, "api/v1/t/attributes"), (get, "api/v1/t/rpc"), (post, "api/v1/t/rpc/12"),
