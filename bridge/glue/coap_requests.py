@@ -111,8 +111,9 @@ class CoapRequests:
                 d = defer.Deferred()
                 cell = self._uplink_cells.get((plain[1], type(peer)))
                 if cell is None:
-                    cell = self._uplink_cells[(plain[1], type(peer))] = \
-                        self.counts.cell(plain[1], peer).codes
+                    cell = self.counts.cell(plain[1], peer).codes
+                    if self.counts.static(type(peer)):
+                        self._uplink_cells[(plain[1], type(peer))] = cell
                 self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds(), cell)
                 self.admission.hold(peer)
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))

@@ -5,9 +5,10 @@
 only: ``route`` one of ``routes.METRIC_ROUTES``, ``code`` the CoAP response code
 (``2.01``, ``4.01``...: at most 256), ``transport`` the name the peer's class was
 registered under (``udp`` for a (host, port) tuple, ``dtls`` for a DTLS session: the
-CoAPs service registers its session class; a reliable transport registers its own),
-``other`` for a peer class nobody registered. No device name or address ever becomes a
-label.
+CoAPs service registers its session class), or for a class that serves several (the
+RFC 8323 connections' ``StreamPeer``) the name of one of its attribute's known values
+(``tcp``, ``tls``, ``ws``, ``wss``); ``other`` for anything nobody registered. No device
+name or address ever becomes a label.
 
 The count is kept on the hot path without a label lookup: a request takes its
 ``CodeCounts`` cell (one per route and peer class, found by one dict lookup) when it
@@ -38,6 +39,8 @@ class CodeCounts:
 class RequestCounts:
     def __init__(self) -> None:
         self.transports: Dict[type, str] = {tuple: "udp"}
+        # peer class -> (attribute, its value -> transport name): a label per instance
+        self.by_attribute: Dict[type, Tuple[str, Dict[Any, str]]] = {}
         self._cells: Dict[Tuple[str, type], CodeCounts] = {}
         self._by_labels: Dict[Tuple[str, str], CodeCounts] = {}
 
@@ -45,9 +48,24 @@ class RequestCounts:
         """Peers of ``peer_class`` are counted under ``transport``."""
         self.transports[peer_class] = transport
 
+    def register_by(self, peer_class: type, attribute: str, names: Dict[Any, str]) -> None:
+        """Peers of ``peer_class`` are counted under ``names[peer.<attribute>]`` (a value
+        not in ``names``: other)."""
+        self.by_attribute[peer_class] = (attribute, dict(names))
+
+    def static(self, peer_class: type) -> bool:
+        """Whether every peer of the class is counted under one name (its cells may be
+        kept by class)."""
+        return peer_class not in self.by_attribute
+
     def cell(self, route: str, peer: Any) -> CodeCounts:
         """Where the answer to a request of ``route`` from ``peer`` is counted."""
         kind = type(peer)
+        named = self.by_attribute.get(kind)
+        if named is not None:
+            if route not in METRIC_ROUTES:
+                route = OTHER
+            return self._labelled((route, named[1].get(getattr(peer, named[0], None), OTHER)))
         found = self._cells.get((route, kind))
         if found is None:
             if route not in METRIC_ROUTES:  # (a caller's mistake: still a bounded label)
@@ -56,7 +74,9 @@ class RequestCounts:
         return found
 
     def _new_cell(self, route: str, kind: type) -> CodeCounts:
-        labels = (route, self.transports.get(kind, OTHER))
+        return self._labelled((route, self.transports.get(kind, OTHER)))
+
+    def _labelled(self, labels: Tuple[str, str]) -> CodeCounts:
         found = self._by_labels.get(labels)
         if found is None:  # two peer classes of one transport share their cells
             found = self._by_labels[labels] = CodeCounts(*labels)

@@ -148,3 +148,27 @@ def test_handshake_metrics_have_every_outcome_and_method_and_time_by_method():
     observed = {s.labels["method"]: s.value for s in seconds.samples
                 if s.name.endswith("_count")}
     assert observed == {"psk": 1, "x509": 1, "none": 0}  # a failure has no duration
+
+
+class FakeStream:
+    """A peer class serving several transports (as the RFC 8323 connections' StreamPeer)."""
+
+    credential = None
+
+    def __init__(self, address, scheme):
+        self.key = "stream %s %s" % (scheme, address)
+        self.address = address
+        self.scheme = scheme
+
+
+def test_a_peer_class_of_several_transports_is_counted_by_its_attribute(tmp_path):
+    bridge, clock = rig(tmp_path)
+    bridge.requests.counts.register_by(FakeStream, "scheme", {"coap+tcp": "tcp",
+                                                              "coap+ws": "ws"})
+    for n, scheme in enumerate(("coap+tcp", "coap+ws", "coap+ws", "gopher")):
+        send(bridge, clock, POST, "/api/v1/tok0/telemetry", FakeStream(("10.0.0.%d" % n, 9),
+                                                                       scheme), b'{"t": 1}')
+        clock.advance(1)
+    assert series(bridge) == {labels("telemetry", "2.01", "tcp"): 1,
+                              labels("telemetry", "2.01", "ws"): 2,
+                              labels("telemetry", "2.01", "other"): 1}
