@@ -22,6 +22,9 @@ none): it takes a whole request message from its transport and gives back values
 * ``notification(token, ...)``: a notification, as its first block when it is longer
   than its relation's block size (RFC 7959 §2.6: the device GETs the rest); a block
   size over 1024 makes that a BERT block.
+* ``observation_ended(token, code, ...)``: the notification that ends a relation the
+  server cannot go on with: an error code and no Observe option (RFC 7641 §3.2, §4.2),
+  after which a client registers again if it still wants notifications.
 
 A Block option with SZX 7 (BERT) is refused (4.02) unless the layer was made with a
 ``bert`` predicate that says yes for the peer (a reliable connection whose two CSMs offer
@@ -202,6 +205,15 @@ class ExchangeLayer:
         first = Message(code, token, tuple(options), payload[:block_size])
         szx = block_size.bit_length() - 5 if block_size <= codes.BLOCK_SIZE else BERT
         return block_options(first, 0, szx, len(payload), etag(payload))
+
+    @staticmethod
+    def observation_ended(token: bytes, code: int, diagnostic: bytes = b"",
+                          max_age: Optional[int] = None) -> Message:
+        """A notification ending the relation of ``token``: ``code`` (4.xx or 5.xx), a
+        diagnostic text, no Observe option (RFC 7641 §3.2, §4.2)."""
+        answer = make_response(code, diagnostic, codes.TEXT_PLAIN if diagnostic else None,
+                               max_age)
+        return Message(answer.code, token, answer.options, answer.payload)
 
     def next_timer(self) -> Optional[float]:
         """When ``handle_timer`` must run next (an upload expires), or None."""
