@@ -95,7 +95,9 @@ class DtlsConfig:
     mtu: int = 1232  # largest datagram sent (IPv6's 1280 less its headers)
     handshake_timeout: float = 30.0
     idle_timeout: float = 600.0
-    max_sessions: int = 10000
+    max_sessions: int = 10000  # established sessions
+    max_handshakes: int = 1000  # half-open handshakes (cookie verified, not finished)
+    max_handshakes_per_address: int = 20  # half-open handshakes from one address
     handshake_rate: float = 10.0  # handshakes per second per source address
     handshake_burst: float = 20.0
     ciphers: str = DTLS_CIPHERS
@@ -344,7 +346,7 @@ _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "provisioning.timeout", "provisioning.max_concurrent", "provisioning.peer_burst",
              "ota.chunk_size", "ota.timeout", "ota.cache_max_bytes", "registry.pool_size",
              "dtls.handshake_timeout", "dtls.idle_timeout", "dtls.max_sessions",
-             "dtls.handshake_burst")
+             "dtls.max_handshakes", "dtls.max_handshakes_per_address", "dtls.handshake_burst")
 
 
 # Settings renamed: old key -> new key, old environment name -> new one. The old ones are

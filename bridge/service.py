@@ -279,7 +279,9 @@ class _DtlsService(Service):
         cfg = bridge.config.dtls
         view = bridge.registry_view
         # psk_key: the handshake's synchronous lookup in the registry's copy
-        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor, view.psk_key)
+        # observes: a session whose device only observes is not idle (docs/device-api.md)
+        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor, view.psk_key,
+                                                 in_use=bridge.core.observes)
         interface = cfg.bind_address or bridge.config.coap.bind_address
         try:
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,

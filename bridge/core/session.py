@@ -175,6 +175,12 @@ class GatewayCore:
         """A DTLS session ended: its observe relations end (their items wait again)."""
         return self.subscriptions.on_peer_gone(remote, now)
 
+    def observes(self, remote: Any) -> bool:
+        """Whether ``remote`` (a DTLS session) observes anything: such a session is in use
+        however long the device stays silent (its CON notifications show whether it is
+        still there)."""
+        return self.subscriptions.observers.observed_by(remote)
+
     def reconnect_device(self, name: str, now: float) -> List[Action]:
         """The device's own MQTT session (OTA download) evicted its gateway sub-session."""
         return self.devices.reconnect(name, now)

@@ -65,6 +65,7 @@ def whole(datagram: bytes) -> bytes:
 
 DTLS_1_2 = b"\xfe\xfd"
 SESSION_EPOCH = b"\x00\x01"  # renegotiation is off: a session's keys stay those of epoch 1
+_PROTECTED = (ALERT, HANDSHAKE, APPLICATION_DATA)
 
 
 def min_body(cipher: str) -> int:
@@ -84,6 +85,35 @@ def min_body(cipher: str) -> int:
     return 16 + min(-(-(mac + 1) // 16) * 16, 16 + mac)
 
 
+class Protected(NamedTuple):
+    data: bytes  # the records an established session may read, whole and in order
+    count: int  # how many
+    largest: int  # the longest body among them (bytes): no plaintext of theirs is longer
+
+
+def protected(datagram: bytes, shortest: int = 0) -> Protected:
+    """``encrypted_only``, with how many records it kept and the longest body: one
+    ``SSL_read`` per record reads each whole (DTLS returns one record per call, and a
+    record's plaintext is shorter than its body), and no more calls than that are made."""
+    at, end = 0, len(datagram)
+    kept: List[bytes] = []
+    largest = 0
+    while end - at >= HEADER:
+        size = int.from_bytes(datagram[at + 11:at + 13], "big")
+        stop = at + HEADER + size
+        if stop > end:
+            break  # truncated: this one and what follows are discarded (see ``whole``)
+        if datagram[at + 1:at + 3] == DTLS_1_2 and datagram[at + 3:at + 5] == SESSION_EPOCH \
+                and datagram[at] in _PROTECTED and size >= shortest:
+            kept.append(datagram[at:stop])
+            if size > largest:
+                largest = size
+        at = stop
+    if len(kept) == 1:
+        return Protected(kept[0], 1, largest)
+    return Protected(b"".join(kept), len(kept), largest)
+
+
 def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
     """The records of ``datagram`` an established session's keys protect: DTLS 1.2,
     epoch 1, alert, handshake or application data; whole and in order. Anything else
@@ -92,10 +122,7 @@ def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
     record with a fatal alert (ending the session), and would hold a record of a later
     epoch for keys that never come, so it sees none of them. (A lost last flight is
     still retransmitted: the client's Finished, which prompts that, is in epoch 1.)"""
-    kept = [r for r in split_records(whole(datagram))
-            if r[1:3] == DTLS_1_2 and r[3:5] == SESSION_EPOCH
-            and r[0] in (ALERT, HANDSHAKE, APPLICATION_DATA) and len(r) - HEADER >= shortest]
-    return b"".join(kept)
+    return protected(datagram, shortest).data
 
 
 def content_type(datagram: bytes) -> Optional[int]:

@@ -61,6 +61,9 @@ class BridgeCoap(DatagramProtocol):
         self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
         # hears the peers that ended (DTLS sessions), so their observations end too
         self.on_peer_gone: Callable[[Any], None] = lambda peer: None
+        # what goes to a peer that is not a (host, port) pair of this port: a DTLS
+        # session's, encrypted by the DTLS edge (``edge.dtls_coap`` sets it)
+        self.send_to_session: Callable[[bytes, Any], None] = _no_sessions
         self._call: Any = None  # the one timer, due at the endpoint's next_timer()
         self._armed = 0.0
         self._receiving = False  # in datagramReceived, which sends what is due at its end
@@ -84,8 +87,9 @@ class BridgeCoap(DatagramProtocol):
         self.received(data, (remote[0], remote[1]))
 
     def received(self, data: bytes, peer: Any) -> None:
-        """A CoAP datagram from ``peer``: a (host, port) of this port, or a DTLS session
-        (an object with ``key``, ``address`` and ``send(datagram)``) that decrypted it."""
+        """A CoAP datagram from ``peer``: a (host, port) of this port, or the
+        ``DtlsPeer`` of the DTLS session that decrypted it (with ``key`` and
+        ``address``; what goes to it goes to ``send_to_session``)."""
         exchange = self.endpoint.receive_datagram(data, peer, self.clock.seconds())
         if exchange is not None:
             self._receiving = True
@@ -160,7 +164,7 @@ class BridgeCoap(DatagramProtocol):
                 if type(peer) is tuple:
                     write(data, (str(peer[0]), peer[1]))
                 else:
-                    peer.send(data)  # a DTLS session encrypts it
+                    self.send_to_session(data, peer)  # a DTLS session encrypts it
         if endpoint.outcomes:
             outcomes, endpoint.outcomes = endpoint.outcomes, []
             for ref, outcome in outcomes:
@@ -180,6 +184,10 @@ class BridgeCoap(DatagramProtocol):
         self._call = None
         self.endpoint.handle_timer(self.clock.seconds())
         self._flush()
+
+
+def _no_sessions(data: bytes, peer: Any) -> None:
+    raise TypeError("no DTLS port to send to %r through" % (peer,))
 
 
 _installed = False

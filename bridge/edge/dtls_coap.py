@@ -1,0 +1,36 @@
+"""The one place where the DTLS edge meets the CoAP side.
+
+The sans-IO DTLS server (``bridge.dtls.server``) knows nothing of CoAP; the plain-UDP
+transport (``edge.coap.BridgeCoap``) owns the CoAP endpoint. Until both are driven by
+one datagram driver, this adapter joins them: a finished handshake makes the peer
+trusted (its handshake proved its address, RFC 7252 §11.3), each record's plaintext is
+one CoAP datagram from the peer, an ended session is forgotten (its observe relations
+end), and what the endpoint sends to a ``DtlsPeer`` comes back here to be encrypted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..dtls.events import DtlsPeer
+
+
+class CoapOverDtls:
+    def __init__(self, coap: Any, send: Callable[[DtlsPeer, bytes], None]):
+        # BridgeCoap: .received(data, peer), .trust(peer), .forget(peer), and the hook its
+        # output for a peer that is not a (host, port) pair goes to
+        self.coap = coap
+        coap.send_to_session = self._output
+        self._send = send
+
+    def _output(self, data: bytes, peer: Any) -> None:
+        self._send(peer, data)
+
+    def established(self, peer: DtlsPeer) -> None:
+        self.coap.trust(peer)
+
+    def plaintext(self, peer: DtlsPeer, data: bytes) -> None:
+        self.coap.received(data, peer)
+
+    def ended(self, peer: DtlsPeer) -> None:
+        self.coap.forget(peer)
