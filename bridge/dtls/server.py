@@ -14,9 +14,10 @@ stream (RFC 8323's coaps+tcp) with a stream driver in place of the datagram one.
 Facts and pitfalls followed are in ../shared/spec/dtls-notes.md (P1...).
 
 * The cookie phase is ``listener.Listener``: no state for an address before its
-  cookie verifies; then, within the bounds of ``sessions.SessionTable`` (established
-  sessions, half-open handshakes in all and per address) and the handshake rate of
-  ``sessions.HandshakeGuard``, the listener's connection becomes the session's.
+  cookie verifies; then, if ``admission.Admission`` lets it start (the bounds of
+  ``sessions.SessionTable`` on established sessions and on half-open handshakes in
+  all and per address, the handshake rate of ``sessions.HandshakeGuard``), the
+  listener's connection becomes the session's.
 * A ClientHello on an address that has a session (a rebooted device, RFC 6347
   §4.2.8) replaces it only once its cookie verifies, and a late copy of the session's
   own ClientHello (same client random) is ignored (P5).
@@ -52,6 +53,7 @@ from .context import build_context, credential_of, openssl_reason
 from .cookies import CookieJar
 from .events import (FAILED, PSK, TIMED_OUT, UNKNOWN, X509, DtlsPeer, Event,
                      HandshakeFailed, Plaintext, SessionEnded, SessionEstablished)
+from .admission import Admission
 from .listener import Listener
 from .resumption import Resumption, secret_of
 from .sessions import HandshakeGuard, SessionTable
@@ -60,7 +62,6 @@ Address = Tuple[str, int]
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 MAX_PLAINTEXT = 16384  # a DTLS 1.2 record's plaintext at most (RFC 6347 §4.1: 2^14)
 SWEEP = 10.0  # s between sweeps of the guard's buckets and negative cache
-NOTE_EVERY = 60.0  # s between info lines about refusals: a flood must not flood the log
 
 FORGOTTEN = "credential forgotten"
 # sessions ended for these reasons must not be resumed (cryptography exposes no
@@ -114,8 +115,9 @@ class DtlsServer:
         self.table = SessionTable(cfg.max_sessions, cfg.handshake_timeout, cfg.idle_timeout,
                                   cfg.max_handshakes, cfg.max_handshakes_per_address)
         self.guard = HandshakeGuard(cfg.handshake_rate, cfg.handshake_burst)
-        self.resumption = Resumption()
         self.stats: Dict[str, int] = {name: 0 for name in STATS}
+        self.admission = Admission(self.table, self.guard, self.stats, log)
+        self.resumption = Resumption()
         self.listener = Listener(CookieJar(random_bytes, now), cfg.mtu)
         self.context = build_context(cfg, self.listener.cookie_generate,
                                      self.listener.cookie_verify)
@@ -130,7 +132,6 @@ class DtlsServer:
         # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
         # session, or one whose timer_due moved) left in place and skipped when on top
         self._timers: List[Tuple[float, str, _Session]] = []
-        self._noted: Dict[str, float] = {}  # refusal kind -> when last logged at info
 
     # -- the driver's API --------------------------------------------------------------
 
@@ -300,56 +301,16 @@ class DtlsServer:
                 self.log.debug("Unreadable ClientHello from {peer}: {reason}",
                                peer="%s:%d" % address, reason=heard.error)
             return
-        if not self._admit(address, now):
+        ending = self.admission.admit(address, now)
+        if ending is None:
             return
-        oldest = self.table.oldest_handshake() if self.table.handshakes_full() else None
-        if oldest is not None:  # the oldest half-open handshake makes room
-            self.stats["handshakes_evicted"] += 1
-            self._note("handshakes_evicted", now, "DTLS handshake from {peer} dropped for a "
-                       "newer one: {count} in progress (dtls.max_handshakes; {refused} "
-                       "dropped so far)", str(oldest), self.table.handshaking)
-            self._end(oldest, "evicted", notify=False)
+        for old, reason in ending:
+            self._end(old, reason, notify=False)
         self._serial += 1
         session = _Session(address, self._serial, heard.connection, hello.random)
         heard.connection.set_app_data(session)
         self.table.add(address, session, now)
         self._handshake(session, now)
-
-    def _admit(self, address: Address, now: float) -> bool:
-        """Whether a handshake whose cookie verified may start (ending the session of its
-        address that it replaces)."""
-        table, stats = self.table, self.stats
-        old = table.get(address)
-        peer = "%s:%d" % address
-        if old is None and table.full():
-            stats["refused_full"] += 1
-            self._note("refused_full", now, "DTLS handshake from {peer} refused: {count} "
-                       "sessions (dtls.max_sessions; {refused} refused so far)", peer,
-                       table.established)
-            return False
-        if (old is None or old.established) and table.host_full(address[0]):
-            stats["refused_address"] += 1
-            self._note("refused_address", now, "DTLS handshake from {peer} refused: {count} "
-                       "in progress from its address (dtls.max_handshakes_per_address; "
-                       "{refused} refused so far)", peer, table.max_handshakes_per_address)
-            return False
-        if not self.guard.allow(address[0], now):
-            stats["refused_rate"] += 1
-            self.log.debug("DTLS handshake from {peer} refused: dtls.handshake_rate",
-                           peer=peer)
-            return False
-        if old is not None:
-            stats["replaced"] += 1
-            self.log.debug("New DTLS handshake from {peer} replaces its session",
-                           peer=str(old))
-            self._end(old, "replaced", notify=False)
-        return True
-
-    def _note(self, kind: str, now: float, text: str, peer: str, count: int) -> None:
-        """An info line about a refusal, at most one a minute per kind."""
-        if now >= self._noted.get(kind, float("-inf")) + NOTE_EVERY:
-            self._noted[kind] = now
-            self.log.info(text, peer=peer, count=count, refused=self.stats[kind])
 
     def _handshake(self, session: _Session, now: float) -> None:
         connection = session.connection

@@ -59,6 +59,10 @@ DTLS_COUNTERS = {
     "handshake_timeouts": "DTLS handshakes reaped at dtls.handshake_timeout",
     "refused_full": "DTLS handshakes refused: dtls.max_sessions reached",
     "refused_rate": "DTLS handshakes refused: dtls.handshake_rate of the address",
+    "refused_address": "DTLS handshakes refused: dtls.max_handshakes_per_address in "
+                       "progress from the address",
+    "handshakes_evicted": "half-open DTLS handshakes dropped for newer ones at "
+                          "dtls.max_handshakes",
     "dropped": "datagrams on the DTLS port dropped (no session and no ClientHello)",
     "alerts": "DTLS sessions ended by an alert or a broken record",
     "unknown_psk_identity": "PSK identities not in the registry",

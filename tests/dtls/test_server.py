@@ -264,6 +264,21 @@ def test_past_max_sessions_a_handshake_is_refused_after_its_cookie(tmp_path):
     assert rig.server.stats["refused_full"] >= 1 and rig.session(B) is None
 
 
+def test_a_handshake_that_finishes_past_max_sessions_is_closed_at_once(tmp_path):
+    # both began while there was room; only one can stay
+    rig = Rig(tmp_path, max_sessions=1)
+    first, second = rig.psk_client(A), rig.psk_client(B)
+    for peer in (first, second):
+        peer.step()
+        peer.step()
+    assert rig.server.sessions_handshaking == 2
+    assert first.handshake()
+    second.handshake()
+    assert rig.session(B) is None and second.closed_by_server()
+    assert rig.server.stats["refused_full"] == 1 and rig.server.sessions_established == 1
+    assert len(rig.of(SessionEstablished)) == 1
+
+
 def test_handshakes_per_address_are_rate_limited(tmp_path):
     rig = Rig(tmp_path, handshake_rate=0.001, handshake_burst=2)
     done = [rig.psk_client(("10.0.0.5", 42000 + n)).handshake() for n in range(3)]
@@ -280,14 +295,24 @@ def half_open(rig: Rig, addr) -> MemoryPeer:
     return flooder
 
 
-def test_a_flood_of_verified_client_hellos_from_32_addresses_locks_no_device_out(rig):
-    # the shipped bounds: 20 half-open per address, 1,000 in all, 10,000 sessions
-    for host in range(32):
-        for port in range(30):
-            half_open(rig, ("10.7.0.%d" % host, 20000 + port))
+def test_a_flood_of_verified_client_hellos_from_40_addresses_locks_no_device_out(rig):
+    # #27.12 on the shipped bounds: 40 addresses, each sending verified ClientHellos as
+    # fast as dtls.handshake_rate lets through (burst 20, then 10/s) for 25 s, 10,800 in
+    # all: before, each stayed half-open until the 30 s deadline, so they filled the
+    # 10,000 of dtls.max_sessions and a new device was refused. Now each address holds
+    # at most 20 (dtls.max_handshakes_per_address), counted apart from the sessions
+    hosts = ["10.7.0.%d" % n for n in range(40)]
+    port = 20000
+    for second in range(26):
+        for _ in range(20 if second == 0 else 10):
+            port += 1
+            for host in hosts:
+                half_open(rig, (host, port))
+        rig.advance(1.0)
     stats = rig.server.stats
-    assert rig.server.sessions_handshaking == 32 * 20  # each address held to its bound
-    assert stats["refused_address"] == 32 * 10 and stats["handshakes_evicted"] == 0
+    assert stats["hello_verify_sent"] == 40 * 270  # every one got its cookie
+    assert rig.server.sessions_handshaking == 40 * 20  # each address held to its bound
+    assert stats["refused_address"] == 40 * 250 and stats["handshakes_evicted"] == 0
     assert rig.psk_client(B).handshake()  # a new device still gets in at once
     assert rig.server.sessions_established == 1
 

@@ -151,3 +151,6 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     assert values[("coapbridge_dtls_sessions", ())] == 0
     assert types["coapbridge_dtls_handshakes_full"] == "counter"
     assert types["coapbridge_dtls_handshakes_in_progress"] == "gauge"
+    # every counter of the DTLS server is scraped (the handshake bounds' among them)
+    assert values[("coapbridge_dtls_refused_address_total", ())] == 0
+    assert values[("coapbridge_dtls_handshakes_evicted_total", ())] == 0
