@@ -1,21 +1,21 @@
 """What the DTLS server (``bridge.dtls.server``) tells its driver: immutable values.
 
 A session is known to everyone above the server by its ``DtlsPeer``: a small frozen
-value (address, serial, credential) that is hashable, equal only to itself, and printable
-for logs (``dtls:HOST:PORT``). It does not send anything: the driver hands it back to
+value (address, serial, credential), hashable, equal only to itself (the server makes
+one per session), and printable for logs (``dtls:HOST:PORT``). It does not send anything: the driver hands it back to
 ``DtlsServer.send`` with the plaintext. It is made once, when the handshake finishes,
 so it carries the verified credential; the CoAP layer uses it as the peer of its
 messages (``key`` is the string its deduplication keys on, ``address`` the source its
 limits count per address, ``credential`` what the request adapter authenticates).
 
-``Plaintext`` is built per record, so it is a NamedTuple (cheap, and equal only to its
-own type, like the core's per-request values); the others are frozen dataclasses.
+The events are NamedTuples, immutable and cheap to build (``Plaintext`` is built per
+record, ``SessionEstablished`` per handshake), each equal only to events of its own
+type, as the core's per-request values are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Tuple
+from typing import Any, NamedTuple, Tuple, TypeVar
 
 Address = Tuple[str, int]
 
@@ -28,9 +28,11 @@ PSK, X509, UNKNOWN = "psk", "x509", "unknown"
 
 
 class DtlsPeer:
-    """One established DTLS session, as a value (see the module)."""
+    """One established DTLS session, as a value (see the module). The server makes one
+    per session, so it is equal only to itself, and hashed as fast as any object (it is
+    a key of several dicts per request); it cannot be changed."""
 
-    __slots__ = ("address", "serial", "credential", "key", "_hash")
+    __slots__ = ("address", "serial", "credential", "key")
 
     address: Address
     serial: int
@@ -43,20 +45,9 @@ class DtlsPeer:
         set_(self, "serial", serial)
         set_(self, "credential", credential)
         set_(self, "key", "dtls %s %d %d" % (address[0], address[1], serial))
-        set_(self, "_hash", hash((address, serial)))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("DtlsPeer is immutable")
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return self is other or (type(other) is DtlsPeer and other.serial == self.serial
-                                 and other.address == self.address)
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
 
     def __str__(self) -> str:
         host, port = self.address
@@ -65,23 +56,33 @@ class DtlsPeer:
     __repr__ = __str__
 
 
+T = TypeVar("T")
+
+
+def _typed(cls: T) -> T:
+    """Make a NamedTuple event equal only to events of its own type (a plain one equals
+    any tuple of the same items); building one costs the same."""
+    def __eq__(self: tuple, other: object) -> bool:
+        return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore
+
+    def __ne__(self: tuple, other: object) -> bool:
+        return not __eq__(self, other)
+    cls.__eq__ = __eq__  # type: ignore[attr-defined]
+    cls.__ne__ = __ne__  # type: ignore[attr-defined]
+    cls.__hash__ = tuple.__hash__  # type: ignore[attr-defined]
+    return cls
+
+
+@_typed
 class Plaintext(NamedTuple):
     """One record's whole plaintext from ``peer`` (for CoAP over DTLS: one message)."""
 
     peer: DtlsPeer
     data: bytes
 
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Plaintext and tuple.__eq__(self, other)  # type: ignore[arg-type]
 
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = tuple.__hash__
-
-
-@dataclass(frozen=True)
-class SessionEstablished:
+@_typed
+class SessionEstablished(NamedTuple):
     """A handshake finished: from now on ``peer`` sends and receives plaintext."""
 
     peer: DtlsPeer
@@ -90,16 +91,16 @@ class SessionEstablished:
     cipher: str = ""
 
 
-@dataclass(frozen=True)
-class SessionEnded:
+@_typed
+class SessionEnded(NamedTuple):
     """``peer``'s session is over (it was established): nothing more goes to it."""
 
     peer: DtlsPeer
     reason: str  # "idle", "closed by peer", "error", "replaced", "credential removed"...
 
 
-@dataclass(frozen=True)
-class HandshakeFailed:
+@_typed
+class HandshakeFailed(NamedTuple):
     """A handshake that got past its cookie and did not finish (for the failure summary
     and the metrics): ``outcome`` FAILED or TIMED_OUT, ``method`` PSK, X509 or UNKNOWN."""
 

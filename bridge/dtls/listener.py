@@ -12,7 +12,7 @@ to from here.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 from OpenSSL import SSL
 
@@ -24,10 +24,10 @@ Address = Tuple[str, int]
 MAX_HELLO_VERIFY = 256
 
 
-class Heard(NamedTuple):
-    connection: Optional[SSL.Connection]  # the cookie verified: the session's, now
-    reply: bytes  # a HelloVerifyRequest to send back, or b""
-    error: str  # why the ClientHello could not be read, or ""
+# what ``listen`` heard, a plain tuple (one per ClientHello): the connection if the
+# cookie verified (the session's, now), a HelloVerifyRequest to send back or b"", and
+# why the ClientHello could not be read or ""
+Heard = Tuple[Optional[SSL.Connection], bytes, str]
 
 
 class Listener:
@@ -70,15 +70,15 @@ class Listener:
             psk.clear_errors()
             size = psk.waiting(listener)
             if not size:
-                return Heard(None, b"", "")
+                return None, b"", ""
             out = listener.bio_read(size)
             if records.content_type(out) == records.HANDSHAKE and len(out) <= MAX_HELLO_VERIFY:
-                return Heard(None, out, "")
-            return Heard(None, b"", "")
+                return None, out, ""
+            return None, b"", ""
         except SSL.Error as exc:
             psk.clear_errors()
             self._connection = self.new_connection()
-            return Heard(None, b"", openssl_reason(exc))
+            return None, b"", openssl_reason(exc)
         # the cookie verified: the address is real
         self._connection = self.new_connection()
-        return Heard(listener, b"", "")
+        return listener, b"", ""

@@ -10,7 +10,7 @@ is ``None``.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 HEADER = 13  # record header
 HANDSHAKE_HEADER = 12  # msg_type, length(3), message_seq(2), fragment_offset(3), fragment_length(3)
@@ -85,16 +85,11 @@ def min_body(cipher: str) -> int:
     return 16 + min(-(-(mac + 1) // 16) * 16, 16 + mac)
 
 
-class Protected(NamedTuple):
-    data: bytes  # the records an established session may read, whole and in order
-    count: int  # how many
-    largest: int  # the longest body among them (bytes): no plaintext of theirs is longer
-
-
-def protected(datagram: bytes, shortest: int = 0) -> Protected:
-    """``encrypted_only``, with how many records it kept and the longest body: one
-    ``SSL_read`` per record reads each whole (DTLS returns one record per call, and a
-    record's plaintext is shorter than its body), and no more calls than that are made."""
+def protected(datagram: bytes, shortest: int = 0) -> Tuple[bytes, int, int]:
+    """``encrypted_only``, with how many records it kept and the longest body (bytes),
+    as a plain tuple (one per datagram): one ``SSL_read`` per record reads each whole
+    (DTLS returns one record per call, and a record's plaintext is shorter than its
+    body), and no more calls than that are made."""
     at, end = 0, len(datagram)
     kept: List[bytes] = []
     largest = 0
@@ -110,8 +105,8 @@ def protected(datagram: bytes, shortest: int = 0) -> Protected:
                 largest = size
         at = stop
     if len(kept) == 1:
-        return Protected(kept[0], 1, largest)
-    return Protected(b"".join(kept), len(kept), largest)
+        return kept[0], 1, largest
+    return b"".join(kept), len(kept), largest
 
 
 def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
@@ -122,7 +117,7 @@ def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
     record with a fatal alert (ending the session), and would hold a record of a later
     epoch for keys that never come, so it sees none of them. (A lost last flight is
     still retransmitted: the client's Finished, which prompts that, is in epoch 1.)"""
-    return protected(datagram, shortest).data
+    return protected(datagram, shortest)[0]
 
 
 def content_type(datagram: bytes) -> Optional[int]:

@@ -2,7 +2,7 @@
 
 The shape is aioquic's: the driver hands it each datagram with its source and ``now``
 (``receive_datagram``), writes what ``datagrams_to_send`` returns, takes the events
-from ``next_event`` (``bridge.dtls.events``: ``SessionEstablished``, ``Plaintext``,
+from ``events`` (``bridge.dtls.events``: ``SessionEstablished``, ``Plaintext``,
 ``SessionEnded``, ``HandshakeFailed``), keeps one timer at ``get_timer()`` that calls
 ``handle_timer(now)``, and sends with ``send(peer, plaintext, now)``. A session is a
 ``DtlsPeer`` value, not an object that sends. pyOpenSSL's memory BIOs do no I/O, so
@@ -42,8 +42,7 @@ Facts and pitfalls followed are in ../shared/spec/dtls-notes.md (P1...).
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from OpenSSL import SSL
 
@@ -128,7 +127,7 @@ class DtlsServer:
         self._serial = 0
         self._by_peer: Dict[DtlsPeer, _Session] = {}
         self._out: List[Tuple[bytes, Address]] = []
-        self._events: Deque[Event] = deque()
+        self._events: List[Event] = []
         # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
         # session, or one whose timer_due moved) left in place and skipped when on top
         self._timers: List[Tuple[float, str, _Session]] = []
@@ -158,8 +157,10 @@ class DtlsServer:
         out, self._out = self._out, []
         return out
 
-    def next_event(self) -> Optional[Event]:
-        return self._events.popleft() if self._events else None
+    def events(self) -> List[Event]:
+        """The events since the last call, in order (``bridge.dtls.events``)."""
+        events, self._events = self._events, []
+        return events
 
     def send(self, peer: DtlsPeer, data: bytes, now: float) -> None:
         """``data`` to ``peer`` as one record (dropped once its session is over)."""
@@ -291,15 +292,15 @@ class DtlsServer:
 
     def _hello(self, data: bytes, address: Address, hello: records.ClientHello,
                now: float) -> None:
-        heard = self.listener.listen(data, address, now)
-        if heard.connection is None:
-            if heard.reply:
+        connection, reply, error = self.listener.listen(data, address, now)
+        if connection is None:
+            if reply:
                 self.stats["hello_verify_sent"] += 1
-                self._out.append((heard.reply, address))
-            elif heard.error:
+                self._out.append((reply, address))
+            elif error:
                 self.stats["dropped"] += 1
                 self.log.debug("Unreadable ClientHello from {peer}: {reason}",
-                               peer="%s:%d" % address, reason=heard.error)
+                               peer="%s:%d" % address, reason=error)
             return
         ending = self.admission.admit(address, now)
         if ending is None:
@@ -307,8 +308,8 @@ class DtlsServer:
         for old, reason in ending:
             self._end(old, reason, notify=False)
         self._serial += 1
-        session = _Session(address, self._serial, heard.connection, hello.random)
-        heard.connection.set_app_data(session)
+        session = _Session(address, self._serial, connection, hello.random)
+        connection.set_app_data(session)
         self.table.add(address, session, now)
         self._handshake(session, now)
 
@@ -380,17 +381,17 @@ class DtlsServer:
         assert connection is not None
         if session.established:
             # no unauthenticated record reaches it
-            kept = records.protected(data, session.shortest)
-            if not kept.count:
+            kept, count, largest = records.protected(data, session.shortest)
+            if not count:
                 self.stats["dropped"] += 1
                 return
             try:
-                connection.bio_write(kept.data)
+                connection.bio_write(kept)
             except SSL.Error:
                 self.stats["dropped"] += 1
                 return
             self.table.touch(session, now)
-            self._read(session, kept.count, kept.largest)
+            self._read(session, count, largest)
             return
         try:
             connection.bio_write(data)
@@ -408,7 +409,7 @@ class DtlsServer:
         record of at most ``largest`` bytes."""
         connection = session.connection
         assert connection is not None
-        size = min(max(largest, 1), MAX_PLAINTEXT)
+        size = largest if 0 < largest < MAX_PLAINTEXT else MAX_PLAINTEXT
         events, peer = self._events, session.peer
         read = 0
         while True:

@@ -87,13 +87,14 @@ class DtlsTransport(DatagramProtocol):
     def _pump(self) -> None:
         """The server's events to their handlers, its datagrams to the port, the timer."""
         server, coap = self.server, self.coap
-        event = server.next_event()
-        while event is not None:
-            if type(event) is Plaintext:
-                coap.plaintext(event.peer, event.data)
-            else:
-                self._event(event)
-            event = server.next_event()
+        events = server.events()
+        while events:
+            for event in events:
+                if type(event) is Plaintext:
+                    coap.plaintext(event.peer, event.data)
+                else:
+                    self._event(event)
+            events = server.events()  # (any the handlers' sends caused)
         self._write()
         self._arm()
 
@@ -147,11 +148,9 @@ class DtlsTransport(DatagramProtocol):
         self._call = None
         self.server.close_all(notify=False)
         self.server.datagrams_to_send()  # the port is gone: nothing more goes out
-        event = self.server.next_event()
-        while event is not None:
+        for event in self.server.events():
             if type(event) is SessionEnded:
                 self.coap.ended(event.peer)
-            event = self.server.next_event()
 
     # -- time --------------------------------------------------------------------------
 
