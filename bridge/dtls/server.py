@@ -2,7 +2,8 @@
 
 The shape is aioquic's: the driver hands it each datagram with its source and ``now``
 (``receive_datagram``), writes what ``datagrams_to_send`` returns, takes the events
-from ``events`` (``bridge.dtls.events``: ``SessionEstablished``, ``Plaintext``,
+it returns, or those ``handle_timer`` returns or ``events`` (after ``send``, ``close``,
+``end_sessions``...) gives (``bridge.dtls.events``: ``SessionEstablished``, ``Plaintext``,
 ``SessionEnded``, ``HandshakeFailed``), keeps one timer at ``get_timer()`` that calls
 ``handle_timer(now)``, and sends with ``send(peer, plaintext, now)``. A session is a
 ``DtlsPeer`` value, not an object that sends. pyOpenSSL's memory BIOs do no I/O, so
@@ -134,23 +135,28 @@ class DtlsServer:
 
     # -- the driver's API --------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, address: Address, now: float) -> None:
-        """One datagram from ``address`` (a (host, port) pair)."""
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> List[Event]:
+        """One datagram from ``address`` (a (host, port) pair). Returns the events since
+        the last call of this, ``handle_timer`` or ``events`` (saving the driver a call
+        per datagram)."""
         self._now = now
         self.stats["records_in"] += 1
         psk.clear_errors()  # no other connection's error may pass for this one's
         data = records.whole(data)  # OpenSSL gets whole records only (see records.whole)
         if not data:
             self.stats["dropped"] += 1
-            return
-        session = self.table.get(address)
-        hello = records.client_hello(data)
-        if session is not None and (hello is None or hello.random == session.client_random):
-            self._feed(session, data, now)  # its own records, or its ClientHello again
-        elif hello is None:
-            self.stats["dropped"] += 1  # no session, not a ClientHello: nothing is sent
         else:
-            self._hello(data, address, hello, now)
+            session = self.table.get(address)
+            hello = records.client_hello(data)
+            if session is not None and (hello is None
+                                        or hello.random == session.client_random):
+                self._feed(session, data, now)  # its own records, or its ClientHello again
+            elif hello is None:
+                self.stats["dropped"] += 1  # no session, not a ClientHello: nothing is sent
+            else:
+                self._hello(data, address, hello, now)
+        events, self._events = self._events, []
+        return events
 
     def datagrams_to_send(self) -> List[Tuple[bytes, Address]]:
         """Ciphertext for the socket since the last call: (datagram, address) in order."""
@@ -158,7 +164,8 @@ class DtlsServer:
         return out
 
     def events(self) -> List[Event]:
-        """The events since the last call, in order (``bridge.dtls.events``)."""
+        """The events since the last call (of this, ``receive_datagram`` or
+        ``handle_timer``), in order (``bridge.dtls.events``)."""
         events, self._events = self._events, []
         return events
 
@@ -201,7 +208,9 @@ class DtlsServer:
             due = table_due
         return due
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, now: float) -> List[Event]:
+        """What is due at ``now``; returns the events since the last call (as
+        ``receive_datagram``)."""
         self._now = now
         timers, fired = self._timers, []
         while timers and timers[0][0] <= now:
@@ -222,6 +231,8 @@ class DtlsServer:
                 self._failed(session, TIMED_OUT, "not finished in time")
                 self._end(session, reason, notify=False)
         self.guard.sweep(now)
+        events, self._events = self._events, []
+        return events
 
     # -- the registry changed ----------------------------------------------------------
 

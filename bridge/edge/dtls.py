@@ -69,8 +69,11 @@ class DtlsTransport(DatagramProtocol):
     # -- datagrams ---------------------------------------------------------------------
 
     def datagramReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
-        self.server.receive_datagram(data, (addr[0], addr[1]), self.clock.seconds())
-        self._pump()
+        events = self.server.receive_datagram(data, (addr[0], addr[1]), self.clock.seconds())
+        if events:
+            self._handle(events)
+        self._write()
+        self._arm()
 
     def send(self, peer: DtlsPeer, data: bytes) -> None:
         """A CoAP datagram for ``peer``: encrypted and sent (dropped once it ended)."""
@@ -84,17 +87,19 @@ class DtlsTransport(DatagramProtocol):
             for datagram, address in out:
                 write(datagram, address)
 
+    def _handle(self, events: List[Any]) -> None:
+        coap = self.coap
+        for event in events:
+            if type(event) is Plaintext:
+                coap.plaintext(event.peer, event.data)
+            else:
+                self._event(event)
+
     def _pump(self) -> None:
         """The server's events to their handlers, its datagrams to the port, the timer."""
-        server, coap = self.server, self.coap
-        events = server.events()
-        while events:
-            for event in events:
-                if type(event) is Plaintext:
-                    coap.plaintext(event.peer, event.data)
-                else:
-                    self._event(event)
-            events = server.events()  # (any the handlers' sends caused)
+        events = self.server.events()
+        if events:
+            self._handle(events)
         self._write()
         self._arm()
 
@@ -166,7 +171,9 @@ class DtlsTransport(DatagramProtocol):
     def _fire(self) -> None:
         self._call = None
         now = self.clock.seconds()
-        self.server.handle_timer(now)
+        events = self.server.handle_timer(now)
+        if events:
+            self._handle(events)
         self._summarise(now)
         self._pump()
 

@@ -58,17 +58,16 @@ class Rig:
 
     # the Wire of dtlsmemory
     def deliver(self, datagram: bytes, addr) -> None:
-        self.server.receive_datagram(datagram, addr, self.now)
-        self.turn()
+        self.turn(self.server.receive_datagram(datagram, addr, self.now))
 
     def take(self, addr) -> List[bytes]:
         mine = [d for d, a in self.sent if a == addr]
         self.sent = [(d, a) for d, a in self.sent if a != addr]
         return mine
 
-    def turn(self) -> None:
+    def turn(self, events=None) -> None:
         server = self.server
-        for event in server.events():
+        for event in (events or []) + server.events():
             self.events.append(event)
             if type(event) is Plaintext and self.echo:
                 server.send(event.peer, b"%r %d" % (event.peer.credential, len(event.data)),
@@ -83,8 +82,7 @@ class Rig:
             if due > target:
                 break
             self.now = max(self.now, due)
-            self.server.handle_timer(self.now)
-            self.turn()
+            self.turn(self.server.handle_timer(self.now))
         self.now = target
 
     def session(self, addr):
