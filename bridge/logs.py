@@ -60,6 +60,12 @@ def unfiltered_logger(name: str) -> Logger:
     return Logger(namespace="%s.%s" % (NAMESPACE, name), observer=globalLogPublisher)
 
 
+def debugging() -> bool:
+    """Whether debug lines pass (``log_level: debug``): a caller whose debug line costs
+    something to build (a credential described, a peer printed) asks first."""
+    return _debugging
+
+
 def set_level(level: str) -> None:
     global _debugging
     _predicate.setLogLevelForNamespace(NAMESPACE, LogLevel.levelWithName(level))

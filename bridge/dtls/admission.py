@@ -13,11 +13,12 @@ per kind (a flood must not flood the log).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .sessions import HandshakeGuard, SessionTable
 
 Address = Tuple[str, int]
+_NOTHING: Sequence[Tuple[Any, str]] = ()
 NOTE_EVERY = 60.0  # s between info lines about one kind of refusal
 
 _NOTES = {
@@ -43,41 +44,44 @@ class Admission:
         self.log = log
         self._noted: Dict[str, float] = {}  # kind -> when last logged at info
 
-    def admit(self, address: Address, now: float) -> Optional[List[Tuple[Any, str]]]:
+    def admit(self, address: Address, now: float) -> Optional[Sequence[Tuple[Any, str]]]:
         """None if the handshake from ``address`` is refused; else the sessions to end
         quietly first, each with why ("replaced", "evicted")."""
         table, stats = self.table, self.stats
-        old = table.get(address)
-        peer = "%s:%d" % address
-        if old is None and table.full():
-            return self._refuse("refused_full", now, peer, table.established)
-        if (old is None or old.established) and table.host_full(address[0]):
-            return self._refuse("refused_address", now, peer,
-                                table.max_handshakes_per_address)
+        old, established, of_host, half_open = table.census(address)
+        if old is None and established >= table.max_sessions:
+            return self._refuse("refused_full", now, address, established)
+        if (old is None or old.established) and \
+                of_host >= table.max_handshakes_per_address:
+            return self._refuse("refused_address", now, address, of_host)
         if not self.guard.allow(address[0], now):
             stats["refused_rate"] += 1
             self.log.debug("DTLS handshake from {peer} refused: dtls.handshake_rate",
-                           peer=peer)
+                           peer="%s:%d" % address)
             return None
+        if old is None and half_open < table.max_handshakes:
+            return _NOTHING  # the common case
         ending: List[Tuple[Any, str]] = []
         if old is not None:
             stats["replaced"] += 1
             self.log.debug("New DTLS handshake from {peer} replaces its session",
                            peer=str(old))
             ending.append((old, "replaced"))
-        half_open = table.handshaking - (1 if old is not None and not old.established else 0)
+            if not old.established:
+                half_open -= 1
         if half_open >= table.max_handshakes:
             oldest = table.oldest_handshake()
             if oldest is old:  # it is going anyway; the next oldest makes room
-                oldest = table.sessions()[1] if table.handshaking > 1 else None
+                oldest = table.sessions()[1] if half_open > 0 else None
             if oldest is not None:
                 stats["handshakes_evicted"] += 1
                 self._note("handshakes_evicted", now, str(oldest), table.handshaking)
                 ending.append((oldest, "evicted"))
         return ending
 
-    def _refuse(self, kind: str, now: float, peer: str, count: int) -> None:
+    def _refuse(self, kind: str, now: float, address: Address, count: int) -> None:
         self.stats[kind] += 1
+        peer = "%s:%d" % address
         self.log.debug("DTLS handshake from {peer} refused: {bound}", peer=peer,
                        bound=_BOUNDS[kind])
         self._note(kind, now, peer, count)

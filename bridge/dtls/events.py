@@ -27,6 +27,9 @@ TIMED_OUT = "timed out"  # not finished by dtls.handshake_timeout (a wrong PSK e
 PSK, X509, UNKNOWN = "psk", "x509", "unknown"
 
 
+_set = object.__setattr__
+
+
 class DtlsPeer:
     """One established DTLS session, as a value (see the module). The server makes one
     per session, so it is equal only to itself, and hashed as fast as any object (it is
@@ -39,12 +42,12 @@ class DtlsPeer:
     credential: Any
     key: str
 
-    def __init__(self, address: Address, serial: int, credential: Any = None):
-        set_ = object.__setattr__
-        set_(self, "address", address)
-        set_(self, "serial", serial)
-        set_(self, "credential", credential)
-        set_(self, "key", "dtls %s %d %d" % (address[0], address[1], serial))
+    def __init__(self, address: Address, serial: int, credential: Any = None,
+                 key: str = ""):
+        _set(self, "address", address)
+        _set(self, "serial", serial)
+        _set(self, "credential", credential)
+        _set(self, "key", key or "dtls %s %d %d" % (address[0], address[1], serial))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("DtlsPeer is immutable")

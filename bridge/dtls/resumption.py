@@ -19,10 +19,6 @@ MAX_REMEMBERED = 20480  # credentials of resumable sessions (OpenSSL's cache siz
 Remembered = Tuple[Any, Optional[bytes]]  # (credential, the PSK key it used)
 
 
-def secret_of(master_key: Optional[bytes]) -> bytes:
-    return hashlib.blake2s(master_key or b"").digest()
-
-
 class Resumption:
     def __init__(self, limit: int = MAX_REMEMBERED):
         self.limit = limit
@@ -31,12 +27,14 @@ class Resumption:
     def __len__(self) -> int:
         return len(self._by_secret)
 
-    def recall(self, secret: bytes) -> Optional[Remembered]:
-        """The credential of the full handshake whose master secret this is, or None."""
+    def recall(self, master_key: Optional[bytes]) -> Tuple[bytes, Optional[Remembered]]:
+        """The hash of a finished handshake's master secret (what ``remember`` keys on),
+        and the credential of the full handshake that had it, or None."""
+        secret = hashlib.blake2s(master_key or b"").digest()
         found = self._by_secret.get(secret)
         if found is not None:
             self._by_secret.move_to_end(secret)
-        return found
+        return secret, found
 
     def remember(self, secret: bytes, credential: Any, key: Optional[bytes]) -> None:
         remembered = self._by_secret

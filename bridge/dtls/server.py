@@ -43,7 +43,7 @@ Facts and pitfalls followed are in ../shared/spec/dtls-notes.md (P1...).
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from OpenSSL import SSL
 
@@ -55,12 +55,13 @@ from .events import (FAILED, PSK, TIMED_OUT, UNKNOWN, X509, DtlsPeer, Event,
                      HandshakeFailed, Plaintext, SessionEnded, SessionEstablished)
 from .admission import Admission
 from .listener import Listener
-from .resumption import Resumption, secret_of
+from .resumption import Resumption
 from .sessions import HandshakeGuard, SessionTable
 
 Address = Tuple[str, int]
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 MAX_PLAINTEXT = 16384  # a DTLS 1.2 record's plaintext at most (RFC 6347 §4.1: 2^14)
+_NO_EVENTS: Sequence[Event] = ()  # returned when there are none
 SWEEP = 10.0  # s between sweeps of the guard's buckets and negative cache
 
 FORGOTTEN = "credential forgotten"
@@ -135,18 +136,27 @@ class DtlsServer:
 
     # -- the driver's API --------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, address: Address, now: float) -> List[Event]:
+    def receive_datagram(self, data: bytes, address: Address, now: float) -> Sequence[Event]:
         """One datagram from ``address`` (a (host, port) pair). Returns the events since
         the last call of this, ``handle_timer`` or ``events`` (saving the driver a call
         per datagram)."""
         self._now = now
         self.stats["records_in"] += 1
         psk.clear_errors()  # no other connection's error may pass for this one's
+        session = self.table.get(address)
+        if session is not None and session.established and data[3:5] == records.SESSION_EPOCH:
+            # the common case: a record of its session (``protected`` keeps whole records
+            # of its epoch only; a ClientHello is epoch 0)
+            self._feed(session, data, now)
+            events = self._events
+            if events:
+                self._events = []
+                return events
+            return _NO_EVENTS
         data = records.whole(data)  # OpenSSL gets whole records only (see records.whole)
         if not data:
             self.stats["dropped"] += 1
         else:
-            session = self.table.get(address)
             hello = records.client_hello(data)
             if session is not None and (hello is None
                                         or hello.random == session.client_random):
@@ -155,7 +165,17 @@ class DtlsServer:
                 self.stats["dropped"] += 1  # no session, not a ClientHello: nothing is sent
             else:
                 self._hello(data, address, hello, now)
-        events, self._events = self._events, []
+        events = self._events
+        if events:
+            self._events = []
+            return events
+        return _NO_EVENTS
+
+    def _take_events(self) -> Sequence[Event]:
+        events = self._events
+        if not events:
+            return _NO_EVENTS
+        self._events = []
         return events
 
     def datagrams_to_send(self) -> List[Tuple[bytes, Address]]:
@@ -163,11 +183,10 @@ class DtlsServer:
         out, self._out = self._out, []
         return out
 
-    def events(self) -> List[Event]:
+    def events(self) -> Sequence[Event]:
         """The events since the last call (of this, ``receive_datagram`` or
         ``handle_timer``), in order (``bridge.dtls.events``)."""
-        events, self._events = self._events, []
-        return events
+        return self._take_events()
 
     def send(self, peer: DtlsPeer, data: bytes, now: float) -> None:
         """``data`` to ``peer`` as one record (dropped once its session is over)."""
@@ -208,7 +227,7 @@ class DtlsServer:
             due = table_due
         return due
 
-    def handle_timer(self, now: float) -> List[Event]:
+    def handle_timer(self, now: float) -> Sequence[Event]:
         """What is due at ``now``; returns the events since the last call (as
         ``receive_datagram``)."""
         self._now = now
@@ -231,8 +250,7 @@ class DtlsServer:
                 self._failed(session, TIMED_OUT, "not finished in time")
                 self._end(session, reason, notify=False)
         self.guard.sweep(now)
-        events, self._events = self._events, []
-        return events
+        return self._take_events()
 
     # -- the registry changed ----------------------------------------------------------
 
@@ -349,8 +367,8 @@ class DtlsServer:
     def _established(self, session: _Session, now: float) -> None:
         connection = session.connection
         assert connection is not None
-        secret = secret_of(connection.master_key())
-        found = self.resumption.recall(secret)  # only a resumption shares a master secret
+        # only a resumption shares a master secret
+        secret, found = self.resumption.recall(connection.master_key())
         session.established = True  # (for its close_notify, whatever follows)
         if found is not None:
             credential, session.psk_key = found
@@ -373,7 +391,8 @@ class DtlsServer:
         cipher = connection.get_cipher_name() or ""
         session.shortest = records.min_body(cipher)
         self.table.establish(session, now)
-        peer = session.peer = DtlsPeer(session.address, session.serial, credential)
+        peer = session.peer = DtlsPeer(session.address, session.serial, credential,
+                                       session.key)
         self._by_peer[peer] = session
         self._events.append(SessionEstablished(peer, credential, found is not None, cipher))
 
@@ -412,8 +431,11 @@ class DtlsServer:
         self._handshake(session, now)
         if session.established and not session.closed:
             self.table.touch(session, now)
-            # records of the same datagram, or held by OpenSSL since before it finished
-            self._read(session, 0, MAX_PLAINTEXT)
+            # records after its Finished in this datagram (a resuming client may send
+            # them at once), or held by OpenSSL since before it finished (SSL_pending
+            # counts those); usually neither, and a read would only say WantRead
+            if records.protected(data)[1] > 1 or connection.pending():
+                self._read(session, 0, MAX_PLAINTEXT)
 
     def _read(self, session: _Session, records_in: int, largest: int) -> None:
         """Up to ``records_in`` reads (0: until OpenSSL has nothing), each of one whole

@@ -67,6 +67,12 @@ class SessionTable:
         """``host`` has as many half-open handshakes as it may."""
         return self._half_open_by_host.get(host, 0) >= self.max_handshakes_per_address
 
+    def census(self, address: Address) -> Tuple[Optional[Any], int, int, int]:
+        """What admission weighs, in one call: the session of ``address``, and how many
+        sessions are established, half-open from its host, half-open in all."""
+        return (self.by_address.get(address), len(self._active),
+                self._half_open_by_host.get(address[0], 0), len(self._handshaking))
+
     def oldest_handshake(self) -> Optional[Any]:
         if not self._handshaking:
             return None
@@ -93,7 +99,12 @@ class SessionTable:
     def establish(self, session: Any, now: float) -> None:
         """The handshake finished: from now on the idle timeout applies."""
         if self._handshaking.pop(session.key, None) is not None:
-            self._unhost(session.address[0])
+            hosts, host = self._half_open_by_host, session.address[0]
+            left = hosts[host] - 1
+            if left:
+                hosts[host] = left
+            else:
+                del hosts[host]
             self._active[session.key] = (now, session)
 
     def touch(self, session: Any, now: float) -> None:

@@ -20,7 +20,7 @@ what that would change.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
@@ -33,7 +33,7 @@ from ..dtls.events import (DtlsPeer, HandshakeFailed, Plaintext, SessionEnded,
                            SessionEstablished)
 from ..dtls.failures import HandshakeFailures
 from ..dtls.server import STATS, DtlsServer, PskLookup  # noqa: F401 (STATS: the metrics')
-from ..logs import logger
+from ..logs import debugging, logger
 from ..registry import mask
 from . import udp
 from .dtls_coap import CoapOverDtls
@@ -69,13 +69,18 @@ class DtlsTransport(DatagramProtocol):
     # -- datagrams ---------------------------------------------------------------------
 
     def datagramReceived(self, data: bytes, addr: Tuple[str, int]) -> None:
-        events = self.server.receive_datagram(data, (addr[0], addr[1]), self.clock.seconds())
+        server = self.server
+        events = server.receive_datagram(data, (addr[0], addr[1]), self.clock.seconds())
         if events:
             self._handle(events)
-        self._write()
+        out = server.datagrams_to_send()
+        if out and self.transport is not None:
+            write = self.transport.write
+            for datagram, address in out:
+                write(datagram, address)
         self._arm()
 
-    def send(self, peer: DtlsPeer, data: bytes) -> None:
+    def send(self, data: bytes, peer: DtlsPeer) -> None:
         """A CoAP datagram for ``peer``: encrypted and sent (dropped once it ended)."""
         self.server.send(peer, data, self.clock.seconds())
         self._write()
@@ -87,11 +92,11 @@ class DtlsTransport(DatagramProtocol):
             for datagram, address in out:
                 write(datagram, address)
 
-    def _handle(self, events: List[Any]) -> None:
-        coap = self.coap
+    def _handle(self, events: Sequence[Any]) -> None:
+        received = self.coap.received
         for event in events:
             if type(event) is Plaintext:
-                coap.plaintext(event.peer, event.data)
+                received(event.data, event.peer)
             else:
                 self._event(event)
 
@@ -105,9 +110,10 @@ class DtlsTransport(DatagramProtocol):
 
     def _event(self, event: Any) -> None:
         if type(event) is SessionEstablished:
-            log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
-                      peer=str(event.peer), kind="resumed" if event.resumed else "full",
-                      cipher=event.cipher, credential=describe(event.credential))
+            if debugging():
+                log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
+                          peer=str(event.peer), kind="resumed" if event.resumed else "full",
+                          cipher=event.cipher, credential=describe(event.credential))
             self.coap.established(event.peer)
         elif type(event) is SessionEnded:
             if event.reason in _ENDED:

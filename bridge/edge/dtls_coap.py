@@ -16,21 +16,20 @@ from ..dtls.events import DtlsPeer
 
 
 class CoapOverDtls:
-    def __init__(self, coap: Any, send: Callable[[DtlsPeer, bytes], None]):
+    """Binds the two once, so that a record or a send costs no call of its own: the
+    driver calls ``received(data, peer)`` (``BridgeCoap.received``) for each plaintext,
+    and the endpoint's output for a peer that is not a (host, port) pair goes straight
+    to ``send(data, peer)`` (the DTLS driver's)."""
+
+    def __init__(self, coap: Any, send: Callable[[bytes, DtlsPeer], None]):
         # BridgeCoap: .received(data, peer), .trust(peer), .forget(peer), and the hook its
         # output for a peer that is not a (host, port) pair goes to
         self.coap = coap
-        coap.send_to_session = self._output
-        self._send = send
-
-    def _output(self, data: bytes, peer: Any) -> None:
-        self._send(peer, data)
+        self.received: Callable[[bytes, DtlsPeer], None] = coap.received
+        coap.send_to_session = send
 
     def established(self, peer: DtlsPeer) -> None:
         self.coap.trust(peer)
-
-    def plaintext(self, peer: DtlsPeer, data: bytes) -> None:
-        self.coap.received(data, peer)
 
     def ended(self, peer: DtlsPeer) -> None:
         self.coap.forget(peer)

@@ -67,7 +67,7 @@ class Rig:
 
     def turn(self, events=None) -> None:
         server = self.server
-        for event in (events or []) + server.events():
+        for event in list(events or ()) + list(server.events()):
             self.events.append(event)
             if type(event) is Plaintext and self.echo:
                 server.send(event.peer, b"%r %d" % (event.peer.credential, len(event.data)),
