@@ -15,7 +15,9 @@ type, as the core's per-request values are.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Tuple, TypeVar
+from typing import Any, NamedTuple, Tuple
+
+from ..core.actions import _typed  # each event equal only to its own type
 
 Address = Tuple[str, int]
 
@@ -57,23 +59,6 @@ class DtlsPeer:
         return ("dtls:[%s]:%d" if ":" in host else "dtls:%s:%d") % (host, port)
 
     __repr__ = __str__
-
-
-T = TypeVar("T")
-
-
-def _typed(cls: T) -> T:
-    """Make a NamedTuple event equal only to events of its own type (a plain one equals
-    any tuple of the same items); building one costs the same."""
-    def __eq__(self: tuple, other: object) -> bool:
-        return type(other) is type(self) and tuple.__eq__(self, other)  # type: ignore
-
-    def __ne__(self: tuple, other: object) -> bool:
-        return not __eq__(self, other)
-    cls.__eq__ = __eq__  # type: ignore[attr-defined]
-    cls.__ne__ = __ne__  # type: ignore[attr-defined]
-    cls.__hash__ = tuple.__hash__  # type: ignore[attr-defined]
-    return cls
 
 
 @_typed

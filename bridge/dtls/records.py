@@ -109,6 +109,19 @@ def protected(datagram: bytes, shortest: int = 0) -> Tuple[bytes, int, int]:
     return b"".join(kept), len(kept), largest
 
 
+def last_type(datagram: bytes) -> Optional[int]:
+    """The content type of the datagram's last whole record (None if it has none): only
+    the headers are read."""
+    at, end, last = 0, len(datagram), None
+    while end - at >= HEADER:
+        stop = at + HEADER + int.from_bytes(datagram[at + 11:at + 13], "big")
+        if stop > end:
+            break
+        last = datagram[at]
+        at = stop
+    return last
+
+
 def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
     """The records of ``datagram`` an established session's keys protect: DTLS 1.2,
     epoch 1, alert, handshake or application data; whole and in order. Anything else

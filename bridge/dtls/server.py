@@ -62,6 +62,7 @@ Address = Tuple[str, int]
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 MAX_PLAINTEXT = 16384  # a DTLS 1.2 record's plaintext at most (RFC 6347 §4.1: 2^14)
 _NO_EVENTS: Sequence[Event] = ()  # returned when there are none
+_AFTER_FINISHED = (records.ALERT, records.APPLICATION_DATA)
 SWEEP = 10.0  # s between sweeps of the guard's buckets and negative cache
 
 FORGOTTEN = "credential forgotten"
@@ -434,7 +435,7 @@ class DtlsServer:
             # records after its Finished in this datagram (a resuming client may send
             # them at once), or held by OpenSSL since before it finished (SSL_pending
             # counts those); usually neither, and a read would only say WantRead
-            if records.protected(data)[1] > 1 or connection.pending():
+            if records.last_type(data) in _AFTER_FINISHED or connection.pending():
                 self._read(session, 0, MAX_PLAINTEXT)
 
     def _read(self, session: _Session, records_in: int, largest: int) -> None:

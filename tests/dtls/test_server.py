@@ -6,7 +6,6 @@ session's credential and the record's length."""
 from __future__ import annotations
 
 import gc
-import os
 import platform
 import random
 from typing import Dict, List, Optional, Tuple
@@ -38,11 +37,7 @@ class Rig:
         self.now = 1000.0
         self.keys: Dict[str, bytes] = {"dev-psk": b"sixteen byte key", "other": b"another key"}
         self.lookups: List[str] = []
-        self.ca = dtlscerts.ca()
-        cert, key = dtlscerts.issue("bridge", self.ca).write(self.dir, "server")
-        ca_path = os.path.join(self.dir, "ca.pem")
-        with open(ca_path, "wb") as handle:
-            handle.write(self.ca.pem())
+        self.ca, cert, key, ca_path = dtlscerts.server_files(self.dir)
         self.cfg = DtlsConfig(enabled=True, cert_file=cert, key_file=key, ca_file=ca_path,
                               **settings)
         self.in_use: set = set()  # peers the application says are in use
@@ -346,6 +341,27 @@ def test_a_record_is_one_plaintext_however_long(rig):
     assert len(records.split_records(datagram)) == 2
     rig.deliver(datagram, A)
     assert rig.events[-2:] == [Plaintext(key, b"first"), Plaintext(key, b"second" * 300)]
+
+
+def test_a_record_sent_with_a_resumed_handshakes_finished_is_read_at_once(rig):
+    first = rig.psk_client(A)
+    assert first.handshake()
+    again = rig.client(("10.0.0.1", 50001), session=first.conn.get_session(), ctx=first.ctx)
+    for _ in range(8):
+        try:
+            again.conn.do_handshake()
+            break
+        except SSL.WantReadError:
+            again.deliver(again.out())
+            again.take_in()
+    # the client finished (abbreviated handshake: its Finished is the last flight), and
+    # its first request goes in the same datagram
+    again.conn.send(b"at once")
+    [datagram] = again.out()
+    assert records.last_type(datagram) == records.APPLICATION_DATA
+    rig.deliver(datagram, again.addr)
+    assert rig.events[-1] == Plaintext(rig.peer(again.addr), b"at once")
+    assert rig.server.stats["handshakes_resumed"] == 1
 
 
 def records_max() -> int:

@@ -5,7 +5,6 @@ tests/dtls/test_server.py; here: the hookup into CoAP, the log lines, the timer.
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Dict, List, Optional, Tuple
 
@@ -41,11 +40,7 @@ class Bench:
         self.clock = Clock()
         self.clock.advance(1000)
         self.keys: Dict[str, bytes] = {"dev-psk": b"sixteen byte key"}
-        self.ca = dtlscerts.ca()
-        cert, key = dtlscerts.issue("bridge", self.ca).write(self.dir, "server")
-        ca_path = os.path.join(self.dir, "ca.pem")
-        with open(ca_path, "wb") as handle:
-            handle.write(self.ca.pem())
+        self.ca, cert, key, ca_path = dtlscerts.server_files(self.dir)
         self.cfg = DtlsConfig(enabled=True, cert_file=cert, key_file=key, ca_file=ca_path,
                               **settings)
         self.requests: List[raw.Msg] = []
