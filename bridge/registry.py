@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, 
 from .certfile import CertificateError, read_pem
 from .core import names
 from .core.actions import Device
-from .config import StartupError
+from .settings import StartupError
 from .sqlite import CorruptDatabase, Transaction, open_database
 
 _COLUMNS = """

@@ -18,7 +18,7 @@ it (a bridge, the CLI, ``psql``): the bridges LISTEN and reload their copy
 CPython only: psycopg's pure-Python libpq binding (the one PyPy would use) trips
 over a ctypes bug of Debian bookworm's PyPy 7.3.11 (PyPy issue 3882: a
 ``py_object`` of a weak reference), so the PostgreSQL registry is refused there
-at configuration time (``bridge.config``), and SQLite remains.
+at configuration time (``bridge.startup_checks``), and SQLite remains.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .config import StartupError
+from .settings import StartupError
 from .core.actions import Device
 from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _entry, _validate,
                        check_name, import_entries)

@@ -8,6 +8,7 @@ glue they serve is ``bridge.glue.bridge.Bridge``. Only the composition root
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from typing import Any, Callable, List, Optional
@@ -20,7 +21,8 @@ from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .config import Config, StartupError
+from .settings import Config, StartupError, env_name
+from .settings.dtls import warnings_of as dtls_warnings
 from .edge import coap as coap_edge
 from .edge import outbox_files
 from .edge.outbox import Outbox
@@ -37,12 +39,24 @@ __all__ = ["Bridge", "BridgeService"]
 
 
 def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
-                   env: str) -> str:
+                   hint: str = "") -> str:
+    """The start-up line for a port that cannot be bound: ``key`` is its port setting
+    (``coap.bind_port``), beside which is its address setting."""
     error = exc.socketError
     reason = getattr(error, "strerror", None) or str(error)
-    return ("cannot listen for %s on %s %s port %s: %s; stop the program that uses it "
-            "(another bridge?) or choose another port with %s (%s)"
-            % (what, protocol, exc.interface or "*", exc.port, reason, key, env))
+    number = getattr(error, "errno", None)
+    address_key = key.rpartition(".")[0] + ".bind_address"
+    where = "cannot listen for %s on %s %s port %s" % (what, protocol, exc.interface or "*",
+                                                      exc.port)
+    if number == errno.EADDRNOTAVAIL:
+        return ("%s: this host has no address %s; give %s (%s) one of its addresses, or "
+                "0.0.0.0 or :: for all of them" % (where, exc.interface, address_key,
+                                                   env_name(address_key)))
+    if number == errno.EACCES:
+        return ("%s: %s (ports below 1024 need root or CAP_NET_BIND_SERVICE); choose another "
+                "port with %s (%s)" % (where, reason, key, env_name(key)))
+    return ("%s: %s; stop the program that uses it (another bridge?) or choose another port "
+            "with %s (%s%s)" % (where, reason, key, env_name(key), hint))
 
 
 class _RegistryService(Service):
@@ -212,7 +226,7 @@ class _MetricsService(Service):
                 self.port = self.bridge.reactor.listenTCP(port, site, interface=host)
             except CannotListenError as exc:
                 raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
-                                                  "METRICS_PORT, 0: off"))
+                                                  ", 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
                      host=host, port=self.port.getHost().port)
         Service.startService(self)
@@ -233,18 +247,15 @@ class _CoapService(Service):
 
     def startService(self) -> None:
         cfg = self.bridge.config.coap
-        self.protocol = coap_edge.create_protocol(
-            self.bridge.requests.handle, self.bridge.reactor, cfg.empty_ack_delay,
-            cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
-            cfg.max_retransmit)
+        self.protocol = coap_edge.BridgeCoap(self.bridge.requests.handle, self.bridge.reactor,
+                                             datagram_settings(cfg), self.bridge.rng)
         self.protocol.on_result = self.bridge.notified
         self.protocol.on_peer_gone = self.bridge.peer_gone
         try:
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                          cfg.bind_address, shared=bool(self.bridge.worker))
         except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
-                                              "COAP_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
         self.bridge.coap = self.protocol
         self.bridge.notifications.transport = self.protocol
         self.bridge.coap_listening = True
@@ -264,36 +275,54 @@ class _CoapService(Service):
         return None
 
 
+def datagram_settings(cfg: Any) -> Any:
+    """The CoAP message layer's settings (``coap.*``), for UDP and for CoAPs alike."""
+    return coap_edge.datagram_settings(cfg.empty_ack_delay, cfg.exchange_lifetime,
+                                       cfg.max_body, cfg.ack_timeout, cfg.max_retransmit,
+                                       cfg.con_notification_interval)
+
+
 class _DtlsService(Service):
-    """CoAPs (``dtls.enabled``): DTLS sessions in front of the CoAP endpoint, on their own
-    UDP port; started after plain CoAP (whose endpoint it feeds), stopped before it."""
+    """CoAPs (``dtls.enabled``): DTLS sessions in front of a CoAP message layer of their own
+    (the same request handler and settings as plain CoAP), on their own UDP port; started
+    after plain CoAP, stopped before it."""
 
     def __init__(self, bridge: Bridge):
         self.bridge = bridge
         self.port: Any = None
         self.transport: Any = None
+        self.peer_type: Any = None
 
     def startService(self) -> None:
         from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
         bridge = self.bridge
         cfg = bridge.config.dtls
         view = bridge.registry_view
+        from .dtls.events import DtlsPeer
+        from .edge.datagram import DatagramDriver
+        coap = DatagramDriver(bridge.requests.handle, bridge.reactor,
+                              datagram_settings(bridge.config.coap), bridge.rng)
+        coap.on_result = bridge.notified
+        coap.on_peer_gone = bridge.peer_gone
         # psk_key: the handshake's synchronous lookup in the registry's copy
         # observes: a session whose device only observes is not idle (docs/device-api.md)
-        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor, view.psk_key,
+        self.transport = dtls_edge.DtlsTransport(cfg, coap, bridge.reactor, view.psk_key,
                                                  in_use=bridge.core.observes)
         interface = cfg.bind_address or bridge.config.coap.bind_address
         try:
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
                                          interface, shared=bool(bridge.worker))
         except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
-                                              "COAP_DTLS_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
         view.on_change.append(self.registry_changed)
         bridge.dtls = self.transport
+        self.peer_type = DtlsPeer
+        bridge.notifications.attach(DtlsPeer, coap)  # notifications to its sessions
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
+        for line in dtls_warnings(bridge.config) if bridge.worker <= 1 else ():
+            log.warn("{reason}", reason=line)
 
     def registry_changed(self) -> None:
         """End the sessions whose certificate or PSK identity left the registry, and those
@@ -313,6 +342,7 @@ class _DtlsService(Service):
             # over their sessions now, and only then does each get its close_notify
             port.stopReading()
             self.bridge.commit()
+            self.bridge.notifications.detach(self.peer_type)
             self.transport.close_all()
             return port.stopListening()
         return None

@@ -38,7 +38,7 @@ from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
 from . import logs
-from .config import Config, StartupError
+from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
 from .edge import udp
 from .logs import logger
@@ -174,15 +174,13 @@ class SupervisorService(Service):
         try:
             udp.port_free(cfg.bind_port, cfg.bind_address)
         except error.CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
-                                              "COAP_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
         dtls = self.config.dtls
         if dtls.enabled:
             try:
                 udp.port_free(dtls.bind_port, dtls.bind_address or cfg.bind_address)
             except error.CannotListenError as exc:
-                raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
-                                                  "COAP_DTLS_BIND_PORT"))
+                raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
 
     def _listen_metrics(self) -> None:
         from .edge.worker_metrics import SupervisorSite
@@ -195,7 +193,7 @@ class SupervisorService(Service):
                                                        interface=cfg.bind_address)
         except error.CannotListenError as exc:
             raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
-                                              "METRICS_PORT, 0: off"))
+                                              ", 0: off"))
         log.info("Metrics of all workers on http://{host}:{port}/metrics (probes: /healthz, "
                  "/readyz)", host=cfg.bind_address, port=self.metrics_port.getHost().port)
 

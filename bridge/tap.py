@@ -15,25 +15,31 @@ from typing import Any, NoReturn
 
 from twisted.python import usage
 
-from . import config as config_module
-from . import logs
+from . import logs, startup_checks
+from .settings import ConfigError, default_path
 
 
 class Options(usage.Options):
     synopsis = "[--config FILE]"
     longdesc = ("Run the coapbridge CoAP-to-MQTT gateway. Every setting may also come from "
-                "the environment (see conf/coapbridge.yaml). Without --config, "
-                "$COAPBRIDGE_CONFIG or ./conf/coapbridge.yaml is used when present.")
+                "the environment (`coapbridge config env` lists the variables). Without "
+                "--config, $COAPBRIDGE_CONFIG or ./conf/coapbridge.yaml is used when present.")
     optParameters = [
         ["config", "c", None, "YAML configuration file"],
     ]
 
+    def opt_version(self) -> None:
+        """Print coapbridge's version and exit."""
+        from . import __version__
+        print("coapbridge %s" % __version__)
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
-        path = self["config"] or config_module.default_path()
+        path = self["config"] or default_path()
         self.config_path = path
         try:
-            self.config = config_module.load(path)
-        except config_module.ConfigError as exc:
+            self.config = startup_checks.load(path)
+        except ConfigError as exc:
             # Not usage.UsageError: twistd answers that with its whole --help text and exit
             # status 1; a configuration problem is every problem listed and exit status 2.
             sys.stderr.write("coapbridge: " + exc.render() + "\n")

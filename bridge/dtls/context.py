@@ -3,7 +3,9 @@ verified credential of a finished handshake, OpenSSL's error text.
 
 Computation only (pyOpenSSL and cryptography, as aioquic imports cryptography): the
 certificate files are read by OpenSSL when the context is built, which the edge does
-at start, after ``edge.dtls.check_config`` has checked them.
+at start, after ``edge.dtls.check_config`` has checked them; the private key is read by
+the edge (``edge.dtls_keys``, which opens an encrypted one with ``dtls.key_password``)
+and handed in.
 """
 
 from __future__ import annotations
@@ -35,10 +37,21 @@ def note_verify_error(connection: SSL.Connection, cert: Any, error: int, depth: 
     return bool(ok)
 
 
+def use_key(ctx: SSL.Context, key: Any) -> None:
+    """cryptography's key into the context (pyOpenSSL before 24.3 takes only its PKey)."""
+    try:
+        ctx.use_privatekey(key)
+    except TypeError:
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+
+
 def build_context(cfg: Any, cookie_generate: Callable[[SSL.Connection], bytes],
-                  cookie_verify: Callable[[SSL.Connection, bytes], bool]) -> SSL.Context:
-    """The server context for ``cfg`` (the ``dtls`` settings); raises ``SSL.Error`` or
-    ``OSError`` on a bad file."""
+                  cookie_verify: Callable[[SSL.Connection, bytes], bool],
+                  private_key: Any = None) -> SSL.Context:
+    """The server context for ``cfg`` (the ``dtls`` settings) with the bridge's
+    ``private_key`` (cryptography's, read by the edge: ``edge.dtls_keys``; None: OpenSSL
+    reads ``key_file``, or the key after the certificates in ``cert_file``); raises
+    ``SSL.Error`` or ``OSError`` on a bad file."""
     ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
     ctx.set_min_proto_version(DTLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
@@ -46,7 +59,10 @@ def build_context(cfg: Any, cookie_generate: Callable[[SSL.Connection], bytes],
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if cfg.cert_file:
         ctx.use_certificate_chain_file(cfg.cert_file)
-        ctx.use_privatekey_file(cfg.key_file)
+        if private_key is not None:
+            use_key(ctx, private_key)
+        else:
+            ctx.use_privatekey_file(cfg.key_file or cfg.cert_file)
         ctx.check_privatekey()
     if cfg.ca_file:
         ctx.load_verify_locations(cfg.ca_file)

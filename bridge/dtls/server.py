@@ -109,7 +109,8 @@ class DtlsServer:
     """The sessions of one DTLS port (see the module)."""
 
     def __init__(self, cfg: Any, psk_lookup: PskLookup, random_bytes: Callable[[int], bytes],
-                 now: float, log: Any, in_use: Optional[Callable[[DtlsPeer], bool]] = None):
+                 now: float, log: Any, in_use: Optional[Callable[[DtlsPeer], bool]] = None,
+                 private_key: Any = None):
         self.cfg = cfg
         self.psk_lookup = psk_lookup
         self.log = log  # a twisted.logger-like Logger (debug, info, failure)
@@ -122,7 +123,7 @@ class DtlsServer:
         self.resumption = Resumption()
         self.listener = Listener(CookieJar(random_bytes, now), cfg.mtu)
         self.context = build_context(cfg, self.listener.cookie_generate,
-                                     self.listener.cookie_verify)
+                                     self.listener.cookie_verify, private_key)
         self._psk = psk.PskServer(self.context, self._psk_key, log,
                                   cfg.psk_identity_hint.encode("utf-8")) if cfg.psk else None
         self.listener.start(self.context)  # after: SSL_new copies the PSK callback

@@ -3,10 +3,12 @@
 ``DtlsTransport`` is a ``DatagramProtocol`` that moves ciphertext between a UDP port
 and ``bridge.dtls.server.DtlsServer`` (which does everything OpenSSL does, over memory
 BIOs, and takes ``now`` from here), keeps one reactor timer at the server's
-``get_timer()``, and turns the server's events into the CoAP side's calls through one
-adapter (``edge.dtls_coap``): the plaintext of each record is one CoAP datagram from the
-session's ``DtlsPeer``, and what the CoAP endpoint sends to that peer comes back here
-to be encrypted. It also logs what an operator reads about sessions (with PSK
+``get_timer()`` (``edge/timer.py``), and turns the server's events into calls of its
+own CoAP message layer's driver (``edge/datagram.py``, the one plain UDP uses too): the
+plaintext of each record is one CoAP datagram from the session's ``DtlsPeer``, a
+finished handshake makes the peer trusted (its address is proved, RFC 7252 §11.3), an
+ended session is forgotten (its observe relations end), and what the layer sends to a
+peer comes back here to be encrypted. It also logs what an operator reads about sessions (with PSK
 identities masked like tokens), sums up failed handshakes once a minute
 (``dtls.failures``), and checks the DTLS files at start (``check_config``).
 
@@ -26,17 +28,19 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
-from ..config import DtlsConfig
 from ..core.auth import Certificate, PresharedKey
-from ..dtls.context import openssl_reason
+from ..dtls.context import openssl_reason, use_key
 from ..dtls.events import (DtlsPeer, HandshakeFailed, Plaintext, SessionEnded,
                            SessionEstablished)
 from ..dtls.failures import HandshakeFailures
 from ..dtls.server import STATS, DtlsServer, PskLookup  # noqa: F401 (STATS: the metrics')
 from ..logs import debugging, logger
 from ..registry import mask
+from ..settings import DtlsConfig
+from .dtls_keys import KeyProblem, load_key
 from . import udp
-from .dtls_coap import CoapOverDtls
+from .datagram import DatagramDriver
+from .timer import OneTimer
 
 log = logger("dtls")
 
@@ -49,22 +53,23 @@ _ENDED = {"credential removed": "DTLS session with {peer} ended: {credential} le
 
 
 class DtlsTransport(DatagramProtocol):
-    """The CoAPs port: a ``DtlsServer`` in front of ``coap``'s endpoint (see the module).
-    ``in_use(peer)``: whether a session silent for ``dtls.idle_timeout`` is still in use
-    (the bridge: it has observe relations)."""
+    """The CoAPs port: a ``DtlsServer`` in front of the message layer ``coap`` drives (see
+    the module). ``in_use(peer)``: whether a session silent for ``dtls.idle_timeout`` is
+    still in use (the bridge: it has observe relations)."""
 
-    def __init__(self, cfg: DtlsConfig, coap: Any, clock: IReactorTime,
+    def __init__(self, cfg: DtlsConfig, coap: DatagramDriver, clock: IReactorTime,
                  psk_lookup: PskLookup, random_bytes: Callable[[int], bytes] = os.urandom,
                  in_use: Optional[Callable[[DtlsPeer], bool]] = None):
         self.cfg = cfg
         self.clock = clock
         # answers as of the registry now (RegistryView.psk_key refreshes its copy first:
         # a datagram that asks for no key costs no look at the registry)
-        self.server = DtlsServer(cfg, psk_lookup, random_bytes, clock.seconds(), log, in_use)
-        self.coap = CoapOverDtls(coap, self.send)
+        self.server = DtlsServer(cfg, psk_lookup, random_bytes, clock.seconds(), log, in_use,
+                                 load_key(cfg) if cfg.cert_file else None)
+        self.coap = coap
+        coap.transmit = self.send
         self.failures = HandshakeFailures()  # one info line a minute, not one each
-        self._call: Any = None
-        self._armed = 0.0
+        self.timer = OneTimer(clock, self._fire)
 
     # -- datagrams ---------------------------------------------------------------------
 
@@ -78,7 +83,7 @@ class DtlsTransport(DatagramProtocol):
             write = self.transport.write
             for datagram, address in out:
                 write(datagram, address)
-        self._arm()
+        self.timer.arm(server.get_timer())
 
     def send(self, data: bytes, peer: DtlsPeer) -> None:
         """A CoAP datagram for ``peer``: encrypted and sent (dropped once it ended)."""
@@ -106,7 +111,7 @@ class DtlsTransport(DatagramProtocol):
         if events:
             self._handle(events)
         self._write()
-        self._arm()
+        self.timer.arm(self.server.get_timer())
 
     def _event(self, event: Any) -> None:
         if type(event) is SessionEstablished:
@@ -114,12 +119,12 @@ class DtlsTransport(DatagramProtocol):
                 log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
                           peer=str(event.peer), kind="resumed" if event.resumed else "full",
                           cipher=event.cipher, credential=describe(event.credential))
-            self.coap.established(event.peer)
+            self.coap.trust(event.peer)
         elif type(event) is SessionEnded:
             if event.reason in _ENDED:
                 log.info(_ENDED[event.reason], peer=str(event.peer),
                          credential=describe(event.peer.credential))
-            self.coap.ended(event.peer)
+            self.coap.forget(event.peer)
         elif type(event) is HandshakeFailed:
             now = self.clock.seconds()
             self.failures.record(event.outcome, event.address[0], event.reason, now)
@@ -151,31 +156,21 @@ class DtlsTransport(DatagramProtocol):
         self._pump()
 
     def startProtocol(self) -> None:
-        self._arm()
+        self.coap.start()
+        self.timer.arm(self.server.get_timer())
 
     def stopProtocol(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self.timer.cancel()
         self.server.close_all(notify=False)
         self.server.datagrams_to_send()  # the port is gone: nothing more goes out
         for event in self.server.events():
             if type(event) is SessionEnded:
-                self.coap.ended(event.peer)
+                self.coap.forget(event.peer)
+        self.coap.stop()
 
     # -- time --------------------------------------------------------------------------
 
-    def _arm(self) -> None:
-        due = self.server.get_timer()
-        if self._call is not None:
-            if due >= self._armed:
-                return
-            self._call.cancel()
-        self._armed = due
-        self._call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._fire)
-
     def _fire(self) -> None:
-        self._call = None
         now = self.clock.seconds()
         events = self.server.handle_timer(now)
         if events:
@@ -209,8 +204,8 @@ def describe(credential: Any) -> str:
 
 
 def check_config(cfg: DtlsConfig) -> List[str]:
-    """Problems with the DTLS files, one line each, for the start-up checks (OpenSSL reads
-    the files here, before any socket opens)."""
+    """Problems with the DTLS files, one line each, for ``bridge.startup_checks`` (OpenSSL
+    and cryptography read the files here, before any socket opens)."""
     problems = []
     for key in ("cert_file", "key_file", "ca_file"):
         path = getattr(cfg, key)
@@ -219,9 +214,14 @@ def check_config(cfg: DtlsConfig) -> List[str]:
     if problems:
         return problems
     steps = []
+    key_file = cfg.key_file or cfg.cert_file  # empty: the key is in the certificate's file
     if cfg.cert_file:
+        try:
+            private_key = load_key(cfg)
+        except KeyProblem as exc:
+            return ["dtls.key_file: %s" % exc]
         steps += [("cert_file", lambda ctx: ctx.use_certificate_chain_file(cfg.cert_file)),
-                  ("key_file", lambda ctx: ctx.use_privatekey_file(cfg.key_file)),
+                  ("key_file", lambda ctx: use_key(ctx, private_key)),
                   ("key_file", lambda ctx: ctx.check_privatekey())]
     if cfg.ca_file:
         steps.append(("ca_file", lambda ctx: ctx.load_verify_locations(cfg.ca_file)))
@@ -236,8 +236,8 @@ def check_config(cfg: DtlsConfig) -> List[str]:
             step(ctx)
         except (SSL.Error, UnicodeError) as exc:
             if key == "key_file":
-                text = ("%s is not a PEM private key" % cfg.key_file if n == 1 else
-                        "%s does not match dtls.cert_file %s" % (cfg.key_file, cfg.cert_file))
+                text = ("%s is not a PEM private key" % key_file if n == 1 else
+                        "%s does not match dtls.cert_file %s" % (key_file, cfg.cert_file))
             else:
                 text = what[key]
             problems.append("dtls.%s: %s (%s)" % (key, text, openssl_reason(exc)))

@@ -39,7 +39,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from ..config import StartupError
+from ..settings import StartupError
 from ..core.actions import Device
 from ..logs import logger
 from ..registry import Entry

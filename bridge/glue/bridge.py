@@ -18,8 +18,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ..coap.codec import make_response
-from ..config import Config, worker_client_id
+from ..coap.message import make_response
+from ..settings import Config, worker_client_id
 from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
@@ -355,8 +355,11 @@ class Bridge:
             "coap_requests_total": ("counter", "CoAP requests handled", self.requests.handled),
             "coap_errors_total": ("counter", "requests answered 4.xx or 5.xx",
                                   self.requests.errors),
-            "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed",
-                                     protocol.malformed if protocol is not None else 0),
+            "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed "
+                                     "(CoAP and CoAPs)",
+                                     (protocol.malformed if protocol is not None else 0)
+                                     + (self.dtls.coap.malformed if self.dtls is not None
+                                        else 0)),
             "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
                                            stats["acknowledged"]),
             "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",

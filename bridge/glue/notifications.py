@@ -1,12 +1,14 @@
 """Observe notifications, sent on the next reactor turn in the order the core made them.
 
 On the next turn, so that a registration's response (sent when the request's
-Deferred fires) always goes before its first notification.
+Deferred fires) always goes before its first notification. Each goes to the transport
+of its peer, by the peer's type: a (host, port) tuple to plain CoAP's, a ``DtlsPeer`` to
+CoAPs' (each attaches itself while it listens).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..core.actions import Notify
 from ..logs import logger
@@ -17,9 +19,28 @@ log = logger("bridge")
 class Notifications:
     def __init__(self, reactor: Any):
         self.reactor = reactor
-        self.transport: Optional[Any] = None  # the CoAP transport (BridgeCoap) while listening
+        # the type of a peer -> the transport that reaches it, while it listens
+        self.transports: Dict[type, Any] = {}
         self._queue: List[Notify] = []
         self._call: Any = None
+
+    @property
+    def transport(self) -> Optional[Any]:
+        """Plain CoAP's transport (``BridgeCoap``), whose peers are (host, port) tuples."""
+        return self.transports.get(tuple)
+
+    @transport.setter
+    def transport(self, transport: Optional[Any]) -> None:
+        if transport is None:
+            self.detach(tuple)
+        else:
+            self.attach(tuple, transport)
+
+    def attach(self, peer_type: type, transport: Any) -> None:
+        self.transports[peer_type] = transport
+
+    def detach(self, peer_type: type) -> None:
+        self.transports.pop(peer_type, None)
 
     def queue(self, notify: Notify) -> None:
         self._queue.append(notify)
@@ -29,19 +50,20 @@ class Notifications:
     def _flush(self) -> None:
         self._call = None
         batch, self._queue = self._queue, []
-        transport = self.transport
-        if transport is None:
-            return
+        transports = self.transports
         for notify in batch:
-            transport.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
-                             notify.code, notify.payload, notify.observe, notify.block_size,
-                             notify.content_format)
-            log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
-                      observe=notify.observe, kind="CON" if notify.confirmable else "NON")
+            transport = transports.get(type(notify.remote))
+            if transport is None:
+                continue  # its transport stopped listening
+            transport.notify(notify.ref, notify.remote, notify.token, notify.code,
+                             notify.payload, notify.observe, notify.observation,
+                             notify.block_size, notify.content_format)
+            log.debug("Notified {device} (observe {observe})", device=notify.device,
+                      observe=notify.observe)
 
     def stop(self) -> None:
         """No transport any more: what is queued is not sent."""
-        self.transport = None
+        self.transports.clear()
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None

@@ -14,7 +14,7 @@ import pytest
 from OpenSSL import SSL
 
 import dtlscerts
-from bridge.config import DtlsConfig
+from bridge.settings import DtlsConfig
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
 from bridge.dtls import records
 from bridge.dtls.events import (FAILED, PSK, TIMED_OUT, X509, DtlsPeer, HandshakeFailed,

@@ -1,7 +1,8 @@
 """The Twisted side of CoAPs: ``DtlsTransport`` with a fake UDP port and a fake clock,
-the real CoAP endpoint behind it, and a real OpenSSL client (pyOpenSSL over memory
-BIOs) in front. What the DTLS server itself does is tested without any of this in
-tests/dtls/test_server.py; here: the hookup into CoAP, the log lines, the timer."""
+its own CoAP message layer (``DatagramDriver``) behind it, and a real OpenSSL client
+(pyOpenSSL over memory BIOs) in front. What the DTLS server itself does is tested
+without any of this in tests/dtls/test_server.py; here: the hookup into CoAP, the log
+lines, the timer."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 import coapraw as raw
 import dtlscerts
-from bridge.coap.codec import make_response
-from bridge.config import DtlsConfig
+from bridge.coap.message import make_response
+from bridge.settings import DtlsConfig
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
 from bridge.dtls.events import DtlsPeer
 from bridge.edge import coap as coap_edge
 from bridge.edge import dtls as dtls_edge
+from bridge.edge.datagram import DatagramDriver
 from dtlsmemory import MemoryPeer
 
 
@@ -44,18 +46,17 @@ class Bench:
         self.cfg = DtlsConfig(enabled=True, cert_file=cert, key_file=key, ca_file=ca_path,
                               **settings)
         self.requests: List[raw.Msg] = []
-        self.coap = coap_edge.create_protocol(self.answer, self.clock, 0.5, 247)
-        self.coap.transport = FakeUdp()
+        # CoAPs' own message layer and its driver, as the bridge has it
+        self.coap = DatagramDriver(self.answer, self.clock, coap_edge.datagram_settings(0.5, 247))
         self.udp = FakeUdp()
         self.dtls = dtls_edge.DtlsTransport(self.cfg, self.coap, self.clock, self.keys.get,
                                             random.Random(1).randbytes, in_use=in_use)
         self.dtls.transport = self.udp
-        self.coap.startProtocol()
         self.dtls.startProtocol()
 
-    def answer(self, message):
-        self.requests.append(message)
-        return make_response(69, repr(message.remote.credential).encode(), 0)
+    def answer(self, request):
+        self.requests.append(request)
+        return make_response(69, repr(request.peer.credential).encode(), 0)
 
     def deliver(self, datagram, addr) -> None:
         self.dtls.datagramReceived(datagram, addr)
@@ -87,9 +88,9 @@ def test_a_request_over_a_psk_session_reaches_coap_with_its_peer_and_credential(
     reply = peer.request()
     assert reply.code_str == "2.05"
     assert reply.payload == repr(PresharedKey("dev-psk")).encode()
-    remote = bench.requests[0].remote
+    remote = bench.requests[0].peer
     assert type(remote) is DtlsPeer and remote.address == A and remote.key
-    assert remote in bench.coap.endpoint.verified  # its handshake proved its address
+    assert bench.coap.layer.verified(remote)  # its handshake proved its address
     assert bench.dtls.stats["handshakes_full"] == 1 and bench.dtls.sessions_established == 1
 
 
@@ -116,7 +117,7 @@ def test_a_coap_message_over_4096_bytes_in_one_record_is_one_request(bench):
     peer.send(raw.encode(message))
     reply = raw.decode(peer.recv())
     assert (reply.mid, reply.token, reply.code_str) == (0x1111, b"\x11", "2.05")
-    assert len(bench.requests) == 1 and bench.requests[0].payload == payload
+    assert len(bench.requests) == 1 and bench.requests[0].message.payload == payload
     assert peer.recv() is None  # nothing answered the forged request
 
 
@@ -129,7 +130,7 @@ def test_an_ended_session_is_reported_to_the_core_as_a_peer_gone(bench):
     peer.conn.shutdown()
     peer.deliver(peer.out())
     assert bench.session(A) is None and gone == [key]
-    assert key not in bench.coap.endpoint.verified
+    assert not bench.coap.layer.verified(key)
 
 
 def test_the_timer_ends_idle_sessions_unless_in_use_and_closes_them(tmp_path):

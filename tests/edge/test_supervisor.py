@@ -8,7 +8,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from bridge.config import CoapConfig, Config, MetricsConfig
+from bridge.settings import CoapConfig, Config, MetricsConfig
 from bridge import supervisor
 from bridge.supervisor import SupervisorService, WorkerProcess
 

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from bridge.config import ConfigError, load_text
+from bridge.settings import ConfigError
+from bridge.startup_checks import load_text
 from bridge.core.formats import protoschema, tbprofile
 from bridge.edge import protoc
 from tbprofiles import exported_profile, protobuf_payload
