@@ -25,6 +25,7 @@ from .settings import Config, StartupError, env_name
 from .settings.dtls import warnings_of as dtls_warnings
 from .edge import coap as coap_edge
 from .edge import outbox_files
+from .edge.data_dir import DataDirLock
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
 from .logs import logger, unfiltered_logger
@@ -59,14 +60,37 @@ def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
             "with %s (%s%s)" % (where, reason, key, env_name(key), hint))
 
 
+class _DataDirService(Service):
+    """DATA_DIR held for this bridge while it runs (``bridge.edge.data_dir``): first, so a
+    second bridge on it is refused before it opens any of its files. A worker runs under
+    its supervisor's lock and has none."""
+
+    def __init__(self, data_dir: str):
+        self.lock = DataDirLock(data_dir)
+
+    def startService(self) -> None:
+        self.lock.acquire(1)
+        Service.startService(self)
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.close()  # stopped last: every file of DATA_DIR is closed by now
+
+    def close(self) -> None:
+        self.lock.release()
+
+
 class _RegistryService(Service):
     """The device registry, open while the service runs: the SQLite file, or the shared
-    PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool."""
+    PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool and the
+    journal of the platform's changes for it (``bridge.edge.registry_journal``)."""
 
     def __init__(self, bridge: Bridge, config: Config):
         self.bridge = bridge
         self.target = config.registry_target
         self.pool_size = config.registry.pool_size
+        self.journal_path = os.path.join(config.data_dir, "registry-journal.sqlite3")
+        self.synchronous = config.outbox.synchronous
         self.threadpool: Optional[ThreadPool] = None
 
     def startService(self) -> None:
@@ -78,6 +102,8 @@ class _RegistryService(Service):
             self.threadpool.start()
             registry = open_shared(self.target, self.pool_size, self.bridge.reactor,
                                    self.threadpool)
+            self.bridge.registry = registry  # closed with it if the journal cannot open
+            self._open_journal(registry)
         else:
             registry = Registry(self.target.path)
         self.bridge.registry = registry
@@ -86,6 +112,16 @@ class _RegistryService(Service):
         if self.threadpool is not None:
             registry.start()  # the shared registry begins listening
         Service.startService(self)
+
+    def _open_journal(self, registry: Any) -> None:
+        from .edge.registry_journal import RegistryJournal
+        journal = RegistryJournal(self.journal_path, self.synchronous)
+        changes = self.bridge.platform_changes
+        changes.attach(journal, shared_file=bool(self.bridge.worker))
+        registry.changes = changes
+        if len(journal):
+            log.info("Platform changes waiting for the registry in {path}: {count}",
+                     count=len(journal), path=self.journal_path)
 
     def stopService(self) -> Any:
         Service.stopService(self)
@@ -104,6 +140,9 @@ class _RegistryService(Service):
         if self.bridge.registry is not None:
             registry, self.bridge.registry = self.bridge.registry, None
             registry.close()
+        journal = self.bridge.platform_changes.detach()
+        if journal is not None:
+            journal.close()
         if self.threadpool is not None:
             pool, self.threadpool = self.threadpool, None
             pool.stop()
@@ -218,7 +257,8 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready,
+                               self.bridge.platform_changes.notes)
             # a worker's metrics are read by its supervisor, which serves metrics.port
             port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
                                                                      cfg.bind_address)
@@ -371,8 +411,9 @@ class BridgeService(MultiService):
         self.log_observer = log_observer
         self.worker = worker
         self.bridge = Bridge(config, reactor, rng, worker)
-        self._files = [_RegistryService(self.bridge, config),
-                       _OutboxService(self.bridge, config, worker)]
+        self._files: List[Any] = [] if worker else [_DataDirService(config.data_dir)]
+        self._files += [_RegistryService(self.bridge, config),
+                        _OutboxService(self.bridge, config, worker)]
         self._metrics = _MetricsService(self.bridge)
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),

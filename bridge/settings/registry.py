@@ -16,7 +16,8 @@ class RegistryConfig:
     instances share one registry in PostgreSQL (psycopg 3): the schema is created and
     migrated at start, and a change made by any instance or CLI reaches every bridge within
     a second (LISTEN/NOTIFY). Unreachable at start: the bridge refuses to start (exit 2);
-    lost while running: it serves its last copy, retries, and /readyz says so."""
+    lost or hung while running: it serves its last copy, retries, and /readyz says so; the
+    platform's renames and deletes wait in DATA_DIR/registry-journal.sqlite3 meanwhile."""
     url: str = setting(
         "", "sqlite:///PATH, or postgresql://USER:PASSWORD@HOST:PORT/DB (libpq parameters "
         "too: ?sslmode=require). Empty: SQLite at DATA_DIR/registry.sqlite3.",
@@ -25,8 +26,9 @@ class RegistryConfig:
                             "over the URL's).", secret="hidden")
     password_file: str = setting("", "A file whose first line is the password (a mounted "
                                  "secret); give password or password_file.")
-    pool_size: int = setting(4, "PostgreSQL connections for writes (provisioning, platform "
-                             "renames and deletes); one more listens for changes.",
+    pool_size: int = setting(4, "PostgreSQL connections for writes (provisioning, X.509 "
+                             "auto-registration); one more listens for changes and applies "
+                             "the platform's renames and deletes.",
                              low=1, high=100)
 
 

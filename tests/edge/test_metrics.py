@@ -30,6 +30,7 @@ NAMES = {
     "provisioning_busy_total": "counter", "mqtt_messages_skipped_total": "counter",
     "ota_fetches_total": "counter", "unknown_credential_total": "counter",
     "credential_mismatch_total": "counter", "devices_auto_registered_total": "counter",
+    "registry_changes_waiting": "gauge",
 }
 
 

@@ -16,8 +16,10 @@ from bridge.service import BridgeService
 def test_children_start_files_first_and_coap_last():
     service = BridgeService(startup_checks.load(None, {}), Clock())
     assert [type(child).__name__ for child in service] == [
-        "_RegistryService", "_OutboxService", "_PackageService", "_MqttService",
-        "_TickService", "_MetricsService", "_CoapService"]
+        "_DataDirService", "_RegistryService", "_OutboxService", "_PackageService",
+        "_MqttService", "_TickService", "_MetricsService", "_CoapService"]
+    worker = BridgeService(config_module.load(None, {"COAP_WORKERS": "2"}), Clock(), worker=1)
+    assert type(list(worker)[0]).__name__ == "_RegistryService"  # under its supervisor's lock
 
 
 class Recording(Service):
