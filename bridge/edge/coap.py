@@ -43,8 +43,10 @@ class BridgeCoap(DatagramProtocol, DatagramDriver):
 
     def datagramReceived(self, data: bytes, remote: Tuple[str, int]) -> None:
         # the peer stays Twisted's (host, port) tuple: hashing and printing an ipaddress
-        # object per datagram costs more than the rest of the decoding
-        self.received(data, (remote[0], remote[1]))
+        # object per datagram costs more than the rest of the decoding (and the layer is
+        # called here, not through ``received``: a call less per datagram)
+        self.layer.receive_datagram(data, (remote[0], remote[1]), self.clock.seconds())
+        self._drain()
 
     def _write(self, data: bytes, peer: Hashable) -> None:
         self.transport.write(data, (str(peer[0]), peer[1]))  # type: ignore[index]
