@@ -45,18 +45,10 @@ def use_key(ctx: SSL.Context, key: Any) -> None:
         ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
 
 
-def build_context(cfg: Any, cookie_generate: Callable[[SSL.Connection], bytes],
-                  cookie_verify: Callable[[SSL.Connection, bytes], bool],
-                  private_key: Any = None) -> SSL.Context:
-    """The server context for ``cfg`` (the ``dtls`` settings) with the bridge's
-    ``private_key`` (cryptography's, read by the edge: ``edge.dtls_keys``; None: OpenSSL
-    reads ``key_file``, or the key after the certificates in ``cert_file``); raises
-    ``SSL.Error`` or ``OSError`` on a bad file."""
-    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
-    ctx.set_min_proto_version(DTLS1_2_VERSION)
-    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
-                    | SSL.OP_NO_TICKET)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+def load_identity(ctx: SSL.Context, cfg: Any, private_key: Any = None) -> None:
+    """The bridge's certificate and ``private_key`` (None: OpenSSL reads ``key_file``, or
+    the key after the certificates in ``cert_file``), the device CA, and the server-side
+    session cache, on a DTLS or a TLS context (TLS over TCP, ``edge.tls``, shares it)."""
     if cfg.cert_file:
         ctx.use_certificate_chain_file(cfg.cert_file)
         if private_key is not None:
@@ -73,6 +65,21 @@ def build_context(cfg: Any, cookie_generate: Callable[[SSL.Connection], bytes],
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     ctx.set_timeout(SESSION_LIFETIME)
+
+
+def build_context(cfg: Any, cookie_generate: Callable[[SSL.Connection], bytes],
+                  cookie_verify: Callable[[SSL.Connection, bytes], bool],
+                  private_key: Any = None) -> SSL.Context:
+    """The server context for ``cfg`` (the ``dtls`` settings) with the bridge's
+    ``private_key`` (cryptography's, read by the edge: ``edge.dtls_keys``; None: OpenSSL
+    reads ``key_file``, or the key after the certificates in ``cert_file``); raises
+    ``SSL.Error`` or ``OSError`` on a bad file."""
+    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
+    ctx.set_min_proto_version(DTLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
+                    | SSL.OP_NO_TICKET)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    load_identity(ctx, cfg, private_key)
     ctx.set_cookie_generate_callback(cookie_generate)
     ctx.set_cookie_verify_callback(cookie_verify)
     # last: pyOpenSSL before 26 checks the list on a throw-away Connection, after which

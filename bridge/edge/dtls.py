@@ -29,6 +29,8 @@ from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
 from ..core.auth import Certificate, PresharedKey
+from ..dtls import context
+from ..dtls.context import credential_of as peer_credential  # noqa: F401 (edge.stream's)
 from ..dtls.context import openssl_reason, use_key
 from ..dtls.events import (DtlsPeer, HandshakeFailed, Plaintext, SessionEnded,
                            SessionEstablished)
@@ -191,6 +193,13 @@ class DtlsTransport(DatagramProtocol):
     @property
     def sessions_handshaking(self) -> int:
         return self.server.sessions_handshaking
+
+
+def load_identity(ctx: SSL.Context, cfg: DtlsConfig) -> None:
+    """The bridge's certificate and key (read here: ``dtls_keys``), the device CA and the
+    server-side session cache on a (D)TLS context: TLS over TCP (``edge.tls``) shares it
+    with the DTLS server's context (``dtls.context``)."""
+    context.load_identity(ctx, cfg, load_key(cfg) if cfg.cert_file else None)
 
 
 def describe(credential: Any) -> str:

@@ -3,7 +3,8 @@
 On the next turn, so that a registration's response (sent when the request's
 Deferred fires) always goes before its first notification. Each goes to the transport
 of its peer, by the peer's type: a (host, port) tuple to plain CoAP's, a ``DtlsPeer`` to
-CoAPs' (each attaches itself while it listens).
+CoAPs' (each attaches itself while it listens); a peer of a reliable connection
+(``edge.stream.StreamPeer``) sends its own on its connection.
 """
 
 from __future__ import annotations
@@ -51,13 +52,22 @@ class Notifications:
         self._call = None
         batch, self._queue = self._queue, []
         transports = self.transports
+        if not transports:
+            return  # not listening (yet, or any more): nothing is sent
         for notify in batch:
-            transport = transports.get(type(notify.remote))
-            if transport is None:
+            remote = notify.remote
+            transport = transports.get(type(remote))
+            if transport is not None:
+                transport.notify(notify.ref, remote, notify.token, notify.code,
+                                 notify.payload, notify.observe, notify.observation,
+                                 notify.block_size, notify.content_format)
+            elif type(remote) is not tuple and hasattr(remote, "notify"):
+                # a reliable connection's peer (RFC 8323) sends on its connection
+                remote.notify(notify.ref, notify.token, notify.code, notify.payload,
+                              notify.observe, notify.observation, notify.block_size,
+                              notify.content_format)
+            else:
                 continue  # its transport stopped listening
-            transport.notify(notify.ref, notify.remote, notify.token, notify.code,
-                             notify.payload, notify.observe, notify.observation,
-                             notify.block_size, notify.content_format)
             log.debug("Notified {device} (observe {observe})", device=notify.device,
                       observe=notify.observe)
 
