@@ -22,7 +22,7 @@ _NOTHING: Sequence[Tuple[Any, str]] = ()
 NOTE_EVERY = 60.0  # s between info lines about one kind of refusal
 
 _NOTES = {
-    "refused_full": "DTLS handshake from {peer} refused: {count} sessions "
+    "refused_full": "DTLS handshake from {peer} refused: {count:plural:session} "
                     "(dtls.max_sessions; {refused} refused so far)",
     "refused_address": "DTLS handshake from {peer} refused: {count} in progress from its "
                        "address (dtls.max_handshakes_per_address; {refused} refused so far)",

@@ -25,8 +25,10 @@ Address = Tuple[str, int]
 FAILED = "failed"  # an alert sent or received, a refused certificate
 TIMED_OUT = "timed out"  # not finished by dtls.handshake_timeout (a wrong PSK ends so)
 
-# HandshakeFailed.method: what the client authenticated with, as far as it got
-PSK, X509, UNKNOWN = "psk", "x509", "unknown"
+# the method of a handshake: what the client authenticated with (as far as it got);
+# NONE: no client credential (a token device), or unknown for a failed handshake
+PSK, X509, NONE = "psk", "x509", "none"
+UNKNOWN = NONE
 
 
 _set = object.__setattr__
@@ -77,6 +79,8 @@ class SessionEstablished(NamedTuple):
     credential: Any  # PresharedKey, Certificate, or None (no client credential)
     resumed: bool
     cipher: str = ""
+    method: str = NONE  # PSK, X509 or NONE, as the credential says
+    seconds: float = 0.0  # from its cookie's verification to its Finished
 
 
 @_typed
@@ -90,12 +94,13 @@ class SessionEnded(NamedTuple):
 @_typed
 class HandshakeFailed(NamedTuple):
     """A handshake that got past its cookie and did not finish (for the failure summary
-    and the metrics): ``outcome`` FAILED or TIMED_OUT, ``method`` PSK, X509 or UNKNOWN."""
+    and the metrics): ``outcome`` FAILED or TIMED_OUT, ``method`` PSK, X509 or NONE."""
 
     address: Address
     outcome: str
     reason: str
-    method: str = UNKNOWN
+    method: str = NONE
+    seconds: float = 0.0  # from its cookie's verification to its end
 
 
 Event = Any  # one of Plaintext, SessionEstablished, SessionEnded, HandshakeFailed

@@ -47,11 +47,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from OpenSSL import SSL
 
-from ..core.auth import PresharedKey
+from ..core.auth import Certificate, PresharedKey
 from . import psk, records
 from .context import build_context, credential_of, openssl_reason
 from .cookies import CookieJar
-from .events import (FAILED, PSK, TIMED_OUT, UNKNOWN, X509, DtlsPeer, Event,
+from .events import (FAILED, NONE, PSK, TIMED_OUT, UNKNOWN, X509, DtlsPeer, Event,
                      HandshakeFailed, Plaintext, SessionEnded, SessionEstablished)
 from .admission import Admission
 from .listener import Listener
@@ -81,10 +81,10 @@ class _Session:
 
     __slots__ = ("key", "address", "serial", "connection", "established", "client_random",
                  "psk_identity", "psk_key", "method", "timer_due", "closed",
-                 "verify_error", "shortest", "peer")
+                 "verify_error", "shortest", "peer", "started")
 
     def __init__(self, address: Address, serial: int, connection: SSL.Connection,
-                 client_random: bytes):
+                 client_random: bytes, started: float):
         self.key = "dtls %s %d %d" % (address[0], address[1], serial)
         self.address = address
         self.serial = serial
@@ -99,6 +99,7 @@ class _Session:
         self.verify_error: Optional[str] = None  # why its certificate failed, if it did
         self.shortest = 0  # bytes: no protected record of its cipher is shorter
         self.peer: Optional[DtlsPeer] = None  # once established
+        self.started = started  # when its cookie verified
 
     def __str__(self) -> str:
         host, port = self.address
@@ -339,7 +340,7 @@ class DtlsServer:
         for old, reason in ending:
             self._end(old, reason, notify=False)
         self._serial += 1
-        session = _Session(address, self._serial, connection, hello.random)
+        session = _Session(address, self._serial, connection, hello.random, now)
         connection.set_app_data(session)
         self.table.add(address, session, now)
         self._handshake(session, now)
@@ -396,7 +397,10 @@ class DtlsServer:
         peer = session.peer = DtlsPeer(session.address, session.serial, credential,
                                        session.key)
         self._by_peer[peer] = session
-        self._events.append(SessionEstablished(peer, credential, found is not None, cipher))
+        method = PSK if type(credential) is PresharedKey else (
+            X509 if type(credential) is Certificate else NONE)
+        self._events.append(SessionEstablished(peer, credential, found is not None, cipher,
+                                               method, now - session.started))
 
     def _failed(self, session: _Session, outcome: str, reason: str) -> None:
         method = session.method
@@ -404,7 +408,8 @@ class DtlsServer:
                 session.verify_error is not None
                 or session.connection.get_peer_certificate() is not None):
             method = X509
-        self._events.append(HandshakeFailed(session.address, outcome, reason, method))
+        self._events.append(HandshakeFailed(session.address, outcome, reason, method,
+                                            self._now - session.started))
 
     # -- records -----------------------------------------------------------------------
 

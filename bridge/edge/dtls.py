@@ -32,7 +32,7 @@ from ..core.auth import Certificate, PresharedKey
 from ..dtls import context
 from ..dtls.context import credential_of as peer_credential  # noqa: F401 (edge.stream's)
 from ..dtls.context import openssl_reason, use_key
-from ..dtls.events import (DtlsPeer, HandshakeFailed, Plaintext, SessionEnded,
+from ..dtls.events import (FAILED, DtlsPeer, HandshakeFailed, Plaintext, SessionEnded,
                            SessionEstablished)
 from ..dtls.failures import HandshakeFailures
 from ..dtls.server import STATS, DtlsServer, PskLookup  # noqa: F401 (STATS: the metrics')
@@ -71,6 +71,9 @@ class DtlsTransport(DatagramProtocol):
         self.coap = coap
         coap.transmit = self.send
         self.failures = HandshakeFailures()  # one info line a minute, not one each
+        # hears each handshake's (outcome, method, seconds): outcome "full", "resumed",
+        # "failed" or "timeout"; method "psk", "x509" or "none" (the metrics)
+        self.on_handshake: Callable[[str, str, float], None] = lambda *_: None
         self.timer = OneTimer(clock, self._fire)
 
     # -- datagrams ---------------------------------------------------------------------
@@ -117,6 +120,8 @@ class DtlsTransport(DatagramProtocol):
 
     def _event(self, event: Any) -> None:
         if type(event) is SessionEstablished:
+            self.on_handshake("resumed" if event.resumed else "full", event.method,
+                              event.seconds)
             if debugging():
                 log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
                           peer=str(event.peer), kind="resumed" if event.resumed else "full",
@@ -129,6 +134,8 @@ class DtlsTransport(DatagramProtocol):
             self.coap.forget(event.peer)
         elif type(event) is HandshakeFailed:
             now = self.clock.seconds()
+            self.on_handshake("failed" if event.outcome == FAILED else "timeout",
+                              event.method, event.seconds)
             self.failures.record(event.outcome, event.address[0], event.reason, now)
             self._summarise(now)
 

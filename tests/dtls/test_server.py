@@ -209,7 +209,8 @@ def test_a_wrong_key_fails_silently_and_the_deadline_reaps_it(rig):
     rig.advance(rig.cfg.handshake_timeout + 1)
     assert rig.session(A) is None
     assert rig.server.stats["handshake_timeouts"] == 1
-    assert rig.events == [HandshakeFailed(A, TIMED_OUT, "not finished in time", PSK)]
+    assert rig.events == [HandshakeFailed(A, TIMED_OUT, "not finished in time", PSK,
+                                          rig.cfg.handshake_timeout)]
 
 
 def test_an_idle_session_is_ended_with_close_notify(rig):
