@@ -53,10 +53,12 @@ class BridgeCoap(DatagramProtocol, DatagramDriver):
 
 
 def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str,
-           shared: bool = False) -> Any:
+           shared: bool = False, inherited: Optional[int] = None) -> Any:
     """W9: listen with a receive buffer that holds any UDP datagram; ``shared``: beside the
-    other worker processes (``SO_REUSEPORT``, see ``bridge.edge.udp``)."""
-    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared)
+    other worker processes (``SO_REUSEPORT``, see ``bridge.edge.udp``); ``inherited``: on
+    the socket the supervisor handed over."""
+    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared,
+                          inherited)
 
 
 def datagram_settings(empty_ack_delay: float, exchange_lifetime: float,

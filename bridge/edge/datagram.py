@@ -79,6 +79,14 @@ class DatagramDriver:
                           self.clock.seconds(), block_size, content_format)
         self._drain()
 
+    def end_observation(self, peer: Hashable, token: bytes, code: int, diagnostic: bytes,
+                        max_age: Optional[int] = None) -> None:
+        """Tell ``peer`` that its relation of ``token`` ended (a notification with ``code``
+        and no Observe option, CON)."""
+        self.layer.end_observation(peer, token, code, diagnostic, self.clock.seconds(),
+                                   max_age)
+        self._drain()
+
     def trust(self, peer: Hashable) -> None:
         """``peer`` is known to receive what we send (a DTLS handshake proved its address,
         RFC 7252 §11.3): no amplification limit applies."""
