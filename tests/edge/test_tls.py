@@ -8,7 +8,7 @@ from OpenSSL import SSL
 
 import dtlscerts
 from bridge.core.auth import PresharedKey
-from bridge.edge import psk
+from bridge.dtls import psk
 from bridge.edge import tls as tls_edge
 from bridge.edge.dtls import peer_credential
 from bridge.settings import DtlsConfig
