@@ -135,9 +135,6 @@ def check(config: Any, problems: Problems) -> None:
     if not names:
         return
     cfg = config.reliable
-    if config.coap.workers > 1:
-        problems.add("coap.workers", "reliable: %s need coap.workers 1 (the TCP listeners are "
-                     "not shared between worker processes)" % ", ".join(names))
     if ("tls" in names or "wss" in names) and not tls_files(config).cert_file and \
             not ("tls" in names and cfg.psk and "wss" not in names):
         problems.add("reliable.cert_file", "reliable: TLS (tls or wss) enabled without a "
