@@ -112,18 +112,23 @@ def test_coaps_tcp_with_libcoap_reaches_both_workers(tmp_path, broker):
     try:
         wait_until(lambda: bridge.read_log().count("CoAP over coaps+tcp listening") >= 2, 30,
                    "coaps+tcp listening in both workers")
-        devices = DEVICES[:12]
-        for n, (name, token) in enumerate(devices):  # a process (a connection) each
+        # a process (a connection) each, until both workers have answered some: whichever
+        # worker calls accept first gets a connection, measured 2 to 10 of 12 on one
+        devices, acked = [], {}
+        for n, (name, token) in enumerate(DEVICES):
             done = subprocess.run(
                 [OPENSSL, "-v", "6", "-m", "post", "-e", '{"seq": %d}' % n,
                  "coaps+tcp://127.0.0.1:%d/api/v1/%s/telemetry" % (bridge.ports["tls"], token)],
                 capture_output=True, timeout=30)
             out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
             assert re.search(r"c:2\.01", out), out[-800:]
-        acked = samples(bridge.metrics_port, "coapbridge_uplinks_acknowledged_total")
-        print("12 coaps+tcp connections per worker:", acked)
+            devices.append((name, token))
+            acked = samples(bridge.metrics_port, "coapbridge_uplinks_acknowledged_total")
+            if len(devices) >= 12 and acked["1"] > 0 and acked["2"] > 0:
+                break
+        print("%d coaps+tcp connections per worker:" % len(devices), acked)
         assert acked["1"] + acked["2"] == len(devices), acked
-        assert acked["1"] > 0 and acked["2"] > 0, acked
+        assert acked["1"] > 0 and acked["2"] > 0, acked  # within 40 connections
         wait_until(lambda: not platform.missing({(name, n)
                                                  for n, (name, _) in enumerate(devices)}), 30,
                    "every device's telemetry on the platform")
@@ -141,9 +146,11 @@ def test_a_killed_worker_ends_only_its_connections_and_new_ones_are_accepted(
         wait_until(lambda: bridge.read_log().count("CoAP over coap+tcp listening") >= 2, 30,
                    "coap+tcp listening in both workers")
         pids = {bridge.pid(1): 1, bridge.pid(2): 2}
-        socks = [open_connection(bridge) for _ in DEVICES[:20]]
-        held = [pids.get(owner(sock, pids)) for sock in socks]
-        assert 1 in held and 2 in held, held  # both workers hold some
+        held = []  # connections until both workers hold some (at least 10, at most 30)
+        while len(socks) < 30 and (len(socks) < 10 or not {1, 2} <= set(held)):
+            socks.append(open_connection(bridge))
+            held.append(pids.get(owner(socks[-1], pids)))
+        assert 1 in held and 2 in held, held
         victim = bridge.pid(1)
         os.kill(victim, signal.SIGKILL)
         # while worker 1 is down (restarted after 1 s) and after: new connections answered
