@@ -35,6 +35,8 @@ from typing import Any, Dict, Mapping
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorSocket
 
+from . import udp
+
 BACKLOG = 1024  # as the single process's listenTCP endpoints
 # the descriptors a worker gets the listeners on (after udp's 3 and 4), and their variables
 FDS = {"tcp": 5, "tls": 6, "ws": 7, "wss": 8}
@@ -83,9 +85,4 @@ def adopt(reactor: Any, fd: int, port: int, factory: Any) -> Any:
 def inherited(environ: Mapping[str, str]) -> Dict[str, int]:
     """{"tcp": fd, ...}: the listening sockets a worker was started with (none when it was
     not started by a supervisor that holds them)."""
-    out = {}
-    for name, variable in FD_ENV.items():
-        text = environ.get(variable, "")
-        if text.isdigit():
-            out[name] = int(text)
-    return out
+    return udp.descriptors(environ, FD_ENV)

@@ -20,9 +20,9 @@ import subprocess
 import pytest
 
 import dtlscerts
-from conftest import BIN, Counting, free_ports, wait_until
+from conftest import Counting, free_ports, wait_until
 from test_rfc8323 import csm_frame, decoded, read_frames, telemetry_frame
-from test_workers import Workers, broker, samples  # noqa: F401 (broker: a fixture)
+from test_workers import Workers, broker, run_twistd, samples  # noqa: F401 (broker: a fixture)
 
 pytestmark = pytest.mark.integration
 OPENSSL = shutil.which("coap-client-openssl")
@@ -188,9 +188,7 @@ def test_the_supervisor_refuses_a_taken_tcp_port_with_one_line(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", bridge.ports["tcp"]))
         holder.listen(1)
-        done = subprocess.run([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
-                               "--config", bridge.config], capture_output=True, text=True,
-                              timeout=60, cwd=str(tmp_path))
+        done = run_twistd(bridge.config, tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(
         "coapbridge: cannot listen for coap+tcp on TCP 127.0.0.1 port %d" % bridge.ports["tcp"])
