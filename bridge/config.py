@@ -218,8 +218,11 @@ class DeviceProfileConfig:
     path of a file holding it (the key with ``File`` appended); a PROTOBUF profile that
     leaves one out gets ThingsBoard's default. After loading, the schema keys hold the
     text (read from the file, or the default). ``thingsboardProfile``: instead of the keys,
-    a device profile exported from ThingsBoard (JSON), whose CoAP settings are read."""
+    a device profile exported from ThingsBoard (JSON), whose CoAP settings are read.
+    ``coapDeviceType``: DEFAULT (the ``/api/v1`` device API) or EFENTO (Efento's NB-IoT
+    sensors on ``/efento/*``, their own Protocol Buffers messages: no payload type)."""
     thingsboardProfile: str = ""
+    coapDeviceType: str = "DEFAULT"
     transportPayloadType: str = "JSON"
     deviceTelemetryProtoSchema: str = ""
     deviceTelemetryProtoSchemaFile: str = ""
@@ -234,7 +237,11 @@ class DeviceProfileConfig:
 
     @property
     def protobuf(self) -> bool:
-        return self.transportPayloadType == "PROTOBUF"
+        return self.transportPayloadType == "PROTOBUF" and not self.efento
+
+    @property
+    def efento(self) -> bool:
+        return self.coapDeviceType == "EFENTO"
 
 
 # Fields holding a mapping of names to mappings, and the dataclass of each value.
@@ -542,11 +549,17 @@ def _resolve_profiles(config: Config, problems: List[str]) -> Config:
         if profile.transportPayloadType not in ("JSON", "PROTOBUF"):
             problems.append("%stransportPayloadType: must be JSON or PROTOBUF, got %r"
                             % (where, profile.transportPayloadType))
+        if profile.coapDeviceType not in ("DEFAULT", "EFENTO"):
+            problems.append("%scoapDeviceType: must be DEFAULT or EFENTO, got %r"
+                            % (where, profile.coapDeviceType))
+        elif profile.efento and profile.transportPayloadType != "JSON":
+            problems.append("%stransportPayloadType: an EFENTO profile has none (its sensors "
+                            "send Efento's own messages)" % where)
         texts = {kind: _schema_text(profile, kind, where, problems)
                  for kind in protoschema.KINDS}
         profiles[name] = replace(profile, **texts)
     config = replace(config, device_profiles=profiles)
-    if any(profile.protobuf for profile in profiles.values()):
+    if any(profile.protobuf or profile.efento for profile in profiles.values()):
         from .edge import protoc  # runs a subprocess: only when a profile needs it
         problems.extend(protoc.check_profiles(profiles))
     return config

@@ -69,11 +69,12 @@ class EndpointSettings:
 class Answer:
     """What a request handler answers: the response, whether the request carried a valid
     credential (no amplification limit then), and a body read block by block instead of
-    the response's payload."""
+    the response's payload. No message: the request gets no answer (a NON one; a CON one
+    only its ACK)."""
 
     __slots__ = ("message", "authenticated", "large")
 
-    def __init__(self, message: Message, authenticated: bool = False,
+    def __init__(self, message: Optional[Message], authenticated: bool = False,
                  large: Optional[LargeBody] = None):
         self.message = message
         self.authenticated = authenticated
@@ -243,7 +244,7 @@ class Endpoint:
 
     # -- answers -----------------------------------------------------------------------
 
-    def respond(self, exchange: Exchange, response: Message, now: float,
+    def respond(self, exchange: Exchange, response: Optional[Message], now: float,
                 authenticated: bool = False, large: Optional[LargeBody] = None) -> None:
         """Answer ``exchange`` with ``response`` (its payload, or ``large``), block by block
         as the request asks (RFC 7959); ``authenticated``: the request carried a valid
@@ -251,6 +252,12 @@ class Endpoint:
         if exchange.answered:
             return
         request = exchange.message
+        if response is None:  # no answer (RFC 7967 No-Response): a CON still gets its ACK
+            exchange.answered = True
+            if request.mtype == CON and not exchange.separate:
+                self._send(Message(mtype=ACK, mid=request.mid, code=txcoap.EMPTY),
+                           exchange.peer, exchange.slot)
+            return
         asked = request.opt.block2
         if asked is None and large is None and len(response.payload) <= SMALL_ANSWER:
             # the common answer goes as it is: no block asked, one block long, and either

@@ -89,6 +89,7 @@ class Reply(NamedTuple):
     reason: str = ""
     observe: Optional[int] = None
     authenticated: bool = False  # the request carried a valid access token
+    silent: bool = False  # a NON request left unanswered (RFC 7967's No-Response)
 
 
 @_typed

@@ -9,7 +9,7 @@ packet size) 4.13. Payloads are read by the device's format (formats/).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import codes, gateway, routes
 from .actions import Created, Device, Entry, Log, Reply, Request, Store, StoreMany, Uplink
@@ -41,6 +41,7 @@ class Uplinks(Part):
         # store ref -> (its request ref, or the refs of a StoreMany; the core's own copies
         # of the entries being written, renamed here if the device is): see ``rename``
         self.storing: Dict[int, Tuple[Any, List[Entry]]] = {}
+        self.silent: Set[int] = set()  # request refs not answered once stored (NON Efento)
         self.storing_count = 0  # uplinks being written
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
@@ -128,10 +129,13 @@ class Uplinks(Part):
     # == admission ===========================================================
 
     def store(self, device: Device, topic: str, payload: bytes, request_ref: int,
-              now: float) -> List[Action]:
-        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``)."""
+              now: float, answer: bool = True) -> List[Action]:
+        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``),
+        or, ``answer`` False, no answer at all then (errors are still answered)."""
         actions: List[Action] = []
         if self.admit(device, topic, payload, request_ref, now, actions):
+            if not answer:
+                self.silent.add(request_ref)
             store = Store(next(self.shared.refs),
                           Entry(0, device.name, device.type, topic, payload, now))
             self.storing[store.ref] = (request_ref, [store.entry])
@@ -195,7 +199,13 @@ class Uplinks(Part):
             self.storing_count -= len(entries)
             self.storing_bytes -= size
             self.stats["acknowledged"] += len(entries)
-            actions.append(Created(refs) if type(refs) is tuple else Reply(refs, codes.CREATED))
+            if type(refs) is tuple:
+                actions.append(Created(refs))
+            elif refs in self.silent:
+                self.silent.discard(refs)
+                actions.append(Reply(refs, codes.CREATED, silent=True))
+            else:
+                actions.append(Reply(refs, codes.CREATED))
         return actions + self.outbox.pump(now)
 
     def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
@@ -207,6 +217,7 @@ class Uplinks(Part):
             self.storing_bytes -= sum(len(entry.payload) for entry in entries)
             self.stats["store_failed"] += len(entries)
             for request_ref in (refs if type(refs) is tuple else [refs]):
+                self.silent.discard(request_ref)
                 actions.append(unavailable(request_ref, "outbox write failed"))
         return actions
 

@@ -135,7 +135,7 @@ class BridgeCoap(DatagramProtocol):
         elif not isinstance(result, Answer):
             raise TypeError("request handler returned %r, not a Message" % (type(result),))
         message = result.message
-        if isinstance(message.payload, str):
+        if message is not None and isinstance(message.payload, str):
             message.payload = message.payload.encode("utf-8")
         self.endpoint.respond(exchange, message, self.clock.seconds(), result.authenticated,
                               result.large)

@@ -25,6 +25,8 @@ from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDe
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
                             ResetLink, ServePackage, Store, StoreMany)
 from ..core.formats import FormatOf, PayloadFormat, fixed, protoschema
+from ..core.formats.efento import EfentoFormat
+from ..core.formats.efento_proto import EfentoMessages
 from ..core.formats.json import JsonFormat
 from ..core.formats.protobuf import ProtobufFormat
 from ..core.auth import CredentialLookups
@@ -86,7 +88,9 @@ def format_of(config: Config) -> FormatOf:
     json = JsonFormat(config.limits.json_max_depth)
     formats: Dict[str, PayloadFormat] = {}
     for device_type, profile in config.device_profiles.items():
-        if profile.protobuf:
+        if profile.efento:
+            formats[device_type] = EfentoFormat(protoc.efento_messages())
+        elif profile.protobuf:
             formats[device_type] = ProtobufFormat(
                 protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY),
                 protoc.message_class(profile.deviceAttributesProtoSchema,
@@ -101,12 +105,22 @@ def format_of(config: Config) -> FormatOf:
     return lambda device_type: formats.get(device_type, json)
 
 
+def efento_messages() -> Optional[EfentoMessages]:
+    """Efento's sensor messages, compiled by protoc; None without protoc (an EFENTO profile
+    needs it: the configuration check says so), when ``/efento/*`` answers 5.03."""
+    try:
+        return protoc.efento_messages()
+    except protoc.ProtocMissing:
+        return None
+
+
 def make_core(config: Config, lookup: Any,
               credentials: Optional[CredentialLookups] = None,
               messages: Optional[fixed.FixedMessages] = None) -> GatewayCore:
     """The one place the core is built (``messages``: ThingsBoard's fixed messages, for
     provisioning requests that are not JSON)."""
-    return GatewayCore(config, lookup, format_of(config), credentials, messages)
+    return GatewayCore(config, lookup, format_of(config), credentials, messages,
+                       efento_messages())
 
 
 class Bridge:

@@ -177,6 +177,9 @@ class CoapRequests:
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
                       peer=describe(pending.peer) if pending is not None else "device",
                       reason=reply.reason)
+        if reply.silent:  # a NON request the device wants no answer to (Efento's)
+            self.answer(reply.ref, Answer(None, True))
+            return
         self.answer(reply.ref, make_response(
             reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
             reply.observe), reply.authenticated)

@@ -63,6 +63,12 @@ def test_json_default_and_bare_coap_profiles_are_json(tmp_path):
     assert not load(write(tmp_path, bare, "bare.json")).device_profiles["meter"].protobuf
 
 
+def test_an_efento_profile_is_an_efento_device_type(tmp_path):
+    profile = load(write(tmp_path, exported_profile(coap_device_type="EFENTO"))) \
+        .device_profiles["meter"]
+    assert profile.efento and not profile.protobuf
+
+
 def test_a_bad_schema_inside_the_profile_names_the_file_line_and_column(tmp_path):
     path = write(tmp_path, exported_profile(protobuf_payload(
         telemetry='syntax = "proto3";\nmessage A {\n  int32 a = 1\n}\n')))
@@ -77,7 +83,7 @@ def test_a_bad_schema_inside_the_profile_names_the_file_line_and_column(tmp_path
     ({"name": "x"}, "not a ThingsBoard device profile (no profileData.transportConfiguration)"),
     (exported_profile(transport="MQTT"), "not a CoAP device profile (its transport type is MQTT)"),
     (exported_profile(transport="LWM2M"), "its transport type is LWM2M"),
-    (exported_profile(coap_device_type="EFENTO"), "coapDeviceType EFENTO"),
+    (exported_profile(coap_device_type="EFENTO_X"), "unknown coapDeviceType 'EFENTO_X'"),
     (exported_profile({"transportPayloadType": "PROTOBUF", "deviceTelemetryProtoSchema": 7}),
      "transportPayloadTypeConfiguration.deviceTelemetryProtoSchema is not text"),
     (exported_profile({"transportPayloadType": "CBOR"}), "must be JSON or PROTOBUF, got 'CBOR'"),

@@ -15,9 +15,8 @@ the keys. Where they are in it (ThingsBoard's ``DeviceProfile`` JSON)::
 
 As ThingsBoard's CoAP transport reads it: a ``DEFAULT`` transport configuration, a missing
 ``coapDeviceTypeConfiguration`` or a missing ``transportPayloadTypeConfiguration`` is JSON.
-Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile) and ``EFENTO`` devices
-(their own binary protocol, which the bridge does not speak). The clientSettings (power
-saving) are not the bridge's concern.
+Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile). An ``EFENTO`` device type
+is Efento's sensors (``coapDeviceType``; they have no payload settings).
 """
 
 from __future__ import annotations
@@ -63,8 +62,7 @@ def payload_settings(doc: Any) -> Dict[str, Any]:
         return {}
     device_type = device.get("coapDeviceType", "DEFAULT")
     if device_type == "EFENTO":
-        raise NotUsable("coapDeviceType EFENTO (Efento's own protocol) is not supported; "
-                        "only DEFAULT CoAP devices are")
+        return {"coapDeviceType": "EFENTO"}  # Efento's own messages: no payload settings
     if device_type != "DEFAULT":
         raise NotUsable("unknown coapDeviceType %r" % (device_type,))
     path += ".coapDeviceTypeConfiguration"
