@@ -102,3 +102,23 @@ def test_json_profiles_need_no_protoc(monkeypatch):
     config = load_text("device_profiles: {plain: {}}", {})
     assert not config.device_profiles["plain"].protobuf
     assert config_module.Config().device_profiles == {}
+
+
+def test_efento_profiles_are_checked_and_need_protoc(monkeypatch):
+    config = load_text("device_profiles: {sensor: {coapDeviceType: EFENTO}}", {})
+    assert config.device_profiles["sensor"].efento
+    assert problems("device_profiles: {a: {coapDeviceType: LWM2M}, "
+                    "b: {coapDeviceType: EFENTO, transportPayloadType: PROTOBUF}}") == [
+        "device_profiles.a.coapDeviceType: must be DEFAULT or EFENTO, got 'LWM2M'",
+        "device_profiles.b.transportPayloadType: an EFENTO profile has none (its sensors "
+        "send Efento's own messages)"]
+    monkeypatch.setattr(protoc, "protoc_path", lambda: None)
+    protoc.compile_schema.cache_clear()
+    protoc.efento_messages.cache_clear()
+    try:
+        assert problems("device_profiles: {sensor: {coapDeviceType: EFENTO}}") == [
+            "device_profiles.sensor: coapDeviceType EFENTO: " + protoc.INSTALL_HINT]
+    finally:
+        monkeypatch.undo()
+        protoc.compile_schema.cache_clear()
+        protoc.efento_messages.cache_clear()
