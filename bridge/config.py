@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import yaml
 
 from . import registry_url
+from .core.actions import PowerSettings
 from .core.formats import protoschema
 from .registry_url import RegistryTarget
 
@@ -63,6 +64,12 @@ class CoapConfig:
     # Worker processes sharing the UDP port(s) with SO_REUSEPORT; 1: one process, no
     # supervisor (see bridge/supervisor.py).
     workers: int = 1
+    # Power saving (ThingsBoard's transport.coap.psm_activity_timer and
+    # paging_transmission_window, here in seconds): the windows of PSM and eDRX devices
+    # whose settings give none; transport_log: their sleep/wake transitions as telemetry.
+    psm_activity_timer: float = 10.0
+    paging_transmission_window: float = 10.0
+    transport_log: bool = False
 
 
 # CoAP's mandatory suites (RFC 7252 §9.1.3: PSK and certificates with CCM_8), AES-GCM,
@@ -212,6 +219,20 @@ _LISTS: Dict[str, Any] = {"profiles": ProvisionProfileConfig}
 
 
 @dataclass(frozen=True)
+class ClientSettings:
+    """A device profile's power saving, ThingsBoard's ``clientSettings`` (times in ms; empty,
+    0 or null: not given)."""
+    powerMode: str = ""  # PSM, DRX or E_DRX; empty: DRX
+    psmActivityTimer: int = 0
+    edrxCycle: int = 0
+    pagingTransmissionWindow: int = 0
+
+
+POWER_MODES = ("PSM", "DRX", "E_DRX")
+_NULLABLE = (ClientSettings,)  # whose keys may be null (exported profiles have nulls)
+
+
+@dataclass(frozen=True)
 class DeviceProfileConfig:
     """How the devices of one type encode their payloads: ThingsBoard's own keys from a
     device profile's transportPayloadTypeConfiguration. Each schema is its text, or the
@@ -234,6 +255,13 @@ class DeviceProfileConfig:
     deviceRpcResponseProtoSchemaFile: str = ""
     enableCompatibilityWithJsonPayloadFormat: bool = False
     useJsonPayloadFormatForDefaultDownlinkTopics: bool = False
+    clientSettings: ClientSettings = field(default_factory=ClientSettings)
+
+    @property
+    def power_settings(self) -> PowerSettings:
+        client = self.clientSettings
+        return PowerSettings(client.powerMode or None, client.psmActivityTimer or None,
+                             client.edrxCycle or None, client.pagingTransmissionWindow or None)
 
     @property
     def protobuf(self) -> bool:
@@ -338,12 +366,14 @@ _CHOICES: Dict[str, Tuple[str, ...]] = {
 }
 _PORTS = ("coap.bind_port", "mqtt.port", "dtls.bind_port")
 MAX_WORKERS = 256
+MAX_POWER_TIMER = 7 * 86400 * 1000  # ms: a week, far beyond any device's cycle
 MAX_JSON_DEPTH = 256  # well below Python's recursion limit (1000) with the reactor's frames
 _POSITIVE = ("coap.empty_ack_delay", "coap.exchange_lifetime", "mqtt.keepalive",
              "mqtt.connect_timeout", "mqtt.puback_timeout", "mqtt.max_packet_size",
              "mqtt.max_inflight", "mqtt.reconnect_min_delay", "mqtt.reconnect_max_delay",
              "devices.idle_timeout", "coap.max_observers", "coap.max_body", "coap.ack_timeout",
-             "coap.con_notification_interval",
+             "coap.con_notification_interval", "coap.psm_activity_timer",
+             "coap.paging_transmission_window",
              "platform.request_timeout", "platform.rpc_queue_size", "platform.rpc_queue_ttl",
              "outbox.max_entries", "outbox.max_bytes", "outbox.max_age", "outbox.max_batch",
              "limits.device_burst", "limits.peer_burst", "limits.max_pending_per_peer",
@@ -456,6 +486,9 @@ def _build(cls: Any, raw: Any, env: Mapping[str, str], prefix: str, problems: Li
             values[f.name] = default
             continue
         value = raw[f.name]
+        if value is None and cls in _NULLABLE:
+            values[f.name] = default
+            continue
         if f.name in _MAPS:
             values[f.name] = _build_map(_MAPS[f.name], value, env, where, problems)
             continue
@@ -513,8 +546,10 @@ def _exported_profile(profile: DeviceProfileConfig, where: str,
     """The settings of ``thingsboardProfile``, a device profile exported from ThingsBoard."""
     where += "thingsboardProfile"
     path = profile.thingsboardProfile
+    unset = DeviceProfileConfig()
     given = [f.name for f in fields(DeviceProfileConfig)
-             if f.name != "thingsboardProfile" and getattr(profile, f.name) != f.default]
+             if f.name != "thingsboardProfile" and getattr(profile, f.name) != getattr(unset,
+                                                                                  f.name)]
     if given:
         problems.append("%s: give the exported profile or its keys (%s), not both"
                         % (where, ", ".join(given)))
@@ -534,6 +569,10 @@ def _exported_profile(profile: DeviceProfileConfig, where: str,
     except tbprofile.NotUsable as exc:
         problems.append("%s: %s: %s" % (where, path, exc))
         return profile
+    if "clientSettings" in settings:
+        settings["clientSettings"] = _build(ClientSettings, settings["clientSettings"], {},
+                                            "%s (in %s): clientSettings." % (where, path),
+                                            problems)
     return replace(profile, **settings)
 
 
@@ -555,6 +594,9 @@ def _resolve_profiles(config: Config, problems: List[str]) -> Config:
         elif profile.efento and profile.transportPayloadType != "JSON":
             problems.append("%stransportPayloadType: an EFENTO profile has none (its sensors "
                             "send Efento's own messages)" % where)
+        _check_client_settings(profile.clientSettings, where + "clientSettings.",
+                               " (in %s)" % profile.thingsboardProfile
+                               if profile.thingsboardProfile else "", problems)
         texts = {kind: _schema_text(profile, kind, where, problems)
                  for kind in protoschema.KINDS}
         profiles[name] = replace(profile, **texts)
@@ -563,6 +605,17 @@ def _resolve_profiles(config: Config, problems: List[str]) -> Config:
         from .edge import protoc  # runs a subprocess: only when a profile needs it
         problems.extend(protoc.check_profiles(profiles))
     return config
+
+
+def _check_client_settings(client: ClientSettings, where: str, source: str,
+                           problems: List[str]) -> None:
+    if client.powerMode not in ("",) + POWER_MODES:
+        problems.append("%spowerMode%s: must be one of %s, got %r"
+                        % (where, source, ", ".join(POWER_MODES), client.powerMode))
+    for key in ("psmActivityTimer", "edrxCycle", "pagingTransmissionWindow"):
+        if not 0 <= getattr(client, key) <= MAX_POWER_TIMER:
+            problems.append("%s%s%s: must be 0 (not given) to %d ms, got %s"
+                            % (where, key, source, MAX_POWER_TIMER, getattr(client, key)))
 
 
 def _check(config: Config, problems: List[str]) -> None:

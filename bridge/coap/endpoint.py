@@ -122,6 +122,7 @@ class Endpoint:
         self.dedup = Deduplicator(settings.exchange_lifetime)
         self.uploads = Uploads(settings.max_body)
         self.malformed = 0
+        self.retransmissions = 0  # CON messages sent again (RFC 7252 §4.2)
         self.outgoing: List[Tuple[bytes, Any]] = []  # datagrams to send, in order
         self.outcomes: List[Tuple[int, str]] = []  # (ref, outcome) of CON/NON messages sent
         # Peers known to receive what we send (RFC 7252 §11.3): they acknowledged one of
@@ -401,10 +402,20 @@ class Endpoint:
                     self.outcomes.append((pending.ref, "timeout"))
                 continue
             self.outgoing.append((pending.data, pending.peer))
+            self.retransmissions += 1
             pending.count += 1
             pending.timeout *= 2
             pending.deadline = now + pending.timeout
             self._schedule(pending.deadline, key)
+
+    def withdraw(self, ref: int) -> bool:
+        """Stop retransmitting the CON notification sent with ``ref`` (its device sleeps);
+        no outcome of it is reported. False if it is not waiting for its ACK."""
+        for key, pending in self._confirmables.items():
+            if pending.ref == ref:
+                del self._confirmables[key]  # its retransmission timer finds nothing
+                return True
+        return False
 
     # -- peers -------------------------------------------------------------------------
 

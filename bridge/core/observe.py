@@ -17,6 +17,12 @@ next registration).
 A NON relation gets NON notifications, except that at least one in every
 ``con_interval`` seconds goes as CON, so dead NON observers are found too.
 
+A ``gate`` (the power-saving part, power.py) may hold a device's notifications while it
+sleeps: a queue goes on only when ``gate.may_send`` says so (``resume`` once the device
+wakes); a CON notification in flight when a PSM device falls asleep is taken back
+(``withdraw``: it goes again when the device wakes); one that times out while its device
+sleeps (``gate.asleep``) waits in the same way, and the device's relations stay.
+
 A representation longer than one block (``codes.BLOCK_SIZE``, or the smaller
 block the device asked for when it registered) goes out as its first block
 (RFC 7959 §2.6); the relation keeps the latest such one (``last``), so that
@@ -87,6 +93,7 @@ class Observers:
         self._next_ref = 0
         self._sequence = 0
         self.expired: List[Pending] = []  # skipped as expired; the caller takes them
+        self.gate: Any = None  # may_send(device, now), asleep(device, now), hold(device)
 
     def __len__(self) -> int:
         return len(self.relations)
@@ -185,6 +192,9 @@ class Observers:
             key = (non[0], non[1])
             relation = self.relations.get(key)
             if outcome in (RESET, TIMEOUT) and relation is not None and relation.token == non[2]:
+                if outcome == TIMEOUT and self.gate is not None \
+                        and self.gate.asleep(relation.device, now):
+                    return [], [], []  # unheard while it slept: the relation stays
                 return [], [relation], self._drop(key)
             return [], [], []
         key = self._in_flight.pop(ref, None)
@@ -196,6 +206,11 @@ class Observers:
             return self._pump(relation, now), [], []
         if outcome == RESET:
             return [], [relation], self._drop(key)
+        gate = self.gate
+        if gate is not None and gate.asleep(relation.device, now):
+            self._take_back(relation)  # unheard while it slept: it waits for the device
+            gate.hold(relation.device)
+            return [], [], []
         # timeout: every relation of that peer is dead
         ended, leftovers = self.cancel_remote(relation.remote)
         return [], ended, leftovers
@@ -210,13 +225,50 @@ class Observers:
             leftovers += self._drop(key)
         return ended, leftovers
 
+    def resume(self, device: str, features: Tuple[str, ...], now: float) -> List[Notify]:
+        """The gate opened for ``device`` (it woke): its queued notifications go."""
+        out: List[Notify] = []
+        for feature in features:
+            relation = self.relations.get((device, feature))
+            if relation is not None:
+                out += self._pump(relation, now)
+        return out
+
+    def withdraw(self, device: str, features: Tuple[str, ...]) -> List[int]:
+        """``device`` fell asleep: its CON notifications in flight are taken back (first in
+        their queues again); their refs, whose retransmissions must stop."""
+        refs = []
+        for feature in features:
+            relation = self.relations.get((device, feature))
+            if relation is not None and relation.in_flight is not None:
+                refs.append(relation.in_flight[0])
+                self._in_flight.pop(relation.in_flight[0], None)
+                self._take_back(relation)
+        return refs
+
+    def device_of(self, ref: int) -> Optional[str]:
+        """The device CON notification ``ref`` went to (while it is in flight)."""
+        key = self._in_flight.get(ref)
+        return key[0] if key is not None else None
+
+    def _take_back(self, relation: Relation) -> None:
+        assert relation.in_flight is not None
+        if relation.queue is _EMPTY:
+            relation.queue = deque()
+        relation.queue.appendleft(relation.in_flight[1])
+        relation.in_flight = None
+
     def _pump(self, relation: Relation, now: float) -> List[Notify]:
         out: List[Notify] = []
+        gate = self.gate
         while relation.queue and relation.in_flight is None:
-            pending = relation.queue.popleft()
+            pending = relation.queue[0]
             if pending.expires is not None and pending.expires <= now:
-                self.expired.append(pending)
+                self.expired.append(relation.queue.popleft())
                 continue
+            if gate is not None and not gate.may_send(relation.device, now):
+                break  # the device sleeps: the queue waits for it (``resume``)
+            relation.queue.popleft()
             confirmable = relation.confirmable or now - relation.last_con >= self.con_interval
             self._next_ref += 1
             notify = Notify(self._next_ref, relation.remote, relation.token, confirmable,

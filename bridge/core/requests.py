@@ -10,7 +10,7 @@ part with a handler, and one line in that table.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from . import codes, routes
 from .actions import Authenticated, Device, Request
@@ -42,6 +42,8 @@ class Requests:
         self.provisioning = provisioning
         self.efento = efento
         self.formats = formats
+        # a device was heard from (set by the facade: power saving, power.py)
+        self.heard: Callable[[Device, float], Any] = lambda device, now: ()
 
         def plain(handler: Callable[[Device, Request, float], List[Action]]) -> Handler:
             return lambda device, credential, route, request, now: handler(device, request, now)
@@ -89,6 +91,7 @@ class Requests:
             device = self.auth.authenticate(credential, request.remote, now)
         authenticated = Authenticated(request.ref)
         handler, limited = self.handlers[(route.feature, request.method)]
+        woke = self.heard(device, now)  # any request: a sleeping device is awake now
         try:
             if self.formats.of(device.type).name == EFENTO and route.feature not in _OTA:
                 # ThingsBoard: an EFENTO profile's device has only /efento/* (and OTA)
@@ -98,6 +101,8 @@ class Requests:
                 self.limits.device(device, now)
             actions = handler(device, credential, route, request, now)
         except codes.CoapError as err:
-            return [authenticated, error_reply(request.ref, err)]
+            return [authenticated, error_reply(request.ref, err), *woke]
         actions.insert(0, authenticated)
+        if woke:
+            actions += woke
         return actions

@@ -13,6 +13,7 @@ actions.py). Each concern is a part that owns its state (one module each):
 * rpc.py: server-side RPC queues, client-side RPC, the gateway's rename/delete RPCs
 * downloads.py: firmware and software packages; provision.py: provisioning admission
 * efento.py: Efento's NB-IoT sensors on /efento/*
+* power.py: power-saving modes (PSM, eDRX): when a sleeping device's downlinks may go
 * messages.py: the platform's messages, by topic, to the part that owns them
 
 A tick, the link going up or down, and the platform renaming or deleting a device fan
@@ -37,6 +38,7 @@ from .limits import RequestLimits
 from .messages import Messages
 from .outbox import Outbox
 from .parts import Action, Part, Shared, error_reply
+from .power import PowerModes
 from .provision import Provisioning
 from .requests import Requests
 from .rpc import Rpc
@@ -78,6 +80,7 @@ class GatewayCore:
         self.messages = Messages(config.limits.json_max_depth, self.devices, self.attributes,
                                  self.rpc)
         self.efento = Efento(self.auth, self.limits, self.uplinks, self.formats, efento)
+        self.power = PowerModes(config)
         self.requests = Requests(self.auth, self.limits, self.provisioning, self.uplinks,
                                  self.attributes, self.rpc, self.downloads, self.efento,
                                  self.formats)
@@ -86,8 +89,8 @@ class GatewayCore:
         # the publishes that wait for them; the outbox last: it sends what is left room for)
         self.parts: Tuple[Part, ...] = (
             self.subscriptions, self.devices, self.attributes, self.downloads, self.rpc,
-            self.auth, self.limits, self.provisioning, self.messages, self.efento, self.uplinks,
-            self.outbox)
+            self.auth, self.limits, self.provisioning, self.messages, self.efento, self.power,
+            self.uplinks, self.outbox)
         self._next_slow_tick = 0.0
 
     def _wire(self) -> None:
@@ -98,8 +101,21 @@ class GatewayCore:
         devices.busy = [self.attributes.busy_devices, outbox.busy_devices]
         devices.observing = self.subscriptions.observing
         self.uplinks.learn_keys = self.attributes.learn_keys
+        self._wire_power()
         self.rpc.renamed = self.rename
         self.rpc.deleted = self.delete
+
+    def _wire_power(self) -> None:
+        """Power saving (power.py): every request is heard, the observe queues ask it before
+        each notification, attribute changes for a sleeping device are merged there."""
+        power, subscriptions = self.power, self.subscriptions
+        self.requests.heard = self.uplinks.heard = power.heard
+        subscriptions.observers.gate = power
+        subscriptions.acknowledged = power.acknowledged
+        self.attributes.power = power
+        power.woke = [self.attributes.send_held, subscriptions.wake]
+        power.slept = subscriptions.sleep
+        power.store = self.uplinks.store_own
 
     # == read-only views for metrics =========================================
 
@@ -116,7 +132,8 @@ class GatewayCore:
         return {"outbox_entries": self.outbox.count, "outbox_bytes": self.outbox.bytes,
                 "inflight_publishes": len(self.outbox.delivery.in_flight),
                 "observers": len(self.subscriptions),
-                "devices_connected": self.devices.connected_count()}
+                "devices_connected": self.devices.connected_count(),
+                "devices_asleep": self.power.asleep_count()}
 
     @property
     def link_up(self) -> bool:

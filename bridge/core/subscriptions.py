@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from . import codes
-from .actions import Log, Reply, Request
-from .observe import Observers, Pending
+from . import codes, routes
+from .actions import Log, Reply, Request, Withdraw
+from .observe import ACK, Observers, Pending
 from .parts import Action, Part, Shared
+
+FEATURES = (routes.ATTRIBUTES, routes.RPC)  # the observable resources of a device
 
 
 class Subscriptions(Part):
@@ -25,6 +27,9 @@ class Subscriptions(Part):
         self.requeue: Callable[[List[Pending], float], None] = lambda leftovers, now: None
         # feature -> called once a relation of a device is registered (RPC: its waiting RPCs)
         self.registered: Dict[str, Callable[[str, float], List[Action]]] = {}
+        # a device acknowledged a notification (set by the facade: power saving hears it)
+        self.acknowledged: Callable[[str, float], List[Action]] = lambda name, now: []
+        self.stats = {"notifications_withdrawn": 0}
 
     def __len__(self) -> int:
         return len(self.observers)
@@ -74,8 +79,11 @@ class Subscriptions(Part):
         return {relation.device for relation in self.observers.relations.values()}
 
     def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
+        device = self.observers.device_of(ref) if outcome == ACK else None
         notifies, ended, leftovers = self.observers.on_result(ref, outcome, now)
         actions: List[Action] = list(notifies)
+        if device is not None:
+            actions += self.acknowledged(device, now)
         for relation in ended:
             actions.append(Log("info", "observe of /{feature} by {device} ended ({outcome})",
                                {"feature": relation.feature, "device": relation.device,
@@ -92,6 +100,19 @@ class Subscriptions(Part):
                  "outcome": "session ended"}) for relation in ended]
         self.requeue(leftovers, now)
         return actions
+
+    def wake(self, name: str, now: float) -> List[Action]:
+        """``name`` woke (power saving): what its relations held goes."""
+        return self.observers.resume(name, FEATURES, now)  # type: ignore[return-value]
+
+    def sleep(self, name: str, now: float) -> List[Action]:
+        """``name`` fell asleep (PSM): its CON notifications in flight wait for it to wake,
+        and their retransmissions stop."""
+        refs = self.observers.withdraw(name, FEATURES)
+        if refs and self.observers.gate is not None:
+            self.observers.gate.hold(name)
+        self.stats["notifications_withdrawn"] += len(refs)
+        return [Withdraw(ref) for ref in refs]
 
     def rename(self, old: str, new: str) -> None:
         self.observers.rename(old, new)

@@ -38,6 +38,8 @@ class Uplinks(Part):
         self.mqtt5 = config.mqtt.mqtt5
         # attribute names uploaded (set by the facade: attributes reads use them)
         self.learn_keys: Callable[[str, Dict[str, Any]], None] = lambda name, values: None
+        # a device was heard from (set by the facade: power saving, power.py)
+        self.heard: Callable[[Device, float], Any] = lambda device, now: ()
         # store ref -> (its request ref, or the refs of a StoreMany; the core's own copies
         # of the entries being written, renamed here if the device is): see ``rename``
         self.storing: Dict[int, Tuple[Any, List[Entry]]] = {}
@@ -85,7 +87,7 @@ class Uplinks(Part):
         rows: List[Entry] = []
         failed: List[Tuple[int, Exception]] = []
         limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
-        authenticate = self.auth.authenticate
+        authenticate, heard = self.auth.authenticate, self.heard
         formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
         new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
         try:
@@ -96,6 +98,9 @@ class Uplinks(Part):
                         limits.peer(remote, now)
                     device = by_token(token, remote, now) if type(token) is str \
                         else authenticate(token, remote, now)
+                    woke = heard(device, now)
+                    if woke:
+                        actions += woke
                     if limits.devices.enabled:
                         limits.device(device, now)
                     if feature == telemetry:
@@ -141,6 +146,21 @@ class Uplinks(Part):
             self.storing[store.ref] = (request_ref, [store.entry])
             actions.append(store)
         return actions
+
+    def store_own(self, device: Device, topic: str, payload: bytes,
+                  now: float) -> List[Action]:
+        """A message the bridge itself writes for ``device`` (ThingsBoard's ``transportLog``):
+        stored and delivered as the device's uplinks are, in their order, answered to no
+        one; not written when the outbox is full or the message too large."""
+        if self._full(len(payload), now) or len(payload) + len(topic) > \
+                self.max_packet_size - gateway.MAX_PUBLISH_OVERHEAD:
+            return []
+        self.storing_count += 1
+        self.storing_bytes += len(payload)
+        store = Store(next(self.shared.refs), Entry(0, device.name, device.type, topic,
+                                                    payload, now))
+        self.storing[store.ref] = (None, [store.entry])
+        return [store]
 
     def admit(self, device: Device, topic: str, payload: bytes, request_ref: int, now: float,
               actions: List[Action]) -> bool:
@@ -201,6 +221,8 @@ class Uplinks(Part):
             self.stats["acknowledged"] += len(entries)
             if type(refs) is tuple:
                 actions.append(Created(refs))
+            elif refs is None:  # the bridge's own (store_own): nobody waits for it
+                pass
             elif refs in self.silent:
                 self.silent.discard(refs)
                 actions.append(Reply(refs, codes.CREATED, silent=True))
@@ -216,7 +238,7 @@ class Uplinks(Part):
             self.storing_count -= len(entries)
             self.storing_bytes -= sum(len(entry.payload) for entry in entries)
             self.stats["store_failed"] += len(entries)
-            for request_ref in (refs if type(refs) is tuple else [refs]):
+            for request_ref in (refs if type(refs) is tuple else [refs] if refs else []):
                 self.silent.discard(request_ref)
                 actions.append(unavailable(request_ref, "outbox write failed"))
         return actions

@@ -69,6 +69,14 @@ class BridgeCoap(DatagramProtocol):
     def malformed(self) -> int:
         return self.endpoint.malformed
 
+    @property
+    def retransmissions(self) -> int:
+        return self.endpoint.retransmissions
+
+    def withdraw(self, ref: int) -> None:
+        """No more retransmissions of CON notification ``ref`` (its device sleeps)."""
+        self.endpoint.withdraw(ref)
+
     def startProtocol(self) -> None:
         self._arm()
 

@@ -23,7 +23,7 @@ from ..config import Config, worker_client_id
 from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
-                            ResetLink, ServePackage, Store, StoreMany)
+                            ResetLink, ServePackage, Store, StoreMany, Withdraw)
 from ..core.formats import FormatOf, PayloadFormat, fixed, protoschema
 from ..core.formats.efento import EfentoFormat
 from ..core.formats.efento_proto import EfentoMessages
@@ -180,6 +180,7 @@ class Bridge:
             ServePackage: self._serve_package,
             ResetLink: self._reset_link,
             Notify: self.notifications.queue,
+            Withdraw: self.notifications.withdraw,
             Log: _log,
             RenameDevice: lambda action: self._registry_change("rename", action.old,
                                                                action.new),
@@ -367,6 +368,10 @@ class Bridge:
                                   self.requests.errors),
             "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed",
                                      protocol.malformed if protocol is not None else 0),
+            "coap_retransmissions_total": ("counter", "CON messages sent again for want of "
+                                           "an ACK (notifications, separate responses)",
+                                           protocol.retransmissions
+                                           if protocol is not None else 0),
             "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
                                            stats["acknowledged"]),
             "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",
@@ -418,6 +423,16 @@ class Bridge:
             "observers": ("gauge", "observe relations", gauges["observers"]),
             "devices_connected": ("gauge", "devices connected on the gateway session",
                                   gauges["devices_connected"]),
+            "devices_asleep": ("gauge", "PSM and eDRX devices past their window (asleep)",
+                               gauges["devices_asleep"]),
+            "power_asleep_total": ("counter", "PSM and eDRX devices falling asleep (their "
+                                   "window ended)", stats["power_asleep"]),
+            "power_awake_total": ("counter", "sleeping PSM and eDRX devices waking (a request "
+                                  "from them)", stats["power_awake"]),
+            "notifications_withdrawn_total": ("counter", "CON notifications whose "
+                                              "retransmissions stopped: their PSM device fell "
+                                              "asleep (sent again when it wakes)",
+                                              stats["notifications_withdrawn"]),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
             "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from ..core.actions import Notify
+from ..core.actions import Notify, Withdraw
 from ..logs import logger
 
 log = logger("bridge")
@@ -38,6 +38,14 @@ class Notifications:
                              notify.content_format)
             log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
                       observe=notify.observe, kind="CON" if notify.confirmable else "NON")
+
+    def withdraw(self, action: Withdraw) -> None:
+        """The core took notification ``action.ref`` back (its device fell asleep): not
+        sent if it still waits here, else no more retransmissions of it."""
+        queued = len(self._queue)
+        self._queue = [notify for notify in self._queue if notify.ref != action.ref]
+        if len(self._queue) == queued and self.transport is not None:
+            self.transport.withdraw(action.ref)
 
     def stop(self) -> None:
         """No transport any more: what is queued is not sent."""

@@ -106,8 +106,29 @@ def test_a_missing_file_and_keys_beside_the_profile_are_reported(tmp_path):
         "(transportPayloadType), not both"]
 
 
-def test_payload_settings_reads_only_the_payload_keys():
+def test_payload_settings_reads_only_the_payload_keys_and_the_client_settings():
     settings = tbprofile.payload_settings(exported_profile(protobuf_payload(telemetry=METER)))
     assert settings == {"transportPayloadType": "PROTOBUF", "deviceTelemetryProtoSchema": METER,
                         "enableCompatibilityWithJsonPayloadFormat": False,
-                        "useJsonPayloadFormatForDefaultDownlinkTopics": False}
+                        "useJsonPayloadFormatForDefaultDownlinkTopics": False,
+                        "clientSettings": {"powerMode": "DRX", "psmActivityTimer": None,
+                                           "edrxCycle": None,
+                                           "pagingTransmissionWindow": None}}
+
+
+def test_the_profiles_power_saving_is_read_with_its_nulls(tmp_path):
+    doc = exported_profile()
+    doc["profileData"]["transportConfiguration"]["clientSettings"] = {
+        "powerMode": "PSM", "psmActivityTimer": 30000, "edrxCycle": None,
+        "pagingTransmissionWindow": None}
+    profile = load(write(tmp_path, doc)).device_profiles["meter"]
+    assert (profile.power_settings.mode, profile.power_settings.psm_activity_timer,
+            profile.power_settings.paging_transmission_window) == ("PSM", 30000, None)
+    doc["profileData"]["transportConfiguration"]["clientSettings"] = {
+        "powerMode": "SLEEPY", "psmActivityTimer": -5}
+    path = write(tmp_path, doc, "bad.json")
+    assert problems(path) == [
+        "device_profiles.meter.clientSettings.powerMode (in %s): must be one of PSM, DRX, "
+        "E_DRX, got 'SLEEPY'" % path,
+        "device_profiles.meter.clientSettings.psmActivityTimer (in %s): must be 0 (not "
+        "given) to 604800000 ms, got -5" % path]
