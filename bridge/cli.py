@@ -16,6 +16,7 @@ from typing import Any, List, Optional
 
 from . import config as config_module
 from .certfile import CertificateError, read_file
+from .core.names import printable
 from .registry import Entry, Registry, RegistryError, mask, parse_key, read_csv
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -174,7 +175,8 @@ def _show(args: argparse.Namespace, registry: Registry) -> int:
         return 1
     entry = found[0]
     token = entry.token if args.show_secrets or entry.token is None else mask(entry.token)
-    print("name: %s\ntype: %s\ntoken: %s" % (entry.name, entry.type, token or "-"))
+    print("name: %s\ntype: %s\ntoken: %s" % (printable(entry.name), printable(entry.type),
+                                              token or "-"))
     if entry.deleted or entry.pending:
         print("state: %s" % ("deleted on the platform" if entry.deleted
                              else "waiting for provisioning"))
@@ -195,7 +197,9 @@ def _listing(entry: Entry, tokens: bool, secrets: bool) -> str:
     """One device: name, token (masked), type, credential kinds, certificate id, PSK
     identity (and key, with ``secrets``), and its state."""
     token = entry.token if tokens or entry.token is None else mask(entry.token)
-    parts = ["%-32s %-24s %s" % (entry.name, token if token is not None else "-", entry.type)]
+    # names stored before they were checked may hold control characters: shown escaped
+    parts = ["%-32s %-24s %s" % (printable(entry.name), token if token is not None else "-",
+                                 printable(entry.type))]
     extra = []
     if entry.cert_sha3 or entry.psk_identity:
         extra.append("[%s]" % ",".join(entry.kinds))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .certfile import CertificateError, read_pem
+from .core import names
 from .core.actions import Device
 from .config import StartupError
 from .sqlite import CorruptDatabase, Transaction, open_database
@@ -193,8 +194,7 @@ class Registry:
         return self.devices.get(token)
 
     def rename(self, old: str, new: str) -> bool:
-        if not new or not new.strip():
-            raise RegistryError("device name must not be empty")
+        check_name(new)
         try:
             with self._transaction():
                 cursor = self._db.execute("UPDATE devices SET name = ? WHERE name = ?", (new, old))
@@ -387,15 +387,23 @@ def _entry(name: str, token: Optional[str], device_type: str, pending: bool,
 
 
 def _validate(name: str, token: Optional[str], device_type: str, required: bool = True) -> None:
-    if not name or not name.strip():
-        raise RegistryError("device name must not be empty")
+    check_name(name)
     if token is None and required:
         raise RegistryError("a device needs a credential: a token, a certificate or a PSK")
     if token is not None and (not token or any(c in token for c in "/?#")
-                              or any(c.isspace() for c in token)):
-        raise RegistryError("token must be non-empty and contain no '/', '?', '#' or spaces")
-    if not device_type:
-        raise RegistryError("device type must not be empty")
+                              or any(c.isspace() for c in token) or not token.isprintable()):
+        raise RegistryError("token must be non-empty printable text with no '/', '?', '#' "
+                            "or spaces")
+    why = names.problem(device_type, "device type")
+    if why is not None:
+        raise RegistryError(why)
+
+
+def check_name(name: str) -> None:
+    """``RegistryError`` when ``name`` cannot be a device's name (``core.names``)."""
+    why = names.problem(name)
+    if why is not None:
+        raise RegistryError(why)
 
 
 def _validate_psk(identity: Optional[str], key: Optional[bytes]) -> None:

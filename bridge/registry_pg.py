@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from .config import StartupError
 from .core.actions import Device
 from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _entry, _validate,
-                       import_entries)
+                       check_name, import_entries)
 
 CHANNEL = "coapbridge_registry"
 CONNECT_TIMEOUT = 5  # seconds, for each new connection
@@ -181,8 +181,7 @@ class PgRegistry:
     # -- the bridge's writes -----------------------------------------------------------
 
     def rename(self, old: str, new: str) -> bool:
-        if not new or not new.strip():
-            raise RegistryError("device name must not be empty")
+        check_name(new)
         try:
             count = self._run(lambda conn: conn.execute(
                 "UPDATE devices SET name = %s WHERE name = %s", (new, old)).rowcount)

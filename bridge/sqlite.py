@@ -105,7 +105,14 @@ def set_aside(path: str) -> str:
 
 
 class Transaction:
-    """``with Transaction(db):`` runs BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+    """``with Transaction(db):`` runs BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error.
+
+    The error that ended the transaction is the one raised: SQLite rolls a transaction
+    back by itself after some errors (SQLITE_FULL, "database or disk is full", among
+    them), and a ROLLBACK then fails with "cannot rollback - no transaction is active",
+    which would hide the real cause from the operator. So the ROLLBACK is only sent while
+    a transaction is open, and its own failure never replaces the first one. A COMMIT
+    that fails (the disk filled while writing the WAL) is rolled back the same way."""
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -114,4 +121,19 @@ class Transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if not self.db.in_transaction:
+            return  # SQLite ended it already
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the error that brought us here is the one the caller must see

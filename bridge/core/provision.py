@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from google.protobuf.message import DecodeError
 
-from . import codes
+from . import codes, names
 from .actions import Provision, Request
 from .codes import BadRequest
 from .limits import RateLimiter
@@ -80,12 +80,21 @@ def _from_json(doc: Any) -> ProvisionRequest:
     name = doc.get("deviceName", "")
     if not isinstance(name, str):
         raise BadRequest("provision: deviceName must be a string")
+    _checked_name(name)
     kind = doc.get("credentialsType", "ACCESS_TOKEN")
     if kind not in CREDENTIAL_TYPES:
         raise BadRequest("provision: unknown credentialsType")
     token = _checked_token(doc.get("token"))
     return ProvisionRequest(name.strip(), doc["provisionDeviceKey"], doc["provisionDeviceSecret"],
                             kind, token, doc)
+
+
+def _checked_name(name: str) -> None:
+    """4.00 for a deviceName that no registry keeps (``core.names``); empty is left to the
+    strategy (ThingsBoard answers it NOT_FOUND)."""
+    why = names.problem(name.strip(), "provision: deviceName") if name.strip() else None
+    if why is not None:
+        raise BadRequest(why)
 
 
 def _checked_token(token: Any) -> Optional[str]:
@@ -126,6 +135,7 @@ def _from_protobuf(payload: bytes, fixed: Any, not_json: NotJson) -> ProvisionRe
     body.update((key, value) for key, value in extra if value)
     if msg.gateway:
         body["gateway"] = True
+    _checked_name(msg.deviceName)
     return ProvisionRequest(msg.deviceName.strip(), credentials.provisionDeviceKey,
                             credentials.provisionDeviceSecret, kind.name,
                             _checked_token(body.get("token")), body, protobuf=True)

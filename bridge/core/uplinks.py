@@ -47,6 +47,7 @@ class Uplinks(Part):
         self.storing_count = 0  # uplinks being written
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
+        self.failing = StoreFailures()
         self.stats = {"acknowledged": 0, "refused_full": 0, "store_failed": 0}
 
     # == the device API ======================================================
@@ -228,19 +229,25 @@ class Uplinks(Part):
                 actions.append(Reply(refs, codes.CREATED, silent=True))
             else:
                 actions.append(Reply(refs, codes.CREATED))
+        if self.failing.since is not None:
+            actions.append(self.failing.recovered(now))
         return actions + self.outbox.pump(now)
 
     def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
-        actions: List[Action] = [Log("error", "could not store uplinks: {reason}",
-                                     {"reason": reason, "count": len(store_refs)})]
+        actions: List[Action] = []
+        refused = 0
         for store_ref in store_refs:
             refs, entries = self.storing.pop(store_ref)
             self.storing_count -= len(entries)
             self.storing_bytes -= sum(len(entry.payload) for entry in entries)
             self.stats["store_failed"] += len(entries)
-            for request_ref in (refs if type(refs) is tuple else [refs] if refs else []):
+            refused += len(entries)
+            for request_ref in (refs if type(refs) is tuple else [] if refs is None else [refs]):
                 self.silent.discard(request_ref)
                 actions.append(unavailable(request_ref, "outbox write failed"))
+        line = self.failing.failed(reason, refused, now)
+        if line is not None:
+            actions.insert(0, line)
         return actions
 
     def rename(self, old: str, new: str) -> None:
@@ -253,6 +260,49 @@ class Uplinks(Part):
                     payload = gateway.rename_device(entry.topic, entry.payload, old, new)
                     self.storing_bytes += len(payload) - len(entry.payload)
                     entries[i] = entry._replace(device=new, payload=payload)
+
+
+class StoreFailures:
+    """What the log says while the outbox cannot be written (a full disk, say): the first
+    failure at once, with SQLite's own words; then, while writes keep failing for the same
+    reason, one line every ``EVERY`` seconds with what was refused meanwhile (a line per
+    failed turn would flood the log under load); a new reason at once; and one line when a
+    write succeeds again."""
+
+    EVERY = 60.0
+
+    def __init__(self) -> None:
+        self.since: Optional[float] = None  # the first failure of this spell
+        self.reason = ""
+        self.logged = 0.0  # when the last line was written
+        self.refused = 0  # uplinks refused since then
+        self.total = 0  # uplinks refused in this spell
+
+    def failed(self, reason: str, refused: int, now: float) -> Optional[Log]:
+        self.refused += refused
+        self.total += refused
+        if self.since is None or reason != self.reason:
+            first = self.since is None
+            if first:
+                self.since = now
+            self.reason, self.logged, count, self.refused = reason, now, self.refused, 0
+            return Log("error", "could not store uplinks: {reason}; devices get 5.03 until "
+                       "the outbox can be written (uplinks refused: {count})",
+                       {"reason": reason, "count": count})
+        if now - self.logged < self.EVERY:
+            return None
+        seconds, self.logged, count, self.refused = now - self.logged, now, self.refused, 0
+        return Log("error", "the outbox still cannot be written: {reason} (uplinks refused "
+                   "in the last {seconds:.0f} s: {count})",
+                   {"reason": reason, "count": count, "seconds": seconds})
+
+    def recovered(self, now: float) -> Log:
+        assert self.since is not None
+        line = Log("info", "the outbox is written again, after {seconds:.0f} s in which it "
+                   "could not be ({reason}; uplinks refused: {count})",
+                   {"seconds": now - self.since, "reason": self.reason, "count": self.total})
+        self.since, self.reason, self.refused, self.total = None, "", 0, 0
+        return line
 
 
 def _failed_uplinks(failed: List[Tuple[int, Exception]]) -> Log:

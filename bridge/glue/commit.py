@@ -7,7 +7,7 @@ passing back and forth for every row it made the p99 latency four times worse.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from ..config import StartupError
 from ..core.actions import DeadLetter, Delete, Entry, LoadBacklog, Store, StoreMany
@@ -17,6 +17,7 @@ from ..logs import logger
 log = logger("bridge")
 
 Apply = Callable[[List[Any]], None]
+UPDATE_ERROR_EVERY = 60.0  # s between lines while the outbox cannot be updated
 
 
 class OutboxCommit:
@@ -37,6 +38,7 @@ class OutboxCommit:
         self._dead: List[DeadLetter] = []
         self._call: Any = None
         self._backlog_calls: List[Any] = []
+        self._update_error: Optional[Tuple[str, float]] = None  # (error, when it was logged)
 
     # -- the core's actions --------------------------------------------------------------
 
@@ -104,10 +106,20 @@ class OutboxCommit:
             if stores:
                 self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
             else:
-                log.error("Could not update the outbox: {error}", error=str(exc))
+                self._update_failed(str(exc), now)
             return
+        self._update_error = None
         if stores:
             self.apply(self.core.on_stored([(ref, ids[start]) for ref, start in starts], now))
+
+    def _update_failed(self, error: str, now: float) -> None:
+        """A write of removals alone failed (they are kept for the next write): said when
+        it starts or its reason changes, then once a minute while it lasts."""
+        last = self._update_error
+        if last is None or last[0] != error or now - last[1] >= UPDATE_ERROR_EVERY:
+            log.error("Could not update the outbox: {error} (delivered entries stay in it "
+                      "until a write succeeds)", error=error)
+            self._update_error = (error, now)
 
     # -- the backlog ---------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from ..config import Config
 from ..core.actions import Device
 from ..core.auth import Certificate
+from ..core.names import printable
 from ..logs import logger
 from ..registry import RegistryError
 from .lookup import RegistryView
@@ -119,4 +120,4 @@ class AutoRegistration:
             self.refused.clear()
         self.refused.add(credential.sha3)
         log.warn("Certificate {certificate} (CN {cn}) not registered: {reason}",
-                 certificate=credential.sha3, cn=credential.cn, reason=reason)
+                 certificate=credential.sha3, cn=printable(credential.cn or ""), reason=reason)

@@ -184,6 +184,32 @@ def test_store_failure_answers_5_03_with_max_age_and_logs_the_reason():
     assert (reply.ref, dotted(reply), reply.max_age) == (1, "5.03", RETRY_AFTER)
 
 
+def test_a_disk_that_stays_full_is_named_at_once_then_once_a_minute_then_its_recovery():
+    core = make_core()
+    core.on_link_up(NOW)
+    full = "database or disk is full"
+
+    def fail(ref, now, reason=full):
+        [store] = handled(core, req(ref), now)
+        return of(core.on_store_failed([store.ref], reason, now), Log)
+
+    [first] = fail(1, NOW)
+    assert first.level == "error" and full in text(first)
+    for n in range(2, 12):  # ten more failed turns inside the minute: no line each
+        assert fail(n, NOW + n) == []
+    [again] = fail(20, NOW + 61)  # the operator reads it again while the disk stays full
+    assert again.level == "error" and full in text(again) and "11" in text(again)
+    [other] = fail(21, NOW + 62, "disk I/O error")  # another cause: said at once
+    assert "disk I/O error" in text(other)
+    [store] = handled(core, req(22), NOW + 63)
+    actions = core.on_stored([(store.ref, 1)], NOW + 63)
+    [back] = of(actions, Log)
+    assert back.level == "info" and "written again" in text(back) and "13" in text(back)
+    assert [dotted(r) for r in replies(actions)] == ["2.01"]
+    [fresh] = fail(23, NOW + 64)  # a new spell starts with its own first line
+    assert full in text(fresh)
+
+
 def test_failed_store_is_never_published_and_frees_its_place_in_the_outbox():
     [probe] = handled(make_core(), req(1), NOW)
     for bound in (dict(outbox_max_entries=1), dict(outbox_max_bytes=len(probe.entry.payload))):

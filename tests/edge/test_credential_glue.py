@@ -135,6 +135,21 @@ def test_a_cn_naming_an_existing_device_registers_nothing(tmp_path, logged):
     assert "already exists" in refused["reason"]
 
 
+@pytest.mark.parametrize("cn", ["Cam\n7 [coapbridge.bridge#info] forged line", "\x1b[2JCam",
+                                "C" * 300])
+def test_a_cn_that_is_no_valid_name_registers_nothing_and_is_logged_escaped(tmp_path, logged,
+                                                                          cn):
+    # before: the CN became the device's name as it was, newlines and escapes included
+    bridge, clock = make_bridge(tmp_path, AUTO)
+    d = bridge.handle_coap(message(Session(Certificate(SHA3_X, cn=cn))))
+    clock.advance(0)
+    assert answer_code(d) == txcoap.UNAUTHORIZED
+    assert bridge.registry.entries() == []
+    [refused] = [e for e in logged if "not registered" in e.get("log_format", "")]
+    assert "device name must" in refused["reason"]
+    assert "\n" not in refused["cn"] and "\x1b" not in refused["cn"]
+
+
 def test_another_bridge_registering_the_same_certificate_first_is_no_error(tmp_path, logged):
     bridge, clock = make_bridge(tmp_path, AUTO)
     bridge.registry_view.refresh()

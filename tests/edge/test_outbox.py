@@ -128,6 +128,23 @@ def test_a_failing_row_rolls_back_its_whole_group(outbox):
 
 # -- delete and dead letters ------------------------------------------------------------
 
+def test_a_full_disk_is_reported_as_full_on_every_write_and_the_outbox_recovers(outbox):
+    # SQLITE_FULL ends the transaction inside SQLite; the ROLLBACK that followed failed with
+    # "cannot rollback - no transaction is active", and that hid the real error from the
+    # second failure on. max_page_count makes SQLite report the same SQLITE_FULL.
+    outbox.append([row(1)])
+    outbox._db.execute("PRAGMA max_page_count = %d" % outbox._db.execute(
+        "PRAGMA page_count").fetchall()[0][0]).fetchall()
+    big = Entry(0, "Dev A", "default", TOPIC, b"x" * 20000, 1.0)
+    for _ in range(3):
+        with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+            outbox.append([big])
+    assert not outbox._db.in_transaction
+    outbox._db.execute("PRAGMA max_page_count = 1073741823").fetchall()
+    outbox.append([big])
+    assert outbox.stats() == (2, len(row(1).payload) + 20000)
+
+
 def test_delete_removes_only_the_given_entries(outbox):
     ids = outbox.append([row(1), row(2), row(3)])
     outbox.delete([ids[0], ids[2]])

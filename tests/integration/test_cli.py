@@ -54,6 +54,23 @@ def test_devices_add_with_token_import_and_remove(tmp_path):
     assert rc == 1 and "no device named" in err
 
 
+def test_devices_add_refuses_control_characters_and_list_escapes_old_names(tmp_path):
+    # before: `devices add $'a\x01b'` was accepted, and list printed names raw
+    rc, out, err = cli(tmp_path, "devices", "add", "a\x01b")
+    assert rc == 1 and "device name must not contain control" in err and "\x01" not in err
+    rc, _, err = cli(tmp_path, "devices", "add", "n" * 256)
+    assert rc == 1 and "at most 255 characters" in err
+    # a name stored by an earlier version, before names were checked
+    assert cli(tmp_path, "devices", "add", "placeholder", "--token", "tokOld")[0] == 0
+    import sqlite3
+    db = sqlite3.connect(str(tmp_path / "data" / "registry.sqlite3"))
+    db.execute("UPDATE devices SET name = ? WHERE name = 'placeholder'", ("old\x1b[31mred\n",))
+    db.commit()
+    db.close()
+    rc, out, _ = cli(tmp_path, "devices", "list")
+    assert rc == 0 and "old\\x1b[31mred\\n" in out and "\x1b" not in out
+
+
 def test_check_config_accepts_the_shipped_file_and_reports_env_errors(tmp_path):
     rc, out, _ = cli(tmp_path, "check-config")
     assert rc == 0 and "OK" in out

@@ -129,6 +129,20 @@ def test_upstream_provisioning_then_the_device_posts_at_once(upstream):
     assert post(bridge, "/api/v1/%s/telemetry" % token, {"hello": 1}, 2).code_str == "2.01"
 
 
+@pytest.mark.parametrize("name", ["Evil\x1b[2J\x1b[1;1Hroot", "two\nlines", "x" * 256])
+def test_a_device_name_with_control_characters_or_too_long_gets_4_00(upstream, name):
+    # before: the name went to the platform and into the registry and the log as it was
+    broker, platform, bridge = upstream
+    asked = len(platform.requests)
+    reply = post(bridge, "/api/v1/provision", {"deviceName": name, "provisionDeviceKey": "pkey",
+                                               "provisionDeviceSecret": "psecret"}, 4)
+    assert reply.code_str == "4.00"
+    assert b"deviceName" in reply.payload
+    assert len(platform.requests) == asked  # never relayed
+    assert all(entry.name != name for entry in bridge.registry.entries())
+    assert "\x1b" not in bridge.read_log() and "two\nlines" not in bridge.read_log()
+
+
 def test_upstream_provisioning_wrong_secret_gets_4_00_with_the_platforms_answer(upstream):
     broker, platform, bridge = upstream
     reply = post(bridge, "/api/v1/provision", {"deviceName": "Fresh 2", "provisionDeviceKey": "pkey",

@@ -122,6 +122,23 @@ class TestRegistryContract:
         assert registry.mark_deleted("nobody") is False
         assert [e.name for e in registry.entries()] == ["A", "B"]
 
+    @pytest.mark.parametrize("bad", ["evil\x1b[2J", "two\nlines", "x" * 256, "rtl\u202e"])
+    def test_names_with_control_characters_or_over_255_characters_are_refused(self, registry,
+                                                                               bad):
+        # before: stored as given, then printed raw by the logs and `devices list`
+        registry.add("A", "t1", "x")
+        with pytest.raises(RegistryError, match="device name must"):
+            registry.add(bad, "t2", "x")
+        with pytest.raises(RegistryError, match="device name must"):
+            registry.rename("A", bad)
+        with pytest.raises(RegistryError, match="device name must"):
+            registry.provision(bad, "t3", "x", "create_new")
+        with pytest.raises(RegistryError, match="device type must"):
+            registry.add("C", "t4", "type\x01")
+        with pytest.raises(RegistryError, match="token must"):
+            registry.add("C", "t\x015", "x")
+        assert [e.name for e in registry.entries()] == ["A"]
+
     def test_local_provisioning_create_new(self, registry):
         assert registry.provision("P1", "tp1", "sensor", "create_new") is True
         assert registry.lookup("tp1") == Device("P1", "sensor")
