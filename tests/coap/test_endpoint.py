@@ -82,6 +82,40 @@ def test_an_unacknowledged_notification_ends_as_a_timeout_outcome():
     assert ep.outcomes == [(42, "timeout")] and copies == 3  # first send and 2 retransmissions
 
 
+def test_retransmissions_are_counted():
+    ep = endpoint(ack_timeout=1.0, max_retransmit=2)
+    ep.notify(42, PEER, b"\x01", True, codes.CONTENT, b'{"a":1}', 3, 0.0)
+    while not ep.outcomes:
+        ep.handle_timer(ep.next_timer())
+    assert ep.retransmissions == 2
+
+
+def test_a_withdrawn_notification_is_not_sent_again_and_has_no_outcome():
+    ep = endpoint(ack_timeout=1.0, max_retransmit=4)
+    ep.notify(42, PEER, b"\x01", True, codes.CONTENT, b'{"a":1}', 3, 0.0)
+    assert len(sent(ep)) == 1
+    assert ep.withdraw(42) is True and ep.withdraw(42) is False
+    for now in range(1, 120):
+        ep.handle_timer(float(now))
+    assert (sent(ep), ep.outcomes, ep.retransmissions) == ([], [], 0)
+
+
+def test_a_request_answered_with_nothing_gets_no_response_or_only_its_ack():
+    ep = endpoint()
+    non = ep.receive_datagram(raw.encode(raw.request(raw.POST, "/efento/m", b"x", raw.NON, 3)),
+                              PEER, 0.0)
+    ep.respond(non, None, 0.0)
+    assert sent(ep) == []
+    for now in (1.0, 10.0):
+        ep.handle_timer(now)
+    assert sent(ep) == []
+    con = ep.receive_datagram(raw.encode(raw.request(raw.POST, "/efento/m", b"x", mid=4)),
+                              PEER, 0.0)
+    ep.respond(con, None, 0.0)
+    [(ack, _)] = sent(ep)
+    assert (ack.mtype, ack.code, ack.mid) == (raw.ACK, 0, 4)
+
+
 def test_malformed_con_gets_rst_and_is_counted():
     ep = endpoint()
     assert ep.receive_datagram(bytes([0x49, 0x01, 0x00, 0x07]) + b"123456789", PEER, 0.0) is None
