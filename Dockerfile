@@ -6,7 +6,7 @@
 #   docker run --rm -v coapbridge-data:/data coapbridge \
 #       coapbridge --config /etc/coapbridge/coapbridge.yaml devices add my-device
 #
-# Every setting comes from the environment too (see conf/coapbridge.yaml).
+# Every setting comes from the environment too (docs/configuration.md).
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -6,6 +6,7 @@
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
 #   make bench   benchmarks (QUICK=1: a few minutes); results in bench/results/
 #   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
+#   make docs    docs/configuration.md and conf/coapbridge.yaml from the settings' schema
 #
 # PYTHON=pypy3 runs the bridge (and the tests) on PyPy, in .venv-pypy3.
 # The longer logic is in scripts/install.sh and scripts/run.sh.
@@ -22,7 +23,7 @@ TOOLS := .tools
 # Rebuilt (pip install -e) only when setup.cfg changes; lives in the venv so it goes with it.
 STAMP := $(VENV)/.coapbridge-installed
 PYSTAMP := $(PYVENV)/.coapbridge-installed
-COAP_CLI := $(CURDIR)/$(TOOLS)/node_modules/.bin/coap
+NODE_COAP_CLI := $(CURDIR)/$(TOOLS)/node_modules/.bin/coap
 CONFIG ?= conf/coapbridge.yaml
 PYTEST_ARGS ?=
 # Run all of tests/ unless PYTEST_ARGS names test paths itself.
@@ -30,22 +31,24 @@ TEST_PATHS := $(if $(filter tests% ./tests%,$(PYTEST_ARGS)),,tests)
 
 export PYTHON TOOLS CONFIG
 
-.PHONY: help run test bench clean system-deps system-deps-test node-tools
+.PHONY: help run test bench clean docs system-deps system-deps-test node-tools
 # The steps depend on each other (apt-get installs npm for node-tools, ...).
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,10s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 run: system-deps $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/run.sh
 
 test: system-deps-test $(PYSTAMP) node-tools
-	COAP_CLI=$(COAP_CLI) PATH="$$PATH:/usr/sbin" \
+	NODE_COAP_CLI=$(NODE_COAP_CLI) PATH="$$PATH:/usr/sbin" \
 		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
 
 bench: system-deps $(STAMP) $(PYSTAMP)
 	$(VENV)/bin/python -m pip install -q matplotlib
+	# the baseline servers' stock txThings (the bridge itself no longer uses it)
+	$(PYVENV)/bin/python -m pip install -q txThings==0.3.0
 	PATH="$$PATH:/usr/sbin" $(VENV)/bin/python bench/run.py $(if $(QUICK),--quick) \
 		--server-python $(PYVENV)/bin/python \
 		--name results$(if $(filter python3,$(PYTHON)),,-$(notdir $(PYTHON)))$(if $(QUICK),-quick)
@@ -65,6 +68,10 @@ $(PYSTAMP): setup.cfg
 	VENV=$(PYVENV) bash scripts/install.sh venv
 	touch $@
 endif
+
+docs: $(STAMP)
+	$(VENV)/bin/coapbridge config doc > docs/configuration.md
+	$(VENV)/bin/coapbridge config example > conf/coapbridge.yaml
 
 node-tools:
 	bash scripts/install.sh node-tools

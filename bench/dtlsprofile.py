@@ -44,8 +44,8 @@ from OpenSSL import SSL  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
 import dtlsload  # noqa: E402
-from bridge.coap.codec import make_response  # noqa: E402
-from bridge.config import DtlsConfig  # noqa: E402
+from bridge.coap.message import make_response  # noqa: E402
+from bridge.settings import DtlsConfig  # noqa: E402
 from bridge.dtls import records  # noqa: E402
 from bridge.edge import coap as coap_edge  # noqa: E402
 from bridge.edge import dtls as dtls_edge  # noqa: E402

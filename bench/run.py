@@ -657,7 +657,7 @@ def telemetry_lines(out: Dict[str, Any]) -> List[str]:
              "|---|---:|---:|---:|---:|---:|---:|"]
     rows = [("coapbridge end to end (outbox, MQTT, PUBACK)", out["bridge"]["saturation"])]
     rows += [(label, base[key]) for label, key in (("txThings 0.3.0 stock, no work", "stock"),
-                                                 ("txThings + coapbridge engine, no work",
+                                                 ("coapbridge's CoAP engine, no work",
                                                   "engine"),
                                                  ("libcoap coap-server (C), 4.04", "libcoap"))]
     for label, row in rows:
@@ -762,7 +762,7 @@ def plot(out: Dict[str, Any], name: str) -> None:
     except ImportError:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    names = ["coapbridge\nend to end", "txThings\nstock", "txThings +\nworkarounds",
+    names = ["coapbridge\nend to end", "txThings\nstock", "coapbridge's\nCoAP engine",
              "libcoap\n(C)"]
     rates = [out["bridge"]["saturation"]["rate"], base["stock"]["rate"], base["engine"]["rate"],
              base["libcoap"]["rate"]]

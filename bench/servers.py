@@ -4,7 +4,7 @@ Both run with the bridge's garbage-collector settings (bridge/runtime.py), so th
 ratios compare code, not runtime settings.
 
     python bench/servers.py stock  PORT   # txThings 0.3.0 as shipped (the engine's ceiling)
-    python bench/servers.py engine PORT   # the same engine with coapbridge's workarounds
+    python bench/servers.py engine PORT   # coapbridge's own CoAP engine (bridge/coap, edge/coap.py)
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ def stock(port: int) -> None:
 def engine(port: int) -> None:
     from twisted.internet import defer, reactor
 
+    from bridge.coap.message import make_response
     from bridge.core import codes
     from bridge.edge import coap as edge
 
-    created = lambda request: defer.succeed(edge.make_response(codes.CREATED))  # noqa: E731
+    created = lambda request: defer.succeed(make_response(codes.CREATED))  # noqa: E731
     protocol = edge.create_protocol(created, reactor, 0.5, 247.0)
     edge.listen(reactor, protocol, port, "127.0.0.1")
     print("ready", flush=True)

@@ -1,4 +1,4 @@
-"""``coapbridge``: the operator's command line (devices, configuration check).
+"""``coapbridge``: the operator's command line (devices, configuration check and listing).
 
 It reads the same configuration file and environment as the service, so
 ``DATA_DIR`` (or ``REGISTRY_URL``) points both at the same registry: a SQLite
@@ -14,8 +14,8 @@ import string
 import sys
 from typing import Any, List, Optional
 
-from . import config as config_module
-from . import registry_power
+from . import __version__, cli_config, registry_power, startup_checks
+from .settings import Config, ConfigError, StartupError, default_path
 from .certfile import CertificateError, read_file
 from .core.actions import PowerSettings
 from .core.names import printable
@@ -29,15 +29,33 @@ def new_token() -> str:
     return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(TOKEN_LENGTH))
 
 
+CONFIG_HELP = ("YAML configuration file (default: $COAPBRIDGE_CONFIG, else "
+               "./conf/coapbridge.yaml when present); before or after the command")
+
+
+def _config_option(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("-c", "--config", default=default, help=CONFIG_HELP)
+
+
+def _command(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that takes -c/--config too (set only when given there)."""
+    parser = commands.add_parser(name, **kwargs)
+    _config_option(parser, argparse.SUPPRESS)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coapbridge", description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", help="YAML configuration file (default: "
-                        "$COAPBRIDGE_CONFIG, else ./conf/coapbridge.yaml when present)")
+    _config_option(parser, None)
+    parser.add_argument("--version", action="version", version="coapbridge " + __version__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("check-config", help="check the configuration and print the result")
-    devices = commands.add_parser("devices", help="manage the device registry")
+    _command(commands, "check-config", help="check the configuration and summarise it")
+    settings = _command(commands, "config", help="the settings: show (effective values and "
+                        "where each came from), env (every variable), doc, example")
+    settings.add_argument("action", choices=("show", "env", "doc", "example"))
+    devices = _command(commands, "devices", help="manage the device registry")
     actions = devices.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="register a device")
+    add = _command(actions, "add", help="register a device")
     add.add_argument("name")
     add.add_argument("--token", help="access token (default: a random 20-character token, "
                      "unless the device has a certificate or a PSK identity)")
@@ -53,23 +71,23 @@ def _parser() -> argparse.ArgumentParser:
                      help="register the name only; the device gets its token by provisioning "
                           "(local mode, strategy pre_provisioned)")
     _power_options(add, clear=False)
-    change = actions.add_parser("set", help="change a device's own power saving (ThingsBoard's "
-                                "device transport configuration; 'profile': its profile's)")
+    change = _command(actions, "set", help="change a device's own power saving (ThingsBoard's "
+                      "device transport configuration; 'profile': its profile's)")
     change.add_argument("name")
     _power_options(change, clear=True)
-    listing = actions.add_parser("list", help="list devices and their credentials (tokens "
+    listing = _command(actions, "list", help="list devices and their credentials (tokens "
                                  "masked, keys hidden)")
     listing.add_argument("--show-tokens", action="store_true", help="print tokens in full")
     listing.add_argument("--show-secrets", action="store_true",
                          help="print tokens and PSK keys (hex) in full")
-    show = actions.add_parser("show", help="one device's credentials, with its certificate "
+    show = _command(actions, "show", help="one device's credentials, with its certificate "
                               "(PEM)")
     show.add_argument("name")
     show.add_argument("--show-secrets", action="store_true",
                       help="print the token and the PSK key (hex) in full")
-    remove = actions.add_parser("remove", help="remove a device")
+    remove = _command(actions, "remove", help="remove a device")
     remove.add_argument("name")
-    imp = actions.add_parser("import", help="add devices from a CSV file: name,token[,type], "
+    imp = _command(actions, "import", help="add devices from a CSV file: name,token[,type], "
                              "or a header row naming columns among name, token, type, cert, "
                              "psk_identity, psk_key, psk_key_hex")
     imp.add_argument("file")
@@ -112,22 +130,19 @@ def _power_from(args: argparse.Namespace, base: Optional[PowerSettings]) -> Powe
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    path = args.config or config_module.default_path()
+    path = args.config or default_path()
+    if args.command == "config":
+        return cli_config.config_command(args.action, path)
     try:
-        config = config_module.load(path)
-    except config_module.ConfigError as exc:
+        config = startup_checks.load(path)
+    except ConfigError as exc:
         print("coapbridge: " + exc.render(), file=sys.stderr)
         return 2
     if args.command == "check-config":
-        print("%s: OK (CoAP %s:%d -> MQTT %s:%d, MQTT %s, TLS %s, data in %s, registry %s)"
-              % (path or "built-in defaults", config.coap.bind_address, config.coap.bind_port,
-                 config.mqtt.host, config.mqtt.port, config.mqtt.protocol,
-                 "on" if config.mqtt.tls.enabled else "off", config.data_dir,
-                 config.registry_target.display))
-        return 0
+        return cli_config.check_config(path, config)
     try:
         registry = open_registry(config)
-    except config_module.StartupError as exc:  # DATA_DIR not writable, a damaged file
+    except StartupError as exc:  # DATA_DIR not writable, a damaged file
         print("coapbridge: %s" % exc, file=sys.stderr)
         return 2
     try:
@@ -139,7 +154,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         registry.close()
 
 
-def open_registry(config: config_module.Config) -> Any:
+def open_registry(config: Config) -> Any:
     """The registry ``registry.url`` names (raises ``StartupError`` when it cannot be used)."""
     target = config.registry_target
     if target.shared:
@@ -148,7 +163,7 @@ def open_registry(config: config_module.Config) -> Any:
     return Registry(target.path)
 
 
-def _devices(args: argparse.Namespace, config: config_module.Config, registry: Any) -> int:
+def _devices(args: argparse.Namespace, config: Config, registry: Any) -> int:
     if args.action == "add":
         return _add(args, config, registry)
     if args.action == "list":
@@ -173,7 +188,7 @@ def _devices(args: argparse.Namespace, config: config_module.Config, registry: A
     return 0
 
 
-def _add(args: argparse.Namespace, config: config_module.Config, registry: Registry) -> int:
+def _add(args: argparse.Namespace, config: Config, registry: Registry) -> int:
     cert = None
     if args.cert:
         try:

@@ -28,7 +28,7 @@ from .certfile import CertificateError, read_pem
 from .core import names
 from . import registry_power
 from .core.actions import Device, PowerSettings
-from .config import StartupError
+from .settings import StartupError
 from .sqlite import CorruptDatabase, Transaction, open_database
 
 _COLUMNS = """

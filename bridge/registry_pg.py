@@ -15,33 +15,60 @@ it (a bridge, the CLI, ``psql``): the bridges LISTEN and reload their copy
 (``listen`` / ``wait_for_change`` / ``load``). A lost connection is
 ``RegistryUnavailable``.
 
+Every call has a deadline. libpq's own bound each new connection (``connect_timeout``)
+and a dead network (TCP keepalives while idle, ``tcp_user_timeout`` while data waits
+for an acknowledgement), and the server cancels a statement past ``statement_timeout``
+(``QUERY_TIMEOUT``; a lock waited for past ``lock_timeout``). None of them notices a
+server that is alive to the kernel but never answers (stopped with SIGSTOP, swapping,
+frozen): its kernel still acknowledges every packet and nobody runs the timeout. So
+each call also runs under ``deadline``: past it, the connection's socket is shut down
+from a timer thread, which wakes psycopg's wait on it with libpq's "server closed the
+connection" (psycopg's blocking API has no timeout of its own for a query, and a cancel
+request needs the very server that does not answer), and the call fails with
+``Hung``, an ``OperationalError`` like any lost connection.
+
+``apply_changes`` applies the platform's journaled renames and deletes
+(``bridge.edge.registry_journal``) in one transaction, each key once
+(``platform_changes``), each change whatever state it finds: a device another bridge
+renamed or deleted already, or that is gone, is left as it is.
+
 CPython only: psycopg's pure-Python libpq binding (the one PyPy would use) trips
 over a ctypes bug of Debian bookworm's PyPy 7.3.11 (PyPy issue 3882: a
 ``py_object`` of a weak reference), so the PostgreSQL registry is refused there
-at configuration time (``bridge.config``), and SQLite remains.
+at configuration time (``bridge.startup_checks``), and SQLite remains.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .config import StartupError
 from . import registry_power
+from .settings import StartupError
 from .core.actions import Device, PowerSettings
+from .core.platform_changes import RENAME, Change
 from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _checked_power,
                        _entry, _validate, check_name, entry_of, import_entries)
 
 CHANNEL = "coapbridge_registry"
 CONNECT_TIMEOUT = 5  # seconds, for each new connection
+QUERY_TIMEOUT = 10.0  # s: statement_timeout on the server; the client's deadline 1 s later
 LOCK_KEY = 0x636F6170  # pg_advisory_xact_lock key of the schema migration ("coap")
-# keepalives: a registry behind a dead network link is noticed in about 30 s
+CHANGES_KEPT_DAYS = 30  # applied platform changes remembered (each key applied once)
+# keepalives: an idle connection behind a dead network link is noticed in about 25 s;
+# tcp_user_timeout: one with data unacknowledged for 15 s is given up
 _OPTIONS = dict(connect_timeout=CONNECT_TIMEOUT, keepalives=1, keepalives_idle=10,
-                keepalives_interval=5, keepalives_count=3, application_name="coapbridge")
+                keepalives_interval=5, keepalives_count=3, tcp_user_timeout=15000,
+                application_name="coapbridge")
+_TIMEOUTS = "SET %sstatement_timeout = %d; SET %slock_timeout = %d"
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS devices (
@@ -68,6 +95,16 @@ _SCHEMA = [
     "DROP TRIGGER IF EXISTS devices_changed ON devices",
     """CREATE TRIGGER devices_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON devices
        FOR EACH STATEMENT EXECUTE FUNCTION coapbridge_registry_changed()""",
+    # the platform's changes applied from the bridges' journals: each key once
+    """CREATE TABLE IF NOT EXISTS platform_changes (
+        key      TEXT PRIMARY KEY,
+        kind     TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        new_name TEXT,
+        received TIMESTAMPTZ NOT NULL,
+        applied  TIMESTAMPTZ NOT NULL DEFAULT now(),
+        outcome  TEXT NOT NULL DEFAULT ''
+    )""",
 ]
 LIVE_ROWS = ("SELECT token, name, type, cert_sha3, psk_identity, psk_key, %s FROM devices "
              "WHERE NOT deleted AND NOT pending" % ", ".join(registry_power.COLUMNS))
@@ -101,17 +138,134 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class Hung(psycopg.OperationalError):
+    """The server did not answer a call within its deadline."""
+
+
+@contextmanager
+def deadline(conn: psycopg.Connection, seconds: float) -> Iterator[None]:
+    """Run the block with a deadline on ``conn``: past ``seconds`` its socket is shut down
+    (see the module's docstring) and the block's psycopg error becomes ``Hung``."""
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+    fd = conn.pgconn.socket
+
+    def abort() -> None:
+        with lock:
+            if state["done"]:
+                return
+            state["fired"] = True
+            try:
+                with socket.socket(fileno=os.dup(fd)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed meanwhile: the call is failing by itself
+    timer = threading.Timer(seconds, abort)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except psycopg.Error as exc:
+        if state["fired"]:
+            raise Hung("no answer within %g s (the server hangs?)" % seconds) from exc
+        raise
+    finally:
+        with lock:
+            state["done"] = True
+        timer.cancel()
+
+
 def connect(conninfo: str, autocommit: bool = False) -> psycopg.Connection:
-    """One connection with the bridge's timeouts and keepalives (raises ``psycopg.Error``)."""
-    return psycopg.connect(conninfo, autocommit=autocommit, **_OPTIONS)
+    """One connection with the bridge's timeouts and keepalives (raises ``psycopg.Error``);
+    with ``autocommit`` (the listener's), its session's statement and lock timeouts set."""
+    conn = psycopg.connect(conninfo, autocommit=autocommit, **_OPTIONS)
+    if autocommit:
+        try:
+            with deadline(conn, QUERY_TIMEOUT + 1):
+                conn.execute(_timeouts(local=False))
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def _timeouts(local: bool = True) -> bytes:
+    """The statement and lock timeouts (``SET LOCAL``: for one transaction, which a pooler
+    in transaction mode keeps apart from other clients' sessions)."""
+    scope = "LOCAL " if local else ""
+    ms = int(QUERY_TIMEOUT * 1000)
+    return (_TIMEOUTS % (scope, ms, scope, ms)).encode()
 
 
 def migrate(conn: psycopg.Connection) -> None:
     """Create or bring the schema up to date, one migrating connection at a time."""
-    with conn.transaction():
+    with deadline(conn, QUERY_TIMEOUT + 1), conn.transaction():
+        conn.execute(_timeouts())
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         for statement in _SCHEMA:
             conn.execute(statement)
+
+
+def check(conn: psycopg.Connection, seconds: float = QUERY_TIMEOUT) -> None:
+    """The pool's check of a connection it hands out (psycopg_pool's, with a deadline)."""
+    with deadline(conn, seconds):
+        ConnectionPool.check_connection(conn)
+
+
+# outcomes of a journaled platform change
+APPLIED = "applied"
+UNKNOWN = "unknown"  # no such live device: renamed or deleted already, or never here
+REFUSED = "refused"  # the registry cannot take it (a device of the new name exists)
+DUPLICATE = "duplicate"  # this key was applied before (a bridge stopped before noting it)
+
+
+@dataclass(frozen=True)
+class Applied:
+    id: int  # the change's journal id
+    outcome: str
+    reason: str = ""
+
+
+def apply_changes(conn: psycopg.Connection, changes: Sequence[Change]) -> List[Applied]:
+    """Apply ``changes`` in order, in one transaction (a change that cannot be applied is
+    refused alone, in its own savepoint); the outcome of each."""
+    results = []
+    with deadline(conn, QUERY_TIMEOUT + 1), conn.transaction():
+        conn.execute(_timeouts())
+        for change in changes:
+            first = conn.execute(
+                "INSERT INTO platform_changes (key, kind, name, new_name, received) VALUES "
+                "(%s, %s, %s, %s, to_timestamp(%s)) ON CONFLICT (key) DO NOTHING RETURNING 1",
+                (change.key, change.kind, change.name, change.new_name, change.received)
+            ).fetchall()
+            if not first:
+                results.append(Applied(change.id, DUPLICATE))
+                continue
+            result = _apply_one(conn, change)
+            conn.execute("UPDATE platform_changes SET outcome = %s WHERE key = %s",
+                         (("%s: %s" % (result.outcome, result.reason)) if result.reason
+                          else result.outcome, change.key))
+            results.append(result)
+        conn.execute("DELETE FROM platform_changes WHERE applied < now() - %s * interval "
+                     "'1 day'", (CHANGES_KEPT_DAYS,))
+    return results
+
+
+def _apply_one(conn: psycopg.Connection, change: Change) -> Applied:
+    try:
+        with conn.transaction():  # a savepoint
+            if change.kind == RENAME:
+                count = conn.execute("UPDATE devices SET name = %s WHERE name = %s",
+                                     (change.new_name, change.name)).rowcount
+            else:
+                count = conn.execute("UPDATE devices SET deleted = true WHERE name = %s AND "
+                                     "NOT deleted", (change.name,)).rowcount
+    except errors.UniqueViolation:
+        return Applied(change.id, REFUSED, "a device named %r already exists"
+                       % change.new_name)
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        return Applied(change.id, REFUSED, one_line(exc))
+    return Applied(change.id, APPLIED if count else UNKNOWN)
 
 
 class PgRegistry:
@@ -133,8 +287,7 @@ class PgRegistry:
         # min_size 0: connections are made when a write needs one, so a registry that is
         # down is not retried (and logged) by the pool in the background as well
         self.pool = ConnectionPool(conninfo, min_size=0, max_size=max(1, pool_size),
-                                   kwargs=_OPTIONS, open=False, timeout=timeout,
-                                   check=ConnectionPool.check_connection,
+                                   kwargs=_OPTIONS, open=False, timeout=timeout, check=check,
                                    name="coapbridge-registry")
         try:
             self.pool.open(wait=True, timeout=CONNECT_TIMEOUT)
@@ -150,7 +303,8 @@ class PgRegistry:
         """``work(conn)`` in one transaction on a pooled connection."""
         try:
             with self.pool.connection() as conn:
-                with conn.transaction():
+                with deadline(conn, QUERY_TIMEOUT + 1), conn.transaction():
+                    conn.execute(_timeouts())
                     return work(conn)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise RegistryUnavailable("the device registry %s is unreachable: %s"

@@ -8,6 +8,7 @@ glue they serve is ``bridge.glue.bridge.Bridge``. Only the composition root
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from typing import Any, Callable, List, Optional
@@ -20,9 +21,11 @@ from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .config import Config, StartupError
+from .settings import Config, StartupError, env_name
+from .settings.dtls import warnings_of as dtls_warnings
 from .edge import coap as coap_edge
 from .edge import outbox_files
+from .edge.data_dir import DataDirLock
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
 from .logs import logger, unfiltered_logger
@@ -37,22 +40,57 @@ __all__ = ["Bridge", "BridgeService"]
 
 
 def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
-                   env: str) -> str:
+                   hint: str = "") -> str:
+    """The start-up line for a port that cannot be bound: ``key`` is its port setting
+    (``coap.bind_port``), beside which is its address setting."""
     error = exc.socketError
     reason = getattr(error, "strerror", None) or str(error)
-    return ("cannot listen for %s on %s %s port %s: %s; stop the program that uses it "
-            "(another bridge?) or choose another port with %s (%s)"
-            % (what, protocol, exc.interface or "*", exc.port, reason, key, env))
+    number = getattr(error, "errno", None)
+    address_key = key.rpartition(".")[0] + ".bind_address"
+    where = "cannot listen for %s on %s %s port %s" % (what, protocol, exc.interface or "*",
+                                                      exc.port)
+    if number == errno.EADDRNOTAVAIL:
+        return ("%s: this host has no address %s; give %s (%s) one of its addresses, or "
+                "0.0.0.0 or :: for all of them" % (where, exc.interface, address_key,
+                                                   env_name(address_key)))
+    if number == errno.EACCES:
+        return ("%s: %s (ports below 1024 need root or CAP_NET_BIND_SERVICE); choose another "
+                "port with %s (%s)" % (where, reason, key, env_name(key)))
+    return ("%s: %s; stop the program that uses it (another bridge?) or choose another port "
+            "with %s (%s%s)" % (where, reason, key, env_name(key), hint))
+
+
+class _DataDirService(Service):
+    """DATA_DIR held for this bridge while it runs (``bridge.edge.data_dir``): first, so a
+    second bridge on it is refused before it opens any of its files. A worker runs under
+    its supervisor's lock and has none."""
+
+    def __init__(self, data_dir: str):
+        self.lock = DataDirLock(data_dir)
+
+    def startService(self) -> None:
+        self.lock.acquire(1)
+        Service.startService(self)
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.close()  # stopped last: every file of DATA_DIR is closed by now
+
+    def close(self) -> None:
+        self.lock.release()
 
 
 class _RegistryService(Service):
     """The device registry, open while the service runs: the SQLite file, or the shared
-    PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool."""
+    PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool and the
+    journal of the platform's changes for it (``bridge.edge.registry_journal``)."""
 
     def __init__(self, bridge: Bridge, config: Config):
         self.bridge = bridge
         self.target = config.registry_target
         self.pool_size = config.registry.pool_size
+        self.journal_path = os.path.join(config.data_dir, "registry-journal.sqlite3")
+        self.synchronous = config.outbox.synchronous
         self.threadpool: Optional[ThreadPool] = None
 
     def startService(self) -> None:
@@ -64,6 +102,8 @@ class _RegistryService(Service):
             self.threadpool.start()
             registry = open_shared(self.target, self.pool_size, self.bridge.reactor,
                                    self.threadpool)
+            self.bridge.registry = registry  # closed with it if the journal cannot open
+            self._open_journal(registry)
         else:
             registry = Registry(self.target.path)
         self.bridge.registry = registry
@@ -72,6 +112,16 @@ class _RegistryService(Service):
         if self.threadpool is not None:
             registry.start()  # the shared registry begins listening
         Service.startService(self)
+
+    def _open_journal(self, registry: Any) -> None:
+        from .edge.registry_journal import RegistryJournal
+        journal = RegistryJournal(self.journal_path, self.synchronous)
+        changes = self.bridge.platform_changes
+        changes.attach(journal, shared_file=bool(self.bridge.worker))
+        registry.changes = changes
+        if len(journal):
+            log.info("Platform changes waiting for the registry in {path}: {count}",
+                     count=len(journal), path=self.journal_path)
 
     def stopService(self) -> Any:
         Service.stopService(self)
@@ -90,6 +140,9 @@ class _RegistryService(Service):
         if self.bridge.registry is not None:
             registry, self.bridge.registry = self.bridge.registry, None
             registry.close()
+        journal = self.bridge.platform_changes.detach()
+        if journal is not None:
+            journal.close()
         if self.threadpool is not None:
             pool, self.threadpool = self.threadpool, None
             pool.stop()
@@ -204,7 +257,8 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready)
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready,
+                               self.bridge.platform_changes.notes)
             # a worker's metrics are read by its supervisor, which serves metrics.port
             port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
                                                                      cfg.bind_address)
@@ -212,7 +266,7 @@ class _MetricsService(Service):
                 self.port = self.bridge.reactor.listenTCP(port, site, interface=host)
             except CannotListenError as exc:
                 raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
-                                                  "METRICS_PORT, 0: off"))
+                                                  ", 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
                      host=host, port=self.port.getHost().port)
         Service.startService(self)
@@ -236,15 +290,14 @@ class _CoapService(Service):
         self.protocol = coap_edge.create_protocol(
             self.bridge.requests.handle, self.bridge.reactor, cfg.empty_ack_delay,
             cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
-            cfg.max_retransmit)
+            cfg.max_retransmit, cfg.con_notification_interval)
         self.protocol.on_result = self.bridge.notified
         self.protocol.on_peer_gone = self.bridge.peer_gone
         try:
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
                                          cfg.bind_address, shared=bool(self.bridge.worker))
         except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
-                                              "COAP_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
         self.bridge.coap = self.protocol
         self.bridge.notifications.transport = self.protocol
         self.bridge.coap_listening = True
@@ -285,13 +338,14 @@ class _DtlsService(Service):
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
                                          interface, shared=bool(bridge.worker))
         except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
-                                              "COAP_DTLS_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
         view.on_change.append(self.registry_changed)
         bridge.dtls = self.transport
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
+        for line in dtls_warnings(bridge.config) if bridge.worker <= 1 else ():
+            log.warn("{reason}", reason=line)
 
     def registry_changed(self) -> None:
         """End the sessions whose certificate or PSK identity left the registry, and those
@@ -339,8 +393,9 @@ class BridgeService(MultiService):
         self.log_observer = log_observer
         self.worker = worker
         self.bridge = Bridge(config, reactor, rng, worker)
-        self._files = [_RegistryService(self.bridge, config),
-                       _OutboxService(self.bridge, config, worker)]
+        self._files: List[Any] = [] if worker else [_DataDirService(config.data_dir)]
+        self._files += [_RegistryService(self.bridge, config),
+                        _OutboxService(self.bridge, config, worker)]
         self._metrics = _MetricsService(self.bridge)
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from typing import Any
 
-from .config import StartupError
+from .settings import StartupError
 
 
 class UnwritableDatabase(StartupError):

@@ -3,7 +3,8 @@
 ``twistd -n coapbridge`` with ``COAP_WORKERS=N`` becomes this service: it
 opens no CoAP port and no MQTT connection. Once the configuration has been
 checked (by ``tap.py``, before anything starts) it looks that the CoAP port is
-free, opens the metrics port, and starts N workers: the same twistd plugin with
+free, holds DATA_DIR for its workers (``bridge.edge.data_dir``: no other bridge,
+of any worker count, may start on it), opens the metrics port, and starts N workers: the same twistd plugin with
 ``COAPBRIDGE_WORKER=1..N`` in the environment (``bridge.tap``). Each worker
 binds the CoAP port with ``SO_REUSEPORT``, has its own MQTT client id and
 outbox file, and shares the registry (SQLite in WAL mode).
@@ -38,9 +39,10 @@ from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
 from . import logs
-from .config import Config, StartupError
+from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
 from .edge import udp
+from .edge.data_dir import DataDirLock
 from .logs import logger
 
 log = logger("supervisor")
@@ -138,6 +140,7 @@ class SupervisorService(Service):
         self.stopping = False
         self._stopped: Optional[defer.Deferred] = None
         self.metrics_port: Any = None
+        self.data_dir = DataDirLock(config.data_dir)  # held for the workers while they run
         from .edge.worker_metrics import WorkerMetrics
         self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts)
 
@@ -156,8 +159,10 @@ class SupervisorService(Service):
     def startService(self) -> None:
         try:
             self._check_ports()
+            self.data_dir.acquire(self.config.coap.workers)
             self._listen_metrics()
         except StartupError as exc:
+            self.data_dir.release()
             if self.refuse is None:
                 raise
             self.refuse(str(exc))
@@ -174,15 +179,13 @@ class SupervisorService(Service):
         try:
             udp.port_free(cfg.bind_port, cfg.bind_address)
         except error.CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port",
-                                              "COAP_BIND_PORT"))
+            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
         dtls = self.config.dtls
         if dtls.enabled:
             try:
                 udp.port_free(dtls.bind_port, dtls.bind_address or cfg.bind_address)
             except error.CannotListenError as exc:
-                raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port",
-                                                  "COAP_DTLS_BIND_PORT"))
+                raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
 
     def _listen_metrics(self) -> None:
         from .edge.worker_metrics import SupervisorSite
@@ -195,7 +198,7 @@ class SupervisorService(Service):
                                                        interface=cfg.bind_address)
         except error.CannotListenError as exc:
             raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
-                                              "METRICS_PORT, 0: off"))
+                                              ", 0: off"))
         log.info("Metrics of all workers on http://{host}:{port}/metrics (probes: /healthz, "
                  "/readyz)", host=cfg.bind_address, port=self.metrics_port.getHost().port)
 
@@ -224,7 +227,9 @@ class SupervisorService(Service):
         how = ("killed by signal %d" % signal_number if signal_number is not None
                else "exit status %s" % status)
         if self.stopping:
-            if signal_number not in (None, signal.SIGTERM) or status not in (None, 0):
+            # a worker ends by the signal that stopped it: ours, or the group's Ctrl-C
+            if signal_number not in (None, signal.SIGTERM, signal.SIGINT) \
+                    or status not in (None, 0):
                 log.warn("Worker {worker} stopped: {how}", worker=worker, how=how)
             if not self.processes and self._stopped is not None and not self._stopped.called:
                 self._stopped.callback(None)
@@ -257,6 +262,7 @@ class SupervisorService(Service):
                 call.cancel()
         self.pending.clear()
         d = self._stop_workers()
+        d.addCallback(lambda _: self.data_dir.release())
         d.addCallback(lambda _: self._stop_metrics())
         d.addCallback(lambda _: log.info("Stopped"))
         return d

@@ -5,35 +5,48 @@ configuration is loaded and checked in ``postOptions``, so a bad file stops
 the program with every problem listed before any socket opens. A problem
 found while starting (a port in use, DATA_DIR not writable, a damaged file)
 ends it the same way: one line on standard error, exit status 2.
+
+Without ``-n`` twistd forks before the services start and its waiting parent, which
+holds the terminal, prints only the first 100 bytes the daemon sends through its
+status pipe (``An error has occurred: b'coapbridge: ... stop the pro'``). So the
+daemon keeps a copy of the original standard error until it runs, writes the whole
+line there (and to its log), and sends the parent a short text that fits.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Optional
 
 from twisted.python import usage
 
-from . import config as config_module
-from . import logs
+from . import logs, startup_checks
+from .settings import ConfigError, default_path
 
 
 class Options(usage.Options):
     synopsis = "[--config FILE]"
     longdesc = ("Run the coapbridge CoAP-to-MQTT gateway. Every setting may also come from "
-                "the environment (see conf/coapbridge.yaml). Without --config, "
-                "$COAPBRIDGE_CONFIG or ./conf/coapbridge.yaml is used when present.")
+                "the environment (`coapbridge config env` lists the variables). Without "
+                "--config, $COAPBRIDGE_CONFIG or ./conf/coapbridge.yaml is used when present.")
     optParameters = [
         ["config", "c", None, "YAML configuration file"],
     ]
+    operator_stderr: Optional[int] = None  # daemonized: the terminal's, until running
+
+    def opt_version(self) -> None:
+        """Print coapbridge's version and exit."""
+        from . import __version__
+        print("coapbridge %s" % __version__)
+        raise SystemExit(0)
 
     def postOptions(self) -> None:
-        path = self["config"] or config_module.default_path()
+        path = self["config"] or default_path()
         self.config_path = path
         try:
-            self.config = config_module.load(path)
-        except config_module.ConfigError as exc:
+            self.config = startup_checks.load(path)
+        except ConfigError as exc:
             # Not usage.UsageError: twistd answers that with its whole --help text and exit
             # status 1; a configuration problem is every problem listed and exit status 2.
             sys.stderr.write("coapbridge: " + exc.render() + "\n")
@@ -43,9 +56,11 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from . import runtime
+    from . import runtime, signals
 
     logs.set_level(options.config.log_level)
+    signals.stop_once(reactor)  # a second SIGTERM/SIGINT while stopping is ignored
+    _keep_stderr(options, reactor)
     if runtime.tune_gc():
         # once the services have started (the registry is open): see bridge/runtime.py
         reactor.callWhenRunning(runtime.freeze_startup_objects)
@@ -108,17 +123,47 @@ def _supervisor(options: Options, reactor: Any, observer: Any) -> Any:
     return service
 
 
+STATUS_LIMIT = 100  # bytes twistd's waiting parent reads from the status pipe
+SEE_ABOVE = "coapbridge did not start: see the line above (and the log)"
+
+
+def _keep_stderr(options: Options, reactor: Any) -> None:
+    """twistd without ``-n``: keep the terminal's standard error (twistd points the
+    daemon's at /dev/null) for a refusal's line, until the reactor runs."""
+    parent: Any = options.parent if options.parent is not None else {}
+    if parent.get("nodaemon", True):
+        return
+    options.operator_stderr = os.dup(2)
+
+    def close() -> None:
+        fd, options.operator_stderr = options.operator_stderr, None
+        if fd is not None:
+            os.close(fd)
+    reactor.callWhenRunning(close)
+
+
 def _refuse(options: Options, text: str) -> NoReturn:
     """Stop twistd with one line and exit status 2, as for a configuration error.
 
     twistd's own logging holds ``sys.stderr`` by now, so the line goes to the original
-    standard error (or, once daemonized, to the parent that waits for the start); the
-    PID file twistd wrote is removed, since twistd does not get to do it."""
+    standard error; once daemonized to the terminal's standard error kept for it (see
+    the module's docstring) and to the log, and the parent that waits for the start gets
+    a short text (it prints it, exits 1); the PID file twistd wrote is removed, since
+    twistd does not get to do it."""
     line = "coapbridge: " + text
     parent: Any = options.parent if options.parent is not None else {}  # twistd's options
     pipe = parent.get("statusPipe")
     if pipe is not None:
-        os.write(pipe, ("1 " + line).encode("utf-8", "replace")[:100])
+        logs.logger("bridge").error("{line}", line=line)
+        status = line
+        fd = getattr(options, "operator_stderr", None)
+        if fd is not None:
+            try:
+                os.write(fd, (line + "\n").encode("utf-8", "replace"))
+                status = SEE_ABOVE
+            except OSError:
+                pass  # the terminal is gone: the parent gets what fits
+        os.write(pipe, ("1 " + status).encode("utf-8", "replace")[:STATUS_LIMIT])
     else:
         stream = sys.__stderr__ or sys.stderr
         stream.write(line + "\n")

@@ -9,7 +9,7 @@
 #   scripts/install.sh node-tools       node's coap-cli in .tools/ (test-only client)
 #
 # Environment: PYTHON (default python3), VENV (default .venv), TOOLS (default .tools),
-# COAP_CLI_VERSION (default 0.7.1).
+# NODE_COAP_CLI_VERSION (default 0.7.1).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 TOOLS=${TOOLS:-.tools}
-COAP_CLI_VERSION=${COAP_CLI_VERSION:-0.7.1}
+NODE_COAP_CLI_VERSION=${NODE_COAP_CLI_VERSION:-0.7.1}
 MQTT_PORT_LOCAL=1883
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -147,10 +147,10 @@ cmd_node_tools() {
         return 0
     fi
     command -v npm >/dev/null 2>&1 || die "npm is missing (run: scripts/install.sh system --test)"
-    log "npm install coap-cli@$COAP_CLI_VERSION into $TOOLS"
+    log "npm install coap-cli@$NODE_COAP_CLI_VERSION into $TOOLS"
     mkdir -p "$TOOLS"
     npm install --prefix "$TOOLS" --no-audit --no-fund --loglevel=error \
-        "coap-cli@$COAP_CLI_VERSION" </dev/null
+        "coap-cli@$NODE_COAP_CLI_VERSION" </dev/null
     [ -x "$bin" ] || die "npm finished but $bin is missing"
 }
 

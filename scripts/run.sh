@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: make sure an MQTT broker answers, register a demo device, print a
-# ready-to-paste CoAP request, then run the bridge in the foreground.
+# ready-to-paste CoAP request, then run the bridge in the foreground. A broker this
+# script started is stopped when the bridge stops; one that was already there is left.
 #
-# Environment: CONFIG (default conf/coapbridge.yaml), VENV (default .venv), plus the
+# Environment: CONFIG (default conf/coapbridge.yaml), VENV (default .venv), BROKER_DIR
+# (default .tools/mosquitto: the started broker's configuration, log and pid), plus the
 # configuration's own variables (MQTT_HOST, MQTT_PORT, COAP_BIND_PORT, DATA_DIR, ...).
 set -euo pipefail
 
@@ -16,7 +18,8 @@ MQTT_PORT=${MQTT_PORT:-1883}
 COAP_BIND_PORT=${COAP_BIND_PORT:-5683}
 DEMO_DEVICE=demo-device
 TOKEN_FILE="$DATA_DIR/demo-token"
-BROKER_DIR=.tools/mosquitto
+BROKER_DIR=${BROKER_DIR:-.tools/mosquitto}
+BROKER_PID=  # set when this script started the broker
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
@@ -45,18 +48,29 @@ listener $MQTT_PORT 127.0.0.1
 allow_anonymous true
 persistence false
 CONF
-    log "starting mosquitto on 127.0.0.1:$MQTT_PORT (log: $BROKER_DIR/mosquitto.log)"
-    # setsid: the broker outlives this script (and a Ctrl-C of make run); stop it
-    # with: kill \$(cat $BROKER_DIR/mosquitto.pid)
+    log "starting mosquitto on 127.0.0.1:$MQTT_PORT (log: $BROKER_DIR/mosquitto.log);" \
+        "it stops with the bridge"
+    # setsid: a Ctrl-C reaches the bridge, not the broker, which takes the bridge's last
+    # publishes while it stops; this script stops the broker once the bridge is done
     setsid "$mosquitto" -c "$BROKER_DIR/mosquitto.conf" \
         >"$BROKER_DIR/mosquitto.log" 2>&1 </dev/null &
-    echo $! >"$BROKER_DIR/mosquitto.pid"
+    BROKER_PID=$!
+    echo "$BROKER_PID" >"$BROKER_DIR/mosquitto.pid"
+    trap stop_local_broker EXIT
     for _ in $(seq 50); do
         port_open 127.0.0.1 "$MQTT_PORT" && return 0
         sleep 0.1
     done
     cat "$BROKER_DIR/mosquitto.log" >&2 || true
     die "mosquitto did not come up on 127.0.0.1:$MQTT_PORT"
+}
+
+stop_local_broker() {
+    if [ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null; then
+        log "stopped the mosquitto this script started (pid $BROKER_PID)"
+        rm -f "$BROKER_DIR/mosquitto.pid"
+    fi
+    BROKER_PID=
 }
 
 # 1. A broker. Only a local one is started, and only when nothing listens yet.
@@ -99,10 +113,24 @@ Send telemetry as $DEMO_DEVICE (expect 2.01 Created) from another shell:
 
     coap-client-notls -m post -e '{"temperature":21.5}' coap://127.0.0.1:$COAP_BIND_PORT/api/v1/$token/telemetry
 
-Stop the bridge with Ctrl-C.
+Stop the bridge with Ctrl-C$([ -n "$BROKER_PID" ] && printf ' (the broker started for it stops too)').
 
 MSG
 
 # 4. The bridge, in the foreground.
 export DATA_DIR
-exec "$VENV/bin/twistd" -n --pidfile= coapbridge --config "$CONFIG"
+if [ -z "$BROKER_PID" ]; then
+    exec "$VENV/bin/twistd" -n --pidfile= coapbridge --config "$CONFIG"
+fi
+# A broker to stop afterwards: the bridge runs as a background child (which bash starts
+# with SIGINT ignored), and this script passes Ctrl-C (SIGINT) and SIGTERM on to it as
+# SIGTERM; the bridge drains into the broker, then the EXIT trap stops the broker.
+"$VENV/bin/twistd" -n --pidfile= coapbridge --config "$CONFIG" &
+bridge=$!
+trap 'kill -TERM "$bridge" 2>/dev/null || true' TERM INT
+while kill -0 "$bridge" 2>/dev/null; do
+    wait "$bridge" || true  # a trap ends the wait early: wait again until it is done
+done
+status=0
+wait "$bridge" || status=$?  # the bridge's own exit status
+exit "$status"

@@ -15,6 +15,7 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -94,8 +95,36 @@ class Cluster:
             self._run(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", mode, "-w",
                       "stop")
 
+    def pids(self) -> List[int]:
+        """The postmaster and every process it started (the backends, the checkpointer...)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as handle:
+            postmaster = int(handle.readline())
+        found = [postmaster]
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open("/proc/%s/stat" % entry) as handle:
+                        fields = handle.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # ended meanwhile
+                if int(fields[1]) == postmaster:
+                    found.append(int(entry))
+        return found
+
+    def freeze(self) -> None:
+        """Stop every server process (SIGSTOP): alive to the kernel, which still accepts
+        connections and acknowledges packets, but nothing answers: a hung server."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
     def destroy(self) -> None:
         try:
+            if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+                self.thaw()  # a test that failed with the server frozen
             self.stop("immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -1,2 +1,3 @@
-"""The CoAP message layer without I/O: codec checks, deduplication, block-wise transfers, and
-the endpoint state machine a transport (UDP today, DTLS next) feeds with datagrams and time."""
+"""CoAP without I/O: the codec (``options``, ``message``), the exchange layer every
+transport shares (``exchange``, ``blocks``) and the message layer of datagram transports
+(``datagram``, ``dedup``); see docs/architecture.md, "The CoAP layers"."""

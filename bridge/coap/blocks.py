@@ -14,18 +14,23 @@ expiry (defects W8, D11-D13 in ../shared/spec/txthings-notes.md). Here:
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, Optional, Tuple, Union
 
 from ..core import codes
-from .codec import (BLOCK_SIZE_EXP, CONTINUE, REQUEST_ENTITY_INCOMPLETE, Message, etag,
-                    make_response, mark_block, uint_option)
+from .message import Message, make_response, set_options
+from .options import BLOCK2, ETAG, SIZE1, SIZE2, Block, encode_uint
 
 BLOCK1_LIFETIME = 60.0  # s a partial Block1 upload is kept
 MAX_UPLOADS = 1000  # Block1 uploads in progress at once
+BLOCK_SIZE_EXP = codes.BLOCK_SIZE.bit_length() - 5  # W7: 1024-byte blocks (SZX 6)
+CONTINUE = 95  # 2.31
+REQUEST_ENTITY_INCOMPLETE = 136  # 4.08
 
 # An answer that is not the body: a code, a diagnostic and the options to send with it.
-Refusal = Tuple[int, bytes, dict]
+Refusal = Tuple[int, bytes, Dict[str, Any]]
 
 
 class _Upload:
@@ -41,7 +46,8 @@ class _Upload:
 
 
 class Uploads:
-    """Block1 uploads in progress, bounded in number, size and time."""
+    """Block1 uploads in progress, bounded in number, size and time (oldest deadline
+    first: a block moves its upload to the end)."""
 
     def __init__(self, max_body: int):
         self.max_body = max_body
@@ -50,27 +56,26 @@ class Uploads:
     def __len__(self) -> int:
         return len(self._uploads)
 
-    def collect(self, request: Message, block1: Any, now: float) -> Union[bytes, Refusal]:
+    def collect(self, peer: Hashable, request: Message, block1: Block,
+                now: float) -> Union[bytes, Refusal]:
         """The whole body once the last block is in; otherwise what to answer this block."""
-        key = (request.remote, tuple(request.opt.uri_path), tuple(request.opt.uri_query))
-        size = 1 << (block1.size_exponent + 4)
-        if block1.block_number == 0:
-            size1 = uint_option(request, 60)  # Size1
+        key = (peer, request.uri_path, request.uri_query)
+        if block1.number == 0:
+            size1 = request.uint(SIZE1)
             if size1 is not None and size1 > self.max_body:
                 return self._too_large(None)
             self._uploads.pop(key, None)
-            upload = _Upload(block1.size_exponent, now + BLOCK1_LIFETIME)
+            upload = _Upload(block1.szx, now + BLOCK1_LIFETIME)
             self._uploads[key] = upload
             while len(self._uploads) > MAX_UPLOADS:
                 self._uploads.popitem(last=False)
         else:
             found = self._uploads.get(key)
-            if found is None or block1.block_number != found.next_num \
-                    or block1.size_exponent != found.szx:
+            if found is None or block1.number != found.next_num or block1.szx != found.szx:
                 self._uploads.pop(key, None)
                 return REQUEST_ENTITY_INCOMPLETE, b"block out of order", {}
             upload = found
-        if block1.more and len(request.payload) != size:
+        if block1.more and len(request.payload) != block1.size:
             self._uploads.pop(key, None)
             return codes.BAD_REQUEST, b"a block that is not the last must be full", {}
         upload.body += request.payload
@@ -79,7 +84,8 @@ class Uploads:
         if block1.more:
             upload.next_num += 1
             upload.deadline = now + BLOCK1_LIFETIME
-            return CONTINUE, b"", {"block1": (block1.block_number, True, block1.size_exponent)}
+            self._uploads.move_to_end(key)
+            return CONTINUE, b"", {"block1": Block(block1.number, True, block1.szx)}
         del self._uploads[key]
         return bytes(upload.body)
 
@@ -88,9 +94,18 @@ class Uploads:
             self._uploads.pop(key, None)
         return codes.REQUEST_ENTITY_TOO_LARGE, b"body too large", {"size1": self.max_body}
 
+    def next_deadline(self) -> Optional[float]:
+        for upload in self._uploads.values():
+            return upload.deadline
+        return None
+
     def expire(self, now: float) -> None:
-        for key in [k for k, u in self._uploads.items() if u.deadline <= now]:
-            del self._uploads[key]
+        uploads = self._uploads
+        while uploads:
+            key, upload = next(iter(uploads.items()))
+            if upload.deadline > now:
+                break
+            del uploads[key]
 
     def clear(self) -> None:
         self._uploads.clear()
@@ -111,42 +126,56 @@ class LargeBody:
         self.tag = tag
 
 
-def block_size_exponent(asked: Any, room: Optional[int], size: int) -> int:
+def etag(body: bytes) -> bytes:
+    """An entity tag of ``body``: blocks of one representation carry the same one."""
+    return struct.pack("!I", zlib.crc32(body))
+
+
+def block_size_exponent(asked: Optional[Block], room: Optional[int], size: int) -> int:
     """The SZX to answer with: the client's (at most ours), made smaller while the answer
     would not fit ``room`` bytes (the amplification limit; None: no limit)."""
-    szx = min(asked.size_exponent, BLOCK_SIZE_EXP) if asked is not None else BLOCK_SIZE_EXP
+    szx = min(asked.szx, BLOCK_SIZE_EXP) if asked is not None else BLOCK_SIZE_EXP
     if room is not None:
         while szx > 0 and size > room and (1 << (szx + 4)) > room:
             szx -= 1
     return szx
 
 
-def slice_response(response: Message, number: int, szx: int,
+def block_options(message: Message, number: int, szx: int, size: int,
+                  tag: Optional[bytes]) -> Message:
+    """``message`` as block ``number`` (of 2**(szx+4) bytes) of a body of ``size`` bytes:
+    with Block2, Size2 on the first block, and ETag ``tag`` (RFC 7959 §2.2, §2.4)."""
+    added = [(BLOCK2, Block(number, (number + 1) << (szx + 4) < size, szx).encode())]
+    if tag is not None:
+        added.append((ETAG, tag))
+    if number == 0:
+        added.append((SIZE2, encode_uint(size)))
+    return set_options(message, added)
+
+
+def slice_response(message: Message, number: int, szx: int,
                    large: Optional[LargeBody]) -> Message:
-    """Block ``number`` of ``response`` (its payload or ``large``) in blocks of 2**(szx+4).
+    """Block ``number`` of ``message`` (its payload or ``large``) in blocks of 2**(szx+4).
 
     An answer that fits one block and was asked as block 0 goes whole. A block
     past the end of a body gets 4.02 (RFC 7959 §2.2); an error answer asked as
     a later block goes as it is, so the client sees the real code.
     """
-    size = large.size if large is not None else len(response.payload)
+    size = large.size if large is not None else len(message.payload)
     block = 1 << (szx + 4)
     if size <= block and number == 0:
-        if large is not None:
-            response.payload = large.read(0, size)
-            if large.tag is not None:
-                response.opt.etag = large.tag
-        return response
-    if response.code >= codes.BAD_REQUEST:
-        return response
+        if large is None:
+            return message
+        whole = message._replace(payload=large.read(0, size))
+        return whole if large.tag is None else set_options(whole, [(ETAG, large.tag)])
+    if message.code >= codes.BAD_REQUEST:
+        return message
     start = number * block
     if start >= size and number > 0:
         return make_response(codes.BAD_OPTION, b"block beyond the end", codes.TEXT_PLAIN)
     if large is not None:
-        response.payload = large.read(start, block)
-        mark_block(response, number, szx, size, large.tag)
-    else:
-        body = response.payload
-        response.payload = body[start:start + block]
-        mark_block(response, number, szx, size, etag(body))
-    return response
+        part = message._replace(payload=large.read(start, block))
+        return block_options(part, number, szx, size, large.tag)
+    body = message.payload
+    return block_options(message._replace(payload=body[start:start + block]), number, szx,
+                         size, etag(body))

@@ -61,11 +61,13 @@ class Request(NamedTuple):
     observe: Optional[int] = None
     token: bytes = b""
     remote: Hashable = None
-    confirmable: bool = True
     block2: Optional[Tuple[int, int]] = None  # Block2 asked: (block number, block size)
     # what the DTLS session verified (core.auth.Certificate or PresharedKey), or None:
     # plain UDP, or DTLS without a client credential (the token in the path decides)
     credential: Any = None
+    # an observe registration's state in the transport (opaque here: the relation keeps it
+    # and hands it back with each Notify; the transport chooses CON or NON with it)
+    observation: Any = None
 
 
 @_frozen
@@ -108,7 +110,7 @@ class Reply(NamedTuple):
     reason: str = ""
     observe: Optional[int] = None
     authenticated: bool = False  # the request carried a valid access token
-    silent: bool = False  # a NON request left unanswered (RFC 7967's No-Response)
+    quiet: bool = False  # no answer to a NON request (RFC 7967's No-Response: Efento's)
 
 
 @_typed
@@ -123,18 +125,20 @@ class Publish(NamedTuple):
 
 @_frozen
 class Notify:
-    """Send an observe notification; the edge reports ACK, RST or timeout for CON ones."""
+    """Send an observe notification to a relation; the transport chooses CON or NON (with
+    ``observation``, the relation's state from its registration) and reports its fate
+    (ack, delivered, reset or timeout, ``GatewayCore.on_notified``)."""
 
     ref: int
     remote: Hashable
     token: bytes
-    confirmable: bool
     code: int
     payload: bytes
     observe: int
     device: str = ""
     block_size: int = codes.BLOCK_SIZE  # a longer payload goes block by block (RFC 7959 §2.6)
     content_format: int = codes.APPLICATION_JSON
+    observation: Any = None
 
 
 @_frozen

@@ -11,7 +11,8 @@ its device type's profile must be ``coapDeviceType: EFENTO``. In ThingsBoard's o
 * a device of another profile: 4.00; a measurement message with no channels: 4.00;
 * then the device's request budget (4.29), and the uplink goes through the outbox as every
   uplink does: a CON request gets 2.01 once it is stored; a NON request gets no answer
-  (Efento's sensors save their battery so, and ThingsBoard answers only CON requests);
+  (Efento's sensors save their battery so, and ThingsBoard answers only CON requests:
+  ``Reply.quiet``, which the transport carries out);
   errors are answered in both cases.
 
 Measurements and device information become telemetry, the configuration client attributes
@@ -74,8 +75,7 @@ class Efento(Part):
             if self.limits.devices.enabled:
                 self.limits.device(device, now)
             topic, body = self._message(reader, feature, device.name, msg, now)
-            actions = self.uplinks.store(device, topic, body, request.ref, now,
-                                         answer=request.confirmable)
+            actions = self.uplinks.store(device, topic, body, request.ref, now, quiet=True)
         except codes.CoapError as err:
             return [Authenticated(request.ref), error_reply(request.ref, err, True)]
         self.stats["efento_uplinks"] += 1

@@ -17,7 +17,7 @@ from .actions import Device
 from .parts import Action, Part, address
 
 if TYPE_CHECKING:
-    from ..config import LimitsConfig
+    from ..settings.limits import LimitsConfig
 
 
 class RateLimiter:

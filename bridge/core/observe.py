@@ -4,18 +4,19 @@ One relation per (device, feature) — ``attributes`` or ``rpc`` — as on
 ThingsBoard; a new registration of the same device (from a new address or
 port after NAT rebinding, or with a new token) replaces the old one.
 
-Notifications to one relation go out in order. For a CON relation one
-notification is in flight at a time: the next goes when the device ACKs.
+Notifications to one relation go out in order, one at a time: the next goes when
+the transport reports the fate of the one before (``on_result``: ``ack`` for an
+acknowledged CON, ``delivered`` for a NON sent or a notification written to a
+reliable connection). Whether a notification goes CON or NON is the transport's
+choice (bridge/coap/datagram.py, RFC 7641 §4.5): the relation keeps the transport's
+``observation`` state from its registration and hands it back with each ``Notify``.
 Nothing waiting is replaced or dropped, except an item whose ``expires`` has
 passed (a server RPC past ``platform.rpc_queue_ttl``): it is never sent, and
-goes to ``expired`` for the caller to count. An RST cancels the relation; a CON
-notification that is never acknowledged cancels every relation of that peer
-(the device is gone, or its NAT binding is). Items still queued or in flight
-when a relation ends are handed back to the caller (RPCs are kept for the
-next registration).
-
-A NON relation gets NON notifications, except that at least one in every
-``con_interval`` seconds goes as CON, so dead NON observers are found too.
+goes to ``expired`` for the caller to count. An RST cancels the relation (also one
+to a notification reported delivered before); a CON notification that is never
+acknowledged cancels every relation of that peer (the device is gone, or its NAT
+binding is). Items still queued or in flight when a relation ends are handed back
+to the caller (RPCs are kept for the next registration).
 
 A ``gate`` (the power-saving part, power.py) may hold a device's notifications while it
 sleeps: a queue goes on only when ``gate.may_send`` says so (``resume`` once the device
@@ -38,9 +39,9 @@ from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple
 from . import codes
 from .actions import Notify
 
-ACK, RESET, TIMEOUT = "ack", "reset", "timeout"
+ACK, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
 OBSERVE_MODULUS = 1 << 24
-RECENT_NON = 4096
+RECENT = 4096  # delivered notifications remembered, so that an RST to one still counts
 _EMPTY: Deque[Any] = deque(maxlen=0)  # shared by relations with nothing queued
 
 
@@ -58,17 +59,16 @@ class Pending:
 class Relation:
     """One observer. Slots and a shared empty queue keep it small: there may be 100,000."""
 
-    __slots__ = ("device", "feature", "remote", "token", "confirmable", "last_con", "queue",
-                 "in_flight", "block_size", "last")
+    __slots__ = ("device", "feature", "remote", "token", "observation", "queue", "in_flight",
+                 "block_size", "last")
 
     def __init__(self, device: str, feature: str, remote: Hashable, token: bytes,
-                 confirmable: bool, last_con: float, block_size: int = codes.BLOCK_SIZE):
+                 observation: Any, block_size: int = codes.BLOCK_SIZE):
         self.device = device
         self.feature = feature
         self.remote = remote
         self.token = token
-        self.confirmable = confirmable
-        self.last_con = last_con
+        self.observation = observation  # the transport's, from the registration (opaque)
         self.queue: Deque[Pending] = _EMPTY  # replaced by a real deque on first use
         self.in_flight: Optional[Tuple[int, Pending]] = None
         self.block_size = block_size
@@ -80,16 +80,15 @@ class Relation:
 
 
 class Observers:
-    def __init__(self, max_relations: int, con_interval: float = 86400.0):
+    def __init__(self, max_relations: int):
         self.max_relations = max_relations
-        self.con_interval = con_interval
         self.relations: Dict[Tuple[str, str], Relation] = {}
         # remote -> the key of its relation, or a list of keys when it has several: a
         # peer that is gone ends its own in O(its), for about 50 bytes per relation
         self._by_remote: Dict[Hashable, Any] = {}
         self._in_flight: Dict[int, Tuple[str, str]] = {}
-        # recent NON notifications, so that an RST to one still cancels its relation
-        self._recent_non: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
+        # notifications reported delivered, so that an RST to one still cancels its relation
+        self._recent: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
         self._next_ref = 0
         self._sequence = 0
         self.expired: List[Pending] = []  # skipped as expired; the caller takes them
@@ -107,7 +106,7 @@ class Observers:
         return self.relations.get((device, feature))
 
     def register(self, device: str, feature: str, remote: Hashable, token: bytes,
-                 confirmable: bool, now: float, block_size: int = codes.BLOCK_SIZE
+                 observation: Any, block_size: int = codes.BLOCK_SIZE
                  ) -> Tuple[Optional[Relation], List[Pending]]:
         """Add or replace the relation. Returns (relation or None when full, items of the one replaced)."""
         key = (device, feature)
@@ -115,7 +114,7 @@ class Observers:
         if old is None and len(self.relations) >= self.max_relations:
             return None, []
         leftovers = self._drop(key) if old is not None else []
-        relation = Relation(device, feature, remote, token, confirmable, now,
+        relation = Relation(device, feature, remote, token, observation,
                             min(block_size, codes.BLOCK_SIZE))
         self.relations[key] = relation
         self._index(remote, key)
@@ -149,9 +148,9 @@ class Observers:
         for ref, key in list(self._in_flight.items()):
             if key[0] == old:
                 self._in_flight[ref] = (new, key[1])
-        for ref, entry in list(self._recent_non.items()):
+        for ref, entry in list(self._recent.items()):
             if entry[0] == old:
-                self._recent_non[ref] = (new, entry[1], entry[2])
+                self._recent[ref] = (new, entry[1], entry[2])
 
     def enqueue(self, device: str, feature: str, pending: Pending, now: float) -> List[Notify]:
         relation = self.relations.get((device, feature))
@@ -182,30 +181,23 @@ class Observers:
 
     def on_result(self, ref: int, outcome: str,
                   now: float) -> Tuple[List[Notify], List[Relation], List[Pending]]:
-        """A CON notification was ACKed, reset or timed out.
+        """The fate of notification ``ref``: acknowledged, delivered, reset or timed out.
 
         Returns (notifications now due, relations that ended, their leftover items).
         """
-        non = self._recent_non.pop(ref, None)
-        if non is not None:
-            # a NON notification the edge sent as CON (unverified peer) can time out too
-            key = (non[0], non[1])
-            relation = self.relations.get(key)
-            if outcome in (RESET, TIMEOUT) and relation is not None and relation.token == non[2]:
-                if outcome == TIMEOUT and self.gate is not None \
-                        and self.gate.asleep(relation.device, now):
-                    return [], [], []  # unheard while it slept: the relation stays
-                return [], [relation], self._drop(key)
-            return [], [], []
         key = self._in_flight.pop(ref, None)
         relation = self.relations.get(key) if key else None
         if relation is None or relation.in_flight is None or relation.in_flight[0] != ref:
-            return [], [], []
-        if outcome == ACK:
+            return self._late_result(ref, outcome)
+        if outcome == ACK or outcome == DELIVERED:
             relation.in_flight = None
+            if outcome == DELIVERED:  # an RST may still come for it
+                self._recent[ref] = (relation.device, relation.feature, relation.token)
+                if len(self._recent) > RECENT:
+                    self._recent.popitem(last=False)
             return self._pump(relation, now), [], []
         if outcome == RESET:
-            return [], [relation], self._drop(key)
+            return [], [relation], self._drop(key)  # type: ignore[arg-type]
         gate = self.gate
         if gate is not None and gate.asleep(relation.device, now):
             self._take_back(relation)  # unheard while it slept: it waits for the device
@@ -214,6 +206,19 @@ class Observers:
         # timeout: every relation of that peer is dead
         ended, leftovers = self.cancel_remote(relation.remote)
         return [], ended, leftovers
+
+    def _late_result(self, ref: int,
+                     outcome: str) -> Tuple[List[Notify], List[Relation], List[Pending]]:
+        """An RST to a notification reported delivered before ends its relation, if the
+        relation is still the one it went to (same token)."""
+        recent = self._recent.pop(ref, None)
+        if recent is None or outcome != RESET:
+            return [], [], []
+        key = (recent[0], recent[1])
+        relation = self.relations.get(key)
+        if relation is None or relation.token != recent[2]:
+            return [], [], []
+        return [], [relation], self._drop(key)
 
     def cancel_remote(self, remote: Hashable) -> Tuple[List[Relation], List[Pending]]:
         """End every relation of ``remote``: (the relations, their leftover items)."""
@@ -259,32 +264,27 @@ class Observers:
         relation.in_flight = None
 
     def _pump(self, relation: Relation, now: float) -> List[Notify]:
-        out: List[Notify] = []
+        """The relation's next notification, unless one is in flight (one at a time), or
+        the gate holds the device's downlinks (it sleeps)."""
+        queue = relation.queue
         gate = self.gate
-        while relation.queue and relation.in_flight is None:
-            pending = relation.queue[0]
+        while queue and relation.in_flight is None:
+            pending = queue[0]
             if pending.expires is not None and pending.expires <= now:
-                self.expired.append(relation.queue.popleft())
+                self.expired.append(queue.popleft())
                 continue
             if gate is not None and not gate.may_send(relation.device, now):
                 break  # the device sleeps: the queue waits for it (``resume``)
-            relation.queue.popleft()
-            confirmable = relation.confirmable or now - relation.last_con >= self.con_interval
+            queue.popleft()
             self._next_ref += 1
-            notify = Notify(self._next_ref, relation.remote, relation.token, confirmable,
-                            pending.code, pending.payload, self.sequence(), relation.device,
-                            relation.block_size, pending.content_format)
+            notify = Notify(self._next_ref, relation.remote, relation.token, pending.code,
+                            pending.payload, self.sequence(), relation.device,
+                            relation.block_size, pending.content_format, relation.observation)
             relation.sent(pending.payload)
-            out.append(notify)
-            if confirmable:
-                relation.last_con = now
-                relation.in_flight = (notify.ref, pending)
-                self._in_flight[notify.ref] = (relation.device, relation.feature)
-            else:
-                self._recent_non[notify.ref] = (relation.device, relation.feature, relation.token)
-                if len(self._recent_non) > RECENT_NON:
-                    self._recent_non.popitem(last=False)
-        return out
+            relation.in_flight = (notify.ref, pending)
+            self._in_flight[notify.ref] = (relation.device, relation.feature)
+            return [notify]
+        return []
 
     def _drop(self, key: Tuple[str, str]) -> List[Pending]:
         relation = self.relations.pop(key)

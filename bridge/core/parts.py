@@ -19,7 +19,7 @@ from .actions import (Created, DeadLetter, Delete, DeleteDevice, LoadBacklog, Lo
 from .codes import CoapError
 
 if TYPE_CHECKING:  # the core reads the config dataclasses; it does not load them
-    from ..config import Config
+    from ..settings.root import Config
 
 Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, StoreMany, Created,
                Delete, DeadLetter, ResetLink, Provision, ServePackage, LoadBacklog, Withdraw]

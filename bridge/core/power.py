@@ -42,7 +42,7 @@ from .parts import Action, Part
 from .payloads import TelemetryEntry
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..settings.root import Config
 
 PSM, DRX, E_DRX = "PSM", "DRX", "E_DRX"
 MODES = (PSM, DRX, E_DRX)
@@ -70,6 +70,13 @@ class _Sleeper:
         self.deleted: Optional[Dict[str, None]] = None  # attribute names deleted meanwhile
 
 
+def profile_power(client: Any) -> PowerSettings:
+    """A profile's ``clientSettings`` (settings.profiles.ClientSettings: 0 and empty for
+    not given) as the power settings the core reads."""
+    return PowerSettings(client.powerMode or None, client.psmActivityTimer or None,
+                         client.edrxCycle or None, client.pagingTransmissionWindow or None)
+
+
 def merge(merged: Dict[str, Any], deleted: Dict[str, None], data: Dict[str, Any]) -> None:
     """Merge the attribute change ``data`` into those held: per key, the last change wins
     (ThingsBoard's ``addQueuedNotification``, which also keeps the deletions of earlier
@@ -94,9 +101,9 @@ class PowerModes(Part):
         self.paging_default = coap.paging_transmission_window
         self.transport_log = coap.transport_log
         self.profiles: Dict[str, PowerSettings] = {
-            device_type: profile.power_settings
+            device_type: profile_power(profile.clientSettings)
             for device_type, profile in config.device_profiles.items()
-            if profile.power_settings.mode}
+            if profile.clientSettings.powerMode}
         self.sleepers: Dict[str, _Sleeper] = {}
         self._deadlines: List[Tuple[float, str]] = []  # (end of a window, device), a heap
         self._modes: Dict[Tuple[str, Optional[PowerSettings]], Optional[Mode]] = {}

@@ -46,7 +46,7 @@ from .subscriptions import Subscriptions
 from .uplinks import Uplinks
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..settings.root import Config
 
 SLOW_TICK = 1.0  # seconds between the ticks that scan every device
 
@@ -192,7 +192,9 @@ class GatewayCore:
         return self.messages.on_message(topic, payload, now)
 
     def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
-        """A CON notification was acknowledged ("ack"), reset ("reset") or timed out."""
+        """The fate of notification ``ref``: acknowledged ("ack"), delivered ("delivered":
+        a NON sent, or written to a reliable connection), reset ("reset") or timed out
+        ("timeout"); see bridge/coap/exchange.py."""
         return self.subscriptions.on_notified(ref, outcome, now)
 
     def on_peer_gone(self, remote: Any, now: float) -> List[Action]:

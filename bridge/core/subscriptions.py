@@ -21,8 +21,7 @@ FEATURES = (routes.ATTRIBUTES, routes.RPC)  # the observable resources of a devi
 class Subscriptions(Part):
     def __init__(self, shared: Shared):
         super().__init__()
-        coap = shared.config.coap
-        self.observers = Observers(coap.max_observers, coap.con_notification_interval)
+        self.observers = Observers(shared.config.coap.max_observers)
         # what a relation held when it ended or was replaced (set by the RPC part)
         self.requeue: Callable[[List[Pending], float], None] = lambda leftovers, now: None
         # feature -> called once a relation of a device is registered (RPC: its waiting RPCs)
@@ -40,7 +39,7 @@ class Subscriptions(Part):
         assert request is not None
         observers = self.observers
         relation, leftovers = observers.register(
-            name, feature, request.remote, request.token, request.confirmable, now,
+            name, feature, request.remote, request.token, request.observation,
             request.block2[1] if request.block2 is not None else codes.BLOCK_SIZE)
         self.requeue(leftovers, now)
         fmt = content_format if body else None

@@ -43,7 +43,7 @@ class Uplinks(Part):
         # store ref -> (its request ref, or the refs of a StoreMany; the core's own copies
         # of the entries being written, renamed here if the device is): see ``rename``
         self.storing: Dict[int, Tuple[Any, List[Entry]]] = {}
-        self.silent: Set[int] = set()  # request refs not answered once stored (NON Efento)
+        self.quiet: Set[int] = set()  # request refs whose 2.01 a NON request goes without
         self.storing_count = 0  # uplinks being written
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
@@ -135,13 +135,13 @@ class Uplinks(Part):
     # == admission ===========================================================
 
     def store(self, device: Device, topic: str, payload: bytes, request_ref: int,
-              now: float, answer: bool = True) -> List[Action]:
-        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``),
-        or, ``answer`` False, no answer at all then (errors are still answered)."""
+              now: float, quiet: bool = False) -> List[Action]:
+        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``);
+        ``quiet``: not if it sent a NON request (``Reply.quiet``; errors are answered)."""
         actions: List[Action] = []
         if self.admit(device, topic, payload, request_ref, now, actions):
-            if not answer:
-                self.silent.add(request_ref)
+            if quiet:
+                self.quiet.add(request_ref)
             store = Store(next(self.shared.refs),
                           Entry(0, device.name, device.type, topic, payload, now))
             self.storing[store.ref] = (request_ref, [store.entry])
@@ -224,9 +224,9 @@ class Uplinks(Part):
                 actions.append(Created(refs))
             elif refs is None:  # the bridge's own (store_own): nobody waits for it
                 pass
-            elif refs in self.silent:
-                self.silent.discard(refs)
-                actions.append(Reply(refs, codes.CREATED, silent=True))
+            elif refs in self.quiet:
+                self.quiet.discard(refs)
+                actions.append(Reply(refs, codes.CREATED, quiet=True))
             else:
                 actions.append(Reply(refs, codes.CREATED))
         if self.failing.since is not None:
@@ -243,7 +243,7 @@ class Uplinks(Part):
             self.stats["store_failed"] += len(entries)
             refused += len(entries)
             for request_ref in (refs if type(refs) is tuple else [] if refs is None else [refs]):
-                self.silent.discard(request_ref)
+                self.quiet.discard(request_ref)
                 actions.append(unavailable(request_ref, "outbox write failed"))
         line = self.failing.failed(reason, refused, now)
         if line is not None:

@@ -1,208 +1,185 @@
-"""The UDP transport of the CoAP endpoint: a Twisted ``DatagramProtocol`` around
-``bridge.coap.endpoint.Endpoint``, with one timer for everything the endpoint waits for.
+"""The UDP transport of CoAP: a Twisted ``DatagramProtocol`` driving the sans-IO message
+layer (``bridge.coap.datagram.MessageLayer``) with one timer.
 
-The message layer itself (deduplication, CON/ACK, empty ACKs, blocks,
-amplification) is the sans-IO endpoint; this module only moves datagrams,
-time and request handlers' answers between it and Twisted. Defect numbers
+Everything CoAP (deduplication, CON/ACK, empty ACKs, retransmission, blocks,
+amplification, the CON/NON choice of notifications) is the message layer's and the
+exchange layer's; this module moves datagrams, time and the request handler's answers
+between them and Twisted: each input is followed by one drain of the layer's events
+(``Transmit`` to the port, ``Incoming`` to the handler, ``Notified`` to ``on_result``)
+and the timer armed to the layer's ``next_timer()`` (``edge/timer.py``). Defect numbers
 refer to ../shared/spec/txthings-notes.md, each with a regression test in
-tests/edge/test_coap_engine.py.
+tests/coap/ (the layers) or tests/edge/test_coap_engine.py (this driver).
 
-* W1  ``QuietLog``: txThings formats ~9 legacy log lines per datagram; drop
-  them, keep its error reports.
 * W6  a failing handler always answers 5.00 (and the failure is logged once).
-* W9  ``listen()`` uses a 65535-byte receive buffer, so big datagrams are not
-  truncated.
+* W9  ``listen()`` uses a 65535-byte receive buffer, so big datagrams are not truncated.
+
+The DTLS seam: today's DTLS transport (``edge/dtls.py``) hands its sessions'
+plaintext here (``received(data, session)``), says a handshake proved the peer's
+address (``trust``) and that a session ended (``forget``); what goes to a peer that is
+not an address pair goes to its ``send`` (``_transmit``). Those three methods and that
+one branch are the whole adapter, to be replaced by a driver over the sans-IO DTLS
+server that feeds a ``MessageLayer`` of its own.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Hashable, Optional, Tuple, Union
 
-import txthings.coap as txcoap
-import txthings.resource as txresource
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
-from ..coap import codec
-from ..coap.codec import etag, make_response  # noqa: F401 (the edge's answers are built here)
-from ..coap.endpoint import Answer, Endpoint, EndpointSettings, Exchange
+from ..coap.datagram import (ACK_TIMEOUT, MAX_RETRANSMIT, DatagramSettings, MessageLayer,
+                             Observation)
+from ..coap.exchange import Answer, Incoming, Notified, Transmit
+from ..coap.message import Message
+from ..coap.peers import describe
 from ..core import codes
 from ..logs import logger
 from . import udp
+from .timer import OneTimer
 
 log = logger("coap")
 
 RECEIVE_BUFFER = 65535  # W9
 
-Handler = Callable[[txcoap.Message], Union[defer.Deferred, txcoap.Message, Answer]]
-
-
-class QuietLog:
-    """W1: stands in for ``twisted.python.log`` inside txThings."""
-
-    def msg(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def err(self, failure: Any = None, why: Optional[str] = None, **kwargs: Any) -> None:
-        log.failure(why or "txThings internal error", failure=failure)
+Handler = Callable[[Incoming], Union[defer.Deferred, Message, Answer]]
 
 
 class BridgeCoap(DatagramProtocol):
-    """Feeds a UDP port's datagrams to an ``Endpoint`` and ``handler``'s answers back."""
+    """Feeds a UDP port's datagrams to a ``MessageLayer`` and ``handler``'s answers back."""
 
-    def __init__(self, handler: Handler, clock: IReactorTime, settings: EndpointSettings,
+    def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
                  rng: Optional[random.Random] = None):
         self.handler = handler
         self.clock = clock
-        self.endpoint = Endpoint(settings, rng or random.Random(), log, clock.seconds())
-        # hears (ref, "ack" | "reset" | "timeout") for notifications sent with a ref
+        self.layer = MessageLayer(settings, rng or random.Random(), log, clock.seconds())
+        # hears (ref, "ack" | "delivered" | "reset" | "timeout") for each notification
         self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
         # hears the peers that ended (DTLS sessions), so their observations end too
         self.on_peer_gone: Callable[[Any], None] = lambda peer: None
-        self._call: Any = None  # the one timer, due at the endpoint's next_timer()
-        self._armed = 0.0
-        self._receiving = False  # in datagramReceived, which sends what is due at its end
+        self.timer = OneTimer(clock, self._fire)
+        self._draining = False
 
     @property
     def malformed(self) -> int:
-        return self.endpoint.malformed
+        return self.layer.malformed
 
     @property
     def retransmissions(self) -> int:
-        return self.endpoint.retransmissions
+        return self.layer.retransmissions
 
     def withdraw(self, ref: int) -> None:
         """No more retransmissions of CON notification ``ref`` (its device sleeps)."""
-        self.endpoint.withdraw(ref)
+        self.layer.withdraw(ref)
 
     def startProtocol(self) -> None:
-        self._arm()
+        self.timer.arm(self.layer.next_timer())
 
     def stopProtocol(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        self.endpoint.close()
+        self.timer.cancel()
+        self.layer.close()
 
     def datagramReceived(self, data: bytes, remote: Tuple[str, int]) -> None:
         # the peer stays Twisted's (host, port) tuple: hashing and printing an ipaddress
         # object per datagram costs more than the rest of the decoding
-        self.received(data, (remote[0], remote[1]))
+        self.layer.receive_datagram(data, (remote[0], remote[1]), self.clock.seconds())
+        self._drain()
+
+    def notify(self, ref: int, peer: Hashable, token: bytes, code: int, payload: bytes,
+               observe: int, observation: Optional[Observation],
+               block_size: int = codes.BLOCK_SIZE,
+               content_format: int = codes.APPLICATION_JSON) -> None:
+        """Notification ``ref``; its fate goes to ``on_result``."""
+        self.layer.notify(ref, peer, token, code, payload, observe, observation,
+                          self.clock.seconds(), block_size, content_format)
+        self._drain()
+
+    # -- the DTLS seam (see the module docstring) ----------------------------------------
 
     def received(self, data: bytes, peer: Any) -> None:
-        """A CoAP datagram from ``peer``: a (host, port) of this port, or a DTLS session
-        (an object with ``key``, ``address`` and ``send(datagram)``) that decrypted it."""
-        exchange = self.endpoint.receive_datagram(data, peer, self.clock.seconds())
-        if exchange is not None:
-            self._receiving = True
-            try:
-                self._dispatch(exchange)
-            finally:
-                self._receiving = False
-        self._flush()
+        """A CoAP datagram from ``peer``: a DTLS session (an object with ``key``,
+        ``address`` and ``send(datagram)``) that decrypted it."""
+        self.layer.receive_datagram(data, peer, self.clock.seconds())
+        self._drain()
 
     def trust(self, peer: Any) -> None:
         """``peer`` (a DTLS session) is known to receive what we send: its handshake
         proved its address (RFC 7252 §11.3), so no amplification limit applies."""
-        self.endpoint.verify(peer)
+        self.layer.verify(peer)
 
     def forget(self, peer: Any) -> None:
-        """``peer`` (a DTLS session) ended: the endpoint stops holding on to it, and the
+        """``peer`` (a DTLS session) ended: the layer stops holding on to it, and the
         core ends its observe relations (a NON observer would otherwise stay for good)."""
-        self.endpoint.verified.pop(peer, None)
+        self.layer.forget(peer)
         self.on_peer_gone(peer)
 
-    def notify(self, ref: int, remote: Any, token: bytes, confirmable: bool, code: int,
-               payload: bytes, observe: int, block_size: int = codes.BLOCK_SIZE,
-               content_format: int = codes.APPLICATION_JSON) -> None:
-        self.endpoint.notify(ref, remote, token, confirmable, code, payload, observe,
-                             self.clock.seconds(), block_size, content_format)
-        self._flush()
+    def _transmit(self, event: Transmit) -> None:
+        peer = event.peer
+        if type(peer) is tuple:
+            self.transport.write(event.data, (str(peer[0]), peer[1]))
+        else:
+            peer.send(event.data)  # a DTLS session encrypts it
 
-    # -- requests ------------------------------------------------------------------------
+    # -- events and requests -------------------------------------------------------------
 
-    def _dispatch(self, exchange: Exchange) -> None:
+    def _drain(self) -> None:
+        """Carry out the layer's events, in order, then arm the timer. An answer given
+        while draining (a handler that answers at once) is drained by the same loop."""
+        if self._draining:
+            return
+        self._draining = True
+        next_event = self.layer.next_event
         try:
-            result = self.handler(exchange.message)
+            while True:
+                event = next_event()
+                if event is None:
+                    break
+                kind = type(event)
+                if kind is Transmit:
+                    self._transmit(event)  # type: ignore[arg-type]
+                elif kind is Incoming:
+                    self._dispatch(event)  # type: ignore[arg-type]
+                else:
+                    notified: Notified = event  # type: ignore[assignment]
+                    self.on_result(notified.ref, notified.outcome)
+        finally:
+            self._draining = False
+        self.timer.arm(self.layer.next_timer())
+
+    def _dispatch(self, incoming: Incoming) -> None:
+        try:
+            result = self.handler(incoming)
         except Exception:
-            log.failure("Request handler raised for {peer}", peer=codec.describe(exchange.peer))
-            self.endpoint.answer(exchange, self.clock.seconds(), codes.INTERNAL_SERVER_ERROR,
-                                 b"internal error")
+            log.failure("Request handler raised for {peer}", peer=describe(incoming.peer))
+            self.layer.refuse(incoming, codes.INTERNAL_SERVER_ERROR, b"internal error",
+                              self.clock.seconds())
             return
         if isinstance(result, defer.Deferred):
-            result.addCallback(self._respond, exchange)
-            result.addErrback(self._failed, exchange)
+            result.addCallback(self._respond, incoming)
+            result.addErrback(self._failed, incoming)
         else:
-            self._respond(result, exchange)
+            self._respond(result, incoming)
 
-    def _respond(self, result: Any, exchange: Exchange) -> None:
-        if isinstance(result, txcoap.Message):
+    def _respond(self, result: Any, incoming: Incoming) -> None:
+        if type(result) is not Answer:
+            if not isinstance(result, Message):
+                raise TypeError("request handler returned %r, not a Message" % (type(result),))
             result = Answer(result)
-        elif not isinstance(result, Answer):
-            raise TypeError("request handler returned %r, not a Message" % (type(result),))
-        message = result.message
-        if message is not None and isinstance(message.payload, str):
-            message.payload = message.payload.encode("utf-8")
-        self.endpoint.respond(exchange, message, self.clock.seconds(), result.authenticated,
-                              result.large)
-        if not self._receiving:  # an answer later than its request
-            self._flush()
+        self.layer.respond(incoming, result, self.clock.seconds())
+        self._drain()
 
-    def _failed(self, failure: Any, exchange: Exchange) -> None:
+    def _failed(self, failure: Any, incoming: Incoming) -> None:
         log.failure("Request handling failed for {peer}", failure=failure,
-                    peer=codec.describe(exchange.peer))
-        self.endpoint.respond(exchange, make_response(
-            codes.INTERNAL_SERVER_ERROR, b"internal error", codes.TEXT_PLAIN),
-            self.clock.seconds())
-        self._flush()
-
-    # -- out and time --------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        endpoint = self.endpoint
-        if endpoint.outgoing:
-            write = self.transport.write
-            for data, peer in endpoint.datagrams_to_send():
-                if type(peer) is tuple:
-                    write(data, (str(peer[0]), peer[1]))
-                else:
-                    peer.send(data)  # a DTLS session encrypts it
-        if endpoint.outcomes:
-            outcomes, endpoint.outcomes = endpoint.outcomes, []
-            for ref, outcome in outcomes:
-                self.on_result(ref, outcome)
-        self._arm()
-
-    def _arm(self) -> None:
-        due = self.endpoint.next_timer()
-        if self._call is not None:
-            if due >= self._armed:
-                return
-            self._call.cancel()
-        self._armed = due
-        self._call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._fire)
+                    peer=describe(incoming.peer))
+        self.layer.refuse(incoming, codes.INTERNAL_SERVER_ERROR, b"internal error",
+                          self.clock.seconds())
+        self._drain()
 
     def _fire(self) -> None:
-        self._call = None
-        self.endpoint.handle_timer(self.clock.seconds())
-        self._flush()
-
-
-_installed = False
-
-
-def install() -> None:
-    """Apply the module-level workarounds (W1 logging, W11 Block option). Idempotent."""
-    global _installed
-    if _installed:
-        return
-    quiet = QuietLog()
-    txcoap.log = quiet
-    txresource.log = quiet
-    codec.install()
-    _installed = True
+        self.layer.handle_timer(self.clock.seconds())
+        self._drain()
 
 
 def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str,
@@ -214,9 +191,9 @@ def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str
 
 def create_protocol(handler: Handler, clock: IReactorTime, empty_ack_delay: float,
                     exchange_lifetime: float, max_body: int = 65536,
-                    rng: Optional[random.Random] = None, ack_timeout: float = txcoap.ACK_TIMEOUT,
-                    max_retransmit: int = txcoap.MAX_RETRANSMIT) -> BridgeCoap:
-    install()
-    settings = EndpointSettings(empty_ack_delay, exchange_lifetime, max_body, ack_timeout,
-                                max_retransmit)
+                    rng: Optional[random.Random] = None, ack_timeout: float = ACK_TIMEOUT,
+                    max_retransmit: int = MAX_RETRANSMIT,
+                    con_interval: float = 86400.0) -> BridgeCoap:
+    settings = DatagramSettings(empty_ack_delay, exchange_lifetime, max_body, ack_timeout,
+                                max_retransmit, con_interval)
     return BridgeCoap(handler, clock, settings, rng)

@@ -51,7 +51,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
-from ..config import DtlsConfig
+from ..settings import DtlsConfig
 from ..core.auth import Certificate, PresharedKey, certificate_id
 from ..dtls import records
 from ..dtls.cookies import CookieJar
@@ -60,6 +60,7 @@ from ..dtls.sessions import HandshakeGuard, SessionTable
 from ..logs import logger
 from ..registry import mask
 from . import psk as psk_edge
+from .dtls_keys import KeyProblem, load_key, use_key
 from . import udp
 
 log = logger("dtls")
@@ -107,7 +108,7 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     if cfg.cert_file:
         ctx.use_certificate_chain_file(cfg.cert_file)
-        ctx.use_privatekey_file(cfg.key_file)
+        use_key(ctx, load_key(cfg))
         ctx.check_privatekey()
     if cfg.ca_file:
         ctx.load_verify_locations(cfg.ca_file)
@@ -134,7 +135,7 @@ def _openssl_reason(exc: Exception) -> str:
 
 
 def check_config(cfg: DtlsConfig) -> List[str]:
-    """Problems with the DTLS files, one line each, for ``config.load``."""
+    """Problems with the DTLS files, one line each, for ``bridge.startup_checks``."""
     problems = []
     for key in ("cert_file", "key_file", "ca_file"):
         path = getattr(cfg, key)
@@ -143,9 +144,14 @@ def check_config(cfg: DtlsConfig) -> List[str]:
     if problems:
         return problems
     steps = []
+    key_file = cfg.key_file or cfg.cert_file  # empty: the key is in the certificate's file
     if cfg.cert_file:
+        try:
+            private_key = load_key(cfg)
+        except KeyProblem as exc:
+            return ["dtls.key_file: %s" % exc]
         steps += [("cert_file", lambda ctx: ctx.use_certificate_chain_file(cfg.cert_file)),
-                  ("key_file", lambda ctx: ctx.use_privatekey_file(cfg.key_file)),
+                  ("key_file", lambda ctx: use_key(ctx, private_key)),
                   ("key_file", lambda ctx: ctx.check_privatekey())]
     if cfg.ca_file:
         steps.append(("ca_file", lambda ctx: ctx.load_verify_locations(cfg.ca_file)))
@@ -160,8 +166,8 @@ def check_config(cfg: DtlsConfig) -> List[str]:
             step(ctx)
         except (SSL.Error, UnicodeError) as exc:
             if key == "key_file":
-                text = ("%s is not a PEM private key" % cfg.key_file if n == 1 else
-                        "%s does not match dtls.cert_file %s" % (cfg.key_file, cfg.cert_file))
+                text = ("%s is not a PEM private key" % key_file if n == 1 else
+                        "%s does not match dtls.cert_file %s" % (key_file, cfg.cert_file))
             else:
                 text = what[key]
             problems.append("dtls.%s: %s (%s)" % (key, text, _openssl_reason(exc)))

@@ -25,7 +25,9 @@ while the reactor changes it (and it imports the global reactor).
 ``/healthz`` answers 200 whenever the reactor runs (a liveness probe);
 ``/readyz`` answers 200 only when the bridge can serve (CoAP listening, the
 MQTT gateway link up, the registry reachable), otherwise 503 with one short
-line naming what is not ready (a readiness probe, a load balancer's check).
+line naming what is not ready (a readiness probe, a load balancer's check). What
+an operator should know either way follows on lines of its own (``notes``: the
+platform changes journaled for a registry that is away).
 
 A scrape or a probe is normal traffic: its access line is logged at debug, not
 at info (``twisted.web``'s default), so a Prometheus polling every few seconds
@@ -147,22 +149,30 @@ class HealthResource(Resource):
         return b"ok\n"
 
 
+def ready_body(missing: List[str], notes: List[str]) -> Tuple[int, bytes]:
+    """``/readyz``'s status and body: ``ready`` or ``not ready: ...``, then one line a note."""
+    first = "not ready: %s" % ", ".join(missing) if missing else "ready"
+    return (503 if missing else 200), "".join(line + "\n" for line in [first] + notes
+                                              ).encode("utf-8")
+
+
 class ReadyResource(Resource):
-    """``/readyz``: 200 when ``not_ready()`` names nothing, else 503 and what is not ready."""
+    """``/readyz``: 200 when ``not_ready()`` names nothing, else 503 and what is not ready;
+    ``notes()`` below."""
 
     isLeaf = True
 
-    def __init__(self, not_ready: Callable[[], List[str]]):
+    def __init__(self, not_ready: Callable[[], List[str]],
+                 notes: Callable[[], List[str]] = lambda: []):
         super().__init__()
         self.not_ready = not_ready
+        self.notes = notes
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", TEXT)
-        missing = self.not_ready()
-        if not missing:
-            return b"ready\n"
-        request.setResponseCode(503)
-        return ("not ready: %s\n" % ", ".join(missing)).encode("utf-8")
+        code, body = ready_body(self.not_ready(), self.notes())
+        request.setResponseCode(code)
+        return body
 
 
 class MetricsSite(Site):
@@ -172,11 +182,12 @@ class MetricsSite(Site):
     noisy = False
 
     def __init__(self, registry: CollectorRegistry,
-                 not_ready: Callable[[], List[str]] = lambda: []):
+                 not_ready: Callable[[], List[str]] = lambda: [],
+                 notes: Callable[[], List[str]] = lambda: []):
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry))
         root.putChild(b"healthz", HealthResource())
-        root.putChild(b"readyz", ReadyResource(not_ready))
+        root.putChild(b"readyz", ReadyResource(not_ready, notes))
         super().__init__(root)
 
     def log(self, request: Any) -> None:

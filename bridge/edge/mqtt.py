@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from ..config import MqttConfig
+from ..settings import MqttConfig
 from ..core.limits import RateLimiter
 from ..logs import logger
 from ..registry import mask

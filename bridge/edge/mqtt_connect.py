@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..config import MqttConfig
+from ..settings import MqttConfig
 from ..logs import logger
 
 log = logger("mqtt")

@@ -29,19 +29,18 @@ import os
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import txthings.coap as txcoap
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ..config import Config
+from ..settings import Config
 from ..core import codes
 from ..core.actions import ServePackage
 from ..core.ota import Checksum, PackageInfo, supported
 from ..logs import logger
 from ..sqlite import create_private
-from ..coap.blocks import LargeBody
-from ..coap.codec import etag, make_response
-from ..coap.endpoint import Answer
+from ..coap.blocks import LargeBody, etag
+from ..coap.exchange import Answer
+from ..coap.message import Message, make_response
 from .short_session import SessionFailed, ShortSession, ShortSessions
 
 log = logger("ota")
@@ -137,13 +136,13 @@ class PackageStore:
                 self.cached[name] = os.path.getsize(path)
 
     def serve(self, action: ServePackage) -> defer.Deferred:
-        """A Deferred firing with the device's answer (a txThings Message)."""
+        """A Deferred firing with the device's answer (a ``Message`` or an ``Answer``)."""
         d = self._ensure(action.package, action.token, action.device)
         d.addCallback(self._answer, action)
         d.addErrback(self._refuse, action)
         return d
 
-    def _answer(self, path: str, action: ServePackage) -> Union[txcoap.Message, Answer]:
+    def _answer(self, path: str, action: ServePackage) -> Union[Message, Answer]:
         key = action.package.key
         self.cached.move_to_end(key)
         self.served_at[key] = self.reactor.seconds()
@@ -161,7 +160,7 @@ class PackageStore:
         return Answer(make_response(codes.CONTENT),
                       large=LargeBody(size, read, etag(key.encode("utf-8"))))
 
-    def _refuse(self, failure: Any, action: ServePackage) -> txcoap.Message:
+    def _refuse(self, failure: Any, action: ServePackage) -> Message:
         failure.trap(PackageError)
         error = failure.value
         return make_response(error.code, error.reason.encode("utf-8"), codes.TEXT_PLAIN)

@@ -25,7 +25,7 @@ import os
 import re
 from typing import List, Optional, Set
 
-from ..config import StartupError
+from ..settings import StartupError
 from ..logs import logger
 from .outbox import Outbox
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional, Set
 
 from twisted.internet import defer
 
-from ..config import Config
+from ..settings import Config
 from ..core import codes, provision
 from ..core.provision import ProvisionProfile, ProvisionRequest
 from ..logs import logger

@@ -21,35 +21,48 @@ for. Blocking psycopg in a small pool of threads keeps the driver's own code
 paths; the only shared state is the snapshot handed over to the reactor thread
 through Deferred callbacks.
 
-Connection lost (the server stopped, the network gone: libpq's error, or the
-heartbeat every ``HEARTBEAT`` waits): the bridge keeps serving from its last
-snapshot, logs one warning, ``reachable()`` turns False (``/readyz`` says
+Connection lost (the server stopped, the network gone: libpq's error; or hung:
+the heartbeat every ``HEARTBEAT`` waits gets no answer within ``CHECK_TIMEOUT``, a
+load none within ``registry_pg.QUERY_TIMEOUT``): the bridge keeps serving from its
+last snapshot, logs one warning, ``reachable()`` turns False (``/readyz`` says
 "registry not reachable"), and reconnects with a doubling delay; once back it
 LISTENs again, reloads everything (changes made meanwhile included) and logs
-once that the registry is back.
+once that the registry is back. A server that hangs is so noticed within about
+``HEARTBEAT * WAIT + CHECK_TIMEOUT`` (4.5 s).
+
+The platform's renames and deletes (``changes``, ``bridge.glue.platform_changes``)
+are applied by the listener too, before its next wait (or with the reconnection):
+applying them and reloading happen in one call, so the reload that shows a change is
+put in place in the same ``refresh()`` that takes it out of the overlay
+(``bridge.core.platform_changes``), and no request sees the old name in between.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import psycopg
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from ..config import StartupError
+from ..settings import StartupError
 from ..core.actions import Device
 from ..logs import logger
 from ..registry import Entry
-from ..registry_pg import CHANNEL, LIVE_ROWS, PgRegistry, Snapshot, connect, one_line, snapshot
+from ..core.platform_changes import Change
+from ..registry_pg import (CHANNEL, LIVE_ROWS, QUERY_TIMEOUT, Applied, PgRegistry, Snapshot,
+                           apply_changes, connect, deadline, one_line, snapshot)
 from ..registry_url import RegistryTarget
 
 log = logger("registry")
 
 WAIT = 0.5  # s one wait for a notification lasts (and so, at most, a stop)
-HEARTBEAT = 10  # waits without a notification between two liveness queries (5 s)
+HEARTBEAT = 4  # waits without a notification between two liveness queries (2 s)
+CHECK_TIMEOUT = 2.0  # s the liveness query may take: past it the registry counts as lost
+APPLY_BATCH = 500  # platform changes applied in one transaction
 MIN_DELAY, MAX_DELAY = 0.5, 30.0  # s between reconnection attempts, doubling
 MAX_PENDING = 16  # changes kept for the next refresh; past that they are applied at once
 
@@ -67,6 +80,25 @@ class Delta:
 
     def __bool__(self) -> bool:
         return any(self.removed) or any(self.changed)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A load of the live rows: what changed, when the load began (``time.monotonic()``),
+    and the outcomes of the platform changes applied just before it."""
+    change: Delta
+    started: float
+    applied: Tuple[Applied, ...] = ()
+
+
+class Changes(Protocol):
+    """The platform's changes waiting for the registry (``bridge.glue.platform_changes``)."""
+
+    def to_apply(self, limit: int) -> Sequence[Change]: ...
+
+    def applied(self, results: Sequence[Applied], committed: float) -> None: ...
+
+    def loaded(self, started: float) -> bool: ...
 
 
 def delta(old: Views, new: Views) -> Delta:
@@ -91,35 +123,48 @@ class _Listener:
         self.idle = 0
         self.last: Views = ({}, {}, {})
 
-    def open_and_load(self) -> Delta:
-        """(Re)connect, LISTEN, load: what changed since the last snapshot (or, the first
-        time, everything)."""
+    def open_and_load(self, changes: Sequence[Change] = ()) -> Loaded:
+        """(Re)connect, LISTEN, apply ``changes``, load: what changed since the last
+        snapshot (or, the first time, everything)."""
         self.close()
         conn = connect(self.conninfo, autocommit=True)
         try:
-            conn.execute("LISTEN %s" % CHANNEL)  # first: a change made during the load counts
-            loaded = snapshot(conn.execute(LIVE_ROWS).fetchall())
+            with deadline(conn, QUERY_TIMEOUT + 1):
+                conn.execute("LISTEN %s" % CHANNEL)  # first: a change made during the load counts
+            loaded = self._apply_and_load(conn, changes)
         except BaseException:
             conn.close()
             raise
         self.conn, self.idle = conn, 0
-        return self._since_last(loaded)
+        return loaded
 
-    def wait(self) -> Optional[Delta]:
-        """Wait up to ``WAIT`` s for a change; what changed, or None when nothing did."""
+    def wait(self, changes: Sequence[Change] = ()) -> Optional[Loaded]:
+        """Apply ``changes`` and load, or wait up to ``WAIT`` s for a change: the load, or
+        None when nothing was loaded."""
         conn = self.conn
         if conn is None:
             raise psycopg.OperationalError("the registry connection is closed")
+        if changes:
+            self.idle = 0
+            return self._apply_and_load(conn, changes)
         if not any(True for _ in conn.notifies(timeout=WAIT, stop_after=1)):
             self.idle += 1
             if self.idle >= HEARTBEAT:
                 self.idle = 0
-                conn.execute("SELECT 1").fetchall()
+                with deadline(conn, CHECK_TIMEOUT):
+                    conn.execute("SELECT 1").fetchall()
             return None
         for _ in conn.notifies(timeout=0.02):  # a burst of changes: one reload
             pass
         self.idle = 0
-        return self._since_last(snapshot(conn.execute(LIVE_ROWS).fetchall())) or None
+        return self._apply_and_load(conn, ())
+
+    def _apply_and_load(self, conn: psycopg.Connection, changes: Sequence[Change]) -> Loaded:
+        applied = tuple(apply_changes(conn, changes)) if changes else ()
+        with deadline(conn, QUERY_TIMEOUT + 1):
+            started = time.monotonic()  # after the commit: this load shows the changes
+            rows = conn.execute(LIVE_ROWS).fetchall()
+        return Loaded(self._since_last(snapshot(rows)), started, applied)
 
     def _since_last(self, loaded: Snapshot) -> Delta:
         new = _views(loaded)
@@ -135,7 +180,7 @@ class _Listener:
 class SharedRegistry:
     """The registry at ``store`` as the bridge reads it; ``start()`` begins listening."""
 
-    def __init__(self, store: PgRegistry, listener: _Listener, initial: Delta,
+    def __init__(self, store: PgRegistry, listener: _Listener, initial: Loaded,
                  reactor: Any, threadpool: Any):
         self.store = store
         self.display = store.display
@@ -145,7 +190,8 @@ class SharedRegistry:
         self.devices: Dict[str, Device] = {}  # the live views, updated in place
         self.certificates: Dict[str, Device] = {}
         self.psk: Dict[str, Tuple[Device, bytes]] = {}
-        self._pending: List[Delta] = [initial]  # loaded, not yet in place
+        self._pending: List[Loaded] = [initial]  # loaded, not yet in place
+        self.changes: Optional[Changes] = None  # the platform's, to apply (set by the service)
         self._unreported = False  # applied without a request (see _queue), not yet told
         self._reachable = True
         self._stopping = False
@@ -166,12 +212,16 @@ class SharedRegistry:
     def _apply(self) -> None:
         pending, self._pending = self._pending, []
         views = (self.devices, self.certificates, self.psk)
-        for change in pending:
-            self._unreported = True
-            for live, removed, changed in zip(views, change.removed, change.changed):
-                for key in removed:
-                    live.pop(key, None)
-                live.update(changed)  # type: ignore[attr-defined]
+        for loaded in pending:
+            change = loaded.change
+            if change:
+                self._unreported = True
+                for live, removed, changed in zip(views, change.removed, change.changed):
+                    for key in removed:
+                        live.pop(key, None)
+                    live.update(changed)  # type: ignore[attr-defined]
+            if self.changes is not None and self.changes.loaded(loaded.started):
+                self._unreported = True  # the overlay changed with it
 
     def reachable(self) -> bool:
         """False from a lost connection until the registry answers again (no query here)."""
@@ -208,18 +258,25 @@ class SharedRegistry:
         self._busy = None
         return result
 
+    def _to_apply(self) -> Sequence[Change]:
+        return self.changes.to_apply(APPLY_BATCH) if self.changes is not None else ()
+
     def _wait(self) -> None:
         if not self._stopping:
-            self._call(self._listener.wait, self._waited, self._lost)
+            changes = self._to_apply()
+            self._call(lambda: self._listener.wait(changes), self._waited, self._lost)
 
-    def _queue(self, change: Optional[Delta]) -> None:
-        if change:
-            self._pending.append(change)
-            if len(self._pending) > MAX_PENDING:  # no request came for a while: keep it small
-                self._apply()
+    def _queue(self, loaded: Optional[Loaded]) -> None:
+        if loaded is None:
+            return
+        if loaded.applied and self.changes is not None:
+            self.changes.applied(loaded.applied, loaded.started)
+        self._pending.append(loaded)  # even unchanged: the overlay waits for its start time
+        if len(self._pending) > MAX_PENDING:  # no request came for a while: keep it small
+            self._apply()
 
-    def _waited(self, change: Optional[Delta]) -> None:
-        self._queue(change)
+    def _waited(self, loaded: Optional[Loaded]) -> None:
+        self._queue(loaded)
         self._wait()
 
     def _lost(self, failure: Failure) -> None:
@@ -242,10 +299,12 @@ class SharedRegistry:
     def _reconnect(self) -> None:
         self._retry = None
         if not self._stopping:
-            self._call(self._listener.open_and_load, self._back, self._still_lost)
+            changes = self._to_apply()
+            self._call(lambda: self._listener.open_and_load(changes), self._back,
+                       self._still_lost)
 
-    def _back(self, change: Delta) -> None:
-        self._queue(change)
+    def _back(self, loaded: Loaded) -> None:
+        self._queue(loaded)
         self._delay = MIN_DELAY
         self._reachable = True
         log.info("Device registry {registry} reachable again ({count} live devices)",

@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Set
 
 from twisted.internet import defer
 
-from ..config import MqttConfig
+from ..settings import MqttConfig
 from ..logs import logger
 from .mqtt import MqttLink
 

@@ -35,7 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ..logs import logger
-from .metrics import PREFIX, TEXT, HealthResource, MetricsSite
+from .metrics import PREFIX, TEXT, HealthResource, MetricsSite, ready_body
 
 log = logger("supervisor")
 SCRAPE_TIMEOUT = 5.0  # s for one worker to answer
@@ -145,19 +145,27 @@ class WorkerMetrics:
 
     def not_ready(self) -> defer.Deferred:
         """What keeps the workers from serving, worker by worker (empty: all ready)."""
+        return self.readiness().addCallback(lambda result: result[0])
+
+    def readiness(self) -> defer.Deferred:
+        """(what keeps the workers from serving, worker by worker; their notes, each once:
+        workers of one DATA_DIR share its journal, so they say the same)."""
         return self._each("/readyz").addCallback(self._missing)
 
     @staticmethod
-    def _missing(answers: List[Tuple[int, Any]]) -> List[str]:
-        missing = []
+    def _missing(answers: List[Tuple[int, Any]]) -> Tuple[List[str], List[str]]:
+        missing: List[str] = []
+        notes: List[str] = []
         for worker, answer in answers:
             if answer is None:
                 missing.append("worker %d not serving" % worker)
-            elif answer[0] != 200:
-                text = answer[1].strip()
-                missing.append("worker %d: %s" % (worker, text[len("not ready: "):]
-                                                  if text.startswith("not ready: ") else text))
-        return missing
+                continue
+            first, *rest = answer[1].strip().splitlines() or [""]
+            notes += [line for line in rest if line and line not in notes]
+            if answer[0] != 200:
+                missing.append("worker %d: %s" % (worker, first[len("not ready: "):]
+                                                  if first.startswith("not ready: ") else first))
+        return missing, notes
 
 
 class _Deferred(Resource):
@@ -201,29 +209,28 @@ class _AllMetrics(_Deferred):
 
 
 class _AllReady(_Deferred):
-    def __init__(self, not_ready: Callable[[], defer.Deferred]):
+    def __init__(self, readiness: Callable[[], defer.Deferred]):
         super().__init__()
-        self.not_ready = not_ready
+        self.readiness = readiness
 
     def answer(self, request: Any) -> defer.Deferred:
         request.setHeader(b"content-type", TEXT)
 
-        def body(missing: List[str]) -> bytes:
-            if not missing:
-                return b"ready\n"
-            request.setResponseCode(503)
-            return ("not ready: %s\n" % ", ".join(missing)).encode("utf-8")
-        return self.not_ready().addCallback(body)
+        def body(result: Tuple[List[str], List[str]]) -> bytes:
+            code, text = ready_body(*result)
+            request.setResponseCode(code)
+            return text
+        return self.readiness().addCallback(body)
 
 
 class SupervisorSite(MetricsSite):
     """``/metrics`` of all workers, ``/healthz``, and ``/readyz`` of all workers."""
 
     def __init__(self, metrics: WorkerMetrics,
-                 not_ready: Optional[Callable[[], defer.Deferred]] = None):
+                 readiness: Optional[Callable[[], defer.Deferred]] = None):
         super().__init__(metrics.own)
         root = Resource()
         root.putChild(b"metrics", _AllMetrics(metrics))
         root.putChild(b"healthz", HealthResource())
-        root.putChild(b"readyz", _AllReady(not_ready or metrics.not_ready))
+        root.putChild(b"readyz", _AllReady(readiness or metrics.readiness))
         self.resource = root

@@ -1,9 +1,10 @@
 """``Bridge``: builds the core and joins it to the CoAP requests, the outbox and the MQTT link.
 
 It owns the MQTT side of the glue (the gateway link's events in, publishes
-out, paho mid -> the core's publish ref), the core's timer, the registry
-changes the platform asks for and the metrics; each other concern is one
-part from this package, and ``dispatch`` maps every core action to its part.
+out, paho mid -> the core's publish ref), the core's timer and the metrics;
+each other concern is one part from this package (the registry changes the
+platform asks for: ``platform_changes``), and ``dispatch`` maps every core
+action to its part.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from ..coap.codec import make_response
-from ..config import Config, worker_client_id
+from ..coap.message import make_response
+from ..settings import Config, worker_client_id
 from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
@@ -40,13 +41,14 @@ from ..edge.ota import PackageStore
 from ..edge.provision import Provisioner
 from ..edge.short_session import ShortSessions
 from ..logs import logger
-from ..registry import Registry, RegistryError
+from ..registry import Registry
 from .admission import PendingAdmission
 from .coap_requests import CoapRequests
 from .commit import OutboxCommit
 from .dispatch import ActionDispatcher
 from .lookup import RegistryView
 from .notifications import Notifications
+from .platform_changes import PlatformChanges
 from .x509register import AutoRegistration
 
 log = logger("bridge")
@@ -147,6 +149,8 @@ class Bridge:
             self.registry_view, self.apply, self.outbox_commit.schedule,
             self.auto_registration.ensure if config.dtls.x509.auto_register else None)
         self.notifications = Notifications(reactor)
+        self.platform_changes = PlatformChanges(self.registry_view, self.commit,
+                                                lambda: self.outbox)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
         self.provisioner = Provisioner(config, reactor, self.registry_view.write,
                                        self.requests.answer_json, self.sessions, fixed)
@@ -182,9 +186,8 @@ class Bridge:
             Notify: self.notifications.queue,
             Withdraw: self.notifications.withdraw,
             Log: _log,
-            RenameDevice: lambda action: self._registry_change("rename", action.old,
-                                                               action.new),
-            DeleteDevice: lambda action: self._registry_change("delete", action.name),
+            RenameDevice: self.platform_changes.rename,
+            DeleteDevice: self.platform_changes.delete,
             Authenticated: requests.authenticated,
         })
 
@@ -278,35 +281,6 @@ class Bridge:
     def _reset_link(self, action: ResetLink) -> None:
         log.warn("Resetting the MQTT connection: {reason}", reason=action.reason)
         self.link.reset()
-
-    def _registry_change(self, kind: str, *names: str) -> None:
-        if self.registry_view.registry is None:
-            return
-        if kind == "rename":
-            d = self.registry_view.write("rename", names[0], names[1])
-        else:
-            d = self.registry_view.write("mark_deleted", names[0])
-        d.addCallbacks(self._registry_changed, self._registry_refused, (kind,) + names,
-                       None, (kind,) + names)
-        d.addErrback(lambda f: log.failure("Applying the platform's {kind} of {device} failed",
-                                           failure=f, kind=kind, device=names[0]))
-
-    def _registry_changed(self, changed: bool, kind: str, *names: str) -> None:
-        if kind == "rename" and self.outbox is not None:
-            self.commit()  # uplinks being stored go first: the rename covers them
-            self.outbox.rename(names[0], names[1], lambda topic, payload: gateway
-                               .rename_device(topic, payload, names[0], names[1]))
-        self.registry_view.changed()  # the next request already sees it
-        if kind == "rename":
-            log.info("Platform renamed device {device} to {new_name}", device=names[0],
-                     new_name=names[1], known=changed)
-        else:
-            log.info("Platform deleted device {device}", device=names[0], known=changed)
-
-    def _registry_refused(self, failure: Failure, kind: str, *names: str) -> None:
-        failure.trap(RegistryError)  # RegistryUnavailable too: the shared registry is lost
-        log.error("Platform asked to {kind} {device}, but: {error}", kind=kind,
-                  device=names[0], error=str(failure.value))
 
     # -- stopping ----------------------------------------------------------------------
 
@@ -443,6 +417,10 @@ class Bridge:
                                             stats["downstream_skipped"] + self.link.failed_messages),
             "ota_fetches_total": ("counter", "packages fetched from their source",
                                   self.packages.fetches),
+            "registry_changes_waiting": ("gauge", "platform renames and deletes journaled in "
+                                         "DATA_DIR, not yet in the shared registry (the same "
+                                         "file for every worker)",
+                                         self.platform_changes.waiting()),
         }
 
     def _dtls_metrics(self) -> Dict[str, Any]:

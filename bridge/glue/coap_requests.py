@@ -1,4 +1,5 @@
-"""The CoAP request adapter: a txThings request message -> the core, the core's answer -> it.
+"""The CoAP request adapter: a transport's ``Incoming`` request -> the core, the core's answer
+-> the transport.
 
 ``CoapRequests.handle`` is the CoAP transport's request handler. It refuses a
 request 5.03 beyond the pending bounds (``admission``), keeps a plain uplink
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Hashable, List, Optional, Union
 
-import txthings.coap as txcoap
 from twisted.internet import defer
 
-from ..coap.codec import describe, make_response
-from ..coap.endpoint import Answer
+from ..coap.exchange import Answer, Incoming
+from ..coap.message import Message, make_response
+from ..coap.peers import describe
 from ..core import codes
 from ..core.actions import Authenticated, Created, Reply, Request, Uplink
 from ..core.routes import plain_uplink, session_uplink
@@ -35,8 +36,7 @@ from .lookup import RegistryView
 log = logger("bridge")
 
 Apply = Callable[[List[Any]], None]
-URI_PATH, URI_QUERY = txcoap.URI_PATH, txcoap.URI_QUERY
-OBSERVE = txcoap.OBSERVE
+CREATED = make_response(codes.CREATED)  # immutable: one for every uplink
 
 
 class _InProgress:
@@ -70,37 +70,36 @@ class CoapRequests:
         # seconds from a request to its answer, for the metrics (a histogram's observe)
         self.answered: Callable[[float], None] = lambda seconds: None
 
-    def handle(self, message: txcoap.Message) -> defer.Deferred:
+    def handle(self, incoming: Incoming) -> defer.Deferred:
         """The answer to a request: a Deferred firing with an ``Answer``."""
         self.handled += 1
         ref = self.handled  # the request's ref: the number of requests so far
-        peer = message.remote
+        peer = incoming.peer
         credential = getattr(peer, "credential", None)  # a DTLS session's, or None
         self.registry.refresh()  # the copy the core reads, up to date for this turn
         if credential is not None and self.register is not None:
             registering = self.register(credential)
             if registering is not None:  # a registry write in progress: the request waits
                 return registering.addCallback(
-                    lambda _: self._admit(ref, message, peer, credential))
-        return self._admit(ref, message, peer, credential)
+                    lambda _: self._admit(ref, incoming, peer, credential))
+        return self._admit(ref, incoming, peer, credential)
 
-    def _admit(self, ref: int, message: txcoap.Message, peer: Any,
+    def _admit(self, ref: int, incoming: Incoming, peer: Any,
                credential: Any) -> defer.Deferred:
         refused = self.admission.refusal(peer)
         if refused is not None:
             self.errors += 1
             return defer.succeed(Answer(make_response(
                 codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
-        path = message.opt.getOption(URI_PATH)
-        if path is not None:
+        message = incoming.message
+        path = message.uri_path
+        if path:
             plain: Optional[tuple] = None
             if credential is None:
                 if len(path) == 4:  # the only length a plain uplink has
-                    plain = plain_uplink(message.code, (path[0].value, path[1].value,
-                                                        path[2].value, path[3].value))
+                    plain = plain_uplink(message.code, path)
             elif len(path) == 3:  # the token-less form, over a session that verified one
-                feature = session_uplink(message.code, (path[0].value, path[1].value,
-                                                        path[2].value))
+                feature = session_uplink(message.code, path)
                 plain = (credential, feature) if feature is not None else None
             if plain is not None:  # the common upload goes to the core with the others
                 d = defer.Deferred()
@@ -109,30 +108,29 @@ class CoapRequests:
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
                 return d
-        return self._request(ref, path, message, credential)
+        return self._request(ref, path, incoming, credential)
 
-    def _request(self, ref: int, path: Any, message: txcoap.Message,
+    def _request(self, ref: int, path: Any, incoming: Incoming,
                  credential: Any) -> defer.Deferred:
-        option = message.opt.getOption
+        message = incoming.message
+        peer = incoming.peer
         try:
-            query = option(URI_QUERY)
-            observe = option(OBSERVE)
-            block2 = message.opt.block2
+            query = message.uri_query
+            block2 = message.block2
             request = Request(
                 ref, message.code,
-                tuple([o.value.decode() for o in path]) if path else (),  # UTF-8, strict
+                tuple([segment.decode() for segment in path]),  # UTF-8, strict
                 message.payload,
-                tuple([o.value.decode() for o in query]) if query else (),
-                observe[0].value if observe else None,
-                message.token, message.remote, message.mtype == txcoap.CON,
-                (block2.block_number, 1 << (block2.size_exponent + 4)) if block2 else None,
-                credential)
+                tuple([item.decode() for item in query]),
+                message.observe, message.token, peer,
+                (block2.number, block2.size) if block2 is not None else None,
+                credential, incoming.observation)
         except UnicodeDecodeError:
             return defer.succeed(Answer(make_response(
                 codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
         d = defer.Deferred()
-        self.in_progress[ref] = _InProgress(d, message.remote, self.clock.seconds())
-        self.admission.hold(message.remote)
+        self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds())
+        self.admission.hold(peer)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
         try:
@@ -177,16 +175,16 @@ class CoapRequests:
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
                       peer=describe(pending.peer) if pending is not None else "device",
                       reason=reply.reason)
-        if reply.silent:  # a NON request the device wants no answer to (Efento's)
-            self.answer(reply.ref, Answer(None, True))
+        message = make_response(reply.code, reply.payload, reply.content_format,
+                                reply.max_age, reply.size1, reply.observe)
+        if reply.quiet:  # a NON request gets no answer (Efento's): the transport sees to it
+            self.answer(reply.ref, Answer(message, reply.authenticated, quiet=True))
             return
-        self.answer(reply.ref, make_response(
-            reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
-            reply.observe), reply.authenticated)
+        self.answer(reply.ref, message, reply.authenticated)
 
     def created(self, action: Created) -> None:
         for ref in action.refs:
-            self.answer(ref, make_response(codes.CREATED), True)
+            self.answer(ref, CREATED, True)
 
     def answer_json(self, ref: int, code: int, body: bytes,
                     max_age: Optional[int] = None,
@@ -195,18 +193,19 @@ class CoapRequests:
         self.answer(ref, make_response(code, body, content_format if body else None,
                                        max_age))
 
-    def answer(self, ref: int, message: Union[txcoap.Message, Answer],
+    def answer(self, ref: int, message: Union[Message, Answer],
                authenticated: bool = False) -> None:
         """Send the answer to request ``ref`` (once); ``authenticated``: the request carried
         a valid access token (also known if the core looked it up in ``on_request``)."""
         pending = self.in_progress.pop(ref, None)
         if pending is None:
             return
-        if isinstance(message, Answer):
-            message.authenticated = message.authenticated or pending.authenticated \
-                or authenticated
+        authenticated = authenticated or pending.authenticated
+        if type(message) is Answer:
+            if authenticated and not message.authenticated:
+                message = message._replace(authenticated=True)
         else:  # large answers to a valid token need no amplification limit
-            message = Answer(message, pending.authenticated or authenticated)
+            message = Answer(message, authenticated)  # type: ignore[arg-type]
         self.admission.release(pending.peer)
         self.answered(self.clock.seconds() - pending.started)
         pending.answer.callback(message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Callable, List, Optional, Tuple, Union
 
-from ..config import StartupError
+from ..settings import StartupError
 from ..core.actions import DeadLetter, Delete, Entry, LoadBacklog, Store, StoreMany
 from ..edge.outbox import Outbox
 from ..logs import logger

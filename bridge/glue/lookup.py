@@ -17,6 +17,11 @@ The registry is the SQLite ``Registry`` or, with ``REGISTRY_URL=postgresql://``,
 ``bridge.edge.shared_registry.SharedRegistry``, whose ``refresh()`` only puts in
 place the copy its listening thread loaded (no query on the reactor). Writes the
 bridge makes go through ``write``: a Deferred either way (SQLite's fires at once).
+
+With a shared registry the platform's renames and deletes not yet in its copy
+(``bridge.glue.platform_changes``) are in ``renamed`` (base name -> current name, or
+None: deleted), and every lookup passes the device it finds through it; an empty
+``renamed`` costs a lookup one test.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from twisted.internet import defer
 
 from ..core.actions import Device
 from ..core.auth import Certificate, CredentialLookups, PresharedKey
+from ..core.platform_changes import mapped
 from ..registry import Registry, RegistryError
 
 
@@ -38,6 +44,8 @@ class RegistryView:
         self.certificates: Dict[str, Device] = {}
         self.psk: Dict[str, Tuple[Device, bytes]] = {}
         self.on_change: List[Callable[[], None]] = []  # after a refresh that found changes
+        self.renamed: Dict[str, Optional[str]] = {}  # the platform's changes in flight
+        self.journal_refresh: Optional[Callable[[], bool]] = None  # other workers' changes
         self._tokens: Optional[Dict[str, str]] = None  # device name -> token, built on use
         self._fresh = False  # refreshed in this reactor turn
         self._announcing = False  # on_change callbacks scheduled
@@ -57,18 +65,31 @@ class RegistryView:
 
     def get(self, token: str) -> Optional[Device]:
         """The core's lookup: the device of access ``token`` in this turn's copy, or None."""
+        if self.renamed:  # the platform's changes in flight: rare, so tested first
+            device = self.devices.get(token)
+            return mapped(device, self.renamed) if device is not None else None
         return self.devices.get(token)
 
     def certificate(self, sha3: str) -> Optional[Device]:
-        return self.certificates.get(sha3)
+        device = self.certificates.get(sha3)
+        if self.renamed and device is not None:
+            return mapped(device, self.renamed)
+        return device
 
     def psk_device(self, identity: str) -> Optional[Device]:
         entry = self.psk.get(identity)
-        return entry[0] if entry is not None else None
+        if entry is None:
+            return None
+        return mapped(entry[0], self.renamed) if self.renamed else entry[0]
 
     def token_of(self, name: str) -> Optional[str]:
         if self._tokens is None:
-            self._tokens = {device.name: token for token, device in self.devices.items()}
+            tokens = {}
+            for token, device in self.devices.items():
+                current = mapped(device, self.renamed) if self.renamed else device
+                if current is not None:
+                    tokens[current.name] = token
+            self._tokens = tokens
         return self._tokens.get(name)
 
     # -- the DTLS transport's ------------------------------------------------------------
@@ -78,7 +99,9 @@ class RegistryView:
         can come before any request of its turn)."""
         self.refresh()
         entry = self.psk.get(identity)
-        return entry[1] if entry is not None else None
+        if entry is None or (self.renamed and mapped(entry[0], self.renamed) is None):
+            return None
+        return entry[1]
 
     def credential_gone(self, credential: Any, key_used: Optional[bytes] = None) -> bool:
         """Whether a session that verified ``credential`` must end: its certificate or PSK
@@ -86,10 +109,11 @@ class RegistryView:
         the session was established with) the identity's key changed. A session without a
         credential (None: the token in each request decides) never has to."""
         if type(credential) is Certificate:
-            return credential.sha3 not in self.certificates
+            return self.certificate(credential.sha3) is None
         if type(credential) is PresharedKey:
             entry = self.psk.get(credential.identity)
-            return entry is None or (key_used is not None and entry[1] != key_used)
+            return (entry is None or self.psk_device(credential.identity) is None
+                    or (key_used is not None and entry[1] != key_used))
         return False
 
     # -- refreshing --------------------------------------------------------------------
@@ -132,13 +156,20 @@ class RegistryView:
         if self.registry is not None:
             self._reload()
 
+    def overlay_changed(self) -> None:
+        """``renamed`` changed: the next lookups see it, sessions that lost it end."""
+        self._tokens = None
+        if self.on_change and not self._announcing:
+            self._announcing = True
+            self.reactor.callLater(0, self._announce)
+
     def _reload(self) -> None:
         assert self.registry is not None
-        if self.registry.refresh():
-            self._tokens = None
-            if self.on_change and not self._announcing:
-                self._announcing = True
-                self.reactor.callLater(0, self._announce)
+        changed = self.registry.refresh()
+        if self.journal_refresh is not None and self.journal_refresh():
+            changed = True
+        if changed:
+            self.overlay_changed()
 
     def _announce(self) -> None:
         self._announcing = False

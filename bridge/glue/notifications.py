@@ -33,11 +33,11 @@ class Notifications:
         if transport is None:
             return
         for notify in batch:
-            transport.notify(notify.ref, notify.remote, notify.token, notify.confirmable,
-                             notify.code, notify.payload, notify.observe, notify.block_size,
-                             notify.content_format)
-            log.debug("Notified {device} (observe {observe}, {kind})", device=notify.device,
-                      observe=notify.observe, kind="CON" if notify.confirmable else "NON")
+            transport.notify(notify.ref, notify.remote, notify.token, notify.code,
+                             notify.payload, notify.observe, notify.observation,
+                             notify.block_size, notify.content_format)
+            log.debug("Notified {device} (observe {observe})", device=notify.device,
+                      observe=notify.observe)
 
     def withdraw(self, action: Withdraw) -> None:
         """The core took notification ``action.ref`` back (its device fell asleep): not

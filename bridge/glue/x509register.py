@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Set
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from ..config import Config
+from ..settings import Config
 from ..core.actions import Device
 from ..core.auth import Certificate
 from ..core.names import printable

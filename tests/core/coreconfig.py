@@ -8,9 +8,9 @@ and names what it needs, so ``CORE_TEST_DEFAULTS`` are what these tests were wri
 
 import dataclasses
 
-from bridge.config import Config
+from bridge.settings import Config
 
-# flat name -> (section, field) of bridge.config.Config
+# flat name -> (section, field) of bridge.settings.Config
 WHERE = {
     "puback_timeout": ("mqtt", "puback_timeout"),
     "max_packet_size": ("mqtt", "max_packet_size"),

@@ -1,10 +1,11 @@
-"""Configuration loading and validation (bridge.config), always with an explicit env dict."""
+"""Configuration loading and validation (bridge.settings, bridge.startup_checks), always with an explicit env dict."""
 
 import os
 
 import pytest
 
-from bridge.config import Config, ConfigError, load, load_text
+from bridge.settings import Config, ConfigError
+from bridge.startup_checks import load, load_text
 
 
 def problems_of(text, env=None):
@@ -59,7 +60,7 @@ def test_outbox_batch_size_comes_from_the_environment_with_the_shipped_file():
 
 
 def test_worker_count_comes_from_the_environment_and_names_files_and_client_ids():
-    from bridge.config import worker_client_id
+    from bridge.settings import worker_client_id
     shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
     assert load(shipped, {}).coap.workers == 1
     assert load(None, {"COAP_WORKERS": "4"}).coap.workers == 4
@@ -243,7 +244,7 @@ def test_nan_durations_are_refused(key):
 
 
 def test_default_client_id_is_derived_per_host_and_data_directory(tmp_path):
-    from bridge.config import gateway_client_id
+    from bridge.settings import gateway_client_id
     one = load_text('data_dir: "%s"' % (tmp_path / "a"), {})
     two = load_text('data_dir: "%s"' % (tmp_path / "b"), {})
     assert one.mqtt.client_id == "" == Config().mqtt.client_id  # empty: derive one
@@ -258,7 +259,7 @@ def test_default_client_id_is_derived_per_host_and_data_directory(tmp_path):
 
 
 def test_default_client_id_follows_the_absolute_data_directory(tmp_path, monkeypatch):
-    from bridge.config import gateway_client_id
+    from bridge.settings import gateway_client_id
     relative = load_text('data_dir: "./data"', {})
     monkeypatch.chdir(tmp_path)
     here = gateway_client_id(relative, "gw")
@@ -269,7 +270,7 @@ def test_default_client_id_follows_the_absolute_data_directory(tmp_path, monkeyp
 
 
 def test_an_explicit_client_id_wins():
-    from bridge.config import gateway_client_id
+    from bridge.settings import gateway_client_id
     config = load(None, {"MQTT_CLIENT_ID": "site-7-gateway"})
     assert gateway_client_id(config, "gw1") == "site-7-gateway"
 
@@ -291,7 +292,7 @@ def test_empty_ack_delay_at_or_above_the_ack_timeout_is_refused():
 
 
 def test_the_mqtt_puback_timeout_is_still_read_under_its_old_key_and_env_name_with_a_warning():
-    from bridge.config import ConfigDeprecationWarning
+    from bridge.settings import ConfigDeprecationWarning
     shipped = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
     assert load(shipped, {"MQTT_PUBACK_TIMEOUT": "4"}).mqtt.puback_timeout == 4
     with pytest.warns(ConfigDeprecationWarning, match="mqtt.ack_timeout"):

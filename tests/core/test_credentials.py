@@ -49,7 +49,7 @@ def make_core(ota_source="upstream", **settings):
 
 def request(ref, path, method=codes.GET, payload=b"", query=(), observe=None, credential=None):
     return Request(ref, method, tuple(path), payload, tuple(query), observe, b"\x01",
-                   PEER if credential is None else Session(credential), True, None, credential)
+                   PEER if credential is None else Session(credential), None, credential)
 
 
 def code(actions):

@@ -40,11 +40,10 @@ def make_core(devices=None, **settings):
     return GatewayCore(core_config(**options), lambda token: devices.get(token))
 
 
-def get(ref, feature, query=(), observe=None, token=b"\x01", remote=PEER, confirmable=True,
-        dev_token="tok", block2=None):
+def get(ref, feature, query=(), observe=None, token=b"\x01", remote=PEER, dev_token="tok",
+        block2=None):
     return Request(ref, codes.GET, ("api", "v1", dev_token, feature), b"", tuple(query),
-                   observe=observe, token=token, remote=remote, confirmable=confirmable,
-                   block2=block2)
+                   observe=observe, token=token, remote=remote, block2=block2)
 
 
 def post(ref, path, payload, dev_token="tok"):
@@ -139,12 +138,11 @@ def start_read(core, ref, query=(), now=NOW):
     return attribute_requests(seen)
 
 
-def observe_attributes(core, ref=50, shared=None, token=b"\xa1", remote=PEER, confirmable=True,
-                       now=NOW):
+def observe_attributes(core, ref=50, shared=None, token=b"\xa1", remote=PEER, now=NOW):
     """Register an observer of /attributes whose refresh finds ``shared``; returns the Reply."""
     shared = {"s": 2} if shared is None else shared
-    seen = run(core, handled(core, get(ref, "attributes", observe=0, token=token, remote=remote,
-                                         confirmable=confirmable), now), now)
+    seen = run(core, handled(core, get(ref, "attributes", observe=0, token=token, remote=remote),
+                             now), now)
     assert visible(seen) == []
     [discover] = attribute_requests(seen)
     seen = answer(core, discover, now, values=dict(shared, clientAttr=True))
@@ -155,9 +153,19 @@ def observe_attributes(core, ref=50, shared=None, token=b"\xa1", remote=PEER, co
     return reply
 
 
-def observe_rpc(core, ref=60, token=b"\xb1", remote=PEER, confirmable=True, now=NOW):
-    return run(core, handled(core, get(ref, "rpc", observe=0, token=token, remote=remote,
-                                         confirmable=confirmable), now), now)
+def observe_rpc(core, ref=60, token=b"\xb1", remote=PEER, now=NOW):
+    return run(core, handled(core, get(ref, "rpc", observe=0, token=token, remote=remote), now),
+               now)
+
+
+def delivered(core, actions, now=NOW):
+    """``actions`` and what follows when the transport reports each notification among
+    them (and those it releases) delivered: a NON observer's stream, one at a time."""
+    out = list(actions)
+    for action in out:
+        if isinstance(action, Notify):
+            out += core.on_notified(action.ref, "delivered", now)
+    return out
 
 
 # -- attribute reads ---------------------------------------------------------------------
@@ -340,7 +348,7 @@ def test_shared_attribute_deletion_push_is_notified_as_deleted_list():
 
 def test_pushes_are_notified_in_order_one_con_at_a_time():
     core = linked_core()
-    observe_attributes(core, confirmable=True)
+    observe_attributes(core)
     [first] = push(core, {"s": 3})
     assert push(core, {"s": 4}) == []
     [second] = core.on_notified(first.ref, "ack", NOW)
@@ -480,7 +488,7 @@ def test_own_rpc_reply_echo_is_not_kept_for_a_later_observer():
     core = linked_core()
     echo = {"device": "Dev A", "id": 3, "data": {"id": 3, "method": "m", "params": {}}}
     assert visible(core.on_message(GATEWAY_RPC, dumps(echo), NOW)) == []
-    assert of(observe_rpc(core, confirmable=False), Notify) == []
+    assert of(delivered(core, observe_rpc(core)), Notify) == []
 
 
 @pytest.mark.parametrize("topic,payload", [
@@ -604,8 +612,9 @@ def test_a_long_first_view_is_kept_for_the_gets_of_its_later_blocks():
 
 def test_a_short_notification_forgets_the_long_one_and_later_blocks_are_read_again():
     core = linked_core(request_timeout=10)
-    observe_attributes(core, shared={"s": 2}, confirmable=False)
-    push(core, {"note": LONG})
+    observe_attributes(core, shared={"s": 2})
+    [long] = push(core, {"note": LONG})
+    assert core.on_notified(long.ref, "delivered", NOW) == []
     [short] = push(core, {"s": 3})
     assert len(short.payload) <= codes.BLOCK_SIZE
     seen = run(core, handled(core, get(72, "attributes", block2=(1, 1024)), NOW))
@@ -669,7 +678,7 @@ def test_server_rpcs_wait_for_an_observer_and_are_delivered_in_order_on_registra
     core = connected_core()
     for rpc_id in (1, 2, 3):
         assert visible(server_rpc(core, rpc_id, now=NOW + rpc_id)) == []
-    seen = observe_rpc(core, confirmable=False, now=NOW + 5)
+    seen = delivered(core, observe_rpc(core, now=NOW + 5), NOW + 5)
     [reply] = of(seen, Reply)
     assert dotted(reply) == "2.03"
     notifies = of(seen, Notify)
@@ -681,7 +690,7 @@ def test_waiting_rpcs_go_one_at_a_time_to_a_con_observer():
     core = connected_core()
     server_rpc(core, 1)
     server_rpc(core, 2)
-    [first] = of(observe_rpc(core, confirmable=True), Notify)
+    [first] = of(observe_rpc(core), Notify)
     assert payload_of(first)["id"] == 1
     [second] = core.on_notified(first.ref, "ack", NOW + 1)
     assert payload_of(second)["id"] == 2
@@ -691,15 +700,16 @@ def test_waiting_rpcs_go_one_at_a_time_to_a_con_observer():
 def test_an_ended_dtls_session_is_no_longer_an_observer_and_its_rpcs_wait_again():
     core = connected_core()
     session = object()  # a DTLS session: the peer is the session object, not an address
-    observe_rpc(core, remote=session, confirmable=False)
+    observe_rpc(core, remote=session)
     assert core.subscriptions.observers.get("Dev A", "rpc") is not None
     [notify] = server_rpc(core, 1)
     assert notify.remote is session
+    assert core.on_notified(notify.ref, "delivered", NOW) == []  # sent NON: not held again
     [ended] = of(core.on_peer_gone(session, NOW + 1), Log)
     assert "ended (session ended)" in text(ended)
     assert core.subscriptions.observers.get("Dev A", "rpc") is None
     assert visible(server_rpc(core, 2, now=NOW + 2)) == []  # nothing to the dead session
-    notifies = of(observe_rpc(core, remote=PEER, confirmable=False, now=NOW + 3), Notify)
+    notifies = of(delivered(core, observe_rpc(core, remote=PEER, now=NOW + 3), NOW + 3), Notify)
     assert [payload_of(n)["id"] for n in notifies] == [2]
     assert core.on_peer_gone(object(), NOW + 4) == []  # another peer: nothing ends
 
@@ -710,7 +720,7 @@ def test_waiting_rpcs_are_bounded_by_rpc_queue_size():
     server_rpc(core, 2)
     dropped = server_rpc(core, 3)
     assert [log.level for log in of(dropped, Log)] == ["warn"]
-    notifies = of(observe_rpc(core, confirmable=False), Notify)
+    notifies = of(delivered(core, observe_rpc(core)), Notify)
     assert [payload_of(n)["id"] for n in notifies] == [1, 2]
 
 
@@ -718,7 +728,7 @@ def test_waiting_rpcs_expire_after_rpc_queue_ttl():
     core = connected_core(rpc_queue_ttl=60)
     server_rpc(core, 1, now=NOW)
     server_rpc(core, 2, now=NOW + 30)
-    notifies = of(observe_rpc(core, confirmable=False, now=NOW + 61), Notify)
+    notifies = of(delivered(core, observe_rpc(core, now=NOW + 61), NOW + 61), Notify)
     assert [payload_of(n)["id"] for n in notifies] == [2]
 
 
@@ -729,13 +739,13 @@ def test_waiting_rpcs_expire_on_tick():
     assert of(core.on_tick(NOW + 59), Log) == []
     logs = of(core.on_tick(NOW + 60), Log)
     assert len(logs) == 1 and "RPC 1 " in text(logs[0])
-    notifies = of(observe_rpc(core, confirmable=False, now=NOW + 61), Notify)
+    notifies = of(delivered(core, observe_rpc(core, now=NOW + 61), NOW + 61), Notify)
     assert [payload_of(n)["id"] for n in notifies] == [2]
 
 
 def test_rpc_in_flight_when_its_notification_times_out_is_delivered_after_re_observe():
     core = connected_core(rpc_queue_ttl=60)
-    observe_rpc(core, token=b"\xb1", confirmable=True)
+    observe_rpc(core, token=b"\xb1")
     [first] = server_rpc(core, 1)
     assert server_rpc(core, 2) == []  # waits behind the CON in flight
     actions = core.on_notified(first.ref, "timeout", NOW + 30)
@@ -769,7 +779,7 @@ def test_rpc_timeout_ends_every_relation_of_that_peer():
 def test_rpc_in_flight_at_a_real_con_timeout_has_expired_with_defaults_and_is_not_offered_again():
     core = GatewayCore(core_config(), lambda token: {"tok": DEV_A}.get(token))
     core.on_link_up(NOW)
-    observe_rpc(core, token=b"\xb1", confirmable=True)
+    observe_rpc(core, token=b"\xb1")
     [first] = server_rpc(core, 1)
     # RFC 7252 defaults (ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4): the earliest possible timeout,
     # past the default rpc_queue_ttl (60 s) counted from the RPC's arrival
@@ -792,7 +802,7 @@ def rpcs_held(core, device="Dev A"):
 
 def test_300_rpcs_to_a_device_that_never_acks_stay_bounded_and_expire_across_a_cancelled_relation():
     core = connected_core(rpc_queue_size=100, rpc_queue_ttl=60)
-    observe_rpc(core, token=b"\xb1", confirmable=True)
+    observe_rpc(core, token=b"\xb1")
     sent, most = [], 0
     for n in range(300):
         sent += of(server_rpc(core, n + 1, now=NOW + n * 0.01), Notify)
@@ -817,7 +827,7 @@ def test_300_rpcs_to_a_device_that_never_acks_stay_bounded_and_expire_across_a_c
 
 def test_rpcs_queued_behind_an_unacknowledged_con_notification_expire_and_are_not_sent():
     core = connected_core(rpc_queue_size=10, rpc_queue_ttl=60)
-    observe_rpc(core, confirmable=True)
+    observe_rpc(core)
     [first] = server_rpc(core, 1, now=NOW)
     assert server_rpc(core, 2, now=NOW + 1) == []
     assert server_rpc(core, 3, now=NOW + 30) == []
@@ -831,7 +841,7 @@ def test_rpcs_queued_behind_an_unacknowledged_con_notification_expire_and_are_no
 
 def test_expired_rpcs_behind_a_con_notification_are_freed_by_the_tick():
     core = connected_core(rpc_queue_size=100, rpc_queue_ttl=60)
-    observe_rpc(core, confirmable=True)
+    observe_rpc(core)
     for n in range(50):
         server_rpc(core, n + 1, now=NOW)
     assert rpcs_held(core) == 50
@@ -852,7 +862,7 @@ def test_a_full_rpc_queue_drops_new_rpcs_with_one_warning_and_takes_rpcs_again_o
     assert core.stats["rpc_dropped"] == 2
     # past the TTL of 1 and 2 the queue takes RPCs again, without a tick in between
     server_rpc(core, 5, now=NOW + 61)
-    notifies = of(observe_rpc(core, confirmable=False, now=NOW + 62), Notify)
+    notifies = of(delivered(core, observe_rpc(core, now=NOW + 62), NOW + 62), Notify)
     assert [payload_of(n)["id"] for n in notifies] == [5]
 
 
@@ -860,7 +870,7 @@ def test_a_full_rpc_queue_drops_new_rpcs_with_one_warning_and_takes_rpcs_again_o
 def test_20000_rpcs_of_2_kb_hold_at_most_rpc_queue_size_and_nothing_after_the_ttl(observing):
     core = connected_core(rpc_queue_size=100, rpc_queue_ttl=60)
     if observing:
-        observe_rpc(core, confirmable=True)  # a device that never ACKs
+        observe_rpc(core)  # a device that never ACKs
     blob = "x" * 2048
     most = 0
     for n in range(20000):
@@ -1065,7 +1075,7 @@ def test_gateway_device_renamed_moves_waiting_rpcs_to_the_new_name():
     server_rpc(core, 1)
     rename_rpc(core, {"Dev A": "Boiler"})
     registry["tok"] = Device("Boiler", "thermo")
-    notifies = of(observe_rpc(core, confirmable=False), Notify)
+    notifies = of(delivered(core, observe_rpc(core)), Notify)
     assert [payload_of(n)["id"] for n in notifies] == [1]
 
 
@@ -1116,7 +1126,7 @@ def test_gateway_device_deleted_drops_rpcs_waiting_for_it():
     server_rpc(core, 1)
     body = dumps({"id": 2, "method": "gateway_device_deleted", "params": "Dev A"})
     core.on_message(RPC_REQUEST + "2", body, NOW)
-    assert of(observe_rpc(core, confirmable=False), Notify) == []
+    assert of(delivered(core, observe_rpc(core)), Notify) == []
 
 
 # -- link loss ----------------------------------------------------------------------------

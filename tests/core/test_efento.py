@@ -410,9 +410,8 @@ def make_core():
                        efento=messages)
 
 
-def efento(ref, resource, payload=b"", method=codes.POST, confirmable=True):
-    return Request(ref, method, ("efento", resource), payload, remote=PEER,
-                   confirmable=confirmable)
+def efento(ref, resource, payload=b"", method=codes.POST):
+    return Request(ref, method, ("efento", resource), payload, remote=PEER)
 
 
 def one_measurement(token="efento-token"):
@@ -424,21 +423,16 @@ def stored(core, actions):
     return store, core.on_stored([(store.ref, 1)], NOW)
 
 
-def test_a_con_measurement_is_stored_then_answered_2_01():
+def test_a_measurement_is_stored_then_answered_2_01_to_a_con_request_only():
+    """2.01 once stored, marked quiet: the transport sends it to a CON request, none to a
+    NON one (tests/coap/test_datagram_quiet.py)."""
     core = make_core()
     actions = core.on_request(efento(1, "m", one_measurement()), NOW)
     assert actions[0] == Authenticated(1)
+    assert not [a for a in actions if type(a) is Reply]  # not before it is stored
     store, after = stored(core, actions)
     assert store.entry.device == "Efento 1" and store.entry.topic == "v1/gateway/telemetry"
-    assert [a for a in after if type(a) is Reply] == [Reply(1, codes.CREATED)]
-
-
-def test_a_non_measurement_is_stored_and_not_answered():
-    core = make_core()
-    actions = core.on_request(efento(1, "m", one_measurement(), confirmable=False), NOW)
-    assert not [a for a in actions if type(a) is Reply]
-    _, after = stored(core, actions)
-    assert [a for a in after if type(a) is Reply] == [Reply(1, codes.CREATED, silent=True)]
+    assert [a for a in after if type(a) is Reply] == [Reply(1, codes.CREATED, quiet=True)]
 
 
 def test_device_info_and_configuration_become_telemetry_and_attributes():
@@ -470,10 +464,9 @@ def test_errors_are_answered_as_thingsboard_does(request_, code):
     assert [r.code for r in replies] == [code]
 
 
-def test_errors_to_non_requests_are_answered_too():
-    actions = make_core().on_request(efento(1, "m", one_measurement("plain-token"),
-                                            confirmable=False), NOW)
-    assert [(a.code, a.silent) for a in actions if type(a) is Reply] == [
+def test_errors_are_answered_to_non_requests_too():
+    actions = make_core().on_request(efento(1, "m", one_measurement("plain-token")), NOW)
+    assert [(a.code, a.quiet) for a in actions if type(a) is Reply] == [
         (codes.BAD_REQUEST, False)]
 
 

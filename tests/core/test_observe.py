@@ -10,8 +10,11 @@ OTHER_PEER = ("10.0.0.2", 5683)
 NEW_PEER = ("10.0.0.1", 40000)  # same device after NAT rebinding
 
 
-def make_observers(max_relations=100, con_interval=86400.0):
-    return Observers(max_relations, con_interval)
+OBSERVATION = object()  # the transport's state of a registration: opaque to the core
+
+
+def make_observers(max_relations=100):
+    return Observers(max_relations)
 
 
 def pending(n, item=None):
@@ -29,20 +32,30 @@ def newer(v1, v2):
 
 
 def register(obs, device="Dev A", feature="attributes", remote=PEER, token=b"t1",
-             confirmable=True, now=T0):
-    relation, leftovers = obs.register(device, feature, remote, token, confirmable, now)
+             observation=OBSERVATION):
+    relation, leftovers = obs.register(device, feature, remote, token, observation)
     assert relation is not None
     return relation, leftovers
+
+
+def stream(obs, notifies, now=T0, outcome="delivered"):
+    """``notifies`` and every notification each one's ``outcome`` releases, in order."""
+    out = list(notifies)
+    for notify in out:
+        released, ended, leftovers = obs.on_result(notify.ref, outcome, now)
+        assert ended == [] and leftovers == []
+        out += released
+    return out
 
 
 # -- Observe numbers --------------------------------------------------------------
 
 def test_observe_numbers_increase_across_notifications_of_one_relation():
     obs = make_observers()
-    register(obs, confirmable=False)
+    register(obs)
     out = []
     for n in range(5):
-        out += obs.enqueue("Dev A", "attributes", pending(n), T0 + n)
+        out += stream(obs, obs.enqueue("Dev A", "attributes", pending(n), T0 + n), T0 + n)
     values = [notify.observe for notify in out]
     assert len(values) == 5
     assert all(newer(a, b) for a, b in zip(values, values[1:]))
@@ -50,10 +63,10 @@ def test_observe_numbers_increase_across_notifications_of_one_relation():
 
 def test_observe_numbers_keep_increasing_across_re_registrations():
     obs = make_observers()
-    register(obs, confirmable=False, token=b"t1")
+    register(obs, token=b"t1")
     first = obs.sequence()  # the registration response's number, as the core takes it
     [n1] = obs.enqueue("Dev A", "attributes", pending(1), T0)
-    register(obs, confirmable=False, token=b"t2", now=T0 + 1)
+    register(obs, token=b"t2")
     second = obs.sequence()
     [n2] = obs.enqueue("Dev A", "attributes", pending(2), T0 + 1)
     assert newer(first, n1.observe)
@@ -64,36 +77,36 @@ def test_observe_numbers_keep_increasing_across_re_registrations():
 
 def test_observe_number_wraps_at_2_pow_24_and_stays_fresh_in_serial_arithmetic():
     obs = make_observers()
-    register(obs, confirmable=False)
+    register(obs)
     obs._sequence = OBSERVE_MODULUS - 3  # walking 2**24 calls would be too slow
     out = []
     for n in range(4):
         out += obs.enqueue("Dev A", "attributes", pending(n), T0)
+    out = stream(obs, out)
     values = [notify.observe for notify in out]
     assert values == [OBSERVE_MODULUS - 2, OBSERVE_MODULUS - 1, 0, 1]
     assert all(0 <= v < OBSERVE_MODULUS for v in values)
     assert all(newer(a, b) for a, b in zip(values, values[1:]))
 
 
-# -- CON relations: one notification in flight --------------------------------------
+# -- one notification in flight per relation ----------------------------------------
 
-def test_con_relation_sends_only_the_first_of_three_queued_notifications():
+def test_a_relation_sends_only_the_first_of_three_queued_notifications():
     obs = make_observers()
-    register(obs, confirmable=True)
+    register(obs)
     out = []
     for n in range(3):
         out += obs.enqueue("Dev A", "attributes", pending(n), T0)
     [first] = out
     assert isinstance(first, Notify)
-    assert first.confirmable is True
     assert first.payload == b'{"n":0}'
-    assert (first.remote, first.token, first.code, first.device) == (
-        PEER, b"t1", codes.CONTENT, "Dev A")
+    assert (first.remote, first.token, first.code, first.device, first.observation) == (
+        PEER, b"t1", codes.CONTENT, "Dev A", OBSERVATION)
 
 
-def test_con_relation_ack_releases_the_next_notification_in_order_without_loss():
+def test_ack_releases_the_next_notification_in_order_without_loss():
     obs = make_observers()
-    register(obs, confirmable=True)
+    register(obs)
     sent = []
     for n in range(3):
         sent += obs.enqueue("Dev A", "attributes", pending(n), T0)
@@ -105,13 +118,12 @@ def test_con_relation_ack_releases_the_next_notification_in_order_without_loss()
         assert len(notifies) == 1
         sent += notifies
     assert numbers(sent) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
-    assert all(n.confirmable for n in sent)
     assert len({n.ref for n in sent}) == 3
 
 
-def test_con_relation_repeated_ack_for_the_same_ref_releases_nothing_more():
+def test_a_repeated_ack_for_the_same_ref_releases_nothing_more():
     obs = make_observers()
-    register(obs, confirmable=True)
+    register(obs)
     [first] = obs.enqueue("Dev A", "attributes", pending(0), T0)
     obs.enqueue("Dev A", "attributes", pending(1), T0)
     obs.enqueue("Dev A", "attributes", pending(2), T0)
@@ -127,46 +139,26 @@ def test_enqueue_without_a_relation_sends_nothing():
     assert obs.enqueue("Dev A", "attributes", pending(0), T0) == []
 
 
-# -- NON relations ------------------------------------------------------------------------
+# -- delivered (a NON sent, or written to a reliable connection) ------------------------
 
-def test_non_relation_sends_every_queued_notification_at_once_as_non():
-    obs = make_observers(con_interval=100)
-    register(obs, confirmable=False)
+def test_delivered_releases_the_next_notification_as_an_ack_does():
+    obs = make_observers()
+    register(obs)
     out = []
     for n in range(3):
         out += obs.enqueue("Dev A", "attributes", pending(n), T0 + 1)
-    assert numbers(out) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
-    assert [n.confirmable for n in out] == [False, False, False]
+    assert numbers(out) == [b'{"n":0}']  # the transport chooses CON or NON: one at a time
+    assert numbers(stream(obs, out, T0 + 1)) == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+    assert obs.held("Dev A", "attributes") == 0
 
 
-def test_non_relation_sends_a_con_once_con_interval_has_passed_and_holds_the_rest():
-    obs = make_observers(con_interval=100)
-    register(obs, confirmable=False, now=T0)
-    [early] = obs.enqueue("Dev A", "attributes", pending(0), T0 + 99)
-    assert early.confirmable is False
-
-    [probe] = obs.enqueue("Dev A", "attributes", pending(1), T0 + 100)
-    assert probe.confirmable is True
-    # the CON is in flight: the next waits for its ACK
-    assert obs.enqueue("Dev A", "attributes", pending(2), T0 + 101) == []
-    assert obs.enqueue("Dev A", "attributes", pending(3), T0 + 101) == []
-
-    released, ended, leftovers = obs.on_result(probe.ref, "ack", T0 + 102)
-    assert (ended, leftovers) == ([], [])
-    assert numbers(released) == [b'{"n":2}', b'{"n":3}']
-    assert [n.confirmable for n in released] == [False, False]  # last CON was at T0 + 100
-
-
-def test_non_relation_next_con_is_due_con_interval_after_the_previous_con():
-    obs = make_observers(con_interval=100)
-    register(obs, confirmable=False, now=T0)
-    [probe] = obs.enqueue("Dev A", "attributes", pending(0), T0 + 150)
-    assert probe.confirmable
-    obs.on_result(probe.ref, "ack", T0 + 150)
-    [later] = obs.enqueue("Dev A", "attributes", pending(1), T0 + 249)
-    assert later.confirmable is False
-    [again] = obs.enqueue("Dev A", "attributes", pending(2), T0 + 250)
-    assert again.confirmable is True
+def test_a_notification_enqueued_after_the_last_was_delivered_goes_at_once():
+    obs = make_observers()
+    register(obs)
+    [first] = obs.enqueue("Dev A", "attributes", pending(0), T0)
+    assert obs.on_result(first.ref, "delivered", T0) == ([], [], [])
+    [second] = obs.enqueue("Dev A", "attributes", pending(1), T0 + 1)
+    assert second.payload == b'{"n":1}' and second.ref != first.ref
 
 
 # -- reset and timeout ---------------------------------------------------------------------------
@@ -213,11 +205,11 @@ def test_result_for_an_unknown_ref_does_nothing():
     assert len(obs) == 1
 
 
-def test_reset_of_a_recent_non_notification_ends_the_relation():
+def test_reset_of_a_notification_reported_delivered_ends_the_relation():
     obs = make_observers()
-    register(obs, confirmable=False)
+    register(obs)
     [non] = obs.enqueue("Dev A", "attributes", pending(0), T0)
-    assert non.confirmable is False
+    obs.on_result(non.ref, "delivered", T0)
     notifies, ended, leftovers = obs.on_result(non.ref, "reset", T0 + 1)
     assert notifies == [] and leftovers == []
     assert [(r.device, r.feature) for r in ended] == [("Dev A", "attributes")]
@@ -226,9 +218,10 @@ def test_reset_of_a_recent_non_notification_ends_the_relation():
 
 def test_stale_reset_after_re_registration_with_a_new_token_does_nothing():
     obs = make_observers()
-    register(obs, confirmable=False, token=b"old")
+    register(obs, token=b"old")
     [non] = obs.enqueue("Dev A", "attributes", pending(0), T0)
-    register(obs, confirmable=False, token=b"new", now=T0 + 1)
+    obs.on_result(non.ref, "delivered", T0)
+    register(obs, token=b"new")
     assert obs.on_result(non.ref, "reset", T0 + 2) == ([], [], [])
     relation = obs.get("Dev A", "attributes")
     assert relation is not None and relation.token == b"new"
@@ -236,10 +229,10 @@ def test_stale_reset_after_re_registration_with_a_new_token_does_nothing():
 
 def test_stale_con_result_after_re_registration_does_nothing():
     obs = make_observers()
-    register(obs, confirmable=True, token=b"old")
+    register(obs, token=b"old")
     [con] = obs.enqueue("Dev A", "attributes", pending(0), T0)
-    register(obs, confirmable=True, token=b"new", now=T0 + 1)
-    for outcome in ("reset", "timeout"):
+    register(obs, token=b"new")
+    for outcome in ("reset", "timeout", "ack", "delivered"):
         assert obs.on_result(con.ref, outcome, T0 + 2) == ([], [], [])
     assert obs.get("Dev A", "attributes").token == b"new"
 
@@ -252,7 +245,7 @@ def test_register_from_a_new_remote_replaces_the_relation_and_returns_its_leftov
     obs.enqueue("Dev A", "rpc", pending(0, item="a"), T0)
     obs.enqueue("Dev A", "rpc", pending(1, item="b"), T0)
 
-    relation, leftovers = obs.register("Dev A", "rpc", NEW_PEER, b"t2", True, T0 + 1)
+    relation, leftovers = obs.register("Dev A", "rpc", NEW_PEER, b"t2", OBSERVATION)
     assert relation is not None and relation.remote == NEW_PEER and relation.token == b"t2"
     assert [p.item for p in leftovers] == ["a", "b"]
     assert len(obs) == 1
@@ -264,7 +257,7 @@ def test_register_beyond_max_relations_is_refused_for_a_new_key():
     obs = make_observers(max_relations=2)
     register(obs, device="Dev A", feature="attributes")
     register(obs, device="Dev A", feature="rpc")
-    assert obs.register("Dev B", "rpc", OTHER_PEER, b"t", True, T0) == (None, [])
+    assert obs.register("Dev B", "rpc", OTHER_PEER, b"t", OBSERVATION) == (None, [])
     assert obs.get("Dev B", "rpc") is None
     assert len(obs) == 2
 
@@ -272,7 +265,7 @@ def test_register_beyond_max_relations_is_refused_for_a_new_key():
 def test_register_at_max_relations_still_replaces_an_existing_key():
     obs = make_observers(max_relations=1)
     register(obs, remote=PEER, token=b"t1")
-    relation, leftovers = obs.register("Dev A", "attributes", NEW_PEER, b"t2", False, T0)
+    relation, leftovers = obs.register("Dev A", "attributes", NEW_PEER, b"t2", None)
     assert relation is not None and relation.remote == NEW_PEER
     assert leftovers == []
     assert len(obs) == 1
@@ -341,10 +334,11 @@ def test_rename_keeps_in_flight_bookkeeping_so_reset_ends_the_renamed_relation()
     assert len(obs) == 0
 
 
-def test_rename_keeps_recent_non_bookkeeping_so_reset_ends_the_renamed_relation():
+def test_rename_keeps_delivered_bookkeeping_so_reset_ends_the_renamed_relation():
     obs = make_observers()
-    register(obs, device="Old", feature="attributes", confirmable=False)
+    register(obs, device="Old", feature="attributes")
     [non] = obs.enqueue("Old", "attributes", pending(0), T0)
+    obs.on_result(non.ref, "delivered", T0)
     obs.rename("Old", "New")
     _, ended, _ = obs.on_result(non.ref, "reset", T0 + 1)
     assert [(r.device, r.feature) for r in ended] == [("New", "attributes")]
@@ -355,21 +349,22 @@ def test_rename_keeps_recent_non_bookkeeping_so_reset_ends_the_renamed_relation(
 
 def test_relation_keeps_the_latest_notification_longer_than_its_block_and_only_that():
     obs = make_observers()
-    relation, _ = obs.register("Dev A", "attributes", PEER, b"t1", False, T0, block_size=64)
+    relation, _ = obs.register("Dev A", "attributes", PEER, b"t1", None, block_size=64)
     long_one = Pending(b'{"v":"' + b"x" * 100 + b'"}')
     [notify] = obs.enqueue("Dev A", "attributes", long_one, T0)
     assert notify.block_size == 64
     assert relation.last == long_one.payload
+    obs.on_result(notify.ref, "delivered", T0)
     obs.enqueue("Dev A", "attributes", pending(1), T0)
     assert relation.last is None  # the device is told the short one; no blocks to fetch
 
 
 def test_relation_block_size_is_the_smaller_of_the_asked_one_and_the_bridges():
     obs = make_observers()
-    small, _ = obs.register("Dev A", "attributes", PEER, b"t1", True, T0, block_size=256)
-    default, _ = obs.register("Dev B", "attributes", PEER, b"t2", True, T0)
+    small, _ = obs.register("Dev A", "attributes", PEER, b"t1", None, block_size=256)
+    default, _ = obs.register("Dev B", "attributes", PEER, b"t2", None)
     assert (small.block_size, default.block_size) == (256, codes.BLOCK_SIZE)
-    huge, _ = obs.register("Dev C", "attributes", PEER, b"t3", True, T0, block_size=1 << 16)
+    huge, _ = obs.register("Dev C", "attributes", PEER, b"t3", None, block_size=1 << 16)
     assert huge.block_size == codes.BLOCK_SIZE
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bridge.config import ClientSettings, DeviceProfileConfig
+from bridge.settings.profiles import ClientSettings, DeviceProfileConfig
 from bridge.core import codes
 from bridge.core.actions import Device, Notify, PowerSettings, Reply, Store, Withdraw
 from bridge.core.observe import ACK, TIMEOUT

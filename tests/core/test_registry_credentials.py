@@ -10,7 +10,7 @@ import stat
 import pytest
 
 import x509make
-from bridge.config import StartupError
+from bridge.settings import StartupError
 from bridge.certfile import CertificateError, from_der, read_pem
 from bridge.core.actions import Device, PowerSettings
 from bridge.core.auth import Certificate, PresharedKey, certificate_id

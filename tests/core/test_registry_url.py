@@ -1,17 +1,18 @@
-"""REGISTRY_URL and its password settings (bridge.registry_url, bridge.config): pure."""
+"""REGISTRY_URL and its password settings (bridge.registry_url, bridge.settings): pure."""
 
 import os
 
 import pytest
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.registry_url import POSTGRESQL, SQLITE, BadRegistryUrl, driver_available, parse
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
 
 
 def load(**env):
-    return config_module.load(SHIPPED, env)
+    return startup_checks.load(SHIPPED, env)
 
 
 # a PostgreSQL URL is a configuration error where psycopg cannot run (PyPy): tested below
@@ -65,7 +66,7 @@ def test_registry_problems_are_reported_with_the_others(tmp_path):
     assert "registry: give password or password_file, not both" in problems
     assert any(p.startswith("registry.password_file: cannot read ") for p in problems)
     assert "registry.url: bad PostgreSQL URL: Port out of range 0-65535" in problems
-    assert "registry.pool_size: must be greater than 0, got 0" in problems
+    assert "registry.pool_size: must be 1 to 100, got 0" in problems
     assert any(p.startswith("coap.bind_port") for p in problems)
 
 

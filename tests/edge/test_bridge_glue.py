@@ -1,29 +1,27 @@
 """The runtime glue between the CoAP edge and the core (no sockets: a Clock as reactor)."""
 
 import pytest
-import txthings.coap as txcoap
 from twisted.internet.task import Clock
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
+from bridge.core import codes
 from bridge.core.actions import Delete, Device, Entry
 from bridge.glue.bridge import Bridge
+from coaplayer import incoming
 
 
-def request(remote=("10.0.0.7", 5683)):
-    message = txcoap.Message(mtype=txcoap.CON, mid=1, code=txcoap.POST, payload=b"{}", token=b"t")
-    message.opt.uri_path = (b"api", b"v1", b"tok", b"telemetry")
-    message.remote = remote
-    return message
+def request(remote=("10.0.0.7", 5683), **fields):
+    return incoming(remote, **fields)
 
 
 def test_a_failing_core_releases_the_requests_slot_for_its_address():
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
 
     def broken(request, now):
         raise RuntimeError("bug")
     bridge.core.on_request = broken
-    message = request()
-    message.code = txcoap.GET  # not a plain uplink: handled at once
+    message = request(code=codes.GET)  # not a plain uplink: handled at once
     with pytest.raises(RuntimeError):  # the engine answers 5.00 (tested there)
         bridge.handle_coap(message)
     assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
@@ -32,7 +30,7 @@ def test_a_failing_core_releases_the_requests_slot_for_its_address():
 def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_them_5_00():
     from twisted.logger import globalLogPublisher
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     seen = []
 
     def broken(uplinks, now):
@@ -48,7 +46,7 @@ def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_t
     finally:
         globalLogPublisher.removeObserver(events.append)
     assert seen == [[(1, "tok", "telemetry"), (2, "tok", "telemetry")]]
-    assert [d.result.message.code for d in answers] == [txcoap.INTERNAL_SERVER_ERROR] * 2
+    assert [d.result.message.code for d in answers] == [codes.INTERNAL_SERVER_ERROR] * 2
     assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
     failures = [e for e in events if e.get("log_failure") is not None]
     assert len(failures) == 1 and failures[0]["count"] == 2
@@ -57,19 +55,17 @@ def test_plain_uplinks_wait_for_the_end_of_the_turn_and_a_failing_core_answers_t
 
 
 def get(remote):
-    message = request(remote)
-    message.code = txcoap.GET  # not a plain uplink: handled at once
-    return message
+    return request(remote, code=codes.GET)  # not a plain uplink: handled at once
 
 
 def test_requests_in_progress_per_source_endpoint_are_bounded():
-    cfg = config_module.load_text("limits: {max_pending_per_peer: 2}", {})
+    cfg = startup_checks.load_text("limits: {max_pending_per_peer: 2}", {})
     bridge = Bridge(cfg, Clock())
     bridge.core.on_request = lambda request, now: []  # never answered
     bridge.handle_coap(get(("10.0.0.7", 5683)))
     bridge.handle_coap(get(("10.0.0.7", 5683)))
     refused = bridge.handle_coap(get(("10.0.0.7", 5683)))
-    assert refused.result.message.code == txcoap.SERVICE_UNAVAILABLE
+    assert refused.result.message.code == codes.SERVICE_UNAVAILABLE
     assert refused.result.message.payload == b"too many requests in progress from this address and port"
     assert not bridge.handle_coap(get(("10.0.0.8", 5683))).called  # another address
     # another port of the same address: another device behind the same carrier NAT
@@ -79,16 +75,16 @@ def test_requests_in_progress_per_source_endpoint_are_bounded():
 def test_many_devices_behind_one_address_are_served_up_to_the_per_address_bound():
     # 70 requests pending from 70 ports of one address (the platform is slow): the default
     # per-endpoint bound (64) must not refuse the 71st device's uplink
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     bridge.core.on_request = lambda request, now: []  # never answered
     assert not any(bridge.handle_coap(get(("10.0.0.7", 40000 + n))).called for n in range(70))
     assert not bridge.handle_coap(request(("10.0.0.7", 39999))).called  # waits for its turn
-    cfg = config_module.load_text("limits: {max_pending_per_address: 3}", {})
+    cfg = startup_checks.load_text("limits: {max_pending_per_address: 3}", {})
     bounded = Bridge(cfg, Clock())
     bounded.core.on_request = lambda request, now: []
     assert not any(bounded.handle_coap(get(("10.0.0.7", 40000 + n))).called for n in range(3))
     refused = bounded.handle_coap(get(("10.0.0.7", 40003)))
-    assert refused.result.message.code == txcoap.SERVICE_UNAVAILABLE
+    assert refused.result.message.code == codes.SERVICE_UNAVAILABLE
     assert refused.result.message.payload == b"too many requests in progress from this address"
     assert not bounded.handle_coap(get(("10.0.0.8", 40000))).called
     assert bounded.requests.admission.by_address == {"10.0.0.7": 3, "10.0.0.8": 1}
@@ -97,7 +93,7 @@ def test_many_devices_behind_one_address_are_served_up_to_the_per_address_bound(
 def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
     from bridge.registry import Registry
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     path = str(tmp_path / "registry.sqlite3")
     writer = Registry(path)
     writer.add("Dev A", "tokA", "thermo")
@@ -126,7 +122,7 @@ def test_the_bridges_own_registry_write_counts_within_the_same_turn(tmp_path):
     # read loop (one reactor turn) ends: the bridge's own write must not wait for the turn.
     from bridge.registry import Registry
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     lookup, view = bridge.core.auth.lookup, bridge.registry_view
     view.refresh()
@@ -138,11 +134,10 @@ def test_the_bridges_own_registry_write_counts_within_the_same_turn(tmp_path):
 
 
 def test_a_uri_path_that_is_not_utf8_gets_4_00():
-    bridge = Bridge(config_module.load(None, {}), Clock())
-    message = request()
-    message.opt.uri_path = (b"api", b"v1", b"\xff\xfe", b"telemetry")
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
+    message = request(path=(b"api", b"v1", b"\xff\xfe", b"telemetry"))
     answer = bridge.handle_coap(message)
-    assert answer.result.message.code == txcoap.BAD_REQUEST and bridge.requests.in_progress == {}
+    assert answer.result.message.code == codes.BAD_REQUEST and bridge.requests.in_progress == {}
 
 
 # -- the outbox: one transaction per reactor turn ------------------------------------------
@@ -166,7 +161,7 @@ def writing_bridge(tmp_path):
     from bridge.edge.outbox import Outbox
     from bridge.registry import Registry
     clock = Clock()
-    bridge = Bridge(config_module.load_text("limits: {device_rate: 0, peer_rate: 0}", {}), clock)
+    bridge = Bridge(startup_checks.load_text("limits: {device_rate: 0, peer_rate: 0}", {}), clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.registry.add("Dev A", "tok", "thermo")
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
@@ -174,9 +169,7 @@ def writing_bridge(tmp_path):
 
 
 def uplink(bridge, mid):
-    message = request()
-    message.mid, message.payload = mid, b'{"n": %d}' % mid
-    return bridge.handle_coap(message)
+    return bridge.handle_coap(request(mid=mid, payload=b'{"n": %d}' % mid))
 
 
 def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_path):
@@ -185,12 +178,12 @@ def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_pa
     assert not any(d.called for d in answers) and writes.calls == []
     clock.advance(0)
     assert len(writes.calls) == 1 and len(writes.calls[0][0]) == 3
-    assert [d.result.message.code for d in answers] == [txcoap.CREATED] * 3
+    assert [d.result.message.code for d in answers] == [codes.CREATED] * 3
     assert bridge.outbox.stats()[0] == 3
     assert bridge.metrics()["outbox_commits_total"][2] == 1
     later = uplink(bridge, 4)
     bridge.commit()  # called directly (as at shutdown): nothing is left for a later call
-    assert later.result.message.code == txcoap.CREATED
+    assert later.result.message.code == codes.CREATED
     assert [c for c in clock.getDelayedCalls() if c.func == bridge.outbox_commit.commit] == []
     assert bridge.metrics()["outbox_commits_total"][2] == 2
 
@@ -201,11 +194,11 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
     writes.fail = sqlite3.OperationalError("disk I/O error")
     failed = uplink(bridge, 1)
     clock.advance(0)
-    assert failed.result.message.code == txcoap.SERVICE_UNAVAILABLE
+    assert failed.result.message.code == codes.SERVICE_UNAVAILABLE
     assert bridge.metrics()["outbox_commits_total"][2] == 0  # only what was written counts
     again = uplink(bridge, 2)
     clock.advance(0)
-    assert again.result.message.code == txcoap.CREATED and bridge.outbox.stats()[0] == 1
+    assert again.result.message.code == codes.CREATED and bridge.outbox.stats()[0] == 1
 
 
 def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
@@ -224,12 +217,11 @@ def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
 
 def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp_path):
     bridge, clock, writes = writing_bridge(tmp_path)
-    claim = request()
-    claim.opt.uri_path = (b"api", b"v1", b"tok", b"claim")  # handled at once, not in bulk
-    claim.payload = b'{"secretKey": "s", "durationMs": 1000}'
+    claim = request(path=(b"api", b"v1", b"tok", b"claim"),  # handled at once, not in bulk
+                    payload=b'{"secretKey": "s", "durationMs": 1000}')
     answers = [uplink(bridge, 1), bridge.handle_coap(claim), uplink(bridge, 2)]
     clock.advance(0)
-    assert [d.result.message.code for d in answers] == [txcoap.CREATED] * 3
+    assert [d.result.message.code for d in answers] == [codes.CREATED] * 3
     [(rows, _, _)] = writes.calls
     assert [e.topic for e in rows] == ["v1/gateway/telemetry", "v1/gateway/claim",
                                        "v1/gateway/telemetry"]
@@ -240,15 +232,14 @@ def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp
 def test_an_uplink_being_written_at_a_rename_is_stored_and_kept_under_the_new_name(tmp_path):
     import json
     bridge, clock, writes = writing_bridge(tmp_path)
-    claim = request()
-    claim.opt.uri_path = (b"api", b"v1", b"tok", b"claim")  # handled at once: a Store
-    claim.payload = b'{"secretKey": "s", "durationMs": 1000}'
+    claim = request(path=(b"api", b"v1", b"tok", b"claim"),  # handled at once: a Store
+                    payload=b'{"secretKey": "s", "durationMs": 1000}')
     answer = bridge.handle_coap(claim)
     [store] = bridge.outbox_commit._stores  # emitted, not written yet
     rpc = {"method": "gateway_device_renamed", "params": {"Dev A": "Kitchen"}}
     bridge.message("v1/devices/me/rpc/request/1", json.dumps(rpc).encode())
     clock.advance(0)
-    assert answer.result.message.code == txcoap.CREATED
+    assert answer.result.message.code == codes.CREATED
     assert store.entry.device == "Dev A"  # the core's actions are values: never changed
     [entry] = bridge.outbox.load()  # written, then renamed in the outbox
     assert entry.device == "Kitchen" and list(json.loads(entry.payload)) == ["Kitchen"]
@@ -258,30 +249,27 @@ def test_an_uplink_being_written_at_a_rename_is_stored_and_kept_under_the_new_na
 
 def test_an_answer_in_bulk_to_a_valid_token_is_not_limited_by_the_amplification_rule(tmp_path):
     bridge, clock, writes = writing_bridge(tmp_path)
-    bad = request()
-    bad.payload = b"{"  # 4.00 with a diagnostic text many times the request's size
+    bad = request(payload=b"{")  # 4.00 with a diagnostic text many times the request's size
     answer = bridge.handle_coap(bad)
     clock.advance(0)
-    assert answer.result.message.code == txcoap.BAD_REQUEST
+    assert answer.result.message.code == codes.BAD_REQUEST
     assert getattr(answer.result, "authenticated", False) is True
 
 
 def test_an_answer_to_a_request_with_a_valid_token_is_not_limited_by_the_amplification_rule(
         tmp_path):
     bridge, clock, writes = writing_bridge(tmp_path)
-    bad, unknown = request(), request()
-    bad.payload = b"{"
-    unknown.opt.uri_path = (b"api", b"v1", b"nope", b"telemetry")
-    for message in (bad, unknown):
-        message.code = txcoap.GET  # not a plain uplink: through on_request (4.00, 4.01)
+    # not plain uplinks (GET): through on_request (4.00, 4.01)
+    bad = request(code=codes.GET, payload=b"{")
+    unknown = request(code=codes.GET, path=(b"api", b"v1", b"nope", b"telemetry"))
     answers = [bridge.handle_coap(bad), bridge.handle_coap(unknown)]
     clock.advance(0)
     assert [(a.result.message.code, a.result.authenticated) for a in answers] == [
-        (txcoap.BAD_REQUEST, True), (txcoap.UNAUTHORIZED, False)]
+        (codes.BAD_REQUEST, True), (codes.UNAUTHORIZED, False)]
 
 
 def test_metrics_count_server_rpcs_dropped_and_expired():
-    bridge = Bridge(config_module.load_text("platform: {rpc_queue_size: 1}", {}), Clock())
+    bridge = Bridge(startup_checks.load_text("platform: {rpc_queue_size: 1}", {}), Clock())
     rpc = b'{"device": "Dev A", "data": {"id": %d, "method": "m"}}'
     bridge.message("v1/gateway/rpc", rpc % 1)
     bridge.message("v1/gateway/rpc", rpc % 2)
@@ -305,12 +293,11 @@ def logged(clock):
 
 def test_a_deeply_nested_uplink_gets_4_00_and_the_others_of_its_turn_2_01(tmp_path):
     bridge, clock, writes = writing_bridge(tmp_path)
-    deep = request()
-    deep.payload = b'{"v": ' + b"[" * 1200 + b"]" * 1200 + b"}"
+    deep = request(payload=b'{"v": ' + b"[" * 1200 + b"]" * 1200 + b"}")
     answers = [uplink(bridge, 1), bridge.handle_coap(deep), uplink(bridge, 2)]
     events = logged(clock)
-    assert [d.result.message.code for d in answers] == [txcoap.CREATED, txcoap.BAD_REQUEST,
-                                                txcoap.CREATED]
+    assert [d.result.message.code for d in answers] == [codes.CREATED, codes.BAD_REQUEST,
+                                                codes.CREATED]
     assert b"nested deeper than 32 levels" in answers[1].result.message.payload
     assert [e for e in events if e.get("log_failure") is not None] == []
     assert bridge.outbox.stats()[0] == 2
@@ -326,12 +313,11 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_lev
             raise RuntimeError("bug")
         return lookup(token)
     bridge.core.auth.lookup = buggy
-    bad = request()
-    bad.opt.uri_path = (b"api", b"v1", b"bug", b"telemetry")
+    bad = request(path=(b"api", b"v1", b"bug", b"telemetry"))
     answers = [uplink(bridge, 1), bridge.handle_coap(bad), uplink(bridge, 2)]
     events = logged(clock)
-    assert [d.result.message.code for d in answers] == [txcoap.CREATED, txcoap.INTERNAL_SERVER_ERROR,
-                                                txcoap.CREATED]
+    assert [d.result.message.code for d in answers] == [codes.CREATED, codes.INTERNAL_SERVER_ERROR,
+                                                codes.CREATED]
     [failure] = [e for e in events if e.get("log_failure") is not None]
     assert failure["log_level"] == LogLevel.error and "uplink 2 failed" in formatEvent(failure)
     failure["log_failure"].trap(RuntimeError)  # its traceback is logged; keep pytest quiet
@@ -341,7 +327,7 @@ def test_a_bug_in_one_uplink_answers_it_5_00_and_logs_one_traceback_at_error_lev
 def test_a_log_action_from_the_core_is_logged_with_its_format_and_fields():
     from twisted.logger import LogLevel, formatEvent, globalLogPublisher
     from bridge.core.actions import Log
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -358,7 +344,7 @@ def test_a_log_action_from_the_core_is_logged_with_its_format_and_fields():
 def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():
     from twisted.internet import defer
     from bridge.core.actions import ServePackage
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     bridge.core.on_request = lambda request, now: [ServePackage(request.ref, "Dev A", "tok", None)]
     bridge.packages.serve = lambda action: defer.fail(OSError("disk gone"))
     from twisted.logger import globalLogPublisher
@@ -368,7 +354,7 @@ def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():
         answer = bridge.handle_coap(get(("10.0.0.7", 5683)))
     finally:
         globalLogPublisher.removeObserver(events.append)
-    assert answer.result.message.code == txcoap.INTERNAL_SERVER_ERROR
+    assert answer.result.message.code == codes.INTERNAL_SERVER_ERROR
     [failure] = [e for e in events if e.get("log_failure") is not None]
     failure["log_failure"].trap(OSError)
     assert bridge.requests.in_progress == {}
@@ -376,7 +362,7 @@ def test_a_package_that_fails_to_be_served_answers_5_00_and_is_logged():
 
 def test_draining_ends_even_when_looking_at_the_publishes_fails():
     clock = Clock()
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     bridge.commit = lambda: (_ for _ in ()).throw(RuntimeError("bug"))
     bridge.core.outbox.delivery.in_flight.clear()
     from twisted.logger import globalLogPublisher

@@ -5,16 +5,18 @@ the credential reaches the core, X.509 auto-registration, ``credential_gone``.""
 import sqlite3
 
 import pytest
-import txthings.coap as txcoap
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
+from bridge.core import codes
 from bridge.core.actions import Device
 from bridge.core.auth import Certificate, PresharedKey
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
 from bridge.registry import Registry
+from coaplayer import incoming
 
 SHA3_A, SHA3_X = "a" * 64, "b" * 64
 
@@ -28,16 +30,13 @@ class Session:
         self.credential = credential
 
 
-def message(remote, path=(b"api", b"v1", b"telemetry"), code=txcoap.POST, mid=1):
-    msg = txcoap.Message(mtype=txcoap.CON, mid=mid, code=code, payload=b'{"t": 1}', token=b"t")
-    msg.opt.uri_path = path
-    msg.remote = remote
-    return msg
+def message(remote, path=(b"api", b"v1", b"telemetry"), code=codes.POST, mid=1):
+    return incoming(remote, code, path, b'{"t": 1}', mid=mid)
 
 
 def make_bridge(tmp_path, yaml="", clock=None):
     clock = clock or Clock()
-    config = config_module.load_text(yaml or "{}", {})  # the shipped limits
+    config = startup_checks.load_text(yaml or "{}", {})  # the shipped limits
     bridge = Bridge(config, clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
@@ -65,11 +64,11 @@ def test_a_token_less_uplink_over_a_session_is_stored_and_answered(tmp_path, cre
     d = bridge.handle_coap(message(Session(credential)))
     assert not d.called  # kept for the turn's bulk, like a token uplink
     clock.advance(0)
-    assert answer_code(d) == txcoap.CREATED
+    assert answer_code(d) == codes.CREATED
     assert [entry[1] for entry in bridge.outbox.load()] == ["Dev A"]
     unknown = bridge.handle_coap(message(Session(PresharedKey("nobody")), mid=5))
     clock.advance(0)
-    assert answer_code(unknown) == txcoap.UNAUTHORIZED
+    assert answer_code(unknown) == codes.UNAUTHORIZED
     assert bridge.core.stats["unknown_credential"] == 1
     # a token form over the same session goes through the credential check (not the bulk
     # path, which knows tokens only): a token of another device is 4.01
@@ -77,7 +76,7 @@ def test_a_token_less_uplink_over_a_session_is_stored_and_answered(tmp_path, cre
     d = bridge.handle_coap(message(Session(credential), (b"api", b"v1", b"tokB", b"telemetry"),
                                    mid=2))
     clock.advance(0)
-    assert answer_code(d) == txcoap.UNAUTHORIZED
+    assert answer_code(d) == codes.UNAUTHORIZED
 
 
 def test_over_plain_udp_the_token_less_form_is_4_01(tmp_path):
@@ -85,7 +84,7 @@ def test_over_plain_udp_the_token_less_form_is_4_01(tmp_path):
     bridge.registry.add("Dev A", "tokA", "thermo", cert_sha3=SHA3_A)
     d = bridge.handle_coap(message(("10.0.0.9", 5683)))
     clock.advance(0)
-    assert answer_code(d) == txcoap.UNAUTHORIZED
+    assert answer_code(d) == codes.UNAUTHORIZED
 
 
 # -- X.509 auto-registration ------------------------------------------------------------------
@@ -98,7 +97,7 @@ def test_an_unknown_verified_certificate_registers_its_cn_once(tmp_path, logged)
     session = Session(Certificate(SHA3_X, cn="Cam 7"))
     answers = [bridge.handle_coap(message(session, mid=mid)) for mid in (1, 2, 3)]  # one turn
     clock.advance(0)
-    assert [answer_code(d) for d in answers] == [txcoap.CREATED] * 3
+    assert [answer_code(d) for d in answers] == [codes.CREATED] * 3
     [entry] = bridge.registry.entries()
     assert (entry.name, entry.type, entry.token, entry.cert_sha3) == ("Cam 7", "camera", None,
                                                                        SHA3_X)
@@ -113,12 +112,12 @@ def test_the_cn_regex_group_names_the_device_and_a_cn_that_does_not_match_is_4_0
                                           "cn_regex: 'device-(\\w+)\\.example'}}\n")
     d = bridge.handle_coap(message(Session(Certificate(SHA3_X, cn="device-k9.example"))))
     clock.advance(0)
-    assert answer_code(d) == txcoap.CREATED
+    assert answer_code(d) == codes.CREATED
     assert [(e.name, e.type) for e in bridge.registry.entries()] == [("k9", "default")]
     other = Session(Certificate("c" * 64, cn="someone-else"))
     answers = [bridge.handle_coap(message(other, mid=mid)) for mid in (2, 3)]
     clock.advance(0)
-    assert [answer_code(d) for d in answers] == [txcoap.UNAUTHORIZED] * 2
+    assert [answer_code(d) for d in answers] == [codes.UNAUTHORIZED] * 2
     refused = [e for e in logged if "not registered" in e.get("log_format", "")]
     assert len(refused) == 1 and "does not match" in refused[0]["reason"]  # logged once
     assert bridge.core.stats["unknown_credential"] == 2
@@ -129,7 +128,7 @@ def test_a_cn_naming_an_existing_device_registers_nothing(tmp_path, logged):
     bridge.registry.add("Cam 7", "tok7", "camera")
     d = bridge.handle_coap(message(Session(Certificate(SHA3_X, cn="Cam 7"))))
     clock.advance(0)
-    assert answer_code(d) == txcoap.UNAUTHORIZED
+    assert answer_code(d) == codes.UNAUTHORIZED
     assert [e.cert_sha3 for e in bridge.registry.entries()] == [None]
     [refused] = [e for e in logged if "not registered" in e.get("log_format", "")]
     assert "already exists" in refused["reason"]
@@ -143,7 +142,7 @@ def test_a_cn_that_is_no_valid_name_registers_nothing_and_is_logged_escaped(tmp_
     bridge, clock = make_bridge(tmp_path, AUTO)
     d = bridge.handle_coap(message(Session(Certificate(SHA3_X, cn=cn))))
     clock.advance(0)
-    assert answer_code(d) == txcoap.UNAUTHORIZED
+    assert answer_code(d) == codes.UNAUTHORIZED
     assert bridge.registry.entries() == []
     [refused] = [e for e in logged if "not registered" in e.get("log_format", "")]
     assert "device name must" in refused["reason"]
@@ -165,7 +164,7 @@ def test_without_auto_register_an_unknown_certificate_is_4_01(tmp_path):
     bridge, clock = make_bridge(tmp_path)
     d = bridge.handle_coap(message(Session(Certificate(SHA3_X, cn="Cam 7"))))
     clock.advance(0)
-    assert answer_code(d) == txcoap.UNAUTHORIZED and bridge.registry.entries() == []
+    assert answer_code(d) == codes.UNAUTHORIZED and bridge.registry.entries() == []
 
 
 # -- ending sessions after a registry change ------------------------------------------------------
@@ -221,11 +220,11 @@ def test_requests_wait_for_a_registration_written_off_the_reactor(tmp_path, logg
     d, run = writes[0]
     d.callback(run())  # the write is done
     clock.advance(0)
-    assert [answer_code(a) for a in answers] == [txcoap.CREATED] * 2
+    assert [answer_code(a) for a in answers] == [codes.CREATED] * 2
     assert [(e.name, e.cert_sha3) for e in bridge.registry.entries()] == [("Cam 7", SHA3_X)]
     later = bridge.handle_coap(message(session, mid=3))  # registered: no write, no wait
     clock.advance(0)
-    assert answer_code(later) == txcoap.CREATED and len(writes) == 1
+    assert answer_code(later) == codes.CREATED and len(writes) == 1
 
 
 def test_a_registration_counts_at_once_though_a_shared_registry_tells_of_it_later(
@@ -239,8 +238,8 @@ def test_a_registration_counts_at_once_though_a_shared_registry_tells_of_it_late
     session = Session(Certificate(SHA3_X, cn="Cam 7"))
     first = bridge.handle_coap(message(session, mid=1))
     clock.advance(0)
-    assert answer_code(first) == txcoap.CREATED and view.certificates[SHA3_X].name == "Cam 7"
+    assert answer_code(first) == codes.CREATED and view.certificates[SHA3_X].name == "Cam 7"
     second = bridge.handle_coap(message(session, mid=2))
     clock.advance(0)
-    assert answer_code(second) == txcoap.CREATED and writes == ["add"]
+    assert answer_code(second) == codes.CREATED and writes == ["add"]
     assert not [e for e in logged if "not registered" in e.get("log_format", "")]

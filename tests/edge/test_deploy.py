@@ -15,8 +15,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
-from bridge import config as config_module
-from bridge.config import Config
+from bridge import settings as config_module
+from bridge import startup_checks
+from bridge.settings import Config
 from bridge.glue.bridge import Bridge
 from bridge.registry_url import driver_available
 
@@ -28,10 +29,8 @@ ENV_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*):")
 
 
 def read_names():
-    """The environment variables the configuration reads."""
-    with open(os.path.join(REPO, "conf", "coapbridge.yaml")) as handle:
-        names = set(ENV_REF.findall(handle.read()))
-    return names | {"COAPBRIDGE_CONFIG"}  # config.default_path()
+    """The environment variables the configuration reads (every setting's names)."""
+    return set(config_module.ENV_NAMES) | set(config_module.PROCESS_VARIABLES)
 
 
 def documents(name):
@@ -84,6 +83,8 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
     spec, bridge = container()
     names = {env["name"] for env in bridge["env"]}
     assert names <= read_names(), names - read_names()
+    # no NAME_PORT=tcp://... from the namespace's Services next to MQTT_PORT and the others
+    assert spec["enableServiceLinks"] is False
     ports = {port["name"]: (port["containerPort"], port["protocol"]) for port in bridge["ports"]}
     assert ports == {"coap": (COAP_PORT, "UDP"), "metrics": (METRICS_PORT, "TCP")}
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -104,7 +105,7 @@ def test_the_statefulset_sets_only_settings_the_config_reads_with_probes_and_a_v
 def test_every_pod_shares_one_postgresql_registry_with_its_password_in_a_secret():
     _, bridge = container()
     env = {item["name"]: item for item in bridge["env"]}
-    config = config_module.load_text(
+    config = startup_checks.load_text(
         kubernetes()[("ConfigMap", "coapbridge-config")]["data"]["coapbridge.yaml"],
         {"REGISTRY_URL": env["REGISTRY_URL"]["value"], "REGISTRY_PASSWORD": "from-the-secret"})
     target = config.registry_target
@@ -168,7 +169,7 @@ def test_the_configmap_is_a_valid_configuration_with_the_default_ports():
     config_map = kubernetes()[("ConfigMap", "coapbridge-config")]
     text = config_map["data"]["coapbridge.yaml"]
     assert set(ENV_REF.findall(text)) <= read_names()
-    loaded = config_module.load_text(text, {})
+    loaded = startup_checks.load_text(text, {})
     assert (loaded.coap.bind_port, loaded.metrics.port) == (COAP_PORT, METRICS_PORT)
     assert loaded.metrics.bind_address == "0.0.0.0"  # the kubelet's probes reach it
     _, bridge = container()

@@ -7,7 +7,8 @@ import os
 import pytest
 
 import dtlscerts
-from bridge.config import DTLS_CIPHERS, ConfigError, load, load_text
+from bridge.settings import DTLS_CIPHERS, ConfigError
+from bridge.startup_checks import load, load_text
 
 
 def problems(text, env=None):
@@ -126,3 +127,53 @@ def test_the_cipher_list_has_its_environment_name_in_the_shipped_file():
     assert load(shipped, {}).dtls.ciphers == DTLS_CIPHERS
     config = load(shipped, {"COAP_DTLS_CIPHERS": "PSK-AES128-CCM8:@SECLEVEL=0"})
     assert config.dtls.ciphers == "PSK-AES128-CCM8:@SECLEVEL=0"
+
+
+# -- ThingsBoard's names, the key password, the key inside the certificate's file ----------
+
+@pytest.fixture(scope="module")
+def encrypted(tmp_path_factory):
+    from cryptography.hazmat.primitives import serialization
+    d = str(tmp_path_factory.mktemp("dtlskeys"))
+    issued = dtlscerts.issue("bridge-enc", dtlscerts.ca())
+    cert, key = issued.write(d, "plain")
+    locked = os.path.join(d, "locked.key")
+    with open(locked, "wb") as handle:
+        handle.write(issued.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret")))
+    both = os.path.join(d, "both.pem")
+    with open(both, "wb") as handle:
+        handle.write(issued.pem() + issued.key_pem())
+    return {"cert": cert, "key": key, "locked": locked, "both": both}
+
+
+def test_thingsboard_s_variables_configure_an_encrypted_key_that_the_bridge_opens(encrypted):
+    from bridge.edge import dtls as dtls_edge
+    env = {"COAP_DTLS_ENABLED": "true", "COAP_DTLS_CREDENTIALS_TYPE": "PEM",
+           "COAP_DTLS_PEM_CERT": encrypted["cert"], "COAP_DTLS_PEM_KEY": encrypted["locked"],
+           "COAP_DTLS_PEM_KEY_PASSWORD": "s3cret"}
+    config = load(None, env)
+    assert (config.dtls.cert_file, config.dtls.key_file, config.dtls.key_password) == (
+        encrypted["cert"], encrypted["locked"], "s3cret")
+    context = dtls_edge.build_context(config.dtls, lambda c: b"x" * 16, lambda c, k: True)
+    assert context is not None  # the certificate and its decrypted key are in the context
+
+
+def test_an_encrypted_key_without_its_password_is_one_line(encrypted):
+    base = dtls(enabled="true", cert_file=encrypted["cert"], key_file=encrypted["locked"])
+    assert problems(base) == ["dtls.key_file: %s is encrypted and dtls.key_password "
+                              "(COAP_DTLS_PEM_KEY_PASSWORD) is empty" % encrypted["locked"]]
+    [wrong] = problems(base + "  key_password: guessed\n")
+    assert wrong.startswith("dtls.key_file: %s is not a private key dtls.key_password opens"
+                            % encrypted["locked"])
+    [plain] = problems(dtls(enabled="true", cert_file=encrypted["cert"],
+                            key_file=encrypted["key"], key_password="s3cret"))
+    assert plain.endswith("is not encrypted: leave dtls.key_password empty")
+
+
+def test_the_key_may_follow_the_certificate_in_one_file_as_thingsboard_allows(encrypted):
+    assert load(None, {"COAP_DTLS_ENABLED": "true",
+                       "COAP_DTLS_PEM_CERT": encrypted["both"]}).dtls.cert_file
+    assert problems(dtls(enabled="true", cert_file=encrypted["cert"])) == [
+        "dtls.key_file: %s holds no PEM private key" % encrypted["cert"]]

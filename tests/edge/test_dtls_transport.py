@@ -17,8 +17,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 import coapraw as raw
 import dtlscerts
-from bridge.coap.codec import make_response
-from bridge.config import DtlsConfig
+from bridge.coap.message import make_response
+from bridge.settings import DtlsConfig
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
 from bridge.dtls import records
 from bridge.edge import coap as coap_edge
@@ -74,8 +74,8 @@ class Bench:
         return self.keys.get(identity)
 
     @staticmethod
-    def answer(message):
-        return make_response(69, repr(message.remote.credential).encode(), 0)
+    def answer(request):
+        return make_response(69, repr(request.peer.credential).encode(), 0)
 
     def session(self, addr):
         return self.dtls.table.get(addr)

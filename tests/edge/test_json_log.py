@@ -9,7 +9,7 @@ from twisted.application.service import Application
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, Logger
 
-from bridge.config import Config
+from bridge.settings import Config
 from bridge.logs import event_as_json_line, json_observer
 from bridge.service import BridgeService
 

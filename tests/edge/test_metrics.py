@@ -3,16 +3,18 @@ metrics, the two histograms, and a registry per bridge."""
 
 from __future__ import annotations
 
-import txthings.coap as txcoap
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
+from bridge.core import codes
 from bridge.edge.metrics import MetricsSite
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
 from bridge.registry import Registry
+from coaplayer import incoming
 
 # The names and types of the hand-written exposition (tests and dashboards scrape them).
 NAMES = {
@@ -30,7 +32,7 @@ NAMES = {
     "credential_mismatch_total": "counter", "devices_auto_registered_total": "counter",
     "coap_retransmissions_total": "counter", "devices_asleep": "gauge",
     "power_asleep_total": "counter", "power_awake_total": "counter",
-    "notifications_withdrawn_total": "counter",
+    "notifications_withdrawn_total": "counter", "registry_changes_waiting": "gauge",
 }
 
 
@@ -64,7 +66,7 @@ def samples(text):
 
 
 def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along():
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     values, types = samples(scrape(bridge))
     assert set(bridge.metrics()) == set(NAMES)
     for name, kind in NAMES.items():
@@ -77,7 +79,7 @@ def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along
 
 
 def test_two_bridges_in_one_process_have_their_own_metrics():
-    one, two = (Bridge(config_module.load(None, {}), Clock()) for _ in range(2))
+    one, two = (Bridge(startup_checks.load(None, {}), Clock()) for _ in range(2))
     one.requests.handled = 7
     assert samples(scrape(one))[0][("coapbridge_coap_requests_total", ())] == 7
     assert samples(scrape(two))[0][("coapbridge_coap_requests_total", ())] == 0
@@ -86,19 +88,15 @@ def test_two_bridges_in_one_process_have_their_own_metrics():
 def test_request_to_answer_and_store_to_puback_times_are_histograms(tmp_path):
     clock = Clock()
     clock.advance(1000)
-    bridge = Bridge(config_module.load(None, {}), clock)
+    bridge = Bridge(startup_checks.load(None, {}), clock)
     bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
     bridge.registry.add("Dev A", "tok", "thermo")
     bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
     bridge.link = link = FakeLink()
     bridge.link_up()
-    message = txcoap.Message(mtype=txcoap.CON, mid=1, code=txcoap.POST, payload=b'{"t": 1}',
-                             token=b"t")
-    message.opt.uri_path = (b"api", b"v1", b"tok", b"telemetry")
-    message.remote = ("10.0.0.7", 5683)
-    answer = bridge.handle_coap(message)
+    answer = bridge.handle_coap(incoming(("10.0.0.7", 5683), payload=b'{"t": 1}'))
     clock.advance(0.003)  # the end of the turn writes it: answered 3 ms after it came
-    assert answer.result.message.code == txcoap.CREATED
+    assert answer.result.message.code == codes.CREATED
     clock.advance(1)
     for mid, topic in link.sent:  # the device's connect, then its telemetry: 2 s after 2.01
         if topic.endswith("telemetry"):
@@ -136,10 +134,10 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     import random
 
     import dtlscerts
-    from bridge.config import DtlsConfig
+    from bridge.settings import DtlsConfig
     from bridge.edge import coap as coap_edge
     from bridge.edge import dtls as dtls_edge
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     assert not any(name.startswith("dtls_") for name in bridge.metrics())
     cert, key = dtlscerts.issue("bridge", dtlscerts.ca()).write(str(tmp_path), "bridge")
     clock = Clock()

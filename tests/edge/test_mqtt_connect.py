@@ -8,7 +8,8 @@ import socket
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.edge.mqtt_connect import Connector
 
 
@@ -16,7 +17,7 @@ def test_a_socket_that_cannot_be_made_is_not_reported_as_a_name_that_does_not_re
         monkeypatch):
     def no_socket(*args):
         raise OSError(errno.EMFILE, "Too many open files")
-    mqtt = config_module.load_text("mqtt: {host: 127.0.0.1, port: 1883}", {}).mqtt
+    mqtt = startup_checks.load_text("mqtt: {host: 127.0.0.1, port: 1883}", {}).mqtt
     reasons, events = [], []
     connector = Connector(Clock(), mqtt, lambda sock: None, reasons.append)
     monkeypatch.setattr(socket, "socket", no_socket)

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 
-from bridge.config import MqttConfig
+from bridge.settings import MqttConfig
 from bridge.edge.mqtt import MqttLink
 
 CONNACK = b"\x20\x02\x00\x00"  # MQTT 3.1.1, accepted

@@ -19,7 +19,7 @@ class Transport:
 
 
 def notify(ref):
-    return Notify(ref, ("10.0.0.1", 5683), b"\x01", True, 69, b"{}", ref)
+    return Notify(ref, ("10.0.0.1", 5683), b"\x01", 69, b"{}", ref)
 
 
 def test_a_withdrawn_notification_still_queued_is_never_sent():

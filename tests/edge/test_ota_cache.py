@@ -15,7 +15,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.core.actions import ServePackage
 from bridge.core.ota import FIRMWARE, PackageInfo
 from bridge.edge import ota
@@ -29,7 +30,7 @@ def store(tmp_path):
     for title in ("a", "b", "c"):
         (source / title).mkdir(parents=True)
         (source / title / "1").write_bytes(title.encode() * SIZE)
-    config = config_module.load_text(json.dumps({
+    config = startup_checks.load_text(json.dumps({
         "data_dir": str(tmp_path / "data"),
         "ota": {"source": "directory", "directory": str(source), "cache_max_bytes": 1000}}), {})
     clock = Clock()

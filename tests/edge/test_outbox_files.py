@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from bridge.config import StartupError
+from bridge.settings import StartupError
 from bridge.core.actions import Entry
 from bridge.edge import outbox_files
 from bridge.edge.outbox import Outbox

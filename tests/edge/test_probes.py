@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from bridge.config import Config
+from bridge.settings import Config
 from bridge.edge.metrics import MetricsSite
 from bridge.glue.bridge import Bridge
 from bridge.registry import Registry

@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
-from bridge import config as config_module
-from bridge.config import ConfigError, load_text
+from bridge import settings as config_module
+from bridge.settings import ConfigError
+from bridge.startup_checks import load_text
 from bridge.core.formats import protoschema
 from bridge.edge import protoc
 

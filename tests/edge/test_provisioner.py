@@ -7,7 +7,8 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.core import codes
 from bridge.core.provision import parse_request
 from bridge.edge import protoc
@@ -20,7 +21,7 @@ class SlowPlatform(Provisioner):
     """The platform's side replaced by Deferreds the test fires (no MQTT session)."""
 
     def __init__(self, max_concurrent=8):
-        cfg = config_module.load_text("provisioning: {max_concurrent: %d}" % max_concurrent, {})
+        cfg = startup_checks.load_text("provisioning: {max_concurrent: %d}" % max_concurrent, {})
         self.answers = []
         super().__init__(cfg, Clock(), lambda: None,
                          lambda ref, code, body, max_age=None: self.answers.append(
@@ -72,7 +73,7 @@ def test_past_max_concurrent_requests_get_5_03_with_max_age_until_one_finishes()
 
 def test_local_provisioning_with_the_shared_registry_lost_is_5_03_and_asked_again_later():
     from bridge.registry import RegistryUnavailable
-    cfg = config_module.load_text(
+    cfg = startup_checks.load_text(
         "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {})
     answers, writes = [], []
 
@@ -102,9 +103,9 @@ def test_a_protobuf_request_is_answered_in_protobuf_on_every_path():
         def _upstream(self, ref, request):
             self.answer(ref, codes.CREATED, b'{"credentialsValue":"tok5",'
                                             b'"credentialsType":"ACCESS_TOKEN","status":"SUCCESS"}')
-    upstream = Platform(config_module.load_text("{}", {}), Clock(), lambda: None, answer,
+    upstream = Platform(startup_checks.load_text("{}", {}), Clock(), lambda: None, answer,
                         fixed=tb)
-    local = Provisioner(config_module.load_text(
+    local = Provisioner(startup_checks.load_text(
         "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {}),
         Clock(), lambda: None, answer, fixed=tb)
     msg = tb.ProvisionDeviceRequestMsg(deviceName="Meter 5")
@@ -129,7 +130,7 @@ def test_a_protobuf_request_is_answered_in_protobuf_on_every_path():
 def test_a_device_provisioned_locally_is_known_to_its_next_request_in_the_same_turn(tmp_path):
     """The registry's copy the core reads is refreshed once per reactor turn; a device that
     sends right after its provisioning reply may be read in the same turn (it got 4.01)."""
-    cfg = config_module.load_text(
+    cfg = startup_checks.load_text(
         "provisioning: {mode: local, profiles: [{key: k, secret: s, device_type: meter}]}", {})
     view = RegistryView(Clock())
     view.attach(Registry(str(tmp_path / "registry.sqlite3")))

@@ -8,7 +8,8 @@ import json
 
 from twisted.internet.task import Clock
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
@@ -44,7 +45,7 @@ def backlog_bridge(tmp_path):
     writer.close()
     clock = Clock()
     clock.advance(1_700_000_000)
-    bridge = Bridge(config_module.load_text("outbox: {max_batch: 50}", {}), clock)
+    bridge = Bridge(startup_checks.load_text("outbox: {max_batch: 50}", {}), clock)
     bridge.link = FakeLink()
     bridge.outbox = Outbox(path)
     return bridge, clock

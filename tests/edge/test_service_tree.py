@@ -6,17 +6,20 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from bridge import config as config_module
+from bridge import settings as config_module
+from bridge import startup_checks
 from bridge.core import actions
 from bridge.edge.short_session import SessionFailed, ShortSession, ShortSessions
 from bridge.service import BridgeService
 
 
 def test_children_start_files_first_and_coap_last():
-    service = BridgeService(config_module.load(None, {}), Clock())
+    service = BridgeService(startup_checks.load(None, {}), Clock())
     assert [type(child).__name__ for child in service] == [
-        "_RegistryService", "_OutboxService", "_PackageService", "_MqttService",
-        "_TickService", "_MetricsService", "_CoapService"]
+        "_DataDirService", "_RegistryService", "_OutboxService", "_PackageService",
+        "_MqttService", "_TickService", "_MetricsService", "_CoapService"]
+    worker = BridgeService(config_module.load(None, {"COAP_WORKERS": "2"}), Clock(), worker=1)
+    assert type(list(worker)[0]).__name__ == "_RegistryService"  # under its supervisor's lock
 
 
 class Recording(Service):
@@ -30,7 +33,7 @@ class Recording(Service):
 
 
 def test_each_child_stops_after_the_one_after_it_has_stopped():
-    service = BridgeService(config_module.load(None, {}), Clock())
+    service = BridgeService(startup_checks.load(None, {}), Clock())
     for child in list(service):
         service.removeService(child)
     stops, later = [], defer.Deferred()
@@ -46,7 +49,7 @@ def test_each_child_stops_after_the_one_after_it_has_stopped():
 
 def test_every_core_action_has_a_handler():
     from bridge.glue.bridge import Bridge
-    bridge = Bridge(config_module.load(None, {}), Clock())
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
     values = [value for value in vars(actions).values() if isinstance(value, type)
               and value.__module__ == actions.__name__]  # not what actions.py imports
     kinds = [value for value in values
@@ -70,7 +73,7 @@ class FakeLink:
 
 
 def session(clock, timeout=5.0):
-    cfg = config_module.load(None, {}).mqtt
+    cfg = startup_checks.load(None, {}).mqtt
     one = ShortSession(clock, cfg, "user", "test", ["t"], timeout, "too slow")
     one.link = FakeLink()
     return one

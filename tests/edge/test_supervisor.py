@@ -4,11 +4,13 @@ killed after STOP_TIMEOUT."""
 
 from __future__ import annotations
 
+import tempfile
+
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from bridge.config import CoapConfig, Config, MetricsConfig
+from bridge.settings import CoapConfig, Config, MetricsConfig
 from bridge import supervisor
 from bridge.supervisor import SupervisorService, WorkerProcess
 
@@ -39,8 +41,9 @@ class Reactor(Clock):
 
 
 def service(workers=2):
+    # its own DATA_DIR each: the supervisor holds it (bridge.edge.data_dir)
     config = Config(coap=CoapConfig(bind_address="127.0.0.1", bind_port=0, workers=workers),
-                    metrics=MetricsConfig(port=0))
+                    metrics=MetricsConfig(port=0), data_dir=tempfile.mkdtemp())
     reactor = Reactor()
     svc = SupervisorService(config, reactor, ["python", "-c", "pass"], env={"PATH": "/bin"})
     svc.startService()

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from bridge.config import ConfigError, load_text
+from bridge.settings import ConfigError
+from bridge.startup_checks import load_text
 from bridge.core.formats import protoschema, tbprofile
 from bridge.edge import protoc
 from tbprofiles import exported_profile, protobuf_payload
@@ -121,14 +122,14 @@ def test_the_profiles_power_saving_is_read_with_its_nulls(tmp_path):
     doc["profileData"]["transportConfiguration"]["clientSettings"] = {
         "powerMode": "PSM", "psmActivityTimer": 30000, "edrxCycle": None,
         "pagingTransmissionWindow": None}
-    profile = load(write(tmp_path, doc)).device_profiles["meter"]
-    assert (profile.power_settings.mode, profile.power_settings.psm_activity_timer,
-            profile.power_settings.paging_transmission_window) == ("PSM", 30000, None)
+    client = load(write(tmp_path, doc)).device_profiles["meter"].clientSettings
+    assert (client.powerMode, client.psmActivityTimer, client.pagingTransmissionWindow) == (
+        "PSM", 30000, 0)
     doc["profileData"]["transportConfiguration"]["clientSettings"] = {
         "powerMode": "SLEEPY", "psmActivityTimer": -5}
     path = write(tmp_path, doc, "bad.json")
     assert problems(path) == [
-        "device_profiles.meter.clientSettings.powerMode (in %s): must be one of PSM, DRX, "
-        "E_DRX, got 'SLEEPY'" % path,
-        "device_profiles.meter.clientSettings.psmActivityTimer (in %s): must be 0 (not "
-        "given) to 604800000 ms, got -5" % path]
+        "device_profiles.meter.clientSettings.powerMode: must be one of PSM, DRX, E_DRX, got "
+        "'SLEEPY' (in %s)" % path,
+        "device_profiles.meter.clientSettings.psmActivityTimer: must be 0 to 604800000 ms, "
+        "got -5 (in %s)" % path]

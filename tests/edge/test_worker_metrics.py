@@ -58,10 +58,17 @@ def test_worker_metrics_report_up_restarts_and_skip_a_worker_that_did_not_answer
 
 
 def test_not_ready_names_each_worker_and_what_it_lacks():
-    assert WorkerMetrics._missing([(1, (200, "ready\n")), (2, (200, "ready\n"))]) == []
+    assert WorkerMetrics._missing([(1, (200, "ready\n")), (2, (200, "ready\n"))]) == ([], [])
     assert WorkerMetrics._missing([(1, (503, "not ready: mqtt not connected\n")),
-                                   (2, None)]) == ["worker 1: mqtt not connected",
-                                                   "worker 2 not serving"]
+                                   (2, None)]) == (["worker 1: mqtt not connected",
+                                                    "worker 2 not serving"], [])
+
+
+def test_the_workers_notes_follow_once_whether_they_are_ready_or_not():
+    note = "platform changes waiting for the registry: 2"
+    answers = [(1, (503, "not ready: registry not reachable\n%s\n" % note)),
+               (2, (200, "ready\n%s\n" % note))]
+    assert WorkerMetrics._missing(answers) == (["worker 1: registry not reachable"], [note])
 
 
 def test_a_scrape_that_fails_is_answered_500_and_logged_with_its_traceback():

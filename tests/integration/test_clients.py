@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 LIBCOAP = shutil.which("coap-client-notls")
 AIOCOAP = os.path.join(os.path.dirname(sys.executable), "aiocoap-client")
-NODE_COAP = os.environ.get("COAP_CLI") or shutil.which("coap")
+NODE_COAP = os.environ.get("NODE_COAP_CLI") or shutil.which("coap")
 
 
 def run(args, stdin=None, timeout=30):
@@ -65,7 +65,7 @@ def test_aiocoap_client_posts_telemetry(bridge, platform):
 
 
 def test_node_coap_cli_posts_telemetry_from_stdin(bridge, platform):
-    assert NODE_COAP, "node coap-cli is missing: set COAP_CLI or run make test"
+    assert NODE_COAP, "node coap-cli is missing: set NODE_COAP_CLI or run make test"
     rc, out = run([NODE_COAP, "post", bridge.url + "/api/v1/tokenA/telemetry"],
                   stdin=b'{"node_t": 4}')
     assert "(2.01)" in out, out

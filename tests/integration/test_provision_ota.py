@@ -205,7 +205,7 @@ def test_simultaneous_provisioning_of_different_names_waits_one_timeout_not_one_
 
 
 def test_provisioning_from_one_address_past_its_burst_gets_4_29_with_max_age(tmp_path):
-    from bridge.config import Config
+    from bridge.settings import Config
     burst = int(Config().provisioning.peer_burst)  # the shipped default (conf test checks it)
     broker = Mosquitto(str(tmp_path)).start()
     bridge = BridgeProcess(str(tmp_path), broker.port, provisioning={

@@ -15,7 +15,7 @@ pytest.importorskip("psycopg", reason="psycopg is installed on CPython only (set
 pytestmark = pytest.mark.integration
 
 import x509make
-from bridge.config import StartupError
+from bridge.settings import StartupError
 from bridge.core.actions import Device, PowerSettings
 from bridge.core.auth import certificate_id
 from bridge.registry import DeviceRow, Entry, Registry, RegistryError

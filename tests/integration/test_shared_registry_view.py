@@ -169,7 +169,7 @@ def test_changes_with_no_refresh_are_applied_past_a_bound_and_still_reported(clo
         writer.add("D%d" % n, "t%d" % n, "x")
         token = "t%d" % n
         clock.pump(lambda: token in view.devices or any(
-            token in change.changed[0] for change in view._pending), what="change %d" % n)
+            token in loaded.change.changed[0] for loaded in view._pending), what="change %d" % n)
     assert len(view._pending) <= shared_registry.MAX_PENDING
     assert view.devices  # applied without a refresh
     assert view.refresh() is True  # and told at the next one
@@ -183,3 +183,86 @@ def test_a_delta_holds_only_what_changed_and_applies_in_order():
     change = delta(old, new)
     assert change == Delta((["t2"], ["c1"], []), ({"t3": b}, {}, {"p1": (a, b"k2")}))
     assert not delta(new, new)
+
+
+# -- the platform's changes, journaled and applied by the listener ------------------------
+
+@pytest.fixture
+def journaled(tmp_path, clock, view):
+    """The bridge's glue around ``view``: its lookups, the journal, the platform changes."""
+    from bridge.edge.registry_journal import RegistryJournal
+    from bridge.glue.lookup import RegistryView
+    from bridge.glue.platform_changes import PlatformChanges
+    lookups = RegistryView(clock)
+    lookups.attach(view)
+    journal = RegistryJournal(str(tmp_path / "registry-journal.sqlite3"))
+    changes = PlatformChanges(lookups, lambda: None, lambda: None)
+    changes.attach(journal, shared_file=False)
+    view.changes = changes
+    yield lookups, changes, journal
+    changes.detach()
+    journal.close()
+
+
+def settled(view, journal):
+    """True once the journal is empty and the copy shows what was applied."""
+    view.refresh()
+    return len(journal) == 0 and not view.changes.overlay.awaiting
+
+
+def test_a_journaled_change_holds_at_once_and_leaves_the_overlay_with_the_load(
+        clock, view, writer, journaled):
+    from bridge.core.actions import DeleteDevice, RenameDevice
+    lookups, changes, journal = journaled
+    writer.add("Old", "tokO", "t")
+    writer.add("Gone", "tokG", "t")
+    clock.pump(lambda: refreshed(view, "tokG", Device("Gone", "t")), what="the devices")
+    changes.rename(RenameDevice("Old", "New"))
+    changes.delete(DeleteDevice("Gone"))
+    assert len(journal) == 2
+    assert lookups.get("tokO") == Device("New", "t") and lookups.get("tokG") is None
+    assert lookups.token_of("New") == "tokO" and lookups.token_of("Old") is None
+    seen = []
+
+    def turn():  # a reactor turn: a refresh, then a request's lookup
+        done = settled(view, journal)
+        seen.append(lookups.get("tokO"))
+        return done
+    clock.pump(turn, what="both applied")
+    assert len(seen) > 1 and set(seen) == {Device("New", "t")}  # never the old name
+    assert view.devices["tokO"] == Device("New", "t")  # now from the registry's copy
+    assert "tokG" not in view.devices and lookups.renamed == {}
+    assert {e.name: e.deleted for e in writer.entries()} == {"New": False, "Gone": True}
+
+
+def test_a_change_the_registry_refuses_is_refused_alone(clock, view, writer, journaled):
+    from bridge.core.actions import DeleteDevice, RenameDevice
+    lookups, changes, journal = journaled
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    for name, token in (("X", "tokX"), ("Y", "tokY"), ("Z", "tokZ")):
+        writer.add(name, token, "t")
+    clock.pump(lambda: refreshed(view, "tokZ", Device("Z", "t")), what="the devices")
+    changes.rename(RenameDevice("X", "Y"))  # Y exists in the registry
+    changes.delete(DeleteDevice("Z"))
+    clock.pump(lambda: settled(view, journal), what="both applied")
+    assert {e.name: e.deleted for e in writer.entries()} == {"X": False, "Y": False,
+                                                            "Z": True}
+    assert lookups.get("tokX") == Device("X", "t")  # as the registry has it
+    globalLogPublisher.removeObserver(events.append)
+    refusals = [e for e in events if e["log_level"] == LogLevel.error]
+    assert len(refusals) == 1 and "already exists" in refusals[0]["error"], refusals
+
+
+def test_a_key_applied_before_is_not_applied_again(pg_url, writer):
+    """A bridge killed after the registry's commit and before its journal forgot the change
+    applies it again at its next start: the registry takes each key once."""
+    from bridge.core.platform_changes import RENAME, Change
+    from bridge.registry_pg import APPLIED, DUPLICATE, Applied, apply_changes, connect
+    writer.add("A", "tokA", "t")
+    change = Change(1, "origin:1", RENAME, "A", "B")
+    with connect(pg_url, autocommit=True) as conn:
+        assert apply_changes(conn, [change]) == [Applied(1, APPLIED)]
+        writer.rename("B", "A")  # the operator renames it back meanwhile
+        assert apply_changes(conn, [change]) == [Applied(1, DUPLICATE)]
+    assert [e.name for e in writer.entries()] == ["A"]

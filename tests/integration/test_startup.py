@@ -18,7 +18,7 @@ import pytest
 from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
 from bridge.registry_url import driver_available
-from conftest import BridgeProcess, free_ports
+from conftest import BridgeProcess, free_ports, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -175,3 +175,34 @@ def test_a_wrong_registry_password_from_a_file_is_one_line(tmp_path, postgres):
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_without_n_the_daemon_prints_the_whole_refusal_and_logs_it(tmp_path):
+    """twistd's waiting parent reads only 100 bytes of the daemon's status: the whole line
+    reaches the operator's standard error (and the log) all the same."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    env = dict(os.environ, DATA_DIR=str(tmp_path / "data"), COAP_BIND_ADDRESS="127.0.0.1",
+               COAP_BIND_PORT=str(port), METRICS_PORT="0", MQTT_HOST="127.0.0.1",
+               MQTT_PORT="1")
+    try:
+        done = subprocess.run([os.path.join(BIN, "twistd"), "--pidfile", str(pidfile),
+                               "--logfile", str(logfile), "coapbridge", "--config", SHIPPED],
+                              capture_output=True, text=True, env=env, cwd=str(tmp_path),
+                              timeout=60)
+    finally:
+        taken.close()
+    assert done.returncode == 1, (done.stdout, done.stderr)  # twistd's parent: 1 on failure
+    lines = done.stderr.strip().splitlines()
+    line = lines[0]
+    assert line.startswith("coapbridge: cannot listen for CoAP on UDP 127.0.0.1 port %d: "
+                           % port), done.stderr
+    assert line.endswith("or choose another port with coap.bind_port (COAP_BIND_PORT)"), line
+    assert len(line) > 100  # more than twistd passes on
+    assert "Traceback" not in done.stderr
+    assert "coapbridge did not start: see the line above" in done.stderr
+    assert not pidfile.exists()
+    # the daemon may still be writing its log when the parent exits
+    wait_until(lambda: logfile.exists() and line in logfile.read_text(), 10, "the log line")

@@ -57,12 +57,13 @@ class Workers(BridgeProcess):
         super().__init__(workdir, mqtt_port, coap={"workers": 2},
                          metrics={"port": self.metrics_port}, **overrides)
 
-    def start(self, wait_mqtt=True):
+    def start(self, wait_mqtt=True, new_session=False):
+        """``new_session``: in a process group of its own, as a shell's job or a service."""
         before = min(self.starts(1), self.starts(2))  # a restart appends to the same log
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge", "--config",
              self.config], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            cwd=self.workdir)
+            cwd=self.workdir, start_new_session=new_session)
         try:
             self.wait_started(before + 1)
             if wait_mqtt:
@@ -199,6 +200,36 @@ def test_sigterm_drains_both_workers_and_the_next_start_delivers_the_rest(tmp_pa
         platform.close()
 
 
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_process_group_stops_each_worker_once_and_drains_it(
+        tmp_path, broker, number):
+    """Ctrl-C, ``timeout`` and systemd signal every process: each worker gets the signal
+    itself and then the supervisor's SIGTERM; the second must not disturb its stop."""
+    platform = Counting(broker.port)
+    bridge = workers(tmp_path, broker.port).start(new_session=True)
+    load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
+    try:
+        load.wait_acknowledged(300)
+        os.killpg(bridge.proc.pid, number)
+        assert bridge.proc.wait(60) == -number  # twistd ends by the signal it got
+    finally:
+        results = load.stop()
+    log = bridge.read_log()
+    assert "Traceback" not in log and "#critical" not in log, log
+    assert "ReactorNotRunning" not in log and "did not stop" not in log, log
+    for worker in (1, 2):
+        # (the two signals may also arrive as one: the kernel keeps one pending SIGTERM)
+        assert "[coapbridge.bridge#info worker=%d] Stopped" % worker in log, log
+    assert "Worker 1 stopped" not in log and "Worker 2 stopped" not in log, log
+    bridge.proc = None
+    bridge.start()  # what waited for a PUBACK at the stop is in the outboxes
+    try:
+        delivered_all(platform, results, "%s to the process group" % signal.Signals(number).name)
+    finally:
+        bridge.stop()
+        platform.close()
+
+
 def test_readyz_waits_for_every_worker_and_json_lines_name_the_worker(tmp_path):
     broker = Mosquitto(str(tmp_path))  # its port chosen, not started yet
     bridge = workers(tmp_path, broker.port, log_format="json").start(wait_mqtt=False)
@@ -222,17 +253,68 @@ def test_readyz_waits_for_every_worker_and_json_lines_name_the_worker(tmp_path):
 
 
 def test_workers_that_cannot_start_stop_everything_with_one_line(tmp_path):
-    not_a_dir = tmp_path / "file"
-    not_a_dir.write_text("x")
-    bridge = Workers(str(tmp_path), free_ports(), data_dir=str(not_a_dir / "data"))
+    bridge = Workers(str(tmp_path), free_ports())
+    bridge.registry.close()
+    with open(os.path.join(bridge.data_dir, "registry.sqlite3"), "wb") as damaged:
+        damaged.write(b"not an SQLite file" * 100)  # every worker refuses it
     done = subprocess.run([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
                            "--config", bridge.config], capture_output=True, text=True,
                           timeout=60, cwd=str(tmp_path))
     assert done.returncode == 2, done.stdout + done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert re.match(r"coapbridge: worker [12] cannot start: cannot open .*registry\.sqlite3", last), \
+    assert re.match(r"coapbridge: worker [12] cannot start: .*registry\.sqlite3 is damaged", last), \
         done.stderr
     assert "restarting" not in done.stdout
+
+
+def test_a_data_dir_that_cannot_be_written_stops_the_supervisor_with_one_line(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    bridge = Workers(str(tmp_path), free_ports(), data_dir=str(not_a_dir / "data"))
+    done = run_twistd(bridge.config, tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("coapbridge: cannot open %s" % (not_a_dir / "data" / "bridge.lock")) \
+        and "DATA_DIR" in line, line
+    assert "Worker 1" not in done.stdout
+
+
+def run_twistd(config, cwd):
+    return subprocess.run([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
+                           "--config", config], capture_output=True, text=True, timeout=60,
+                          cwd=str(cwd))
+
+
+def test_a_data_dir_in_use_by_a_bridge_of_another_worker_count_is_refused_both_ways(
+        tmp_path, broker):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    single = BridgeProcess(str(tmp_path / "one"), broker.port, log_level="info")
+    two = Workers(str(tmp_path / "two"), broker.port, data_dir=single.data_dir)
+    single.start()
+    holder = single.proc.pid
+    try:
+        done = run_twistd(two.config, tmp_path / "two")
+    finally:
+        single.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == ("coapbridge: DATA_DIR %s is in use by another bridge (pid %d, a single "
+                    "process): stop it, or give this one its own data_dir (DATA_DIR)"
+                    % (single.data_dir, holder)), line
+    assert "Worker 1" not in done.stdout
+    two.start()
+    holder = two.proc.pid  # the supervisor holds DATA_DIR for its workers
+    try:
+        done = run_twistd(single.config, tmp_path / "one")
+    finally:
+        two.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == ("coapbridge: DATA_DIR %s is in use by another bridge (pid %d, 2 worker "
+                    "processes): stop it, or give this one its own data_dir (DATA_DIR)"
+                    % (single.data_dir, holder)), line
+    assert "CoAP listening" not in done.stdout
 
 
 def test_the_supervisor_refuses_a_coap_port_in_use_before_starting_workers(tmp_path):

@@ -1,0 +1,165 @@
+"""The start-up checks that need the machine: files, OpenSSL, protoc, psycopg.
+
+``bridge.settings`` checks values; what it cannot know without I/O is checked here, once,
+before any socket opens, and reported with its problems in one ``ConfigError``:
+
+* the files settings name: the MQTT TLS files exist, ``ota.directory`` is a directory,
+  ``registry.password_file`` is read (the password goes into the configuration);
+* the device profiles: schema files and exported ThingsBoard profiles read (their payload
+  settings, device type and power saving), left-out schemas given ThingsBoard's defaults,
+  PROTOBUF schemas and, for EFENTO profiles, Efento's messages compiled by ``protoc``
+  (``edge.protoc``);
+* a PostgreSQL registry has psycopg to reach it;
+* OpenSSL loads the DTLS certificate, key (with its password) and CA file and accepts the
+  cipher list (``edge.dtls.check_config``).
+
+They live outside ``bridge.settings`` so that the schema stays pure (tested without files,
+importable by the core); they run where the bridge runs (the files mounted in its container
+are the ones that count). ``tap.py``, ``coapbridge check-config`` and the supervisor load
+their configuration through ``load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from typing import List, Mapping, Optional, Tuple
+
+from . import registry_url
+from .settings import Config, ConfigError, DeviceProfileConfig, Loaded, read, read_text
+from .settings.profiles import SCHEMA_KINDS, client_settings, given_keys
+
+
+def load(path: Optional[str], env: Optional[Mapping[str, str]] = None) -> Config:
+    """The configuration of ``path`` (None: defaults and environment) with every check
+    passed (raises ``ConfigError`` listing every problem)."""
+    return checked(read(path, env))
+
+
+def load_text(text: str, env: Mapping[str, str], source: str = "configuration") -> Config:
+    return checked(read_text(text, env, source))
+
+
+def checked(loaded: Loaded) -> Config:
+    config, problems = check(loaded.config, list(loaded.problems))
+    if problems:
+        raise ConfigError(problems, loaded.source)
+    loaded.config = config
+    return config
+
+
+def check(config: Config, problems: List[str]) -> Tuple[Config, List[str]]:
+    """``config`` with what the files hold (registry password, schemas), and ``problems``
+    with those found here appended."""
+    _files(config, problems)
+    config = _registry(config, problems)
+    config = _profiles(config, problems)
+    if config.dtls.enabled:
+        from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
+        problems.extend(dtls_edge.check_config(config.dtls))
+    return config, problems
+
+
+def _files(config: Config, problems: List[str]) -> None:
+    tls = config.mqtt.tls
+    if tls.enabled:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path and not os.path.isfile(path):
+                problems.append("mqtt.tls.%s: file %s does not exist" % (key, path))
+    if config.ota.source == "directory" and config.ota.directory and \
+            not os.path.isdir(config.ota.directory):
+        problems.append("ota.directory: %r is not a directory" % config.ota.directory)
+
+
+def _registry(config: Config, problems: List[str]) -> Config:
+    """The password read from ``registry.password_file``; psycopg there for PostgreSQL."""
+    settings = config.registry
+    if settings.password_file:
+        try:
+            with open(settings.password_file, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError as exc:
+            problems.append("registry.password_file: cannot read %s: %s"
+                            % (settings.password_file, exc.strerror))
+        else:
+            config = replace(config, registry=replace(
+                settings, password=lines[0] if lines else ""))
+    try:
+        target = config.registry_target
+    except registry_url.BadRegistryUrl:  # reported by the settings
+        return config
+    if target.shared and not registry_url.driver_available():
+        problems.append("registry.url: a PostgreSQL registry needs psycopg on CPython "
+                        "(pip install 'psycopg[binary]' psycopg-pool; psycopg does not run on "
+                        "PyPy 7.3.11): run the bridge on CPython, or use SQLite")
+    return config
+
+
+def _profiles(config: Config, problems: List[str]) -> Config:
+    """Schemas read from their files (or ThingsBoard's defaults, or an exported profile),
+    then compiled and checked: every problem names the profile, the schema, its line and
+    column."""
+    from .core.formats import protoschema
+    profiles = {}
+    for name, profile in config.device_profiles.items():
+        where = "device_profiles.%s." % name
+        if profile.thingsboardProfile and not given_keys(profile):
+            profile = _exported(profile, where, problems)
+            if profile.transportPayloadType not in ("JSON", "PROTOBUF"):
+                problems.append("%stransportPayloadType: must be JSON or PROTOBUF, got %r"
+                                % (where, profile.transportPayloadType))
+            if profile.coapDeviceType not in ("DEFAULT", "EFENTO"):
+                problems.append("%scoapDeviceType: must be DEFAULT or EFENTO, got %r"
+                                % (where, profile.coapDeviceType))
+        texts = {kind: _schema_text(profile, kind, where, problems, protoschema.DEFAULTS)
+                 for kind in SCHEMA_KINDS}
+        profiles[name] = replace(profile, **texts)
+    config = replace(config, device_profiles=profiles)
+    if any(profile.protobuf or profile.efento for profile in profiles.values()):
+        from .edge import protoc  # runs a subprocess: only when a profile needs it
+        problems.extend(protoc.check_profiles(profiles))
+    return config
+
+
+def _schema_text(profile: DeviceProfileConfig, kind: str, where: str, problems: List[str],
+                 defaults: Mapping[str, str]) -> str:
+    text, path = getattr(profile, kind), getattr(profile, kind + "File")
+    if path and not text:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            problems.append("%sFile: cannot read %s: %s" % (where + kind, path, exc.strerror))
+    if not text and profile.protobuf:
+        text = defaults[kind]
+    return text
+
+
+def _exported(profile: DeviceProfileConfig, where: str,
+              problems: List[str]) -> DeviceProfileConfig:
+    """The settings of ``thingsboardProfile``, a device profile exported from ThingsBoard."""
+    from .core.formats import tbprofile
+    where += "thingsboardProfile"
+    path = profile.thingsboardProfile
+    try:
+        with open(path, encoding="utf-8") as handle:
+            doc = json.load(handle)
+    except OSError as exc:
+        problems.append("%s: cannot read %s: %s" % (where, path, exc.strerror))
+        return profile
+    except ValueError as exc:  # also not UTF-8
+        problems.append("%s: %s is not JSON: %s" % (where, path, exc))
+        return profile
+    try:
+        settings = tbprofile.payload_settings(doc)
+    except tbprofile.NotUsable as exc:
+        problems.append("%s: %s: %s" % (where, path, exc))
+        return profile
+    if "clientSettings" in settings:
+        found: List[str] = []
+        settings["clientSettings"] = client_settings(
+            settings["clientSettings"], where.rsplit(".", 1)[0] + ".clientSettings.", found)
+        problems.extend("%s (in %s)" % (problem, path) for problem in found)
+    return replace(profile, **settings)
