@@ -4,6 +4,7 @@
 #                127.0.0.1:1883, register demo-device, run the bridge in the foreground
 #   make test    install what is missing (incl. test-only CoAP clients), run pytest;
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
+#   make test-long  the tests that take minutes (#24's 30 s x 10 PSM run: 5 minutes)
 #   make bench   benchmarks (QUICK=1: a few minutes); results in bench/results/
 #   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
 #   make docs    docs/configuration.md and conf/coapbridge.yaml from the settings' schema
@@ -31,12 +32,12 @@ TEST_PATHS := $(if $(filter tests% ./tests%,$(PYTEST_ARGS)),,tests)
 
 export PYTHON TOOLS CONFIG
 
-.PHONY: help run test bench clean docs system-deps system-deps-test node-tools
+.PHONY: help run test test-long bench clean docs system-deps system-deps-test node-tools
 # The steps depend on each other (apt-get installs npm for node-tools, ...).
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,12s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 run: system-deps $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/run.sh
@@ -44,6 +45,10 @@ run: system-deps $(PYSTAMP)
 test: system-deps-test $(PYSTAMP) node-tools
 	NODE_COAP_CLI=$(NODE_COAP_CLI) PATH="$$PATH:/usr/sbin" \
 		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
+
+test-long: system-deps-test $(PYSTAMP) node-tools
+	COAPBRIDGE_LONG_TESTS=1 PATH="$$PATH:/usr/sbin" \
+		$(PYVENV)/bin/python -m pytest -q -m long tests/integration $(PYTEST_ARGS)
 
 bench: system-deps $(STAMP) $(PYSTAMP)
 	$(VENV)/bin/python -m pip install -q matplotlib
