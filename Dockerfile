@@ -48,6 +48,7 @@ ENV DATA_DIR=/data \
 VOLUME /data
 WORKDIR /data
 USER coapbridge
-EXPOSE 5683/udp 5684/udp 9683/tcp
+# 5683/tcp 5684/tcp 8683/tcp 8684/tcp: CoAP over TCP, TLS, WebSockets (RFC 8323), when enabled
+EXPOSE 5683/udp 5684/udp 9683/tcp 5683/tcp 5684/tcp 8683/tcp 8684/tcp
 
 CMD ["twistd", "-n", "--pidfile=", "coapbridge", "--config", "/etc/coapbridge/coapbridge.yaml"]

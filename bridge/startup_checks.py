@@ -28,6 +28,7 @@ from typing import List, Mapping, Optional, Tuple
 
 from . import registry_url
 from .settings import Config, ConfigError, DeviceProfileConfig, Loaded, read, read_text
+from .settings import reliable
 from .settings.profiles import SCHEMA_KINDS, client_settings, given_keys
 
 
@@ -58,6 +59,10 @@ def check(config: Config, problems: List[str]) -> Tuple[Config, List[str]]:
     if config.dtls.enabled:
         from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
         problems.extend(dtls_edge.check_config(config.dtls))
+    files = reliable.tls_files(config)
+    if set(reliable.enabled(config)) & {"tls", "wss"} and files.cert_file:
+        from .edge import tls as tls_edge  # OpenSSL: only when TLS is on
+        problems.extend(tls_edge.check_config(files))
     return config, problems
 
 

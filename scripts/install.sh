@@ -3,7 +3,7 @@
 # every step is idempotent and skips work that is already done.
 #
 #   scripts/install.sh system [--test]  Debian packages (mosquitto, libcoap3-bin, protobuf-compiler; with
-#                                       --test also npm and postgresql when they are missing)
+#                                       --test also npm, postgresql and chromium when they are missing)
 #   scripts/install.sh venv             .venv with the project installed editable
 #                                       (compat mode) plus the [test] extras
 #   scripts/install.sh node-tools       node's coap-cli in .tools/ (test-only client)
@@ -99,6 +99,9 @@ cmd_system() {
     fi
     if [ "$with_test" -eq 1 ] && ! command -v npm >/dev/null 2>&1; then
         packages+=(npm)
+    fi
+    if [ "$with_test" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
+        packages+=(chromium)  # headless, the browser of the CoAP-over-WebSocket test
     fi
     local new_postgresql=0
     if [ "$with_test" -eq 1 ] && ! have_postgresql; then
