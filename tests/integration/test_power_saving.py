@@ -32,11 +32,14 @@ WINDOW_MS = 1500
 OBSERVE = 6
 
 
+OBSERVING = 900  # s: longer than any test here takes, however loaded the machine; stopped
+
+
 class Observer:
-    """coap-client-notls observing a resource for ``seconds``: each JSON document it prints
+    """coap-client-notls observing a resource (until ``stop``): each JSON document it prints
     (the first answer's and each notification's payload) as it comes."""
 
-    def __init__(self, url: str, seconds: float, events: "Events", name: str):
+    def __init__(self, url: str, events: "Events", name: str, seconds: float = OBSERVING):
         assert LIBCOAP, "libcoap's coap-client-notls is missing: install libcoap3-bin"
         # -B: libcoap's client gives up an observation after that long without a
         # notification (90 s by default), which a sleeping device can easily go through
@@ -121,8 +124,8 @@ def profile(mode: str, window_ms: int = WINDOW_MS) -> dict:
     return {"clientSettings": {"powerMode": mode, key: window_ms}}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def environment(tmp_path_factory):
+    """A broker, the platform, and a bridge with PSM, eDRX and DRX devices (a generator)."""
     broker = Mosquitto(str(tmp_path_factory.mktemp("psmbroker"))).start()
     platform = PlatformSim(broker.port)
     port = free_port()
@@ -143,11 +146,23 @@ def env(tmp_path_factory):
     broker.stop()
 
 
-def observe_both(bridge, platform, token, device, seconds, events):
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    yield from environment(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lone(tmp_path_factory):
+    """A bridge of its own for the tests that count its retransmissions: no other test's
+    observer (gone, its CON notifications still retransmitted) adds to the count."""
+    yield from environment(tmp_path_factory)
+
+
+def observe_both(bridge, platform, token, device, events):
     platform.set_attributes(device, {}, {"s": 0})
-    attributes = Observer("%s/api/v1/%s/attributes" % (bridge.url, token), seconds, events,
+    attributes = Observer("%s/api/v1/%s/attributes" % (bridge.url, token), events,
                           "attributes")
-    rpc = Observer("%s/api/v1/%s/rpc" % (bridge.url, token), seconds, events, "rpc")
+    rpc = Observer("%s/api/v1/%s/rpc" % (bridge.url, token), events, "rpc")
     wait_until(lambda: attributes.docs, 15, "the first answer to the observe")
     # the /rpc registration's connect, then a moment for its 2.03 (no payload to see)
     platform.wait_for("v1/gateway/connect", lambda p: p["device"] == device)
@@ -173,7 +188,7 @@ def asleep(platform, device, before):
 def test_psm_device_gets_the_merged_change_and_the_held_rpc_right_after_its_next_uplink(env):
     platform, bridge, port = env
     events = Events()
-    attributes, rpc = observe_both(bridge, platform, "psm1", "PSM 1", 40, events)
+    attributes, rpc = observe_both(bridge, platform, "psm1", "PSM 1", events)
     try:
         for cycle in range(3):
             before = transitions(platform, "PSM 1")
@@ -207,7 +222,7 @@ def test_psm_device_gets_the_merged_change_and_the_held_rpc_right_after_its_next
 def test_a_sleeping_psm_devices_relations_survive_a_push_storm_with_flat_memory(env):
     platform, bridge, port = env
     events = Events()
-    attributes, rpc = observe_both(bridge, platform, "psm2", "PSM 2", 60, events)
+    attributes, rpc = observe_both(bridge, platform, "psm2", "PSM 2", events)
     try:
         before = transitions(platform, "PSM 2")
         post(bridge, "psm2", {"seq": 1})
@@ -249,11 +264,11 @@ def test_a_sleeping_psm_devices_relations_survive_a_push_storm_with_flat_memory(
 
 
 def test_a_psm_device_that_sleeps_with_a_notification_unacknowledged_gets_no_retransmission(
-        env):
+        lone):
     """A device that truly sleeps (the test's raw client: it answers nothing while asleep):
     the notification sent just before the window ends is withdrawn, not retransmitted, and
     reaches the device after its next request."""
-    platform, bridge, port = env
+    platform, bridge, port = lone
     platform.set_attributes("PSM 3", {}, {"s": 0})
     client = raw.Client(bridge.host, bridge.coap_port, timeout=10)
     try:
@@ -332,7 +347,7 @@ def test_a_drx_device_is_unchanged(env):
     platform, bridge, port = env
     events = Events()
     platform.set_attributes("DRX 1", {}, {})
-    attributes = Observer(bridge.url + "/api/v1/drx1/attributes", 30, events, "attributes")
+    attributes = Observer(bridge.url + "/api/v1/drx1/attributes", events, "attributes")
     try:
         wait_until(lambda: attributes.docs, 15, "the first answer")
         time.sleep(2 * WINDOW_MS / 1000.0)
@@ -351,8 +366,7 @@ def cycles(bridge, platform, port, token, device, cycle, count, rng):
     each; the platform pushes a change and an RPC at random moments. Returns what was
     pushed, what arrived, and the retransmissions counted meanwhile."""
     events = Events()
-    attributes, rpc = observe_both(bridge, platform, token, device, cycle * (count + 2) + 10,
-                                   events)
+    attributes, rpc = observe_both(bridge, platform, token, device, events)
     before = metrics(port)
     pushed, rpcs = [], []
     try:
@@ -388,9 +402,9 @@ def cycles(bridge, platform, port, token, device, cycle, count, rng):
     return pushed, rpcs, seen, [r["id"] for r in events.since(0, "rpc")], delta
 
 
-def test_scaled_done_when_every_change_and_rpc_exactly_once_no_retransmission(env):
+def test_scaled_done_when_every_change_and_rpc_exactly_once_no_retransmission(lone):
     """#24's done-when run scaled down: a 4 s cycle and a 1.5 s timer, 10 cycles."""
-    platform, bridge, port = env
+    platform, bridge, port = lone
     pushed, rpcs, seen, got, delta = cycles(bridge, platform, port, "psm4", "PSM 4", 4.0, 10,
                                             random.Random(24))
     assert sorted(seen) == pushed  # every change, exactly once
