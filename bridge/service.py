@@ -108,7 +108,7 @@ class _RegistryService(Service):
         else:
             registry = Registry(self.target.path)
         self.bridge.registry = registry
-        log.info("Device registry {registry}: {count} devices", registry=self.target.display,
+        log.info("Device registry {registry}: {count:plural:device}", registry=self.target.display,
                  count=len(registry.entries()))
         if self.threadpool is not None:
             registry.start()  # the shared registry begins listening
@@ -183,7 +183,7 @@ class _OutboxService(Service):
             commit.stop()
             count, _ = commit.outbox.stats()
             if count:
-                log.info("{count} uplinks wait in the outbox for the next start", count=count)
+                log.info("{count:plural:uplink} kept in the outbox for the next start", count=count)
         self.close()
 
     def close(self) -> None:
@@ -258,7 +258,8 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready,
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.readiness.check,
+                               cfg.idle_timeout, cfg.max_connections,
                                self.bridge.platform_changes.notes)
             # a worker's metrics are read by its supervisor, which serves metrics.port
             port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
@@ -341,6 +342,8 @@ class _DtlsService(Service):
         except CannotListenError as exc:
             raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
         view.on_change.append(self.registry_changed)
+        self.transport.on_handshake = bridge.handshakes.record
+        bridge.requests.counts.register(dtls_edge.DtlsSession, "dtls")
         bridge.dtls = self.transport
         Service.startService(self)
         host = self.port.getHost()
@@ -435,6 +438,7 @@ class BridgeService(MultiService):
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)
+        self.bridge.readiness.stopping()
         d: defer.Deferred = defer.succeed(None)
         for child in reversed(list(self)):
             d.addCallback(lambda _, child=child: child.stopService())

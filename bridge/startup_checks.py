@@ -96,9 +96,9 @@ def _registry(config: Config, problems: List[str]) -> Config:
     except registry_url.BadRegistryUrl:  # reported by the settings
         return config
     if target.shared and not registry_url.driver_available():
-        problems.append("registry.url: a PostgreSQL registry needs psycopg on CPython "
-                        "(pip install 'psycopg[binary]' psycopg-pool; psycopg does not run on "
-                        "PyPy 7.3.11): run the bridge on CPython, or use SQLite")
+        problems.append("registry.url: a PostgreSQL registry needs the postgresql extra "
+                        "(pip install 'coapbridge[postgresql]', on CPython: psycopg does not "
+                        "run on PyPy 7.3.11), or use SQLite")
     return config
 
 

@@ -10,7 +10,7 @@ binds the CoAP port with ``SO_REUSEPORT``, has its own MQTT client id and
 outbox file, and shares the registry (SQLite in WAL mode).
 
 * A worker's log events come to the supervisor as JSON lines on its standard
-  output and are logged here with ``worker`` (``bridge.logs.relay_line``); its
+  output and are logged here with ``worker`` (``bridge.logwriter.relay_line``); its
   standard error (a refusal's one line, a traceback) is logged as warnings.
 * A worker that ends is restarted with backoff, or the supervisor gives up:
   ``bridge.core.supervision.WorkerPolicy`` decides. Giving up stops the other
@@ -38,7 +38,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
-from . import logs
+from . import logwriter
 from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
 from .edge import udp
@@ -84,7 +84,7 @@ class WorkerProcess(ProcessProtocol):
         return rest
 
     def _event(self, line: str) -> None:
-        event = logs.relay_line(line, self.worker)
+        event = logwriter.relay_line(line, self.worker)
         if event.get("worker_event") == "started":
             self.metrics_port = event.get("metrics_port") or None
             self.supervisor.started(self.worker)
@@ -142,7 +142,8 @@ class SupervisorService(Service):
         self.metrics_port: Any = None
         self.data_dir = DataDirLock(config.data_dir)  # held for the workers while they run
         from .edge.worker_metrics import WorkerMetrics
-        self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts)
+        self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts,
+                                     config.metrics.idle_timeout)
 
     def setServiceParent(self, parent: Any) -> Any:
         if self.log_observer is not None:
@@ -168,7 +169,7 @@ class SupervisorService(Service):
             self.refuse(str(exc))
             return
         Service.startService(self)
-        log.info("Starting {count} worker processes on UDP port {port}",
+        log.info("Starting {count:plural:worker process:worker processes} on UDP port {port}",
                  count=self.config.coap.workers, port=self.config.coap.bind_port)
         for worker in self.policy.workers:
             self.spawn(worker)
@@ -194,7 +195,9 @@ class SupervisorService(Service):
         if not cfg.port:
             return
         try:
-            self.metrics_port = self.reactor.listenTCP(cfg.port, SupervisorSite(self.metrics),
+            site = SupervisorSite(self.metrics, idle_timeout=cfg.idle_timeout,
+                                  max_connections=cfg.max_connections)
+            self.metrics_port = self.reactor.listenTCP(cfg.port, site,
                                                        interface=cfg.bind_address)
         except error.CannotListenError as exc:
             raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
@@ -217,7 +220,7 @@ class SupervisorService(Service):
     def started(self, worker: int) -> None:
         self.policy.started(worker, self.reactor.seconds())
         if all(self.policy.is_started(n) for n in self.policy.workers):
-            log.info("All {count} workers started", count=len(self.policy.workers))
+            log.info("All {count:plural:worker} started", count=len(self.policy.workers))
 
     # -- ending --------------------------------------------------------------------------
 
@@ -272,7 +275,7 @@ class SupervisorService(Service):
         if not self.processes:
             self._stopped.callback(None)
             return self._stopped
-        log.info("Stopping {count} workers", count=len(self.processes))
+        log.info("Stopping {count:plural:worker}", count=len(self.processes))
         for worker in list(self.transports):
             self._signal(worker, "TERM")
         timer = self.reactor.callLater(STOP_TIMEOUT, self._kill_remaining)

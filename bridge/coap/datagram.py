@@ -368,8 +368,9 @@ class MessageLayer:
                 continue  # acknowledged meanwhile
             if pending.count >= self.settings.max_retransmit:
                 del self._confirmables[key]
-                self.log.info("CON message to {peer} unacknowledged after {count} "
-                              "retransmissions", peer=describe(pending.peer), count=pending.count)
+                self.log.info("CON message to {peer} unacknowledged after "
+                              "{count:plural:retransmission}", peer=describe(pending.peer),
+                              count=pending.count)
                 if pending.ref is not None:
                     self._events.append(Notified(pending.ref, TIMEOUT))
                 continue

@@ -128,6 +128,10 @@ class GatewayCore:
                 total[name] = total.get(name, 0) + value
         return total
 
+    def outbox_full(self, now: float) -> Optional[str]:
+        """Which outbox bound refuses uplinks now (``outbox.max_entries`` ...), or None."""
+        return self.uplinks.full(now)
+
     def gauges(self) -> Dict[str, int]:
         return {"outbox_entries": self.outbox.count, "outbox_bytes": self.outbox.bytes,
                 "inflight_publishes": len(self.outbox.delivery.in_flight),

@@ -31,10 +31,10 @@ from twisted.python.failure import Failure
 
 from ..core import gateway, names
 from ..core.actions import DeleteDevice, RenameDevice
-from ..core.platform_changes import DELETE, RENAME, Overlay
+from ..core.platform_changes import (APPLIED, DELETE, DUPLICATE, REFUSED, RENAME, UNKNOWN,
+                                     Applied, Overlay)
 from ..logs import logger
 from ..registry import RegistryError
-from ..registry_pg import APPLIED, DUPLICATE, REFUSED, UNKNOWN, Applied
 from .lookup import RegistryView
 
 log = logger("bridge")
@@ -198,7 +198,7 @@ class PlatformChanges:
                 log.debug("Platform's {change} is in the registry ({outcome})", change=what,
                           device=change.name, outcome=result.outcome)
         if counts:
-            log.info("Applied {count} journaled platform changes to the registry ({applied} "
+            log.info("Applied {count:plural:journaled platform change} to the registry ({applied} "
                      "applied, {unknown} found done or gone, {refused} refused)",
                      count=sum(counts.values()), applied=counts.get(APPLIED, 0)
                      + counts.get(DUPLICATE, 0), unknown=counts.get(UNKNOWN, 0),

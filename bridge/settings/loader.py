@@ -32,7 +32,8 @@ from . import dtls as dtls_section
 from . import mqtt as mqtt_section
 from .errors import ConfigDeprecationWarning, ConfigError
 from .root import Config, check
-from .schema import ITEMS, RULE, Problems, Rule, Setting, check_value, is_section, walk
+from .schema import (ITEMS, RULE, Problems, Rule, Setting, canonical, check_value, is_section,
+                     walk)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -228,6 +229,7 @@ class _Reader:
                         "setting in the configuration file)" % variable.split()[-1])
             self.problems.add(path, "%s: %s, got %r%s" % (path, expected, value, hint))
             return default
+        result = canonical(rule, result)
         problem = check_value(path, rule, default, result)
         if problem is not None:
             self.problems.add(path, problem)
