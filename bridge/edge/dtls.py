@@ -715,7 +715,9 @@ def _describe(credential: Any) -> str:
 
 
 def listen(reactor: IReactorUDP, protocol: DtlsTransport, port: int, interface: str,
-           shared: bool = False) -> Any:
+           shared: bool = False, inherited: Optional[int] = None) -> Any:
     """``shared``: one worker of several (``coap.workers``), the port bound with
-    ``SO_REUSEPORT`` beside the others'; the kernel keeps each source on one worker."""
-    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared)
+    ``SO_REUSEPORT`` beside the others'; the kernel keeps each source on one worker.
+    ``inherited``: on the socket the supervisor handed over (``bridge.edge.udp``)."""
+    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared,
+                          inherited)

@@ -50,6 +50,7 @@ from .lookup import RegistryView
 from .notifications import Notifications
 from .readiness import Readiness
 from .platform_changes import PlatformChanges
+from .relations import relation_keeper
 from .x509register import AutoRegistration
 
 log = logger("bridge")
@@ -156,6 +157,9 @@ class Bridge:
         self.notifications = Notifications(reactor)
         self.platform_changes = PlatformChanges(self.registry_view, self.commit,
                                                 lambda: self.outbox)
+        # observe relations kept in DATA_DIR across a restart
+        self.relations = relation_keeper(self.core, reactor, self.registry_view, self.apply,
+                                         config, worker)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
         self.provisioner = Provisioner(config, reactor, self.registry_view.write,
                                        self.requests.answer_json, self.sessions, fixed)

@@ -46,6 +46,11 @@ PROCESS_VARIABLES = {
                          "else none: defaults and environment only)",
     "COAPBRIDGE_WORKER": "set by the supervisor in a worker's environment (coap.workers > 1); "
                          "never set it yourself",
+    "COAPBRIDGE_COAP_FD": "set by the supervisor in a worker's environment: the descriptor "
+                          "of the worker's CoAP socket, which the supervisor holds; never "
+                          "set it yourself",
+    "COAPBRIDGE_DTLS_FD": "set by the supervisor in a worker's environment: the descriptor "
+                          "of the worker's CoAPs socket; never set it yourself",
 }
 # names that look like ours: the first words of our settings' names
 PREFIXES = ("COAP_", "COAPS_", "COAPBRIDGE_", "DTLS_", "MQTT_", "DEVICE_", "DEVICES_",
