@@ -41,8 +41,8 @@ from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple, Union
 
 from ..core import codes
 from .dedup import Deduplicator, Slot
-from .exchange import (ACKED, DELIVERED, RESET, TIMEOUT, Answer, ExchangeLayer, Incoming,
-                       Notified, Transmit)
+from .exchange import (ACKED, DELIVERED, RESET, TIMEOUT, WITHDRAWN, Answer, ExchangeLayer,
+                       Incoming, Notified, Transmit)
 from .message import ACK, CON, EMPTY, GET, NON, RST, TYPES, Message, decode, empty, encode
 from .options import BLOCK2, Malformed, NotCoap
 from .peers import describe
@@ -389,14 +389,16 @@ class MessageLayer:
             pending.deadline = now + pending.timeout
             self._schedule(pending.deadline, key)
 
-    def withdraw(self, ref: int) -> bool:
-        """Stop retransmitting CON notification ``ref`` (its device sleeps, power saving):
-        no fate of it follows. False when it is not waiting for its ACK (acknowledged, or
-        sent NON). A scan of the CON messages waiting: it happens when a device falls
-        asleep with one unacknowledged, rarely."""
+    def withdraw(self, ref: int, peer: Hashable) -> bool:
+        """Stop retransmitting CON notification ``ref`` to ``peer`` (its device sleeps,
+        power saving): its fate is ``Notified(ref, "withdrawn")``. False when it is not
+        waiting for its ACK (its fate came already, or it went NON). A scan of the CON
+        messages waiting: it happens when a device falls asleep with one unacknowledged,
+        rarely."""
         for key, pending in self._confirmables.items():
-            if pending.ref == ref:
+            if pending.ref == ref and key[1] == peer:
                 del self._confirmables[key]  # its retransmission finds nothing
+                self._events.append(Notified(ref, WITHDRAWN))
                 return True
         return False
 

@@ -36,7 +36,10 @@ application may send the relation's next one (one in flight per relation, in ord
 * ``"reset"``: the peer answered it with RST (RFC 7641 §3.6: the relation ends); a NON
   notification reported ``"delivered"`` may still be reset later, under the same ref;
 * ``"timeout"``: a CON notification was never acknowledged (every relation of the peer
-  is presumed dead).
+  is presumed dead);
+* ``"withdrawn"``: the application asked the datagram transport to stop retransmitting a
+  CON notification not yet acknowledged (its device sleeps, ``core/power.py``), and it
+  stopped: the notification was not heard, and the application may send it again later.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from .options import BLOCK1, CONTENT_FORMAT, OBSERVE, Block, encode_uint, refusa
 from .peers import describe
 
 ACKED, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
+WITHDRAWN = "withdrawn"
 SMALL_ANSWER = 1024  # a payload this long goes in one message when no block is asked
 
 
@@ -72,8 +76,8 @@ class Transmit(NamedTuple):
 
 
 class Notified(NamedTuple):
-    """The fate of notification ``ref``: ``"ack"``, ``"delivered"``, ``"reset"`` or
-    ``"timeout"`` (see the module docstring)."""
+    """The fate of notification ``ref``: ``"ack"``, ``"delivered"``, ``"reset"``,
+    ``"timeout"`` or ``"withdrawn"`` (see the module docstring)."""
 
     ref: int
     outcome: str

@@ -143,10 +143,13 @@ class Notify:
 
 @_frozen
 class Withdraw:
-    """Stop retransmitting CON notification ``ref``: its device fell asleep (PSM). No
-    outcome of it follows; the core sends it again when the device wakes."""
+    """Stop retransmitting CON notification ``ref`` to ``remote``: its device fell asleep
+    (PSM). If the transport stops it, its outcome is "withdrawn" (``on_notified``) and the
+    core sends it again when the device wakes; if it cannot (its fate came, or it was
+    written to a reliable connection), the outcome it has stands."""
 
     ref: int
+    remote: Hashable = None
 
 
 @_frozen

@@ -20,9 +20,12 @@ to the caller (RPCs are kept for the next registration).
 
 A ``gate`` (the power-saving part, power.py) may hold a device's notifications while it
 sleeps: a queue goes on only when ``gate.may_send`` says so (``resume`` once the device
-wakes); a CON notification in flight when a PSM device falls asleep is taken back
-(``withdraw``: it goes again when the device wakes); one that times out while its device
-sleeps (``gate.asleep``) waits in the same way, and the device's relations stay.
+wakes); for a CON notification in flight when a PSM device falls asleep the transport is
+asked to stop retransmitting it (``withdraw`` names them); if it did, its fate is
+``withdrawn`` and it is taken back, first in its queue, to go again when the device wakes
+(over a reliable connection nothing is withdrawn: what was written is delivered). One that
+times out while its device sleeps (``gate.asleep``) waits in the same way, and the
+device's relations stay.
 
 Whoever keeps relations across a restart (``bridge/glue/relations.py``) hears each
 relation that began (``changed(key, relation)``) and each that ended
@@ -54,6 +57,7 @@ from . import codes
 from .actions import Notify
 
 ACK, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
+WITHDRAWN = "withdrawn"  # the transport stopped retransmitting it at our asking: unheard
 OBSERVE_MODULUS = 1 << 24
 OBSERVE_HALF = 1 << 23
 OBSERVE_RATE = 1000  # Observe numbers per second of time (milliseconds): see the docstring
@@ -227,6 +231,9 @@ class Observers:
             return self._pump(relation, now), [], []
         if outcome == RESET:
             return [], [relation], self._drop(key)  # type: ignore[arg-type]
+        if outcome == WITHDRAWN:  # unheard: first in its queue again, sent when the gate opens
+            self._take_back(relation)
+            return self._pump(relation, now), [], []
         gate = self.gate
         if gate is not None and gate.asleep(relation.device, now):
             self._take_back(relation)  # unheard while it slept: it waits for the device
@@ -249,6 +256,10 @@ class Observers:
             return [], [], []
         return [], [relation], self._drop(key)
 
+    def observed_by(self, remote: Hashable) -> bool:
+        """Whether ``remote`` has a relation (a DTLS session with one is in use)."""
+        return remote in self._by_remote
+
     def cancel_remote(self, remote: Hashable) -> Tuple[List[Relation], List[Pending]]:
         """End every relation of ``remote``: (the relations, their leftover items)."""
         ended: List[Relation] = []
@@ -268,17 +279,13 @@ class Observers:
                 out += self._pump(relation, now)
         return out
 
-    def withdraw(self, device: str, features: Tuple[str, ...]) -> List[int]:
-        """``device`` fell asleep: its CON notifications in flight are taken back (first in
-        their queues again); their refs, whose retransmissions must stop."""
-        refs = []
-        for feature in features:
-            relation = self.relations.get((device, feature))
-            if relation is not None and relation.in_flight is not None:
-                refs.append(relation.in_flight[0])
-                self._in_flight.pop(relation.in_flight[0], None)
-                self._take_back(relation)
-        return refs
+    def in_flight(self, device: str,
+                  features: Tuple[str, ...]) -> List[Tuple[int, Hashable]]:
+        """The notifications of ``device`` waiting for their fate: (ref, remote) each (its
+        device fell asleep: the transport is asked to withdraw them)."""
+        return [(relation.in_flight[0], relation.remote) for relation in
+                (self.relations.get((device, feature)) for feature in features)
+                if relation is not None and relation.in_flight is not None]
 
     def device_of(self, ref: int) -> Optional[str]:
         """The device CON notification ``ref`` went to (while it is in flight)."""

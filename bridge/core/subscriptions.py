@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import codes, routes
 from .actions import Log, Reply, Request, Withdraw
-from .observe import ACK, Observers, Pending
+from .observe import ACK, WITHDRAWN, Observers, Pending
 from .parts import Action, Part, Shared
 
 FEATURES = (routes.ATTRIBUTES, routes.RPC)  # the observable resources of a device
@@ -87,6 +87,8 @@ class Subscriptions(Part):
 
     def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
         device = self.observers.device_of(ref) if outcome == ACK else None
+        if outcome == WITHDRAWN and self.observers.device_of(ref) is not None:
+            self.stats["notifications_withdrawn"] += 1
         notifies, ended, leftovers = self.observers.on_result(ref, outcome, now)
         actions: List[Action] = list(notifies)
         if device is not None:
@@ -113,13 +115,11 @@ class Subscriptions(Part):
         return self.observers.resume(name, FEATURES, now)  # type: ignore[return-value]
 
     def sleep(self, name: str, now: float) -> List[Action]:
-        """``name`` fell asleep (PSM): its CON notifications in flight wait for it to wake,
-        and their retransmissions stop."""
-        refs = self.observers.withdraw(name, FEATURES)
-        if refs and self.observers.gate is not None:
-            self.observers.gate.hold(name)
-        self.stats["notifications_withdrawn"] += len(refs)
-        return [Withdraw(ref) for ref in refs]
+        """``name`` fell asleep (PSM): the transports are asked to stop retransmitting its
+        CON notifications in flight (those they stop come back "withdrawn" and wait for it
+        to wake)."""
+        return [Withdraw(ref, remote)
+                for ref, remote in self.observers.in_flight(name, FEATURES)]
 
     def rename(self, old: str, new: str) -> None:
         self.observers.rename(old, new)

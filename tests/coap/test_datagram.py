@@ -485,13 +485,22 @@ def test_retransmissions_are_counted():
     assert layer.outcomes == [(42, "timeout")] and layer.layer.retransmissions == 2
 
 
-def test_a_withdrawn_notification_is_not_sent_again_and_has_no_fate():
+def test_a_withdrawn_notification_is_not_sent_again_and_its_fate_is_withdrawn():
     """Its PSM device fell asleep (bridge/core/power.py): no retransmission into the void."""
     layer = Layer(ack_timeout=1.0, max_retransmit=4)
     notify(layer, 42, registration(layer), 0.0)
-    assert layer.layer.withdraw(42) is True and layer.layer.withdraw(42) is False
-    assert layer.until(200.0) == [] and layer.outcomes == []
+    assert layer.layer.withdraw(42, ("10.9.9.9", 1)) is False  # not that peer's
+    assert layer.layer.withdraw(42, PEER) is True and layer.layer.withdraw(42, PEER) is False
+    assert layer.until(200.0) == [] and layer.outcomes == [(42, "withdrawn")]
     assert layer.layer.retransmissions == 0
+
+
+def test_an_acknowledged_notification_cannot_be_withdrawn():
+    layer = Layer(ack_timeout=1.0, max_retransmit=4)
+    [con] = notify(layer, 43, registration(layer), 0.0)
+    layer.feed(raw.Msg(raw.ACK, 0, con.mid), now=0.5)
+    assert layer.layer.withdraw(43, PEER) is False
+    assert layer.outcomes == [(43, "ack")]
 
 
 def test_a_quiet_answer_goes_to_a_con_request_and_not_to_a_non_one():

@@ -9,7 +9,7 @@ import pytest
 from bridge.settings.profiles import ClientSettings, DeviceProfileConfig
 from bridge.core import codes
 from bridge.core.actions import Device, Notify, PowerSettings, Reply, Store, Withdraw
-from bridge.core.observe import ACK, TIMEOUT
+from bridge.core.observe import ACK, DELIVERED, TIMEOUT, WITHDRAWN
 from bridge.core.power import merge
 from bridge.core.session import GatewayCore
 from coreconfig import core_config, handled
@@ -91,13 +91,31 @@ def test_an_ack_counts_as_hearing_from_the_device():
 def test_a_psm_device_falling_asleep_with_a_con_in_flight_stops_its_retransmissions():
     core = observing(make_core())
     [one] = notifies(push(core, {"a": 1}, now=NOW + 9.8))
-    assert tick(core, NOW + 10.3) == [Withdraw(one.ref)]
+    assert tick(core, NOW + 10.3) == [Withdraw(one.ref, one.remote)]
+    assert core.stats["notifications_withdrawn"] == 0  # asked, not yet done
+    # the datagram transport stopped it: unheard, it waits first in its queue
+    assert core.on_notified(one.ref, WITHDRAWN, NOW + 10.3) == []
     assert core.stats["notifications_withdrawn"] == 1
+    assert notifies(push(core, {"b": 2}, now=NOW + 12)) == []  # merged meanwhile
     # a late outcome of it changes nothing: its relations stay
     assert core.on_notified(one.ref, TIMEOUT, NOW + 60) == []
     assert len(core.subscriptions) == 2
     [again] = notifies(uplink(core, 900, NOW + 70))
     assert json.loads(again.payload) == {"a": 1} and again.ref != one.ref
+    [merged] = notifies(ack(core, again, NOW + 70.1))
+    assert json.loads(merged.payload) == {"b": 2}
+
+
+def test_a_notification_the_transport_could_not_withdraw_is_not_sent_twice():
+    """Over a reliable connection (RFC 8323) nothing is retransmitted and nothing withdrawn:
+    a notification written while the connection was paused is delivered, once."""
+    core = observing(make_core())
+    run(core, server_rpc(core, 7, now=NOW + 9.8), NOW + 9.8)
+    [rpc] = [a for a in tick(core, NOW + 10.3)]
+    assert type(rpc) is Withdraw
+    assert core.on_notified(rpc.ref, DELIVERED, NOW + 11) == []  # it went after all
+    assert core.stats["notifications_withdrawn"] == 0
+    assert notifies(uplink(core, 900, NOW + 40)) == []  # not again
 
 
 def test_a_con_timeout_while_the_device_sleeps_keeps_its_relations():
