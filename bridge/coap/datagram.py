@@ -147,6 +147,9 @@ class MessageLayer:
         self._retransmits: List[Tuple[float, int, Tuple[int, Hashable]]] = []  # a heap
         self._sequence = 0  # ties in the heap
         self._recent_non: "OrderedDict[Tuple[int, Hashable], int]" = OrderedDict()
+        # CON notifications withdrawn (power saving), so that an ACK already on its way
+        # still counts: the device heard it
+        self._withdrawn: "OrderedDict[Tuple[int, Hashable], int]" = OrderedDict()
         self._next_sweep = now + self.dedup.bucket
 
     def next_event(self) -> Optional[Event]:
@@ -361,6 +364,10 @@ class MessageLayer:
             if pending.ref is not None:
                 self._events.append(Notified(pending.ref, ACKED if mtype == ACK else RESET))
             return True
+        ref = self._withdrawn.pop(key, None)
+        if ref is not None:  # heard after all: its ACK (or RST) was on its way
+            self._events.append(Notified(ref, ACKED if mtype == ACK else RESET))
+            return True
         ref = self._recent_non.pop(key, None)
         if ref is not None and mtype == RST:
             self._events.append(Notified(ref, RESET))
@@ -391,14 +398,19 @@ class MessageLayer:
 
     def withdraw(self, ref: int, peer: Hashable) -> bool:
         """Stop retransmitting CON notification ``ref`` to ``peer`` (its device sleeps,
-        power saving): its fate is ``Notified(ref, "withdrawn")``. False when it is not
-        waiting for its ACK (its fate came already, or it went NON). A scan of the CON
-        messages waiting: it happens when a device falls asleep with one unacknowledged,
-        rarely."""
+        power saving): its fate is ``Notified(ref, "withdrawn")``, and an ACK (or RST) of
+        it that comes later, sent before the device slept, is reported under the same ref
+        ("ack", "reset"): it was heard. False when it is not waiting for its ACK (its fate
+        came already, or it went NON). A scan of the CON messages waiting: it happens when
+        a device falls asleep with one unacknowledged, rarely."""
         for key, pending in self._confirmables.items():
             if pending.ref == ref and key[1] == peer:
                 del self._confirmables[key]  # its retransmission finds nothing
                 self._events.append(Notified(ref, WITHDRAWN))
+                withdrawn = self._withdrawn
+                withdrawn[key] = ref
+                if len(withdrawn) > MAX_RECENT_NON:
+                    withdrawn.popitem(last=False)
                 return True
         return False
 

@@ -39,7 +39,9 @@ application may send the relation's next one (one in flight per relation, in ord
   is presumed dead);
 * ``"withdrawn"``: the application asked the datagram transport to stop retransmitting a
   CON notification not yet acknowledged (its device sleeps, ``core/power.py``), and it
-  stopped: the notification was not heard, and the application may send it again later.
+  stopped: the notification was not heard, and the application may send it again later;
+  an ACK or RST of it sent before the device slept may still come, and is reported under
+  the same ref (``"ack"``, ``"reset"``): it was heard after all.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ sleeps: a queue goes on only when ``gate.may_send`` says so (``resume`` once the
 wakes); for a CON notification in flight when a PSM device falls asleep the transport is
 asked to stop retransmitting it (``withdraw`` names them); if it did, its fate is
 ``withdrawn`` and it is taken back, first in its queue, to go again when the device wakes
-(over a reliable connection nothing is withdrawn: what was written is delivered). One that
+(over a reliable connection nothing is withdrawn: what was written is delivered). An ACK
+of a withdrawn notification that comes after all (it was on its way) takes it out of its
+queue again: the device heard it, and does not get it twice. One that
 times out while its device sleeps (``gate.asleep``) waits in the same way, and the
 device's relations stay.
 
@@ -120,6 +122,9 @@ class Observers:
         self._in_flight: Dict[int, Tuple[str, str]] = {}
         # notifications reported delivered, so that an RST to one still cancels its relation
         self._recent: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
+        # notifications withdrawn (power saving), waiting again: an ACK of one that comes
+        # after all takes it out of its queue (ref -> device, feature, token, the item)
+        self._withdrawn: "OrderedDict[int, Tuple[str, str, bytes, Pending]]" = OrderedDict()
         self._next_ref = 0
         self.expired: List[Pending] = []  # skipped as expired; the caller takes them
         self.gate: Any = None  # may_send(device, now), asleep(device, now), hold(device)
@@ -184,6 +189,9 @@ class Observers:
         for ref, entry in list(self._recent.items()):
             if entry[0] == old:
                 self._recent[ref] = (new, entry[1], entry[2])
+        for ref, withdrawn in list(self._withdrawn.items()):
+            if withdrawn[0] == old:
+                self._withdrawn[ref] = (new,) + withdrawn[1:]
 
     def enqueue(self, device: str, feature: str, pending: Pending, now: float) -> List[Notify]:
         relation = self.relations.get((device, feature))
@@ -221,7 +229,7 @@ class Observers:
         key = self._in_flight.pop(ref, None)
         relation = self.relations.get(key) if key else None
         if relation is None or relation.in_flight is None or relation.in_flight[0] != ref:
-            return self._late_result(ref, outcome)
+            return self._late_result(ref, outcome, now)
         if outcome == ACK or outcome == DELIVERED:
             relation.in_flight = None
             if outcome == DELIVERED:  # an RST may still come for it
@@ -232,6 +240,11 @@ class Observers:
         if outcome == RESET:
             return [], [relation], self._drop(key)  # type: ignore[arg-type]
         if outcome == WITHDRAWN:  # unheard: first in its queue again, sent when the gate opens
+            withdrawn = self._withdrawn
+            withdrawn[ref] = (relation.device, relation.feature, relation.token,
+                              relation.in_flight[1])
+            if len(withdrawn) > RECENT:
+                withdrawn.popitem(last=False)
             self._take_back(relation)
             return self._pump(relation, now), [], []
         gate = self.gate
@@ -243,10 +256,13 @@ class Observers:
         ended, leftovers = self.cancel_remote(relation.remote)
         return [], ended, leftovers
 
-    def _late_result(self, ref: int,
-                     outcome: str) -> Tuple[List[Notify], List[Relation], List[Pending]]:
+    def _late_result(self, ref: int, outcome: str,
+                     now: float) -> Tuple[List[Notify], List[Relation], List[Pending]]:
         """An RST to a notification reported delivered before ends its relation, if the
-        relation is still the one it went to (same token)."""
+        relation is still the one it went to (same token); so does one to a notification
+        withdrawn, and an ACK of that one takes it out of its queue (it was heard)."""
+        if ref in self._withdrawn and (outcome == ACK or outcome == RESET):
+            return self._heard_after_all(self._withdrawn.pop(ref), outcome, now)
         recent = self._recent.pop(ref, None)
         if recent is None or outcome != RESET:
             return [], [], []
@@ -255,6 +271,22 @@ class Observers:
         if relation is None or relation.token != recent[2]:
             return [], [], []
         return [], [relation], self._drop(key)
+
+    def _heard_after_all(self, withdrawn: Tuple[str, str, bytes, Pending], outcome: str,
+                         now: float) -> Tuple[List[Notify], List[Relation], List[Pending]]:
+        device, feature, token, pending = withdrawn
+        key = (device, feature)
+        relation = self.relations.get(key)
+        if relation is None or relation.token != token:
+            return [], [], []
+        if outcome == RESET:
+            return [], [relation], self._drop(key)
+        queue = relation.queue
+        for index, waiting in enumerate(queue):
+            if waiting is pending:  # still waiting (not sent again yet): it was heard
+                del queue[index]
+                return self._pump(relation, now), [], []
+        return [], [], []
 
     def observed_by(self, remote: Hashable) -> bool:
         """Whether ``remote`` has a relation (a DTLS session with one is in use)."""

@@ -86,6 +86,8 @@ class Subscriptions(Part):
         return {relation.device for relation in self.observers.relations.values()}
 
     def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
+        # an ACK says the device is awake, unless it is a late one of a notification
+        # withdrawn (sent before the device slept: observe.py), whose ref is not in flight
         device = self.observers.device_of(ref) if outcome == ACK else None
         if outcome == WITHDRAWN and self.observers.device_of(ref) is not None:
             self.stats["notifications_withdrawn"] += 1

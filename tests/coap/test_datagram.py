@@ -495,6 +495,18 @@ def test_a_withdrawn_notification_is_not_sent_again_and_its_fate_is_withdrawn():
     assert layer.layer.retransmissions == 0
 
 
+def test_an_ack_of_a_withdrawn_notification_that_comes_after_all_is_reported():
+    """The device acknowledged it just before it slept; the ACK came after the withdrawal:
+    it was heard ("ack" under the same ref), and the device must not get it twice."""
+    layer = Layer(ack_timeout=1.0, max_retransmit=4)
+    [con] = notify(layer, 44, registration(layer), 0.0)
+    assert layer.layer.withdraw(44, PEER) is True
+    layer.feed(raw.Msg(raw.ACK, 0, con.mid), now=0.3)
+    assert layer.outcomes == [(44, "withdrawn"), (44, "ack")]
+    layer.feed(raw.Msg(raw.ACK, 0, con.mid), now=0.4)  # once
+    assert layer.outcomes == [(44, "withdrawn"), (44, "ack")]
+
+
 def test_an_acknowledged_notification_cannot_be_withdrawn():
     layer = Layer(ack_timeout=1.0, max_retransmit=4)
     [con] = notify(layer, 43, registration(layer), 0.0)

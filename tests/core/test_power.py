@@ -106,6 +106,31 @@ def test_a_psm_device_falling_asleep_with_a_con_in_flight_stops_its_retransmissi
     assert json.loads(merged.payload) == {"b": 2}
 
 
+def test_a_withdrawn_notification_acknowledged_after_all_is_not_sent_twice():
+    """Its ACK was on its way when the device fell asleep: it was heard. The late ACK does
+    not wake the device (it was sent before it slept)."""
+    core = observing(make_core())
+    [one] = notifies(push(core, {"a": 1}, now=NOW + 9.9))
+    [withdraw] = tick(core, NOW + 10.3)
+    assert core.on_notified(one.ref, WITHDRAWN, NOW + 10.3) == []
+    assert notifies(push(core, {"b": 2}, now=NOW + 10.4)) == []  # merged: asleep
+    assert core.on_notified(one.ref, ACK, NOW + 10.5) == []  # heard; still asleep
+    assert core.stats["power_awake"] == 0 and core.power.asleep("Dev A", NOW + 10.5)
+    [merged] = notifies(uplink(core, 900, NOW + 40))
+    assert json.loads(merged.payload) == {"b": 2}  # {"a": 1} is not sent again
+    assert notifies(ack(core, merged, NOW + 40.1)) == []
+
+
+def test_a_withdrawn_notification_reset_after_all_ends_its_relation():
+    core = observing(make_core())
+    [one] = notifies(push(core, {"a": 1}, now=NOW + 9.9))
+    tick(core, NOW + 10.3)
+    core.on_notified(one.ref, WITHDRAWN, NOW + 10.3)
+    run(core, core.on_notified(one.ref, "reset", NOW + 10.5), NOW + 10.5)
+    assert core.subscriptions.observers.get("Dev A", "attributes") is None
+    assert core.subscriptions.observers.get("Dev A", "rpc") is not None
+
+
 def test_a_notification_the_transport_could_not_withdraw_is_not_sent_twice():
     """Over a reliable connection (RFC 8323) nothing is retransmitted and nothing withdrawn:
     a notification written while the connection was paused is delivered, once."""
