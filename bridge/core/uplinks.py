@@ -78,11 +78,9 @@ class Uplinks(Part):
         return topic, body
 
     def on_uplinks(self, uplinks: List[Uplink], now: float) -> List[Action]:
-        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes, or the token-less
-        form over a DTLS session: its credential in place of the token), in the order
-        they arrived: each is checked and answered as ``on_request`` would, and all that
-        are admitted go to the outbox in one ``StoreMany``, answered 2.01 by one
-        ``Created`` once stored. The common upload in bulk, without an object per step."""
+        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes, or token-less over
+        a DTLS session), in their order: each checked and answered as ``on_request`` would,
+        those admitted stored in one ``StoreMany``, answered 2.01 by one ``Created``."""
         actions: List[Action] = []
         refs: List[int] = []
         rows: List[Entry] = []
@@ -99,9 +97,7 @@ class Uplinks(Part):
                         limits.peer(remote, now)
                     device = by_token(token, remote, now) if type(token) is str \
                         else authenticate(token, remote, now)
-                    woke = heard(device, now)
-                    if woke:
-                        actions += woke
+                    actions += heard(device, now)  # power saving: () for most devices
                     if limits.devices.enabled:
                         limits.device(device, now)
                     if feature == telemetry:
