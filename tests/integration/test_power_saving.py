@@ -5,9 +5,13 @@ the observers' output as it arrives.
 
 The device profiles set the windows (the settings under test): 1.5 s instead of
 ThingsBoard's 10 s, so that a cycle takes a few seconds; the done-when run with a 30 s cycle
-and ThingsBoard's 10 s timer is ``test_done_when_*`` (marked ``long``: see tests/conftest.py).
-Everything else is the shipped defaults. Order, not speed, is asserted: a change pushed
-while the device sleeps must not reach it before its next request, and must right after.
+and ThingsBoard's 10 s timer is ``test_done_when_*`` (marked ``long``: `make test` runs it
+beside the rest of the suite, see tests/integration/conftest.py). In the done-when runs the
+device's clients are behind a radio that is off while the device sleeps
+(tests/udpradio.py): a downlink sent then would be lost, and retransmitted. Everything
+else is the shipped defaults. Order, not speed, is asserted: a change pushed while the
+device sleeps must not reach it before its next request, and must right after.
+Over CoAPs and CoAP over TCP: test_power_transports.py.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from typing import Any, List, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import pytest
 
@@ -26,6 +30,7 @@ import coapraw as raw
 from conftest import BridgeProcess, Mosquitto, free_port, wait_until
 from platform_sim import PlatformSim
 from test_protobuf import LIBCOAP
+from udpradio import Radio
 
 pytestmark = pytest.mark.integration
 WINDOW_MS = 1500
@@ -39,12 +44,14 @@ class Observer:
     """coap-client-notls observing a resource (until ``stop``): each JSON document it prints
     (the first answer's and each notification's payload) as it comes."""
 
-    def __init__(self, url: str, events: "Events", name: str, seconds: float = OBSERVING):
+    def __init__(self, url: str, events: "Events", name: str, seconds: float = OBSERVING,
+                 client: Sequence[str] = ()):
+        """``client``: libcoap's client and its arguments (default: coap-client-notls)."""
         assert LIBCOAP, "libcoap's coap-client-notls is missing: install libcoap3-bin"
         # -B: libcoap's client gives up an observation after that long without a
         # notification (90 s by default), which a sleeping device can easily go through
-        self.proc = subprocess.Popen([LIBCOAP, "-m", "get", "-s", str(int(seconds)),
-                                      "-B", str(int(seconds)), url],
+        self.proc = subprocess.Popen([*(client or [LIBCOAP]), "-m", "get",
+                                      "-s", str(int(seconds)), "-B", str(int(seconds)), url],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.events, self.name = events, name
         self.docs: List[Any] = []
@@ -94,9 +101,11 @@ class Events:
             return len(self.items)
 
 
-def post(bridge, token: str, body: dict) -> None:
-    done = subprocess.run([LIBCOAP, "-m", "post", "-e", json.dumps(body),
-                           "%s/api/v1/%s/telemetry" % (bridge.url, token)],
+def post(bridge, token: str, body: dict, url: str = "", client: Sequence[str] = ()) -> None:
+    """Telemetry from ``token``'s device: by coap-client-notls to the bridge's CoAP port,
+    or by ``client`` to ``url``."""
+    done = subprocess.run([*(client or [LIBCOAP]), "-m", "post", "-e", json.dumps(body),
+                           url or "%s/api/v1/%s/telemetry" % (bridge.url, token)],
                           capture_output=True, timeout=30)
     assert done.returncode == 0, done.stderr
 
@@ -158,11 +167,14 @@ def lone(tmp_path_factory):
     yield from environment(tmp_path_factory)
 
 
-def observe_both(bridge, platform, token, device, events):
+def observe_both(bridge, platform, token, device, events, base="", client=()):
+    """``device`` observes /attributes and /rpc (at ``base``: the bridge's CoAP URL unless
+    given, with ``client``: coap-client-notls unless given)."""
     platform.set_attributes(device, {}, {"s": 0})
-    attributes = Observer("%s/api/v1/%s/attributes" % (bridge.url, token), events,
-                          "attributes")
-    rpc = Observer("%s/api/v1/%s/rpc" % (bridge.url, token), events, "rpc")
+    base = base or bridge.url
+    attributes = Observer("%s/api/v1/%s/attributes" % (base, token), events, "attributes",
+                          client=client)
+    rpc = Observer("%s/api/v1/%s/rpc" % (base, token), events, "rpc", client=client)
     wait_until(lambda: attributes.docs, 15, "the first answer to the observe")
     # the /rpc registration's connect, then a moment for its 2.03 (no payload to see)
     platform.wait_for("v1/gateway/connect", lambda p: p["device"] == device)
@@ -361,18 +373,23 @@ def test_a_drx_device_is_unchanged(env):
 
 # == the done-when run, scaled down and in full ==============================
 
-def cycles(bridge, platform, port, token, device, cycle, count, rng):
-    """A PSM device observed for ``count`` cycles of ``cycle`` s: it posts at the start of
-    each; the platform pushes a change and an RPC at random moments. Returns what was
-    pushed, what arrived, and the retransmissions counted meanwhile."""
+def cycles(bridge, platform, port, token, device, cycle, count, rng, window):
+    """A PSM device observed for ``count`` cycles of ``cycle`` s, behind a radio that is
+    off ``window`` s (and a slack) after the device last sent (tests/udpradio.py): it posts
+    at the start of each cycle; the platform pushes a change and an RPC at random moments.
+    Returns what was pushed, what arrived, what the radio dropped (a downlink while the
+    device slept), and the bridge's counters' changes meanwhile."""
     events = Events()
-    attributes, rpc = observe_both(bridge, platform, token, device, events)
+    radio = Radio((bridge.host, bridge.coap_port), window)
+    base = "coap://127.0.0.1:%d" % radio.port
+    attributes, rpc = observe_both(bridge, platform, token, device, events, base)
     before = metrics(port)
     pushed, rpcs = [], []
+    uplink = "%s/api/v1/%s/telemetry" % (base, token)
     try:
         start = time.monotonic()
         for k in range(count):
-            post(bridge, token, {"seq": k})
+            post(bridge, token, {"seq": k}, uplink)
             for moment in sorted(rng.uniform(0, cycle * 0.9) for _ in range(3)):
                 time.sleep(max(0.0, start + k * cycle + moment - time.monotonic()))
                 n = len(pushed)
@@ -382,7 +399,7 @@ def cycles(bridge, platform, port, token, device, cycle, count, rng):
                     rpcs.append(n)
                     platform.send_rpc(device, n, "step", {"n": n})
             time.sleep(max(0.0, start + (k + 1) * cycle - time.monotonic()))
-        post(bridge, token, {"seq": count})  # the last cycle's changes go at this one
+        post(bridge, token, {"seq": count}, uplink)  # the last cycle's changes go at this one
         try:
             wait_until(lambda: len(events.since(0, "rpc")) >= len(rpcs), 20, "every RPC")
             wait_until(lambda: set(pushed) <= {value for doc in events.since(0, "attributes")
@@ -394,31 +411,39 @@ def cycles(bridge, platform, port, token, device, cycle, count, rng):
     finally:
         attributes.stop()
         rpc.stop()
+        radio.close()
     after = metrics(port)
     docs = events.since(0, "attributes")[1:]
     seen = [value for doc in docs for value in doc.values()]
     delta = {name: after[name] - before[name] for name in after if name in before}
     delta["merged notifications"] = sum(1 for doc in docs if len(doc) > 1)
-    return pushed, rpcs, seen, [r["id"] for r in events.since(0, "rpc")], delta
+    return pushed, rpcs, seen, [r["id"] for r in events.since(0, "rpc")], radio.dropped, delta
 
 
-def test_scaled_done_when_every_change_and_rpc_exactly_once_no_retransmission(lone):
-    """#24's done-when run scaled down: a 4 s cycle and a 1.5 s timer, 10 cycles."""
-    platform, bridge, port = lone
-    pushed, rpcs, seen, got, delta = cycles(bridge, platform, port, "psm4", "PSM 4", 4.0, 10,
-                                            random.Random(24))
+def check_cycles(pushed, rpcs, seen, got, dropped, delta):
     assert sorted(seen) == pushed  # every change, exactly once
     assert got == rpcs  # every RPC, exactly once, in order
+    # nothing reached the device while its radio was off, so nothing was retransmitted
+    assert dropped == [], ["%.1f s after its last datagram" % since for since, _ in dropped]
     assert delta["coapbridge_coap_retransmissions_total"] == 0
     # it slept in most cycles (an ACK in its window keeps it awake longer) and changes
     # pushed meanwhile came merged
     assert delta["coapbridge_power_asleep_total"] >= 5 and delta["merged notifications"] >= 1
 
 
+def test_scaled_done_when_every_change_and_rpc_exactly_once_no_retransmission(lone):
+    """#24's done-when run scaled down: a 4 s cycle and a 1.5 s timer, 10 cycles."""
+    platform, bridge, port = lone
+    check_cycles(*cycles(bridge, platform, port, "psm4", "PSM 4", 4.0, 10, random.Random(24),
+                         WINDOW_MS / 1000.0))
+
+
 @pytest.mark.long
 def test_done_when_a_psm_device_with_a_30_s_cycle_for_10_cycles(tmp_path_factory):
     """#24's done-when run as stated: ThingsBoard's default 10 s activity timer (the
-    profile gives none: coap.psm_activity_timer), a 30 s cycle, 10 cycles (5 minutes)."""
+    profile gives none: coap.psm_activity_timer), a 30 s cycle, 10 cycles (5 minutes). It
+    runs in `make test` beside the rest of the suite (scripts/test.sh), and alone in `make
+    test-long`."""
     broker = Mosquitto(str(tmp_path_factory.mktemp("longbroker"))).start()
     platform = PlatformSim(broker.port)
     port = free_port()
@@ -428,12 +453,10 @@ def test_done_when_a_psm_device_with_a_30_s_cycle_for_10_cycles(tmp_path_factory
     bridge.add_device("PSM Long", "psmlong", "psm")
     bridge.start()
     try:
-        pushed, rpcs, seen, got, delta = cycles(bridge, platform, port, "psmlong", "PSM Long",
-                                                30.0, 10, random.Random(30))
+        outcome = cycles(bridge, platform, port, "psmlong", "PSM Long", 30.0, 10,
+                         random.Random(30), 10.0)
     finally:
         bridge.stop()
         platform.close()
         broker.stop()
-    assert sorted(seen) == pushed and got == rpcs
-    assert delta["coapbridge_coap_retransmissions_total"] == 0
-    assert delta["coapbridge_power_asleep_total"] >= 5 and delta["merged notifications"] >= 1
+    check_cycles(*outcome)
