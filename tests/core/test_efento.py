@@ -2,7 +2,10 @@
 
 The golden cases are ThingsBoard's own, from
 ``common/transport/coap/src/test/java/org/thingsboard/server/transport/coap/efento/
-CoapEfentoTransportResourceTest.java`` (each test below names the one it follows): the same
+CoapEfentoTransportResourceTest.java`` as of thingsboard/thingsboard master dfe65d5 (July
+2026; earlier releases expected other scales for voltage and current, 2400.0 for 2400, and
+other pulse-counter cases; the mapping here is that commit's) (each test below names the
+one it follows): the same
 messages, and the telemetry and attributes ThingsBoard's test expects of them, with the
 values its assertions leave open (metadata keys, the measurement intervals, the default
 measurements) worked out from ThingsBoard's mapping. The messages are written byte by byte
