@@ -90,8 +90,23 @@ class Mosquitto:
                          % (self.port, user, extra))
 
     def start(self) -> "Mosquitto":
+        """Started, and listening itself: the port was free when ``free_port`` chose it, but
+        another process (a test beside, another checkout's suite) may have taken it since
+        (a broker started late, as test_faults' absent one, is open to that); then the
+        port answers, but not this broker, and a test would talk to a stranger: say so."""
+        offset = os.path.getsize(self.log) if os.path.exists(self.log) else 0
         self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT)
+
+        def listening() -> bool:
+            with open(self.log, "rb") as handle:
+                handle.seek(offset)
+                text = handle.read().decode(errors="replace")
+            if self.proc.poll() is not None:  # type: ignore[union-attr]
+                raise AssertionError("mosquitto could not listen on 127.0.0.1:%d (taken since "
+                                     "free_port chose it?): %s" % (self.port, text.strip()))
+            return " running" in text
+        wait_until(listening, 10, "mosquitto to listen on %d" % self.port)
         wait_until(lambda: port_open(self.port), 10, "mosquitto on %d" % self.port)
         return self
 
