@@ -160,7 +160,8 @@ class Rig:
             handler = self._answer_created(codes.CREATED)
         else:
             handler = self._bridge(directory)
-        self.coap = coap_edge.create_protocol(handler, self.clock, 0.5, 247)
+        self.coap = coap_edge.create_protocol(handler, self.clock, 0.5, 247,
+                                              callback_handler=not engine)
         self.udp = FakeUdp()
         self.coap.transport = self.udp
         self.coap.startProtocol()
@@ -195,7 +196,7 @@ class Rig:
         self.ticker.clock = self.clock
         self.ticker.start(TICK, now=False)
         self.bridge = bridge
-        return bridge.handle_coap
+        return bridge.requests.handle  # as bridge/service.py listens
 
     def _connect(self) -> None:
         """The MQTT link on one end of a socket pair, the broker stand-in on the other: the

@@ -290,7 +290,7 @@ class _CoapService(Service):
         self.protocol = coap_edge.create_protocol(
             self.bridge.requests.handle, self.bridge.reactor, cfg.empty_ack_delay,
             cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
-            cfg.max_retransmit, cfg.con_notification_interval)
+            cfg.max_retransmit, cfg.con_notification_interval, callback_handler=True)
         self.protocol.on_result = self.bridge.notified
         self.protocol.on_peer_gone = self.bridge.peer_gone
         try:

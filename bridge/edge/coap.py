@@ -29,6 +29,7 @@ from typing import Any, Callable, Hashable, Optional, Tuple, Union
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
+from twisted.python.failure import Failure
 
 from ..coap.datagram import (ACK_TIMEOUT, MAX_RETRANSMIT, DatagramSettings, MessageLayer,
                              Observation)
@@ -44,15 +45,20 @@ log = logger("coap")
 
 RECEIVE_BUFFER = 65535  # W9
 
-Handler = Callable[[Incoming], Union[defer.Deferred, Message, Answer]]
+Handler = Callable[..., Union[None, defer.Deferred, Message, Answer]]
 
 
 class BridgeCoap(DatagramProtocol):
     """Feeds a UDP port's datagrams to a ``MessageLayer`` and ``handler``'s answers back."""
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
-                 rng: Optional[random.Random] = None):
+                 rng: Optional[random.Random] = None, callback_handler: bool = False):
+        """``handler(incoming)`` answers with a ``Message`` or ``Answer``, or a Deferred
+        of one; a ``callback_handler`` is called as ``handler(incoming, respond)`` and
+        answers by calling ``respond(answer, incoming)`` once, now or later (no Deferred
+        per request), or returns its answer as a plain handler does."""
         self.handler = handler
+        self.callback_handler = callback_handler
         self.clock = clock
         self.layer = MessageLayer(settings, rng or random.Random(), log, clock.seconds())
         # hears (ref, "ack" | "delivered" | "reset" | "timeout") for each notification
@@ -142,7 +148,12 @@ class BridgeCoap(DatagramProtocol):
 
     def _dispatch(self, incoming: Incoming) -> None:
         try:
-            result = self.handler(incoming)
+            if self.callback_handler:
+                result = self.handler(incoming, self._answered)
+                if result is None:  # it calls _answered
+                    return
+            else:
+                result = self.handler(incoming)
         except Exception:
             log.failure("Request handler raised for {peer}", peer=describe(incoming.peer))
             self.layer.refuse(incoming, codes.INTERNAL_SERVER_ERROR, b"internal error",
@@ -153,6 +164,13 @@ class BridgeCoap(DatagramProtocol):
             result.addErrback(self._failed, incoming)
         else:
             self._respond(result, incoming)
+
+    def _answered(self, result: Any, incoming: Incoming) -> None:
+        """A callback handler's answer (W6: one that cannot be sent is a 5.00)."""
+        try:
+            self._respond(result, incoming)
+        except Exception:
+            self._failed(Failure(), incoming)
 
     def _respond(self, result: Any, incoming: Incoming) -> None:
         if type(result) is not Answer:
@@ -185,7 +203,8 @@ def create_protocol(handler: Handler, clock: IReactorTime, empty_ack_delay: floa
                     exchange_lifetime: float, max_body: int = 65536,
                     rng: Optional[random.Random] = None, ack_timeout: float = ACK_TIMEOUT,
                     max_retransmit: int = MAX_RETRANSMIT,
-                    con_interval: float = 86400.0) -> BridgeCoap:
+                    con_interval: float = 86400.0,
+                    callback_handler: bool = False) -> BridgeCoap:
     settings = DatagramSettings(empty_ack_delay, exchange_lifetime, max_body, ack_timeout,
                                 max_retransmit, con_interval)
-    return BridgeCoap(handler, clock, settings, rng)
+    return BridgeCoap(handler, clock, settings, rng, callback_handler)

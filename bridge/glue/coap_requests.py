@@ -13,8 +13,11 @@ identity, or None) into the core's ``Request``; its plain uplinks in the token-l
 the token, and one with a token in its path takes the second way (the core checks the
 token against the credential). An unknown certificate may be registered first
 (``register``: X.509 auto-registration). Each request in
-progress is an ``_InProgress`` record under its ref until ``answer`` fires its
-Deferred with an ``Answer``.
+progress is an ``_InProgress`` record under its ref until ``answer`` gives its
+``Answer`` to the transport: through the ``respond(answer, incoming)`` callable the
+transport handed in with the request (``handle(incoming, respond)``, what the UDP edge
+does: no Deferred per request), or, called as ``handle(incoming)``, by firing the
+Deferred it returned.
 """
 
 from __future__ import annotations
@@ -36,16 +39,24 @@ from .lookup import RegistryView
 log = logger("bridge")
 
 Apply = Callable[[List[Any]], None]
+Respond = Callable[[Answer, Any], None]  # (the answer, the transport's argument)
 CREATED = make_response(codes.CREATED)  # immutable: one for every uplink
+CREATED_ANSWER = Answer(CREATED, True)  # a stored uplink carried a valid token
+
+
+def _fire(answer: Answer, deferred: defer.Deferred) -> None:
+    """``respond`` for a caller that asked for a Deferred."""
+    deferred.callback(answer)
 
 
 class _InProgress:
     """A request the core has not answered yet."""
 
-    __slots__ = ("answer", "peer", "authenticated", "started")
+    __slots__ = ("respond", "arg", "peer", "authenticated", "started")
 
-    def __init__(self, answer: defer.Deferred, peer: Hashable, started: float):
-        self.answer = answer  # fires with the Answer
+    def __init__(self, respond: Respond, arg: Any, peer: Hashable, started: float):
+        self.respond = respond  # respond(answer, arg), once
+        self.arg = arg
         self.peer = peer
         self.authenticated = False  # it carried a valid access token
         self.started = started  # when it came (the clock's seconds)
@@ -70,8 +81,15 @@ class CoapRequests:
         # seconds from a request to its answer, for the metrics (a histogram's observe)
         self.answered: Callable[[float], None] = lambda seconds: None
 
-    def handle(self, incoming: Incoming) -> defer.Deferred:
-        """The answer to a request: a Deferred firing with an ``Answer``."""
+    def handle(self, incoming: Incoming,
+               respond: Optional[Respond] = None) -> Optional[defer.Deferred]:
+        """Take a request: its ``Answer`` goes to ``respond(answer, incoming)`` (now or
+        later, once); without ``respond``, a Deferred is returned that fires with it."""
+        if respond is None:
+            deferred: Optional[defer.Deferred] = defer.Deferred()
+            respond, arg = _fire, deferred
+        else:
+            deferred, arg = None, incoming
         self.handled += 1
         ref = self.handled  # the request's ref: the number of requests so far
         peer = incoming.peer
@@ -80,17 +98,28 @@ class CoapRequests:
         if credential is not None and self.register is not None:
             registering = self.register(credential)
             if registering is not None:  # a registry write in progress: the request waits
-                return registering.addCallback(
-                    lambda _: self._admit(ref, incoming, peer, credential))
-        return self._admit(ref, incoming, peer, credential)
+                registering.addCallback(
+                    lambda _: self._admit(ref, incoming, peer, credential, respond, arg))
+                registering.addErrback(self._failed_later, respond, arg, peer)
+                return deferred
+        self._admit(ref, incoming, peer, credential, respond, arg)
+        return deferred
 
-    def _admit(self, ref: int, incoming: Incoming, peer: Any,
-               credential: Any) -> defer.Deferred:
+    def _failed_later(self, failure: Any, respond: Respond, arg: Any, peer: Any) -> None:
+        """A request that waited for a registration failed where nothing else catches it."""
+        log.failure("Handling a request from {peer} failed", failure=failure,
+                    peer=describe(peer))
+        respond(Answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
+                                     codes.TEXT_PLAIN)), arg)
+
+    def _admit(self, ref: int, incoming: Incoming, peer: Any, credential: Any,
+               respond: Respond, arg: Any) -> None:
         refused = self.admission.refusal(peer)
         if refused is not None:
             self.errors += 1
-            return defer.succeed(Answer(make_response(
-                codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
+            respond(Answer(make_response(codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN,
+                                         max_age=1)), arg)
+            return
         message = incoming.message
         path = message.uri_path
         if path:
@@ -102,16 +131,15 @@ class CoapRequests:
                 feature = session_uplink(message.code, path)
                 plain = (credential, feature) if feature is not None else None
             if plain is not None:  # the common upload goes to the core with the others
-                d = defer.Deferred()
-                self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds())
+                self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds())
                 self.admission.hold(peer)
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
-                return d
-        return self._request(ref, path, incoming, credential)
+                return
+        self._request(ref, path, incoming, credential, respond, arg)
 
-    def _request(self, ref: int, path: Any, incoming: Incoming,
-                 credential: Any) -> defer.Deferred:
+    def _request(self, ref: int, path: Any, incoming: Incoming, credential: Any,
+                 respond: Respond, arg: Any) -> None:
         message = incoming.message
         peer = incoming.peer
         try:
@@ -126,10 +154,10 @@ class CoapRequests:
                 (block2.number, block2.size) if block2 is not None else None,
                 credential, incoming.observation)
         except UnicodeDecodeError:
-            return defer.succeed(Answer(make_response(
-                codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
-        d = defer.Deferred()
-        self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds())
+            respond(Answer(make_response(codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be "
+                                         b"UTF-8", codes.TEXT_PLAIN)), arg)
+            return
+        self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds())
         self.admission.hold(peer)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
@@ -140,7 +168,6 @@ class CoapRequests:
             self.admission.release(self.in_progress.pop(ref).peer)
             raise
         self.apply(actions)
-        return d
 
     def flush_uplinks(self) -> None:
         """Hand this turn's plain uplinks to the core (before the outbox is written)."""
@@ -180,8 +207,9 @@ class CoapRequests:
             reply.observe), reply.authenticated)
 
     def created(self, action: Created) -> None:
+        answer = self.answer
         for ref in action.refs:
-            self.answer(ref, CREATED, True)
+            answer(ref, CREATED_ANSWER)
 
     def answer_json(self, ref: int, code: int, body: bytes,
                     max_age: Optional[int] = None,
@@ -205,4 +233,4 @@ class CoapRequests:
             message = Answer(message, authenticated)  # type: ignore[arg-type]
         self.admission.release(pending.peer)
         self.answered(self.clock.seconds() - pending.started)
-        pending.answer.callback(message)
+        pending.respond(message, pending.arg)
