@@ -47,6 +47,7 @@ from .options import BLOCK1, CONTENT_FORMAT, OBSERVE, Block, encode_uint, refusa
 from .peers import describe
 
 ACKED, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
+_new = tuple.__new__  # a NamedTuple from all its fields, without its __new__
 SMALL_ANSWER = 1024  # a payload this long goes in one message when no block is asked
 
 
@@ -114,7 +115,7 @@ class ExchangeLayer:
         if (message.code == GET or message.code == FETCH) and self.observation is not None \
                 and message.uint(OBSERVE) == 0:
             observation = self.observation(message, now)
-        return Incoming(peer, message, observation, context)
+        return _new(Incoming, (peer, message, observation, context))
 
     def response(self, incoming: Incoming, answer: Answer, room: Optional[int]) -> Message:
         """``answer`` to ``incoming`` as it goes (see the module docstring)."""
@@ -132,7 +133,8 @@ class ExchangeLayer:
         if block1 is not None and message.option(BLOCK1) is None:
             last = Block.decode(block1)._replace(more=False)
             message = set_options(message, [(BLOCK1, last.encode())])
-        return Message(message.code, request.token, message.options, message.payload)
+        return _new(Message, (message.code, request.token, message.options, message.payload,
+                              None, None))
 
     def refusal(self, incoming: Incoming, code: int, diagnostic: bytes = b"") -> Message:
         """``code`` with ``diagnostic`` (text) at once, as the answer to ``incoming``."""

@@ -128,23 +128,29 @@ class BridgeCoap(DatagramProtocol):
         if self._draining:
             return
         self._draining = True
-        next_event = self.layer.next_event
+        layer = self.layer
         try:
             while True:
-                event = next_event()
-                if event is None:
+                events = layer.events()
+                if not events:
                     break
-                kind = type(event)
-                if kind is Transmit:
-                    self._transmit(event)  # type: ignore[arg-type]
-                elif kind is Incoming:
-                    self._dispatch(event)  # type: ignore[arg-type]
-                else:
-                    notified: Notified = event  # type: ignore[assignment]
-                    self.on_result(notified.ref, notified.outcome)
+                left = iter(events)
+                try:
+                    for event in left:
+                        kind = type(event)
+                        if kind is Transmit:
+                            self._transmit(event)  # type: ignore[arg-type]
+                        elif kind is Incoming:
+                            self._dispatch(event)  # type: ignore[arg-type]
+                        else:
+                            notified: Notified = event  # type: ignore[assignment]
+                            self.on_result(notified.ref, notified.outcome)
+                except BaseException:
+                    layer.put_back(list(left))  # the next drain carries them out
+                    raise
         finally:
             self._draining = False
-        self.timer.arm(self.layer.next_timer())
+            self.timer.arm(layer.next_timer())  # also after a failure: the rest goes later
 
     def _dispatch(self, incoming: Incoming) -> None:
         try:
