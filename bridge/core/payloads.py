@@ -66,6 +66,21 @@ def _finite_float(text: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_SCAN = _DECODER.scan_once
+
+
+def _decode(text: str) -> Any:
+    """``_DECODER.decode(text)``; a text that is one object with nothing around it (a
+    device's upload, nearly always) is scanned without the decoder's two whitespace
+    matches. Any error is raised by ``_DECODER.decode`` itself, with its own words."""
+    if text[:1] == "{" and text[-1:] == "}":
+        try:
+            value, end = _SCAN(text, 0)
+        except (ValueError, StopIteration):
+            return _DECODER.decode(text)
+        if end == len(text):
+            return value
+    return _DECODER.decode(text)
 
 
 class NotJson(BadRequest):
@@ -79,7 +94,7 @@ def parse_json(payload: bytes, what: str, max_depth: int) -> Any:
     if not payload:
         raise BadRequest("%s: empty payload" % what)
     try:
-        return jsondepth.decode(payload.decode("utf-8"), max_depth, _DECODER.decode)
+        return jsondepth.decode(payload.decode("utf-8"), max_depth, _decode)
     except UnicodeDecodeError:
         raise NotJson("%s: payload is not UTF-8" % what)
     except jsondepth.TooDeep:

@@ -22,12 +22,13 @@ Deferred it returned.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Hashable, List, Optional, Union
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple, Union
 
 from twisted.internet import defer
 
 from ..coap.exchange import Answer, Incoming
 from ..coap.message import Message, make_response
+from ..coap.options import URI_PATH
 from ..coap.peers import describe
 from ..core import codes
 from ..core.actions import Authenticated, Created, Reply, Request, Uplink
@@ -121,7 +122,14 @@ class CoapRequests:
                                          max_age=1)), arg)
             return
         message = incoming.message
-        path = message.uri_path
+        options = message.options
+        if len(options) > 3 and options[0][0] == URI_PATH and options[3][0] == URI_PATH \
+                and (len(options) == 4 or options[4][0] != URI_PATH):
+            # four Uri-Path segments first (the options are in order): a plain uplink's
+            path: Tuple[bytes, ...] = (options[0][1], options[1][1], options[2][1],
+                                       options[3][1])
+        else:
+            path = message.uri_path
         if path:
             plain: Optional[tuple] = None
             if credential is None:
