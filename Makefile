@@ -2,8 +2,12 @@
 #
 #   make run     install what is missing, start a local MQTT broker if none answers on
 #                127.0.0.1:1883, register demo-device, run the bridge in the foreground
-#   make test    install what is missing (incl. test-only CoAP clients), run pytest;
+#   make test    install what is missing (incl. test-only CoAP clients), build the wheel
+#                and sdist, install the wheel into a fresh virtualenv and run pytest (the
+#                whole suite smoke-tests that install too: tests/artifact);
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
+#   make artifact    only the wheel and sdist (.tools/artifact/dist) and their virtualenv
+#   make test-image  build the Docker image and run tests/artifact against it
 #   make bench   benchmarks (QUICK=1: a few minutes); results in bench/results/
 #   make clean   remove the virtualenvs and .tools (keeps data/, the device registry)
 #   make docs    docs/configuration.md and conf/coapbridge.yaml from the settings' schema
@@ -28,22 +32,41 @@ CONFIG ?= conf/coapbridge.yaml
 PYTEST_ARGS ?=
 # Run all of tests/ unless PYTEST_ARGS names test paths itself.
 TEST_PATHS := $(if $(filter tests% ./tests%,$(PYTEST_ARGS)),,tests)
+# The installed artifact (scripts/install.sh artifact): built for a run of the whole suite,
+# or one that names tests/artifact; its smoke suite is skipped in other runs.
+ARTIFACT := $(CURDIR)/$(TOOLS)/artifact
+WITH_ARTIFACT := $(if $(TEST_PATHS),1,$(findstring tests/artifact,$(PYTEST_ARGS)))
 
 export PYTHON TOOLS CONFIG
 
-.PHONY: help run test bench clean docs system-deps system-deps-test node-tools
+.PHONY: help run test test-image artifact bench clean docs system-deps system-deps-test node-tools
 # The steps depend on each other (apt-get installs npm for node-tools, ...).
 .NOTPARALLEL:
 
 help:
-	@sed -n '3,11s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
+	@sed -n '3,/^$$/s/^# \{0,1\}//p' $(firstword $(MAKEFILE_LIST))
 
 run: system-deps $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/run.sh
 
-test: system-deps-test $(PYSTAMP) node-tools
+test: system-deps-test $(PYSTAMP) node-tools $(if $(WITH_ARTIFACT),artifact)
 	NODE_COAP_CLI=$(NODE_COAP_CLI) PATH="$$PATH:/usr/sbin" \
+		$(if $(WITH_ARTIFACT),TEST_ARTIFACT_VENV=$(ARTIFACT)/venv TEST_ARTIFACT_DIST=$(ARTIFACT)/dist) \
 		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
+
+artifact: $(PYSTAMP)
+	VENV=$(PYVENV) bash scripts/install.sh artifact
+
+# The same smoke suite with the bridge in a container of the image; one line and success
+# where no Docker engine answers (a docker client alone is not enough).
+test-image: system-deps-test $(PYSTAMP)
+	@if ! docker info >/dev/null 2>&1; then \
+		echo "make test-image: skipped: no Docker engine answers here (docker info failed)"; \
+	else \
+		docker build -t coapbridge:test . && \
+		PATH="$$PATH:/usr/sbin" TEST_ARTIFACT_IMAGE=coapbridge:test \
+			$(PYVENV)/bin/python -m pytest -q tests/artifact $(PYTEST_ARGS); \
+	fi
 
 bench: system-deps $(STAMP) $(PYSTAMP)
 	$(VENV)/bin/python -m pip install -q matplotlib

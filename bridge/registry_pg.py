@@ -53,7 +53,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .settings import StartupError
 from .core.actions import Device
-from .core.platform_changes import RENAME, Change
+from .core.platform_changes import (APPLIED, DUPLICATE, REFUSED, RENAME, UNKNOWN, Applied,
+                                    Change)
 from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _entry, _validate,
                        check_name, import_entries)
 
@@ -207,19 +208,6 @@ def check(conn: psycopg.Connection, seconds: float = QUERY_TIMEOUT) -> None:
 
 
 # outcomes of a journaled platform change
-APPLIED = "applied"
-UNKNOWN = "unknown"  # no such live device: renamed or deleted already, or never here
-REFUSED = "refused"  # the registry cannot take it (a device of the new name exists)
-DUPLICATE = "duplicate"  # this key was applied before (a bridge stopped before noting it)
-
-
-@dataclass(frozen=True)
-class Applied:
-    id: int  # the change's journal id
-    outcome: str
-    reason: str = ""
-
-
 def apply_changes(conn: psycopg.Connection, changes: Sequence[Change]) -> List[Applied]:
     """Apply ``changes`` in order, in one transaction (a change that cannot be applied is
     refused alone, in its own savepoint); the outcome of each."""

@@ -24,8 +24,9 @@ from twisted.python.threadpool import ThreadPool
 from .settings import Config, StartupError, env_name
 from .settings.dtls import warnings_of as dtls_warnings
 from .edge import coap as coap_edge
-from .edge import outbox_files
+from .edge import outbox_files, reliable_service
 from .edge.data_dir import DataDirLock
+from .settings.reliable import enabled as enabled_listeners
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
 from .logs import logger, unfiltered_logger
@@ -402,6 +403,8 @@ class BridgeService(MultiService):
             self._metrics, _CoapService(self.bridge)]
         if config.dtls.enabled:
             children.append(_DtlsService(self.bridge))
+        if enabled_listeners(config):
+            children.append(reliable_service.ReliableService(self.bridge, _cannot_listen))
         for child in children:
             child.setServiceParent(self)
 

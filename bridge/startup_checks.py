@@ -27,6 +27,7 @@ from typing import List, Mapping, Optional, Tuple
 
 from . import registry_url
 from .settings import Config, ConfigError, DeviceProfileConfig, Loaded, read, read_text
+from .settings import reliable
 from .settings.profiles import SCHEMA_KINDS, given_keys
 
 
@@ -57,6 +58,10 @@ def check(config: Config, problems: List[str]) -> Tuple[Config, List[str]]:
     if config.dtls.enabled:
         from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
         problems.extend(dtls_edge.check_config(config.dtls))
+    files = reliable.tls_files(config)
+    if set(reliable.enabled(config)) & {"tls", "wss"} and files.cert_file:
+        from .edge import tls as tls_edge  # OpenSSL: only when TLS is on
+        problems.extend(tls_edge.check_config(files))
     return config, problems
 
 
@@ -90,9 +95,9 @@ def _registry(config: Config, problems: List[str]) -> Config:
     except registry_url.BadRegistryUrl:  # reported by the settings
         return config
     if target.shared and not registry_url.driver_available():
-        problems.append("registry.url: a PostgreSQL registry needs psycopg on CPython "
-                        "(pip install 'psycopg[binary]' psycopg-pool; psycopg does not run on "
-                        "PyPy 7.3.11): run the bridge on CPython, or use SQLite")
+        problems.append("registry.url: a PostgreSQL registry needs the postgresql extra "
+                        "(pip install 'coapbridge[postgresql]', on CPython: psycopg does not "
+                        "run on PyPy 7.3.11), or use SQLite")
     return config
 
 

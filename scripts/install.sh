@@ -3,10 +3,14 @@
 # every step is idempotent and skips work that is already done.
 #
 #   scripts/install.sh system [--test]  Debian packages (mosquitto, libcoap3-bin, protobuf-compiler; with
-#                                       --test also npm and postgresql when they are missing)
+#                                       --test also npm, postgresql and chromium when they are missing)
 #   scripts/install.sh venv             .venv with the project installed editable
 #                                       (compat mode) plus the [test] extras
 #   scripts/install.sh node-tools       node's coap-cli in .tools/ (test-only client)
+#   scripts/install.sh artifact         the wheel and sdist (python -m build) in
+#                                       $TOOLS/artifact/dist, the wheel installed into a
+#                                       fresh virtualenv $TOOLS/artifact/venv from outside
+#                                       the checkout (what tests/artifact runs)
 #
 # Environment: PYTHON (default python3), VENV (default .venv), TOOLS (default .tools),
 # NODE_COAP_CLI_VERSION (default 0.7.1).
@@ -91,7 +95,8 @@ cmd_system() {
     local packages=()
     have mosquitto || packages+=(mosquitto)
     have coap-client-notls || packages+=(libcoap3-bin)
-    have protoc || packages+=(protobuf-compiler)  # compiles PROTOBUF device profiles' schemas
+    # the system protoc: PyPy's (CPython gets grpcio-tools' from pip), and the fallback's tests
+    have protoc || packages+=(protobuf-compiler)
     if ! command -v "$PYTHON" >/dev/null 2>&1 && [ "$PYTHON" = pypy3 ]; then
         packages+=(pypy3 pypy3-venv)
     elif ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -99,6 +104,9 @@ cmd_system() {
     fi
     if [ "$with_test" -eq 1 ] && ! command -v npm >/dev/null 2>&1; then
         packages+=(npm)
+    fi
+    if [ "$with_test" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
+        packages+=(chromium)  # headless, the browser of the CoAP-over-WebSocket test
     fi
     local new_postgresql=0
     if [ "$with_test" -eq 1 ] && ! have_postgresql; then
@@ -154,9 +162,44 @@ cmd_node_tools() {
     [ -x "$bin" ] || die "npm finished but $bin is missing"
 }
 
+# The artifact a user installs: built from the checkout by $VENV's `build`, installed
+# with pip alone (no apt package, no extra) into a new virtualenv. Everything runs from
+# an empty directory, so nothing can be imported from the checkout, and the install is
+# checked to be the one imported.
+cmd_artifact() {
+    local root out tmp constraints=()
+    root=$(pwd)
+    out="$root/$TOOLS/artifact"
+    rm -rf "$out"
+    mkdir -p "$out"
+    log "building the wheel and sdist into $out/dist"
+    "$VENV/bin/python" -m build --outdir "$out/dist" . >"$out/build.log" 2>&1 \
+        || { cat "$out/build.log" >&2; die "python -m build failed (log above)"; }
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' RETURN
+    if [ "$("$PYTHON" -c 'import platform; print(platform.python_implementation())')" = PyPy ]; then
+        constraints=(-c "$root/scripts/pypy-constraints.txt")
+    fi
+    log "installing $(cd "$out/dist" && ls ./*.whl) into a fresh $out/venv"
+    (cd "$tmp" && "$PYTHON" -m venv "$out/venv" \
+        && "$out/venv/bin/python" -m pip install -q --disable-pip-version-check \
+            "${constraints[@]}" "$out"/dist/*.whl) \
+        || die "installing the wheel failed"
+    (cd "$tmp" && "$out/venv/bin/python" - "$out/venv" <<'PY'
+import os, sys
+import bridge
+venv = os.path.realpath(sys.argv[1])
+where = os.path.realpath(bridge.__file__)
+if not where.startswith(venv + os.sep):
+    sys.exit("install.sh: bridge was imported from %s, not from the fresh install" % where)
+PY
+    ) || die "the artifact check failed"
+}
+
 case "${1:-}" in
     system) shift; cmd_system "$@" ;;
     venv) cmd_venv ;;
     node-tools) cmd_node_tools ;;
-    *) die "usage: $0 system [--test] | venv | node-tools" ;;
+    artifact) cmd_artifact ;;
+    *) die "usage: $0 system [--test] | venv | node-tools | artifact" ;;
 esac

@@ -4,6 +4,7 @@ server and device certificates (ECDSA P-256 or RSA-2048), expired or from anothe
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from typing import Optional, Tuple
 
@@ -58,7 +59,8 @@ class Issued:
 
 def issue(cn: str, issuer: Optional[Issued] = None, kind: str = "ec", ca: bool = False,
           not_before: datetime.datetime = NOW - DAY,
-          not_after: datetime.datetime = NOW + 30 * DAY, dns: Optional[str] = None) -> Issued:
+          not_after: datetime.datetime = NOW + 30 * DAY, dns: Optional[str] = None,
+          ip: Optional[str] = None) -> Issued:
     key = _key(kind)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     builder = (x509.CertificateBuilder()
@@ -69,9 +71,10 @@ def issue(cn: str, issuer: Optional[Issued] = None, kind: str = "ec", ca: bool =
                .not_valid_before(not_before)
                .not_valid_after(not_after)
                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if dns:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]),
-                                        critical=False)
+    names = ([x509.DNSName(dns)] if dns else []) + \
+        ([x509.IPAddress(ipaddress.ip_address(ip))] if ip else [])
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
     return Issued(cert, key, issuer)
 

@@ -30,6 +30,20 @@ from .actions import Device
 RENAME = "rename"
 DELETE = "delete"
 
+# What applying a change to the shared registry came to (``bridge.registry_pg``); here, not
+# there, so that the bridge's glue reads them without psycopg (a SQLite-only install).
+APPLIED = "applied"
+UNKNOWN = "unknown"  # no such live device: renamed or deleted already, or never here
+REFUSED = "refused"  # the registry cannot take it (a device of the new name exists)
+DUPLICATE = "duplicate"  # this key was applied before (a bridge stopped before noting it)
+
+
+@dataclass(frozen=True)
+class Applied:
+    id: int  # the change's journal id
+    outcome: str
+    reason: str = ""
+
 
 @dataclass(frozen=True)
 class Change:

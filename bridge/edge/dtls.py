@@ -98,14 +98,9 @@ def _note_verify_error(connection: SSL.Connection, cert: Any, error: int, depth:
     return bool(ok)
 
 
-def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], bytes],
-                  cookie_verify: Callable[[SSL.Connection, bytes], bool]) -> SSL.Context:
-    """The server context (raises ``SSL.Error`` or ``OSError`` on a bad file)."""
-    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
-    ctx.set_min_proto_version(DTLS1_2_VERSION)
-    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
-                    | SSL.OP_NO_TICKET)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+def load_identity(ctx: SSL.Context, cfg: DtlsConfig) -> None:
+    """The bridge's certificate and key, the device CA, and the server-side session cache
+    on a DTLS or TLS context (``edge.tls`` shares it)."""
     if cfg.cert_file:
         ctx.use_certificate_chain_file(cfg.cert_file)
         use_key(ctx, load_key(cfg))
@@ -119,6 +114,17 @@ def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], b
     ctx.set_session_id(SESSION_ID_CONTEXT)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     ctx.set_timeout(SESSION_LIFETIME)
+
+
+def build_context(cfg: DtlsConfig, cookie_generate: Callable[[SSL.Connection], bytes],
+                  cookie_verify: Callable[[SSL.Connection, bytes], bool]) -> SSL.Context:
+    """The server context (raises ``SSL.Error`` or ``OSError`` on a bad file)."""
+    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
+    ctx.set_min_proto_version(DTLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
+                    | SSL.OP_NO_TICKET)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    load_identity(ctx, cfg)
     ctx.set_cookie_generate_callback(cookie_generate)
     ctx.set_cookie_verify_callback(cookie_verify)
     # last: pyOpenSSL before 26 checks the list on a throw-away Connection, after which
@@ -174,6 +180,24 @@ def check_config(cfg: DtlsConfig) -> List[str]:
             if key != "ciphers":
                 break
     return problems
+
+
+def peer_credential(connection: SSL.Connection, psk_identity: Optional[str]) -> Any:
+    """The client credential of a completed (D)TLS handshake: its PSK identity, else its
+    verified certificate as ``Certificate``, else None (token-in-path). TLS over TCP
+    (``edge.tls``) uses it too."""
+    if psk_identity is not None:
+        return PresharedKey(psk_identity)
+    peer = connection.get_peer_certificate()
+    if peer is None:
+        return None
+    # the DER as OpenSSL holds it, parsed once (``as_cryptography`` would parse it
+    # and we would encode it again)
+    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+        NameOID.COMMON_NAME)
+    cn = names[0].value if names else None
+    return Certificate(certificate_id(der), cn if isinstance(cn, str) else None)
 
 
 class DtlsSession:
@@ -436,18 +460,7 @@ class DtlsTransport(DatagramProtocol):
 
     @staticmethod
     def _credential(session: DtlsSession, connection: SSL.Connection) -> Any:
-        if session.psk_identity is not None:
-            return PresharedKey(session.psk_identity)
-        peer = connection.get_peer_certificate()
-        if peer is None:
-            return None
-        # the DER as OpenSSL holds it, parsed once (``as_cryptography`` would parse it
-        # and we would encode it again)
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, peer)
-        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
-            NameOID.COMMON_NAME)
-        cn = names[0].value if names else None
-        return Certificate(certificate_id(der), cn if isinstance(cn, str) else None)
+        return peer_credential(connection, session.psk_identity)
 
     def _read(self, session: DtlsSession) -> None:
         while session.connection is not None:

@@ -1,9 +1,16 @@
-"""Schemas compiled by ``protoc`` (Debian's ``protobuf-compiler``), once at start.
+"""Schemas compiled by ``protoc``, once at start.
 
 ``compile_schema`` runs ``protoc --descriptor_set_out`` on one schema text and returns the
 compiled file; the rules ThingsBoard adds are checked on it by
 ``bridge.core.formats.protoschema``. A text is compiled once however often it is asked for
 (the configuration check and the building of the core share the result).
+
+Which protoc: the one ``grpcio-tools`` ships (a dependency on CPython, so ``pip install``
+alone gives a working PROTOBUF profile; run as ``python -m grpc_tools.protoc``), else the
+system's ``protoc`` on PATH (Debian's ``protobuf-compiler``), which is what PyPy has:
+grpcio-tools has no PyPy wheel. The two differ in the well-known types (grpcio-tools ships
+them, Debian's are in libprotobuf-dev), which no schema here can use: ThingsBoard's rules
+refuse imports (``protoschema``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from typing import List, Optional
 
@@ -20,9 +28,29 @@ from google.protobuf import descriptor_pb2
 
 from ..core.formats import fixed, protoschema
 
-INSTALL_HINT = ("protoc is not installed (Debian/Ubuntu: apt-get install protobuf-compiler; "
-                "or put protoc on PATH)")
+INSTALL_HINT = ("protoc is not available: install grpcio-tools (pip install grpcio-tools; "
+                "coapbridge depends on it on CPython, which has its wheels) or the system "
+                "protoc (Debian/Ubuntu: apt-get install protobuf-compiler; the way on PyPy)")
 _ERROR = re.compile(r"^[^:\n]*\.proto:(\d+):(\d+):\s*(.*)$")
+
+
+def bundled_protoc() -> Optional[List[str]]:
+    """grpcio-tools' protoc as a command, or None where it is not installed."""
+    try:
+        import grpc_tools  # noqa: F401 (only looked for: protoc runs in a child process)
+    except ImportError:
+        return None
+    return [sys.executable, "-m", "grpc_tools.protoc"]
+
+
+def system_protoc() -> Optional[List[str]]:
+    path = shutil.which("protoc")
+    return [path] if path else None
+
+
+def protoc_command() -> Optional[List[str]]:
+    """The protoc to run: grpcio-tools' first, the system's as the fallback; None: neither."""
+    return bundled_protoc() or system_protoc()
 
 
 class ProtocMissing(Exception):
@@ -37,10 +65,6 @@ class SchemaError(Exception):
         super().__init__("; ".join(protoschema.describe(p) for p in problems))
 
 
-def protoc_path() -> Optional[str]:
-    return shutil.which("protoc")
-
-
 def _errors(stderr: str) -> List[protoschema.Problem]:
     problems = []
     for line in stderr.splitlines():
@@ -53,7 +77,7 @@ def _errors(stderr: str) -> List[protoschema.Problem]:
 @functools.lru_cache(maxsize=128)
 def compile_schema(text: str, kind: str) -> descriptor_pb2.FileDescriptorProto:
     """The compiled, checked file of schema ``text`` of ``kind`` (raises SchemaError)."""
-    protoc = protoc_path()
+    protoc = protoc_command()
     if protoc is None:
         raise ProtocMissing(INSTALL_HINT)
     with tempfile.TemporaryDirectory(prefix="coapbridge-proto-") as tmp:
@@ -62,8 +86,8 @@ def compile_schema(text: str, kind: str) -> descriptor_pb2.FileDescriptorProto:
             handle.write(text)
         out = os.path.join(tmp, "schema.pb")
         result = subprocess.run(
-            [protoc, "--include_source_info", "--descriptor_set_out=" + out,
-             "--proto_path=" + tmp, source],
+            protoc + ["--include_source_info", "--descriptor_set_out=" + out,
+                      "--proto_path=" + tmp, source],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise SchemaError(_errors(result.stderr))

@@ -147,6 +147,7 @@ class Bridge:
         self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
         self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
         self.coap_listening = False  # set by the CoAP service while its port reads
+        self.reliable: Optional[Any] = None  # the RFC 8323 connections (stream.Hub), if any
         self.dtls: Optional[Any] = None  # the DTLS transport (DtlsTransport), once listening
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
         self.prometheus = BridgeMetrics(self.metrics)  # its own registry: see edge/metrics.py
@@ -316,7 +317,8 @@ class Bridge:
         """Every metric: name -> (type, help, value), read from the parts at scrape time."""
         stats, gauges = self.core.stats, self.core.gauges()
         return {**self._traffic_metrics(stats), **self._refusal_metrics(stats),
-                **self._state_metrics(stats, gauges), **self._dtls_metrics()}
+                **self._state_metrics(stats, gauges), **self._dtls_metrics(),
+                **self._reliable_metrics()}
 
     def _traffic_metrics(self, stats: Dict[str, int]) -> Dict[str, Any]:
         """Requests, uplinks and the outbox's work."""
@@ -406,6 +408,19 @@ class Bridge:
         out["dtls_handshakes_in_progress"] = ("gauge", "DTLS handshakes in progress",
                                               transport.sessions_handshaking)
         return out
+
+
+    def _reliable_metrics(self) -> Dict[str, Any]:
+        hub = self.reliable
+        if hub is None:
+            return {}
+        return {"reliable_connections": ("gauge", "CoAP connections over TCP, TLS and "
+                                         "WebSockets (RFC 8323)", hub.connections),
+                "reliable_refused_total": ("counter", "RFC 8323 connections refused: "
+                                           "reliable.max_connections(_per_address)",
+                                           hub.refused),
+                "reliable_aborted_total": ("counter", "RFC 8323 connections ended by an "
+                                           "Abort (ours or the peer's)", hub.aborted)}
 
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,

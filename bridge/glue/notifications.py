@@ -1,5 +1,7 @@
 """Observe notifications, sent on the next reactor turn in the order the core made them.
 
+A peer of a reliable connection (``edge.stream.StreamPeer``) sends its own on its
+connection; the others go through the UDP transport (plain or DTLS sessions).
 On the next turn, so that a registration's response (sent when the request's
 Deferred fires) always goes before its first notification.
 """
@@ -33,9 +35,18 @@ class Notifications:
         if transport is None:
             return
         for notify in batch:
-            transport.notify(notify.ref, notify.remote, notify.token, notify.code,
-                             notify.payload, notify.observe, notify.observation,
-                             notify.block_size, notify.content_format)
+            remote = notify.remote
+            # a reliable connection's peer (RFC 8323) sends on its connection
+            target = remote if type(remote) is not tuple and hasattr(remote, "notify") \
+                else None
+            if target is not None:
+                target.notify(notify.ref, notify.token, notify.code, notify.payload,
+                              notify.observe, notify.observation, notify.block_size,
+                              notify.content_format)
+            else:
+                transport.notify(notify.ref, remote, notify.token, notify.code,
+                                 notify.payload, notify.observe, notify.observation,
+                                 notify.block_size, notify.content_format)
             log.debug("Notified {device} (observe {observe})", device=notify.device,
                       observe=notify.observe)
 

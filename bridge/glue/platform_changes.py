@@ -31,10 +31,10 @@ from twisted.python.failure import Failure
 
 from ..core import gateway, names
 from ..core.actions import DeleteDevice, RenameDevice
-from ..core.platform_changes import DELETE, RENAME, Overlay
+from ..core.platform_changes import (APPLIED, DELETE, DUPLICATE, REFUSED, RENAME, UNKNOWN,
+                                     Applied, Overlay)
 from ..logs import logger
 from ..registry import RegistryError
-from ..registry_pg import APPLIED, DUPLICATE, REFUSED, UNKNOWN, Applied
 from .lookup import RegistryView
 
 log = logger("bridge")

@@ -1,6 +1,6 @@
 """Settings: the schema of coapbridge's configuration, one module per section.
 
-Each section module (``coap``, ``dtls``, ``mqtt``, ``devices``, ``platform``, ``outbox``,
+Each section module (``coap``, ``dtls``, ``reliable``, ``mqtt``, ``devices``, ``platform``, ``outbox``,
 ``limits``, ``provisioning``, ``ota``, ``metrics``, ``registry``, ``profiles``; the top
 level in ``root``) holds its frozen dataclass, each field declared with
 ``schema.setting(default, meaning, range or choices, other environment names)``, and its
@@ -33,6 +33,7 @@ from .platform import PlatformConfig
 from .profiles import DeviceProfileConfig
 from .provisioning import ProvisioningConfig, ProvisionProfileConfig
 from .registry import RegistryConfig
+from .reliable import ReliableConfig
 from .root import Config, gateway_client_id, worker_client_id
 from .schema import env_name
 
@@ -41,7 +42,7 @@ __all__ = [
     "DeviceProfileConfig", "DevicesConfig", "DtlsConfig", "ENV_NAMES", "LimitsConfig",
     "Loaded", "MAX_JSON_DEPTH", "MAX_WORKERS", "MetricsConfig", "MqttConfig", "OtaConfig",
     "OutboxConfig", "PROCESS_VARIABLES", "PlatformConfig", "ProvisionProfileConfig",
-    "ProvisioningConfig", "RegistryConfig", "SETTINGS", "StartupError", "TlsConfig",
+    "ProvisioningConfig", "RegistryConfig", "ReliableConfig", "SETTINGS", "StartupError", "TlsConfig",
     "X509Config", "default_path", "env_name", "gateway_client_id", "load", "load_text",
     "read", "read_text", "worker_client_id",
 ]

@@ -14,7 +14,8 @@ from typing import Dict
 
 from .. import registry_url
 from ..registry_url import RegistryTarget
-from . import coap, devices, dtls, mqtt, ota, platform, profiles, provisioning, registry
+from . import (coap, devices, dtls, mqtt, ota, platform, profiles, provisioning, registry,
+               reliable)
 from .coap import CoapConfig
 from .devices import DevicesConfig
 from .dtls import DtlsConfig
@@ -27,6 +28,7 @@ from .platform import PlatformConfig
 from .profiles import DeviceProfileConfig
 from .provisioning import ProvisioningConfig
 from .registry import RegistryConfig
+from .reliable import ReliableConfig
 from .schema import Problems, mapping, section, setting
 
 
@@ -43,6 +45,7 @@ class Config:
     ota: OtaConfig = section(OtaConfig)
     metrics: MetricsConfig = section(MetricsConfig)
     dtls: DtlsConfig = section(DtlsConfig)
+    reliable: ReliableConfig = section(ReliableConfig)
     registry: RegistryConfig = section(RegistryConfig)
     device_profiles: Dict[str, DeviceProfileConfig] = mapping(
         DeviceProfileConfig, "Payload format per device type (the type `coapbridge devices "
@@ -85,7 +88,8 @@ class Config:
 
 def check(config: Config, problems: Problems) -> None:
     """The checks between settings, section by section."""
-    for part in (coap, mqtt, devices, platform, provisioning, ota, dtls, registry, profiles):
+    for part in (coap, mqtt, devices, platform, provisioning, ota, dtls, reliable, registry,
+                 profiles):
         part.check(config, problems)
 
 

@@ -302,3 +302,48 @@ def test_the_mqtt_puback_timeout_is_still_read_under_its_old_key_and_env_name_wi
     with pytest.warns(ConfigDeprecationWarning):  # the new name wins over the old one
         both = load(shipped, {"MQTT_ACK_TIMEOUT": "6", "MQTT_PUBACK_TIMEOUT": "3"})
     assert both.mqtt.puback_timeout == 3
+
+
+# -- RFC 8323 listeners (reliable:) --------------------------------------------------------
+
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "conf", "coapbridge.yaml")
+
+
+def test_reliable_listeners_are_off_by_default_on_their_ports():
+    cfg = load(SHIPPED, {}).reliable
+    assert [getattr(cfg, n).enabled for n in ("tcp", "tls", "ws", "wss")] == [False] * 4
+    assert [getattr(cfg, n).bind_port for n in ("tcp", "tls", "ws", "wss")] == [
+        5683, 5684, 8683, 8684]
+
+
+def test_reliable_listeners_come_from_the_environment():
+    cfg = load(SHIPPED, {"COAP_TCP_ENABLED": "true", "COAP_TCP_BIND_ADDRESS": "::",
+                         "COAP_TCP_BIND_PORT": "6683", "COAP_WS_ENABLED": "yes",
+                         "COAP_WS_BIND_PORT": "9000", "RELIABLE_KEEPALIVE": "30"}).reliable
+    assert cfg.tcp.enabled and cfg.tcp.bind_address == "::" and cfg.tcp.bind_port == 6683
+    assert cfg.ws.enabled and cfg.ws.bind_port == 9000 and cfg.keepalive == 30.0
+    assert not cfg.tls.enabled
+
+
+def test_tls_listener_without_any_certificate_or_psk_is_refused():
+    problems = problems_of("reliable: {wss: {enabled: true}}")
+    assert any("without a certificate" in p for p in problems)
+
+
+def test_tls_files_default_to_the_dtls_ones(tmp_path):
+    from bridge.settings.reliable import tls_files
+    config = load_text('dtls: {cert_file: "a.pem", key_file: "a.key", ca_file: "ca.pem"}\n'
+                       'reliable: {ca_file: "other.pem"}', {})
+    files = tls_files(config)
+    assert (files.cert_file, files.key_file, files.ca_file) == ("a.pem", "a.key", "other.pem")
+
+
+def test_reliable_limits_are_checked():
+    problems = problems_of("reliable: {max_message_size: 100, keepalive: -1, "
+                           "max_connections: 0, tcp: {enabled: true}, ws: {enabled: true, "
+                           "bind_port: 5683}}\ncoap: {workers: 2}")
+    assert any("max_message_size: must be 1152 to" in p for p in problems)
+    assert any("reliable.keepalive: must be 0 to" in p for p in problems)
+    assert any("reliable.max_connections: must be 1 to" in p for p in problems)
+    assert any("reliable.ws.bind_port: 5683 is reliable.tcp's too" in p for p in problems)
+    assert any("need coap.workers 1" in p for p in problems)

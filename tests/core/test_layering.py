@@ -37,6 +37,8 @@ ALLOWED_OWN = {
 # every transport shares, and the codec under both (its modules: every other one)
 MESSAGE_LAYER = ("datagram.py", "dedup.py")
 EXCHANGE_LAYER = ("exchange.py", "blocks.py")
+# RFC 8323 connections: over the exchange layer, beside the datagram message layer
+RELIABLE_LAYER = ("framing.py", "signalling.py", "reliable.py", "reliable_requests.py")
 
 
 def modules(layer):
@@ -182,8 +184,13 @@ def test_the_exchange_layer_imports_nothing_of_the_message_layer(name):
     assert coap_closure(name) & set(MESSAGE_LAYER) == set()
 
 
+@pytest.mark.parametrize("name", RELIABLE_LAYER)
+def test_the_reliable_transports_import_nothing_of_the_message_layer(name):
+    assert coap_closure(name) & set(MESSAGE_LAYER) == set()
+
+
 @pytest.mark.parametrize("name", [n for n in modules("coap")
-                                  if n not in MESSAGE_LAYER + EXCHANGE_LAYER])
+                                  if n not in MESSAGE_LAYER + EXCHANGE_LAYER + RELIABLE_LAYER])
 def test_the_codec_imports_neither_layer(name):
     assert coap_closure(name) & set(MESSAGE_LAYER + EXCHANGE_LAYER) == set()
 
@@ -198,7 +205,7 @@ def test_the_layer_closure_sees_transitive_imports(tmp_path, monkeypatch):
 
 
 def test_the_layer_table_names_modules_that_exist():
-    assert set(MESSAGE_LAYER + EXCHANGE_LAYER) <= set(modules("coap"))
+    assert set(MESSAGE_LAYER + EXCHANGE_LAYER + RELIABLE_LAYER) <= set(modules("coap"))
 
 
 def test_importing_the_pure_packages_loads_no_twisted_and_no_txthings():

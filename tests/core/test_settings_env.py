@@ -47,6 +47,7 @@ NEEDS = {
     "provisioning.mode": {"PROVISIONING_PROFILES": '[{"key": "k", "secret": "s", '
                                                    '"device_type": "t"}]'},
     "ota.source": {"OTA_DIRECTORY": "/srv/packages"},
+    "reliable.wss.enabled": {"RELIABLE_CERT_FILE": "/etc/coapbridge/bridge.pem"},
 }
 SCALARS = [s for s in SETTINGS.values() if s.items is None]
 

@@ -150,3 +150,23 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     assert values[("coapbridge_dtls_sessions", ())] == 0
     assert types["coapbridge_dtls_handshakes_full"] == "counter"
     assert types["coapbridge_dtls_handshakes_in_progress"] == "gauge"
+
+
+def test_reliable_metrics_appear_with_the_rfc8323_listeners():
+    """With RFC 8323 listeners, their connections and refusals are scraped; without, none."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from bridge.settings import ReliableConfig
+    from bridge.edge.stream import Hub, StreamProtocol
+    bridge = Bridge(config_module.load(None, {}), Clock())
+    assert not any(name.startswith("reliable_") for name in bridge.metrics())
+    bridge.reliable = hub = Hub(ReliableConfig(max_connections_per_address=1), lambda m: None,
+                                Clock(), 1024)
+    for port in (1, 2):
+        StreamProtocol(hub, "coap+tcp").makeConnection(
+            StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port)))
+    values, types = samples(scrape(bridge))
+    assert values[("coapbridge_reliable_connections", ())] == 1
+    assert values[("coapbridge_reliable_refused_total", ())] == 1
+    assert types["coapbridge_reliable_aborted"] == "counter"

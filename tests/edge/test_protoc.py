@@ -1,6 +1,6 @@
 """Schemas compiled by the real protoc, and their problems as configuration errors."""
 
-import shutil
+import sys
 
 import pytest
 
@@ -10,8 +10,8 @@ from bridge.startup_checks import load_text
 from bridge.core.formats import protoschema
 from bridge.edge import protoc
 
-pytestmark = pytest.mark.skipif(shutil.which("protoc") is None,
-                                reason="protoc missing (Debian: protobuf-compiler)")
+pytestmark = pytest.mark.skipif(protoc.protoc_command() is None,
+                                reason="no protoc: neither grpcio-tools nor the system's")
 
 
 def problems(text):
@@ -90,16 +90,50 @@ device_profiles:
     assert [f.name for f in second.DESCRIPTOR.fields] == ["label"]
 
 
-def test_protoc_missing_is_a_config_error_saying_what_to_install(monkeypatch):
-    monkeypatch.setattr(protoc, "protoc_path", lambda: None)
+def test_protoc_missing_is_a_config_error_saying_both_ways_to_get_one(monkeypatch):
+    monkeypatch.setattr(protoc, "bundled_protoc", lambda: None)
+    monkeypatch.setattr(protoc, "system_protoc", lambda: None)
     protoc.compile_schema.cache_clear()
     found = problems("device_profiles: {sensor: {transportPayloadType: PROTOBUF}}")
     assert found == ["device_profiles.sensor: transportPayloadType PROTOBUF: " + protoc.INSTALL_HINT]
-    assert "protobuf-compiler" in protoc.INSTALL_HINT
+    assert "pip install grpcio-tools" in protoc.INSTALL_HINT
+    assert "apt-get install protobuf-compiler" in protoc.INSTALL_HINT
 
 
 def test_json_profiles_need_no_protoc(monkeypatch):
-    monkeypatch.setattr(protoc, "protoc_path", lambda: None)
+    monkeypatch.setattr(protoc, "bundled_protoc", lambda: None)
+    monkeypatch.setattr(protoc, "system_protoc", lambda: None)
     config = load_text("device_profiles: {plain: {}}", {})
     assert not config.device_profiles["plain"].protobuf
     assert config_module.Config().device_profiles == {}
+
+
+@pytest.mark.skipif(protoc.bundled_protoc() is None,
+                    reason="grpcio-tools is not installed (no PyPy wheel: the system protoc "
+                           "serves there)")
+def test_grpcio_tools_protoc_comes_first():
+    assert protoc.protoc_command() == [sys.executable, "-m", "grpc_tools.protoc"]
+
+
+def _each_protoc():
+    found = [("grpcio-tools", protoc.bundled_protoc()), ("system", protoc.system_protoc())]
+    return [pytest.param(command, id=name, marks=pytest.mark.skipif(
+        command is None, reason="no %s protoc here" % name)) for name, command in found]
+
+
+@pytest.mark.parametrize("command", _each_protoc())
+def test_each_protoc_compiles_a_schema_and_reports_positions(command, monkeypatch):
+    monkeypatch.setattr(protoc, "protoc_command", lambda: command)
+    protoc.compile_schema.cache_clear()
+    try:
+        good = protoc.message_class(
+            'syntax = "proto3";\npackage telemetry;\n'
+            "message Reading { optional double t = 1; repeated int64 n = 2; }\n",
+            protoschema.TELEMETRY)
+        assert [f.name for f in good.DESCRIPTOR.fields] == ["t", "n"]
+        with pytest.raises(protoc.SchemaError) as info:
+            protoc.compile_schema('syntax = "proto3";\nmessage A {\n  int32 a = 1\n}\n',
+                                  protoschema.TELEMETRY)
+        assert info.value.problems == [(4, 1, 'Expected ";".')]
+    finally:
+        protoc.compile_schema.cache_clear()  # the next tests compile with the usual protoc

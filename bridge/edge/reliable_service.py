@@ -1,0 +1,131 @@
+"""The RFC 8323 listeners as one service: coap+tcp, coaps+tcp, coap+ws and coaps+ws, each
+on its own TCP port (``reliable.tcp``/``tls``/``ws``/``wss``), off by default.
+
+Each listener is a Twisted server endpoint (``TCP4ServerEndpoint`` or
+``TCP6ServerEndpoint``) listening with a factory of ``stream.StreamProtocol`` or
+``websocket.WebSocketProtocol``, under Twisted's TLS layer (``TLSMemoryBIOFactory``
+with ``tls.TlsCreator``) for the secure ones; all share one ``stream.Hub``.
+Started after plain CoAP (they feed the same request handler); stopped
+before it: no new connections, the uplinks already stored answered, then a
+Release to every connection.
+"""
+
+from __future__ import annotations
+
+import resource
+from typing import Any, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+
+from ..settings import Config, StartupError
+from ..settings.reliable import enabled, tls_files
+from ..logs import logger
+from .stream import Hub, StreamFactory
+from .websocket import PATH, WebSocketFactory
+
+log = logger("reliable")
+
+# name -> (scheme, WebSocket?, TLS?, environment names of its address and port)
+LISTENERS = {
+    "tcp": ("coap+tcp", False, False, "COAP_TCP_BIND_PORT"),
+    "tls": ("coaps+tcp", False, True, "COAP_TLS_BIND_PORT"),
+    "ws": ("coap+ws", True, False, "COAP_WS_BIND_PORT"),
+    "wss": ("coaps+ws", True, True, "COAP_WSS_BIND_PORT"),
+}
+SWEEP_SECONDS = 10.0  # Block1 uploads left unfinished are forgotten this often
+
+
+def raise_descriptor_limit(wanted: int) -> int:
+    """Raise the soft limit of open files towards ``wanted`` (at most the hard limit): a
+    listener of many connections needs one descriptor each. Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+class ReliableService(Service):
+    """The enabled RFC 8323 listeners (see the module)."""
+
+    def __init__(self, bridge: Any, cannot_listen: Any):
+        self.bridge = bridge
+        self.cannot_listen = cannot_listen  # (what, protocol, exc, key, hint) -> the line
+        self.hub: Optional[Hub] = None
+        self.ports: List[Any] = []
+        self._sweep: Optional[LoopingCall] = None
+
+    def startService(self) -> None:
+        bridge = self.bridge
+        config: Config = bridge.config
+        cfg = config.reliable
+        self.hub = hub = Hub(cfg, bridge.requests.handle, bridge.reactor, config.coap.max_body)
+        hub.on_result = bridge.notified
+        hub.on_peer_gone = bridge.peer_gone
+        limit = raise_descriptor_limit(cfg.max_connections + 1024)
+        creator = None
+        for name in enabled(config):
+            scheme, websocket, secure, env = LISTENERS[name]
+            listener = getattr(cfg, name)
+            factory: Any = (WebSocketFactory if websocket else StreamFactory)(hub, scheme)
+            if secure:
+                if creator is None:
+                    from . import tls as tls_edge  # OpenSSL: only with TLS
+                    creator = tls_edge.TlsCreator(tls_files(config),
+                                                  bridge.registry_view.psk_key)
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+                factory = TLSMemoryBIOFactory(creator, False, factory)
+            interface = listener.bind_address or config.coap.bind_address
+            kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
+                endpoints.TCP4ServerEndpoint
+            endpoint = kind(bridge.reactor, listener.bind_port, 1024, interface)
+            port = self._listen(endpoint, factory, name, scheme, env)
+            self.ports.append(port)
+            host = port.getHost()
+            log.info("CoAP over {scheme} listening on {host}:{port}{path}", scheme=scheme,
+                     host=host.host, port=host.port, path=PATH if websocket else "")
+        if limit < cfg.max_connections:
+            log.warn("Open-file limit {limit} is below reliable.max_connections "
+                     "{max_connections}: raise it (ulimit -n, LimitNOFILE)", limit=limit,
+                     max_connections=cfg.max_connections)
+        bridge.reliable = hub
+        bridge.registry_view.on_change.append(self.registry_changed)
+        self._sweep = LoopingCall(hub.expire)
+        self._sweep.clock = bridge.reactor
+        self._sweep.start(SWEEP_SECONDS, now=False).addErrback(
+            lambda f: log.failure("Reliable transports' sweep stopped", failure=f))
+        Service.startService(self)
+
+    def _listen(self, endpoint: Any, factory: Any, name: str, scheme: str, env: str) -> Any:
+        result: List[Any] = []
+        endpoint.listen(factory).addBoth(result.append)  # TCP endpoints answer at once
+        outcome = result[0]
+        if not isinstance(outcome, Exception) and hasattr(outcome, "getHost"):
+            return outcome
+        exc = outcome.value if hasattr(outcome, "value") else outcome
+        if isinstance(exc, CannotListenError):
+            raise StartupError(self.cannot_listen(scheme, "TCP", exc,
+                                                  "reliable.%s.bind_port" % name, ", " + env))
+        raise exc
+
+    def registry_changed(self) -> None:
+        if self.hub is not None:
+            self.hub.end_credentials(self.bridge.registry_view.credential_gone)
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        view = self.bridge.registry_view
+        if self.registry_changed in view.on_change:
+            view.on_change.remove(self.registry_changed)
+        if self._sweep is not None and self._sweep.running:
+            self._sweep.stop()
+        ports, self.ports = self.ports, []
+        stopped = [port.stopListening() for port in ports]
+        if self.hub is not None:
+            self.bridge.commit()  # what is stored is answered before the Release
+            self.hub.release_all("the bridge is stopping")
+        return defer.gatherResults([d for d in stopped if d is not None])

@@ -1,0 +1,84 @@
+"""TLS for CoAP over TCP and WebSockets (coaps+tcp, coaps+ws): Twisted's TLS layer with
+the bridge's certificate, device CA, cipher list and PSK callback of CoAPs.
+
+The same rules as DTLS (``edge.dtls``): a client certificate is asked for, not
+required, and one that is presented must chain to the CA file; its credential
+is ThingsBoard's certificate id (``dtls.peer_credential``); a PSK identity is
+looked up in the registry's in-memory view through the same callback
+(``edge.psk``: OpenSSL's server callback serves TLS 1.2 PSK suites as DTLS
+ones); without either, the token in the path authenticates. TLS 1.2 and 1.3.
+Tickets are off and the server-side cache holds sessions, as for DTLS.
+
+``TlsCreator`` is Twisted's ``IOpenSSLServerConnectionCreator``: it makes each
+connection's pyOpenSSL ``Connection`` and remembers which CoAP connection it
+belongs to, so the PSK callback can note the identity on that connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+from ..settings import DtlsConfig
+from . import psk as psk_edge
+from .dtls import _openssl_reason, load_identity
+
+PskLookup = Callable[[str], Optional[bytes]]
+
+
+def build_context(cfg: DtlsConfig) -> SSL.Context:
+    """A TLS 1.2+ server context (raises ``SSL.Error`` or ``OSError`` on a bad file)."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    load_identity(ctx, cfg)
+    ctx.set_cipher_list(cfg.ciphers.encode("ascii"))
+    return ctx
+
+
+def check_config(cfg: DtlsConfig) -> List[str]:
+    """Problems with the TLS files, one line each, for ``config.load``."""
+    try:
+        build_context(cfg)
+    except (SSL.Error, OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+            _openssl_reason(exc)
+        return ["reliable: TLS context from cert_file %r, key_file %r, ca_file %r: %s"
+                % (cfg.cert_file, cfg.key_file, cfg.ca_file, reason)]
+    return []
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class TlsCreator:
+    """One context for every TLS connection of a listener (see the module docstring)."""
+
+    def __init__(self, cfg: DtlsConfig, psk_lookup: PskLookup):
+        self.context = build_context(cfg)
+        self.psk_lookup = psk_lookup
+        self._psk = psk_edge.PskServer(self.context, self._psk_key,
+                                       cfg.psk_identity_hint.encode("utf-8")) \
+            if cfg.psk and psk_edge.supported() else None
+
+    def serverConnectionForTLS(self, protocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        connection.set_app_data(protocol)  # Twisted's TLS protocol (its info callback)
+        inner = getattr(protocol, "wrappedProtocol", None)
+        if inner is not None:
+            inner.tls_connection = connection
+        return connection
+
+    def _psk_key(self, connection: SSL.Connection, raw: bytes) -> Optional[bytes]:
+        try:
+            identity = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        key = self.psk_lookup(identity)
+        if key is not None:
+            inner = getattr(connection.get_app_data(), "wrappedProtocol", None)
+            if inner is not None:
+                inner.psk_identity = identity
+        return key
