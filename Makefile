@@ -95,6 +95,7 @@ endif
 docs: $(STAMP)
 	$(VENV)/bin/coapbridge config doc > docs/configuration.md
 	$(VENV)/bin/coapbridge config example > conf/coapbridge.yaml
+	$(VENV)/bin/python scripts/kubernetes_configmap.py
 
 node-tools:
 	bash scripts/install.sh node-tools

@@ -1,34 +1,22 @@
-"""Log level for the bridge's own loggers (twistd itself prints every level).
+"""The bridge's loggers and their level.
 
 Every bridge module takes its ``Logger`` from ``logger()``; the level set by
-``set_level`` (from ``log_level`` in the config) filters them all. Stable
-field names used in events: ``peer``, ``device``, ``mid``, ``topic``,
-``code``, ``reason``; tokens only ever appear through ``registry.mask``.
+``set_level`` (from ``log_level`` in the config) filters them all at the source,
+so a debug line costs nothing at info. Stable field names used in events:
+``peer``, ``device``, ``mid``, ``topic``, ``code``, ``reason``, ``count``; tokens
+only ever appear through ``registry.mask``. A count's noun goes in the format,
+``{count:plural:device}`` (``bridge.logwriter``), not in a field of its own.
 
-With ``log_format: json`` (``LOG_FORMAT=json``) ``json_observer`` writes each
-event as one JSON object per line (``event_as_json_line``), for log shippers;
-``tap.py`` gives it to twistd in place of its text lines.
-
-A worker process of a supervised bridge (``coap.workers`` > 1) writes its
-events to the supervisor instead, as Twisted's own JSON serialisation
-(``eventAsJSON``, one event a line, ``worker_observer``); the supervisor
-publishes each again (``relay_line``) with the ``worker`` field set, so its log
-(text or JSON) holds every worker's lines, each naming its worker: in text as
-``[namespace#level worker=N]``, in JSON as ``"worker": N``.
+What the process writes (every event at ``log_level``, Twisted's too, as text or
+JSON lines, and a worker's events to its supervisor) is ``bridge.logwriter``.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import time
-from datetime import datetime, timezone
-from typing import IO, Any, Dict
+from typing import Any, Optional
 
-from constantly import NamedConstant
-from twisted.logger import (FileLogObserver, FilteringLogObserver, ILogObserver, LogLevel,
-                            LogLevelFilterPredicate, Logger, eventAsJSON, eventFromJSON,
-                            formatEvent, globalLogPublisher)
+from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger, \
+    globalLogPublisher
 
 NAMESPACE = "coapbridge"
 
@@ -60,79 +48,26 @@ def unfiltered_logger(name: str) -> Logger:
     return Logger(namespace="%s.%s" % (NAMESPACE, name), observer=globalLogPublisher)
 
 
-def set_level(level: str) -> None:
+# log_level's accepted names, in any case: Twisted's and Python logging's
+LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+          "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical,
+          "fatal": LogLevel.critical}
+
+
+def level_named(name: str) -> Optional[LogLevel]:
+    """The level ``name`` names (``warning``, ``WARN``, ``Error``...), or None."""
+    return LEVELS.get(str(name).strip().lower())
+
+
+def twisted_level(name: str) -> LogLevel:
+    level = level_named(name)
+    if level is None:
+        raise ValueError("unknown log level %r (known: %s)" % (name, ", ".join(LEVELS)))
+    return level
+
+
+def set_level(name: str) -> None:
     global _debugging
-    _predicate.setLogLevelForNamespace(NAMESPACE, LogLevel.levelWithName(level))
-    _debugging = LogLevel.levelWithName(level) is LogLevel.debug
-
-
-# -- LOG_FORMAT=json -----------------------------------------------------------------------
-
-# keys of an event that are its machinery, not its fields (log_* are dropped as well)
-_NOT_FIELDS = frozenset(("message", "format", "isError", "system", "time", "why", "failure"))
-
-
-def event_as_json_line(event: Dict[str, Any]) -> str:
-    """One log event as one line of JSON: ``time`` (RFC 3339, UTC), ``level``,
-    ``namespace``, ``text`` (the formatted message), ``traceback`` for a failure, then
-    the event's own fields (``peer``, ``device``, ``topic``...). A value JSON cannot
-    hold is written as its ``str``."""
-    level = event.get("log_level")
-    record: Dict[str, Any] = {
-        "time": datetime.fromtimestamp(event.get("log_time") or 0.0, timezone.utc)
-        .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "level": level.name if isinstance(level, NamedConstant) else "info",
-        "namespace": event.get("log_namespace", "-"),
-        "text": formatEvent(event),
-    }
-    failure = event.get("log_failure")
-    if failure is not None:
-        record["traceback"] = failure.getTraceback()
-    for key, value in event.items():
-        if not key.startswith("log_") and key not in _NOT_FIELDS and key not in record:
-            record[key] = value
-    return json.dumps(record, ensure_ascii=False, default=str) + "\n"
-
-
-def json_observer(stream: IO[str]) -> FileLogObserver:
-    """A log observer writing ``event_as_json_line`` of each event to ``stream``."""
-    return FileLogObserver(stream, event_as_json_line)
-
-
-# -- worker processes ----------------------------------------------------------------------
-
-def worker_observer(stream: IO[str], worker: int) -> FileLogObserver:
-    """A worker's log observer: each event, with ``worker``, as one line of Twisted's JSON."""
-    return FileLogObserver(stream, lambda event: _worker_json(event, worker))
-
-
-def _worker_json(event: Dict[str, Any], worker: int) -> str:
-    event = dict(event, worker=worker)
-    failure = event.get("log_failure")
-    if failure is not None:
-        # Twisted's JSON keeps a failure's traceback but not its exception (unpersistable):
-        # the exception's text goes in its place
-        failure = copy.copy(failure)
-        failure.value = str(failure.value)
-        event["log_failure"] = failure
-    return eventAsJSON(event) + "\n"
-
-
-def relay_line(line: str, worker: int, publish: ILogObserver = globalLogPublisher) -> Dict[str, Any]:
-    """Publish one line a worker wrote (``worker_observer``'s, or any other text it printed)
-    as a log event of this process naming ``worker``; return the event."""
-    try:
-        event = eventFromJSON(line)
-    except ValueError:
-        event = None
-    if not isinstance(event, dict):
-        event = {"log_format": "{line}", "line": line, "log_level": LogLevel.info,
-                 "log_time": time.time(),
-                 "log_namespace": NAMESPACE + ".worker"}
-    event["worker"] = worker
-    level = event.get("log_level")
-    event["log_system"] = "%s#%s worker=%d" % (
-        event.get("log_namespace", "-"), level.name if isinstance(level, NamedConstant)
-        else "-", worker)
-    publish(event)
-    return event
+    level = twisted_level(name)
+    _predicate.setLogLevelForNamespace(NAMESPACE, level)
+    _debugging = level is LogLevel.debug

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
@@ -108,7 +108,7 @@ class _RegistryService(Service):
         else:
             registry = Registry(self.target.path)
         self.bridge.registry = registry
-        log.info("Device registry {registry}: {count} devices", registry=self.target.display,
+        log.info("Device registry {registry}: {count:plural:device}", registry=self.target.display,
                  count=len(registry.entries()))
         if self.threadpool is not None:
             registry.start()  # the shared registry begins listening
@@ -183,7 +183,7 @@ class _OutboxService(Service):
             commit.stop()
             count, _ = commit.outbox.stats()
             if count:
-                log.info("{count} uplinks wait in the outbox for the next start", count=count)
+                log.info("{count:plural:uplink} kept in the outbox for the next start", count=count)
         self.close()
 
     def close(self) -> None:
@@ -258,7 +258,8 @@ class _MetricsService(Service):
         from .edge.metrics import MetricsSite
         cfg = self.bridge.config.metrics
         if cfg.port:
-            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.not_ready,
+            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.readiness.check,
+                               cfg.idle_timeout, cfg.max_connections,
                                self.bridge.platform_changes.notes)
             # a worker's metrics are read by its supervisor, which serves metrics.port
             port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
@@ -281,8 +282,9 @@ class _MetricsService(Service):
 
 
 class _CoapService(Service):
-    def __init__(self, bridge: Bridge):
+    def __init__(self, bridge: Bridge, inherited: Optional[int] = None):
         self.bridge = bridge
+        self.inherited = inherited  # a worker's socket of the supervisor's group
         self.port: Any = None
         self.protocol: Optional[coap_edge.BridgeCoap] = None
 
@@ -296,7 +298,8 @@ class _CoapService(Service):
         self.protocol.on_peer_gone = self.bridge.peer_gone
         try:
             self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
-                                         cfg.bind_address, shared=bool(self.bridge.worker))
+                                         cfg.bind_address, shared=bool(self.bridge.worker),
+                                         inherited=self.inherited)
         except CannotListenError as exc:
             raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
         self.bridge.coap = self.protocol
@@ -305,9 +308,11 @@ class _CoapService(Service):
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
+        self.bridge.relations.start(self.protocol)  # the relations its predecessor held
 
     def stopService(self) -> Any:
         Service.stopService(self)
+        self.bridge.relations.stop()  # they stay in the file for the next start
         self.bridge.coap_listening = False
         self.bridge.notifications.stop()
         if self.port is not None:
@@ -322,8 +327,9 @@ class _DtlsService(Service):
     """CoAPs (``dtls.enabled``): DTLS sessions in front of the CoAP endpoint, on their own
     UDP port; started after plain CoAP (whose endpoint it feeds), stopped before it."""
 
-    def __init__(self, bridge: Bridge):
+    def __init__(self, bridge: Bridge, inherited: Optional[int] = None):
         self.bridge = bridge
+        self.inherited = inherited  # a worker's socket of the supervisor's group
         self.port: Any = None
         self.transport: Any = None
 
@@ -337,10 +343,13 @@ class _DtlsService(Service):
         interface = cfg.bind_address or bridge.config.coap.bind_address
         try:
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
-                                         interface, shared=bool(bridge.worker))
+                                         interface, shared=bool(bridge.worker),
+                                         inherited=self.inherited)
         except CannotListenError as exc:
             raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
         view.on_change.append(self.registry_changed)
+        self.transport.on_handshake = bridge.handshakes.record
+        bridge.requests.counts.register(dtls_edge.DtlsSession, "dtls")
         bridge.dtls = self.transport
         Service.startService(self)
         host = self.port.getHost()
@@ -383,12 +392,16 @@ class BridgeService(MultiService):
     ``worker`` (1..coap.workers) makes it one worker of a supervised bridge
     (``bridge.supervisor``): its own outbox file and MQTT client id, the CoAP port shared
     with the other workers, its metrics on a private local port; once started it logs a
-    ``worker_event="started"`` event naming that port, for the supervisor."""
+    ``worker_event="started"`` event naming that port, for the supervisor. ``sockets``
+    ({"coap": fd, "dtls": fd}, ``bridge.edge.udp.inherited``): its sockets of the
+    supervisor's groups, listened on instead of binding its own."""
 
     def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
                  refuse: Optional[Callable[[str], None]] = None,
-                 log_observer: Optional[ILogObserver] = None, worker: int = 0):
+                 log_observer: Optional[ILogObserver] = None, worker: int = 0,
+                 sockets: Optional[Dict[str, int]] = None):
         MultiService.__init__(self)
+        sockets = sockets or {}
         self.config = config
         self.refuse = refuse
         self.log_observer = log_observer
@@ -400,9 +413,9 @@ class BridgeService(MultiService):
         self._metrics = _MetricsService(self.bridge)
         children: List[IService] = self._files + [
             _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),
-            self._metrics, _CoapService(self.bridge)]
+            self._metrics, _CoapService(self.bridge, sockets.get("coap"))]
         if config.dtls.enabled:
-            children.append(_DtlsService(self.bridge))
+            children.append(_DtlsService(self.bridge, sockets.get("dtls")))
         if enabled_listeners(config):
             children.append(reliable_service.ReliableService(self.bridge, _cannot_listen))
         for child in children:
@@ -435,6 +448,7 @@ class BridgeService(MultiService):
 
     def stopService(self) -> defer.Deferred:
         Service.stopService(self)
+        self.bridge.readiness.stopping()
         d: defer.Deferred = defer.succeed(None)
         for child in reversed(list(self)):
             d.addCallback(lambda _, child=child: child.stopService())

@@ -4,13 +4,16 @@
 opens no CoAP port and no MQTT connection. Once the configuration has been
 checked (by ``tap.py``, before anything starts) it looks that the CoAP port is
 free, holds DATA_DIR for its workers (``bridge.edge.data_dir``: no other bridge,
-of any worker count, may start on it), opens the metrics port, and starts N workers: the same twistd plugin with
-``COAPBRIDGE_WORKER=1..N`` in the environment (``bridge.tap``). Each worker
-binds the CoAP port with ``SO_REUSEPORT``, has its own MQTT client id and
-outbox file, and shares the registry (SQLite in WAL mode).
+of any worker count, may start on it), opens the metrics port, and starts N workers: the
+same twistd plugin with ``COAPBRIDGE_WORKER=1..N`` in the environment (``bridge.tap``).
+The supervisor binds the N sockets of the CoAP port (and of the CoAPs port) itself, with
+``SO_REUSEPORT``, and hands socket k to worker k (``bridge.edge.udp.SocketGroup``): the
+kernel's reuse-port group then never changes when a worker dies and comes back, so no
+device moves to another worker. Each worker has its own MQTT client id and outbox file,
+and shares the registry (SQLite in WAL mode).
 
 * A worker's log events come to the supervisor as JSON lines on its standard
-  output and are logged here with ``worker`` (``bridge.logs.relay_line``); its
+  output and are logged here with ``worker`` (``bridge.logwriter.relay_line``); its
   standard error (a refusal's one line, a traceback) is logged as warnings.
 * A worker that ends is restarted with backoff, or the supervisor gives up:
   ``bridge.core.supervision.WorkerPolicy`` decides. Giving up stops the other
@@ -38,7 +41,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 
-from . import logs
+from . import logwriter
 from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
 from .edge import udp
@@ -84,7 +87,7 @@ class WorkerProcess(ProcessProtocol):
         return rest
 
     def _event(self, line: str) -> None:
-        event = logs.relay_line(line, self.worker)
+        event = logwriter.relay_line(line, self.worker)
         if event.get("worker_event") == "started":
             self.metrics_port = event.get("metrics_port") or None
             self.supervisor.started(self.worker)
@@ -140,9 +143,11 @@ class SupervisorService(Service):
         self.stopping = False
         self._stopped: Optional[defer.Deferred] = None
         self.metrics_port: Any = None
+        self.groups: Dict[str, udp.SocketGroup] = {}  # "coap", "dtls": the workers' sockets
         self.data_dir = DataDirLock(config.data_dir)  # held for the workers while they run
         from .edge.worker_metrics import WorkerMetrics
-        self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts)
+        self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts,
+                                     config.metrics.idle_timeout)
 
     def setServiceParent(self, parent: Any) -> Any:
         if self.log_observer is not None:
@@ -159,16 +164,18 @@ class SupervisorService(Service):
     def startService(self) -> None:
         try:
             self._check_ports()
+            self._bind_groups()
             self.data_dir.acquire(self.config.coap.workers)
             self._listen_metrics()
         except StartupError as exc:
+            self._close_groups()
             self.data_dir.release()
             if self.refuse is None:
                 raise
             self.refuse(str(exc))
             return
         Service.startService(self)
-        log.info("Starting {count} worker processes on UDP port {port}",
+        log.info("Starting {count:plural:worker process:worker processes} on UDP port {port}",
                  count=self.config.coap.workers, port=self.config.coap.bind_port)
         for worker in self.policy.workers:
             self.spawn(worker)
@@ -187,6 +194,25 @@ class SupervisorService(Service):
             except error.CannotListenError as exc:
                 raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
 
+    def _bind_groups(self) -> None:
+        """The workers' sockets, bound in order and held here for as long as we run."""
+        from .service import _cannot_listen
+        cfg, dtls = self.config.coap, self.config.dtls
+        ports = [("coap", "CoAP", cfg.bind_port, cfg.bind_address, "coap.bind_port")]
+        if dtls.enabled:
+            ports.append(("dtls", "CoAPs", dtls.bind_port,
+                          dtls.bind_address or cfg.bind_address, "dtls.bind_port"))
+        for name, what, port, interface, key in ports:
+            try:
+                self.groups[name] = udp.SocketGroup(port, interface, cfg.workers)
+            except error.CannotListenError as exc:
+                raise StartupError(_cannot_listen(what, "UDP", exc, key))
+
+    def _close_groups(self) -> None:
+        for group in self.groups.values():
+            group.close()
+        self.groups.clear()
+
     def _listen_metrics(self) -> None:
         from .edge.worker_metrics import SupervisorSite
         from .service import _cannot_listen
@@ -194,7 +220,9 @@ class SupervisorService(Service):
         if not cfg.port:
             return
         try:
-            self.metrics_port = self.reactor.listenTCP(cfg.port, SupervisorSite(self.metrics),
+            site = SupervisorSite(self.metrics, idle_timeout=cfg.idle_timeout,
+                                  max_connections=cfg.max_connections)
+            self.metrics_port = self.reactor.listenTCP(cfg.port, site,
                                                        interface=cfg.bind_address)
         except error.CannotListenError as exc:
             raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
@@ -209,15 +237,21 @@ class SupervisorService(Service):
         process = WorkerProcess(self, worker)
         self.processes[worker] = process
         self.policy.spawned(worker)
-        env = dict(self.env, **{WORKER_ENV: str(worker)})
+        env = {k: v for k, v in self.env.items() if k not in udp.FD_ENV.values()}
+        env[WORKER_ENV] = str(worker)
+        child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        for name, group in self.groups.items():  # its socket of each group, on a fixed fd
+            fd = udp.COAP_FD if name == "coap" else udp.DTLS_FD
+            child_fds[fd] = group.fileno(worker)
+            env[udp.FD_ENV[name]] = str(fd)
         self.transports[worker] = self.reactor.spawnProcess(
             process, self.command[0], self.command, env=env, path=os.getcwd(),
-            childFDs={0: "w", 1: "r", 2: "r"})
+            childFDs=child_fds)
 
     def started(self, worker: int) -> None:
         self.policy.started(worker, self.reactor.seconds())
         if all(self.policy.is_started(n) for n in self.policy.workers):
-            log.info("All {count} workers started", count=len(self.policy.workers))
+            log.info("All {count:plural:worker} started", count=len(self.policy.workers))
 
     # -- ending --------------------------------------------------------------------------
 
@@ -262,6 +296,7 @@ class SupervisorService(Service):
                 call.cancel()
         self.pending.clear()
         d = self._stop_workers()
+        d.addCallback(lambda _: self._close_groups())
         d.addCallback(lambda _: self.data_dir.release())
         d.addCallback(lambda _: self._stop_metrics())
         d.addCallback(lambda _: log.info("Stopped"))
@@ -272,7 +307,7 @@ class SupervisorService(Service):
         if not self.processes:
             self._stopped.callback(None)
             return self._stopped
-        log.info("Stopping {count} workers", count=len(self.processes))
+        log.info("Stopping {count:plural:worker}", count=len(self.processes))
         for worker in list(self.transports):
             self._signal(worker, "TERM")
         timer = self.reactor.callLater(STOP_TIMEOUT, self._kill_remaining)

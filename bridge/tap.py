@@ -21,7 +21,7 @@ from typing import Any, NoReturn, Optional
 
 from twisted.python import usage
 
-from . import logs, startup_checks
+from . import logs, logwriter, startup_checks
 from .settings import ConfigError, default_path
 
 
@@ -67,8 +67,9 @@ def makeService(options: Options) -> Any:
     worker = _worker_number(options)
     if worker:
         return _worker(options, reactor, worker)
-    # LOG_FORMAT=json: one JSON object per line on standard output, in place of twistd's text
-    observer = logs.json_observer(sys.stdout) if options.config.log_format == "json" else None
+    # every line the process writes, text or JSON, at log_level (Twisted's too)
+    observer = logwriter.process_observer(_log_stream(options), options.config.log_format,
+                                          options.config.log_level)
     if options.config.coap.workers > 1:
         return _supervisor(options, reactor, observer)
     from .service import BridgeService
@@ -92,6 +93,7 @@ def _worker_number(options: Options) -> int:
 def _worker(options: Options, reactor: Any, worker: int) -> Any:
     """One worker of a supervised bridge: its log events go to the supervisor as JSON lines
     on standard output; it stops when the supervisor is gone (its standard input closes)."""
+    from .edge import udp
     from .service import BridgeService
     from .supervisor import ParentWatch
 
@@ -102,7 +104,9 @@ def _worker(options: Options, reactor: Any, worker: int) -> Any:
             reactor.stop()
     reactor.callWhenRunning(lambda: ParentWatch(reactor, gone).startReading())
     return BridgeService(options.config, reactor, refuse=lambda text: _refuse(options, text),
-                         log_observer=logs.worker_observer(sys.stdout, worker), worker=worker)
+                         log_observer=logwriter.worker_observer(
+                             sys.stdout, worker, options.config.log_level), worker=worker,
+                         sockets=udp.inherited(os.environ))
 
 
 def _supervisor(options: Options, reactor: Any, observer: Any) -> Any:
@@ -121,6 +125,17 @@ def _supervisor(options: Options, reactor: Any, observer: Any) -> Any:
             os._exit(2)  # twistd would exit 0 once the reactor has stopped
     reactor.addSystemEventTrigger("after", "shutdown", after_shutdown)
     return service
+
+
+def _log_stream(options: Options) -> Any:
+    """Where twistd would write its log: standard output with ``-n`` (or ``--logfile=-``),
+    else ``--logfile`` (default ``twistd.log``), as a rotating file as twistd makes it."""
+    parent: Any = options.parent if options.parent is not None else {}
+    path = parent.get("logfile")
+    if path == "-" or (not path and parent.get("nodaemon", True)):
+        return sys.stdout
+    from twisted.python import logfile
+    return logfile.LogFile.fromFullPath(path or "twistd.log")
 
 
 STATUS_LIMIT = 100  # bytes twistd's waiting parent reads from the status pipe

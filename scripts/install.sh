@@ -3,7 +3,8 @@
 # every step is idempotent and skips work that is already done.
 #
 #   scripts/install.sh system [--test]  Debian packages (mosquitto, libcoap3-bin, protobuf-compiler; with
-#                                       --test also npm, postgresql and chromium when they are missing)
+#                                       --test also npm, postgresql, chromium and strace when they
+#                                       are missing)
 #   scripts/install.sh venv             .venv with the project installed editable
 #                                       (compat mode) plus the [test] extras
 #   scripts/install.sh node-tools       node's coap-cli in .tools/ (test-only client)
@@ -108,6 +109,10 @@ cmd_system() {
     if [ "$with_test" -eq 1 ] && ! command -v chromium >/dev/null 2>&1; then
         packages+=(chromium)  # headless, the browser of the CoAP-over-WebSocket test
     fi
+    # tests/integration/test_pod.py traces every file the bridge opens on a read-only root
+    if [ "$with_test" -eq 1 ] && ! command -v strace >/dev/null 2>&1; then
+        packages+=(strace)
+    fi
     local new_postgresql=0
     if [ "$with_test" -eq 1 ] && ! have_postgresql; then
         packages+=(postgresql)  # the shared registry's tests (tests/pgcluster.py)
@@ -147,6 +152,10 @@ cmd_venv() {
     fi
     "$VENV/bin/python" -m pip install -q "${constraints[@]}" -e '.[test]' \
         --config-settings editable_mode=compat
+    # Twisted's plugin cache (twisted/plugins/dropin.cache) written now, as the Dockerfile
+    # does at build: twistd finds it current and writes nothing where it runs (a read-only
+    # root: tests/integration/test_pod.py)
+    "$VENV/bin/python" -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 }
 
 cmd_node_tools() {

@@ -332,6 +332,14 @@ class MessageLayer:
         if len(recent) > MAX_RECENT_NON:
             recent.popitem(last=False)
 
+    def end_observation(self, peer: Hashable, token: bytes, code: int, diagnostic: bytes,
+                        now: float, max_age: Optional[int] = None) -> None:
+        """Tell ``peer`` that its relation of ``token`` ended (``code``, no Observe: RFC
+        7641 §4.2), as CON, retransmitted until acknowledged; no ``Notified`` follows (the
+        application has forgotten the relation already)."""
+        self._send_con(self.exchanges.observation_ended(token, code, diagnostic, max_age),
+                       peer, now, None)
+
     # -- CON messages of ours ----------------------------------------------------------
 
     def _send_con(self, message: Message, peer: Hashable, now: float,
@@ -379,8 +387,9 @@ class MessageLayer:
                 continue  # acknowledged meanwhile
             if pending.count >= self.settings.max_retransmit:
                 del self._confirmables[key]
-                self.log.info("CON message to {peer} unacknowledged after {count} "
-                              "retransmissions", peer=describe(pending.peer), count=pending.count)
+                self.log.info("CON message to {peer} unacknowledged after "
+                              "{count:plural:retransmission}", peer=describe(pending.peer),
+                              count=pending.count)
                 if pending.ref is not None:
                     self._events.append(Notified(pending.ref, TIMEOUT))
                 continue

@@ -19,6 +19,9 @@ none): it takes a whole request message from its transport and gives back values
 * ``refusal(incoming, code, diagnostic)``: a code with a diagnostic text at once.
 * ``notification(token, ...)``: a notification, as its first block when it is longer
   than its relation's block size (RFC 7959 §2.6: the device GETs the rest).
+* ``observation_ended(token, code, ...)``: the notification that ends a relation the
+  server cannot go on with: an error code and no Observe option (RFC 7641 §3.2, §4.2),
+  after which a client registers again if it still wants notifications.
 
 The events every transport hands its driver are defined here, so that the driver
 (``bridge/edge``) treats all transports alike: ``Incoming`` (a request), ``Transmit``
@@ -161,6 +164,15 @@ class ExchangeLayer:
             return Message(code, token, tuple(options), payload)
         first = Message(code, token, tuple(options), payload[:block_size])
         return block_options(first, 0, block_size.bit_length() - 5, len(payload), etag(payload))
+
+    @staticmethod
+    def observation_ended(token: bytes, code: int, diagnostic: bytes = b"",
+                          max_age: Optional[int] = None) -> Message:
+        """A notification ending the relation of ``token``: ``code`` (4.xx or 5.xx), a
+        diagnostic text, no Observe option (RFC 7641 §3.2, §4.2)."""
+        answer = make_response(code, diagnostic, codes.TEXT_PLAIN if diagnostic else None,
+                               max_age)
+        return Message(answer.code, token, answer.options, answer.payload)
 
     def next_timer(self) -> Optional[float]:
         """When ``handle_timer`` must run next (an upload expires), or None."""

@@ -61,6 +61,9 @@ class Attributes(Part):
         self.fetches: Dict[int, Fetch] = {}
         self.requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
         self.watchers: List[Callable[[AttributeUpdate], None]] = []  # of the platform's pushes
+        # observers taken over from a process before this one: what they were last sent is
+        # unknown, so their first refresh notifies the whole view
+        self.unknown_views: Set[str] = set()
         self._next_id = 0
 
     # == the device API ======================================================
@@ -195,7 +198,10 @@ class Attributes(Part):
                                                fmt.content_format, now)
         # refresh after a reconnect: tell the observer what changed meanwhile
         if old is None:
-            return []
+            if fetch.device not in self.unknown_views:
+                return []
+            old = {}  # a restored observer: everything, it may have missed any change
+        self.unknown_views.discard(fetch.device)
         delta: Dict[str, Any] = {k: v for k, v in view.items() if old.get(k, _MISSING) != v}
         deleted = [k for k in old if k not in view]
         if deleted:
@@ -242,6 +248,15 @@ class Attributes(Part):
     def _pending(fmt: PayloadFormat, data: Dict[str, Any], now: float) -> Pending:
         return Pending(fmt.attribute_update(data, now), content_format=fmt.content_format)
 
+    def restored(self, name: str, now: float) -> List[Action]:
+        """An observer of ``name`` was taken over (a restarted worker): its view is fetched
+        (now, or when the link comes up) and notified whole."""
+        self.unknown_views.add(name)
+        self.views.pop(name, None)
+        if not self.shared.link_up:
+            return []  # on_link_up refreshes every observer
+        return self.start_fetch("refresh", name, None, None, [], now)
+
     # == hooks ===============================================================
 
     def busy_devices(self) -> Set[str]:
@@ -273,6 +288,9 @@ class Attributes(Part):
     def rename(self, old: str, new: str) -> None:
         if old in self.views:
             self.views[new] = self.views.pop(old)
+        if old in self.unknown_views:
+            self.unknown_views.discard(old)
+            self.unknown_views.add(new)
         if old in self.known_keys:
             self.known_keys[new] = self.known_keys.pop(old)
         for fetch in self.fetches.values():
@@ -281,6 +299,7 @@ class Attributes(Part):
 
     def forget(self, name: str) -> List[Action]:
         self.views.pop(name, None)
+        self.unknown_views.discard(name)
         self.known_keys.pop(name, None)
         actions: List[Action] = []
         for fetch_id in [i for i, f in self.fetches.items() if f.device == name]:

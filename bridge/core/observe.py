@@ -18,6 +18,20 @@ acknowledged cancels every relation of that peer (the device is gone, or its NAT
 binding is). Items still queued or in flight when a relation ends are handed back
 to the caller (RPCs are kept for the next registration).
 
+Whoever keeps relations across a restart (``bridge/glue/relations.py``) hears each
+relation that began (``changed(key, relation)``) and each that ended
+(``changed(key, None)``): at registration, deregistration, replacement, rename and end,
+never per notification.
+
+Observe numbers (RFC 7641 §4.4) come from the time, per relation: the number of
+milliseconds (``OBSERVE_RATE`` per second) modulo 2**24, or the relation's last number
+plus one when that is newer (several notifications in one millisecond). A process that
+takes a relation over from one that died (restored relations, ``restore``) thus sends
+numbers newer than the dead one's, without knowing them: a client that checks freshness
+(aiocoap does, by §3.4) would otherwise drop every notification for 128 s. Within
+2**23 ms (2.3 hours) the numbers of one relation stay in the "newer" half; past that
+the 128-second rule makes any number fresh.
+
 A representation longer than one block (``codes.BLOCK_SIZE``, or the smaller
 block the device asked for when it registered) goes out as its first block
 (RFC 7959 §2.6); the relation keeps the latest such one (``last``), so that
@@ -28,13 +42,15 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Tuple
 
 from . import codes
 from .actions import Notify
 
 ACK, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
 OBSERVE_MODULUS = 1 << 24
+OBSERVE_HALF = 1 << 23
+OBSERVE_RATE = 1000  # Observe numbers per second of time (milliseconds): see the docstring
 RECENT = 4096  # delivered notifications remembered, so that an RST to one still counts
 _EMPTY: Deque[Any] = deque(maxlen=0)  # shared by relations with nothing queued
 
@@ -54,7 +70,7 @@ class Relation:
     """One observer. Slots and a shared empty queue keep it small: there may be 100,000."""
 
     __slots__ = ("device", "feature", "remote", "token", "observation", "queue", "in_flight",
-                 "block_size", "last")
+                 "block_size", "last", "observe")
 
     def __init__(self, device: str, feature: str, remote: Hashable, token: bytes,
                  observation: Any, block_size: int = codes.BLOCK_SIZE):
@@ -67,6 +83,17 @@ class Relation:
         self.in_flight: Optional[Tuple[int, Pending]] = None
         self.block_size = block_size
         self.last: Optional[bytes] = None
+        self.observe: Optional[int] = None  # the last Observe number it was sent
+
+    def next_observe(self, now: float) -> int:
+        """The Observe number of its next response or notification (see the module
+        docstring): the time's, or the last one plus one when that is newer."""
+        number = int(now * OBSERVE_RATE) % OBSERVE_MODULUS
+        last = self.observe
+        if last is not None and not 0 < (number - last) % OBSERVE_MODULUS < OBSERVE_HALF:
+            number = (last + 1) % OBSERVE_MODULUS
+        self.observe = number
+        return number
 
     def sent(self, body: bytes) -> None:
         """``body`` went to the observer: kept while it is longer than one block."""
@@ -84,16 +111,13 @@ class Observers:
         # notifications reported delivered, so that an RST to one still cancels its relation
         self._recent: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
         self._next_ref = 0
-        self._sequence = 0
         self.expired: List[Pending] = []  # skipped as expired; the caller takes them
+        # hears (key, relation) when a relation begins, (key, None) when it ends
+        self.changed: Callable[[Tuple[str, str], Optional[Relation]], None] = \
+            lambda key, relation: None
 
     def __len__(self) -> int:
         return len(self.relations)
-
-    def sequence(self) -> int:
-        """The next Observe number; one counter for all, so it increases per relation."""
-        self._sequence = (self._sequence + 1) % OBSERVE_MODULUS
-        return self._sequence
 
     def get(self, device: str, feature: str) -> Optional[Relation]:
         return self.relations.get((device, feature))
@@ -109,8 +133,11 @@ class Observers:
         leftovers = self._drop(key) if old is not None else []
         relation = Relation(device, feature, remote, token, observation,
                             min(block_size, codes.BLOCK_SIZE))
+        if old is not None:  # its numbers go on from the old one's
+            relation.observe = old.observe
         self.relations[key] = relation
         self._index(remote, key)
+        self.changed(key, relation)
         return relation, leftovers
 
     def deregister(self, device: str, feature: str, remote: Hashable,
@@ -138,6 +165,8 @@ class Observers:
             self.relations[target] = relation
             self._unindex(relation.remote, key)
             self._index(relation.remote, target)
+            self.changed(key, None)
+            self.changed(target, relation)
         for ref, key in list(self._in_flight.items()):
             if key[0] == old:
                 self._in_flight[ref] = (new, key[1])
@@ -228,7 +257,7 @@ class Observers:
                 continue
             self._next_ref += 1
             notify = Notify(self._next_ref, relation.remote, relation.token, pending.code,
-                            pending.payload, self.sequence(), relation.device,
+                            pending.payload, relation.next_observe(now), relation.device,
                             relation.block_size, pending.content_format, relation.observation)
             relation.sent(pending.payload)
             relation.in_flight = (notify.ref, pending)
@@ -239,6 +268,7 @@ class Observers:
     def _drop(self, key: Tuple[str, str]) -> List[Pending]:
         relation = self.relations.pop(key)
         self._unindex(relation.remote, key)
+        self.changed(key, None)
         leftovers = []
         if relation.in_flight is not None:
             self._in_flight.pop(relation.in_flight[0], None)

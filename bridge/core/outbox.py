@@ -115,7 +115,7 @@ class Outbox(Part):
             else:
                 self.delivery.add(entry)
         if actions:
-            actions.append(Log("warn", "{count} stored uplinks of deleted devices set aside",
+            actions.append(Log("warn", "{count:plural:stored uplink} of deleted devices set aside",
                                {"count": len(actions)}))
         if self.backlog_after is not None:
             if more and entries:
@@ -193,7 +193,7 @@ class Outbox(Part):
         if len(batch) > 1:
             # which of them did it refuse? each goes again alone, and only that one is set aside
             self.delivery.split(ref)
-            return [Log("warn", "the platform refused a publish of {count} uplinks (PUBACK "
+            return [Log("warn", "the platform refused a publish of {count:plural:uplink} (PUBACK "
                                 "0x{reason_code:02x}); sending them one by one",
                         {"count": len(batch), "reason_code": reason_code})] \
                 + self.pump(now)
@@ -240,6 +240,6 @@ class Outbox(Part):
         reason = "the platform deleted device %s" % name
         actions: List[Action] = [DeadLetter(entry.id, reason) for entry in dropped]
         if dropped:
-            actions.append(Log("warn", "{count} stored uplinks of {device} set aside: {reason}",
-                               {"count": len(dropped), "device": name, "reason": reason}))
+            actions.append(Log("warn", "{count:plural:stored uplink} of {device} set aside: "
+                               "{reason}", {"count": len(dropped), "device": name, "reason": reason}))
         return actions

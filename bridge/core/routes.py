@@ -96,6 +96,28 @@ def session_uplink(method: int, segments: Sequence[bytes]) -> Optional[str]:
     return _PLAIN_UPLINKS.get(segments[2])
 
 
+# The ``route`` label of the request metrics: a fixed set, whatever the path says.
+METRIC_ROUTES = (TELEMETRY, ATTRIBUTES, "attributes_read", RPC, "rpc_reply", "client_rpc",
+                 CLAIM, PROVISION, FIRMWARE, SOFTWARE, "other")
+
+
+def metric_route(method: int, segments: Sequence[str]) -> str:
+    """The request's name among ``METRIC_ROUTES``: its feature, with attributes read
+    (GET) apart from uploaded (POST), and an RPC observation (GET ``rpc``) apart from a
+    reply to a server-side RPC (POST ``rpc/{id}``) and a client-side RPC (POST ``rpc``);
+    "other" for a path that is no route."""
+    try:
+        found = route(method, segments)
+    except codes.CoapError:
+        return "other"
+    feature = found.feature
+    if feature == ATTRIBUTES:
+        return ATTRIBUTES if method == _POST else "attributes_read"
+    if feature == RPC and method == _POST:
+        return "rpc_reply" if found.rpc_id is not None else "client_rpc"
+    return feature
+
+
 def route(method: int, segments: Sequence[str]) -> Route:
     """Return the route for a request, or raise the ``CoapError`` to answer.
 

@@ -148,7 +148,7 @@ class Rpc(Part):
                 if name in self.full:
                     return []
                 self.full.add(name)
-                return [Log("warn", "RPC {rpc_id} for {device} dropped: {count} RPCs already "
+                return [Log("warn", "RPC {rpc_id} for {device} dropped: {count:plural:RPC} already "
                             "wait for the device (platform.rpc_queue_size); more are dropped, "
                             "counted in rpc_dropped_total",
                             {"rpc_id": rpc.id, "device": name, "count": self._held(name)})]
@@ -321,6 +321,6 @@ def _expired(ids: List[int], name: str, ttl: float) -> Log:
                    "(platform.rpc_queue_ttl {ttl:.0f} s)", {"rpc_id": ids[0], "device": name,
                                                              "ttl": ttl})
     shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
-    return Log("info", "{count} RPCs ({rpc_ids}) for {device} expired undelivered "
+    return Log("info", "{count:plural:RPC} ({rpc_ids}) for {device} expired undelivered "
                "(platform.rpc_queue_ttl {ttl:.0f} s)",
                {"count": len(ids), "rpc_ids": shown, "device": name, "ttl": ttl})

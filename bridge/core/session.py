@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from .actions import DeleteDevice, Entry, Request, Uplink
+from .actions import DeleteDevice, Device, Entry, Request, Uplink
 from .attributes import Attributes
 from .auth import Authenticator, CredentialLookups, TokenLookup
 from .codes import CoapError
@@ -37,6 +37,7 @@ from .outbox import Outbox
 from .parts import Action, Part, Shared, error_reply
 from .provision import Provisioning
 from .requests import Requests
+from .routes import ATTRIBUTES
 from .rpc import Rpc
 from .subscriptions import Subscriptions
 from .uplinks import Uplinks
@@ -104,6 +105,10 @@ class GatewayCore:
             for name, value in part.stats.items():
                 total[name] = total.get(name, 0) + value
         return total
+
+    def outbox_full(self, now: float) -> Optional[str]:
+        """Which outbox bound refuses uplinks now (``outbox.max_entries`` ...), or None."""
+        return self.uplinks.full(now)
 
     def gauges(self) -> Dict[str, int]:
         return {"outbox_entries": self.outbox.count, "outbox_bytes": self.outbox.bytes,
@@ -176,6 +181,22 @@ class GatewayCore:
     def on_peer_gone(self, remote: Any, now: float) -> List[Action]:
         """A DTLS session ended: its observe relations end (their items wait again)."""
         return self.subscriptions.on_peer_gone(remote, now)
+
+    def restore_relation(self, device: Device, feature: str, remote: Any, token: bytes,
+                         observation: Any, block_size: int,
+                         now: float) -> Optional[List[Action]]:
+        """An observe relation of ``device`` that a process before this one held (a worker
+        killed and restarted, or the bridge restarted), taken over as it was registered:
+        the device is connected on the gateway session (now, or when the link comes up),
+        and an observer of ``/attributes`` is sent its whole current view once it is
+        fetched. None when there is no room for it (``coap.max_observers``)."""
+        if not self.subscriptions.restore(device.name, feature, remote, token, observation,
+                                          block_size):
+            return None
+        actions = self.devices.connect_if_needed(device, now)
+        if feature == ATTRIBUTES:
+            actions += self.attributes.restored(device.name, now)
+        return actions
 
     def reconnect_device(self, name: str, now: float) -> List[Action]:
         """The device's own MQTT session (OTA download) evicted its gateway sub-session."""

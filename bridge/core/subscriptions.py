@@ -44,9 +44,17 @@ class Subscriptions(Part):
                         {"limit": observers.max_relations, "device": name})]
         relation.sent(body)
         actions: List[Action] = [Reply(request.ref, code, body, fmt,
-                                       observe=observers.sequence())]
+                                       observe=relation.next_observe(now))]
         hook = self.registered.get(feature)
         return actions + hook(name, now) if hook is not None else actions
+
+    def restore(self, name: str, feature: str, remote: Any, token: bytes, observation: Any,
+                block_size: int) -> bool:
+        """Take over a relation a process before this one held (a restarted worker): as
+        it was registered, with nothing queued. False when there is no room for it."""
+        relation, _ = self.observers.register(name, feature, remote, token, observation,
+                                              block_size)
+        return relation is not None
 
     def deregister(self, request: Request, name: str, feature: str, now: float) -> None:
         """GET with Observe: 1 (only the registering endpoint and token end the relation)."""

@@ -46,16 +46,17 @@ class UnknownTokens:
         counted = len(self.sources)
         assert self.since is not None
         fields = {
-            "count": self.count, "requests": "request" if self.count == 1 else "requests",
-            "seconds": now - self.since,
-            "addresses": "%s%d address%s" % ("at least " if counted >= self.max_sources else "",
-                                             counted, "" if counted == 1 else "es"),
+            "count": self.count, "seconds": now - self.since, "addresses": counted,
             "busiest": ", ".join("%s (%d)" % (source, n) for source, n in busiest),
+            "what": self.what, "hint": self.hint,
         }
         self.count = 0
         self.sources = {}
         self.since = None
         self.next_warning = now + self.interval
-        fields["what"], fields["hint"] = self.what, self.hint
-        return ("{count} {requests} with {what} in the last {seconds:.0f} s, "
-                "from {addresses} (answered 4.01; {hint}); most from {busiest}", fields)
+        # the first request after a quiet spell is reported at once: no window to name
+        return ("{count:plural:request} with {what}"
+                + (" in the last {seconds:.0f} s" if fields["seconds"] >= 1 else "")
+                + ", from " + ("at least " if counted >= self.max_sources else "")
+                + "{addresses:plural:address:addresses} (answered 4.01; {hint}); most from "
+                "{busiest}", fields)

@@ -186,10 +186,15 @@ class Uplinks(Part):
             raise codes.EntityTooLarge("gateway message would exceed the platform's %d-byte limit"
                                        % limit, size1=limit)
 
+    def full(self, now: float) -> Optional[str]:
+        """Why the outbox would refuse an uplink now (a bound reached), or None."""
+        return self._full(0, now)
+
     def _full(self, size: int, now: float) -> Optional[str]:
         settings, outbox = self.settings, self.outbox
         if outbox.count + self.storing_count >= settings.max_entries:
-            return "%d entries" % settings.max_entries
+            return "%d %s" % (settings.max_entries,
+                              "entry" if settings.max_entries == 1 else "entries")
         if outbox.bytes + self.storing_bytes + size > settings.max_bytes:
             return "%d bytes" % settings.max_bytes
         oldest = outbox.oldest(now, settings.max_age)

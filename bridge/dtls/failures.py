@@ -53,11 +53,8 @@ class HandshakeFailures:
         counted = len(self.sources)
         count = self.counts[FAILED] + self.counts[TIMED_OUT]
         fields = {
-            "count": count, "handshakes": "handshake" if count == 1 else "handshakes",
-            "failed": self.counts[FAILED], "timed_out": self.counts[TIMED_OUT],
-            "seconds": now - self.since,
-            "addresses": "%s%d address%s" % ("at least " if counted >= self.max_sources else "",
-                                             counted, "" if counted == 1 else "es"),
+            "count": count, "failed": self.counts[FAILED], "timed_out": self.counts[TIMED_OUT],
+            "seconds": now - self.since, "addresses": counted,
             "busiest": ", ".join("%s (%d)" % (source, n) for source, n in busiest),
             "reason": self.last_reason,
         }
@@ -65,7 +62,11 @@ class HandshakeFailures:
         self.sources = {}
         self.since = None
         self.next_summary = now + self.interval
-        return ("{count} DTLS {handshakes} did not complete in the last {seconds:.0f} s "
-                "({failed} failed, {timed_out} not finished within dtls.handshake_timeout, "
-                "as with a wrong PSK), from {addresses}; most from {busiest}; "
-                "last: {reason}", fields)
+        # the first failure after a quiet spell is reported at once: no window to name
+        return ("{count:plural:DTLS handshake} did not complete"
+                + (" in the last {seconds:.0f} s" if fields["seconds"] >= 1 else "")
+                + " ({failed} failed, {timed_out} not finished within dtls.handshake_timeout, "
+                "as with a wrong PSK), from "
+                + ("at least " if counted >= self.max_sources else "")
+                + "{addresses:plural:address:addresses}; most from {busiest}; last: {reason}",
+                fields)

@@ -94,6 +94,14 @@ class BridgeCoap(DatagramProtocol):
                           self.clock.seconds(), block_size, content_format)
         self._drain()
 
+    def end_observation(self, peer: Hashable, token: bytes, code: int, diagnostic: bytes,
+                        max_age: Optional[int] = None) -> None:
+        """Tell ``peer`` that its relation of ``token`` ended (a notification with ``code``
+        and no Observe option, CON)."""
+        self.layer.end_observation(peer, token, code, diagnostic, self.clock.seconds(),
+                                   max_age)
+        self._drain()
+
     # -- the DTLS seam (see the module docstring) ----------------------------------------
 
     def received(self, data: bytes, peer: Any) -> None:
@@ -199,10 +207,12 @@ class BridgeCoap(DatagramProtocol):
 
 
 def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str,
-           shared: bool = False) -> Any:
+           shared: bool = False, inherited: Optional[int] = None) -> Any:
     """W9: listen with a receive buffer that holds any UDP datagram; ``shared``: beside the
-    other worker processes (``SO_REUSEPORT``, see ``bridge.edge.udp``)."""
-    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared)
+    other worker processes (``SO_REUSEPORT``, see ``bridge.edge.udp``); ``inherited``: on
+    the socket the supervisor handed over."""
+    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared,
+                          inherited)
 
 
 def create_protocol(handler: Handler, clock: IReactorTime, empty_ack_delay: float,

@@ -205,7 +205,7 @@ class DtlsSession:
 
     __slots__ = ("key", "address", "credential", "connection", "transport", "established",
                  "client_random", "psk_identity", "psk_key", "timer_due", "closed",
-                 "verify_error", "shortest")
+                 "verify_error", "shortest", "started")
 
     def __init__(self, key: str, address: Address, connection: SSL.Connection,
                  transport: "DtlsTransport", client_random: bytes):
@@ -222,6 +222,7 @@ class DtlsSession:
         self.closed = False
         self.verify_error: Optional[str] = None  # why its certificate failed, if it did
         self.shortest = 0  # bytes: no protected record of its cipher is shorter
+        self.started = 0.0  # when its handshake began (its cookie verified)
 
     def send(self, data: bytes) -> None:
         """A CoAP datagram for this peer: encrypted and sent (dropped once closed)."""
@@ -266,6 +267,9 @@ class DtlsTransport(DatagramProtocol):
         self._armed = 0.0
         self._full_noted = float("-inf")  # when a refusal past max_sessions was last logged
         self.failures = HandshakeFailures()  # one info line a minute, not one each
+        # hears each handshake's (outcome, method, seconds): outcome "full", "resumed",
+        # "failed" or "timeout"; method "psk", "x509" or "none" (the metrics)
+        self.on_handshake: Callable[[str, str, float], None] = lambda *_: None
 
     # -- the listener ----------------------------------------------------------------
 
@@ -351,7 +355,7 @@ class DtlsTransport(DatagramProtocol):
             self.stats["refused_full"] += 1
             if now >= self._full_noted + 60.0:  # once a minute: a flood must not flood the log
                 self._full_noted = now
-                log.info("DTLS handshake from {peer} refused: {count} sessions "
+                log.info("DTLS handshake from {peer} refused: {count:plural:session} "
                          "(dtls.max_sessions; {refused} refused so far)", peer="%s:%d" % address,
                          count=len(self.table), refused=self.stats["refused_full"])
             return
@@ -368,6 +372,7 @@ class DtlsTransport(DatagramProtocol):
         session = DtlsSession("dtls %s %d %d" % (address[0], address[1], self._serial),
                               address, listener, self, hello.random)
         listener.set_app_data(session)
+        session.started = now
         self.table.add(address, session, now)
         self._handshake(session, now)
 
@@ -453,6 +458,7 @@ class DtlsTransport(DatagramProtocol):
         cipher = connection.get_cipher_name() or ""
         session.shortest = records.min_body(cipher)
         self.table.establish(session, now)
+        self.on_handshake(kind, _method(session), now - session.started)
         self.coap.trust(session)
         log.debug("DTLS session with {peer} ({kind}, {cipher}, {credential})",
                   peer=str(session), kind=kind, cipher=cipher,
@@ -670,6 +676,8 @@ class DtlsTransport(DatagramProtocol):
 
     def _failed(self, session: DtlsSession, kind: str, reason: str, now: float) -> None:
         self.failures.record(kind, session.address[0], reason, now)
+        self.on_handshake("failed" if kind == FAILED else "timeout", _method(session),
+                          now - session.started)
         self._summarise(now)
 
     def _summarise(self, now: float) -> None:
@@ -688,6 +696,15 @@ class DtlsTransport(DatagramProtocol):
         return self.table.handshaking
 
 
+def _method(session: DtlsSession) -> str:
+    """How the device authenticates (or tried to): "psk", "x509" or "none"."""
+    if session.psk_identity is not None or isinstance(session.credential, PresharedKey):
+        return "psk"
+    if isinstance(session.credential, Certificate) or session.verify_error is not None:
+        return "x509"
+    return "none"
+
+
 def _describe(credential: Any) -> str:
     if isinstance(credential, PresharedKey):
         return "PSK identity %s" % mask(credential.identity)
@@ -698,7 +715,9 @@ def _describe(credential: Any) -> str:
 
 
 def listen(reactor: IReactorUDP, protocol: DtlsTransport, port: int, interface: str,
-           shared: bool = False) -> Any:
+           shared: bool = False, inherited: Optional[int] = None) -> Any:
     """``shared``: one worker of several (``coap.workers``), the port bound with
-    ``SO_REUSEPORT`` beside the others'; the kernel keeps each source on one worker."""
-    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared)
+    ``SO_REUSEPORT`` beside the others'; the kernel keeps each source on one worker.
+    ``inherited``: on the socket the supervisor handed over (``bridge.edge.udp``)."""
+    return udp.listen_udp(reactor, protocol, port, interface, RECEIVE_BUFFER, shared,
+                          inherited)

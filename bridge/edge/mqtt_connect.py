@@ -294,7 +294,7 @@ class Reconnects:
                      "for one gateway token whatever the client id, its own gateway device)",
                      client_id=client_id)
         elif self.short_sessions >= SHORT_SESSIONS_HINT:
-            log.warn("Lost the MQTT connection: {reason}; {count} connections in a row lost "
+            log.warn("Lost the MQTT connection: {reason}; {count:plural:connection} in a row lost "
                      "within {seconds:.0f} s of being accepted: another client with the same "
                      "client id {client_id} (or, on ThingsBoard, the same gateway token)?",
                      reason=str(reason_code), count=self.short_sessions,

@@ -120,10 +120,10 @@ def _adopt(outbox: Outbox, path: str, synchronous: str) -> int:
     finally:
         old.close()
     if moved:
-        log.info("Took over {count} uplinks from {path} (the worker count changed)",
+        log.info("Took over {count:plural:uplink} from {path} (the worker count changed)",
                  count=moved, path=path, into=outbox.path)
     if dead:
-        log.warn("Kept {path}: it holds {count} dead letters", path=path, count=dead)
+        log.warn("Kept {path}: it holds {count:plural:dead letter}", path=path, count=dead)
     else:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):

@@ -80,7 +80,7 @@ class Provisioner:
         settings = self.config.provisioning
         if self.in_progress >= settings.max_concurrent:
             self.refused += 1
-            log.debug("Provisioning of {device} refused: {count} requests in progress",
+            log.debug("Provisioning of {device} refused: {count:plural:request} in progress",
                       device=request.device_name, count=self.in_progress)
             self.answer(ref, codes.SERVICE_UNAVAILABLE, b"",
                         max_age=max(1, math.ceil(settings.timeout)))

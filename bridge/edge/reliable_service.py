@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 from ..settings import Config, StartupError
 from ..settings.reliable import enabled, tls_files
 from ..logs import logger
-from .stream import Hub, StreamFactory
+from .stream import Hub, StreamFactory, StreamPeer
 from .websocket import PATH, WebSocketFactory
 
 log = logger("reliable")
@@ -66,6 +66,9 @@ class ReliableService(Service):
         self.hub = hub = Hub(cfg, bridge.requests.handle, bridge.reactor, config.coap.max_body)
         hub.on_result = bridge.notified
         hub.on_peer_gone = bridge.peer_gone
+        # the request metrics' transport label: tcp, tls, ws or wss by the peer's scheme
+        bridge.requests.counts.register_by(
+            StreamPeer, "scheme", {scheme: name for name, (scheme, *_) in LISTENERS.items()})
         limit = raise_descriptor_limit(cfg.max_connections + 1024)
         creator = None
         for name in enabled(config):

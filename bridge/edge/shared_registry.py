@@ -287,7 +287,7 @@ class SharedRegistry:
                         failure=failure, registry=self.display)
         elif self._reachable:
             log.warn("Device registry {registry} unreachable ({reason}): serving the last copy "
-                     "({count} devices), retrying", registry=self.display,
+                     "({count:plural:device}), retrying", registry=self.display,
                      reason=one_line(failure.value), count=len(self.devices))
         self._reachable = False
         self._schedule_reconnect()
@@ -307,7 +307,7 @@ class SharedRegistry:
         self._queue(loaded)
         self._delay = MIN_DELAY
         self._reachable = True
-        log.info("Device registry {registry} reachable again ({count} live devices)",
+        log.info("Device registry {registry} reachable again ({count:plural:live device})",
                  registry=self.display, count=len(self._listener.last[0]))
         self._wait()
 

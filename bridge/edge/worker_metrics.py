@@ -16,9 +16,12 @@ Scraping keeps every existing name, type and help text as it is, adds the
 ``worker`` label (``sum by`` gives the totals), and costs nothing between
 scrapes.
 
-``/readyz`` is 200 only when every worker has started and answers its own
-``/readyz`` with 200; otherwise 503 and what is missing, worker by worker.
-``/healthz`` is 200 while the supervisor's reactor answers.
+``/readyz`` aggregates the workers': 503 when a worker answers that it is not ready
+(the devices the kernel gives its socket would be refused), or when no worker serves
+at all; a worker that does not answer (starting, restarting after a crash) is named
+as degraded but leaves the pod ready, for the kernel gives its devices to the other
+workers' sockets meanwhile; what a worker reports as degraded (its MQTT link) is named,
+worker by worker. ``/healthz`` is 200 while the supervisor's reactor answers.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ..logs import logger
-from .metrics import PREFIX, TEXT, HealthResource, MetricsSite, ready_body
+from .metrics import PREFIX, TEXT, HealthResource, MetricsSite, parse_ready, render_ready
 
 log = logger("supervisor")
 SCRAPE_TIMEOUT = 5.0  # s for one worker to answer
@@ -87,11 +90,14 @@ class _Families:
 class WorkerMetrics:
     """Reads the workers' metrics and readiness over HTTP on 127.0.0.1."""
 
-    def __init__(self, reactor: Any, ports: Ports, restarts: Callable[[int], int]):
+    def __init__(self, reactor: Any, ports: Ports, restarts: Callable[[int], int],
+                 idle_timeout: float = 10.0):
         self.reactor = reactor
         self.ports = ports
         self.restarts = restarts
         self.pool = HTTPConnectionPool(reactor, persistent=True)
+        # closed before the worker's site closes it for being idle (metrics.idle_timeout)
+        self.pool.cachedConnectionTimeout = idle_timeout / 2
         self.pool._factory = _QuietFactory  # no log line per connection, at each scrape
         self.agent = Agent(reactor, connectTimeout=SCRAPE_TIMEOUT, pool=self.pool)
         self.own = CollectorRegistry()  # the supervisor's own process
@@ -143,29 +149,31 @@ class WorkerMetrics:
                                     str(worker)))
         return merge(groups + [[up, restarts]])
 
-    def not_ready(self) -> defer.Deferred:
-        """What keeps the workers from serving, worker by worker (empty: all ready)."""
-        return self.readiness().addCallback(lambda result: result[0])
-
     def readiness(self) -> defer.Deferred:
-        """(what keeps the workers from serving, worker by worker; their notes, each once:
-        workers of one DATA_DIR share its journal, so they say the same)."""
-        return self._each("/readyz").addCallback(self._missing)
+        """(missing, degraded, notes) of the pod, from every worker's ``/readyz`` (notes
+        each once: workers of one DATA_DIR share its journal, so they say the same)."""
+        return self._each("/readyz").addCallback(self._aggregate)
 
     @staticmethod
-    def _missing(answers: List[Tuple[int, Any]]) -> Tuple[List[str], List[str]]:
+    def _aggregate(answers: List[Tuple[int, Any]]) -> Tuple[List[str], List[str], List[str]]:
         missing: List[str] = []
+        degraded: List[str] = []
         notes: List[str] = []
+        serving = 0
         for worker, answer in answers:
             if answer is None:
-                missing.append("worker %d not serving" % worker)
+                degraded.append("worker %d not serving" % worker)
                 continue
-            first, *rest = answer[1].strip().splitlines() or [""]
-            notes += [line for line in rest if line and line not in notes]
-            if answer[0] != 200:
-                missing.append("worker %d: %s" % (worker, first[len("not ready: "):]
-                                                  if first.startswith("not ready: ") else first))
-        return missing, notes
+            lacks, worse, said = parse_ready(answer[1])
+            if answer[0] == 200:
+                serving += 1
+            else:
+                missing += ["worker %d: %s" % (worker, text) for text in lacks or ["not ready"]]
+            degraded += ["worker %d: %s" % (worker, text) for text in worse]
+            notes += [line for line in said if line not in notes]
+        if not serving and not missing:
+            missing.append("no worker serving")
+        return missing, degraded, notes
 
 
 class _Deferred(Resource):
@@ -216,9 +224,9 @@ class _AllReady(_Deferred):
     def answer(self, request: Any) -> defer.Deferred:
         request.setHeader(b"content-type", TEXT)
 
-        def body(result: Tuple[List[str], List[str]]) -> bytes:
-            code, text = ready_body(*result)
-            request.setResponseCode(code)
+        def body(state: Tuple[List[str], List[str], List[str]]) -> bytes:
+            status, text = render_ready(*state)
+            request.setResponseCode(status)
             return text
         return self.readiness().addCallback(body)
 
@@ -227,8 +235,10 @@ class SupervisorSite(MetricsSite):
     """``/metrics`` of all workers, ``/healthz``, and ``/readyz`` of all workers."""
 
     def __init__(self, metrics: WorkerMetrics,
-                 readiness: Optional[Callable[[], defer.Deferred]] = None):
-        super().__init__(metrics.own)
+                 readiness: Optional[Callable[[], defer.Deferred]] = None,
+                 idle_timeout: float = 10.0, max_connections: int = 32):
+        super().__init__(metrics.own, idle_timeout=idle_timeout,
+                         max_connections=max_connections)
         root = Resource()
         root.putChild(b"metrics", _AllMetrics(metrics))
         root.putChild(b"healthz", HealthResource())

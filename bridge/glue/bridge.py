@@ -31,7 +31,7 @@ from ..core.formats.protobuf import ProtobufFormat
 from ..core.auth import CredentialLookups
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
-from ..edge.metrics import BridgeMetrics
+from ..edge.metrics import BridgeMetrics, HandshakeMetrics, Labelled
 from ..edge.mqtt import MqttLink
 from ..edge import protoc
 from ..edge.outbox import Outbox
@@ -46,7 +46,9 @@ from .commit import OutboxCommit
 from .dispatch import ActionDispatcher
 from .lookup import RegistryView
 from .notifications import Notifications
+from .readiness import Readiness
 from .platform_changes import PlatformChanges
+from .relations import relation_keeper
 from .x509register import AutoRegistration
 
 log = logger("bridge")
@@ -68,7 +70,11 @@ DTLS_COUNTERS = {
     "ended_by_registry": "DTLS sessions ended: their credential left the registry",
     "replaced": "DTLS sessions replaced by a new handshake from their address",
 }
+REQUEST_LABELS = ("route", "code", "transport")
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
+# s a failed outbox write keeps the bridge unready (a later write that succeeds ends it at
+# once): with no traffic, nothing else would try the disk again
+OUTBOX_FAILURE_HOLD = 10.0
 
 
 def fixed_messages() -> Optional[fixed.FixedMessages]:
@@ -137,6 +143,9 @@ class Bridge:
         self.notifications = Notifications(reactor)
         self.platform_changes = PlatformChanges(self.registry_view, self.commit,
                                                 lambda: self.outbox)
+        # observe relations kept in DATA_DIR across a restart
+        self.relations = relation_keeper(self.core, reactor, self.registry_view, self.apply,
+                                         config, worker)
         self.sessions = ShortSessions()  # OTA downloads and upstream provisioning
         self.provisioner = Provisioner(config, reactor, self.registry_view.write,
                                        self.requests.answer_json, self.sessions, fixed)
@@ -150,7 +159,10 @@ class Bridge:
         self.reliable: Optional[Any] = None  # the RFC 8323 connections (stream.Hub), if any
         self.dtls: Optional[Any] = None  # the DTLS transport (DtlsTransport), once listening
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
-        self.prometheus = BridgeMetrics(self.metrics)  # its own registry: see edge/metrics.py
+        self.handshakes = HandshakeMetrics()  # the DTLS transport's on_handshake, once on
+        self.prometheus = BridgeMetrics(  # its own registry: see edge/metrics.py
+            self.metrics, lambda: self.handshakes.families() if self.dtls is not None else ())
+        self.readiness = Readiness(self, config.health.ready_requires_mqtt)
         self.requests.answered = self.prometheus.request_seconds.observe
         self._delivered = self.prometheus.delivery_seconds.observe
         self._route_actions()
@@ -211,10 +223,12 @@ class Bridge:
 
     def link_up(self) -> None:
         self.apply(self.core.on_link_up(self.now()))
+        self.readiness.watch(self.now(), changed=True)
 
     def link_down(self, reason: str) -> None:
         self.mids.clear()
         self.apply(self.core.on_link_down(self.now()))
+        self.readiness.watch(self.now(), changed=True)
 
     def published(self, mid: int, reason_code: int) -> None:
         ref = self.mids.pop(mid, None)
@@ -237,7 +251,9 @@ class Bridge:
 
     def tick(self) -> None:
         self.registry_view.refresh()  # removed credentials end their sessions without a request
-        self.apply(self.core.on_tick(self.now()))
+        now = self.now()
+        self.apply(self.core.on_tick(now))
+        self.readiness.watch(now)
 
     def reconnect_device(self, name: str) -> None:
         self.apply(self.core.reconnect_device(name, self.now()))
@@ -301,17 +317,21 @@ class Bridge:
                 for created in action.created:
                     self._delivered(now - created)
 
-    def not_ready(self) -> List[str]:
-        """What keeps the bridge from serving (``/readyz``): empty when it is ready."""
-        missing = []
-        if not self.coap_listening:
-            missing.append("coap not listening")
-        if not self.link.connected:
-            missing.append("mqtt not connected")
+    def outbox_problem(self) -> Optional[str]:
+        """Why the outbox cannot take uplinks now (``readiness``), or None: not open, a
+        bound reached, or a write failed in the last ``OUTBOX_FAILURE_HOLD`` s."""
+        if self.outbox is None:
+            return "outbox not open"
+        now = self.now()
+        failed = self.outbox_commit.failed
+        if failed is not None and now - failed[1] < OUTBOX_FAILURE_HOLD:
+            return "outbox not writable (%s)" % failed[0]
+        full = self.core.outbox_full(now)
+        return "outbox full (%s)" % full if full is not None else None
+
+    def _registry_reachable(self) -> bool:
         registry = self.registry_view.registry
-        if registry is None or not registry.reachable():
-            missing.append("registry not reachable")
-        return missing
+        return registry is not None and registry.reachable()
 
     def metrics(self) -> Dict[str, Any]:
         """Every metric: name -> (type, help, value), read from the parts at scrape time."""
@@ -324,9 +344,12 @@ class Bridge:
         """Requests, uplinks and the outbox's work."""
         protocol = self.coap
         return {
-            "coap_requests_total": ("counter", "CoAP requests handled", self.requests.handled),
-            "coap_errors_total": ("counter", "requests answered 4.xx or 5.xx",
-                                  self.requests.errors),
+            "coap_requests_total": ("counter", "CoAP requests answered, by route, answer "
+                                    "code and transport", Labelled(
+                                        REQUEST_LABELS, self.requests.counts.samples())),
+            "coap_errors_total": ("counter", "CoAP requests answered 4.xx or 5.xx, by route, "
+                                  "code and transport", Labelled(
+                                      REQUEST_LABELS, self.requests.counts.samples(True))),
             "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed",
                                      protocol.malformed if protocol is not None else 0),
             "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
@@ -382,6 +405,11 @@ class Bridge:
                                   gauges["devices_connected"]),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
+            "ready": ("gauge", "1 while /readyz says ready (the bridge can accept and store "
+                      "uplinks)", 0 if self.readiness.check()[0] else 1),
+            "registry_reachable": ("gauge", "1 while the device registry answers (without it "
+                                   "the bridge serves its last copy)",
+                                   1 if self._registry_reachable() else 0),
             "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "
                                         "provisioning.max_concurrent in progress",
                                         self.provisioner.refused),

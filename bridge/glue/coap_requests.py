@@ -17,7 +17,8 @@ progress is an ``_InProgress`` record under its ref until ``answer`` gives its
 ``Answer`` to the transport: through the ``respond(answer, incoming)`` callable the
 transport handed in with the request (``handle(incoming, respond)``, what the UDP edge
 does: no Deferred per request), or, called as ``handle(incoming)``, by firing the
-Deferred it returned.
+Deferred it returned. Each answer is counted by route, code and transport
+(``request_counts``: the record holds its cell).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ from ..coap.options import URI_PATH
 from ..coap.peers import describe
 from ..core import codes
 from ..core.actions import Authenticated, Created, Reply, Request, Uplink
-from ..core.routes import plain_uplink, session_uplink
+from ..core.routes import metric_route, plain_uplink, session_uplink
 from ..logs import logger
 from .admission import PendingAdmission
 from .lookup import RegistryView
+from .request_counts import RequestCounts
 
 log = logger("bridge")
 
@@ -53,14 +55,16 @@ def _fire(answer: Answer, deferred: defer.Deferred) -> None:
 class _InProgress:
     """A request the core has not answered yet."""
 
-    __slots__ = ("respond", "arg", "peer", "authenticated", "started")
+    __slots__ = ("respond", "arg", "peer", "authenticated", "started", "counts")
 
-    def __init__(self, respond: Respond, arg: Any, peer: Hashable, started: float):
+    def __init__(self, respond: Respond, arg: Any, peer: Hashable, started: float,
+                 counts: List[int]):
         self.respond = respond  # respond(answer, arg), once
         self.arg = arg
         self.peer = peer
         self.authenticated = False  # it carried a valid access token
         self.started = started  # when it came (the clock's seconds)
+        self.counts = counts  # its answer's count by code (its route and transport's)
 
 
 class CoapRequests:
@@ -77,8 +81,10 @@ class CoapRequests:
         self.schedule_commit = schedule_commit  # the end of the turn flushes the uplinks
         self.in_progress: Dict[int, _InProgress] = {}
         self.uplinks: List[Uplink] = []  # plain uplinks of this turn, for the core in one go
-        self.handled = 0  # requests, for the metrics; also the last request's ref
-        self.errors = 0  # answered 4.xx or 5.xx
+        self.handled = 0  # requests so far: the last request's ref
+        self.counts = RequestCounts()  # answers by route, code and transport
+        # (feature, peer class) -> its count by code, for plain uplinks: no call per uplink
+        self._uplink_cells: Dict[Tuple[str, type], List[int]] = {}
         # seconds from a request to its answer, for the metrics (a histogram's observe)
         self.answered: Callable[[float], None] = lambda seconds: None
 
@@ -110,17 +116,13 @@ class CoapRequests:
         """A request that waited for a registration failed where nothing else catches it."""
         log.failure("Handling a request from {peer} failed", failure=failure,
                     peer=describe(peer))
+        self.counts.cell("other", peer).codes[codes.INTERNAL_SERVER_ERROR] += 1
         respond(Answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
                                      codes.TEXT_PLAIN)), arg)
 
     def _admit(self, ref: int, incoming: Incoming, peer: Any, credential: Any,
                respond: Respond, arg: Any) -> None:
         refused = self.admission.refusal(peer)
-        if refused is not None:
-            self.errors += 1
-            respond(Answer(make_response(codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN,
-                                         max_age=1)), arg)
-            return
         message = incoming.message
         options = message.options
         if len(options) > 3 and options[0][0] == URI_PATH and options[3][0] == URI_PATH \
@@ -130,6 +132,11 @@ class CoapRequests:
                                        options[3][1])
         else:
             path = message.uri_path
+        if refused is not None:
+            self._count(message, path, peer, codes.SERVICE_UNAVAILABLE)
+            respond(Answer(make_response(codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN,
+                                         max_age=1)), arg)
+            return
         if path:
             plain: Optional[tuple] = None
             if credential is None:
@@ -139,7 +146,13 @@ class CoapRequests:
                 feature = session_uplink(message.code, path)
                 plain = (credential, feature) if feature is not None else None
             if plain is not None:  # the common upload goes to the core with the others
-                self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds())
+                cell = self._uplink_cells.get((plain[1], type(peer)))
+                if cell is None:
+                    cell = self.counts.cell(plain[1], peer).codes
+                    if self.counts.static(type(peer)):
+                        self._uplink_cells[(plain[1], type(peer))] = cell
+                self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds(),
+                                                    cell)
                 self.admission.hold(peer)
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
@@ -162,10 +175,13 @@ class CoapRequests:
                 (block2.number, block2.size) if block2 is not None else None,
                 credential, incoming.observation)
         except UnicodeDecodeError:
+            self.counts.cell("other", peer).codes[codes.BAD_REQUEST] += 1
             respond(Answer(make_response(codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be "
                                          b"UTF-8", codes.TEXT_PLAIN)), arg)
             return
-        self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds())
+        self.in_progress[ref] = _InProgress(
+            respond, arg, peer, self.clock.seconds(),
+            self.counts.cell(metric_route(message.code, request.path), peer).codes)
         self.admission.hold(peer)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
@@ -185,12 +201,20 @@ class CoapRequests:
         except Exception:
             # a bug outside any one uplink (the core answers one that fails 5.00 itself):
             # answered 5.00 like a failing request handler, and logged once
-            log.failure("Handling {count} uplinks failed", count=len(uplinks))
+            log.failure("Handling {count:plural:uplink} failed", count=len(uplinks))
             for uplink in uplinks:
                 self.answer(uplink[0], make_response(
                     codes.INTERNAL_SERVER_ERROR, b"internal error", codes.TEXT_PLAIN))
             return
         self.apply(actions)
+
+    def _count(self, message: Message, path: Any, peer: Any, code: int) -> None:
+        """An answer given before the request was read (refused at admission)."""
+        try:
+            segments = tuple([segment.decode() for segment in path]) if path else ()
+        except UnicodeDecodeError:
+            segments = ()
+        self.counts.cell(metric_route(message.code, segments), peer).codes[code] += 1
 
     # -- answers -----------------------------------------------------------------------
 
@@ -205,7 +229,6 @@ class CoapRequests:
         # device flood the log: per-request answers are debug; states worth an operator's
         # attention (outbox full, platform refusals) arrive as Log actions from the core.
         if reply.code >= codes.BAD_REQUEST:
-            self.errors += 1
             pending = self.in_progress.get(reply.ref)
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
                       peer=describe(pending.peer) if pending is not None else "device",
@@ -239,6 +262,7 @@ class CoapRequests:
                 message = message._replace(authenticated=True)
         else:  # large answers to a valid token need no amplification limit
             message = Answer(message, authenticated)  # type: ignore[arg-type]
+        pending.counts[message.message.code] += 1
         self.admission.release(pending.peer)
         self.answered(self.clock.seconds() - pending.started)
         pending.respond(message, pending.arg)

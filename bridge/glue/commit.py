@@ -39,6 +39,8 @@ class OutboxCommit:
         self._call: Any = None
         self._backlog_calls: List[Any] = []
         self._update_error: Optional[Tuple[str, float]] = None  # (error, when it was logged)
+        # (error, when) of the last write that failed, until one succeeds: readiness
+        self.failed: Optional[Tuple[str, float]] = None
 
     # -- the core's actions --------------------------------------------------------------
 
@@ -103,12 +105,14 @@ class OutboxCommit:
             # they go with the next write
             self._deletes[:0] = deletes
             self._dead[:0] = dead
+            self.failed = (str(exc), now)
             if stores:
                 self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
             else:
                 self._update_failed(str(exc), now)
             return
         self._update_error = None
+        self.failed = None
         if stores:
             self.apply(self.core.on_stored([(ref, ids[start]) for ref, start in starts], now))
 
@@ -128,8 +132,8 @@ class OutboxCommit:
         assert self.outbox is not None
         count, size = self.outbox.stats()
         if count:
-            log.info("Outbox holds {count} undelivered uplinks ({size} bytes) from before; "
-                     "delivering them", count=count, size=size)
+            log.info("Outbox holds {count:plural:undelivered uplink} ({size:plural:byte}) "
+                     "from before; delivering them", count=count, size=size)
         self.apply(self.core.on_backlog(count, size, self.reactor.seconds()))
 
     def _load_backlog(self, action: LoadBacklog) -> None:
@@ -143,7 +147,8 @@ class OutboxCommit:
                       "entries stay there (see docs/reliability.md)", path=self.outbox.path,
                       id=action.after, error=str(exc))
             return
-        log.debug("Read {count} outbox entries after {id}", count=len(entries), id=action.after)
+        log.debug("Read {count:plural:outbox entry:outbox entries} after {id}",
+                  count=len(entries), id=action.after)
         self.apply(self.core.on_restored(entries, self.reactor.seconds(), more=bool(entries)))
 
     def stop(self) -> None:

@@ -198,7 +198,7 @@ class PlatformChanges:
                 log.debug("Platform's {change} is in the registry ({outcome})", change=what,
                           device=change.name, outcome=result.outcome)
         if counts:
-            log.info("Applied {count} journaled platform changes to the registry ({applied} "
+            log.info("Applied {count:plural:journaled platform change} to the registry ({applied} "
                      "applied, {unknown} found done or gone, {refused} refused)",
                      count=sum(counts.values()), applied=counts.get(APPLIED, 0)
                      + counts.get(DUPLICATE, 0), unknown=counts.get(UNKNOWN, 0),

@@ -45,12 +45,14 @@ class CoapConfig:
         "observers are found (RFC 7641 §4.5).", low=0, high=30 * 86400, above=True, unit="s")
     workers: int = setting(
         1, "Worker processes on this host. 1: one process; with N > 1 the bridge is a "
-        "supervisor that starts N workers binding the same UDP port with SO_REUSEPORT (the "
-        "kernel keeps each device's source address and port on one worker), each with its "
-        "own MQTT client id (mqtt.client_id plus -w1, -w2...) and outbox "
-        "(DATA_DIR/outbox-w1.sqlite3...), all sharing the registry; the supervisor serves "
-        "the metrics port for all of them and restarts a worker that dies. Changing it "
-        "re-spreads the devices over the workers (docs/deployment.md).",
+        "supervisor that binds N sockets on the UDP port with SO_REUSEPORT and hands one to "
+        "each of N workers (the kernel keeps each device's source address and port on one "
+        "worker, across a worker's restart too), each with its own MQTT client id "
+        "(mqtt.client_id plus -w1, -w2...), outbox (DATA_DIR/outbox-w1.sqlite3...) and "
+        "observe relations (DATA_DIR/observers-w1.sqlite3...), all sharing the registry; "
+        "the supervisor serves the metrics port for all of them and restarts a worker that "
+        "dies, which takes its observers over. Changing it re-spreads the devices over the "
+        "workers and ends their observe relations with 5.03 (docs/deployment.md).",
         low=1, high=MAX_WORKERS)
 
 

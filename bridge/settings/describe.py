@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Tuple
 
 from .loader import ENV_NAMES, PROCESS_VARIABLES, SETTINGS, Loaded
 from .root import Config
-from .schema import ITEMS, RULE, Rule, Setting, choices_text, is_section, number, range_text
+from .schema import (ITEMS, RULE, Rule, Setting, choices_of, is_section, number,
+                     range_text)
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
@@ -106,7 +107,7 @@ def _default(s: Setting) -> str:
 
 def _values(rule: Rule) -> str:
     if rule.choices:
-        return choices_text(rule.choices)
+        return choices_of(rule)
     text = range_text(rule)
     if rule.address:
         return "an IP address"

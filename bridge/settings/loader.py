@@ -32,7 +32,7 @@ from . import dtls as dtls_section
 from . import mqtt as mqtt_section
 from .errors import ConfigDeprecationWarning, ConfigError
 from .root import Config, check
-from .schema import Problems, Rule, Setting, check_value, is_section, walk
+from .schema import Problems, Rule, Setting, canonical, check_value, is_section, walk
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -45,6 +45,11 @@ PROCESS_VARIABLES = {
                          "else none: defaults and environment only)",
     "COAPBRIDGE_WORKER": "set by the supervisor in a worker's environment (coap.workers > 1); "
                          "never set it yourself",
+    "COAPBRIDGE_COAP_FD": "set by the supervisor in a worker's environment: the descriptor "
+                          "of the worker's CoAP socket, which the supervisor holds; never "
+                          "set it yourself",
+    "COAPBRIDGE_DTLS_FD": "set by the supervisor in a worker's environment: the descriptor "
+                          "of the worker's CoAPs socket; never set it yourself",
 }
 # names that look like ours: the first words of our settings' names
 PREFIXES = ("COAP_", "COAPS_", "COAPBRIDGE_", "DTLS_", "MQTT_", "DEVICE_", "DEVICES_",
@@ -228,6 +233,7 @@ class _Reader:
                         "setting in the configuration file)" % variable.split()[-1])
             self.problems.add(path, "%s: %s, got %r%s" % (path, expected, value, hint))
             return default
+        result = canonical(rule, result)
         problem = check_value(path, rule, default, result)
         if problem is not None:
             self.problems.add(path, problem)

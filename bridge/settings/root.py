@@ -19,6 +19,7 @@ from . import (coap, devices, dtls, mqtt, ota, platform, profiles, provisioning,
 from .coap import CoapConfig
 from .devices import DevicesConfig
 from .dtls import DtlsConfig
+from .health import HealthConfig
 from .limits import LimitsConfig
 from .metrics import MetricsConfig
 from .mqtt import MqttConfig
@@ -57,12 +58,17 @@ class Config:
         "./data", "Holds the device registry (registry.sqlite3, unless registry.url says "
         "otherwise) and the outbox (outbox.sqlite3, always here: acknowledged uplinks never "
         "depend on the network).")
-    log_level: str = setting("info", "debug, info, warn, error or critical.",
-                             choices=("debug", "info", "warn", "error", "critical"))
+    health: HealthConfig = section(HealthConfig)
+    log_level: str = setting(
+        "info", "debug, info, warn (or warning), error or critical, in any case. Every line "
+        "the process writes obeys it, Twisted's own too (its port and protocol lines are "
+        "debug).", choices=("debug", "info", "warn", "error", "critical"), any_case=True,
+        spellings=(("warning", "warn"), ("fatal", "critical")))
     log_format: str = setting(
-        "text", "text (twistd's lines) or json: one JSON object per line on standard output, "
-        "with the event's time, level, namespace, text and fields, for log shippers.",
-        choices=("text", "json"))
+        "text", "text (twistd's lines) or json: one JSON object per line on standard output "
+        "(or twistd's --logfile), for log shippers: time, level (debug, info, warning, "
+        "error, critical), logger, message, traceback (for a failure), then the event's "
+        "fields (peer, device, topic, count...).", choices=("text", "json"))
 
     @property
     def registry_path(self) -> str:

@@ -32,6 +32,10 @@ class Rule:
     unit: str = ""  # "s", "bytes": said in the range's message and the docs
     why: str = ""  # why the range stops where it does, for the message
     choices: Tuple[str, ...] = ()
+    # a choice written in any case, or as another of its usual names (spelling, choice):
+    # read as that choice
+    spellings: Tuple[Tuple[str, str], ...] = ()
+    any_case: bool = False
     refused: Tuple[Tuple[str, str], ...] = ()  # (value, why): refused with a line of its own
     env: Tuple[str, ...] = ()  # other environment names (today's documented ones)
     deprecated: Tuple[str, ...] = ()  # old environment names: read, with a warning
@@ -140,6 +144,13 @@ def choices_text(choices: Tuple[str, ...]) -> str:
     return "one of " + ", ".join(choices)
 
 
+def choices_of(rule: Rule) -> str:
+    """``one of debug, info, warn, error, critical (any case; warning = warn...)``."""
+    notes = (["any case"] if rule.any_case else []) + ["%s = %s" % pair
+                                                       for pair in rule.spellings]
+    return choices_text(rule.choices) + (" (%s)" % "; ".join(notes) if notes else "")
+
+
 def range_text(rule: Rule) -> str:
     """``1 to 65535``, ``more than 0 and at most 60 s``; empty without a range."""
     if rule.low is None or rule.high is None:
@@ -151,13 +162,21 @@ def range_text(rule: Rule) -> str:
     return text + (" " + rule.unit if rule.unit else "")
 
 
+def canonical(rule: Rule, value: Any) -> Any:
+    """``value`` as the choice it spells (``WARNING`` -> ``warn`` for log_level)."""
+    if not isinstance(value, str) or not (rule.any_case or rule.spellings):
+        return value
+    text = value.strip().lower() if rule.any_case else value
+    return dict(rule.spellings).get(text, text)
+
+
 def check_value(path: str, rule: Rule, default: Any, value: Any) -> Optional[str]:
     """The problem with one setting's value on its own (range, choice, address), or None."""
     for refused, why in rule.refused:
         if value == refused:
             return "%s: %s" % (path, why)
     if rule.choices and value not in rule.choices:
-        return "%s: must be %s, got %r" % (path, choices_text(rule.choices), value)
+        return "%s: must be %s, got %r" % (path, choices_of(rule), value)
     if rule.address and (value or default):
         return _address_problem(path, value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or rule.low is None:

@@ -385,6 +385,30 @@ def test_a_notification_without_an_observation_goes_con():
     assert sent.mtype == raw.CON
 
 
+def test_a_taken_over_non_relation_sends_its_first_notification_con_then_non_again():
+    """A relation restored by a restarted worker: Observation(NON, last CON at -inf)."""
+    layer = Layer()
+    observation = Observation(False, float("-inf"))
+    [first] = notify(layer, 1, observation, 1.0)
+    assert first.mtype == raw.CON
+    layer.feed(raw.Msg(raw.ACK, 0, first.mid), now=1.5)
+    [second] = notify(layer, 2, observation, 2.0)
+    assert second.mtype == raw.NON and layer.outcomes == [(1, "ack"), (2, "delivered")]
+
+
+def test_ending_an_observation_is_a_con_error_without_observe_retransmitted_without_a_fate():
+    layer = Layer(ack_timeout=1.0, max_retransmit=2)
+    layer.layer.end_observation(PEER, b"\x0e", codes.SERVICE_UNAVAILABLE, b"register again",
+                                0.0, max_age=1)
+    [ended] = layer.events()
+    assert (ended.mtype, ended.code_str, ended.token, ended.payload) == (
+        raw.CON, "5.03", b"\x0e", b"register again")
+    assert ended.option(OBSERVE) is None  # RFC 7641 §3.2: an error ends the relation
+    assert ended.uint(14) == 1  # Max-Age
+    copies = [m for _, m in layer.until(100.0)]
+    assert len(copies) == 2 and layer.outcomes == []  # retransmitted; nobody waits on it
+
+
 def test_an_unacknowledged_notification_ends_as_a_timeout_after_max_retransmit():
     layer = Layer(ack_timeout=1.0, max_retransmit=2)
     copies = notify(layer, 42, registration(layer), 0.0)

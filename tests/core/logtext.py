@@ -1,10 +1,10 @@
 """What a ``Log`` action from the core reads as once the edge logs it."""
 
-from twisted.logger import formatEvent
+from bridge.logwriter import format_message
 
 
 def text(log):
-    """The line twisted.logger makes of ``log`` (its format with its fields)."""
-    line = formatEvent(dict(log.fields, log_format=log.format))
+    """The line the bridge writes for ``log`` (its format with its fields)."""
+    line = format_message(dict(log.fields, log_format=log.format))
     assert not line.startswith("Unable to format event"), line  # a field the format lacks
     return line

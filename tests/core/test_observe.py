@@ -2,7 +2,7 @@
 
 from bridge.core import codes
 from bridge.core.actions import Notify
-from bridge.core.observe import OBSERVE_MODULUS, Observers, Pending
+from bridge.core.observe import OBSERVE_MODULUS, OBSERVE_RATE, Observers, Pending
 
 T0 = 1_700_000_000.0
 PEER = ("10.0.0.1", 5683)
@@ -63,28 +63,50 @@ def test_observe_numbers_increase_across_notifications_of_one_relation():
 
 def test_observe_numbers_keep_increasing_across_re_registrations():
     obs = make_observers()
-    register(obs, token=b"t1")
-    first = obs.sequence()  # the registration response's number, as the core takes it
+    relation, _ = register(obs, token=b"t1")
+    first = relation.next_observe(T0)  # the registration response's number, as the core takes it
     [n1] = obs.enqueue("Dev A", "attributes", pending(1), T0)
-    register(obs, token=b"t2")
-    second = obs.sequence()
-    [n2] = obs.enqueue("Dev A", "attributes", pending(2), T0 + 1)
+    relation, _ = register(obs, token=b"t2")
+    second = relation.next_observe(T0)
+    [n2] = obs.enqueue("Dev A", "attributes", pending(2), T0)
     assert newer(first, n1.observe)
     assert newer(n1.observe, second)
     assert newer(second, n2.observe)
     assert n2.token == b"t2"
 
 
+def test_observe_numbers_are_the_time_in_milliseconds_so_a_successor_sends_newer_ones():
+    """A process that takes a relation over without its numbers (a restarted worker)
+    numbers from the time: newer than whatever the dead one sent before (RFC 7641 §4.4)."""
+    dead = make_observers()
+    relation, _ = register(dead)
+    assert relation.next_observe(T0) == int(T0 * OBSERVE_RATE) % OBSERVE_MODULUS
+    sent = stream(dead, [n for k in range(50)
+                         for n in dead.enqueue("Dev A", "attributes", pending(k), T0 + 0.5)],
+                  T0 + 0.5)
+    last = sent[-1].observe  # 50 in one millisecond: each one more than the one before
+    assert [n.observe for n in sent] == [(sent[0].observe + k) % OBSERVE_MODULUS
+                                         for k in range(50)]
+    successor = make_observers()
+    register(successor)  # knows nothing of the numbers sent
+    [first] = successor.enqueue("Dev A", "attributes", pending(99), T0 + 2.0)
+    assert newer(last, first.observe)
+
+
 def test_observe_number_wraps_at_2_pow_24_and_stays_fresh_in_serial_arithmetic():
     obs = make_observers()
     register(obs)
-    obs._sequence = OBSERVE_MODULUS - 3  # walking 2**24 calls would be too slow
+    # three milliseconds before the time base wraps; four notifications in that millisecond
+    now = (OBSERVE_MODULUS * 1000 - 3) / OBSERVE_RATE
     out = []
     for n in range(4):
-        out += obs.enqueue("Dev A", "attributes", pending(n), T0)
-    out = stream(obs, out)
+        out += obs.enqueue("Dev A", "attributes", pending(n), now)
+    out = stream(obs, out, now)
     values = [notify.observe for notify in out]
-    assert values == [OBSERVE_MODULUS - 2, OBSERVE_MODULUS - 1, 0, 1]
+    assert values == [OBSERVE_MODULUS - 3, OBSERVE_MODULUS - 2, OBSERVE_MODULUS - 1, 0]
+    later = stream(obs, obs.enqueue("Dev A", "attributes", pending(5), now + 0.010), now)
+    values.append(later[0].observe)
+    assert values[-1] == 7  # the time's number again: 10 ms later
     assert all(0 <= v < OBSERVE_MODULUS for v in values)
     assert all(newer(a, b) for a, b in zip(values, values[1:]))
 

@@ -24,7 +24,10 @@ def test_a_token_scan_logs_one_warning_a_minute_with_the_count_and_the_busiest_a
     [reply] = handled(core, scan_request(1, "guess0", ("10.0.0.1", 5683)), NOW)
     assert codes.dotted(reply.code) == "4.01"
     [first] = warnings(core.on_tick(NOW + 0.25))  # the first one at once
-    assert text(first).startswith("1 request with an unknown access token")
+    # the first one is said at once: "1 request" (not "1 requests"), no "in the last 0 s"
+    assert text(first).startswith("1 request with an unknown access token, from 1 address "
+                                  "(answered 4.01")
+    assert set(first.fields) == {"count", "seconds", "addresses", "busiest", "what", "hint"}
     assert "10.0.0.1 (1)" in text(first)
     # a scan: 300 requests over the next 90 s from three addresses, one of them busiest
     seen = []

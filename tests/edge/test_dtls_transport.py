@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 from OpenSSL import SSL
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 
 import coapraw as raw
 import dtlscerts
@@ -21,6 +21,7 @@ from bridge.coap.message import make_response
 from bridge.settings import DtlsConfig
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
 from bridge.dtls import records
+from bridge.logwriter import format_message
 from bridge.edge import coap as coap_edge
 from bridge.edge import dtls as dtls_edge
 from dtlsclient import client_context
@@ -492,7 +493,7 @@ def dtls_info_lines():
     def observer(event):
         if event.get("log_namespace") == "coapbridge.dtls" and \
                 event.get("log_level") >= LogLevel.info:
-            lines.append(formatEvent(event))
+            lines.append(format_message(event))
     globalLogPublisher.addObserver(observer)
     yield lines
     globalLogPublisher.removeObserver(observer)
@@ -507,7 +508,9 @@ def test_failed_handshakes_are_summed_up_once_a_minute_not_logged_each(bench,
     assert not Peer(bench, ("10.4.1.1", 4100), cert=untrusted).handshake()
     assert bench.dtls.stats["handshakes_failed"] == 1
     assert len(dtls_info_lines) == 1  # the first at once
-    assert dtls_info_lines[0].startswith("1 DTLS handshake did not complete")
+    # at once: no "in the last 0 s", and "1 address"
+    assert dtls_info_lines[0].startswith("1 DTLS handshake did not complete (1 failed")
+    assert "from 1 address; " in dtls_info_lines[0]
     assert "(1 failed, 0 not finished" in dtls_info_lines[0]
     assert "certificate verify failed" in dtls_info_lines[0]
     bench.clock.advance(bench.cfg.handshake_timeout + 1)
@@ -515,7 +518,7 @@ def test_failed_handshakes_are_summed_up_once_a_minute_not_logged_each(bench,
     assert len(dtls_info_lines) == 1
     bench.clock.advance(60)
     assert len(dtls_info_lines) == 2
-    assert dtls_info_lines[1].startswith("20 DTLS handshakes did not complete")
+    assert dtls_info_lines[1].startswith("20 DTLS handshakes did not complete in the last ")
     assert "(0 failed, 20 not finished" in dtls_info_lines[1]
     assert "from 20 addresses" in dtls_info_lines[1]
     bench.clock.advance(600)
@@ -531,3 +534,25 @@ def test_an_ended_session_is_reported_to_the_core_as_a_peer_gone(bench):
     peer.conn.shutdown()
     peer.deliver(peer.out())
     assert bench.session(A) is None and gone == [session]
+
+
+def test_each_handshake_is_reported_with_its_outcome_method_and_time(bench):
+    """The metrics' seam (``on_handshake``): full, resumed, failed and timed out, with the
+    method the device authenticated by (or tried to), and the seconds it took."""
+    heard = []
+    bench.dtls.on_handshake = lambda *event: heard.append(event)
+    first = Peer(bench, A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert first.handshake()
+    rebound = Peer(bench, ("10.0.0.1", 50000), psk=("dev-psk", bench.keys["dev-psk"]),
+                   session=first.conn.get_session(), ctx=first.ctx)
+    assert rebound.handshake()
+    assert Peer(bench, B, cert=dtlscerts.issue("dev", bench.ca)).handshake()
+    assert not Peer(bench, ("10.0.0.3", 5), cert=dtlscerts.issue("x", dtlscerts.ca())).handshake()
+    assert Peer(bench, ("10.0.0.4", 6)).handshake()  # no client credential: a token device
+    assert not Peer(bench, ("10.0.0.5", 7), psk=("dev-psk", b"not the key!")).handshake(rounds=4)
+    bench.clock.advance(bench.cfg.handshake_timeout + 1)
+    assert [(outcome, method) for outcome, method, _ in heard] == [
+        ("full", "psk"), ("resumed", "psk"), ("full", "x509"), ("failed", "x509"),
+        ("full", "none"), ("timeout", "psk")]
+    assert all(seconds >= 0 for _, _, seconds in heard[:5])
+    assert heard[5][2] >= bench.cfg.handshake_timeout  # from its start to the deadline

@@ -30,6 +30,7 @@ NAMES = {
     "provisioning_busy_total": "counter", "mqtt_messages_skipped_total": "counter",
     "ota_fetches_total": "counter", "unknown_credential_total": "counter",
     "credential_mismatch_total": "counter", "devices_auto_registered_total": "counter",
+    "ready": "gauge", "registry_reachable": "gauge",
     "registry_changes_waiting": "gauge",
 }
 
@@ -63,14 +64,18 @@ def samples(text):
     return values, types
 
 
+LABELLED = {"coap_requests_total", "coap_errors_total"}  # by route, code, transport
+
+
 def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along():
     bridge = Bridge(startup_checks.load(None, {}), Clock())
     values, types = samples(scrape(bridge))
     assert set(bridge.metrics()) == set(NAMES)
     for name, kind in NAMES.items():
-        assert ("coapbridge_" + name, ()) in values, name
         family = "coapbridge_" + (name[:-len("_total")] if kind == "counter" else name)
         assert types[family] == kind, name
+        if name not in LABELLED:  # those have a sample once a request is answered
+            assert ("coapbridge_" + name, ()) in values, name
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
                  "process_open_fds"):
         assert (name, ()) in values, name
@@ -78,9 +83,23 @@ def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along
 
 def test_two_bridges_in_one_process_have_their_own_metrics():
     one, two = (Bridge(startup_checks.load(None, {}), Clock()) for _ in range(2))
-    one.requests.handled = 7
-    assert samples(scrape(one))[0][("coapbridge_coap_requests_total", ())] == 7
-    assert samples(scrape(two))[0][("coapbridge_coap_requests_total", ())] == 0
+    one.requests.counts.cell("telemetry", ("10.0.0.1", 5683)).codes[0x41] += 7
+    key = ("coapbridge_coap_requests_total",
+           (("code", "2.01"), ("route", "telemetry"), ("transport", "udp")))
+    assert samples(scrape(one))[0][key] == 7
+    assert key not in samples(scrape(two))[0]
+
+
+def test_build_info_names_the_version_and_python():
+    import platform
+
+    from bridge import __version__
+    values, types = samples(scrape(Bridge(startup_checks.load(None, {}), Clock())))
+    [(labels, value)] = [(dict(k[1]), v) for k, v in values.items()
+                         if k[0] == "coapbridge_build_info"]
+    assert value == 1 and types["coapbridge_build_info"] == "gauge"
+    assert labels == {"version": __version__, "python": "%s %s" % (
+        platform.python_implementation(), platform.python_version())}
 
 
 def test_request_to_answer_and_store_to_puback_times_are_histograms(tmp_path):

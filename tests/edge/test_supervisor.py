@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 
+import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -29,11 +30,13 @@ class Reactor(Clock):
     def __init__(self):
         super().__init__()
         self.spawned = []  # (protocol, env, transport)
+        self.child_fds = []  # each spawn's
         self.stopped = False
 
     def spawnProcess(self, protocol, executable, args, env, path, childFDs):
         transport = Transport()
         self.spawned.append((protocol, env, transport))
+        self.child_fds.append(childFDs)
         return transport
 
     def stop(self):
@@ -131,3 +134,62 @@ def test_a_restart_pending_at_stop_is_cancelled():
     assert done.called
     reactor.advance(60)
     assert len(reactor.spawned) == 2
+
+
+def test_each_worker_gets_its_socket_of_the_group_and_the_same_one_again_after_a_restart():
+    import os
+    import socket
+    from bridge.edge import udp
+    svc, reactor = service()
+    try:
+        group = svc.groups["coap"]
+        assert len(group.sockets) == 2
+        port = group.port
+        assert port and all(s.getsockname()[1] == port for s in group.sockets)
+        for n, (_, env, _) in enumerate(reactor.spawned, 1):
+            assert env[udp.FD_ENV["coap"]] == str(udp.COAP_FD)
+            assert udp.FD_ENV["dtls"] not in env  # DTLS is off
+            assert reactor.child_fds[n - 1][udp.COAP_FD] == group.fileno(n)
+        first = reactor.spawned[0][0]
+        start(first)
+        end(first, signal=9)
+        reactor.advance(1.1)
+        assert reactor.child_fds[2][udp.COAP_FD] == group.fileno(1)  # the same socket
+        # the group still holds the port: nobody else can take it meanwhile
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+        held = list(group.sockets)
+    finally:
+        done = svc.stopService()
+        for protocol, _, _ in reactor.spawned[1:]:
+            end(protocol, signal=15)
+    assert done.called and svc.groups == {}
+    assert [sock.fileno() for sock in held] == [-1, -1]  # closed once the workers stopped
+
+
+def test_a_worker_adopts_the_inherited_socket_and_refuses_a_descriptor_that_is_not_one():
+    import os
+    import socket
+    from twisted.internet.error import CannotListenError
+    from bridge.edge import udp
+    group = udp.SocketGroup(0, "127.0.0.1", 1)
+    try:
+        fd = os.dup(group.fileno(1))
+        sock = udp.adopted_socket(fd, group.port)
+        assert sock.getsockname() == ("127.0.0.1", group.port)
+        sock.close()
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other.bind(("127.0.0.1", 0))
+        try:
+            wrong = os.dup(other.fileno())
+            with pytest.raises(CannotListenError,
+                               match="is not a UDP socket bound to port %d" % group.port):
+                udp.adopted_socket(wrong, group.port)
+        finally:
+            other.close()
+    finally:
+        group.close()
+    assert udp.inherited({"COAPBRIDGE_COAP_FD": "3", "COAPBRIDGE_DTLS_FD": "4"}) == {
+        "coap": 3, "dtls": 4}
+    assert udp.inherited({}) == {}

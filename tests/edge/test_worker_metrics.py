@@ -57,18 +57,31 @@ def test_worker_metrics_report_up_restarts_and_skip_a_worker_that_did_not_answer
     assert [s.labels["worker"] for s in memory] == ["supervisor"]
 
 
-def test_not_ready_names_each_worker_and_what_it_lacks():
-    assert WorkerMetrics._missing([(1, (200, "ready\n")), (2, (200, "ready\n"))]) == ([], [])
-    assert WorkerMetrics._missing([(1, (503, "not ready: mqtt not connected\n")),
-                                   (2, None)]) == (["worker 1: mqtt not connected",
-                                                    "worker 2 not serving"], [])
+def test_the_pod_is_ready_while_every_worker_that_answers_is_ready():
+    ready = (200, "ready\n")
+    degraded = (200, "ready; degraded: mqtt not connected\n")
+    assert WorkerMetrics._aggregate([(1, ready), (2, ready)]) == ([], [], [])
+    assert WorkerMetrics._aggregate([(1, degraded), (2, ready)]) == (
+        [], ["worker 1: mqtt not connected"], [])
+    # a worker restarting: the kernel gives its devices to the other's socket meanwhile
+    assert WorkerMetrics._aggregate([(1, ready), (2, None)]) == (
+        [], ["worker 2 not serving"], [])
+
+
+def test_the_pod_is_not_ready_when_a_worker_says_so_or_none_serves():
+    full = (503, "not ready: outbox full (1000 entries); degraded: mqtt not connected\n")
+    assert WorkerMetrics._aggregate([(1, full), (2, (200, "ready\n"))]) == (
+        ["worker 1: outbox full (1000 entries)"], ["worker 1: mqtt not connected"], [])
+    assert WorkerMetrics._aggregate([(1, None), (2, None)]) == (
+        ["no worker serving"], ["worker 1 not serving", "worker 2 not serving"], [])
 
 
 def test_the_workers_notes_follow_once_whether_they_are_ready_or_not():
     note = "platform changes waiting for the registry: 2"
-    answers = [(1, (503, "not ready: registry not reachable\n%s\n" % note)),
-               (2, (200, "ready\n%s\n" % note))]
-    assert WorkerMetrics._missing(answers) == (["worker 1: registry not reachable"], [note])
+    answers = [(1, (503, "not ready: outbox full (9 entries)\n%s\n" % note)),
+               (2, (200, "ready; degraded: registry not reachable\n%s\n" % note))]
+    assert WorkerMetrics._aggregate(answers) == (
+        ["worker 1: outbox full (9 entries)"], ["worker 2: registry not reachable"], [note])
 
 
 def test_a_scrape_that_fails_is_answered_500_and_logged_with_its_traceback():

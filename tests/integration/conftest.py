@@ -54,6 +54,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
+def probe(port: int, path: str):
+    """(status, body) of GET http://127.0.0.1:port/path; (None, reason) if it cannot
+    connect."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        return None, str(error)
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -214,14 +228,21 @@ class BridgeProcess:
     def add_device(self, name: str, token: str, device_type: str = "default") -> None:
         self.registry.add(name, token, device_type)
 
-    def start(self, wait_mqtt: bool = True) -> "BridgeProcess":
-        env = dict(os.environ)
+    def start(self, wait_mqtt: bool = True, env: Optional[Dict[str, str]] = None,
+              listening: Optional[Callable[[], bool]] = None,
+              prefix: Optional[List[str]] = None) -> "BridgeProcess":
+        """``env``: more environment; ``listening``: what says the bridge listens (default:
+        its log line; a test whose log level hides it gives another); ``prefix``: a
+        command that runs twistd (``unshare ...``)."""
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge", "--config", self.config],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
+            (prefix or []) + [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "coapbridge",
+                              "--config", self.config],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            env=dict(os.environ, **(env or {})), cwd=self.workdir)
+        listening = listening or (lambda: "CoAP listening" in self.read_log())
         # PyPy takes about three times CPython's start-up time (imports before its JIT
         # warms up): 6 s with the machine shared, so the wait allows for much more
-        wait_until(lambda: "CoAP listening" in self.read_log() or self.proc.poll() is not None,
+        wait_until(lambda: listening() or self.proc.poll() is not None,
                    60, "the bridge to listen")
         try:
             assert self.proc.poll() is None, self.read_log()

@@ -212,7 +212,7 @@ def test_peer_rate_limit_answers_4_29(tmp_path):
                                              mid=0x7000 + n)).code_str for n in range(6)]
         assert codes[:3] == ["4.01"] * 3 and set(codes[3:]) == {"4.29"}
         # the unknown tokens show in the log, summed up (the first warning comes at once)
-        wait_until(lambda: re.search(r"#warn\] \d requests? with an unknown access token .*"
+        wait_until(lambda: re.search(r"#warn\] \d requests? with an unknown access token\b.*"
                                      r"most from 127\.0\.0\.1 \(\d\)", bridge.read_log()), 5,
                    "the token scan warning")
     finally:

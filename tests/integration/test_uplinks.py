@@ -217,7 +217,8 @@ def test_metrics_endpoint_counts_uplinks(tmp_path, broker):
         assert "coapbridge_uplinks_acknowledged_total 1" in text
         wait_until(lambda: "coapbridge_uplink_publishes_total 1" in urllib.request.urlopen(
             "http://127.0.0.1:%d/metrics" % port, timeout=5).read().decode(), 5, "the publish")
-        assert "coapbridge_coap_errors_total 1" in text
+        assert 'coapbridge_coap_errors_total{code="4.01",route="telemetry",transport="udp"} 1.0' \
+            in text
         assert "coapbridge_mqtt_connected 1" in text
         assert "# TYPE coapbridge_outbox_entries gauge" in text
         # prometheus_client: both requests' answer times, and the process metrics
