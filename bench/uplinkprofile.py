@@ -6,8 +6,9 @@ publish through the real ``MqttLink`` and paho (the MQTT packet encoded and writ
 socket), the broker's PUBACK read back by paho, and the outbox row deleted in the next
 commit. The clock is a ``MemoryReactorClock``; the broker is a stand-in on the other end
 of a socket pair that answers CONNECT, SUBSCRIBE and each QoS 1 PUBLISH; the registry is
-the SQLite one, the outbox a file in a temporary directory (``synchronous=OFF``: the sync
-to disk is the kernel's work, not instructions of ours). ``--engine`` puts a handler that
+the SQLite one, the outbox a file in a temporary directory with the shipped
+``outbox.synchronous`` (FULL: the sync to disk is the kernel's work, which callgrind does
+not count). ``--engine`` puts a handler that
 answers 2.01 at once in place of the glue (the CoAP engine alone: datagram in, 2.01 out).
 
 200 devices, each from a port of its own, post ``{"temperature":21.5,"humidity":40.5}``
@@ -190,7 +191,8 @@ class Rig:
         for n, token in enumerate(self.tokens):
             registry.add("bench device %03d" % n, token, "default")
         bridge.registry = registry
-        bridge.outbox = Outbox(os.path.join(directory, "outbox.sqlite3"), synchronous="OFF")
+        bridge.outbox = Outbox(os.path.join(directory, "outbox.sqlite3"),
+                               config.outbox.synchronous)
         bridge.outbox_commit.restore()
         self.ticker = LoopingCall(bridge.tick)  # the service's tick (bridge/service.py)
         self.ticker.clock = self.clock
