@@ -102,7 +102,7 @@ class Broker:
     def serve(self) -> None:
         try:
             while True:
-                data = self.sock.recv(1 << 20)
+                data = self.sock.recv(65536)
                 if not data:
                     break
                 self.buffer += data
