@@ -1,7 +1,7 @@
 """The DTLS transport's cost per full handshake, measured without sockets or a reactor.
 
 ``bench/dtlsload.py``'s pyOpenSSL clients talk to the real ``DtlsTransport`` (and the
-real CoAP endpoint behind it, and the registry's view over SQLite for the PSK) over
+real CoAP message layer behind it, and the registry's view over SQLite for the PSK) over
 memory BIOs, a fake UDP port and a fake clock: every datagram is handed over by hand,
 and the clock's due calls run after each (a reactor turn per datagram). Each round is
 one full handshake from an address of its own, cookie round trip included, then one
@@ -49,6 +49,7 @@ from bridge.settings import DtlsConfig  # noqa: E402
 from bridge.dtls import records  # noqa: E402
 from bridge.edge import coap as coap_edge  # noqa: E402
 from bridge.edge import dtls as dtls_edge  # noqa: E402
+from bridge.edge.datagram import DatagramDriver  # noqa: E402
 from bridge.glue.lookup import RegistryView  # noqa: E402
 from bridge.registry import Registry  # noqa: E402
 
@@ -74,9 +75,9 @@ class Rig:
         cfg = DtlsConfig(enabled=True, cert_file=paths["server"], key_file=paths["server_key"],
                          ca_file=paths["ca"], handshake_rate=1e9, handshake_burst=1e9,
                          max_sessions=1 << 20)
-        self.coap = coap_edge.create_protocol(
-            lambda message: make_response(69, b"ok", 0), self.clock, 0.5, 247)
-        self.coap.transport = FakeUdp()
+        # CoAPs' own message layer, driven as the bridge drives it
+        self.coap = DatagramDriver(lambda request: make_response(69, b"ok", 0), self.clock,
+                                   coap_edge.datagram_settings(0.5, 247))
         self.udp = FakeUdp()
         # the registry as the bridge reads it: SQLite, refreshed once per reactor turn
         self.registry = Registry(os.path.join(directory, "registry.db"))
@@ -87,7 +88,6 @@ class Rig:
         self.dtls = dtls_edge.DtlsTransport(cfg, self.coap, self.clock, self.view.psk_key,
                                             random.Random(1).randbytes)
         self.dtls.transport = self.udp
-        self.coap.startProtocol()
         self.dtls.startProtocol()
         self.client = (dtlsload.ClientContext(psk=PSK) if kind == "psk" else
                        dtlsload.ClientContext(cert=paths["device"], key=paths["device_key"]))

@@ -48,6 +48,12 @@ def unfiltered_logger(name: str) -> Logger:
     return Logger(namespace="%s.%s" % (NAMESPACE, name), observer=globalLogPublisher)
 
 
+def debugging() -> bool:
+    """Whether debug lines pass (``log_level: debug``): a caller whose debug line costs
+    something to build (a credential described, a peer printed) asks first."""
+    return _debugging
+
+
 # log_level's accepted names, in any case: Twisted's and Python logging's
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
           "warning": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical,

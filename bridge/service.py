@@ -290,10 +290,10 @@ class _CoapService(Service):
 
     def startService(self) -> None:
         cfg = self.bridge.config.coap
-        self.protocol = coap_edge.create_protocol(
-            self.bridge.requests.handle, self.bridge.reactor, cfg.empty_ack_delay,
-            cfg.exchange_lifetime, cfg.max_body, self.bridge.rng, cfg.ack_timeout,
-            cfg.max_retransmit, cfg.con_notification_interval, callback_handler=True)
+        # the request handler answers through the driver's respond: no Deferred per request
+        self.protocol = coap_edge.BridgeCoap(self.bridge.requests.handle, self.bridge.reactor,
+                                             datagram_settings(cfg), self.bridge.rng,
+                                             callback_handler=True)
         self.protocol.on_result = self.bridge.notified
         self.protocol.on_peer_gone = self.bridge.peer_gone
         try:
@@ -323,23 +323,41 @@ class _CoapService(Service):
         return None
 
 
+def datagram_settings(cfg: Any) -> Any:
+    """The CoAP message layer's settings (``coap.*``), for UDP and for CoAPs alike."""
+    return coap_edge.datagram_settings(cfg.empty_ack_delay, cfg.exchange_lifetime,
+                                       cfg.max_body, cfg.ack_timeout, cfg.max_retransmit,
+                                       cfg.con_notification_interval)
+
+
 class _DtlsService(Service):
-    """CoAPs (``dtls.enabled``): DTLS sessions in front of the CoAP endpoint, on their own
-    UDP port; started after plain CoAP (whose endpoint it feeds), stopped before it."""
+    """CoAPs (``dtls.enabled``): DTLS sessions in front of a CoAP message layer of their own
+    (the same request handler and settings as plain CoAP), on their own UDP port; started
+    after plain CoAP, stopped before it."""
 
     def __init__(self, bridge: Bridge, inherited: Optional[int] = None):
         self.bridge = bridge
         self.inherited = inherited  # a worker's socket of the supervisor's group
         self.port: Any = None
         self.transport: Any = None
+        self.peer_type: Any = None
 
     def startService(self) -> None:
         from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
         bridge = self.bridge
         cfg = bridge.config.dtls
         view = bridge.registry_view
+        from .dtls.events import DtlsPeer
+        from .edge.datagram import DatagramDriver
+        coap = DatagramDriver(bridge.requests.handle, bridge.reactor,
+                              datagram_settings(bridge.config.coap), bridge.rng,
+                              callback_handler=True)
+        coap.on_result = bridge.notified
+        coap.on_peer_gone = bridge.peer_gone
         # psk_key: the handshake's synchronous lookup in the registry's copy
-        self.transport = dtls_edge.DtlsTransport(cfg, bridge.coap, bridge.reactor, view.psk_key)
+        # observes: a session whose device only observes is not idle (docs/device-api.md)
+        self.transport = dtls_edge.DtlsTransport(cfg, coap, bridge.reactor, view.psk_key,
+                                                 in_use=bridge.core.observes)
         interface = cfg.bind_address or bridge.config.coap.bind_address
         try:
             self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
@@ -349,8 +367,10 @@ class _DtlsService(Service):
             raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
         view.on_change.append(self.registry_changed)
         self.transport.on_handshake = bridge.handshakes.record
-        bridge.requests.counts.register(dtls_edge.DtlsSession, "dtls")
+        bridge.requests.counts.register(DtlsPeer, "dtls")
         bridge.dtls = self.transport
+        self.peer_type = DtlsPeer
+        bridge.notifications.attach(DtlsPeer, coap)  # notifications to its sessions
         Service.startService(self)
         host = self.port.getHost()
         log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
@@ -375,6 +395,7 @@ class _DtlsService(Service):
             # over their sessions now, and only then does each get its close_notify
             port.stopReading()
             self.bridge.commit()
+            self.bridge.notifications.detach(self.peer_type)
             self.transport.close_all()
             return port.stopListening()
         return None

@@ -81,3 +81,14 @@ def issue(cn: str, issuer: Optional[Issued] = None, kind: str = "ec", ca: bool =
 
 def ca(cn: str = "coapbridge test CA") -> Issued:
     return issue(cn, ca=True, not_after=NOW + 365 * DAY)
+
+
+def server_files(directory: str) -> Tuple[Issued, str, str, str]:
+    """A CA, and the bridge's certificate from it, written to ``directory``: (the CA,
+    the certificate file, its key file, the CA file), as ``DtlsConfig`` takes them."""
+    authority = ca()
+    cert, key = issue("bridge", authority).write(directory, "server")
+    ca_path = os.path.join(directory, "ca.pem")
+    with open(ca_path, "wb") as handle:
+        handle.write(authority.pem())
+    return authority, cert, key, ca_path

@@ -237,6 +237,10 @@ class Observers:
             return [], [], []
         return [], [relation], self._drop(key)
 
+    def observed_by(self, remote: Hashable) -> bool:
+        """Whether ``remote`` has a relation (a DTLS session with one is in use)."""
+        return remote in self._by_remote
+
     def cancel_remote(self, remote: Hashable) -> Tuple[List[Relation], List[Pending]]:
         """End every relation of ``remote``: (the relations, their leftover items)."""
         ended: List[Relation] = []

@@ -182,6 +182,12 @@ class GatewayCore:
         """A DTLS session ended: its observe relations end (their items wait again)."""
         return self.subscriptions.on_peer_gone(remote, now)
 
+    def observes(self, remote: Any) -> bool:
+        """Whether ``remote`` (a DTLS session) observes anything: such a session is in use
+        however long the device stays silent (its CON notifications show whether it is
+        still there)."""
+        return self.subscriptions.observers.observed_by(remote)
+
     def restore_relation(self, device: Device, feature: str, remote: Any, token: bytes,
                          observation: Any, block_size: int,
                          now: float) -> Optional[List[Action]]:

@@ -1,7 +1,13 @@
-"""DTLS without I/O: record framing, stateless cookies and the session bounds.
+"""DTLS 1.2 without I/O: the CoAPs server as a sans-IO state machine.
 
-What the DTLS transport (``bridge/edge/dtls.py``) needs besides OpenSSL itself, as
-plain functions and state tested without sockets or a TLS library: splitting a
-flight into datagrams (``records``), the HelloVerifyRequest cookie (``cookies``) and
-the table of sessions with its limits (``sessions``).
+``server.DtlsServer`` takes datagrams with ``now`` and gives back datagrams to send,
+events (``events``: ``SessionEstablished``, ``Plaintext``, ``SessionEnded``,
+``HandshakeFailed``) and when it wants its timer; a session is a ``DtlsPeer`` value.
+Its parts: ``listener`` (the cookie phase), ``context`` (the OpenSSL context, the
+verified credential), ``psk`` (the PSK callback through cryptography's bindings),
+``resumption`` (credentials of resumable sessions), ``sessions`` (the session table and
+its bounds, the handshake guard), ``records`` (record framing read without OpenSSL),
+``cookies`` (stateless HelloVerifyRequest cookies) and ``failures`` (failed handshakes
+summed up for the log). OpenSSL (pyOpenSSL over memory BIOs) does the cryptography; no
+module here touches a socket, a clock or Twisted: ``bridge/edge/dtls.py`` drives it.
 """

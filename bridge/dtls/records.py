@@ -10,7 +10,7 @@ is ``None``.
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 HEADER = 13  # record header
 HANDSHAKE_HEADER = 12  # msg_type, length(3), message_seq(2), fragment_offset(3), fragment_length(3)
@@ -65,6 +65,7 @@ def whole(datagram: bytes) -> bytes:
 
 DTLS_1_2 = b"\xfe\xfd"
 SESSION_EPOCH = b"\x00\x01"  # renegotiation is off: a session's keys stay those of epoch 1
+_PROTECTED = (ALERT, HANDSHAKE, APPLICATION_DATA)
 
 
 def min_body(cipher: str) -> int:
@@ -84,6 +85,43 @@ def min_body(cipher: str) -> int:
     return 16 + min(-(-(mac + 1) // 16) * 16, 16 + mac)
 
 
+def protected(datagram: bytes, shortest: int = 0) -> Tuple[bytes, int, int]:
+    """``encrypted_only``, with how many records it kept and the longest body (bytes),
+    as a plain tuple (one per datagram): one ``SSL_read`` per record reads each whole
+    (DTLS returns one record per call, and a record's plaintext is shorter than its
+    body), and no more calls than that are made."""
+    at, end = 0, len(datagram)
+    kept: List[bytes] = []
+    largest = 0
+    while end - at >= HEADER:
+        size = int.from_bytes(datagram[at + 11:at + 13], "big")
+        stop = at + HEADER + size
+        if stop > end:
+            break  # truncated: this one and what follows are discarded (see ``whole``)
+        if datagram[at + 1:at + 3] == DTLS_1_2 and datagram[at + 3:at + 5] == SESSION_EPOCH \
+                and datagram[at] in _PROTECTED and size >= shortest:
+            kept.append(datagram[at:stop])
+            if size > largest:
+                largest = size
+        at = stop
+    if len(kept) == 1:
+        return kept[0], 1, largest
+    return b"".join(kept), len(kept), largest
+
+
+def last_type(datagram: bytes) -> Optional[int]:
+    """The content type of the datagram's last whole record (None if it has none): only
+    the headers are read."""
+    at, end, last = 0, len(datagram), None
+    while end - at >= HEADER:
+        stop = at + HEADER + int.from_bytes(datagram[at + 11:at + 13], "big")
+        if stop > end:
+            break
+        last = datagram[at]
+        at = stop
+    return last
+
+
 def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
     """The records of ``datagram`` an established session's keys protect: DTLS 1.2,
     epoch 1, alert, handshake or application data; whole and in order. Anything else
@@ -92,10 +130,7 @@ def encrypted_only(datagram: bytes, shortest: int = 0) -> bytes:
     record with a fatal alert (ending the session), and would hold a record of a later
     epoch for keys that never come, so it sees none of them. (A lost last flight is
     still retransmitted: the client's Finished, which prompts that, is in epoch 1.)"""
-    kept = [r for r in split_records(whole(datagram))
-            if r[1:3] == DTLS_1_2 and r[3:5] == SESSION_EPOCH
-            and r[0] in (ALERT, HANDSHAKE, APPLICATION_DATA) and len(r) - HEADER >= shortest]
-    return b"".join(kept)
+    return protected(datagram, shortest)[0]
 
 
 def content_type(datagram: bytes) -> Optional[int]:

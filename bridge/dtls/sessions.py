@@ -1,22 +1,30 @@
 """The DTLS sessions of one port and their bounds, without I/O.
 
-* ``SessionTable``: sessions by source address; at most ``max_sessions`` (past that a
-  new handshake is refused); a handshake not finished within ``handshake_timeout``
-  is reaped (a wrong PSK with an AEAD suite fails silently: the bad Finished is
-  discarded without an alert, and the client only waits), and an established
-  session silent for ``idle_timeout`` is ended. Both deadlines are kept in insertion
-  order (one timeout each), so finding what is due costs nothing per session.
+* ``SessionTable``: sessions by source address. Established sessions and half-open
+  handshakes (cookie verified, not finished) are bounded apart: at most
+  ``max_sessions`` established (past that a new handshake is refused), at most
+  ``max_handshakes`` half-open in all (past that the oldest half-open one makes room
+  for the new: a legitimate handshake takes a few round trips, a flood's wait for the
+  deadline) and ``max_handshakes_per_address`` half-open from one host (past that, the
+  host's new handshakes are refused). A handshake not finished within
+  ``handshake_timeout`` is reaped (a wrong PSK with an AEAD suite fails silently: the
+  bad Finished is discarded without an alert, and the client only waits), and an
+  established session silent for ``idle_timeout`` is ended unless its user says it is
+  in use (``due``'s ``in_use``: a device that only observes sends nothing while no
+  notification comes). Both deadlines are kept in insertion order (one timeout
+  each), so finding what is due costs nothing per session.
 * ``HandshakeGuard``: handshakes per source address (a token bucket, after the
   cookie verified, so the address is real) and the negative cache of unknown PSK
   identities (OpenSSL asks again on every retransmitted flight).
 
-Sessions are opaque objects with a hashable ``key``; the table never looks inside.
+Sessions are opaque objects with a hashable ``key`` and an ``address``; the table never
+looks further inside.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 from ..core.limits import RateLimiter
 
@@ -24,13 +32,17 @@ Address = Tuple[str, int]
 
 
 class SessionTable:
-    def __init__(self, max_sessions: int, handshake_timeout: float, idle_timeout: float):
+    def __init__(self, max_sessions: int, handshake_timeout: float, idle_timeout: float,
+                 max_handshakes: int = 1000, max_handshakes_per_address: int = 20):
         self.max_sessions = max_sessions
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
+        self.max_handshakes = max_handshakes
+        self.max_handshakes_per_address = max_handshakes_per_address
         self.by_address: Dict[Address, Any] = {}
         self._handshaking: "OrderedDict[Hashable, Tuple[float, Any]]" = OrderedDict()
         self._active: "OrderedDict[Hashable, Tuple[float, Any]]" = OrderedDict()
+        self._half_open_by_host: Dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._handshaking) + len(self._active)
@@ -44,7 +56,27 @@ class SessionTable:
         return len(self._active)
 
     def full(self) -> bool:
-        return len(self) >= self.max_sessions
+        """No room for another established session."""
+        return len(self._active) >= self.max_sessions
+
+    def handshakes_full(self) -> bool:
+        """No room for another half-open handshake (the oldest must make room)."""
+        return len(self._handshaking) >= self.max_handshakes
+
+    def host_full(self, host: str) -> bool:
+        """``host`` has as many half-open handshakes as it may."""
+        return self._half_open_by_host.get(host, 0) >= self.max_handshakes_per_address
+
+    def census(self, address: Address) -> Tuple[Optional[Any], int, int, int]:
+        """What admission weighs, in one call: the session of ``address``, and how many
+        sessions are established, half-open from its host, half-open in all."""
+        return (self.by_address.get(address), len(self._active),
+                self._half_open_by_host.get(address[0], 0), len(self._handshaking))
+
+    def oldest_handshake(self) -> Optional[Any]:
+        if not self._handshaking:
+            return None
+        return next(iter(self._handshaking.values()))[1]
 
     def get(self, address: Address) -> Optional[Any]:
         return self.by_address.get(address)
@@ -61,28 +93,47 @@ class SessionTable:
             self.remove(old, address)
         self.by_address[address] = session
         self._handshaking[session.key] = (now + self.handshake_timeout, session)
+        hosts = self._half_open_by_host
+        hosts[address[0]] = hosts.get(address[0], 0) + 1
 
     def establish(self, session: Any, now: float) -> None:
         """The handshake finished: from now on the idle timeout applies."""
         if self._handshaking.pop(session.key, None) is not None:
+            hosts, host = self._half_open_by_host, session.address[0]
+            left = hosts[host] - 1
+            if left:
+                hosts[host] = left
+            else:
+                del hosts[host]
             self._active[session.key] = (now, session)
 
     def touch(self, session: Any, now: float) -> None:
-        """The session was used (a record came or went)."""
+        """The session was used (a record came from its peer)."""
         key = session.key
         if key in self._active:
             self._active[key] = (now, session)
             self._active.move_to_end(key)
 
     def remove(self, session: Any, address: Optional[Address] = None) -> None:
-        self._handshaking.pop(session.key, None)
-        self._active.pop(session.key, None)
         address = address if address is not None else getattr(session, "address", None)
+        if self._handshaking.pop(session.key, None) is not None and address is not None:
+            self._unhost(address[0])
+        self._active.pop(session.key, None)
         if address is not None and self.by_address.get(address) is session:
             del self.by_address[address]
 
-    def due(self, now: float) -> List[Tuple[Any, str]]:
-        """Sessions to end now, with why: "handshake timeout" or "idle"."""
+    def _unhost(self, host: str) -> None:
+        hosts = self._half_open_by_host
+        left = hosts[host] - 1
+        if left:
+            hosts[host] = left
+        else:
+            del hosts[host]
+
+    def due(self, now: float,
+            in_use: Optional[Callable[[Any], bool]] = None) -> List[Tuple[Any, str]]:
+        """Sessions to end now, with why: "handshake timeout" or "idle". An idle session
+        ``in_use`` says is in use is kept, as if it had been used now."""
         out: List[Tuple[Any, str]] = []
         while self._handshaking:
             deadline, session = next(iter(self._handshaking.values()))
@@ -91,10 +142,15 @@ class SessionTable:
             out.append((session, "handshake timeout"))
             self.remove(session)
         limit = now - self.idle_timeout
-        while self._active:
-            seen, session = next(iter(self._active.values()))
+        active = self._active
+        while active:
+            key, (seen, session) = next(iter(active.items()))
             if seen > limit:
                 break
+            if in_use is not None and in_use(session):
+                active[key] = (now, session)
+                active.move_to_end(key)
+                continue
             out.append((session, "idle"))
             self.remove(session)
         return out

@@ -13,9 +13,10 @@ from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
 
 from ..settings import DtlsConfig
+
+__all__ = ["KeyProblem", "load_key"]  # the key goes in with dtls.context.use_key
 
 
 class KeyProblem(ValueError):
@@ -47,11 +48,3 @@ def load_key(cfg: DtlsConfig) -> Any:
     except UnsupportedAlgorithm as exc:
         raise KeyProblem("%s: %s" % (path, exc))
     return key  # pyOpenSSL takes cryptography's keys (its own PKey is deprecated)
-
-
-def use_key(ctx: SSL.Context, key: Any) -> None:
-    """cryptography's key into the context (pyOpenSSL before 24.3 takes only its PKey)."""
-    try:
-        ctx.use_privatekey(key)
-    except TypeError:
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))

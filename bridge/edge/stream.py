@@ -343,7 +343,7 @@ class StreamProtocol(Protocol):
         self._producing = True
 
     def handshakeCompleted(self) -> None:
-        from .dtls import peer_credential  # OpenSSL: only with TLS
+        from ..dtls.context import credential_of as peer_credential  # OpenSSL: with TLS
         self._stop_deadline()
         self._produce()
         if self.driver is not None and self.tls_connection is not None:

@@ -3,9 +3,9 @@ the bridge's certificate, device CA, cipher list and PSK callback of CoAPs.
 
 The same rules as DTLS (``edge.dtls``): a client certificate is asked for, not
 required, and one that is presented must chain to the CA file; its credential
-is ThingsBoard's certificate id (``dtls.peer_credential``); a PSK identity is
+is ThingsBoard's certificate id (``dtls.context.credential_of``); a PSK identity is
 looked up in the registry's in-memory view through the same callback
-(``edge.psk``: OpenSSL's server callback serves TLS 1.2 PSK suites as DTLS
+(``bridge.dtls.psk``: OpenSSL's server callback serves TLS 1.2 PSK suites as DTLS
 ones); without either, the token in the path authenticates. TLS 1.2 and 1.3.
 Tickets are off and the server-side cache holds sessions, as for DTLS.
 
@@ -23,8 +23,12 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from ..settings import DtlsConfig
-from . import psk as psk_edge
-from .dtls import _openssl_reason, load_identity
+from ..dtls import psk as psk_edge
+from ..dtls.context import openssl_reason as _openssl_reason
+from ..logs import logger
+from .dtls import load_identity
+
+log = logger("tls")
 
 PskLookup = Callable[[str], Optional[bytes]]
 
@@ -59,7 +63,7 @@ class TlsCreator:
     def __init__(self, cfg: DtlsConfig, psk_lookup: PskLookup):
         self.context = build_context(cfg)
         self.psk_lookup = psk_lookup
-        self._psk = psk_edge.PskServer(self.context, self._psk_key,
+        self._psk = psk_edge.PskServer(self.context, self._psk_key, log,
                                        cfg.psk_identity_hint.encode("utf-8")) \
             if cfg.psk and psk_edge.supported() else None
 

@@ -97,7 +97,7 @@ class WebSocketProtocol(StreamProtocol):
         self.driver = Driver(self.hub, (peer.host, peer.port), self.scheme, True, self._write,
                              self._close)
         if self.tls_connection is not None:
-            from .dtls import peer_credential  # OpenSSL: only with TLS
+            from ..dtls.context import credential_of as peer_credential  # with TLS only
             self.driver.peer.credential = peer_credential(self.tls_connection,
                                                           self.psk_identity)
 

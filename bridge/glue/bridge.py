@@ -63,6 +63,10 @@ DTLS_COUNTERS = {
     "handshake_timeouts": "DTLS handshakes reaped at dtls.handshake_timeout",
     "refused_full": "DTLS handshakes refused: dtls.max_sessions reached",
     "refused_rate": "DTLS handshakes refused: dtls.handshake_rate of the address",
+    "refused_address": "DTLS handshakes refused: dtls.max_handshakes_per_address in "
+                       "progress from the address",
+    "handshakes_evicted": "half-open DTLS handshakes dropped for newer ones at "
+                          "dtls.max_handshakes",
     "dropped": "datagrams on the DTLS port dropped (no session and no ClientHello)",
     "alerts": "DTLS sessions ended by an alert or a broken record",
     "unknown_psk_identity": "PSK identities not in the registry",
@@ -350,8 +354,11 @@ class Bridge:
             "coap_errors_total": ("counter", "CoAP requests answered 4.xx or 5.xx, by route, "
                                   "code and transport", Labelled(
                                       REQUEST_LABELS, self.requests.counts.samples(True))),
-            "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed",
-                                     protocol.malformed if protocol is not None else 0),
+            "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed "
+                                     "(CoAP and CoAPs)",
+                                     (protocol.malformed if protocol is not None else 0)
+                                     + (self.dtls.coap.malformed if self.dtls is not None
+                                        else 0)),
             "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
                                            stats["acknowledged"]),
             "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",

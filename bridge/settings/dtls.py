@@ -97,12 +97,23 @@ class DtlsConfig:
         30.0, "Seconds a handshake may take (a wrong PSK fails silently: the session is "
         "dropped at this deadline).", low=0, high=600, above=True, unit="s",
         env=_tb("handshake_timeout"))
-    idle_timeout: float = setting(600.0, "Seconds an established session may stay silent.",
-                                  low=0, high=7 * 86400, above=True, unit="s",
-                                  env=_tb("idle_timeout"))
-    max_sessions: int = setting(10000, "Sessions (established or in handshake) at most; past "
-                                "that new handshakes are refused and counted.",
+    idle_timeout: float = setting(
+        600.0, "Seconds an established session may go without a record from its device "
+        "before it is closed; a session whose device observes something (/attributes, "
+        "/rpc) is kept however long the device is silent.", low=0, high=7 * 86400,
+        above=True, unit="s", env=_tb("idle_timeout"))
+    max_sessions: int = setting(10000, "Established sessions at most; past that new "
+                                "handshakes are refused and counted.",
                                 low=1, high=1_000_000, env=_tb("max_sessions"))
+    max_handshakes: int = setting(
+        1000, "Half-open handshakes (cookie verified, not finished) at most, bounded apart "
+        "from the sessions: past that the oldest is dropped for the new one, so a flood "
+        "of ClientHellos cannot lock new devices out.", low=1, high=1_000_000,
+        env=_tb("max_handshakes"))
+    max_handshakes_per_address: int = setting(
+        20, "Half-open handshakes from one IP address at most; past that its new "
+        "handshakes are refused and counted.", low=1, high=1_000_000,
+        env=_tb("max_handshakes_per_address"))
     handshake_rate: float = setting(10.0, "Handshakes per second per source address (after "
                                     "its cookie verified). 0: no limit.",
                                     low=0, high=100_000, env=_tb("handshake_rate"))

@@ -98,3 +98,12 @@ def test_a_record_shorter_than_its_cipher_can_make_is_dropped():
     short = record(22, b"x" * 21, epoch=1)
     assert records.encrypted_only(short, 24) == b""
     assert records.encrypted_only(short, 16) == short
+
+
+def test_last_type_is_that_of_the_last_whole_record():
+    finished = record(22, b"f" * 40, epoch=1)
+    data = record(20, b"\x01") + finished
+    assert records.last_type(data) == 22
+    assert records.last_type(data + record(23, b"x" * 30, epoch=1)) == 23
+    assert records.last_type(data + b"\x17\xfe\xfd\x00") == 22  # a truncated tail is not one
+    assert records.last_type(b"") is None

@@ -10,23 +10,53 @@ class S:
 
 
 def test_handshakes_past_their_deadline_and_idle_sessions_are_due():
-    table = SessionTable(max_sessions=3, handshake_timeout=10, idle_timeout=100)
+    table = SessionTable(max_sessions=1, handshake_timeout=10, idle_timeout=100)
     a, b, c = S("a", ("h", 1)), S("b", ("h", 2)), S("c", ("h", 3))
     table.add(a.address, a, 0.0)
     table.add(b.address, b, 1.0)
     table.add(c.address, c, 2.0)
-    assert table.full() and len(table) == 3
+    assert not table.full() and len(table) == 3  # half-open ones do not fill it
     table.establish(b, 3.0)
+    assert table.full() and table.established == 1 and table.handshaking == 2
     assert table.next_due() == 10.0
     assert table.due(9.9) == []
     assert table.due(10.0) == [(a, "handshake timeout")]
-    assert table.get(("h", 1)) is None and not table.full()
+    assert table.get(("h", 1)) is None
     table.touch(b, 50.0)
     assert table.due(12.0) == [(c, "handshake timeout")]
     assert table.next_due() == 150.0
     assert table.due(149.0) == []
     assert table.due(150.0) == [(b, "idle")]
     assert len(table) == 0 and table.next_due() is None
+
+
+def test_half_open_handshakes_are_bounded_in_all_and_per_host():
+    table = SessionTable(10, 10, 100, max_handshakes=3, max_handshakes_per_address=2)
+    a, b, c, d = (S(k, addr) for k, addr in (("a", ("h", 1)), ("b", ("h", 2)),
+                                             ("c", ("g", 1)), ("d", ("g", 2))))
+    table.add(a.address, a, 0.0)
+    table.add(b.address, b, 1.0)
+    assert table.host_full("h") and not table.host_full("g")
+    table.add(c.address, c, 2.0)
+    assert table.handshakes_full() and table.oldest_handshake() is a
+    table.establish(a, 3.0)  # finished: neither bound counts it any more
+    assert not table.host_full("h") and not table.handshakes_full()
+    table.add(d.address, d, 4.0)
+    assert table.host_full("g") and table.oldest_handshake() is b
+    table.remove(d)
+    table.remove(c)
+    assert not table.host_full("g") and table.handshaking == 1
+
+
+def test_an_idle_session_in_use_is_kept_as_if_used_now():
+    table = SessionTable(10, 10, 100)
+    a, b = S("a", ("h", 1)), S("b", ("h", 2))
+    for session in (a, b):
+        table.add(session.address, session, 0.0)
+        table.establish(session, 0.0)
+    assert table.due(100.0, in_use=lambda session: session is a) == [(b, "idle")]
+    assert table.next_due() == 200.0
+    assert table.due(200.0) == [(a, "idle")]
 
 
 def test_a_new_session_replaces_the_old_one_of_its_address():

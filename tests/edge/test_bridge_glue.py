@@ -430,3 +430,34 @@ def test_a_request_that_waited_for_a_registration_and_then_failed_is_answered_5_
     assert len(failures) == 1
     failures[0]["log_failure"].trap(RuntimeError)
     assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
+
+
+def test_notifications_go_to_the_transport_of_their_peer():
+    # plain CoAP's peers are (host, port) tuples, CoAPs' DtlsPeers: each its own layer
+    from bridge.core.actions import Notify
+    from bridge.dtls.events import DtlsPeer
+    from bridge.glue.notifications import Notifications
+
+    class Transport:
+        def __init__(self):
+            self.sent = []
+
+        def notify(self, ref, remote, *args):
+            self.sent.append((ref, remote))
+
+    clock = Clock()
+    notifications = Notifications(clock)
+    udp, dtls = Transport(), Transport()
+    notifications.transport = udp
+    notifications.attach(DtlsPeer, dtls)
+    session = DtlsPeer(("10.0.0.1", 4000), 1)
+    for ref, remote in ((1, ("10.0.0.1", 5683)), (2, session), (3, ("10.0.0.2", 5683))):
+        notifications.queue(Notify(ref, remote, b"t", codes.CONTENT, b"{}", 2))
+    clock.advance(0)
+    assert udp.sent == [(1, ("10.0.0.1", 5683)), (3, ("10.0.0.2", 5683))]
+    assert dtls.sent == [(2, session)]
+    notifications.detach(DtlsPeer)  # CoAPs stopped listening: its sessions get nothing
+    notifications.queue(Notify(4, session, b"t", codes.CONTENT, b"{}", 3))
+    notifications.queue(Notify(5, ("10.0.0.1", 5683), b"t", codes.CONTENT, b"{}", 3))
+    clock.advance(0)
+    assert dtls.sent == [(2, session)] and udp.sent[-1] == (5, ("10.0.0.1", 5683))

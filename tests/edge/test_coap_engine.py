@@ -2,7 +2,7 @@
 through a fake UDP transport, a ``Clock`` for time, real Deferreds from the handler. The
 layers' own logic is tested without Twisted in tests/coap/; here what only the edge
 does: one timer, handler failures answered 5.00 (W6), the receive buffer (W9), no
-legacy logging (W1), the DTLS seam, and answers given after their request's turn.
+legacy logging (W1), a driver's transmit (the DTLS edge's), and answers given after their request's turn.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bridge.coap.exchange import Incoming
 from bridge.coap.message import make_response
 from bridge.core import codes
 from bridge.edge import coap as edge
+from bridge.edge.datagram import DatagramDriver
 
 PEER = ("127.0.0.1", 40000)
 UPLINK = "/api/v1/t/telemetry"
@@ -237,34 +238,35 @@ def test_notification_fates_reach_on_result_and_the_timer_retransmits_a_con():
 
 
 class Session:
-    """A DTLS session as today's DTLS transport hands it over (edge/dtls.py)."""
+    """A DTLS session's peer key, as the DTLS edge hands it over (a ``DtlsPeer``)."""
 
     def __init__(self):
         self.key = "session 1"
         self.address = ("10.0.0.9", 5684)
-        self.sent = []
-
-    def send(self, data):
-        self.sent.append(data)
 
     def __str__(self):
         return "session 1"
 
 
-def test_the_dtls_seam_routes_a_sessions_datagrams_to_the_session_and_trusts_it():
-    h = Harness(handler=lambda request: make_response(codes.CONTENT, b"b" * 1000))
+def test_a_driver_sends_to_its_transmit_and_trusts_what_its_transport_says():
+    # the driver the DTLS edge has of its own: what goes to a session goes to its
+    # transmit (to be encrypted), nothing to a UDP port
+    sent = []
+    driver = DatagramDriver(lambda request: make_response(codes.CONTENT, b"b" * 1000),
+                            Clock(), edge.datagram_settings(0.5, 247.0),
+                            transmit=lambda data, peer: sent.append((data, peer)))
     gone = []
-    h.protocol.on_peer_gone = gone.append
+    driver.on_peer_gone = gone.append
     session = Session()
-    h.protocol.received(raw.encode(raw.request(raw.GET, "/a", mid=1)), session)
-    [small] = [raw.decode(data) for data in session.sent]
-    assert small.option(raw.BLOCK2) is not None  # not yet trusted: amplification limit
-    assert h.transport.pop() == []  # nothing on the UDP port
-    h.protocol.trust(session)
-    h.protocol.received(raw.encode(raw.request(raw.GET, "/a", mid=2)), session)
-    assert raw.decode(session.sent[-1]).payload == b"b" * 1000
-    h.protocol.forget(session)
-    assert gone == [session] and not h.protocol.layer.verified(session)
+    driver.received(raw.encode(raw.request(raw.GET, "/a", mid=1)), session)
+    [(data, to)] = sent
+    assert to is session
+    assert raw.decode(data).option(raw.BLOCK2) is not None  # not yet trusted: amplification
+    driver.trust(session)
+    driver.received(raw.encode(raw.request(raw.GET, "/a", mid=2)), session)
+    assert raw.decode(sent[-1][0]).payload == b"b" * 1000
+    driver.forget(session)
+    assert gone == [session] and not driver.layer.verified(session)
 
 
 def test_a_datagram_the_port_refuses_keeps_the_events_after_it_for_the_next_drain():

@@ -156,7 +156,15 @@ def test_thingsboard_s_variables_configure_an_encrypted_key_that_the_bridge_open
     config = load(None, env)
     assert (config.dtls.cert_file, config.dtls.key_file, config.dtls.key_password) == (
         encrypted["cert"], encrypted["locked"], "s3cret")
-    context = dtls_edge.build_context(config.dtls, lambda c: b"x" * 16, lambda c, k: True)
+    # the transport reads the key (dtls_keys) and builds its server's context with it
+    from twisted.internet.task import Clock
+    from bridge.edge import coap as coap_edge
+    from bridge.edge.datagram import DatagramDriver
+    clock = Clock()
+    transport = dtls_edge.DtlsTransport(config.dtls, DatagramDriver(
+        lambda request: None, clock, coap_edge.datagram_settings(0.5, 247)), clock,
+        lambda identity: None)
+    context = transport.server.context
     assert context is not None  # the certificate and its decrypted key are in the context
 
 

@@ -153,12 +153,13 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     import dtlscerts
     from bridge.settings import DtlsConfig
     from bridge.edge import coap as coap_edge
+    from bridge.edge.datagram import DatagramDriver
     from bridge.edge import dtls as dtls_edge
     bridge = Bridge(startup_checks.load(None, {}), Clock())
     assert not any(name.startswith("dtls_") for name in bridge.metrics())
     cert, key = dtlscerts.issue("bridge", dtlscerts.ca()).write(str(tmp_path), "bridge")
     clock = Clock()
-    coap = coap_edge.create_protocol(lambda m: None, clock, 0.5, 247)
+    coap = DatagramDriver(lambda m: None, clock, coap_edge.datagram_settings(0.5, 247))
     bridge.dtls = dtls_edge.DtlsTransport(DtlsConfig(enabled=True, cert_file=cert,
                                                      key_file=key),
                                           coap, clock, lambda identity: None,
@@ -169,6 +170,9 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     assert values[("coapbridge_dtls_sessions", ())] == 0
     assert types["coapbridge_dtls_handshakes_full"] == "counter"
     assert types["coapbridge_dtls_handshakes_in_progress"] == "gauge"
+    # every counter of the DTLS server is scraped (the handshake bounds' among them)
+    assert values[("coapbridge_dtls_refused_address_total", ())] == 0
+    assert values[("coapbridge_dtls_handshakes_evicted_total", ())] == 0
 
 
 def test_reliable_metrics_appear_with_the_rfc8323_listeners():

@@ -113,8 +113,13 @@ def test_stopping_dtls_answers_the_stored_uplinks_before_closing_the_sessions():
     class View:
         on_change = []
 
+    class Notifications:
+        def detach(self, peer_type):
+            calls.append("detach")  # no notification for its sessions any more
+
     class Bridge:
         registry_view = View()
+        notifications = Notifications()
 
         def commit(self):
             calls.append("commit")  # answers every stored uplink, DTLS peers' too
@@ -133,4 +138,4 @@ def test_stopping_dtls_answers_the_stored_uplinks_before_closing_the_sessions():
     service = _DtlsService(Bridge())
     service.port, service.transport, service.running = Port(), Transport(), 1
     service.stopService()
-    assert calls == ["stopReading", "commit", "close_all", "stopListening"]
+    assert calls == ["stopReading", "commit", "detach", "close_all", "stopListening"]

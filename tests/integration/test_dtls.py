@@ -54,12 +54,15 @@ class Pki:
         return issued, cert, key
 
 
-def start_dtls_bridge(workdir, broker, pki, devices=(), psk_devices=(), **dtls):
+def start_dtls_bridge(workdir, broker, pki, devices=(), psk_devices=(), metrics_port=0,
+                      **dtls):
     settings = {"enabled": True, "cert_file": pki.cert, "key_file": pki.key,
                 "ca_file": pki.ca_file, "bind_port": free_ports()}
     settings.update(dtls)
     bridge = BridgeProcess(workdir, broker.port, dtls=settings,
-                           ota={"source": "directory", "directory": os.path.join(workdir, "ota")})
+                           ota={"source": "directory", "directory": os.path.join(workdir, "ota")},
+                           metrics={"port": metrics_port, "bind_address": "127.0.0.1"})
+    bridge.metrics_port = metrics_port
     os.makedirs(os.path.join(workdir, "ota", "blinker"), exist_ok=True)
     with open(os.path.join(workdir, "ota", "blinker", "2.0"), "wb") as handle:
         handle.write(PACKAGE)

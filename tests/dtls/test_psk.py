@@ -1,10 +1,11 @@
-"""The PSK server callback (bridge/edge/psk.py) on a real handshake over memory BIOs."""
+"""The PSK server callback (bridge/dtls/psk.py) on a real handshake over memory BIOs."""
 
 from __future__ import annotations
 
 from OpenSSL import SSL
 
-from bridge.edge import psk
+from bridge.dtls import psk
+from bridge.logs import logger
 from dtlsclient import client_context
 
 
@@ -33,7 +34,7 @@ def pump(client, server):
 def server_for(lookup):
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_cipher_list(b"PSK:@SECLEVEL=0")
-    holder = psk.PskServer(ctx, lookup, b"hint")
+    holder = psk.PskServer(ctx, lookup, logger("dtls"), b"hint")
     conn = SSL.Connection(ctx, None)
     conn.set_accept_state()
     return conn, holder

@@ -14,8 +14,9 @@ OpenSSL calls the server callback synchronously in the middle of the handshake
 (openssl/openssl#19358), so ``lookup`` must answer from memory: it reads the
 registry's in-memory view. It gets the ``Connection`` and the identity (bytes, as
 the client sent them) and returns the key, or None for an unknown identity (OpenSSL
-then sends the unknown_psk_identity alert). An exception in ``lookup`` is logged
-and treated as unknown: it must not unwind through OpenSSL's C frames.
+then sends the unknown_psk_identity alert). An exception in ``lookup`` is handed to
+``log.failure`` (the injected logger: this module does no I/O) and treated as unknown:
+it must not unwind through OpenSSL's C frames.
 """
 
 from __future__ import annotations
@@ -24,10 +25,6 @@ from typing import Any, Callable, Optional
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
-
-from ..logs import logger
-
-log = logger("dtls")
 
 _binding = Binding()
 ffi, lib = _binding.ffi, _binding.lib
@@ -60,10 +57,11 @@ class PskServer:
     """Installs the PSK server callback on ``context``; keep this object as long as the
     context (it holds the C callback)."""
 
-    def __init__(self, context: SSL.Context, lookup: PskLookup, hint: bytes = b""):
+    def __init__(self, context: SSL.Context, lookup: PskLookup, log: Any, hint: bytes = b""):
         if not supported():
             raise RuntimeError("this cryptography build has no SSL_CTX_set_psk_server_callback")
         self.lookup = lookup
+        self.log = log  # has .failure(text): called inside the except clause
         self._callback = ffi.callback(
             "unsigned int (*)(SSL *, const char *, unsigned char *, unsigned int)",
             self._on_identity)
@@ -83,7 +81,7 @@ class PskServer:
             ffi.memmove(out, key, len(key))
             return len(key)
         except Exception:
-            log.failure("PSK lookup failed")
+            self.log.failure("PSK lookup failed")
             return 0
 
 
