@@ -136,7 +136,8 @@ def push_all(rig: Any, n: int) -> int:
         for device in range(first, min(n, first + PUSHES)):
             payload = json.dumps({"device": "bench device %03d" % device,
                                   "data": {"setpoint": 21}}).encode()
-            packet = (len(topic).to_bytes(2, "big") + topic + (device & 0xFFFF or 1).to_bytes(2, "big")
+            mid = (device & 0xFFFF or 1).to_bytes(2, "big")
+            packet = (len(topic).to_bytes(2, "big") + topic + mid
                       + (b"\x00" if rig.broker.mqtt5 else b"") + payload)
             out += b"\x32" + _length(len(packet)) + packet
         rig.broker.sock.sendall(bytes(out))
@@ -170,6 +171,22 @@ def report(title: str, before: Any, after: Any, n: int, key: str, top: int) -> N
             print("  %7.0f  %s" % (size, name.replace(root, "")))
 
 
+def fanout(rig: Any, n: int, peers: int, profile: bool, top: int) -> None:
+    register_all(rig, n, peers)
+    profiler = cProfile.Profile() if profile else None
+    start_cpu = time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    sent = push_all(rig, n)
+    if profiler is not None:
+        profiler.disable()
+    spent = time.process_time() - start_cpu
+    print("fan-out: %d notifications for %d pushes, %.1f µs of CPU each (the broker "
+          "stand-in included)" % (sent, n, spent / max(1, sent) * 1e6))
+    if profiler is not None:
+        pstats.Stats(profiler).strip_dirs().sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=100_000,
@@ -188,19 +205,7 @@ def main() -> None:
     rig = make_rig(n)
     rig.bridge.registry.refresh()  # the registry's copy: a registered device's, not an observer's
     if args.fanout:
-        register_all(rig, n, peers)
-        profiler = cProfile.Profile() if args.profile else None
-        start_cpu = time.process_time()
-        if profiler is not None:
-            profiler.enable()
-        sent = push_all(rig, n)
-        if profiler is not None:
-            profiler.disable()
-        spent = time.process_time() - start_cpu
-        print("fan-out: %d notifications for %d pushes, %.1f µs of CPU each (the broker "
-              "stand-in included)" % (sent, n, spent / max(1, sent) * 1e6))
-        if profiler is not None:
-            pstats.Stats(profiler).strip_dirs().sort_stats("tottime").print_stats(args.top)
+        fanout(rig, n, peers, args.profile, args.top)
         return
     if args.rss:
         start = rss_kib()
