@@ -37,17 +37,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, HERE)
 
 from bridge.coap import signalling as sig  # noqa: E402
 from bridge.coap.framing import StreamDecoder, encode  # noqa: E402
+from procstat import cpu_seconds, free_port, rss_kib  # noqa: E402
 
 CSM = encode(sig.CSM, b"", sig.csm_body(1152, False))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def options(token: str) -> bytes:
@@ -113,13 +109,6 @@ class Flow:
         self.send()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far."""
-    with open("/proc/%d/stat" % pid) as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rate(connect: Callable[[int], Any], kind: str, devices: int, window: int,
          seconds: float, pid: int) -> Dict[str, Any]:
     """2.01 per second with ``devices`` flows of ``window`` requests in flight, and the
@@ -156,14 +145,6 @@ def rate(connect: Callable[[int], Any], kind: str, devices: int, window: int,
         flow.sock.close()
     return {"per_s": done / elapsed, "cpu_us": 1e6 * cpu / max(done, 1),
             "other_answers": other}
-
-
-def rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def open_idle(connect: Callable[[int], Any], count: int) -> List[Any]:

@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 
 import dtlsrun  # noqa: E402
 import loadgen  # noqa: E402
+from procstat import cpu_seconds, family_cpu_seconds, free_port, rss_kib  # noqa: E402,F401
 
 RESULTS = os.path.join(HERE, "results")
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -51,43 +52,6 @@ def progress(label: str, fraction: float) -> None:
     sys.stderr.flush()
     if fraction >= 1.0:
         sys.stderr.write("\n")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    with open("/proc/%d/status" % pid) as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) process ``pid`` has used so far."""
-    with open("/proc/%d/stat" % pid) as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def family_cpu_seconds(pid: int) -> float:
-    """CPU time of process ``pid`` and of its children now running (a supervisor's workers)."""
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
-            children = [int(child) for child in handle.read().split()]
-    except OSError:
-        children = []
-    total = cpu_seconds(pid)
-    for child in children:
-        try:
-            total += cpu_seconds(child)
-        except OSError:
-            pass  # ended meanwhile
-    return total
 
 
 def wait_port(port: int, udp: bool = False, timeout: float = 15.0) -> None:

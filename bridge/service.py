@@ -414,8 +414,9 @@ class BridgeService(MultiService):
     (``bridge.supervisor``): its own outbox file and MQTT client id, the CoAP port shared
     with the other workers, its metrics on a private local port; once started it logs a
     ``worker_event="started"`` event naming that port, for the supervisor. ``sockets``
-    ({"coap": fd, "dtls": fd}, ``bridge.edge.udp.inherited``): its sockets of the
-    supervisor's groups, listened on instead of binding its own."""
+    ({"coap": fd, "dtls": fd}, ``bridge.edge.udp.inherited``; "tcp", "tls", "ws", "wss":
+    ``bridge.edge.shared_tcp.inherited``): its sockets of the supervisor's, listened on
+    instead of binding its own."""
 
     def __init__(self, config: Config, reactor: Any, rng: Optional[random.Random] = None,
                  refuse: Optional[Callable[[str], None]] = None,
@@ -438,7 +439,8 @@ class BridgeService(MultiService):
         if config.dtls.enabled:
             children.append(_DtlsService(self.bridge, sockets.get("dtls")))
         if enabled_listeners(config):
-            children.append(reliable_service.ReliableService(self.bridge, _cannot_listen))
+            children.append(reliable_service.ReliableService(self.bridge, _cannot_listen,
+                                                             sockets))
         for child in children:
             child.setServiceParent(self)
 

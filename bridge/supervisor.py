@@ -9,7 +9,9 @@ same twistd plugin with ``COAPBRIDGE_WORKER=1..N`` in the environment (``bridge.
 The supervisor binds the N sockets of the CoAP port (and of the CoAPs port) itself, with
 ``SO_REUSEPORT``, and hands socket k to worker k (``bridge.edge.udp.SocketGroup``): the
 kernel's reuse-port group then never changes when a worker dies and comes back, so no
-device moves to another worker. Each worker has its own MQTT client id and outbox file,
+device moves to another worker. The RFC 8323 listeners' TCP ports (``reliable.*``) it
+binds too, one listening socket each, handed to every worker, which all accept from it
+(``bridge.edge.shared_tcp``): a worker's restart ends only its own connections. Each worker has its own MQTT client id and outbox file,
 and shares the registry (SQLite in WAL mode).
 
 * A worker's log events come to the supervisor as JSON lines on its standard
@@ -44,7 +46,7 @@ from twisted.python.failure import Failure
 from . import logwriter
 from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
-from .edge import udp
+from .edge import shared_tcp, udp
 from .edge.data_dir import DataDirLock
 from .logs import logger
 
@@ -144,6 +146,7 @@ class SupervisorService(Service):
         self._stopped: Optional[defer.Deferred] = None
         self.metrics_port: Any = None
         self.groups: Dict[str, udp.SocketGroup] = {}  # "coap", "dtls": the workers' sockets
+        self.listening: Dict[str, Any] = {}  # "tcp", "tls", ...: one socket for all workers
         self.data_dir = DataDirLock(config.data_dir)  # held for the workers while they run
         from .edge.worker_metrics import WorkerMetrics
         self.metrics = WorkerMetrics(reactor, self.worker_ports, self.policy.restarts,
@@ -207,11 +210,30 @@ class SupervisorService(Service):
                 self.groups[name] = udp.SocketGroup(port, interface, cfg.workers)
             except error.CannotListenError as exc:
                 raise StartupError(_cannot_listen(what, "UDP", exc, key))
+        self._bind_listeners()
+
+    def _bind_listeners(self) -> None:
+        """The RFC 8323 listeners' sockets, listening here for as long as we run."""
+        from .edge.reliable_service import LISTENERS
+        from .service import _cannot_listen
+        from .settings.reliable import enabled
+        for name in enabled(self.config):
+            scheme, _, _, env = LISTENERS[name]
+            listener = getattr(self.config.reliable, name)
+            try:
+                self.listening[name] = shared_tcp.bind_listening(
+                    listener.bind_port, listener.bind_address or self.config.coap.bind_address)
+            except error.CannotListenError as exc:
+                raise StartupError(_cannot_listen(scheme, "TCP", exc,
+                                                  "reliable.%s.bind_port" % name, ", " + env))
 
     def _close_groups(self) -> None:
         for group in self.groups.values():
             group.close()
         self.groups.clear()
+        for sock in self.listening.values():
+            sock.close()
+        self.listening.clear()
 
     def _listen_metrics(self) -> None:
         from .edge.worker_metrics import SupervisorSite
@@ -237,13 +259,17 @@ class SupervisorService(Service):
         process = WorkerProcess(self, worker)
         self.processes[worker] = process
         self.policy.spawned(worker)
-        env = {k: v for k, v in self.env.items() if k not in udp.FD_ENV.values()}
+        inherited = set(udp.FD_ENV.values()) | set(shared_tcp.FD_ENV.values())
+        env = {k: v for k, v in self.env.items() if k not in inherited}
         env[WORKER_ENV] = str(worker)
         child_fds: Dict[int, Any] = {0: "w", 1: "r", 2: "r"}
         for name, group in self.groups.items():  # its socket of each group, on a fixed fd
             fd = udp.COAP_FD if name == "coap" else udp.DTLS_FD
             child_fds[fd] = group.fileno(worker)
             env[udp.FD_ENV[name]] = str(fd)
+        for name, sock in self.listening.items():  # the same listening socket for each
+            child_fds[shared_tcp.FDS[name]] = sock.fileno()
+            env[shared_tcp.FD_ENV[name]] = str(shared_tcp.FDS[name])
         self.transports[worker] = self.reactor.spawnProcess(
             process, self.command[0], self.command, env=env, path=os.getcwd(),
             childFDs=child_fds)

@@ -93,7 +93,7 @@ def _worker_number(options: Options) -> int:
 def _worker(options: Options, reactor: Any, worker: int) -> Any:
     """One worker of a supervised bridge: its log events go to the supervisor as JSON lines
     on standard output; it stops when the supervisor is gone (its standard input closes)."""
-    from .edge import udp
+    from .edge import shared_tcp, udp
     from .service import BridgeService
     from .supervisor import ParentWatch
 
@@ -106,7 +106,8 @@ def _worker(options: Options, reactor: Any, worker: int) -> Any:
     return BridgeService(options.config, reactor, refuse=lambda text: _refuse(options, text),
                          log_observer=logwriter.worker_observer(
                              sys.stdout, worker, options.config.log_level), worker=worker,
-                         sockets=udp.inherited(os.environ))
+                         sockets={**udp.inherited(os.environ),
+                                  **shared_tcp.inherited(os.environ)})
 
 
 def _supervisor(options: Options, reactor: Any, observer: Any) -> Any:

@@ -10,6 +10,12 @@ expiry (defects W8, D11-D13 in ../shared/spec/txthings-notes.md). Here:
 * Block2 keeps nothing: block N of an answer is block N of the body the
   handler gives for the request, so random access works; a body cut into
   blocks carries an ETag (RFC 7959 §2.4).
+* BERT (RFC 8323 §6, reliable transports whose two CSMs offer it): a Block
+  option with SZX 7 numbers 1024-byte blocks, and one message carries any
+  multiple of them (the last block: any length). An upload's BERT block moves
+  its next number on by the 1024-byte blocks it carried; ``slice_bert`` cuts an
+  answer in BERT blocks of a length the transport gives (what the peer's
+  Max-Message-Size takes). The datagram transports refuse SZX 7 (4.02).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any, Callable, Dict, Hashable, Optional, Tuple, Union
 
 from ..core import codes
 from .message import Message, make_response, set_options
-from .options import BLOCK2, ETAG, SIZE1, SIZE2, Block, encode_uint
+from .options import BERT, BERT_UNIT, BLOCK2, ETAG, SIZE1, SIZE2, Block, encode_uint
 
 BLOCK1_LIFETIME = 60.0  # s a partial Block1 upload is kept
 MAX_UPLOADS = 1000  # Block1 uploads in progress at once
@@ -75,14 +81,16 @@ class Uploads:
                 self._uploads.pop(key, None)
                 return REQUEST_ENTITY_INCOMPLETE, b"block out of order", {}
             upload = found
-        if block1.more and len(request.payload) != block1.size:
+        payload = request.payload
+        if block1.more and len(payload) != block1.size and not (
+                block1.szx == BERT and payload and not len(payload) % BERT_UNIT):
             self._uploads.pop(key, None)
             return codes.BAD_REQUEST, b"a block that is not the last must be full", {}
-        upload.body += request.payload
+        upload.body += payload
         if len(upload.body) > self.max_body:
             return self._too_large(key)
         if block1.more:
-            upload.next_num += 1
+            upload.next_num += 1 if block1.szx != BERT else len(payload) // BERT_UNIT
             upload.deadline = now + BLOCK1_LIFETIME
             self._uploads.move_to_end(key)
             return CONTINUE, b"", {"block1": Block(block1.number, True, block1.szx)}
@@ -143,9 +151,11 @@ def block_size_exponent(asked: Optional[Block], room: Optional[int], size: int) 
 
 def block_options(message: Message, number: int, szx: int, size: int,
                   tag: Optional[bytes]) -> Message:
-    """``message`` as block ``number`` (of 2**(szx+4) bytes) of a body of ``size`` bytes:
-    with Block2, Size2 on the first block, and ETag ``tag`` (RFC 7959 §2.2, §2.4)."""
-    added = [(BLOCK2, Block(number, (number + 1) << (szx + 4) < size, szx).encode())]
+    """``message`` (its payload the block) as block ``number`` (of 2**(szx+4) bytes, or
+    of BERT's 1024-byte blocks) of a body of ``size`` bytes: with Block2, Size2 on the
+    first block, and ETag ``tag`` (RFC 7959 §2.2, §2.4)."""
+    start = number << (szx + 4) if szx != BERT else number * BERT_UNIT
+    added = [(BLOCK2, Block(number, start + len(message.payload) < size, szx).encode())]
     if tag is not None:
         added.append((ETAG, tag))
     if number == 0:
@@ -161,8 +171,22 @@ def slice_response(message: Message, number: int, szx: int,
     past the end of a body gets 4.02 (RFC 7959 §2.2); an error answer asked as
     a later block goes as it is, so the client sees the real code.
     """
-    size = large.size if large is not None else len(message.payload)
     block = 1 << (szx + 4)
+    return _sliced(message, number, szx, number * block, block, large)
+
+
+def slice_bert(message: Message, number: int, length: int,
+               large: Optional[LargeBody]) -> Message:
+    """BERT block ``number`` (counted in 1024-byte blocks) of ``message``: ``length`` bytes
+    from there (a multiple of 1024), or the rest (RFC 8323 §6); otherwise as
+    ``slice_response``."""
+    return _sliced(message, number, BERT, number * BERT_UNIT, length, large)
+
+
+def _sliced(message: Message, number: int, szx: int, start: int, block: int,
+            large: Optional[LargeBody]) -> Message:
+    """The block of ``block`` bytes at ``start`` (block ``number`` of exponent ``szx``)."""
+    size = large.size if large is not None else len(message.payload)
     if size <= block and number == 0:
         if large is None:
             return message
@@ -170,7 +194,6 @@ def slice_response(message: Message, number: int, szx: int,
         return whole if large.tag is None else set_options(whole, [(ETAG, large.tag)])
     if message.code >= codes.BAD_REQUEST:
         return message
-    start = number * block
     if start >= size and number > 0:
         return make_response(codes.BAD_OPTION, b"block beyond the end", codes.TEXT_PLAIN)
     if large is not None:

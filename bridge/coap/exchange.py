@@ -16,12 +16,20 @@ none): it takes a whole request message from its transport and gives back values
   block the request asked for (random access, Size2, ETag, ``blocks.slice_response``),
   cut smaller while it exceeds ``room`` bytes (the transport's amplification limit, None
   for none), Block1 echoed for the last block of an upload.
+* ``bert_response(incoming, answer, length)``: the same on a connection where both ends
+  offer BERT (RFC 8323 §6): BERT blocks of ``length`` bytes (a multiple of 1024).
 * ``refusal(incoming, code, diagnostic)``: a code with a diagnostic text at once.
 * ``notification(token, ...)``: a notification, as its first block when it is longer
-  than its relation's block size (RFC 7959 §2.6: the device GETs the rest).
+  than its relation's block size (RFC 7959 §2.6: the device GETs the rest); a block
+  size over 1024 makes that a BERT block.
 * ``observation_ended(token, code, ...)``: the notification that ends a relation the
   server cannot go on with: an error code and no Observe option (RFC 7641 §3.2, §4.2),
   after which a client registers again if it still wants notifications.
+
+A Block option with SZX 7 (BERT) is refused (4.02) unless the layer was made with a
+``bert`` predicate that says yes for the peer (a reliable connection whose two CSMs offer
+Block-Wise-Transfer with a Max-Message-Size over 1152); the datagram transports give
+none, and pay nothing for the check (it runs only on a refused option).
 
 The events every transport hands its driver are defined here, so that the driver
 (``bridge/edge``) treats all transports alike: ``Incoming`` (a request), ``Transmit``
@@ -41,12 +49,14 @@ application may send the relation's next one (one in flight per relation, in ord
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, NamedTuple, Optional, Union
+from typing import Any, Callable, Hashable, NamedTuple, Optional, Tuple, Union
 
 from ..core import codes
-from .blocks import LargeBody, Uploads, block_options, block_size_exponent, etag, slice_response
+from .blocks import (LargeBody, Uploads, block_options, block_size_exponent, etag, slice_bert,
+                     slice_response)
 from .message import FETCH, GET, Message, make_response, set_options
-from .options import BLOCK1, CONTENT_FORMAT, OBSERVE, Block, encode_uint, refusal
+from .options import (BERT, BERT_REFUSED, BLOCK1, CONTENT_FORMAT, OBSERVE, Block, Options,
+                      bert_refusal, encode_uint, refusal)
 from .peers import describe
 
 ACKED, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
@@ -91,15 +101,20 @@ class Answer(NamedTuple):
 
 
 Observation = Callable[[Message, float], Any]  # a registration -> the transport's state
+BertPeer = Callable[[Hashable], bool]  # whether BERT is on with a peer
+NO_BERT = b"BERT (block size exponent 7) needs Block-Wise-Transfer and a Max-Message-Size " \
+    b"over 1152 in both CSMs (RFC 8323 section 6)"
 
 
 class ExchangeLayer:
     """Requests and their answers for one transport endpoint (see the module docstring)."""
 
-    def __init__(self, max_body: int, log: Any, observation: Optional[Observation] = None):
+    def __init__(self, max_body: int, log: Any, observation: Optional[Observation] = None,
+                 bert: Optional[BertPeer] = None):
         self.log = log  # debug like twisted.logger's Logger
         self.uploads = Uploads(max_body)
         self.observation = observation
+        self.bert = bert
 
     def receive(self, peer: Hashable, message: Message, now: float,
                 context: Any = None) -> Union[Incoming, Message]:
@@ -107,7 +122,10 @@ class ExchangeLayer:
         send at once (a refused option, a Block1 block before the last)."""
         refused = refusal(message.options)
         if refused is not None:
-            return self._refuse(peer, message, refused[0], refused[1])
+            if refused is BERT_REFUSED and self.bert is not None:
+                refused = self._bert_refusal(peer, message.options)
+            if refused is not None:
+                return self._refuse(peer, message, refused[0], refused[1])
         if message.option(BLOCK1) is not None:
             collected = self.uploads.collect(peer, message, message.block1, now)
             if not isinstance(collected, bytes):
@@ -139,6 +157,29 @@ class ExchangeLayer:
         return _new(Message, (message.code, request.token, message.options, message.payload,
                               None, None))
 
+    def _bert_refusal(self, peer: Hashable, options: Options) -> Optional[Tuple[int, bytes]]:
+        """What to refuse in a request with a BERT Block option: nothing more where BERT is
+        on with ``peer``, else 4.02 saying why."""
+        assert self.bert is not None
+        if self.bert(peer):
+            return bert_refusal(options)
+        return codes.BAD_OPTION, NO_BERT
+
+    def bert_response(self, incoming: Incoming, answer: Answer, length: int) -> Message:
+        """``answer`` to ``incoming`` on a connection where both ends offer BERT (RFC 8323
+        §6): from the BERT block asked (or the first), ``length`` bytes (a multiple of
+        1024, what the peer's Max-Message-Size takes), Block2 with SZX 7, ETag, Size2;
+        whole when it fits; Block1 echoed for the last block of an upload."""
+        request = incoming.message
+        asked = request.block2
+        message = slice_bert(answer.message, asked.number if asked is not None else 0, length,
+                             answer.large)
+        block1 = request.option(BLOCK1)
+        if block1 is not None and message.option(BLOCK1) is None:
+            last = Block.decode(block1)._replace(more=False)
+            message = set_options(message, [(BLOCK1, last.encode())])
+        return Message(message.code, request.token, message.options, message.payload)
+
     def refusal(self, incoming: Incoming, code: int, diagnostic: bytes = b"") -> Message:
         """``code`` with ``diagnostic`` (text) at once, as the answer to ``incoming``."""
         return self._refuse(incoming.peer, incoming.message, code, diagnostic)
@@ -156,14 +197,16 @@ class ExchangeLayer:
                      block_size: int = codes.BLOCK_SIZE,
                      content_format: int = codes.APPLICATION_JSON) -> Message:
         """An observe notification (RFC 7641 §4.2); longer than ``block_size``, its first
-        block (RFC 7959 §2.6: the device GETs the others)."""
+        block (RFC 7959 §2.6: the device GETs the others), a BERT block when
+        ``block_size`` is a multiple of 1024 above it (RFC 8323 §6)."""
         options = [(OBSERVE, encode_uint(observe))]
         if payload:
             options.append((CONTENT_FORMAT, encode_uint(content_format)))
         if len(payload) <= block_size:
             return Message(code, token, tuple(options), payload)
         first = Message(code, token, tuple(options), payload[:block_size])
-        return block_options(first, 0, block_size.bit_length() - 5, len(payload), etag(payload))
+        szx = block_size.bit_length() - 5 if block_size <= codes.BLOCK_SIZE else BERT
+        return block_options(first, 0, szx, len(payload), etag(payload))
 
     @staticmethod
     def observation_ended(token: bytes, code: int, diagnostic: bytes = b"",

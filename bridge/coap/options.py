@@ -34,6 +34,13 @@ CRITICAL_LENGTHS = {URI_HOST: (1, 255), URI_PORT: (0, 2), URI_PATH: (0, 255),
 PROXY_OPTIONS = frozenset({PROXY_URI, PROXY_SCHEME})
 
 
+BERT = 7  # the block size exponent of BERT blocks (RFC 8323 §6): multiples of 1024 bytes
+BERT_UNIT = 1024  # a BERT block's number counts 1024-byte blocks (as SZX 6)
+# what ``refusal`` answers a Block option with SZX 7 (the same object each time: a reliable
+# transport where both ends offer BERT tells it apart and looks at the other options)
+BERT_REFUSED = (codes.BAD_OPTION, b"block size exponent 7 is reserved")
+
+
 class Malformed(Exception):
     """Bytes that break the message format (RFC 7252 §3): a format error."""
 
@@ -53,7 +60,8 @@ def encode_uint(number: int) -> bytes:
 
 class Block(NamedTuple):
     """A Block1 or Block2 option (RFC 7959 §2.2): block ``number``, ``more`` to follow,
-    size exponent ``szx`` (blocks of 2 ** (szx + 4) bytes)."""
+    size exponent ``szx`` (blocks of 2 ** (szx + 4) bytes; SZX 7, BERT, counts blocks of
+    1024 bytes and carries any multiple of them, RFC 8323 §6)."""
 
     number: int
     more: bool
@@ -61,7 +69,9 @@ class Block(NamedTuple):
 
     @property
     def size(self) -> int:
-        return 1 << (self.szx + 4)
+        """The block size, 1024 for a BERT block (its unit: the block number counts those)."""
+        szx = self.szx
+        return 1 << (szx + 4) if szx < BERT else BERT_UNIT
 
     @classmethod
     def decode(cls, value: bytes) -> "Block":
@@ -159,5 +169,18 @@ def refusal(options: Options) -> Optional[Tuple[int, bytes]]:
             if not bounds[0] <= len(value) <= bounds[1]:
                 return codes.BAD_OPTION, b"option %d has a length out of range" % number
             if (number == BLOCK2 or number == BLOCK1) and value and value[-1] & 0x07 == 7:
-                return codes.BAD_OPTION, b"block size exponent 7 is reserved"
+                return BERT_REFUSED
     return None
+
+
+def is_bert(option: Tuple[int, bytes]) -> bool:
+    """A Block1 or Block2 option with SZX 7 (a BERT block, RFC 8323 §6) of a valid length."""
+    number, value = option
+    return (number == BLOCK2 or number == BLOCK1) and 0 < len(value) <= 3 \
+        and value[-1] & 0x07 == BERT
+
+
+def bert_refusal(options: Options) -> Optional[Tuple[int, bytes]]:
+    """``refusal`` where both ends of a connection offer BERT: a Block option with SZX 7 is
+    taken, every other option is looked at as ``refusal`` does."""
+    return refusal(tuple([option for option in options if not is_bert(option)]))

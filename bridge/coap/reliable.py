@@ -7,6 +7,7 @@ never reads a clock, opens a socket or schedules a call (the UDP endpoint's
 shape, after h11 and aioquic). What it does:
 
 * sends our CSM (Max-Message-Size, Block-Wise-Transfer) first, on creation;
+  ``bert`` says whether both CSMs offer BERT (RFC 8323 §6);
 * requires the peer's CSM before anything else (§5.3: a missing CSM is a
   connection error) and within ``csm_timeout`` seconds: else Abort;
 * answers a Ping with a Pong at once, or, when the Ping asks for Custody, once
@@ -39,7 +40,7 @@ from .framing import Frame, FramingError, Oversized, StreamDecoder, decode_ws, e
 @dataclass(frozen=True)
 class ReliableSettings:
     max_message_size: int = 65536  # advertised in our CSM (a whole message, header included)
-    block_wise: bool = False  # advertise Block-Wise-Transfer (with a size > 1152: BERT too)
+    block_wise: bool = True  # advertise Block-Wise-Transfer (with a size > 1152: BERT too)
     csm_timeout: float = 10.0  # s for the peer's CSM to arrive
     keepalive: float = 60.0  # s of silence before a Ping (0: never)
     idle_timeout: float = 300.0  # s of silence before a Release (0: never)
@@ -91,6 +92,15 @@ class Connection:
         self._custody: List[tuple] = []  # (Ping token, serial) waiting for answers
         self._encode = encode_ws if websocket else encode
         self._send(sig.CSM, b"", sig.csm_body(settings.max_message_size, settings.block_wise))
+
+    @property
+    def bert(self) -> bool:
+        """Both CSMs offer BERT (RFC 8323 §5.3.2, §6): Block-Wise-Transfer with a
+        Max-Message-Size over 1152, ours and the peer's."""
+        settings = self.settings
+        return self.peer_block_wise and settings.block_wise and \
+            self.peer_max_message_size > sig.BASE_MAX_MESSAGE_SIZE and \
+            settings.max_message_size > sig.BASE_MAX_MESSAGE_SIZE
 
     # -- in --------------------------------------------------------------------------
 

@@ -8,25 +8,31 @@ handler or the answer to send at once. An RFC 8323 connection has no message typ
 the exchange layer is made without observation state, and a notification's fate is
 ``"delivered"`` once it is written (``edge.stream``).
 
-Answers go whole when they fit the peer's Max-Message-Size and no block was asked (TCP
-needs no 1024-byte cut); otherwise the exchange layer slices them as over UDP, in blocks
-no larger than the peer takes. There is no amplification limit: a TCP peer's address is
-proven by its handshake.
+Answers go whole when they fit the peer's Max-Message-Size (and ours: what we take is
+what we send at most, which keeps one message within the write buffer) and no block was
+asked (TCP needs no 1024-byte cut); otherwise the exchange layer slices them as over UDP,
+in blocks no larger than the peer takes. Where both CSMs offer BERT (RFC 8323 §6,
+``Connection.bert``), an answer that does not fit, or one asked with a BERT Block2,
+goes in BERT blocks: the multiples of 1024 bytes that fit both sizes (``bert_length``);
+a Block2 asked with a smaller SZX is answered in blocks of that size, and BERT Block1
+uploads are taken (the exchange layer's ``bert`` predicate, given by the edge). There is
+no amplification limit: a TCP peer's address is proven by its handshake.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Tuple, Union
+from typing import Any, Hashable, Optional, Tuple, Union
 
 from ..core import codes
-from .exchange import Answer, ExchangeLayer, Incoming
+from .exchange import Answer, BertPeer, ExchangeLayer, Incoming
 from .message import Message, make_response, set_options
-from .options import BLOCK1, Block, Malformed, decode_options, encode_options
+from .options import BERT, BERT_UNIT, BLOCK1, Block, Malformed, decode_options, encode_options
 from .framing import Frame, header_size
 
 Out = Tuple[int, bytes, bytes]  # code, token, body: a frame to send
 ROOM = 64  # bytes of a message's header and options, beside its payload
-BLOCK_SIZE = codes.BLOCK_SIZE  # the largest block we send (SZX 6)
+BLOCK_SIZE = codes.BLOCK_SIZE  # the largest block we send (SZX 6) without BERT
+MAX_TOKEN = 8  # bytes of the longest token (RFC 8323 §3.2: TKL 0-8)
 
 
 def body_of(message: Message) -> bytes:
@@ -55,11 +61,25 @@ def largest_block(peer_max: int, token: bytes) -> int:
     return size
 
 
-class Requests:
-    """The request side shared by every connection of one transport."""
+def answer_room(size: int) -> int:
+    """The most payload one message of at most ``size`` bytes carries, whatever its token:
+    what one answer to a request can get (the download budget charges it)."""
+    return max(size - ROOM - MAX_TOKEN, 16)
 
-    def __init__(self, max_body: int, log: Any):
-        self.exchange = ExchangeLayer(max_body, log)
+
+def bert_length(size: int) -> int:
+    """The bytes of the BERT blocks we send in messages of at most ``size`` bytes (both
+    Max-Message-Sizes over 1152): the multiples of 1024 that fit beside header, token and
+    options, at least one."""
+    return max(answer_room(size) // BERT_UNIT, 1) * BERT_UNIT
+
+
+class Requests:
+    """The request side shared by every connection of one transport; ``bert``: whether
+    BERT is on with a peer (its connection's two CSMs offer it)."""
+
+    def __init__(self, max_body: int, log: Any, bert: Optional[BertPeer] = None):
+        self.exchange = ExchangeLayer(max_body, log, bert=bert)
 
     def decode(self, frame: Frame, peer: Hashable, now: float) -> Union[Incoming, Out]:
         """The request in ``frame`` for the handler, or the answer to send at once (4.02,
@@ -76,27 +96,35 @@ class Requests:
                                codes.TEXT_PLAIN, size1=room)
         return answer.code, token, body_of(answer)
 
-    def answer(self, incoming: Incoming, answer: Answer, peer_max: int) -> Out:
-        """``answer`` to ``incoming``: whole if it fits the peer and no block was asked,
-        else block by block as asked (RFC 7959)."""
+    def answer(self, incoming: Incoming, answer: Answer, size: int, bert: int = 0) -> Out:
+        """``answer`` to ``incoming`` in messages of at most ``size`` bytes (the smaller
+        Max-Message-Size): whole if it fits and no block was asked; else in BERT blocks of
+        ``bert`` bytes (0: BERT is off) unless a smaller block was asked; else block by
+        block as asked (RFC 7959)."""
         request, message = incoming.message, answer.message
         token = request.token
-        if request.block2 is None and answer.large is None and \
-                len(message.payload) + ROOM + len(token) <= peer_max:
+        asked = request.block2
+        if asked is None and answer.large is None and \
+                len(message.payload) + ROOM + len(token) <= size:
             block1 = request.option(BLOCK1)
             if block1 is not None and message.option(BLOCK1) is None:
                 last = Block.decode(block1)._replace(more=False)
                 message = set_options(message, [(BLOCK1, last.encode())])
             return message.code, token, body_of(message)
-        room = max(peer_max - ROOM - len(token), 16)
+        if bert and (asked is None or asked.szx == BERT):
+            return frame_of(self.exchange.bert_response(incoming, answer, bert))
+        room = max(size - ROOM - len(token), 16)
         return frame_of(self.exchange.response(incoming, answer, room))
 
     def notification(self, token: bytes, code: int, payload: bytes, observe: int,
-                     content_format: int, peer_max: int) -> Out:
-        """An observe notification (RFC 7641, RFC 8323 §7): whole if it fits the peer,
-        else its first block with an ETag (the device GETs the rest, RFC 7959 §2.6)."""
-        fits = len(payload) + ROOM + len(token) <= peer_max
-        block = max(len(payload), 16) if fits else largest_block(peer_max, token)
+                     content_format: int, size: int, bert: int = 0) -> Out:
+        """An observe notification (RFC 7641, RFC 8323 §7): whole if it fits a message of
+        ``size`` bytes, else its first block with an ETag (a BERT block of ``bert`` bytes
+        where BERT is on; the device GETs the rest, RFC 7959 §2.6)."""
+        if len(payload) + ROOM + len(token) <= size:
+            block = max(len(payload), 16)
+        else:
+            block = bert or largest_block(size, token)
         return frame_of(self.exchange.notification(token, code, payload, observe, block,
                                                    content_format))
 
@@ -104,4 +132,5 @@ class Requests:
         self.exchange.handle_timer(now)
 
 
-__all__ = ["Requests", "Malformed", "body_of", "message_of", "largest_block"]
+__all__ = ["Requests", "Malformed", "body_of", "message_of", "largest_block", "answer_room",
+           "bert_length"]

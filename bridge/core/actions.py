@@ -61,13 +61,17 @@ class Request(NamedTuple):
     observe: Optional[int] = None
     token: bytes = b""
     remote: Hashable = None
-    block2: Optional[Tuple[int, int]] = None  # Block2 asked: (block number, block size)
+    # Block2 asked: (block number, block size; for a BERT block, RFC 8323 §6, ``room``)
+    block2: Optional[Tuple[int, int]] = None
     # what the DTLS session verified (core.auth.Certificate or PresharedKey), or None:
     # plain UDP, or DTLS without a client credential (the token in the path decides)
     credential: Any = None
     # an observe registration's state in the transport (opaque here: the relation keeps it
     # and hands it back with each Notify; the transport chooses CON or NON with it)
     observation: Any = None
+    # the most payload one answer carries to this remote: a block (1024 bytes) over UDP and
+    # DTLS; on a reliable connection what the smaller Max-Message-Size takes
+    room: int = codes.BLOCK_SIZE
 
 
 @_frozen

@@ -87,10 +87,13 @@ class Downloads(Part):
         return actions
 
     def _limit(self, device: Device, request: Request, query: ota.OtaQuery, now: float) -> None:
-        """A package request costs the bytes it can get: one block (at most 1024 bytes),
-        of the size asked for by Block2 or ``size``."""
+        """A package request costs the bytes it can get: the size asked for by Block2 or
+        ``size``, at most what one answer carries to its remote (``Request.room``: a
+        block of 1024 bytes over UDP and DTLS; on a reliable connection a BERT block or a
+        whole chunk up to the Max-Message-Size); without either, that much."""
         asked = request.block2[1] if request.block2 is not None else query.size
-        cost = min(asked, codes.BLOCK_SIZE) if asked else codes.BLOCK_SIZE
+        room = request.room
+        cost = min(asked, room) if asked else room
         wait = self.limits.allow(device.name, now, cost)
         if wait is not None:
             self.stats["rate_limited"] += 1

@@ -9,7 +9,7 @@ layer of its own over its DTLS sessions). Defect numbers refer to
 ../shared/spec/txthings-notes.md, each with a regression test in tests/coap/ (the
 layers) or tests/edge/test_coap_engine.py (the driver).
 
-* W6  a failing handler always answers 5.00 (``DatagramDriver``).
+* W6  a failing handler always answers 5.00 (``DatagramDriver``, by ``edge.handling``).
 * W9  ``listen()`` uses a 65535-byte receive buffer, so big datagrams are not truncated.
 """
 

@@ -8,37 +8,33 @@ says where a datagram for a peer goes (``transmit``) and hands in what it receiv
 (``Transmit`` to ``transmit``, ``Incoming`` to the handler, ``Notified`` to
 ``on_result``) and the timer armed to the layer's ``next_timer()`` (``edge/timer.py``).
 
-* W6  a failing handler always answers 5.00 (and the failure is logged once)
+* W6  a failing handler always answers 5.00 (and the failure is logged once):
+  ``edge.handling``, shared with the reliable transports' driver (``edge/stream.py``)
   (../shared/spec/txthings-notes.md; regression test in tests/edge/test_coap_engine.py).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Hashable, Optional, Union
+from typing import Any, Callable, Hashable, Optional
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
 from ..coap.datagram import DatagramSettings, MessageLayer, Observation
 from ..coap.exchange import Answer, Incoming, Notified, Transmit
 from ..coap.message import Message
-from ..coap.peers import describe
 from ..core import codes
 from ..logs import logger
+from .handling import Handler, Handling, not_an_answer
 from .timer import OneTimer
 
 log = logger("coap")
-
-Handler = Callable[..., Union[None, defer.Deferred, Message, Answer]]
-
 
 def _nowhere(data: bytes, peer: Hashable) -> None:
     raise TypeError("no transport to send to %r through" % (peer,))
 
 
-class DatagramDriver:
+class DatagramDriver(Handling):
     """A ``MessageLayer`` driven on the reactor (see the module)."""
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
@@ -137,45 +133,13 @@ class DatagramDriver:
             self._draining = False
             self.timer.arm(layer.next_timer())  # also after a failure: the rest goes later
 
-    def _dispatch(self, incoming: Incoming) -> None:
-        try:
-            if self.callback_handler:
-                result = self.handler(incoming, self._answered)
-                if result is None:  # it calls _answered
-                    return
-            else:
-                result = self.handler(incoming)
-        except Exception:
-            log.failure("Request handler raised for {peer}", peer=describe(incoming.peer))
-            self.layer.refuse(incoming, codes.INTERNAL_SERVER_ERROR, b"internal error",
-                              self.clock.seconds())
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallback(self._respond, incoming)
-            result.addErrback(self._failed, incoming)
-        else:
-            self._respond(result, incoming)
-
-    def _answered(self, result: Any, incoming: Incoming) -> None:
-        """A callback handler's answer (W6: one that cannot be sent is a 5.00)."""
-        try:
-            self._respond(result, incoming)
-        except Exception:
-            self._failed(Failure(), incoming)
-
     def _respond(self, result: Any, incoming: Incoming) -> None:
+        """The handler's answer (``edge.handling``) to the message layer."""
         if type(result) is not Answer:
             if not isinstance(result, Message):
-                raise TypeError("request handler returned %r, not a Message" % (type(result),))
+                raise not_an_answer(result)
             result = Answer(result)
         self.layer.respond(incoming, result, self.clock.seconds())
-        self._drain()
-
-    def _failed(self, failure: Any, incoming: Incoming) -> None:
-        log.failure("Request handling failed for {peer}", failure=failure,
-                    peer=describe(incoming.peer))
-        self.layer.refuse(incoming, codes.INTERNAL_SERVER_ERROR, b"internal error",
-                          self.clock.seconds())
         self._drain()
 
     def _fire(self) -> None:

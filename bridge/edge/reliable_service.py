@@ -5,6 +5,8 @@ Each listener is a Twisted server endpoint (``TCP4ServerEndpoint`` or
 ``TCP6ServerEndpoint``) listening with a factory of ``stream.StreamProtocol`` or
 ``websocket.WebSocketProtocol``, under Twisted's TLS layer (``TLSMemoryBIOFactory``
 with ``tls.TlsCreator``) for the secure ones; all share one ``stream.Hub``.
+A worker of a supervised bridge (``coap.workers`` > 1) listens instead on the
+supervisor's listening sockets, which every worker accepts from (``edge/shared_tcp.py``).
 Started after plain CoAP (they feed the same request handler); stopped
 before it: no new connections, the uplinks already stored answered, then a
 Release to every connection.
@@ -13,7 +15,7 @@ Release to every connection.
 from __future__ import annotations
 
 import resource
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
@@ -23,6 +25,7 @@ from twisted.internet.task import LoopingCall
 from ..settings import Config, StartupError
 from ..settings.reliable import enabled, tls_files
 from ..logs import logger
+from . import shared_tcp
 from .stream import Hub, StreamFactory, StreamPeer
 from .websocket import PATH, WebSocketFactory
 
@@ -52,8 +55,10 @@ def raise_descriptor_limit(wanted: int) -> int:
 class ReliableService(Service):
     """The enabled RFC 8323 listeners (see the module)."""
 
-    def __init__(self, bridge: Any, cannot_listen: Any):
+    def __init__(self, bridge: Any, cannot_listen: Any,
+                 inherited: Optional[Dict[str, int]] = None):
         self.bridge = bridge
+        self.inherited = inherited or {}  # a worker's: name -> the supervisor's socket
         self.cannot_listen = cannot_listen  # (what, protocol, exc, key, hint) -> the line
         self.hub: Optional[Hub] = None
         self.ports: List[Any] = []
@@ -82,11 +87,7 @@ class ReliableService(Service):
                                                   bridge.registry_view.psk_key)
                 from twisted.protocols.tls import TLSMemoryBIOFactory
                 factory = TLSMemoryBIOFactory(creator, False, factory)
-            interface = listener.bind_address or config.coap.bind_address
-            kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
-                endpoints.TCP4ServerEndpoint
-            endpoint = kind(bridge.reactor, listener.bind_port, 1024, interface)
-            port = self._listen(endpoint, factory, name, scheme, env)
+            port = self._listen(listener, factory, name, scheme, env)
             self.ports.append(port)
             host = port.getHost()
             log.info("CoAP over {scheme} listening on {host}:{port}{path}", scheme=scheme,
@@ -103,7 +104,19 @@ class ReliableService(Service):
             lambda f: log.failure("Reliable transports' sweep stopped", failure=f))
         Service.startService(self)
 
-    def _listen(self, endpoint: Any, factory: Any, name: str, scheme: str, env: str) -> Any:
+    def _listen(self, listener: Any, factory: Any, name: str, scheme: str, env: str) -> Any:
+        reactor = self.bridge.reactor
+        if name in self.inherited:
+            try:
+                return shared_tcp.adopt(reactor, self.inherited[name], listener.bind_port,
+                                        factory)
+            except CannotListenError as exc:
+                raise StartupError(self.cannot_listen(
+                    scheme, "TCP", exc, "reliable.%s.bind_port" % name, ", " + env))
+        interface = listener.bind_address or self.bridge.config.coap.bind_address
+        kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
+            endpoints.TCP4ServerEndpoint
+        endpoint = kind(reactor, listener.bind_port, shared_tcp.BACKLOG, interface)
         result: List[Any] = []
         endpoint.listen(factory).addBoth(result.append)  # TCP endpoints answer at once
         outcome = result[0]

@@ -6,7 +6,8 @@ the request handler's answers between it and Twisted: its requests are read
 by the shared codec into the shared exchange layer (``reliable_requests``) and go
 to the same handler as UDP's (``CoapRequests.handle``), with the connection's
 ``StreamPeer`` as the peer; answers and observe notifications go back on the connection, sized to
-the peer's Max-Message-Size. One Twisted timer per connection, due at the
+the smaller of the two Max-Message-Sizes, in BERT blocks where both CSMs offer BERT
+(RFC 8323 §6). One Twisted timer per connection, due at the
 connection's ``next_timer`` (CSM deadline, keepalive Ping, idle Release).
 
 ``StreamProtocol`` is the TCP (and, under Twisted's TLS layer, the TLS)
@@ -23,20 +24,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from ..coap.exchange import DELIVERED, Answer, Incoming
-from ..coap.message import Message, make_response
+from ..coap.message import Message
 from ..coap.options import Malformed
-from ..coap.peers import describe
 from ..coap.reliable import Connection, Ended, ReliableSettings, Received, TooLarge
-from ..coap.reliable_requests import Requests
+from ..coap.reliable_requests import Requests, answer_room, bert_length
 from ..settings import ReliableConfig
-from ..core import codes
 from ..logs import logger
+from .handling import Handling, not_an_answer
 from .timer import OneTimer
 
 log = logger("reliable")
@@ -56,6 +55,12 @@ class StreamPeer:
         self.credential: Any = None
         self.scheme = scheme
         self.driver = driver
+
+    @property
+    def room(self) -> int:
+        """The most payload one answer carries on this connection (the glue hands it to the
+        core, whose download budget charges it)."""
+        return answer_room(self.driver.message_size())
 
     def notify(self, ref: int, token: bytes, code: int, payload: bytes, observe: int,
                observation: Any, block_size: int, content_format: int) -> None:
@@ -77,11 +82,11 @@ class Hub:
     def __init__(self, cfg: ReliableConfig, handler: Callable[[Incoming], Any], clock: Any,
                  max_body: int):
         self.cfg = cfg
-        self.settings = ReliableSettings(cfg.max_message_size, False, cfg.csm_timeout,
+        self.settings = ReliableSettings(cfg.max_message_size, True, cfg.csm_timeout,
                                          cfg.keepalive, cfg.idle_timeout)
         self.handler = handler
         self.clock = clock
-        self.requests = Requests(max_body, log)
+        self.requests = Requests(max_body, log, bert=_bert_on)
         self.drivers: Dict["Driver", None] = {}
         self.by_address: Dict[str, int] = {}
         self.connections = 0  # admitted, with or without a driver yet (WebSocket upgrade)
@@ -150,15 +155,21 @@ class Hub:
         self.requests.expire(self.clock.seconds())
 
 
-class Driver:
+def _bert_on(peer: Any) -> bool:
+    """Whether both CSMs of ``peer``'s connection offer BERT (the exchange layer asks)."""
+    return bool(peer.driver.connection.bert)
+
+
+class Driver(Handling):
     """One reliable connection between its transport and the handler (see the module)."""
 
-    __slots__ = ("hub", "connection", "peer", "write", "close", "paused", "held", "timer",
-                 "host", "closing")
+    __slots__ = ("hub", "handler", "connection", "peer", "write", "close", "paused", "held",
+                 "timer", "host", "closing")
 
     def __init__(self, hub: Hub, address: Tuple[str, int], scheme: str, websocket: bool,
                  write: Callable[[List[bytes]], None], close: Callable[[bool], None]):
         self.hub = hub
+        self.handler = hub.handler
         self.host = address[0]
         self.connection = Connection(hub.settings, hub.clock.seconds(), websocket)
         self.peer = StreamPeer("", address, scheme, self)
@@ -201,33 +212,16 @@ class Driver:
         if type(request) is not Incoming:  # an answer at once (a frame's code, token, body)
             self._send(*request)
             return
-        try:
-            result = hub.handler(request)
-        except Exception:
-            log.failure("Request handler raised for {peer}", peer=describe(self.peer))
-            self._answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
-                                       codes.TEXT_PLAIN), request)
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallback(self._answer, request)
-            result.addErrback(self._failed, request)
-        else:
-            self._answer(result, request)
+        self._dispatch(request)  # edge.handling: to the handler, its answer to _respond
 
-    def _answer(self, result: Any, request: Incoming) -> None:
+    def _respond(self, result: Any, request: Incoming) -> None:
         if type(result) is not Answer:
             if not isinstance(result, Message):
-                raise TypeError("request handler returned %r, not a Message" % (type(result),))
+                raise not_an_answer(result)
             result = Answer(result)
-        self._send(*self.hub.requests.answer(request, result,
-                                             self.connection.peer_max_message_size))
+        size = self.message_size()
+        self._send(*self.hub.requests.answer(request, result, size, self._bert(size)))
         self._flush()
-
-    def _failed(self, failure: Any, request: Incoming) -> None:
-        log.failure("Request handling failed for {peer}", failure=failure,
-                    peer=describe(self.peer))
-        self._answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
-                                   codes.TEXT_PLAIN), request)
 
     # -- out -------------------------------------------------------------------------
 
@@ -239,14 +233,22 @@ class Driver:
                content_format: int) -> None:
         if self.connection.ended is not None:
             return  # its relations end with the connection (Hub.left)
-        self._send(*self.hub.requests.notification(
-            token, code, payload, observe, content_format,
-            self.connection.peer_max_message_size))
+        size = self.message_size()
+        self._send(*self.hub.requests.notification(token, code, payload, observe,
+                                                   content_format, size, self._bert(size)))
         self._flush()
         if self.paused:
             self.held.append(ref)  # the core sends the next once this one is out
         else:
             self.hub.on_result(ref, DELIVERED)
+
+    def message_size(self) -> int:
+        """The largest message we send: the peer's Max-Message-Size, at most ours."""
+        return min(self.connection.peer_max_message_size, self.hub.settings.max_message_size)
+
+    def _bert(self, size: int) -> int:
+        """The bytes of a BERT block in messages of ``size`` bytes; 0 where BERT is off."""
+        return bert_length(size) if self.connection.bert else 0
 
     def pause(self) -> None:
         self.paused = True

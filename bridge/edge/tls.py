@@ -9,9 +9,16 @@ looked up in the registry's in-memory view through the same callback
 ones); without either, the token in the path authenticates. TLS 1.2 and 1.3.
 Tickets are off and the server-side cache holds sessions, as for DTLS.
 
-``TlsCreator`` is Twisted's ``IOpenSSLServerConnectionCreator``: it makes each
-connection's pyOpenSSL ``Connection`` and remembers which CoAP connection it
-belongs to, so the PSK callback can note the identity on that connection.
+PSK over TLS 1.3 goes through the same callback: OpenSSL hands a TLS 1.3
+external PSK's identity to the TLS 1.2-style server callback and uses the key
+with SHA-256 (RFC 8446 §4.2.11's default for an external PSK). It skips the
+PSK, and falls back to a certificate handshake, when the suite it picked hashes
+otherwise: it picks by the client's order (OpenSSL's own client puts
+TLS_AES_256_GCM_SHA384 first) and prefers SHA-256 for PSKs only on a server
+without a certificate. So with ``psk`` on, TLS 1.3 offers the SHA-256 suites
+only: TLS_AES_128_GCM_SHA256, which every TLS 1.3 client has (RFC 8446 §9.1),
+and TLS_CHACHA20_POLY1305_SHA256, the client's order choosing between them
+(a server preference would reorder the TLS 1.2 list too).
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from .dtls import load_identity
 log = logger("tls")
 
 PskLookup = Callable[[str], Optional[bytes]]
+# the TLS 1.3 suites with psk on: SHA-256 ones only (see the module)
+PSK_TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256"
 
 
 def build_context(cfg: DtlsConfig) -> SSL.Context:
@@ -41,6 +50,8 @@ def build_context(cfg: DtlsConfig) -> SSL.Context:
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     load_identity(ctx, cfg)
     ctx.set_cipher_list(cfg.ciphers.encode("ascii"))
+    if cfg.psk:  # a TLS 1.3 PSK needs a SHA-256 suite (see the module)
+        ctx.set_tls13_ciphersuites(PSK_TLS13_SUITES)
     return ctx
 
 

@@ -144,8 +144,14 @@ FD_ENV = {"coap": "COAPBRIDGE_COAP_FD", "dtls": "COAPBRIDGE_DTLS_FD"}
 def inherited(environ: Mapping[str, str]) -> Dict[str, int]:
     """{"coap": fd, "dtls": fd}: the group's sockets a worker was started with (none when
     it was not started by a supervisor that holds them)."""
+    return descriptors(environ, FD_ENV)
+
+
+def descriptors(environ: Mapping[str, str], variables: Mapping[str, str]) -> Dict[str, int]:
+    """{name: fd} of each of ``variables`` (name -> variable) set to a number in ``environ``
+    (also ``bridge.edge.shared_tcp``'s)."""
     out = {}
-    for name, variable in FD_ENV.items():
+    for name, variable in variables.items():
         text = environ.get(variable, "")
         if text.isdigit():
             out[name] = int(text)

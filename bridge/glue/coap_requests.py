@@ -29,7 +29,7 @@ from twisted.internet import defer
 
 from ..coap.exchange import Answer, Incoming
 from ..coap.message import Message, make_response
-from ..coap.options import URI_PATH
+from ..coap.options import BERT, URI_PATH
 from ..coap.peers import describe
 from ..core import codes
 from ..core.actions import Authenticated, Created, Reply, Request, Uplink
@@ -166,14 +166,16 @@ class CoapRequests:
         try:
             query = message.uri_query
             block2 = message.block2
+            room = getattr(peer, "room", codes.BLOCK_SIZE)  # a reliable connection's
             request = Request(
                 ref, message.code,
                 tuple([segment.decode() for segment in path]),  # UTF-8, strict
                 message.payload,
                 tuple([item.decode() for item in query]),
                 message.observe, message.token, peer,
-                (block2.number, block2.size) if block2 is not None else None,
-                credential, incoming.observation)
+                None if block2 is None else
+                (block2.number, block2.size if block2.szx != BERT else room),
+                credential, incoming.observation, room)
         except UnicodeDecodeError:
             self.counts.cell("other", peer).codes[codes.BAD_REQUEST] += 1
             respond(Answer(make_response(codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be "

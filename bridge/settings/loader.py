@@ -50,6 +50,10 @@ PROCESS_VARIABLES = {
                           "set it yourself",
     "COAPBRIDGE_DTLS_FD": "set by the supervisor in a worker's environment: the descriptor "
                           "of the worker's CoAPs socket; never set it yourself",
+    **{"COAPBRIDGE_%s_FD" % name: "set by the supervisor in a worker's environment: the "
+       "descriptor of the %s listening socket, shared by all workers; never set it "
+       "yourself" % scheme for name, scheme in (("TCP", "coap+tcp"), ("TLS", "coaps+tcp"),
+                                               ("WS", "coap+ws"), ("WSS", "coaps+ws"))},
 }
 # names that look like ours: the first words of our settings' names
 PREFIXES = ("COAP_", "COAPS_", "COAPBRIDGE_", "DTLS_", "MQTT_", "DEVICE_", "DEVICES_",

@@ -82,7 +82,8 @@ class ReliableConfig:
         "", "Trust anchors (PEM) for device certificates over TLS: asked for, not required, "
         "verified when presented. Empty: dtls.ca_file.", env=("COAP_TLS_CA_FILE",))
     psk: bool = setting(True, "Devices may authenticate over TLS by a pre-shared key from the "
-                        "registry (TLS 1.2 PSK suites, through DTLS's PSK callback).",
+                        "registry (TLS 1.2 PSK suites and TLS 1.3 external PSKs, through DTLS's "
+                        "PSK callback; TLS 1.3 then offers its SHA-256 suites only).",
                         env=("COAP_TLS_PSK",))
     handshake_timeout: float = setting(
         10.0, "Seconds a TLS handshake or a WebSocket opening may take.", low=0, high=600,
@@ -134,9 +135,6 @@ def check(config: Any, problems: Problems) -> None:
     if not names:
         return
     cfg = config.reliable
-    if config.coap.workers > 1:
-        problems.add("coap.workers", "reliable: %s need coap.workers 1 (the TCP listeners are "
-                     "not shared between worker processes)" % ", ".join(names))
     if ("tls" in names or "wss" in names) and not tls_files(config).cert_file and \
             not ("tls" in names and cfg.psk and "wss" not in names):
         problems.add("reliable.cert_file", "reliable: TLS (tls or wss) enabled without a "

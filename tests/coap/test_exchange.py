@@ -173,3 +173,111 @@ def test_the_answers_are_what_an_independent_decoder_reads():
     decoded = raw.decode(encode(raw.ACK, 9, answer))
     assert decoded.uint(raw.CONTENT_FORMAT) == codes.TEXT_PLAIN and decoded.uint(14) == 30
     assert decoded.uint(raw.BLOCK2) == (0 << 4) | 8 | 6 and decoded.token == TOKEN
+
+
+# -- BERT (RFC 8323 §6): SZX 7 where a reliable connection's two CSMs offer it ------------
+
+def bert(number, more):
+    return Block(number, more, 7).encode()
+
+
+def bert_layer(on=True, max_body=65536):
+    return ExchangeLayer(max_body, Log(), None, bert=lambda peer: on)
+
+
+def test_szx_7_is_refused_with_4_02_where_the_transport_gives_no_bert_predicate():
+    for option in ((BLOCK1, bert(0, True)), (BLOCK2, bert(0, False))):
+        answer = layer().receive(PEER, request(GET, ("b",), b"x" * 1024, option), 0.0)
+        assert codes.dotted(answer.code) == "4.02"
+        assert answer.payload == b"block size exponent 7 is reserved"
+
+
+def test_szx_7_is_refused_with_the_reason_where_bert_is_off_with_the_peer():
+    answer = bert_layer(on=False).receive(PEER, request(GET, ("b",), b"",
+                                                        (BLOCK2, bert(0, False))), 0.0)
+    assert codes.dotted(answer.code) == "4.02" and b"Block-Wise-Transfer" in answer.payload
+
+
+def test_with_bert_on_the_other_options_are_still_refused():
+    exchanges = bert_layer()
+    taken = exchanges.receive(PEER, request(GET, ("b",), b"", (BLOCK2, bert(3, False))), 0.0)
+    assert isinstance(taken, Incoming) and taken.message.block2 == Block(3, False, 7)
+    refused = exchanges.receive(PEER, request(GET, ("b",), b"", (BLOCK2, bert(0, False)),
+                                              (2049, b"x")), 0.0)
+    assert codes.dotted(refused.code) == "4.02" and b"2049" in refused.payload
+    too_long = exchanges.receive(PEER, request(GET, ("b",), b"",
+                                               (BLOCK2, b"\x00\x00\x00\x07")), 0.0)
+    assert codes.dotted(too_long.code) == "4.02" and b"length" in too_long.payload
+
+
+def test_a_bert_upload_moves_on_by_the_1024_byte_blocks_each_message_carried():
+    exchanges = bert_layer()
+    body = bytes(range(256)) * 28 + b"tail"  # 7172 bytes: 3072 + 2048 + 2052
+    first = exchanges.receive(PEER, request(POST, ("up",), body[:3072], (BLOCK1, bert(0, True))),
+                              0.0)
+    assert codes.dotted(first.code) == "2.31" and first.block1 == Block(0, True, 7)
+    second = exchanges.receive(PEER, request(POST, ("up",), body[3072:5120],
+                                             (BLOCK1, bert(3, True))), 0.1)
+    assert codes.dotted(second.code) == "2.31" and second.block1 == Block(3, True, 7)
+    last = exchanges.receive(PEER, request(POST, ("up",), body[5120:], (BLOCK1, bert(5, False))),
+                             0.2)
+    assert isinstance(last, Incoming) and last.message.payload == body
+    answer = exchanges.bert_response(last, Answer(make_response(codes.CHANGED)), 4096)
+    assert answer.block1 == Block(5, False, 7) and answer.token == TOKEN
+
+
+def test_a_bert_upload_out_of_order_not_whole_kilobytes_or_too_large_is_refused():
+    exchanges = bert_layer(max_body=4096)
+    exchanges.receive(PEER, request(POST, ("up",), b"a" * 2048, (BLOCK1, bert(0, True))), 0.0)
+    wrong = exchanges.receive(PEER, request(POST, ("up",), b"b" * 1024, (BLOCK1, bert(1, True))),
+                              0.1)  # block 2 is next: the first message carried two
+    assert codes.dotted(wrong.code) == "4.08"
+    partial = exchanges.receive(PEER, request(POST, ("up",), b"c" * 1500,
+                                              (BLOCK1, bert(0, True))), 0.2)
+    assert codes.dotted(partial.code) == "4.00"
+    exchanges.receive(PEER, request(POST, ("up",), b"d" * 3072, (BLOCK1, bert(0, True))), 0.3)
+    over = exchanges.receive(PEER, request(POST, ("up",), b"e" * 2048, (BLOCK1, bert(3, False))),
+                             0.4)
+    assert codes.dotted(over.code) == "4.13" and over.uint(SIZE1) == 4096
+
+
+def test_a_bert_answer_goes_in_blocks_of_the_length_given_from_the_block_asked():
+    exchanges = bert_layer()
+    body = bytes(range(250)) * 20  # 5000 bytes
+    answer = Answer(make_response(codes.CONTENT, body))
+    first = exchanges.bert_response(exchanges.receive(PEER, request(GET, ("b",)), 0.0), answer,
+                                    2048)
+    assert first.block2 == Block(0, True, 7) and first.payload == body[:2048]
+    assert first.uint(SIZE2) == 5000 and first.option(ETAG) is not None
+    asked = exchanges.receive(PEER, request(GET, ("b",), b"", (BLOCK2, bert(2, False))), 0.1)
+    middle = exchanges.bert_response(asked, answer, 2048)
+    assert middle.block2 == Block(2, True, 7) and middle.payload == body[2048:4096]
+    assert middle.option(ETAG) == first.option(ETAG) and middle.option(SIZE2) is None
+    asked = exchanges.receive(PEER, request(GET, ("b",), b"", (BLOCK2, bert(4, False))), 0.2)
+    last = exchanges.bert_response(asked, answer, 2048)
+    assert last.block2 == Block(4, False, 7) and last.payload == body[4096:]
+    past = exchanges.receive(PEER, request(GET, ("b",), b"", (BLOCK2, bert(5, False))), 0.3)
+    assert codes.dotted(exchanges.bert_response(past, answer, 2048).code) == "4.02"
+    whole = exchanges.bert_response(asked._replace(message=request(GET, ("b",))),
+                                    Answer(make_response(codes.CONTENT, body[:2000])), 2048)
+    assert whole.block2 is None and whole.payload == body[:2000]
+
+
+def test_a_large_body_is_read_in_bert_blocks():
+    exchanges = bert_layer()
+    reads = []
+
+    def read(start, length):
+        reads.append((start, length))
+        return b"p" * max(0, min(length, 10000 - start))
+    large = Answer(make_response(codes.CONTENT), large=LargeBody(10000, read, b"pkgtag"))
+    asked = exchanges.receive(PEER, request(GET, ("fw", "t"), b"", (BLOCK2, bert(8, False))), 0.0)
+    block = exchanges.bert_response(asked, large, 4096)
+    assert reads == [(8192, 4096)] and block.block2 == Block(8, False, 7)
+    assert len(block.payload) == 1808 and block.option(ETAG) == b"pkgtag"
+
+
+def test_a_notification_longer_than_a_bert_block_size_goes_as_a_bert_block():
+    first = ExchangeLayer.notification(TOKEN, codes.CONTENT, b"n" * 5000, 3, 2048)
+    assert first.block2 == Block(0, True, 7) and first.payload == b"n" * 2048
+    assert first.uint(SIZE2) == 5000

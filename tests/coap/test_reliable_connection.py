@@ -52,9 +52,24 @@ def test_bridge_sends_its_csm_first():
     assert first.uint(sig.MAX_MESSAGE_SIZE) == 4096 and first.has(sig.BLOCK_WISE_TRANSFER)
 
 
-def test_csm_without_block_wise_when_not_offered():
-    first = sig.parse(frames(Connection(ReliableSettings(), 0.0))[0])
+def test_csm_offers_block_wise_by_default_and_not_when_turned_off():
+    assert sig.parse(frames(Connection(ReliableSettings(), 0.0))[0]).has(
+        sig.BLOCK_WISE_TRANSFER)
+    first = sig.parse(frames(Connection(ReliableSettings(block_wise=False), 0.0))[0])
     assert not first.has(sig.BLOCK_WISE_TRANSFER)
+
+
+@pytest.mark.parametrize("ours, theirs, block_wise, bert", [
+    (2048, 1153, True, True),  # both over 1152 with Block-Wise-Transfer: BERT
+    (2048, 1152, True, False),  # the peer's size is the base value: blocks, no BERT
+    (1152, 8000, True, False),  # ours is: no BERT either
+    (2048, 8000, False, False),  # the peer offers no Block-Wise-Transfer
+])
+def test_bert_is_on_only_when_both_csms_offer_it(ours, theirs, block_wise, bert):
+    connection = opened(ReliableSettings(max_message_size=ours), peer_csm=False)
+    assert not connection.bert  # nothing is known before the peer's CSM
+    connection.receive_data(csm(theirs, block_wise=block_wise), 0.0)
+    assert connection.bert is bert
 
 
 def test_peer_csm_sets_its_limits():

@@ -8,7 +8,8 @@ from bridge.coap.framing import Frame
 from bridge.coap.message import Message, make_response
 from bridge.coap.options import (BLOCK1, BLOCK2, ETAG, OBSERVE, SIZE1, URI_PATH, Block,
                                  Malformed)
-from bridge.coap.reliable_requests import Requests, body_of, message_of
+from bridge.coap.reliable_requests import (Requests, answer_room, bert_length, body_of,
+                                           message_of)
 from bridge.core import codes
 
 POST, GET = 0x02, 0x01
@@ -21,8 +22,8 @@ class QuietLog:
         pass
 
 
-def requests(max_body=1000):
-    return Requests(max_body, QuietLog())
+def requests(max_body=1000, bert=None):
+    return Requests(max_body, QuietLog(), bert)
 
 
 def frame(code=POST, token=b"tk", payload=b"", extra=()):
@@ -107,3 +108,52 @@ def test_notification_whole_or_first_block():
     assert first.option(ETAG) is not None
     big = sent(layer.notification(b"o", 0x45, b"z" * 3000, 9, 50, 65536))
     assert big.payload == b"z" * 3000 and big.block2 is None
+
+
+# -- BERT (RFC 8323 §6) ----------------------------------------------------------------
+
+def test_bert_blocks_are_the_whole_kilobytes_that_fit_beside_header_token_and_options():
+    assert bert_length(66560) == 65536  # the shipped reliable.max_message_size: 64 KiB
+    assert bert_length(1153) == 1024 and bert_length(8192) == 7168
+    assert answer_room(8192) == 8192 - 72
+
+
+def test_an_answer_that_does_not_fit_goes_in_bert_blocks_where_bert_is_on():
+    layer = requests(bert=lambda peer: True)
+    body = bytes(range(200)) * 100  # 20,000 bytes
+    incoming = layer.decode(frame(GET), PEER, 0.0)
+    first = sent(layer.answer(incoming, Answer(make_response(0x45, body, 50)), 8192, 7168))
+    assert first.block2 == Block(0, True, 7) and first.payload == body[:7168]
+    asked = layer.decode(frame(GET, extra=[(BLOCK2, Block(14, False, 7).encode())]), PEER, 0.1)
+    last = sent(layer.answer(asked, Answer(make_response(0x45, body, 50)), 8192, 7168))
+    assert last.block2 == Block(14, False, 7) and last.payload == body[14336:]
+    # a smaller block asked is answered in that size; whole when it fits
+    small = layer.decode(frame(GET, extra=[(BLOCK2, Block(1, False, 6).encode())]), PEER, 0.2)
+    second = sent(layer.answer(small, Answer(make_response(0x45, body, 50)), 8192, 7168))
+    assert second.block2 == Block(1, True, 6) and second.payload == body[1024:2048]
+    whole = sent(layer.answer(incoming, Answer(make_response(0x45, body[:5000], 50)), 8192,
+                              7168))
+    assert whole.block2 is None and whole.payload == body[:5000]
+
+
+def test_a_bert_block2_where_bert_is_off_gets_4_02():
+    layer = requests(bert=lambda peer: False)
+    out = layer.decode(frame(GET, extra=[(BLOCK2, Block(0, False, 7).encode())]), PEER, 0.0)
+    assert sent(out).code == codes.BAD_OPTION
+
+
+def test_a_bert_upload_is_reassembled_and_its_last_block_echoed():
+    layer = requests(10000, bert=lambda peer: True)
+    first = frame(payload=b"a" * 4096, extra=[(BLOCK1, Block(0, True, 7).encode())])
+    cont = sent(layer.decode(first, PEER, 0.0))
+    assert cont.code == 0x5F and cont.block1 == Block(0, True, 7)
+    last = layer.decode(frame(payload=b"b" * 1500, extra=[(BLOCK1, Block(4, False, 7).encode())]),
+                        PEER, 0.1)
+    assert last.message.payload == b"a" * 4096 + b"b" * 1500
+    done = sent(layer.answer(last, Answer(make_response(0x44)), 8192, 7168))
+    assert done.code == 0x44 and done.block1 == Block(4, False, 7)
+
+
+def test_a_notification_longer_than_the_message_is_a_bert_block_where_bert_is_on():
+    first = sent(requests().notification(b"o", 0x45, b"z" * 20000, 4, 50, 8192, 7168))
+    assert first.block2 == Block(0, True, 7) and len(first.payload) == 7168

@@ -346,4 +346,10 @@ def test_reliable_limits_are_checked():
     assert any("reliable.keepalive: must be 0 to" in p for p in problems)
     assert any("reliable.max_connections: must be 1 to" in p for p in problems)
     assert any("reliable.ws.bind_port: 5683 is reliable.tcp's too" in p for p in problems)
-    assert any("need coap.workers 1" in p for p in problems)
+    assert not any("coap.workers" in p for p in problems)  # the workers share the listeners
+
+
+def test_reliable_listeners_with_workers_are_accepted():
+    config = load_text("reliable: {tcp: {enabled: true}, tls: {enabled: true}, psk: true}\n"
+                       "coap: {workers: 2}", {})
+    assert config.coap.workers == 2 and config.reliable.tcp.enabled and config.reliable.psk

@@ -105,3 +105,19 @@ def test_a_download_that_must_ask_the_platform_spends_a_device_request():
     assert len(served(first_block_later)) == 1
     # known now: the next blocks come from the cache, the device budget is not asked
     assert all(served(handled(core, fw_get(4 + n, (1 + n, 1024)), NOW + 1)) for n in range(50))
+
+
+def test_on_a_reliable_connection_a_request_costs_what_one_answer_carries_there():
+    # Request.room: 65,464 bytes in a message of 66,560 (BERT blocks of 64 KiB, or a whole
+    # size/chunk piece); over UDP it is one 1024-byte block, as above
+    room = 66560 - 72
+    core = make_core(download_rate=1024.0, download_burst=4 * room)
+    seen = run(core, handled(core, fw_get(1)._replace(room=room), NOW))  # block 0, no Block2
+    assert len(served(seen)) == 1
+    bert_blocks = [handled(core, fw_get(2 + n, (64 * (1 + n), room))._replace(room=room), NOW)
+                   for n in range(2)]
+    assert all(served(actions) for actions in bert_blocks)
+    chunk = handled(core, fw_get(5, None, ("size=%d" % room, "chunk=3"))._replace(room=room), NOW)
+    assert served(chunk)
+    [refused] = handled(core, fw_get(6, None, ("size=100", "chunk=0"))._replace(room=room), NOW)
+    assert codes_of([refused]) == ["4.29"]

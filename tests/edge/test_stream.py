@@ -11,8 +11,8 @@ from twisted.internet.testing import StringTransport
 from bridge.coap import signalling as sig
 from bridge.coap.framing import StreamDecoder, decode_ws, encode, encode_ws
 from bridge.coap.message import Message, make_response
-from bridge.coap.options import URI_PATH
-from bridge.coap.reliable_requests import body_of
+from bridge.coap.options import URI_PATH, Block
+from bridge.coap.reliable_requests import body_of, message_of
 from bridge.settings import ReliableConfig
 from bridge.edge.stream import CLOSE_GRACE, Hub, StreamProtocol
 from bridge.edge.websocket import WebSocketProtocol
@@ -287,3 +287,36 @@ def test_a_connection_whose_credential_left_the_registry_is_released():
     assert hub.end_credentials(lambda credential: credential == "certificate b") == 1
     assert [f.code for f in frames(gone_transport)] == [sig.RELEASE]
     assert gone_transport.disconnecting and not kept_transport.disconnecting
+
+
+def get_frame(token=b"\x09", extra=()):
+    path = tuple((URI_PATH, s) for s in (b"api", b"v1", b"tok", b"attributes"))
+    options = tuple(sorted(path + tuple(extra), key=lambda option: option[0]))
+    return encode(0x01, token, body_of(Message(0x01, token, options, b"")))
+
+
+def test_bert_blocks_where_the_devices_csm_offers_block_wise_transfer_over_1152():
+    body = bytes(range(200)) * 500  # 100,000 bytes
+    seen = []
+    hub = hub_with(lambda incoming: seen.append(incoming) or make_response(0x45, body))
+    protocol, transport = connected(hub)
+    [ours] = frames(transport)
+    assert sig.parse(ours).has(sig.BLOCK_WISE_TRANSFER)
+    protocol.dataReceived(encode(sig.CSM, b"", sig.csm_body(8192, True)) + get_frame())
+    [first] = [message_of(f) for f in frames(transport)]
+    assert first.block2 == Block(0, True, 7) and first.payload == body[:7168]
+    assert seen[0].peer.room == 8192 - 72  # what one answer carries, for the download budget
+    # a device offering more than the bridge takes gets blocks of what the bridge takes
+    protocol, transport = connected(hub, port=40001)
+    frames(transport)
+    protocol.dataReceived(encode(sig.CSM, b"", sig.csm_body(8 << 20, True)) + get_frame())
+    [first] = [message_of(f) for f in frames(transport)]
+    assert first.block2 == Block(0, True, 7) and len(first.payload) == 65536
+    # without Block-Wise-Transfer in its CSM: RFC 7959 blocks, and SZX 7 refused
+    protocol, transport = connected(hub, port=40002)
+    frames(transport)
+    protocol.dataReceived(encode(sig.CSM, b"", sig.csm_body(8192, False)) + get_frame() +
+                          get_frame(b"\x0a", [(23, Block(7, False, 7).encode())]))
+    plain, refused = [message_of(f) for f in frames(transport)]
+    assert plain.block2 == Block(0, True, 6) and len(plain.payload) == 1024
+    assert refused.code == 0x82 and b"Block-Wise-Transfer" in refused.payload
