@@ -4,8 +4,11 @@
 #                127.0.0.1:1883, register demo-device, run the bridge in the foreground
 #   make test    install what is missing (incl. test-only CoAP clients), build the wheel
 #                and sdist, install the wheel into a fresh virtualenv and run pytest (the
-#                whole suite smoke-tests that install too: tests/artifact);
+#                whole suite smoke-tests that install too: tests/artifact); the whole suite
+#                runs the tests marked long beside it (scripts/test.sh; LONG_TESTS=1 with
+#                PYTEST_ARGS too);
 #                extra arguments: make test PYTEST_ARGS="tests/core -x"
+#   make test-long  only the tests that take minutes (#24's 30 s x 10 PSM run: 5 minutes)
 #   make artifact    only the wheel and sdist (.tools/artifact/dist) and their virtualenv
 #   make test-image  build the Docker image and run tests/artifact against it
 #   make bench   benchmarks (QUICK=1: a few minutes); results in bench/results/
@@ -36,10 +39,13 @@ TEST_PATHS := $(if $(filter tests% ./tests%,$(PYTEST_ARGS)),,tests)
 # or one that names tests/artifact; its smoke suite is skipped in other runs.
 ARTIFACT := $(CURDIR)/$(TOOLS)/artifact
 WITH_ARTIFACT := $(if $(TEST_PATHS),1,$(findstring tests/artifact,$(PYTEST_ARGS)))
+# the tests marked long run beside the suite when make test runs it all (no PYTEST_ARGS);
+# make test LONG_TESTS=1 PYTEST_ARGS=... runs them beside a part too
+LONG_TESTS ?= $(if $(strip $(PYTEST_ARGS)),,1)
 
 export PYTHON TOOLS CONFIG
 
-.PHONY: help run test test-image artifact bench clean docs system-deps system-deps-test node-tools
+.PHONY: help run test test-long test-image artifact bench clean docs system-deps system-deps-test node-tools
 # The steps depend on each other (apt-get installs npm for node-tools, ...).
 .NOTPARALLEL:
 
@@ -52,7 +58,12 @@ run: system-deps $(PYSTAMP)
 test: system-deps-test $(PYSTAMP) node-tools $(if $(WITH_ARTIFACT),artifact)
 	NODE_COAP_CLI=$(NODE_COAP_CLI) PATH="$$PATH:/usr/sbin" \
 		$(if $(WITH_ARTIFACT),TEST_ARTIFACT_VENV=$(ARTIFACT)/venv TEST_ARTIFACT_DIST=$(ARTIFACT)/dist) \
-		$(PYVENV)/bin/python -m pytest -q $(strip $(TEST_PATHS) $(PYTEST_ARGS))
+		LONG=$(LONG_TESTS) bash scripts/test.sh $(PYVENV)/bin/python \
+		$(strip $(TEST_PATHS) $(PYTEST_ARGS))
+
+test-long: system-deps-test $(PYSTAMP) node-tools
+	RUN_LONG_TESTS=1 PATH="$$PATH:/usr/sbin" \
+		$(PYVENV)/bin/python -m pytest -q -m long tests/integration $(PYTEST_ARGS)
 
 artifact: $(PYSTAMP)
 	VENV=$(PYVENV) bash scripts/install.sh artifact

@@ -14,9 +14,10 @@ import string
 import sys
 from typing import Any, List, Optional
 
-from . import __version__, cli_config, startup_checks
+from . import __version__, cli_config, registry_power, startup_checks
 from .settings import Config, ConfigError, StartupError, default_path
 from .certfile import CertificateError, read_file
+from .core.actions import PowerSettings
 from .core.names import printable
 from .registry import Entry, Registry, RegistryError, mask, parse_key, read_csv
 
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--pre-provision", action="store_true",
                      help="register the name only; the device gets its token by provisioning "
                           "(local mode, strategy pre_provisioned)")
+    _power_options(add, clear=False)
+    change = _command(actions, "set", help="change a device's own power saving (ThingsBoard's "
+                      "device transport configuration; 'profile': its profile's)")
+    change.add_argument("name")
+    _power_options(change, clear=True)
     listing = _command(actions, "list", help="list devices and their credentials (tokens "
                                  "masked, keys hidden)")
     listing.add_argument("--show-tokens", action="store_true", help="print tokens in full")
@@ -86,6 +92,40 @@ def _parser() -> argparse.ArgumentParser:
                              "psk_identity, psk_key, psk_key_hex")
     imp.add_argument("file")
     return parser
+
+
+POWER_OPTIONS = (("power_mode", "--power-mode"), ("psm_activity_timer", "--psm-activity-timer"),
+                 ("edrx_cycle", "--edrx-cycle"),
+                 ("paging_transmission_window", "--paging-transmission-window"))
+
+
+def _power_options(parser: argparse.ArgumentParser, clear: bool) -> None:
+    """The device's own power saving (None: its profile's), ThingsBoard's names."""
+    back = " ('profile': its profile's)" if clear else " (default: its profile's)"
+    parser.add_argument("--power-mode", metavar="MODE", help="PSM, DRX or E_DRX" + back)
+    for _, flag in POWER_OPTIONS[1:]:
+        parser.add_argument(flag, metavar="DURATION",
+                            help="with a unit: 10s, 500ms, 2m, 1h" + back)
+
+
+def _power_from(args: argparse.Namespace, base: Optional[PowerSettings]) -> PowerSettings:
+    """``base`` with the power-saving options given on the command line."""
+    values = dict(zip(("mode", "psm_activity_timer", "edrx_cycle",
+                       "paging_transmission_window"), registry_power.row_values(base)))
+    for (field, flag), key in zip(POWER_OPTIONS, values):
+        text = getattr(args, field)
+        if text is None:
+            continue
+        try:
+            if text == "profile":
+                values[key] = None
+            elif key == "mode":
+                values[key] = text.upper().replace("EDRX", "E_DRX")
+            else:
+                values[key] = registry_power.parse_duration(text)
+        except registry_power.BadPower as exc:
+            raise RegistryError("%s: %s" % (flag, exc))
+    return PowerSettings(**values)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -134,6 +174,8 @@ def _devices(args: argparse.Namespace, config: Config, registry: Any) -> int:
         return 0
     if args.action == "show":
         return _show(args, registry)
+    if args.action == "set":
+        return _set(args, registry)
     if args.action == "remove":
         if not registry.remove(args.name):
             print("coapbridge: no device named %r" % args.name, file=sys.stderr)
@@ -163,11 +205,14 @@ def _add(args: argparse.Namespace, config: Config, registry: Registry) -> int:
     entry = registry.add(args.name, token, args.type or config.devices.default_type,
                          pending=args.pre_provision,
                          cert_sha3=cert.sha3 if cert else None, cert_pem=cert.pem if cert else None,
-                         psk_identity=args.psk_identity, psk_key=key)
+                         psk_identity=args.psk_identity, psk_key=key,
+                         power=_power_from(args, None))
     if args.pre_provision:
         print("added %s (type %s), waiting for provisioning" % (entry.name, entry.type))
         return 0
     print("added %s (type %s)" % (entry.name, entry.type))
+    if entry.power is not None:
+        print("power saving: %s" % registry_power.describe(entry.power))
     if token is not None and not args.token:
         print("token: %s" % token)
     if cert is not None:
@@ -184,6 +229,23 @@ def _add(args: argparse.Namespace, config: Config, registry: Registry) -> int:
     return 0
 
 
+def _set(args: argparse.Namespace, registry: Registry) -> int:
+    found = [entry for entry in registry.entries() if entry.name == args.name]
+    if not found:
+        print("coapbridge: no device named %r" % args.name, file=sys.stderr)
+        return 1
+    if all(getattr(args, field) is None for field, _ in POWER_OPTIONS):
+        raise RegistryError("nothing to set: give --power-mode, --psm-activity-timer, "
+                            "--edrx-cycle or --paging-transmission-window")
+    power = _power_from(args, found[0].power)
+    if not registry.set_power(args.name, power):
+        print("coapbridge: no device named %r" % args.name, file=sys.stderr)
+        return 1
+    print("%s: power saving %s" % (printable(args.name), registry_power.describe(
+        power if power.given() else None) or "of its profile"))
+    return 0
+
+
 def _show(args: argparse.Namespace, registry: Registry) -> int:
     found = [entry for entry in registry.entries() if entry.name == args.name]
     if not found:
@@ -196,6 +258,8 @@ def _show(args: argparse.Namespace, registry: Registry) -> int:
     if entry.deleted or entry.pending:
         print("state: %s" % ("deleted on the platform" if entry.deleted
                              else "waiting for provisioning"))
+    if entry.power is not None:
+        print("power saving: %s" % registry_power.describe(entry.power))
     if entry.psk_identity is not None:
         identity = entry.psk_identity
         if identity == entry.token and not args.show_secrets:
@@ -228,6 +292,8 @@ def _listing(entry: Entry, tokens: bool, secrets: bool) -> str:
         extra.append("psk %s" % identity)
         if secrets and entry.psk_key is not None:
             extra.append("key %s" % entry.psk_key.hex())
+    if entry.power is not None:
+        extra.append("power %s" % registry_power.describe(entry.power))
     if entry.deleted:
         extra.append("(deleted on the platform)")
     elif entry.pending:

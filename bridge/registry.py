@@ -22,11 +22,12 @@ import csv
 import os
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .certfile import CertificateError, read_pem
 from .core import names
-from .core.actions import Device
+from . import registry_power
+from .core.actions import Device, PowerSettings
 from .settings import StartupError
 from .sqlite import CorruptDatabase, Transaction, open_database
 
@@ -39,7 +40,11 @@ _COLUMNS = """
     cert_sha3    TEXT UNIQUE,
     cert_pem     TEXT,
     psk_identity TEXT UNIQUE,
-    psk_key      BLOB
+    psk_key      BLOB,
+    power_mode   TEXT,
+    psm_activity_timer INTEGER,
+    edrx_cycle   INTEGER,
+    paging_transmission_window INTEGER
 """
 _SCHEMA = "CREATE TABLE IF NOT EXISTS devices (%s);" % _COLUMNS
 _OLD_COLUMNS = ("name", "token", "type", "deleted", "pending")  # what the rebuild copies
@@ -66,6 +71,7 @@ class Entry:
     cert_pem: Optional[str] = field(default=None, repr=False)
     psk_identity: Optional[str] = None
     psk_key: Optional[bytes] = field(default=None, repr=False)  # a secret: never printed
+    power: Optional[PowerSettings] = None  # its own power saving (None: its profile's)
 
     @property
     def kinds(self) -> List[str]:
@@ -114,9 +120,11 @@ class Registry:
         """Bring a registry made by an older version to this schema: the table is rebuilt
         once (the token loses NOT NULL, which SQLite cannot ALTER; the credential columns
         and, for the oldest files, ``pending`` arrive), in one transaction (another process
-        may be opening the same file), or not at all."""
+        may be opening the same file), or not at all; the power-saving columns are added
+        to a file that has the others."""
         try:
             self._rebuild()
+            self._add_power_columns()
         except sqlite3.Error as exc:  # rolled back: the file is as it was
             self._db.close()
             raise StartupError("cannot bring %s to this version's schema (%s); it is "
@@ -134,6 +142,15 @@ class Registry:
                                  % (copied, copied))
                 self._db.execute("DROP TABLE devices")
                 self._db.execute("ALTER TABLE devices_new RENAME TO devices")
+
+    def _add_power_columns(self) -> None:
+        if registry_power.COLUMNS[0] in self._columns():
+            return
+        with self._transaction():
+            columns = self._columns()
+            for column, kind in zip(registry_power.COLUMNS, registry_power.SQL_TYPES):
+                if column not in columns:  # another process may have added them first
+                    self._db.execute("ALTER TABLE devices ADD COLUMN %s %s" % (column, kind))
 
     def _columns(self) -> Dict[str, bool]:
         """Column name -> whether it is NOT NULL."""
@@ -168,13 +185,14 @@ class Registry:
         version = self._db.execute("PRAGMA data_version").fetchall()[0][0]
         if version == self._version:
             return False
-        rows = self._db.execute("SELECT token, name, type, cert_sha3, psk_identity, psk_key "
-                                "FROM devices WHERE deleted = 0 AND pending = 0").fetchall()
+        rows = self._db.execute("SELECT token, name, type, cert_sha3, psk_identity, psk_key, "
+                                "%s FROM devices WHERE deleted = 0 AND pending = 0"
+                                % ", ".join(registry_power.COLUMNS)).fetchall()
         devices: Dict[str, Device] = {}
         certificates: Dict[str, Device] = {}
         psk: Dict[str, Tuple[Device, bytes]] = {}
-        for token_, name, type_, cert_sha3, identity, key in rows:
-            device = Device(name, type_)
+        for token_, name, type_, cert_sha3, identity, key, *power in rows:
+            device = Device(name, type_, registry_power.power_of(power))
             if token_ is not None:
                 devices[token_] = device
             if cert_sha3 is not None:
@@ -254,12 +272,14 @@ class Registry:
 
     def add(self, name: str, token: Optional[str], device_type: str, pending: bool = False,
             *, cert_sha3: Optional[str] = None, cert_pem: Optional[str] = None,
-            psk_identity: Optional[str] = None, psk_key: Optional[bytes] = None) -> Entry:
+            psk_identity: Optional[str] = None, psk_key: Optional[bytes] = None,
+            power: Optional[PowerSettings] = None) -> Entry:
         """Register a device with any of its credentials (at least one). A PSK identity
         defaults to the token. ``cert_pem`` alone gives ``cert_sha3`` (a certificate id
-        without its PEM is fine too: X.509 auto-registration may pass both)."""
+        without its PEM is fine too: X.509 auto-registration may pass both). ``power``: its
+        own power saving (None: its profile's)."""
         entry = _entry(name, token, device_type, pending, cert_sha3, cert_pem, psk_identity,
-                       psk_key)
+                       psk_key, power)
         try:
             with self._transaction():
                 self._insert([entry])
@@ -267,6 +287,17 @@ class Registry:
             raise RegistryError(self._conflict(entry, exc))
         self._version = None
         return entry
+
+    def set_power(self, name: str, power: Optional[PowerSettings]) -> bool:
+        """Give ``name`` its own power saving (None: its profile's again); False when there
+        is no such device."""
+        values = registry_power.row_values(_checked_power(power))
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE devices SET %s WHERE name = ?"
+                % ", ".join("%s = ?" % c for c in registry_power.COLUMNS), values + (name,))
+        self._version = None
+        return cursor.rowcount > 0
 
     def remove(self, name: str) -> bool:
         with self._transaction():
@@ -276,11 +307,9 @@ class Registry:
 
     def entries(self) -> List[Entry]:
         rows = self._db.execute("SELECT name, token, type, deleted, pending, cert_sha3, "
-                                "cert_pem, psk_identity, psk_key FROM devices ORDER BY name")
-        return [Entry(name, token, type_, bool(deleted), bool(pending), cert_sha3, cert_pem,
-                      identity, bytes(key) if key is not None else None)
-                for name, token, type_, deleted, pending, cert_sha3, cert_pem, identity, key
-                in rows]
+                                "cert_pem, psk_identity, psk_key, %s FROM devices ORDER BY name"
+                                % ", ".join(registry_power.COLUMNS))
+        return [entry_of(row) for row in rows]
 
     def import_rows(self, rows: Iterable[Union[DeviceRow, Sequence[str]]]) -> int:
         """Add every row (``DeviceRow``, or ``(name, token, type)``) in one transaction;
@@ -297,9 +326,10 @@ class Registry:
     def _insert(self, entries: Sequence[Entry]) -> None:
         self._db.executemany(
             "INSERT INTO devices (name, token, type, pending, cert_sha3, cert_pem, "
-            "psk_identity, psk_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "psk_identity, psk_key, %s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            % ", ".join(registry_power.COLUMNS),
             [(e.name, e.token, e.type, int(e.pending), e.cert_sha3, e.cert_pem, e.psk_identity,
-              e.psk_key) for e in entries])
+              e.psk_key) + registry_power.row_values(e.power) for e in entries])
 
     def _conflict(self, entry: Entry, exc: sqlite3.IntegrityError) -> str:
         if self._db.execute("SELECT 1 FROM devices WHERE name = ?", (entry.name,)).fetchall():
@@ -364,9 +394,25 @@ def _keep_private(path: str) -> None:
             continue
 
 
+def entry_of(row: Sequence[Any]) -> Entry:
+    """An entry from a row (name, token, type, deleted, pending, cert_sha3, cert_pem,
+    psk_identity, psk_key, then the power-saving columns), either backend's."""
+    name, token, type_, deleted, pending, cert_sha3, cert_pem, identity, key = row[:9]
+    return Entry(name, token, type_, bool(deleted), bool(pending), cert_sha3, cert_pem,
+                 identity, bytes(key) if key is not None else None,
+                 registry_power.power_of(row[9:]))
+
+
+def _checked_power(power: Optional[PowerSettings]) -> Optional[PowerSettings]:
+    try:
+        return registry_power.check(power)
+    except registry_power.BadPower as exc:
+        raise RegistryError(str(exc))
+
+
 def _entry(name: str, token: Optional[str], device_type: str, pending: bool,
            cert_sha3: Optional[str], cert_pem: Optional[str], psk_identity: Optional[str],
-           psk_key: Optional[bytes]) -> Entry:
+           psk_key: Optional[bytes], power: Optional[PowerSettings] = None) -> Entry:
     """A checked new device (``RegistryError`` names what is wrong, never a secret)."""
     if cert_pem is not None and cert_sha3 is None:
         try:
@@ -383,7 +429,7 @@ def _entry(name: str, token: Optional[str], device_type: str, pending: bool,
     if psk_identity is not None or psk_key is not None:
         _validate_psk(psk_identity, psk_key)
     return Entry(name, token, device_type, False, pending, cert_sha3, cert_pem, psk_identity,
-                 psk_key)
+                 psk_key, _checked_power(power))
 
 
 def _validate(name: str, token: Optional[str], device_type: str, required: bool = True) -> None:

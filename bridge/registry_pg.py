@@ -51,12 +51,13 @@ import psycopg
 from psycopg import errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from . import registry_power
 from .settings import StartupError
-from .core.actions import Device
+from .core.actions import Device, PowerSettings
 from .core.platform_changes import (APPLIED, DUPLICATE, REFUSED, RENAME, UNKNOWN, Applied,
                                     Change)
-from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _entry, _validate,
-                       check_name, import_entries)
+from .registry import (DeviceRow, Entry, RegistryError, RegistryUnavailable, _checked_power,
+                       _entry, _validate, check_name, entry_of, import_entries)
 
 CHANNEL = "coapbridge_registry"
 CONNECT_TIMEOUT = 5  # seconds, for each new connection
@@ -85,6 +86,10 @@ _SCHEMA = [
     "ALTER TABLE devices ADD COLUMN IF NOT EXISTS cert_pem TEXT",
     "ALTER TABLE devices ADD COLUMN IF NOT EXISTS psk_identity TEXT UNIQUE",
     "ALTER TABLE devices ADD COLUMN IF NOT EXISTS psk_key BYTEA",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS power_mode TEXT",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS psm_activity_timer BIGINT",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS edrx_cycle BIGINT",
+    "ALTER TABLE devices ADD COLUMN IF NOT EXISTS paging_transmission_window BIGINT",
     """CREATE OR REPLACE FUNCTION coapbridge_registry_changed() RETURNS trigger
        LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('%s', ''); RETURN NULL; END $$"""
     % CHANNEL,
@@ -102,8 +107,8 @@ _SCHEMA = [
         outcome  TEXT NOT NULL DEFAULT ''
     )""",
 ]
-LIVE_ROWS = ("SELECT token, name, type, cert_sha3, psk_identity, psk_key FROM devices "
-         "WHERE NOT deleted AND NOT pending")
+LIVE_ROWS = ("SELECT token, name, type, cert_sha3, psk_identity, psk_key, %s FROM devices "
+             "WHERE NOT deleted AND NOT pending" % ", ".join(registry_power.COLUMNS))
 
 
 @dataclass
@@ -115,10 +120,11 @@ class Snapshot:
 
 
 def snapshot(rows: Iterable[Tuple[Any, ...]]) -> Snapshot:
-    """From rows (token, name, type, cert_sha3, psk_identity, psk_key) of live devices."""
+    """From rows (token, name, type, cert_sha3, psk_identity, psk_key, the power-saving
+    columns) of live devices."""
     result = Snapshot()
-    for token, name, type_, cert_sha3, psk_identity, psk_key in rows:
-        device = Device(name, type_)
+    for token, name, type_, cert_sha3, psk_identity, psk_key, *power in rows:
+        device = Device(name, type_, registry_power.power_of(power))
         if token:
             result.devices[token] = device
         if cert_sha3:
@@ -307,18 +313,17 @@ class PgRegistry:
     def lookup(self, token: str) -> Optional[Device]:
         """The live device for ``token``, or None (unknown, deleted or pending)."""
         rows = self._run(lambda conn: conn.execute(
-            "SELECT name, type FROM devices WHERE token = %s AND NOT deleted AND NOT pending",
-            (token,)).fetchall())
-        return Device(rows[0][0], rows[0][1]) if rows else None
+            "SELECT name, type, %s FROM devices WHERE token = %%s AND NOT deleted AND NOT "
+            "pending" % ", ".join(registry_power.COLUMNS), (token,)).fetchall())
+        return Device(rows[0][0], rows[0][1], registry_power.power_of(rows[0][2:])) \
+            if rows else None
 
     def entries(self) -> List[Entry]:
         rows = self._run(lambda conn: conn.execute(
             "SELECT name, token, type, deleted, pending, cert_sha3, cert_pem, psk_identity, "
-            "psk_key FROM devices ORDER BY name COLLATE \"C\"").fetchall())
-        return [Entry(name, token, type_, bool(deleted), bool(pending), cert_sha3, cert_pem,
-                      identity, bytes(key) if key is not None else None)
-                for name, token, type_, deleted, pending, cert_sha3, cert_pem, identity, key
-                in rows]
+            "psk_key, %s FROM devices ORDER BY name COLLATE \"C\""
+            % ", ".join(registry_power.COLUMNS)).fetchall())
+        return [entry_of(row) for row in rows]
 
     # -- the bridge's writes -----------------------------------------------------------
 
@@ -377,10 +382,11 @@ class PgRegistry:
 
     def add(self, name: str, token: Optional[str], device_type: str, pending: bool = False,
             *, cert_sha3: Optional[str] = None, cert_pem: Optional[str] = None,
-            psk_identity: Optional[str] = None, psk_key: Optional[bytes] = None) -> Entry:
+            psk_identity: Optional[str] = None, psk_key: Optional[bytes] = None,
+            power: Optional[PowerSettings] = None) -> Entry:
         """As ``Registry.add``: any of the credentials, checked the same way."""
         entry = _entry(name, token, device_type, pending, cert_sha3, cert_pem, psk_identity,
-                       psk_key)
+                       psk_key, power)
         try:
             self._run(lambda conn: _insert(conn, [entry]))
         except errors.UniqueViolation:
@@ -407,6 +413,14 @@ class PgRegistry:
             return "a value is already used by another device"
         return self._run(work)
 
+    def set_power(self, name: str, power: Optional[PowerSettings]) -> bool:
+        """As ``Registry.set_power``."""
+        values = registry_power.row_values(_checked_power(power))
+        return self._run(lambda conn: conn.execute(
+            "UPDATE devices SET %s WHERE name = %%s"
+            % ", ".join("%s = %%s" % c for c in registry_power.COLUMNS),
+            values + (name,)).rowcount) > 0
+
     def remove(self, name: str) -> bool:
         return self._run(lambda conn: conn.execute(
             "DELETE FROM devices WHERE name = %s", (name,)).rowcount) > 0
@@ -425,9 +439,10 @@ def _insert(conn: psycopg.Connection, entries: Sequence[Entry]) -> None:
     with conn.cursor() as cursor:
         cursor.executemany(
             "INSERT INTO devices (name, token, type, pending, cert_sha3, cert_pem, "
-            "psk_identity, psk_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            "psk_identity, psk_key, %s) VALUES (%s)"
+            % (", ".join(registry_power.COLUMNS), ", ".join(["%s"] * 12)),
             [(e.name, e.token, e.type, e.pending, e.cert_sha3, e.cert_pem, e.psk_identity,
-              e.psk_key) for e in entries])
+              e.psk_key) + registry_power.row_values(e.power) for e in entries])
 
 
 def _constraint(exc: errors.UniqueViolation) -> str:

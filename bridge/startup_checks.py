@@ -5,8 +5,9 @@ before any socket opens, and reported with its problems in one ``ConfigError``:
 
 * the files settings name: the MQTT TLS files exist, ``ota.directory`` is a directory,
   ``registry.password_file`` is read (the password goes into the configuration);
-* the device profiles: schema files and exported ThingsBoard profiles read, left-out
-  schemas given ThingsBoard's defaults, PROTOBUF schemas compiled by ``protoc``
+* the device profiles: schema files and exported ThingsBoard profiles read (their payload
+  settings, device type and power saving), left-out schemas given ThingsBoard's defaults,
+  PROTOBUF schemas and, for EFENTO profiles, Efento's messages compiled by ``protoc``
   (``edge.protoc``);
 * a PostgreSQL registry has psycopg to reach it;
 * OpenSSL loads the DTLS certificate, key (with its password) and CA file and accepts the
@@ -28,7 +29,7 @@ from typing import List, Mapping, Optional, Tuple
 from . import registry_url
 from .settings import Config, ConfigError, DeviceProfileConfig, Loaded, read, read_text
 from .settings import reliable
-from .settings.profiles import SCHEMA_KINDS, given_keys
+from .settings.profiles import SCHEMA_KINDS, client_settings, given_keys
 
 
 def load(path: Optional[str], env: Optional[Mapping[str, str]] = None) -> Config:
@@ -114,11 +115,14 @@ def _profiles(config: Config, problems: List[str]) -> Config:
             if profile.transportPayloadType not in ("JSON", "PROTOBUF"):
                 problems.append("%stransportPayloadType: must be JSON or PROTOBUF, got %r"
                                 % (where, profile.transportPayloadType))
+            if profile.coapDeviceType not in ("DEFAULT", "EFENTO"):
+                problems.append("%scoapDeviceType: must be DEFAULT or EFENTO, got %r"
+                                % (where, profile.coapDeviceType))
         texts = {kind: _schema_text(profile, kind, where, problems, protoschema.DEFAULTS)
                  for kind in SCHEMA_KINDS}
         profiles[name] = replace(profile, **texts)
     config = replace(config, device_profiles=profiles)
-    if any(profile.protobuf for profile in profiles.values()):
+    if any(profile.protobuf or profile.efento for profile in profiles.values()):
         from .edge import protoc  # runs a subprocess: only when a profile needs it
         problems.extend(protoc.check_profiles(profiles))
     return config
@@ -158,4 +162,9 @@ def _exported(profile: DeviceProfileConfig, where: str,
     except tbprofile.NotUsable as exc:
         problems.append("%s: %s: %s" % (where, path, exc))
         return profile
+    if "clientSettings" in settings:
+        found: List[str] = []
+        settings["clientSettings"] = client_settings(
+            settings["clientSettings"], where.rsplit(".", 1)[0] + ".clientSettings.", found)
+        problems.extend("%s (in %s)" % (problem, path) for problem in found)
     return replace(profile, **settings)

@@ -41,8 +41,8 @@ from typing import Any, Deque, Dict, Hashable, List, Optional, Tuple, Union
 
 from ..core import codes
 from .dedup import Deduplicator, Slot
-from .exchange import (ACKED, DELIVERED, RESET, TIMEOUT, Answer, ExchangeLayer, Incoming,
-                       Notified, Transmit)
+from .exchange import (ACKED, DELIVERED, RESET, TIMEOUT, WITHDRAWN, Answer, ExchangeLayer,
+                       Incoming, Notified, Transmit)
 from .message import ACK, CON, EMPTY, GET, NON, RST, TYPES, Message, decode, empty, encode
 from .options import BLOCK2, Malformed, NotCoap
 from .peers import describe
@@ -135,6 +135,7 @@ class MessageLayer:
         self.exchanges = ExchangeLayer(settings.max_body, log, self._observation)
         self.dedup = Deduplicator(settings.exchange_lifetime)
         self.malformed = 0  # datagrams dropped or reset as malformed
+        self.retransmissions = 0  # CON messages sent again (RFC 7252 §4.2)
         self._events: Deque[Event] = deque()
         # Peers known to receive what we send (RFC 7252 §11.3): they acknowledged one of
         # our CON messages or asked for a later block of an answer.
@@ -146,6 +147,9 @@ class MessageLayer:
         self._retransmits: List[Tuple[float, int, Tuple[int, Hashable]]] = []  # a heap
         self._sequence = 0  # ties in the heap
         self._recent_non: "OrderedDict[Tuple[int, Hashable], int]" = OrderedDict()
+        # CON notifications withdrawn (power saving), so that an ACK already on its way
+        # still counts: the device heard it
+        self._withdrawn: "OrderedDict[Tuple[int, Hashable], int]" = OrderedDict()
         self._next_sweep = now + self.dedup.bucket
 
     def next_event(self) -> Optional[Event]:
@@ -267,6 +271,9 @@ class MessageLayer:
         record: _Exchange = incoming.context
         if record.answered:
             return
+        if answer.quiet and record.mtype == NON:
+            record.answered = True  # no answer at all (``Answer.quiet``)
+            return
         peer = record.peer
         room = None
         asked = incoming.message.block2
@@ -372,6 +379,10 @@ class MessageLayer:
             if pending.ref is not None:
                 self._events.append(Notified(pending.ref, ACKED if mtype == ACK else RESET))
             return True
+        ref = self._withdrawn.pop(key, None)
+        if ref is not None:  # heard after all: its ACK (or RST) was on its way
+            self._events.append(Notified(ref, ACKED if mtype == ACK else RESET))
+            return True
         ref = self._recent_non.pop(key, None)
         if ref is not None and mtype == RST:
             self._events.append(Notified(ref, RESET))
@@ -394,10 +405,29 @@ class MessageLayer:
                     self._events.append(Notified(pending.ref, TIMEOUT))
                 continue
             self._events.append(Transmit(pending.peer, pending.data))
+            self.retransmissions += 1
             pending.count += 1
             pending.timeout *= 2
             pending.deadline = now + pending.timeout
             self._schedule(pending.deadline, key)
+
+    def withdraw(self, ref: int, peer: Hashable) -> bool:
+        """Stop retransmitting CON notification ``ref`` to ``peer`` (its device sleeps,
+        power saving): its fate is ``Notified(ref, "withdrawn")``, and an ACK (or RST) of
+        it that comes later, sent before the device slept, is reported under the same ref
+        ("ack", "reset"): it was heard. False when it is not waiting for its ACK (its fate
+        came already, or it went NON). A scan of the CON messages waiting: it happens when
+        a device falls asleep with one unacknowledged, rarely."""
+        for key, pending in self._confirmables.items():
+            if pending.ref == ref and key[1] == peer:
+                del self._confirmables[key]  # its retransmission finds nothing
+                self._events.append(Notified(ref, WITHDRAWN))
+                withdrawn = self._withdrawn
+                withdrawn[key] = ref
+                if len(withdrawn) > MAX_RECENT_NON:
+                    withdrawn.popitem(last=False)
+                return True
+        return False
 
     # -- peers -------------------------------------------------------------------------
 

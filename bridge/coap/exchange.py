@@ -44,7 +44,12 @@ application may send the relation's next one (one in flight per relation, in ord
 * ``"reset"``: the peer answered it with RST (RFC 7641 §3.6: the relation ends); a NON
   notification reported ``"delivered"`` may still be reset later, under the same ref;
 * ``"timeout"``: a CON notification was never acknowledged (every relation of the peer
-  is presumed dead).
+  is presumed dead);
+* ``"withdrawn"``: the application asked the datagram transport to stop retransmitting a
+  CON notification not yet acknowledged (its device sleeps, ``core/power.py``), and it
+  stopped: the notification was not heard, and the application may send it again later;
+  an ACK or RST of it sent before the device slept may still come, and is reported under
+  the same ref (``"ack"``, ``"reset"``): it was heard after all.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from .peers import describe
 
 ACKED, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
 _new = tuple.__new__  # a NamedTuple from all its fields, without its __new__
+WITHDRAWN = "withdrawn"
 SMALL_ANSWER = 1024  # a payload this long goes in one message when no block is asked
 
 
@@ -83,8 +89,8 @@ class Transmit(NamedTuple):
 
 
 class Notified(NamedTuple):
-    """The fate of notification ``ref``: ``"ack"``, ``"delivered"``, ``"reset"`` or
-    ``"timeout"`` (see the module docstring)."""
+    """The fate of notification ``ref``: ``"ack"``, ``"delivered"``, ``"reset"``,
+    ``"timeout"`` or ``"withdrawn"`` (see the module docstring)."""
 
     ref: int
     outcome: str
@@ -92,12 +98,15 @@ class Notified(NamedTuple):
 
 class Answer(NamedTuple):
     """What the application answers a request with: the response, whether the request
-    carried a valid credential (no amplification limit then), and a body read block by
-    block instead of the response's payload."""
+    carried a valid credential (no amplification limit then), a body read block by block
+    instead of the response's payload, and ``quiet``: the device wants no answer to a
+    non-confirmable request (RFC 7967's No-Response for a success: Efento's sensors), so
+    a NON request gets none; a CON one, or one on a reliable connection, gets it."""
 
     message: Message
     authenticated: bool = False
     large: Optional[LargeBody] = None
+    quiet: bool = False
 
 
 Observation = Callable[[Message, float], Any]  # a registration -> the transport's state

@@ -75,11 +75,30 @@ class Request(NamedTuple):
 
 
 @_frozen
+class PowerSettings:
+    """A power-saving mode and its timers in ms (ThingsBoard's ``PowerSavingConfiguration``):
+    a device type's (its profile's ``clientSettings``) or a device's own (the registry's);
+    None or 0: not given (the device's own falls back to its type's, that to the defaults)."""
+
+    mode: Optional[str] = None  # PSM, DRX or E_DRX
+    psm_activity_timer: Optional[int] = None
+    edrx_cycle: Optional[int] = None
+    paging_transmission_window: Optional[int] = None
+
+    def given(self) -> bool:
+        return any(value is not None for value in (self.mode, self.psm_activity_timer,
+                                                   self.edrx_cycle,
+                                                   self.paging_transmission_window))
+
+
+@_frozen
 class Device:
-    """A registered device: the platform knows it by ``name`` with profile ``type``."""
+    """A registered device: the platform knows it by ``name`` with profile ``type``;
+    ``power``: its own power-saving settings (None: its type's)."""
 
     name: str
     type: str
+    power: Optional[PowerSettings] = None
 
 
 @_typed
@@ -95,6 +114,7 @@ class Reply(NamedTuple):
     reason: str = ""
     observe: Optional[int] = None
     authenticated: bool = False  # the request carried a valid access token
+    quiet: bool = False  # no answer to a NON request (RFC 7967's No-Response: Efento's)
 
 
 @_typed
@@ -123,6 +143,17 @@ class Notify:
     block_size: int = codes.BLOCK_SIZE  # a longer payload goes block by block (RFC 7959 §2.6)
     content_format: int = codes.APPLICATION_JSON
     observation: Any = None
+
+
+@_frozen
+class Withdraw:
+    """Stop retransmitting CON notification ``ref`` to ``remote``: its device fell asleep
+    (PSM). If the transport stops it, its outcome is "withdrawn" (``on_notified``) and the
+    core sends it again when the device wakes; if it cannot (its fate came, or it was
+    written to a reliable connection), the outcome it has stands."""
+
+    ref: int
+    remote: Hashable = None
 
 
 @_frozen

@@ -61,6 +61,7 @@ class Attributes(Part):
         self.fetches: Dict[int, Fetch] = {}
         self.requests: Dict[int, Tuple[int, str, List[str]]] = {}  # id -> fetch, scope, keys
         self.watchers: List[Callable[[AttributeUpdate], None]] = []  # of the platform's pushes
+        self.power: Any = None  # power saving (power.py): holds changes for sleeping devices
         # observers taken over from a process before this one: what they were last sent is
         # unknown, so their first refresh notifies the whole view
         self.unknown_views: Set[str] = set()
@@ -240,9 +241,23 @@ class Attributes(Part):
         for fetch in self.fetches.values():
             if fetch.device == update.device and fetch.purpose != "read":
                 fetch.pushes.append(update)
+        power = self.power
+        if power is not None and power.holds(update.device, now) \
+                and self.subscriptions.observers.get(update.device, FEATURE) is not None:
+            power.merge(update.device, update.data)  # one change, sent when it wakes
+            return []
         fmt = self.formats.of_name(update.device)
         return self.subscriptions.enqueue(update.device, FEATURE,
                                           self._pending(fmt, update.data, now), now)
+
+    def send_held(self, name: str, now: float) -> List[Action]:
+        """``name`` woke: the attribute change held for it (merged) goes to its observer."""
+        change = self.power.take_merged(name)
+        if change is None:
+            return []
+        return self.subscriptions.enqueue(name, FEATURE,
+                                          self._pending(self.formats.of_name(name), change, now),
+                                          now)
 
     @staticmethod
     def _pending(fmt: PayloadFormat, data: Dict[str, Any], now: float) -> Pending:

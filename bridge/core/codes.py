@@ -100,3 +100,9 @@ class ServiceUnavailable(CoapError):
 
 class TooManyRequests(CoapError):
     code = TOO_MANY_REQUESTS
+
+
+class InternalServerError(CoapError):
+    """5.00 that the request caused (ThingsBoard's answer to what it cannot parse)."""
+
+    code = INTERNAL_SERVER_ERROR

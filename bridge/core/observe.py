@@ -18,6 +18,17 @@ acknowledged cancels every relation of that peer (the device is gone, or its NAT
 binding is). Items still queued or in flight when a relation ends are handed back
 to the caller (RPCs are kept for the next registration).
 
+A ``gate`` (the power-saving part, power.py) may hold a device's notifications while it
+sleeps: a queue goes on only when ``gate.may_send`` says so (``resume`` once the device
+wakes); for a CON notification in flight when a PSM device falls asleep the transport is
+asked to stop retransmitting it (``withdraw`` names them); if it did, its fate is
+``withdrawn`` and it is taken back, first in its queue, to go again when the device wakes
+(over a reliable connection nothing is withdrawn: what was written is delivered). An ACK
+of a withdrawn notification that comes after all (it was on its way) takes it out of its
+queue again: the device heard it, and does not get it twice. One that
+times out while its device sleeps (``gate.asleep``) waits in the same way, and the
+device's relations stay.
+
 Whoever keeps relations across a restart (``bridge/glue/relations.py``) hears each
 relation that began (``changed(key, relation)``) and each that ended
 (``changed(key, None)``): at registration, deregistration, replacement, rename and end,
@@ -48,6 +59,7 @@ from . import codes
 from .actions import Notify
 
 ACK, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
+WITHDRAWN = "withdrawn"  # the transport stopped retransmitting it at our asking: unheard
 OBSERVE_MODULUS = 1 << 24
 OBSERVE_HALF = 1 << 23
 OBSERVE_RATE = 1000  # Observe numbers per second of time (milliseconds): see the docstring
@@ -110,8 +122,12 @@ class Observers:
         self._in_flight: Dict[int, Tuple[str, str]] = {}
         # notifications reported delivered, so that an RST to one still cancels its relation
         self._recent: "OrderedDict[int, Tuple[str, str, bytes]]" = OrderedDict()
+        # notifications withdrawn (power saving), waiting again: an ACK of one that comes
+        # after all takes it out of its queue (ref -> device, feature, token, the item)
+        self._withdrawn: "OrderedDict[int, Tuple[str, str, bytes, Pending]]" = OrderedDict()
         self._next_ref = 0
         self.expired: List[Pending] = []  # skipped as expired; the caller takes them
+        self.gate: Any = None  # may_send(device, now), asleep(device, now), hold(device)
         # hears (key, relation) when a relation begins, (key, None) when it ends
         self.changed: Callable[[Tuple[str, str], Optional[Relation]], None] = \
             lambda key, relation: None
@@ -173,6 +189,9 @@ class Observers:
         for ref, entry in list(self._recent.items()):
             if entry[0] == old:
                 self._recent[ref] = (new, entry[1], entry[2])
+        for ref, withdrawn in list(self._withdrawn.items()):
+            if withdrawn[0] == old:
+                self._withdrawn[ref] = (new,) + withdrawn[1:]
 
     def enqueue(self, device: str, feature: str, pending: Pending, now: float) -> List[Notify]:
         relation = self.relations.get((device, feature))
@@ -210,7 +229,7 @@ class Observers:
         key = self._in_flight.pop(ref, None)
         relation = self.relations.get(key) if key else None
         if relation is None or relation.in_flight is None or relation.in_flight[0] != ref:
-            return self._late_result(ref, outcome)
+            return self._late_result(ref, outcome, now)
         if outcome == ACK or outcome == DELIVERED:
             relation.in_flight = None
             if outcome == DELIVERED:  # an RST may still come for it
@@ -220,14 +239,30 @@ class Observers:
             return self._pump(relation, now), [], []
         if outcome == RESET:
             return [], [relation], self._drop(key)  # type: ignore[arg-type]
+        if outcome == WITHDRAWN:  # unheard: first in its queue again, sent when the gate opens
+            withdrawn = self._withdrawn
+            withdrawn[ref] = (relation.device, relation.feature, relation.token,
+                              relation.in_flight[1])
+            if len(withdrawn) > RECENT:
+                withdrawn.popitem(last=False)
+            self._take_back(relation)
+            return self._pump(relation, now), [], []
+        gate = self.gate
+        if gate is not None and gate.asleep(relation.device, now):
+            self._take_back(relation)  # unheard while it slept: it waits for the device
+            gate.hold(relation.device)
+            return [], [], []
         # timeout: every relation of that peer is dead
         ended, leftovers = self.cancel_remote(relation.remote)
         return [], ended, leftovers
 
-    def _late_result(self, ref: int,
-                     outcome: str) -> Tuple[List[Notify], List[Relation], List[Pending]]:
+    def _late_result(self, ref: int, outcome: str,
+                     now: float) -> Tuple[List[Notify], List[Relation], List[Pending]]:
         """An RST to a notification reported delivered before ends its relation, if the
-        relation is still the one it went to (same token)."""
+        relation is still the one it went to (same token); so does one to a notification
+        withdrawn, and an ACK of that one takes it out of its queue (it was heard)."""
+        if ref in self._withdrawn and (outcome == ACK or outcome == RESET):
+            return self._heard_after_all(self._withdrawn.pop(ref), outcome, now)
         recent = self._recent.pop(ref, None)
         if recent is None or outcome != RESET:
             return [], [], []
@@ -236,6 +271,22 @@ class Observers:
         if relation is None or relation.token != recent[2]:
             return [], [], []
         return [], [relation], self._drop(key)
+
+    def _heard_after_all(self, withdrawn: Tuple[str, str, bytes, Pending], outcome: str,
+                         now: float) -> Tuple[List[Notify], List[Relation], List[Pending]]:
+        device, feature, token, pending = withdrawn
+        key = (device, feature)
+        relation = self.relations.get(key)
+        if relation is None or relation.token != token:
+            return [], [], []
+        if outcome == RESET:
+            return [], [relation], self._drop(key)
+        queue = relation.queue
+        for index, waiting in enumerate(queue):
+            if waiting is pending:  # still waiting (not sent again yet): it was heard
+                del queue[index]
+                return self._pump(relation, now), [], []
+        return [], [], []
 
     def observed_by(self, remote: Hashable) -> bool:
         """Whether ``remote`` has a relation (a DTLS session with one is in use)."""
@@ -251,14 +302,48 @@ class Observers:
             leftovers += self._drop(key)
         return ended, leftovers
 
+    def resume(self, device: str, features: Tuple[str, ...], now: float) -> List[Notify]:
+        """The gate opened for ``device`` (it woke): its queued notifications go."""
+        out: List[Notify] = []
+        for feature in features:
+            relation = self.relations.get((device, feature))
+            if relation is not None:
+                out += self._pump(relation, now)
+        return out
+
+    def in_flight(self, device: str,
+                  features: Tuple[str, ...]) -> List[Tuple[int, Hashable]]:
+        """The notifications of ``device`` waiting for their fate: (ref, remote) each (its
+        device fell asleep: the transport is asked to withdraw them)."""
+        return [(relation.in_flight[0], relation.remote) for relation in
+                (self.relations.get((device, feature)) for feature in features)
+                if relation is not None and relation.in_flight is not None]
+
+    def device_of(self, ref: int) -> Optional[str]:
+        """The device CON notification ``ref`` went to (while it is in flight)."""
+        key = self._in_flight.get(ref)
+        return key[0] if key is not None else None
+
+    def _take_back(self, relation: Relation) -> None:
+        assert relation.in_flight is not None
+        if relation.queue is _EMPTY:
+            relation.queue = deque()
+        relation.queue.appendleft(relation.in_flight[1])
+        relation.in_flight = None
+
     def _pump(self, relation: Relation, now: float) -> List[Notify]:
-        """The relation's next notification, unless one is in flight (one at a time)."""
+        """The relation's next notification, unless one is in flight (one at a time), or
+        the gate holds the device's downlinks (it sleeps)."""
         queue = relation.queue
+        gate = self.gate
         while queue and relation.in_flight is None:
-            pending = queue.popleft()
+            pending = queue[0]
             if pending.expires is not None and pending.expires <= now:
-                self.expired.append(pending)
+                self.expired.append(queue.popleft())
                 continue
+            if gate is not None and not gate.may_send(relation.device, now):
+                break  # the device sleeps: the queue waits for it (``resume``)
+            queue.popleft()
             self._next_ref += 1
             notify = Notify(self._next_ref, relation.remote, relation.token, pending.code,
                             pending.payload, relation.next_observe(now), relation.device,

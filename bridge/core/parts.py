@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Union
 from . import codes
 from .actions import (Created, DeadLetter, Delete, DeleteDevice, LoadBacklog, Log, Notify,
                       Provision, Publish, RenameDevice, Reply, ResetLink, ServePackage, Store,
-                      StoreMany)
+                      StoreMany, Withdraw)
 from .codes import CoapError
 
 if TYPE_CHECKING:  # the core reads the config dataclasses; it does not load them
     from ..settings.root import Config
 
 Action = Union[Reply, Publish, Notify, RenameDevice, DeleteDevice, Log, Store, StoreMany, Created,
-               Delete, DeadLetter, ResetLink, Provision, ServePackage, LoadBacklog]
+               Delete, DeadLetter, ResetLink, Provision, ServePackage, LoadBacklog, Withdraw]
 
 RETRY_AFTER = 5  # Max-Age (s) of a 5.03 while the link is down or the outbox full
 

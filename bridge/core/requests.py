@@ -10,13 +10,16 @@ part with a handler, and one line in that table.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from . import codes, routes
 from .actions import Authenticated, Device, Request
 from .attributes import Attributes
 from .auth import AccessToken, Authenticator, Credential
 from .downloads import Downloads
+from .efento import Efento
+from .formats import Formats
+from .formats.efento import NAME as EFENTO
 from .limits import RequestLimits
 from .parts import Action, error_reply
 from .provision import Provisioning
@@ -26,14 +29,21 @@ from .uplinks import Uplinks
 # (device, its credential, the route, the request, now) -> actions
 Handler = Callable[[Device, Credential, routes.Route, Request, float], List[Action]]
 GET, POST = codes.GET, codes.POST
+_EFENTO = frozenset(routes.EFENTO_FEATURES.values())
+_OTA = frozenset({routes.FIRMWARE, routes.SOFTWARE})
 
 
 class Requests:
     def __init__(self, auth: Authenticator, limits: RequestLimits, provisioning: Provisioning,
-                 uplinks: Uplinks, attributes: Attributes, rpc: Rpc, downloads: Downloads):
+                 uplinks: Uplinks, attributes: Attributes, rpc: Rpc, downloads: Downloads,
+                 efento: Efento, formats: Formats):
         self.auth = auth
         self.limits = limits
         self.provisioning = provisioning
+        self.efento = efento
+        self.formats = formats
+        # a device was heard from (set by the facade: power saving, power.py)
+        self.heard: Callable[[Device, float], Any] = lambda device, now: ()
 
         def plain(handler: Callable[[Device, Request, float], List[Action]]) -> Handler:
             return lambda device, credential, route, request, now: handler(device, request, now)
@@ -69,6 +79,8 @@ class Requests:
         route = routes.route(request.method, request.path)
         if route.feature == routes.PROVISION:  # no credential: the part bounds it itself
             return self.provisioning.on_request(request, now)
+        if route.feature in _EFENTO:  # the token is in the payload
+            return self.efento.on_request(request, route.feature, now)
         credential = request.credential
         if credential is not None:  # over a DTLS session that verified the device
             device = self.auth.session_device(credential, route.token, request.remote, now)
@@ -79,11 +91,18 @@ class Requests:
             device = self.auth.authenticate(credential, request.remote, now)
         authenticated = Authenticated(request.ref)
         handler, limited = self.handlers[(route.feature, request.method)]
+        woke = self.heard(device, now)  # any request: a sleeping device is awake now
         try:
+            if self.formats.of(device.type).name == EFENTO and route.feature not in _OTA:
+                # ThingsBoard: an EFENTO profile's device has only /efento/* (and OTA)
+                raise codes.BadRequest("the device's profile is EFENTO: it posts to "
+                                       "/efento/m, /efento/i and /efento/c, not /api/v1")
             if limited and self.limits.devices.enabled:
                 self.limits.device(device, now)
             actions = handler(device, credential, route, request, now)
         except codes.CoapError as err:
-            return [authenticated, error_reply(request.ref, err)]
+            return [authenticated, error_reply(request.ref, err), *woke]
         actions.insert(0, authenticated)
+        if woke:
+            actions += woke
         return actions

@@ -6,6 +6,8 @@ Mirrors ThingsBoard's ``/api/v1`` parsing (spec thingsboard-coap.md §1):
 * ``/api/v1/{feature}`` and ``/api/v1/{feature}/{n}``: certificate form (no token).
 * ``/api/v1/provision``: provisioning, no device authentication.
 * ``/fw/{token}``, ``/sw/{token}``: OTA downloads.
+* ``/efento/m``, ``/efento/i``, ``/efento/c`` (POST), ``/efento/t`` (GET): Efento's
+  sensors (``core/efento.py``); the token is in the payload.
 
 A request whose only Uri-Path option holds slashes is split first, as
 ThingsBoard's message deliverer does. Feature names are case-insensitive.
@@ -26,6 +28,12 @@ CLAIM = "claim"
 PROVISION = "provision"
 FIRMWARE = "firmware"
 SOFTWARE = "software"
+EFENTO_MEASUREMENTS = "efento/m"
+EFENTO_DEVICE_INFO = "efento/i"
+EFENTO_CONFIGURATION = "efento/c"
+EFENTO_TIME = "efento/t"
+EFENTO_FEATURES = {"m": EFENTO_MEASUREMENTS, "i": EFENTO_DEVICE_INFO,
+                   "c": EFENTO_CONFIGURATION, "t": EFENTO_TIME}
 # Server-side RPC ids are the platform's Java ``int`` (spec thingsboard-coap.md §1.2,
 # thingsboard-gateway-mqtt.md §2): a reply to a larger id can match no request.
 MAX_RPC_ID = 2 ** 31 - 1
@@ -132,6 +140,8 @@ def route(method: int, segments: Sequence[str]) -> Route:
             raise MethodNotAllowed("OTA resources support GET only")
         feature = FIRMWARE if path[0] == "fw" else SOFTWARE
         return Route(feature, token=path[1] if len(path) > 1 and path[1] else None)
+    if path[:1] == ("efento",):
+        return _efento(method, path)
     if path[:2] != ("api", "v1"):
         raise NotFound("no resource at /%s" % "/".join(path)[:64])
     if method not in SUPPORTED_METHODS:
@@ -151,3 +161,14 @@ def route(method: int, segments: Sequence[str]) -> Route:
         return Route(PROVISION)
     rpc_id = _int_or_none(path[4]) if size >= 5 else None
     return Route(feature, token=path[2] or None, rpc_id=rpc_id)
+
+
+def _efento(method: int, path: Tuple[str, ...]) -> Route:
+    """``/efento/{m,i,c,t}``: ThingsBoard answers another path under ``/efento`` 4.00."""
+    if method not in SUPPORTED_METHODS:
+        raise MethodNotAllowed("only GET and POST are supported")
+    feature = EFENTO_FEATURES.get(path[1]) if len(path) == 2 else None
+    if feature is None:
+        raise BadRequest("Efento resources are /efento/m, /efento/i, /efento/c (POST) and "
+                         "/efento/t (GET)")
+    return Route(feature)

@@ -12,6 +12,8 @@ actions.py). Each concern is a part that owns its state (one module each):
 * attributes.py, subscriptions.py: reads, observe, the platform's attribute pushes
 * rpc.py: server-side RPC queues, client-side RPC, the gateway's rename/delete RPCs
 * downloads.py: firmware and software packages; provision.py: provisioning admission
+* efento.py: Efento's NB-IoT sensors on /efento/*
+* power.py: power-saving modes (PSM, eDRX): when a sleeping device's downlinks may go
 * messages.py: the platform's messages, by topic, to the part that owns them
 
 A tick, the link going up or down, and the platform renaming or deleting a device fan
@@ -29,12 +31,14 @@ from .auth import Authenticator, CredentialLookups, TokenLookup
 from .codes import CoapError
 from .devices import Devices
 from .downloads import Downloads
+from .efento import Efento
 from .formats import FormatOf, Formats
 from .formats.json import JsonFormat
 from .limits import RequestLimits
 from .messages import Messages
 from .outbox import Outbox
 from .parts import Action, Part, Shared, error_reply
+from .power import PowerModes
 from .provision import Provisioning
 from .requests import Requests
 from .routes import ATTRIBUTES
@@ -51,12 +55,14 @@ SLOW_TICK = 1.0  # seconds between the ticks that scan every device
 class GatewayCore:
     def __init__(self, config: "Config", lookup: TokenLookup,
                  format_of: Optional[FormatOf] = None,
-                 credentials: Optional[CredentialLookups] = None, fixed: Any = None):
+                 credentials: Optional[CredentialLookups] = None, fixed: Any = None,
+                 efento: Any = None):
         """``lookup``: access token -> device. ``format_of``: device type -> its payload
         format (default: JSON for every type). ``credentials``: how DTLS credentials
         resolve (default: none does). ``fixed``: ThingsBoard's fixed protobuf messages
         (``formats.fixed.FixedMessages``), for provisioning requests that are not JSON
-        (None: JSON only)."""
+        (None: JSON only). ``efento``: Efento's compiled messages
+        (``formats.efento_proto.EfentoMessages``; None: ``/efento/*`` answers 5.03)."""
         shared = self.shared = Shared(config)
         json = JsonFormat(config.limits.json_max_depth)
         self.formats = Formats(format_of or (lambda device_type: json), json)
@@ -74,14 +80,18 @@ class GatewayCore:
         self.rpc = Rpc(shared, self.devices, self.subscriptions, self.uplinks, self.formats)
         self.messages = Messages(config.limits.json_max_depth, self.devices, self.attributes,
                                  self.rpc)
+        self.efento = Efento(self.auth, self.limits, self.uplinks, self.formats, efento)
+        self.power = PowerModes(config)
         self.requests = Requests(self.auth, self.limits, self.provisioning, self.uplinks,
-                                 self.attributes, self.rpc, self.downloads)
+                                 self.attributes, self.rpc, self.downloads, self.efento,
+                                 self.formats)
         self._wire()
         # every hook runs on every part, in this order (devices first: connects go before
         # the publishes that wait for them; the outbox last: it sends what is left room for)
         self.parts: Tuple[Part, ...] = (
             self.subscriptions, self.devices, self.attributes, self.downloads, self.rpc,
-            self.auth, self.limits, self.provisioning, self.messages, self.uplinks, self.outbox)
+            self.auth, self.limits, self.provisioning, self.messages, self.efento, self.power,
+            self.uplinks, self.outbox)
         self._next_slow_tick = 0.0
 
     def _wire(self) -> None:
@@ -92,8 +102,21 @@ class GatewayCore:
         devices.busy = [self.attributes.busy_devices, outbox.busy_devices]
         devices.observing = self.subscriptions.observing
         self.uplinks.learn_keys = self.attributes.learn_keys
+        self._wire_power()
         self.rpc.renamed = self.rename
         self.rpc.deleted = self.delete
+
+    def _wire_power(self) -> None:
+        """Power saving (power.py): every request is heard, the observe queues ask it before
+        each notification, attribute changes for a sleeping device are merged there."""
+        power, subscriptions = self.power, self.subscriptions
+        self.requests.heard = self.uplinks.heard = power.heard
+        subscriptions.observers.gate = power
+        subscriptions.acknowledged = power.acknowledged
+        self.attributes.power = power
+        power.woke = [self.attributes.send_held, subscriptions.wake]
+        power.slept = subscriptions.sleep
+        power.store = self.uplinks.store_own
 
     # == read-only views for metrics =========================================
 
@@ -114,7 +137,8 @@ class GatewayCore:
         return {"outbox_entries": self.outbox.count, "outbox_bytes": self.outbox.bytes,
                 "inflight_publishes": len(self.outbox.delivery.in_flight),
                 "observers": len(self.subscriptions),
-                "devices_connected": self.devices.connected_count()}
+                "devices_connected": self.devices.connected_count(),
+                "devices_asleep": self.power.asleep_count()}
 
     @property
     def link_up(self) -> bool:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Set
 
-from . import codes
-from .actions import Log, Reply, Request
-from .observe import Observers, Pending
+from . import codes, routes
+from .actions import Log, Reply, Request, Withdraw
+from .observe import ACK, WITHDRAWN, Observers, Pending
 from .parts import Action, Part, Shared
+
+FEATURES = (routes.ATTRIBUTES, routes.RPC)  # the observable resources of a device
 
 
 class Subscriptions(Part):
@@ -24,6 +26,9 @@ class Subscriptions(Part):
         self.requeue: Callable[[List[Pending], float], None] = lambda leftovers, now: None
         # feature -> called once a relation of a device is registered (RPC: its waiting RPCs)
         self.registered: Dict[str, Callable[[str, float], List[Action]]] = {}
+        # a device acknowledged a notification (set by the facade: power saving hears it)
+        self.acknowledged: Callable[[str, float], List[Action]] = lambda name, now: []
+        self.stats = {"notifications_withdrawn": 0}
 
     def __len__(self) -> int:
         return len(self.observers)
@@ -81,8 +86,15 @@ class Subscriptions(Part):
         return {relation.device for relation in self.observers.relations.values()}
 
     def on_notified(self, ref: int, outcome: str, now: float) -> List[Action]:
+        # an ACK says the device is awake, unless it is a late one of a notification
+        # withdrawn (sent before the device slept: observe.py), whose ref is not in flight
+        device = self.observers.device_of(ref) if outcome == ACK else None
+        if outcome == WITHDRAWN and self.observers.device_of(ref) is not None:
+            self.stats["notifications_withdrawn"] += 1
         notifies, ended, leftovers = self.observers.on_result(ref, outcome, now)
         actions: List[Action] = list(notifies)
+        if device is not None:
+            actions += self.acknowledged(device, now)
         for relation in ended:
             actions.append(Log("info", "observe of /{feature} by {device} ended ({outcome})",
                                {"feature": relation.feature, "device": relation.device,
@@ -99,6 +111,17 @@ class Subscriptions(Part):
                  "outcome": "session ended"}) for relation in ended]
         self.requeue(leftovers, now)
         return actions
+
+    def wake(self, name: str, now: float) -> List[Action]:
+        """``name`` woke (power saving): what its relations held goes."""
+        return self.observers.resume(name, FEATURES, now)  # type: ignore[return-value]
+
+    def sleep(self, name: str, now: float) -> List[Action]:
+        """``name`` fell asleep (PSM): the transports are asked to stop retransmitting its
+        CON notifications in flight (those they stop come back "withdrawn" and wait for it
+        to wake)."""
+        return [Withdraw(ref, remote)
+                for ref, remote in self.observers.in_flight(name, FEATURES)]
 
     def rename(self, old: str, new: str) -> None:
         self.observers.rename(old, new)

@@ -9,7 +9,7 @@ packet size) 4.13. Payloads are read by the device's format (formats/).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import codes, gateway, routes
 from .actions import Created, Device, Entry, Log, Reply, Request, Store, StoreMany, Uplink
@@ -41,9 +41,12 @@ class Uplinks(Part):
         self.fits = self.max_packet_size - gateway.MAX_PUBLISH_OVERHEAD
         # attribute names uploaded (set by the facade: attributes reads use them)
         self.learn_keys: Callable[[str, Dict[str, Any]], None] = lambda name, values: None
+        # a device was heard from (set by the facade: power saving, power.py)
+        self.heard: Callable[[Device, float], Any] = lambda device, now: ()
         # store ref -> (its request ref, or the refs of a StoreMany; the core's own copies
         # of the entries being written, renamed here if the device is): see ``rename``
         self.storing: Dict[int, Tuple[Any, List[Entry]]] = {}
+        self.quiet: Set[int] = set()  # request refs whose 2.01 a NON request goes without
         self.storing_count = 0  # uplinks being written
         self.storing_bytes = 0
         self.full_since: Optional[float] = None
@@ -78,11 +81,9 @@ class Uplinks(Part):
         return topic, body
 
     def on_uplinks(self, uplinks: List[Uplink], now: float) -> List[Action]:
-        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes, or the token-less
-        form over a DTLS session: its credential in place of the token), in the order
-        they arrived: each is checked and answered as ``on_request`` would, and all that
-        are admitted go to the outbox in one ``StoreMany``, answered 2.01 by one
-        ``Created`` once stored. The common upload in bulk, without an object per step."""
+        """Plain uplinks (POST /api/v1/{token}/telemetry or .../attributes, or token-less over
+        a DTLS session), in their order: each checked and answered as ``on_request`` would,
+        those admitted stored in one ``StoreMany``, answered 2.01 by one ``Created``."""
         actions: List[Action] = []
         refs: List[int] = []
         rows: List[Entry] = []
@@ -111,7 +112,7 @@ class Uplinks(Part):
         limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
         peer_limit = limits.peer if limits.peers.enabled else None
         device_limit = limits.device if limits.devices.enabled else None
-        authenticate = self.auth.authenticate
+        authenticate, heard = self.auth.authenticate, self.heard
         formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
         new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
         for ref, token, feature, payload, remote in uplinks:
@@ -121,6 +122,7 @@ class Uplinks(Part):
                     peer_limit(remote, now)
                 device = by_token(token, remote, now) if type(token) is str \
                     else authenticate(token, remote, now)
+                actions += heard(device, now)  # power saving: () for most devices
                 if device_limit is not None:
                     device_limit(device, now)
                 if feature == telemetry:
@@ -141,15 +143,33 @@ class Uplinks(Part):
     # == admission ===========================================================
 
     def store(self, device: Device, topic: str, payload: bytes, request_ref: int,
-              now: float) -> List[Action]:
-        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``)."""
+              now: float, quiet: bool = False) -> List[Action]:
+        """Store the uplink durably; the device gets 2.01 once it is written (``on_stored``);
+        ``quiet``: not if it sent a NON request (``Reply.quiet``; errors are answered)."""
         actions: List[Action] = []
         if self.admit(device, topic, payload, request_ref, now, actions):
+            if quiet:
+                self.quiet.add(request_ref)
             store = Store(next(self.shared.refs),
                           Entry(0, device.name, device.type, topic, payload, now))
             self.storing[store.ref] = (request_ref, [store.entry])
             actions.append(store)
         return actions
+
+    def store_own(self, device: Device, topic: str, payload: bytes,
+                  now: float) -> List[Action]:
+        """A message the bridge itself writes for ``device`` (ThingsBoard's ``transportLog``):
+        stored and delivered as the device's uplinks are, in their order, answered to no
+        one; not written when the outbox is full or the message too large."""
+        if self._full(len(payload), now) or len(payload) + len(topic) > \
+                self.max_packet_size - gateway.MAX_PUBLISH_OVERHEAD:
+            return []
+        self.storing_count += 1
+        self.storing_bytes += len(payload)
+        store = Store(next(self.shared.refs), Entry(0, device.name, device.type, topic,
+                                                    payload, now))
+        self.storing[store.ref] = (None, [store.entry])
+        return [store]
 
     def admit(self, device: Device, topic: str, payload: bytes, request_ref: int, now: float,
               actions: List[Action]) -> bool:
@@ -214,7 +234,15 @@ class Uplinks(Part):
             self.storing_count -= len(entries)
             self.storing_bytes -= size
             self.stats["acknowledged"] += len(entries)
-            actions.append(Created(refs) if type(refs) is tuple else Reply(refs, codes.CREATED))
+            if type(refs) is tuple:
+                actions.append(Created(refs))
+            elif refs is None:  # the bridge's own (store_own): nobody waits for it
+                pass
+            elif refs in self.quiet:
+                self.quiet.discard(refs)
+                actions.append(Reply(refs, codes.CREATED, quiet=True))
+            else:
+                actions.append(Reply(refs, codes.CREATED))
         if self.failing.since is not None:
             actions.append(self.failing.recovered(now))
         return actions + self.outbox.pump(now)
@@ -228,7 +256,8 @@ class Uplinks(Part):
             self.storing_bytes -= sum(len(entry.payload) for entry in entries)
             self.stats["store_failed"] += len(entries)
             refused += len(entries)
-            for request_ref in (refs if type(refs) is tuple else [refs]):
+            for request_ref in (refs if type(refs) is tuple else [] if refs is None else [refs]):
+                self.quiet.discard(request_ref)
                 actions.append(unavailable(request_ref, "outbox write failed"))
         line = self.failing.failed(reason, refused, now)
         if line is not None:

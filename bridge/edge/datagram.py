@@ -61,6 +61,10 @@ class DatagramDriver(Handling):
     def malformed(self) -> int:
         return self.layer.malformed
 
+    @property
+    def retransmissions(self) -> int:
+        return self.layer.retransmissions
+
     def start(self) -> None:
         self.timer.arm(self.layer.next_timer())
 
@@ -88,6 +92,12 @@ class DatagramDriver(Handling):
         and no Observe option, CON)."""
         self.layer.end_observation(peer, token, code, diagnostic, self.clock.seconds(),
                                    max_age)
+        self._drain()
+
+    def withdraw(self, ref: int, peer: Hashable) -> None:
+        """No more retransmissions of CON notification ``ref`` to ``peer`` (its device
+        sleeps): if it was still waiting for its ACK, its fate is "withdrawn"."""
+        self.layer.withdraw(ref, peer)
         self._drain()
 
     def trust(self, peer: Hashable) -> None:

@@ -26,7 +26,7 @@ from typing import List, Optional
 
 from google.protobuf import descriptor_pb2
 
-from ..core.formats import fixed, protoschema
+from ..core.formats import efento_proto, fixed, protoschema
 
 INSTALL_HINT = ("protoc is not available: install grpcio-tools (pip install grpcio-tools; "
                 "coapbridge depends on it on CPython, which has its wheels) or the system "
@@ -108,6 +108,12 @@ def check_profiles(profiles) -> List[str]:
     """Every problem of the PROTOBUF profiles' schemas (config lines), each compiled once."""
     problems: List[str] = []
     for name, profile in profiles.items():
+        if profile.efento:
+            try:
+                efento_messages()
+            except ProtocMissing as exc:
+                problems.append("device_profiles.%s: coapDeviceType EFENTO: %s" % (name, exc))
+            continue
         if not profile.protobuf:
             continue
         for kind in protoschema.KINDS:
@@ -130,3 +136,9 @@ def check_profiles(profiles) -> List[str]:
 def fixed_messages() -> fixed.FixedMessages:
     """ThingsBoard's fixed messages (``bridge.core.formats.fixed``), compiled once."""
     return fixed.FixedMessages([compile_schema(text, fixed.KIND) for _, text in fixed.FILES])
+
+
+@functools.lru_cache(maxsize=1)
+def efento_messages() -> efento_proto.EfentoMessages:
+    """Efento's sensor messages (``bridge.core.formats.efento_proto``), compiled once."""
+    return efento_proto.EfentoMessages(compile_schema(efento_proto.PROTO, efento_proto.KIND))

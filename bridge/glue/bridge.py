@@ -24,8 +24,10 @@ from ..settings import Config, worker_client_id
 from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
-                            ResetLink, ServePackage, Store, StoreMany)
+                            ResetLink, ServePackage, Store, StoreMany, Withdraw)
 from ..core.formats import FormatOf, PayloadFormat, fixed, protoschema
+from ..core.formats.efento import EfentoFormat
+from ..core.formats.efento_proto import EfentoMessages
 from ..core.formats.json import JsonFormat
 from ..core.formats.protobuf import ProtobufFormat
 from ..core.auth import CredentialLookups
@@ -98,7 +100,9 @@ def format_of(config: Config) -> FormatOf:
     json = JsonFormat(config.limits.json_max_depth)
     formats: Dict[str, PayloadFormat] = {}
     for device_type, profile in config.device_profiles.items():
-        if profile.protobuf:
+        if profile.efento:
+            formats[device_type] = EfentoFormat(protoc.efento_messages())
+        elif profile.protobuf:
             formats[device_type] = ProtobufFormat(
                 protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY),
                 protoc.message_class(profile.deviceAttributesProtoSchema,
@@ -113,12 +117,22 @@ def format_of(config: Config) -> FormatOf:
     return lambda device_type: formats.get(device_type, json)
 
 
+def efento_messages() -> Optional[EfentoMessages]:
+    """Efento's sensor messages, compiled by protoc; None without protoc (an EFENTO profile
+    needs it: the configuration check says so), when ``/efento/*`` answers 5.03."""
+    try:
+        return protoc.efento_messages()
+    except protoc.ProtocMissing:
+        return None
+
+
 def make_core(config: Config, lookup: Any,
               credentials: Optional[CredentialLookups] = None,
               messages: Optional[fixed.FixedMessages] = None) -> GatewayCore:
     """The one place the core is built (``messages``: ThingsBoard's fixed messages, for
     provisioning requests that are not JSON)."""
-    return GatewayCore(config, lookup, format_of(config), credentials, messages)
+    return GatewayCore(config, lookup, format_of(config), credentials, messages,
+                       efento_messages())
 
 
 class Bridge:
@@ -145,6 +159,7 @@ class Bridge:
             self.registry_view, self.apply, self.outbox_commit.schedule,
             self.auto_registration.ensure if config.dtls.x509.auto_register else None)
         self.notifications = Notifications(reactor)
+        self.notifications.on_result = self.notified
         self.platform_changes = PlatformChanges(self.registry_view, self.commit,
                                                 lambda: self.outbox)
         # observe relations kept in DATA_DIR across a restart
@@ -187,6 +202,7 @@ class Bridge:
             ServePackage: self._serve_package,
             ResetLink: self._reset_link,
             Notify: self.notifications.queue,
+            Withdraw: self.notifications.withdraw,
             Log: _log,
             RenameDevice: self.platform_changes.rename,
             DeleteDevice: self.platform_changes.delete,
@@ -359,6 +375,13 @@ class Bridge:
                                      (protocol.malformed if protocol is not None else 0)
                                      + (self.dtls.coap.malformed if self.dtls is not None
                                         else 0)),
+            "coap_retransmissions_total": ("counter", "CON messages sent again for want of "
+                                           "an ACK (notifications, separate responses; "
+                                           "CoAP and CoAPs)",
+                                           (protocol.retransmissions
+                                            if protocol is not None else 0)
+                                           + (self.dtls.coap.retransmissions
+                                              if self.dtls is not None else 0)),
             "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
                                            stats["acknowledged"]),
             "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",
@@ -410,6 +433,16 @@ class Bridge:
             "observers": ("gauge", "observe relations", gauges["observers"]),
             "devices_connected": ("gauge", "devices connected on the gateway session",
                                   gauges["devices_connected"]),
+            "devices_asleep": ("gauge", "PSM and eDRX devices past their window (asleep)",
+                               gauges["devices_asleep"]),
+            "power_asleep_total": ("counter", "PSM and eDRX devices falling asleep (their "
+                                   "window ended)", stats["power_asleep"]),
+            "power_awake_total": ("counter", "sleeping PSM and eDRX devices waking (a request "
+                                  "from them)", stats["power_awake"]),
+            "notifications_withdrawn_total": ("counter", "CON notifications whose "
+                                              "retransmissions stopped: their PSM device fell "
+                                              "asleep (sent again when it wakes)",
+                                              stats["notifications_withdrawn"]),
             "mqtt_connected": ("gauge", "1 while the gateway connection is up",
                                1 if self.link.connected else 0),
             "ready": ("gauge", "1 while /readyz says ready (the bridge can accept and store "

@@ -235,9 +235,12 @@ class CoapRequests:
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
                       peer=describe(pending.peer) if pending is not None else "device",
                       reason=reply.reason)
-        self.answer(reply.ref, make_response(
-            reply.code, reply.payload, reply.content_format, reply.max_age, reply.size1,
-            reply.observe), reply.authenticated)
+        message = make_response(reply.code, reply.payload, reply.content_format,
+                                reply.max_age, reply.size1, reply.observe)
+        if reply.quiet:  # a NON request gets no answer (Efento's): the transport sees to it
+            self.answer(reply.ref, Answer(message, reply.authenticated, quiet=True))
+            return
+        self.answer(reply.ref, message, reply.authenticated)
 
     def created(self, action: Created) -> None:
         answer = self.answer

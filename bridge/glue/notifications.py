@@ -5,13 +5,19 @@ Deferred fires) always goes before its first notification. Each goes to the tran
 of its peer, by the peer's type: a (host, port) tuple to plain CoAP's, a ``DtlsPeer`` to
 CoAPs' (each attaches itself while it listens); a peer of a reliable connection
 (``edge.stream.StreamPeer``) sends its own on its connection.
+
+A notification the core withdraws (its PSM device fell asleep) is not sent if it still
+waits here, and its fate, "withdrawn", goes to ``on_result`` on the turn it would have
+gone; once sent, the datagram transport of its peer stops retransmitting it (and reports
+the same fate); a reliable connection has nothing to withdraw (what it wrote is delivered).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from ..core.actions import Notify
+from ..coap.exchange import WITHDRAWN
+from ..core.actions import Notify, Withdraw
 from ..logs import logger
 
 log = logger("bridge")
@@ -23,7 +29,10 @@ class Notifications:
         # the type of a peer -> the transport that reaches it, while it listens
         self.transports: Dict[type, Any] = {}
         self._queue: List[Notify] = []
+        self._withdrawn: List[int] = []  # taken out of the queue: their fate on the flush
         self._call: Any = None
+        # hears (ref, "withdrawn") for a notification withdrawn before it was sent
+        self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
 
     @property
     def transport(self) -> Optional[Any]:
@@ -51,6 +60,9 @@ class Notifications:
     def _flush(self) -> None:
         self._call = None
         batch, self._queue = self._queue, []
+        withdrawn, self._withdrawn = self._withdrawn, []
+        for ref in withdrawn:
+            self.on_result(ref, WITHDRAWN)
         transports = self.transports
         if not transports:
             return  # not listening (yet, or any more): nothing is sent
@@ -71,6 +83,19 @@ class Notifications:
             log.debug("Notified {device} (observe {observe})", device=notify.device,
                       observe=notify.observe)
 
+    def withdraw(self, action: Withdraw) -> None:
+        """The core takes notification ``action.ref`` back (its device fell asleep): not
+        sent if it still waits here, else no more retransmissions of it by the datagram
+        transport of its peer (see the module)."""
+        queued = len(self._queue)
+        self._queue = [notify for notify in self._queue if notify.ref != action.ref]
+        if len(self._queue) != queued:
+            self._withdrawn.append(action.ref)  # a flush is due: the queue had it
+            return
+        transport = self.transports.get(type(action.remote))
+        if transport is not None:
+            transport.withdraw(action.ref, action.remote)
+
     def stop(self) -> None:
         """No transport any more: what is queued is not sent."""
         self.transports.clear()
@@ -78,3 +103,4 @@ class Notifications:
             self._call.cancel()
         self._call = None
         self._queue = []
+        self._withdrawn = []

@@ -55,6 +55,23 @@ class CoapConfig:
         "dies, which takes its observers over. Changing it re-spreads the devices over the "
         "workers and ends their observe relations with 5.03 (docs/deployment.md).",
         low=1, high=MAX_WORKERS)
+    psm_activity_timer: float = setting(
+        10.0, "Seconds a PSM device is reachable after its last request, when its own and its "
+        "profile's settings give no psmActivityTimer (ThingsBoard's "
+        "transport.coap.psm_activity_timer, there in ms). Outside it, the platform's "
+        "attribute changes for the device are merged and its RPCs wait; both go at its next "
+        "request (docs/device-api.md, Power saving).", low=0, high=7 * 86400, above=True,
+        unit="s")
+    paging_transmission_window: float = setting(
+        10.0, "Seconds an eDRX device is reachable after its last request, when its settings "
+        "give no pagingTransmissionWindow (ThingsBoard's "
+        "transport.coap.paging_transmission_window, there in ms); after it one downlink "
+        "still goes, the others wait for its next request.", low=0, high=7 * 86400,
+        above=True, unit="s")
+    transport_log: bool = setting(
+        False, "Write each PSM and eDRX device's sleep and wake as its telemetry transportLog "
+        "('Info: Client is sleeping!', 'Info: Client is awake!'), as ThingsBoard does with "
+        "transport.log.enabled: two more messages per device cycle.")
 
 
 def check(config: Any, problems: Problems) -> None:

@@ -46,8 +46,10 @@ def masked(rule: Rule, value: Any) -> Any:
 def plain(item: Any) -> Dict[str, Any]:
     """An item dataclass as the mapping a file would give, its secrets masked and its
     defaults left out."""
-    return {f.name: masked(f.metadata[RULE], getattr(item, f.name)) for f in fields(item)
-            if getattr(item, f.name) != f.default}
+    unset = type(item)()
+    return {f.name: plain(getattr(item, f.name)) if ITEMS in f.metadata
+            else masked(f.metadata[RULE], getattr(item, f.name)) for f in fields(item)
+            if getattr(item, f.name) != getattr(unset, f.name)}
 
 
 def value_of(config: Config, path: str) -> Any:
@@ -193,11 +195,16 @@ def _item_docs(path: str, item: Any) -> List[str]:
     doc = " ".join((item.__doc__ or "").split())
     parts = ["\n### Each entry of `%s`\n\n%s\n\n| Key | Default | Values | Meaning |\n"
              "|---|---|---|---|\n" % (path, doc)]
+    inner = []
     for f in fields(item):
         rule = f.metadata[RULE]
+        if ITEMS in f.metadata:
+            parts.append("| `%s` | | a mapping (below) | %s |\n" % (f.name, _cell(rule.text)))
+            inner += _item_docs("%s.%s" % (path, f.name), f.metadata[ITEMS])
+            continue
         parts.append("| `%s` | %s | %s | %s |\n" % (f.name, _cell(shown(f.default)),
                                                    _cell(_values(rule)), _cell(rule.text)))
-    return parts
+    return parts + inner
 
 
 def _doc_default(s: Setting) -> str:

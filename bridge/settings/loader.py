@@ -32,7 +32,8 @@ from . import dtls as dtls_section
 from . import mqtt as mqtt_section
 from .errors import ConfigDeprecationWarning, ConfigError
 from .root import Config, check
-from .schema import Problems, Rule, Setting, canonical, check_value, is_section, walk
+from .schema import (ITEMS, RULE, Problems, Rule, Setting, canonical, check_value, is_section,
+                     walk)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -274,6 +275,12 @@ class _Reader:
             if f.name not in raw:
                 continue
             value = raw[f.name]
+            if ITEMS in f.metadata:  # an item inside the item (clientSettings)
+                values[f.name] = self.item(f.metadata[ITEMS], value, prefix + f.name + ".",
+                                           expand)
+                continue
+            if value is None and f.metadata[RULE].nullable:
+                continue  # null: not given
             if expand and isinstance(value, str):
                 value, _ = self.expand(value, prefix + f.name)
                 if value is None:

@@ -1,6 +1,9 @@
-"""``device_profiles:``: the payload format of each device type (JSON or PROTOBUF).
+"""``device_profiles:``: the payload format and power saving of each device type.
 
-The keys are ThingsBoard's own, from a device profile's transportPayloadTypeConfiguration.
+The keys are ThingsBoard's own, from a device profile's transport configuration: its
+``coapDeviceType`` (DEFAULT, or EFENTO for Efento's sensors), its
+transportPayloadTypeConfiguration (JSON or PROTOBUF) and its ``clientSettings`` (PSM, DRX,
+eDRX and their timers, in ms as ThingsBoard exports them).
 Reading the schema files, an exported profile and compiling the schemas with protoc is
 I/O: ``bridge.startup_checks`` does it, and leaves the schema keys holding the text.
 """
@@ -8,15 +11,35 @@ I/O: ``bridge.startup_checks`` does it, and leaves the schema keys holding the t
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Dict, List
 
-from .schema import Problems, setting
+from .schema import RULE, Problems, check_value, nested, setting
 
 # the schema keys (each has a ...File key beside it)
 SCHEMA_KINDS = ("deviceTelemetryProtoSchema", "deviceAttributesProtoSchema",
                 "deviceRpcRequestProtoSchema", "deviceRpcResponseProtoSchema")
 _SCHEMA = " Its text, or give the path of a file holding it as the key with File appended. " \
     "Left out: ThingsBoard's default."
+
+
+POWER_MODES = ("PSM", "DRX", "E_DRX")
+MAX_POWER_TIMER = 7 * 86400 * 1000  # ms: a week, far beyond any device's cycle
+_TIMER = dict(low=0, high=MAX_POWER_TIMER, unit="ms", nullable=True)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """A device type's power saving, ThingsBoard's ``clientSettings`` (0 or null: not
+    given; a device's own, ``coapbridge devices set``, wins)."""
+    powerMode: str = setting("", "PSM, DRX or E_DRX; empty: DRX (downlinks at any time).",
+                             choices=POWER_MODES, nullable=True)
+    psmActivityTimer: int = setting(0, "PSM: ms reachable after the device's last request "
+                                    "(0: coap.psm_activity_timer).", **_TIMER)
+    edrxCycle: int = setting(0, "eDRX: the cycle in ms; kept and unused, as in ThingsBoard's "
+                             "CoAP transport.", **_TIMER)
+    pagingTransmissionWindow: int = setting(0, "eDRX: ms reachable after the device's last "
+                                            "request (0: coap.paging_transmission_window).",
+                                            **_TIMER)
 
 
 @dataclass(frozen=True)
@@ -27,6 +50,9 @@ class DeviceProfileConfig:
     thingsboardProfile: str = setting(
         "", "Instead of the keys: a device profile exported from ThingsBoard (its JSON), whose "
         "COAP transport configuration is read.")
+    coapDeviceType: str = setting(
+        "DEFAULT", "DEFAULT (the /api/v1 device API) or EFENTO (Efento's NB-IoT sensors on "
+        "/efento/*, their own messages: no payload type).", choices=("DEFAULT", "EFENTO"))
     transportPayloadType: str = setting("JSON", "JSON or PROTOBUF.",
                                         choices=("JSON", "PROTOBUF"))
     deviceTelemetryProtoSchema: str = setting("", "PROTOBUF: the telemetry schema." + _SCHEMA)
@@ -44,17 +70,46 @@ class DeviceProfileConfig:
         False, "An undecodable PROTOBUF payload is tried as JSON.")
     useJsonPayloadFormatForDefaultDownlinkTopics: bool = setting(
         False, "Downlinks (attribute notifications and reads, RPCs) stay JSON.")
+    clientSettings: ClientSettings = nested(
+        ClientSettings, "Power saving: powerMode, psmActivityTimer, edrxCycle, "
+        "pagingTransmissionWindow (docs/device-api.md, Power saving).")
 
     @property
     def protobuf(self) -> bool:
-        return self.transportPayloadType == "PROTOBUF"
+        return self.transportPayloadType == "PROTOBUF" and not self.efento
+
+    @property
+    def efento(self) -> bool:
+        return self.coapDeviceType == "EFENTO"
+
+
+def client_settings(raw: Dict[str, Any], where: str, problems: List[str]) -> ClientSettings:
+    """An exported profile's ``clientSettings`` (its nulls: not given), checked as the
+    configuration's own are; ``where`` names it in the problems."""
+    values: Dict[str, Any] = {}
+    for f in fields(ClientSettings):
+        value = raw.get(f.name)
+        if value is None:
+            continue
+        if type(value) is not type(f.default) or isinstance(value, bool):
+            problems.append("%s%s: expected %s, got %r" % (where, f.name, "text" if isinstance(
+                f.default, str) else "an integer", value))
+            continue
+        problem = check_value(where + f.name, f.metadata[RULE], f.default, value)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        values[f.name] = value
+    return ClientSettings(**values)
 
 
 def given_keys(profile: DeviceProfileConfig) -> list:
     """The keys of ``profile`` set to something other than their default, but
     thingsboardProfile."""
+    unset = DeviceProfileConfig()
     return [f.name for f in fields(DeviceProfileConfig)
-            if f.name != "thingsboardProfile" and getattr(profile, f.name) != f.default]
+            if f.name != "thingsboardProfile" and getattr(profile, f.name) != getattr(unset,
+                                                                                  f.name)]
 
 
 def check(config: Any, problems: Problems) -> None:
@@ -70,3 +125,6 @@ def check(config: Any, problems: Problems) -> None:
             if getattr(profile, kind) and getattr(profile, kind + "File"):
                 problems.add("device_profiles", "%s: give %s or %sFile, not both"
                              % (where, kind, kind))
+        if profile.efento and profile.transportPayloadType != "JSON":
+            problems.add("device_profiles", "%stransportPayloadType: an EFENTO profile has none "
+                         "(its sensors send Efento's own messages)" % where)

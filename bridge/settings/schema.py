@@ -43,6 +43,7 @@ class Rule:
     # the password in a URL hidden
     address: bool = False  # a bind address: an IP address ("" allowed when the default)
     port: bool = False  # a port number: said as one
+    nullable: bool = False  # an item's key that may be null (as exported profiles have it)
 
 
 def setting(default: Any, text: str, **rule: Any) -> Any:
@@ -58,6 +59,12 @@ def section(cls: Any) -> Any:
 def mapping(item: Any, text: str, **rule: Any) -> Any:
     """A field holding a mapping of names to ``item`` dataclasses (one variable of YAML)."""
     return field(default_factory=dict, metadata={RULE: Rule(text, **rule), ITEMS: item})
+
+
+def nested(item: Any, text: str) -> Any:
+    """A field of an item dataclass holding another item (a device profile's
+    ``clientSettings``): a mapping in the file, null or left out for its defaults."""
+    return field(default_factory=item, metadata={RULE: Rule(text), ITEMS: item})
 
 
 def listing(item: Any, text: str, **rule: Any) -> Any:
@@ -175,7 +182,7 @@ def check_value(path: str, rule: Rule, default: Any, value: Any) -> Optional[str
     for refused, why in rule.refused:
         if value == refused:
             return "%s: %s" % (path, why)
-    if rule.choices and value not in rule.choices:
+    if rule.choices and value not in rule.choices and value != default:
         return "%s: must be %s, got %r" % (path, choices_of(rule), value)
     if rule.address and (value or default):
         return _address_problem(path, value)

@@ -505,3 +505,59 @@ def test_w10_many_peers_first_message_ids_spread_over_the_shards():
         assert not dedup.seen(dedup.slot(1, ("10.1.%d.%d" % (n >> 8, n & 255), 5683)), 0.0)
     sizes = [len(shard) for shard in dedup._shards]
     assert max(sizes) < 20000 / Deduplicator.SHARDS * 1.5
+
+
+# -- power saving and quiet answers ---------------------------------------------------------
+
+def test_retransmissions_are_counted():
+    layer = Layer(ack_timeout=1.0, max_retransmit=2)
+    notify(layer, 42, registration(layer), 0.0)
+    layer.until(100.0)
+    assert layer.outcomes == [(42, "timeout")] and layer.layer.retransmissions == 2
+
+
+def test_a_withdrawn_notification_is_not_sent_again_and_its_fate_is_withdrawn():
+    """Its PSM device fell asleep (bridge/core/power.py): no retransmission into the void."""
+    layer = Layer(ack_timeout=1.0, max_retransmit=4)
+    notify(layer, 42, registration(layer), 0.0)
+    assert layer.layer.withdraw(42, ("10.9.9.9", 1)) is False  # not that peer's
+    assert layer.layer.withdraw(42, PEER) is True and layer.layer.withdraw(42, PEER) is False
+    assert layer.until(200.0) == [] and layer.outcomes == [(42, "withdrawn")]
+    assert layer.layer.retransmissions == 0
+
+
+def test_an_ack_of_a_withdrawn_notification_that_comes_after_all_is_reported():
+    """The device acknowledged it just before it slept; the ACK came after the withdrawal:
+    it was heard ("ack" under the same ref), and the device must not get it twice."""
+    layer = Layer(ack_timeout=1.0, max_retransmit=4)
+    [con] = notify(layer, 44, registration(layer), 0.0)
+    assert layer.layer.withdraw(44, PEER) is True
+    layer.feed(raw.Msg(raw.ACK, 0, con.mid), now=0.3)
+    assert layer.outcomes == [(44, "withdrawn"), (44, "ack")]
+    layer.feed(raw.Msg(raw.ACK, 0, con.mid), now=0.4)  # once
+    assert layer.outcomes == [(44, "withdrawn"), (44, "ack")]
+
+
+def test_an_acknowledged_notification_cannot_be_withdrawn():
+    layer = Layer(ack_timeout=1.0, max_retransmit=4)
+    [con] = notify(layer, 43, registration(layer), 0.0)
+    layer.feed(raw.Msg(raw.ACK, 0, con.mid), now=0.5)
+    assert layer.layer.withdraw(43, PEER) is False
+    assert layer.outcomes == [(43, "ack")]
+
+
+def test_a_quiet_answer_goes_to_a_con_request_and_not_to_a_non_one():
+    """RFC 7967's No-Response for a success, as Efento's sensors want it (core Reply.quiet)."""
+    from bridge.coap.exchange import Answer
+    from bridge.coap.message import make_response
+    layer = Layer()
+    for mtype, mid in ((raw.NON, 31), (raw.CON, 32)):
+        layer.feed(post(mid=mid, mtype=mtype))
+        layer.layer.respond(layer.request(), Answer(make_response(codes.CREATED), quiet=True),
+                            0.1)
+        sent = layer.events()
+        if mtype == raw.NON:
+            assert sent == [] and layer.until(10.0) == []  # nothing at all, not even later
+        else:
+            [ack] = sent
+            assert (ack.mtype, ack.code_str, ack.mid) == (raw.ACK, "2.01", 32)

@@ -227,3 +227,53 @@ def test_the_platforms_answer_goes_back_as_to_server_rpc_response_msg():
     plain = fmt(json_downlinks=True)
     assert plain.content_format == codes.APPLICATION_JSON
     assert plain.rpc_result(b'{"time":"12:00"}') == b'{"time":"12:00"}'
+
+
+TREE = """syntax = "proto3";
+package tree;
+message Node { optional int32 v = 1; Node child = 2; repeated Node children = 3; }
+"""
+
+
+def nested(node, depth):
+    root = msg = node(v=0)
+    for level in range(1, depth):
+        msg.child.v = level
+        msg = msg.child
+    return root.SerializeToString()
+
+
+def test_protobuf_deeper_than_the_json_limit_is_4_00_like_json():
+    """#27.10: the JSON of a message is held to limits.json_max_depth as a JSON upload is."""
+    node = cls(TREE)
+    uplinks = fmt(telemetry=node, rpc_response=cls(TREE, protoschema.RPC_RESPONSE))
+    for depth in (32, 40):
+        with pytest.raises(codes.BadRequest, match="tree.Node nested deeper than 32 levels"):
+            uplinks.telemetry("Dev", nested(node, depth), NOW)
+        with pytest.raises(codes.BadRequest, match="nested deeper than 32 levels"):
+            uplinks.rpc_reply("Dev", 1, nested(node, depth))
+    # 31 nodes: 32 levels with the empty "children" array every node prints
+    topic, body = sent(uplinks.telemetry("Dev", nested(node, 31), NOW))
+    assert topic == "v1/gateway/telemetry"
+    strict = ProtobufFormat(node, node, JsonFormat(8), rpc_request_class=cls(
+        protoschema.DEFAULTS[protoschema.RPC_REQUEST], protoschema.RPC_REQUEST),
+        rpc_response_class=node, fixed=protoc.fixed_messages())
+    with pytest.raises(codes.BadRequest, match="nested deeper than 8 levels"):
+        strict.attributes("Dev", nested(node, 9))
+    # a repeated message field is an array: two levels per element
+    wide = node(v=1, children=[node(v=2, children=[node(v=3)])])
+    with pytest.raises(codes.BadRequest, match="nested deeper than 4 levels"):
+        ProtobufFormat(node, node, JsonFormat(4), rpc_request_class=cls(
+            protoschema.DEFAULTS[protoschema.RPC_REQUEST], protoschema.RPC_REQUEST),
+            rpc_response_class=node, fixed=protoc.fixed_messages()).telemetry(
+                "Dev", wide.SerializeToString(), NOW)
+
+
+def test_the_depth_a_schema_allows_is_worked_out_once():
+    from bridge.core.formats.protojson import json_depth
+    assert json_depth(default_telemetry().DESCRIPTOR) == 2
+    assert json_depth(cls(CUSTOM).DESCRIPTOR) == 2  # repeated scalars, a message
+    assert json_depth(cls(TS_VALUES).DESCRIPTOR) == 2
+    assert json_depth(cls(TREE).DESCRIPTOR) is None  # contains itself
+    shallow = fmt()
+    assert not shallow._measured  # ThingsBoard's default schemas are never measured

@@ -12,7 +12,7 @@ import pytest
 import x509make
 from bridge.settings import StartupError
 from bridge.certfile import CertificateError, from_der, read_pem
-from bridge.core.actions import Device
+from bridge.core.actions import Device, PowerSettings
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
 from bridge.registry import DeviceRow, Registry, RegistryError, read_csv
 
@@ -290,3 +290,27 @@ def test_a_registry_readable_by_others_is_made_private_on_open(db_path):
     os.chmod(db_path, 0o644)
     Registry(db_path).close()
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
+
+
+def test_a_file_of_the_last_version_gets_the_power_columns(tmp_path):
+    """The power-saving columns are added (ALTER TABLE) to a file with every other column;
+    its devices keep their credentials and have no power saving of their own."""
+
+    db_path = str(tmp_path / "registry.sqlite3")
+    with sqlite3.connect(db_path) as db:
+        db.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, token TEXT UNIQUE, "
+                   "type TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, pending INTEGER "
+                   "NOT NULL DEFAULT 0, cert_sha3 TEXT UNIQUE, cert_pem TEXT, psk_identity "
+                   "TEXT UNIQUE, psk_key BLOB)")
+        db.execute("INSERT INTO devices (name, token, type, psk_identity, psk_key) VALUES "
+                   "('Old', 'tokO', 'x', 'id-1', x'0102')")
+    registry = Registry(db_path)
+    try:
+        assert registry.entries()[0].power is None
+        assert registry.lookup("tokO") == Device("Old", "x")
+        assert registry.set_power("Old", PowerSettings("E_DRX", None, None, 5000))
+        assert registry.lookup("tokO").power == PowerSettings("E_DRX", None, None, 5000)
+        assert registry.psk["id-1"][1] == b"\x01\x02"
+    finally:
+        registry.close()
+    Registry(db_path).close()  # opened again: nothing more to do

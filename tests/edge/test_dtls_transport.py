@@ -15,6 +15,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 
 import coapraw as raw
 import dtlscerts
+from bridge.coap.datagram import Observation
 from bridge.coap.message import make_response
 from bridge.settings import DtlsConfig
 from bridge.core.auth import Certificate, PresharedKey, certificate_id
@@ -248,3 +249,43 @@ def test_each_handshake_is_reported_with_its_outcome_method_and_time(bench):
         ("full", "none"), ("timeout", "psk")]
     assert all(seconds >= 0 for _, _, seconds in heard[:5])
     assert heard[5][2] >= bench.cfg.handshake_timeout  # from its start to the deadline
+
+
+def notified_over_a_session(bench, ref):
+    """A CON notification ``ref`` to A's PSK session; returns the client, what it received,
+    and the list the driver reports fates into."""
+    outcomes: List[Tuple[int, str]] = []
+    bench.coap.on_result = lambda r, outcome: outcomes.append((r, outcome))
+    peer = bench.client(A, psk=("dev-psk", bench.keys["dev-psk"]))
+    assert peer.handshake()
+    key = bench.session(A).peer
+    bench.coap.notify(ref, key, b"\x0b", 69, b'{"a":1}', 7, Observation(True, 0.0))
+    sent = raw.decode(peer.recv())
+    assert sent.mtype == raw.CON and sent.token == b"\x0b" and sent.payload == b'{"a":1}'
+    return peer, key, sent, outcomes
+
+
+def test_a_withdrawn_notification_is_not_retransmitted_over_its_session(bench):
+    """Power saving over CoAPs: the device fell asleep, the notification is withdrawn from
+    CoAPs' own message layer (not plain UDP's), and nothing more goes over the session."""
+    peer, key, _, outcomes = notified_over_a_session(bench, 51)
+    bench.coap.withdraw(51, key)
+    assert outcomes == [(51, "withdrawn")]
+    bench.clock.pump([1.0] * 120)  # past every retransmission's time
+    assert peer.recv() is None and bench.coap.retransmissions == 0
+    assert outcomes == [(51, "withdrawn")]
+
+
+def test_an_ack_of_a_withdrawn_notification_over_dtls_that_comes_after_all_is_reported(
+        bench):
+    """Its ACK was on its way when the device fell asleep: it comes in a DTLS record after
+    the withdrawal, and is reported under the same ref, once: the core must not send the
+    notification again (tests/core/test_power.py)."""
+    peer, key, sent, outcomes = notified_over_a_session(bench, 52)
+    bench.coap.withdraw(52, key)
+    peer.send(raw.encode(raw.Msg(raw.ACK, 0, sent.mid)))
+    assert outcomes == [(52, "withdrawn"), (52, "ack")]
+    peer.send(raw.encode(raw.Msg(raw.ACK, 0, sent.mid)))  # a duplicate: nothing more
+    bench.clock.pump([1.0] * 120)
+    assert outcomes == [(52, "withdrawn"), (52, "ack")] and peer.recv() is None
+    assert bench.coap.retransmissions == 0

@@ -30,7 +30,9 @@ NAMES = {
     "provisioning_busy_total": "counter", "mqtt_messages_skipped_total": "counter",
     "ota_fetches_total": "counter", "unknown_credential_total": "counter",
     "credential_mismatch_total": "counter", "devices_auto_registered_total": "counter",
-    "ready": "gauge", "registry_reachable": "gauge",
+    "coap_retransmissions_total": "counter", "devices_asleep": "gauge",
+    "power_asleep_total": "counter", "power_awake_total": "counter",
+    "notifications_withdrawn_total": "counter", "ready": "gauge", "registry_reachable": "gauge",
     "registry_changes_waiting": "gauge",
 }
 

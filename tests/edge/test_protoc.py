@@ -108,6 +108,27 @@ def test_json_profiles_need_no_protoc(monkeypatch):
     assert config_module.Config().device_profiles == {}
 
 
+def test_efento_profiles_are_checked_and_need_protoc(monkeypatch):
+    config = load_text("device_profiles: {sensor: {coapDeviceType: EFENTO}}", {})
+    assert config.device_profiles["sensor"].efento
+    assert problems("device_profiles: {a: {coapDeviceType: LWM2M}, "
+                    "b: {coapDeviceType: EFENTO, transportPayloadType: PROTOBUF}}") == [
+        "device_profiles.a.coapDeviceType: must be DEFAULT or EFENTO, got 'LWM2M'",
+        "device_profiles.b.transportPayloadType: an EFENTO profile has none (its sensors "
+        "send Efento's own messages)"]
+    monkeypatch.setattr(protoc, "bundled_protoc", lambda: None)
+    monkeypatch.setattr(protoc, "system_protoc", lambda: None)
+    protoc.compile_schema.cache_clear()
+    protoc.efento_messages.cache_clear()
+    try:
+        assert problems("device_profiles: {sensor: {coapDeviceType: EFENTO}}") == [
+            "device_profiles.sensor: coapDeviceType EFENTO: " + protoc.INSTALL_HINT]
+    finally:
+        monkeypatch.undo()
+        protoc.compile_schema.cache_clear()
+        protoc.efento_messages.cache_clear()
+
+
 @pytest.mark.skipif(protoc.bundled_protoc() is None,
                     reason="grpcio-tools is not installed (no PyPy wheel: the system protoc "
                            "serves there)")

@@ -64,6 +64,12 @@ def test_json_default_and_bare_coap_profiles_are_json(tmp_path):
     assert not load(write(tmp_path, bare, "bare.json")).device_profiles["meter"].protobuf
 
 
+def test_an_efento_profile_is_an_efento_device_type(tmp_path):
+    profile = load(write(tmp_path, exported_profile(coap_device_type="EFENTO"))) \
+        .device_profiles["meter"]
+    assert profile.efento and not profile.protobuf
+
+
 def test_a_bad_schema_inside_the_profile_names_the_file_line_and_column(tmp_path):
     path = write(tmp_path, exported_profile(protobuf_payload(
         telemetry='syntax = "proto3";\nmessage A {\n  int32 a = 1\n}\n')))
@@ -78,7 +84,7 @@ def test_a_bad_schema_inside_the_profile_names_the_file_line_and_column(tmp_path
     ({"name": "x"}, "not a ThingsBoard device profile (no profileData.transportConfiguration)"),
     (exported_profile(transport="MQTT"), "not a CoAP device profile (its transport type is MQTT)"),
     (exported_profile(transport="LWM2M"), "its transport type is LWM2M"),
-    (exported_profile(coap_device_type="EFENTO"), "coapDeviceType EFENTO"),
+    (exported_profile(coap_device_type="EFENTO_X"), "unknown coapDeviceType 'EFENTO_X'"),
     (exported_profile({"transportPayloadType": "PROTOBUF", "deviceTelemetryProtoSchema": 7}),
      "transportPayloadTypeConfiguration.deviceTelemetryProtoSchema is not text"),
     (exported_profile({"transportPayloadType": "CBOR"}), "must be JSON or PROTOBUF, got 'CBOR'"),
@@ -101,8 +107,29 @@ def test_a_missing_file_and_keys_beside_the_profile_are_reported(tmp_path):
         "(transportPayloadType), not both"]
 
 
-def test_payload_settings_reads_only_the_payload_keys():
+def test_payload_settings_reads_only_the_payload_keys_and_the_client_settings():
     settings = tbprofile.payload_settings(exported_profile(protobuf_payload(telemetry=METER)))
     assert settings == {"transportPayloadType": "PROTOBUF", "deviceTelemetryProtoSchema": METER,
                         "enableCompatibilityWithJsonPayloadFormat": False,
-                        "useJsonPayloadFormatForDefaultDownlinkTopics": False}
+                        "useJsonPayloadFormatForDefaultDownlinkTopics": False,
+                        "clientSettings": {"powerMode": "DRX", "psmActivityTimer": None,
+                                           "edrxCycle": None,
+                                           "pagingTransmissionWindow": None}}
+
+
+def test_the_profiles_power_saving_is_read_with_its_nulls(tmp_path):
+    doc = exported_profile()
+    doc["profileData"]["transportConfiguration"]["clientSettings"] = {
+        "powerMode": "PSM", "psmActivityTimer": 30000, "edrxCycle": None,
+        "pagingTransmissionWindow": None}
+    client = load(write(tmp_path, doc)).device_profiles["meter"].clientSettings
+    assert (client.powerMode, client.psmActivityTimer, client.pagingTransmissionWindow) == (
+        "PSM", 30000, 0)
+    doc["profileData"]["transportConfiguration"]["clientSettings"] = {
+        "powerMode": "SLEEPY", "psmActivityTimer": -5}
+    path = write(tmp_path, doc, "bad.json")
+    assert problems(path) == [
+        "device_profiles.meter.clientSettings.powerMode: must be one of PSM, DRX, E_DRX, got "
+        "'SLEEPY' (in %s)" % path,
+        "device_profiles.meter.clientSettings.psmActivityTimer: must be 0 to 604800000 ms, "
+        "got -5 (in %s)" % path]

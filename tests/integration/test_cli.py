@@ -203,3 +203,30 @@ def test_a_registry_made_by_an_earlier_version_is_migrated_by_the_first_command(
     assert rc == 0, err
     rc, out, _ = cli(tmp_path, "devices", "list", "--show-tokens")
     assert re.search(r"^Old\s+tokOld\s+pump$", out, re.M) and "2 devices" in out
+
+
+def test_devices_add_and_set_a_devices_own_power_saving(tmp_path):
+    rc, out, err = cli(tmp_path, "devices", "add", "Meter 1", "--token", "tokM", "--type",
+                       "meter", "--power-mode", "PSM", "--psm-activity-timer", "10s")
+    assert rc == 0 and "power saving: PSM, activity timer 10 s" in out, err
+    rc, out, err = cli(tmp_path, "devices", "set", "Meter 1", "--power-mode", "E_DRX",
+                       "--paging-transmission-window", "2500ms", "--edrx-cycle", "81.92s")
+    assert rc == 0, err
+    assert "E_DRX, activity timer 10 s, eDRX cycle 81.92 s, paging window 2.5 s" in out
+    rc, out, _ = cli(tmp_path, "devices", "show", "Meter 1")
+    assert "power saving: E_DRX" in out
+    rc, out, err = cli(tmp_path, "devices", "set", "Meter 1", "--power-mode", "profile",
+                       "--psm-activity-timer", "profile", "--edrx-cycle", "profile",
+                       "--paging-transmission-window", "profile")
+    assert rc == 0 and "power saving of its profile" in out, err
+    rc, out, _ = cli(tmp_path, "devices", "list")
+    assert "power" not in out
+    # one clear line for what is wrong, nothing changed
+    for args, expected in ((["--psm-activity-timer", "10"], "give a number and a unit"),
+                           (["--power-mode", "SLEEPY"], "the power mode is one of PSM, DRX, "
+                                                       "E_DRX"),
+                           ([], "nothing to set")):
+        rc, out, err = cli(tmp_path, "devices", "set", "Meter 1", *args)
+        assert rc == 1 and expected in err and "Traceback" not in err, err
+    rc, _, err = cli(tmp_path, "devices", "set", "Nobody", "--power-mode", "PSM")
+    assert rc == 1 and "no device named 'Nobody'" in err

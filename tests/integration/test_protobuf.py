@@ -67,6 +67,13 @@ message SensorDataReading {
 """
 
 
+# A message that contains itself: its JSON can nest as deep as the payload does.
+TREE = """syntax = "proto3";
+package tree;
+message Node { optional int32 v = 1; Node child = 2; }
+"""
+
+
 def fixed(tmp_path, name):
     """One of ThingsBoard's fixed messages, built by the test from its .proto text."""
     text = (tbfixed.TRANSPORT_API_PROTO if name.startswith("transportapi.")
@@ -97,11 +104,13 @@ def pb_bridge(broker, tmp_path_factory):
         "sensor": {"transportPayloadType": "PROTOBUF",  # ThingsBoard's default schemas
                    "enableCompatibilityWithJsonPayloadFormat": True},
         "exported": {"thingsboardProfile": "exported.json"},
+        "tree": {"transportPayloadType": "PROTOBUF", "deviceTelemetryProtoSchema": TREE},
     })
     process.add_device("PB Meter", "pbMeter", "meter")
     process.add_device("PB Sensor", "pbSensor", "sensor")
     process.add_device("PB Exported", "pbExported", "exported")
     process.add_device("JSON Dev", "jsonDev", "thermostat")
+    process.add_device("PB Tree", "pbTree", "tree")
     process.start()
     yield process
     process.stop()
@@ -276,3 +285,26 @@ def test_provisioning_in_both_formats_answered_in_kind(pb_bridge, provisioning_p
     # libcoap writes no file for an error; its log holds the answer's bytes in hex
     sent_back = bytes.fromhex(re.findall(r"<<([0-9a-f]+)>>", out)[-1])
     assert response_class.FromString(sent_back).status == 2  # NOT_FOUND
+
+
+def test_protobuf_nested_deeper_than_the_json_limit_gets_4_00_as_json_does(
+        pb_bridge, platform, tmp_path):
+    """#27.10: a message 40 deep would be JSON 40 deep, past limits.json_max_depth (32, the
+    shipped default) that every JSON upload is held to: 4.00; 32 deep is taken."""
+    node = message_class(tmp_path, TREE, "tree.Node")
+
+    def nested(depth):
+        root = msg = node(v=0)
+        for level in range(1, depth):
+            msg.child.v = level
+            msg = msg.child
+        return root.SerializeToString()
+    code, out = post_file(pb_bridge, tmp_path, "pbTree", "telemetry", nested(40))
+    assert code == "4.00" and "nested deeper than 32 levels" in out, out
+    code, out = post_file(pb_bridge, tmp_path, "pbTree", "telemetry", nested(32))
+    assert code == "2.01", out
+    entry = entry_of(platform, "PB Tree", "child")
+    depth, doc = 1, entry["values"]
+    while "child" in doc:
+        depth, doc = depth + 1, doc["child"]
+    assert (depth, doc) == (32, {"v": 31})

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 import x509make
 from bridge.settings import StartupError
-from bridge.core.actions import Device
+from bridge.core.actions import Device, PowerSettings
 from bridge.core.auth import certificate_id
 from bridge.registry import DeviceRow, Entry, Registry, RegistryError
 from bridge.registry_pg import PgRegistry, RegistryUnavailable
@@ -245,6 +245,25 @@ class TestRegistryContract:
     def test_reachable(self, registry):
         assert registry.reachable() is True
 
+    def test_a_devices_own_power_saving_is_kept_changed_and_cleared(self, registry):
+        psm = PowerSettings("PSM", 10000)
+        registry.add("Meter", "tokM", "meter", power=psm)
+        registry.add("Plain", "tokP", "meter")
+        assert [e.power for e in registry.entries()] == [psm, None]
+        assert views(registry)[0]["tokM"] == Device("Meter", "meter", psm)
+        edrx = PowerSettings("E_DRX", None, 81920, 2500)
+        assert registry.set_power("Meter", edrx) is True
+        assert views(registry)[0]["tokM"].power == edrx
+        assert registry.set_power("Meter", PowerSettings()) is True  # its profile's again
+        assert views(registry)[0]["tokM"] == Device("Meter", "meter")
+        assert registry.set_power("Nobody", psm) is False
+        for bad in (PowerSettings("SLEEP"), PowerSettings("PSM", 0), PowerSettings("PSM", -5),
+                    PowerSettings(None, 8 * 86400 * 1000)):
+            with pytest.raises(RegistryError):
+                registry.set_power("Meter", bad)
+            with pytest.raises(RegistryError):
+                registry.add("Bad", "tokB", "meter", power=bad)
+
 
 def test_an_unreachable_postgresql_is_one_start_up_line_naming_it_without_the_password():
     with pytest.raises(StartupError) as info:
@@ -279,7 +298,8 @@ def test_an_old_table_is_migrated_and_a_lost_server_is_unavailable(pg_url, postg
             # a certificate device has no token
             conn.execute("INSERT INTO devices (name, type, cert_sha3) VALUES ('C', 'x', %s)",
                          (sha3,))
-        assert {"cert_sha3", "cert_pem", "psk_identity", "psk_key", "pending"} <= columns
+        assert {"cert_sha3", "cert_pem", "psk_identity", "psk_key", "pending", "power_mode",
+                "psm_activity_timer", "edrx_cycle", "paging_transmission_window"} <= columns
         snap = registry.load()
         assert snap.devices == {"tokO": Device("Old", "x")}
         assert snap.certificates == {sha3: Device("C", "x")}
@@ -298,5 +318,23 @@ def test_the_database_gone_mid_command_is_unavailable(pg_url, postgres):
         with pytest.raises(RegistryUnavailable, match="the registry is unreachable"):
             registry.add("A", "t", "x")
         assert registry.reachable() is False
+    finally:
+        registry.close()
+
+
+def test_a_registry_of_the_last_version_gets_the_power_columns(pg_url, postgres):
+    """Migrated under the advisory lock: a table with every credential column, no power."""
+    import psycopg
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, token TEXT UNIQUE, "
+                     "type TEXT NOT NULL, deleted BOOLEAN NOT NULL DEFAULT false, "
+                     "pending BOOLEAN NOT NULL DEFAULT false, cert_sha3 TEXT UNIQUE, "
+                     "cert_pem TEXT, psk_identity TEXT UNIQUE, psk_key BYTEA)")
+        conn.execute("INSERT INTO devices (name, token, type) VALUES ('Old', 'tokO', 'x')")
+    registry = PgRegistry(pg_url, "the registry")
+    try:
+        assert registry.set_power("Old", PowerSettings("PSM", 30000))
+        assert registry.load().devices == {"tokO": Device("Old", "x", PowerSettings("PSM",
+                                                                                    30000))}
     finally:
         registry.close()

@@ -14,6 +14,11 @@ which the platform stores as LONG when it is integral, where Python would write
 printing is ``protojson``'s (the same document as protobuf's ``MessageToDict``, faster); a
 plain object of values goes into the gateway message as its text, as a JSON upload does.
 
+A message whose JSON would nest deeper than ``limits.json_max_depth`` (the bound every JSON
+document from a device has) gets 4.00, as a JSON upload that deep does; only the message
+types whose schema allows that depth (a message that contains itself, or a schema that
+deep) are measured.
+
 RPC replies (``POST .../rpc/{id}``) are decoded with the profile's RPC response schema and
 printed the same way; that JSON is the RPC's result.
 
@@ -46,13 +51,19 @@ from typing import Any, Dict, Optional, Tuple
 
 from google.protobuf.message import DecodeError
 
-from .. import codes, gateway, payloads
+from .. import codes, gateway, jsondepth, payloads
 from . import CannotEncode, Message, protomerge
 from .fixed import FixedMessages
 from .json import JsonFormat
-from .protojson import to_json
+from .protojson import json_depth, to_json
 
 _LONG_BOUND = 2 ** 63
+
+
+def _shallow(cls: Any, max_depth: int) -> bool:
+    """Whether no message of ``cls`` prints as JSON deeper than ``max_depth``."""
+    depth = json_depth(cls.DESCRIPTOR)
+    return depth is not None and depth <= max_depth
 
 
 class ProtobufFormat:
@@ -73,6 +84,11 @@ class ProtobufFormat:
         self.json_compatible = json_compatible
         self.json_downlinks = json_downlinks
         self.content_format = json.content_format if json_downlinks else codes.OCTET_STREAM
+        # the uplink messages whose JSON may nest deeper than limits.json_max_depth (a
+        # recursive message, or one that deep): their documents are measured, as a JSON
+        # upload's are; the others cannot be too deep
+        self._measured = {cls for cls in (telemetry_class, attributes_class, rpc_response_class)
+                          if not _shallow(cls, json.max_depth)}
 
     def _message(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
         """``payload`` decoded as ``cls``, or None to read it as JSON instead."""
@@ -87,7 +103,16 @@ class ProtobufFormat:
     def _decode(self, cls: Any, payload: bytes, what: str) -> Optional[Any]:
         """The JSON document of ``payload``, or None to read it as JSON instead."""
         message = self._message(cls, payload, what)
-        return None if message is None else to_json(message)
+        if message is None:
+            return None
+        doc = to_json(message)
+        if cls in self._measured:
+            try:
+                jsondepth.check(doc, self.json.max_depth)
+            except jsondepth.TooDeep:
+                raise codes.BadRequest("%s: %s nested deeper than %d levels"
+                                       % (what, cls.DESCRIPTOR.full_name, self.json.max_depth))
+        return doc
 
     # == uplinks =============================================================
 

@@ -168,6 +168,32 @@ def _needs_reference_printer(message_type: Any, seen: Optional[set] = None) -> b
                for field in message_type.fields if field.cpp_type == FD.CPPTYPE_MESSAGE)
 
 
+def json_depth(message_type: Any) -> Optional[int]:
+    """The deepest nesting the JSON of a ``message_type`` can have, counted as
+    ``jsondepth.depth`` counts (1 for an object of scalars; a message field adds its
+    message's depth, a repeated field one more level for its array); None when it has no
+    bound (a message type that contains itself, or a well-known type)."""
+    return _depth(message_type, set())
+
+
+def _depth(message_type: Any, open_types: set) -> Optional[int]:
+    if message_type.full_name in open_types or message_type.full_name.startswith(
+            "google.protobuf."):
+        return None
+    open_types.add(message_type.full_name)
+    deepest = 1
+    for field in message_type.fields:
+        below = 0
+        if field.cpp_type == FD.CPPTYPE_MESSAGE:
+            inner = _depth(field.message_type, open_types)
+            if inner is None:
+                return None
+            below = inner
+        deepest = max(deepest, 1 + below + (1 if _repeated(field) else 0))
+    open_types.discard(message_type.full_name)
+    return deepest
+
+
 def _java_typed(value: Any) -> Any:
     if type(value) is float:
         return java_double(value)

@@ -15,9 +15,9 @@ the keys. Where they are in it (ThingsBoard's ``DeviceProfile`` JSON)::
 
 As ThingsBoard's CoAP transport reads it: a ``DEFAULT`` transport configuration, a missing
 ``coapDeviceTypeConfiguration`` or a missing ``transportPayloadTypeConfiguration`` is JSON.
-Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile) and ``EFENTO`` devices
-(their own binary protocol, which the bridge does not speak). The clientSettings (power
-saving) are not the bridge's concern.
+Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile). An ``EFENTO`` device type
+is Efento's sensors (``coapDeviceType``; they have no payload settings). The power saving
+(``clientSettings``: ``powerMode``, ``psmActivityTimer``...) is read too.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any, Dict
 from . import protoschema
 
 TEXT_KEYS = ("transportPayloadType",) + protoschema.KINDS
+CLIENT_KEYS = ("powerMode", "psmActivityTimer", "edrxCycle", "pagingTransmissionWindow")
 FLAG_KEYS = ("enableCompatibilityWithJsonPayloadFormat",
              "useJsonPayloadFormatForDefaultDownlinkTopics")
 
@@ -58,13 +59,29 @@ def payload_settings(doc: Any) -> Dict[str, Any]:
     if kind != "COAP":
         raise NotUsable("not a CoAP device profile (its transport type is %s)" % (kind,))
     path = "profileData.transportConfiguration"
+    client = _client_settings(transport, path)
+    settings = _device_settings(transport, path)
+    if client:
+        settings["clientSettings"] = client
+    return settings
+
+
+def _client_settings(transport: Dict[str, Any], path: str) -> Dict[str, Any]:
+    """The profile's power saving (``clientSettings``), its keys as they are (null kept:
+    not given); checked with the configuration's own."""
+    client = _object(transport, "clientSettings", path)
+    if client is None:
+        return {}
+    return {key: client.get(key) for key in CLIENT_KEYS if key in client}
+
+
+def _device_settings(transport: Dict[str, Any], path: str) -> Dict[str, Any]:
     device = _object(transport, "coapDeviceTypeConfiguration", path)
     if device is None:
         return {}
     device_type = device.get("coapDeviceType", "DEFAULT")
     if device_type == "EFENTO":
-        raise NotUsable("coapDeviceType EFENTO (Efento's own protocol) is not supported; "
-                        "only DEFAULT CoAP devices are")
+        return {"coapDeviceType": "EFENTO"}  # Efento's own messages: no payload settings
     if device_type != "DEFAULT":
         raise NotUsable("unknown coapDeviceType %r" % (device_type,))
     path += ".coapDeviceTypeConfiguration"
