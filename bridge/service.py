@@ -290,8 +290,10 @@ class _CoapService(Service):
 
     def startService(self) -> None:
         cfg = self.bridge.config.coap
+        # the request handler answers through the driver's respond: no Deferred per request
         self.protocol = coap_edge.BridgeCoap(self.bridge.requests.handle, self.bridge.reactor,
-                                             datagram_settings(cfg), self.bridge.rng)
+                                             datagram_settings(cfg), self.bridge.rng,
+                                             callback_handler=True)
         self.protocol.on_result = self.bridge.notified
         self.protocol.on_peer_gone = self.bridge.peer_gone
         try:
@@ -348,7 +350,8 @@ class _DtlsService(Service):
         from .dtls.events import DtlsPeer
         from .edge.datagram import DatagramDriver
         coap = DatagramDriver(bridge.requests.handle, bridge.reactor,
-                              datagram_settings(bridge.config.coap), bridge.rng)
+                              datagram_settings(bridge.config.coap), bridge.rng,
+                              callback_handler=True)
         coap.on_result = bridge.notified
         coap.on_peer_gone = bridge.peer_gone
         # psk_key: the handshake's synchronous lookup in the registry's copy

@@ -156,14 +156,29 @@ class MessageLayer:
         """The next event, in order, or None once there is none."""
         return self._events.popleft() if self._events else None
 
+    def events(self) -> List[Event]:
+        """Every event so far, in order (the same as ``next_event`` until None, at once)."""
+        if not self._events:
+            return []
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def put_back(self, events: List[Event]) -> None:
+        """Events taken with ``events()`` and not carried out: first in line again."""
+        self._events.extendleft(reversed(events))
+
     # -- time ------------------------------------------------------------------------
 
     def next_timer(self) -> float:
         """When ``handle_timer`` must run next (never later than the next sweep)."""
         due = self._next_sweep
-        for awaiting in (self._awaiting, self._awaiting_blocks):
-            if awaiting and awaiting[0].deadline < due:
-                due = awaiting[0].deadline
+        awaiting = self._awaiting
+        if awaiting and awaiting[0].deadline < due:
+            due = awaiting[0].deadline
+        awaiting = self._awaiting_blocks
+        if awaiting and awaiting[0].deadline < due:
+            due = awaiting[0].deadline
         if self._retransmits and self._retransmits[0][0] < due:
             due = self._retransmits[0][0]
         return due

@@ -65,6 +65,7 @@ from .options import (BERT, BERT_REFUSED, BLOCK1, CONTENT_FORMAT, OBSERVE, Block
 from .peers import describe
 
 ACKED, DELIVERED, RESET, TIMEOUT = "ack", "delivered", "reset", "timeout"
+_new = tuple.__new__  # a NamedTuple from all its fields, without its __new__
 WITHDRAWN = "withdrawn"
 SMALL_ANSWER = 1024  # a payload this long goes in one message when no block is asked
 
@@ -144,7 +145,7 @@ class ExchangeLayer:
         if (message.code == GET or message.code == FETCH) and self.observation is not None \
                 and message.uint(OBSERVE) == 0:
             observation = self.observation(message, now)
-        return Incoming(peer, message, observation, context)
+        return _new(Incoming, (peer, message, observation, context))
 
     def response(self, incoming: Incoming, answer: Answer, room: Optional[int]) -> Message:
         """``answer`` to ``incoming`` as it goes (see the module docstring)."""
@@ -162,7 +163,8 @@ class ExchangeLayer:
         if block1 is not None and message.option(BLOCK1) is None:
             last = Block.decode(block1)._replace(more=False)
             message = set_options(message, [(BLOCK1, last.encode())])
-        return Message(message.code, request.token, message.options, message.payload)
+        return _new(Message, (message.code, request.token, message.options, message.payload,
+                              None, None))
 
     def _bert_refusal(self, peer: Hashable, options: Options) -> Optional[Tuple[int, bytes]]:
         """What to refuse in a request with a BERT Block option: nothing more where BERT is

@@ -37,7 +37,7 @@ EMPTY = 0
 GET, POST, PUT, DELETE, FETCH = 1, 2, 3, 4, 5
 
 _HEADER = struct.Struct("!BBH")
-
+_new = tuple.__new__  # a NamedTuple from its fields without its __new__'s keyword handling
 
 
 class Message(NamedTuple):
@@ -52,7 +52,10 @@ class Message(NamedTuple):
 
     def option(self, number: int) -> Optional[bytes]:
         """The value of the first option ``number``, or None."""
-        for found, value in self.options:
+        options = self.options
+        if not options or options[-1][0] < number:  # in ascending order: none can follow
+            return None
+        for found, value in options:
             if found == number:
                 return value
         return None
@@ -116,11 +119,11 @@ def decode(data: bytes) -> Message:
     if code == EMPTY:
         if end != 4 or tkl:
             raise Malformed("empty message with token or options")
-        return Message(EMPTY, b"", (), b"", mtype, mid)
+        return _new(Message, (EMPTY, b"", (), b"", mtype, mid))
     if pos == end:
-        return Message(code, data[4:pos], (), b"", mtype, mid)
+        return _new(Message, (code, data[4:pos], (), b"", mtype, mid))
     options, payload = decode_options(data, pos, end)
-    return Message(code, data[4:pos], options, payload, mtype, mid)
+    return _new(Message, (code, data[4:pos], options, payload, mtype, mid))
 
 
 def encode(mtype: int, mid: int, message: Message) -> bytes:

@@ -100,25 +100,29 @@ def decode_options(data: bytes, pos: int, end: int) -> Tuple[Options, bytes]:
     """The options in ``data[pos:end]`` and the payload after them; ``Malformed`` for a
     truncated option, a reserved nibble or a payload marker without payload."""
     options = []
+    append = options.append
     number = 0
     while pos < end:
         byte = data[pos]
-        pos += 1
-        if byte == 0xFF:
-            if pos == end:
+        if byte < 0xD0 and byte & 0x0F < 13:  # the common option: no extension bytes
+            number += byte >> 4
+            pos += 1
+            stop = pos + (byte & 0x0F)
+        elif byte == 0xFF:
+            if pos + 1 == end:
                 raise Malformed("payload marker without payload")
-            return tuple(options), data[pos:end]
-        delta = byte >> 4
-        length = byte & 0x0F
-        if delta > 12:
-            delta, pos = _extended(delta, data, pos, end)
-        if length > 12:
-            length, pos = _extended(length, data, pos, end)
-        number += delta
-        stop = pos + length
+            return tuple(options), data[pos + 1:end]
+        else:
+            delta, length, pos = byte >> 4, byte & 0x0F, pos + 1
+            if delta > 12:
+                delta, pos = _extended(delta, data, pos, end)
+            if length > 12:
+                length, pos = _extended(length, data, pos, end)
+            number += delta
+            stop = pos + length
         if stop > end:
             raise Malformed("option %d value truncated" % number)
-        options.append((number, data[pos:stop]))
+        append((number, data[pos:stop]))
         pos = stop
     return tuple(options), b""
 
@@ -156,7 +160,7 @@ def refusal(options: Options) -> Optional[Tuple[int, bytes]]:
     §5.7.2, §5.10; RFC 7959 §2.2), or None."""
     lengths = CRITICAL_LENGTHS
     for number, value in options:
-        if number & 1:
+        if number & 1 and (number != URI_PATH or len(value) > 255):  # a path: the common one
             bounds = lengths.get(number)
             if bounds is None:
                 if number in PROXY_OPTIONS:

@@ -25,26 +25,32 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
+        self.enabled = rate > 0
         self.buckets: "OrderedDict[Hashable, Tuple[float, float]]" = OrderedDict()
-
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
 
     def allow(self, key: Hashable, now: float, cost: float = 1.0) -> Optional[int]:
         """None when ``cost`` tokens (at most the burst) were taken; otherwise the seconds
         until they are available (for Max-Age)."""
         if not self.enabled:
             return None
-        cost = min(cost, self.burst)
-        tokens, stamp = self.buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        burst, buckets = self.burst, self.buckets
+        if cost > burst:
+            cost = burst
+        bucket = buckets.pop(key, None)
+        if bucket is None:
+            tokens = burst
+        else:
+            tokens = bucket[0] + (now - bucket[1]) * self.rate
+            if tokens > burst:
+                tokens = burst
         if tokens >= cost:
-            self.buckets[key] = (tokens - cost, now)
-            self._bound()
+            buckets[key] = (tokens - cost, now)
+            if len(buckets) > self.max_keys:
+                self._bound()
             return None
-        self.buckets[key] = (tokens, now)
-        self._bound()
+        buckets[key] = (tokens, now)
+        if len(buckets) > self.max_keys:
+            self._bound()
         return max(1, math.ceil((cost - tokens) / self.rate))
 
     def sweep(self, now: float) -> None:

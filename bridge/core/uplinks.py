@@ -36,6 +36,9 @@ class Uplinks(Part):
         self.settings = config.outbox
         self.max_packet_size = config.mqtt.max_packet_size
         self.mqtt5 = config.mqtt.mqtt5
+        # a topic shorter than 256 and this many bytes with its payload fits whatever the
+        # UTF-8 of the topic and the length field add (``check_size``)
+        self.fits = self.max_packet_size - gateway.MAX_PUBLISH_OVERHEAD
         # attribute names uploaded (set by the facade: attributes reads use them)
         self.learn_keys: Callable[[str, Dict[str, Any]], None] = lambda name, values: None
         # a device was heard from (set by the facade: power saving, power.py)
@@ -85,35 +88,8 @@ class Uplinks(Part):
         refs: List[int] = []
         rows: List[Entry] = []
         failed: List[Tuple[int, Exception]] = []
-        limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
-        authenticate, heard = self.auth.authenticate, self.heard
-        formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
-        new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
         try:
-            for ref, token, feature, payload, remote in uplinks:
-                device = None
-                try:
-                    if limits.peers.enabled:
-                        limits.peer(remote, now)
-                    device = by_token(token, remote, now) if type(token) is str \
-                        else authenticate(token, remote, now)
-                    actions += heard(device, now)  # power saving: () for most devices
-                    if limits.devices.enabled:
-                        limits.device(device, now)
-                    if feature == telemetry:
-                        fmt = known_formats.get(device.type) or formats.of(device.type)
-                        topic, body = fmt.telemetry(device.name, payload, now)
-                    else:
-                        topic, body = plain(device, feature, payload, now)
-                    if admit(device, topic, body, ref, now, actions):
-                        refs.append(ref)
-                        rows.append(new(Entry, (0, device.name, device.type, topic, body, now)))
-                except CoapError as err:
-                    actions.append(error_reply(ref, err, device is not None))
-                except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
-                    failed.append((ref, exc))
-                    actions.append(Reply(ref, codes.INTERNAL_SERVER_ERROR, b"internal error",
-                                         codes.TEXT_PLAIN, reason="internal error"))
+            self._admit_uplinks(uplinks, now, actions, refs, rows, failed)
         except Exception:
             # a bug outside one uplink: the edge answers the whole turn 5.00, and what
             # was admitted is not written
@@ -127,6 +103,42 @@ class Uplinks(Part):
             self.storing[store.ref] = (tuple(refs), rows)
             actions.append(store)
         return actions
+
+    def _admit_uplinks(self, uplinks: List[Uplink], now: float, actions: List[Action],
+                       refs: List[int], rows: List[Entry],
+                       failed: List[Tuple[int, Exception]]) -> None:
+        """``on_uplinks``' checks, uplink by uplink: the admitted ones' refs and rows (and
+        the answers to the others) appended as they come."""
+        limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
+        peer_limit = limits.peer if limits.peers.enabled else None
+        device_limit = limits.device if limits.devices.enabled else None
+        authenticate, heard = self.auth.authenticate, self.heard
+        formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
+        new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
+        for ref, token, feature, payload, remote in uplinks:
+            device = None
+            try:
+                if peer_limit is not None:
+                    peer_limit(remote, now)
+                device = by_token(token, remote, now) if type(token) is str \
+                    else authenticate(token, remote, now)
+                actions += heard(device, now)  # power saving: () for most devices
+                if device_limit is not None:
+                    device_limit(device, now)
+                if feature == telemetry:
+                    fmt = known_formats.get(device.type) or formats.of(device.type)
+                    topic, body = fmt.telemetry(device.name, payload, now)
+                else:
+                    topic, body = plain(device, feature, payload, now)
+                if admit(device, topic, body, ref, now, actions):
+                    refs.append(ref)
+                    rows.append(new(Entry, (0, device.name, device.type, topic, body, now)))
+            except CoapError as err:
+                actions.append(error_reply(ref, err, device is not None))
+            except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
+                failed.append((ref, exc))
+                actions.append(Reply(ref, codes.INTERNAL_SERVER_ERROR, b"internal error",
+                                     codes.TEXT_PLAIN, reason="internal error"))
 
     # == admission ===========================================================
 
@@ -163,7 +175,8 @@ class Uplinks(Part):
               actions: List[Action]) -> bool:
         """Whether the outbox takes an uplink of ``device`` now (it is then counted as being
         written); if not, the 5.03 answer goes to ``actions``. 4.13 if it can never be sent."""
-        self.check_size(topic, payload)
+        if len(topic) >= 256 or len(payload) + len(topic) > self.fits:
+            self.check_size(topic, payload)  # it may not fit
         full = self._full(len(payload), now)
         if full:
             self.stats["refused_full"] += 1

@@ -32,8 +32,9 @@ class BridgeCoap(DatagramProtocol, DatagramDriver):
     """Feeds a UDP port's datagrams to a ``MessageLayer`` and ``handler``'s answers back."""
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
-                 rng: Optional[random.Random] = None):
-        DatagramDriver.__init__(self, handler, clock, settings, rng, self._write)
+                 rng: Optional[random.Random] = None, callback_handler: bool = False):
+        DatagramDriver.__init__(self, handler, clock, settings, rng, self._write,
+                                callback_handler)
 
     def startProtocol(self) -> None:
         self.start()
@@ -73,7 +74,8 @@ def create_protocol(handler: Handler, clock: IReactorTime, empty_ack_delay: floa
                     exchange_lifetime: float, max_body: int = 65536,
                     rng: Optional[random.Random] = None, ack_timeout: float = ACK_TIMEOUT,
                     max_retransmit: int = MAX_RETRANSMIT,
-                    con_interval: float = 86400.0) -> BridgeCoap:
+                    con_interval: float = 86400.0,
+                    callback_handler: bool = False) -> BridgeCoap:
     settings = datagram_settings(empty_ack_delay, exchange_lifetime, max_body, ack_timeout,
                                  max_retransmit, con_interval)
-    return BridgeCoap(handler, clock, settings, rng)
+    return BridgeCoap(handler, clock, settings, rng, callback_handler)

@@ -39,8 +39,14 @@ class DatagramDriver(Handling):
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
                  rng: Optional[random.Random] = None,
-                 transmit: Callable[[bytes, Hashable], None] = _nowhere):
+                 transmit: Callable[[bytes, Hashable], None] = _nowhere,
+                 callback_handler: bool = False):
+        """``handler(incoming)`` answers with a ``Message`` or ``Answer``, or a Deferred
+        of one; a ``callback_handler`` is called as ``handler(incoming, respond)`` and
+        answers by calling ``respond(answer, incoming)`` once, now or later (no Deferred
+        per request), or returns its answer as a plain handler does."""
         self.handler = handler
+        self.callback_handler = callback_handler
         self.clock = clock
         self.layer = MessageLayer(settings, rng or random.Random(), log, clock.seconds())
         self.transmit = transmit  # a datagram for a peer: to the socket, or encrypted
@@ -113,23 +119,29 @@ class DatagramDriver(Handling):
         if self._draining:
             return
         self._draining = True
-        next_event = self.layer.next_event
+        layer = self.layer
         try:
             while True:
-                event = next_event()
-                if event is None:
+                events = layer.events()  # one list per drain: cheaper than one call each
+                if not events:
                     break
-                kind = type(event)
-                if kind is Transmit:
-                    self.transmit(event.data, event.peer)  # type: ignore[union-attr]
-                elif kind is Incoming:
-                    self._dispatch(event)  # type: ignore[arg-type]
-                else:
-                    notified: Notified = event  # type: ignore[assignment]
-                    self.on_result(notified.ref, notified.outcome)
+                left = iter(events)
+                try:
+                    for event in left:
+                        kind = type(event)
+                        if kind is Transmit:
+                            self.transmit(event.data, event.peer)  # type: ignore[union-attr]
+                        elif kind is Incoming:
+                            self._dispatch(event)  # type: ignore[arg-type]
+                        else:
+                            notified: Notified = event  # type: ignore[assignment]
+                            self.on_result(notified.ref, notified.outcome)
+                except BaseException:
+                    layer.put_back(list(left))  # the next drain carries them out
+                    raise
         finally:
             self._draining = False
-        self.timer.arm(self.layer.next_timer())
+            self.timer.arm(layer.next_timer())  # also after a failure: the rest goes later
 
     def _respond(self, result: Any, incoming: Incoming) -> None:
         """The handler's answer (``edge.handling``) to the message layer."""

@@ -39,6 +39,7 @@ log = logger("mqtt")
 
 FAILURE_LOG_INTERVAL = 60.0  # one traceback per topic this often
 FORCE_CLOSE_AFTER = 2.0  # s a clean disconnect may take when stopping
+READ_PACKETS = 100  # MQTT packets read per reactor iteration at most (then the others' turn)
 
 
 class LinkListener(Protocol):
@@ -58,6 +59,24 @@ class _ReadyClient(paho.Client):
         if sock is None:
             raise OSError(errno.ENOTCONN, "no connected socket prepared")
         return sock
+
+    def read_packets(self, limit: int) -> int:
+        """Read what the socket holds, up to ``limit`` packets or as many as there are
+        messages in flight if more. paho's ``loop_read`` takes a ``max_packets`` but reads
+        only as many packets as it has messages in flight (at least one), so with nothing
+        in flight one packet per call: a reactor iteration, and a turn of the
+        notifications' flush, per downstream message. The loop is ``loop_read``'s own,
+        over the same (private, major-2) ``_packet_read``."""
+        limit = max(limit, len(self._out_messages) + len(self._in_messages))
+        for _ in range(limit):
+            if self._sock is None:
+                return paho.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == paho.MQTT_ERR_AGAIN:
+                break
+        return paho.MQTT_ERR_SUCCESS
 
 
 class MqttLink:
@@ -289,7 +308,7 @@ class MqttLink:
         client = self.client
         if client is not None:
             try:
-                client.loop_read(max_packets=100)
+                client.read_packets(READ_PACKETS)
             except Exception:
                 # paho's state is unknown now (a half-read packet): start a fresh connection
                 log.failure("Reading from the MQTT broker failed; resetting the connection")

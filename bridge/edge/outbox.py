@@ -55,6 +55,8 @@ class Outbox:
     def __init__(self, path: str, synchronous: str = "FULL"):
         """Raises ``StartupError`` (one line naming the file) if the file cannot be used."""
         self.path = path
+        # removals alone are committed without a sync to disk (see ``write``)
+        self._full_sync = synchronous.upper() != "NORMAL"
         try:
             self._db = open_database(path, _SCHEMA, synchronous)
         except CorruptDatabase as exc:
@@ -84,18 +86,40 @@ class Outbox:
               dead: Sequence[Tuple[int, str]], now: float) -> List[int]:
         """One transaction (one sync to disk): store ``entries`` (each under a new id: the
         id they carry is not read) and return their ids, in order; remove the entries
-        ``deletes``; move ``dead`` (id, reason) to dead letters."""
+        ``deletes``; move ``dead`` (id, reason) to dead letters.
+
+        A transaction that stores nothing (removals, dead letters) is committed without
+        the sync to disk (``synchronous=NORMAL`` for it): a power cut may undo it, and
+        the entries it removed are then sent again (at least once), and the next
+        transaction that stores uplinks syncs it with its own (the WAL is one file,
+        synced to its end). A sync costs the process some 60 µs of CPU here."""
+        if not entries and self._full_sync:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._write(entries, deletes, dead, now)
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
+            return []
+        return self._write(entries, deletes, dead, now)
+
+    def _write(self, entries: Sequence[Entry], deletes: Sequence[int],
+               dead: Sequence[Tuple[int, str]], now: float) -> List[int]:
         with Transaction(self._db):
-            # ids are ours to give: the transaction holds the write lock
-            first = self._next_id()
-            ids = list(range(first, first + len(entries)))
+            ids: List[int] = []
             if entries:
+                # ids are ours to give: the transaction holds the write lock
+                first = self._next_id()
+                ids = list(range(first, first + len(entries)))
                 self._insert(first, entries)
                 self._db.execute("UPDATE outbox_sequence SET next_id = ?",
                                  (first + len(entries),))
             if deletes:
-                self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?",
-                                     _ranges(deletes))
+                ranges = _ranges(deletes)
+                if len(ranges) == 1:
+                    self._db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", ranges[0])
+                else:
+                    self._db.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?",
+                                         ranges)
             if dead:
                 self._dead_letter(dead, now)
         return ids

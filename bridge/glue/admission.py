@@ -39,10 +39,15 @@ class PendingAdmission:
         by_address[host] = by_address.get(host, 0) + 1
 
     def release(self, peer: Any) -> None:
+        by_peer, by_address = self.by_peer, self.by_address
+        left = by_peer[peer] - 1
+        if left:
+            by_peer[peer] = left
+        else:
+            del by_peer[peer]
         host = peer[0] if type(peer) is tuple else address(peer)
-        for counts, key in ((self.by_peer, peer), (self.by_address, host)):
-            left = counts[key] - 1
-            if left:
-                counts[key] = left
-            else:
-                del counts[key]
+        left = by_address[host] - 1
+        if left:
+            by_address[host] = left
+        else:
+            del by_address[host]

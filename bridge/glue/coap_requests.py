@@ -13,8 +13,11 @@ identity, or None) into the core's ``Request``; its plain uplinks in the token-l
 the token, and one with a token in its path takes the second way (the core checks the
 token against the credential). An unknown certificate may be registered first
 (``register``: X.509 auto-registration). Each request in
-progress is an ``_InProgress`` record under its ref until ``answer`` fires its
-Deferred with an ``Answer``. Each answer is counted by route, code and transport
+progress is an ``_InProgress`` record under its ref until ``answer`` gives its
+``Answer`` to the transport: through the ``respond(answer, incoming)`` callable the
+transport handed in with the request (``handle(incoming, respond)``, what the UDP edge
+does: no Deferred per request), or, called as ``handle(incoming)``, by firing the
+Deferred it returned. Each answer is counted by route, code and transport
 (``request_counts``: the record holds its cell).
 """
 
@@ -26,7 +29,7 @@ from twisted.internet import defer
 
 from ..coap.exchange import Answer, Incoming
 from ..coap.message import Message, make_response
-from ..coap.options import BERT
+from ..coap.options import BERT, URI_PATH
 from ..coap.peers import describe
 from ..core import codes
 from ..core.actions import Authenticated, Created, Reply, Request, Uplink
@@ -39,17 +42,25 @@ from .request_counts import RequestCounts
 log = logger("bridge")
 
 Apply = Callable[[List[Any]], None]
+Respond = Callable[[Answer, Any], None]  # (the answer, the transport's argument)
 CREATED = make_response(codes.CREATED)  # immutable: one for every uplink
+CREATED_ANSWER = Answer(CREATED, True)  # a stored uplink carried a valid token
+
+
+def _fire(answer: Answer, deferred: defer.Deferred) -> None:
+    """``respond`` for a caller that asked for a Deferred."""
+    deferred.callback(answer)
 
 
 class _InProgress:
     """A request the core has not answered yet."""
 
-    __slots__ = ("answer", "peer", "authenticated", "started", "counts")
+    __slots__ = ("respond", "arg", "peer", "authenticated", "started", "counts")
 
-    def __init__(self, answer: defer.Deferred, peer: Hashable, started: float,
+    def __init__(self, respond: Respond, arg: Any, peer: Hashable, started: float,
                  counts: List[int]):
-        self.answer = answer  # fires with the Answer
+        self.respond = respond  # respond(answer, arg), once
+        self.arg = arg
         self.peer = peer
         self.authenticated = False  # it carried a valid access token
         self.started = started  # when it came (the clock's seconds)
@@ -77,8 +88,15 @@ class CoapRequests:
         # seconds from a request to its answer, for the metrics (a histogram's observe)
         self.answered: Callable[[float], None] = lambda seconds: None
 
-    def handle(self, incoming: Incoming) -> defer.Deferred:
-        """The answer to a request: a Deferred firing with an ``Answer``."""
+    def handle(self, incoming: Incoming,
+               respond: Optional[Respond] = None) -> Optional[defer.Deferred]:
+        """Take a request: its ``Answer`` goes to ``respond(answer, incoming)`` (now or
+        later, once); without ``respond``, a Deferred is returned that fires with it."""
+        if respond is None:
+            deferred: Optional[defer.Deferred] = defer.Deferred()
+            respond, arg = _fire, deferred
+        else:
+            deferred, arg = None, incoming
         self.handled += 1
         ref = self.handled  # the request's ref: the number of requests so far
         peer = incoming.peer
@@ -87,19 +105,38 @@ class CoapRequests:
         if credential is not None and self.register is not None:
             registering = self.register(credential)
             if registering is not None:  # a registry write in progress: the request waits
-                return registering.addCallback(
-                    lambda _: self._admit(ref, incoming, peer, credential))
-        return self._admit(ref, incoming, peer, credential)
+                registering.addCallback(
+                    lambda _: self._admit(ref, incoming, peer, credential, respond, arg))
+                registering.addErrback(self._failed_later, respond, arg, peer)
+                return deferred
+        self._admit(ref, incoming, peer, credential, respond, arg)
+        return deferred
 
-    def _admit(self, ref: int, incoming: Incoming, peer: Any,
-               credential: Any) -> defer.Deferred:
+    def _failed_later(self, failure: Any, respond: Respond, arg: Any, peer: Any) -> None:
+        """A request that waited for a registration failed where nothing else catches it."""
+        log.failure("Handling a request from {peer} failed", failure=failure,
+                    peer=describe(peer))
+        self.counts.cell("other", peer).codes[codes.INTERNAL_SERVER_ERROR] += 1
+        respond(Answer(make_response(codes.INTERNAL_SERVER_ERROR, b"internal error",
+                                     codes.TEXT_PLAIN)), arg)
+
+    def _admit(self, ref: int, incoming: Incoming, peer: Any, credential: Any,
+               respond: Respond, arg: Any) -> None:
         refused = self.admission.refusal(peer)
         message = incoming.message
-        path = message.uri_path
+        options = message.options
+        if len(options) > 3 and options[0][0] == URI_PATH and options[3][0] == URI_PATH \
+                and (len(options) == 4 or options[4][0] != URI_PATH):
+            # four Uri-Path segments first (the options are in order): a plain uplink's
+            path: Tuple[bytes, ...] = (options[0][1], options[1][1], options[2][1],
+                                       options[3][1])
+        else:
+            path = message.uri_path
         if refused is not None:
             self._count(message, path, peer, codes.SERVICE_UNAVAILABLE)
-            return defer.succeed(Answer(make_response(
-                codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN, max_age=1)))
+            respond(Answer(make_response(codes.SERVICE_UNAVAILABLE, refused, codes.TEXT_PLAIN,
+                                         max_age=1)), arg)
+            return
         if path:
             plain: Optional[tuple] = None
             if credential is None:
@@ -109,21 +146,21 @@ class CoapRequests:
                 feature = session_uplink(message.code, path)
                 plain = (credential, feature) if feature is not None else None
             if plain is not None:  # the common upload goes to the core with the others
-                d = defer.Deferred()
                 cell = self._uplink_cells.get((plain[1], type(peer)))
                 if cell is None:
                     cell = self.counts.cell(plain[1], peer).codes
                     if self.counts.static(type(peer)):
                         self._uplink_cells[(plain[1], type(peer))] = cell
-                self.in_progress[ref] = _InProgress(d, peer, self.clock.seconds(), cell)
+                self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds(),
+                                                    cell)
                 self.admission.hold(peer)
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
-                return d
-        return self._request(ref, path, incoming, credential)
+                return
+        self._request(ref, path, incoming, credential, respond, arg)
 
-    def _request(self, ref: int, path: Any, incoming: Incoming,
-                 credential: Any) -> defer.Deferred:
+    def _request(self, ref: int, path: Any, incoming: Incoming, credential: Any,
+                 respond: Respond, arg: Any) -> None:
         message = incoming.message
         peer = incoming.peer
         try:
@@ -141,11 +178,11 @@ class CoapRequests:
                 credential, incoming.observation, room)
         except UnicodeDecodeError:
             self.counts.cell("other", peer).codes[codes.BAD_REQUEST] += 1
-            return defer.succeed(Answer(make_response(
-                codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be UTF-8", codes.TEXT_PLAIN)))
-        d = defer.Deferred()
+            respond(Answer(make_response(codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be "
+                                         b"UTF-8", codes.TEXT_PLAIN)), arg)
+            return
         self.in_progress[ref] = _InProgress(
-            d, peer, self.clock.seconds(),
+            respond, arg, peer, self.clock.seconds(),
             self.counts.cell(metric_route(message.code, request.path), peer).codes)
         self.admission.hold(peer)
         if self.uplinks:
@@ -157,7 +194,6 @@ class CoapRequests:
             self.admission.release(self.in_progress.pop(ref).peer)
             raise
         self.apply(actions)
-        return d
 
     def flush_uplinks(self) -> None:
         """Hand this turn's plain uplinks to the core (before the outbox is written)."""
@@ -207,8 +243,9 @@ class CoapRequests:
         self.answer(reply.ref, message, reply.authenticated)
 
     def created(self, action: Created) -> None:
+        answer = self.answer
         for ref in action.refs:
-            self.answer(ref, CREATED, True)
+            answer(ref, CREATED_ANSWER)
 
     def answer_json(self, ref: int, code: int, body: bytes,
                     max_age: Optional[int] = None,
@@ -233,4 +270,4 @@ class CoapRequests:
         pending.counts[message.message.code] += 1
         self.admission.release(pending.peer)
         self.answered(self.clock.seconds() - pending.started)
-        pending.answer.callback(message)
+        pending.respond(message, pending.arg)

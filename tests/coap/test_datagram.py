@@ -476,6 +476,37 @@ def test_events_are_immutable_values_handed_out_once_in_order():
         layer.layer.settings.ack_timeout = 1.0
 
 
+def test_w10_dedup_numbers_peers_and_forgets_those_not_seen_for_a_generation():
+    dedup = Deduplicator(10.0, bucket=1.0)
+    first = dedup.slot(7, ("10.0.0.1", 5683))
+    assert dedup.slot(7, ("10.0.0.1", 5683)) == first  # the same peer and mid: one key
+    assert dedup.slot(7, ("10.0.0.1", 5684)) != first  # another port: another peer
+    assert dedup.slot(8, ("10.0.0.1", 5683))[0] != first[0]
+
+    class Session:
+        key = ("dtls", ("10.0.0.1", 5683))
+    assert dedup.slot(7, Session()) == dedup.slot(7, Session())  # by the session's key
+    assert not dedup.seen(first, 0.0)
+    dedup.remember_response(first, b"ack")
+    for now in range(1, 40):  # the peer keeps talking: its number stays
+        dedup.sweep(float(now))
+        if now < 10:
+            assert dedup.slot(7, ("10.0.0.1", 5683)) == first
+            assert dedup.seen(first, float(now)) and dedup.response(first) == b"ack"
+    # gone for over two generations: forgotten, and its entries expired before that
+    assert len(dedup) == 0 and len(dedup._peers) + len(dedup._older_peers) == 0
+    again = dedup.slot(7, ("10.0.0.1", 5683))
+    assert again != first and not dedup.seen(again, 40.0)  # a new number, never reused
+
+
+def test_w10_many_peers_first_message_ids_spread_over_the_shards():
+    dedup = Deduplicator(247.0)
+    for n in range(20000):  # devices just booted: every one sends mid 1 first
+        assert not dedup.seen(dedup.slot(1, ("10.1.%d.%d" % (n >> 8, n & 255), 5683)), 0.0)
+    sizes = [len(shard) for shard in dedup._shards]
+    assert max(sizes) < 20000 / Deduplicator.SHARDS * 1.5
+
+
 # -- power saving and quiet answers ---------------------------------------------------------
 
 def test_retransmissions_are_counted():

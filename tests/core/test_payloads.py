@@ -2,7 +2,7 @@
 
 import pytest
 
-from bridge.core import codes
+from bridge.core import codes, payloads
 from bridge.core.codes import BadRequest
 from bridge.core.payloads import (MAX_DEPTH, Claim, TelemetryEntry, dumps, parse_attributes,
                                   parse_claim, parse_json, parse_telemetry, plain_values,
@@ -290,3 +290,24 @@ def test_split_query_empty():
 
 def test_dumps_is_compact_utf8():
     assert dumps({"a": [1, "ä"]}) == '{"a":[1,"ä"]}'.encode("utf-8")
+
+
+@pytest.mark.parametrize("text", [
+    '{"t":21.5}', ' {"t": 21.5} ', '{"a":[1,{"b":2.5e3}],"c":"NaN"}', '[{"t":1},{"t":-0.0}]',
+    '"x"', '7', '1.5', 'null', '{"a":1,"a":2}', '{"a":{"b":[[[1.0]]]}}'])
+def test_the_fast_decoder_reads_what_the_strict_one_reads(text):
+    assert payloads._decode(text) == payloads._DECODER.decode(text)
+    assert payloads._finite(payloads._decode(text))
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"t":NaN}', "NaN is not valid JSON"), ('{"t":[1,{"u":-Infinity}]}', "-Infinity"),
+    ('{"t":1e999}', "number 1e999 is out of range"), ('[[-1e400]]', "-1e400 is out of range"),
+    ('1e309', "out of range"), ('{"t":1} x', "Extra data"), ('{"t":', "Expecting value"),
+    ('{t:1}', "Expecting property name")])
+def test_the_fast_decoder_refuses_what_the_strict_one_refuses_in_its_words(text, words):
+    with pytest.raises(ValueError) as strict:
+        payloads._DECODER.decode(text)
+    with pytest.raises(ValueError) as fast:
+        payloads._decode(text)
+    assert str(fast.value) == str(strict.value) and words in str(fast.value)

@@ -377,6 +377,61 @@ def test_draining_ends_even_when_looking_at_the_publishes_fails():
     failure["log_failure"].trap(RuntimeError)
 
 
+def test_a_transport_that_hands_in_respond_gets_every_answer_through_it():
+    # what the UDP edge does (callback_handler): no Deferred per request
+    clock = Clock()
+    bridge = Bridge(startup_checks.load(None, {}), clock)
+    answers = []
+
+    def respond(answer, arg):
+        answers.append((arg, answer.message.code, answer.authenticated))
+    uplink, read = request(), request(("10.0.0.8", 9), code=codes.GET)
+    assert bridge.requests.handle(uplink, respond) is None
+    assert answers == []  # kept for the end of the turn
+    # the core answers a read at once, after the uplink kept before it (unknown tokens)
+    assert bridge.requests.handle(read, respond) is None
+    assert answers == [(uplink, codes.UNAUTHORIZED, False), (read, codes.UNAUTHORIZED, False)]
+    assert bridge.requests.in_progress == {} and bridge.requests.admission.by_peer == {}
+    busy = startup_checks.load_text("limits: {max_pending_per_peer: 1}", {})
+    bridge = Bridge(busy, clock)
+    bridge.core.on_request = lambda request, now: []  # never answered
+    bridge.requests.handle(read, respond)
+    bridge.requests.handle(read, respond)
+    assert answers[-1] == (read, codes.SERVICE_UNAVAILABLE, False)
+
+
+def test_a_request_that_waited_for_a_registration_and_then_failed_is_answered_5_00():
+    from twisted.internet import defer
+    from twisted.logger import globalLogPublisher
+    from bridge.core.auth import Certificate
+
+    class Session:
+        key = ("dtls", ("10.0.0.9", 4000))
+        address = ("10.0.0.9", 4000)
+        credential = Certificate("b" * 64, cn="Cam 7")
+    bridge = Bridge(startup_checks.load(None, {}), Clock())
+    waiter = defer.Deferred()
+    bridge.requests.register = lambda credential: waiter
+
+    def broken(request, now):
+        raise RuntimeError("bug")
+    bridge.core.on_request = broken
+    answers, events = [], []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        bridge.requests.handle(request(Session(), code=codes.GET),
+                               lambda answer, arg: answers.append(answer.message.code))
+        assert answers == []
+        waiter.callback(None)  # registered: the request goes on, and the core fails
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert answers == [codes.INTERNAL_SERVER_ERROR]
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert len(failures) == 1
+    failures[0]["log_failure"].trap(RuntimeError)
+    assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
+
+
 def test_notifications_go_to_the_transport_of_their_peer():
     # plain CoAP's peers are (host, port) tuples, CoAPs' DtlsPeers: each its own layer
     from bridge.core.actions import Notify

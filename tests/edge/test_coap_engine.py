@@ -39,18 +39,19 @@ class FakeUDP:
 
 
 class Harness:
-    def __init__(self, handler=None, empty_ack_delay=0.5):
+    def __init__(self, handler=None, empty_ack_delay=0.5, callback_handler=False):
         self.clock = Clock()
         self.calls = []
         self.handler = handler or (lambda request: defer.succeed(make_response(codes.CREATED)))
-        self.protocol = edge.create_protocol(self._handle, self.clock, empty_ack_delay, 247.0)
+        self.protocol = edge.create_protocol(self._handle, self.clock, empty_ack_delay, 247.0,
+                                             callback_handler=callback_handler)
         self.transport = FakeUDP()
         self.protocol.transport = self.transport
         self.protocol.startProtocol()
 
-    def _handle(self, request):
+    def _handle(self, request, *respond):
         self.calls.append(request)
-        return self.handler(request)
+        return self.handler(request, *respond)
 
     def feed(self, msg_or_bytes, peer=PEER):
         data = msg_or_bytes if isinstance(msg_or_bytes, bytes) else raw.encode(msg_or_bytes)
@@ -179,6 +180,40 @@ def test_w6_late_failure_after_empty_ack_still_answers_5_00(errors):
     assert len(errors) == 1
 
 
+def test_a_callback_handler_answers_in_the_ack_or_later_without_a_deferred():
+    later = []
+
+    def handler(request, respond):
+        if request.message.mid == 1:
+            respond(make_response(codes.CREATED), request)  # during its own turn
+        else:
+            later.append((respond, request))
+    h = Harness(handler=handler, callback_handler=True)
+    assert [(r.mtype, r.code_str, r.mid) for r in h.feed(
+        raw.request(raw.POST, UPLINK, b"{}", mid=1))] == [(raw.ACK, "2.01", 1)]
+    assert h.feed(raw.request(raw.POST, UPLINK, b"{}", mid=2)) == []
+    [(respond, request)] = later
+    respond(make_response(codes.CHANGED), request)  # a later turn, before the empty ACK
+    assert [(r.mtype, r.code_str, r.mid) for r in h.transport.pop()] == [(raw.ACK, "2.04", 2)]
+    respond(make_response(codes.CREATED), request)  # a second answer is ignored
+    assert h.transport.pop() == []
+
+
+def test_w6_a_callback_handler_may_return_its_answer_or_fail_like_a_plain_one(errors):
+    h = Harness(handler=lambda request, respond: make_response(codes.CONTENT, b"x"),
+                callback_handler=True)
+    [reply] = h.feed(raw.request(raw.GET, "/a", mid=3))
+    assert (reply.code_str, reply.payload) == ("2.05", b"x")
+    h = Harness(handler=lambda request, respond: respond("not a message", request),
+                callback_handler=True)
+    [reply] = h.feed(raw.request(raw.GET, "/a", mid=4))
+    assert (reply.mtype, reply.code_str) == (raw.ACK, "5.00")
+    assert len(errors) == 1  # the wrong answer, logged once with its traceback
+    h = Harness(handler=lambda request, respond: _raise(request), callback_handler=True)
+    [reply] = h.feed(raw.request(raw.GET, "/a", mid=5))
+    assert reply.code_str == "5.00" and len(errors) == 2
+
+
 def test_w9_listen_uses_a_65535_byte_receive_buffer():
     calls = []
 
@@ -232,3 +267,24 @@ def test_a_driver_sends_to_its_transmit_and_trusts_what_its_transport_says():
     assert raw.decode(sent[-1][0]).payload == b"b" * 1000
     driver.forget(session)
     assert gone == [session] and not driver.layer.verified(session)
+
+
+def test_a_datagram_the_port_refuses_keeps_the_events_after_it_for_the_next_drain():
+    h = Harness(handler=lambda request: make_response(codes.CREATED))
+    h.protocol.notify(1, PEER, b"\x0a", codes.CONTENT, b"{}", 3, None)
+    [first] = h.transport.pop()
+    h.protocol.notify(2, PEER, b"\x0b", codes.CONTENT, b"{}", 4, None)
+    h.protocol.notify(3, PEER, b"\x0c", codes.CONTENT, b"{}", 5, None)
+    h.transport.pop()
+    writes = []
+
+    def refuse_once(data, addr):
+        writes.append(data)
+        if len(writes) == 1:
+            raise OSError("no buffer space")
+    h.transport.write = refuse_once
+    with pytest.raises(OSError):  # the reactor logs it
+        h.clock.advance(3.0)  # three retransmissions due in one drain; the first write fails
+    assert len(writes) == 1 and len(h.clock.getDelayedCalls()) == 1  # the timer re-armed
+    h.protocol.datagramReceived(raw.encode(raw.Msg(raw.ACK, 0, first.mid)), PEER)
+    assert len(writes) == 3  # the two left were sent by the next drain, in order

@@ -129,3 +129,18 @@ def test_a_clean_stop_leaves_no_timer_behind():
     assert stopped == [None]
     assert reactor.getDelayedCalls() == []  # not the forced close two seconds later
     broker.close()
+
+
+def test_one_read_takes_every_message_the_socket_holds_with_nothing_in_flight():
+    # paho's loop_read reads one packet per call when nothing is in flight: a fan-out of
+    # shared-attribute pushes would cost a reactor iteration per notification
+    listener = Listener()
+    reactor, link, broker = connected(listener)
+    broker.sendall(b"".join(publish_qos1("v1/gateway/attributes", b"%d" % n, n)
+                            for n in range(1, 151)))
+    link._read()
+    assert [payload for _, payload in listener.messages] == [b"%d" % n for n in range(1, 101)]
+    assert received(broker, 400) == b"".join(puback(n) for n in range(1, 101))
+    link._read()  # the rest on the next turn: one read is bounded
+    assert len(listener.messages) == 150 and link.connected
+    broker.close()

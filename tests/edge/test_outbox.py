@@ -283,3 +283,49 @@ def test_two_instances_appending_alternately_get_distinct_increasing_ids(db_path
         assert [e.id for e in other.load()] == ids
     finally:
         other.close()
+
+
+def test_removals_alone_are_committed_without_a_sync_and_storing_ones_with_it(outbox):
+    statements, db = [], outbox._db
+    ids = outbox.append([row(1), row(2), row(3)])
+    db.set_trace_callback(statements.append)
+    try:
+        outbox.write([row(4)], [ids[0]], [], NOW)  # stores: FULL
+        outbox.delete([ids[1]])  # removals alone: NORMAL
+        outbox.dead_letter([(ids[2], "refused")], NOW)  # NORMAL
+        outbox.append([row(5)])  # FULL again
+    finally:
+        db.set_trace_callback(None)
+    level, levels = "FULL", []  # the connection's level at each COMMIT
+    for sql in statements:
+        if sql.startswith("PRAGMA synchronous="):
+            level = sql.split("=")[1]
+        elif sql == "COMMIT":
+            levels.append(level)
+    assert levels == ["FULL", "NORMAL", "NORMAL", "FULL"]
+    assert db.execute("PRAGMA synchronous").fetchall() == [(2,)]  # FULL
+    box = reopen(outbox)
+    try:
+        assert [e.payload for e in box.load()] == [row(4).payload, row(5).payload]
+    finally:
+        box.close()
+
+
+def test_a_failing_removal_leaves_the_connection_syncing(outbox):
+    db = outbox._db
+    ids = outbox.append([row(1)])
+    db.execute("CREATE TRIGGER no_delete BEFORE DELETE ON outbox "
+               "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(sqlite3.IntegrityError):
+        outbox.delete(ids)
+    assert db.execute("PRAGMA synchronous").fetchall() == [(2,)]
+    assert [e.id for e in outbox.load()] == ids
+
+
+def test_an_outbox_opened_with_synchronous_normal_stays_normal(db_path):
+    box = Outbox(db_path, synchronous="NORMAL")
+    try:
+        box.delete(box.append([row(1)]))
+        assert box._db.execute("PRAGMA synchronous").fetchall() == [(1,)]
+    finally:
+        box.close()
