@@ -170,6 +170,12 @@ class GatewayCore:
     def on_store_failed(self, store_refs: List[int], reason: str, now: float) -> List[Action]:
         return self.uplinks.on_store_failed(store_refs, reason, now)
 
+    def on_update_failed(self, reason: str, now: float) -> List[Action]:
+        return self.uplinks.on_update_failed(reason, now)
+
+    def on_updated(self, now: float) -> List[Action]:
+        return self.uplinks.on_updated(now)
+
     def on_backlog(self, count: int, size: int, now: float) -> List[Action]:
         """At start the outbox holds ``count`` entries (``size`` payload bytes) from before:
         read in slices (see outbox.py)."""

@@ -264,6 +264,17 @@ class Uplinks(Part):
             actions.insert(0, line)
         return actions
 
+    def on_update_failed(self, reason: str, now: float) -> List[Action]:
+        """A write of removals alone failed (the edge keeps them for its next write): the
+        same condition as a failed store (a full disk fails both), so the same spell and the
+        same throttled lines, not a second line of its own."""
+        line = self.failing.failed(reason, 0, now)
+        return [line] if line is not None else []
+
+    def on_updated(self, now: float) -> List[Action]:
+        """A write of removals alone succeeded: the end of a spell of failures, if any."""
+        return [self.failing.recovered(now)] if self.failing.since is not None else []
+
     def rename(self, old: str, new: str) -> None:
         """Uplinks still being written follow the device: the core renames its own copies
         (delivered once written); the edge wrote the entries as they were emitted, and

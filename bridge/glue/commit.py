@@ -17,7 +17,6 @@ from ..logs import logger
 log = logger("bridge")
 
 Apply = Callable[[List[Any]], None]
-UPDATE_ERROR_EVERY = 60.0  # s between lines while the outbox cannot be updated
 
 
 class OutboxCommit:
@@ -38,7 +37,6 @@ class OutboxCommit:
         self._dead: List[DeadLetter] = []
         self._call: Any = None
         self._backlog_calls: List[Any] = []
-        self._update_error: Optional[Tuple[str, float]] = None  # (error, when it was logged)
         # (error, when) of the last write that failed, until one succeeds: readiness
         self.failed: Optional[Tuple[str, float]] = None
 
@@ -106,24 +104,19 @@ class OutboxCommit:
             self._deletes[:0] = deletes
             self._dead[:0] = dead
             self.failed = (str(exc), now)
+            # one spell of failures whatever the write held (the core's StoreFailures): a
+            # full disk logged once for a removal and again for a store was one condition
+            # said twice
             if stores:
                 self.apply(self.core.on_store_failed([s.ref for s in stores], str(exc), now))
             else:
-                self._update_failed(str(exc), now)
+                self.apply(self.core.on_update_failed(str(exc), now))
             return
-        self._update_error = None
         self.failed = None
         if stores:
             self.apply(self.core.on_stored([(ref, ids[start]) for ref, start in starts], now))
-
-    def _update_failed(self, error: str, now: float) -> None:
-        """A write of removals alone failed (they are kept for the next write): said when
-        it starts or its reason changes, then once a minute while it lasts."""
-        last = self._update_error
-        if last is None or last[0] != error or now - last[1] >= UPDATE_ERROR_EVERY:
-            log.error("Could not update the outbox: {error} (delivered entries stay in it "
-                      "until a write succeeds)", error=error)
-            self._update_error = (error, now)
+        else:
+            self.apply(self.core.on_updated(now))
 
     # -- the backlog ---------------------------------------------------------------------
 

@@ -2,10 +2,13 @@
 
 The golden cases are ThingsBoard's own, from
 ``common/transport/coap/src/test/java/org/thingsboard/server/transport/coap/efento/
-CoapEfentoTransportResourceTest.java`` as of thingsboard/thingsboard master dfe65d5 (July
-2026; earlier releases expected other scales for voltage and current, 2400.0 for 2400, and
-other pulse-counter cases; the mapping here is that commit's) (each test below names the
-one it follows): the same
+CoapEfentoTransportResourceTest.java`` as of thingsboard/thingsboard master
+dfe65d5abc3aa959aaa853952d74943fbd6867bd (merged 2026-07-02; the newest snapshot of that
+repository there was on 2026-12-07, read again then: its checkContinuousSensor expects
+voltage_1 240.0 for 2400 and current_1 5.5 for 550, and CoapEfentoTransportResource divides
+VOLTAGE by 10 and CURRENT by 100, as here; 2024 copies of that test expected 2400.0 and
+550.0, unscaled, and other pulse-counter cases) (each test below names the one it
+follows): the same
 messages, and the telemetry and attributes ThingsBoard's test expects of them, with the
 values its assertions leave open (metadata keys, the measurement intervals, the default
 measurements) worked out from ThingsBoard's mapping. The messages are written byte by byte

@@ -210,6 +210,23 @@ def test_a_disk_that_stays_full_is_named_at_once_then_once_a_minute_then_its_rec
     assert full in text(fresh)
 
 
+def test_a_full_disk_failing_a_removal_and_then_a_store_is_one_spell_logged_once():
+    """A write of removals alone (a PUBACK's Delete) failing first, then the stores: one
+    condition, so one line at once and one when it ends (it was a line for each)."""
+    core = make_core()
+    core.on_link_up(NOW)
+    full = "database or disk is full"
+    [first] = of(core.on_update_failed(full, NOW), Log)
+    assert first.level == "error" and full in text(first)
+    assert core.on_update_failed(full, NOW + 1) == []
+    [store] = handled(core, req(1), NOW + 2)
+    actions = core.on_store_failed([store.ref], full, NOW + 2)
+    assert of(actions, Log) == [] and [dotted(r) for r in replies(actions)] == ["5.03"]
+    [back] = of(core.on_updated(NOW + 3), Log)  # the removals written at last
+    assert back.level == "info" and "written again" in text(back) and "1" in text(back)
+    assert core.on_updated(NOW + 4) == []  # a removal written outside a spell says nothing
+
+
 def test_failed_store_is_never_published_and_frees_its_place_in_the_outbox():
     [probe] = handled(make_core(), req(1), NOW)
     for bound in (dict(outbox_max_entries=1), dict(outbox_max_bytes=len(probe.entry.payload))):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,22 +29,70 @@ BIN = os.path.dirname(sys.executable)
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Ports for the test's servers (the bridge, mosquitto, proxies) are chosen below the kernel's
+# ephemeral range. A port the kernel handed out for bind(("", 0)) and that was closed again
+# went back to the pool every outgoing connection and every client socket draws from (the
+# CoAP clients, the bridge's MQTT link, paho, another checkout's suite): under load one of
+# them took it before the server bound it ("Address already in use" at a module's set-up, a
+# late-started broker's port answering for a stranger). Below that range only a bind to that
+# very number takes a port, and the suites of other checkouts on this machine are kept off the
+# numbers handed out here by a record lock held until this process ends.
+_PORTS_LOW = 10000
+_PORTS_HIGH = max(_PORTS_LOW + 1000, _ephemeral_start())
+_PORT_LOCKS = os.path.join(tempfile.gettempdir(), "coapbridge-test-ports.lock")
+_given: set = set()
+_locks: List[Any] = []  # the lock file, held open (its locks go with it)
+_pick = random.Random()  # its own: pytest-randomly reseeds the global one for every test
+
+
+def _reserve(port: int) -> bool:
+    """Lock byte ``port`` of the shared lock file: no other process handing out ports here
+    gets it while this one runs."""
+    if not _locks:
+        _locks.append(open(_PORT_LOCKS, "a+b"))
+    try:
+        fcntl.lockf(_locks[0], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        return True
+    except OSError:
+        return False
+
+
+def _bindable(port: int, kinds) -> bool:
+    for kind in kinds:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def _port(kinds) -> int:
+    for _ in range(10000):
+        port = _pick.randrange(_PORTS_LOW, _PORTS_HIGH)
+        if port in _given or not _bindable(port, kinds) or not _reserve(port):
+            continue
+        _given.add(port)  # never handed out twice by this process either
+        return port
+    raise RuntimeError("no free port in %d-%d" % (_PORTS_LOW, _PORTS_HIGH - 1))
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port number free for ``kind``, outside the ephemeral range (see above)."""
+    return _port([kind])
 
 
 def free_ports() -> int:
     """A port number free for both TCP and UDP."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
+    return _port([socket.SOCK_STREAM, socket.SOCK_DGRAM])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -87,7 +87,7 @@ def test_a_full_disk_is_named_in_the_log_while_it_lasts_and_uplinks_resume(tmp_p
         log = bridge.read_log()
         assert "cannot rollback" not in log
         # said when it began and when it ended, not once per refused uplink
-        assert log.count(FULL) == 2
+        assert log.count(FULL) == 2, [line for line in log.splitlines() if FULL in line]
     finally:
         bridge.stop()
         platform.close()

@@ -86,9 +86,14 @@ def test_a_5000_byte_request_in_one_record_is_one_request(env, tmp_path):
         e["values"].get("blockwise") == big for e in p.get("Big", [])))
 
 
-def verified_hello(host: str, port: int, context) -> None:
+def verified_hello(host: str, port: int, context) -> socket.socket:
     """One ClientHello with a valid cookie from ``host`` (a new source port), then
-    silence: a half-open handshake, if the bridge lets it start."""
+    silence: a half-open handshake, if the bridge lets it start. The socket is returned
+    open, for the caller to close once the address's hellos are sent: closed at once, its
+    port could be the next socket's, and that socket's first datagram would then be the
+    bridge's (re)sent ServerHello flight of an earlier handshake from the address, not its
+    HelloVerifyRequest (the client, handed a ServerHello, had nothing to send:
+    WantReadError, under load when the bridge's retransmissions and the test overlap)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((host, 0))
     sock.settimeout(5.0)
@@ -104,8 +109,10 @@ def verified_hello(host: str, port: int, context) -> None:
             sock.sendto(conn.bio_read(65536), ("127.0.0.1", port))
             if _ == 0:
                 conn.bio_write(sock.recv(70000))  # the HelloVerifyRequest
-    finally:
+    except BaseException:
         sock.close()
+        raise
+    return sock
 
 
 def test_a_flood_of_half_open_handshakes_from_32_addresses_leaves_room_for_a_device(env):
@@ -115,8 +122,13 @@ def test_a_flood_of_half_open_handshakes_from_32_addresses_leaves_room_for_a_dev
     broker, platform, bridge, pki = env
     context, _keep = client_context(psk=("flood", b"no such key"))
     for host in range(1, 33):
-        for _ in range(25):
-            verified_hello("127.1.0.%d" % host, bridge.dtls_port, context)
+        held: list = []  # this address's sockets, open until its 25 hellos are sent
+        try:
+            for _ in range(25):
+                held.append(verified_hello("127.1.0.%d" % host, bridge.dtls_port, context))
+        finally:
+            for sock in held:
+                sock.close()
     # the bridge's own count: 20 of each address's 25 began, the rest were refused (none
     # reached the rate limit: its burst is 20 too, and the bound is checked first)
     wait_until(lambda: metric(bridge, "coapbridge_dtls_refused_address_total") == 32 * 5,

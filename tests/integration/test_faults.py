@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Tuple
 
 import pytest
 
-from conftest import BridgeProcess, Counting, Mosquitto, wait_until
+from conftest import BridgeProcess, Counting, Mosquitto, free_port, wait_until
 from loadgen import Load
 from tcpproxy import TcpProxy
 
@@ -88,15 +89,29 @@ def test_bridge_killed_with_sigkill_loses_nothing_acknowledged(tmp_path, broker)
     assert report["acknowledged"] >= 300
 
 
+def appear(broker: Mosquitto, port: int) -> Tuple[Counting, TcpProxy]:
+    """The absent broker appears on ``port``, the bridge's, once the platform listens.
+
+    With the bridge pointed at the broker's own port, the platform subscribed after the broker
+    started, and the bridge, retrying every second at most, could connect first and deliver
+    the backlog before the platform's subscription existed: the broker acknowledged every
+    entry (so the bridge removed it, rightly) and had nobody to hand it to ("150 of 300
+    acknowledged uplinks never reached the platform", the 150 stored before, under load).
+    ThingsBoard is the broker and its own subscriber; here the stand-in platform must be."""
+    broker.start()
+    platform = Counting(broker.port)
+    return platform, TcpProxy(broker.port, port=port)
+
+
 def test_broker_absent_at_start_buffers_then_delivers_everything(tmp_path):
     broker = Mosquitto(str(tmp_path))
-    bridge = _bridge(str(tmp_path), broker.port).start(wait_mqtt=False)
+    port = free_port()  # the bridge's broker: nothing listens there until appear()
+    bridge = _bridge(str(tmp_path), port).start(wait_mqtt=False)
     load = Load(bridge.host, bridge.coap_port, DEVICES, interval=0.01).start()
-    platform = None
+    platform = proxy = None
     try:
         load.wait_acknowledged(150)  # stored while the broker is absent
-        broker.start()
-        platform = Counting(broker.port)
+        platform, proxy = appear(broker, port)
         load.wait_acknowledged(150)
     finally:
         results = load.stop()
@@ -106,13 +121,15 @@ def test_broker_absent_at_start_buffers_then_delivers_everything(tmp_path):
         report = platform.report("broker absent for the first 2 s", results.acked, results.codes)
         bridge.stop()
         platform.close()
+        proxy.close()
         broker.kill()
     assert report["lost"] == 0 and report["acknowledged"] >= 300
 
 
 def test_full_outbox_refuses_with_5_03_and_keeps_what_it_acknowledged(tmp_path):
     broker = Mosquitto(str(tmp_path))
-    bridge = _bridge(str(tmp_path), broker.port, outbox={"max_entries": 50}).start(wait_mqtt=False)
+    port = free_port()
+    bridge = _bridge(str(tmp_path), port, outbox={"max_entries": 50}).start(wait_mqtt=False)
     load = Load(bridge.host, bridge.coap_port, DEVICES[:2], interval=0.005).start()
     time.sleep(2.0)
     results = load.stop()
@@ -122,13 +139,13 @@ def test_full_outbox_refuses_with_5_03_and_keeps_what_it_acknowledged(tmp_path):
     # said once, not per request: the refusals, and readiness (a full outbox is not ready)
     assert log.count("devices get 5.03 until it drains") == 1
     assert log.count("Not ready for devices: outbox full (50 entries)") == 1
-    broker.start()
-    platform = Counting(broker.port)
+    platform, proxy = appear(broker, port)
     try:
         wait_until(lambda: not platform.missing(results.acked), 30, "the 50 stored uplinks")
     finally:
         platform.close()
         bridge.stop()
+        proxy.close()
         broker.kill()
 
 
