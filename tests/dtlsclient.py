@@ -155,3 +155,25 @@ class DtlsClient:
             except SSL.Error:
                 pass
         self.sock.close()
+
+
+def pump(client, server):
+    """Handshake both ends; True when both finished, False when one failed."""
+    for _ in range(10):
+        done = 0
+        for side in (client, server):
+            try:
+                side.do_handshake()
+                done += 1
+            except SSL.WantReadError:
+                pass
+            except SSL.Error:
+                return False
+        for src, dst in ((client, server), (server, client)):
+            try:
+                dst.bio_write(src.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+        if done == 2:
+            return True
+    return False

@@ -12,8 +12,7 @@ from bridge.dtls import psk
 from bridge.edge import tls as tls_edge
 from bridge.edge.dtls import peer_credential
 from bridge.settings import DtlsConfig
-from dtlsclient import client_context
-from test_psk import pump
+from dtlsclient import client_context, pump
 
 KEY = b"k" * 16
 
