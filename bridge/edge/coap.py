@@ -11,6 +11,9 @@ layers) or tests/edge/test_coap_engine.py (the driver).
 
 * W6  a failing handler always answers 5.00 (``DatagramDriver``, by ``edge.handling``).
 * W9  ``listen()`` uses a 65535-byte receive buffer, so big datagrams are not truncated.
+
+A datagram the port refuses (``sendto`` fails) is dropped, counted and said once a minute
+(``edge/sendto.py``), never raised into the drain.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from twisted.internet.protocol import DatagramProtocol
 from ..coap.datagram import ACK_TIMEOUT, MAX_RETRANSMIT, DatagramSettings
 from . import udp
 from .datagram import DatagramDriver, Handler
+from .sendto import SEND_ERRORS, SendFailures
 
 RECEIVE_BUFFER = 65535  # W9
 
@@ -35,6 +39,7 @@ class BridgeCoap(DatagramProtocol, DatagramDriver):
                  rng: Optional[random.Random] = None, callback_handler: bool = False):
         DatagramDriver.__init__(self, handler, clock, settings, rng, self._write,
                                 callback_handler)
+        self.send_failures = SendFailures(clock, "udp")
 
     def startProtocol(self) -> None:
         self.start()
@@ -50,7 +55,10 @@ class BridgeCoap(DatagramProtocol, DatagramDriver):
         self._drain()
 
     def _write(self, data: bytes, peer: Hashable) -> None:
-        self.transport.write(data, (str(peer[0]), peer[1]))  # type: ignore[index]
+        try:
+            self.transport.write(data, (str(peer[0]), peer[1]))  # type: ignore[index]
+        except SEND_ERRORS as exc:
+            self.send_failures.failed(exc, peer)
 
 
 def listen(reactor: IReactorUDP, protocol: BridgeCoap, port: int, interface: str,

@@ -42,6 +42,7 @@ from ..settings import DtlsConfig
 from .dtls_keys import KeyProblem, load_key
 from . import udp
 from .datagram import DatagramDriver
+from .sendto import SEND_ERRORS, SendFailures
 from .timer import OneTimer
 
 log = logger("dtls")
@@ -71,6 +72,7 @@ class DtlsTransport(DatagramProtocol):
         self.coap = coap
         coap.transmit = self.send
         self.failures = HandshakeFailures()  # one info line a minute, not one each
+        self.send_failures = SendFailures(clock, "dtls")
         # hears each handshake's (outcome, method, seconds): outcome "full", "resumed",
         # "failed" or "timeout"; method "psk", "x509" or "none" (the metrics)
         self.on_handshake: Callable[[str, str, float], None] = lambda *_: None
@@ -83,11 +85,7 @@ class DtlsTransport(DatagramProtocol):
         events = server.receive_datagram(data, (addr[0], addr[1]), self.clock.seconds())
         if events:
             self._handle(events)
-        out = server.datagrams_to_send()
-        if out and self.transport is not None:
-            write = self.transport.write
-            for datagram, address in out:
-                write(datagram, address)
+        self._write()
         self.timer.arm(server.get_timer())
 
     def send(self, data: bytes, peer: DtlsPeer) -> None:
@@ -100,7 +98,10 @@ class DtlsTransport(DatagramProtocol):
         if out and self.transport is not None:
             write = self.transport.write
             for datagram, address in out:
-                write(datagram, address)
+                try:
+                    write(datagram, address)
+                except SEND_ERRORS as exc:  # dropped as the network would (edge/sendto.py)
+                    self.send_failures.failed(exc, address)
 
     def _handle(self, events: Sequence[Any]) -> None:
         received = self.coap.received

@@ -382,6 +382,13 @@ class Bridge:
                                             if protocol is not None else 0)
                                            + (self.dtls.coap.retransmissions
                                               if self.dtls is not None else 0)),
+            "coap_send_failed_total": ("counter", "datagrams the operating system refused to "
+                                       "send (dropped as lost), by transport and errno",
+                                       Labelled(("transport", "reason"), (
+                                           (protocol.send_failures.samples()
+                                            if protocol is not None else ())
+                                           + (self.dtls.send_failures.samples()
+                                              if self.dtls is not None else ())))),
             "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
                                            stats["acknowledged"]),
             "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",

@@ -33,7 +33,7 @@ NAMES = {
     "coap_retransmissions_total": "counter", "devices_asleep": "gauge",
     "power_asleep_total": "counter", "power_awake_total": "counter",
     "notifications_withdrawn_total": "counter", "ready": "gauge", "registry_reachable": "gauge",
-    "registry_changes_waiting": "gauge",
+    "registry_changes_waiting": "gauge", "coap_send_failed_total": "counter",
 }
 
 
@@ -66,7 +66,8 @@ def samples(text):
     return values, types
 
 
-LABELLED = {"coap_requests_total", "coap_errors_total"}  # by route, code, transport
+# by route, code, transport; by transport and reason
+LABELLED = {"coap_requests_total", "coap_errors_total", "coap_send_failed_total"}
 
 
 def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along():
