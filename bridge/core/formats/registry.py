@@ -6,8 +6,8 @@ it reads with their checks (pure: a profile in, its problems out), the factory t
 the format object of a device type from its profile, and its start-up check, the I/O
 (schema files read, ``protoc`` run), named by a ``"module:function"`` string because the
 core may not import the edge that does it: ``bridge.startup_checks`` resolves and runs it
-once, before any socket opens. ``INSTALLED`` lists the installed formats' entries, one
-line. The settings type a profile's keys and know no format (``bridge.settings`` may not
+once, before any socket opens. ``INSTALLED_MODULES`` names the installed formats' modules,
+one line, and ``INSTALLED`` is their registry. The settings type a profile's keys and know no format (``bridge.settings`` may not
 import the core): the registry checks the names and each format its keys, at start.
 
 The glue builds the device types' formats once (``formats_of``); the core then asks
@@ -19,11 +19,14 @@ would be the way for formats installed by other distributions, which coapbridge 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from . import (DEFAULT_DEVICE_TYPE, BuildContext, PayloadFormat, PayloadFormatEntry, efento,
-               json, protobuf)
+from . import DEFAULT_DEVICE_TYPE, BuildContext, PayloadFormat, PayloadFormatEntry
+
+# the installed formats: their modules here (each ends with its FORMAT), JSON first
+INSTALLED_MODULES = ("json", "protobuf", "efento")
 
 
 @dataclass(frozen=True)
@@ -122,5 +125,5 @@ def _either(names: Tuple[str, ...]) -> str:
     return " or ".join(names) if len(names) <= 2 else "one of " + ", ".join(names)
 
 
-# the installed formats: this line, and the import above (JSON first)
-INSTALLED = FormatRegistry((json.FORMAT, protobuf.FORMAT, efento.FORMAT))
+INSTALLED = FormatRegistry(tuple(importlib.import_module("%s.%s" % (__package__, name)).FORMAT
+                                 for name in INSTALLED_MODULES))
