@@ -103,11 +103,14 @@ def test_the_names_each_format_takes():
         "p.transportPayloadType: must be one of JSON, PROTOBUF, SEMICOLON, got 'CBOR'"]
 
 
-def test_two_formats_cannot_take_the_same_names():
+def test_two_formats_cannot_take_the_same_names_and_a_startup_names_its_module():
     with pytest.raises(ValueError, match="json and semicolon both take coapDeviceType "
                                          "DEFAULT, transportPayloadType JSON"):
         INSTALLED.with_format(PayloadFormatEntry("semicolon", SEMICOLON.factory,
                                                  payload_type="JSON"))
+    with pytest.raises(ValueError, match="startup 'startup' is not \"module:function\""):
+        INSTALLED.with_format(PayloadFormatEntry("semicolon", SEMICOLON.factory,
+                                                 payload_type="SEMICOLON", startup="startup"))
 
 
 def test_the_installed_formats_own_checks():

@@ -39,6 +39,9 @@ class FormatRegistry:
     def __post_init__(self) -> None:
         by_names: Dict[Tuple[str, Optional[str]], PayloadFormatEntry] = {}
         for entry in self.entries:
+            if entry.startup and entry.startup.count(":") != 1:
+                raise ValueError("payload format %s: startup %r is not \"module:function\""
+                                 % (entry.name, entry.startup))
             names = (entry.device_type, entry.payload_type)
             if names in by_names:
                 raise ValueError("payload formats %s and %s both take coapDeviceType %s, "
