@@ -72,9 +72,11 @@ def credential_kinds(config: Config) -> List[str]:
 def profiles_text(config: Config) -> str:
     if not config.device_profiles:
         return "none: every device type speaks JSON"
+    from .core.formats.registry import INSTALLED  # google.protobuf: only with profiles
     parts = []
     for name, profile in sorted(config.device_profiles.items()):
-        text = "%s %s" % (name, profile.transportPayloadType)
+        entry = INSTALLED.entry_for(profile)  # checked: every profile has its format
+        text = "%s %s" % (name, (entry.payload_type or entry.device_type) if entry else "?")
         if profile.thingsboardProfile:
             text += " (ThingsBoard profile %s)" % profile.thingsboardProfile
         parts.append(text)

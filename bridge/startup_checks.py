@@ -5,10 +5,11 @@ before any socket opens, and reported with its problems in one ``ConfigError``:
 
 * the files settings name: the MQTT TLS files exist, ``ota.directory`` is a directory,
   ``registry.password_file`` is read (the password goes into the configuration);
-* the device profiles: schema files and exported ThingsBoard profiles read (their payload
-  settings, device type and power saving), left-out schemas given ThingsBoard's defaults,
-  PROTOBUF schemas and, for EFENTO profiles, Efento's messages compiled by ``protoc``
-  (``edge.protoc``);
+* the device profiles: exported ThingsBoard profiles read (their payload settings, device
+  type and power saving), then each profile checked by its payload format
+  (``core.formats.registry``) and its format's start-up check run: for PROTOBUF the
+  schema files read, left-out schemas given ThingsBoard's defaults and compiled by
+  ``protoc``, for EFENTO Efento's messages compiled (``edge.protoc``);
 * a PostgreSQL registry has psycopg to reach it;
 * OpenSSL loads the DTLS certificate, key (with its password) and CA file and accepts the
   cipher list (``edge.dtls.check_config``).
@@ -21,41 +22,46 @@ their configuration through ``load``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import replace
-from typing import List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from . import registry_url
 from .settings import Config, ConfigError, DeviceProfileConfig, Loaded, read, read_text
 from .settings import reliable
-from .settings.profiles import SCHEMA_KINDS, client_settings, given_keys
+from .settings.profiles import client_settings, given_keys
 
 
-def load(path: Optional[str], env: Optional[Mapping[str, str]] = None) -> Config:
+def load(path: Optional[str], env: Optional[Mapping[str, str]] = None,
+         formats: Any = None) -> Config:
     """The configuration of ``path`` (None: defaults and environment) with every check
-    passed (raises ``ConfigError`` listing every problem)."""
-    return checked(read(path, env))
+    passed (raises ``ConfigError`` listing every problem); ``formats``: the payload
+    formats' registry (default: the installed formats)."""
+    return checked(read(path, env), formats)
 
 
-def load_text(text: str, env: Mapping[str, str], source: str = "configuration") -> Config:
-    return checked(read_text(text, env, source))
+def load_text(text: str, env: Mapping[str, str], source: str = "configuration",
+              formats: Any = None) -> Config:
+    return checked(read_text(text, env, source), formats)
 
 
-def checked(loaded: Loaded) -> Config:
-    config, problems = check(loaded.config, list(loaded.problems))
+def checked(loaded: Loaded, formats: Any = None) -> Config:
+    config, problems = check(loaded.config, list(loaded.problems), formats)
     if problems:
         raise ConfigError(problems, loaded.source)
     loaded.config = config
     return config
 
 
-def check(config: Config, problems: List[str]) -> Tuple[Config, List[str]]:
+def check(config: Config, problems: List[str], formats: Any = None
+          ) -> Tuple[Config, List[str]]:
     """``config`` with what the files hold (registry password, schemas), and ``problems``
     with those found here appended."""
     _files(config, problems)
     config = _registry(config, problems)
-    config = _profiles(config, problems)
+    config = _profiles(config, problems, formats)
     if config.dtls.enabled:
         from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
         problems.extend(dtls_edge.check_config(config.dtls))
@@ -102,48 +108,30 @@ def _registry(config: Config, problems: List[str]) -> Config:
     return config
 
 
-def _profiles(config: Config, problems: List[str]) -> Config:
-    """Schemas read from their files (or ThingsBoard's defaults, or an exported profile),
-    then compiled and checked: every problem names the profile, the schema, its line and
-    column."""
-    from .core.formats import protoschema
+def _profiles(config: Config, problems: List[str], formats: Any = None) -> Config:
+    """Each profile checked by its payload format (``formats``: the registry,
+    ``core.formats.registry.INSTALLED`` unless given), exported ones read first; then the
+    format's start-up check (for PROTOBUF: the schemas read from their files, or
+    ThingsBoard's defaults, compiled and checked, every problem with its line and column)."""
+    from .core.formats import registry
+    formats = formats or registry.INSTALLED
     profiles = {}
     for name, profile in config.device_profiles.items():
         where = "device_profiles.%s." % name
         if profile.thingsboardProfile and not given_keys(profile):
-            profile = _exported(profile, where, problems)
-            if profile.transportPayloadType not in ("JSON", "PROTOBUF"):
-                problems.append("%stransportPayloadType: must be JSON or PROTOBUF, got %r"
-                                % (where, profile.transportPayloadType))
-            if profile.coapDeviceType not in ("DEFAULT", "EFENTO"):
-                problems.append("%scoapDeviceType: must be DEFAULT or EFENTO, got %r"
-                                % (where, profile.coapDeviceType))
-        texts = {kind: _schema_text(profile, kind, where, problems, protoschema.DEFAULTS)
-                 for kind in SCHEMA_KINDS}
-        profiles[name] = replace(profile, **texts)
-    config = replace(config, device_profiles=profiles)
-    if any(profile.protobuf or profile.efento for profile in profiles.values()):
-        from .edge import protoc  # runs a subprocess: only when a profile needs it
-        problems.extend(protoc.check_profiles(profiles))
-    return config
+            profile = _exported(profile, where, problems, formats)
+        entry, found = formats.check(profile, where)
+        problems.extend(found)
+        if entry is not None and entry.startup:
+            module, function = entry.startup.split(":")
+            profile = getattr(importlib.import_module(module), function)(
+                profile, where, problems)
+        profiles[name] = profile
+    return replace(config, device_profiles=profiles)
 
 
-def _schema_text(profile: DeviceProfileConfig, kind: str, where: str, problems: List[str],
-                 defaults: Mapping[str, str]) -> str:
-    text, path = getattr(profile, kind), getattr(profile, kind + "File")
-    if path and not text:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            problems.append("%sFile: cannot read %s: %s" % (where + kind, path, exc.strerror))
-    if not text and profile.protobuf:
-        text = defaults[kind]
-    return text
-
-
-def _exported(profile: DeviceProfileConfig, where: str,
-              problems: List[str]) -> DeviceProfileConfig:
+def _exported(profile: DeviceProfileConfig, where: str, problems: List[str],
+              formats: Any) -> DeviceProfileConfig:
     """The settings of ``thingsboardProfile``, a device profile exported from ThingsBoard."""
     from .core.formats import tbprofile
     where += "thingsboardProfile"
@@ -158,7 +146,7 @@ def _exported(profile: DeviceProfileConfig, where: str,
         problems.append("%s: %s is not JSON: %s" % (where, path, exc))
         return profile
     try:
-        settings = tbprofile.payload_settings(doc)
+        settings = tbprofile.payload_settings(doc, formats)
     except tbprofile.NotUsable as exc:
         problems.append("%s: %s: %s" % (where, path, exc))
         return profile

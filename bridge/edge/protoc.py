@@ -15,6 +15,7 @@ refuse imports (``protoschema``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -22,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from google.protobuf import descriptor_pb2
 
@@ -104,32 +105,48 @@ def message_class(text: str, kind: str):
     return protoschema.message_class(compile_schema(text, kind))
 
 
-def check_profiles(profiles) -> List[str]:
-    """Every problem of the PROTOBUF profiles' schemas (config lines), each compiled once."""
-    problems: List[str] = []
-    for name, profile in profiles.items():
-        if profile.efento:
-            try:
-                efento_messages()
-            except ProtocMissing as exc:
-                problems.append("device_profiles.%s: coapDeviceType EFENTO: %s" % (name, exc))
-            continue
-        if not profile.protobuf:
-            continue
-        for kind in protoschema.KINDS:
-            where = "device_profiles.%s.%s" % (name, kind)
-            if getattr(profile, kind + "File"):
-                where += " (%s)" % getattr(profile, kind + "File")
-            elif profile.thingsboardProfile:
-                where += " (in %s)" % profile.thingsboardProfile
-            try:
-                compile_schema(getattr(profile, kind), kind)
-            except ProtocMissing as exc:
-                return problems + ["device_profiles.%s: transportPayloadType PROTOBUF: %s"
-                                   % (name, exc)]
-            except SchemaError as exc:
-                problems += ["%s: %s" % (where, protoschema.describe(p)) for p in exc.problems]
-    return problems
+def protobuf_startup(profile: Any, where: str, problems: List[str]) -> Any:
+    """A PROTOBUF profile (``formats.protobuf.FORMAT``'s start-up check): its schemas read
+    from their files, ThingsBoard's defaults for those left out, each compiled once and
+    checked; ``where`` is ``device_profiles.<type>.``, every problem names the schema, its
+    line and column."""
+    texts = {kind: _schema_text(profile, kind, where, problems) for kind in protoschema.KINDS}
+    profile = dataclasses.replace(profile, **texts)
+    for kind in protoschema.KINDS:
+        at = where + kind
+        if getattr(profile, kind + "File"):
+            at += " (%s)" % getattr(profile, kind + "File")
+        elif profile.thingsboardProfile:
+            at += " (in %s)" % profile.thingsboardProfile
+        try:
+            compile_schema(getattr(profile, kind), kind)
+        except ProtocMissing as exc:
+            problems.append("%s: transportPayloadType PROTOBUF: %s" % (where[:-1], exc))
+            break
+        except SchemaError as exc:
+            problems.extend("%s: %s" % (at, protoschema.describe(p)) for p in exc.problems)
+    return profile
+
+
+def _schema_text(profile: Any, kind: str, where: str, problems: List[str]) -> str:
+    text, path = getattr(profile, kind), getattr(profile, kind + "File")
+    if path and not text:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            problems.append("%sFile: cannot read %s: %s" % (where + kind, path, exc.strerror))
+    return text or protoschema.DEFAULTS[kind]
+
+
+def efento_startup(profile: Any, where: str, problems: List[str]) -> Any:
+    """An EFENTO profile (``formats.efento.FORMAT``'s start-up check): Efento's messages
+    compiled."""
+    try:
+        efento_messages()
+    except ProtocMissing as exc:
+        problems.append("%s: coapDeviceType EFENTO: %s" % (where[:-1], exc))
+    return profile
 
 
 @functools.lru_cache(maxsize=1)

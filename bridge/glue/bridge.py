@@ -25,11 +25,10 @@ from ..core import codes, gateway
 from ..core.actions import (Authenticated, Created, DeadLetter, Delete, DeleteDevice,
                             LoadBacklog, Log, Notify, Provision, Publish, RenameDevice, Reply,
                             ResetLink, ServePackage, Store, StoreMany, Withdraw)
-from ..core.formats import FormatOf, PayloadFormat, fixed, protoschema
-from ..core.formats.efento import EfentoFormat
+from ..core.formats import BuildContext, FormatOf, fixed
 from ..core.formats.efento_proto import EfentoMessages
 from ..core.formats.json import JsonFormat
-from ..core.formats.protobuf import ProtobufFormat
+from ..core.formats.registry import INSTALLED, FormatRegistry, formats_of
 from ..core.auth import CredentialLookups
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
@@ -94,27 +93,12 @@ def fixed_messages() -> Optional[fixed.FixedMessages]:
         return None
 
 
-def format_of(config: Config) -> FormatOf:
-    """Device type -> its payload format: the type's entry in ``device_profiles`` (its
+def format_of(config: Config, formats: Optional[FormatRegistry] = None) -> FormatOf:
+    """Device type -> its payload format: the one its ``device_profiles`` entry names in
+    ``formats`` (the registry: the installed formats), built by the format's factory (the
     schemas compiled and checked when the configuration was loaded), else JSON."""
-    json = JsonFormat(config.limits.json_max_depth)
-    formats: Dict[str, PayloadFormat] = {}
-    for device_type, profile in config.device_profiles.items():
-        if profile.efento:
-            formats[device_type] = EfentoFormat(protoc.efento_messages())
-        elif profile.protobuf:
-            formats[device_type] = ProtobufFormat(
-                protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY),
-                protoc.message_class(profile.deviceAttributesProtoSchema,
-                                     protoschema.ATTRIBUTES),
-                json, profile.enableCompatibilityWithJsonPayloadFormat,
-                rpc_request_class=protoc.message_class(profile.deviceRpcRequestProtoSchema,
-                                                       protoschema.RPC_REQUEST),
-                rpc_response_class=protoc.message_class(profile.deviceRpcResponseProtoSchema,
-                                                        protoschema.RPC_RESPONSE),
-                fixed=protoc.fixed_messages(),
-                json_downlinks=profile.useJsonPayloadFormatForDefaultDownlinkTopics)
-    return lambda device_type: formats.get(device_type, json)
+    context = BuildContext(JsonFormat(config.limits.json_max_depth), protoc)
+    return formats_of(formats or INSTALLED, config.device_profiles, context)
 
 
 def efento_messages() -> Optional[EfentoMessages]:

@@ -4,8 +4,10 @@ The keys are ThingsBoard's own, from a device profile's transport configuration:
 ``coapDeviceType`` (DEFAULT, or EFENTO for Efento's sensors), its
 transportPayloadTypeConfiguration (JSON or PROTOBUF) and its ``clientSettings`` (PSM, DRX,
 eDRX and their timers, in ms as ThingsBoard exports them).
-Reading the schema files, an exported profile and compiling the schemas with protoc is
-I/O: ``bridge.startup_checks`` does it, and leaves the schema keys holding the text.
+Here they are typed; what they mean is each payload format's (``bridge.core.formats``,
+whose registry checks the names and the keys a format reads: ``bridge.startup_checks``
+runs it, with the I/O: exported profiles and schema files read, schemas compiled by
+protoc, the schema keys left holding the text).
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from typing import Any, Dict, List
 
 from .schema import RULE, Problems, check_value, nested, setting
 
-# the schema keys (each has a ...File key beside it)
-SCHEMA_KINDS = ("deviceTelemetryProtoSchema", "deviceAttributesProtoSchema",
-                "deviceRpcRequestProtoSchema", "deviceRpcResponseProtoSchema")
 _SCHEMA = " Its text, or give the path of a file holding it as the key with File appended. " \
     "Left out: ThingsBoard's default."
 
@@ -51,10 +50,12 @@ class DeviceProfileConfig:
         "", "Instead of the keys: a device profile exported from ThingsBoard (its JSON), whose "
         "COAP transport configuration is read.")
     coapDeviceType: str = setting(
-        "DEFAULT", "DEFAULT (the /api/v1 device API) or EFENTO (Efento's NB-IoT sensors on "
-        "/efento/*, their own messages: no payload type).", choices=("DEFAULT", "EFENTO"))
-    transportPayloadType: str = setting("JSON", "JSON or PROTOBUF.",
-                                        choices=("JSON", "PROTOBUF"))
+        "DEFAULT", "DEFAULT (the /api/v1 device API) or a payload format's own device type: "
+        "EFENTO (Efento's NB-IoT sensors on /efento/*, their own messages: no payload "
+        "type). The payload formats installed check it at start.")
+    transportPayloadType: str = setting(
+        "JSON", "The payload format of a DEFAULT type: JSON or PROTOBUF (the payload formats "
+        "installed check it at start).")
     deviceTelemetryProtoSchema: str = setting("", "PROTOBUF: the telemetry schema." + _SCHEMA)
     deviceTelemetryProtoSchemaFile: str = setting("", "The file of the telemetry schema.")
     deviceAttributesProtoSchema: str = setting("", "PROTOBUF: the client attributes schema."
@@ -73,14 +74,6 @@ class DeviceProfileConfig:
     clientSettings: ClientSettings = nested(
         ClientSettings, "Power saving: powerMode, psmActivityTimer, edrxCycle, "
         "pagingTransmissionWindow (docs/device-api.md, Power saving).")
-
-    @property
-    def protobuf(self) -> bool:
-        return self.transportPayloadType == "PROTOBUF" and not self.efento
-
-    @property
-    def efento(self) -> bool:
-        return self.coapDeviceType == "EFENTO"
 
 
 def client_settings(raw: Dict[str, Any], where: str, problems: List[str]) -> ClientSettings:
@@ -120,11 +113,3 @@ def check(config: Any, problems: Problems) -> None:
             if given:
                 problems.add("device_profiles", "%sthingsboardProfile: give the exported "
                              "profile or its keys (%s), not both" % (where, ", ".join(given)))
-            continue
-        for kind in SCHEMA_KINDS:
-            if getattr(profile, kind) and getattr(profile, kind + "File"):
-                problems.add("device_profiles", "%s: give %s or %sFile, not both"
-                             % (where, kind, kind))
-        if profile.efento and profile.transportPayloadType != "JSON":
-            problems.add("device_profiles", "%stransportPayloadType: an EFENTO profile has none "
-                         "(its sensors send Efento's own messages)" % where)

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from bridge import startup_checks
+from bridge.core.formats.registry import INSTALLED
 from bridge.settings import SETTINGS, Config, ConfigError, describe, load_text, read_text
 from bridge.settings.loader import coerce
 from bridge.settings.schema import env_name, number
@@ -201,12 +203,15 @@ def test_lists_and_mappings_take_yaml_or_json_text_in_one_variable():
                            '"deviceTelemetryProtoSchemaFile": "/etc/t.proto"}}',
         "PROVISIONING_PROFILES": "- {key: k1, secret: s1, device_type: meter}\n",
         "PROVISIONING_MODE": "local"})
-    assert config.device_profiles["sensor"].protobuf
+    assert INSTALLED.name_of(config.device_profiles["sensor"]) == "protobuf"
     assert config.device_profiles["sensor"].deviceTelemetryProtoSchemaFile == "/etc/t.proto"
     assert config.provisioning.profiles[0].secret == "s1"
-    [line] = problems_of({"DEVICE_PROFILES": '{"sensor": {"transportPayloadType": "CBOR"}}'})
-    assert line == "device_profiles.sensor.transportPayloadType: must be JSON or PROTOBUF, " \
-                   "got 'CBOR'"
+    # the payload formats check the names, at start (the settings only type them)
+    with pytest.raises(ConfigError) as info:
+        startup_checks.load_text("", {"DEVICE_PROFILES": '{"sensor": {"transportPayloadType": '
+                                      '"CBOR"}}'})
+    assert info.value.problems == ["device_profiles.sensor.transportPayloadType: must be JSON "
+                                   "or PROTOBUF, got 'CBOR'"]
     [line] = problems_of({"DEVICE_PROFILES": '{"sensor": [unclosed'})
     assert line.startswith("device_profiles: DEVICE_PROFILES is not YAML or JSON: ")
 

@@ -4,6 +4,7 @@ null as an exported ThingsBoard profile has them)."""
 
 import pytest
 
+from bridge.core.formats.registry import INSTALLED
 from bridge.settings import ConfigError, load_text
 
 
@@ -52,11 +53,11 @@ def test_the_default_windows_and_the_transport_log():
 
 
 def test_an_efento_profile_has_no_payload_type():
-    assert profiles("{sensor: {coapDeviceType: EFENTO}}")["sensor"].efento
-    with pytest.raises(ConfigError) as info:
-        profiles("{a: {coapDeviceType: LWM2M}, b: {coapDeviceType: EFENTO, "
-                 "transportPayloadType: PROTOBUF}}")
-    assert info.value.problems == [
-        "device_profiles.a.coapDeviceType: must be DEFAULT or EFENTO, got 'LWM2M'",
-        "device_profiles.b.transportPayloadType: an EFENTO profile has none (its sensors send "
-        "Efento's own messages)"]
+    # the settings type the names; the payload formats check them (tests/core/test_registry)
+    found = profiles("{a: {coapDeviceType: LWM2M}, b: {coapDeviceType: EFENTO, "
+                     "transportPayloadType: PROTOBUF}}")
+    problems = [INSTALLED.check(found[name], "device_profiles.%s." % name)[1] for name in "ab"]
+    assert problems == [
+        ["device_profiles.a.coapDeviceType: must be DEFAULT or EFENTO, got 'LWM2M'"],
+        ["device_profiles.b.transportPayloadType: an EFENTO profile has none (its sensors send "
+         "Efento's own messages)"]]

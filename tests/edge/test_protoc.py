@@ -8,6 +8,7 @@ from bridge import settings as config_module
 from bridge.settings import ConfigError
 from bridge.startup_checks import load_text
 from bridge.core.formats import protoschema
+from bridge.core.formats.registry import INSTALLED
 from bridge.edge import protoc
 
 pytestmark = pytest.mark.skipif(protoc.protoc_command() is None,
@@ -104,13 +105,13 @@ def test_json_profiles_need_no_protoc(monkeypatch):
     monkeypatch.setattr(protoc, "bundled_protoc", lambda: None)
     monkeypatch.setattr(protoc, "system_protoc", lambda: None)
     config = load_text("device_profiles: {plain: {}}", {})
-    assert not config.device_profiles["plain"].protobuf
+    assert INSTALLED.name_of(config.device_profiles["plain"]) == "json"
     assert config_module.Config().device_profiles == {}
 
 
 def test_efento_profiles_are_checked_and_need_protoc(monkeypatch):
     config = load_text("device_profiles: {sensor: {coapDeviceType: EFENTO}}", {})
-    assert config.device_profiles["sensor"].efento
+    assert INSTALLED.name_of(config.device_profiles["sensor"]) == "efento"
     assert problems("device_profiles: {a: {coapDeviceType: LWM2M}, "
                     "b: {coapDeviceType: EFENTO, transportPayloadType: PROTOBUF}}") == [
         "device_profiles.a.coapDeviceType: must be DEFAULT or EFENTO, got 'LWM2M'",

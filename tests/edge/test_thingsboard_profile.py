@@ -9,6 +9,7 @@ import pytest
 from bridge.settings import ConfigError
 from bridge.startup_checks import load_text
 from bridge.core.formats import protoschema, tbprofile
+from bridge.core.formats.registry import INSTALLED
 from bridge.edge import protoc
 from tbprofiles import exported_profile, protobuf_payload
 
@@ -45,7 +46,7 @@ def test_a_protobuf_coap_profile_gives_its_schemas_flags_and_defaults(tmp_path):
         telemetry=METER, rpc_request=protoschema.DEFAULTS[protoschema.RPC_REQUEST],
         json_compatible=True, json_downlinks=True)))
     profile = load(path).device_profiles["meter"]
-    assert profile.protobuf and profile.thingsboardProfile == str(path)
+    assert INSTALLED.name_of(profile) == "protobuf" and profile.thingsboardProfile == str(path)
     assert profile.deviceTelemetryProtoSchema == METER
     # a schema the profile leaves out (null) is ThingsBoard's default
     assert profile.deviceAttributesProtoSchema == protoschema.DEFAULTS[protoschema.ATTRIBUTES]
@@ -58,16 +59,18 @@ def test_a_protobuf_coap_profile_gives_its_schemas_flags_and_defaults(tmp_path):
 def test_json_default_and_bare_coap_profiles_are_json(tmp_path):
     for n, doc in enumerate([exported_profile({"transportPayloadType": "JSON"}),
                              exported_profile(transport="DEFAULT")]):
-        assert not load(write(tmp_path, doc, "p%d.json" % n)).device_profiles["meter"].protobuf
+        profile = load(write(tmp_path, doc, "p%d.json" % n)).device_profiles["meter"]
+        assert INSTALLED.name_of(profile) == "json"
     bare = exported_profile()
     del bare["profileData"]["transportConfiguration"]["coapDeviceTypeConfiguration"]
-    assert not load(write(tmp_path, bare, "bare.json")).device_profiles["meter"].protobuf
+    assert INSTALLED.name_of(load(write(tmp_path, bare, "bare.json")).device_profiles["meter"]) \
+        == "json"
 
 
 def test_an_efento_profile_is_an_efento_device_type(tmp_path):
     profile = load(write(tmp_path, exported_profile(coap_device_type="EFENTO"))) \
         .device_profiles["meter"]
-    assert profile.efento and not profile.protobuf
+    assert INSTALLED.name_of(profile) == "efento"
 
 
 def test_a_bad_schema_inside_the_profile_names_the_file_line_and_column(tmp_path):

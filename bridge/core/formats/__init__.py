@@ -12,7 +12,8 @@ one method per kind of downlink (each format writes each kind its own way).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from ..payloads import Values
 
@@ -65,6 +66,42 @@ class PayloadFormat(Protocol):
 
 
 FormatOf = Callable[[str], PayloadFormat]  # device type -> the format its devices speak
+
+# == a format's declaration (``registry`` says how they are used) ==========
+
+DEFAULT_DEVICE_TYPE = "DEFAULT"  # ThingsBoard's coapDeviceType of the /api/v1 device API
+DEFAULT_PAYLOAD_TYPE = "JSON"  # transportPayloadType when left out (the settings' default)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory may use: ``json`` (the JSON format, ``limits.json_max_depth``: the
+    default and a fallback) and ``compiler``, the edge's schema compiler
+    (``bridge.edge.protoc``: ``message_class``, ``fixed_messages``, ``efento_messages``),
+    handed in by the glue so that formats stay free of I/O."""
+    json: PayloadFormat
+    compiler: Any = None
+
+
+Check = Callable[[Any, str], List[str]]  # (profile, "device_profiles.<type>.") -> problems
+Factory = Callable[[Any, BuildContext], PayloadFormat]  # (profile, context) -> format
+
+
+def no_problems(profile: Any, where: str) -> List[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class PayloadFormatEntry:
+    """One payload format as the registry knows it (see the module)."""
+    name: str  # its PayloadFormat.name
+    factory: Factory
+    payload_type: Optional[str] = None  # transportPayloadType; None: the device type's own
+    device_type: str = DEFAULT_DEVICE_TYPE  # coapDeviceType
+    keys: Tuple[str, ...] = ()  # the text keys it reads (an exported profile's too)
+    flags: Tuple[str, ...] = ()  # its true-or-false keys
+    check: Check = no_problems
+    startup: str = ""  # "module:function": (profile, where, problems) -> profile, with I/O
 
 
 class Formats:

@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from .. import codes, gateway
 from ..payloads import TelemetryEntry, Values
-from . import Message
+from . import DEFAULT_PAYLOAD_TYPE, BuildContext, Message, PayloadFormatEntry
 from .efento_proto import EfentoMessages
 from .protojson import to_json
 
@@ -286,3 +286,20 @@ def epoch_seconds(now: float) -> bytes:
     bits, as Java's ``(int)`` cast and ``putInt`` write it)."""
     return (int(now) & 0xFFFFFFFF).to_bytes(4, "big")
 
+
+
+# == the registry's entry (``registry``): coapDeviceType EFENTO ============
+
+def check_profile(profile: Any, where: str) -> List[str]:
+    if profile.transportPayloadType != DEFAULT_PAYLOAD_TYPE:
+        return ["%stransportPayloadType: an EFENTO profile has none (its sensors send "
+                "Efento's own messages)" % where]
+    return []
+
+
+def build(profile: Any, context: BuildContext) -> EfentoFormat:
+    return EfentoFormat(context.compiler.efento_messages())
+
+
+FORMAT = PayloadFormatEntry(NAME, build, device_type="EFENTO", check=check_profile,
+                            startup="bridge.edge.protoc:efento_startup")

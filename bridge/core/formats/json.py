@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, Tuple
 
 from .. import codes, gateway, payloads
-from . import Message
+from . import DEFAULT_PAYLOAD_TYPE, BuildContext, Message, PayloadFormat, PayloadFormatEntry
 
 
 class JsonFormat:
@@ -67,3 +67,10 @@ class JsonFormat:
 
     def rpc_result(self, payload: bytes) -> bytes:
         return payload  # the platform's JSON, as it sent it
+
+
+def build(profile: Any, context: BuildContext) -> PayloadFormat:
+    return context.json  # one JSON format for every type: limits.json_max_depth's
+
+
+FORMAT = PayloadFormatEntry(JsonFormat.name, build, payload_type=DEFAULT_PAYLOAD_TYPE)

@@ -47,12 +47,12 @@ as the JSON itself with useJsonPayloadFormatForDefaultDownlinkTopics.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from google.protobuf.message import DecodeError
 
 from .. import codes, gateway, jsondepth, payloads
-from . import CannotEncode, Message, protomerge
+from . import BuildContext, CannotEncode, Message, PayloadFormatEntry, protomerge, protoschema
 from .fixed import FixedMessages
 from .json import JsonFormat
 from .protojson import json_depth, to_json
@@ -222,3 +222,37 @@ class ProtobufFormat:
             raise CannotEncode("the RPC does not fit %s: %s"
                                % (message.DESCRIPTOR.full_name, exc)) from exc
         return message.SerializeToString()
+
+
+# == the registry's entry (``registry``) ===================================
+
+FLAGS = ("enableCompatibilityWithJsonPayloadFormat",
+         "useJsonPayloadFormatForDefaultDownlinkTopics")
+
+
+def check_profile(profile: Any, where: str) -> List[str]:
+    """A schema is given as its text or its file, not both."""
+    return ["%s: give %s or %sFile, not both" % (where, kind, kind) for kind in protoschema.KINDS
+            if getattr(profile, kind) and getattr(profile, kind + "File")]
+
+
+def build(profile: Any, context: BuildContext) -> "ProtobufFormat":
+    """A PROTOBUF profile's format: its schemas (texts by now: the start-up check read the
+    files, gave ThingsBoard's defaults and compiled them) as message classes."""
+    compiler = context.compiler
+
+    def message_class(kind: str) -> Any:
+        return compiler.message_class(getattr(profile, kind), kind)
+
+    return ProtobufFormat(
+        message_class(protoschema.TELEMETRY), message_class(protoschema.ATTRIBUTES),
+        context.json, profile.enableCompatibilityWithJsonPayloadFormat,
+        rpc_request_class=message_class(protoschema.RPC_REQUEST),
+        rpc_response_class=message_class(protoschema.RPC_RESPONSE),
+        fixed=compiler.fixed_messages(),
+        json_downlinks=profile.useJsonPayloadFormatForDefaultDownlinkTopics)
+
+
+FORMAT = PayloadFormatEntry(
+    ProtobufFormat.name, build, payload_type="PROTOBUF", check=check_profile,
+    keys=protoschema.KINDS, flags=FLAGS, startup="bridge.edge.protoc:protobuf_startup")

@@ -15,21 +15,21 @@ the keys. Where they are in it (ThingsBoard's ``DeviceProfile`` JSON)::
 
 As ThingsBoard's CoAP transport reads it: a ``DEFAULT`` transport configuration, a missing
 ``coapDeviceTypeConfiguration`` or a missing ``transportPayloadTypeConfiguration`` is JSON.
-Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile). An ``EFENTO`` device type
-is Efento's sensors (``coapDeviceType``; they have no payload settings). The power saving
-(``clientSettings``: ``powerMode``, ``psmActivityTimer``...) is read too.
+Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile). A device type other than
+``DEFAULT`` is a payload format's own (``EFENTO``: Efento's sensors), with no payload
+settings; the keys read from a payload configuration are those the installed formats
+declare (``registry``). The power saving (``clientSettings``: ``powerMode``,
+``psmActivityTimer``...) is read too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-from . import protoschema
+from . import DEFAULT_DEVICE_TYPE
+from .registry import INSTALLED, FormatRegistry
 
-TEXT_KEYS = ("transportPayloadType",) + protoschema.KINDS
 CLIENT_KEYS = ("powerMode", "psmActivityTimer", "edrxCycle", "pagingTransmissionWindow")
-FLAG_KEYS = ("enableCompatibilityWithJsonPayloadFormat",
-             "useJsonPayloadFormatForDefaultDownlinkTopics")
 
 
 class NotUsable(ValueError):
@@ -43,9 +43,10 @@ def _object(doc: Any, key: str, path: str) -> Any:
     return value
 
 
-def payload_settings(doc: Any) -> Dict[str, Any]:
-    """The profile's transportPayloadTypeConfiguration keys the bridge reads (schemas as
-    text, flags as booleans); ``{}`` for a JSON profile. Raises NotUsable."""
+def payload_settings(doc: Any, formats: Optional[FormatRegistry] = None) -> Dict[str, Any]:
+    """The profile's transportPayloadTypeConfiguration keys the formats read (text, or
+    booleans where the key's default is one: its flags); ``{}`` for a JSON profile. Raises
+    NotUsable."""
     if not isinstance(doc, dict):
         raise NotUsable("not a ThingsBoard device profile (the file holds no JSON object)")
     data = _object(doc, "profileData", "")
@@ -60,7 +61,7 @@ def payload_settings(doc: Any) -> Dict[str, Any]:
         raise NotUsable("not a CoAP device profile (its transport type is %s)" % (kind,))
     path = "profileData.transportConfiguration"
     client = _client_settings(transport, path)
-    settings = _device_settings(transport, path)
+    settings = _device_settings(transport, path, formats or INSTALLED)
     if client:
         settings["clientSettings"] = client
     return settings
@@ -75,33 +76,29 @@ def _client_settings(transport: Dict[str, Any], path: str) -> Dict[str, Any]:
     return {key: client.get(key) for key in CLIENT_KEYS if key in client}
 
 
-def _device_settings(transport: Dict[str, Any], path: str) -> Dict[str, Any]:
+def _device_settings(transport: Dict[str, Any], path: str,
+                     formats: FormatRegistry) -> Dict[str, Any]:
     device = _object(transport, "coapDeviceTypeConfiguration", path)
     if device is None:
         return {}
-    device_type = device.get("coapDeviceType", "DEFAULT")
-    if device_type == "EFENTO":
-        return {"coapDeviceType": "EFENTO"}  # Efento's own messages: no payload settings
-    if device_type != "DEFAULT":
+    device_type = device.get("coapDeviceType", DEFAULT_DEVICE_TYPE)
+    if device_type not in formats.device_types:
         raise NotUsable("unknown coapDeviceType %r" % (device_type,))
+    if device_type != DEFAULT_DEVICE_TYPE:
+        return {"coapDeviceType": device_type}  # the format's own messages: no settings
     path += ".coapDeviceTypeConfiguration"
     payload = _object(device, "transportPayloadTypeConfiguration", path)
     if payload is None:
         return {}
     path += ".transportPayloadTypeConfiguration"
     settings: Dict[str, Any] = {}
-    for key in TEXT_KEYS:
+    for key in ("transportPayloadType",) + formats.keys:
         value = payload.get(key)
         if value is None:
             continue
-        if not isinstance(value, str):
-            raise NotUsable("%s.%s is not text" % (path, key))
-        settings[key] = value
-    for key in FLAG_KEYS:
-        value = payload.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, bool):
-            raise NotUsable("%s.%s is not true or false" % (path, key))
+        flag = key in formats.flags
+        if not isinstance(value, bool if flag else str):
+            raise NotUsable("%s.%s is %s" % (path, key, "not true or false" if flag
+                                             else "not text"))
         settings[key] = value
     return settings
