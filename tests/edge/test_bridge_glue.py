@@ -9,6 +9,7 @@ from bridge.core import codes
 from bridge.core.actions import Delete, Device, Entry
 from bridge.glue.bridge import Bridge
 from coaplayer import incoming
+from outboxes import stored
 
 
 def request(remote=("10.0.0.7", 5683), **fields):
@@ -204,15 +205,15 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
 def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
     import sqlite3
     bridge, clock, writes = writing_bridge(tmp_path)
-    [stored] = bridge.outbox.append([Entry(0, "Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
-    bridge.outbox_commit.delete(Delete((stored,)))
+    [entry_id] = bridge.outbox.append([Entry(0, "Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
+    bridge.outbox_commit.delete(Delete((entry_id,)))
     writes.fail = sqlite3.OperationalError("database is locked")
     bridge.commit()
     assert bridge.outbox.stats()[0] == 1  # still there: kept for the next write
     uplink(bridge, 1)
     clock.advance(0)
-    assert writes.calls[-1][1] == [stored] and len(writes.calls[-1][0]) == 1
-    assert [e.device for e in bridge.outbox.load()] == ["Dev A"] and bridge.outbox.stats()[0] == 1
+    assert writes.calls[-1][1] == [entry_id] and len(writes.calls[-1][0]) == 1
+    assert [e.device for e in stored(bridge.outbox)] == ["Dev A"] and bridge.outbox.stats()[0] == 1
 
 
 def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp_path):
@@ -225,7 +226,7 @@ def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp
     [(rows, _, _)] = writes.calls
     assert [e.topic for e in rows] == ["v1/gateway/telemetry", "v1/gateway/claim",
                                        "v1/gateway/telemetry"]
-    assert [(e.topic, e.payload) for e in bridge.outbox.load()] == [(e.topic, e.payload)
+    assert [(e.topic, e.payload) for e in stored(bridge.outbox)] == [(e.topic, e.payload)
                                                                     for e in rows]
 
 
@@ -241,7 +242,7 @@ def test_an_uplink_being_written_at_a_rename_is_stored_and_kept_under_the_new_na
     clock.advance(0)
     assert answer.result.message.code == codes.CREATED
     assert store.entry.device == "Dev A"  # the core's actions are values: never changed
-    [entry] = bridge.outbox.load()  # written, then renamed in the outbox
+    [entry] = stored(bridge.outbox)  # written, then renamed in the outbox
     assert entry.device == "Kitchen" and list(json.loads(entry.payload)) == ["Kitchen"]
     [queued] = bridge.core.outbox.delivery.queues["Kitchen"]  # the core's own copy
     assert (queued.id, queued.device, queued.payload) == (entry.id, "Kitchen", entry.payload)

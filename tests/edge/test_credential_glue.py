@@ -17,6 +17,7 @@ from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
 from bridge.registry import Registry
 from coaplayer import incoming
+from outboxes import stored
 
 SHA3_A, SHA3_X = "a" * 64, "b" * 64
 
@@ -65,7 +66,7 @@ def test_a_token_less_uplink_over_a_session_is_stored_and_answered(tmp_path, cre
     assert not d.called  # kept for the turn's bulk, like a token uplink
     clock.advance(0)
     assert answer_code(d) == codes.CREATED
-    assert [entry[1] for entry in bridge.outbox.load()] == ["Dev A"]
+    assert [entry[1] for entry in stored(bridge.outbox)] == ["Dev A"]
     unknown = bridge.handle_coap(message(Session(PresharedKey("nobody")), mid=5))
     clock.advance(0)
     assert answer_code(unknown) == codes.UNAUTHORIZED
