@@ -16,7 +16,7 @@ layers) or tests/edge/test_coap_engine.py (the driver).
 from __future__ import annotations
 
 import random
-from typing import Any, Hashable, Optional, Tuple
+from typing import Any, Callable, Hashable, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
@@ -32,9 +32,11 @@ class BridgeCoap(DatagramProtocol, DatagramDriver):
     """Feeds a UDP port's datagrams to a ``MessageLayer`` and ``handler``'s answers back."""
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
-                 rng: Optional[random.Random] = None, callback_handler: bool = False):
+                 rng: Optional[random.Random] = None, callback_handler: bool = False,
+                 on_result: Optional[Callable[[int, str], None]] = None,
+                 on_peer_gone: Optional[Callable[[Any], None]] = None):
         DatagramDriver.__init__(self, handler, clock, settings, rng, self._write,
-                                callback_handler)
+                                callback_handler, on_result, on_peer_gone)
 
     def startProtocol(self) -> None:
         self.start()

@@ -181,12 +181,12 @@ def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_pa
     assert len(writes.calls) == 1 and len(writes.calls[0][0]) == 3
     assert [d.result.message.code for d in answers] == [codes.CREATED] * 3
     assert bridge.outbox.stats()[0] == 3
-    assert bridge.metrics()["outbox_commits_total"][2] == 1
+    assert bridge.metrics.values()["outbox_commits_total"][2] == 1
     later = uplink(bridge, 4)
     bridge.commit()  # called directly (as at shutdown): nothing is left for a later call
     assert later.result.message.code == codes.CREATED
     assert [c for c in clock.getDelayedCalls() if c.func == bridge.outbox_commit.commit] == []
-    assert bridge.metrics()["outbox_commits_total"][2] == 2
+    assert bridge.metrics.values()["outbox_commits_total"][2] == 2
 
 
 def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
@@ -196,7 +196,7 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
     failed = uplink(bridge, 1)
     clock.advance(0)
     assert failed.result.message.code == codes.SERVICE_UNAVAILABLE
-    assert bridge.metrics()["outbox_commits_total"][2] == 0  # only what was written counts
+    assert bridge.metrics.values()["outbox_commits_total"][2] == 0  # only what was written counts
     again = uplink(bridge, 2)
     clock.advance(0)
     assert again.result.message.code == codes.CREATED and bridge.outbox.stats()[0] == 1
@@ -276,7 +276,7 @@ def test_metrics_count_server_rpcs_dropped_and_expired():
     bridge.message("v1/gateway/rpc", rpc % 2)
     bridge.reactor.advance(bridge.config.platform.rpc_queue_ttl)
     bridge.tick()
-    metrics = bridge.metrics()
+    metrics = bridge.metrics.values()
     assert (metrics["rpc_dropped_total"][2], metrics["rpc_expired_total"][2]) == (1, 1)
 
 
@@ -438,6 +438,7 @@ def test_notifications_go_to_the_transport_of_their_peer():
     from bridge.core.actions import Notify
     from bridge.dtls.events import DtlsPeer
     from bridge.glue.notifications import Notifications
+    from bridge.glue.transports import Transports
 
     class Transport:
         def __init__(self):
@@ -447,17 +448,18 @@ def test_notifications_go_to_the_transport_of_their_peer():
             self.sent.append((ref, remote))
 
     clock = Clock()
-    notifications = Notifications(clock)
+    transports = Transports()
+    notifications = Notifications(clock, transports, lambda ref, outcome: None)
     udp, dtls = Transport(), Transport()
-    notifications.transport = udp
-    notifications.attach(DtlsPeer, dtls)
+    transports.join(tuple, udp)
+    transports.join(DtlsPeer, dtls)
     session = DtlsPeer(("10.0.0.1", 4000), 1)
     for ref, remote in ((1, ("10.0.0.1", 5683)), (2, session), (3, ("10.0.0.2", 5683))):
         notifications.queue(Notify(ref, remote, b"t", codes.CONTENT, b"{}", 2))
     clock.advance(0)
     assert udp.sent == [(1, ("10.0.0.1", 5683)), (3, ("10.0.0.2", 5683))]
     assert dtls.sent == [(2, session)]
-    notifications.detach(DtlsPeer)  # CoAPs stopped listening: its sessions get nothing
+    transports.leave(DtlsPeer)  # CoAPs stopped listening: its sessions get nothing
     notifications.queue(Notify(4, session, b"t", codes.CONTENT, b"{}", 3))
     notifications.queue(Notify(5, ("10.0.0.1", 5683), b"t", codes.CONTENT, b"{}", 3))
     clock.advance(0)

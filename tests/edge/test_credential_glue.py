@@ -104,7 +104,7 @@ def test_an_unknown_verified_certificate_registers_its_cn_once(tmp_path, logged)
                                                                        SHA3_X)
     registered = [e for e in logged if "Registered device" in e.get("log_format", "")]
     assert len(registered) == 1 and registered[0]["device"] == "Cam 7"
-    assert bridge.metrics()["devices_auto_registered_total"][2] == 1
+    assert bridge.metrics.values()["devices_auto_registered_total"][2] == 1
 
 
 def test_the_cn_regex_group_names_the_device_and_a_cn_that_does_not_match_is_4_01(tmp_path,
