@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 
 from ..settings import StartupError
 from ..core.actions import Device
+from ..core.backoff import Backoff
 from ..logs import logger
 from ..registry import Entry
 from ..core.platform_changes import Change
@@ -195,7 +196,7 @@ class SharedRegistry:
         self._unreported = False  # applied without a request (see _queue), not yet told
         self._reachable = True
         self._stopping = False
-        self._delay = MIN_DELAY
+        self._backoff = Backoff(MIN_DELAY, MAX_DELAY)  # one connection: no jitter
         self._retry: Any = None  # the IDelayedCall of the next reconnection
         self._busy: Optional[defer.Deferred] = None  # the listener's call in progress
         self.refresh()  # the first load, in place
@@ -293,8 +294,7 @@ class SharedRegistry:
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
-        delay, self._delay = self._delay, min(self._delay * 2, MAX_DELAY)
-        self._retry = self.reactor.callLater(delay, self._reconnect)
+        self._retry = self.reactor.callLater(self._backoff.next(), self._reconnect)
 
     def _reconnect(self) -> None:
         self._retry = None
@@ -305,7 +305,7 @@ class SharedRegistry:
 
     def _back(self, loaded: Loaded) -> None:
         self._queue(loaded)
-        self._delay = MIN_DELAY
+        self._backoff.reset()
         self._reachable = True
         log.info("Device registry {registry} reachable again ({count:plural:live device})",
                  registry=self.display, count=len(self._listener.last[0]))
