@@ -87,9 +87,9 @@ class _RegistryService(Service):
                                          name="coapbridge-registry")
             self.threadpool.start()
             registry = open_shared(self.target, self.pool_size, self.reactor,
-                                   self.threadpool)
+                                   self.threadpool, self.changes)
             self.view.attach(registry)  # closed with it if the journal cannot open
-            self._open_journal(registry)
+            self._open_journal()
         else:
             registry = Registry(self.target.path)
         self.view.attach(registry)
@@ -99,12 +99,11 @@ class _RegistryService(Service):
             registry.start()  # the shared registry begins listening
         Service.startService(self)
 
-    def _open_journal(self, registry: Any) -> None:
+    def _open_journal(self) -> None:
         from .edge.registry_journal import RegistryJournal
         journal = RegistryJournal(self.journal_path, self.synchronous)
         changes = self.changes
-        changes.attach(journal, shared_file=bool(self.worker))
-        registry.changes = changes
+        changes.attach(journal, shared_file=bool(self.worker))  # before the registry listens
         if len(journal):
             log.info("Platform changes waiting for the registry in {path}: {count}",
                      count=len(journal), path=self.journal_path)

@@ -33,6 +33,7 @@ from ..settings.reliable import enabled, tls_files
 from ..logs import logger
 from . import shared_tcp
 from .intake import Intake
+from .timer import repeating
 from .stream import Hub, StreamFactory, StreamPeer
 from .websocket import PATH, WebSocketFactory
 
@@ -104,8 +105,7 @@ class ReliableService(Service):
                      max_connections=cfg.max_connections)
         intake.transports.join(StreamPeer, hub)  # notifications to its connections' peers
         intake.registry_view.on_change.append(self.registry_changed)
-        self._sweep = LoopingCall(hub.expire)
-        self._sweep.clock = intake.reactor
+        self._sweep = repeating(intake.reactor, hub.expire)
         self._sweep.start(SWEEP_SECONDS, now=False).addErrback(
             lambda f: log.failure("Reliable transports' sweep stopped", failure=f))
         Service.startService(self)

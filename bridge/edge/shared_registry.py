@@ -182,7 +182,7 @@ class SharedRegistry:
     """The registry at ``store`` as the bridge reads it; ``start()`` begins listening."""
 
     def __init__(self, store: PgRegistry, listener: _Listener, initial: Loaded,
-                 reactor: Any, threadpool: Any):
+                 reactor: Any, threadpool: Any, changes: Optional[Changes] = None):
         self.store = store
         self.display = store.display
         self.reactor = reactor
@@ -192,7 +192,7 @@ class SharedRegistry:
         self.certificates: Dict[str, Device] = {}
         self.psk: Dict[str, Tuple[Device, bytes]] = {}
         self._pending: List[Loaded] = [initial]  # loaded, not yet in place
-        self.changes: Optional[Changes] = None  # the platform's, to apply (set by the service)
+        self.changes = changes  # the platform's, to apply (read once it listens: start())
         self._unreported = False  # applied without a request (see _queue), not yet told
         self._reachable = True
         self._stopping = False
@@ -347,7 +347,7 @@ class SharedRegistry:
 
 
 def open_shared(target: RegistryTarget, pool_size: int, reactor: Any,
-                threadpool: Any) -> SharedRegistry:
+                threadpool: Any, changes: Optional[Changes] = None) -> SharedRegistry:
     """Connect, migrate, LISTEN and load, blocking (the service does it before the reactor
     runs); raises ``StartupError`` with one line when the registry cannot be used."""
     store = PgRegistry(target.conninfo, target.display, pool_size)
@@ -358,4 +358,4 @@ def open_shared(target: RegistryTarget, pool_size: int, reactor: Any,
         store.close()
         raise StartupError("cannot use the device registry %s: %s"
                            % (target.display, one_line(exc)))
-    return SharedRegistry(store, listener, initial, reactor, threadpool)
+    return SharedRegistry(store, listener, initial, reactor, threadpool, changes)

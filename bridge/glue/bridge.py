@@ -17,7 +17,6 @@ import socket
 from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
@@ -41,6 +40,7 @@ from ..edge.outbox import Outbox
 from ..edge.ota import PackageStore
 from ..edge.provision import Provisioner
 from ..edge.short_session import ShortSessions
+from ..edge.timer import repeating
 from ..logs import logger
 from ..registry import Registry
 from .admission import PendingAdmission
@@ -303,8 +303,7 @@ class Bridge:
             log.failure("Waiting for the last PUBACKs failed", failure=failure)
             if not done.called:
                 done.callback(None)
-        poll = LoopingCall(check)
-        poll.clock = self.reactor
+        poll = repeating(self.reactor, check)
         poll.start(DRAIN_POLL, now=True).addErrback(failed)
         return done
 
