@@ -1,5 +1,6 @@
-"""Saturation runs and their summaries, shared by bench/run.py, bench/dtlsrun.py and
-bench/ab.py (its own module so that none of them imports another: no import cycle)."""
+"""Saturation runs and their summaries, shared by bench/run.py and bench/dtlsrun.py (and
+bench/ab.py, through run): a module of their own so that run.py and dtlsrun.py do not
+import each other (tests/core/test_bars.py finds no import cycle in bench/)."""
 
 from __future__ import annotations
 
