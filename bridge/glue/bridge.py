@@ -193,17 +193,9 @@ class Bridge:
     def registry(self) -> Optional[Registry]:
         return self.registry_view.registry
 
-    @registry.setter
-    def registry(self, registry: Optional[Registry]) -> None:
-        self.registry_view.attach(registry)
-
     @property
     def outbox(self) -> Optional[Outbox]:
         return self.outbox_commit.outbox
-
-    @outbox.setter
-    def outbox(self, outbox: Optional[Outbox]) -> None:
-        self.outbox_commit.attach(outbox)
 
     def now(self) -> float:
         return self.reactor.seconds()

@@ -98,7 +98,7 @@ def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
     path = str(tmp_path / "registry.sqlite3")
     writer = Registry(path)
     writer.add("Dev A", "tokA", "thermo")
-    bridge.registry = Registry(path)
+    bridge.registry_view.attach(Registry(path))
     queries = []
     bridge.registry._db.set_trace_callback(queries.append)
     lookup = bridge.core.auth.lookup  # what the core reads: plain data, no query
@@ -124,7 +124,7 @@ def test_the_bridges_own_registry_write_counts_within_the_same_turn(tmp_path):
     from bridge.registry import Registry
     clock = Clock()
     bridge = Bridge(startup_checks.load(None, {}), clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     lookup, view = bridge.core.auth.lookup, bridge.registry_view
     view.refresh()
     assert lookup("tokP") is None
@@ -163,9 +163,9 @@ def writing_bridge(tmp_path):
     from bridge.registry import Registry
     clock = Clock()
     bridge = Bridge(startup_checks.load_text("limits: {device_rate: 0, peer_rate: 0}", {}), clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     bridge.registry.add("Dev A", "tok", "thermo")
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     return bridge, clock, CountingWrites(bridge.outbox)
 
 

@@ -39,8 +39,8 @@ def make_bridge(tmp_path, yaml="", clock=None):
     clock = clock or Clock()
     config = startup_checks.load_text(yaml or "{}", {})  # the shipped limits
     bridge = Bridge(config, clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     return bridge, clock
 
 

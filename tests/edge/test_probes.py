@@ -64,8 +64,8 @@ def test_an_mqtt_outage_is_degraded_not_unready(tmp_path):
     assert bridge.readiness.check() == (["coap not listening", "outbox not open",
                                          "registry not loaded"], ["mqtt not connected"])
     registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.registry = registry
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.registry_view.attach(registry)
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.transports.join(tuple, udp(bridge))
     assert bridge.readiness.check() == ([], ["mqtt not connected"])  # uplinks are stored
     bridge.link.connected = True
@@ -76,8 +76,8 @@ def test_an_mqtt_outage_is_degraded_not_unready(tmp_path):
 
 def test_health_ready_requires_mqtt_makes_an_outage_unready(tmp_path):
     bridge, _ = ready_bridge(tmp_path, {"HEALTH_READY_REQUIRES_MQTT": "true"})
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.transports.join(tuple, udp(bridge))
     assert bridge.readiness.check() == (["mqtt not connected"], [])
     bridge.link.connected = True
@@ -86,9 +86,9 @@ def test_health_ready_requires_mqtt_makes_an_outage_unready(tmp_path):
 
 def test_a_full_outbox_makes_the_bridge_unready_until_it_drains(tmp_path):
     bridge, clock = ready_bridge(tmp_path, {"OUTBOX_MAX_ENTRIES": "1"})
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     bridge.registry.add("Dev A", "tokA", "default")
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.outbox_commit.restore()
     bridge.transports.join(tuple, udp(bridge))
     assert bridge.readiness.check() == ([], ["mqtt not connected"])
@@ -104,8 +104,8 @@ def test_a_full_outbox_makes_the_bridge_unready_until_it_drains(tmp_path):
 def test_a_failed_outbox_write_keeps_it_unready_until_a_write_succeeds(tmp_path):
     from bridge.glue.readiness import OUTBOX_FAILURE_HOLD
     bridge, clock = ready_bridge(tmp_path)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.transports.join(tuple, udp(bridge))
     bridge.link.connected = True
     bridge.outbox_commit.failed = ("database or disk is full", clock.seconds())
@@ -119,8 +119,8 @@ def test_each_change_of_readiness_is_logged_once(tmp_path):
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
-        bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-        bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+        bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+        bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
         bridge.readiness.watch(clock.seconds())  # CoAP not listening yet
         bridge.transports.join(tuple, udp(bridge))
         for _ in range(3):
@@ -151,8 +151,8 @@ def test_each_change_of_readiness_is_logged_once(tmp_path):
 
 def test_a_stopping_bridge_is_not_ready_and_says_so_once(tmp_path):
     bridge, clock = ready_bridge(tmp_path)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.transports.join(tuple, udp(bridge))
     bridge.link.connected = True
     events = []

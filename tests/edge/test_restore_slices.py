@@ -47,7 +47,7 @@ def backlog_bridge(tmp_path):
     clock.advance(1_700_000_000)
     bridge = Bridge(startup_checks.load_text("outbox: {max_batch: 50}", {}), clock)
     bridge.link = FakeLink()
-    bridge.outbox = Outbox(path)
+    bridge.outbox_commit.attach(Outbox(path))
     return bridge, clock
 
 
