@@ -20,7 +20,8 @@ from typing import Any, Dict, List
 
 import dtlsload
 import loadgen
-import run as bench
+import procstat
+import saturation as bench
 
 SESSIONS_QUICK, SESSIONS_FULL = 1000, 5000  # idle sessions for the memory figure
 
@@ -53,20 +54,20 @@ def _hs_summary(result: dtlsload.Result, cpu: float, elapsed: float) -> Dict[str
 
 def _handshakes(label: str, pid: int, port: int, context: dtlsload.ClientContext,
                 duration: float, resume: bool = False) -> Dict[str, Any]:
-    before, start = bench.cpu_seconds(pid), time.time()
+    before, start = procstat.cpu_seconds(pid), time.time()
     result = dtlsload.handshakes("127.0.0.1", port, context, duration, concurrency=16,
                                  resume=resume, progress=lambda f: bench.progress(label, f))
     bench.progress(label, 1.0)
-    return _hs_summary(result, bench.cpu_seconds(pid) - before, time.time() - start)
+    return _hs_summary(result, procstat.cpu_seconds(pid) - before, time.time() - start)
 
 
 def _telemetry(label: str, pid: int, clients: List[Any], selector: Any, tpl: List[bytes],
                duration: float) -> Dict[str, Any]:
-    before, start = bench.cpu_seconds(pid), time.time()
+    before, start = procstat.cpu_seconds(pid), time.time()
     result = dtlsload.telemetry(clients, selector, tpl, duration, window=4,
                                 progress=lambda f: bench.progress(label, f))
     bench.progress(label, 1.0)
-    used = bench.cpu_seconds(pid) - before
+    used = procstat.cpu_seconds(pid) - before
     return {"rate": round(result.rate), "answered": result.done, "lost": result.lost,
             "p50_ms": round(result.percentile(50) * 1000, 2),
             "p99_ms": round(result.percentile(99) * 1000, 2),
@@ -81,7 +82,7 @@ def memory(run: Any, certs: Dict[str, str], psk_key: bytes, out: Dict[str, Any])
     count = SESSIONS_QUICK if run.quick else SESSIONS_FULL
     devices = ["dev%d" % n for n in range(32)]
     mqtt = run.mosquitto()
-    dport = bench.free_port(socket.SOCK_DGRAM)
+    dport = procstat.free_port(socket.SOCK_DGRAM)
     proc, _ = run.bridge(mqtt, devices, _dtls_settings(certs, dport),
                          rows=_rows(devices, psk_key, certs))
     kinds = {"psk": dtlsload.ClientContext(psk=("tdev0", psk_key)),
@@ -92,15 +93,15 @@ def memory(run: Any, certs: Dict[str, str], psk_key: bytes, out: Dict[str, Any])
     time.sleep(1.0)
     result: Dict[str, Any] = {"sessions": count}
     for kind, context in kinds.items():
-        before = bench.rss_kib(proc.pid)
+        before = procstat.rss_kib(proc.pid)
         label = "dtls memory: %d %s sessions" % (count, kind)
         kept.append(dtlsload.connect("127.0.0.1", dport, context, count,
                                      progress=lambda f: bench.progress(label, f)))
         bench.progress(label, 1.0)
         time.sleep(1.5)
-        growth = bench.rss_kib(proc.pid) - before
+        growth = procstat.rss_kib(proc.pid) - before
         result[kind] = {"rss_growth_kib": growth, "kib_per_session": round(growth / count, 1)}
-    result["rss_kib"] = bench.rss_kib(proc.pid)
+    result["rss_kib"] = procstat.rss_kib(proc.pid)
     out["memory"] = result
     for clients, selector in kept:
         for client in clients:
@@ -117,7 +118,7 @@ def scenario_dtls(run: Any, out: Dict[str, Any]) -> None:
     tpl = bench.templates(devices)
     mqtt = run.mosquitto()
     counter = run.platform(mqtt, "count")
-    dport = bench.free_port(socket.SOCK_DGRAM)
+    dport = procstat.free_port(socket.SOCK_DGRAM)
     proc, port = run.bridge(mqtt, devices, _dtls_settings(certs, dport),
                             rows=_rows(devices, psk_key, certs))
     selector = selectors.DefaultSelector()

@@ -90,7 +90,6 @@ def make_rig(n: int) -> Any:
     up.Broker = PlatformBroker  # type: ignore[misc]
     up.runtime.tune_gc()
     rig = up.Rig(False, tempfile.mkdtemp(prefix="observerprofile-"))
-    rig.bridge.notifications.transport = rig.coap  # as bridge/service.py wires it
     return rig
 
 

@@ -167,8 +167,7 @@ class Rig:
         self.coap.transport = self.udp
         self.coap.startProtocol()
         if not engine:
-            self.bridge.coap = self.coap
-            self.bridge.coap_listening = True
+            self.bridge.transports.join(tuple, self.coap)  # as bridge/listeners.py does
             self._connect()
         self.mid = 0
         self.answered = 0
@@ -190,9 +189,9 @@ class Rig:
         registry = Registry(os.path.join(directory, "registry.sqlite3"))
         for n, token in enumerate(self.tokens):
             registry.add("bench device %03d" % n, token, "default")
-        bridge.registry = registry
-        bridge.outbox = Outbox(os.path.join(directory, "outbox.sqlite3"),
-                               config.outbox.synchronous)
+        bridge.registry_view.attach(registry)
+        bridge.outbox_commit.attach(Outbox(os.path.join(directory, "outbox.sqlite3"),
+                                           config.outbox.synchronous))
         bridge.outbox_commit.restore()
         self.ticker = LoopingCall(bridge.tick)  # the service's tick (bridge/service.py)
         self.ticker.clock = self.clock

@@ -8,7 +8,6 @@ glue they serve is ``bridge.glue.bridge.Bridge``. Only the composition root
 
 from __future__ import annotations
 
-import errno
 import os
 import random
 from typing import Any, Callable, Dict, List, Optional
@@ -16,19 +15,22 @@ from typing import Any, Callable, Dict, List, Optional
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
-from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from .settings import Config, StartupError, env_name
-from .settings.dtls import warnings_of as dtls_warnings
-from .edge import coap as coap_edge
+from .settings import Config, StartupError
 from .edge import outbox_files, reliable_service
 from .edge.data_dir import DataDirLock
+from .edge.intake import Intake
+from .edge.timer import repeating
 from .settings.reliable import enabled as enabled_listeners
 from .edge.outbox import Outbox
 from .glue.bridge import Bridge
+from .glue.commit import OutboxCommit
+from .glue.lookup import RegistryView
+from .glue.platform_changes import PlatformChanges
+from .listeners import CoapService, DtlsService, cannot_listen
 from .logs import logger, unfiltered_logger
 from .registry import Registry
 
@@ -37,28 +39,7 @@ log = logger("bridge")
 TICK_SECONDS = 0.25
 DRAIN_TIMEOUT = 2.0  # s to wait for the last PUBACKs when stopping
 
-__all__ = ["Bridge", "BridgeService"]
-
-
-def _cannot_listen(what: str, protocol: str, exc: CannotListenError, key: str,
-                   hint: str = "") -> str:
-    """The start-up line for a port that cannot be bound: ``key`` is its port setting
-    (``coap.bind_port``), beside which is its address setting."""
-    error = exc.socketError
-    reason = getattr(error, "strerror", None) or str(error)
-    number = getattr(error, "errno", None)
-    address_key = key.rpartition(".")[0] + ".bind_address"
-    where = "cannot listen for %s on %s %s port %s" % (what, protocol, exc.interface or "*",
-                                                      exc.port)
-    if number == errno.EADDRNOTAVAIL:
-        return ("%s: this host has no address %s; give %s (%s) one of its addresses, or "
-                "0.0.0.0 or :: for all of them" % (where, exc.interface, address_key,
-                                                   env_name(address_key)))
-    if number == errno.EACCES:
-        return ("%s: %s (ports below 1024 need root or CAP_NET_BIND_SERVICE); choose another "
-                "port with %s (%s)" % (where, reason, key, env_name(key)))
-    return ("%s: %s; stop the program that uses it (another bridge?) or choose another port "
-            "with %s (%s%s)" % (where, reason, key, env_name(key), hint))
+__all__ = ["Bridge", "BridgeService", "cannot_listen"]
 
 
 class _DataDirService(Service):
@@ -86,8 +67,12 @@ class _RegistryService(Service):
     PostgreSQL registry (``bridge.edge.shared_registry``) with its thread pool and the
     journal of the platform's changes for it (``bridge.edge.registry_journal``)."""
 
-    def __init__(self, bridge: Bridge, config: Config):
-        self.bridge = bridge
+    def __init__(self, view: RegistryView, changes: PlatformChanges, reactor: Any,
+                 config: Config, worker: int):
+        self.view = view  # holds the registry while the service runs
+        self.changes = changes
+        self.reactor = reactor
+        self.worker = worker
         self.target = config.registry_target
         self.pool_size = config.registry.pool_size
         self.journal_path = os.path.join(config.data_dir, "registry-journal.sqlite3")
@@ -101,34 +86,33 @@ class _RegistryService(Service):
             self.threadpool = ThreadPool(minthreads=1, maxthreads=self.pool_size + 1,
                                          name="coapbridge-registry")
             self.threadpool.start()
-            registry = open_shared(self.target, self.pool_size, self.bridge.reactor,
-                                   self.threadpool)
-            self.bridge.registry = registry  # closed with it if the journal cannot open
-            self._open_journal(registry)
+            registry = open_shared(self.target, self.pool_size, self.reactor,
+                                   self.threadpool, self.changes)
+            self.view.attach(registry)  # closed with it if the journal cannot open
+            self._open_journal()
         else:
             registry = Registry(self.target.path)
-        self.bridge.registry = registry
+        self.view.attach(registry)
         log.info("Device registry {registry}: {count:plural:device}", registry=self.target.display,
                  count=len(registry.entries()))
         if self.threadpool is not None:
             registry.start()  # the shared registry begins listening
         Service.startService(self)
 
-    def _open_journal(self, registry: Any) -> None:
+    def _open_journal(self) -> None:
         from .edge.registry_journal import RegistryJournal
         journal = RegistryJournal(self.journal_path, self.synchronous)
-        changes = self.bridge.platform_changes
-        changes.attach(journal, shared_file=bool(self.bridge.worker))
-        registry.changes = changes
+        changes = self.changes
+        changes.attach(journal, shared_file=bool(self.worker))  # before the registry listens
         if len(journal):
             log.info("Platform changes waiting for the registry in {path}: {count}",
                      count=len(journal), path=self.journal_path)
 
     def stopService(self) -> Any:
         Service.stopService(self)
-        registry = self.bridge.registry
+        registry = self.view.registry
         if registry is not None and self.threadpool is not None:  # the shared registry
-            self.bridge.registry = None
+            self.view.attach(None)
             return registry.stop().addBoth(self._pool_stopped)
         self.close()
         return None
@@ -138,10 +122,11 @@ class _RegistryService(Service):
         return result
 
     def close(self) -> None:
-        if self.bridge.registry is not None:
-            registry, self.bridge.registry = self.bridge.registry, None
+        registry = self.view.registry
+        if registry is not None:
+            self.view.attach(None)
             registry.close()
-        journal = self.bridge.platform_changes.detach()
+        journal = self.changes.detach()
         if journal is not None:
             journal.close()
         if self.threadpool is not None:
@@ -154,8 +139,8 @@ class _OutboxService(Service):
     after taking over the entries of outbox files no process owns any more (the single
     process or worker 1 does: see ``bridge.edge.outbox_files``); written and closed at stop."""
 
-    def __init__(self, bridge: Bridge, config: Config, worker: int):
-        self.bridge = bridge
+    def __init__(self, commit: OutboxCommit, config: Config, worker: int):
+        self.commit = commit  # holds the outbox while the service runs
         self.path = config.worker_outbox_path(worker)
         self.synchronous = config.outbox.synchronous
         self.data_dir = config.data_dir
@@ -170,15 +155,15 @@ class _OutboxService(Service):
         except StartupError:
             outbox.close()
             raise
-        self.bridge.outbox = outbox
+        self.commit.attach(outbox)
         if self.adopts:
             outbox_files.adopt_leftovers(outbox, self.data_dir, self.workers, self.synchronous)
-        self.bridge.outbox_commit.restore()
+        self.commit.restore()
         Service.startService(self)
 
     def stopService(self) -> None:
         Service.stopService(self)
-        commit = self.bridge.outbox_commit
+        commit = self.commit
         if commit.outbox is not None:
             commit.stop()
             count, _ = commit.outbox.stats()
@@ -187,9 +172,8 @@ class _OutboxService(Service):
         self.close()
 
     def close(self) -> None:
-        commit = self.bridge.outbox_commit
-        if commit.outbox is not None:
-            outbox, commit.outbox = commit.outbox, None
+        outbox = self.commit.detach()
+        if outbox is not None:
             outbox.close()
         if self.lock is not None:  # after SQLite's connection: see bridge/edge/outbox_files.py
             lock, self.lock = self.lock, None
@@ -199,11 +183,12 @@ class _OutboxService(Service):
 class _PackageService(Service):
     """The package cache directory; downloads in progress end when the service stops."""
 
-    def __init__(self, bridge: Bridge):
-        self.bridge = bridge
+    def __init__(self, packages: Any, sessions: Any):
+        self.packages = packages
+        self.sessions = sessions  # OTA downloads and upstream provisioning sessions
 
     def startService(self) -> None:
-        packages = self.bridge.packages
+        packages = self.packages
         try:
             packages.start()
         except OSError as exc:
@@ -214,7 +199,7 @@ class _PackageService(Service):
 
     def stopService(self) -> None:
         Service.stopService(self)
-        self.bridge.sessions.stop()  # OTA downloads and upstream provisioning sessions
+        self.sessions.stop()
 
 
 class _MqttService(Service):
@@ -233,10 +218,8 @@ class _MqttService(Service):
 
 
 class _TickService(Service):
-    def __init__(self, bridge: Bridge):
-        self.bridge = bridge
-        self.loop = LoopingCall(bridge.tick)
-        self.loop.clock = bridge.reactor
+    def __init__(self, tick: Callable[[], None], reactor: Any):
+        self.loop = repeating(reactor, tick)
 
     def startService(self) -> None:
         Service.startService(self)
@@ -250,24 +233,31 @@ class _TickService(Service):
 
 
 class _MetricsService(Service):
+    """``/metrics``, ``/healthz`` and ``/readyz`` (``metrics.port``; 0: off). Bound with
+    ``listenTCP`` at start rather than by ``StreamServerEndpointService``, whose failure to
+    listen is only logged: a port in use must be a ``StartupError`` before CoAP opens."""
+
     def __init__(self, bridge: Bridge):
-        self.bridge = bridge
+        cfg = bridge.config.metrics
+        self.cfg = cfg
+        self.reactor = bridge.reactor
+        self.site_parts = (bridge.prometheus.registry, bridge.readiness.check,
+                           bridge.platform_changes.notes)
+        # a worker's metrics are read by its supervisor, which serves metrics.port
+        self.address = (0, "127.0.0.1") if bridge.worker else (cfg.port, cfg.bind_address)
         self.port: Any = None
 
     def startService(self) -> None:
         from .edge.metrics import MetricsSite
-        cfg = self.bridge.config.metrics
+        cfg = self.cfg
         if cfg.port:
-            site = MetricsSite(self.bridge.prometheus.registry, self.bridge.readiness.check,
-                               cfg.idle_timeout, cfg.max_connections,
-                               self.bridge.platform_changes.notes)
-            # a worker's metrics are read by its supervisor, which serves metrics.port
-            port, host = (0, "127.0.0.1") if self.bridge.worker else (cfg.port,
-                                                                     cfg.bind_address)
+            registry, check, notes = self.site_parts
+            site = MetricsSite(registry, check, cfg.idle_timeout, cfg.max_connections, notes)
+            port, host = self.address
             try:
-                self.port = self.bridge.reactor.listenTCP(port, site, interface=host)
+                self.port = self.reactor.listenTCP(port, site, interface=host)
             except CannotListenError as exc:
-                raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
+                raise StartupError(cannot_listen("metrics", "TCP", exc, "metrics.port",
                                                   ", 0: off"))
             log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
                      host=host, port=self.port.getHost().port)
@@ -281,124 +271,12 @@ class _MetricsService(Service):
         return None
 
 
-class _CoapService(Service):
-    def __init__(self, bridge: Bridge, inherited: Optional[int] = None):
-        self.bridge = bridge
-        self.inherited = inherited  # a worker's socket of the supervisor's group
-        self.port: Any = None
-        self.protocol: Optional[coap_edge.BridgeCoap] = None
-
-    def startService(self) -> None:
-        cfg = self.bridge.config.coap
-        # the request handler answers through the driver's respond: no Deferred per request
-        self.protocol = coap_edge.BridgeCoap(self.bridge.requests.handle, self.bridge.reactor,
-                                             datagram_settings(cfg), self.bridge.rng,
-                                             callback_handler=True)
-        self.protocol.on_result = self.bridge.notified
-        self.protocol.on_peer_gone = self.bridge.peer_gone
-        try:
-            self.port = coap_edge.listen(self.bridge.reactor, self.protocol, cfg.bind_port,
-                                         cfg.bind_address, shared=bool(self.bridge.worker),
-                                         inherited=self.inherited)
-        except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
-        self.bridge.coap = self.protocol
-        self.bridge.notifications.transport = self.protocol
-        self.bridge.coap_listening = True
-        Service.startService(self)
-        host = self.port.getHost()
-        log.info("CoAP listening on {host}:{port}", host=host.host, port=host.port)
-        self.bridge.relations.start(self.protocol)  # the relations its predecessor held
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        self.bridge.relations.stop()  # they stay in the file for the next start
-        self.bridge.coap_listening = False
-        self.bridge.notifications.stop()
-        if self.port is not None:
-            port, self.port = self.port, None
-            port.stopReading()  # no new requests; those already stored are answered now
-            self.bridge.commit()
-            return port.stopListening()
-        return None
-
-
-def datagram_settings(cfg: Any) -> Any:
-    """The CoAP message layer's settings (``coap.*``), for UDP and for CoAPs alike."""
-    return coap_edge.datagram_settings(cfg.empty_ack_delay, cfg.exchange_lifetime,
-                                       cfg.max_body, cfg.ack_timeout, cfg.max_retransmit,
-                                       cfg.con_notification_interval)
-
-
-class _DtlsService(Service):
-    """CoAPs (``dtls.enabled``): DTLS sessions in front of a CoAP message layer of their own
-    (the same request handler and settings as plain CoAP), on their own UDP port; started
-    after plain CoAP, stopped before it."""
-
-    def __init__(self, bridge: Bridge, inherited: Optional[int] = None):
-        self.bridge = bridge
-        self.inherited = inherited  # a worker's socket of the supervisor's group
-        self.port: Any = None
-        self.transport: Any = None
-        self.peer_type: Any = None
-
-    def startService(self) -> None:
-        from .edge import dtls as dtls_edge  # OpenSSL: only when DTLS is on
-        bridge = self.bridge
-        cfg = bridge.config.dtls
-        view = bridge.registry_view
-        from .dtls.events import DtlsPeer
-        from .edge.datagram import DatagramDriver
-        coap = DatagramDriver(bridge.requests.handle, bridge.reactor,
-                              datagram_settings(bridge.config.coap), bridge.rng,
-                              callback_handler=True)
-        coap.on_result = bridge.notified
-        coap.on_peer_gone = bridge.peer_gone
-        # psk_key: the handshake's synchronous lookup in the registry's copy
-        # observes: a session whose device only observes is not idle (docs/device-api.md)
-        self.transport = dtls_edge.DtlsTransport(cfg, coap, bridge.reactor, view.psk_key,
-                                                 in_use=bridge.core.observes)
-        interface = cfg.bind_address or bridge.config.coap.bind_address
-        try:
-            self.port = dtls_edge.listen(bridge.reactor, self.transport, cfg.bind_port,
-                                         interface, shared=bool(bridge.worker),
-                                         inherited=self.inherited)
-        except CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
-        view.on_change.append(self.registry_changed)
-        self.transport.on_handshake = bridge.handshakes.record
-        bridge.requests.counts.register(DtlsPeer, "dtls")
-        bridge.dtls = self.transport
-        self.peer_type = DtlsPeer
-        bridge.notifications.attach(DtlsPeer, coap)  # notifications to its sessions
-        Service.startService(self)
-        host = self.port.getHost()
-        log.info("CoAPs (DTLS) listening on {host}:{port}", host=host.host, port=host.port)
-        for line in dtls_warnings(bridge.config) if bridge.worker <= 1 else ():
-            log.warn("{reason}", reason=line)
-
-    def registry_changed(self) -> None:
-        """End the sessions whose certificate or PSK identity left the registry, and those
-        whose PSK key changed."""
-        view = self.bridge.registry_view
-        self.transport.end_sessions(view.credential_gone)
-        self.transport.end_changed_keys(view.psk_key)
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        if self.port is not None:
-            view = self.bridge.registry_view
-            if self.registry_changed in view.on_change:
-                view.on_change.remove(self.registry_changed)
-            port, self.port = self.port, None
-            # as plain CoAP: no new records; the uplinks already stored are answered
-            # over their sessions now, and only then does each get its close_notify
-            port.stopReading()
-            self.bridge.commit()
-            self.bridge.notifications.detach(self.peer_type)
-            self.transport.close_all()
-            return port.stopListening()
-        return None
+def transport_intake(bridge: Bridge) -> Intake:
+    """What each transport service is built with, from the bridge's parts."""
+    requests = bridge.requests
+    return Intake(bridge.reactor, bridge.rng, requests.handle, bridge.notified,
+                  bridge.peer_gone, bridge.transports, bridge.commit, bridge.registry_view,
+                  requests.counts, bool(bridge.worker))
 
 
 class BridgeService(MultiService):
@@ -428,18 +306,24 @@ class BridgeService(MultiService):
         self.refuse = refuse
         self.log_observer = log_observer
         self.worker = worker
-        self.bridge = Bridge(config, reactor, rng, worker)
+        self.bridge = bridge = Bridge(config, reactor, rng, worker)
         self._files: List[Any] = [] if worker else [_DataDirService(config.data_dir)]
-        self._files += [_RegistryService(self.bridge, config),
-                        _OutboxService(self.bridge, config, worker)]
-        self._metrics = _MetricsService(self.bridge)
+        self._files += [_RegistryService(bridge.registry_view, bridge.platform_changes,
+                                         reactor, config, worker),
+                        _OutboxService(bridge.outbox_commit, config, worker)]
+        self._metrics = _MetricsService(bridge)
+        intake = transport_intake(bridge)
         children: List[IService] = self._files + [
-            _PackageService(self.bridge), _MqttService(self.bridge), _TickService(self.bridge),
-            self._metrics, _CoapService(self.bridge, sockets.get("coap"))]
+            _PackageService(bridge.packages, bridge.sessions), _MqttService(bridge),
+            _TickService(bridge.tick, reactor), self._metrics,
+            CoapService(intake, config.coap, bridge.relations, bridge.notifications,
+                        sockets.get("coap"))]
         if config.dtls.enabled:
-            children.append(_DtlsService(self.bridge, sockets.get("dtls")))
+            children.append(DtlsService(intake, config, bridge.core.observes,
+                                        bridge.metrics.handshakes.record, worker <= 1,
+                                        sockets.get("dtls")))
         if enabled_listeners(config):
-            children.append(reliable_service.ReliableService(self.bridge, _cannot_listen,
+            children.append(reliable_service.ReliableService(intake, config, cannot_listen,
                                                              sockets))
         for child in children:
             child.setServiceParent(self)

@@ -184,22 +184,22 @@ class SupervisorService(Service):
             self.spawn(worker)
 
     def _check_ports(self) -> None:
-        from .service import _cannot_listen
+        from .listeners import cannot_listen
         cfg = self.config.coap
         try:
             udp.port_free(cfg.bind_port, cfg.bind_address)
         except error.CannotListenError as exc:
-            raise StartupError(_cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
+            raise StartupError(cannot_listen("CoAP", "UDP", exc, "coap.bind_port"))
         dtls = self.config.dtls
         if dtls.enabled:
             try:
                 udp.port_free(dtls.bind_port, dtls.bind_address or cfg.bind_address)
             except error.CannotListenError as exc:
-                raise StartupError(_cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
+                raise StartupError(cannot_listen("CoAPs", "UDP", exc, "dtls.bind_port"))
 
     def _bind_groups(self) -> None:
         """The workers' sockets, bound in order and held here for as long as we run."""
-        from .service import _cannot_listen
+        from .listeners import cannot_listen
         cfg, dtls = self.config.coap, self.config.dtls
         ports = [("coap", "CoAP", cfg.bind_port, cfg.bind_address, "coap.bind_port")]
         if dtls.enabled:
@@ -209,13 +209,13 @@ class SupervisorService(Service):
             try:
                 self.groups[name] = udp.SocketGroup(port, interface, cfg.workers)
             except error.CannotListenError as exc:
-                raise StartupError(_cannot_listen(what, "UDP", exc, key))
+                raise StartupError(cannot_listen(what, "UDP", exc, key))
         self._bind_listeners()
 
     def _bind_listeners(self) -> None:
         """The RFC 8323 listeners' sockets, listening here for as long as we run."""
         from .edge.reliable_service import LISTENERS
-        from .service import _cannot_listen
+        from .listeners import cannot_listen
         from .settings.reliable import enabled
         for name in enabled(self.config):
             scheme, _, _, env = LISTENERS[name]
@@ -224,7 +224,7 @@ class SupervisorService(Service):
                 self.listening[name] = shared_tcp.bind_listening(
                     listener.bind_port, listener.bind_address or self.config.coap.bind_address)
             except error.CannotListenError as exc:
-                raise StartupError(_cannot_listen(scheme, "TCP", exc,
+                raise StartupError(cannot_listen(scheme, "TCP", exc,
                                                   "reliable.%s.bind_port" % name, ", " + env))
 
     def _close_groups(self) -> None:
@@ -237,7 +237,7 @@ class SupervisorService(Service):
 
     def _listen_metrics(self) -> None:
         from .edge.worker_metrics import SupervisorSite
-        from .service import _cannot_listen
+        from .listeners import cannot_listen
         cfg = self.config.metrics
         if not cfg.port:
             return
@@ -247,7 +247,7 @@ class SupervisorService(Service):
             self.metrics_port = self.reactor.listenTCP(cfg.port, site,
                                                        interface=cfg.bind_address)
         except error.CannotListenError as exc:
-            raise StartupError(_cannot_listen("metrics", "TCP", exc, "metrics.port",
+            raise StartupError(cannot_listen("metrics", "TCP", exc, "metrics.port",
                                               ", 0: off"))
         log.info("Metrics of all workers on http://{host}:{port}/metrics (probes: /healthz, "
                  "/readyz)", host=cfg.bind_address, port=self.metrics_port.getHost().port)

@@ -115,13 +115,20 @@ class StreamDecoder:
         """Bytes held of a message not yet complete."""
         return len(self._buffer)
 
+    def _past_skip(self, data: bytes) -> bytes:
+        """``data`` less what is left of an oversized message being dropped."""
+        if len(data) <= self._skip:
+            self._skip -= len(data)
+            return b""
+        data = data[self._skip:]
+        self._skip = 0
+        return data
+
     def feed(self, data: bytes) -> List[Union[Frame, Oversized]]:
         if self._skip:
-            if len(data) <= self._skip:
-                self._skip -= len(data)
+            data = self._past_skip(data)
+            if not data:
                 return []
-            data = data[self._skip:]
-            self._skip = 0
         buffer = self._buffer
         if buffer:
             buffer += data

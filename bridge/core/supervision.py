@@ -6,7 +6,7 @@ the answer says. Kept apart from the processes so the backoff is tested with a
 made-up clock.
 
 * A worker that ends after it had started is restarted after a delay that
-  doubles from ``min_delay`` to ``max_delay`` with each crash; once a worker
+  doubles from ``min_delay`` to ``max_delay`` with each crash (``core/backoff.py``); once a worker
   has run ``stable_after`` seconds its next crash starts from ``min_delay``
   again. Its outbox is replayed when it starts again.
 * A worker that ends before it started is failing at start-up: if it refused
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Union
+
+from . import backoff
 
 REFUSED = 2  # exit status of a process that refused to start (bridge/tap.py)
 
@@ -87,5 +89,5 @@ class WorkerPolicy:
         state.started_at = None
         state.crashes += 1
         state.restarts += 1
-        delay = min(self.max_delay, self.min_delay * 2 ** (state.crashes - 1))
-        return Restart(worker, delay)
+        return Restart(worker, backoff.delay(state.crashes - 1, self.min_delay,
+                                             self.max_delay))

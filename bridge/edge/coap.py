@@ -19,7 +19,7 @@ A datagram the port refuses (``sendto`` fails) is dropped, counted and said once
 from __future__ import annotations
 
 import random
-from typing import Any, Hashable, Optional, Tuple
+from typing import Any, Callable, Hashable, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
@@ -36,9 +36,11 @@ class BridgeCoap(DatagramProtocol, DatagramDriver):
     """Feeds a UDP port's datagrams to a ``MessageLayer`` and ``handler``'s answers back."""
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
-                 rng: Optional[random.Random] = None, callback_handler: bool = False):
+                 rng: Optional[random.Random] = None, callback_handler: bool = False,
+                 on_result: Optional[Callable[[int, str], None]] = None,
+                 on_peer_gone: Optional[Callable[[Any], None]] = None):
         DatagramDriver.__init__(self, handler, clock, settings, rng, self._write,
-                                callback_handler)
+                                callback_handler, on_result, on_peer_gone)
         self.send_failures = SendFailures(clock, "udp")
 
     def startProtocol(self) -> None:

@@ -34,13 +34,19 @@ def _nowhere(data: bytes, peer: Hashable) -> None:
     raise TypeError("no transport to send to %r through" % (peer,))
 
 
+def _unheard(*_: Any) -> None:
+    """No one listens for it."""
+
+
 class DatagramDriver(Handling):
     """A ``MessageLayer`` driven on the reactor (see the module)."""
 
     def __init__(self, handler: Handler, clock: IReactorTime, settings: DatagramSettings,
                  rng: Optional[random.Random] = None,
                  transmit: Callable[[bytes, Hashable], None] = _nowhere,
-                 callback_handler: bool = False):
+                 callback_handler: bool = False,
+                 on_result: Optional[Callable[[int, str], None]] = None,
+                 on_peer_gone: Optional[Callable[[Any], None]] = None):
         """``handler(incoming)`` answers with a ``Message`` or ``Answer``, or a Deferred
         of one; a ``callback_handler`` is called as ``handler(incoming, respond)`` and
         answers by calling ``respond(answer, incoming)`` once, now or later (no Deferred
@@ -51,9 +57,9 @@ class DatagramDriver(Handling):
         self.layer = MessageLayer(settings, rng or random.Random(), log, clock.seconds())
         self.transmit = transmit  # a datagram for a peer: to the socket, or encrypted
         # hears (ref, "ack" | "delivered" | "reset" | "timeout") for each notification
-        self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
+        self.on_result: Callable[[int, str], None] = on_result or _unheard
         # hears the peers that ended (DTLS sessions), so their observations end too
-        self.on_peer_gone: Callable[[Any], None] = lambda peer: None
+        self.on_peer_gone: Callable[[Any], None] = on_peer_gone or _unheard
         self.timer = OneTimer(clock, self._fire)
         self._draining = False
 

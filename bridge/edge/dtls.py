@@ -55,6 +55,10 @@ _ENDED = {"credential removed": "DTLS session with {peer} ended: {credential} le
           "key changed": "DTLS session with {peer} ended: the key of its PSK identity changed"}
 
 
+def _unheard(*_: Any) -> None:
+    """No one listens for it."""
+
+
 class DtlsTransport(DatagramProtocol):
     """The CoAPs port: a ``DtlsServer`` in front of the message layer ``coap`` drives (see
     the module). ``in_use(peer)``: whether a session silent for ``dtls.idle_timeout`` is
@@ -62,7 +66,8 @@ class DtlsTransport(DatagramProtocol):
 
     def __init__(self, cfg: DtlsConfig, coap: DatagramDriver, clock: IReactorTime,
                  psk_lookup: PskLookup, random_bytes: Callable[[int], bytes] = os.urandom,
-                 in_use: Optional[Callable[[DtlsPeer], bool]] = None):
+                 in_use: Optional[Callable[[DtlsPeer], bool]] = None,
+                 on_handshake: Optional[Callable[[str, str, float], None]] = None):
         self.cfg = cfg
         self.clock = clock
         # answers as of the registry now (RegistryView.psk_key refreshes its copy first:
@@ -75,7 +80,7 @@ class DtlsTransport(DatagramProtocol):
         self.send_failures = SendFailures(clock, "dtls")
         # hears each handshake's (outcome, method, seconds): outcome "full", "resumed",
         # "failed" or "timeout"; method "psk", "x509" or "none" (the metrics)
-        self.on_handshake: Callable[[str, str, float], None] = lambda *_: None
+        self.on_handshake: Callable[[str, str, float], None] = on_handshake or _unheard
         self.timer = OneTimer(clock, self._fire)
 
     # -- datagrams ---------------------------------------------------------------------

@@ -8,12 +8,18 @@ no non-blocking connect of its own to use instead. The attempt's deadline
 ``Connector.connected``.
 
 ``Reconnects`` decides the delay before the next attempt: exponential backoff with
-full jitter between ``reconnect_min_delay`` and ``reconnect_max_delay``, from the
-injected random source and clock. A connection counts as a success (the backoff
-starts again from the minimum) only once it has stayed up ``STABLE_SECONDS``;
+jitter (``bridge.core.backoff``) between ``reconnect_min_delay`` and
+``reconnect_max_delay``, from the injected random source and clock. A connection
+counts as a success (the backoff starts again from the minimum) only once it has
+stayed up ``STABLE_SECONDS``;
 connections lost sooner, several times in a row, are reported as what they usually
 are: another client with the same client id (or, on ThingsBoard, the same gateway
 token).
+
+Not Twisted's ``ClientService``: it reconnects a Twisted protocol over an endpoint,
+while here paho owns the socket (and its MQTT state) once it is connected, and a new
+paho client per connection is what guarantees nothing from a dead connection is sent
+again (docs/architecture.md, "paho on the reactor").
 
 ``SocketWatch`` is the reactor's readiness for one socket, used by both.
 """
@@ -32,6 +38,7 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..core.backoff import Backoff
 from ..settings import MqttConfig
 from ..logs import logger
 
@@ -251,20 +258,14 @@ class Connector:
         self._watch.watch(self._sock, fire, fire, lambda reason: fire(), read=not write)
 
 
-def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: uniform in [cap/2, cap], cap = low * 2**attempt <= high."""
-    cap = min(high, low * (2 ** min(attempt, 30)))
-    return rng.uniform(cap / 2, cap)
-
-
 class Reconnects:
     """The delay before the next attempt, and what a lost connection probably means."""
 
     def __init__(self, clock: Any, config: MqttConfig, rng: random.Random):
         self.clock = clock
         self.config = config
-        self.rng = rng
-        self.attempt = 0
+        # jittered, from the shortest delay again once a connection stays up
+        self.backoff = Backoff(config.reconnect_min_delay, config.reconnect_max_delay, rng)
         self.short_sessions = 0  # connections in a row lost within STABLE_SECONDS
         self._connected_at = 0.0
 
@@ -272,17 +273,14 @@ class Reconnects:
         self._connected_at = self.clock.seconds()
 
     def next_delay(self) -> float:
-        delay = backoff_delay(self.attempt, self.config.reconnect_min_delay,
-                              self.config.reconnect_max_delay, self.rng)
-        self.attempt += 1
-        return delay
+        return self.backoff.next()
 
     def lost(self, reason_code: Any, flags: Any) -> None:
         """Say why the connection was lost, naming a client id clash when it looks like one."""
         up = self.clock.seconds() - self._connected_at
         if up >= STABLE_SECONDS:
             self.short_sessions = 0
-            self.attempt = 0  # it worked: reconnect from the shortest delay
+            self.backoff.reset()  # it worked: reconnect from the shortest delay
         else:
             self.short_sessions += 1
         client_id = self.config.client_id

@@ -150,9 +150,6 @@ class Outbox:
     def delete(self, ids: Iterable[int]) -> None:
         self.write((), list(ids), (), 0.0)
 
-    def dead_letter(self, items: Iterable[Tuple[int, str]], now: float) -> None:
-        self.write((), (), list(items), now)
-
     def _dead_letter(self, items: Iterable[Tuple[int, str]], now: float) -> None:
         for entry_id, reason in items:
             self._db.execute(
@@ -194,11 +191,6 @@ class Outbox:
         finally:
             cursor.close()
         return entries
-
-    def load(self) -> List[Entry]:
-        rows = self._db.execute("SELECT id, device, device_type, topic, payload, created "
-                                "FROM outbox ORDER BY id")
-        return [Entry(i, d, t, topic, bytes(p), c) for i, d, t, topic, p, c in rows]
 
     def stats(self) -> Tuple[int, int]:
         count, size = self._db.execute(

@@ -7,6 +7,12 @@ Each listener is a Twisted server endpoint (``TCP4ServerEndpoint`` or
 with ``tls.TlsCreator``) for the secure ones; all share one ``stream.Hub``.
 A worker of a supervised bridge (``coap.workers`` > 1) listens instead on the
 supervisor's listening sockets, which every worker accepts from (``edge/shared_tcp.py``).
+Not one ``StreamServerEndpointService`` per listener: that service listens when it
+starts and only logs a failure to, where a port in use must be a ``StartupError`` before
+the next service starts (and the open files close), and no endpoint describes a socket
+adopted from the supervisor. The listeners' hub joins ``transports``
+(``glue/transports.py``) for ``StreamPeer`` while they run; the service is built with an
+``Intake`` (``edge/intake.py``) and the settings, nothing assigned to it later.
 Started after plain CoAP (they feed the same request handler); stopped
 before it: no new connections, the uplinks already stored answered, then a
 Release to every connection.
@@ -26,6 +32,8 @@ from ..settings import Config, StartupError
 from ..settings.reliable import enabled, tls_files
 from ..logs import logger
 from . import shared_tcp
+from .intake import Intake
+from .timer import repeating
 from .stream import Hub, StreamFactory, StreamPeer
 from .websocket import PATH, WebSocketFactory
 
@@ -55,9 +63,10 @@ def raise_descriptor_limit(wanted: int) -> int:
 class ReliableService(Service):
     """The enabled RFC 8323 listeners (see the module)."""
 
-    def __init__(self, bridge: Any, cannot_listen: Any,
+    def __init__(self, intake: Intake, config: Config, cannot_listen: Any,
                  inherited: Optional[Dict[str, int]] = None):
-        self.bridge = bridge
+        self.intake = intake
+        self.config = config
         self.inherited = inherited or {}  # a worker's: name -> the supervisor's socket
         self.cannot_listen = cannot_listen  # (what, protocol, exc, key, hint) -> the line
         self.hub: Optional[Hub] = None
@@ -65,14 +74,12 @@ class ReliableService(Service):
         self._sweep: Optional[LoopingCall] = None
 
     def startService(self) -> None:
-        bridge = self.bridge
-        config: Config = bridge.config
+        intake, config = self.intake, self.config
         cfg = config.reliable
-        self.hub = hub = Hub(cfg, bridge.requests.handle, bridge.reactor, config.coap.max_body)
-        hub.on_result = bridge.notified
-        hub.on_peer_gone = bridge.peer_gone
+        self.hub = hub = Hub(cfg, intake.handler, intake.reactor, config.coap.max_body,
+                             on_result=intake.on_result, on_peer_gone=intake.on_peer_gone)
         # the request metrics' transport label: tcp, tls, ws or wss by the peer's scheme
-        bridge.requests.counts.register_by(
+        intake.counts.register_by(
             StreamPeer, "scheme", {scheme: name for name, (scheme, *_) in LISTENERS.items()})
         limit = raise_descriptor_limit(cfg.max_connections + 1024)
         creator = None
@@ -84,7 +91,7 @@ class ReliableService(Service):
                 if creator is None:
                     from . import tls as tls_edge  # OpenSSL: only with TLS
                     creator = tls_edge.TlsCreator(tls_files(config),
-                                                  bridge.registry_view.psk_key)
+                                                  intake.registry_view.psk_key)
                 from twisted.protocols.tls import TLSMemoryBIOFactory
                 factory = TLSMemoryBIOFactory(creator, False, factory)
             port = self._listen(listener, factory, name, scheme, env)
@@ -96,16 +103,15 @@ class ReliableService(Service):
             log.warn("Open-file limit {limit} is below reliable.max_connections "
                      "{max_connections}: raise it (ulimit -n, LimitNOFILE)", limit=limit,
                      max_connections=cfg.max_connections)
-        bridge.reliable = hub
-        bridge.registry_view.on_change.append(self.registry_changed)
-        self._sweep = LoopingCall(hub.expire)
-        self._sweep.clock = bridge.reactor
+        intake.transports.join(StreamPeer, hub)  # notifications to its connections' peers
+        intake.registry_view.on_change.append(self.registry_changed)
+        self._sweep = repeating(intake.reactor, hub.expire)
         self._sweep.start(SWEEP_SECONDS, now=False).addErrback(
             lambda f: log.failure("Reliable transports' sweep stopped", failure=f))
         Service.startService(self)
 
     def _listen(self, listener: Any, factory: Any, name: str, scheme: str, env: str) -> Any:
-        reactor = self.bridge.reactor
+        reactor = self.intake.reactor
         if name in self.inherited:
             try:
                 return shared_tcp.adopt(reactor, self.inherited[name], listener.bind_port,
@@ -113,7 +119,7 @@ class ReliableService(Service):
             except CannotListenError as exc:
                 raise StartupError(self.cannot_listen(
                     scheme, "TCP", exc, "reliable.%s.bind_port" % name, ", " + env))
-        interface = listener.bind_address or self.bridge.config.coap.bind_address
+        interface = listener.bind_address or self.config.coap.bind_address
         kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
             endpoints.TCP4ServerEndpoint
         endpoint = kind(reactor, listener.bind_port, shared_tcp.BACKLOG, interface)
@@ -130,11 +136,11 @@ class ReliableService(Service):
 
     def registry_changed(self) -> None:
         if self.hub is not None:
-            self.hub.end_credentials(self.bridge.registry_view.credential_gone)
+            self.hub.end_credentials(self.intake.registry_view.credential_gone)
 
     def stopService(self) -> Any:
         Service.stopService(self)
-        view = self.bridge.registry_view
+        view = self.intake.registry_view
         if self.registry_changed in view.on_change:
             view.on_change.remove(self.registry_changed)
         if self._sweep is not None and self._sweep.running:
@@ -142,6 +148,7 @@ class ReliableService(Service):
         ports, self.ports = self.ports, []
         stopped = [port.stopListening() for port in ports]
         if self.hub is not None:
-            self.bridge.commit()  # what is stored is answered before the Release
+            self.intake.commit()  # what is stored is answered before the Release
+            self.intake.transports.leave(StreamPeer)
             self.hub.release_all("the bridge is stopping")
         return defer.gatherResults([d for d in stopped if d is not None])

@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 
 from ..settings import StartupError
 from ..core.actions import Device
+from ..core.backoff import Backoff
 from ..logs import logger
 from ..registry import Entry
 from ..core.platform_changes import Change
@@ -181,7 +182,7 @@ class SharedRegistry:
     """The registry at ``store`` as the bridge reads it; ``start()`` begins listening."""
 
     def __init__(self, store: PgRegistry, listener: _Listener, initial: Loaded,
-                 reactor: Any, threadpool: Any):
+                 reactor: Any, threadpool: Any, changes: Optional[Changes] = None):
         self.store = store
         self.display = store.display
         self.reactor = reactor
@@ -191,11 +192,11 @@ class SharedRegistry:
         self.certificates: Dict[str, Device] = {}
         self.psk: Dict[str, Tuple[Device, bytes]] = {}
         self._pending: List[Loaded] = [initial]  # loaded, not yet in place
-        self.changes: Optional[Changes] = None  # the platform's, to apply (set by the service)
+        self.changes = changes  # the platform's, to apply (read once it listens: start())
         self._unreported = False  # applied without a request (see _queue), not yet told
         self._reachable = True
         self._stopping = False
-        self._delay = MIN_DELAY
+        self._backoff = Backoff(MIN_DELAY, MAX_DELAY)  # one connection: no jitter
         self._retry: Any = None  # the IDelayedCall of the next reconnection
         self._busy: Optional[defer.Deferred] = None  # the listener's call in progress
         self.refresh()  # the first load, in place
@@ -293,8 +294,7 @@ class SharedRegistry:
         self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
-        delay, self._delay = self._delay, min(self._delay * 2, MAX_DELAY)
-        self._retry = self.reactor.callLater(delay, self._reconnect)
+        self._retry = self.reactor.callLater(self._backoff.next(), self._reconnect)
 
     def _reconnect(self) -> None:
         self._retry = None
@@ -305,7 +305,7 @@ class SharedRegistry:
 
     def _back(self, loaded: Loaded) -> None:
         self._queue(loaded)
-        self._delay = MIN_DELAY
+        self._backoff.reset()
         self._reachable = True
         log.info("Device registry {registry} reachable again ({count:plural:live device})",
                  registry=self.display, count=len(self._listener.last[0]))
@@ -347,7 +347,7 @@ class SharedRegistry:
 
 
 def open_shared(target: RegistryTarget, pool_size: int, reactor: Any,
-                threadpool: Any) -> SharedRegistry:
+                threadpool: Any, changes: Optional[Changes] = None) -> SharedRegistry:
     """Connect, migrate, LISTEN and load, blocking (the service does it before the reactor
     runs); raises ``StartupError`` with one line when the registry cannot be used."""
     store = PgRegistry(target.conninfo, target.display, pool_size)
@@ -358,4 +358,4 @@ def open_shared(target: RegistryTarget, pool_size: int, reactor: Any,
         store.close()
         raise StartupError("cannot use the device registry %s: %s"
                            % (target.display, one_line(exc)))
-    return SharedRegistry(store, listener, initial, reactor, threadpool)
+    return SharedRegistry(store, listener, initial, reactor, threadpool, changes)

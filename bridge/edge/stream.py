@@ -76,11 +76,16 @@ class StreamPeer:
     __repr__ = __str__
 
 
+def _unheard(*_: Any) -> None:
+    """No one listens for it."""
+
+
 class Hub:
     """What the connections of every RFC 8323 listener share (see the module)."""
 
     def __init__(self, cfg: ReliableConfig, handler: Callable[[Incoming], Any], clock: Any,
-                 max_body: int):
+                 max_body: int, on_result: Optional[Callable[[int, str], None]] = None,
+                 on_peer_gone: Optional[Callable[[Any], None]] = None):
         self.cfg = cfg
         self.settings = ReliableSettings(cfg.max_message_size, True, cfg.csm_timeout,
                                          cfg.keepalive, cfg.idle_timeout)
@@ -94,8 +99,8 @@ class Hub:
         self.aborted = 0
         self._refusal_noted = float("-inf")
         # (ref, "delivered") for notifications once written; the peer that went
-        self.on_result: Callable[[int, str], None] = lambda ref, outcome: None
-        self.on_peer_gone: Callable[[Any], None] = lambda peer: None
+        self.on_result: Callable[[int, str], None] = on_result or _unheard
+        self.on_peer_gone: Callable[[Any], None] = on_peer_gone or _unheard
         self._serial = 0
 
     def admit(self, host: str) -> bool:
@@ -153,6 +158,16 @@ class Hub:
 
     def expire(self) -> None:
         self.requests.expire(self.clock.seconds())
+
+    def notify(self, ref: int, peer: StreamPeer, token: bytes, code: int, payload: bytes,
+               observe: int, observation: Any, block_size: int, content_format: int) -> None:
+        """Notification ``ref``, written on ``peer``'s connection (the notifications'
+        router reaches the peers of every RFC 8323 listener through the hub)."""
+        peer.notify(ref, token, code, payload, observe, observation, block_size,
+                    content_format)
+
+    def withdraw(self, ref: int, peer: StreamPeer) -> None:
+        """Nothing to withdraw on a reliable connection: what it wrote is delivered."""
 
 
 def _bert_on(peer: Any) -> bool:

@@ -49,3 +49,12 @@ class OneTimer:
     def _fired(self) -> None:
         self._call = None
         self.fire()
+
+
+def repeating(clock: IReactorTime, function: Callable[[], Any]) -> Any:
+    """A ``LoopingCall`` of ``function`` on ``clock`` (Twisted's ``LoopingCall`` takes its
+    clock as an attribute, not as an argument: it is set here, where it is built)."""
+    from twisted.internet.task import LoopingCall
+    loop = LoopingCall(function)
+    loop.clock = clock
+    return loop

@@ -1,10 +1,12 @@
 """``Bridge``: builds the core and joins it to the CoAP requests, the outbox and the MQTT link.
 
 It owns the MQTT side of the glue (the gateway link's events in, publishes
-out, paho mid -> the core's publish ref), the core's timer and the metrics;
-each other concern is one part from this package (the registry changes the
-platform asks for: ``platform_changes``), and ``dispatch`` maps every core
-action to its part.
+out, paho mid -> the core's publish ref) and the core's timer; each other
+concern is one part from this package (the metrics: ``metrics``; the transports
+running now: ``transports``; the registry changes the platform asks for:
+``platform_changes``), and ``dispatch`` maps every core action to its part. The
+transports are not built here: each is a service (``bridge/service.py``) that
+joins ``transports`` while it runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import socket
 from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
@@ -32,13 +33,13 @@ from ..core.formats.registry import INSTALLED, FormatRegistry, formats_of
 from ..core.auth import CredentialLookups
 from ..core.downstream import GATEWAY_RPC_REQUEST_PREFIX, GATEWAY_RPC_RESPONSE_PREFIX
 from ..core.session import GatewayCore
-from ..edge.metrics import BridgeMetrics, HandshakeMetrics, Labelled
 from ..edge.mqtt import MqttLink
 from ..edge import protoc
 from ..edge.outbox import Outbox
 from ..edge.ota import PackageStore
 from ..edge.provision import Provisioner
 from ..edge.short_session import ShortSessions
+from ..edge.timer import repeating
 from ..logs import logger
 from ..registry import Registry
 from .admission import PendingAdmission
@@ -46,40 +47,19 @@ from .coap_requests import CoapRequests
 from .commit import OutboxCommit
 from .dispatch import ActionDispatcher
 from .lookup import RegistryView
+from .metrics import Metrics
 from .notifications import Notifications
 from .readiness import Readiness
 from .platform_changes import PlatformChanges
 from .relations import relation_keeper
+from .transports import Transports
 from .x509register import AutoRegistration
 
 log = logger("bridge")
 
 SUBSCRIPTIONS = [gateway.ATTRIBUTES, gateway.ATTRIBUTES_RESPONSE, gateway.RPC,
                  GATEWAY_RPC_REQUEST_PREFIX + "+", GATEWAY_RPC_RESPONSE_PREFIX + "+"]
-DTLS_COUNTERS = {
-    "hello_verify_sent": "HelloVerifyRequests sent (ClientHellos without a valid cookie)",
-    "handshakes_full": "full DTLS handshakes completed",
-    "handshakes_resumed": "resumed DTLS handshakes completed",
-    "handshakes_failed": "DTLS handshakes failed (alert sent or received)",
-    "handshake_timeouts": "DTLS handshakes reaped at dtls.handshake_timeout",
-    "refused_full": "DTLS handshakes refused: dtls.max_sessions reached",
-    "refused_rate": "DTLS handshakes refused: dtls.handshake_rate of the address",
-    "refused_address": "DTLS handshakes refused: dtls.max_handshakes_per_address in "
-                       "progress from the address",
-    "handshakes_evicted": "half-open DTLS handshakes dropped for newer ones at "
-                          "dtls.max_handshakes",
-    "dropped": "datagrams on the DTLS port dropped (no session and no ClientHello)",
-    "alerts": "DTLS sessions ended by an alert or a broken record",
-    "unknown_psk_identity": "PSK identities not in the registry",
-    "idle_ended": "DTLS sessions ended at dtls.idle_timeout",
-    "ended_by_registry": "DTLS sessions ended: their credential left the registry",
-    "replaced": "DTLS sessions replaced by a new handshake from their address",
-}
-REQUEST_LABELS = ("route", "code", "transport")
 DRAIN_POLL = 0.05  # s between looks at what waits for a PUBACK while stopping
-# s a failed outbox write keeps the bridge unready (a later write that succeeds ends it at
-# once): with no traffic, nothing else would try the disk again
-OUTBOX_FAILURE_HOLD = 10.0
 
 
 def fixed_messages() -> Optional[fixed.FixedMessages]:
@@ -142,8 +122,8 @@ class Bridge:
             PendingAdmission(limits.max_pending_per_peer, limits.max_pending_per_address),
             self.registry_view, self.apply, self.outbox_commit.schedule,
             self.auto_registration.ensure if config.dtls.x509.auto_register else None)
-        self.notifications = Notifications(reactor)
-        self.notifications.on_result = self.notified
+        self.transports = Transports()  # each transport service joins while it runs
+        self.notifications = Notifications(reactor, self.transports, self.notified)
         self.platform_changes = PlatformChanges(self.registry_view, self.commit,
                                                 lambda: self.outbox)
         # observe relations kept in DATA_DIR across a restart
@@ -157,15 +137,15 @@ class Bridge:
                                    client_id=worker_client_id(config, socket.gethostname(),
                                                               worker))
         self.link = MqttLink(reactor, mqtt, self, subscriptions=SUBSCRIPTIONS, rng=self.rng)
-        self.coap: Optional[Any] = None  # the CoAP transport (BridgeCoap), once listening
-        self.coap_listening = False  # set by the CoAP service while its port reads
-        self.reliable: Optional[Any] = None  # the RFC 8323 connections (stream.Hub), if any
-        self.dtls: Optional[Any] = None  # the DTLS transport (DtlsTransport), once listening
         self.mids: Dict[int, int] = {}  # paho mid -> core publish ref
-        self.handshakes = HandshakeMetrics()  # the DTLS transport's on_handshake, once on
-        self.prometheus = BridgeMetrics(  # its own registry: see edge/metrics.py
-            self.metrics, lambda: self.handshakes.families() if self.dtls is not None else ())
-        self.readiness = Readiness(self, config.health.ready_requires_mqtt)
+        self.readiness = Readiness(reactor, self.transports, self.outbox_commit, self.core,
+                                   self.registry_view, self.link,
+                                   config.health.ready_requires_mqtt)
+        self.metrics = Metrics(self.core, self.requests, self.outbox_commit,
+                               self.auto_registration, self.link, self.readiness,
+                               self.registry_view, self.provisioner, self.packages,
+                               self.platform_changes, self.transports)
+        self.prometheus = self.metrics.prometheus
         self.requests.answered = self.prometheus.request_seconds.observe
         self._delivered = self.prometheus.delivery_seconds.observe
         self._route_actions()
@@ -197,17 +177,9 @@ class Bridge:
     def registry(self) -> Optional[Registry]:
         return self.registry_view.registry
 
-    @registry.setter
-    def registry(self, registry: Optional[Registry]) -> None:
-        self.registry_view.attach(registry)
-
     @property
     def outbox(self) -> Optional[Outbox]:
         return self.outbox_commit.outbox
-
-    @outbox.setter
-    def outbox(self, outbox: Optional[Outbox]) -> None:
-        self.outbox_commit.outbox = outbox
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -307,12 +279,11 @@ class Bridge:
             log.failure("Waiting for the last PUBACKs failed", failure=failure)
             if not done.called:
                 done.callback(None)
-        poll = LoopingCall(check)
-        poll.clock = self.reactor
+        poll = repeating(self.reactor, check)
         poll.start(DRAIN_POLL, now=True).addErrback(failed)
         return done
 
-    # -- metrics and readiness ---------------------------------------------------------
+    # -- metrics -----------------------------------------------------------------------
 
     def _observe_delivered(self, actions: List[Any], now: float) -> None:
         """Store-to-PUBACK time of each uplink a PUBACK delivered (its ``Delete``)."""
@@ -320,166 +291,6 @@ class Bridge:
             if type(action) is Delete:
                 for created in action.created:
                     self._delivered(now - created)
-
-    def outbox_problem(self) -> Optional[str]:
-        """Why the outbox cannot take uplinks now (``readiness``), or None: not open, a
-        bound reached, or a write failed in the last ``OUTBOX_FAILURE_HOLD`` s."""
-        if self.outbox is None:
-            return "outbox not open"
-        now = self.now()
-        failed = self.outbox_commit.failed
-        if failed is not None and now - failed[1] < OUTBOX_FAILURE_HOLD:
-            return "outbox not writable (%s)" % failed[0]
-        full = self.core.outbox_full(now)
-        return "outbox full (%s)" % full if full is not None else None
-
-    def _registry_reachable(self) -> bool:
-        registry = self.registry_view.registry
-        return registry is not None and registry.reachable()
-
-    def metrics(self) -> Dict[str, Any]:
-        """Every metric: name -> (type, help, value), read from the parts at scrape time."""
-        stats, gauges = self.core.stats, self.core.gauges()
-        return {**self._traffic_metrics(stats), **self._refusal_metrics(stats),
-                **self._state_metrics(stats, gauges), **self._dtls_metrics(),
-                **self._reliable_metrics()}
-
-    def _traffic_metrics(self, stats: Dict[str, int]) -> Dict[str, Any]:
-        """Requests, uplinks and the outbox's work."""
-        protocol = self.coap
-        return {
-            "coap_requests_total": ("counter", "CoAP requests answered, by route, answer "
-                                    "code and transport", Labelled(
-                                        REQUEST_LABELS, self.requests.counts.samples())),
-            "coap_errors_total": ("counter", "CoAP requests answered 4.xx or 5.xx, by route, "
-                                  "code and transport", Labelled(
-                                      REQUEST_LABELS, self.requests.counts.samples(True))),
-            "coap_malformed_total": ("counter", "datagrams dropped or reset as malformed "
-                                     "(CoAP and CoAPs)",
-                                     (protocol.malformed if protocol is not None else 0)
-                                     + (self.dtls.coap.malformed if self.dtls is not None
-                                        else 0)),
-            "coap_retransmissions_total": ("counter", "CON messages sent again for want of "
-                                           "an ACK (notifications, separate responses; "
-                                           "CoAP and CoAPs)",
-                                           (protocol.retransmissions
-                                            if protocol is not None else 0)
-                                           + (self.dtls.coap.retransmissions
-                                              if self.dtls is not None else 0)),
-            "coap_send_failed_total": ("counter", "datagrams the operating system refused to "
-                                       "send (dropped as lost), by transport and errno",
-                                       Labelled(("transport", "reason"), (
-                                           (protocol.send_failures.samples()
-                                            if protocol is not None else ())
-                                           + (self.dtls.send_failures.samples()
-                                              if self.dtls is not None else ())))),
-            "uplinks_acknowledged_total": ("counter", "uplinks stored and answered 2.01",
-                                           stats["acknowledged"]),
-            "uplinks_delivered_total": ("counter", "stored uplinks acknowledged by the broker",
-                                        stats["delivered"]),
-            "uplink_publishes_total": ("counter", "acknowledged publishes that carried stored "
-                                       "uplinks (delivered / publishes = mean batch size)",
-                                       stats["publishes"]),
-            "uplinks_dead_lettered_total": ("counter", "stored uplinks the platform refused",
-                                            stats["dead_lettered"]),
-            "outbox_commits_total": ("counter", "outbox transactions, each one sync to disk "
-                                     "(uplinks acknowledged / commits = group size)",
-                                     self.outbox_commit.commits),
-            "outbox_refused_full_total": ("counter", "uplinks refused with 5.03, outbox full",
-                                          stats["refused_full"]),
-            "outbox_store_failed_total": ("counter", "uplinks the outbox could not store",
-                                          stats["store_failed"]),
-        }
-
-    def _refusal_metrics(self, stats: Dict[str, int]) -> Dict[str, Any]:
-        """Requests refused (rate, credentials) and server RPCs dropped."""
-        return {
-            "rate_limited_total": ("counter", "requests answered 4.29", stats["rate_limited"]),
-            "unknown_token_total": ("counter", "requests with an unknown access token (4.01)",
-                                    stats["unknown_token"]),
-            "unknown_credential_total": ("counter", "requests over DTLS with an unknown "
-                                         "certificate or PSK identity (4.01)",
-                                         stats["unknown_credential"]),
-            "credential_mismatch_total": ("counter", "requests over DTLS whose token names "
-                                          "another device than the session's credential (4.01)",
-                                          stats["credential_mismatch"]),
-            "devices_auto_registered_total": ("counter", "devices registered by their "
-                                              "certificate (dtls.x509.auto_register)",
-                                              self.auto_registration.registered),
-            "rpc_expired_total": ("counter", "server RPCs dropped undelivered after "
-                                  "platform.rpc_queue_ttl", stats["rpc_expired"]),
-            "rpc_dropped_total": ("counter", "server RPCs dropped: platform.rpc_queue_size "
-                                  "already held for the device", stats["rpc_dropped"]),
-        }
-
-    def _state_metrics(self, stats: Dict[str, int], gauges: Dict[str, int]) -> Dict[str, Any]:
-        """What is waiting and what is up, and the edges' own counters."""
-        return {
-            "outbox_entries": ("gauge", "uplinks waiting in the outbox",
-                               gauges["outbox_entries"]),
-            "outbox_bytes": ("gauge", "payload bytes waiting in the outbox",
-                             gauges["outbox_bytes"]),
-            "inflight_publishes": ("gauge", "publishes waiting for a PUBACK",
-                                   gauges["inflight_publishes"]),
-            "observers": ("gauge", "observe relations", gauges["observers"]),
-            "devices_connected": ("gauge", "devices connected on the gateway session",
-                                  gauges["devices_connected"]),
-            "devices_asleep": ("gauge", "PSM and eDRX devices past their window (asleep)",
-                               gauges["devices_asleep"]),
-            "power_asleep_total": ("counter", "PSM and eDRX devices falling asleep (their "
-                                   "window ended)", stats["power_asleep"]),
-            "power_awake_total": ("counter", "sleeping PSM and eDRX devices waking (a request "
-                                  "from them)", stats["power_awake"]),
-            "notifications_withdrawn_total": ("counter", "CON notifications whose "
-                                              "retransmissions stopped: their PSM device fell "
-                                              "asleep (sent again when it wakes)",
-                                              stats["notifications_withdrawn"]),
-            "mqtt_connected": ("gauge", "1 while the gateway connection is up",
-                               1 if self.link.connected else 0),
-            "ready": ("gauge", "1 while /readyz says ready (the bridge can accept and store "
-                      "uplinks)", 0 if self.readiness.check()[0] else 1),
-            "registry_reachable": ("gauge", "1 while the device registry answers (without it "
-                                   "the bridge serves its last copy)",
-                                   1 if self._registry_reachable() else 0),
-            "provisioning_busy_total": ("counter", "provisioning requests answered 5.03: "
-                                        "provisioning.max_concurrent in progress",
-                                        self.provisioner.refused),
-            "mqtt_messages_skipped_total": ("counter", "messages from the broker skipped as "
-                                            "unreadable (not JSON, nested too deep) or failing",
-                                            stats["downstream_skipped"] + self.link.failed_messages),
-            "ota_fetches_total": ("counter", "packages fetched from their source",
-                                  self.packages.fetches),
-            "registry_changes_waiting": ("gauge", "platform renames and deletes journaled in "
-                                         "DATA_DIR, not yet in the shared registry (the same "
-                                         "file for every worker)",
-                                         self.platform_changes.waiting()),
-        }
-
-    def _dtls_metrics(self) -> Dict[str, Any]:
-        transport = self.dtls
-        if transport is None:
-            return {}
-        stats = transport.stats
-        out = {"dtls_%s_total" % name: ("counter", text, stats[name])
-               for name, text in DTLS_COUNTERS.items()}
-        out["dtls_sessions"] = ("gauge", "established DTLS sessions",
-                                transport.sessions_established)
-        out["dtls_handshakes_in_progress"] = ("gauge", "DTLS handshakes in progress",
-                                              transport.sessions_handshaking)
-        return out
-
-
-    def _reliable_metrics(self) -> Dict[str, Any]:
-        hub = self.reliable
-        if hub is None:
-            return {}
-        return {"reliable_connections": ("gauge", "CoAP connections over TCP, TLS and "
-                                         "WebSockets (RFC 8323)", hub.connections),
-                "reliable_refused_total": ("counter", "RFC 8323 connections refused: "
-                                           "reliable.max_connections(_per_address)",
-                                           hub.refused),
-                "reliable_aborted_total": ("counter", "RFC 8323 connections ended by an "
-                                           "Abort (ours or the peer's)", hub.aborted)}
 
 
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,

@@ -30,7 +30,7 @@ class OutboxCommit:
         self.reactor = reactor
         self.apply = apply
         self.before_write = before_write  # hands the turn's plain uplinks to the core
-        self.outbox: Optional[Outbox] = None  # set while the outbox service runs
+        self.outbox: Optional[Outbox] = None  # attached while the outbox service runs
         self.commits = 0  # transactions written, for the metrics
         self._stores: List[Union[Store, StoreMany]] = []  # in order
         self._deletes: List[int] = []
@@ -41,6 +41,15 @@ class OutboxCommit:
         self.failed: Optional[Tuple[str, float]] = None
 
     # -- the core's actions --------------------------------------------------------------
+
+    def attach(self, outbox: Optional[Outbox]) -> None:
+        """Write to ``outbox`` from now on (the outbox service, once it opened it)."""
+        self.outbox = outbox
+
+    def detach(self) -> Optional[Outbox]:
+        """Write no more: the outbox it wrote to (the service closes it), if any."""
+        outbox, self.outbox = self.outbox, None
+        return outbox
 
     def store(self, action: Union[Store, StoreMany]) -> None:
         self._stores.append(action)

@@ -27,11 +27,20 @@ WATCH_EVERY = 1.0  # s between looks for the log
 
 MQTT = "mqtt not connected"
 REGISTRY = "registry not reachable"
+# s a failed outbox write keeps the bridge unready (a later write that succeeds ends it at
+# once): with no traffic, nothing else would try the disk again
+OUTBOX_FAILURE_HOLD = 10.0
 
 
 class Readiness:
-    def __init__(self, bridge: Any, requires_mqtt: bool):
-        self.bridge = bridge
+    def __init__(self, clock: Any, transports: Any, outbox_commit: Any, core: Any,
+                 registry_view: Any, link: Any, requires_mqtt: bool):
+        self.clock = clock
+        self.transports = transports  # ready while plain CoAP (tuple peers) is there
+        self.outbox_commit = outbox_commit
+        self.core = core
+        self.registry_view = registry_view
+        self.link = link
         self.requires_mqtt = requires_mqtt
         self._last: Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]] = None
         self._next_watch = float("-inf")
@@ -46,22 +55,33 @@ class Readiness:
     def check(self) -> Tuple[List[str], List[str]]:
         """(what keeps the bridge from taking uplinks, what is degraded): ready when the
         first is empty."""
-        bridge = self.bridge
         missing: List[str] = ["stopping"] if self._stopping else []
         notes: List[str] = []
-        if not bridge.coap_listening:
+        if tuple not in self.transports:
             missing.append("coap not listening")
-        outbox = bridge.outbox_problem()
+        outbox = self.outbox_problem()
         if outbox is not None:
             missing.append(outbox)
-        registry = bridge.registry_view.registry
+        registry = self.registry_view.registry
         if registry is None:
             missing.append("registry not loaded")
         elif not registry.reachable():
             notes.append(REGISTRY)
-        if not bridge.link.connected:
+        if not self.link.connected:
             (missing if self.requires_mqtt else notes).append(MQTT)
         return missing, notes
+
+    def outbox_problem(self) -> Optional[str]:
+        """Why the outbox cannot take uplinks now (``check``), or None: not open, a
+        bound reached, or a write failed in the last ``OUTBOX_FAILURE_HOLD`` s."""
+        if self.outbox_commit.outbox is None:
+            return "outbox not open"
+        now = self.clock.seconds()
+        failed = self.outbox_commit.failed
+        if failed is not None and now - failed[1] < OUTBOX_FAILURE_HOLD:
+            return "outbox not writable (%s)" % failed[0]
+        full = self.core.outbox_full(now)
+        return "outbox full (%s)" % full if full is not None else None
 
     def watch(self, now: float, changed: bool = False) -> None:
         """Log a change of readiness (or of what is degraded), once: looked at once a

@@ -9,6 +9,7 @@ from bridge.core import codes
 from bridge.core.actions import Delete, Device, Entry
 from bridge.glue.bridge import Bridge
 from coaplayer import incoming
+from outboxes import stored
 
 
 def request(remote=("10.0.0.7", 5683), **fields):
@@ -97,7 +98,7 @@ def test_the_registry_file_is_read_once_per_reactor_turn(tmp_path):
     path = str(tmp_path / "registry.sqlite3")
     writer = Registry(path)
     writer.add("Dev A", "tokA", "thermo")
-    bridge.registry = Registry(path)
+    bridge.registry_view.attach(Registry(path))
     queries = []
     bridge.registry._db.set_trace_callback(queries.append)
     lookup = bridge.core.auth.lookup  # what the core reads: plain data, no query
@@ -123,7 +124,7 @@ def test_the_bridges_own_registry_write_counts_within_the_same_turn(tmp_path):
     from bridge.registry import Registry
     clock = Clock()
     bridge = Bridge(startup_checks.load(None, {}), clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     lookup, view = bridge.core.auth.lookup, bridge.registry_view
     view.refresh()
     assert lookup("tokP") is None
@@ -162,9 +163,9 @@ def writing_bridge(tmp_path):
     from bridge.registry import Registry
     clock = Clock()
     bridge = Bridge(startup_checks.load_text("limits: {device_rate: 0, peer_rate: 0}", {}), clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     bridge.registry.add("Dev A", "tok", "thermo")
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     return bridge, clock, CountingWrites(bridge.outbox)
 
 
@@ -180,12 +181,12 @@ def test_uplinks_of_one_turn_are_written_in_one_transaction_then_answered(tmp_pa
     assert len(writes.calls) == 1 and len(writes.calls[0][0]) == 3
     assert [d.result.message.code for d in answers] == [codes.CREATED] * 3
     assert bridge.outbox.stats()[0] == 3
-    assert bridge.metrics()["outbox_commits_total"][2] == 1
+    assert bridge.metrics.values()["outbox_commits_total"][2] == 1
     later = uplink(bridge, 4)
     bridge.commit()  # called directly (as at shutdown): nothing is left for a later call
     assert later.result.message.code == codes.CREATED
     assert [c for c in clock.getDelayedCalls() if c.func == bridge.outbox_commit.commit] == []
-    assert bridge.metrics()["outbox_commits_total"][2] == 2
+    assert bridge.metrics.values()["outbox_commits_total"][2] == 2
 
 
 def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
@@ -195,7 +196,7 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
     failed = uplink(bridge, 1)
     clock.advance(0)
     assert failed.result.message.code == codes.SERVICE_UNAVAILABLE
-    assert bridge.metrics()["outbox_commits_total"][2] == 0  # only what was written counts
+    assert bridge.metrics.values()["outbox_commits_total"][2] == 0  # only what was written counts
     again = uplink(bridge, 2)
     clock.advance(0)
     assert again.result.message.code == codes.CREATED and bridge.outbox.stats()[0] == 1
@@ -204,15 +205,15 @@ def test_a_failed_write_answers_5_03_and_the_next_write_goes_ahead(tmp_path):
 def test_removals_of_a_failed_write_go_with_the_next_one(tmp_path):
     import sqlite3
     bridge, clock, writes = writing_bridge(tmp_path)
-    [stored] = bridge.outbox.append([Entry(0, "Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
-    bridge.outbox_commit.delete(Delete((stored,)))
+    [entry_id] = bridge.outbox.append([Entry(0, "Dev A", "thermo", "v1/gateway/telemetry", b"{}", 1.0)])
+    bridge.outbox_commit.delete(Delete((entry_id,)))
     writes.fail = sqlite3.OperationalError("database is locked")
     bridge.commit()
     assert bridge.outbox.stats()[0] == 1  # still there: kept for the next write
     uplink(bridge, 1)
     clock.advance(0)
-    assert writes.calls[-1][1] == [stored] and len(writes.calls[-1][0]) == 1
-    assert [e.device for e in bridge.outbox.load()] == ["Dev A"] and bridge.outbox.stats()[0] == 1
+    assert writes.calls[-1][1] == [entry_id] and len(writes.calls[-1][0]) == 1
+    assert [e.device for e in stored(bridge.outbox)] == ["Dev A"] and bridge.outbox.stats()[0] == 1
 
 
 def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp_path):
@@ -225,7 +226,7 @@ def test_uplinks_in_bulk_and_one_at_a_time_are_stored_in_the_order_they_came(tmp
     [(rows, _, _)] = writes.calls
     assert [e.topic for e in rows] == ["v1/gateway/telemetry", "v1/gateway/claim",
                                        "v1/gateway/telemetry"]
-    assert [(e.topic, e.payload) for e in bridge.outbox.load()] == [(e.topic, e.payload)
+    assert [(e.topic, e.payload) for e in stored(bridge.outbox)] == [(e.topic, e.payload)
                                                                     for e in rows]
 
 
@@ -241,7 +242,7 @@ def test_an_uplink_being_written_at_a_rename_is_stored_and_kept_under_the_new_na
     clock.advance(0)
     assert answer.result.message.code == codes.CREATED
     assert store.entry.device == "Dev A"  # the core's actions are values: never changed
-    [entry] = bridge.outbox.load()  # written, then renamed in the outbox
+    [entry] = stored(bridge.outbox)  # written, then renamed in the outbox
     assert entry.device == "Kitchen" and list(json.loads(entry.payload)) == ["Kitchen"]
     [queued] = bridge.core.outbox.delivery.queues["Kitchen"]  # the core's own copy
     assert (queued.id, queued.device, queued.payload) == (entry.id, "Kitchen", entry.payload)
@@ -275,7 +276,7 @@ def test_metrics_count_server_rpcs_dropped_and_expired():
     bridge.message("v1/gateway/rpc", rpc % 2)
     bridge.reactor.advance(bridge.config.platform.rpc_queue_ttl)
     bridge.tick()
-    metrics = bridge.metrics()
+    metrics = bridge.metrics.values()
     assert (metrics["rpc_dropped_total"][2], metrics["rpc_expired_total"][2]) == (1, 1)
 
 
@@ -437,6 +438,7 @@ def test_notifications_go_to_the_transport_of_their_peer():
     from bridge.core.actions import Notify
     from bridge.dtls.events import DtlsPeer
     from bridge.glue.notifications import Notifications
+    from bridge.glue.transports import Transports
 
     class Transport:
         def __init__(self):
@@ -446,17 +448,18 @@ def test_notifications_go_to_the_transport_of_their_peer():
             self.sent.append((ref, remote))
 
     clock = Clock()
-    notifications = Notifications(clock)
+    transports = Transports()
+    notifications = Notifications(clock, transports, lambda ref, outcome: None)
     udp, dtls = Transport(), Transport()
-    notifications.transport = udp
-    notifications.attach(DtlsPeer, dtls)
+    transports.join(tuple, udp)
+    transports.join(DtlsPeer, dtls)
     session = DtlsPeer(("10.0.0.1", 4000), 1)
     for ref, remote in ((1, ("10.0.0.1", 5683)), (2, session), (3, ("10.0.0.2", 5683))):
         notifications.queue(Notify(ref, remote, b"t", codes.CONTENT, b"{}", 2))
     clock.advance(0)
     assert udp.sent == [(1, ("10.0.0.1", 5683)), (3, ("10.0.0.2", 5683))]
     assert dtls.sent == [(2, session)]
-    notifications.detach(DtlsPeer)  # CoAPs stopped listening: its sessions get nothing
+    transports.leave(DtlsPeer)  # CoAPs stopped listening: its sessions get nothing
     notifications.queue(Notify(4, session, b"t", codes.CONTENT, b"{}", 3))
     notifications.queue(Notify(5, ("10.0.0.1", 5683), b"t", codes.CONTENT, b"{}", 3))
     clock.advance(0)

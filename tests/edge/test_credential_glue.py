@@ -17,6 +17,7 @@ from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
 from bridge.registry import Registry
 from coaplayer import incoming
+from outboxes import stored
 
 SHA3_A, SHA3_X = "a" * 64, "b" * 64
 
@@ -38,8 +39,8 @@ def make_bridge(tmp_path, yaml="", clock=None):
     clock = clock or Clock()
     config = startup_checks.load_text(yaml or "{}", {})  # the shipped limits
     bridge = Bridge(config, clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     return bridge, clock
 
 
@@ -65,7 +66,7 @@ def test_a_token_less_uplink_over_a_session_is_stored_and_answered(tmp_path, cre
     assert not d.called  # kept for the turn's bulk, like a token uplink
     clock.advance(0)
     assert answer_code(d) == codes.CREATED
-    assert [entry[1] for entry in bridge.outbox.load()] == ["Dev A"]
+    assert [entry[1] for entry in stored(bridge.outbox)] == ["Dev A"]
     unknown = bridge.handle_coap(message(Session(PresharedKey("nobody")), mid=5))
     clock.advance(0)
     assert answer_code(unknown) == codes.UNAUTHORIZED
@@ -103,7 +104,7 @@ def test_an_unknown_verified_certificate_registers_its_cn_once(tmp_path, logged)
                                                                        SHA3_X)
     registered = [e for e in logged if "Registered device" in e.get("log_format", "")]
     assert len(registered) == 1 and registered[0]["device"] == "Cam 7"
-    assert bridge.metrics()["devices_auto_registered_total"][2] == 1
+    assert bridge.metrics.values()["devices_auto_registered_total"][2] == 1
 
 
 def test_the_cn_regex_group_names_the_device_and_a_cn_that_does_not_match_is_4_01(tmp_path,

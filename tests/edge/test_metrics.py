@@ -73,7 +73,7 @@ LABELLED = {"coap_requests_total", "coap_errors_total", "coap_send_failed_total"
 def test_every_metric_keeps_its_name_and_type_and_the_process_metrics_come_along():
     bridge = Bridge(startup_checks.load(None, {}), Clock())
     values, types = samples(scrape(bridge))
-    assert set(bridge.metrics()) == set(NAMES)
+    assert set(bridge.metrics.values()) == set(NAMES)
     for name, kind in NAMES.items():
         family = "coapbridge_" + (name[:-len("_total")] if kind == "counter" else name)
         assert types[family] == kind, name
@@ -109,9 +109,9 @@ def test_request_to_answer_and_store_to_puback_times_are_histograms(tmp_path):
     clock = Clock()
     clock.advance(1000)
     bridge = Bridge(startup_checks.load(None, {}), clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     bridge.registry.add("Dev A", "tok", "thermo")
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.link = link = FakeLink()
     bridge.link_up()
     answer = bridge.handle_coap(incoming(("10.0.0.7", 5683), payload=b'{"t": 1}'))
@@ -159,15 +159,16 @@ def test_dtls_metrics_appear_with_the_dtls_transport(tmp_path):
     from bridge.edge.datagram import DatagramDriver
     from bridge.edge import dtls as dtls_edge
     bridge = Bridge(startup_checks.load(None, {}), Clock())
-    assert not any(name.startswith("dtls_") for name in bridge.metrics())
+    assert not any(name.startswith("dtls_") for name in bridge.metrics.values())
     cert, key = dtlscerts.issue("bridge", dtlscerts.ca()).write(str(tmp_path), "bridge")
     clock = Clock()
     coap = DatagramDriver(lambda m: None, clock, coap_edge.datagram_settings(0.5, 247))
-    bridge.dtls = dtls_edge.DtlsTransport(DtlsConfig(enabled=True, cert_file=cert,
-                                                     key_file=key),
-                                          coap, clock, lambda identity: None,
-                                          random.Random(2).randbytes)
-    bridge.dtls.datagramReceived(b"\x17\xfe\xfd" + os.urandom(30), ("10.0.0.1", 5))
+    from bridge.dtls.events import DtlsPeer
+    transport = dtls_edge.DtlsTransport(DtlsConfig(enabled=True, cert_file=cert, key_file=key),
+                                        coap, clock, lambda identity: None,
+                                        random.Random(2).randbytes)
+    bridge.transports.join(DtlsPeer, transport, sender=coap)  # as CoAPs' service does
+    transport.datagramReceived(b"\x17\xfe\xfd" + os.urandom(30), ("10.0.0.1", 5))
     values, types = samples(scrape(bridge))
     assert values[("coapbridge_dtls_dropped_total", ())] == 1
     assert values[("coapbridge_dtls_sessions", ())] == 0
@@ -186,9 +187,10 @@ def test_reliable_metrics_appear_with_the_rfc8323_listeners():
     from bridge.settings import ReliableConfig
     from bridge.edge.stream import Hub, StreamProtocol
     bridge = Bridge(config_module.load(None, {}), Clock())
-    assert not any(name.startswith("reliable_") for name in bridge.metrics())
-    bridge.reliable = hub = Hub(ReliableConfig(max_connections_per_address=1), lambda m: None,
-                                Clock(), 1024)
+    assert not any(name.startswith("reliable_") for name in bridge.metrics.values())
+    from bridge.edge.stream import StreamPeer
+    hub = Hub(ReliableConfig(max_connections_per_address=1), lambda m: None, Clock(), 1024)
+    bridge.transports.join(StreamPeer, hub)  # as the RFC 8323 listeners' service does
     for port in (1, 2):
         StreamProtocol(hub, "coap+tcp").makeConnection(
             StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", port)))

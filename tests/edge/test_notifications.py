@@ -4,7 +4,10 @@ core withdraws one (its PSM device fell asleep): by the transport of its peer's 
 from twisted.internet.task import Clock
 
 from bridge.core.actions import Notify, Withdraw
+from bridge.edge.stream import Hub
 from bridge.glue.notifications import Notifications
+from bridge.glue.transports import Transports
+from bridge.settings import ReliableConfig
 
 
 class Transport:
@@ -26,7 +29,8 @@ class SecurePeer(str):
 
 
 class StreamPeer:
-    """A reliable connection's peer: it sends its own notifications (edge.stream)."""
+    """A reliable connection's peer: the hub writes its notifications on its connection
+    (edge.stream)."""
 
     def __init__(self):
         self.sent = []
@@ -41,10 +45,10 @@ def notify(ref):
 
 def test_a_withdrawn_notification_still_queued_is_never_sent_and_its_fate_is_withdrawn():
     clock, transport = Clock(), Transport()
-    queue = Notifications(clock)
     outcomes = []
-    queue.on_result = lambda ref, outcome: outcomes.append((ref, outcome))
-    queue.transport = transport
+    transports = Transports()
+    queue = Notifications(clock, transports, lambda ref, outcome: outcomes.append((ref, outcome)))
+    transports.join(tuple, transport)
     queue.queue(notify(1))
     queue.queue(notify(2))
     queue.withdraw(Withdraw(1, PEER))
@@ -56,9 +60,10 @@ def test_a_withdrawn_notification_still_queued_is_never_sent_and_its_fate_is_wit
 
 def test_a_withdrawn_notification_already_sent_stops_in_the_transport_of_its_peer():
     clock, plain, secure = Clock(), Transport(), Transport()
-    queue = Notifications(clock)
-    queue.transport = plain
-    queue.attach(SecurePeer, secure)
+    transports = Transports()
+    queue = Notifications(clock, transports, lambda ref, outcome: None)
+    transports.join(tuple, plain)
+    transports.join(SecurePeer, secure)
     queue.queue(notify(3))
     clock.advance(0)
     queue.withdraw(Withdraw(3, PEER))
@@ -69,10 +74,11 @@ def test_a_withdrawn_notification_already_sent_stops_in_the_transport_of_its_pee
 
 def test_a_notification_to_a_reliable_connection_has_nothing_to_withdraw():
     clock, plain = Clock(), Transport()
-    queue = Notifications(clock)
-    queue.transport = plain
     outcomes = []
-    queue.on_result = lambda ref, outcome: outcomes.append((ref, outcome))
+    transports = Transports()
+    queue = Notifications(clock, transports, lambda ref, outcome: outcomes.append((ref, outcome)))
+    transports.join(tuple, plain)
+    transports.join(StreamPeer, Hub(ReliableConfig(), lambda incoming: None, clock, 1024))
     connection = StreamPeer()
     queue.queue(Notify(5, connection, b"\x01", 69, b"{}", 5))
     clock.advance(0)

@@ -8,6 +8,7 @@ import pytest
 
 from bridge.core.actions import Entry
 from bridge.edge.outbox import Outbox
+from outboxes import dead_letter, stored
 
 NOW = 1_700_000_000.5
 TOPIC = "v1/gateway/telemetry"
@@ -54,7 +55,7 @@ def test_a_write_larger_than_one_insert_statement_stores_every_row_in_order(outb
     rows = [row(n, device="Dev %d" % (n % 7)) for n in range(1, 72)]  # 32 + 32 + 7 rows
     ids = outbox.append(rows)
     assert ids == list(range(ids[0], ids[0] + 71))
-    loaded = outbox.load()
+    loaded = stored(outbox)
     assert [entry.id for entry in loaded] == ids
     assert [e._replace(id=0) for e in loaded] == rows
 
@@ -68,7 +69,7 @@ def test_load_after_reopening_returns_every_entry_in_id_order(outbox):
     ids = outbox.append([row(1), row(2, device="Dev B")]) + outbox.append([row(3)])
     box = reopen(outbox)
     try:
-        assert box.load() == [
+        assert stored(box) == [
             Entry(ids[0], "Dev A", "thermo", TOPIC, row(1).payload, NOW + 1),
             Entry(ids[1], "Dev B", "thermo", TOPIC, row(2, device="Dev B").payload, NOW + 2),
             Entry(ids[2], "Dev A", "thermo", TOPIC, row(3).payload, NOW + 3)]
@@ -79,7 +80,7 @@ def test_load_after_reopening_returns_every_entry_in_id_order(outbox):
 def test_loaded_payload_is_bytes_exactly_as_stored(outbox):
     payload = bytes(range(256))
     outbox.append([Entry(0, "Dev A", "thermo", TOPIC, payload, NOW)])
-    [entry] = outbox.load()
+    [entry] = stored(outbox)
     assert type(entry.payload) is bytes and entry.payload == payload
 
 
@@ -109,7 +110,7 @@ def test_a_file_from_the_autoincrement_schema_keeps_its_entries_and_never_reuses
     old.close()
     box = Outbox(db_path)
     try:
-        assert [entry.id for entry in box.load()] == [1, 2]
+        assert [entry.id for entry in stored(box)] == [1, 2]
         assert box.append([row(8)]) == [8]
         box.delete([1, 2, 8])
         box = reopen(box)
@@ -122,7 +123,7 @@ def test_a_failing_row_rolls_back_its_whole_group(outbox):
     outbox.append([row(1)])
     with pytest.raises(sqlite3.IntegrityError):
         outbox.append([row(2), Entry(0, None, "thermo", TOPIC, b"{}", NOW)])
-    assert [e.payload for e in outbox.load()] == [row(1).payload]
+    assert [e.payload for e in stored(outbox)] == [row(1).payload]
     assert len(outbox.append([row(3)])) == 1  # the connection is usable again
 
 
@@ -148,43 +149,43 @@ def test_a_full_disk_is_reported_as_full_on_every_write_and_the_outbox_recovers(
 def test_delete_removes_only_the_given_entries(outbox):
     ids = outbox.append([row(1), row(2), row(3)])
     outbox.delete([ids[0], ids[2]])
-    assert [e.id for e in outbox.load()] == [ids[1]]
+    assert [e.id for e in stored(outbox)] == [ids[1]]
 
 
 def test_delete_of_runs_and_gaps_in_any_order_removes_exactly_those(outbox):
     ids = outbox.append([row(n) for n in range(12)])
     gone = [ids[9], ids[0], ids[2], ids[1], ids[7], ids[10], ids[11], ids[10]]
     outbox.delete(gone)
-    assert [e.id for e in outbox.load()] == [i for i in ids if i not in gone]
+    assert [e.id for e in stored(outbox)] == [i for i in ids if i not in gone]
 
 
 def test_one_write_stores_removes_and_sets_aside_together(outbox):
     old = outbox.append([row(1), row(2), row(3)])
     new = outbox.write([row(4)], [old[0]], [(old[1], "refused")], 5.0)
-    assert [e.id for e in outbox.load()] == [old[2]] + new
+    assert [e.id for e in stored(outbox)] == [old[2]] + new
     assert [(d[0], d[5]) for d in outbox.dead_letters()] == [(old[1], "refused")]
 
 
 def test_delete_of_unknown_id_is_harmless(outbox):
     [entry_id] = outbox.append([row(1)])
     outbox.delete([entry_id + 100])
-    assert [e.id for e in outbox.load()] == [entry_id]
+    assert [e.id for e in stored(outbox)] == [entry_id]
 
 
 def test_dead_letter_moves_the_entry_aside_with_its_reason(outbox):
     ids = outbox.append([row(1), row(2)])
-    outbox.dead_letter([(ids[0], "PUBACK reason 0x99")], NOW + 50)
-    assert [e.id for e in outbox.load()] == [ids[1]]
+    dead_letter(outbox, [(ids[0], "PUBACK reason 0x99")], NOW + 50)
+    assert [e.id for e in stored(outbox)] == [ids[1]]
     assert outbox.dead_letters() == [
         (ids[0], "Dev A", TOPIC, row(1).payload, NOW + 50, "PUBACK reason 0x99")]
 
 
 def test_dead_letters_survive_reopening(outbox):
     [entry_id] = outbox.append([row(1)])
-    outbox.dead_letter([(entry_id, "PUBACK reason 0x87")], NOW)
+    dead_letter(outbox, [(entry_id, "PUBACK reason 0x87")], NOW)
     box = reopen(outbox)
     try:
-        assert box.load() == []
+        assert stored(box) == []
         assert [(d[0], d[5]) for d in box.dead_letters()] == [(entry_id, "PUBACK reason 0x87")]
     finally:
         box.close()
@@ -192,9 +193,9 @@ def test_dead_letters_survive_reopening(outbox):
 
 def test_dead_letter_of_unknown_id_records_nothing(outbox):
     outbox.append([row(1)])
-    outbox.dead_letter([(999, "nope")], NOW)
+    dead_letter(outbox, [(999, "nope")], NOW)
     assert outbox.dead_letters() == []
-    assert len(outbox.load()) == 1
+    assert len(stored(outbox)) == 1
 
 
 # -- stats ------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def test_stats_count_entries_and_payload_bytes_still_to_deliver(outbox):
                          Entry(0, "Dev B", "meter", TOPIC, b"ij", NOW)])
     assert outbox.stats() == (3, 10)
     outbox.delete([ids[0]])
-    outbox.dead_letter([(ids[1], "refused")], NOW)
+    dead_letter(outbox, [(ids[1], "refused")], NOW)
     assert outbox.stats() == (1, 2)
 
 
@@ -258,9 +259,9 @@ def test_second_instance_sees_rows_as_soon_as_append_returns(db_path, outbox):
     other = Outbox(db_path)
     try:
         [entry_id] = outbox.append([row(1)])
-        assert [e.id for e in other.load()] == [entry_id]
+        assert [e.id for e in stored(other)] == [entry_id]
         outbox.delete([entry_id])
-        assert other.load() == [] and other.stats() == (0, 0)
+        assert stored(other) == [] and other.stats() == (0, 0)
     finally:
         other.close()
 
@@ -280,7 +281,7 @@ def test_two_instances_appending_alternately_get_distinct_increasing_ids(db_path
     try:
         ids = outbox.append([row(1)]) + other.append([row(2)]) + outbox.append([row(3)])
         assert ids == sorted(ids) and len(set(ids)) == 3
-        assert [e.id for e in other.load()] == ids
+        assert [e.id for e in stored(other)] == ids
     finally:
         other.close()
 
@@ -292,7 +293,7 @@ def test_removals_alone_are_committed_without_a_sync_and_storing_ones_with_it(ou
     try:
         outbox.write([row(4)], [ids[0]], [], NOW)  # stores: FULL
         outbox.delete([ids[1]])  # removals alone: NORMAL
-        outbox.dead_letter([(ids[2], "refused")], NOW)  # NORMAL
+        dead_letter(outbox, [(ids[2], "refused")], NOW)  # NORMAL
         outbox.append([row(5)])  # FULL again
     finally:
         db.set_trace_callback(None)
@@ -306,7 +307,7 @@ def test_removals_alone_are_committed_without_a_sync_and_storing_ones_with_it(ou
     assert db.execute("PRAGMA synchronous").fetchall() == [(2,)]  # FULL
     box = reopen(outbox)
     try:
-        assert [e.payload for e in box.load()] == [row(4).payload, row(5).payload]
+        assert [e.payload for e in stored(box)] == [row(4).payload, row(5).payload]
     finally:
         box.close()
 
@@ -319,7 +320,7 @@ def test_a_failing_removal_leaves_the_connection_syncing(outbox):
     with pytest.raises(sqlite3.IntegrityError):
         outbox.delete(ids)
     assert db.execute("PRAGMA synchronous").fetchall() == [(2,)]
-    assert [e.id for e in outbox.load()] == ids
+    assert [e.id for e in stored(outbox)] == ids
 
 
 def test_an_outbox_opened_with_synchronous_normal_stays_normal(db_path):

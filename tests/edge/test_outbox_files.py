@@ -9,6 +9,7 @@ from bridge.settings import StartupError
 from bridge.core.actions import Entry
 from bridge.edge import outbox_files
 from bridge.edge.outbox import Outbox
+from outboxes import dead_letter, stored
 
 TOPIC = "v1/gateway/telemetry"
 
@@ -40,7 +41,7 @@ def test_worker_one_takes_over_the_entries_of_the_leftover_files_and_removes_the
     filled(str(tmp_path / "outbox-w3.sqlite3"), 3, "Dev C").close()
     mine = filled(str(tmp_path / "outbox-w1.sqlite3"), 2)
     assert outbox_files.adopt_leftovers(mine, str(tmp_path), 2) == 2503
-    entries = mine.load()
+    entries = stored(mine)
     assert [(e.device, e.payload) for e in entries[:2]] == [("Dev A", b'{"n":0}'),
                                                             ("Dev A", b'{"n":1}')]
     assert sorted({e.device for e in entries}) == ["Dev A", "Dev B", "Dev C"]
@@ -53,12 +54,12 @@ def test_worker_one_takes_over_the_entries_of_the_leftover_files_and_removes_the
 
 def test_a_leftover_with_dead_letters_is_kept_without_its_entries(tmp_path):
     old = filled(str(tmp_path / "outbox.sqlite3"), 3)
-    old.dead_letter([(old.load()[0].id, "refused by the platform")], 1.0)
+    dead_letter(old, [(stored(old)[0].id, "refused by the platform")], 1.0)
     old.close()
     mine = Outbox(str(tmp_path / "outbox-w1.sqlite3"))
     assert outbox_files.adopt_leftovers(mine, str(tmp_path), 2) == 2
     kept = Outbox(str(tmp_path / "outbox.sqlite3"))
-    assert kept.load() == [] and len(kept.dead_letters()) == 1
+    assert stored(kept) == [] and len(kept.dead_letters()) == 1
     kept.close()
     mine.close()
 
@@ -68,7 +69,7 @@ def test_a_file_held_by_a_running_process_is_left_alone_and_a_second_holder_refu
     lock = outbox_files.hold(running)
     mine = Outbox(str(tmp_path / "outbox.sqlite3"))
     assert outbox_files.adopt_leftovers(mine, str(tmp_path), 1) == 0
-    assert len(running.load()) == 4
+    assert len(stored(running)) == 4
     second = Outbox(running.path)
     with pytest.raises(StartupError, match="is in use by another process"):
         outbox_files.hold(second)

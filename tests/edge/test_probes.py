@@ -11,6 +11,7 @@ from twisted.logger import globalLogPublisher
 from twisted.web.test.requesthelper import DummyRequest
 
 from bridge import settings
+from bridge.edge import coap as coap_edge
 from bridge.edge.metrics import MetricsSite, parse_ready, render_ready
 from bridge.edge.outbox import Outbox
 from bridge.glue.bridge import Bridge
@@ -45,6 +46,11 @@ def test_what_readyz_writes_parses_back():
         assert parse_ready(render_ready(*state)[1].decode()) == state
 
 
+def udp(bridge):
+    """Plain CoAP's transport, as its service joins it while its port reads."""
+    return coap_edge.create_protocol(lambda incoming: None, bridge.reactor, 0.5, 247)
+
+
 def ready_bridge(tmp_path, env=None):
     """A bridge of the shipped defaults (``env`` on top), not started."""
     clock = Clock()
@@ -58,9 +64,9 @@ def test_an_mqtt_outage_is_degraded_not_unready(tmp_path):
     assert bridge.readiness.check() == (["coap not listening", "outbox not open",
                                          "registry not loaded"], ["mqtt not connected"])
     registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.registry = registry
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
-    bridge.coap_listening = True
+    bridge.registry_view.attach(registry)
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
+    bridge.transports.join(tuple, udp(bridge))
     assert bridge.readiness.check() == ([], ["mqtt not connected"])  # uplinks are stored
     bridge.link.connected = True
     assert bridge.readiness.check() == ([], [])
@@ -70,9 +76,9 @@ def test_an_mqtt_outage_is_degraded_not_unready(tmp_path):
 
 def test_health_ready_requires_mqtt_makes_an_outage_unready(tmp_path):
     bridge, _ = ready_bridge(tmp_path, {"HEALTH_READY_REQUIRES_MQTT": "true"})
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
-    bridge.coap_listening = True
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
+    bridge.transports.join(tuple, udp(bridge))
     assert bridge.readiness.check() == (["mqtt not connected"], [])
     bridge.link.connected = True
     assert bridge.readiness.check() == ([], [])
@@ -80,27 +86,27 @@ def test_health_ready_requires_mqtt_makes_an_outage_unready(tmp_path):
 
 def test_a_full_outbox_makes_the_bridge_unready_until_it_drains(tmp_path):
     bridge, clock = ready_bridge(tmp_path, {"OUTBOX_MAX_ENTRIES": "1"})
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     bridge.registry.add("Dev A", "tokA", "default")
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.outbox_commit.restore()
-    bridge.coap_listening = True
+    bridge.transports.join(tuple, udp(bridge))
     assert bridge.readiness.check() == ([], ["mqtt not connected"])
-    assert bridge.metrics()["ready"][2] == 1
+    assert bridge.metrics.values()["ready"][2] == 1
     bridge.registry_view.refresh()
     bridge.apply(bridge.core.on_uplinks([(1, "tokA", "telemetry", b'{"t": 1}',
                                           ("10.0.0.1", 5683))], clock.seconds()))
     bridge.commit()  # stored, waiting for the platform: the outbox holds its 1 entry
     assert bridge.readiness.check() == (["outbox full (1 entry)"], ["mqtt not connected"])
-    assert bridge.metrics()["ready"][2] == 0
+    assert bridge.metrics.values()["ready"][2] == 0
 
 
 def test_a_failed_outbox_write_keeps_it_unready_until_a_write_succeeds(tmp_path):
-    from bridge.glue.bridge import OUTBOX_FAILURE_HOLD
+    from bridge.glue.readiness import OUTBOX_FAILURE_HOLD
     bridge, clock = ready_bridge(tmp_path)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
-    bridge.coap_listening = True
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
+    bridge.transports.join(tuple, udp(bridge))
     bridge.link.connected = True
     bridge.outbox_commit.failed = ("database or disk is full", clock.seconds())
     assert bridge.readiness.check()[0] == ["outbox not writable (database or disk is full)"]
@@ -113,10 +119,10 @@ def test_each_change_of_readiness_is_logged_once(tmp_path):
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
-        bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-        bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+        bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+        bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
         bridge.readiness.watch(clock.seconds())  # CoAP not listening yet
-        bridge.coap_listening = True
+        bridge.transports.join(tuple, udp(bridge))
         for _ in range(3):
             clock.advance(1)
             bridge.readiness.watch(clock.seconds())
@@ -127,7 +133,7 @@ def test_each_change_of_readiness_is_logged_once(tmp_path):
         for _ in range(3):
             clock.advance(1)
             bridge.readiness.watch(clock.seconds())
-        bridge.coap_listening = False  # stopping
+        bridge.transports.leave(tuple)  # stopping
         clock.advance(1)
         bridge.readiness.watch(clock.seconds())
     finally:
@@ -145,16 +151,16 @@ def test_each_change_of_readiness_is_logged_once(tmp_path):
 
 def test_a_stopping_bridge_is_not_ready_and_says_so_once(tmp_path):
     bridge, clock = ready_bridge(tmp_path)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
-    bridge.coap_listening = True
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
+    bridge.transports.join(tuple, udp(bridge))
     bridge.link.connected = True
     events = []
     globalLogPublisher.addObserver(events.append)
     try:
         bridge.readiness.watch(clock.seconds())
         bridge.readiness.stopping()
-        bridge.coap_listening = False  # its parts stop one by one: nothing more is said
+        bridge.transports.leave(tuple)  # its parts stop one by one: nothing more is said
         clock.advance(1)
         bridge.readiness.watch(clock.seconds(), changed=True)
         bridge.readiness.stopping()

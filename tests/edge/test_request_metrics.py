@@ -46,10 +46,10 @@ def rig(tmp_path, devices=2):
     clock = Clock()
     clock.advance(1000)
     bridge = Bridge(config_module.load(None, {}), clock)
-    bridge.registry = Registry(str(tmp_path / "registry.sqlite3"))
+    bridge.registry_view.attach(Registry(str(tmp_path / "registry.sqlite3")))
     for n in range(devices):
         bridge.registry.add("Dev %d" % n, "tok%d" % n, "default")
-    bridge.outbox = Outbox(str(tmp_path / "outbox.sqlite3"))
+    bridge.outbox_commit.attach(Outbox(str(tmp_path / "outbox.sqlite3")))
     bridge.outbox_commit.restore()
     bridge.link = FakeLink()
     bridge.link_up()

@@ -47,7 +47,7 @@ def backlog_bridge(tmp_path):
     clock.advance(1_700_000_000)
     bridge = Bridge(startup_checks.load_text("outbox: {max_batch: 50}", {}), clock)
     bridge.link = FakeLink()
-    bridge.outbox = Outbox(path)
+    bridge.outbox_commit.attach(Outbox(path))
     return bridge, clock
 
 
@@ -58,7 +58,7 @@ def test_a_restart_reads_a_large_backlog_in_slices_and_delivers_every_entry_in_o
     assert 0 < bridge.core.outbox.delivery.count < ROWS  # not the whole backlog at once
     slice_rows = bridge.core.outbox.slice_rows
     assert bridge.core.outbox.delivery.count <= slice_rows < ROWS
-    assert bridge.metrics()["outbox_entries"][2] == ROWS  # the rest is on disk, and counts
+    assert bridge.metrics.values()["outbox_entries"][2] == ROWS  # the rest is on disk, and counts
     bridge.link_up()
     delivered, most_in_memory = [], 0
     for _ in range(10_000):

@@ -17,7 +17,7 @@ def test_children_start_files_first_and_coap_last():
     service = BridgeService(startup_checks.load(None, {}), Clock())
     assert [type(child).__name__ for child in service] == [
         "_DataDirService", "_RegistryService", "_OutboxService", "_PackageService",
-        "_MqttService", "_TickService", "_MetricsService", "_CoapService"]
+        "_MqttService", "_TickService", "_MetricsService", "CoapService"]
     worker = BridgeService(config_module.load(None, {"COAP_WORKERS": "2"}), Clock(), worker=1)
     assert type(list(worker)[0]).__name__ == "_RegistryService"  # under its supervisor's lock
 
@@ -108,22 +108,17 @@ def test_stopping_the_sessions_ends_each_open_one_and_its_timer():
 
 
 def test_stopping_dtls_answers_the_stored_uplinks_before_closing_the_sessions():
-    from bridge.service import _DtlsService
+    from bridge.dtls.events import DtlsPeer
+    from bridge.edge.intake import Intake
+    from bridge.listeners import DtlsService
     calls = []
 
     class View:
         on_change = []
 
-    class Notifications:
-        def detach(self, peer_type):
-            calls.append("detach")  # no notification for its sessions any more
-
-    class Bridge:
-        registry_view = View()
-        notifications = Notifications()
-
-        def commit(self):
-            calls.append("commit")  # answers every stored uplink, DTLS peers' too
+    class Transports:
+        def leave(self, peer_type):
+            calls.append(("leave", peer_type))  # no notification for its sessions any more
 
     class Port:
         def stopReading(self):
@@ -136,7 +131,13 @@ def test_stopping_dtls_answers_the_stored_uplinks_before_closing_the_sessions():
         def close_all(self):
             calls.append("close_all")
 
-    service = _DtlsService(Bridge())
+    def commit():
+        calls.append("commit")  # answers every stored uplink, DTLS peers' too
+
+    intake = Intake(Clock(), None, None, None, None, Transports(), commit, View(), None, False)
+    service = DtlsService(intake, startup_checks.load(None, {}), lambda peer: False,
+                          lambda *outcome: None)
     service.port, service.transport, service.running = Port(), Transport(), 1
     service.stopService()
-    assert calls == ["stopReading", "commit", "detach", "close_all", "stopListening"]
+    assert calls == ["stopReading", "commit", ("leave", DtlsPeer), "close_all",
+                     "stopListening"]
