@@ -246,6 +246,11 @@ def test_a_device_type_of_its_own_is_read_from_an_exported_profile():
     settings.pop("clientSettings")
     assert settings == {"transportPayloadType": "PROTOBUF", "deviceTelemetryProtoSchema": "x",
                         "enableCompatibilityWithJsonPayloadFormat": True}
+    # a JSON profile's export holding PROTOBUF keys: they are no setting of a JSON one
+    payload["transportPayloadType"] = "JSON"
+    settings = tbprofile.payload_settings(exported_profile(payload))
+    settings.pop("clientSettings")
+    assert settings == {"transportPayloadType": "JSON"}
 
 
 def test_a_profile_no_format_takes_is_not_built():
