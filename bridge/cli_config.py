@@ -5,13 +5,15 @@ kinds, MQTT, device profiles by type and format, workers, the registry, metrics,
 provisioning and OTA) and warns about a CoAPs without a certificate; ``config show``
 prints every setting's value (secrets masked) and where it came from; ``config env``
 lists every environment variable; ``config doc`` and ``config example`` print
-docs/configuration.md and conf/coapbridge.yaml as the schema has them.
+docs/configuration.md and conf/coapbridge.yaml as the schema has them (the doc with each
+payload format's keys, declared in its module: ``format_keys``).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from dataclasses import fields
+from typing import Any, List, Optional, Tuple
 
 from . import startup_checks
 from .settings import Config, ConfigError, read
@@ -83,12 +85,20 @@ def profiles_text(config: Config) -> str:
     return ", ".join(parts) + "; other types JSON"
 
 
+def format_keys(formats: Any = None) -> List[Tuple[str, Any]]:
+    """(format, its keys' dataclass) of each payload format with keys of its own
+    (``formats``: the registry, the installed formats unless given), for the doc."""
+    from .core.formats.registry import INSTALLED
+    return [(entry.kind, entry.settings) for entry in (formats or INSTALLED).entries
+            if fields(entry.settings)]
+
+
 def config_command(action: str, path: Optional[str]) -> int:
     if action == "env":
         print("\n".join(describe.env_lines()))
         return 0
     if action == "doc":
-        sys.stdout.write(describe.markdown())
+        sys.stdout.write(describe.markdown(format_keys()))
         return 0
     if action == "example":
         sys.stdout.write(describe.example())

@@ -7,9 +7,10 @@ before any socket opens, and reported with its problems in one ``ConfigError``:
   ``registry.password_file`` is read (the password goes into the configuration);
 * the device profiles: exported ThingsBoard profiles read (their payload settings, device
   type and power saving), then each profile checked by its payload format
-  (``core.formats.registry``) and its format's start-up check run: for PROTOBUF the
-  schema files read, left-out schemas given ThingsBoard's defaults and compiled by
-  ``protoc``, for EFENTO Efento's messages compiled (``edge.protoc``);
+  (``core.formats.registry``: the format's own keys, given raw in ``format_keys``, typed
+  and checked against the format's settings, then its pure check) and its start-up check
+  run: for PROTOBUF the schema files read, left-out schemas given ThingsBoard's defaults
+  and compiled by ``protoc``, for EFENTO Efento's messages compiled (``edge.protoc``);
 * a PostgreSQL registry has psycopg to reach it;
 * OpenSSL loads the DTLS certificate, key (with its password) and CA file and accepts the
   cipher list (``edge.dtls.check_config``).
@@ -31,7 +32,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 from . import registry_url
 from .settings import Config, ConfigError, DeviceProfileConfig, Loaded, read, read_text
 from .settings import reliable
-from .settings.profiles import client_settings, given_keys
+from .settings.profiles import COMMON_KEYS, client_settings, given_keys
 
 
 def load(path: Optional[str], env: Optional[Mapping[str, str]] = None,
@@ -120,7 +121,7 @@ def _profiles(config: Config, problems: List[str], formats: Any = None) -> Confi
         where = "device_profiles.%s." % name
         if profile.thingsboardProfile and not given_keys(profile):
             profile = _exported(profile, where, problems, formats)
-        entry, found = formats.check(profile, where)
+        entry, profile, found = formats.checked(profile, where)  # its format's keys typed
         problems.extend(found)
         if entry is not None and entry.startup:
             module, function = entry.startup.split(":")
@@ -155,4 +156,5 @@ def _exported(profile: DeviceProfileConfig, where: str, problems: List[str],
         settings["clientSettings"] = client_settings(
             settings["clientSettings"], where.rsplit(".", 1)[0] + ".clientSettings.", found)
         problems.extend("%s (in %s)" % (problem, path) for problem in found)
-    return replace(profile, **settings)
+    common = {key: settings.pop(key) for key in COMMON_KEYS if key in settings}
+    return replace(profile, format_keys=settings, **common)  # the rest: the format's keys

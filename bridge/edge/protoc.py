@@ -106,20 +106,22 @@ def message_class(text: str, kind: str):
 
 
 def protobuf_startup(profile: Any, where: str, problems: List[str]) -> Any:
-    """A PROTOBUF profile (``formats.protobuf.FORMAT``'s start-up check): its schemas read
-    from their files, ThingsBoard's defaults for those left out, each compiled once and
-    checked; ``where`` is ``device_profiles.<type>.``, every problem names the schema, its
-    line and column."""
-    texts = {kind: _schema_text(profile, kind, where, problems) for kind in protoschema.KINDS}
-    profile = dataclasses.replace(profile, **texts)
+    """A PROTOBUF profile (``formats.protobuf.FORMAT``'s start-up check; its keys typed by
+    then, ``formats.protobuf.ProtobufKeys``): its schemas read from their files,
+    ThingsBoard's defaults for those left out, each compiled once and checked; ``where`` is
+    ``device_profiles.<type>.``, every problem names the schema, its line and column."""
+    keys = profile.format_keys
+    texts = {kind: _schema_text(keys, kind, where, problems) for kind in protoschema.KINDS}
+    keys = dataclasses.replace(keys, **texts)
+    profile = dataclasses.replace(profile, format_keys=keys)
     for kind in protoschema.KINDS:
         at = where + kind
-        if getattr(profile, kind + "File"):
-            at += " (%s)" % getattr(profile, kind + "File")
+        if getattr(keys, kind + "File"):
+            at += " (%s)" % getattr(keys, kind + "File")
         elif profile.thingsboardProfile:
             at += " (in %s)" % profile.thingsboardProfile
         try:
-            compile_schema(getattr(profile, kind), kind)
+            compile_schema(getattr(keys, kind), kind)
         except ProtocMissing as exc:
             problems.append("%s: transportPayloadType PROTOBUF: %s" % (where[:-1], exc))
             break
@@ -128,8 +130,8 @@ def protobuf_startup(profile: Any, where: str, problems: List[str]) -> Any:
     return profile
 
 
-def _schema_text(profile: Any, kind: str, where: str, problems: List[str]) -> str:
-    text, path = getattr(profile, kind), getattr(profile, kind + "File")
+def _schema_text(keys: Any, kind: str, where: str, problems: List[str]) -> str:
+    text, path = getattr(keys, kind), getattr(keys, kind + "File")
     if path and not text:
         try:
             with open(path, encoding="utf-8") as handle:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from dataclasses import fields
-from typing import Any, Dict, List, Tuple
+from dataclasses import fields, is_dataclass
+from typing import Any, Dict, List, Sequence, Tuple
 
 from .loader import ENV_NAMES, PROCESS_VARIABLES, SETTINGS, Loaded
 from .root import Config
-from .schema import (ITEMS, RULE, Rule, Setting, choices_of, is_section, number,
+from .schema import (EXTRA, ITEMS, RULE, Rule, Setting, choices_of, is_section, number,
                      range_text)
 
 _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
@@ -47,9 +47,13 @@ def plain(item: Any) -> Dict[str, Any]:
     """An item dataclass as the mapping a file would give, its secrets masked and its
     defaults left out."""
     unset = type(item)()
-    return {f.name: plain(getattr(item, f.name)) if ITEMS in f.metadata
-            else masked(f.metadata[RULE], getattr(item, f.name)) for f in fields(item)
-            if getattr(item, f.name) != getattr(unset, f.name)}
+    found = {f.name: plain(getattr(item, f.name)) if ITEMS in f.metadata
+             else masked(f.metadata[RULE], getattr(item, f.name)) for f in fields(item)
+             if EXTRA not in f.metadata and getattr(item, f.name) != getattr(unset, f.name)}
+    for f in fields(item):
+        if EXTRA in f.metadata:  # its other keys, as given
+            found.update(getattr(item, f.name))
+    return found
 
 
 def value_of(config: Config, path: str) -> Any:
@@ -158,15 +162,21 @@ no file is fine) and may come from the environment, with or without a file.
 """
 
 
-def markdown() -> str:
+Keys = Sequence[Tuple[str, Any]]  # (whose, its keys' dataclass): the keys of an item's extra
+
+
+def markdown(extra_keys: Keys = ()) -> str:
+    """docs/configuration.md; ``extra_keys``: the keys an item takes beside its own, each
+    group's dataclass of settings (a device profile's: the payload formats' keys, which
+    ``coapbridge config doc`` gives, ``cli_config.format_keys``)."""
     parts = [DOC_HEAD]
-    parts += _section_docs(Config, "")
+    parts += _section_docs(Config, "", extra_keys)
     parts.append("\n## Variables of the processes\n\n| Variable | Meaning |\n|---|---|\n")
     parts += ["| `%s` | %s |\n" % (name, meaning) for name, meaning in PROCESS_VARIABLES.items()]
     return "".join(parts)
 
 
-def _section_docs(cls: Any, prefix: str) -> List[str]:
+def _section_docs(cls: Any, prefix: str, extra_keys: Keys) -> List[str]:
     own = [f for f in fields(cls) if not is_section(f)]
     parts = []
     if own:
@@ -184,14 +194,14 @@ def _section_docs(cls: Any, prefix: str) -> List[str]:
         for f in own:
             item = f.metadata.get(ITEMS)
             if item is not None:
-                parts += _item_docs(prefix + f.name, item)
+                parts += _item_docs(prefix + f.name, item, extra_keys)
     for f in fields(cls):
         if is_section(f):
-            parts += _section_docs(f.default_factory, prefix + f.name + ".")
+            parts += _section_docs(f.default_factory, prefix + f.name + ".", extra_keys)
     return parts
 
 
-def _item_docs(path: str, item: Any) -> List[str]:
+def _item_docs(path: str, item: Any, extra_keys: Keys) -> List[str]:
     doc = " ".join((item.__doc__ or "").split())
     parts = ["\n### Each entry of `%s`\n\n%s\n\n| Key | Default | Values | Meaning |\n"
              "|---|---|---|---|\n" % (path, doc)]
@@ -200,11 +210,24 @@ def _item_docs(path: str, item: Any) -> List[str]:
         rule = f.metadata[RULE]
         if ITEMS in f.metadata:
             parts.append("| `%s` | | a mapping (below) | %s |\n" % (f.name, _cell(rule.text)))
-            inner += _item_docs("%s.%s" % (path, f.name), f.metadata[ITEMS])
+            inner += _item_docs("%s.%s" % (path, f.name), f.metadata[ITEMS], extra_keys)
             continue
-        parts.append("| `%s` | %s | %s | %s |\n" % (f.name, _cell(shown(f.default)),
-                                                   _cell(_values(rule)), _cell(rule.text)))
+        if EXTRA in f.metadata:  # its other keys: each group's rows, in its place
+            parts += _key_rows(extra_keys) or ["| (other keys) | | | %s |\n" % _cell(rule.text)]
+            continue
+        parts += _key_rows([("", f)])
     return parts + inner
+
+
+def _key_rows(groups: Any) -> List[str]:
+    """A row per key: ``groups`` of (whose, a dataclass of settings or one field)."""
+    rows = []
+    for _, keys in groups:
+        for f in fields(keys) if is_dataclass(keys) else [keys]:
+            rule = f.metadata[RULE]
+            rows.append("| `%s` | %s | %s | %s |\n" % (f.name, _cell(shown(f.default)),
+                                                       _cell(_values(rule)), _cell(rule.text)))
+    return rows
 
 
 def _doc_default(s: Setting) -> str:

@@ -24,6 +24,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
@@ -32,8 +33,8 @@ from . import dtls as dtls_section
 from . import mqtt as mqtt_section
 from .errors import ConfigDeprecationWarning, ConfigError
 from .root import Config, check
-from .schema import (ITEMS, RULE, Problems, Rule, Setting, canonical, check_value, is_section,
-                     walk)
+from .schema import (EXTRA, ITEMS, RULE, Problems, Rule, Setting, canonical, check_value,
+                     is_section, walk)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -265,14 +266,18 @@ class _Reader:
         if not isinstance(raw, dict):
             self.problems.add(prefix[:-1], "%s: expected a mapping, got %r" % (prefix[:-1], raw))
             return cls()
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                self.problems.add(prefix + str(key), "%s: unknown key (known: %s)"
-                                  % (prefix + str(key), ", ".join(sorted(known))))
-        values = {}
+        spare = [f.name for f in fields(cls) if EXTRA in f.metadata]
+        known = {f.name for f in fields(cls) if EXTRA not in f.metadata}
+        others = {str(key): value for key, value in raw.items() if key not in known}
+        values: Dict[str, Any] = {}
+        if spare:  # kept as given, for the layer that types them
+            values[spare[0]] = self.others(others, prefix, expand)
+        else:
+            for key in others:
+                self.problems.add(prefix + key, "%s: unknown key (known: %s)"
+                                  % (prefix + key, ", ".join(sorted(known))))
         for f in fields(cls):
-            if f.name not in raw:
+            if f.name not in raw or f.name not in known:
                 continue
             value = raw[f.name]
             if ITEMS in f.metadata:  # an item inside the item (clientSettings)
@@ -288,6 +293,17 @@ class _Reader:
             values[f.name] = self.checked(prefix + f.name, f.metadata["coapbridge.rule"],
                                           f.default, value, None)
         return cls(**values)
+
+    def others(self, raw: Dict[str, Any], prefix: str, expand: bool) -> Mapping[str, Any]:
+        """An item's keys it does not declare, as given (``${NAME}`` expanded in the file;
+        null: not given)."""
+        kept: Dict[str, Any] = {}
+        for key, value in raw.items():
+            if expand and isinstance(value, str):
+                value, _ = self.expand(value, prefix + key)
+            if value is not None:
+                kept[key] = value
+        return MappingProxyType(kept)
 
     def expand(self, text: str, path: str) -> Tuple[Optional[str], List[str]]:
         """``${NAME:default}`` references expanded, and the variables used; None when one
@@ -324,6 +340,18 @@ class _Reader:
             hint = "did you mean %s? " % near[0] if near else ""
             self.problems.add(name, "environment variable %s is no setting of coapbridge: "
                               "%s(`coapbridge config env` lists every one)" % (name, hint))
+
+
+def typed_keys(cls: Any, raw: Mapping[str, Any], prefix: str, problems: List[str]) -> Any:
+    """The keys of ``raw`` that item dataclass ``cls`` declares, typed and checked as the
+    file's are (the same rules and lines; a bad value left at its default and said in
+    ``problems``); ``prefix``: ``device_profiles.<type>.``. The other keys are the caller's."""
+    reader = _Reader({}, "", {})
+    names = {f.name for f in fields(cls)}
+    item = reader.item(cls, {key: value for key, value in raw.items() if key in names},
+                       prefix, expand=False)
+    problems.extend(reader.problems.lines)
+    return item
 
 
 def _lines(text: str) -> Dict[str, int]:

@@ -4,22 +4,20 @@ The keys are ThingsBoard's own, from a device profile's transport configuration:
 ``coapDeviceType`` (DEFAULT, or EFENTO for Efento's sensors), its
 transportPayloadTypeConfiguration (JSON or PROTOBUF) and its ``clientSettings`` (PSM, DRX,
 eDRX and their timers, in ms as ThingsBoard exports them).
-Here they are typed; what they mean is each payload format's (``bridge.core.formats``,
-whose registry checks the names and the keys a format reads: ``bridge.startup_checks``
-runs it, with the I/O: exported profiles and schema files read, schemas compiled by
-protoc, the schema keys left holding the text).
+Here the common ones are typed (the names of the format, the power saving); the keys of a
+payload format are the format's own, declared in its module (``bridge.core.formats``):
+read here as given, into ``format_keys``, and typed and checked by the format's registry
+at start (``bridge.startup_checks``, with the I/O: exported profiles and schema files
+read, schemas compiled by protoc, the schema keys left holding the text).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List
+from types import MappingProxyType
+from typing import Any, Dict, List, Mapping
 
-from .schema import RULE, Problems, check_value, nested, setting
-
-_SCHEMA = " Its text, or give the path of a file holding it as the key with File appended. " \
-    "Left out: ThingsBoard's default."
-
+from .schema import RULE, Problems, check_value, extra, nested, setting
 
 POWER_MODES = ("PSM", "DRX", "E_DRX")
 MAX_POWER_TIMER = 7 * 86400 * 1000  # ms: a week, far beyond any device's cycle
@@ -44,8 +42,12 @@ class ClientSettings:
 @dataclass(frozen=True)
 class DeviceProfileConfig:
     """How the devices of one type encode their payloads: ThingsBoard's own keys from a
-    device profile's transportPayloadTypeConfiguration. After the start-up checks the schema
-    keys hold the text (read from the file, or the default)."""
+    device profile's transportPayloadTypeConfiguration. Beside the keys every profile has,
+    a profile takes those of its payload format (declared by the format: PROTOBUF's schemas
+    and flags), checked at start; a key of another format, or of none, is refused. After
+    the start-up checks the schema keys hold the text (read from the file, or the
+    default)."""
+    # the format's keys are read as given into format_keys (bridge.core.formats types them)
     thingsboardProfile: str = setting(
         "", "Instead of the keys: a device profile exported from ThingsBoard (its JSON), whose "
         "COAP transport configuration is read.")
@@ -56,24 +58,16 @@ class DeviceProfileConfig:
     transportPayloadType: str = setting(
         "JSON", "The payload format of a DEFAULT type: JSON or PROTOBUF (the payload formats "
         "installed check it at start).")
-    deviceTelemetryProtoSchema: str = setting("", "PROTOBUF: the telemetry schema." + _SCHEMA)
-    deviceTelemetryProtoSchemaFile: str = setting("", "The file of the telemetry schema.")
-    deviceAttributesProtoSchema: str = setting("", "PROTOBUF: the client attributes schema."
-                                               + _SCHEMA)
-    deviceAttributesProtoSchemaFile: str = setting("", "The file of the attributes schema.")
-    deviceRpcRequestProtoSchema: str = setting("", "PROTOBUF: the schema of server-side RPCs "
-                                               "sent to the device." + _SCHEMA)
-    deviceRpcRequestProtoSchemaFile: str = setting("", "The file of the RPC request schema.")
-    deviceRpcResponseProtoSchema: str = setting("", "PROTOBUF: the schema of the device's RPC "
-                                                "replies." + _SCHEMA)
-    deviceRpcResponseProtoSchemaFile: str = setting("", "The file of the RPC response schema.")
-    enableCompatibilityWithJsonPayloadFormat: bool = setting(
-        False, "An undecodable PROTOBUF payload is tried as JSON.")
-    useJsonPayloadFormatForDefaultDownlinkTopics: bool = setting(
-        False, "Downlinks (attribute notifications and reads, RPCs) stay JSON.")
+    format_keys: Mapping[str, Any] = extra(
+        "Every other key: the payload format's own (below, each format's), typed and checked "
+        "by the format at start.")
     clientSettings: ClientSettings = nested(
         ClientSettings, "Power saving: powerMode, psmActivityTimer, edrxCycle, "
         "pagingTransmissionWindow (docs/device-api.md, Power saving).")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.format_keys, dict):  # given as a dict: read-only from here on
+            object.__setattr__(self, "format_keys", MappingProxyType(dict(self.format_keys)))
 
 
 def client_settings(raw: Dict[str, Any], where: str, problems: List[str]) -> ClientSettings:
@@ -96,13 +90,15 @@ def client_settings(raw: Dict[str, Any], where: str, problems: List[str]) -> Cli
     return ClientSettings(**values)
 
 
+COMMON_KEYS = tuple(f.name for f in fields(DeviceProfileConfig) if f.name != "format_keys")
+
+
 def given_keys(profile: DeviceProfileConfig) -> list:
     """The keys of ``profile`` set to something other than their default, but
-    thingsboardProfile."""
+    thingsboardProfile, then its format's keys given."""
     unset = DeviceProfileConfig()
-    return [f.name for f in fields(DeviceProfileConfig)
-            if f.name != "thingsboardProfile" and getattr(profile, f.name) != getattr(unset,
-                                                                                  f.name)]
+    return [name for name in COMMON_KEYS if name != "thingsboardProfile" and
+            getattr(profile, name) != getattr(unset, name)] + list(profile.format_keys)
 
 
 def check(config: Any, problems: Problems) -> None:

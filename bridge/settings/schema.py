@@ -16,10 +16,12 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Tuple
 
 RULE = "coapbridge.rule"  # the metadata key of a field's Rule
 ITEMS = "coapbridge.items"  # the metadata key of a list's or mapping's item dataclass
+EXTRA = "coapbridge.extra"  # the metadata key of an item's field holding its other keys, raw
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,14 @@ def nested(item: Any, text: str) -> Any:
     """A field of an item dataclass holding another item (a device profile's
     ``clientSettings``): a mapping in the file, null or left out for its defaults."""
     return field(default_factory=item, metadata={RULE: Rule(text), ITEMS: item})
+
+
+def extra(text: str) -> Any:
+    """A field of an item dataclass holding every key of the item it does not declare, as
+    given (a read-only mapping): another layer types them (a device profile's payload format
+    keys, typed by the format at start)."""
+    return field(default_factory=lambda: MappingProxyType({}),
+                 metadata={RULE: Rule(text), EXTRA: True})
 
 
 def listing(item: Any, text: str, **rule: Any) -> Any:

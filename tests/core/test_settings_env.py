@@ -204,7 +204,9 @@ def test_lists_and_mappings_take_yaml_or_json_text_in_one_variable():
         "PROVISIONING_PROFILES": "- {key: k1, secret: s1, device_type: meter}\n",
         "PROVISIONING_MODE": "local"})
     assert INSTALLED.name_of(config.device_profiles["sensor"]) == "protobuf"
-    assert config.device_profiles["sensor"].deviceTelemetryProtoSchemaFile == "/etc/t.proto"
+    # a format's keys as given: its format types them at start
+    assert config.device_profiles["sensor"].format_keys == {
+        "deviceTelemetryProtoSchemaFile": "/etc/t.proto"}
     assert config.provisioning.profiles[0].secret == "s1"
     # the payload formats check the names, at start (the settings only type them)
     with pytest.raises(ConfigError) as info:

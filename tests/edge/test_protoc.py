@@ -62,9 +62,10 @@ def test_a_protobuf_profile_gets_thingsboards_default_schemas():
     config = load_text("device_profiles: {sensor: {transportPayloadType: PROTOBUF}}", {})
     profile = config.device_profiles["sensor"]
     for kind in protoschema.KINDS:
-        assert getattr(profile, kind) == protoschema.DEFAULTS[kind]
-        protoc.message_class(getattr(profile, kind), kind)  # compiles and passes the rules
-    assert protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY) \
+        assert profile.format_keys[kind] == protoschema.DEFAULTS[kind]
+        protoc.message_class(profile.format_keys[kind], kind)  # compiles and passes the rules
+    assert protoc.message_class(profile.format_keys["deviceTelemetryProtoSchema"],
+                                protoschema.TELEMETRY) \
         .DESCRIPTOR.full_name == "telemetry.SensorDataReading"
 
 
@@ -85,8 +86,8 @@ device_profiles:
       message SensorDataReading { optional string label = 1; }
 """
     profiles = load_text(text, {}).device_profiles
-    first = protoc.message_class(profiles["a"].deviceTelemetryProtoSchema, protoschema.TELEMETRY)
-    second = protoc.message_class(profiles["b"].deviceTelemetryProtoSchema, protoschema.TELEMETRY)
+    first, second = (protoc.message_class(profiles[name].format_keys[protoschema.TELEMETRY],
+                                          protoschema.TELEMETRY) for name in "ab")
     assert [f.name for f in first.DESCRIPTOR.fields] == ["temperature"]
     assert [f.name for f in second.DESCRIPTOR.fields] == ["label"]
 

@@ -47,12 +47,13 @@ def test_a_protobuf_coap_profile_gives_its_schemas_flags_and_defaults(tmp_path):
         json_compatible=True, json_downlinks=True)))
     profile = load(path).device_profiles["meter"]
     assert INSTALLED.name_of(profile) == "protobuf" and profile.thingsboardProfile == str(path)
-    assert profile.deviceTelemetryProtoSchema == METER
+    assert profile.format_keys["deviceTelemetryProtoSchema"] == METER
     # a schema the profile leaves out (null) is ThingsBoard's default
-    assert profile.deviceAttributesProtoSchema == protoschema.DEFAULTS[protoschema.ATTRIBUTES]
-    assert profile.enableCompatibilityWithJsonPayloadFormat
-    assert profile.useJsonPayloadFormatForDefaultDownlinkTopics
-    reading = protoc.message_class(profile.deviceTelemetryProtoSchema, protoschema.TELEMETRY)
+    keys = profile.format_keys
+    assert keys["deviceAttributesProtoSchema"] == protoschema.DEFAULTS[protoschema.ATTRIBUTES]
+    assert keys.enableCompatibilityWithJsonPayloadFormat  # typed: the PROTOBUF keys
+    assert keys.useJsonPayloadFormatForDefaultDownlinkTopics
+    reading = protoc.message_class(keys.deviceTelemetryProtoSchema, protoschema.TELEMETRY)
     assert reading.DESCRIPTOR.full_name == "meter.Reading"
 
 

@@ -12,8 +12,9 @@ one method per kind of downlink (each format writes each kind its own way).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple
 
 from ..payloads import Values
 
@@ -83,6 +84,31 @@ class BuildContext:
     compiler: Any = None
 
 
+class FormatKeys(Mapping):
+    """The base of a format's keys: a frozen dataclass of ``setting(...)`` fields
+    (``bridge.settings.schema``), declared in the format's module and named by its entry
+    (``settings``). The start-up checks type a profile's ``format_keys`` as it; they then
+    read as a mapping too, the field's type."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (f.name for f in fields(self))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(fields(self))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class NoKeys(FormatKeys):
+    """The keys of a format that has none of its own (JSON, EFENTO)."""
+
+
 Check = Callable[[Any, str], List[str]]  # (profile, "device_profiles.<type>.") -> problems
 Factory = Callable[[Any, BuildContext], PayloadFormat]  # (profile, context) -> format
 
@@ -98,10 +124,16 @@ class PayloadFormatEntry:
     factory: Factory
     payload_type: Optional[str] = None  # transportPayloadType; None: the device type's own
     device_type: str = DEFAULT_DEVICE_TYPE  # coapDeviceType
-    keys: Tuple[str, ...] = ()  # the text keys it reads (an exported profile's too)
-    flags: Tuple[str, ...] = ()  # its true-or-false keys
-    check: Check = no_problems
+    keys: Tuple[str, ...] = ()  # its text keys an exported profile gives
+    flags: Tuple[str, ...] = ()  # its true-or-false keys (an exported profile's too)
+    check: Check = no_problems  # (its keys typed by then: ``profile.format_keys``)
     startup: str = ""  # "module:function": (profile, where, problems) -> profile, with I/O
+    settings: type = NoKeys  # its keys: a FormatKeys dataclass (keys and flags among them)
+
+    @property
+    def kind(self) -> str:
+        """The name a profile gives it: its transportPayloadType, or its coapDeviceType."""
+        return self.payload_type or self.device_type
 
 
 class Formats:

@@ -47,12 +47,15 @@ as the JSON itself with useJsonPayloadFormatForDefaultDownlinkTopics.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from google.protobuf.message import DecodeError
 
+from ...settings.schema import setting
 from .. import codes, gateway, jsondepth, payloads
-from . import BuildContext, CannotEncode, Message, PayloadFormatEntry, protomerge, protoschema
+from . import (BuildContext, CannotEncode, FormatKeys, Message, PayloadFormatEntry, protomerge,
+               protoschema)
 from .fixed import FixedMessages
 from .json import JsonFormat
 from .protojson import json_depth, to_json
@@ -226,33 +229,62 @@ class ProtobufFormat:
 
 # == the registry's entry (``registry``) ===================================
 
+_SCHEMA = " Its text, or give the path of a file holding it as the key with File appended. " \
+    "Left out: ThingsBoard's default."
+
+
+@dataclass(frozen=True)
+class ProtobufKeys(FormatKeys):
+    """A PROTOBUF profile's keys, ThingsBoard's (its transportPayloadTypeConfiguration), and
+    a file for each schema. After the start-up check each schema key holds the text (read
+    from its file, or ThingsBoard's default)."""
+    deviceTelemetryProtoSchema: str = setting("", "PROTOBUF: the telemetry schema." + _SCHEMA)
+    deviceTelemetryProtoSchemaFile: str = setting("", "The file of the telemetry schema.")
+    deviceAttributesProtoSchema: str = setting("", "PROTOBUF: the client attributes schema."
+                                               + _SCHEMA)
+    deviceAttributesProtoSchemaFile: str = setting("", "The file of the attributes schema.")
+    deviceRpcRequestProtoSchema: str = setting("", "PROTOBUF: the schema of server-side RPCs "
+                                               "sent to the device." + _SCHEMA)
+    deviceRpcRequestProtoSchemaFile: str = setting("", "The file of the RPC request schema.")
+    deviceRpcResponseProtoSchema: str = setting("", "PROTOBUF: the schema of the device's RPC "
+                                                "replies." + _SCHEMA)
+    deviceRpcResponseProtoSchemaFile: str = setting("", "The file of the RPC response schema.")
+    enableCompatibilityWithJsonPayloadFormat: bool = setting(
+        False, "An undecodable PROTOBUF payload is tried as JSON.")
+    useJsonPayloadFormatForDefaultDownlinkTopics: bool = setting(
+        False, "Downlinks (attribute notifications and reads, RPCs) stay JSON.")
+
+
 FLAGS = ("enableCompatibilityWithJsonPayloadFormat",
          "useJsonPayloadFormatForDefaultDownlinkTopics")
 
 
 def check_profile(profile: Any, where: str) -> List[str]:
     """A schema is given as its text or its file, not both."""
+    keys = profile.format_keys
     return ["%s: give %s or %sFile, not both" % (where, kind, kind) for kind in protoschema.KINDS
-            if getattr(profile, kind) and getattr(profile, kind + "File")]
+            if getattr(keys, kind) and getattr(keys, kind + "File")]
 
 
 def build(profile: Any, context: BuildContext) -> "ProtobufFormat":
     """A PROTOBUF profile's format: its schemas (texts by now: the start-up check read the
     files, gave ThingsBoard's defaults and compiled them) as message classes."""
     compiler = context.compiler
+    keys: ProtobufKeys = profile.format_keys
 
     def message_class(kind: str) -> Any:
-        return compiler.message_class(getattr(profile, kind), kind)
+        return compiler.message_class(getattr(keys, kind), kind)
 
     return ProtobufFormat(
         message_class(protoschema.TELEMETRY), message_class(protoschema.ATTRIBUTES),
-        context.json, profile.enableCompatibilityWithJsonPayloadFormat,
+        context.json, keys.enableCompatibilityWithJsonPayloadFormat,
         rpc_request_class=message_class(protoschema.RPC_REQUEST),
         rpc_response_class=message_class(protoschema.RPC_RESPONSE),
         fixed=compiler.fixed_messages(),
-        json_downlinks=profile.useJsonPayloadFormatForDefaultDownlinkTopics)
+        json_downlinks=keys.useJsonPayloadFormatForDefaultDownlinkTopics)
 
 
 FORMAT = PayloadFormatEntry(
     ProtobufFormat.name, build, payload_type="PROTOBUF", check=check_profile,
-    keys=protoschema.KINDS, flags=FLAGS, startup="bridge.edge.protoc:protobuf_startup")
+    keys=protoschema.KINDS, flags=FLAGS, startup="bridge.edge.protoc:protobuf_startup",
+    settings=ProtobufKeys)

@@ -19,11 +19,15 @@ would be the way for formats installed by other distributions, which coapbridge 
 
 from __future__ import annotations
 
+import difflib
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from . import DEFAULT_DEVICE_TYPE, BuildContext, PayloadFormat, PayloadFormatEntry
+from ...settings.loader import typed_keys
+from ...settings.profiles import COMMON_KEYS
+from . import DEFAULT_DEVICE_TYPE, BuildContext, FormatKeys, PayloadFormat, PayloadFormatEntry
 
 # the installed formats: their modules here (each ends with its FORMAT), JSON first
 INSTALLED_MODULES = ("json", "protobuf", "efento")
@@ -42,6 +46,7 @@ class FormatRegistry:
             if entry.startup and entry.startup.count(":") != 1:
                 raise ValueError("payload format %s: startup %r is not \"module:function\""
                                  % (entry.name, entry.startup))
+            _check_settings(entry)
             names = (entry.device_type, entry.payload_type)
             if names in by_names:
                 raise ValueError("payload formats %s and %s both take coapDeviceType %s, "
@@ -86,16 +91,60 @@ class FormatRegistry:
 
     def check(self, profile: Any, where: str) -> Tuple[Optional[PayloadFormatEntry],
                                                        List[str]]:
-        """The format of ``profile`` and its problems: names no format takes, then the
-        format's own checks (``where``: ``device_profiles.<type>.``)."""
+        """The format of ``profile`` and its problems (``checked``'s, without the profile)."""
+        entry, _, problems = self.checked(profile, where)
+        return entry, problems
+
+    def checked(self, profile: Any, where: str) -> Tuple[Optional[PayloadFormatEntry], Any,
+                                                         List[str]]:
+        """The format of ``profile``, the profile with its format's keys typed, and its
+        problems: names no format takes, then its keys (each bad value, each key its format
+        does not read), then the format's own checks (``where``:
+        ``device_profiles.<type>.``)."""
         if profile.coapDeviceType not in self.device_types:
-            return None, ["%scoapDeviceType: must be %s, got %r" % (
+            return None, profile, ["%scoapDeviceType: must be %s, got %r" % (
                 where, _either(self.device_types), profile.coapDeviceType)]
         entry = self.entry_for(profile)
         if entry is None:
-            return None, ["%stransportPayloadType: must be %s, got %r" % (
+            return None, profile, ["%stransportPayloadType: must be %s, got %r" % (
                 where, _either(self.payload_types), profile.transportPayloadType)]
-        return entry, entry.check(profile, where)
+        problems = self._unknown_keys(entry, profile.format_keys, where)
+        keys = typed_keys(entry.settings, profile.format_keys, where, problems)
+        profile = replace(profile, format_keys=keys)
+        return entry, profile, problems + entry.check(profile, where)
+
+    @property
+    def format_keys(self) -> Tuple[str, ...]:
+        """Every key some format declares (its settings)."""
+        return _unique(name for e in self.entries for name in _names_of(e.settings))
+
+    def _owners(self, key: str) -> str:
+        return _either(tuple(e.kind for e in self.entries if key in _names_of(e.settings)))
+
+    def _unknown_keys(self, entry: PayloadFormatEntry, raw: Mapping[str, Any],
+                      where: str) -> List[str]:
+        """A line for each key of ``raw`` that ``entry``'s format does not read: whose
+        format's it is, or the nearest key it might have meant."""
+        own = [f.name for f in fields(entry.settings)]
+        known = sorted(COMMON_KEYS + tuple(own))
+        lines = []
+        for key in raw:
+            if key in own:
+                continue
+            if key in self.format_keys:
+                lines.append("%s%s: a key of %s profiles, not of %s ones" % (
+                    where, key, self._owners(key), entry.kind))
+                continue
+            others = [name for name in self.format_keys if name not in known]
+            near = difflib.get_close_matches(key, known + others, n=1, cutoff=0.6)
+            hint = ""
+            if near:
+                whose = "" if near[0] in known else " (a key of %s profiles)" % self._owners(
+                    near[0])
+                hint = "did you mean %s%s? " % (near[0], whose)
+            lines.append("%s%s: unknown key (%sknown: %s)" % (where, key, hint,
+                                                              ", ".join(known)))
+        return lines
 
     def build(self, profiles: Mapping[str, Any], context: BuildContext
               ) -> Dict[str, PayloadFormat]:
@@ -107,6 +156,11 @@ class FormatRegistry:
             if entry is None:
                 raise ValueError("device_profiles.%s: no installed payload format"
                                  % device_type)
+            if not isinstance(profile.format_keys, entry.settings):  # not checked yet
+                entry, profile, problems = self.checked(profile, "device_profiles.%s."
+                                                        % device_type)
+                if problems:
+                    raise ValueError("; ".join(problems))
             built[device_type] = entry.factory(profile, context)
         return built
 
@@ -118,6 +172,29 @@ def formats_of(registry: FormatRegistry, profiles: Mapping[str, Any],
     built = registry.build(profiles, context)
     json = context.json
     return lambda device_type: built.get(device_type, json)
+
+
+def _names_of(settings: type) -> Tuple[str, ...]:
+    return tuple(f.name for f in fields(settings))
+
+
+def _check_settings(entry: PayloadFormatEntry) -> None:
+    """An entry's keys are a FormatKeys dataclass of settings, with none of a profile's
+    common keys or a mapping's methods, and holding its keys and flags."""
+    settings = entry.settings
+    if not (is_dataclass(settings) and issubclass(settings, FormatKeys)):
+        raise ValueError("payload format %s: settings must be a FormatKeys dataclass"
+                         % entry.name)
+    types = {f.name: type(f.default) for f in fields(settings)}
+    taken = set(types) & (set(COMMON_KEYS) | set(dir(Mapping)))
+    if taken:
+        raise ValueError("payload format %s: %s taken (a profile's own key, or a mapping's)"
+                         % (entry.name, ", ".join(sorted(taken))))
+    for names, kind in ((entry.keys, str), (entry.flags, bool)):
+        for name in names:
+            if types.get(name) is not kind:
+                raise ValueError("payload format %s: %s is no %s key of its settings"
+                                 % (entry.name, name, kind.__name__))
 
 
 def _unique(names: Iterable[str]) -> Tuple[str, ...]:

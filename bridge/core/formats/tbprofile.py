@@ -17,16 +17,17 @@ As ThingsBoard's CoAP transport reads it: a ``DEFAULT`` transport configuration,
 ``coapDeviceTypeConfiguration`` or a missing ``transportPayloadTypeConfiguration`` is JSON.
 Refused: other transports (MQTT, LWM2M, SNMP: not a CoAP profile). A device type other than
 ``DEFAULT`` is a payload format's own (``EFENTO``: Efento's sensors), with no payload
-settings; the keys read from a payload configuration are those the installed formats
-declare (``registry``). The power saving (``clientSettings``: ``powerMode``,
-``psmActivityTimer``...) is read too.
+settings; the keys read from a payload configuration are those its format declares
+(``registry``: ``keys`` and ``flags`` of its entry). The power saving
+(``clientSettings``: ``powerMode``, ``psmActivityTimer``...) is read too.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Dict, Optional
 
-from . import DEFAULT_DEVICE_TYPE
+from . import DEFAULT_DEVICE_TYPE, DEFAULT_PAYLOAD_TYPE
 from .registry import INSTALLED, FormatRegistry
 
 CLIENT_KEYS = ("powerMode", "psmActivityTimer", "edrxCycle", "pagingTransmissionWindow")
@@ -101,4 +102,17 @@ def _device_settings(transport: Dict[str, Any], path: str,
             raise NotUsable("%s.%s is %s" % (path, key, "not true or false" if flag
                                              else "not text"))
         settings[key] = value
-    return settings
+    return _own(settings, formats)
+
+
+def _own(settings: Dict[str, Any], formats: FormatRegistry) -> Dict[str, Any]:
+    """The keys of the profile's own format (ThingsBoard may keep another's in the
+    export: they are no setting of this one); all of them when it names no format (the
+    check says so)."""
+    payload_type = settings.get("transportPayloadType", DEFAULT_PAYLOAD_TYPE)
+    entry = formats.entry_for(SimpleNamespace(coapDeviceType=DEFAULT_DEVICE_TYPE,
+                                              transportPayloadType=payload_type))
+    if entry is None:
+        return settings
+    own = ("transportPayloadType",) + entry.keys + entry.flags
+    return {key: value for key, value in settings.items() if key in own}
