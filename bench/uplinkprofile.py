@@ -297,14 +297,14 @@ def rig(engine: bool, warm: int = 1000) -> Rig:
     return made
 
 
-def callgrind_report(path: str, n: int) -> None:
+def callgrind_report(path: str, n: int, what: str = "uplink") -> None:
     text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", path],
                           capture_output=True, text=True, check=True).stdout
     match = re.search(r"^\s*([\d,]+) \([^)]*\)\s+\S*:starmap_next", text, re.M)
     if match is None:
         raise SystemExit("no starmap_next in %s" % path)
     count = int(match.group(1).replace(",", ""))
-    print("callgrind, %d uplinks: %.0f instructions per uplink" % (n, count / n))
+    print("callgrind, %d %ss: %.0f instructions per %s" % (n, what, count / n, what))
 
 
 def main() -> None:

@@ -27,6 +27,10 @@ FEATURE = routes.ATTRIBUTES
 CLIENT, SHARED, DISCOVER = "client", "shared", "discover"
 MAX_KNOWN_KEYS = 1000
 _MISSING = object()
+# the view of every device with no shared attributes: views are replaced, never changed in
+# place (``AttributeUpdate.apply`` returns a new one), so one empty dict serves them all
+# (64 bytes per observer of 100,000 otherwise)
+_NO_ATTRIBUTES: Dict[str, Any] = {}
 
 
 @dataclass
@@ -192,7 +196,7 @@ class Attributes(Part):
         for update in fetch.pushes:
             view = update.apply(view)
         old = self.views.get(fetch.device)
-        self.views[fetch.device] = view
+        self.views[fetch.device] = view or _NO_ATTRIBUTES
         if fetch.purpose == "observe":
             return self.subscriptions.register(fetch.request, fetch.device, FEATURE,
                                                codes.CONTENT, fmt.attribute_update(view, now),

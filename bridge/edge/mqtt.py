@@ -34,6 +34,7 @@ from ..core.limits import RateLimiter
 from ..logs import logger
 from ..registry import mask
 from .mqtt_connect import Connector, Reconnects, SocketWatch
+from .mqtt_inbound import decode_publish
 
 log = logger("mqtt")
 
@@ -53,6 +54,8 @@ class _ReadyClient(paho.Client):
     """A paho client that uses a socket already connected (and TLS-handshaken) by us."""
 
     ready_socket: Any = None
+    # topic (bytes), payload of each QoS 0 or 1 PUBLISH; None: paho's own path (on_message)
+    deliver: Optional[Callable[[bytes, bytes], None]] = None
 
     def _create_socket(self) -> Any:
         sock, self.ready_socket = self.ready_socket, None
@@ -76,6 +79,23 @@ class _ReadyClient(paho.Client):
                 return self._loop_rc_handle(rc)
             if rc == paho.MQTT_ERR_AGAIN:
                 break
+        return paho.MQTT_ERR_SUCCESS
+
+    def _handle_publish(self) -> Any:
+        """An inbound PUBLISH, decoded by mqtt_inbound.py (paho's decoder builds objects
+        the bridge never reads, see there) and handed to ``deliver``; then the PUBACK, as
+        paho sends it. QoS 2 (the bridge subscribes at 1, so a broker sends none) stays
+        paho's."""
+        packet = self._in_packet
+        header = packet["command"]
+        deliver = self.deliver
+        if header & 0x04 or deliver is None:  # QoS 2, or 3 (malformed)
+            return super()._handle_publish()
+        topic, mid, payload = decode_publish(header, packet["packet"],
+                                             self._protocol == paho.MQTTv5)
+        deliver(topic, payload)
+        if mid and not self._manual_ack:
+            return self._send_puback(mid)
         return paho.MQTT_ERR_SUCCESS
 
 
@@ -189,6 +209,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.deliver = self._deliver
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -270,14 +291,27 @@ class MqttLink:
         self._tell("published", self.listener.published, mid, value)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        """One message from the broker: handled, or logged and skipped; never raises."""
+        """A message paho decoded (QoS 2): as ``_deliver``."""
         try:
             topic = message.topic
         except UnicodeDecodeError:  # paho delivers it; MQTT says it cannot happen
             self._message_failed("(not UTF-8)", None)
             return
+        self._handle(topic, message.payload)
+
+    def _deliver(self, name: bytes, payload: bytes) -> None:
+        """A message from the broker (QoS 0 or 1, decoded by mqtt_inbound.py)."""
         try:
-            self.listener.message(topic, message.payload)
+            topic = name.decode("utf-8")
+        except UnicodeDecodeError:  # MQTT says it cannot happen
+            self._message_failed("(not UTF-8)", None)
+            return
+        self._handle(topic, payload)
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        """One message from the broker: handled, or logged and skipped; never raises."""
+        try:
+            self.listener.message(topic, payload)
         except Exception:
             self._message_failed(topic, Failure())
 

@@ -138,11 +138,12 @@ def start_read(core, ref, query=(), now=NOW):
     return attribute_requests(seen)
 
 
-def observe_attributes(core, ref=50, shared=None, token=b"\xa1", remote=PEER, now=NOW):
+def observe_attributes(core, ref=50, shared=None, token=b"\xa1", remote=PEER, now=NOW,
+                       dev_token="tok"):
     """Register an observer of /attributes whose refresh finds ``shared``; returns the Reply."""
     shared = {"s": 2} if shared is None else shared
-    seen = run(core, handled(core, get(ref, "attributes", observe=0, token=token, remote=remote),
-                             now), now)
+    seen = run(core, handled(core, get(ref, "attributes", observe=0, token=token, remote=remote,
+                                       dev_token=dev_token), now), now)
     assert visible(seen) == []
     [discover] = attribute_requests(seen)
     seen = answer(core, discover, now, values=dict(shared, clientAttr=True))
@@ -401,6 +402,22 @@ def test_refresh_after_link_loss_notifies_attributes_deleted_meanwhile():
     [scoped] = attribute_requests(answer(core, discover, NOW + 2, values={"s": 2}))
     [notify] = answer(core, scoped, NOW + 2, value=2)
     assert payload_of(notify) == {"deleted": ["t"]}
+
+
+def test_a_push_to_one_device_without_shared_attributes_leaves_the_others_view_empty():
+    # devices without shared attributes share one empty view: it must never change in place
+    core = make_core(devices={"tok": DEV_A, "tokb": Device("Dev B", "thermo")})
+    assert core.on_link_up(NOW) == []
+    observe_attributes(core, shared={})
+    observe_attributes(core, ref=51, shared={}, token=b"\xa2", remote=OTHER_PEER,
+                       dev_token="tokb")
+    [notify] = visible(push(core, {"s": 7}))
+    assert notify.remote == PEER and payload_of(notify) == {"s": 7}
+    core.on_link_down(NOW + 1)
+    requests = attribute_requests(run(core, core.on_link_up(NOW + 2), NOW + 2))
+    [discover_b] = [body for body in requests if body["device"] == "Dev B"]
+    # Dev B's refresh finds nothing, as before: no change to notify (not {"deleted": ["s"]})
+    assert visible(answer(core, discover_b, NOW + 2, values={})) == []
 
 
 def test_refresh_after_link_loss_finding_no_change_notifies_nothing():

@@ -144,3 +144,66 @@ def test_one_read_takes_every_message_the_socket_holds_with_nothing_in_flight():
     link._read()  # the rest on the next turn: one read is bounded
     assert len(listener.messages) == 150 and link.connected
     broker.close()
+
+
+def connected5(listener):
+    """As ``connected``, over MQTT 5 (the shipped protocol)."""
+    reactor = MemoryReactorClock()
+    link = MqttLink(reactor, MqttConfig(client_id="t"), listener, subscriptions=[])
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    broker.settimeout(2)
+    link._running = True
+    link._hand_over(ours)
+    link._flush()
+    assert broker.recv(1024)[:1] == b"\x10"
+    broker.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK: success, no properties
+    link._read()
+    assert link.connected
+    return reactor, link, broker
+
+
+def publish5(topic, payload, mid, properties=b"\x00"):
+    body = len(topic).to_bytes(2, "big") + topic.encode()
+    body += (mid.to_bytes(2, "big") if mid else b"") + properties + payload
+    assert len(body) < 128
+    return bytes([0x32 if mid else 0x30, len(body)]) + body
+
+
+def test_mqtt5_messages_with_and_without_properties_arrive_and_qos1_ones_are_acknowledged():
+    listener = Listener()
+    reactor, link, broker = connected5(listener)
+    user_property = b"\x26\x00\x01k\x00\x01v"  # User Property k=v
+    broker.sendall(publish5("v1/gateway/attributes", b'{"a":1}', 1)
+                   + publish5("v1/gateway/rpc", b'{"b":2}', 2, bytes([len(user_property)])
+                              + user_property)
+                   + publish5("v1/gateway/attributes", b'{"c":3}', 0))  # QoS 0
+    link._read()
+    assert listener.messages == [("v1/gateway/attributes", b'{"a":1}'),
+                                 ("v1/gateway/rpc", b'{"b":2}'),
+                                 ("v1/gateway/attributes", b'{"c":3}')]
+    assert received(broker, 8) == puback(1) + puback(2)
+    assert link.connected and listener.downs == []
+    broker.close()
+
+
+def test_a_topic_that_is_not_utf8_is_skipped_and_the_link_keeps_reading(events):
+    listener = Listener()
+    reactor, link, broker = connected5(listener)
+    broker.sendall(publish5("x", b"bad", 1).replace(b"\x00\x01x", b"\x00\x01\xff")
+                   + publish5("v1/gateway/attributes", b"fine", 2))
+    link._read()
+    assert listener.messages == [("v1/gateway/attributes", b"fine")]
+    assert received(broker, 8) == puback(1) + puback(2)
+    assert link.failed_messages == 1 and link.connected
+    broker.close()
+
+
+def test_a_publish_whose_properties_overrun_it_drops_the_connection():
+    listener = Listener()
+    reactor, link, broker = connected5(listener)
+    broker.sendall(publish5("v1/gateway/attributes", b"", 1, b"\x09ab"))
+    link._read()
+    assert listener.messages == [] and not link.connected
+    assert listener.downs  # the core hears the link is down; a reconnect follows
+    broker.close()
