@@ -37,6 +37,7 @@ from procstat import cpu_seconds, family_cpu_seconds, free_port, rss_kib  # noqa
 
 RESULTS = os.path.join(HERE, "results")
 SERVER_CPU, LOAD_CPU = "0", "1"
+PYPY_GC_NURSERY = "16M"  # unless set in the environment (see Run.spawn)
 
 
 def wait_port(port: int, udp: bool = False, timeout: float = 15.0) -> None:
@@ -63,7 +64,12 @@ class Run:
         self.observers: Optional[int] = None
 
     def spawn(self, args: List[str], cpu: str, **kwargs: Any) -> subprocess.Popen:
-        proc = subprocess.Popen(["taskset", "-c", cpu] + args, **kwargs)
+        # every server (bridge and baselines alike) with the PyPy nursery docs/performance.md
+        # recommends: at PyPy's default (the CPU's cache, 1 MiB here) its collector took
+        # 38-42 % of the bridge's CPU in process; CPython ignores the variable
+        env = dict(kwargs.pop("env", None) or os.environ)
+        env.setdefault("PYPY_GC_NURSERY", PYPY_GC_NURSERY)
+        proc = subprocess.Popen(["taskset", "-c", cpu] + args, env=env, **kwargs)
         self.procs.append(proc)
         return proc
 

@@ -16,6 +16,9 @@ DATA_DIR=${DATA_DIR:-./data}
 MQTT_HOST=${MQTT_HOST:-localhost}
 MQTT_PORT=${MQTT_PORT:-1883}
 COAP_BIND_PORT=${COAP_BIND_PORT:-5683}
+# PyPy's young generation (CPython ignores it): at PyPy's default, the size of the CPU's
+# cache, its collector takes 40 % of the bridge's CPU (docs/performance.md, PyPy)
+export PYPY_GC_NURSERY=${PYPY_GC_NURSERY:-16M}
 DEMO_DEVICE=demo-device
 TOKEN_FILE="$DATA_DIR/demo-token"
 BROKER_DIR=${BROKER_DIR:-.tools/mosquitto}

@@ -49,6 +49,20 @@ def waiting(connection: SSL.Connection) -> int:
     return int(lib.BIO_get_mem_data(connection._from_ssl, ffi.NULL))
 
 
+def set_tls13_suites(ctx: SSL.Context, suites: bytes) -> None:
+    """``ctx.set_tls13_ciphersuites(suites)``, through the bindings where pyOpenSSL has no
+    such method (25.1, the newest that installs beside PyPy 3.9's cryptography < 44:
+    scripts/pypy-constraints.txt); the same OpenSSL call, ``SSL_CTX_set_ciphersuites``."""
+    setter = getattr(ctx, "set_tls13_ciphersuites", None)
+    if setter is not None:
+        setter(suites)
+        return
+    lib.ERR_clear_error()
+    if lib.SSL_CTX_set_ciphersuites(ctx._context, suites) != 1:
+        lib.ERR_clear_error()
+        raise SSL.Error([("SSL routines", "SSL_CTX_set_ciphersuites", "no cipher match")])
+
+
 def supported() -> bool:
     return hasattr(lib, "SSL_CTX_set_psk_server_callback")
 

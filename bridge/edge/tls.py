@@ -51,7 +51,7 @@ def build_context(cfg: DtlsConfig) -> SSL.Context:
     load_identity(ctx, cfg)
     ctx.set_cipher_list(cfg.ciphers.encode("ascii"))
     if cfg.psk:  # a TLS 1.3 PSK needs a SHA-256 suite (see the module)
-        ctx.set_tls13_ciphersuites(PSK_TLS13_SUITES)
+        psk_edge.set_tls13_suites(ctx, PSK_TLS13_SUITES)
     return ctx
 
 

@@ -10,11 +10,10 @@ import pytest
 from twisted.internet.task import Clock
 
 from bridge.core.actions import DeleteDevice, Device, RenameDevice
-from bridge.core.platform_changes import DELETE, RENAME
+from bridge.core.platform_changes import APPLIED, DELETE, RENAME, Applied
 from bridge.edge.registry_journal import RegistryJournal
 from bridge.glue.lookup import RegistryView
 from bridge.glue.platform_changes import PlatformChanges
-from bridge.registry_pg import APPLIED, Applied
 from bridge.sqlite import CorruptDatabase
 
 

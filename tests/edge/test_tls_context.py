@@ -69,7 +69,7 @@ def client(suites=None, identity="dev", key=KEY):
         keep = client_context(psk=(identity, key))
         psk.lib.SSL_CTX_set_psk_client_callback(ctx._context, keep[1])
     if suites is not None:
-        ctx.set_tls13_ciphersuites(suites)
+        psk.set_tls13_suites(ctx, suites)
     connection = SSL.Connection(ctx, None)
     connection.set_connect_state()
     return connection, keep
@@ -104,3 +104,19 @@ def test_without_a_psk_the_certificate_handshake_is_tls_1_3(files):
 def test_with_psk_off_tls_1_3_has_openssls_suites(files):
     shake = Handshake(files, psk_on=False, identity=None)
     assert shake.done and shake.cipher == "TLS_AES_256_GCM_SHA384"
+
+
+def test_tls_1_3_suites_are_set_through_the_bindings_where_pyopenssl_has_no_setter():
+    class Older(SSL.Context):  # pyOpenSSL 25.1 (the PyPy 3.9 install) has no such method
+        def __getattribute__(self, name):
+            if name == "set_tls13_ciphersuites":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    ctx = Older(SSL.TLS_SERVER_METHOD)
+    psk.set_tls13_suites(ctx, b"TLS_CHACHA20_POLY1305_SHA256")
+    connection = SSL.Connection(ctx, None)
+    names = connection.get_cipher_list()
+    assert [n for n in names if n.startswith("TLS_")] == ["TLS_CHACHA20_POLY1305_SHA256"]
+    with pytest.raises(SSL.Error):
+        psk.set_tls13_suites(ctx, b"NO_SUCH_SUITE")
