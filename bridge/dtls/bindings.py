@@ -213,14 +213,16 @@ clear_errors: Callable[[], None] = lib.ERR_clear_error if not MISSING else (lamb
 
 
 class CookieCallbacks:
-    """The context's cookie callbacks (``DTLSv1_listen`` calls them) installed through
-    the bindings: ``generate(connection) -> bytes``, ``verify(connection, cookie) ->
-    bool``. An exception in either is handed to ``log.failure`` and counts as no cookie
-    (it must not unwind through OpenSSL's C frames). Keep this object as long as the
-    context (it holds the C callbacks)."""
+    """The context's cookie callbacks (``DTLSv1_listen`` and the handshake's first step
+    call them) installed through the bindings: ``generate() -> bytes``,
+    ``verify(cookie) -> bool``; neither is told the connection (the listener knows
+    whose ClientHello it is listening to), which saves a look-up per call. An
+    exception in either is handed to ``log.failure`` and counts as no cookie (it must
+    not unwind through OpenSSL's C frames). Keep this object as long as the context (it
+    holds the C callbacks)."""
 
-    def __init__(self, context: SSL.Context, generate: Callable[[SSL.Connection], bytes],
-                 verify: Callable[[SSL.Connection, bytes], bool], log: Any):
+    def __init__(self, context: SSL.Context, generate: Callable[[], bytes],
+                 verify: Callable[[bytes], bool], log: Any):
         self.generate, self.verify, self.log = generate, verify, log
         self._generate = ffi.callback("int (*)(SSL *, unsigned char *, unsigned int *)",
                                       self._on_generate)
@@ -231,7 +233,7 @@ class CookieCallbacks:
 
     def _on_generate(self, ssl: Any, out: Any, length: Any) -> int:
         try:
-            cookie = self.generate(SSL.Connection._reverse_mapping.get(ssl))
+            cookie = self.generate()
             if not 0 < len(cookie) <= 255:  # DTLS1_COOKIE_LENGTH (CVE-2026-27459)
                 return 0
             ffi.memmove(out, cookie, len(cookie))
@@ -243,8 +245,7 @@ class CookieCallbacks:
 
     def _on_verify(self, ssl: Any, cookie: Any, length: int) -> int:
         try:
-            return int(bool(self.verify(SSL.Connection._reverse_mapping.get(ssl),
-                                        ffi.buffer(cookie, length)[:])))
+            return 1 if self.verify(_buffer(cookie, length)[:]) else 0
         except Exception:
             self.log.failure("DTLS cookie verification failed")
             return 0

@@ -48,10 +48,10 @@ class Listener:
         # verify no cookie (a flood of odd ClientHellos costs no SSL_new each)
         self._spare: Optional[SSL.Connection] = None
 
-    def cookie_generate(self, connection: SSL.Connection) -> bytes:
+    def cookie_generate(self) -> bytes:
         return self.cookies.make(self._from, self._now)
 
-    def cookie_verify(self, connection: SSL.Connection, cookie: bytes) -> bool:
+    def cookie_verify(self, cookie: bytes) -> bool:
         if self._verified:
             return hmac.compare_digest(cookie, self._verified)
         return self.cookies.check(self._from, cookie, self._now)

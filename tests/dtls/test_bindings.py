@@ -103,7 +103,7 @@ def test_a_client_hello_we_cannot_read_whole_is_left_to_openssl(client):
 
 
 def test_an_exception_in_a_cookie_callback_is_logged_and_no_cookie_is_sent(client):
-    def broken(connection):
+    def broken():
         raise ValueError("no secret")
     log = Log()
     listener, _keep = listener_for(generate=broken, log=log)
