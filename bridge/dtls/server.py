@@ -7,7 +7,8 @@ it returns, or those ``handle_timer`` returns or ``events`` (after ``send``, ``c
 ``SessionEnded``, ``HandshakeFailed``), keeps one timer at ``get_timer()`` that calls
 ``handle_timer(now)``, and sends with ``send(peer, plaintext, now)``. A session is a
 ``DtlsPeer`` value, not an object that sends. pyOpenSSL's memory BIOs do no I/O, so
-everything that drives OpenSSL is here; the clock (every ``now``), the randomness of the
+everything that drives OpenSSL is here (each datagram's calls through ``bindings``,
+pyOpenSSL owning the context and the connections); the clock (every ``now``), the randomness of the
 cookie secrets, the PSK key lookup (from memory: OpenSSL asks synchronously,
 openssl/openssl#19358), the "session in use" predicate and the logger are injected.
 Nothing here knows of CoAP, sockets or Twisted: the same core can serve TLS over a
@@ -15,7 +16,7 @@ stream (RFC 8323's coaps+tcp) with a stream driver in place of the datagram one.
 Facts and pitfalls followed are in ../shared/spec/dtls-notes.md (P1...).
 
 * The cookie phase is ``listener.Listener``: no state for an address before its
-  cookie verifies; then, if ``admission.Admission`` lets it start (the bounds of
+  cookie verifies (the HelloVerifyRequest is built without OpenSSL); then, if ``admission.Admission`` lets it start (the bounds of
   ``sessions.SessionTable`` on established sessions and on half-open handshakes in
   all and per address, the handshake rate of ``sessions.HandshakeGuard``), the
   listener's connection becomes the session's.
@@ -438,7 +439,7 @@ class DtlsServer:
             # records after its Finished in this datagram (a resuming client may send
             # them at once), or held by OpenSSL since before it finished (SSL_pending
             # counts those); usually neither, and a read would only say WantRead
-            if records.last_type(data) in _AFTER_FINISHED or connection.pending():
+            if records.last_type(data) in _AFTER_FINISHED or bindings.pending(connection):
                 self._read(session, 0, MAX_PLAINTEXT)
 
     def _read(self, session: _Session, records_in: int, largest: int) -> None:
