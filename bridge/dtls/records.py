@@ -36,7 +36,11 @@ def split_records(blob: bytes) -> List[bytes]:
 def datagrams(blob: bytes, mtu: int) -> List[bytes]:
     """``blob``'s records packed in order into datagrams of at most ``mtu`` bytes (a
     record longer than that goes alone: OpenSSL fragments handshake messages to the
-    MTU it was given, so only a peer's own oversized record could be)."""
+    MTU it was given, so only a peer's own oversized record could be). A run that fits
+    is one datagram as it is (the common case: a flight, a record of application data)
+    without being split first: packing its records in order gives the same."""
+    if len(blob) <= mtu:
+        return [blob] if blob else []
     out: List[bytes] = []
     current = b""
     for record in split_records(blob):
