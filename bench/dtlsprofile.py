@@ -16,8 +16,12 @@ machine runs:
 sides.) The transport's share is everything called through ``itertools.starmap`` (only
 the handing-over of a datagram to ``datagramReceived``, and the reactor turn after it,
 is called that way; the warm-up rounds are not): the ``starmap_next`` inclusive count.
-``--profile`` prints a cProfile breakdown instead, ``--time`` the CPU µs per handshake,
-the transport's and in all (load-sensitive).
+``--memory`` reports the RSS growth per idle session instead: ``-n`` rounds after the
+warm-up, each leaving its server session established (the client's side is freed),
+with its entry in OpenSSL's session cache and in the resumption map; an upper bound of
+the bridge's (which has its other state warmed up besides). ``--resume`` makes every round a resumption of the session of a first full handshake
+(cookie round trip included). ``--profile`` prints a cProfile breakdown instead,
+``--time`` the CPU µs per handshake, the transport's and in all (load-sensitive).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import gc
 import itertools
 import os
 import pstats
@@ -92,6 +97,9 @@ class Rig:
         self.client = (dtlsload.ClientContext(psk=PSK) if kind == "psk" else
                        dtlsload.ClientContext(cert=paths["device"], key=paths["device_key"]))
         self._n = 0
+        self.session: Any = None  # resume this session in every round (``--resume``)
+        self.resumed = 0
+        self.kind = kind
         self.marked = False  # warm-up rounds do not go through starmap
 
     def deliver(self, datagrams: List[bytes], addr: Tuple[str, int]) -> None:
@@ -122,13 +130,16 @@ class Rig:
                 break
         return records.datagrams(blob, 1200) if blob else []
 
-    def round(self) -> None:
-        """One full handshake (cookie included) and one GET from a new address."""
+    def round(self) -> SSL.Connection:
+        """One full handshake (or a resumption of ``session``, cookie included either
+        way) and one GET from a new address; returns the client's connection."""
         self._n += 1
         addr = ("10.%d.%d.%d" % (self._n >> 16 & 255, self._n >> 8 & 255, self._n & 255), 5683)
         conn = SSL.Connection(self.client.context, None)
         conn.set_connect_state()
         conn.set_ciphertext_mtu(1200)
+        if self.session is not None:
+            conn.set_session(self.session)
         for _ in range(8):
             try:
                 conn.do_handshake()
@@ -149,17 +160,42 @@ class Rig:
         answer = conn.recv(4096)
         if answer[1] != 69:
             raise SystemExit("no 2.05 to request %d" % self._n)
+        if dtlsload.lib.SSL_session_reused(conn._ssl):
+            self.resumed += 1
         conn.set_shutdown(SSL.SENT_SHUTDOWN)
         self.clock.advance(0.001)
+        return conn
 
 
-def run(kind: str, n: int, warm: int = 20) -> Rig:
+def run(kind: str, n: int, warm: int = 20, resume: bool = False) -> Rig:
     directory = tempfile.mkdtemp(prefix="dtlsprofile-")
     rig = Rig(kind, directory)
+    first = rig.round()
+    if resume:  # every round after this resumes the first full handshake's session
+        rig.session = first.get_session()
     for _ in range(warm):
         rig.round()
     rig.marked = True
+    rig.resumed = 0
     return rig
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def memory(rig: Rig, n: int) -> None:
+    """RSS growth per established, idle server session over ``n`` more rounds."""
+    gc.collect()
+    rig_rss, established = rss_kib(), rig.dtls.server.sessions_established
+    for _ in range(n):
+        rig.round()
+    gc.collect()
+    grown = rss_kib() - rig_rss
+    sessions = rig.dtls.server.sessions_established - established
+    print("%s: %d idle sessions, RSS +%d KiB: %.1f KiB per session"
+          % (rig.kind, sessions, grown, grown / max(1, sessions)))
 
 
 def _counts(path: str) -> Tuple[int, int]:
@@ -190,17 +226,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kind", choices=("psk", "ecdsa"), default="psk")
     parser.add_argument("-n", type=int, default=200, help="handshakes measured")
+    parser.add_argument("--resume", action="store_true",
+                        help="each round resumes the session of a first full handshake")
     parser.add_argument("--callgrind-report", metavar="FILE", nargs="+",
                         help="print the instructions per handshake from callgrind's output of "
                         "a run of N rounds (and optionally a second of 2 N)")
     parser.add_argument("--profile", action="store_true", help="cProfile breakdown")
+    parser.add_argument("--memory", action="store_true",
+                        help="RSS growth per idle session over -n more sessions")
     parser.add_argument("--time", action="store_true", help="µs per handshake, each side")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
     if args.callgrind_report:
         callgrind_report(args.callgrind_report, args.n)
         return
-    rig = run(args.kind, args.n)
+    rig = run(args.kind, args.n, resume=args.resume)
+    if args.memory:
+        memory(rig, args.n)
+        return
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -230,8 +273,11 @@ def main() -> None:
     for _ in range(args.n):
         rig.round()
     stats = rig.dtls.stats
-    print("%s: %d full handshakes, %d hello_verify_sent" % (args.kind, stats["handshakes_full"],
-                                                             stats["hello_verify_sent"]))
+    print("%s: %d full handshakes, %d resumed, %d hello_verify_sent"
+          % (args.kind, stats["handshakes_full"], stats["handshakes_resumed"],
+             stats["hello_verify_sent"]))
+    if args.resume and rig.resumed != args.n:
+        raise SystemExit("only %d of %d rounds resumed" % (rig.resumed, args.n))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ verified credential), ``psk`` (the PSK callback through cryptography's bindings)
 ``resumption`` (credentials of resumable sessions), ``sessions`` (the session table and
 its bounds, the handshake guard), ``records`` (record framing read without OpenSSL),
 ``cookies`` (stateless HelloVerifyRequest cookies) and ``failures`` (failed handshakes
-summed up for the log). OpenSSL (pyOpenSSL over memory BIOs) does the cryptography; no
+summed up for the log), ``bindings`` (OpenSSL's per-datagram calls through
+cryptography's bindings, under the objects pyOpenSSL owns). OpenSSL (pyOpenSSL's
+context and connections over memory BIOs) does the cryptography; no
 module here touches a socket, a clock or Twisted: ``bridge/edge/dtls.py`` drives it.
 """

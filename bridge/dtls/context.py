@@ -10,7 +10,7 @@ and handed in.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Optional
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -24,12 +24,12 @@ SESSION_ID_CONTEXT = b"coapbridge"
 SESSION_LIFETIME = 86400  # s a session may be resumed
 
 
-def note_verify_error(connection: SSL.Connection, cert: Any, error: int, depth: int,
+def note_verify_error(connection: Optional[SSL.Connection], cert: Any, error: int, depth: int,
                       ok: int) -> bool:
     """OpenSSL's verdict on one certificate of a client chain, unchanged; a failure is
     noted on the session (the connection's app data) for the log line: OpenSSL itself
     only says "verify failed"."""
-    if not ok:
+    if not ok and connection is not None:
         session = connection.get_app_data()
         if session is not None and getattr(session, "verify_error", "") is None:
             text = psk.ffi.string(psk.lib.X509_verify_cert_error_string(error))
@@ -67,21 +67,19 @@ def load_identity(ctx: SSL.Context, cfg: Any, private_key: Any = None) -> None:
     ctx.set_timeout(SESSION_LIFETIME)
 
 
-def build_context(cfg: Any, cookie_generate: Callable[[SSL.Connection], bytes],
-                  cookie_verify: Callable[[SSL.Connection, bytes], bool],
-                  private_key: Any = None) -> SSL.Context:
+def build_context(cfg: Any, private_key: Any = None) -> SSL.Context:
     """The server context for ``cfg`` (the ``dtls`` settings) with the bridge's
     ``private_key`` (cryptography's, read by the edge: ``edge.dtls_keys``; None: OpenSSL
     reads ``key_file``, or the key after the certificates in ``cert_file``); raises
-    ``SSL.Error`` or ``OSError`` on a bad file."""
+    ``SSL.Error`` or ``OSError`` on a bad file. The cookie callbacks are the server's
+    to install (``bindings.CookieCallbacks``): ``DTLSv1_listen`` is called through the
+    bindings, which pyOpenSSL's callback helpers do not expect."""
     ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
     ctx.set_min_proto_version(DTLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_COOKIE_EXCHANGE | SSL.OP_NO_RENEGOTIATION
                     | SSL.OP_NO_TICKET)
     ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     load_identity(ctx, cfg, private_key)
-    ctx.set_cookie_generate_callback(cookie_generate)
-    ctx.set_cookie_verify_callback(cookie_verify)
     # last: pyOpenSSL before 26 checks the list on a throw-away Connection, after which
     # it warns about (and will refuse) any change to the context
     ctx.set_cipher_list(cfg.ciphers.encode("ascii"))

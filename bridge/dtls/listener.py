@@ -1,23 +1,29 @@
 """The cookie phase (RFC 6347 §4.2.1): no per-peer state before an address proves itself.
 
-A ClientHello from an address without a session goes to one shared listener
-``Connection`` running ``DTLSv1_listen``. Without a valid cookie OpenSSL answers with a
-HelloVerifyRequest (a 16-byte stateless cookie from ``cookies.CookieJar``), which goes
-out only if it is a handshake record no bigger than 256 bytes (never more than the
-ClientHello: no amplification); with one, that listener becomes the peer's session and
-a fresh listener is made. pyOpenSSL discards the address ``DTLSv1_listen`` reports, so
-the cookie callbacks read the address (and the time) of the ClientHello being listened
-to from here.
+A ClientHello from an address without a session comes here. Without a valid cookie
+(the first ClientHello of every handshake) it is answered by a HelloVerifyRequest built
+here (``records.hello_verify_request``: the bytes OpenSSL's ``DTLSv1_listen`` would
+write) around a 16-byte stateless cookie from ``cookies.CookieJar``, before any OpenSSL
+object exists: the answer is smaller than the ClientHello (no amplification) and costs
+one MAC. A ClientHello whose cookie verifies gets a fresh ``Connection`` that runs
+``DTLSv1_listen`` on it (which sets up the handshake as the second ClientHello's, the
+cookie callbacks answering from the check just made) and becomes the peer's session.
+A ClientHello that ``records.client_hello`` could not read whole (fragmented, an odd
+version...) is left to OpenSSL entirely: a listener ``Connection`` runs
+``DTLSv1_listen``, whose HelloVerifyRequest goes out only if it is a handshake record
+no bigger than 256 bytes. The cookie callbacks read the address (and the time) of the
+ClientHello being listened to from here (pyOpenSSL and the bindings discard the address
+``DTLSv1_listen`` reports).
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Optional, Tuple
 
 from OpenSSL import SSL
 
-from . import psk, records
-from .context import openssl_reason
+from . import bindings, records
 from .cookies import CookieJar
 
 Address = Tuple[str, int]
@@ -35,20 +41,24 @@ class Listener:
         self.cookies = cookies
         self.mtu = mtu
         self.context: Optional[SSL.Context] = None
-        self._connection: Optional[SSL.Connection] = None
         self._from: Address = ("", 0)  # whose ClientHello is being listened to
         self._now = 0.0
+        self._verified = b""  # the cookie of the ClientHello listened to, checked here
+        # the connection that listens to ClientHellos left to OpenSSL, kept while they
+        # verify no cookie (a flood of odd ClientHellos costs no SSL_new each)
+        self._spare: Optional[SSL.Connection] = None
 
-    def cookie_generate(self, connection: SSL.Connection) -> bytes:
+    def cookie_generate(self) -> bytes:
         return self.cookies.make(self._from, self._now)
 
-    def cookie_verify(self, connection: SSL.Connection, cookie: bytes) -> bool:
+    def cookie_verify(self, cookie: bytes) -> bool:
+        if self._verified:
+            return hmac.compare_digest(cookie, self._verified)
         return self.cookies.check(self._from, cookie, self._now)
 
     def start(self, context: SSL.Context) -> None:
         """The context (built with this listener's cookie callbacks) to listen with."""
         self.context = context
-        self._connection = self.new_connection()
 
     def new_connection(self) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)
@@ -56,29 +66,40 @@ class Listener:
         connection.set_ciphertext_mtu(self.mtu)
         return connection
 
-    def listen(self, data: bytes, address: Address, now: float) -> Heard:
-        """A ClientHello (``records.client_hello`` read it) from ``address``."""
-        listener = self._connection
-        assert listener is not None, "start() first"
-        self._from, self._now = address, now
-        try:
-            listener.bio_write(data)
-            listener.DTLSv1_listen()
-        except SSL.WantReadError:
-            # no valid cookie: the HelloVerifyRequest (or nothing, for garbage, whose
-            # error OpenSSL leaves queued)
-            psk.clear_errors()
-            size = psk.waiting(listener)
-            if not size:
-                return None, b"", ""
-            out = listener.bio_read(size)
-            if records.content_type(out) == records.HANDSHAKE and len(out) <= MAX_HELLO_VERIFY:
-                return None, out, ""
-            return None, b"", ""
-        except SSL.Error as exc:
-            psk.clear_errors()
-            self._connection = self.new_connection()
-            return None, b"", openssl_reason(exc)
-        # the cookie verified: the address is real
-        self._connection = self.new_connection()
-        return listener, b"", ""
+    def listen(self, data: bytes, address: Address, hello: records.ClientHello,
+               now: float) -> Heard:
+        """A ClientHello (``hello``, as ``records.client_hello`` read ``data``) from
+        ``address``."""
+        assert self.context is not None, "start() first"
+        self._from, self._now, self._verified = address, now, b""
+        if hello.plain:
+            cookie = hello.cookie
+            if not cookie or not self.cookies.check(address, cookie, now):
+                reply = records.hello_verify_request(hello, self.cookies.make(address, now))
+                return None, reply, ""
+            # what OpenSSL's callback is asked next, by DTLSv1_listen and again by the
+            # handshake's first step, for this ClientHello
+            self._verified = cookie
+        return self._openssl(data)
+
+    def _openssl(self, data: bytes) -> Heard:
+        """``DTLSv1_listen`` on a fresh connection (the session's, if the cookie
+        verifies)."""
+        connection = self._spare or self.new_connection()
+        self._spare = None
+        bindings.clear_errors()
+        bindings.feed(connection, data)
+        result = bindings.listen(connection)
+        if result > 0:  # the cookie verified: the address is real
+            return connection, b"", ""
+        if result < 0:
+            return None, b"", bindings.reason()
+        self._spare = connection
+        # no valid cookie: the HelloVerifyRequest (or nothing, for garbage, whose error
+        # OpenSSL leaves queued)
+        bindings.clear_errors()
+        out = bindings.drain(connection)
+        if out and records.content_type(out) == records.HANDSHAKE \
+                and len(out) <= MAX_HELLO_VERIFY:
+            return None, out, ""
+        return None, b"", ""

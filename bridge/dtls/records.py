@@ -36,7 +36,11 @@ def split_records(blob: bytes) -> List[bytes]:
 def datagrams(blob: bytes, mtu: int) -> List[bytes]:
     """``blob``'s records packed in order into datagrams of at most ``mtu`` bytes (a
     record longer than that goes alone: OpenSSL fragments handshake messages to the
-    MTU it was given, so only a peer's own oversized record could be)."""
+    MTU it was given, so only a peer's own oversized record could be). A run that fits
+    is one datagram as it is (the common case: a flight, a record of application data)
+    without being split first: packing its records in order gives the same."""
+    if len(blob) <= mtu:
+        return [blob] if blob else []
     out: List[bytes] = []
     current = b""
     for record in split_records(blob):
@@ -147,13 +151,25 @@ def epoch(datagram: bytes) -> int:
 class ClientHello(NamedTuple):
     random: bytes  # the client's 32 random bytes: a retransmission repeats them
     cookie: bytes  # empty in the first ClientHello, the server's cookie in the second
+    sequence: bytes = b""  # its record's epoch and sequence number (8 bytes)
+    # read whole: one unfragmented message within its record, DTLS record version,
+    # message_seq at most 2, session id at most 32 bytes; what ``DTLSv1_listen``
+    # checks before it answers with a HelloVerifyRequest (else that is OpenSSL's to read)
+    plain: bool = False
+
+
+HELLO_VERIFY_REQUEST = 3
+DTLS_1_0 = b"\xfe\xff"  # a HelloVerifyRequest's versions (RFC 6347 §4.2.1, as OpenSSL)
+MAX_SESSION_ID = 32
+MAX_COOKIE = 255
 
 
 def client_hello(datagram: bytes) -> Optional[ClientHello]:
     """The first record's ClientHello (epoch 0, first fragment), or None."""
-    if len(datagram) < HEADER + HANDSHAKE_HEADER + 2 + RANDOM + 2:
+    end = len(datagram)
+    if end < HEADER + HANDSHAKE_HEADER + 2 + RANDOM + 2:
         return None
-    if datagram[0] != HANDSHAKE or epoch(datagram) != 0:
+    if datagram[0] != HANDSHAKE or datagram[3:5] != b"\0\0":
         return None
     body = HEADER
     if datagram[body] != CLIENT_HELLO or datagram[body + 6:body + 9] != b"\0\0\0":
@@ -163,10 +179,28 @@ def client_hello(datagram: bytes) -> Optional[ClientHello]:
     at += RANDOM
     session_id = datagram[at]
     at += 1 + session_id
-    if at >= len(datagram):
+    if at >= end:
         return None
     size = datagram[at]
     cookie = datagram[at + 1:at + 1 + size]
     if len(cookie) != size:
         return None
-    return ClientHello(random, cookie)
+    record = int.from_bytes(datagram[11:13], "big")
+    length = datagram[body + 1:body + 4]
+    plain = (datagram[1] == 0xFE and length == datagram[body + 9:body + 12]
+             and HANDSHAKE_HEADER + int.from_bytes(length, "big") <= record
+             and HEADER + record <= end and datagram[body + 4] == 0
+             and datagram[body + 5] <= 2 and session_id <= MAX_SESSION_ID
+             and at + 1 + size <= HEADER + record)
+    return ClientHello(random, cookie, datagram[3:11], plain)
+
+
+def hello_verify_request(hello: ClientHello, cookie: bytes) -> bytes:
+    """The HelloVerifyRequest answering ``hello`` with ``cookie`` (RFC 6347 §4.2.1): one
+    record with the ClientHello's sequence number, message_seq 0, unfragmented; the
+    bytes OpenSSL's ``DTLSv1_listen`` writes for the same cookie."""
+    body = DTLS_1_0 + bytes([len(cookie)]) + cookie
+    size = len(body).to_bytes(3, "big")
+    message = bytes([HELLO_VERIFY_REQUEST]) + size + b"\0\0\0\0\0" + size + body
+    return (bytes([HANDSHAKE]) + DTLS_1_0 + hello.sequence
+            + len(message).to_bytes(2, "big") + message)

@@ -7,7 +7,8 @@ it returns, or those ``handle_timer`` returns or ``events`` (after ``send``, ``c
 ``SessionEnded``, ``HandshakeFailed``), keeps one timer at ``get_timer()`` that calls
 ``handle_timer(now)``, and sends with ``send(peer, plaintext, now)``. A session is a
 ``DtlsPeer`` value, not an object that sends. pyOpenSSL's memory BIOs do no I/O, so
-everything that drives OpenSSL is here; the clock (every ``now``), the randomness of the
+everything that drives OpenSSL is here (each datagram's calls through ``bindings``,
+pyOpenSSL owning the context and the connections); the clock (every ``now``), the randomness of the
 cookie secrets, the PSK key lookup (from memory: OpenSSL asks synchronously,
 openssl/openssl#19358), the "session in use" predicate and the logger are injected.
 Nothing here knows of CoAP, sockets or Twisted: the same core can serve TLS over a
@@ -15,7 +16,7 @@ stream (RFC 8323's coaps+tcp) with a stream driver in place of the datagram one.
 Facts and pitfalls followed are in ../shared/spec/dtls-notes.md (P1...).
 
 * The cookie phase is ``listener.Listener``: no state for an address before its
-  cookie verifies; then, if ``admission.Admission`` lets it start (the bounds of
+  cookie verifies (the HelloVerifyRequest is built without OpenSSL); then, if ``admission.Admission`` lets it start (the bounds of
   ``sessions.SessionTable`` on established sessions and on half-open handshakes in
   all and per address, the handshake rate of ``sessions.HandshakeGuard``), the
   listener's connection becomes the session's.
@@ -48,8 +49,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from OpenSSL import SSL
 
 from ..core.auth import Certificate, PresharedKey
-from . import psk, records
-from .context import build_context, credential_of, openssl_reason
+from . import bindings, psk, records
+from .context import build_context, credential_of, note_verify_error
 from .cookies import CookieJar
 from .events import (FAILED, NONE, PSK, TIMED_OUT, UNKNOWN, X509, DtlsPeer, Event,
                      HandshakeFailed, Plaintext, SessionEnded, SessionEstablished)
@@ -122,9 +123,13 @@ class DtlsServer:
         self.stats: Dict[str, int] = {name: 0 for name in STATS}
         self.admission = Admission(self.table, self.guard, self.stats, log)
         self.resumption = Resumption()
+        bindings.require()  # at start: every OpenSSL function the datagrams need
         self.listener = Listener(CookieJar(random_bytes, now), cfg.mtu)
-        self.context = build_context(cfg, self.listener.cookie_generate,
-                                     self.listener.cookie_verify, private_key)
+        self.context = build_context(cfg, private_key)
+        self._cookies = bindings.CookieCallbacks(self.context, self.listener.cookie_generate,
+                                                 self.listener.cookie_verify, log)
+        self._verify = bindings.VerifyCallback(self.context, note_verify_error, log) \
+            if cfg.ca_file else None
         self._psk = psk.PskServer(self.context, self._psk_key, log,
                                   cfg.psk_identity_hint.encode("utf-8")) if cfg.psk else None
         self.listener.start(self.context)  # after: SSL_new copies the PSK callback
@@ -145,7 +150,7 @@ class DtlsServer:
         per datagram)."""
         self._now = now
         self.stats["records_in"] += 1
-        psk.clear_errors()  # no other connection's error may pass for this one's
+        bindings.clear_errors()  # no other connection's error may pass for this one's
         session = self.table.get(address)
         if session is not None and session.established and data[3:5] == records.SESSION_EPOCH:
             # the common case: a record of its session (``protected`` keeps whole records
@@ -197,12 +202,10 @@ class DtlsServer:
         session = self._by_peer.get(peer)
         if session is None or session.connection is None:
             return
-        psk.clear_errors()
-        try:
-            session.connection.send(data)
-        except SSL.Error as exc:
+        bindings.clear_errors()
+        if not bindings.write(session.connection, data):
             self.log.info("Cannot send to {peer}: {reason}", peer=str(peer),
-                          reason=openssl_reason(exc))
+                          reason=bindings.reason())
             return
         self._flush(session)
 
@@ -324,7 +327,7 @@ class DtlsServer:
 
     def _hello(self, data: bytes, address: Address, hello: records.ClientHello,
                now: float) -> None:
-        connection, reply, error = self.listener.listen(data, address, now)
+        connection, reply, error = self.listener.listen(data, address, hello, now)
         if connection is None:
             if reply:
                 self.stats["hello_verify_sent"] += 1
@@ -348,15 +351,14 @@ class DtlsServer:
     def _handshake(self, session: _Session, now: float) -> None:
         connection = session.connection
         assert connection is not None
-        try:
-            connection.do_handshake()
-        except SSL.WantReadError:
+        result = bindings.handshake(connection)
+        if result == bindings.WANT:
             self._flush(session)
             return
-        except SSL.Error as exc:
+        if result == bindings.FAILED:
+            reason = bindings.reason()
             self._flush(session)  # the alert, if OpenSSL sends one
             self.stats["handshakes_failed"] += 1
-            reason = openssl_reason(exc)
             if session.verify_error is not None:
                 reason = "%s: %s" % (reason, session.verify_error)
             self.log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
@@ -371,11 +373,11 @@ class DtlsServer:
         connection = session.connection
         assert connection is not None
         # only a resumption shares a master secret
-        secret, found = self.resumption.recall(connection.master_key())
+        secret, found = self.resumption.recall(bindings.master_key(connection))
         session.established = True  # (for its close_notify, whatever follows)
         if found is not None:
             credential, session.psk_key = found
-        elif psk.session_reused(connection):
+        elif bindings.session_reused(connection):
             # resumed, but its credential was forgotten (removed or changed, or evicted):
             # end it and drop it from OpenSSL's cache, so the client's next try is a full
             # handshake that asks the registry again (not an anonymous session)
@@ -391,7 +393,7 @@ class DtlsServer:
             self._end(session, "refused: dtls.max_sessions")
             return
         self.stats["handshakes_resumed" if found is not None else "handshakes_full"] += 1
-        cipher = connection.get_cipher_name() or ""
+        cipher = bindings.cipher_name(connection)
         session.shortest = records.min_body(cipher)
         self.table.establish(session, now)
         peer = session.peer = DtlsPeer(session.address, session.serial, credential,
@@ -422,17 +424,13 @@ class DtlsServer:
             if not count:
                 self.stats["dropped"] += 1
                 return
-            try:
-                connection.bio_write(kept)
-            except SSL.Error:
+            if not bindings.feed(connection, kept):
                 self.stats["dropped"] += 1
                 return
             self.table.touch(session, now)
             self._read(session, count, largest)
             return
-        try:
-            connection.bio_write(data)
-        except SSL.Error:
+        if not bindings.feed(connection, data):
             self.stats["dropped"] += 1
             return
         self._handshake(session, now)
@@ -441,7 +439,7 @@ class DtlsServer:
             # records after its Finished in this datagram (a resuming client may send
             # them at once), or held by OpenSSL since before it finished (SSL_pending
             # counts those); usually neither, and a read would only say WantRead
-            if records.last_type(data) in _AFTER_FINISHED or connection.pending():
+            if records.last_type(data) in _AFTER_FINISHED or bindings.pending(connection):
                 self._read(session, 0, MAX_PLAINTEXT)
 
     def _read(self, session: _Session, records_in: int, largest: int) -> None:
@@ -450,23 +448,22 @@ class DtlsServer:
         connection = session.connection
         assert connection is not None
         size = largest if 0 < largest < MAX_PLAINTEXT else MAX_PLAINTEXT
-        events, peer = self._events, session.peer
+        events, peer, recv = self._events, session.peer, bindings.read
         read = 0
         while True:
-            try:
-                data = connection.recv(size)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:  # close_notify
-                self._flush(session)
-                self.log.debug("DTLS session with {peer} closed by the peer",
-                               peer=str(session))
-                self._end(session, "closed by peer", notify=False)
-                return
-            except SSL.Error as exc:
+            data = recv(connection, size)
+            if type(data) is not bytes:
+                if data == bindings.WANT:
+                    break
+                if data == bindings.CLOSED:  # close_notify
+                    self._flush(session)
+                    self.log.debug("DTLS session with {peer} closed by the peer",
+                                   peer=str(session))
+                    self._end(session, "closed by peer", notify=False)
+                    return
                 self.stats["alerts"] += 1
                 self.log.debug("DTLS session with {peer} ended: {reason}", peer=str(session),
-                               reason=openssl_reason(exc))
+                               reason=bindings.reason())
                 self._end(session, "error", notify=False)
                 return
             events.append(Plaintext(peer, data))  # type: ignore[arg-type]
@@ -479,16 +476,16 @@ class DtlsServer:
         connection = session.connection
         if connection is None:
             return
-        size = psk.waiting(connection)
-        if size:
+        flight = bindings.drain(connection)
+        if flight:
             address, out = session.address, self._out
-            datagrams = records.datagrams(connection.bio_read(size), self.cfg.mtu)
+            datagrams = records.datagrams(flight, self.cfg.mtu)
             for datagram in datagrams:
                 out.append((datagram, address))
             self.stats["records_out"] += len(datagrams)
         if session.established:
             return
-        left = connection.DTLSv1_get_timeout()  # OpenSSL's retransmission time
+        left = bindings.timeout(connection)  # OpenSSL's retransmission time
         if left is None:
             session.timer_due = None
             return
@@ -502,11 +499,9 @@ class DtlsServer:
         connection = session.connection
         if connection is None:
             return
-        psk.clear_errors()
-        try:
-            connection.DTLSv1_handle_timeout()
-        except SSL.Error as exc:
-            reason = openssl_reason(exc)
+        bindings.clear_errors()
+        if not bindings.handle_timeout(connection):
+            reason = bindings.reason()
             self.log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
                            reason=reason)
             self._failed(session, FAILED, reason)
@@ -526,11 +521,10 @@ class DtlsServer:
         session.closed = True
         connection = session.connection
         if notify and connection is not None and session.established:
-            psk.clear_errors()
-            try:
-                connection.shutdown()  # close_notify
-            except SSL.Error:
-                pass  # the session is broken already: nothing to tell the peer
+            bindings.clear_errors()
+            # close_notify; a failure means the session is broken already: nothing to
+            # tell the peer
+            bindings.shutdown(connection)
             self._flush(session)
             if reason in UNRESUMABLE:
                 # freed without SENT_SHUTDOWN, OpenSSL removes it from its session cache

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime, IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 
 from ..core.auth import Certificate, PresharedKey
-from ..dtls import context
+from ..dtls import bindings, context
 from ..dtls.context import credential_of as peer_credential  # noqa: F401 (edge.stream's)
 from ..dtls.context import openssl_reason, use_key
 from ..dtls.events import (FAILED, DtlsPeer, HandshakeFailed, Plaintext, SessionEnded,
@@ -227,7 +227,12 @@ def describe(credential: Any) -> str:
 
 def check_config(cfg: DtlsConfig) -> List[str]:
     """Problems with the DTLS files, one line each, for ``bridge.startup_checks`` (OpenSSL
-    and cryptography read the files here, before any socket opens)."""
+    and cryptography read the files here, before any socket opens), and the OpenSSL
+    functions the DTLS server calls through cryptography's bindings."""
+    try:
+        bindings.require()
+    except bindings.BindingsMissing as exc:
+        return ["dtls: %s" % exc]
     problems = []
     for key in ("cert_file", "key_file", "ca_file"):
         path = getattr(cfg, key)

@@ -43,7 +43,7 @@ def test_a_truncated_or_random_run_still_comes_out_whole():
 def test_client_hello_gives_its_random_and_cookie():
     rnd = bytes(range(32))
     first = records.client_hello(hello(rnd))
-    assert first == records.ClientHello(rnd, b"")
+    assert first == records.ClientHello(rnd, b"", bytes(8), True)
     second = records.client_hello(hello(rnd, b"C" * 16, session_id=b"S" * 32))
     assert second.random == rnd and second.cookie == b"C" * 16
 

@@ -89,6 +89,16 @@ def test_a_cipher_list_openssl_refuses(files):
     assert len(found) == 1 and found[0].startswith("dtls.ciphers:")
 
 
+def test_a_cryptography_without_the_functions_the_server_calls_is_named_at_start(
+        files, monkeypatch):
+    from bridge.dtls import bindings
+    monkeypatch.setattr(bindings, "MISSING", ("DTLSv1_listen",))
+    cert, key = files["ec"]
+    found = problems(dtls(enabled="true", cert_file=cert, key_file=key))
+    assert len(found) == 1 and found[0].startswith("dtls: cryptography ")
+    assert "lack DTLSv1_listen" in found[0]
+
+
 def test_off_means_not_checked():
     assert not load_text(dtls(enabled="false", cert_file="/nonexistent"), {}).dtls.enabled
 
