@@ -14,13 +14,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .settings import Config, StartupError
-from .edge import outbox_files, reliable_service
+from .edge import outbox_files, reliable_service, stream_listen
 from .edge.data_dir import DataDirLock
 from .edge.intake import Intake
 from .edge.timer import repeating
@@ -233,9 +234,9 @@ class _TickService(Service):
 
 
 class _MetricsService(Service):
-    """``/metrics``, ``/healthz`` and ``/readyz`` (``metrics.port``; 0: off). Bound with
-    ``listenTCP`` at start rather than by ``StreamServerEndpointService``, whose failure to
-    listen is only logged: a port in use must be a ``StartupError`` before CoAP opens."""
+    """``/metrics``, ``/healthz`` and ``/readyz`` (``metrics.port``; 0: off): a
+    ``StreamServerEndpointService`` bound at start (``edge/stream_listen.py``), a port in
+    use a ``StartupError`` before CoAP opens."""
 
     def __init__(self, bridge: Bridge):
         cfg = bridge.config.metrics
@@ -245,7 +246,8 @@ class _MetricsService(Service):
                            bridge.platform_changes.notes)
         # a worker's metrics are read by its supervisor, which serves metrics.port
         self.address = (0, "127.0.0.1") if bridge.worker else (cfg.port, cfg.bind_address)
-        self.port: Any = None
+        self.listener: Any = None  # its StreamServerEndpointService
+        self.port: Any = None  # the listening port, once bound
 
     def startService(self) -> None:
         from .edge.metrics import MetricsSite
@@ -254,20 +256,25 @@ class _MetricsService(Service):
             registry, check, notes = self.site_parts
             site = MetricsSite(registry, check, cfg.idle_timeout, cfg.max_connections, notes)
             port, host = self.address
+            kind = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
             try:
-                self.port = self.reactor.listenTCP(port, site, interface=host)
+                self.listener = stream_listen.listening(
+                    kind(self.reactor, port, interface=host), site, self._listening)
             except CannotListenError as exc:
                 raise StartupError(cannot_listen("metrics", "TCP", exc, "metrics.port",
                                                   ", 0: off"))
-            log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
-                     host=host, port=self.port.getHost().port)
         Service.startService(self)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        log.info("Metrics on http://{host}:{port}/metrics (probes: /healthz, /readyz)",
+                 host=self.address[1], port=port.getHost().port)
 
     def stopService(self) -> Any:
         Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
+        if self.listener is not None:
+            listener, self.listener, self.port = self.listener, None, None
+            return listener.stopService()
         return None
 
 

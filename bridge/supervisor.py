@@ -38,7 +38,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from twisted.application.service import Service
-from twisted.internet import abstract, defer, error
+from twisted.internet import abstract, defer, endpoints, error
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from . import logwriter
 from .settings import Config, StartupError
 from .core.supervision import GiveUp, WorkerPolicy
-from .edge import shared_tcp, udp
+from .edge import shared_tcp, stream_listen, udp
 from .edge.data_dir import DataDirLock
 from .logs import logger
 
@@ -144,7 +144,7 @@ class SupervisorService(Service):
         self.failure: Optional[str] = None
         self.stopping = False
         self._stopped: Optional[defer.Deferred] = None
-        self.metrics_port: Any = None
+        self.metrics_port: Any = None  # its StreamServerEndpointService, while listening
         self.groups: Dict[str, udp.SocketGroup] = {}  # "coap", "dtls": the workers' sockets
         self.listening: Dict[str, Any] = {}  # "tcp", "tls", ...: one socket for all workers
         self.data_dir = DataDirLock(config.data_dir)  # held for the workers while they run
@@ -244,13 +244,16 @@ class SupervisorService(Service):
         try:
             site = SupervisorSite(self.metrics, idle_timeout=cfg.idle_timeout,
                                   max_connections=cfg.max_connections)
-            self.metrics_port = self.reactor.listenTCP(cfg.port, site,
-                                                       interface=cfg.bind_address)
+            kind = endpoints.TCP6ServerEndpoint if ":" in cfg.bind_address else \
+                endpoints.TCP4ServerEndpoint
+            self.metrics_port = stream_listen.listening(
+                kind(self.reactor, cfg.port, interface=cfg.bind_address), site,
+                lambda port: log.info(
+                    "Metrics of all workers on http://{host}:{port}/metrics (probes: "
+                    "/healthz, /readyz)", host=cfg.bind_address, port=port.getHost().port))
         except error.CannotListenError as exc:
             raise StartupError(cannot_listen("metrics", "TCP", exc, "metrics.port",
                                               ", 0: off"))
-        log.info("Metrics of all workers on http://{host}:{port}/metrics (probes: /healthz, "
-                 "/readyz)", host=cfg.bind_address, port=self.metrics_port.getHost().port)
 
     def spawn(self, worker: int) -> None:
         self.pending.pop(worker, None)
@@ -355,8 +358,8 @@ class SupervisorService(Service):
     def _stop_metrics(self) -> Any:
         self.metrics.close()
         if self.metrics_port is not None:
-            port, self.metrics_port = self.metrics_port, None
-            return port.stopListening()
+            listener, self.metrics_port = self.metrics_port, None
+            return listener.stopService()  # its StreamServerEndpointService
         return None
 
 

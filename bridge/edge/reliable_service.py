@@ -7,11 +7,11 @@ Each listener is a Twisted server endpoint (``TCP4ServerEndpoint`` or
 with ``tls.TlsCreator``) for the secure ones; all share one ``stream.Hub``.
 A worker of a supervised bridge (``coap.workers`` > 1) listens instead on the
 supervisor's listening sockets, which every worker accepts from (``edge/shared_tcp.py``).
-Not one ``StreamServerEndpointService`` per listener: that service listens when it
-starts and only logs a failure to, where a port in use must be a ``StartupError`` before
-the next service starts (and the open files close), and no endpoint describes a socket
-adopted from the supervisor. The listeners' hub joins ``transports``
-(``glue/transports.py``) for ``StreamPeer`` while they run; the service is built with an
+Each listener is a ``StreamServerEndpointService``, started and stopped by this service,
+bound before the next service starts (``edge/stream_listen.py``): a port in use is a
+``StartupError``, not a logged failure; an adopted socket is Twisted's
+``AdoptedStreamServerEndpoint`` (``shared_tcp.endpoint``). The listeners' hub joins
+``transports`` (``glue/transports.py``) for ``StreamPeer`` while they run; the service is built with an
 ``Intake`` (``edge/intake.py``) and the settings, nothing assigned to it later.
 Started after plain CoAP (they feed the same request handler); stopped
 before it: no new connections, the uplinks already stored answered, then a
@@ -23,6 +23,7 @@ from __future__ import annotations
 import resource
 from typing import Any, Dict, List, Optional
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
@@ -31,7 +32,7 @@ from twisted.internet.task import LoopingCall
 from ..settings import Config, StartupError
 from ..settings.reliable import enabled, tls_files
 from ..logs import logger
-from . import shared_tcp
+from . import shared_tcp, stream_listen
 from .intake import Intake
 from .timer import repeating
 from .stream import Hub, StreamFactory, StreamPeer
@@ -70,7 +71,8 @@ class ReliableService(Service):
         self.inherited = inherited or {}  # a worker's: name -> the supervisor's socket
         self.cannot_listen = cannot_listen  # (what, protocol, exc, key, hint) -> the line
         self.hub: Optional[Hub] = None
-        self.ports: List[Any] = []
+        self.listeners: List[StreamServerEndpointService] = []
+        self.ports: List[Any] = []  # the listening ports, as their endpoints gave them
         self._sweep: Optional[LoopingCall] = None
 
     def startService(self) -> None:
@@ -94,11 +96,7 @@ class ReliableService(Service):
                                                   intake.registry_view.psk_key)
                 from twisted.protocols.tls import TLSMemoryBIOFactory
                 factory = TLSMemoryBIOFactory(creator, False, factory)
-            port = self._listen(listener, factory, name, scheme, env)
-            self.ports.append(port)
-            host = port.getHost()
-            log.info("CoAP over {scheme} listening on {host}:{port}{path}", scheme=scheme,
-                     host=host.host, port=host.port, path=PATH if websocket else "")
+            self._listen(listener, factory, name, scheme, env, websocket)
         if limit < cfg.max_connections:
             log.warn("Open-file limit {limit} is below reliable.max_connections "
                      "{max_connections}: raise it (ulimit -n, LimitNOFILE)", limit=limit,
@@ -110,29 +108,31 @@ class ReliableService(Service):
             lambda f: log.failure("Reliable transports' sweep stopped", failure=f))
         Service.startService(self)
 
-    def _listen(self, listener: Any, factory: Any, name: str, scheme: str, env: str) -> Any:
+    def _listen(self, listener: Any, factory: Any, name: str, scheme: str, env: str,
+                websocket: bool) -> None:
+        """``factory`` listening as ``name``'s child service; a port that cannot be bound
+        (or an inherited descriptor that is not its socket) is a ``StartupError``."""
         reactor = self.intake.reactor
-        if name in self.inherited:
-            try:
-                return shared_tcp.adopt(reactor, self.inherited[name], listener.bind_port,
-                                        factory)
-            except CannotListenError as exc:
-                raise StartupError(self.cannot_listen(
-                    scheme, "TCP", exc, "reliable.%s.bind_port" % name, ", " + env))
-        interface = listener.bind_address or self.config.coap.bind_address
-        kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
-            endpoints.TCP4ServerEndpoint
-        endpoint = kind(reactor, listener.bind_port, shared_tcp.BACKLOG, interface)
-        result: List[Any] = []
-        endpoint.listen(factory).addBoth(result.append)  # TCP endpoints answer at once
-        outcome = result[0]
-        if not isinstance(outcome, Exception) and hasattr(outcome, "getHost"):
-            return outcome
-        exc = outcome.value if hasattr(outcome, "value") else outcome
-        if isinstance(exc, CannotListenError):
+        try:
+            if name in self.inherited:
+                endpoint = shared_tcp.endpoint(reactor, self.inherited[name],
+                                               listener.bind_port)
+            else:
+                interface = listener.bind_address or self.config.coap.bind_address
+                kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
+                    endpoints.TCP4ServerEndpoint
+                endpoint = kind(reactor, listener.bind_port, shared_tcp.BACKLOG, interface)
+            def announce(port: Any) -> None:
+                self.ports.append(port)
+                host = port.getHost()
+                log.info("CoAP over {scheme} listening on {host}:{port}{path}",
+                         scheme=scheme, host=host.host, port=host.port,
+                         path=PATH if websocket else "")
+            child = stream_listen.listening(endpoint, factory, announce)
+        except CannotListenError as exc:
             raise StartupError(self.cannot_listen(scheme, "TCP", exc,
                                                   "reliable.%s.bind_port" % name, ", " + env))
-        raise exc
+        self.listeners.append(child)
 
     def registry_changed(self) -> None:
         if self.hub is not None:
@@ -145,10 +145,11 @@ class ReliableService(Service):
             view.on_change.remove(self.registry_changed)
         if self._sweep is not None and self._sweep.running:
             self._sweep.stop()
-        ports, self.ports = self.ports, []
-        stopped = [port.stopListening() for port in ports]
+        listeners, self.listeners, self.ports = self.listeners, [], []
+        stopped = [child.stopService() for child in listeners]
         if self.hub is not None:
             self.intake.commit()  # what is stored is answered before the Release
             self.intake.transports.leave(StreamPeer)
             self.hub.release_all("the bridge is stopping")
         return defer.gatherResults([d for d in stopped if d is not None])
+

@@ -6,7 +6,8 @@ that outlives the process: so the supervisor binds and listens on each enabled
 listener's port itself (``bind_listening``), holds the socket for as long as it runs,
 and hands the same socket to every worker as an inherited descriptor
 (``COAPBRIDGE_TCP_FD``, ``_TLS_FD``, ``_WS_FD``, ``_WSS_FD``: ``inherited``), which the
-worker adopts (``adopt``). Each worker accepts from the one queue of the port; a
+worker listens on through Twisted's ``AdoptedStreamServerEndpoint`` (``endpoint``).
+Each worker accepts from the one queue of the port; a
 connection then lives in the process that accepted it (its CSM, its blocks, its
 observations), with nothing to keep on one worker across connections (unlike UDP,
 where a device's exchanges must stay on one socket: ``edge/udp.py``).
@@ -32,8 +33,8 @@ from __future__ import annotations
 import socket
 from typing import Any, Dict, Mapping
 
+from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorSocket
 
 from . import udp
 
@@ -59,27 +60,25 @@ def bind_listening(port: int, interface: str) -> socket.socket:
     return sock
 
 
-def adopt(reactor: Any, fd: int, port: int, factory: Any) -> Any:
-    """Listen for ``factory`` on inherited descriptor ``fd``, a listening TCP socket that
-    must be bound to ``port`` (0: any); the descriptor is closed here (the reactor keeps a
-    duplicate). Returns the reactor's port; ``CannotListenError`` for a descriptor that is
-    not such a socket."""
+def endpoint(reactor: Any, fd: int, port: int) -> Any:
+    """Twisted's ``AdoptedStreamServerEndpoint`` for inherited descriptor ``fd``, once it
+    is seen to be a listening TCP socket bound to ``port`` (0: any); the endpoint closes
+    the descriptor when it listens (the reactor keeps a duplicate). ``CannotListenError``
+    (the descriptor closed) for a descriptor that is not such a socket."""
     try:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
         raise CannotListenError("", port, exc)
-    try:
-        listening = sock.type == socket.SOCK_STREAM and \
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-        bound = sock.getsockname()[1] if listening else None
-        if bound is None or (port and bound != port):
-            raise CannotListenError("", port, OSError(
-                "inherited descriptor %d is not a TCP socket listening on port %d" % (fd, port)))
-        sock.setblocking(False)
-        adopter: IReactorSocket = reactor
-        return adopter.adoptStreamPort(sock.fileno(), sock.family, factory)
-    finally:
+    listening = sock.type == socket.SOCK_STREAM and \
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    bound = sock.getsockname()[1] if listening else None
+    if bound is None or (port and bound != port):
         sock.close()
+        raise CannotListenError("", port, OSError(
+            "inherited descriptor %d is not a TCP socket listening on port %d" % (fd, port)))
+    family = sock.family
+    sock.detach()  # the descriptor stays open for the endpoint
+    return endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
 
 
 def inherited(environ: Mapping[str, str]) -> Dict[str, int]:

@@ -7,6 +7,7 @@ import os
 import socket
 
 import pytest
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor
@@ -33,13 +34,18 @@ class AdoptingReactor(MemoryReactor):
         return "port"
 
 
-def test_adopt_hands_the_listening_socket_to_the_reactor_and_closes_the_inherited_fd():
+def test_the_endpoint_hands_the_listening_socket_to_the_reactor_and_closes_the_inherited_fd():
     sock = shared_tcp.bind_listening(0, "127.0.0.1")
     try:
         fd, port = os.dup(sock.fileno()), sock.getsockname()[1]
         inode = os.fstat(sock.fileno()).st_ino
         reactor, factory = AdoptingReactor(), Factory()
-        assert shared_tcp.adopt(reactor, fd, port, factory) == "port"
+        endpoint = shared_tcp.endpoint(reactor, fd, port)
+        assert isinstance(endpoint, AdoptedStreamServerEndpoint)  # Twisted's own
+        os.fstat(fd)  # still open until it listens
+        listened = []
+        endpoint.listen(factory).addCallback(listened.append)
+        assert listened == ["port"]
         assert reactor.adopted == (inode, socket.AF_INET, factory)
         with pytest.raises(OSError):
             os.fstat(fd)  # closed: the reactor keeps a duplicate of its own
@@ -48,7 +54,7 @@ def test_adopt_hands_the_listening_socket_to_the_reactor_and_closes_the_inherite
 
 
 @pytest.mark.parametrize("kind", ["udp", "unlistened", "other port"])
-def test_adopt_refuses_a_descriptor_that_is_not_the_listener(kind):
+def test_the_endpoint_refuses_a_descriptor_that_is_not_the_listener(kind):
     if kind == "udp":
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
@@ -58,10 +64,13 @@ def test_adopt_refuses_a_descriptor_that_is_not_the_listener(kind):
     else:
         sock = shared_tcp.bind_listening(0, "127.0.0.1")
     port = sock.getsockname()[1] + (1 if kind == "other port" else 0)
+    fd = os.dup(sock.fileno())
     try:
         with pytest.raises(CannotListenError, match="not a TCP socket listening on port %d"
                            % port):
-            shared_tcp.adopt(AdoptingReactor(), os.dup(sock.fileno()), port, Factory())
+            shared_tcp.endpoint(AdoptingReactor(), fd, port)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed: nothing else will
     finally:
         sock.close()
 
