@@ -7,8 +7,10 @@ it returns, or those ``handle_timer`` returns or ``events`` (after ``send``, ``c
 ``SessionEnded``, ``HandshakeFailed``), keeps one timer at ``get_timer()`` that calls
 ``handle_timer(now)``, and sends with ``send(peer, plaintext, now)``. A session is a
 ``DtlsPeer`` value, not an object that sends. pyOpenSSL's memory BIOs do no I/O, so
-everything that drives OpenSSL is here (each datagram's calls through ``bindings``,
-pyOpenSSL owning the context and the connections); the clock (every ``now``), the randomness of the
+everything that drives OpenSSL is in this package (each datagram's calls through
+``bindings``, pyOpenSSL owning the context and the connections): this module the
+driver's API, the timers and the ending, ``handshake`` the handshakes, ``record_io`` a
+session's records; the clock (every ``now``), the randomness of the
 cookie secrets, the PSK key lookup (from memory: OpenSSL asks synchronously,
 openssl/openssl#19358), the "session in use" predicate and the logger are injected.
 Nothing here knows of CoAP, sockets or Twisted: the same core can serve TLS over a
@@ -48,25 +50,22 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from OpenSSL import SSL
 
-from ..core.auth import Certificate, PresharedKey
+from ..core.auth import PresharedKey
 from . import bindings, psk, records
-from .context import build_context, credential_of, note_verify_error
+from .context import build_context, note_verify_error
 from .cookies import CookieJar
-from .events import (FAILED, NONE, PSK, TIMED_OUT, UNKNOWN, X509, DtlsPeer, Event,
-                     HandshakeFailed, Plaintext, SessionEnded, SessionEstablished)
+from .events import TIMED_OUT, DtlsPeer, Event, SessionEnded
 from .admission import Admission
 from .listener import Listener
+from .handshake import FORGOTTEN, Address, Handshakes, SessionState
+from .record_io import RecordIO
 from .resumption import Resumption
 from .sessions import HandshakeGuard, SessionTable
 
-Address = Tuple[str, int]
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
-MAX_PLAINTEXT = 16384  # a DTLS 1.2 record's plaintext at most (RFC 6347 §4.1: 2^14)
 _NO_EVENTS: Sequence[Event] = ()  # returned when there are none
-_AFTER_FINISHED = (records.ALERT, records.APPLICATION_DATA)
 SWEEP = 10.0  # s between sweeps of the guard's buckets and negative cache
 
-FORGOTTEN = "credential forgotten"
 # sessions ended for these reasons must not be resumed (cryptography exposes no
 # SSL_CTX_remove_session; OpenSSL drops a session freed without a shutdown sent)
 UNRESUMABLE = ("credential removed", "key changed", FORGOTTEN)
@@ -77,37 +76,7 @@ STATS = ("hello_verify_sent", "handshakes_full", "handshakes_resumed", "handshak
          "ended_by_registry", "replaced", "records_in", "records_out")
 
 
-class _Session:
-    """The server's own state of one session (never handed out: its ``peer`` is)."""
-
-    __slots__ = ("key", "address", "serial", "connection", "established", "client_random",
-                 "psk_identity", "psk_key", "method", "timer_due", "closed",
-                 "verify_error", "shortest", "peer", "started")
-
-    def __init__(self, address: Address, serial: int, connection: SSL.Connection,
-                 client_random: bytes, started: float):
-        self.key = "dtls %s %d %d" % (address[0], address[1], serial)
-        self.address = address
-        self.serial = serial
-        self.connection: Optional[SSL.Connection] = connection
-        self.established = False
-        self.client_random = client_random
-        self.psk_identity: Optional[str] = None
-        self.psk_key: Optional[bytes] = None
-        self.method = UNKNOWN  # PSK once the PSK callback ran
-        self.timer_due: Optional[float] = None
-        self.closed = False
-        self.verify_error: Optional[str] = None  # why its certificate failed, if it did
-        self.shortest = 0  # bytes: no protected record of its cipher is shorter
-        self.peer: Optional[DtlsPeer] = None  # once established
-        self.started = started  # when its cookie verified
-
-    def __str__(self) -> str:
-        host, port = self.address
-        return ("dtls:[%s]:%d" if ":" in host else "dtls:%s:%d") % (host, port)
-
-
-class DtlsServer:
+class DtlsServer(Handshakes, RecordIO):
     """The sessions of one DTLS port (see the module)."""
 
     def __init__(self, cfg: Any, psk_lookup: PskLookup, random_bytes: Callable[[int], bytes],
@@ -135,12 +104,12 @@ class DtlsServer:
         self.listener.start(self.context)  # after: SSL_new copies the PSK callback
         self._now = now
         self._serial = 0
-        self._by_peer: Dict[DtlsPeer, _Session] = {}
+        self._by_peer: Dict[DtlsPeer, SessionState] = {}
         self._out: List[Tuple[bytes, Address]] = []
         self._events: List[Event] = []
         # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
         # session, or one whose timer_due moved) left in place and skipped when on top
-        self._timers: List[Tuple[float, str, _Session]] = []
+        self._timers: List[Tuple[float, str, SessionState]] = []
 
     # -- the driver's API --------------------------------------------------------------
 
@@ -300,222 +269,13 @@ class DtlsServer:
     def sessions_handshaking(self) -> int:
         return self.table.handshaking
 
-    # -- handshakes --------------------------------------------------------------------
-
-    def _psk_key(self, connection: SSL.Connection, raw: bytes) -> Optional[bytes]:
-        session = connection.get_app_data()
-        now = self._now
-        try:
-            identity: Optional[str] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            identity = None
-        if isinstance(session, _Session):
-            session.method = PSK
-        key = None
-        if identity is not None and not self.guard.known_unknown(identity, now):
-            key = self.psk_lookup(identity)
-            if key is None:
-                self.guard.unknown(identity, now)
-        if key is None:
-            self.stats["unknown_psk_identity"] += 1
-            self.log.debug("Unknown PSK identity from {peer}", peer=str(session))
-            return None
-        if isinstance(session, _Session):
-            session.psk_identity = identity
-            session.psk_key = key
-        return key
-
-    def _hello(self, data: bytes, address: Address, hello: records.ClientHello,
-               now: float) -> None:
-        connection, reply, error = self.listener.listen(data, address, hello, now)
-        if connection is None:
-            if reply:
-                self.stats["hello_verify_sent"] += 1
-                self._out.append((reply, address))
-            elif error:
-                self.stats["dropped"] += 1
-                self.log.debug("Unreadable ClientHello from {peer}: {reason}",
-                               peer="%s:%d" % address, reason=error)
-            return
-        ending = self.admission.admit(address, now)
-        if ending is None:
-            return
-        for old, reason in ending:
-            self._end(old, reason, notify=False)
-        self._serial += 1
-        session = _Session(address, self._serial, connection, hello.random, now)
-        connection.set_app_data(session)
-        self.table.add(address, session, now)
-        self._handshake(session, now)
-
-    def _handshake(self, session: _Session, now: float) -> None:
-        connection = session.connection
-        assert connection is not None
-        result = bindings.handshake(connection)
-        if result == bindings.WANT:
-            self._flush(session)
-            return
-        if result == bindings.FAILED:
-            reason = bindings.reason()
-            self._flush(session)  # the alert, if OpenSSL sends one
-            self.stats["handshakes_failed"] += 1
-            if session.verify_error is not None:
-                reason = "%s: %s" % (reason, session.verify_error)
-            self.log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                           reason=reason)
-            self._failed(session, FAILED, reason)
-            self._end(session, "handshake failed", notify=False)
-            return
-        self._flush(session)
-        self._established(session, now)
-
-    def _established(self, session: _Session, now: float) -> None:
-        connection = session.connection
-        assert connection is not None
-        # only a resumption shares a master secret
-        secret, found = self.resumption.recall(bindings.master_key(connection))
-        session.established = True  # (for its close_notify, whatever follows)
-        if found is not None:
-            credential, session.psk_key = found
-        elif bindings.session_reused(connection):
-            # resumed, but its credential was forgotten (removed or changed, or evicted):
-            # end it and drop it from OpenSSL's cache, so the client's next try is a full
-            # handshake that asks the registry again (not an anonymous session)
-            self.log.info("DTLS session with {peer} resumed a session whose credential is "
-                          "gone: ended", peer=str(session))
-            self._end(session, FORGOTTEN)
-            return
-        else:
-            credential = credential_of(connection, session.psk_identity)
-            self.resumption.remember(secret, credential, session.psk_key)
-        if self.table.full():  # handshakes that began while there was room
-            self.stats["refused_full"] += 1
-            self._end(session, "refused: dtls.max_sessions")
-            return
-        self.stats["handshakes_resumed" if found is not None else "handshakes_full"] += 1
-        cipher = bindings.cipher_name(connection)
-        session.shortest = records.min_body(cipher)
-        self.table.establish(session, now)
-        peer = session.peer = DtlsPeer(session.address, session.serial, credential,
-                                       session.key)
-        self._by_peer[peer] = session
-        method = PSK if type(credential) is PresharedKey else (
-            X509 if type(credential) is Certificate else NONE)
-        self._events.append(SessionEstablished(peer, credential, found is not None, cipher,
-                                               method, now - session.started))
-
-    def _failed(self, session: _Session, outcome: str, reason: str) -> None:
-        method = session.method
-        if method == UNKNOWN and session.connection is not None and (
-                session.verify_error is not None
-                or session.connection.get_peer_certificate() is not None):
-            method = X509
-        self._events.append(HandshakeFailed(session.address, outcome, reason, method,
-                                            self._now - session.started))
-
-    # -- records -----------------------------------------------------------------------
-
-    def _feed(self, session: _Session, data: bytes, now: float) -> None:
-        connection = session.connection
-        assert connection is not None
-        if session.established:
-            # no unauthenticated record reaches it
-            kept, count, largest = records.protected(data, session.shortest)
-            if not count:
-                self.stats["dropped"] += 1
-                return
-            if not bindings.feed(connection, kept):
-                self.stats["dropped"] += 1
-                return
-            self.table.touch(session, now)
-            self._read(session, count, largest)
-            return
-        if not bindings.feed(connection, data):
-            self.stats["dropped"] += 1
-            return
-        self._handshake(session, now)
-        if session.established and not session.closed:
-            self.table.touch(session, now)
-            # records after its Finished in this datagram (a resuming client may send
-            # them at once), or held by OpenSSL since before it finished (SSL_pending
-            # counts those); usually neither, and a read would only say WantRead
-            if records.last_type(data) in _AFTER_FINISHED or bindings.pending(connection):
-                self._read(session, 0, MAX_PLAINTEXT)
-
-    def _read(self, session: _Session, records_in: int, largest: int) -> None:
-        """Up to ``records_in`` reads (0: until OpenSSL has nothing), each of one whole
-        record of at most ``largest`` bytes."""
-        connection = session.connection
-        assert connection is not None
-        size = largest if 0 < largest < MAX_PLAINTEXT else MAX_PLAINTEXT
-        events, peer, recv = self._events, session.peer, bindings.read
-        read = 0
-        while True:
-            data = recv(connection, size)
-            if type(data) is not bytes:
-                if data == bindings.WANT:
-                    break
-                if data == bindings.CLOSED:  # close_notify
-                    self._flush(session)
-                    self.log.debug("DTLS session with {peer} closed by the peer",
-                                   peer=str(session))
-                    self._end(session, "closed by peer", notify=False)
-                    return
-                self.stats["alerts"] += 1
-                self.log.debug("DTLS session with {peer} ended: {reason}", peer=str(session),
-                               reason=bindings.reason())
-                self._end(session, "error", notify=False)
-                return
-            events.append(Plaintext(peer, data))  # type: ignore[arg-type]
-            read += 1
-            if read == records_in:
-                break
-        self._flush(session)
-
-    def _flush(self, session: _Session) -> None:
-        connection = session.connection
-        if connection is None:
-            return
-        flight = bindings.drain(connection)
-        if flight:
-            address, out = session.address, self._out
-            datagrams = records.datagrams(flight, self.cfg.mtu)
-            for datagram in datagrams:
-                out.append((datagram, address))
-            self.stats["records_out"] += len(datagrams)
-        if session.established:
-            return
-        left = bindings.timeout(connection)  # OpenSSL's retransmission time
-        if left is None:
-            session.timer_due = None
-            return
-        due = self._now + left
-        if session.timer_due is None or due < session.timer_due:
-            session.timer_due = due
-            heapq.heappush(self._timers, (due, session.key, session))
-
-    def _retransmit(self, session: _Session, now: float) -> None:
-        session.timer_due = None
-        connection = session.connection
-        if connection is None:
-            return
-        bindings.clear_errors()
-        if not bindings.handle_timeout(connection):
-            reason = bindings.reason()
-            self.log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                           reason=reason)
-            self._failed(session, FAILED, reason)
-            self._end(session, "retransmission failed", notify=False)
-            return
-        self._flush(session)
-
     # -- ending ------------------------------------------------------------------------
 
-    def _used(self, session: _Session) -> bool:
+    def _used(self, session: SessionState) -> bool:
         return self.in_use is not None and session.peer is not None \
             and self.in_use(session.peer)
 
-    def _end(self, session: _Session, reason: str, notify: bool = True) -> None:
+    def _end(self, session: SessionState, reason: str, notify: bool = True) -> None:
         if session.closed:
             return
         session.closed = True
