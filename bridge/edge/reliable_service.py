@@ -122,6 +122,7 @@ class ReliableService(Service):
                 kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
                     endpoints.TCP4ServerEndpoint
                 endpoint = kind(reactor, listener.bind_port, shared_tcp.BACKLOG, interface)
+
             def announce(port: Any) -> None:
                 self.ports.append(port)
                 host = port.getHost()
