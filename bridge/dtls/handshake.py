@@ -126,10 +126,7 @@ class Handshakes:
             self.stats["handshakes_failed"] += 1
             if session.verify_error is not None:
                 reason = "%s: %s" % (reason, session.verify_error)
-            self.log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                           reason=reason)
-            self._failed(session, FAILED, reason)
-            self._end(session, "handshake failed", notify=False)
+            self._handshake_failed(session, reason, "handshake failed")
             return
         self._flush(session)
         self._established(session, now)
@@ -168,6 +165,14 @@ class Handshakes:
             X509 if type(credential) is Certificate else NONE)
         self._events.append(SessionEstablished(peer, credential, found is not None, cipher,
                                                method, now - session.started))
+
+    def _handshake_failed(self, session: SessionState, reason: str, ended: str) -> None:
+        """A handshake OpenSSL cannot go on with: said at debug, its event, the session
+        ended for ``ended`` (nothing to tell the peer)."""
+        self.log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
+                       reason=reason)
+        self._failed(session, FAILED, reason)
+        self._end(session, ended, notify=False)
 
     def _failed(self, session: SessionState, outcome: str, reason: str) -> None:
         method = session.method

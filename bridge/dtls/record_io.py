@@ -4,8 +4,8 @@ to OpenSSL (only protected ones once established), each record read as one whole
 retransmission timers.
 
 A mixin of ``DtlsServer`` (see ``handshake``), using its ``cfg``, ``stats``, ``log``,
-``table``, ``_now``, ``_out``, ``_events``, ``_timers`` and calling its ``_handshake``
-and ``_end``.
+``table``, ``_now``, ``_out``, ``_events``, ``_timers`` and calling its ``_handshake``,
+``_handshake_failed`` and ``_end``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import heapq
 from typing import Any, Dict, List, Tuple
 
 from . import bindings, records
-from .events import FAILED, Event, Plaintext
+from .events import Event, Plaintext
 from .handshake import Address, SessionState
 
 MAX_PLAINTEXT = 16384  # a DTLS 1.2 record's plaintext at most (RFC 6347 §4.1: 2^14)
@@ -118,10 +118,6 @@ class RecordIO:
             return
         bindings.clear_errors()
         if not bindings.handle_timeout(connection):
-            reason = bindings.reason()
-            self.log.debug("DTLS handshake with {peer} failed: {reason}", peer=str(session),
-                           reason=reason)
-            self._failed(session, FAILED, reason)
-            self._end(session, "retransmission failed", notify=False)
+            self._handshake_failed(session, bindings.reason(), "retransmission failed")
             return
         self._flush(session)
