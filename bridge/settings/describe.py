@@ -12,7 +12,7 @@ import textwrap
 from dataclasses import fields, is_dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
-from .loader import ENV_NAMES, PROCESS_VARIABLES, SETTINGS, Loaded
+from .loader import ENV_NAMES, PREFIXES, PROCESS_VARIABLES, SETTINGS, Loaded
 from .root import Config
 from .schema import (EXTRA, ITEMS, RULE, Rule, Setting, choices_of, is_section, number,
                      range_text)
@@ -145,10 +145,8 @@ no file is fine) and may come from the environment, with or without a file.
   `PROVISIONING_PROFILES='[{"key": "k", "secret": "s", "device_type": "sensor"}]'`.
 * In the file, any scalar may use ThingsBoard's `${NAME:default}` (`${NAME}`: unset is an
   error).
-* A variable that looks like one of ours (`COAP_`, `MQTT_`, `COAPBRIDGE_`, `DTLS_`,
-  `LIMIT(S)_`, `DEVICE(S)_`, `PLATFORM_`, `OUTBOX_`, `OTA_`, `PROVISION(ING)_`,
-  `REGISTRY_`, `METRICS_`, `HEALTH_`, `LOG_`) but names no setting stops the start with
-  the nearest known name, unless the file refers to it by `${...}`. The variables
+* A variable that looks like one of ours (it starts with %(prefixes)s)
+  but names no setting stops the start with the nearest known name, unless the file refers to it by `${...}`. The variables
   Kubernetes sets for a Service (`NAME_SERVICE_HOST`, `NAME_PORT=udp://...`) are not taken
   for ours; a Service named like a section (`mqtt`) gives `MQTT_PORT` its address: set
   `enableServiceLinks: false` in the pod spec.
@@ -169,7 +167,8 @@ def markdown(extra_keys: Keys = ()) -> str:
     """docs/configuration.md; ``extra_keys``: the keys an item takes beside its own, each
     group's dataclass of settings (a device profile's: the payload formats' keys, which
     ``coapbridge config doc`` gives, ``cli_config.format_keys``)."""
-    parts = [DOC_HEAD]
+    prefixes = ", ".join("`%s`" % prefix for prefix in PREFIXES)
+    parts = [DOC_HEAD % {"prefixes": prefixes}]
     parts += _section_docs(Config, "", extra_keys)
     parts.append("\n## Variables of the processes\n\n| Variable | Meaning |\n|---|---|\n")
     parts += ["| `%s` | %s |\n" % (name, meaning) for name, meaning in PROCESS_VARIABLES.items()]

@@ -57,10 +57,6 @@ PROCESS_VARIABLES = {
        "yourself" % scheme for name, scheme in (("TCP", "coap+tcp"), ("TLS", "coaps+tcp"),
                                                ("WS", "coap+ws"), ("WSS", "coaps+ws"))},
 }
-# names that look like ours: the first words of our settings' names
-PREFIXES = ("COAP_", "COAPS_", "COAPBRIDGE_", "DTLS_", "MQTT_", "DEVICE_", "DEVICES_",
-            "PLATFORM_", "OUTBOX_", "LIMIT_", "LIMITS_", "PROVISION_", "PROVISIONING_",
-            "OTA_", "METRICS_", "HEALTH_", "REGISTRY_", "LOG_")
 # what Kubernetes sets for each Service in the namespace (and Docker's legacy links)
 _SERVICE_LINK = re.compile(r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|"
                            r"PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?|ENV_[A-Z0-9_]+)$")
@@ -86,6 +82,15 @@ def _names() -> Dict[str, Tuple[Setting, str]]:
 
 
 ENV_NAMES = _names()
+# First words of our names too generic to claim every variable that starts with them
+# (DATA_DIR's DATA_: a container may well have DATA_HOME for another program).
+_GENERIC_WORDS = frozenset({"DATA_"})
+# Names that look like ours: the first word of each setting's and process variable's
+# names (so a new section's variables are checked the day it is added: RELIABLE_* were
+# not before), and the words people reach for by mistake (COAPS_ for COAP_DTLS_, PROVISION_ for PROVISIONING_).
+PREFIXES = tuple(sorted(({name.split("_", 1)[0] + "_"
+                          for name in (*ENV_NAMES, *PROCESS_VARIABLES)}
+                         - _GENERIC_WORDS) | {"COAPS_", "PROVISION_"}))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from bridge import startup_checks
 from bridge.core.formats.registry import INSTALLED
 from bridge.settings import SETTINGS, Config, ConfigError, describe, load_text, read_text
-from bridge.settings.loader import coerce
+from bridge.settings.loader import ENV_NAMES, coerce
 from bridge.settings.schema import env_name, number
 
 
@@ -171,6 +171,17 @@ def test_a_variable_that_looks_like_ours_and_is_none_names_the_nearest():
     assert "did you mean LIMIT_DEVICE_RATE?" in line
     [line] = problems_of({"MQTT_ZZZZZZZZZZZZZZ": "1"})
     assert "did you mean" not in line and "MQTT_ZZZZZZZZZZZZZZ" in line
+
+
+def test_every_section_s_mistyped_variable_is_named():
+    # RELIABLE_* (the RFC 8323 listeners' names) once passed silently when mistyped
+    [line] = problems_of({"RELIABLE_KEEPALVE": "30"})
+    assert "did you mean RELIABLE_KEEPALIVE?" in line
+    for name in ENV_NAMES:
+        if name != "DATA_DIR":
+            assert problems_of({name + "_X": "1"}), name
+    # a generic first word of ours does not claim another program's variables
+    assert load_text("", {"DATA_HOME": "/srv"}).mqtt.host  # loads, no problem
 
 
 def test_variables_a_container_commonly_has_or_the_file_refers_to_are_not_problems():
