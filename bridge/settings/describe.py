@@ -145,11 +145,12 @@ no file is fine) and may come from the environment, with or without a file.
   `PROVISIONING_PROFILES='[{"key": "k", "secret": "s", "device_type": "sensor"}]'`.
 * In the file, any scalar may use ThingsBoard's `${NAME:default}` (`${NAME}`: unset is an
   error).
-* A variable that looks like one of ours (it starts with %(prefixes)s)
-  but names no setting stops the start with the nearest known name, unless the file refers to it by `${...}`. The variables
-  Kubernetes sets for a Service (`NAME_SERVICE_HOST`, `NAME_PORT=udp://...`) are not taken
-  for ours; a Service named like a section (`mqtt`) gives `MQTT_PORT` its address: set
-  `enableServiceLinks: false` in the pod spec.
+* A variable that looks like one of ours but names no setting stops the start with the
+  nearest known name, unless the file refers to it by `${...}`. Ours start with
+  %(prefixes)s.
+  The variables Kubernetes sets for a Service (`NAME_SERVICE_HOST`,
+  `NAME_PORT=udp://...`) are not taken for ours; a Service named like a section (`mqtt`)
+  gives `MQTT_PORT` its address: set `enableServiceLinks: false` in the pod spec.
 * Every number has a range (below): a value outside it, `inf` or `nan`, is refused with
   one line. Bind addresses are IP addresses (names are not resolved: a name may stand for
   several addresses, or change while the bridge runs); an address this host does not have

@@ -87,7 +87,8 @@ ENV_NAMES = _names()
 _GENERIC_WORDS = frozenset({"DATA_"})
 # Names that look like ours: the first word of each setting's and process variable's
 # names (so a new section's variables are checked the day it is added: RELIABLE_* were
-# not before), and the words people reach for by mistake (COAPS_ for COAP_DTLS_, PROVISION_ for PROVISIONING_).
+# not before), and the words people reach for by mistake (COAPS_ for COAP_DTLS_,
+# PROVISION_ for PROVISIONING_).
 PREFIXES = tuple(sorted(({name.split("_", 1)[0] + "_"
                           for name in (*ENV_NAMES, *PROCESS_VARIABLES)}
                          - _GENERIC_WORDS) | {"COAPS_", "PROVISION_"}))
