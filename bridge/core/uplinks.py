@@ -115,6 +115,9 @@ class Uplinks(Part):
         authenticate, heard = self.auth.authenticate, self.heard
         formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
         new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
+        fits, states = self.fits, self.devices
+        room, room_bytes = self._room(now)  # an uplink within it and the packet size is
+        # admitted here, the others by ``admit`` (which answers them)
         for ref, token, feature, payload, remote in uplinks:
             device = None
             try:
@@ -125,14 +128,26 @@ class Uplinks(Part):
                 actions += heard(device, now)  # power saving: () for most devices
                 if device_limit is not None:
                     device_limit(device, now)
-                if feature == telemetry:
-                    fmt = known_formats.get(device.type) or formats.of(device.type)
-                    topic, body = fmt.telemetry(device.name, payload, now)
+                topic, body = (known_formats.get(device.type) or formats.of(device.type)) \
+                    .telemetry(device.name, payload, now) if feature == telemetry \
+                    else plain(device, feature, payload, now)
+                size = len(body)
+                if room > 0 and size <= room_bytes and len(topic) < 256 \
+                        and size + len(topic) <= fits:
+                    room -= 1
+                    room_bytes -= size
+                    self.storing_count += 1
+                    self.storing_bytes += size
+                    state = states.get(device.name)
+                    if state is not None:
+                        state.last_active = now
                 else:
-                    topic, body = plain(device, feature, payload, now)
-                if admit(device, topic, body, ref, now, actions):
-                    refs.append(ref)
-                    rows.append(new(Entry, (0, device.name, device.type, topic, body, now)))
+                    admitted = admit(device, topic, body, ref, now, actions)
+                    room, room_bytes = self._room(now)
+                    if not admitted:
+                        continue
+                refs.append(ref)
+                rows.append(new(Entry, (0, device.name, device.type, topic, body, now)))
             except CoapError as err:
                 actions.append(error_reply(ref, err, device is not None))
             except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
@@ -205,6 +220,15 @@ class Uplinks(Part):
         if gateway.publish_packet_size(topic, payload, self.mqtt5) > limit:
             raise codes.EntityTooLarge("gateway message would exceed the platform's %d-byte limit"
                                        % limit, size1=limit)
+
+    def _room(self, now: float) -> Tuple[int, int]:
+        """The entries and payload bytes the outbox takes now before a bound: (0, 0) while
+        it is full or was last found full (``admit`` sees to the answer and the log)."""
+        if self.full_since is not None or self._full(0, now) is not None:
+            return 0, 0
+        settings, outbox = self.settings, self.outbox
+        return (settings.max_entries - outbox.count - self.storing_count,
+                settings.max_bytes - outbox.bytes - self.storing_bytes)
 
     def full(self, now: float) -> Optional[str]:
         """Why the outbox would refuse an uplink now (a bound reached), or None."""

@@ -211,3 +211,21 @@ def test_a_malformed_batch_leaves_nothing_counted_as_being_written():
     assert (core.uplinks.storing_count, core.uplinks.storing_bytes, core.uplinks.storing) == (0, 0, {})
     [store] = core.on_uplinks([(4, "tokA", "telemetry", b'{"t": 1}', REMOTE)], NOW)
     assert core.uplinks.storing_count == 1
+
+
+
+@pytest.mark.parametrize("bound", [dict(outbox_max_entries=3),
+                                   dict(outbox_max_entries=100, outbox_max_bytes=150)])
+def test_a_bound_reached_within_a_turn_applies_in_bulk_as_one_request_at_a_time(bound):
+    # the bulk path admits within the room it computed at the turn's start: the uplink
+    # that would pass outbox.max_entries or max_bytes gets 5.03 as one request at a time
+    # would; a packet size that every uplink here fits at once (SETTINGS' 300 sends each
+    # to the careful path)
+    uplinks = [("tokA" if n % 2 else "tokB", "telemetry", b'{"t": %d}' % n) for n in range(6)]
+    settings = dict(bound, device_rate=0, max_packet_size=65536)
+    expected = one_by_one(make_core(**settings), uplinks)
+    got = in_bulk(make_core(**settings), uplinks)
+    assert got == expected
+    assert [codes.dotted(got[0][ref][0]) for ref in sorted(got[0])] == ["2.01"] * 3 + \
+        ["5.03"] * 3
+    assert len(got[1]) == 3
