@@ -122,7 +122,7 @@ class CoapRequests:
 
     def _admit(self, ref: int, incoming: Incoming, peer: Any, credential: Any,
                respond: Respond, arg: Any) -> None:
-        refused = self.admission.refusal(peer)
+        refused = self.admission.take(peer)  # None: held until answered
         message = incoming.message
         options = message.options
         if len(options) > 3 and options[0][0] == URI_PATH and options[3][0] == URI_PATH \
@@ -153,7 +153,6 @@ class CoapRequests:
                         self._uplink_cells[(plain[1], type(peer))] = cell
                 self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds(),
                                                     cell)
-                self.admission.hold(peer)
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
                 return
@@ -177,14 +176,17 @@ class CoapRequests:
                 (block2.number, block2.size if block2.szx != BERT else room),
                 credential, incoming.observation, room)
         except UnicodeDecodeError:
+            self.admission.release(peer)
             self.counts.cell("other", peer).codes[codes.BAD_REQUEST] += 1
             respond(Answer(make_response(codes.BAD_REQUEST, b"Uri-Path and Uri-Query must be "
                                          b"UTF-8", codes.TEXT_PLAIN)), arg)
             return
+        except Exception:  # a bug, answered 5.00 by the transport: what it holds is released
+            self.admission.release(peer)
+            raise
         self.in_progress[ref] = _InProgress(
             respond, arg, peer, self.clock.seconds(),
             self.counts.cell(metric_route(message.code, request.path), peer).codes)
-        self.admission.hold(peer)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
         try:
@@ -243,9 +245,17 @@ class CoapRequests:
         self.answer(reply.ref, message, reply.authenticated)
 
     def created(self, action: Created) -> None:
-        answer = self.answer
+        """The 2.01s of a stored turn: ``answer`` for each, in one loop."""
+        in_progress, release, answered = self.in_progress, self.admission.release, \
+            self.answered
+        now = self.clock.seconds()
         for ref in action.refs:
-            answer(ref, CREATED_ANSWER)
+            pending = in_progress.pop(ref, None)
+            if pending is not None:
+                pending.counts[codes.CREATED] += 1
+                release(pending.peer)
+                answered(now - pending.started)
+                pending.respond(CREATED_ANSWER, pending.arg)
 
     def answer_json(self, ref: int, code: int, body: bytes,
                     max_age: Optional[int] = None,

@@ -73,6 +73,16 @@ def test_requests_in_progress_per_source_endpoint_are_bounded():
     assert not bridge.handle_coap(get(("10.0.0.7", 5684))).called
 
 
+def test_a_request_refused_before_the_core_releases_its_slot():
+    # a Uri-Path that is not UTF-8 is answered 4.00 by the glue itself: with one request
+    # in progress allowed, the next one from the same endpoint is still served
+    cfg = startup_checks.load_text("limits: {max_pending_per_peer: 1}", {})
+    bridge = Bridge(cfg, Clock())
+    bad = [bridge.handle_coap(request(code=codes.GET, path=(b"api", b"\xff"))) for _ in "ab"]
+    assert [d.result.message.code for d in bad] == [codes.BAD_REQUEST] * 2
+    assert bridge.requests.admission.by_peer == {} and bridge.requests.in_progress == {}
+
+
 def test_many_devices_behind_one_address_are_served_up_to_the_per_address_bound():
     # 70 requests pending from 70 ports of one address (the platform is slow): the default
     # per-endpoint bound (64) must not refuse the 71st device's uplink
