@@ -311,3 +311,77 @@ def test_the_fast_decoder_refuses_what_the_strict_one_refuses_in_its_words(text,
     with pytest.raises(ValueError) as fast:
         payloads._decode(text)
     assert str(fast.value) == str(strict.value) and words in str(fast.value)
+
+
+# -- the common upload's short way (plain_object) -----------------------------
+
+SHAPES = [
+    b'{"temperature":21.5,"humidity":40.5}', b'{"a": 1, "b": "x:y", "c": true}',
+    b'{"a":1,"a":2}', b'{"nested":{"x":[1,2,{"y":3.5}]}}', b'{"ts":1,"values":{"a":1}}',
+    b'{"ts":1}', b'{"a":null,"b":1}', b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}',
+    b'{"a":1e999}', b'{"a":-1e999}', b'{"a":[1e999]}', b'{"a":{"b":1e400}}', b'{}',
+    b' {"a":1}', b'{"a":1} ', b'{"a":1}}', b'{"a":1}{"b":2}', b'{"a":"\xff"}',
+    b'{"a":' + b"[" * 40 + b"]" * 40 + b"}", b'{"k{[":"{[{[{[{["}', b'{"a":-0.0,"b":1E5}',
+    b'{"a":"\\u00e9"}', b'{"a":12345678901234567890123}', b'{"a" 1}', b'{"a":1,}',
+]
+
+
+def strict(payload, max_depth):
+    """What ``parse_json`` and ``plain_values`` decide for ``payload``, the long way."""
+    try:
+        doc = parse_json(payload, "telemetry", max_depth)
+    except BadRequest as exc:
+        return "error", str(exc)
+    return ("plain", doc) if plain_values(doc) else ("other", doc)
+
+
+@pytest.mark.parametrize("payload", SHAPES)
+@pytest.mark.parametrize("max_depth", [3, MAX_DEPTH])
+def test_the_short_way_decodes_what_the_strict_decoder_does_or_leaves_it(payload, max_depth):
+    decided = strict(payload, max_depth)
+    short = payloads.plain_object(payload, max_depth)
+    # taken: every plain upload that is one object with nothing around it and fewer
+    # brackets than the bound; left (None) to parse_json, which words the errors: the rest
+    assert (short is not None) == (decided[0] == "plain" and payload[:1] == b"{" and
+                                   payload[-1:] == b"}" and
+                                   payload.count(b"{") + payload.count(b"[") <= max_depth)
+    if short is not None:
+        assert decided == ("plain", short)
+        assert [type(v) for v in short.values()] == [type(v) for v in decided[1].values()]
+
+
+def test_the_short_way_takes_the_common_upload_and_refuses_what_is_not_finite():
+    assert payloads.plain_object(b'{"temperature":21.5,"humidity":40.5}', MAX_DEPTH) == {
+        "temperature": 21.5, "humidity": 40.5}
+    for payload in (b'{"a":1e999}', b'{"a":{"b":[-1e999]}}', b'{"a":NaN}'):
+        assert payloads.plain_object(payload, MAX_DEPTH) is None
+        assert strict(payload, MAX_DEPTH)[0] == "error"
+
+
+@pytest.mark.parametrize("payload", SHAPES)
+def test_json_uploads_make_the_gateway_messages_the_long_way_makes(payload):
+    from bridge.core import gateway
+    from bridge.core.formats.json import JsonFormat
+
+    def long_way(feature):
+        try:
+            doc = parse_json(payload, feature, MAX_DEPTH)
+            if feature == "telemetry":
+                if plain_values(doc):
+                    return gateway.telemetry_as_sent("Dev", NOW_MS, values_text(doc, payload))
+                return gateway.telemetry("Dev", payloads.telemetry_entries(doc, NOW_MS))
+            values = payloads.attribute_values(doc)
+            message = gateway.attributes_as_sent("Dev", values_text(doc, payload)) \
+                if plain_values(doc) else gateway.attributes("Dev", values)
+            return message + (values,)
+        except BadRequest as exc:
+            return str(exc)
+
+    def short_way(call, *args):
+        try:
+            return call(*args)
+        except BadRequest as exc:
+            return str(exc)
+    fmt = JsonFormat()
+    assert short_way(fmt.telemetry, "Dev", payload, NOW_MS / 1000) == long_way("telemetry")
+    assert short_way(fmt.attributes, "Dev", payload) == long_way("attributes")

@@ -21,6 +21,10 @@ class JsonFormat:
         self.max_depth = max_depth  # deeper documents get 4.00 (limits.json_max_depth)
 
     def telemetry(self, device: str, payload: bytes, now: float) -> Message:
+        plain = payloads.plain_object(payload, self.max_depth)  # the common upload
+        if plain is not None:
+            return gateway.telemetry_as_sent(device, int(now * 1000),
+                                             payloads.values_text(plain, payload))
         doc = payloads.parse_json(payload, "telemetry", self.max_depth)
         if payloads.plain_values(doc):
             return gateway.telemetry_as_sent(device, int(now * 1000),
@@ -28,6 +32,10 @@ class JsonFormat:
         return gateway.telemetry(device, payloads.telemetry_entries(doc, int(now * 1000)))
 
     def attributes(self, device: str, payload: bytes) -> Tuple[str, bytes, payloads.Values]:
+        plain = payloads.plain_object(payload, self.max_depth)  # the common upload
+        if plain is not None:
+            topic, body = gateway.attributes_as_sent(device, payloads.values_text(plain, payload))
+            return topic, body, plain
         doc = payloads.parse_json(payload, "attributes", self.max_depth)
         values = payloads.attribute_values(doc)
         if payloads.plain_values(doc):
