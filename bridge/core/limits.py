@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Hashable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Hashable, List, NoReturn, Optional, Tuple
 
 from . import codes
 from .actions import Device
@@ -77,14 +77,22 @@ class RequestLimits(Part):
     def peer(self, remote: Any, now: float) -> None:
         wait = self.peers.allow(address(remote), now)
         if wait is not None:
-            self.stats["rate_limited"] += 1
-            raise codes.TooManyRequests("too many requests from this address", max_age=wait)
+            self.refuse_peer(wait)
+
+    def refuse_peer(self, wait: int) -> NoReturn:
+        """4.29: the source address is over its budget for ``wait`` seconds (what ``peer``
+        raises; the bulk path calls ``peers.allow`` itself)."""
+        self.stats["rate_limited"] += 1
+        raise codes.TooManyRequests("too many requests from this address", max_age=wait)
 
     def device(self, device: Device, now: float) -> None:
         wait = self.devices.allow(device.name, now)
         if wait is not None:
-            self.stats["rate_limited"] += 1
-            raise codes.TooManyRequests("too many requests for this device", max_age=wait)
+            self.refuse_device(wait)
+
+    def refuse_device(self, wait: int) -> NoReturn:
+        self.stats["rate_limited"] += 1
+        raise codes.TooManyRequests("too many requests for this device", max_age=wait)
 
     def on_tick(self, now: float, slow: bool) -> List[Action]:
         if slow:

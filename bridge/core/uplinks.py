@@ -19,7 +19,11 @@ from .devices import Devices
 from .formats import Formats
 from .limits import RequestLimits
 from .outbox import Outbox
-from .parts import RETRY_AFTER, Action, Part, Shared, error_reply, unavailable
+from .parts import RETRY_AFTER, Action, Part, Shared, address, error_reply, unavailable
+
+
+_INTERNAL_ERROR = Reply(0, codes.INTERNAL_SERVER_ERROR, b"internal error", codes.TEXT_PLAIN,
+                       reason="internal error")
 
 
 class Uplinks(Part):
@@ -110,8 +114,8 @@ class Uplinks(Part):
         """``on_uplinks``' checks, uplink by uplink: the admitted ones' refs and rows (and
         the answers to the others) appended as they come."""
         limits, by_token, plain, admit = self.limits, self.auth.by_token, self.plain, self.admit
-        peer_limit = limits.peer if limits.peers.enabled else None
-        device_limit = limits.device if limits.devices.enabled else None
+        peer_allow = limits.peers.allow if limits.peers.enabled else None
+        device_allow = limits.devices.allow if limits.devices.enabled else None
         authenticate, heard = self.auth.authenticate, self.heard
         formats, known_formats, telemetry = self.formats, self.formats.by_type, routes.TELEMETRY
         new = tuple.__new__  # Entry(...) without the keyword handling: a third of the cost
@@ -121,13 +125,14 @@ class Uplinks(Part):
         for ref, token, feature, payload, remote in uplinks:
             device = None
             try:
-                if peer_limit is not None:
-                    peer_limit(remote, now)
+                if peer_allow is not None and (wait := peer_allow(
+                        remote[0] if type(remote) is tuple else address(remote), now)):
+                    limits.refuse_peer(wait)
                 device = by_token(token, remote, now) if type(token) is str \
                     else authenticate(token, remote, now)
                 actions += heard(device, now)  # power saving: () for most devices
-                if device_limit is not None:
-                    device_limit(device, now)
+                if device_allow is not None and (wait := device_allow(device.name, now)):
+                    limits.refuse_device(wait)
                 topic, body = (known_formats.get(device.type) or formats.of(device.type)) \
                     .telemetry(device.name, payload, now) if feature == telemetry \
                     else plain(device, feature, payload, now)
@@ -152,8 +157,7 @@ class Uplinks(Part):
                 actions.append(error_reply(ref, err, device is not None))
             except Exception as exc:  # a bug: 5.00 for this uplink only, not its turn
                 failed.append((ref, exc))
-                actions.append(Reply(ref, codes.INTERNAL_SERVER_ERROR, b"internal error",
-                                     codes.TEXT_PLAIN, reason="internal error"))
+                actions.append(_INTERNAL_ERROR._replace(ref=ref))
 
     # == admission ===========================================================
 

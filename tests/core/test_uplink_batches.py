@@ -94,10 +94,12 @@ def test_a_turn_in_bulk_is_answered_stored_and_published_as_one_request_at_a_tim
 
 def test_rate_limits_apply_in_bulk_as_one_request_at_a_time():
     uplinks = [("tokA", "telemetry", b'{"t": %d}' % n) for n in range(5)]
-    expected = one_by_one(make_core(outbox_max_entries=100, peer_rate=1.0, peer_burst=4),
-                          uplinks)
-    got = in_bulk(make_core(outbox_max_entries=100, peer_rate=1.0, peer_burst=4), uplinks)
+    one, bulk = (make_core(outbox_max_entries=100, peer_rate=1.0, peer_burst=4)
+                 for _ in "ab")
+    expected = one_by_one(one, uplinks)
+    got = in_bulk(bulk, uplinks)
     assert got == expected
+    assert one.stats["rate_limited"] == bulk.stats["rate_limited"] == 1
     assert [codes.dotted(got[0][ref][0]) for ref in range(1, 6)] == ["2.01"] * 4 + ["4.29"]
 
 
