@@ -100,9 +100,12 @@ class CoapRequests:
         self.handled += 1
         ref = self.handled  # the request's ref: the number of requests so far
         peer = incoming.peer
+        if type(peer) is tuple:  # a UDP source (host, port): no credential
+            self._admit(ref, incoming, peer, None, respond, arg)
+            return deferred
         credential = getattr(peer, "credential", None)  # a DTLS session's, or None
-        self.registry.refresh()  # the copy the core reads, up to date for this turn
         if credential is not None and self.register is not None:
+            self.registry.refresh()  # the copy the core reads, up to date for this turn
             registering = self.register(credential)
             if registering is not None:  # a registry write in progress: the request waits
                 registering.addCallback(
@@ -189,6 +192,7 @@ class CoapRequests:
             self.counts.cell(metric_route(message.code, request.path), peer).codes)
         if self.uplinks:
             self.flush_uplinks()  # the core sees requests in the order they came
+        self.registry.refresh()  # the copy the core reads, up to date for this turn
         try:
             actions = self.core.on_request(request, self.clock.seconds())
         except Exception:
@@ -200,6 +204,7 @@ class CoapRequests:
     def flush_uplinks(self) -> None:
         """Hand this turn's plain uplinks to the core (before the outbox is written)."""
         uplinks, self.uplinks = self.uplinks, []
+        self.registry.refresh()  # the copy the core reads, up to date for this turn
         try:
             actions = self.core.on_uplinks(uplinks, self.clock.seconds())
         except Exception:
