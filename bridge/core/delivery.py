@@ -85,13 +85,15 @@ class Delivery:
         in_batch: Set[str] = set()
         topic = ""
         limit = size = 0
+        ring, in_ring, queues = self.ring, self._in_ring, self.queues
         while len(batch) < self.max_batch and len(skipped) < self.max_batch:
-            device = self.next_device()
-            if device is None:
+            if not ring:
                 break
-            if blocked(device):
+            device = ring.popleft()  # ``next_device``, in line: its turn, to the back
+            in_ring.discard(device)
+            queue = queues.get(device)
+            if not queue or blocked(device):
                 continue
-            queue = self.queues[device]
             head = queue[0]
             if not batch:
                 topic = head.topic
@@ -124,9 +126,14 @@ class Delivery:
             if entry.topic != topic or (solo and entry.id in solo) or \
                     (batch and size + length > self.max_bytes):
                 break
-            batch.append(self._pop(device, queue))
+            batch.append(queue.popleft())
             size += length
             taken += 1
+        if not queue:  # what ``_pop`` does, once for the run
+            del self.queues[device]
+        elif device not in self._in_ring:
+            self._in_ring.add(device)
+            self.ring.append(device)
         return size
 
     def _keep_turn(self, skipped: List[str]) -> None:

@@ -149,7 +149,12 @@ class Outbox(Part):
             return actions
         delivery, devices = self.delivery, self.devices
 
+        states = devices.states
+
         def blocked(name: str) -> bool:  # a device publishes once its connect is acknowledged
+            state = states.get(name)
+            if state is not None and state.connected:  # the common case, in line
+                return False
             return devices.blocked(name, delivery.queues[name][0].device_type, now, actions)
 
         refs = self.shared.refs
