@@ -13,7 +13,7 @@ identity, or None) into the core's ``Request``; its plain uplinks in the token-l
 the token, and one with a token in its path takes the second way (the core checks the
 token against the credential). An unknown certificate may be registered first
 (``register``: X.509 auto-registration). Each request in
-progress is an ``_InProgress`` record under its ref until ``answer`` gives its
+progress is a ``Pending`` tuple under its ref until ``answer`` gives its
 ``Answer`` to the transport: through the ``respond(answer, incoming)`` callable the
 transport handed in with the request (``handle(incoming, respond)``, what the UDP edge
 does: no Deferred per request), or, called as ``handle(incoming)``, by firing the
@@ -23,7 +23,7 @@ Deferred it returned. Each answer is counted by route, code and transport
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple, Union
 
 from twisted.internet import defer
 
@@ -52,19 +52,12 @@ def _fire(answer: Answer, deferred: defer.Deferred) -> None:
     deferred.callback(answer)
 
 
-class _InProgress:
-    """A request the core has not answered yet."""
-
-    __slots__ = ("respond", "arg", "peer", "authenticated", "started", "counts")
-
-    def __init__(self, respond: Respond, arg: Any, peer: Hashable, started: float,
-                 counts: List[int]):
-        self.respond = respond  # respond(answer, arg), once
-        self.arg = arg
-        self.peer = peer
-        self.authenticated = False  # it carried a valid access token
-        self.started = started  # when it came (the clock's seconds)
-        self.counts = counts  # its answer's count by code (its route and transport's)
+# A request the core has not answered yet: (respond, arg, peer, started, counts), a plain
+# tuple (made and read once per request: no class to build or attributes to look up):
+# ``respond(answer, arg)`` once; ``peer`` holds a slot of ``admission``; ``started``, when it
+# came (the clock's seconds); ``counts``, its answer's count by code (its route and
+# transport's). Whether it carried a valid access token: its ref in ``authenticated_refs``.
+Pending = Tuple[Respond, Any, Hashable, float, List[int]]
 
 
 class CoapRequests:
@@ -79,7 +72,8 @@ class CoapRequests:
         self.registry = registry
         self.apply = apply
         self.schedule_commit = schedule_commit  # the end of the turn flushes the uplinks
-        self.in_progress: Dict[int, _InProgress] = {}
+        self.in_progress: Dict[int, Pending] = {}
+        self.authenticated_refs: Set[int] = set()  # of requests in progress (``Authenticated``)
         self.uplinks: List[Uplink] = []  # plain uplinks of this turn, for the core in one go
         self.handled = 0  # requests so far: the last request's ref
         self.counts = RequestCounts()  # answers by route, code and transport
@@ -154,8 +148,7 @@ class CoapRequests:
                     cell = self.counts.cell(plain[1], peer).codes
                     if self.counts.static(type(peer)):
                         self._uplink_cells[(plain[1], type(peer))] = cell
-                self.in_progress[ref] = _InProgress(respond, arg, peer, self.clock.seconds(),
-                                                    cell)
+                self.in_progress[ref] = (respond, arg, peer, self.clock.seconds(), cell)
                 self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
                 self.schedule_commit()
                 return
@@ -187,7 +180,7 @@ class CoapRequests:
         except Exception:  # a bug, answered 5.00 by the transport: what it holds is released
             self.admission.release(peer)
             raise
-        self.in_progress[ref] = _InProgress(
+        self.in_progress[ref] = (
             respond, arg, peer, self.clock.seconds(),
             self.counts.cell(metric_route(message.code, request.path), peer).codes)
         if self.uplinks:
@@ -197,7 +190,8 @@ class CoapRequests:
             actions = self.core.on_request(request, self.clock.seconds())
         except Exception:
             # a bug, answered 5.00 by the transport: release what this request holds
-            self.admission.release(self.in_progress.pop(ref).peer)
+            self.admission.release(self.in_progress.pop(ref)[2])
+            self.authenticated_refs.discard(ref)
             raise
         self.apply(actions)
 
@@ -229,9 +223,8 @@ class CoapRequests:
 
     def authenticated(self, action: Authenticated) -> None:
         """The core found the request's credential valid: no amplification limit."""
-        pending = self.in_progress.get(action.ref)
-        if pending is not None:
-            pending.authenticated = True
+        if action.ref in self.in_progress:
+            self.authenticated_refs.add(action.ref)
 
     def reply(self, reply: Reply) -> None:
         # A device's bad request is its problem, and logging each one would let any
@@ -240,7 +233,7 @@ class CoapRequests:
         if reply.code >= codes.BAD_REQUEST:
             pending = self.in_progress.get(reply.ref)
             log.debug("Answered {code} to {peer}: {reason}", code=codes.dotted(reply.code),
-                      peer=describe(pending.peer) if pending is not None else "device",
+                      peer=describe(pending[2]) if pending is not None else "device",
                       reason=reply.reason)
         message = make_response(reply.code, reply.payload, reply.content_format,
                                 reply.max_age, reply.size1, reply.observe)
@@ -257,10 +250,13 @@ class CoapRequests:
         for ref in action.refs:
             pending = in_progress.pop(ref, None)
             if pending is not None:
-                pending.counts[codes.CREATED] += 1
-                release(pending.peer)
-                answered(now - pending.started)
-                pending.respond(CREATED_ANSWER, pending.arg)
+                respond, arg, peer, started, counts = pending
+                counts[codes.CREATED] += 1
+                release(peer)
+                answered(now - started)
+                respond(CREATED_ANSWER, arg)
+        if self.authenticated_refs:
+            self.authenticated_refs.difference_update(action.refs)
 
     def answer_json(self, ref: int, code: int, body: bytes,
                     max_age: Optional[int] = None,
@@ -276,13 +272,16 @@ class CoapRequests:
         pending = self.in_progress.pop(ref, None)
         if pending is None:
             return
-        authenticated = authenticated or pending.authenticated
+        respond, arg, peer, started, counts = pending
+        if self.authenticated_refs and ref in self.authenticated_refs:
+            self.authenticated_refs.discard(ref)
+            authenticated = True
         if type(message) is Answer:
             if authenticated and not message.authenticated:
                 message = message._replace(authenticated=True)
         else:  # large answers to a valid token need no amplification limit
             message = Answer(message, authenticated)  # type: ignore[arg-type]
-        pending.counts[message.message.code] += 1
-        self.admission.release(pending.peer)
-        self.answered(self.clock.seconds() - pending.started)
-        pending.respond(message, pending.arg)
+        counts[message.message.code] += 1
+        self.admission.release(peer)
+        self.answered(self.clock.seconds() - started)
+        respond(message, arg)

@@ -277,6 +277,7 @@ def test_an_answer_to_a_request_with_a_valid_token_is_not_limited_by_the_amplifi
     clock.advance(0)
     assert [(a.result.message.code, a.result.authenticated) for a in answers] == [
         (codes.BAD_REQUEST, True), (codes.UNAUTHORIZED, False)]
+    assert bridge.requests.in_progress == {} and bridge.requests.authenticated_refs == set()
 
 
 def test_metrics_count_server_rpcs_dropped_and_expired():
