@@ -143,14 +143,18 @@ class CoapRequests:
                 feature = session_uplink(message.code, path)
                 plain = (credential, feature) if feature is not None else None
             if plain is not None:  # the common upload goes to the core with the others
-                cell = self._uplink_cells.get((plain[1], type(peer)))
+                token, feature = plain
+                key = (feature, type(peer))
+                cell = self._uplink_cells.get(key)
                 if cell is None:
-                    cell = self.counts.cell(plain[1], peer).codes
+                    cell = self.counts.cell(feature, peer).codes
                     if self.counts.static(type(peer)):
-                        self._uplink_cells[(plain[1], type(peer))] = cell
+                        self._uplink_cells[key] = cell
                 self.in_progress[ref] = (respond, arg, peer, self.clock.seconds(), cell)
-                self.uplinks.append((ref, plain[0], plain[1], message.payload, peer))
-                self.schedule_commit()
+                uplinks = self.uplinks
+                if not uplinks:  # the turn's first: the commit that flushes them, once
+                    self.schedule_commit()
+                uplinks.append((ref, token, feature, message.payload, peer))
                 return
         self._request(ref, path, incoming, credential, respond, arg)
 
