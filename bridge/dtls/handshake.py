@@ -20,6 +20,7 @@ from . import bindings, records
 from .context import credential_of
 from .events import (FAILED, NONE, PSK, UNKNOWN, X509, DtlsPeer, Event, HandshakeFailed,
                      SessionEstablished)
+from .sessions import SWEEP
 
 Address = Tuple[str, int]
 FORGOTTEN = "credential forgotten"
@@ -66,6 +67,7 @@ class Handshakes:
     _by_peer: Dict[DtlsPeer, SessionState]
     _out: List[Tuple[bytes, Address]]
     _events: List[Event]
+    timer_earlier: bool
 
     def _psk_key(self, connection: SSL.Connection, raw: bytes) -> Optional[bytes]:
         session = connection.get_app_data()
@@ -111,6 +113,8 @@ class Handshakes:
         session = SessionState(address, self._serial, connection, hello.random, now)
         connection.set_app_data(session)
         self.table.add(address, session, now)
+        if self.cfg.handshake_timeout < SWEEP:  # (its retransmission timer sets it too)
+            self.timer_earlier = True
         self._handshake(session, now)
 
     def _handshake(self, session: SessionState, now: float) -> None:
@@ -158,6 +162,8 @@ class Handshakes:
         cipher = bindings.cipher_name(connection)
         session.shortest = records.min_body(cipher)
         self.table.establish(session, now)
+        if self.cfg.idle_timeout < SWEEP:  # else after the timer armed (at most SWEEP)
+            self.timer_earlier = True
         peer = session.peer = DtlsPeer(session.address, session.serial, credential,
                                        session.key)
         self._by_peer[peer] = session

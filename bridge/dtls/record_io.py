@@ -31,6 +31,7 @@ class RecordIO:
     _out: List[Tuple[bytes, Address]]
     _events: List[Event]
     _timers: List[Tuple[float, str, SessionState]]
+    timer_earlier: bool
 
     def _feed(self, session: SessionState, data: bytes, now: float) -> None:
         connection = session.connection
@@ -110,6 +111,7 @@ class RecordIO:
         if session.timer_due is None or due < session.timer_due:
             session.timer_due = due
             heapq.heappush(self._timers, (due, session.key, session))
+            self.timer_earlier = True
 
     def _retransmit(self, session: SessionState, now: float) -> None:
         session.timer_due = None

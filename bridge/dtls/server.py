@@ -5,7 +5,9 @@ The shape is aioquic's: the driver hands it each datagram with its source and ``
 it returns, or those ``handle_timer`` returns or ``events`` (after ``send``, ``close``,
 ``end_sessions``...) gives (``bridge.dtls.events``: ``SessionEstablished``, ``Plaintext``,
 ``SessionEnded``, ``HandshakeFailed``), keeps one timer at ``get_timer()`` that calls
-``handle_timer(now)``, and sends with ``send(peer, plaintext, now)``. A session is a
+``handle_timer(now)`` (asking again after a datagram only when ``timer_earlier`` says a
+due time may have come before the one it gave: a timer armed early does no harm, it
+only asks again), and sends with ``send(peer, plaintext, now)``. A session is a
 ``DtlsPeer`` value, not an object that sends. pyOpenSSL's memory BIOs do no I/O, so
 everything that drives OpenSSL is in this package (each datagram's calls through
 ``bindings``, pyOpenSSL owning the context and the connections): this module the
@@ -60,11 +62,10 @@ from .listener import Listener
 from .handshake import FORGOTTEN, Address, Handshakes, SessionState
 from .record_io import RecordIO
 from .resumption import Resumption
-from .sessions import HandshakeGuard, SessionTable
+from .sessions import SWEEP, HandshakeGuard, SessionTable
 
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 _NO_EVENTS: Sequence[Event] = ()  # returned when there are none
-SWEEP = 10.0  # s between sweeps of the guard's buckets and negative cache
 
 # sessions ended for these reasons must not be resumed (cryptography exposes no
 # SSL_CTX_remove_session; OpenSSL drops a session freed without a shutdown sent)
@@ -110,6 +111,9 @@ class DtlsServer(Handshakes, RecordIO):
         # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
         # session, or one whose timer_due moved) left in place and skipped when on top
         self._timers: List[Tuple[float, str, SessionState]] = []
+        # set where a due time is added (a retransmission, a handshake's deadline, an
+        # idle one), cleared by ``get_timer``: due times only ever move later otherwise
+        self.timer_earlier = True
 
     # -- the driver's API --------------------------------------------------------------
 
@@ -191,6 +195,7 @@ class DtlsServer(Handshakes, RecordIO):
 
     def get_timer(self) -> float:
         """When ``handle_timer`` is due next."""
+        self.timer_earlier = False
         due = self._now + SWEEP
         timers = self._timers
         while timers and (timers[0][2].closed or timers[0][2].timer_due != timers[0][0]):

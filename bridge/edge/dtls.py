@@ -91,7 +91,8 @@ class DtlsTransport(DatagramProtocol):
         if events:
             self._handle(events)
         self._write()
-        self.timer.arm(server.get_timer())
+        if server.timer_earlier:  # else the timer armed is early enough
+            self.timer.arm(server.get_timer())
 
     def send(self, data: bytes, peer: DtlsPeer) -> None:
         """A CoAP datagram for ``peer``: encrypted and sent (dropped once it ended)."""
