@@ -87,7 +87,8 @@ class Listener:
         verifies)."""
         connection = self._spare or self.new_connection()
         self._spare = None
-        bindings.clear_errors()
+        if bindings.queued():
+            bindings.clear_errors()
         bindings.feed(connection, data)
         result = bindings.listen(connection)
         if result > 0:  # the cookie verified: the address is real

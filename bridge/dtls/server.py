@@ -123,7 +123,8 @@ class DtlsServer(Handshakes, RecordIO):
         per datagram)."""
         self._now = now
         self.stats["records_in"] += 1
-        bindings.clear_errors()  # no other connection's error may pass for this one's
+        if bindings.queued():  # no other connection's error may pass for this one's
+            bindings.clear_errors()
         session = self.table.get(address)
         if session is not None and session.established and data[3:5] == records.SESSION_EPOCH:
             # the common case: a record of its session (``protected`` keeps whole records
@@ -175,7 +176,8 @@ class DtlsServer(Handshakes, RecordIO):
         session = self._by_peer.get(peer)
         if session is None or session.connection is None:
             return
-        bindings.clear_errors()
+        if bindings.queued():
+            bindings.clear_errors()
         if not bindings.write(session.connection, data):
             self.log.info("Cannot send to {peer}: {reason}", peer=str(peer),
                           reason=bindings.reason())
