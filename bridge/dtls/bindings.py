@@ -43,7 +43,7 @@ _binding = Binding()
 ffi, lib = _binding.ffi, _binding.lib
 
 NEEDED = ("BIO_write", "BIO_read", "BIO_get_mem_data", "SSL_do_handshake", "SSL_read",
-          "SSL_write", "SSL_get_error", "SSL_shutdown", "SSL_pending",
+          "SSL_write", "SSL_get_error", "SSL_set_mtu", "SSL_shutdown", "SSL_pending",
           "Cryptography_DTLSv1_get_timeout", "DTLSv1_handle_timeout", "DTLSv1_listen",
           "BIO_ADDR_new", "SSL_get_session", "SSL_SESSION_get_master_key",
           "SSL_session_reused", "SSL_get_current_cipher", "SSL_CIPHER_get_name",
@@ -137,6 +137,12 @@ def drain(connection: SSL.Connection) -> bytes:
         if size > 0:
             data += _buffer(_out, size)[:]
     return data
+
+
+def set_mtu(connection: SSL.Connection, mtu: int) -> None:
+    """The datagram size OpenSSL fragments handshake messages to (pyOpenSSL's
+    ``set_ciphertext_mtu``, without its frame)."""
+    lib.SSL_set_mtu(connection._ssl, mtu)
 
 
 def waiting(connection: SSL.Connection) -> int:

@@ -61,9 +61,10 @@ class Listener:
         self.context = context
 
     def new_connection(self) -> SSL.Connection:
+        """A server ``Connection`` of the context, told the MTU (``DTLSv1_listen`` puts
+        it in the accept state)."""
         connection = SSL.Connection(self.context, None)
-        connection.set_accept_state()
-        connection.set_ciphertext_mtu(self.mtu)
+        bindings.set_mtu(connection, self.mtu)
         return connection
 
     def listen(self, data: bytes, address: Address, hello: records.ClientHello,
