@@ -156,6 +156,7 @@ class ClientHello(NamedTuple):
     # message_seq at most 2, session id at most 32 bytes; what ``DTLSv1_listen``
     # checks before it answers with a HelloVerifyRequest (else that is OpenSSL's to read)
     plain: bool = False
+    alone: bool = False  # its record is the whole datagram (``whole`` would keep it all)
 
 
 HELLO_VERIFY_REQUEST = 3
@@ -192,7 +193,12 @@ def client_hello(datagram: bytes) -> Optional[ClientHello]:
              and HEADER + record <= end and datagram[body + 4] == 0
              and datagram[body + 5] <= 2 and session_id <= MAX_SESSION_ID
              and at + 1 + size <= HEADER + record)
-    return ClientHello(random, cookie, datagram[3:11], plain)
+    # built as the tuple it is (the NamedTuple's own __new__ is a Python call)
+    return _tuple(ClientHello, (random, cookie, datagram[3:11], plain,
+                                HEADER + record == end))
+
+
+_tuple = tuple.__new__
 
 
 def hello_verify_request(hello: ClientHello, cookie: bytes) -> bytes:

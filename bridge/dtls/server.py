@@ -66,6 +66,7 @@ from .sessions import SWEEP, HandshakeGuard, SessionTable
 
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 _NO_EVENTS: Sequence[Event] = ()  # returned when there are none
+_HANDSHAKE = bytes([records.HANDSHAKE])  # a record's first byte, as a slice
 
 # sessions ended for these reasons must not be resumed (cryptography exposes no
 # SSL_CTX_remove_session; OpenSSL drops a session freed without a shutdown sent)
@@ -135,18 +136,20 @@ class DtlsServer(Handshakes, RecordIO):
                 self._events = []
                 return events
             return _NO_EVENTS
-        data = records.whole(data)  # OpenSSL gets whole records only (see records.whole)
+        # a ClientHello is read first (a datagram of a handshake after it starts with a
+        # ChangeCipherSpec or a ClientKeyExchange): one alone in its datagram, as
+        # clients send it, is whole already
+        hello = records.client_hello(data) if data[:1] == _HANDSHAKE else None
+        if hello is None or not hello.alone:
+            data = records.whole(data)  # OpenSSL gets whole records only (records.whole)
         if not data:
             self.stats["dropped"] += 1
+        elif session is not None and (hello is None or hello.random == session.client_random):
+            self._feed(session, data, now)  # its own records, or its ClientHello again
+        elif hello is None:
+            self.stats["dropped"] += 1  # no session, not a ClientHello: nothing is sent
         else:
-            hello = records.client_hello(data)
-            if session is not None and (hello is None
-                                        or hello.random == session.client_random):
-                self._feed(session, data, now)  # its own records, or its ClientHello again
-            elif hello is None:
-                self.stats["dropped"] += 1  # no session, not a ClientHello: nothing is sent
-            else:
-                self._hello(data, address, hello, now)
+            self._hello(data, address, hello, now)
         events = self._events
         if events:
             self._events = []
