@@ -34,6 +34,7 @@ Single-threaded, as the reactor is: the read buffers are shared by all sessions.
 
 from __future__ import annotations
 
+from hmac import compare_digest as _same
 from typing import Any, Callable, Optional, Union
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
@@ -225,7 +226,10 @@ class CookieCallbacks:
     """The context's cookie callbacks (``DTLSv1_listen`` and the handshake's first step
     call them) installed through the bindings: ``generate() -> bytes``,
     ``verify(cookie) -> bool``; neither is told the connection (the listener knows
-    whose ClientHello it is listening to), which saves a look-up per call. An
+    whose ClientHello it is listening to), which saves a look-up per call. While
+    ``expected`` holds a cookie (one the listener checked itself, for the ClientHello
+    OpenSSL is now given), the cookie is compared with it here and ``verify`` is not
+    asked: OpenSSL asks twice per such ClientHello. An
     exception in either is handed to ``log.failure`` and counts as no cookie (it must
     not unwind through OpenSSL's C frames). Keep this object as long as the context (it
     holds the C callbacks)."""
@@ -233,6 +237,7 @@ class CookieCallbacks:
     def __init__(self, context: SSL.Context, generate: Callable[[], bytes],
                  verify: Callable[[bytes], bool], log: Any):
         self.generate, self.verify, self.log = generate, verify, log
+        self.expected = b""
         self._generate = ffi.callback("int (*)(SSL *, unsigned char *, unsigned int *)",
                                       self._on_generate)
         self._verify = ffi.callback("int (*)(SSL *, unsigned char *, unsigned int)",
@@ -254,6 +259,9 @@ class CookieCallbacks:
 
     def _on_verify(self, ssl: Any, cookie: Any, length: int) -> int:
         try:
+            expected = self.expected
+            if expected:
+                return 1 if _same(_buffer(cookie, length)[:], expected) else 0
             return 1 if self.verify(_buffer(cookie, length)[:]) else 0
         except Exception:
             self.log.failure("DTLS cookie verification failed")

@@ -103,7 +103,7 @@ class DtlsServer(Handshakes, RecordIO):
             if cfg.ca_file else None
         self._psk = psk.PskServer(self.context, self._psk_key, log,
                                   cfg.psk_identity_hint.encode("utf-8")) if cfg.psk else None
-        self.listener.start(self.context)  # after: SSL_new copies the PSK callback
+        self.listener.start(self.context, self._cookies)  # after: SSL_new copies the PSK callback
         self._now = now
         self._serial = 0
         self._by_peer: Dict[DtlsPeer, SessionState] = {}
