@@ -35,7 +35,7 @@ Single-threaded, as the reactor is: the read buffers are shared by all sessions.
 from __future__ import annotations
 
 from hmac import compare_digest as _same
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
@@ -197,7 +197,15 @@ def cipher_name(connection: SSL.Connection) -> str:
     cipher = lib.SSL_get_current_cipher(connection._ssl)
     if cipher == ffi.NULL:
         return ""
-    return ffi.string(lib.SSL_CIPHER_get_name(cipher)).decode("ascii")
+    # OpenSSL's SSL_CIPHERs are its static table: their names are kept by address
+    name = _cipher_names.get(cipher)
+    if name is None:
+        name = _cipher_names[cipher] = ffi.string(lib.SSL_CIPHER_get_name(cipher)).decode(
+            "ascii")
+    return name
+
+
+_cipher_names: Dict[Any, str] = {}
 
 
 def reason() -> str:

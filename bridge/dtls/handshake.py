@@ -169,8 +169,9 @@ class Handshakes:
         self._by_peer[peer] = session
         method = PSK if type(credential) is PresharedKey else (
             X509 if type(credential) is Certificate else NONE)
-        self._events.append(SessionEstablished(peer, credential, found is not None, cipher,
-                                               method, now - session.started))
+        # a SessionEstablished, built as the tuple it is (no NamedTuple __new__ frame)
+        self._events.append(tuple.__new__(SessionEstablished, (
+            peer, credential, found is not None, cipher, method, now - session.started)))
 
     def _handshake_failed(self, session: SessionState, reason: str, ended: str) -> None:
         """A handshake OpenSSL cannot go on with: said at debug, its event, the session

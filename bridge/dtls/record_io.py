@@ -17,6 +17,7 @@ from . import bindings, records
 from .events import Event, Plaintext
 from .handshake import Address, SessionState
 
+_tuple = tuple.__new__
 MAX_PLAINTEXT = 16384  # a DTLS 1.2 record's plaintext at most (RFC 6347 §4.1: 2^14)
 _AFTER_FINISHED = (records.ALERT, records.APPLICATION_DATA)
 
@@ -67,6 +68,7 @@ class RecordIO:
         assert connection is not None
         size = largest if 0 < largest < MAX_PLAINTEXT else MAX_PLAINTEXT
         events, peer, recv = self._events, session.peer, bindings.read
+        append = events.append
         read = 0
         while True:
             data = recv(connection, size)
@@ -84,7 +86,8 @@ class RecordIO:
                                reason=bindings.reason())
                 self._end(session, "error", notify=False)
                 return
-            events.append(Plaintext(peer, data))  # type: ignore[arg-type]
+            # a Plaintext, built as the tuple it is (its NamedTuple __new__ is a frame)
+            append(_tuple(Plaintext, (peer, data)))
             read += 1
             if read == records_in:
                 break
@@ -96,11 +99,15 @@ class RecordIO:
             return
         flight = bindings.drain(connection)
         if flight:
-            address, out = session.address, self._out
-            datagrams = records.datagrams(flight, self.cfg.mtu)
-            for datagram in datagrams:
-                out.append((datagram, address))
-            self.stats["records_out"] += len(datagrams)
+            if len(flight) <= self.cfg.mtu:  # one datagram (records.datagrams, inline)
+                self._out.append((flight, session.address))
+                self.stats["records_out"] += 1
+            else:
+                address, out = session.address, self._out
+                datagrams = records.datagrams(flight, self.cfg.mtu)
+                for datagram in datagrams:
+                    out.append((datagram, address))
+                self.stats["records_out"] += len(datagrams)
         if session.established:
             return
         left = bindings.timeout(connection)  # OpenSSL's retransmission time

@@ -10,6 +10,7 @@ is ``None``.
 
 from __future__ import annotations
 
+import functools
 from typing import List, NamedTuple, Optional, Tuple
 
 HEADER = 13  # record header
@@ -72,6 +73,7 @@ SESSION_EPOCH = b"\x00\x01"  # renegotiation is off: a session's keys stay those
 _PROTECTED = (ALERT, HANDSHAKE, APPLICATION_DATA)
 
 
+@functools.lru_cache(maxsize=64)  # a handful of suites: asked once per handshake
 def min_body(cipher: str) -> int:
     """The shortest protected record body OpenSSL cipher suite ``cipher`` can produce:
     explicit nonce and tag for AEAD (CCM_8: 8 + 8, GCM and CCM: 8 + 16, ChaCha20: 16),
