@@ -132,7 +132,8 @@ class Handshakes:
                 reason = "%s: %s" % (reason, session.verify_error)
             self._handshake_failed(session, reason, "handshake failed")
             return
-        self._flush(session)
+        session.timer_due = None  # finished: no retransmission of ours to wait for
+        self._flush(session, waits=False)
         self._established(session, now)
 
     def _established(self, session: SessionState, now: float) -> None:

@@ -61,13 +61,6 @@ class Listener:
         self.context = context
         self.callbacks = callbacks
 
-    def new_connection(self) -> SSL.Connection:
-        """A server ``Connection`` of the context, told the MTU (``DTLSv1_listen`` puts
-        it in the accept state)."""
-        connection = SSL.Connection(self.context, None)
-        bindings.set_mtu(connection, self.mtu)
-        return connection
-
     def listen(self, data: bytes, address: Address, hello: records.ClientHello,
                now: float) -> Heard:
         """A ClientHello (``hello``, as ``records.client_hello`` read ``data``) from
@@ -88,9 +81,13 @@ class Listener:
 
     def _openssl(self, data: bytes) -> Heard:
         """``DTLSv1_listen`` on a fresh connection (the session's, if the cookie
-        verifies)."""
-        connection = self._spare or self.new_connection()
-        self._spare = None
+        verifies), told the MTU (``DTLSv1_listen`` puts it in the accept state)."""
+        connection = self._spare
+        if connection is None:  # (new_connection, inline)
+            connection = SSL.Connection(self.context, None)
+            bindings.set_mtu(connection, self.mtu)
+        else:
+            self._spare = None
         if bindings.queued():
             bindings.clear_errors()
         bindings.feed(connection, data)

@@ -93,7 +93,10 @@ class RecordIO:
                 break
         self._flush(session)
 
-    def _flush(self, session: SessionState) -> None:
+    def _flush(self, session: SessionState, waits: bool = True) -> None:
+        """What OpenSSL wrote, to the datagrams to send; and while the handshake goes on
+        (``waits``: it did not just finish), OpenSSL's retransmission time to the
+        timers."""
         connection = session.connection
         if connection is None:
             return
@@ -108,7 +111,7 @@ class RecordIO:
                 for datagram in datagrams:
                     out.append((datagram, address))
                 self.stats["records_out"] += len(datagrams)
-        if session.established:
+        if session.established or not waits:
             return
         left = bindings.timeout(connection)  # OpenSSL's retransmission time
         if left is None:

@@ -107,6 +107,7 @@ class DtlsServer(Handshakes, RecordIO):
         self._now = now
         self._serial = 0
         self._by_peer: Dict[DtlsPeer, SessionState] = {}
+        self._by_address = self.table.by_address
         self._out: List[Tuple[bytes, Address]] = []
         self._events: List[Event] = []
         # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
@@ -126,7 +127,7 @@ class DtlsServer(Handshakes, RecordIO):
         self.stats["records_in"] += 1
         if bindings.queued():  # no other connection's error may pass for this one's
             bindings.clear_errors()
-        session = self.table.get(address)
+        session = self._by_address.get(address)  # the table's (one dict look-up)
         if session is not None and session.established and data[3:5] == records.SESSION_EPOCH:
             # the common case: a record of its session (``protected`` keeps whole records
             # of its epoch only; a ClientHello is epoch 0)
