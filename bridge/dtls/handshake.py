@@ -20,6 +20,7 @@ from . import bindings, records
 from .context import credential_of
 from .events import (FAILED, NONE, PSK, UNKNOWN, X509, DtlsPeer, Event, HandshakeFailed,
                      SessionEstablished)
+from .sessions import SWEEP
 
 Address = Tuple[str, int]
 FORGOTTEN = "credential forgotten"
@@ -66,6 +67,7 @@ class Handshakes:
     _by_peer: Dict[DtlsPeer, SessionState]
     _out: List[Tuple[bytes, Address]]
     _events: List[Event]
+    timer_earlier: bool
 
     def _psk_key(self, connection: SSL.Connection, raw: bytes) -> Optional[bytes]:
         session = connection.get_app_data()
@@ -111,6 +113,8 @@ class Handshakes:
         session = SessionState(address, self._serial, connection, hello.random, now)
         connection.set_app_data(session)
         self.table.add(address, session, now)
+        if self.cfg.handshake_timeout < SWEEP:  # (its retransmission timer sets it too)
+            self.timer_earlier = True
         self._handshake(session, now)
 
     def _handshake(self, session: SessionState, now: float) -> None:
@@ -128,7 +132,8 @@ class Handshakes:
                 reason = "%s: %s" % (reason, session.verify_error)
             self._handshake_failed(session, reason, "handshake failed")
             return
-        self._flush(session)
+        session.timer_due = None  # finished: no retransmission of ours to wait for
+        self._flush(session, waits=False)
         self._established(session, now)
 
     def _established(self, session: SessionState, now: float) -> None:
@@ -158,13 +163,16 @@ class Handshakes:
         cipher = bindings.cipher_name(connection)
         session.shortest = records.min_body(cipher)
         self.table.establish(session, now)
+        if self.cfg.idle_timeout < SWEEP:  # else after the timer armed (at most SWEEP)
+            self.timer_earlier = True
         peer = session.peer = DtlsPeer(session.address, session.serial, credential,
                                        session.key)
         self._by_peer[peer] = session
         method = PSK if type(credential) is PresharedKey else (
             X509 if type(credential) is Certificate else NONE)
-        self._events.append(SessionEstablished(peer, credential, found is not None, cipher,
-                                               method, now - session.started))
+        # a SessionEstablished, built as the tuple it is (no NamedTuple __new__ frame)
+        self._events.append(tuple.__new__(SessionEstablished, (
+            peer, credential, found is not None, cipher, method, now - session.started)))
 
     def _handshake_failed(self, session: SessionState, reason: str, ended: str) -> None:
         """A handshake OpenSSL cannot go on with: said at debug, its event, the session

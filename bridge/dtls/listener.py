@@ -18,7 +18,6 @@ ClientHello being listened to from here (pyOpenSSL and the bindings discard the 
 
 from __future__ import annotations
 
-import hmac
 from typing import Optional, Tuple
 
 from OpenSSL import SSL
@@ -43,7 +42,9 @@ class Listener:
         self.context: Optional[SSL.Context] = None
         self._from: Address = ("", 0)  # whose ClientHello is being listened to
         self._now = 0.0
-        self._verified = b""  # the cookie of the ClientHello listened to, checked here
+        # the context's cookie callbacks (their ``expected``: the cookie of the
+        # ClientHello listened to, when checked here)
+        self.callbacks: Optional[bindings.CookieCallbacks] = None
         # the connection that listens to ClientHellos left to OpenSSL, kept while they
         # verify no cookie (a flood of odd ClientHellos costs no SSL_new each)
         self._spare: Optional[SSL.Connection] = None
@@ -52,26 +53,22 @@ class Listener:
         return self.cookies.make(self._from, self._now)
 
     def cookie_verify(self, cookie: bytes) -> bool:
-        if self._verified:
-            return hmac.compare_digest(cookie, self._verified)
         return self.cookies.check(self._from, cookie, self._now)
 
-    def start(self, context: SSL.Context) -> None:
-        """The context (built with this listener's cookie callbacks) to listen with."""
+    def start(self, context: SSL.Context, callbacks: bindings.CookieCallbacks) -> None:
+        """The context to listen with, and its cookie callbacks (built with this
+        listener's ``cookie_generate`` and ``cookie_verify``)."""
         self.context = context
-
-    def new_connection(self) -> SSL.Connection:
-        connection = SSL.Connection(self.context, None)
-        connection.set_accept_state()
-        connection.set_ciphertext_mtu(self.mtu)
-        return connection
+        self.callbacks = callbacks
 
     def listen(self, data: bytes, address: Address, hello: records.ClientHello,
                now: float) -> Heard:
         """A ClientHello (``hello``, as ``records.client_hello`` read ``data``) from
         ``address``."""
-        assert self.context is not None, "start() first"
-        self._from, self._now, self._verified = address, now, b""
+        callbacks = self.callbacks
+        assert callbacks is not None, "start() first"
+        self._from, self._now = address, now
+        callbacks.expected = b""
         if hello.plain:
             cookie = hello.cookie
             if not cookie or not self.cookies.check(address, cookie, now):
@@ -79,15 +76,20 @@ class Listener:
                 return None, reply, ""
             # what OpenSSL's callback is asked next, by DTLSv1_listen and again by the
             # handshake's first step, for this ClientHello
-            self._verified = cookie
+            callbacks.expected = cookie
         return self._openssl(data)
 
     def _openssl(self, data: bytes) -> Heard:
         """``DTLSv1_listen`` on a fresh connection (the session's, if the cookie
-        verifies)."""
-        connection = self._spare or self.new_connection()
-        self._spare = None
-        bindings.clear_errors()
+        verifies), told the MTU (``DTLSv1_listen`` puts it in the accept state)."""
+        connection = self._spare
+        if connection is None:  # (new_connection, inline)
+            connection = SSL.Connection(self.context, None)
+            bindings.set_mtu(connection, self.mtu)
+        else:
+            self._spare = None
+        if bindings.queued():
+            bindings.clear_errors()
         bindings.feed(connection, data)
         result = bindings.listen(connection)
         if result > 0:  # the cookie verified: the address is real

@@ -17,6 +17,7 @@ from . import bindings, records
 from .events import Event, Plaintext
 from .handshake import Address, SessionState
 
+_tuple = tuple.__new__
 MAX_PLAINTEXT = 16384  # a DTLS 1.2 record's plaintext at most (RFC 6347 §4.1: 2^14)
 _AFTER_FINISHED = (records.ALERT, records.APPLICATION_DATA)
 
@@ -31,6 +32,7 @@ class RecordIO:
     _out: List[Tuple[bytes, Address]]
     _events: List[Event]
     _timers: List[Tuple[float, str, SessionState]]
+    timer_earlier: bool
 
     def _feed(self, session: SessionState, data: bytes, now: float) -> None:
         connection = session.connection
@@ -66,6 +68,7 @@ class RecordIO:
         assert connection is not None
         size = largest if 0 < largest < MAX_PLAINTEXT else MAX_PLAINTEXT
         events, peer, recv = self._events, session.peer, bindings.read
+        append = events.append
         read = 0
         while True:
             data = recv(connection, size)
@@ -83,24 +86,32 @@ class RecordIO:
                                reason=bindings.reason())
                 self._end(session, "error", notify=False)
                 return
-            events.append(Plaintext(peer, data))  # type: ignore[arg-type]
+            # a Plaintext, built as the tuple it is (its NamedTuple __new__ is a frame)
+            append(_tuple(Plaintext, (peer, data)))
             read += 1
             if read == records_in:
                 break
         self._flush(session)
 
-    def _flush(self, session: SessionState) -> None:
+    def _flush(self, session: SessionState, waits: bool = True) -> None:
+        """What OpenSSL wrote, to the datagrams to send; and while the handshake goes on
+        (``waits``: it did not just finish), OpenSSL's retransmission time to the
+        timers."""
         connection = session.connection
         if connection is None:
             return
         flight = bindings.drain(connection)
         if flight:
-            address, out = session.address, self._out
-            datagrams = records.datagrams(flight, self.cfg.mtu)
-            for datagram in datagrams:
-                out.append((datagram, address))
-            self.stats["records_out"] += len(datagrams)
-        if session.established:
+            if len(flight) <= self.cfg.mtu:  # one datagram (records.datagrams, inline)
+                self._out.append((flight, session.address))
+                self.stats["records_out"] += 1
+            else:
+                address, out = session.address, self._out
+                datagrams = records.datagrams(flight, self.cfg.mtu)
+                for datagram in datagrams:
+                    out.append((datagram, address))
+                self.stats["records_out"] += len(datagrams)
+        if session.established or not waits:
             return
         left = bindings.timeout(connection)  # OpenSSL's retransmission time
         if left is None:
@@ -110,6 +121,7 @@ class RecordIO:
         if session.timer_due is None or due < session.timer_due:
             session.timer_due = due
             heapq.heappush(self._timers, (due, session.key, session))
+            self.timer_earlier = True
 
     def _retransmit(self, session: SessionState, now: float) -> None:
         session.timer_due = None

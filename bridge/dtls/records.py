@@ -10,6 +10,7 @@ is ``None``.
 
 from __future__ import annotations
 
+import functools
 from typing import List, NamedTuple, Optional, Tuple
 
 HEADER = 13  # record header
@@ -72,6 +73,7 @@ SESSION_EPOCH = b"\x00\x01"  # renegotiation is off: a session's keys stay those
 _PROTECTED = (ALERT, HANDSHAKE, APPLICATION_DATA)
 
 
+@functools.lru_cache(maxsize=64)  # a handful of suites: asked once per handshake
 def min_body(cipher: str) -> int:
     """The shortest protected record body OpenSSL cipher suite ``cipher`` can produce:
     explicit nonce and tag for AEAD (CCM_8: 8 + 8, GCM and CCM: 8 + 16, ChaCha20: 16),
@@ -156,6 +158,7 @@ class ClientHello(NamedTuple):
     # message_seq at most 2, session id at most 32 bytes; what ``DTLSv1_listen``
     # checks before it answers with a HelloVerifyRequest (else that is OpenSSL's to read)
     plain: bool = False
+    alone: bool = False  # its record is the whole datagram (``whole`` would keep it all)
 
 
 HELLO_VERIFY_REQUEST = 3
@@ -192,7 +195,12 @@ def client_hello(datagram: bytes) -> Optional[ClientHello]:
              and HEADER + record <= end and datagram[body + 4] == 0
              and datagram[body + 5] <= 2 and session_id <= MAX_SESSION_ID
              and at + 1 + size <= HEADER + record)
-    return ClientHello(random, cookie, datagram[3:11], plain)
+    # built as the tuple it is (the NamedTuple's own __new__ is a Python call)
+    return _tuple(ClientHello, (random, cookie, datagram[3:11], plain,
+                                HEADER + record == end))
+
+
+_tuple = tuple.__new__
 
 
 def hello_verify_request(hello: ClientHello, cookie: bytes) -> bytes:

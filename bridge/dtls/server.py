@@ -5,7 +5,9 @@ The shape is aioquic's: the driver hands it each datagram with its source and ``
 it returns, or those ``handle_timer`` returns or ``events`` (after ``send``, ``close``,
 ``end_sessions``...) gives (``bridge.dtls.events``: ``SessionEstablished``, ``Plaintext``,
 ``SessionEnded``, ``HandshakeFailed``), keeps one timer at ``get_timer()`` that calls
-``handle_timer(now)``, and sends with ``send(peer, plaintext, now)``. A session is a
+``handle_timer(now)`` (asking again after a datagram only when ``timer_earlier`` says a
+due time may have come before the one it gave: a timer armed early does no harm, it
+only asks again), and sends with ``send(peer, plaintext, now)``. A session is a
 ``DtlsPeer`` value, not an object that sends. pyOpenSSL's memory BIOs do no I/O, so
 everything that drives OpenSSL is in this package (each datagram's calls through
 ``bindings``, pyOpenSSL owning the context and the connections): this module the
@@ -60,11 +62,11 @@ from .listener import Listener
 from .handshake import FORGOTTEN, Address, Handshakes, SessionState
 from .record_io import RecordIO
 from .resumption import Resumption
-from .sessions import HandshakeGuard, SessionTable
+from .sessions import SWEEP, HandshakeGuard, SessionTable
 
 PskLookup = Callable[[str], Optional[bytes]]  # identity -> key, from memory
 _NO_EVENTS: Sequence[Event] = ()  # returned when there are none
-SWEEP = 10.0  # s between sweeps of the guard's buckets and negative cache
+_HANDSHAKE = bytes([records.HANDSHAKE])  # a record's first byte, as a slice
 
 # sessions ended for these reasons must not be resumed (cryptography exposes no
 # SSL_CTX_remove_session; OpenSSL drops a session freed without a shutdown sent)
@@ -101,15 +103,19 @@ class DtlsServer(Handshakes, RecordIO):
             if cfg.ca_file else None
         self._psk = psk.PskServer(self.context, self._psk_key, log,
                                   cfg.psk_identity_hint.encode("utf-8")) if cfg.psk else None
-        self.listener.start(self.context)  # after: SSL_new copies the PSK callback
+        self.listener.start(self.context, self._cookies)  # after: SSL_new copies the PSK callback
         self._now = now
         self._serial = 0
         self._by_peer: Dict[DtlsPeer, SessionState] = {}
+        self._by_address = self.table.by_address
         self._out: List[Tuple[bytes, Address]] = []
         self._events: List[Event] = []
         # OpenSSL retransmissions: a heap of (due, key, session), stale entries (a closed
         # session, or one whose timer_due moved) left in place and skipped when on top
         self._timers: List[Tuple[float, str, SessionState]] = []
+        # set where a due time is added (a retransmission, a handshake's deadline, an
+        # idle one), cleared by ``get_timer``: due times only ever move later otherwise
+        self.timer_earlier = True
 
     # -- the driver's API --------------------------------------------------------------
 
@@ -119,8 +125,9 @@ class DtlsServer(Handshakes, RecordIO):
         per datagram)."""
         self._now = now
         self.stats["records_in"] += 1
-        bindings.clear_errors()  # no other connection's error may pass for this one's
-        session = self.table.get(address)
+        if bindings.queued():  # no other connection's error may pass for this one's
+            bindings.clear_errors()
+        session = self._by_address.get(address)  # the table's (one dict look-up)
         if session is not None and session.established and data[3:5] == records.SESSION_EPOCH:
             # the common case: a record of its session (``protected`` keeps whole records
             # of its epoch only; a ClientHello is epoch 0)
@@ -130,18 +137,20 @@ class DtlsServer(Handshakes, RecordIO):
                 self._events = []
                 return events
             return _NO_EVENTS
-        data = records.whole(data)  # OpenSSL gets whole records only (see records.whole)
+        # a ClientHello is read first (a datagram of a handshake after it starts with a
+        # ChangeCipherSpec or a ClientKeyExchange): one alone in its datagram, as
+        # clients send it, is whole already
+        hello = records.client_hello(data) if data[:1] == _HANDSHAKE else None
+        if hello is None or not hello.alone:
+            data = records.whole(data)  # OpenSSL gets whole records only (records.whole)
         if not data:
             self.stats["dropped"] += 1
+        elif session is not None and (hello is None or hello.random == session.client_random):
+            self._feed(session, data, now)  # its own records, or its ClientHello again
+        elif hello is None:
+            self.stats["dropped"] += 1  # no session, not a ClientHello: nothing is sent
         else:
-            hello = records.client_hello(data)
-            if session is not None and (hello is None
-                                        or hello.random == session.client_random):
-                self._feed(session, data, now)  # its own records, or its ClientHello again
-            elif hello is None:
-                self.stats["dropped"] += 1  # no session, not a ClientHello: nothing is sent
-            else:
-                self._hello(data, address, hello, now)
+            self._hello(data, address, hello, now)
         events = self._events
         if events:
             self._events = []
@@ -171,7 +180,8 @@ class DtlsServer(Handshakes, RecordIO):
         session = self._by_peer.get(peer)
         if session is None or session.connection is None:
             return
-        bindings.clear_errors()
+        if bindings.queued():
+            bindings.clear_errors()
         if not bindings.write(session.connection, data):
             self.log.info("Cannot send to {peer}: {reason}", peer=str(peer),
                           reason=bindings.reason())
@@ -191,6 +201,7 @@ class DtlsServer(Handshakes, RecordIO):
 
     def get_timer(self) -> float:
         """When ``handle_timer`` is due next."""
+        self.timer_earlier = False
         due = self._now + SWEEP
         timers = self._timers
         while timers and (timers[0][2].closed or timers[0][2].timer_due != timers[0][0]):

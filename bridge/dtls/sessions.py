@@ -29,6 +29,8 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 from ..core.limits import RateLimiter
 
 Address = Tuple[str, int]
+SWEEP = 10.0  # s between sweeps of the guard's buckets and negative cache (the server's
+# timer is never later than that)
 
 
 class SessionTable:

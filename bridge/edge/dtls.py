@@ -90,17 +90,22 @@ class DtlsTransport(DatagramProtocol):
         events = server.receive_datagram(data, (addr[0], addr[1]), self.clock.seconds())
         if events:
             self._handle(events)
-        self._write()
-        self.timer.arm(server.get_timer())
+        out = server.datagrams_to_send()
+        if out:
+            self._write(out)
+        if server.timer_earlier:  # else the timer armed is early enough
+            self.timer.arm(server.get_timer())
 
     def send(self, data: bytes, peer: DtlsPeer) -> None:
         """A CoAP datagram for ``peer``: encrypted and sent (dropped once it ended)."""
-        self.server.send(peer, data, self.clock.seconds())
-        self._write()
+        server = self.server
+        server.send(peer, data, self.clock.seconds())
+        out = server.datagrams_to_send()
+        if out:
+            self._write(out)
 
-    def _write(self) -> None:
-        out = self.server.datagrams_to_send()
-        if out and self.transport is not None:
+    def _write(self, out: List[Tuple[bytes, Tuple[str, int]]]) -> None:
+        if self.transport is not None:
             write = self.transport.write
             for datagram, address in out:
                 try:
@@ -121,7 +126,7 @@ class DtlsTransport(DatagramProtocol):
         events = self.server.events()
         if events:
             self._handle(events)
-        self._write()
+        self._write(self.server.datagrams_to_send())
         self.timer.arm(self.server.get_timer())
 
     def _event(self, event: Any) -> None:

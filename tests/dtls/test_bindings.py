@@ -34,7 +34,7 @@ def listener_for(generate=None, log=None):
     keep = (bindings.CookieCallbacks(context, generate or listener.cookie_generate,
                                      listener.cookie_verify, log or Log()),
             psk.PskServer(context, lambda connection, identity: b"k" * 16, Log()))
-    listener.start(context)
+    listener.start(context, keep[0])
     return listener, keep
 
 

@@ -43,9 +43,18 @@ def test_a_truncated_or_random_run_still_comes_out_whole():
 def test_client_hello_gives_its_random_and_cookie():
     rnd = bytes(range(32))
     first = records.client_hello(hello(rnd))
-    assert first == records.ClientHello(rnd, b"", bytes(8), True)
+    assert first == records.ClientHello(rnd, b"", bytes(8), True, True)
     second = records.client_hello(hello(rnd, b"C" * 16, session_id=b"S" * 32))
     assert second.random == rnd and second.cookie == b"C" * 16
+
+
+def test_a_client_hello_is_alone_only_when_its_record_is_the_whole_datagram():
+    good = hello(bytes(32))
+    assert records.client_hello(good).alone and records.whole(good) == good
+    for tail in (record(22, b"x" * 20), record(22, b"x" * 20)[:-1], b"\x16\xfe"):
+        found = records.client_hello(good + tail)
+        assert found is not None and found.plain and not found.alone
+    assert records.whole(good + record(22, b"x" * 20)[:-1]) == good
 
 
 def test_anything_else_is_not_a_client_hello():

@@ -588,3 +588,29 @@ def test_a_datagram_costs_no_walk_over_every_half_open_handshake(rig):
     assert rig.server.sessions_handshaking == 0
     assert rig.server.stats["handshake_timeouts"] == 300
     assert len(rig.of(HandshakeFailed)) == 300
+
+
+def test_timer_earlier_says_when_a_due_time_may_precede_the_one_given(rig):
+    """A driver asks ``get_timer`` again after a datagram only when ``timer_earlier`` is
+    set: it is set by what adds a due time (a flight's retransmission) and by nothing
+    else, and cleared by ``get_timer``."""
+    server = rig.server
+    peer = rig.psk_client(A)
+    with pytest.raises(SSL.WantReadError):
+        peer.conn.do_handshake()
+    server.get_timer()
+    assert not server.timer_earlier
+    rig.deliver(peer.out()[0], A)  # answered by a HelloVerifyRequest: nothing to wait for
+    assert not server.timer_earlier
+    peer.conn.bio_write(rig.take(A)[0])
+    with pytest.raises(SSL.WantReadError):
+        peer.conn.do_handshake()
+    before = server.get_timer()
+    rig.deliver(peer.out()[0], A)  # its cookie verifies: the server's flight goes out
+    assert server.timer_earlier
+    due = server.get_timer()
+    assert due < before and due <= rig.now + 1.0 and not server.timer_earlier
+    assert peer.handshake() and rig.of(SessionEstablished)
+    server.get_timer()
+    peer.send(b"a record")  # an established session's records add no due time
+    assert rig.of(Plaintext) and not server.timer_earlier
