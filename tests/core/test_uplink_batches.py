@@ -224,7 +224,7 @@ def test_a_bound_reached_within_a_turn_applies_in_bulk_as_one_request_at_a_time(
     # would; a packet size that every uplink here fits at once (SETTINGS' 300 sends each
     # to the careful path)
     uplinks = [("tokA" if n % 2 else "tokB", "telemetry", b'{"t": %d}' % n) for n in range(6)]
-    settings = dict(bound, device_rate=0, max_packet_size=65536)
+    settings = dict(bound, max_packet_size=65536)
     expected = one_by_one(make_core(**settings), uplinks)
     got = in_bulk(make_core(**settings), uplinks)
     assert got == expected
